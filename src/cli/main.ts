@@ -1,0 +1,303 @@
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import {
+  PeerServer,
+  PeerShareError,
+  Share,
+  TrustStore,
+  connectToPeer,
+  download,
+  loadOrCreateIdentity,
+  looksLikeInvite,
+  parseAddress,
+  parseInvite,
+  resolveLimits,
+  sanitizeForDisplay,
+  toPeerShareError,
+  type ConnectOptions,
+  type Identity,
+  type PeerConnection,
+  type ErrorCode,
+} from '../core';
+import { ProgressBar, formatBytes } from './progress';
+
+/** Exit codes, documented in README.md: scripts can tell these apart. */
+export const EXIT = {
+  OK: 0,
+  FAILURE: 1,
+  USAGE: 2,
+  CONNECTION: 3,
+  REFUSED: 4,
+  INTEGRITY: 5,
+  EXISTS: 6,
+  INTERRUPTED: 130,
+} as const;
+
+const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
+  INVALID_ARGUMENT: EXIT.USAGE,
+  INVALID_INVITE: EXIT.USAGE,
+  UNKNOWN_PEER: EXIT.USAGE,
+  CONNECTION_FAILED: EXIT.CONNECTION,
+  CONNECTION_CLOSED: EXIT.CONNECTION,
+  TIMEOUT: EXIT.CONNECTION,
+  BUSY: EXIT.CONNECTION,
+  ADDRESS_IN_USE: EXIT.CONNECTION,
+  PEER_UNTRUSTED: EXIT.REFUSED,
+  PEER_MISMATCH: EXIT.REFUSED,
+  TOKEN_INVALID: EXIT.REFUSED,
+  VERSION_UNSUPPORTED: EXIT.REFUSED,
+  NOT_FOUND: EXIT.REFUSED,
+  OUTSIDE_SHARE: EXIT.REFUSED,
+  EXCLUDED: EXIT.REFUSED,
+  NOT_A_FILE: EXIT.REFUSED,
+  NOT_A_DIRECTORY: EXIT.REFUSED,
+  PERMISSION_DENIED: EXIT.REFUSED,
+  HASH_MISMATCH: EXIT.INTEGRITY,
+  SIZE_MISMATCH: EXIT.INTEGRITY,
+  BAD_NAME: EXIT.INTEGRITY,
+  PROTOCOL_ERROR: EXIT.INTEGRITY,
+  FILE_CHANGED: EXIT.INTEGRITY,
+  DEST_EXISTS: EXIT.EXISTS,
+  CANCELLED: EXIT.INTERRUPTED,
+};
+
+const USAGE = `Usage: peershare <command> [options]
+
+Commands:
+  serve [dir...]                      Share folders (default: the current one) and print an invite
+  ls <invite|peer> [path]             List a peer's shared folders, or a folder in them
+  get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
+  id                                  Show this installation's peer ID
+
+<peer> is a trusted peer's ID (or its first 8+ characters), its name, or host:port.
+
+Options:
+  --home DIR            Identity and trust folder (default: $PEERSHARE_HOME or ~/.peershare)
+  --json                Print one machine-readable JSON result
+  --name NAME           The name other peers see (default: user@host)
+  serve:  --port N (default 0: any free port)  --host ADDR (default 127.0.0.1; 0.0.0.0 for the LAN)
+          --invite-ttl SECONDS (default 3600)  --invite-uses N (default 1)
+          --exclude GLOB (repeatable)  --no-gitignore  --no-default-excludes
+  get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
+          --keep-both       Save next to existing files as "name (2).ext"
+`;
+
+interface Globals {
+  json: boolean;
+  home?: string;
+  name: string;
+}
+
+function out(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value)}\n`);
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      home: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      name: { type: 'string' },
+      port: { type: 'string' },
+      host: { type: 'string' },
+      'invite-ttl': { type: 'string' },
+      'invite-uses': { type: 'string' },
+      exclude: { type: 'string', multiple: true },
+      'no-gitignore': { type: 'boolean', default: false },
+      'no-default-excludes': { type: 'boolean', default: false },
+      overwrite: { type: 'boolean', default: false },
+      'keep-both': { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+      version: { type: 'boolean', default: false },
+    },
+  });
+  const [command, ...args] = positionals;
+  if (values.help || !command) {
+    process.stdout.write(USAGE);
+    return values.help ? EXIT.OK : EXIT.USAGE;
+  }
+  const globals: Globals = {
+    json: values.json ?? false,
+    home: values.home,
+    name: values.name ?? `${os.userInfo().username}@${os.hostname()}`,
+  };
+  switch (command) {
+    case 'id':
+      return commandId(globals);
+    case 'serve':
+      return commandServe(globals, args.length ? args : ['.'], {
+        port: intOption(values.port, 'port', 0, 65535) ?? 0,
+        host: values.host ?? '127.0.0.1',
+        ttlMs: (intOption(values['invite-ttl'], 'invite-ttl', 1, 365 * 86400) ?? 3600) * 1000,
+        uses: intOption(values['invite-uses'], 'invite-uses', 1, 1_000_000) ?? 1,
+        excludes: values.exclude ?? [],
+        honourGitignore: !values['no-gitignore'],
+        defaultExcludes: !values['no-default-excludes'],
+      });
+    case 'ls':
+      if (args.length < 1 || args.length > 2) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare ls <invite|peer> [path]');
+      return commandLs(globals, args[0], args[1] ?? '');
+    case 'get': {
+      if (args.length < 2 || args.length > 3) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare get <invite|peer> <remote-path> [dest]');
+      if (values.overwrite && values['keep-both']) throw new PeerShareError('INVALID_ARGUMENT', 'Choose --overwrite or --keep-both, not both.');
+      const conflict = values.overwrite ? 'overwrite' : values['keep-both'] ? 'keepBoth' : undefined;
+      return commandGet(globals, args[0], args[1], args[2] ?? '.', conflict);
+    }
+    default:
+      throw new PeerShareError('INVALID_ARGUMENT', `Unknown command "${command}". Run peershare --help.`);
+  }
+}
+
+function intOption(value: string | undefined, name: string, min: number, max: number): number | undefined {
+  if (value === undefined) return undefined;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new PeerShareError('INVALID_ARGUMENT', `--${name} must be a whole number from ${min} to ${max}.`);
+  return n;
+}
+
+async function commandId(globals: Globals): Promise<number> {
+  const identity = await loadOrCreateIdentity(globals.home);
+  if (globals.json) printJson({ peerId: identity.peerId, fingerprint: identity.fingerprint.toString('hex'), home: identity.home });
+  else out(identity.peerId);
+  return EXIT.OK;
+}
+
+async function commandServe(
+  globals: Globals,
+  folders: string[],
+  options: { port: number; host: string; ttlMs: number; uses: number; excludes: string[]; honourGitignore: boolean; defaultExcludes: boolean },
+): Promise<number> {
+  const identity = await loadOrCreateIdentity(globals.home);
+  const trust = await TrustStore.open(identity.home);
+  const share = await Share.create(
+    {
+      folders: folders.map((f) => path.resolve(f)),
+      excludes: options.excludes,
+      honourGitignore: options.honourGitignore,
+      defaultExcludes: options.defaultExcludes,
+      privatePaths: [identity.home],
+    },
+    resolveLimits(),
+  );
+  const log = (level: string, message: string): void => {
+    if (level !== 'debug' || process.env.PEERSHARE_DEBUG) process.stderr.write(`[${new Date().toISOString()}] ${level}: ${message}\n`);
+  };
+  const server = new PeerServer({ identity, trust, share, name: globals.name, log });
+  const { port } = await server.listen(options.port, options.host);
+  const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
+  if (globals.json) {
+    printJson({ event: 'listening', addresses: server.addresses(), port, peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
+  } else {
+    out(`Sharing ${share.roots.map((r) => r.realPath).join(', ')} (read-only) as "${globals.name}"`);
+    out(`Peer ID:   ${identity.peerId}`);
+    out(`Listening: ${server.addresses().join(', ')}`);
+    out(`Invite (valid ${Math.round(options.ttlMs / 60000)} min, ${options.uses} use${options.uses === 1 ? '' : 's'}):`);
+    out(`  ${invite}`);
+    out('On the other machine: peershare ls "<invite>"   Press Ctrl+C to stop.');
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void server.close().then(resolve);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+  return EXIT.OK;
+}
+
+/** Connects to an invite, a trusted peer's ID or name, or host:port of a trusted peer. */
+async function connectTarget(globals: Globals, target: string, signal?: AbortSignal): Promise<{ conn: PeerConnection; identity: Identity }> {
+  const identity = await loadOrCreateIdentity(globals.home);
+  const trust = await TrustStore.open(identity.home);
+  const base: Omit<ConnectOptions, 'addresses'> = { identity, trust, name: globals.name, signal };
+  if (looksLikeInvite(target)) {
+    const invite = parseInvite(target);
+    return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token }), identity };
+  }
+  if (parseAddress(target)) return { conn: await connectToPeer({ ...base, addresses: [target] }), identity };
+  const peer = trust.find(target);
+  if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}". Use an invite the first time.`);
+  if (peer.addresses.length === 0) throw new PeerShareError('UNKNOWN_PEER', `No address is known for ${peer.name || peer.id}. Use an invite.`);
+  return { conn: await connectToPeer({ ...base, addresses: peer.addresses, expectedPeerId: peer.id }), identity };
+}
+
+async function commandLs(globals: Globals, target: string, remotePath: string): Promise<number> {
+  const { conn } = await connectTarget(globals, target);
+  try {
+    const entries = await conn.list(remotePath);
+    entries.sort((a, b) => (a.type === b.type ? (a.name < b.name ? -1 : 1) : a.type === 'dir' ? -1 : 1));
+    if (globals.json) {
+      printJson({ peer: { id: conn.peerId, name: conn.peerName }, path: remotePath, entries });
+    } else {
+      for (const e of entries) {
+        const when = new Date(e.mtimeMs).toISOString().slice(0, 16).replace('T', ' ');
+        const size = e.type === 'dir' ? '-' : formatBytes(e.size);
+        out(`${e.type === 'dir' ? 'd' : '-'} ${size.padStart(10)}  ${when}  ${sanitizeForDisplay(e.name)}${e.type === 'dir' ? '/' : ''}`);
+      }
+    }
+  } finally {
+    conn.close();
+  }
+  return EXIT.OK;
+}
+
+async function commandGet(globals: Globals, target: string, remotePath: string, dest: string, conflict: 'overwrite' | 'keepBoth' | undefined): Promise<number> {
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const started = process.hrtime.bigint();
+  const { conn } = await connectTarget(globals, target, abort.signal);
+  const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
+  try {
+    const result = await download(conn, remotePath, path.resolve(dest), {
+      onConflict: conflict,
+      signal: abort.signal,
+      onProgress: bar ? (p) => bar.update(p.bytes, p.totalBytes, p.file) : undefined,
+    });
+    bar?.done();
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    if (globals.json) {
+      printJson({ ...result, seconds, maxRssBytes: process.resourceUsage().maxRSS * 1024 });
+    } else {
+      const what = result.type === 'dir' ? `${result.files} file${result.files === 1 ? '' : 's'}` : path.basename(result.target);
+      out(`Downloaded ${what} (${formatBytes(result.bytes)}${result.resumedBytes ? `, resumed after ${formatBytes(result.resumedBytes)}` : ''}) to ${result.target} in ${seconds.toFixed(2)} s, verified with SHA-256.`);
+      if (result.skippedExisting.length) out(`Left ${result.skippedExisting.length} existing file(s) alone; use --overwrite or --keep-both to replace or keep both.`);
+      for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${s.code} ${sanitizeForDisplay(s.message)}`);
+    }
+  } finally {
+    bar?.done();
+    conn.close();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  return EXIT.OK;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    const coded = err instanceof PeerShareError ? err : isUsageError(err) ? new PeerShareError('INVALID_ARGUMENT', (err as Error).message) : toPeerShareError(err);
+    const exit = EXIT_BY_CODE[coded.code] ?? EXIT.FAILURE;
+    if (process.argv.includes('--json')) printJson({ error: { code: coded.code, message: coded.message } });
+    process.stderr.write(`peershare: ${coded.message} [${coded.code}]\n`);
+    if (coded.detail && process.env.PEERSHARE_DEBUG) process.stderr.write(`  ${coded.detail}\n`);
+    process.exitCode = exit;
+  },
+);
+
+function isUsageError(err: unknown): boolean {
+  return typeof (err as { code?: unknown })?.code === 'string' && String((err as { code: string }).code).startsWith('ERR_PARSE_ARGS');
+}

@@ -1,0 +1,437 @@
+import { createHash, type Hash } from 'node:crypto';
+import { createReadStream, createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+import * as path from 'node:path';
+import { PeerShareError, toPeerShareError } from './errors';
+import type { PeerConnection, PeerEvent } from './client';
+import { expectMessage } from './client';
+import { checkReceivedName, collisionKey } from './names';
+import type { Entry } from './protocol';
+
+/**
+ * Downloads land atomically: bytes go to a hidden temporary file beside the target, are checked
+ * against the SHA-256 the peer sends, and only then take the final name. A partial file stays
+ * behind only to be resumed, under a name that says what it is.
+ */
+
+export type ConflictChoice = 'overwrite' | 'skip' | 'keepBoth' | 'fail';
+
+export interface DownloadProgress {
+  /** File bytes received so far in this download (resumed prefixes not included). */
+  bytes: number;
+  /** Total file bytes, when known (single files). */
+  totalBytes?: number;
+  /** The file being received, relative to the download's target. */
+  file: string;
+}
+
+export interface DownloadOptions {
+  /** What to do when a target file exists. Default: 'fail' for a file, 'skip' inside a folder. */
+  onConflict?: ConflictChoice | ((target: string) => ConflictChoice | Promise<ConflictChoice>);
+  onProgress?: (progress: DownloadProgress) => void;
+  signal?: AbortSignal;
+  /** Keep a partial file after cancel or a dropped connection, to resume later (default true). */
+  keepPartial?: boolean;
+}
+
+export interface DownloadResult {
+  /** Where it landed. */
+  target: string;
+  type: 'file' | 'dir';
+  files: number;
+  /** File bytes received in this run. */
+  bytes: number;
+  /** Bytes that were already on disk from an earlier, interrupted run. */
+  resumedBytes: number;
+  /** Files that exist locally and were left alone. */
+  skippedExisting: string[];
+  /** Files the peer could not send, with its reason. */
+  skippedByPeer: { path: string; code: string; message: string }[];
+}
+
+const PARTIAL_SUFFIX = '.peershare-part';
+const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
+
+/** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
+export async function resolveTarget(remotePath: string, dest: string): Promise<string> {
+  const base = remotePath.replace(/\/+$/, '').split('/').pop() ?? '';
+  checkReceivedName(base);
+  const st = await fs.stat(dest).catch(() => undefined);
+  return st?.isDirectory() ? path.join(dest, base) : path.resolve(dest);
+}
+
+/** Downloads a file or a folder; see downloadFile and downloadFolder. */
+export async function download(conn: PeerConnection, remotePath: string, dest: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+  const entry = await conn.stat(remotePath);
+  const target = await resolveTarget(remotePath, dest);
+  return entry.type === 'dir'
+    ? downloadFolder(conn, remotePath, target, options)
+    : downloadFile(conn, remotePath, target, options, entry);
+}
+
+/** Receives one file into a temporary file, hashing as it goes; commits only if the hash matches. */
+class FileReceiver {
+  private stream?: WriteStream;
+  private hash: Hash = createHash('sha256');
+  private received = 0;
+
+  constructor(
+    readonly target: string,
+    readonly partial: string,
+    readonly offset: number,
+    readonly size: number,
+    readonly mtimeMs: number,
+  ) {}
+
+  async open(): Promise<void> {
+    if (this.offset > 0) {
+      // The prefix on disk is hashed too: the peer's SHA-256 covers the whole file.
+      for await (const chunk of createReadStream(this.partial, { end: this.offset - 1, highWaterMark: 1024 * 1024 })) {
+        this.hash.update(chunk as Buffer);
+      }
+    }
+    this.stream = createWriteStream(this.partial, {
+      flags: this.offset > 0 ? 'r+' : 'w',
+      start: this.offset,
+      mode: 0o644,
+      highWaterMark: WRITE_BUFFER_BYTES,
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.stream!.once('open', () => resolve());
+      this.stream!.once('error', reject);
+    });
+  }
+
+  /** Returns a promise only when the disk wants us to wait. */
+  write(chunk: Buffer): Promise<void> | undefined {
+    this.received += chunk.length;
+    if (this.offset + this.received > this.size) {
+      throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
+    }
+    this.hash.update(chunk);
+    if (this.stream!.write(chunk)) return undefined;
+    return new Promise((resolve, reject) => {
+      const stream = this.stream!;
+      const onDrain = (): void => {
+        stream.off('error', onError);
+        resolve();
+      };
+      const onError = (err: Error): void => {
+        stream.off('drain', onDrain);
+        reject(toPeerShareError(err, 'IO_ERROR'));
+      };
+      stream.once('drain', onDrain);
+      stream.once('error', onError);
+    });
+  }
+
+  get bytesReceived(): number {
+    return this.received;
+  }
+
+  /** Verifies and moves the file into place; on any mismatch the temporary file is removed. */
+  async finish(sha256: unknown, overwrite: boolean): Promise<void> {
+    await this.closeStream();
+    try {
+      if (this.offset + this.received !== this.size) {
+        throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.offset + this.received}.`);
+      }
+      if (typeof sha256 !== 'string' || this.hash.digest('hex') !== sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
+      const seconds = this.mtimeMs / 1000;
+      await fs.utimes(this.partial, seconds, seconds).catch(() => undefined);
+      await commit(this.partial, this.target, overwrite);
+    } catch (err) {
+      await fs.rm(this.partial, { force: true });
+      throw err;
+    }
+  }
+
+  async abort(keepPartial: boolean): Promise<void> {
+    await this.closeStream().catch(() => undefined);
+    if (!keepPartial) await fs.rm(this.partial, { force: true });
+  }
+
+  private closeStream(): Promise<void> {
+    const stream = this.stream;
+    if (!stream || stream.closed) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      stream.once('error', (err) => reject(toPeerShareError(err, 'IO_ERROR')));
+      stream.end(() => resolve());
+    });
+  }
+}
+
+/** Moves a verified temporary file to its final name; without `overwrite`, never replaces anything. */
+async function commit(partial: string, target: string, overwrite: boolean): Promise<void> {
+  if (overwrite) {
+    await fs.rename(partial, target);
+    return;
+  }
+  try {
+    // link() fails if the target exists: a no-clobber rename with no window for a race.
+    await fs.link(partial, target);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw new PeerShareError('DEST_EXISTS', `${target} already exists; it was left alone.`);
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'ENOSYS') throw toPeerShareError(err, 'IO_ERROR');
+    // File systems without hard links: check, then rename.
+    if (await exists(target)) throw new PeerShareError('DEST_EXISTS', `${target} already exists; it was left alone.`);
+    await fs.rename(partial, target);
+    return;
+  }
+  await fs.rm(partial, { force: true });
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.lstat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+function partialPathFor(target: string, peerId: string, remotePath: string, size: number, mtimeMs: number): string {
+  // The tag ties a partial file to one version of one remote file, so a resume never splices two versions.
+  const tag = createHash('sha256').update(`${peerId}\n${remotePath}\n${size}\n${mtimeMs}`).digest('hex').slice(0, 16);
+  return path.join(path.dirname(target), `.${path.basename(target)}.${tag}${PARTIAL_SUFFIX}`);
+}
+
+async function chooseConflict(options: DownloadOptions, target: string, fallback: ConflictChoice): Promise<ConflictChoice> {
+  const policy = options.onConflict ?? fallback;
+  return typeof policy === 'function' ? policy(target) : policy;
+}
+
+/** "name (2).ext", the first that does not exist. */
+async function keepBothName(target: string): Promise<string> {
+  const ext = path.extname(target);
+  const stem = target.slice(0, target.length - ext.length);
+  for (let n = 2; n < 10_000; n++) {
+    const candidate = `${stem} (${n})${ext}`;
+    if (!(await exists(candidate))) return candidate;
+  }
+  throw new PeerShareError('DEST_EXISTS');
+}
+
+/** Downloads one file to `target`, resuming a partial download of the same file version. */
+export async function downloadFile(
+  conn: PeerConnection,
+  remotePath: string,
+  target: string,
+  options: DownloadOptions = {},
+  knownEntry?: Entry,
+): Promise<DownloadResult> {
+  let entry = knownEntry ?? (await conn.stat(remotePath));
+  if (entry.type !== 'file') throw new PeerShareError('NOT_A_FILE');
+  let overwrite = false;
+  if (await exists(target)) {
+    const choice = await chooseConflict(options, target, 'fail');
+    if (choice === 'fail') throw new PeerShareError('DEST_EXISTS', `${target} already exists; it was left alone.`);
+    if (choice === 'skip') return emptyResult(target, 'file', [target]);
+    if (choice === 'keepBoth') target = await keepBothName(target);
+    overwrite = choice === 'overwrite';
+  }
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await receiveFile(conn, remotePath, target, entry, overwrite, options);
+    } catch (err) {
+      // The file changed between our stat and the read: start over once with the new version.
+      if (attempt === 0 && err instanceof PeerShareError && err.code === 'FILE_CHANGED') {
+        entry = await conn.stat(remotePath);
+        continue;
+      }
+      throw err;
+    }
+  }
+}
+
+async function receiveFile(
+  conn: PeerConnection,
+  remotePath: string,
+  target: string,
+  entry: Entry,
+  overwrite: boolean,
+  options: DownloadOptions,
+): Promise<DownloadResult> {
+  await fs.mkdir(path.dirname(target), { recursive: true });
+  const partial = partialPathFor(target, conn.peerId, remotePath, entry.size, entry.mtimeMs);
+  const existing = await fs.lstat(partial).catch(() => undefined);
+  let offset = 0;
+  if (existing?.isFile() && existing.size <= entry.size) offset = existing.size;
+  else if (existing) await fs.rm(partial, { force: true, recursive: false });
+  const receiver = new FileReceiver(target, partial, offset, entry.size, entry.mtimeMs);
+  let started = false;
+  const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
+    await conn.exchange({ type: 'read', path: remotePath, offset, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done) => {
+      if (!started) {
+        const m = expectMessage(event);
+        if (m.type !== 'file') throw new PeerShareError('PROTOCOL_ERROR', `Expected a file, got ${String(m.type)}.`);
+        // The scp lesson: the answer must be about exactly what we asked for.
+        if (m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
+        if (m.size !== entry.size || m.offset !== offset) throw new PeerShareError('FILE_CHANGED');
+        started = true;
+        return receiver.open();
+      }
+      if (event.kind === 'data') {
+        const pending = receiver.write(event.chunk);
+        options.onProgress?.({ bytes: receiver.bytesReceived, totalBytes: entry.size, file: path.basename(target) });
+        return pending;
+      }
+      const m = event.message;
+      if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${String(m.type)}.`);
+      return receiver.finish(m.sha256, overwrite).then(done);
+    });
+  } catch (err) {
+    const coded = toPeerShareError(err, 'IO_ERROR');
+    // Data we cannot trust is never kept; an interrupted but honest transfer is kept for resume.
+    const resumable = coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || coded.code === 'CANCELLED';
+    await receiver.abort(resumable && options.keepPartial !== false);
+    throw coded;
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+  return {
+    target,
+    type: 'file',
+    files: 1,
+    bytes: receiver.bytesReceived,
+    resumedBytes: offset,
+    skippedExisting: [],
+    skippedByPeer: [],
+  };
+}
+
+function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: string[]): DownloadResult {
+  return { target, type, files: 0, bytes: 0, resumedBytes: 0, skippedExisting, skippedByPeer: [] };
+}
+
+/**
+ * Downloads a folder as one stream. Every name is checked before anything is created, every
+ * file is verified before it takes its name, and existing files follow `onConflict` (default: skip).
+ */
+export async function downloadFolder(
+  conn: PeerConnection,
+  remotePath: string,
+  target: string,
+  options: DownloadOptions = {},
+): Promise<DownloadResult> {
+  const result = emptyResult(target, 'dir', []);
+  await fs.mkdir(target, { recursive: true });
+  await ensureRealDirectory(target);
+  const seen = new Set<string>();
+  const madeDirs = new Set<string>(['']);
+  let current: { receiver?: FileReceiver; rel: string; overwrite: boolean } | undefined;
+  let bytes = 0;
+  const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+
+  const makeDirs = async (components: string[]): Promise<void> => {
+    for (let i = 1; i <= components.length; i++) {
+      const rel = components.slice(0, i).join('/');
+      if (madeDirs.has(rel)) continue;
+      const dir = path.join(target, ...components.slice(0, i));
+      await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw toPeerShareError(err, 'IO_ERROR');
+      });
+      await ensureRealDirectory(dir);
+      madeDirs.add(rel);
+    }
+  };
+
+  const handle = async (event: PeerEvent, done: () => void): Promise<void> => {
+    if (event.kind === 'data') {
+      if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'File data outside a file.');
+      bytes += event.chunk.length;
+      options.onProgress?.({ bytes, file: current.rel });
+      if (current.receiver) await current.receiver.write(event.chunk);
+      return;
+    }
+    const m = event.message;
+    switch (m.type) {
+      case 'dir': {
+        if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A folder inside a file.');
+        await makeDirs(checkReceivedName(m.path, conn.limits.maxPathBytes));
+        return;
+      }
+      case 'file': {
+        if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A file inside a file.');
+        const components = checkReceivedName(m.path, conn.limits.maxPathBytes);
+        const key = collisionKey(m.path as string);
+        if (seen.has(key)) throw new PeerShareError('BAD_NAME', 'The peer sent the same file twice.');
+        seen.add(key);
+        const size = m.size;
+        const mtimeMs = typeof m.mtimeMs === 'number' && Number.isFinite(m.mtimeMs) ? m.mtimeMs : Date.now();
+        if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || m.offset !== 0) {
+          throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
+        }
+        await makeDirs(components.slice(0, -1));
+        let fileTarget = path.join(target, ...components);
+        let overwrite = false;
+        let choice: ConflictChoice | undefined;
+        if (await exists(fileTarget)) {
+          choice = await chooseConflict(options, fileTarget, 'skip');
+          if (choice === 'fail') throw new PeerShareError('DEST_EXISTS', `${fileTarget} already exists; it was left alone.`);
+          if (choice === 'keepBoth') fileTarget = await keepBothName(fileTarget);
+          overwrite = choice === 'overwrite';
+        }
+        if (choice === 'skip') {
+          result.skippedExisting.push(fileTarget);
+          current = { rel: m.path as string, overwrite };
+          return;
+        }
+        const receiver = new FileReceiver(fileTarget, partialPathFor(fileTarget, conn.peerId, `${remotePath}/${m.path}`, size, mtimeMs), 0, size, mtimeMs);
+        current = { receiver, rel: m.path as string, overwrite };
+        await receiver.open();
+        return;
+      }
+      case 'fileEnd': {
+        if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'The end of a file that never started.');
+        const finished = current;
+        current = undefined;
+        if (finished.receiver) {
+          await finished.receiver.finish(m.sha256, finished.overwrite);
+          result.files++;
+        }
+        return;
+      }
+      case 'skipped': {
+        const rel = typeof m.path === 'string' ? m.path : '';
+        if (current) {
+          if (current.rel !== rel) throw new PeerShareError('PROTOCOL_ERROR', 'Skipped a file other than the current one.');
+          await current.receiver?.abort(false);
+          current = undefined;
+        } else {
+          checkReceivedName(rel, conn.limits.maxPathBytes);
+        }
+        result.skippedByPeer.push({ path: rel, code: String(m.code ?? ''), message: String(m.message ?? '').slice(0, 300) });
+        return;
+      }
+      case 'end':
+        if (current) throw new PeerShareError('PROTOCOL_ERROR', 'The folder ended inside a file.');
+        done();
+        return;
+      default:
+        throw new PeerShareError('PROTOCOL_ERROR', `Unexpected message ${JSON.stringify(String(m.type).slice(0, 40))}.`);
+    }
+  };
+
+  try {
+    if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
+    await conn.exchange({ type: 'tree', path: remotePath }, handle);
+  } catch (err) {
+    await current?.receiver?.abort(false);
+    throw toPeerShareError(err, 'IO_ERROR');
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort);
+  }
+  result.bytes = bytes;
+  return result;
+}
+
+/** Refuses a symlink (or anything but a folder) where we are about to write. */
+async function ensureRealDirectory(dir: string): Promise<void> {
+  const st = await fs.lstat(dir);
+  if (!st.isDirectory()) {
+    throw new PeerShareError('BAD_NAME', `${dir} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a folder'}; nothing was written through it.`);
+  }
+}

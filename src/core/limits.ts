@@ -1,0 +1,67 @@
+/**
+ * Every limit the peer enforces, in one place. Each is an option so tests can shrink it to
+ * milliseconds and bytes; the defaults are safe for a peer that strangers can reach.
+ */
+export interface Limits {
+  /** TLS handshake must finish within this time. */
+  handshakeTimeoutMs: number;
+  /** After the handshake, the client's hello must arrive within this time. */
+  helloTimeoutMs: number;
+  /** A connection with no request in flight is closed after this long. */
+  idleTimeoutMs: number;
+  /** Absolute deadline for one incoming message, from its first byte to its last (defeats byte drips). */
+  messageTimeoutMs: number;
+  /** A transfer whose reader accepts no bytes for this long is abandoned; the client likewise gives up on a silent peer. */
+  stallTimeoutMs: number;
+  /** Connections served at once, handshaking ones included. */
+  maxConnections: number;
+  /** Requests being answered at once across all connections. */
+  maxConcurrentRequests: number;
+  /** Largest control message (JSON) accepted, in bytes. */
+  maxMessageBytes: number;
+  /** Largest data frame accepted, in bytes. */
+  maxDataFrameBytes: number;
+  /** Entries a single listing may return. */
+  maxListEntries: number;
+  /** Entries sent per listing message, so no listing becomes one giant message. */
+  listBatchEntries: number;
+  /** Files a single folder download may contain. */
+  maxTreeFiles: number;
+  /** Folder nesting a folder download may descend. */
+  maxTreeDepth: number;
+  /** Longest path accepted, in UTF-8 bytes. */
+  maxPathBytes: number;
+}
+
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
+  handshakeTimeoutMs: 10_000,
+  helloTimeoutMs: 10_000,
+  idleTimeoutMs: 5 * 60_000,
+  messageTimeoutMs: 10_000,
+  stallTimeoutMs: 30_000,
+  maxConnections: 64,
+  maxConcurrentRequests: 32,
+  maxMessageBytes: 1024 * 1024,
+  maxDataFrameBytes: 1024 * 1024,
+  maxListEntries: 1_000_000,
+  listBatchEntries: 1000,
+  maxTreeFiles: 1_000_000,
+  maxTreeDepth: 64,
+  maxPathBytes: 4096,
+});
+
+/** Size of the chunks files are read and sent in. */
+export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
+
+export function resolveLimits(overrides?: Partial<Limits>): Limits {
+  const limits: Limits = { ...DEFAULT_LIMITS };
+  for (const [key, value] of Object.entries(overrides ?? {})) {
+    if (!(key in DEFAULT_LIMITS)) throw new TypeError(`Unknown limit: ${key}`);
+    if (value === undefined) continue;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) {
+      throw new TypeError(`Limit ${key} must be a positive number, got ${String(value)}`);
+    }
+    (limits as unknown as Record<string, number>)[key] = value;
+  }
+  return limits;
+}

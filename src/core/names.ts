@@ -1,0 +1,42 @@
+import { PeerShareError } from './errors';
+
+/**
+ * Checks a relative name a peer sent us before anything is written under it (the scp
+ * CVE-2019-6111 class): plain `/`-separated components only, nothing that climbs out, nothing a
+ * file system would read as something else, nothing that lands in `.git`, and no characters that
+ * could disguise a name on screen. Returns the components.
+ */
+const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$/i;
+// Control characters, DEL, C1 controls, and bidirectional overrides/isolates.
+// eslint-disable-next-line no-control-regex
+const UNSAFE_CHARS = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\uFFFD]/;
+const MAX_COMPONENT_BYTES = 255;
+
+export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] {
+  const bad = (why: string): never => {
+    throw new PeerShareError('BAD_NAME', `The peer sent an unsafe file name (${why}); it was refused.`);
+  };
+  if (typeof name !== 'string' || name.length === 0) bad('empty');
+  const text = name as string;
+  if (Buffer.byteLength(text, 'utf8') > maxPathBytes) bad('too long');
+  if (UNSAFE_CHARS.test(text)) bad('control or direction characters');
+  if (text.includes('\\')) bad('backslash');
+  if (text.includes(':')) bad('colon or drive letter');
+  if (text.startsWith('/')) bad('absolute path');
+  const components = text.split('/');
+  for (const part of components) {
+    if (part === '' || part === '.' || part === '..') bad('empty, "." or ".." component');
+    if (Buffer.byteLength(part, 'utf8') > MAX_COMPONENT_BYTES) bad('component too long');
+    if (/[. ]$/.test(part)) bad('trailing dot or space');
+    if (WINDOWS_RESERVED.test(part)) bad('reserved device name');
+    if (/[<>"|?*]/.test(part)) bad('character not allowed in file names on Windows');
+    // `.git` runs hooks: a name that is, or folds to, `.git` never lands on disk.
+    if (part.normalize('NFKC').toLowerCase() === '.git') bad('.git');
+  }
+  return components;
+}
+
+/** Case- and normalisation-folded key, to catch two names that one file system would merge. */
+export function collisionKey(relPath: string): string {
+  return relPath.normalize('NFC').toLowerCase();
+}

@@ -1,0 +1,478 @@
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import * as os from 'node:os';
+import * as tls from 'node:tls';
+import type { Identity } from './identity';
+import { PeerShareError, toPeerShareError } from './errors';
+import { FrameParser, encodeDataHeader, encodeMessage } from './frames';
+import { formatAddress, formatInvite, TokenBook } from './invite';
+import { resolveLimits, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
+import { peerIdOfCert } from './peer-id';
+import { PROTOCOL_VERSIONS, parseHello, parseRequest, sanitizeForDisplay, type Request } from './protocol';
+import type { Share } from './share';
+import type { TrustStore } from './trust';
+import { TLS_OPTIONS } from './tls-options';
+
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type Logger = (level: LogLevel, message: string) => void;
+
+export interface PeerServerOptions {
+  identity: Identity;
+  trust: TrustStore;
+  share: Share;
+  /** The name other peers see. */
+  name: string;
+  limits?: Partial<Limits>;
+  log?: Logger;
+}
+
+export interface ConnectedPeer {
+  id: string;
+  name: string;
+  remoteAddress: string;
+}
+
+export interface ServerStats {
+  /** File bytes sent, all transfers together. */
+  fileBytesSent: number;
+  connectionsAccepted: number;
+  requests: number;
+}
+
+/**
+ * The sharing side: a TLS 1.3 server with mutual authentication. A client whose certificate is
+ * trusted is served; an unknown one may present an invite token once; anyone else gets one
+ * PEER_UNTRUSTED error and the connection closes.
+ */
+export class PeerServer extends EventEmitter {
+  readonly limits: Limits;
+  readonly tokens = new TokenBook();
+  readonly stats: ServerStats = { fileBytesSent: 0, connectionsAccepted: 0, requests: 0 };
+  private readonly server: tls.Server;
+  private readonly connections = new Set<ServerConnection>();
+  private activeRequests = 0;
+  private boundPort = 0;
+  private boundHost = '';
+  private readonly log: Logger;
+
+  constructor(readonly options: PeerServerOptions) {
+    super();
+    this.limits = resolveLimits(options.limits);
+    this.log = options.log ?? (() => undefined);
+    this.server = tls.createServer({
+      ...TLS_OPTIONS,
+      key: options.identity.keyPem,
+      cert: options.identity.certPem,
+      requestCert: true,
+      // Peers' certificates are self-signed: we decide trust by fingerprint after the handshake.
+      rejectUnauthorized: false,
+      handshakeTimeout: this.limits.handshakeTimeoutMs,
+    });
+    // Bounds sockets still in their handshake; established ones beyond the limit get a BUSY answer.
+    this.server.maxConnections = this.limits.maxConnections * 2;
+    this.server.on('secureConnection', (socket) => this.accept(socket));
+    this.server.on('tlsClientError', (err, socket) => {
+      this.log('debug', `TLS handshake failed from ${socket.remoteAddress ?? '?'}: ${err.message}`);
+      socket.destroy();
+    });
+    this.server.on('error', (err) => this.log('error', `Server error: ${err.message}`));
+  }
+
+  listen(port = 0, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(toPeerShareError(err, 'CONNECTION_FAILED'));
+      this.server.once('error', onError);
+      this.server.listen(port, host, () => {
+        this.server.off('error', onError);
+        const addr = this.server.address();
+        this.boundPort = typeof addr === 'object' && addr ? addr.port : port;
+        this.boundHost = host;
+        resolve({ host, port: this.boundPort });
+      });
+    });
+  }
+
+  get port(): number {
+    return this.boundPort;
+  }
+
+  /** Addresses a peer can reach us at: the bound host, or every interface when bound to all. */
+  addresses(): string[] {
+    if (this.boundHost !== '0.0.0.0' && this.boundHost !== '::') return [formatAddress(this.boundHost, this.boundPort)];
+    const external: string[] = [];
+    const internal: string[] = [];
+    for (const infos of Object.values(os.networkInterfaces())) {
+      for (const info of infos ?? []) {
+        if (info.family !== 'IPv4' && this.boundHost === '0.0.0.0') continue;
+        if (info.family === 'IPv6' && info.address.startsWith('fe80')) continue;
+        (info.internal ? internal : external).push(formatAddress(info.address, this.boundPort));
+      }
+    }
+    return [...external, ...internal];
+  }
+
+  /** A one-line invite; its token lets `uses` new peers pair within `ttlMs`. */
+  createInvite(options: { ttlMs?: number; uses?: number } = {}): string {
+    const token = this.tokens.issue({ ttlMs: options.ttlMs ?? 60 * 60_000, uses: options.uses ?? 1 });
+    return formatInvite({ peerId: this.options.identity.peerId, addresses: this.addresses(), token, name: this.options.name });
+  }
+
+  connectedPeers(): ConnectedPeer[] {
+    const peers: ConnectedPeer[] = [];
+    for (const c of this.connections) if (c.peer) peers.push(c.peer);
+    return peers;
+  }
+
+  /** Closes every connection of a peer, e.g. after its trust was revoked. */
+  disconnectPeer(id: string): void {
+    for (const c of this.connections) if (c.peer?.id === id) c.close();
+  }
+
+  async close(): Promise<void> {
+    this.tokens.revokeAll();
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const c of this.connections) c.close();
+    await closed;
+  }
+
+  /** @internal */
+  tryStartRequest(): boolean {
+    if (this.activeRequests >= this.limits.maxConcurrentRequests) return false;
+    this.activeRequests++;
+    this.stats.requests++;
+    return true;
+  }
+
+  /** @internal */
+  endRequest(): void {
+    this.activeRequests--;
+  }
+
+  private accept(socket: tls.TLSSocket): void {
+    this.stats.connectionsAccepted++;
+    if (this.connections.size >= this.limits.maxConnections) {
+      socket.end(encodeMessage({ type: 'error', code: 'BUSY', message: 'Too many connections; try again shortly.' }));
+      socket.setTimeout(1000, () => socket.destroy());
+      socket.on('error', () => socket.destroy());
+      return;
+    }
+    const connection = new ServerConnection(this, socket, this.log);
+    this.connections.add(connection);
+    socket.once('close', () => {
+      this.connections.delete(connection);
+      if (connection.peer) this.emit('peer-disconnected', connection.peer);
+    });
+  }
+}
+
+class ServerConnection {
+  peer?: ConnectedPeer;
+  private state: 'hello' | 'ready' | 'closed' = 'hello';
+  private busy = false;
+  private readonly parser: FrameParser;
+  private timer?: NodeJS.Timeout;
+  private messageTimer?: NodeJS.Timeout;
+  private readonly limits: Limits;
+  private readonly peerId?: string;
+
+  constructor(
+    private readonly server: PeerServer,
+    private readonly socket: tls.TLSSocket,
+    private readonly log: Logger,
+  ) {
+    this.limits = server.limits;
+    socket.setNoDelay(true);
+    socket.on('error', (err) => {
+      this.log('debug', `Connection error from ${this.describe()}: ${err.message}`);
+      this.close();
+    });
+    socket.on('close', () => this.close());
+    this.parser = new FrameParser(
+      this.limits,
+      {
+        onMessage: (m) => this.onMessage(m),
+        onData: () => undefined, // refused by the parser: clients never send data
+        onFrameProgress: (inFrame) => this.onFrameProgress(inFrame),
+      },
+      false,
+    );
+    const cert = socket.getPeerX509Certificate();
+    if (!cert) {
+      this.fail(new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.'));
+      return;
+    }
+    this.peerId = peerIdOfCert(cert.raw);
+    this.setTimer(this.limits.helloTimeoutMs, 'hello');
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        this.parser.push(chunk);
+      } catch (err) {
+        this.fail(toPeerShareError(err, 'PROTOCOL_ERROR'));
+      }
+    });
+  }
+
+  close(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    clearTimeout(this.timer);
+    clearTimeout(this.messageTimer);
+    this.socket.destroy();
+  }
+
+  private describe(): string {
+    return `${this.peer?.name ? `${this.peer.name} ` : ''}${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+  }
+
+  private setTimer(ms: number, what: string): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.fail(new PeerShareError('TIMEOUT', `No ${what} within ${ms} ms; closing.`)), ms);
+    this.timer.unref();
+  }
+
+  private onFrameProgress(inFrame: boolean): void {
+    clearTimeout(this.messageTimer);
+    if (inFrame) {
+      // An absolute deadline per message: a byte every few seconds does not keep a connection alive.
+      this.messageTimer = setTimeout(
+        () => this.fail(new PeerShareError('TIMEOUT', 'A message took too long to arrive; closing.')),
+        this.limits.messageTimeoutMs,
+      );
+      this.messageTimer.unref();
+    }
+  }
+
+  /** Sends an error and closes: for anything that breaks the protocol or trust. */
+  private fail(err: PeerShareError): void {
+    if (this.state === 'closed') return;
+    this.log(err.code === 'TIMEOUT' ? 'debug' : 'warn', `Closing ${this.describe()}: ${err.code} ${err.message}`);
+    this.state = 'closed';
+    clearTimeout(this.timer);
+    clearTimeout(this.messageTimer);
+    if (!this.socket.destroyed && this.socket.writable) {
+      this.socket.end(encodeMessage({ type: 'error', code: err.code, message: err.message }));
+      const forceClose = setTimeout(() => this.socket.destroy(), 1000);
+      forceClose.unref();
+    } else {
+      this.socket.destroy();
+    }
+  }
+
+  private onMessage(m: Record<string, unknown>): void {
+    if (this.state === 'closed') return;
+    try {
+      if (this.state === 'hello') {
+        this.onHello(m);
+        return;
+      }
+      if (this.busy) throw new PeerShareError('PROTOCOL_ERROR', 'One request at a time per connection.');
+      const request = parseRequest(m, this.limits.maxPathBytes);
+      if (!this.server.tryStartRequest()) {
+        this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' });
+        return;
+      }
+      this.busy = true;
+      clearTimeout(this.timer);
+      this.serve(request).finally(() => {
+        this.server.endRequest();
+        this.busy = false;
+        if (this.state === 'ready') this.setTimer(this.limits.idleTimeoutMs, 'request');
+      });
+    } catch (err) {
+      this.fail(toPeerShareError(err, 'PROTOCOL_ERROR'));
+    }
+  }
+
+  private onHello(m: Record<string, unknown>): void {
+    const hello = parseHello(m, this.limits.maxPathBytes);
+    const version = Math.max(...hello.versions.filter((v) => (PROTOCOL_VERSIONS as readonly number[]).includes(v)));
+    if (!Number.isFinite(version)) {
+      throw new PeerShareError('VERSION_UNSUPPORTED', `This peer speaks protocol versions ${PROTOCOL_VERSIONS.join(', ')}.`);
+    }
+    const { identity, trust } = this.server.options;
+    const id = this.peerId!;
+    const name = sanitizeForDisplay(hello.name).slice(0, 100);
+    let paired = false;
+    if (!trust.isTrusted(id) && id !== identity.peerId) {
+      if (hello.token === undefined) throw new PeerShareError('PEER_UNTRUSTED');
+      if (!this.server.tokens.redeem(hello.token)) throw new PeerShareError('TOKEN_INVALID');
+      paired = true;
+      // Pairing is acknowledged only once it is on disk.
+      trust.add({ id, name }).then(
+        () => this.afterHello(id, name, version, true),
+        (err) => this.fail(toPeerShareError(err, 'IO_ERROR')),
+      );
+      this.state = 'ready';
+      clearTimeout(this.timer);
+      return;
+    }
+    this.afterHello(id, name, version, paired);
+  }
+
+  private afterHello(id: string, name: string, version: number, paired: boolean): void {
+    if (this.state === 'closed') return;
+    this.state = 'ready';
+    this.peer = { id, name, remoteAddress: this.socket.remoteAddress ?? '' };
+    const { identity, share } = this.server.options;
+    this.send({
+      type: 'welcome',
+      version,
+      name: this.server.options.name,
+      id: identity.peerId,
+      roots: share.roots.map((r) => r.name),
+      paired,
+    });
+    this.setTimer(this.limits.idleTimeoutMs, 'request');
+    this.log('info', `${paired ? 'Paired with' : 'Connected:'} ${this.describe()} (${id})`);
+    this.server.emit(paired ? 'peer-paired' : 'peer-connected', this.peer);
+  }
+
+  private send(message: object): Promise<void> {
+    if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
+    return this.waitDrain(this.socket.write(encodeMessage(message)));
+  }
+
+  private sendData(chunk: Buffer): Promise<void> {
+    if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
+    this.socket.cork();
+    this.socket.write(encodeDataHeader(chunk.length));
+    const ok = this.socket.write(chunk);
+    this.socket.uncork();
+    return this.waitDrain(ok);
+  }
+
+  /** Back-pressure: wait for the reader, but not forever (a reader that never reads is dropped). */
+  private waitDrain(ok: boolean): Promise<void> {
+    if (ok) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        this.fail(new PeerShareError('TIMEOUT', 'The peer stopped reading; transfer abandoned.'));
+        reject(new PeerShareError('TIMEOUT'));
+      }, this.limits.stallTimeoutMs);
+      const onDrain = (): void => {
+        cleanup();
+        resolve();
+      };
+      const onClose = (): void => {
+        cleanup();
+        reject(new PeerShareError('CONNECTION_CLOSED'));
+      };
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.socket.off('drain', onDrain);
+        this.socket.off('close', onClose);
+      };
+      this.socket.on('drain', onDrain);
+      this.socket.on('close', onClose);
+    });
+  }
+
+  private async serve(request: Request): Promise<void> {
+    const { share } = this.server.options;
+    try {
+      switch (request.type) {
+        case 'stat':
+          await this.send({ type: 'entry', entry: await share.stat(request.path) });
+          return;
+        case 'list': {
+          let count = 0;
+          for await (const entries of share.list(request.path)) {
+            count += entries.length;
+            await this.send({ type: 'entries', entries });
+          }
+          await this.send({ type: 'end', count });
+          return;
+        }
+        case 'read':
+          await this.sendFile(request.path, '', request.offset, request.expect);
+          return;
+        case 'tree':
+          await this.sendTree(request.path);
+          return;
+      }
+    } catch (err) {
+      const coded = toPeerShareError(err, 'INTERNAL');
+      if (this.state === 'closed' || coded.code === 'CONNECTION_CLOSED') return;
+      if (coded.code === 'INTERNAL' || coded.code === 'IO_ERROR') {
+        this.log('error', `Request ${request.type} from ${this.describe()} failed: ${coded.detail ?? coded.message}`);
+      }
+      // The peer learns the code, never our internal details.
+      await this.send({ type: 'error', code: coded.code, message: coded.message }).catch(() => undefined);
+    }
+  }
+
+  private async sendTree(remotePath: string): Promise<void> {
+    const { share } = this.server.options;
+    let count = 0;
+    for await (const item of share.walk(remotePath)) {
+      if (item.kind === 'dir') {
+        await this.send({ type: 'dir', path: item.relPath });
+        continue;
+      }
+      try {
+        await this.sendFile(item.remotePath, item.relPath, 0, undefined, true);
+        count++;
+      } catch (err) {
+        const coded = toPeerShareError(err, 'IO_ERROR');
+        if (coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || this.state === 'closed') throw coded;
+        await this.send({ type: 'skipped', path: item.relPath, code: coded.code, message: coded.message });
+      }
+    }
+    await this.send({ type: 'end', count });
+  }
+
+  /**
+   * Streams a file from `offset`. The SHA-256 in the closing message covers the whole file,
+   * prefix included, so a resumed download is verified end to end.
+   */
+  private async sendFile(
+    remotePath: string,
+    label: string,
+    offset: number,
+    expect: { size: number; mtimeMs: number } | undefined,
+    inTree = false,
+  ): Promise<void> {
+    const { share } = this.server.options;
+    const { handle, stat } = await share.openFile(remotePath);
+    try {
+      const size = stat.size;
+      const mtimeMs = Math.floor(stat.mtimeMs);
+      if (expect && (expect.size !== size || expect.mtimeMs !== mtimeMs)) throw new PeerShareError('FILE_CHANGED');
+      if (offset > size) throw new PeerShareError('INVALID_ARGUMENT', 'The offset is past the end of the file.');
+      const hash = createHash('sha256');
+      let position = 0;
+      const chunk = Math.min(TRANSFER_CHUNK_BYTES, this.limits.maxDataFrameBytes);
+      const readAt = async (at: number): Promise<Buffer> => {
+        const buffer = Buffer.allocUnsafe(Math.min(chunk, size - at));
+        const { bytesRead } = await handle.read(buffer, 0, buffer.length, at);
+        // A file that shrank under us cannot be sent consistently.
+        if (bytesRead < buffer.length) throw new PeerShareError('FILE_CHANGED');
+        return buffer;
+      };
+      while (position < offset) {
+        const buffer = await readAt(position);
+        const part = buffer.subarray(0, Math.min(buffer.length, offset - position));
+        hash.update(part);
+        position += part.length;
+      }
+      await this.send({ type: 'file', path: inTree ? label : remotePath, size, mtimeMs, offset });
+      // Read the next chunk while the current one is being encrypted and sent.
+      let next: Promise<Buffer> | undefined = position < size ? readAt(position) : undefined;
+      while (next) {
+        const buffer = await next;
+        position += buffer.length;
+        next = position < size ? readAt(position) : undefined;
+        next?.catch(() => undefined);
+        hash.update(buffer);
+        await this.sendData(buffer);
+        this.server.stats.fileBytesSent += buffer.length;
+      }
+      const after = await handle.stat();
+      if (after.size !== size || Math.floor(after.mtimeMs) !== mtimeMs) throw new PeerShareError('FILE_CHANGED');
+      await this.send({ type: 'fileEnd', sha256: hash.digest('hex') });
+    } finally {
+      await handle.close();
+    }
+  }
+}

@@ -1,0 +1,348 @@
+import { constants as fsc, promises as fs, existsSync, type Stats } from 'node:fs';
+import * as path from 'node:path';
+import ignore, { type Ignore } from 'ignore';
+import { PeerShareError, toPeerShareError } from './errors';
+import type { Entry } from './protocol';
+import type { Limits } from './limits';
+
+/**
+ * What a peer may read: the shared roots, read-only, minus what is usually secret. Every path
+ * a peer sends is checked here by components (never by string prefix), and every open is
+ * verified after the fact, so a symlink swapped in between check and open still cannot lead out.
+ */
+
+/** Not shared unless the user opts out: version control internals, secrets and keys. */
+export const DEFAULT_EXCLUDES: readonly string[] = [
+  '.git',
+  '.hg',
+  '.svn',
+  '.env*',
+  '.peershare',
+  '*.pem',
+  '*.key',
+  '*.p12',
+  '*.pfx',
+  '*.keystore',
+  '*.jks',
+  'id_rsa*',
+  'id_dsa*',
+  'id_ecdsa*',
+  'id_ed25519*',
+  '.npmrc',
+  '.netrc',
+  '.pgpass',
+  '.aws',
+  '.ssh',
+  '.gnupg',
+];
+
+export interface ShareOptions {
+  folders: string[];
+  /** Skip files matched by `.gitignore` files inside the share (default true). */
+  honourGitignore?: boolean;
+  /** Apply DEFAULT_EXCLUDES (default true). */
+  defaultExcludes?: boolean;
+  /** More patterns, in .gitignore syntax. */
+  excludes?: string[];
+  /** Absolute paths never served even if inside a root (the identity folder). */
+  privatePaths?: string[];
+}
+
+export interface ShareRoot {
+  name: string;
+  realPath: string;
+}
+
+export interface OpenedFile {
+  handle: fs.FileHandle;
+  stat: Stats;
+}
+
+export type WalkItem = { kind: 'dir'; relPath: string } | { kind: 'file'; relPath: string; remotePath: string };
+
+// Linux tells us where an open descriptor really points: the race-free check.
+const PROC_FD = process.platform === 'linux' && existsSync('/proc/self/fd') ? '/proc/self/fd' : undefined;
+const GITIGNORE_TTL_MS = 2000;
+
+export class Share {
+  readonly roots: ShareRoot[];
+  private readonly rules: Ignore;
+  private readonly gitignoreCache = new Map<string, { loadedAt: number; rules: Ignore | null }>();
+
+  private constructor(
+    roots: ShareRoot[],
+    private readonly options: ShareOptions,
+    private readonly privatePaths: string[],
+    private readonly limits: Pick<Limits, 'maxPathBytes' | 'maxListEntries' | 'listBatchEntries' | 'maxTreeFiles' | 'maxTreeDepth'>,
+  ) {
+    this.roots = roots;
+    this.rules = ignore({ ignorecase: true });
+    if (options.defaultExcludes !== false) this.rules.add([...DEFAULT_EXCLUDES]);
+    if (options.excludes?.length) this.rules.add(options.excludes);
+  }
+
+  static async create(options: ShareOptions, limits: Share['limits']): Promise<Share> {
+    if (options.folders.length === 0) throw new PeerShareError('INVALID_ARGUMENT', 'Nothing to share: no folder given.');
+    const roots: ShareRoot[] = [];
+    const used = new Set<string>();
+    for (const folder of options.folders) {
+      let realPath: string;
+      try {
+        realPath = await fs.realpath(folder);
+      } catch (err) {
+        throw new PeerShareError('NOT_FOUND', `Cannot share ${folder}: it does not exist.`, { cause: err });
+      }
+      if (!(await fs.stat(realPath)).isDirectory()) {
+        throw new PeerShareError('NOT_A_DIRECTORY', `Cannot share ${folder}: it is not a folder.`);
+      }
+      const base = path.basename(realPath) || 'root';
+      let name = base;
+      for (let n = 2; used.has(name.toLowerCase()); n++) name = `${base}-${n}`;
+      used.add(name.toLowerCase());
+      roots.push({ name, realPath });
+    }
+    const privatePaths: string[] = [];
+    for (const p of options.privatePaths ?? []) privatePaths.push(await fs.realpath(p).catch(() => path.resolve(p)));
+    return new Share(roots, options, privatePaths, limits);
+  }
+
+  /**
+   * Checks a path a peer sent. Paths are `/`-separated and relative to the virtual top whose
+   * children are the roots: `""` is the top, `"project/src/a.ts"` a file. Returns the root and
+   * the components below it; refuses every traversal spelling before touching the disk.
+   */
+  resolve(remotePath: string): { root?: ShareRoot; components: string[] } {
+    if (Buffer.byteLength(remotePath, 'utf8') > this.limits.maxPathBytes) {
+      throw new PeerShareError('TOO_LARGE', 'That path is too long.');
+    }
+    const trimmed = remotePath.endsWith('/') ? remotePath.slice(0, -1) : remotePath;
+    if (trimmed === '') return { components: [] };
+    // eslint-disable-next-line no-control-regex
+    if (/[\u0000-\u001f\u007f\\]/.test(trimmed) || trimmed.startsWith('/') || /\uFFFD/.test(trimmed)) {
+      throw new PeerShareError('OUTSIDE_SHARE', 'That path is not a plain path inside the share.');
+    }
+    const parts = trimmed.split('/');
+    for (const part of parts) {
+      if (part === '' || part === '.' || part === '..' || Buffer.byteLength(part, 'utf8') > 255) {
+        throw new PeerShareError('OUTSIDE_SHARE', 'That path is not a plain path inside the share.');
+      }
+    }
+    const root = this.roots.find((r) => r.name === parts[0]);
+    if (!root) throw new PeerShareError('NOT_FOUND', 'No shared folder has that name.');
+    return { root, components: parts.slice(1) };
+  }
+
+  /** True if the path, or any folder above it, is excluded. */
+  async isExcluded(root: ShareRoot, components: string[], isDir: boolean): Promise<boolean> {
+    if (components.length === 0) return false;
+    // Windows and macOS file systems treat `.git.` / `.GIT ` as `.git`; match those aliases too.
+    const canonical = components.map((c) => c.normalize('NFC').replace(/[. ]+$/, '') || c);
+    for (let i = 1; i <= canonical.length; i++) {
+      const dirPrefix = i < canonical.length || isDir;
+      const rel = canonical.slice(0, i).join('/') + (dirPrefix ? '/' : '');
+      if (this.rules.ignores(rel)) return true;
+      if (this.options.honourGitignore !== false) {
+        for (let j = 0; j < i; j++) {
+          const rules = await this.gitignoreRules(root, components.slice(0, j));
+          if (rules?.ignores(canonical.slice(j, i).join('/') + (dirPrefix ? '/' : ''))) return true;
+        }
+      }
+    }
+    if (this.privatePaths.length > 0) {
+      const full = path.join(root.realPath, ...components);
+      if (this.privatePaths.some((p) => isInside(p, full))) return true;
+    }
+    return false;
+  }
+
+  private async gitignoreRules(root: ShareRoot, dirComponents: string[]): Promise<Ignore | null> {
+    const file = path.join(root.realPath, ...dirComponents, '.gitignore');
+    const cached = this.gitignoreCache.get(file);
+    const now = Date.now();
+    if (cached && now - cached.loadedAt < GITIGNORE_TTL_MS) return cached.rules;
+    let rules: Ignore | null = null;
+    try {
+      const st = await fs.lstat(file);
+      if (st.isFile() && st.size <= 1024 * 1024) rules = ignore({ ignorecase: true }).add(await fs.readFile(file, 'utf8'));
+    } catch {
+      rules = null;
+    }
+    if (this.gitignoreCache.size > 10_000) this.gitignoreCache.clear();
+    this.gitignoreCache.set(file, { loadedAt: now, rules });
+    return rules;
+  }
+
+  /** Opens a regular file inside the share for reading, or throws a coded error. */
+  async openFile(remotePath: string): Promise<OpenedFile & { root: ShareRoot; components: string[] }> {
+    const { root, components } = this.resolve(remotePath);
+    if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
+    if (await this.isExcluded(root, components, false)) throw new PeerShareError('EXCLUDED');
+    const opened = await openVerified(root, components, false);
+    if (!opened.stat.isFile()) {
+      await opened.handle.close();
+      throw new PeerShareError('NOT_A_FILE', opened.stat.isDirectory() ? 'That is a folder, not a file.' : 'Only regular files are shared.');
+    }
+    return { ...opened, root, components };
+  }
+
+  async stat(remotePath: string): Promise<Entry> {
+    const { root, components } = this.resolve(remotePath);
+    if (!root) return { name: '', type: 'dir', size: 0, mtimeMs: 0 };
+    if (components.length > 0 && (await this.isExcluded(root, components, false))) throw new PeerShareError('EXCLUDED');
+    const opened = await openVerified(root, components, undefined);
+    try {
+      const { stat } = opened;
+      if (stat.isDirectory() && components.length > 0 && (await this.isExcluded(root, components, true))) {
+        throw new PeerShareError('EXCLUDED');
+      }
+      if (!stat.isFile() && !stat.isDirectory()) throw new PeerShareError('NOT_A_FILE', 'Only regular files and folders are shared.');
+      return entryOf(components.length ? components[components.length - 1] : root.name, stat);
+    } finally {
+      await opened.handle.close();
+    }
+  }
+
+  /** Lists a folder in batches, so no folder becomes one giant message. */
+  async *list(remotePath: string): AsyncGenerator<Entry[]> {
+    const { root, components } = this.resolve(remotePath);
+    if (!root) {
+      const entries: Entry[] = [];
+      for (const r of this.roots) {
+        const st = await fs.stat(r.realPath).catch(() => undefined);
+        if (st) entries.push({ name: r.name, type: 'dir', size: 0, mtimeMs: Math.floor(st.mtimeMs) });
+      }
+      yield entries;
+      return;
+    }
+    if (await this.isExcluded(root, components, true)) throw new PeerShareError('EXCLUDED');
+    let count = 0;
+    for await (const batch of this.readDirBatches(root, components)) {
+      count += batch.length;
+      if (count > this.limits.maxListEntries) {
+        throw new PeerShareError('TOO_LARGE', `The folder has more than ${this.limits.maxListEntries} entries.`);
+      }
+      if (batch.length > 0) yield batch;
+    }
+  }
+
+  /** The files and folders below a folder, depth first in name order, for a folder download. */
+  async *walk(remotePath: string): AsyncGenerator<WalkItem> {
+    const { root, components } = this.resolve(remotePath);
+    if (!root) throw new PeerShareError('NOT_A_DIRECTORY', 'Choose one shared folder to download.');
+    if (await this.isExcluded(root, components, true)) throw new PeerShareError('EXCLUDED');
+    let files = 0;
+    const limits = this.limits;
+    const self = this;
+    async function* visit(dirComponents: string[], relPath: string, depth: number): AsyncGenerator<WalkItem> {
+      if (depth > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
+      const children: Entry[] = [];
+      for await (const batch of self.readDirBatches(root!, dirComponents)) {
+        children.push(...batch);
+        if (children.length > limits.maxListEntries) throw new PeerShareError('TOO_LARGE', 'A folder has too many entries.');
+      }
+      children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+      for (const child of children) {
+        const childRel = relPath ? `${relPath}/${child.name}` : child.name;
+        if (child.type === 'dir') {
+          yield { kind: 'dir', relPath: childRel };
+          yield* visit([...dirComponents, child.name], childRel, depth + 1);
+        } else {
+          if (++files > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files.`);
+          yield { kind: 'file', relPath: childRel, remotePath: [root!.name, ...dirComponents, child.name].join('/') };
+        }
+      }
+    }
+    yield* visit(components, '', 0);
+  }
+
+  private async *readDirBatches(root: ShareRoot, components: string[]): AsyncGenerator<Entry[]> {
+    const opened = await openVerified(root, components, true);
+    const dirPath = path.join(root.realPath, ...components);
+    try {
+      // Reading through the verified descriptor means the listing is of the folder we checked.
+      const dir = await fs.opendir(PROC_FD ? `${PROC_FD}/${opened.handle.fd}` : dirPath, { bufferSize: 256 });
+      let pending: { name: string; isDir: boolean }[] = [];
+      const flush = async (): Promise<Entry[]> => {
+        const batch = pending;
+        pending = [];
+        const entries = await Promise.all(
+          batch.map(async ({ name, isDir }) => {
+            const childComponents = [...components, name];
+            if (await this.isExcluded(root, childComponents, isDir)) return undefined;
+            const st = await fs.lstat(path.join(dirPath, name)).catch(() => undefined);
+            if (!st || !(st.isFile() || st.isDirectory())) return undefined;
+            return entryOf(name, st);
+          }),
+        );
+        return entries.filter((e): e is Entry => e !== undefined);
+      };
+      for await (const dirent of dir) {
+        // Only regular files and folders are ever shown: no symlinks, devices, FIFOs or sockets.
+        if (!dirent.isFile() && !dirent.isDirectory()) continue;
+        if (dirent.name.includes('\uFFFD')) continue; // not valid UTF-8: cannot be named on the wire
+        pending.push({ name: dirent.name, isDir: dirent.isDirectory() });
+        if (pending.length >= this.limits.listBatchEntries) yield await flush();
+      }
+      if (pending.length > 0) yield await flush();
+    } finally {
+      await opened.handle.close();
+    }
+  }
+}
+
+function entryOf(name: string, st: Stats): Entry {
+  return { name, type: st.isDirectory() ? 'dir' : 'file', size: st.isDirectory() ? 0 : st.size, mtimeMs: Math.floor(st.mtimeMs) };
+}
+
+export function isInside(parent: string, candidate: string): boolean {
+  const rel = path.relative(parent, candidate);
+  return rel === '' || (rel !== '..' && !rel.startsWith(`..${path.sep}`) && !path.isAbsolute(rel));
+}
+
+/**
+ * Opens root/components without following a symlink at any component. The final component is
+ * opened with O_NOFOLLOW; then the path the descriptor really points to must be exactly the
+ * path we meant, which fails if any folder on the way was (or became) a symlink.
+ * `wantDir`: true for folders only, false for files only, undefined for either.
+ */
+async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined): Promise<OpenedFile> {
+  const expected = path.join(root.realPath, ...components);
+  const flags = fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
+  if (!PROC_FD) await refuseSymlinkComponents(root, components);
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(expected, flags);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'EMLINK') throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+    if (code === 'ENOTDIR') throw new PeerShareError(wantDir ? 'NOT_A_DIRECTORY' : 'NOT_FOUND');
+    if (code === 'ENXIO') throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
+    throw toPeerShareError(err, 'IO_ERROR');
+  }
+  try {
+    const stat = await handle.stat();
+    if (PROC_FD) {
+      const actual = await fs.readlink(`${PROC_FD}/${handle.fd}`);
+      if (actual !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+    } else {
+      const now = await fs.lstat(expected);
+      if (now.ino !== stat.ino || now.dev !== stat.dev) throw new PeerShareError('OUTSIDE_SHARE', 'The path changed while it was opened.');
+    }
+    if (wantDir === true && !stat.isDirectory()) throw new PeerShareError('NOT_A_DIRECTORY');
+    return { handle, stat };
+  } catch (err) {
+    await handle.close();
+    throw toPeerShareError(err, 'IO_ERROR');
+  }
+}
+
+async function refuseSymlinkComponents(root: ShareRoot, components: string[]): Promise<void> {
+  let current = root.realPath;
+  for (const part of components.slice(0, -1)) {
+    current = path.join(current, part);
+    const st = await fs.lstat(current).catch((err) => {
+      throw toPeerShareError(err, 'IO_ERROR');
+    });
+    if (st.isSymbolicLink()) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+  }
+}
