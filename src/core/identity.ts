@@ -1,6 +1,6 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { webcrypto, X509Certificate, createPrivateKey } from 'node:crypto';
+import { randomBytes, webcrypto, X509Certificate, createPrivateKey } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -46,15 +46,18 @@ async function createIdentityFiles(home: string): Promise<void> {
   const keyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64').match(/.{1,64}/g)!.join('\n')}\n-----END PRIVATE KEY-----\n`;
   await fs.mkdir(home, { recursive: true, mode: 0o700 });
   // Key first, owner-only, created exclusively so two first runs cannot interleave.
-  const keyTmp = path.join(home, `${KEY_FILE}.${process.pid}.tmp`);
+  const unique = `${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+  const keyTmp = path.join(home, `${KEY_FILE}.${unique}`);
+  const certTmp = path.join(home, `${CERT_FILE}.${unique}`);
   await fs.writeFile(keyTmp, keyPem, { mode: 0o600, flag: 'wx' });
-  await fs.writeFile(path.join(home, `${CERT_FILE}.${process.pid}.tmp`), cert.toString('pem'), { mode: 0o644, flag: 'wx' });
+  await fs.writeFile(certTmp, cert.toString('pem'), { mode: 0o644, flag: 'wx' });
   try {
+    // Whoever links the key first owns the identity; a concurrent first run keeps theirs.
     await fs.link(keyTmp, path.join(home, KEY_FILE));
-    await fs.rename(path.join(home, `${CERT_FILE}.${process.pid}.tmp`), path.join(home, CERT_FILE));
+    await fs.rename(certTmp, path.join(home, CERT_FILE));
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    await fs.rm(path.join(home, `${CERT_FILE}.${process.pid}.tmp`), { force: true });
+    await fs.rm(certTmp, { force: true });
   } finally {
     await fs.rm(keyTmp, { force: true });
   }

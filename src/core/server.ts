@@ -266,7 +266,7 @@ class ServerConnection {
         return;
       }
       if (this.busy) throw new PeerShareError('PROTOCOL_ERROR', 'One request at a time per connection.');
-      const request = parseRequest(m, this.limits.maxPathBytes);
+      const request = parseRequest(m);
       if (!this.server.tryStartRequest()) {
         this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' });
         return;

@@ -308,7 +308,9 @@ export function isInside(parent: string, candidate: string): boolean {
 async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined): Promise<OpenedFile> {
   const expected = path.join(root.realPath, ...components);
   const flags = fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
-  if (!PROC_FD) await refuseSymlinkComponents(root, components);
+  // Refuse known symlinks before opening anything, so nothing outside is even opened;
+  // the check after the open is what makes a symlink swapped in meanwhile harmless.
+  await refuseSymlinkComponents(root, components);
   let handle: fs.FileHandle;
   try {
     handle = await fs.open(expected, flags);
@@ -338,10 +340,10 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
 
 async function refuseSymlinkComponents(root: ShareRoot, components: string[]): Promise<void> {
   let current = root.realPath;
-  for (const part of components.slice(0, -1)) {
+  for (const part of components) {
     current = path.join(current, part);
-    const st = await fs.lstat(current).catch((err) => {
-      throw toPeerShareError(err, 'IO_ERROR');
+    const st = await fs.lstat(current).catch((err: NodeJS.ErrnoException) => {
+      throw err.code === 'ENOTDIR' ? new PeerShareError('NOT_FOUND') : toPeerShareError(err, 'IO_ERROR');
     });
     if (st.isSymbolicLink()) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
   }

@@ -1,0 +1,227 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import * as nodeFs from 'node:fs';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { downloadFolder, type PeerConnection } from '../../src/core';
+import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, type Sharer } from '../helpers';
+
+/**
+ * The sharer's side of the share rules, tried through a real server and client on loopback.
+ * Every file system call the server makes is recorded, to show that nothing outside the share
+ * is opened or read, not only that the request failed.
+ */
+describe('what a peer can read from a share', () => {
+  let base: string;
+  let ws: string;
+  let sharer: Sharer;
+  let conn: PeerConnection;
+  const touched: string[] = [];
+  const originals = { open: fs.open, opendir: fs.opendir, readFile: fs.readFile };
+
+  before(async () => {
+    base = await fs.realpath(tempDir());
+    ws = path.join(base, 'ws');
+    const files: Record<string, string> = {
+      'ws/a.txt': 'A',
+      'ws/sub/b.txt': 'B',
+      'ws/.git/config': 'git',
+      'ws/.Git2/keep': 'not git',
+      'ws/.GIT-alias/x': 'x',
+      'ws/.env': 'SECRET=1',
+      'ws/.env.local': 'SECRET=2',
+      'ws/id_rsa': 'key',
+      'ws/server.pem': 'key',
+      'ws/app.log': 'log',
+      'ws/.gitignore': '*.log\n',
+      'ws/nested/.gitignore': 'private/\n',
+      'ws/nested/private/x.txt': 'private',
+      'ws/nested/public.txt': 'public',
+      'ws-secret/x.txt': 'sibling secret',
+      'outside.txt': 'outside secret',
+      'outside-dir/y.txt': 'outside secret y',
+    };
+    for (const [rel, content] of Object.entries(files)) {
+      await fs.mkdir(path.dirname(path.join(base, rel)), { recursive: true });
+      await fs.writeFile(path.join(base, rel), content);
+    }
+    await fs.mkdir(path.join(ws, '.GIT'), { recursive: true });
+    await fs.writeFile(path.join(ws, '.GIT', 'HEAD'), 'upper-case git');
+    await fs.symlink(path.join(base, 'outside.txt'), path.join(ws, 'link-out'));
+    await fs.symlink('../outside-dir', path.join(ws, 'linkdir'));
+    await fs.symlink('a.txt', path.join(ws, 'link-in'));
+    execFileSync('mkfifo', [path.join(ws, 'fifo')]);
+    sharer = await startSharer([ws]);
+    ({ conn } = await connectWithInvite(sharer.invite));
+    const record = (name: keyof typeof originals) =>
+      async function (this: unknown, ...args: unknown[]) {
+        // A descriptor path is resolved now: the number is reused once the descriptor closes.
+        if (typeof args[0] === 'string') touched.push(args[0].startsWith('/proc/self/fd/') ? nodeFs.readlinkSync(args[0]) : args[0]);
+        return (originals[name] as (...a: unknown[]) => unknown).apply(fs, args);
+      };
+    (fs as unknown as Record<string, unknown>).open = record('open');
+    (fs as unknown as Record<string, unknown>).opendir = record('opendir');
+    (fs as unknown as Record<string, unknown>).readFile = record('readFile');
+  });
+
+  after(async () => {
+    Object.assign(fs, originals);
+    conn.close();
+    await sharer.server.close();
+  });
+
+  /** Paths the server opened that lead outside the share (resolved through any symlink). */
+  function outsideTouches(): string[] {
+    return touched.filter((p) => {
+      let real: string;
+      try {
+        real = nodeFs.realpathSync(p);
+      } catch {
+        real = p;
+      }
+      const rel = path.relative(ws, real);
+      return rel.startsWith('..') || path.isAbsolute(rel);
+    });
+  }
+
+  const traversals: [string, string[]][] = [
+    ['../outside.txt', ['OUTSIDE_SHARE']],
+    ['ws/../outside.txt', ['OUTSIDE_SHARE']],
+    ['ws/sub/../../outside.txt', ['OUTSIDE_SHARE']],
+    ['ws/../../../../../../etc/hostname', ['OUTSIDE_SHARE']],
+    ['/etc/hostname', ['OUTSIDE_SHARE']],
+    [`${'/'}${'ws'}/a.txt`, ['OUTSIDE_SHARE']],
+    ['ws\\..\\outside.txt', ['OUTSIDE_SHARE']],
+    ['ws/..\\..\\outside.txt', ['OUTSIDE_SHARE']],
+    ['C:\\Windows\\win.ini', ['OUTSIDE_SHARE']],
+    ['C:/outside.txt', ['NOT_FOUND']],
+    ['\\\\server\\share\\x', ['OUTSIDE_SHARE']],
+    ['//server/share/x', ['OUTSIDE_SHARE']],
+    ['ws/%2e%2e/outside.txt', ['NOT_FOUND']],
+    ['ws/%252e%252e/outside.txt', ['NOT_FOUND']],
+    ['ws/..%2Foutside.txt', ['NOT_FOUND']],
+    ['ws/a.txt\u0000.png', ['OUTSIDE_SHARE']],
+    ['ws/\uFFFD', ['OUTSIDE_SHARE']],
+    [`ws/${'x'.repeat(300)}`, ['OUTSIDE_SHARE']],
+    [`ws/${'a/'.repeat(3000)}`, ['TOO_LARGE']],
+    ['ws-secret/x.txt', ['NOT_FOUND']],
+    ['../ws-secret/x.txt', ['OUTSIDE_SHARE']],
+    ['ws/../ws-secret/x.txt', ['OUTSIDE_SHARE']],
+    ['ws/link-out', ['OUTSIDE_SHARE']],
+    ['ws/linkdir/y.txt', ['OUTSIDE_SHARE']],
+    ['ws/link-in', ['OUTSIDE_SHARE']],
+    ['ws/fifo', ['NOT_A_FILE']],
+    ['ws/.git/config', ['EXCLUDED']],
+    ['ws/.GIT/HEAD', ['EXCLUDED']],
+    ['ws/.env', ['EXCLUDED']],
+    ['ws/.env.local', ['EXCLUDED']],
+    ['ws/id_rsa', ['EXCLUDED']],
+    ['ws/server.pem', ['EXCLUDED']],
+    ['ws/app.log', ['EXCLUDED']],
+    ['ws/nested/private/x.txt', ['EXCLUDED']],
+    ['ws/sub', ['NOT_A_FILE']],
+  ];
+
+  for (const [remotePath, codes] of traversals) {
+    it(`refuses to read ${JSON.stringify(remotePath).slice(0, 60)} with ${codes.join('/')}`, async () => {
+      const before = touched.length;
+      let received = 0;
+      const err = await conn
+        .exchange({ type: 'read', path: remotePath, offset: 0 }, (event) => {
+          received++;
+          throw new Error(`served something: ${JSON.stringify(event).slice(0, 100)}`);
+        })
+        .then(() => undefined, (e: { code?: string }) => e);
+      assert.ok(err, 'the read must fail');
+      assert.ok(codes.includes(String(err.code)), `got ${String(err.code)}`);
+      assert.equal(received, 0);
+      assert.deepEqual(outsideTouches(), [], `opened outside the share: ${touched.slice(before).join(', ')}`);
+    });
+  }
+
+  it('serves a plain file', async () => {
+    assert.equal((await conn.stat('ws/a.txt')).size, 1);
+  });
+
+  it('lists only regular files and folders that are not excluded', async () => {
+    const names = (await conn.list('ws')).map((e) => e.name).sort();
+    assert.deepEqual(names, ['.GIT-alias', '.Git2', '.gitignore', 'a.txt', 'nested', 'sub']);
+    assert.deepEqual((await conn.list('ws/nested')).map((e) => e.name).sort(), ['.gitignore', 'public.txt']);
+    assert.deepEqual((await conn.list('')).map((e) => e.name), ['ws']);
+  });
+
+  it('refuses to list excluded folders and symlinked ones', async () => {
+    await rejectsWithCode(conn.list('ws/.git'), 'EXCLUDED');
+    await rejectsWithCode(conn.list('ws/linkdir'), 'OUTSIDE_SHARE');
+    await rejectsWithCode(conn.list('../'), 'OUTSIDE_SHARE');
+    assert.deepEqual(outsideTouches(), []);
+  });
+
+  it('sends a whole folder without anything excluded or outside', async () => {
+    const dest = tempDir();
+    const result = await downloadFolder(conn, 'ws', path.join(dest, 'ws'));
+    assert.deepEqual(await listTree(path.join(dest, 'ws')), [
+      '.GIT-alias/',
+      '.GIT-alias/x',
+      '.Git2/',
+      '.Git2/keep',
+      '.gitignore',
+      'a.txt',
+      'nested/',
+      'nested/.gitignore',
+      'nested/public.txt',
+      'sub/',
+      'sub/b.txt',
+    ]);
+    assert.equal(result.files, 7);
+    assert.deepEqual(outsideTouches(), []);
+  });
+
+  it('keeps serving the same connection after each refusal', async () => {
+    await rejectsWithCode(conn.stat('../outside.txt'), 'OUTSIDE_SHARE');
+    assert.equal((await conn.stat('ws/sub/b.txt')).type, 'file');
+  });
+});
+
+describe('share options', () => {
+  it('can share what the defaults hide, and exclude more', async () => {
+    const ws = path.join(tempDir(), 'proj');
+    await fs.mkdir(ws);
+    for (const name of ['.env', 'app.log', 'keep.txt', 'drop.tmp']) await fs.writeFile(path.join(ws, name), name);
+    await fs.writeFile(path.join(ws, '.gitignore'), '*.log\n');
+    const sharer = await startSharer([ws], { share: { defaultExcludes: false, honourGitignore: false, excludes: ['*.tmp'] } });
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      assert.deepEqual((await conn.list('proj')).map((e) => e.name).sort(), ['.env', '.gitignore', 'app.log', 'keep.txt']);
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+
+  it('never serves the identity folder, even inside a share', async () => {
+    const ws = path.join(tempDir(), 'proj');
+    await fs.mkdir(path.join(ws, 'myhome'), { recursive: true });
+    await fs.writeFile(path.join(ws, 'myhome', 'key-material'), 'k');
+    const sharer = await startSharer([ws], { share: { privatePaths: [path.join(ws, 'myhome')] } });
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      assert.deepEqual((await conn.list('proj')).map((e) => e.name), []);
+      await rejectsWithCode(conn.stat('proj/myhome/key-material'), 'EXCLUDED');
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+
+  it('names two shared folders with the same base name apart', async () => {
+    const a = path.join(tempDir(), 'app');
+    const b = path.join(tempDir(), 'app');
+    await fs.mkdir(a);
+    await fs.mkdir(b);
+    const sharer = await startSharer([a, b]);
+    assert.deepEqual(sharer.share.roots.map((r) => r.name), ['app', 'app-2']);
+    await sharer.server.close();
+  });
+});

@@ -1,0 +1,117 @@
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, promises as fs } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  PeerServer,
+  Share,
+  TrustStore,
+  connectToPeer,
+  loadOrCreateIdentity,
+  parseInvite,
+  resolveLimits,
+  type Identity,
+  type Limits,
+  type PeerConnection,
+  type ShareOptions,
+} from '../src/core';
+
+const made: string[] = [];
+
+/** A fresh folder under the OS temp dir, removed when the test process exits. */
+export function tempDir(prefix = 'peershare-test-'): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+
+process.on('exit', () => {
+  for (const dir of made) {
+    try {
+      require('node:fs').rmSync(dir, { recursive: true, force: true });
+    } catch {
+      // best effort
+    }
+  }
+});
+
+export async function writeRandomFile(file: string, size: number): Promise<Buffer> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  const data = randomBytes(size);
+  await fs.writeFile(file, data);
+  return data;
+}
+
+export interface TestPeer {
+  identity: Identity;
+  trust: TrustStore;
+  home: string;
+}
+
+export async function makePeer(): Promise<TestPeer> {
+  const home = tempDir('peershare-home-');
+  const identity = await loadOrCreateIdentity(home);
+  return { identity, trust: await TrustStore.open(home), home };
+}
+
+export interface Sharer extends TestPeer {
+  server: PeerServer;
+  share: Share;
+  invite: string;
+  address: string;
+}
+
+/** A real peer server on loopback sharing `folders`. */
+export async function startSharer(
+  folders: string[],
+  options: { limits?: Partial<Limits>; share?: Partial<ShareOptions>; inviteUses?: number; inviteTtlMs?: number } = {},
+): Promise<Sharer> {
+  const peer = await makePeer();
+  const limits = resolveLimits(options.limits);
+  const share = await Share.create({ folders, privatePaths: [peer.home], ...options.share }, limits);
+  const server = new PeerServer({ ...peer, share, name: 'sharer', limits });
+  await server.listen(0, '127.0.0.1');
+  const invite = server.createInvite({ uses: options.inviteUses ?? 100, ttlMs: options.inviteTtlMs ?? 60_000 });
+  return { ...peer, server, share, invite, address: `127.0.0.1:${server.port}` };
+}
+
+/** A client peer that pairs with `sharer` using its invite. */
+export async function connectWithInvite(invite: string, client?: TestPeer, limits?: Partial<Limits>): Promise<{ conn: PeerConnection; client: TestPeer }> {
+  const peer = client ?? (await makePeer());
+  const parsed = parseInvite(invite);
+  const conn = await connectToPeer({
+    identity: peer.identity,
+    trust: peer.trust,
+    addresses: parsed.addresses,
+    expectedPeerId: parsed.peerId,
+    token: parsed.token,
+    name: 'client',
+    limits,
+  });
+  return { conn, client: peer };
+}
+
+/** Every file below `dir`, relative, sorted: to assert that nothing else appeared. */
+export async function listTree(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  async function walk(sub: string): Promise<void> {
+    for (const entry of await fs.readdir(path.join(dir, sub), { withFileTypes: true })) {
+      const rel = sub ? `${sub}/${entry.name}` : entry.name;
+      out.push(entry.isDirectory() ? `${rel}/` : rel);
+      if (entry.isDirectory()) await walk(rel);
+    }
+  }
+  await walk('');
+  return out.sort();
+}
+
+export async function rejectsWithCode(promise: Promise<unknown>, code: string): Promise<void> {
+  try {
+    await promise;
+  } catch (err) {
+    const actual = (err as { code?: string }).code;
+    if (actual !== code) throw new Error(`Expected error code ${code}, got ${actual}: ${(err as Error).message}`);
+    return;
+  }
+  throw new Error(`Expected error code ${code}, but it succeeded`);
+}
