@@ -194,6 +194,17 @@ function partialPathFor(target: string, peerId: string, remotePath: string, size
   return path.join(path.dirname(target), `.${path.basename(target)}.${tag}${PARTIAL_SUFFIX}`);
 }
 
+/** Partial files of older versions of the same target can never be resumed: remove them. */
+async function removeStalePartials(target: string): Promise<void> {
+  const prefix = `.${path.basename(target)}.`;
+  const names = await fs.readdir(path.dirname(target)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (name.startsWith(prefix) && name.endsWith(PARTIAL_SUFFIX) && /^[0-9a-f]{16}$/.test(name.slice(prefix.length, -PARTIAL_SUFFIX.length))) {
+      await fs.rm(path.join(path.dirname(target), name), { force: true });
+    }
+  }
+}
+
 async function chooseConflict(options: DownloadOptions, target: string, fallback: ConflictChoice): Promise<ConflictChoice> {
   const policy = options.onConflict ?? fallback;
   return typeof policy === 'function' ? policy(target) : policy;
@@ -256,6 +267,7 @@ async function receiveFile(
   let offset = 0;
   if (existing?.isFile() && existing.size <= entry.size) offset = existing.size;
   else if (existing) await fs.rm(partial, { force: true, recursive: false });
+  if (offset === 0) await removeStalePartials(target);
   const receiver = new FileReceiver(target, partial, offset, entry.size, entry.mtimeMs);
   let started = false;
   const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));

@@ -1,0 +1,220 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { PeerShareError, download, downloadFile, type PeerConnection } from '../../src/core';
+import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, writeRandomFile, type Sharer } from '../helpers';
+
+async function sha256File(file: string): Promise<string> {
+  return createHash('sha256').update(await fs.readFile(file)).digest('hex');
+}
+
+describe('downloads over a real connection', () => {
+  let ws: string;
+  let sharer: Sharer;
+  let conn: PeerConnection;
+
+  before(async () => {
+    ws = path.join(tempDir(), 'ws');
+    await fs.mkdir(ws);
+    sharer = await startSharer([ws]);
+    ({ conn } = await connectWithInvite(sharer.invite));
+  });
+
+  after(async () => {
+    conn.close();
+    await sharer.server.close();
+  });
+
+  for (const size of [0, 1, 65_535, 65_536, 65_537, 1024 * 1024 + 3]) {
+    it(`round-trips a random file of ${size} B byte for byte`, async () => {
+      const data = await writeRandomFile(path.join(ws, `f${size}.bin`), size);
+      const dest = tempDir();
+      const result = await download(conn, `ws/f${size}.bin`, dest);
+      assert.equal(result.target, path.join(dest, `f${size}.bin`));
+      assert.deepEqual(await fs.readFile(result.target), data);
+      assert.deepEqual(await fs.readdir(dest), [`f${size}.bin`], 'no temporary file is left behind');
+    });
+  }
+
+  it('round-trips a random file of 100 MiB with memory that does not grow with it', async () => {
+    const file = path.join(ws, 'big.bin');
+    await writeRandomFile(file, 100 * 1024 * 1024);
+    const expected = await sha256File(file);
+    const dest = tempDir();
+    const rssBefore = process.memoryUsage().rss;
+    let peakRss = rssBefore;
+    const result = await download(conn, 'ws/big.bin', dest, {
+      onProgress: () => {
+        peakRss = Math.max(peakRss, process.memoryUsage().rss);
+      },
+    });
+    assert.equal(await sha256File(result.target), expected);
+    assert.equal(result.bytes, 100 * 1024 * 1024);
+    // Sender and receiver share this process; a whole-file buffer would add 100 MiB at least.
+    assert.ok(peakRss - rssBefore < 64 * 1024 * 1024, `RSS grew by ${((peakRss - rssBefore) / 1048576).toFixed(1)} MiB`);
+    await fs.rm(file);
+  });
+
+  it('round-trips a nested folder, empty folders and files included', async () => {
+    const tree = path.join(ws, 'tree');
+    const files: Record<string, Buffer> = {};
+    for (const rel of ['a.txt', 'b/c.bin', 'b/d/e.bin', 'b/d/f/g h.txt', 'ünïcödé/名前.txt', 'z/empty.txt']) {
+      files[rel] = await writeRandomFile(path.join(tree, rel), rel === 'z/empty.txt' ? 0 : 1 + Math.floor(Math.random() * 200_000));
+    }
+    await fs.mkdir(path.join(tree, 'empty-dir', 'deeper'), { recursive: true });
+    const dest = tempDir();
+    const result = await download(conn, 'ws/tree', dest);
+    assert.equal(result.type, 'dir');
+    assert.equal(result.files, 6);
+    for (const [rel, data] of Object.entries(files)) assert.deepEqual(await fs.readFile(path.join(dest, 'tree', rel)), data, rel);
+    assert.deepEqual(await listTree(path.join(dest, 'tree')), [
+      'a.txt', 'b/', 'b/c.bin', 'b/d/', 'b/d/e.bin', 'b/d/f/', 'b/d/f/g h.txt', 'empty-dir/', 'empty-dir/deeper/', 'z/', 'z/empty.txt', 'ünïcödé/', 'ünïcödé/名前.txt',
+    ]);
+  });
+
+  it('keeps the modification time of downloaded files', async () => {
+    const file = path.join(ws, 'dated.txt');
+    await fs.writeFile(file, 'x');
+    const when = new Date('2024-02-03T04:05:06Z');
+    await fs.utimes(file, when, when);
+    const result = await download(conn, 'ws/dated.txt', tempDir());
+    assert.equal((await fs.stat(result.target)).mtime.getTime(), when.getTime());
+  });
+
+  it('never overwrites an existing file unless told to', async () => {
+    await fs.writeFile(path.join(ws, 'conflict.txt'), 'new');
+    const dest = tempDir();
+    const target = path.join(dest, 'conflict.txt');
+    await fs.writeFile(target, 'mine');
+    await rejectsWithCode(download(conn, 'ws/conflict.txt', dest), 'DEST_EXISTS');
+    assert.equal(await fs.readFile(target, 'utf8'), 'mine');
+    assert.deepEqual(await fs.readdir(dest), ['conflict.txt']);
+
+    const skipped = await download(conn, 'ws/conflict.txt', dest, { onConflict: 'skip' });
+    assert.deepEqual(skipped.skippedExisting, [target]);
+    assert.equal(await fs.readFile(target, 'utf8'), 'mine');
+
+    const both = await download(conn, 'ws/conflict.txt', dest, { onConflict: 'keepBoth' });
+    assert.equal(both.target, path.join(dest, 'conflict (2).txt'));
+    assert.equal(await fs.readFile(both.target, 'utf8'), 'new');
+    assert.equal(await fs.readFile(target, 'utf8'), 'mine');
+
+    await download(conn, 'ws/conflict.txt', dest, { onConflict: 'overwrite' });
+    assert.equal(await fs.readFile(target, 'utf8'), 'new');
+  });
+
+  it('leaves existing files in a downloaded folder alone by default, and asks per file when given a callback', async () => {
+    await writeRandomFile(path.join(ws, 'merge', 'one.txt'), 10);
+    await writeRandomFile(path.join(ws, 'merge', 'two.txt'), 10);
+    const dest = tempDir();
+    await fs.mkdir(path.join(dest, 'merge'));
+    await fs.writeFile(path.join(dest, 'merge', 'one.txt'), 'mine');
+    const first = await download(conn, 'ws/merge', dest);
+    assert.equal(first.files, 1);
+    assert.deepEqual(first.skippedExisting, [path.join(dest, 'merge', 'one.txt')]);
+    assert.equal(await fs.readFile(path.join(dest, 'merge', 'one.txt'), 'utf8'), 'mine');
+
+    const asked: string[] = [];
+    const second = await download(conn, 'ws/merge', dest, {
+      onConflict: async (target) => {
+        asked.push(path.basename(target));
+        return 'overwrite';
+      },
+    });
+    assert.deepEqual(asked.sort(), ['one.txt', 'two.txt']);
+    assert.equal(second.files, 2);
+    assert.deepEqual(await fs.readFile(path.join(dest, 'merge', 'one.txt')), await fs.readFile(path.join(ws, 'merge', 'one.txt')));
+  });
+
+  it('resumes after the connection is cut halfway, sending only what was missing, and verifies end to end', async () => {
+    const size = 24 * 1024 * 1024;
+    const data = await writeRandomFile(path.join(ws, 'resume.bin'), size);
+    const dest = tempDir();
+    const target = path.join(dest, 'resume.bin');
+    const { conn: first } = await connectWithInvite(sharer.invite);
+    const sentBefore = sharer.server.stats.fileBytesSent;
+    await rejectsWithCode(
+      downloadFile(first, 'ws/resume.bin', target, {
+        onProgress: (p) => {
+          if (p.bytes >= size / 2) first.close(new PeerShareError('CONNECTION_CLOSED'));
+        },
+      }),
+      'CONNECTION_CLOSED',
+    );
+    await assert.rejects(fs.stat(target), 'nothing under the final name after the cut');
+    const partials = (await fs.readdir(dest)).filter((n) => n.endsWith('.peershare-part'));
+    assert.equal(partials.length, 1);
+    const kept = (await fs.stat(path.join(dest, partials[0]))).size;
+    assert.ok(kept >= size / 2 && kept < size, `kept ${kept} bytes`);
+    const firstSent = sharer.server.stats.fileBytesSent - sentBefore;
+
+    const { conn: second } = await connectWithInvite(sharer.invite);
+    const sentMid = sharer.server.stats.fileBytesSent;
+    const result = await downloadFile(second, 'ws/resume.bin', target);
+    second.close();
+    const secondSent = sharer.server.stats.fileBytesSent - sentMid;
+    assert.equal(result.resumedBytes, kept);
+    assert.equal(result.bytes, size - kept);
+    assert.equal(secondSent, size - kept, 'the second run sends exactly the missing bytes');
+    assert.ok(secondSent < size && secondSent <= firstSent + (size - firstSent));
+    assert.deepEqual(await fs.readFile(target), data);
+    assert.deepEqual(await fs.readdir(dest), ['resume.bin']);
+  });
+
+  it('starts over when the file changed since the partial download', async () => {
+    const file = path.join(ws, 'changing.bin');
+    await writeRandomFile(file, 4 * 1024 * 1024);
+    const dest = tempDir();
+    const target = path.join(dest, 'changing.bin');
+    const { conn: first } = await connectWithInvite(sharer.invite);
+    await rejectsWithCode(
+      downloadFile(first, 'ws/changing.bin', target, {
+        onProgress: (p) => {
+          if (p.bytes > 1024 * 1024) first.close();
+        },
+      }),
+      'CANCELLED',
+    );
+    const newer = await writeRandomFile(file, 3 * 1024 * 1024);
+    const later = new Date(Date.now() + 5000);
+    await fs.utimes(file, later, later);
+    const result = await downloadFile(conn, 'ws/changing.bin', target);
+    assert.equal(result.resumedBytes, 0);
+    assert.deepEqual(await fs.readFile(target), newer);
+    assert.deepEqual(await fs.readdir(dest), ['changing.bin'], 'the stale partial file is gone');
+  });
+
+  it('cancels with an AbortSignal, leaving nothing under the final name and no partial file when asked', async () => {
+    await writeRandomFile(path.join(ws, 'cancel.bin'), 16 * 1024 * 1024);
+    const dest = tempDir();
+    const abort = new AbortController();
+    const { conn: c } = await connectWithInvite(sharer.invite);
+    await rejectsWithCode(
+      downloadFile(c, 'ws/cancel.bin', path.join(dest, 'cancel.bin'), {
+        signal: abort.signal,
+        keepPartial: false,
+        onProgress: (p) => {
+          if (p.bytes > 1024 * 1024) abort.abort();
+        },
+      }),
+      'CANCELLED',
+    );
+    assert.deepEqual(await fs.readdir(dest), []);
+  });
+
+  it('downloads in parallel over several connections', async () => {
+    const datas = await Promise.all([0, 1, 2, 3].map((i) => writeRandomFile(path.join(ws, `par${i}.bin`), 2 * 1024 * 1024)));
+    const dest = tempDir();
+    const conns = await Promise.all([0, 1, 2, 3].map(() => connectWithInvite(sharer.invite)));
+    await Promise.all(conns.map(({ conn: c }, i) => download(c, `ws/par${i}.bin`, dest)));
+    for (const { conn: c } of conns) c.close();
+    for (let i = 0; i < 4; i++) assert.deepEqual(await fs.readFile(path.join(dest, `par${i}.bin`)), datas[i]);
+  });
+
+  it('answers a missing file with NOT_FOUND and stays usable', async () => {
+    await rejectsWithCode(download(conn, 'ws/nope.txt', tempDir()), 'NOT_FOUND');
+    assert.equal((await conn.list('ws')).length > 0, true);
+  });
+});
