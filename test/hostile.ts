@@ -1,0 +1,125 @@
+import * as net from 'node:net';
+import * as tls from 'node:tls';
+import { FrameParser, encodeDataHeader, encodeMessage } from '../src/core/frames';
+import type { Identity } from '../src/core';
+
+/**
+ * Hostile peers for tests, written against the wire format directly so they can break every
+ * rule the real implementation keeps.
+ */
+
+export interface HostileServer {
+  address: string;
+  close(): Promise<void>;
+}
+
+export type Scenario = (request: Record<string, unknown>, reply: Replier) => void | Promise<void>;
+
+export interface Replier {
+  message(m: object): void;
+  data(chunk: Buffer): void;
+  raw(bytes: Buffer): void;
+  socket: tls.TLSSocket;
+}
+
+/** A server that completes the real handshake and hello, then answers requests as `scenario` says. */
+export async function startHostileServer(identity: Identity, scenario: Scenario, options: { welcomeId?: string } = {}): Promise<HostileServer> {
+  const sockets = new Set<tls.TLSSocket>();
+  const server = tls.createServer({ key: identity.keyPem, cert: identity.certPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' }, (socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => socket.destroy());
+    let greeted = false;
+    const reply: Replier = {
+      message: (m) => socket.write(encodeMessage(m)),
+      data: (chunk) => {
+        socket.write(encodeDataHeader(chunk.length));
+        socket.write(chunk);
+      },
+      raw: (bytes) => socket.write(bytes),
+      socket,
+    };
+    const parser = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, {
+      onMessage: (m) => {
+        if (!greeted) {
+          greeted = true;
+          reply.message({ type: 'welcome', version: 1, name: 'hostile', id: options.welcomeId ?? identity.peerId, roots: ['ws'], paired: false });
+          return;
+        }
+        void scenario(m, reply);
+      },
+      onData: () => undefined,
+    });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        parser.push(chunk);
+      } catch {
+        socket.destroy();
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    address: `127.0.0.1:${port}`,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+export interface RawClient {
+  socket: tls.TLSSocket;
+  /** Messages received so far. */
+  messages: Record<string, unknown>[];
+  send(m: object): void;
+  closed: Promise<void>;
+}
+
+/** A TLS client that speaks raw frames; with no identity it presents no certificate. */
+export function rawClient(address: string, identity?: Identity, extra: tls.ConnectionOptions = {}): Promise<RawClient> {
+  const [host, port] = address.split(':');
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host,
+      port: Number(port),
+      rejectUnauthorized: false,
+      ...(identity ? { key: identity.keyPem, cert: identity.certPem } : {}),
+      ...extra,
+    });
+    const messages: Record<string, unknown>[] = [];
+    const parser = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, { onMessage: (m) => messages.push(m), onData: () => undefined });
+    const closed = new Promise<void>((done) => socket.on('close', () => done()));
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        parser.push(chunk);
+      } catch {
+        socket.destroy();
+      }
+    });
+    socket.once('secureConnect', () => resolve({ socket, messages, send: (m) => socket.write(encodeMessage(m)), closed }));
+    socket.once('error', reject);
+  });
+}
+
+/** A plain TCP connection, for stalls and plaintext. */
+export function tcpConnect(address: string): Promise<net.Socket> {
+  const [host, port] = address.split(':');
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), host, () => resolve(socket));
+    socket.once('error', reject);
+  });
+}
+
+export function waitFor(predicate: () => boolean, timeoutMs = 5000): Promise<void> {
+  const started = Date.now();
+  return new Promise((resolve, reject) => {
+    const tick = (): void => {
+      if (predicate()) return resolve();
+      if (Date.now() - started > timeoutMs) return reject(new Error('timed out waiting'));
+      setTimeout(tick, 10);
+    };
+    tick();
+  });
+}
