@@ -151,9 +151,7 @@ export class PeerServer extends EventEmitter {
   private accept(socket: tls.TLSSocket): void {
     this.stats.connectionsAccepted++;
     if (this.connections.size >= this.limits.maxConnections) {
-      socket.end(encodeMessage({ type: 'error', code: 'BUSY', message: 'Too many connections; try again shortly.' }));
-      socket.setTimeout(1000, () => socket.destroy());
-      socket.on('error', () => socket.destroy());
+      endWithError(socket, { type: 'error', code: 'BUSY', message: 'Too many connections; try again shortly.' });
       return;
     }
     const connection = new ServerConnection(this, socket, this.log);
@@ -163,6 +161,20 @@ export class PeerServer extends EventEmitter {
       if (connection.peer) this.emit('peer-disconnected', connection.peer);
     });
   }
+}
+
+/** Sends a last error message and closes, without waiting on a peer that will not read or hang up. */
+function endWithError(socket: tls.TLSSocket, message: { type: 'error'; code: string; message: string }): void {
+  socket.on('error', () => socket.destroy());
+  if (socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  socket.end(encodeMessage(message));
+  // Read (and drop) whatever still arrives, so the peer's end of the connection is seen.
+  socket.resume();
+  const forceClose = setTimeout(() => socket.destroy(), 1000);
+  socket.once('close', () => clearTimeout(forceClose));
 }
 
 class ServerConnection {
@@ -213,10 +225,10 @@ class ServerConnection {
   }
 
   close(): void {
-    if (this.state === 'closed') return;
     this.state = 'closed';
     clearTimeout(this.timer);
     clearTimeout(this.messageTimer);
+    // Also ends a connection still flushing its goodbye after fail().
     this.socket.destroy();
   }
 
@@ -249,13 +261,7 @@ class ServerConnection {
     this.state = 'closed';
     clearTimeout(this.timer);
     clearTimeout(this.messageTimer);
-    if (!this.socket.destroyed && this.socket.writable) {
-      this.socket.end(encodeMessage({ type: 'error', code: err.code, message: err.message }));
-      const forceClose = setTimeout(() => this.socket.destroy(), 1000);
-      forceClose.unref();
-    } else {
-      this.socket.destroy();
-    }
+    endWithError(this.socket, { type: 'error', code: err.code, message: err.message });
   }
 
   private onMessage(m: Record<string, unknown>): void {

@@ -1,0 +1,236 @@
+import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { describe, it } from 'node:test';
+import { PeerServer, connectToPeer, formatInvite, parseInvite } from '../../src/core';
+import { encodeMessage } from '../../src/core/frames';
+import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, writeRandomFile } from '../helpers';
+import { rawClient, tcpConnect, waitFor } from '../hostile';
+
+async function sharedFolder(): Promise<string> {
+  const ws = path.join(tempDir(), 'ws');
+  await fs.mkdir(ws);
+  await fs.writeFile(path.join(ws, 'secret.txt'), 'TOP-SECRET-CONTENT');
+  return ws;
+}
+
+describe('who gets in', () => {
+  it('pairs with a valid invite, then lets the same peer in by certificate alone', async () => {
+    const sharer = await startSharer([await sharedFolder()], { inviteUses: 1 });
+    const { conn, client } = await connectWithInvite(sharer.invite);
+    assert.equal(conn.welcome.paired, true);
+    assert.equal(sharer.trust.isTrusted(client.identity.peerId), true);
+    assert.equal(client.trust.isTrusted(sharer.identity.peerId), true, 'the client remembers the sharer too');
+    conn.close();
+    const again = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [sharer.address], name: 'client' });
+    assert.equal(again.welcome.paired, false);
+    assert.deepEqual((await again.list('ws')).map((e) => e.name), ['secret.txt']);
+    again.close();
+    await sharer.server.close();
+  });
+
+  it('refuses an unknown certificate without a token: PEER_UNTRUSTED', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { peerId, addresses } = parseInvite(sharer.invite);
+    const stranger = await makePeer();
+    await rejectsWithCode(connectToPeer({ ...stranger, addresses, expectedPeerId: peerId, name: 'x' }), 'PEER_UNTRUSTED');
+    assert.equal(sharer.trust.isTrusted(stranger.identity.peerId), false);
+    await sharer.server.close();
+  });
+
+  it('refuses a wrong, a reused and an expired token: TOKEN_INVALID', async () => {
+    const sharer = await startSharer([await sharedFolder()], { inviteUses: 1, inviteTtlMs: 60_000 });
+    const { peerId, addresses } = parseInvite(sharer.invite);
+    const wrong = formatInvite({ peerId, addresses, token: 'A'.repeat(32) });
+    await rejectsWithCode(connectWithInvite(wrong), 'TOKEN_INVALID');
+    (await connectWithInvite(sharer.invite)).conn.close();
+    await rejectsWithCode(connectWithInvite(sharer.invite), 'TOKEN_INVALID');
+    const shortLived = sharer.server.createInvite({ ttlMs: 50, uses: 5 });
+    await new Promise((r) => setTimeout(r, 120));
+    await rejectsWithCode(connectWithInvite(shortLived), 'TOKEN_INVALID');
+    assert.equal(sharer.trust.list().length, 1, 'only the first, valid pairing was kept');
+    await sharer.server.close();
+  });
+
+  it('refuses a sharer whose certificate is not the one in the invite, before sending anything: PEER_MISMATCH', async () => {
+    const real = await startSharer([await sharedFolder()]);
+    const impostor = await startSharer([await sharedFolder()]);
+    const { peerId, token } = parseInvite(real.invite);
+    const forged = formatInvite({ peerId, addresses: [impostor.address], token });
+    await rejectsWithCode(connectWithInvite(forged), 'PEER_MISMATCH');
+    assert.equal(impostor.server.stats.requests, 0);
+    assert.equal(impostor.trust.list().length, 0, 'the token never reached the impostor');
+    await real.server.close();
+    await impostor.server.close();
+  });
+
+  it('sends one PEER_UNTRUSTED error and nothing else to a client without a certificate', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const raw = await rawClient(sharer.address);
+    raw.send({ type: 'hello', versions: [1], name: 'anon' });
+    raw.send({ type: 'read', path: 'ws/secret.txt', offset: 0 });
+    await raw.closed;
+    assert.deepEqual(raw.messages.map((m) => [m.type, m.code]), [['error', 'PEER_UNTRUSTED']]);
+    await sharer.server.close();
+  });
+
+  it('refuses requests before hello, unknown versions and unknown message types', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    conn.close();
+    const early = await rawClient(sharer.address, client.identity);
+    early.send({ type: 'read', path: 'ws/secret.txt', offset: 0 });
+    await early.closed;
+    assert.deepEqual(early.messages.map((m) => m.code), ['PROTOCOL_ERROR']);
+
+    const future = await rawClient(sharer.address, client.identity);
+    future.send({ type: 'hello', versions: [99], name: 'future' });
+    await future.closed;
+    assert.deepEqual(future.messages.map((m) => m.code), ['VERSION_UNSUPPORTED']);
+
+    const odd = await rawClient(sharer.address, client.identity);
+    odd.send({ type: 'hello', versions: [1], name: 'odd' });
+    odd.send({ type: 'delete', path: 'ws/secret.txt' });
+    await odd.closed;
+    assert.deepEqual(odd.messages.map((m) => m.type === 'error' ? m.code : m.type), ['welcome', 'PROTOCOL_ERROR']);
+    assert.equal(await fs.readFile(path.join(sharer.share.roots[0].realPath, 'secret.txt'), 'utf8'), 'TOP-SECRET-CONTENT');
+    await sharer.server.close();
+  });
+
+  it('refuses TLS 1.2 and plaintext', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { client } = await connectWithInvite(sharer.invite);
+    await assert.rejects(rawClient(sharer.address, client.identity, { maxVersion: 'TLSv1.2' }));
+    const plain = await tcpConnect(sharer.address);
+    const received: Buffer[] = [];
+    plain.on('data', (d: Buffer) => received.push(d));
+    plain.on('error', () => undefined);
+    plain.write('GET /ws/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n');
+    await new Promise((r) => plain.on('close', r));
+    assert.doesNotMatch(Buffer.concat(received).toString('latin1'), /TOP-SECRET/);
+    await sharer.server.close();
+  });
+
+  it('closes every connection of a peer whose trust is revoked', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { conn, client } = await connectWithInvite(sharer.invite);
+    await sharer.trust.remove(client.identity.peerId);
+    sharer.server.disconnectPeer(client.identity.peerId);
+    await waitFor(() => conn.closed);
+    await rejectsWithCode(connectToPeer({ ...client, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'c' }), 'PEER_UNTRUSTED');
+    await sharer.server.close();
+  });
+});
+
+describe('limits hold, and the server keeps serving others', () => {
+  const fast = { handshakeTimeoutMs: 300, helloTimeoutMs: 300, messageTimeoutMs: 300, stallTimeoutMs: 500, idleTimeoutMs: 1000 };
+
+  it('drops a client that connects and sends nothing, and still serves the next one', async () => {
+    const sharer = await startSharer([await sharedFolder()], { limits: fast });
+    const tcp = await tcpConnect(sharer.address);
+    tcp.on('error', () => undefined);
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    const stalledTls = await rawClient(sharer.address, client.identity);
+    const started = Date.now();
+    await Promise.all([new Promise((r) => tcp.on('close', r)), stalledTls.closed]);
+    assert.ok(Date.now() - started < 3000);
+    assert.deepEqual(stalledTls.messages.map((m) => m.code), ['TIMEOUT']);
+    assert.equal((await conn.stat('ws/secret.txt')).size, 18, 'the well-behaved peer is still served');
+    conn.close();
+    await sharer.server.close();
+  });
+
+  it('closes an idle connection after the idle timeout', async () => {
+    const sharer = await startSharer([await sharedFolder()], { limits: fast });
+    const { conn } = await connectWithInvite(sharer.invite);
+    await waitFor(() => conn.closed, 3000);
+    await sharer.server.close();
+  });
+
+  it('drops a client that drips a message one byte at a time (absolute deadline)', async () => {
+    const sharer = await startSharer([await sharedFolder()], { limits: fast });
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    const drip = await rawClient(sharer.address, client.identity);
+    const bytes = encodeMessage({ type: 'hello', versions: [1], name: 'x'.repeat(50) });
+    let i = 0;
+    const timer = setInterval(() => {
+      if (i < bytes.length && !drip.socket.destroyed) drip.socket.write(bytes.subarray(i, ++i));
+    }, 50);
+    await drip.closed;
+    clearInterval(timer);
+    assert.ok(i < bytes.length, 'closed before the message completed');
+    assert.equal((await conn.stat('ws/secret.txt')).type, 'file');
+    conn.close();
+    await sharer.server.close();
+  });
+
+  it('answers BUSY beyond the connection limit', async () => {
+    const sharer = await startSharer([await sharedFolder()], { limits: { maxConnections: 2 } });
+    const a = await connectWithInvite(sharer.invite);
+    const b = await connectWithInvite(sharer.invite, a.client);
+    await rejectsWithCode(connectWithInvite(sharer.invite, a.client), 'BUSY');
+    b.conn.close();
+    await waitFor(() => sharer.server.connectedPeers().length === 1);
+    const c = await connectWithInvite(sharer.invite, a.client);
+    c.conn.close();
+    a.conn.close();
+    await sharer.server.close();
+  });
+
+  it('abandons a reader that never reads, with bounded memory, and serves others meanwhile', async () => {
+    const ws = await sharedFolder();
+    await writeRandomFile(path.join(ws, 'big.bin'), 64 * 1024 * 1024);
+    const sharer = await startSharer([ws], { limits: fast });
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    const lazy = await rawClient(sharer.address, client.identity);
+    lazy.send({ type: 'hello', versions: [1], name: 'lazy' });
+    await waitFor(() => lazy.messages.length === 1);
+    lazy.socket.pause();
+    lazy.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await conn.stat('ws/secret.txt')).type, 'file');
+    // The lazy client reads nothing, so it cannot notice; the server's side must let go.
+    await waitFor(() => sharer.server.connectedPeers().length === 1, 5000);
+    lazy.socket.destroy();
+    assert.ok(sharer.server.stats.fileBytesSent < 32 * 1024 * 1024, `sent ${sharer.server.stats.fileBytesSent} bytes into a reader that never read`);
+    conn.close();
+    await sharer.server.close();
+  });
+
+  it('answers BUSY beyond the concurrent request limit', async () => {
+    const ws = await sharedFolder();
+    await writeRandomFile(path.join(ws, 'big.bin'), 32 * 1024 * 1024);
+    const sharer = await startSharer([ws], { limits: { maxConcurrentRequests: 1 } });
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    const slow = await rawClient(sharer.address, client.identity);
+    slow.send({ type: 'hello', versions: [1], name: 'slow' });
+    await waitFor(() => slow.messages.length === 1);
+    slow.socket.pause();
+    slow.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
+    await new Promise((r) => setTimeout(r, 100));
+    await rejectsWithCode(conn.stat('ws/secret.txt'), 'BUSY');
+    slow.socket.destroy();
+    await waitFor(() => sharer.server.connectedPeers().length === 1);
+    assert.equal((await conn.stat('ws/secret.txt')).type, 'file', 'served again once the slot is free');
+    conn.close();
+    await sharer.server.close();
+  });
+
+  it('refuses to listen on a port in use with ADDRESS_IN_USE', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const other = new PeerServer({ ...(await makePeer()), share: sharer.share, name: 'other' });
+    await rejectsWithCode(other.listen(sharer.server.port, '127.0.0.1'), 'ADDRESS_IN_USE');
+    await sharer.server.close();
+  });
+
+  it('listens again on the same port right after closing, with peers still connected at close', async () => {
+    const first = await startSharer([await sharedFolder()]);
+    const { conn } = await connectWithInvite(first.invite);
+    const port = first.server.port;
+    await first.server.close();
+    assert.equal(conn.closed || (await waitFor(() => conn.closed).then(() => true)), true);
+    const fresh = new PeerServer({ ...(await makePeer()), share: first.share, name: 'fresh' });
+    assert.deepEqual(await fresh.listen(port, '127.0.0.1'), { host: '127.0.0.1', port });
+    await fresh.close();
+  });
+});
