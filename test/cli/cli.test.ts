@@ -1,0 +1,154 @@
+import assert from 'node:assert/strict';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import * as readline from 'node:readline';
+import { tempDir, writeRandomFile } from '../helpers';
+
+const ROOT = path.join(__dirname, '..', '..');
+const CLI = path.join(ROOT, 'dist', 'cli.js');
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
+
+function json(run: Run): Record<string, unknown> {
+  return JSON.parse(run.stdout.trim().split('\n').pop()!);
+}
+
+describe('the peershare CLI', () => {
+  let serveProc: ChildProcess;
+  let listening: { invite: string; peerId: string; port: number; addresses: string[] };
+  let ws: string;
+  const sharerHome = tempDir();
+  const clientHome = tempDir();
+  let bigData: Buffer;
+
+  before(async () => {
+    const built = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });
+    assert.equal(built.status, 0, 'the CLI builds');
+    ws = path.join(tempDir(), 'ws');
+    await fs.mkdir(path.join(ws, 'dir', 'deeper'), { recursive: true });
+    await fs.writeFile(path.join(ws, 'hello.txt'), 'hello\n');
+    await fs.writeFile(path.join(ws, 'secret.txt'), 'TOP-SECRET-CONTENT');
+    await fs.writeFile(path.join(ws, 'dir', 'deeper', 'x.txt'), 'x');
+    bigData = await writeRandomFile(path.join(ws, 'dir', 'big.bin'), 5 * 1024 * 1024);
+    serveProc = spawn(process.execPath, [CLI, 'serve', ws, '--json', '--home', sharerHome, '--invite-uses', '3', '--name', 'Sharer'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines = readline.createInterface({ input: serveProc.stdout! });
+    listening = await new Promise((resolve, reject) => {
+      lines.once('line', (line) => resolve(JSON.parse(line)));
+      serveProc.once('exit', (code) => reject(new Error(`serve exited with ${code}`)));
+    });
+  });
+
+  after(async () => {
+    if (serveProc.exitCode === null) {
+      serveProc.kill('SIGTERM');
+      await new Promise((r) => serveProc.once('exit', r));
+    }
+  });
+
+  it('prints the address, peer ID and invite as JSON as soon as it listens', () => {
+    assert.match(listening.invite, /^peershare:\/\/invite\?/);
+    assert.match(listening.peerId, /^([A-Z2-7]{4}-){12}[A-Z2-7]{4}$/);
+    assert.deepEqual(listening.addresses, [`127.0.0.1:${listening.port}`]);
+  });
+
+  it('id shows the same peer ID every time', async () => {
+    const a = json(await cli(['id', '--json', '--home', sharerHome]));
+    assert.equal(a.peerId, listening.peerId);
+    const plain = await cli(['id'], { PEERSHARE_HOME: sharerHome });
+    assert.equal(plain.stdout.trim(), listening.peerId);
+  });
+
+  it('ls with the invite lists the shared folders, then by peer ID without the invite', async () => {
+    const top = json(await cli(['ls', listening.invite, '--json', '--home', clientHome]));
+    assert.deepEqual((top.entries as { name: string }[]).map((e) => e.name), ['ws']);
+    const byId = await cli(['ls', listening.peerId.slice(0, 9), 'ws', '--home', clientHome]);
+    assert.equal(byId.code, 0, byId.stderr);
+    assert.match(byId.stdout, /^d .* dir\/$/m);
+    assert.match(byId.stdout, /^- +6 B .* hello\.txt$/m);
+  });
+
+  it('get downloads a file and a folder, verified, and says so', async () => {
+    const dest = tempDir();
+    const file = await cli(['get', listening.peerId, 'ws/hello.txt', dest, '--home', clientHome]);
+    assert.equal(file.code, 0, file.stderr);
+    assert.match(file.stdout, /verified with SHA-256/);
+    assert.equal(await fs.readFile(path.join(dest, 'hello.txt'), 'utf8'), 'hello\n');
+    const folder = json(await cli(['get', listening.peerId, 'ws/dir', dest, '--json', '--home', clientHome]));
+    assert.equal(folder.files, 2);
+    assert.deepEqual(await fs.readFile(path.join(dest, 'dir', 'big.bin')), bigData);
+    assert.equal(await fs.readFile(path.join(dest, 'dir', 'deeper', 'x.txt'), 'utf8'), 'x');
+    assert.ok((folder.maxRssBytes as number) > 0);
+  });
+
+  it('get to a new name, and refuses to overwrite without --overwrite (exit 6)', async () => {
+    const dest = tempDir();
+    const target = path.join(dest, 'renamed.txt');
+    assert.equal((await cli(['get', listening.peerId, 'ws/hello.txt', target, '--home', clientHome])).code, 0);
+    await fs.writeFile(target, 'mine');
+    const refused = await cli(['get', listening.peerId, 'ws/hello.txt', target, '--home', clientHome]);
+    assert.equal(refused.code, 6);
+    assert.match(refused.stderr, /DEST_EXISTS/);
+    assert.equal(await fs.readFile(target, 'utf8'), 'mine');
+    assert.equal((await cli(['get', listening.peerId, 'ws/hello.txt', target, '--overwrite', '--home', clientHome])).code, 0);
+    assert.equal(await fs.readFile(target, 'utf8'), 'hello\n');
+  });
+
+  it('exits with documented codes on bad input', async () => {
+    assert.equal((await cli(['frobnicate'])).code, 2);
+    assert.equal((await cli(['ls'])).code, 2);
+    assert.equal((await cli(['ls', 'peershare://invite?id=nope', '--home', clientHome])).code, 2);
+    assert.equal((await cli(['ls', 'nobody-we-know', '--home', clientHome])).code, 2);
+    const missing = await cli(['get', listening.invite, 'ws/nope.txt', tempDir(), '--json', '--home', clientHome]);
+    assert.equal(missing.code, 4);
+    assert.equal((json(missing).error as { code: string }).code, 'NOT_FOUND');
+    const traversal = await cli(['get', listening.invite, 'ws/../../etc/passwd', tempDir(), '--home', clientHome]);
+    assert.equal(traversal.code, 4);
+    const stranger = await cli(['ls', `127.0.0.1:${listening.port}`, '--home', tempDir()]);
+    assert.equal(stranger.code, 4, 'an address alone does not make a stranger trusted');
+    assert.match(stranger.stderr, /PEER_UNTRUSTED/);
+    const closed = await cli(['ls', '127.0.0.1:1', '--home', clientHome]);
+    assert.equal(closed.code, 3, 'nothing listens there');
+  });
+
+  it('serves nothing to curl, a client nobody here wrote, without a trusted certificate', async () => {
+    const curl = spawnSync('curl', ['-sk', '--max-time', '5', `https://127.0.0.1:${listening.port}/ws/secret.txt`], { encoding: 'latin1' });
+    assert.ok(curl.error === undefined, 'curl is installed (scripts/ensure-test-deps.sh)');
+    assert.notEqual(curl.status, 0);
+    assert.doesNotMatch(curl.stdout + curl.stderr, /TOP-SECRET/);
+  });
+
+  it('serves nothing to openssl s_client without a trusted certificate: one refusal, then the connection closes', async () => {
+    const hello = Buffer.from('{"type":"hello","versions":[1],"name":"openssl"}');
+    const frame = Buffer.concat([Buffer.from([1, 0, 0, 0, hello.length]), hello]);
+    const read = Buffer.from('{"type":"read","path":"ws/secret.txt","offset":0}');
+    const readFrame = Buffer.concat([Buffer.from([1, 0, 0, 0, read.length]), read]);
+    const ssl = spawnSync('openssl', ['s_client', '-connect', `127.0.0.1:${listening.port}`, '-quiet', '-tls1_3'], {
+      input: Buffer.concat([frame, readFrame]),
+      timeout: 10_000,
+    });
+    assert.ok(ssl.error === undefined, 'openssl is installed (scripts/ensure-test-deps.sh)');
+    const output = ssl.stdout.toString('latin1');
+    assert.match(output, /PEER_UNTRUSTED/);
+    assert.doesNotMatch(output, /TOP-SECRET/);
+  });
+
+  it('stops cleanly on SIGTERM', async () => {
+    serveProc.kill('SIGTERM');
+    const code = await new Promise((r) => serveProc.once('exit', r));
+    assert.equal(code, 0);
+  });
+});
