@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond npm packages: curl and openssl (the tests use them as
+# clients nobody here wrote) and mkfifo (coreutils). Debian/Ubuntu; a no-op when present.
+set -euo pipefail
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
+if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+echo "Installing ${missing[*]} for the tests..."
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq "${missing[@]}"
