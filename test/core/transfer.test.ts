@@ -120,7 +120,7 @@ describe('downloads over a real connection', () => {
     const second = await download(conn, 'ws/merge', dest, {
       onConflict: async (target) => {
         asked.push(path.basename(target));
-        return 'overwrite';
+        return 'overwrite' as const;
       },
     });
     assert.deepEqual(asked.sort(), ['one.txt', 'two.txt']);
