@@ -1,28 +1,215 @@
+import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { loadOrCreateIdentity } from './core';
+import { sanitizeForDisplay, shortPeerId, toPeerShareError } from './core';
+import { Downloads } from './vscode/downloads';
+import { PeerFileSystem } from './vscode/fileSystem';
+import { Peers, baseName, peerFileUri } from './vscode/peers';
+import { readSettings } from './vscode/settings';
+import { Sharing } from './vscode/sharing';
+import { PeersTree, type EntryNode, type Node, type PeerNode } from './vscode/tree';
+
+/** What activate returns: the extension's parts, for its own integration tests. */
+export interface PeerShareApi {
+  peers: Peers;
+  sharing: Sharing;
+  tree: PeersTree;
+  downloads: Downloads;
+}
 
 /**
- * The VS Code layer is thin wiring over src/core. This first version only shows the
- * installation's peer ID; the Peers view, sharing and downloads come with the extension issue.
+ * Wiring only: the parts live in src/vscode/, the peer itself in src/core/. Nothing listens on
+ * the network until the user starts sharing (or asked for it on startup).
  */
-export function activate(context: vscode.ExtensionContext): void {
+export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const log = vscode.window.createOutputChannel('PeerShare', { log: true });
-  context.subscriptions.push(log);
+  const peers = new Peers(path.join(context.globalStorageUri.fsPath, 'identity'), log);
+  const sharing = new Sharing(peers, log);
+  const tree = new PeersTree(peers);
+  const downloads = new Downloads(peers, log);
+  const view = vscode.window.createTreeView('peershare.peers', { treeDataProvider: tree, showCollapseAll: true });
+  context.subscriptions.push(log, peers, sharing, tree, view, downloads);
+  context.subscriptions.push(sharing.onDidChange(() => tree.refresh()));
   context.subscriptions.push(
-    vscode.commands.registerCommand('peershare.showPeerId', async () => {
-      try {
-        const identity = await loadOrCreateIdentity(vscode.Uri.joinPath(context.globalStorageUri, 'identity').fsPath);
-        log.info(`Peer ID: ${identity.peerId}`);
-        const copy = await vscode.window.showInformationMessage(`Your PeerShare ID: ${identity.peerId}`, 'Copy');
-        if (copy) await vscode.env.clipboard.writeText(identity.peerId);
-      } catch (err) {
-        log.error(String(err));
-        void vscode.window.showErrorMessage(`PeerShare: ${(err as Error).message}`);
-      }
+    vscode.workspace.registerFileSystemProvider('peershare', new PeerFileSystem(peers), { isReadonly: true, isCaseSensitive: true }),
+  );
+
+  /** Registers a command whose failures become a message and a log line, never a crash. */
+  const command = (id: string, handler: (...args: never[]) => unknown): void => {
+    context.subscriptions.push(
+      vscode.commands.registerCommand(id, async (...args: never[]) => {
+        try {
+          return await handler(...args);
+        } catch (err) {
+          const coded = toPeerShareError(err);
+          log.error(`${id} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
+          void vscode.window.showErrorMessage(`PeerShare: ${coded.message}`, 'Show Log').then((c) => c && log.show());
+          return undefined;
+        }
+      }),
+    );
+  };
+
+  command('peershare.startSharing', async () => {
+    await sharing.start();
+    void vscode.window
+      .showInformationMessage(
+        `PeerShare: sharing ${vscode.workspace.workspaceFolders?.length === 1 ? 'this folder' : 'these folders'} read-only on port ${sharing.port}. Send an invite to let someone in.`,
+        'Copy Invite',
+      )
+      .then((choice) => choice && vscode.commands.executeCommand('peershare.copyInvite'));
+  });
+  command('peershare.stopSharing', () => sharing.stop());
+  command('peershare.copyInvite', async () => {
+    if (!sharing.isSharing) await sharing.start();
+    const invite = sharing.createInvite();
+    await vscode.env.clipboard.writeText(invite);
+    void vscode.window.showInformationMessage('PeerShare: invite copied. It lets one person pair with you within the next hour.');
+    return invite;
+  });
+  command('peershare.connect', async (invite?: string) => {
+    const text =
+      typeof invite === 'string'
+        ? invite
+        : await vscode.window.showInputBox({
+            title: 'Connect to a Peer',
+            prompt: 'Paste the invite your partner copied (or host:port of a peer you already trust)',
+            placeHolder: 'vscode://peershare.peershare/invite?… or peershare://invite?…',
+            ignoreFocusOut: true,
+          });
+    if (!text) return undefined;
+    const peer = await vscode.window.withProgress({ location: { viewId: 'peershare.peers' }, title: 'Connecting…' }, () => peers.connect(text));
+    void vscode.window.showInformationMessage(`PeerShare: connected to ${sanitizeForDisplay(peer.name || shortPeerId(peer.id))}.`);
+    return peer;
+  });
+  command('peershare.forgetPeer', async (node?: PeerNode) => {
+    const peer = node?.peer ?? (await pickPeer(peers));
+    if (!peer) return;
+    const name = sanitizeForDisplay(peer.name || shortPeerId(peer.id));
+    const ok = await vscode.window.showWarningMessage(`Forget ${name}? They will need a new invite to connect again.`, { modal: true }, 'Forget');
+    if (ok !== 'Forget') return;
+    await peers.forget(peer.id);
+    sharing.disconnect(peer.id);
+  });
+  command('peershare.refresh', (node?: Node) => tree.refresh(node));
+  command('peershare.download', async (node?: EntryNode) => {
+    const target = node ?? (await pickRemote(peers));
+    return target ? downloads.download(target) : undefined;
+  });
+  command('peershare.downloadTo', async (node?: EntryNode) => {
+    const target = node ?? (await pickRemote(peers));
+    if (!target) return undefined;
+    const folder = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, openLabel: 'Download Here', title: `Download ${baseName(target.remotePath)} to…` });
+    return folder?.[0] ? downloads.download(target, folder[0].fsPath) : undefined;
+  });
+  command('peershare.openPreview', async (node?: EntryNode) => {
+    const target = node ?? (await pickRemote(peers, 'file'));
+    if (!target) return;
+    const doc = await vscode.workspace.openTextDocument(peerFileUri(target.peerId, target.remotePath));
+    await vscode.window.showTextDocument(doc, { preview: true });
+  });
+  command('peershare.compareWithLocal', async (node?: EntryNode) => {
+    const target = node ?? (await pickRemote(peers, 'file'));
+    if (!target) return;
+    const local = localCounterpart(target.remotePath);
+    if (!local) {
+      void vscode.window.showInformationMessage(`PeerShare: there is no local ${baseName(target.remotePath)} to compare with.`);
+      return;
+    }
+    await vscode.commands.executeCommand('vscode.diff', peerFileUri(target.peerId, target.remotePath), local, `${baseName(target.remotePath)} (${sanitizeForDisplay(target.peerName || 'peer')}) ↔ (yours)`);
+  });
+  command('peershare.showLog', () => log.show());
+  command('peershare.showPeerId', async () => {
+    const { identity } = await peers.load();
+    log.info(`This installation's peer ID: ${identity.peerId}`);
+    const copy = await vscode.window.showInformationMessage(`Your PeerShare ID: ${identity.peerId}`, 'Copy');
+    if (copy) await vscode.env.clipboard.writeText(identity.peerId);
+  });
+  command('peershare.sharingActions', async () => {
+    const items = sharing.isSharing
+      ? [
+          { label: '$(link) Copy Invite', id: 'peershare.copyInvite' },
+          { label: '$(debug-stop) Stop Sharing', id: 'peershare.stopSharing' },
+        ]
+      : [{ label: '$(broadcast) Start Sharing', id: 'peershare.startSharing' }];
+    items.push({ label: '$(plug) Connect to a Peer…', id: 'peershare.connect' }, { label: '$(output) Show Log', id: 'peershare.showLog' });
+    const pick = await vscode.window.showQuickPick(items, { title: 'PeerShare' });
+    if (pick) await vscode.commands.executeCommand(pick.id);
+  });
+
+  context.subscriptions.push(
+    vscode.window.registerUriHandler({
+      handleUri: async (uri) => {
+        if (uri.path !== '/invite') return;
+        const invite = `peershare://invite?${uri.query}`;
+        const ok = await vscode.window.showInformationMessage('Connect to the PeerShare peer in this invite?', { modal: true, detail: 'You will be able to browse and download the files they share.' }, 'Connect');
+        if (ok) await vscode.commands.executeCommand('peershare.connect', invite);
+      },
     }),
   );
+
+  if (readSettings().shareOnStartup && vscode.workspace.isTrusted) {
+    sharing.start().catch((err) => log.error(`Could not start sharing on startup: ${toPeerShareError(err).message}`));
+  }
+  return { peers, sharing, tree, downloads };
 }
 
 export function deactivate(): void {
-  // Nothing runs until sharing exists; every disposable is in context.subscriptions.
+  // Everything, the server and every connection included, is disposed through context.subscriptions.
+}
+
+/** The local file with the same path as a peer's file: same-named workspace folder first. */
+function localCounterpart(remotePath: string): vscode.Uri | undefined {
+  const [root, ...rest] = remotePath.split('/');
+  const folders = (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file');
+  const folder = folders.find((f) => f.name === root) ?? folders[0];
+  return folder && rest.length ? vscode.Uri.joinPath(folder.uri, ...rest) : undefined;
+}
+
+async function pickPeer(peers: Peers): Promise<PeerNode['peer'] | undefined> {
+  const list = await peers.list();
+  if (list.length === 0) {
+    void vscode.window.showInformationMessage('PeerShare: no peers yet. Connect to one with an invite first.');
+    return undefined;
+  }
+  const pick = await vscode.window.showQuickPick(
+    list.map((peer) => ({ label: sanitizeForDisplay(peer.name || shortPeerId(peer.id)), description: peer.addresses[0] ?? 'not sharing', peer })),
+    { title: 'Choose a peer' },
+  );
+  return pick?.peer;
+}
+
+/** Browses a peer's files in a quick pick, a level at a time, for commands run from the palette. */
+async function pickRemote(peers: Peers, only?: 'file'): Promise<EntryNode | undefined> {
+  const peer = await pickPeer(peers);
+  if (!peer) return undefined;
+  let remotePath = '';
+  for (;;) {
+    const entries = await peers.browse(peer.id, (conn) => conn.list(remotePath));
+    entries.sort((a, b) => (a.type === b.type ? a.name.localeCompare(b.name) : a.type === 'dir' ? -1 : 1));
+    type Item = vscode.QuickPickItem & { action: 'open' | 'take' | 'up'; entry?: (typeof entries)[number] };
+    const items: Item[] = [];
+    if (remotePath && only !== 'file') items.push({ label: '$(cloud-download) Download this folder', action: 'take' });
+    if (remotePath) items.push({ label: '$(arrow-up) ..', action: 'up' });
+    for (const entry of entries) {
+      items.push({
+        label: `${entry.type === 'dir' ? '$(folder)' : '$(file)'} ${sanitizeForDisplay(entry.name)}`,
+        description: entry.type === 'dir' ? undefined : `${entry.size} bytes`,
+        action: entry.type === 'dir' ? 'open' : 'take',
+        entry,
+      });
+    }
+    const pick = await vscode.window.showQuickPick(items, { title: `${sanitizeForDisplay(peer.name || 'Peer')}: /${remotePath}`, placeHolder: 'Choose a file, or open a folder' });
+    if (!pick) return undefined;
+    if (pick.action === 'up') {
+      remotePath = remotePath.split('/').slice(0, -1).join('/');
+      continue;
+    }
+    if (pick.action === 'open' && pick.entry) {
+      remotePath = remotePath ? `${remotePath}/${pick.entry.name}` : pick.entry.name;
+      continue;
+    }
+    const entry = pick.entry ?? { name: baseName(remotePath), type: 'dir' as const, size: 0, mtimeMs: 0 };
+    const full = pick.entry ? (remotePath ? `${remotePath}/${pick.entry.name}` : pick.entry.name) : remotePath;
+    return { kind: 'entry', peerId: peer.id, peerName: peer.name, remotePath: full, entry, isRoot: !full.includes('/') };
+  }
 }

@@ -447,3 +447,42 @@ async function ensureRealDirectory(dir: string): Promise<void> {
     throw new PeerShareError('BAD_NAME', `${dir} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a folder'}; nothing was written through it.`);
   }
 }
+
+/**
+ * Reads a whole (small) file into memory, verified like any download: for previews and diffs,
+ * where nothing is written to disk. Refuses files over `maxBytes`.
+ */
+export async function readFileVerified(conn: PeerConnection, remotePath: string, maxBytes: number): Promise<Buffer> {
+  const entry = await conn.stat(remotePath);
+  if (entry.type !== 'file') throw new PeerShareError('NOT_A_FILE');
+  if (entry.size > maxBytes) {
+    throw new PeerShareError('TOO_LARGE', `The file is ${entry.size} bytes; previews are limited to ${maxBytes}. Download it instead.`);
+  }
+  const chunks: Buffer[] = [];
+  let received = 0;
+  let started = false;
+  const hash = createHash('sha256');
+  await conn.exchange({ type: 'read', path: remotePath, offset: 0, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done) => {
+    if (!started) {
+      const m = expectMessage(event);
+      if (m.type !== 'file' || m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
+      if (m.size !== entry.size || m.offset !== 0) throw new PeerShareError('FILE_CHANGED');
+      started = true;
+      return;
+    }
+    if (event.kind === 'data') {
+      received += event.chunk.length;
+      if (received > entry.size) throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
+      hash.update(event.chunk);
+      // Slices of the socket's buffers: copy, so they are not pinned.
+      chunks.push(Buffer.from(event.chunk));
+      return;
+    }
+    const m = event.message;
+    if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${String(m.type)}.`);
+    if (received !== entry.size) throw new PeerShareError('SIZE_MISMATCH');
+    if (typeof m.sha256 !== 'string' || hash.digest('hex') !== m.sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
+    done();
+  });
+  return Buffer.concat(chunks, received);
+}

@@ -181,6 +181,7 @@ class ServerConnection {
   peer?: ConnectedPeer;
   private state: 'hello' | 'ready' | 'closed' = 'hello';
   private busy = false;
+  private next?: Request;
   private readonly parser: FrameParser;
   private timer?: NodeJS.Timeout;
   private messageTimer?: NodeJS.Timeout;
@@ -271,22 +272,36 @@ class ServerConnection {
         this.onHello(m);
         return;
       }
-      if (this.busy) throw new PeerShareError('PROTOCOL_ERROR', 'One request at a time per connection.');
       const request = parseRequest(m);
-      if (!this.server.tryStartRequest()) {
-        this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' });
+      if (this.busy) {
+        // The client may send its next request as soon as it has read our last byte, which can
+        // be before our write has drained here. One waits; a second is a protocol error.
+        if (this.next) throw new PeerShareError('PROTOCOL_ERROR', 'One request at a time per connection.');
+        this.next = request;
         return;
       }
-      this.busy = true;
-      clearTimeout(this.timer);
-      this.serve(request).finally(() => {
-        this.server.endRequest();
-        this.busy = false;
-        if (this.state === 'ready') this.setTimer(this.limits.idleTimeoutMs, 'request');
-      });
+      this.start(request);
     } catch (err) {
       this.fail(toPeerShareError(err, 'PROTOCOL_ERROR'));
     }
+  }
+
+  private start(request: Request): void {
+    if (!this.server.tryStartRequest()) {
+      void this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' }).catch(() => undefined);
+      return;
+    }
+    this.busy = true;
+    clearTimeout(this.timer);
+    void this.serve(request).finally(() => {
+      this.server.endRequest();
+      this.busy = false;
+      const next = this.next;
+      this.next = undefined;
+      if (this.state !== 'ready') return;
+      if (next) this.start(next);
+      else this.setTimer(this.limits.idleTimeoutMs, 'request');
+    });
   }
 
   private onHello(m: Record<string, unknown>): void {

@@ -97,6 +97,25 @@ describe('who gets in', () => {
     await sharer.server.close();
   });
 
+  it('answers a request sent before the previous answer drained, but not a third in flight', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    conn.close();
+    const raw = await rawClient(sharer.address, client.identity);
+    raw.send({ type: 'hello', versions: [1], name: 'eager' });
+    await waitFor(() => raw.messages.length === 1);
+    raw.send({ type: 'stat', path: 'ws/secret.txt' });
+    raw.send({ type: 'stat', path: 'ws' });
+    await waitFor(() => raw.messages.length === 3);
+    assert.deepEqual(raw.messages.slice(1).map((m) => (m.entry as { name: string }).name), ['secret.txt', 'ws']);
+    raw.send({ type: 'list', path: 'ws' });
+    raw.send({ type: 'list', path: 'ws' });
+    raw.send({ type: 'list', path: 'ws' });
+    await raw.closed;
+    assert.equal(raw.messages.at(-1)?.code, 'PROTOCOL_ERROR');
+    await sharer.server.close();
+  });
+
   it('refuses TLS 1.2 and plaintext', async () => {
     const sharer = await startSharer([await sharedFolder()]);
     const { client } = await connectWithInvite(sharer.invite);

@@ -1,0 +1,163 @@
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { download, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
+import { formatBytes } from '../cli/progress';
+import { baseName, peerFileUri, type Peers } from './peers';
+import { downloadFolder, readSettings } from './settings';
+import type { EntryNode } from './tree';
+
+/** How the user answers "the target exists". Replaceable in tests, which cannot click a modal. */
+export type ConflictPrompt = (target: string, isFolder: boolean, peerFile: vscode.Uri) => Promise<ConflictChoice | 'overwriteAll' | 'skipAll'>;
+
+const MAX_PARALLEL_DOWNLOADS = 3;
+
+export class Downloads implements vscode.Disposable {
+  private running = 0;
+  private readonly active = new Set<AbortController>();
+  private readonly waiting: (() => void)[] = [];
+  conflictPrompt: ConflictPrompt = askConflict;
+
+  constructor(
+    private readonly peers: Peers,
+    private readonly log: vscode.LogOutputChannel,
+  ) {}
+
+  /** Downloads a peer's file or folder into `destFolder` (default: the download location). */
+  async download(node: EntryNode, destFolder?: string): Promise<DownloadResult | undefined> {
+    const dest = destFolder ?? downloadFolder(readSettings());
+    if (!dest) {
+      void vscode.window.showErrorMessage('PeerShare: open a folder, or set peershare.downloadLocation, to download into.');
+      return undefined;
+    }
+    const name = sanitizeForDisplay(baseName(node.remotePath));
+    const from = sanitizeForDisplay(node.peerName || 'peer');
+    await this.slot();
+    try {
+      return await vscode.window.withProgress(
+        { location: vscode.ProgressLocation.Notification, title: `Downloading ${name} from ${from}`, cancellable: true },
+        async (progress, token) => {
+          const abort = new AbortController();
+          this.active.add(abort);
+          const cancel = token.onCancellationRequested(() => abort.abort());
+          const started = Date.now();
+          let reported = 0;
+          let lastUpdate = 0;
+          let applyToAll: ConflictChoice | undefined;
+          const conn = await this.peers.openConnection(node.peerId, abort.signal);
+          try {
+            const target = await resolveTarget(node.remotePath, dest);
+            const result = await download(conn, node.remotePath, dest, {
+              signal: abort.signal,
+              keepPartial: false,
+              onConflict: async (existing) => {
+                if (applyToAll) return applyToAll;
+                const rel = path.relative(target, existing);
+                const remote = node.entry.type === 'dir' ? `${node.remotePath}/${rel.split(path.sep).join('/')}` : node.remotePath;
+                const answer = await this.conflictPrompt(existing, node.entry.type === 'dir', peerFileUri(node.peerId, remote));
+                if (answer === 'overwriteAll') return (applyToAll = 'overwrite');
+                if (answer === 'skipAll') return (applyToAll = 'skip');
+                return answer;
+              },
+              onProgress: (p) => {
+                const now = Date.now();
+                if (now - lastUpdate < 100 && p.bytes !== p.totalBytes) return;
+                lastUpdate = now;
+                const speed = p.bytes / Math.max((now - started) / 1000, 0.001);
+                const increment = p.totalBytes ? ((p.bytes - reported) / p.totalBytes) * 100 : undefined;
+                reported = p.bytes;
+                progress.report({
+                  increment,
+                  message: `${formatBytes(p.bytes)}${p.totalBytes !== undefined ? ` of ${formatBytes(p.totalBytes)}` : ''} · ${formatBytes(speed)}/s`,
+                });
+              },
+            });
+            this.report(result, name, from);
+            return result;
+          } finally {
+            this.active.delete(abort);
+            cancel.dispose();
+            conn.close();
+          }
+        },
+      );
+    } catch (err) {
+      const coded = toPeerShareError(err);
+      if (coded.code === 'CANCELLED') {
+        this.log.info(`Download of ${name} cancelled`);
+        return undefined;
+      }
+      this.log.error(`Download of ${node.remotePath} from ${node.peerId} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
+      void vscode.window.showErrorMessage(`PeerShare: could not download ${name}. ${coded.message}`, 'Show Log').then((choice) => {
+        if (choice) this.log.show();
+      });
+      return undefined;
+    } finally {
+      this.release();
+    }
+  }
+
+  /** Cancels every running download (deactivation does this too); nothing partial is kept. */
+  cancelAll(): void {
+    for (const abort of this.active) abort.abort();
+  }
+
+  dispose(): void {
+    this.cancelAll();
+  }
+
+  private report(result: DownloadResult, name: string, from: string): void {
+    const what = result.type === 'dir' ? `${result.files} file${result.files === 1 ? '' : 's'} of ${name}` : name;
+    this.log.info(`Downloaded ${what} from ${from} to ${result.target} (${result.bytes} bytes, SHA-256 verified)`);
+    const notes: string[] = [];
+    if (result.skippedExisting.length) notes.push(`${result.skippedExisting.length} existing file(s) left alone`);
+    if (result.skippedByPeer.length) notes.push(`${result.skippedByPeer.length} file(s) the peer could not send`);
+    const target = vscode.Uri.file(result.target);
+    void vscode.window
+      .showInformationMessage(`Downloaded ${what} from ${from}${notes.length ? ` (${notes.join(', ')})` : ''}.`, result.type === 'file' ? 'Open' : 'Reveal')
+      .then((choice) => {
+        if (choice === 'Open') void vscode.commands.executeCommand('vscode.open', target);
+        if (choice === 'Reveal') void vscode.commands.executeCommand('revealInExplorer', target);
+      });
+  }
+
+  private async slot(): Promise<void> {
+    if (this.running < MAX_PARALLEL_DOWNLOADS) {
+      this.running++;
+      return;
+    }
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.running++;
+  }
+
+  private release(): void {
+    this.running--;
+    this.waiting.shift()?.();
+  }
+}
+
+/** Asks what to do about an existing file: Overwrite / Keep Both / Skip / Compare, "all" for folders. */
+async function askConflict(target: string, isFolder: boolean, peerFile: vscode.Uri): Promise<ConflictChoice | 'overwriteAll' | 'skipAll'> {
+  for (;;) {
+    const buttons = ['Overwrite', 'Keep Both', 'Skip', 'Compare', ...(isFolder ? ['Overwrite All', 'Skip All'] : [])];
+    const choice = await vscode.window.showWarningMessage(
+      `${path.basename(target)} already exists in ${path.dirname(target)}.`,
+      { modal: true, detail: 'Overwrite it with the peer’s file, keep both (the download gets a new name), or skip it?' },
+      ...buttons,
+    );
+    switch (choice) {
+      case 'Overwrite':
+        return 'overwrite';
+      case 'Keep Both':
+        return 'keepBoth';
+      case 'Overwrite All':
+        return 'overwriteAll';
+      case 'Skip All':
+        return 'skipAll';
+      case 'Compare':
+        await vscode.commands.executeCommand('vscode.diff', peerFile, vscode.Uri.file(target), `${path.basename(target)} (peer) ↔ (yours)`);
+        continue;
+      default:
+        return 'skip';
+    }
+  }
+}

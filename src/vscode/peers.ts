@@ -1,0 +1,169 @@
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import {
+  PeerShareError,
+  TrustStore,
+  connectToPeer,
+  loadOrCreateIdentity,
+  looksLikeInvite,
+  parseAddress,
+  parseInvite,
+  sanitizeForDisplay,
+  type Identity,
+  type PeerConnection,
+  type TrustedPeer,
+} from '../core';
+import { readSettings } from './settings';
+
+export type PeerState = 'unknown' | 'online' | 'offline';
+
+/**
+ * The peers this installation trusts, and connections to them. Browsing shares one connection
+ * per peer (requests queue on it); each download opens its own, so they run in parallel.
+ */
+export class Peers implements vscode.Disposable {
+  private identityPromise?: Promise<{ identity: Identity; trust: TrustStore }>;
+  private readonly browsing = new Map<string, Promise<PeerConnection>>();
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly states = new Map<string, PeerState>();
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChange = this.changed.event;
+
+  constructor(
+    private readonly home: string,
+    private readonly log: vscode.LogOutputChannel,
+  ) {}
+
+  /** This installation's identity and trust store, created on first use. */
+  load(): Promise<{ identity: Identity; trust: TrustStore }> {
+    this.identityPromise ??= (async () => {
+      const identity = await loadOrCreateIdentity(this.home);
+      return { identity, trust: await TrustStore.open(identity.home) };
+    })();
+    this.identityPromise.catch(() => (this.identityPromise = undefined));
+    return this.identityPromise;
+  }
+
+  async list(): Promise<TrustedPeer[]> {
+    const { trust } = await this.load();
+    await trust.reload();
+    return trust.list().sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
+  }
+
+  state(id: string): PeerState {
+    return this.states.get(id) ?? 'unknown';
+  }
+
+  /** Connects with an invite or a trusted peer's address; returns the peer now trusted. */
+  async connect(text: string): Promise<TrustedPeer> {
+    const { identity, trust } = await this.load();
+    const name = readSettings().displayName;
+    let conn: PeerConnection;
+    if (looksLikeInvite(text)) {
+      const invite = parseInvite(text);
+      conn = await connectToPeer({ identity, trust, name, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token });
+    } else if (parseAddress(text.trim())) {
+      conn = await connectToPeer({ identity, trust, name, addresses: [text.trim()] });
+    } else {
+      throw new PeerShareError('INVALID_INVITE', 'Paste an invite (peershare://… or vscode://…) or the address (host:port) of a peer you already trust.');
+    }
+    this.adoptBrowsingConnection(conn);
+    this.log.info(`Connected to ${sanitizeForDisplay(conn.peerName)} (${conn.peerId}) at ${conn.address}`);
+    this.changed.fire();
+    return trust.get(conn.peerId)!;
+  }
+
+  async forget(id: string): Promise<void> {
+    const { trust } = await this.load();
+    await trust.remove(id);
+    this.closeBrowsing(id);
+    this.states.delete(id);
+    this.log.info(`Forgot peer ${id}`);
+    this.changed.fire();
+  }
+
+  /** Runs `work` on the peer's browsing connection, one request at a time. */
+  async browse<T>(id: string, work: (conn: PeerConnection) => Promise<T>): Promise<T> {
+    const previous = this.queues.get(id) ?? Promise.resolve();
+    const run = previous.catch(() => undefined).then(async () => {
+      const conn = await this.browsingConnection(id);
+      return work(conn);
+    });
+    this.queues.set(id, run);
+    return run;
+  }
+
+  /** A fresh connection, for a download; the caller closes it. */
+  async openConnection(id: string, signal?: AbortSignal): Promise<PeerConnection> {
+    const { identity, trust } = await this.load();
+    const peer = trust.get(id);
+    if (!peer) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
+    if (peer.addresses.length === 0) throw new PeerShareError('UNKNOWN_PEER', `${peer.name || 'That peer'} does not share anything we know of.`);
+    try {
+      const conn = await connectToPeer({ identity, trust, name: readSettings().displayName, addresses: peer.addresses, expectedPeerId: id, signal });
+      this.setState(id, 'online');
+      return conn;
+    } catch (err) {
+      if (err instanceof PeerShareError && ['CONNECTION_FAILED', 'TIMEOUT', 'CONNECTION_CLOSED'].includes(err.code)) this.setState(id, 'offline');
+      throw err;
+    }
+  }
+
+  dispose(): void {
+    for (const id of [...this.browsing.keys()]) this.closeBrowsing(id);
+    this.changed.dispose();
+  }
+
+  private browsingConnection(id: string): Promise<PeerConnection> {
+    const existing = this.browsing.get(id);
+    if (existing) {
+      return existing.then((conn) => {
+        if (!conn.closed) return conn;
+        this.browsing.delete(id);
+        return this.browsingConnection(id);
+      });
+    }
+    const opening = this.openConnection(id);
+    this.browsing.set(id, opening);
+    opening.then(
+      (conn) => conn.onClose(() => this.browsing.get(id) === opening && this.browsing.delete(id)),
+      () => this.browsing.delete(id),
+    );
+    return opening;
+  }
+
+  private adoptBrowsingConnection(conn: PeerConnection): void {
+    this.closeBrowsing(conn.peerId);
+    const ready = Promise.resolve(conn);
+    this.browsing.set(conn.peerId, ready);
+    conn.onClose(() => this.browsing.get(conn.peerId) === ready && this.browsing.delete(conn.peerId));
+    this.setState(conn.peerId, 'online');
+  }
+
+  private closeBrowsing(id: string): void {
+    const conn = this.browsing.get(id);
+    this.browsing.delete(id);
+    this.queues.delete(id);
+    void conn?.then((c) => c.close(), () => undefined);
+  }
+
+  private setState(id: string, state: PeerState): void {
+    if (this.states.get(id) === state) return;
+    this.states.set(id, state);
+    this.changed.fire();
+  }
+}
+
+/** `peershare://<peer ID without dashes>/<remote path>`: the URI of a peer's file. */
+export function peerFileUri(peerId: string, remotePath: string): vscode.Uri {
+  return vscode.Uri.from({ scheme: 'peershare', authority: peerId.replace(/-/g, '').toLowerCase(), path: `/${remotePath}` });
+}
+
+export function parsePeerFileUri(uri: vscode.Uri): { peerId: string; remotePath: string } {
+  const compact = uri.authority.toUpperCase();
+  return { peerId: compact.match(/.{1,4}/g)?.join('-') ?? '', remotePath: uri.path.replace(/^\/+/, '') };
+}
+
+export function baseName(remotePath: string): string {
+  return path.posix.basename(remotePath.replace(/\/+$/, ''));
+}

@@ -1,0 +1,155 @@
+import * as vscode from 'vscode';
+import { PeerServer, PeerShareError, Share, resolveLimits, sanitizeForDisplay, toPeerShareError } from '../core';
+import type { Peers } from './peers';
+import { filesExcludePatterns, readSettings } from './settings';
+
+/**
+ * Starting and stopping the peer server for the workspace folders, the invite, and the status
+ * bar item that shows whether we share and how many peers are connected.
+ */
+export class Sharing implements vscode.Disposable {
+  private server?: PeerServer;
+  private starting?: Promise<void>;
+  private readonly statusItem: vscode.StatusBarItem;
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChange = this.changed.event;
+  private readonly disposables: vscode.Disposable[] = [];
+
+  constructor(
+    private readonly peers: Peers,
+    private readonly log: vscode.LogOutputChannel,
+  ) {
+    this.statusItem = vscode.window.createStatusBarItem('peershare.status', vscode.StatusBarAlignment.Left, 50);
+    this.statusItem.name = 'PeerShare';
+    this.statusItem.command = 'peershare.sharingActions';
+    this.render();
+    this.statusItem.show();
+    this.disposables.push(
+      this.statusItem,
+      this.changed,
+      // Settings and folders take effect without a reload: restart the server if it runs.
+      vscode.workspace.onDidChangeConfiguration((e) => {
+        if (this.server && (e.affectsConfiguration('peershare') || e.affectsConfiguration('files.exclude'))) void this.restart();
+      }),
+      vscode.workspace.onDidChangeWorkspaceFolders(() => {
+        if (this.server) void this.restart();
+      }),
+    );
+  }
+
+  get isSharing(): boolean {
+    return this.server !== undefined;
+  }
+
+  get port(): number | undefined {
+    return this.server?.port;
+  }
+
+  connectedCount(): number {
+    return this.server ? new Set(this.server.connectedPeers().map((p) => p.id)).size : 0;
+  }
+
+  async start(): Promise<void> {
+    if (this.server) return;
+    if (this.starting) return this.starting;
+    this.starting = this.doStart().finally(() => (this.starting = undefined));
+    return this.starting;
+  }
+
+  private async doStart(): Promise<void> {
+    if (!vscode.workspace.isTrusted) throw new PeerShareError('INVALID_ARGUMENT', 'PeerShare shares files only from trusted workspaces.');
+    const folders = (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file');
+    if (folders.length === 0) {
+      throw new PeerShareError('INVALID_ARGUMENT', 'Open a folder on this machine to share it. Virtual folders cannot be shared.');
+    }
+    const settings = readSettings();
+    const { identity, trust } = await this.peers.load();
+    const limits = resolveLimits();
+    const excludes = [...settings.exclude];
+    if (settings.useFilesExclude) for (const f of folders) excludes.push(...filesExcludePatterns(f));
+    const share = await Share.create(
+      {
+        folders: folders.map((f) => f.uri.fsPath),
+        excludes: [...new Set(excludes)],
+        honourGitignore: settings.useGitignore,
+        privatePaths: [identity.home],
+      },
+      limits,
+    );
+    const server = new PeerServer({
+      identity,
+      trust,
+      share,
+      name: settings.displayName,
+      limits,
+      log: (level, message) => this.log[level === 'warn' ? 'warn' : level](message),
+    });
+    await server.listen(settings.port, settings.bindAddress);
+    const onPeers = (): void => {
+      this.render();
+      this.changed.fire();
+    };
+    server.on('peer-connected', onPeers);
+    server.on('peer-paired', (peer: { name: string; id: string }) => {
+      onPeers();
+      void vscode.window.showInformationMessage(`PeerShare: ${sanitizeForDisplay(peer.name)} paired with you and can now download from this workspace.`);
+    });
+    server.on('peer-disconnected', onPeers);
+    this.server = server;
+    await vscode.commands.executeCommand('setContext', 'peershare.sharing', true);
+    this.log.info(`Sharing ${share.roots.map((r) => r.realPath).join(', ')} on ${server.addresses().join(', ')}`);
+    this.render();
+    this.changed.fire();
+  }
+
+  async stop(): Promise<void> {
+    await this.starting?.catch(() => undefined);
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    await server.close();
+    await vscode.commands.executeCommand('setContext', 'peershare.sharing', false);
+    this.log.info('Stopped sharing');
+    this.render();
+    this.changed.fire();
+  }
+
+  private async restart(): Promise<void> {
+    this.log.info('Settings or folders changed: restarting the peer server');
+    await this.stop();
+    try {
+      await this.start();
+    } catch (err) {
+      const coded = toPeerShareError(err);
+      this.log.error(`Could not restart sharing: ${coded.message}`);
+      void vscode.window.showErrorMessage(`PeerShare: could not restart sharing. ${coded.message}`);
+    }
+  }
+
+  /** A new invite (single use, one hour), as a link the partner can click or paste. */
+  createInvite(): string {
+    if (!this.server) throw new PeerShareError('INVALID_ARGUMENT', 'Start sharing first.');
+    return this.server.createInvite({ uses: 1, ttlMs: 60 * 60_000 }).replace(/^peershare:\/\/invite/, 'vscode://peershare.peershare/invite');
+  }
+
+  /** Closes a forgotten peer's connections at once. */
+  disconnect(peerId: string): void {
+    this.server?.disconnectPeer(peerId);
+  }
+
+  private render(): void {
+    if (!this.server) {
+      this.statusItem.text = '$(circle-slash) PeerShare';
+      this.statusItem.tooltip = 'PeerShare: not sharing. Click for sharing actions.';
+      return;
+    }
+    const n = this.connectedCount();
+    this.statusItem.text = `$(broadcast) PeerShare: ${n} peer${n === 1 ? '' : 's'}`;
+    this.statusItem.tooltip = `PeerShare: sharing on port ${this.server.port}, ${n} peer${n === 1 ? '' : 's'} connected. Click for sharing actions.`;
+  }
+
+  dispose(): void {
+    void this.stop();
+    for (const d of this.disposables) d.dispose();
+  }
+}

@@ -1,0 +1,90 @@
+import * as vscode from 'vscode';
+import { sanitizeForDisplay, shortPeerId, toPeerShareError, type Entry, type TrustedPeer } from '../core';
+import { formatBytes } from '../cli/progress';
+import { peerFileUri, type Peers } from './peers';
+
+export type PeerNode = { kind: 'peer'; peer: TrustedPeer };
+export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };
+export type MessageNode = { kind: 'message'; text: string; tooltip?: string };
+export type Node = PeerNode | EntryNode | MessageNode;
+
+/** The Peers view: trusted peers, then their shared folders, folders and files, a level at a time. */
+export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposable {
+  private readonly changed = new vscode.EventEmitter<Node | undefined>();
+  readonly onDidChangeTreeData = this.changed.event;
+  private readonly subscription: vscode.Disposable;
+
+  constructor(private readonly peers: Peers) {
+    this.subscription = peers.onDidChange(() => this.refresh());
+  }
+
+  refresh(node?: Node): void {
+    this.changed.fire(node);
+  }
+
+  async getChildren(node?: Node): Promise<Node[]> {
+    if (!node) return (await this.peers.list()).map((peer) => ({ kind: 'peer', peer }));
+    if (node.kind === 'message') return [];
+    const peerId = node.kind === 'peer' ? node.peer.id : node.peerId;
+    const peerName = node.kind === 'peer' ? node.peer.name : node.peerName;
+    const remotePath = node.kind === 'peer' ? '' : node.remotePath;
+    if (node.kind === 'peer' && node.peer.addresses.length === 0) {
+      return [{ kind: 'message', text: 'Not sharing with you', tooltip: 'This peer paired with you to download; it shares nothing we know of.' }];
+    }
+    try {
+      const entries = await this.peers.browse(peerId, (conn) => conn.list(remotePath));
+      entries.sort((a, b) => (a.type === b.type ? a.name.localeCompare(b.name) : a.type === 'dir' ? -1 : 1));
+      if (entries.length === 0) return [{ kind: 'message', text: 'Empty folder' }];
+      return entries.map((entry) => ({
+        kind: 'entry',
+        peerId,
+        peerName,
+        remotePath: remotePath ? `${remotePath}/${entry.name}` : entry.name,
+        entry,
+        isRoot: remotePath === '',
+      }));
+    } catch (err) {
+      const coded = toPeerShareError(err);
+      return [{ kind: 'message', text: `${coded.message}`, tooltip: `${coded.code}: ${coded.message}` }];
+    }
+  }
+
+  getTreeItem(node: Node): vscode.TreeItem {
+    if (node.kind === 'message') {
+      const item = new vscode.TreeItem(node.text, vscode.TreeItemCollapsibleState.None);
+      item.iconPath = new vscode.ThemeIcon('info');
+      item.tooltip = node.tooltip;
+      item.contextValue = 'peershare.message';
+      return item;
+    }
+    if (node.kind === 'peer') {
+      const { peer } = node;
+      const state = this.peers.state(peer.id);
+      const name = sanitizeForDisplay(peer.name || shortPeerId(peer.id));
+      const item = new vscode.TreeItem(name, vscode.TreeItemCollapsibleState.Collapsed);
+      item.id = `peer:${peer.id}`;
+      item.description = [state === 'online' ? 'online' : state === 'offline' ? 'offline' : undefined, peer.addresses[0]].filter(Boolean).join(' · ');
+      item.tooltip = new vscode.MarkdownString(`**${name}**\n\nPeer ID: \`${peer.id}\`\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`);
+      item.iconPath = new vscode.ThemeIcon(state === 'offline' ? 'debug-disconnect' : 'account', state === 'online' ? new vscode.ThemeColor('charts.green') : undefined);
+      item.contextValue = `peershare.peer.${state}`;
+      return item;
+    }
+    const { entry } = node;
+    const isDir = entry.type === 'dir';
+    const item = new vscode.TreeItem(sanitizeForDisplay(entry.name), isDir ? vscode.TreeItemCollapsibleState.Collapsed : vscode.TreeItemCollapsibleState.None);
+    item.id = `entry:${node.peerId}:${node.remotePath}`;
+    // The resourceUri gives files and folders the icon theme's icons.
+    item.resourceUri = peerFileUri(node.peerId, node.remotePath);
+    item.iconPath = isDir ? vscode.ThemeIcon.Folder : vscode.ThemeIcon.File;
+    item.description = isDir ? (node.isRoot ? 'shared folder' : undefined) : formatBytes(entry.size);
+    item.tooltip = `${sanitizeForDisplay(node.remotePath)}${isDir ? '' : `\n${formatBytes(entry.size)}`}\nModified ${new Date(entry.mtimeMs).toLocaleString()}`;
+    item.contextValue = isDir ? (node.isRoot ? 'peershare.folder.root' : 'peershare.folder') : 'peershare.file';
+    if (!isDir) item.command = { command: 'peershare.openPreview', title: 'Open Preview', arguments: [node] };
+    return item;
+  }
+
+  dispose(): void {
+    this.subscription.dispose();
+    this.changed.dispose();
+  }
+}

@@ -1,0 +1,32 @@
+import * as assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import type { EntryNode, Node } from '../../../src/vscode/tree';
+import { api, waitFor } from './helpers';
+
+/**
+ * Editor B of the two-editor test: connects with A's invite, finds A's fixtures folder in the
+ * Peers tree, downloads it into B's workspace, and compares bytes with A's files on disk.
+ */
+export async function run(): Promise<void> {
+  const exchange = process.env.PEERSHARE_E2E_DIR!;
+  const source = process.env.PEERSHARE_E2E_SOURCE!;
+  const dest = vscode.workspace.workspaceFolders![0].uri.fsPath;
+  try {
+    const invite = await waitFor(async () => fs.readFile(path.join(exchange, 'invite'), 'utf8').catch(() => undefined), 240_000);
+    const { tree } = await api();
+    const peer = (await vscode.commands.executeCommand<{ id: string }>('peershare.connect', invite))!;
+    const peerNode = (await tree.getChildren(undefined)).find((n) => n.kind === 'peer' && n.peer.id === peer.id)!;
+    const find = async (parent: Node, name: string) => (await tree.getChildren(parent)).find((n): n is EntryNode => n.kind === 'entry' && n.entry.name === name)!;
+    const root = (await tree.getChildren(peerNode))[0];
+    const fixtures = await find(root, 'fixtures');
+    await vscode.commands.executeCommand('peershare.download', fixtures);
+    for (const rel of ['users/1.json', 'users/2.json', 'big.bin']) {
+      assert.deepEqual(await fs.readFile(path.join(dest, 'fixtures', rel)), await fs.readFile(path.join(source, 'fixtures', rel)), rel);
+    }
+    console.log('downloader: fixtures downloaded and identical');
+  } finally {
+    await fs.writeFile(path.join(exchange, 'done'), 'done');
+  }
+}

@@ -1,0 +1,238 @@
+import * as assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { promises as fs, readFileSync } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as vscode from 'vscode';
+import { TrustStore, connectToPeer, download, loadOrCreateIdentity, parseInvite } from '../../../src/core';
+import type { EntryNode, Node, PeerNode } from '../../../src/vscode/tree';
+import { ROOT, api, startHeadlessPeer, tempDir, waitFor, type HeadlessPeer } from './helpers';
+
+const manifest = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+
+function workspaceDir(): string {
+  return vscode.workspace.workspaceFolders![0].uri.fsPath;
+}
+
+async function childrenOf(node: Node | undefined): Promise<Node[]> {
+  const { tree } = await api();
+  return tree.getChildren(node);
+}
+
+async function findPeerNode(peerId: string): Promise<PeerNode> {
+  return waitFor(async () => (await childrenOf(undefined)).find((n): n is PeerNode => n.kind === 'peer' && n.peer.id === peerId));
+}
+
+async function findEntry(parent: Node, name: string): Promise<EntryNode> {
+  const found = (await childrenOf(parent)).find((n): n is EntryNode => n.kind === 'entry' && n.entry.name === name);
+  if (!found) throw new Error(`no ${name} under ${parent.kind}`);
+  return found;
+}
+
+describe('PeerShare in a real VS Code', function () {
+  this.timeout(120_000);
+  let peer: HeadlessPeer;
+  const big = randomBytes(8 * 1024 * 1024);
+  const errors: string[] = [];
+  const originalShowError = vscode.window.showErrorMessage;
+
+  before(async () => {
+    peer = await startHeadlessPeer('fixtures', {
+      'hello.txt': 'hello from the headless peer\n',
+      'data/users/1.json': '{"id":1}\n',
+      'data/users/2.json': '{"id":2}\n',
+      'data/big.bin': big,
+      'compare.txt': 'peer version\n',
+      '.env': 'SECRET=1\n',
+    });
+    (vscode.window as { showErrorMessage: unknown }).showErrorMessage = (message: string, ...rest: unknown[]) => {
+      errors.push(message);
+      return (originalShowError as (...a: unknown[]) => Thenable<unknown>)(message, ...rest);
+    };
+  });
+
+  after(async () => {
+    (vscode.window as { showErrorMessage: unknown }).showErrorMessage = originalShowError;
+    await peer?.stop();
+    await vscode.commands.executeCommand('peershare.stopSharing');
+  });
+
+  it('activates quickly and registers every command declared in package.json', async () => {
+    const ext = vscode.extensions.getExtension('peershare.peershare')!;
+    const started = performance.now();
+    await ext.activate();
+    const ms = performance.now() - started;
+    console.log(`activation (measured from the test, extension already loading): ${ms.toFixed(1)} ms`);
+    const registered = new Set(await vscode.commands.getCommands(true));
+    const declared: string[] = manifest.contributes.commands.map((c: { command: string }) => c.command);
+    const missing = declared.filter((c) => !registered.has(c));
+    assert.deepEqual(missing, [], 'declared but not registered');
+    // VS Code adds focus/toggle commands for every view (peershare.peers.*): not ours to declare.
+    const ours = [...registered].filter((c) => c.startsWith('peershare.') && !c.startsWith('peershare.peers.'));
+    assert.deepEqual(ours.filter((c) => !declared.includes(c)), [], 'registered but not declared');
+  });
+
+  it('starts sharing; a headless peer pairs with the invite and downloads a workspace file', async () => {
+    await fs.writeFile(path.join(workspaceDir(), 'shared.txt'), 'shared from the editor\n');
+    await vscode.commands.executeCommand('peershare.startSharing');
+    const { sharing } = await api();
+    assert.equal(sharing.isSharing, true, `sharing did not start: ${errors.join(' | ')} (trusted: ${vscode.workspace.isTrusted})`);
+    const invite = (await vscode.commands.executeCommand<string>('peershare.copyInvite'))!;
+    assert.match(invite, /^vscode:\/\/peershare\.peershare\/invite\?/);
+    assert.equal(await vscode.env.clipboard.readText(), invite);
+    const home = tempDir();
+    const identity = await loadOrCreateIdentity(home);
+    const trust = await TrustStore.open(home);
+    const parsed = parseInvite(invite);
+    const conn = await connectToPeer({ identity, trust, addresses: parsed.addresses.filter((a) => a.startsWith('127.')).concat(`127.0.0.1:${sharing.port}`), expectedPeerId: parsed.peerId, token: parsed.token, name: 'headless' });
+    const dest = tempDir();
+    const root = path.basename(workspaceDir());
+    const result = await download(conn, `${root}/shared.txt`, dest);
+    assert.equal(await fs.readFile(result.target, 'utf8'), 'shared from the editor\n');
+    await waitFor(() => sharing.connectedCount() === 1);
+    conn.close();
+  });
+
+  it('connects to a headless peer with its invite and shows its files in the tree', async () => {
+    await vscode.commands.executeCommand('peershare.connect', peer.invite);
+    const peerNode = await findPeerNode(peer.peerId);
+    const item = (await api()).tree.getTreeItem(peerNode);
+    assert.equal(item.label, 'Headless fixtures');
+    assert.match(String(item.description), /online/);
+    const [root] = await childrenOf(peerNode);
+    assert.equal(root.kind === 'entry' && root.entry.name, 'fixtures');
+    const names = (await childrenOf(root)).map((n) => (n.kind === 'entry' ? n.entry.name : n.kind));
+    assert.deepEqual(names, ['data', 'compare.txt', 'hello.txt'], 'folders first, .env never shared');
+    const hello = await findEntry(root, 'hello.txt');
+    const helloItem = (await api()).tree.getTreeItem(hello);
+    assert.equal(helloItem.resourceUri?.scheme, 'peershare');
+    assert.equal(helloItem.description, '29 B');
+    assert.equal(helloItem.contextValue, 'peershare.file');
+  });
+
+  it('downloads a file and a folder into the workspace, byte for byte', async () => {
+    const peerNode = await findPeerNode(peer.peerId);
+    const [root] = await childrenOf(peerNode);
+    await vscode.commands.executeCommand('peershare.download', await findEntry(root, 'hello.txt'));
+    assert.equal(await fs.readFile(path.join(workspaceDir(), 'hello.txt'), 'utf8'), 'hello from the headless peer\n');
+    await vscode.commands.executeCommand('peershare.download', await findEntry(root, 'data'));
+    assert.deepEqual(await fs.readFile(path.join(workspaceDir(), 'data', 'big.bin')), big);
+    assert.equal(await fs.readFile(path.join(workspaceDir(), 'data', 'users', '2.json'), 'utf8'), '{"id":2}\n');
+  });
+
+  it('asks before overwriting: skip, keep both, overwrite', async () => {
+    const { downloads } = await api();
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const node = await findEntry(root, 'compare.txt');
+    const target = path.join(workspaceDir(), 'compare.txt');
+    await fs.writeFile(target, 'my version\n');
+    const asked: string[] = [];
+    const answer = (choice: 'skip' | 'keepBoth' | 'overwrite') => {
+      downloads.conflictPrompt = async (t) => {
+        asked.push(path.basename(t));
+        return choice;
+      };
+    };
+    answer('skip');
+    await vscode.commands.executeCommand('peershare.download', node);
+    assert.equal(await fs.readFile(target, 'utf8'), 'my version\n');
+    answer('keepBoth');
+    await vscode.commands.executeCommand('peershare.download', node);
+    assert.equal(await fs.readFile(path.join(workspaceDir(), 'compare (2).txt'), 'utf8'), 'peer version\n');
+    assert.equal(await fs.readFile(target, 'utf8'), 'my version\n');
+    answer('overwrite');
+    await vscode.commands.executeCommand('peershare.download', node);
+    assert.equal(await fs.readFile(target, 'utf8'), 'peer version\n');
+    assert.deepEqual(asked, ['compare.txt', 'compare.txt', 'compare.txt']);
+  });
+
+  it('cancelling a download leaves nothing under the final name and no partial file', async () => {
+    const { downloads } = await api();
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const data = await findEntry(root, 'data');
+    const bigNode = await findEntry(data, 'big.bin');
+    const dest = tempDir();
+    const running = downloads.download(bigNode, dest);
+    await new Promise((r) => setTimeout(r, 20));
+    downloads.cancelAll();
+    assert.equal(await running, undefined);
+    assert.deepEqual(await fs.readdir(dest), []);
+  });
+
+  it('opens a preview of a peer file, read-only, without downloading it', async () => {
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const dest = path.join(workspaceDir(), 'data', 'users', '1.json');
+    const users = await findEntry(await findEntry(root, 'data'), 'users');
+    await vscode.commands.executeCommand('peershare.openPreview', await findEntry(users, '1.json'));
+    const editor = await waitFor(() => (vscode.window.activeTextEditor?.document.uri.scheme === 'peershare' ? vscode.window.activeTextEditor : undefined));
+    assert.equal(editor.document.getText(), '{"id":1}\n');
+    assert.equal(vscode.workspace.fs.isWritableFileSystem('peershare'), false);
+    await assert.rejects(Promise.resolve(vscode.workspace.fs.writeFile(editor.document.uri, Buffer.from('x'))));
+    assert.ok(dest);
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+  });
+
+  it('compares a peer file with the local one in a diff editor', async () => {
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    await fs.mkdir(path.join(workspaceDir()), { recursive: true });
+    await vscode.commands.executeCommand('peershare.compareWithLocal', await findEntry(root, 'hello.txt'));
+    const tab = await waitFor(() => {
+      const input = vscode.window.tabGroups.activeTabGroup.activeTab?.input;
+      return input instanceof vscode.TabInputTextDiff ? input : undefined;
+    });
+    assert.equal(tab.original.scheme, 'peershare');
+    assert.equal(tab.modified.fsPath, path.join(workspaceDir(), 'hello.txt'));
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+  });
+
+  it('an error from a peer shows a message, and the extension host stays up', async () => {
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const ghost: EntryNode = { ...(root as EntryNode), remotePath: 'fixtures/../../etc/passwd', entry: { name: 'passwd', type: 'file', size: 1, mtimeMs: 0 } };
+    errors.length = 0;
+    const result = await vscode.commands.executeCommand('peershare.download', ghost);
+    assert.equal(result, undefined);
+    assert.equal(errors.length, 1);
+    assert.match(errors[0], /could not download passwd\. That path is not a plain path inside the share/);
+    const missing: EntryNode = { ...(root as EntryNode), remotePath: 'fixtures/nope.txt', entry: { name: 'nope.txt', type: 'file', size: 1, mtimeMs: 0 } };
+    await vscode.commands.executeCommand('peershare.download', missing);
+    assert.match(errors[1], /No such file/);
+    // Still alive and answering:
+    assert.ok((await childrenOf(root)).length > 0);
+  });
+
+  it('shows an unreachable peer as offline, with the reason instead of files', async () => {
+    const gone = await startHeadlessPeer('gone', { 'a.txt': 'a' });
+    await vscode.commands.executeCommand('peershare.connect', gone.invite);
+    await gone.stop();
+    const { peers, tree } = await api();
+    const node = await findPeerNode(gone.peerId);
+    await waitFor(async () => {
+      const children = await childrenOf(node);
+      return children.length === 1 && children[0].kind === 'message' && /connect|closed/i.test(children[0].text) ? children : undefined;
+    });
+    assert.match(String(tree.getTreeItem(node).description), /offline/);
+    await peers.forget(gone.peerId);
+  });
+
+  it('stop sharing closes the port', async () => {
+    const { sharing } = await api();
+    const port = sharing.port!;
+    await vscode.commands.executeCommand('peershare.stopSharing');
+    assert.equal(sharing.isSharing, false);
+    const refused = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ port, host: '127.0.0.1' }, () => {
+        s.destroy();
+        resolve(false);
+      });
+      s.on('error', () => resolve(true));
+    });
+    assert.equal(refused, true);
+  });
+
+  it('forgetting a peer removes it from the tree', async () => {
+    const { peers } = await api();
+    await peers.forget(peer.peerId);
+    const nodes = await childrenOf(undefined);
+    assert.equal(nodes.some((n) => n.kind === 'peer' && n.peer.id === peer.peerId), false);
+  });
+});
