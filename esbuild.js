@@ -1,10 +1,15 @@
 // Bundles the extension and the CLI. `--production` minifies; `--watch` rebuilds on change.
+const fs = require('node:fs');
 const esbuild = require('esbuild');
 
 const production = process.argv.includes('--production');
 const watch = process.argv.includes('--watch');
 
 async function main() {
+  // Stale source maps from a development build must not ship beside minified code.
+  if (production) {
+    for (const name of fs.readdirSync('dist', { withFileTypes: true }).filter((e) => e.name.endsWith('.map'))) fs.rmSync(`dist/${name.name}`);
+  }
   const ctx = await esbuild.context({
     entryPoints: { extension: 'src/extension.ts', cli: 'src/cli/main.ts' },
     bundle: true,

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the tests need beyond npm packages: curl and openssl (the tests use them as
-# clients nobody here wrote) and mkfifo (coreutils). Debian/Ubuntu; a no-op when present.
+# clients nobody here wrote), mkfifo (coreutils) and unzip (to list the .vsix). The editor tests
+# install their own VS Code server, Node 24 and Chromium (test/vscode/server.mjs). Debian/Ubuntu; a no-op when present.
 set -euo pipefail
 missing=()
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v mkfifo >/dev/null 2>&1 || missing+=(coreutils)
+command -v unzip >/dev/null 2>&1 || missing+=(unzip)
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 echo "Installing ${missing[*]} for the tests..."
 SUDO=""

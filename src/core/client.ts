@@ -41,8 +41,8 @@ interface OpenRequest {
 }
 
 // Received bytes waiting for the disk; above HIGH the socket pauses, below LOW it resumes.
-const QUEUE_HIGH_BYTES = 8 * 1024 * 1024;
-const QUEUE_LOW_BYTES = 2 * 1024 * 1024;
+const QUEUE_HIGH_BYTES = 2 * 1024 * 1024;
+const QUEUE_LOW_BYTES = 512 * 1024;
 
 /** Connects, pins the peer's certificate, says hello, and returns a ready connection. */
 export async function connectToPeer(options: ConnectOptions): Promise<PeerConnection> {

@@ -49,7 +49,7 @@ export interface DownloadResult {
 }
 
 const PARTIAL_SUFFIX = '.peershare-part';
-const WRITE_BUFFER_BYTES = 4 * 1024 * 1024;
+const WRITE_BUFFER_BYTES = 1024 * 1024;
 
 /** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
 export async function resolveTarget(remotePath: string, dest: string): Promise<string> {

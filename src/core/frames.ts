@@ -27,10 +27,14 @@ export function encodeMessage(message: object): Buffer {
 }
 
 export function encodeDataHeader(length: number): Buffer {
-  const header = Buffer.allocUnsafe(FRAME_HEADER_BYTES);
-  header[0] = FrameType.DATA;
-  header.writeUInt32BE(length, 1);
-  return header;
+  return writeDataHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), length);
+}
+
+/** Writes a DATA frame header into the first bytes of `target`. */
+export function writeDataHeader(target: Buffer, length: number): Buffer {
+  target[0] = FrameType.DATA;
+  target.writeUInt32BE(length, 1);
+  return target;
 }
 
 type State = 'header' | 'message' | 'data';

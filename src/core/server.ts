@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as tls from 'node:tls';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
-import { FrameParser, encodeDataHeader, encodeMessage } from './frames';
+import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
 import { formatAddress, formatInvite, TokenBook } from './invite';
 import { resolveLimits, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
 import { peerIdOfCert } from './peer-id';
@@ -353,13 +353,11 @@ class ServerConnection {
     return this.waitDrain(this.socket.write(encodeMessage(message)));
   }
 
-  private sendData(chunk: Buffer): Promise<void> {
+  /** Sends a DATA frame whose first FRAME_HEADER_BYTES are free for the header. */
+  private sendDataFrame(frame: Buffer): Promise<void> {
     if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
-    this.socket.cork();
-    this.socket.write(encodeDataHeader(chunk.length));
-    const ok = this.socket.write(chunk);
-    this.socket.uncork();
-    return this.waitDrain(ok);
+    writeDataHeader(frame, frame.length - FRAME_HEADER_BYTES);
+    return this.waitDrain(this.socket.write(frame));
   }
 
   /** Back-pressure: wait for the reader, but not forever (a reader that never reads is dropped). */
@@ -464,16 +462,19 @@ class ServerConnection {
       const hash = createHash('sha256');
       let position = 0;
       const chunk = Math.min(TRANSFER_CHUNK_BYTES, this.limits.maxDataFrameBytes);
+      // Each chunk is read in behind room for its frame header, so header and data leave in one
+      // write with no copy.
       const readAt = async (at: number): Promise<Buffer> => {
-        const buffer = Buffer.allocUnsafe(Math.min(chunk, size - at));
-        const { bytesRead } = await handle.read(buffer, 0, buffer.length, at);
+        const length = Math.min(chunk, size - at);
+        const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
+        const { bytesRead } = await handle.read(frame, FRAME_HEADER_BYTES, length, at);
         // A file that shrank under us cannot be sent consistently.
-        if (bytesRead < buffer.length) throw new PeerShareError('FILE_CHANGED');
-        return buffer;
+        if (bytesRead < length) throw new PeerShareError('FILE_CHANGED');
+        return frame;
       };
       while (position < offset) {
-        const buffer = await readAt(position);
-        const part = buffer.subarray(0, Math.min(buffer.length, offset - position));
+        const frame = await readAt(position);
+        const part = frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + Math.min(frame.length - FRAME_HEADER_BYTES, offset - position));
         hash.update(part);
         position += part.length;
       }
@@ -481,13 +482,14 @@ class ServerConnection {
       // Read the next chunk while the current one is being encrypted and sent.
       let next: Promise<Buffer> | undefined = position < size ? readAt(position) : undefined;
       while (next) {
-        const buffer = await next;
-        position += buffer.length;
+        const frame = await next;
+        const length = frame.length - FRAME_HEADER_BYTES;
+        position += length;
         next = position < size ? readAt(position) : undefined;
         next?.catch(() => undefined);
-        hash.update(buffer);
-        await this.sendData(buffer);
-        this.server.stats.fileBytesSent += buffer.length;
+        hash.update(frame.subarray(FRAME_HEADER_BYTES));
+        await this.sendDataFrame(frame);
+        this.server.stats.fileBytesSent += length;
       }
       const after = await handle.stat();
       if (after.size !== size || Math.floor(after.mtimeMs) !== mtimeMs) throw new PeerShareError('FILE_CHANGED');
