@@ -23,7 +23,8 @@ async function main() {
     sourcesContent: false,
     logLevel: 'warning',
     // The CLI is run directly as `peershare`; Node ignores the line when the extension host loads its bundle.
-    banner: { js: '#!/usr/bin/env node' },
+    // The second line records when the bundle started loading, for the activation-time figure.
+    banner: { js: '#!/usr/bin/env node\nglobalThis.__peershareLoadStart ??= performance.now();' },
   });
   if (watch) {
     await ctx.watch();

@@ -1,46 +1,65 @@
-// The quick start's main job (for now, the headless peer): makes a folder of sample files,
-// shares it with a demo identity, and prints what to type in a second terminal.
-import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync, existsSync } from 'node:fs';
+// The quick start's main job: a real VS Code with PeerShare loaded, and a demo peer already sharing
+// sample files and paired with it, so the Peers view shows the peer's files straight away.
+// Desktop `code` when it is installed (with its own profile under .demo/), otherwise the VS Code
+// server in the browser at a printed address. PEERSHARE_DEMO_BROWSER=1 forces the browser.
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { fileURLToPath } from 'node:url';
+import { ROOT, startVsCodeServer, workbenchUrl } from '../test/vscode/server.mjs';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const demo = path.join(root, '.demo');
+const demo = path.join(ROOT, '.demo');
+const cli = path.join(ROOT, 'dist', 'cli.js');
 const samples = path.join(demo, 'samples');
-if (!existsSync(samples)) {
-  mkdirSync(path.join(samples, 'fixtures', 'users'), { recursive: true });
-  writeFileSync(path.join(samples, 'README.md'), '# Sample files shared by the PeerShare demo peer\n');
-  writeFileSync(path.join(samples, 'build.log'), Array.from({ length: 200 }, (_, i) => `[${i}] step ${i} ok`).join('\n') + '\n');
-  for (let i = 1; i <= 5; i++) {
-    writeFileSync(path.join(samples, 'fixtures', 'users', `user-${i}.json`), JSON.stringify({ id: i, name: `User ${i}` }, null, 2) + '\n');
-  }
-  writeFileSync(path.join(samples, '.env'), 'SECRET=never-shared\n');
+const workspace = path.join(demo, 'workspace');
+
+function write(file, content) {
+  mkdirSync(path.dirname(file), { recursive: true });
+  if (!existsSync(file)) writeFileSync(file, content);
 }
 
-const cli = path.join(root, 'dist', 'cli.js');
-const home = path.join(demo, 'sharer-home');
-const port = process.env.PEERSHARE_DEMO_PORT ?? '0';
-const child = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', home, '--port', port, '--invite-uses', '10', '--name', 'Demo peer'], {
+write(path.join(samples, 'README.md'), '# Sample files shared by the PeerShare demo peer\n\nRight-click a file or folder in the Peers view and choose Download.\n');
+write(path.join(samples, 'build.log'), Array.from({ length: 200 }, (_, i) => `[${String(i).padStart(3, '0')}] step ${i} ok`).join('\n') + '\n');
+for (let i = 1; i <= 5; i++) write(path.join(samples, 'fixtures', 'users', `user-${i}.json`), JSON.stringify({ id: i, name: `User ${i}` }, null, 2) + '\n');
+write(path.join(samples, 'src', 'greet.ts'), 'export const greet = (name: string) => `Hello, ${name}!`;\n');
+write(path.join(samples, '.env'), 'SECRET=never-shared\n');
+write(path.join(workspace, 'README.md'), '# Your workspace\n\nDownloads from the demo peer land here.\n');
+write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ 'peershare.bindAddress': '127.0.0.1' }, null, 2) + '\n');
+
+// 1. The demo peer: the real CLI, sharing the samples on loopback.
+const peer = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', path.join(demo, 'peer-home'), '--invite-uses', '10', '--name', 'Demo peer'], {
   stdio: ['ignore', 'pipe', 'inherit'],
 });
-readline.createInterface({ input: child.stdout }).once('line', (line) => {
-  const { invite, peerId, addresses } = JSON.parse(line);
-  const client = path.join(demo, 'client-home');
-  console.log(`
-PeerShare demo peer "Demo peer" is sharing ${samples} (read-only; .env is excluded).
-  Peer ID:   ${peerId}
-  Listening: ${addresses.join(', ')}
-
-In another terminal, from ${root}:
-  node dist/cli.js ls  "${invite}" --home ${client}
-  node dist/cli.js ls  ${peerId.slice(0, 9)} samples/fixtures --home ${client}
-  node dist/cli.js get ${peerId.slice(0, 9)} samples/fixtures ./downloads --home ${client}
-
-Press Ctrl+C to stop.`);
+const { invite, peerId, addresses } = await new Promise((resolve, reject) => {
+  readline.createInterface({ input: peer.stdout }).once('line', (line) => resolve(JSON.parse(line)));
+  peer.once('exit', (code) => reject(new Error(`the demo peer exited with ${code}`)));
 });
-const stop = () => child.kill('SIGTERM');
+
+// 2. Pair the editor's PeerShare identity with the demo peer, as "Connect to a Peer" would.
+const useDesktop = !process.env.PEERSHARE_DEMO_BROWSER && spawnSync('code', ['--version'], { stdio: 'ignore' }).status === 0;
+const userDataDir = path.join(demo, useDesktop ? 'code-user' : 'vscode-server', ...(useDesktop ? [] : ['user']));
+const editorHome = path.join(userDataDir, 'User', 'globalStorage', 'peershare.peershare', 'identity');
+execFileSync(process.execPath, [cli, 'ls', invite, '--home', editorHome, '--name', 'You (demo)'], { stdio: 'ignore' });
+
+let stopEditor = async () => undefined;
+if (useDesktop) {
+  const code = spawn('code', ['--user-data-dir', userDataDir, '--extensionDevelopmentPath', ROOT, '--disable-workspace-trust', '--new-window', workspace], { stdio: 'inherit' });
+  stopEditor = async () => code.kill();
+  console.log(`\nOpened VS Code (desktop) on ${workspace} with PeerShare loaded.`);
+} else {
+  const server = await startVsCodeServer({ dataDir: path.join(demo, 'vscode-server'), trustWorkspace: true, port: process.env.PEERSHARE_DEMO_PORT ? Number(process.env.PEERSHARE_DEMO_PORT) : undefined });
+  stopEditor = server.stop;
+  console.log(`\nVS Code is running with PeerShare loaded. Open this address in a browser:\n\n  ${workbenchUrl(server, { folder: workspace })}\n`);
+}
+console.log(`The demo peer "Demo peer" (${peerId}) shares ${samples} on ${addresses.join(', ')}; .env stays private.
+Open the PeerShare view in the activity bar: "Demo peer" is there. Expand it, right-click a file or folder, Download.
+From a terminal, the CLI works too:  node dist/cli.js ls "${invite}" --home .demo/cli-home
+Press Ctrl+C to stop.`);
+
+const stop = async () => {
+  await stopEditor();
+  peer.kill('SIGTERM');
+  process.exit(0);
+};
 process.on('SIGINT', stop);
 process.on('SIGTERM', stop);
-child.on('exit', (code) => process.exit(code ?? 0));

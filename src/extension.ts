@@ -10,6 +10,8 @@ import { PeersTree, type EntryNode, type Node, type PeerNode } from './vscode/tr
 
 /** What activate returns: the extension's parts, for its own integration tests. */
 export interface PeerShareApi {
+  /** Milliseconds from the bundle starting to load to the end of activate(). */
+  activationMs: number;
   peers: Peers;
   sharing: Sharing;
   tree: PeersTree;
@@ -21,6 +23,7 @@ export interface PeerShareApi {
  * the network until the user starts sharing (or asked for it on startup).
  */
 export function activate(context: vscode.ExtensionContext): PeerShareApi {
+  const activateStart = performance.now();
   const log = vscode.window.createOutputChannel('PeerShare', { log: true });
   const peers = new Peers(path.join(context.globalStorageUri.fsPath, 'identity'), log);
   const sharing = new Sharing(peers, log);
@@ -150,7 +153,10 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   if (readSettings().shareOnStartup && vscode.workspace.isTrusted) {
     sharing.start().catch((err) => log.error(`Could not start sharing on startup: ${toPeerShareError(err).message}`));
   }
-  return { peers, sharing, tree, downloads };
+  const loadStart = (globalThis as { __peershareLoadStart?: number }).__peershareLoadStart ?? activateStart;
+  const activationMs = performance.now() - loadStart;
+  log.info(`Activated in ${activationMs.toFixed(1)} ms`);
+  return { activationMs, peers, sharing, tree, downloads };
 }
 
 export function deactivate(): void {

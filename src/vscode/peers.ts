@@ -30,7 +30,8 @@ export class Peers implements vscode.Disposable {
   readonly onDidChange = this.changed.event;
 
   constructor(
-    private readonly home: string,
+    /** The identity folder: key, certificate and trusted peers. */
+    readonly home: string,
     private readonly log: vscode.LogOutputChannel,
   ) {}
 

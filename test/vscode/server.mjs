@@ -70,9 +70,9 @@ export function freePort() {
 }
 
 /** Starts a VS Code server on a free port; resolves when it accepts connections. */
-export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = true }) {
+export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = true, port: fixedPort }) {
   const { node, serverMain } = ensureVsCodeServer();
-  const port = await freePort();
+  const port = fixedPort ?? (await freePort());
   mkdirSync(dataDir, { recursive: true });
   const args = [
     serverMain,

@@ -58,11 +58,10 @@ describe('PeerShare in a real VS Code', function () {
   });
 
   it('activates quickly and registers every command declared in package.json', async () => {
-    const ext = vscode.extensions.getExtension('peershare.peershare')!;
-    const started = performance.now();
-    await ext.activate();
-    const ms = performance.now() - started;
-    console.log(`activation (measured from the test, extension already loading): ${ms.toFixed(1)} ms`);
+    const { activationMs } = await api();
+    // Reported in docs/benchmarks.md; the target (under 50 ms) is the benchmark's, not this test's.
+    console.log(`activation: ${activationMs.toFixed(1)} ms from bundle load to the end of activate()`);
+    assert.ok(activationMs > 0);
     const registered = new Set(await vscode.commands.getCommands(true));
     const declared: string[] = manifest.contributes.commands.map((c: { command: string }) => c.command);
     const missing = declared.filter((c) => !registered.has(c));
