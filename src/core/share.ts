@@ -135,8 +135,7 @@ export class Share {
   /** True if the path, or any folder above it, is excluded. */
   async isExcluded(root: ShareRoot, components: string[], isDir: boolean): Promise<boolean> {
     if (components.length === 0) return false;
-    // Windows and macOS file systems treat `.git.` / `.GIT ` as `.git`; match those aliases too.
-    const canonical = components.map((c) => c.normalize('NFC').replace(/[. ]+$/, '') || c);
+    const canonical = components.map(canonicalComponent);
     for (let i = 1; i <= canonical.length; i++) {
       const dirPrefix = i < canonical.length || isDir;
       const rel = canonical.slice(0, i).join('/') + (dirPrefix ? '/' : '');
@@ -153,6 +152,30 @@ export class Share {
       if (this.privatePaths.some((p) => isInside(p, full))) return true;
     }
     return false;
+  }
+
+  /**
+   * A fast check for the children of a folder already known not to be excluded: only the child's
+   * own name is tested, against the share's rules and every .gitignore from the root down.
+   */
+  private async childExclusion(root: ShareRoot, dirComponents: string[]): Promise<(name: string, isDir: boolean) => boolean> {
+    const canonicalDir = dirComponents.map(canonicalComponent);
+    const gitignores: { rules: Ignore; prefix: string[] }[] = [];
+    if (this.options.honourGitignore !== false) {
+      for (let j = 0; j <= dirComponents.length; j++) {
+        const rules = await this.gitignoreRules(root, dirComponents.slice(0, j));
+        if (rules) gitignores.push({ rules, prefix: canonicalDir.slice(j) });
+      }
+    }
+    const dirPath = path.join(root.realPath, ...dirComponents);
+    const privateHere = this.privatePaths.filter((p) => isInside(dirPath, p) || isInside(p, dirPath));
+    return (name, isDir) => {
+      const child = canonicalComponent(name);
+      const suffix = isDir ? '/' : '';
+      if (this.rules.ignores([...canonicalDir, child].join('/') + suffix)) return true;
+      for (const { rules, prefix } of gitignores) if (rules.ignores([...prefix, child].join('/') + suffix)) return true;
+      return privateHere.some((p) => isInside(p, path.join(dirPath, name)));
+    };
   }
 
   private async gitignoreRules(root: ShareRoot, dirComponents: string[]): Promise<Ignore | null> {
@@ -262,13 +285,13 @@ export class Share {
       // Reading through the verified descriptor means the listing is of the folder we checked.
       const dir = await fs.opendir(PROC_FD ? `${PROC_FD}/${opened.handle.fd}` : dirPath, { bufferSize: 256 });
       let pending: { name: string; isDir: boolean }[] = [];
+      const excluded = await this.childExclusion(root, components);
       const flush = async (): Promise<Entry[]> => {
         const batch = pending;
         pending = [];
         const entries = await Promise.all(
           batch.map(async ({ name, isDir }) => {
-            const childComponents = [...components, name];
-            if (await this.isExcluded(root, childComponents, isDir)) return undefined;
+            if (excluded(name, isDir)) return undefined;
             const st = await fs.lstat(path.join(dirPath, name)).catch(() => undefined);
             if (!st || !(st.isFile() || st.isDirectory())) return undefined;
             return entryOf(name, st);
@@ -288,6 +311,11 @@ export class Share {
       await opened.handle.close();
     }
   }
+}
+
+/** Windows and macOS file systems treat `.git.` / `.GIT ` as `.git`: match those aliases too. */
+function canonicalComponent(component: string): string {
+  return component.normalize('NFC').replace(/[. ]+$/, '') || component;
 }
 
 function entryOf(name: string, st: Stats): Entry {

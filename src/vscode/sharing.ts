@@ -9,6 +9,7 @@ import { filesExcludePatterns, readSettings } from './settings';
  */
 export class Sharing implements vscode.Disposable {
   private server?: PeerServer;
+  private lastPort?: number;
   private starting?: Promise<void>;
   private readonly statusItem: vscode.StatusBarItem;
   private readonly changed = new vscode.EventEmitter<void>();
@@ -84,7 +85,13 @@ export class Sharing implements vscode.Disposable {
       limits,
       log: (level, message) => this.log[level === 'warn' ? 'warn' : level](message),
     });
-    await server.listen(settings.port, settings.bindAddress);
+    // A restart keeps the port it had (when no port is set), so invites and paired peers still reach us.
+    const port = settings.port || this.lastPort || 0;
+    await server.listen(port, settings.bindAddress).catch((err) => {
+      if (port !== settings.port) return server.listen(settings.port, settings.bindAddress);
+      throw err;
+    });
+    this.lastPort = server.port;
     const onPeers = (): void => {
       this.render();
       this.changed.fire();

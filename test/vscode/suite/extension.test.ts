@@ -213,6 +213,53 @@ describe('PeerShare in a real VS Code', function () {
     await peers.forget(gone.peerId);
   });
 
+  it('applies a changed setting without a reload: a new exclude hides files from peers', async () => {
+    const { sharing } = await api();
+    await fs.writeFile(path.join(workspaceDir(), 'notes.log'), 'log\n');
+    const home = tempDir();
+    const identity = await loadOrCreateIdentity(home);
+    const trust = await TrustStore.open(home);
+    const invite = parseInvite((await vscode.commands.executeCommand<string>('peershare.copyInvite'))!);
+    const root = path.basename(workspaceDir());
+    const list = async () => {
+      const conn = await connectToPeer({ identity, trust, addresses: [`127.0.0.1:${sharing.port}`], expectedPeerId: invite.peerId, token: invite.token, name: 'watcher' });
+      try {
+        return (await conn.list(root)).map((e) => e.name);
+      } finally {
+        conn.close();
+      }
+    };
+    assert.ok((await list()).includes('notes.log'));
+    const portBefore = sharing.port;
+    await vscode.workspace.getConfiguration('peershare').update('exclude', ['*.log'], vscode.ConfigurationTarget.Workspace);
+    try {
+      await waitFor(async () => sharing.isSharing && !(await list().catch(() => ['notes.log'])).includes('notes.log'));
+      assert.equal(sharing.port, portBefore, 'the restart keeps the port');
+    } finally {
+      await vscode.workspace.getConfiguration('peershare').update('exclude', undefined, vscode.ConfigurationTarget.Workspace);
+    }
+  });
+
+  it('lists a folder of 10,000 files in the tree (timing reported, not asserted)', async () => {
+    const many: Record<string, string> = {};
+    for (let i = 0; i < 10_000; i++) many[`big-folder/file-${String(i).padStart(5, '0')}.txt`] = 'x';
+    const wide = await startHeadlessPeer('wide', many);
+    try {
+      await vscode.commands.executeCommand('peershare.connect', wide.invite);
+      const [root] = await childrenOf(await findPeerNode(wide.peerId));
+      const folder = await findEntry(root, 'big-folder');
+      const started = performance.now();
+      const children = await childrenOf(folder);
+      const ms = performance.now() - started;
+      console.log(`tree: expanding a folder of 10,000 files took ${ms.toFixed(0)} ms`);
+      assert.equal(children.length, 10_000);
+      assert.equal(children[0].kind === 'entry' && children[0].entry.name, 'file-00000.txt');
+      await (await api()).peers.forget(wide.peerId);
+    } finally {
+      await wide.stop();
+    }
+  });
+
   it('stop sharing closes the port', async () => {
     const { sharing } = await api();
     const port = sharing.port!;
