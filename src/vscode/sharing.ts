@@ -146,12 +146,12 @@ export class Sharing implements vscode.Disposable {
 
   private render(): void {
     if (!this.server) {
-      this.statusItem.text = '$(circle-slash) PeerShare';
+      this.statusItem.text = '$(broadcast) Not sharing';
       this.statusItem.tooltip = 'PeerShare: not sharing. Click for sharing actions.';
       return;
     }
     const n = this.connectedCount();
-    this.statusItem.text = `$(broadcast) PeerShare: ${n} peer${n === 1 ? '' : 's'}`;
+    this.statusItem.text = `$(broadcast) Sharing · ${n} peer${n === 1 ? '' : 's'}`;
     this.statusItem.tooltip = `PeerShare: sharing on port ${this.server.port}, ${n} peer${n === 1 ? '' : 's'} connected. Click for sharing actions.`;
   }
 

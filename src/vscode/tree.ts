@@ -63,7 +63,8 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       const name = sanitizeForDisplay(peer.name || shortPeerId(peer.id));
       const item = new vscode.TreeItem(name, vscode.TreeItemCollapsibleState.Collapsed);
       item.id = `peer:${peer.id}`;
-      item.description = [state === 'online' ? 'online' : state === 'offline' ? 'offline' : undefined, peer.addresses[0]].filter(Boolean).join(' · ');
+      // The address lives in the tooltip: in a narrow sidebar it would crowd out the state.
+      item.description = state === 'online' ? 'online' : state === 'offline' ? 'offline' : peer.addresses.length ? undefined : 'not sharing';
       item.tooltip = new vscode.MarkdownString(`**${name}**\n\nPeer ID: \`${peer.id}\`\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`);
       item.iconPath = new vscode.ThemeIcon(state === 'offline' ? 'debug-disconnect' : 'account', state === 'online' ? new vscode.ThemeColor('charts.green') : undefined);
       item.contextValue = `peershare.peer.${state}`;

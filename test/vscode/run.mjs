@@ -8,6 +8,7 @@ import { format } from 'node:util';
 import * as esbuild from 'esbuild';
 import { chromium } from 'playwright-core';
 import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl } from './server.mjs';
+import { runUiTest } from './ui.mjs';
 
 const OUT = path.join(ROOT, 'out', 'test', 'vscode');
 // Workbench chatter that says nothing about our tests.
@@ -84,7 +85,7 @@ async function main() {
 
   const only = process.env.PEERSHARE_VSCODE_ONLY;
   const ws = makeWorkspace('workspace', { 'README.md': '# workspace\n', 'src/app.ts': 'export const x = 1;\n' });
-  const inEditor = only === 'e2e' ? 0 : await runInEditor({ name: 'editor', testsPath: path.join(OUT, 'index.js'), folder: ws, screenshot: path.join(shots, 'editor-suite.png') });
+  const inEditor = only && only !== 'editor' ? 0 : await runInEditor({ name: 'editor', testsPath: path.join(OUT, 'index.js'), folder: ws, screenshot: path.join(shots, 'editor-suite.png') });
   process.stdout.write(`[editor] suite exited with ${inEditor}\n`);
   if (inEditor !== 0) failed++;
 
@@ -93,7 +94,7 @@ async function main() {
   const wsA = makeWorkspace('alice', { 'fixtures/users/1.json': '{"id":1}\n', 'fixtures/users/2.json': '{"id":2}\n', 'fixtures/big.bin': Buffer.alloc(3 * 1024 * 1024, 7), 'notes.md': 'hi\n' });
   const wsB = makeWorkspace('bob', { 'README.md': '# bob\n' });
   const env = { PEERSHARE_E2E_DIR: exchange, PEERSHARE_E2E_SOURCE: wsA, PEERSHARE_E2E_DEST: wsB };
-  const [a, b] = only === 'editor' ? [0, 0] : await Promise.all([
+  const [a, b] = only && only !== 'e2e' ? [0, 0] : await Promise.all([
     runInEditor({ name: 'alice', testsPath: path.join(OUT, 'e2e-sharer.js'), folder: wsA, env }),
     runInEditor({ name: 'bob', testsPath: path.join(OUT, 'e2e-downloader.js'), folder: wsB, env }),
   ]);
@@ -101,7 +102,12 @@ async function main() {
   if (a !== 0 || b !== 0) failed++;
   rmSync(exchange, { recursive: true, force: true });
 
-  const total = 2;
+  // As a person would: the Peers view, a right-click, Download, seen in screenshots.
+  const ui = only && only !== 'ui' ? 0 : await runUiTest({ screenshotsDir: shots });
+  process.stdout.write(`[ui] exited with ${ui}\n`);
+  if (ui !== 0) failed++;
+
+  const total = 3;
   process.stdout.write(`editor runs: ${total - failed} passed, ${failed} failed\n`);
   process.exitCode = failed ? 1 : 0;
 }

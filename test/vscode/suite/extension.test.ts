@@ -58,7 +58,8 @@ describe('PeerShare in a real VS Code', function () {
   });
 
   it('activates quickly and registers every command declared in package.json', async () => {
-    const { activationMs } = await api();
+    const { activationMs, activationParts } = await api();
+    console.log(`activation parts: bundle ${activationParts.loadMs.toFixed(1)} ms, activate() ${activationParts.activateMs.toFixed(1)} ms`);
     // Reported in docs/benchmarks.md; the target (under 50 ms) is the benchmark's, not this test's.
     console.log(`activation: ${activationMs.toFixed(1)} ms from bundle load to the end of activate()`);
     assert.ok(activationMs > 0);
