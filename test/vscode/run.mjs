@@ -113,8 +113,12 @@ async function main() {
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === path.join(ROOT, 'test', 'vscode', 'run.mjs')) {
-  main().catch((err) => {
-    console.error(err);
-    process.exitCode = 1;
-  });
+  // Exit explicitly: a stray handle in a browser or server library must not keep CI waiting.
+  main().then(
+    () => process.exit(process.exitCode ?? 0),
+    (err) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
 }

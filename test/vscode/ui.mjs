@@ -21,7 +21,7 @@ const FIXTURES = {
 };
 const CLEANUP_STEP_MS = 10_000;
 
-const started = Date.now();
+let started = Date.now();
 function log(message) {
   process.stdout.write(`[ui ${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`);
 }
@@ -202,6 +202,7 @@ async function drive({ page, shot, ws, source }) {
 
 /** Runs the UI test; resolves with 0 on success, 1 on failure (printing why). */
 export async function runUiTest({ screenshotsDir }) {
+  started = Date.now();
   for (const built of ['extension.js', 'cli.js']) {
     if (!existsSync(path.join(ROOT, 'dist', built))) {
       process.stdout.write(`[ui] dist/${built} is missing: run npm run build first\n`);
