@@ -20,7 +20,8 @@ import {
   type PeerConnection,
   type ErrorCode,
 } from '../core';
-import { ProgressBar, formatBytes } from './progress';
+import { ProgressBar } from './progress';
+import { formatBytes } from '../core/format';
 
 /** Exit codes, documented in README.md: scripts can tell these apart. */
 export const EXIT = {

@@ -1,3 +1,5 @@
+import { formatBytes } from '../core/format';
+
 /** A one-line progress bar for a terminal, redrawn at most ten times a second. */
 export class ProgressBar {
   private lastDraw = 0;
@@ -27,15 +29,4 @@ export class ProgressBar {
     if (this.drawn) this.stream.write('\r\u001b[K');
     this.drawn = false;
   }
-}
-
-export function formatBytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = n;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${Math.round(value)} B` : `${value.toFixed(value >= 100 ? 0 : 1)} ${units[unit]}`;
 }

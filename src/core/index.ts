@@ -11,3 +11,4 @@ export * from './server';
 export * from './client';
 export * from './download';
 export * from './names';
+export * from './format';

@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { download, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
-import { formatBytes } from '../cli/progress';
+import { formatBytes } from '../core/format';
 import { baseName, peerFileUri, type Peers } from './peers';
 import { downloadFolder, readSettings } from './settings';
 import type { EntryNode } from './tree';

@@ -1,6 +1,6 @@
 import * as vscode from 'vscode';
 import { sanitizeForDisplay, shortPeerId, toPeerShareError, type Entry, type TrustedPeer } from '../core';
-import { formatBytes } from '../cli/progress';
+import { formatBytes } from '../core/format';
 import { peerFileUri, type Peers } from './peers';
 
 export type PeerNode = { kind: 'peer'; peer: TrustedPeer };
