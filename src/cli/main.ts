@@ -13,6 +13,8 @@ import {
   parseAddress,
   parseInvite,
   resolveLimits,
+  verificationCode,
+  fingerprintFromPeerId,
   sanitizeForDisplay,
   toPeerShareError,
   type ConnectOptions,
@@ -70,6 +72,8 @@ Commands:
   ls <invite|peer> [path]             List a peer's shared folders, or a folder in them
   get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
   id                                  Show this installation's peer ID
+  trust ls                            List the peers this installation trusts
+  trust rm <peer>                     Stop trusting a peer (by ID, ID prefix or name)
 
 <peer> is a trusted peer's ID (or its first 8+ characters), its name, or host:port.
 
@@ -143,6 +147,8 @@ async function main(argv: string[]): Promise<number> {
         honourGitignore: !values['no-gitignore'],
         defaultExcludes: !values['no-default-excludes'],
       });
+    case 'trust':
+      return commandTrust(globals, args);
     case 'ls':
       if (args.length < 1 || args.length > 2) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare ls <invite|peer> [path]');
       return commandLs(globals, args[0], args[1] ?? '');
@@ -169,6 +175,28 @@ async function commandId(globals: Globals): Promise<number> {
   if (globals.json) printJson({ peerId: identity.peerId, fingerprint: identity.fingerprint.toString('hex'), home: identity.home });
   else out(identity.peerId);
   return EXIT.OK;
+}
+
+async function commandTrust(globals: Globals, args: string[]): Promise<number> {
+  const [sub, target, ...rest] = args;
+  const identity = await loadOrCreateIdentity(globals.home);
+  const trust = await TrustStore.open(identity.home);
+  if (sub === 'ls' && target === undefined) {
+    const peers = trust.list().map((p) => ({ ...p, verificationCode: verificationCode(identity.fingerprint, fingerprintFromPeerId(p.id)) }));
+    if (globals.json) printJson({ peers });
+    else if (peers.length === 0) out('No trusted peers yet. Pair with one using an invite.');
+    else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-')}  ${p.addresses[0] ?? 'not sharing'}  code ${p.verificationCode}`);
+    return EXIT.OK;
+  }
+  if (sub === 'rm' && target !== undefined && rest.length === 0) {
+    const peer = trust.find(target);
+    if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}".`);
+    await trust.remove(peer.id);
+    if (globals.json) printJson({ removed: peer.id });
+    else out(`No longer trusting ${sanitizeForDisplay(peer.name || peer.id)} (${peer.id}). A running "peershare serve" refuses it from its next connection.`);
+    return EXIT.OK;
+  }
+  throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare trust ls | peershare trust rm <peer>');
 }
 
 async function commandServe(

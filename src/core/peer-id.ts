@@ -32,6 +32,23 @@ export function peerIdOfCert(certDer: Buffer): string {
   return peerIdFromFingerprint(fingerprintOf(certDer));
 }
 
+/** The certificate fingerprint a peer ID stands for (the inverse of peerIdFromFingerprint). */
+export function fingerprintFromPeerId(id: string): Buffer {
+  const compact = normalizePeerId(id).replace(/-/g, '');
+  const bytes: number[] = [];
+  let bits = 0;
+  let value = 0;
+  for (const ch of compact) {
+    value = (value << 5) | ALPHABET.indexOf(ch);
+    bits += 5;
+    if (bits >= 8) {
+      bytes.push((value >>> (bits - 8)) & 0xff);
+      bits -= 8;
+    }
+  }
+  return Buffer.from(bytes.slice(0, 32));
+}
+
 /** Accepts an ID typed by a person: any case, with or without dashes or spaces. */
 export function normalizePeerId(input: string): string {
   const compact = input.toUpperCase().replace(/[\s-]/g, '');
@@ -53,4 +70,17 @@ export function isPeerId(input: string): boolean {
 /** The first groups of an ID, for places where the whole one does not fit. */
 export function shortPeerId(id: string): string {
   return id.split('-').slice(0, 3).join('-');
+}
+
+/**
+ * A short code both sides of a connection can compute from the two certificates and compare by
+ * reading it aloud, the way Bluetooth pairing compares numbers: someone in between would hold
+ * other certificates and so see another code. Order-independent; six digits, grouped "123 456".
+ */
+export function verificationCode(fingerprintA: Buffer, fingerprintB: Buffer): string {
+  const [first, second] = Buffer.compare(fingerprintA, fingerprintB) <= 0 ? [fingerprintA, fingerprintB] : [fingerprintB, fingerprintA];
+  const digest = createHash('sha256').update('peershare-verification-v1').update(first).update(second).digest();
+  const n = digest.readUInt32BE(0) % 1_000_000;
+  const digits = String(n).padStart(6, '0');
+  return `${digits.slice(0, 3)} ${digits.slice(3)}`;
 }

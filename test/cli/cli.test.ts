@@ -107,6 +107,23 @@ describe('the peershare CLI', () => {
     assert.equal(await fs.readFile(target, 'utf8'), 'hello\n');
   });
 
+  it('trust ls lists paired peers with a verification code both sides agree on; trust rm revokes', async () => {
+    const mine = json(await cli(['trust', 'ls', '--json', '--home', clientHome]));
+    const sharerSide = json(await cli(['trust', 'ls', '--json', '--home', sharerHome]));
+    const clientId = json(await cli(['id', '--json', '--home', clientHome])).peerId;
+    const onClient = (mine.peers as { id: string; verificationCode: string }[]).find((p) => p.id === listening.peerId)!;
+    const onSharer = (sharerSide.peers as { id: string; verificationCode: string }[]).find((p) => p.id === clientId)!;
+    assert.ok(onClient && onSharer);
+    assert.equal(onClient.verificationCode, onSharer.verificationCode);
+    const other = tempDir();
+    assert.equal((await cli(['ls', listening.invite, '--home', other])).code, 0);
+    const removed = await cli(['trust', 'rm', listening.peerId.slice(0, 10), '--home', other]);
+    assert.equal(removed.code, 0, removed.stderr);
+    const after = await cli(['ls', listening.peerId, '--home', other]);
+    assert.equal(after.code, 2, 'no longer a known peer');
+    assert.equal((await cli(['trust', 'rm', 'nobody', '--home', other])).code, 2);
+  });
+
   it('exits with documented codes on bad input', async () => {
     assert.equal((await cli(['frobnicate'])).code, 2);
     assert.equal((await cli(['ls'])).code, 2);

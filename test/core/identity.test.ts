@@ -7,7 +7,9 @@ import {
   TokenBook,
   TrustStore,
   formatInvite,
+  fingerprintFromPeerId,
   isPeerId,
+  verificationCode,
   loadOrCreateIdentity,
   normalizePeerId,
   parseInvite,
@@ -57,6 +59,24 @@ describe('peer IDs', () => {
     assert.equal(normalizePeerId(peerId.replace(/-/g, ' ')), peerId);
     assert.equal(isPeerId('not-an-id'), false);
     assert.equal(isPeerId(peerId.slice(0, -1) + '1'), false, 'digit 1 is not in the alphabet');
+  });
+});
+
+describe('verification codes', () => {
+  it('turns a peer ID back into its fingerprint', async () => {
+    const identity = await loadOrCreateIdentity(tempDir());
+    assert.deepEqual(fingerprintFromPeerId(identity.peerId), identity.fingerprint);
+    assert.deepEqual(fingerprintFromPeerId(identity.peerId.toLowerCase()), identity.fingerprint);
+  });
+
+  it('gives both sides the same six digits, and another pair other digits', async () => {
+    const [a, b, c] = await Promise.all([tempDir(), tempDir(), tempDir()].map((h) => loadOrCreateIdentity(h)));
+    const ab = verificationCode(a.fingerprint, b.fingerprint);
+    assert.match(ab, /^\d{3} \d{3}$/);
+    assert.equal(verificationCode(b.fingerprint, a.fingerprint), ab);
+    // One in a million collide by chance; three different pairs all colliding would be a bug.
+    const others = [verificationCode(a.fingerprint, c.fingerprint), verificationCode(b.fingerprint, c.fingerprint)];
+    assert.ok(others.some((code) => code !== ab));
   });
 });
 
