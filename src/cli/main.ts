@@ -13,6 +13,7 @@ import {
   parseAddress,
   parseInvite,
   resolveLimits,
+  Discovery,
   verificationCode,
   fingerprintFromPeerId,
   sanitizeForDisplay,
@@ -72,6 +73,7 @@ Commands:
   ls <invite|peer> [path]             List a peer's shared folders, or a folder in them
   get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
   id                                  Show this installation's peer ID
+  nearby                              List peers announcing themselves on the local network (--timeout ms)
   trust ls                            List the peers this installation trusts
   trust rm <peer>                     Stop trusting a peer (by ID, ID prefix or name)
 
@@ -84,6 +86,9 @@ Options:
   serve:  --port N (default 0: any free port)  --host ADDR (default 127.0.0.1; 0.0.0.0 for the LAN)
           --invite-ttl SECONDS (default 3600)  --invite-uses N (default 1)
           --exclude GLOB (repeatable)  --no-gitignore  --no-default-excludes
+          --announce   Announce this peer to the local network (nearby peers see a hint, not trust)
+  nearby, serve --announce:  --interface ADDR (IPv4 address, repeatable; default: every LAN interface)
+          --discovery-port N (default 47475)
   get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
           --keep-both       Save next to existing files as "name (2).ext"
 `;
@@ -120,6 +125,10 @@ async function main(argv: string[]): Promise<number> {
       'no-default-excludes': { type: 'boolean', default: false },
       overwrite: { type: 'boolean', default: false },
       'keep-both': { type: 'boolean', default: false },
+      announce: { type: 'boolean', default: false },
+      interface: { type: 'string', multiple: true },
+      'discovery-port': { type: 'string' },
+      timeout: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
       version: { type: 'boolean', default: false },
     },
@@ -134,7 +143,15 @@ async function main(argv: string[]): Promise<number> {
     home: values.home,
     name: values.name ?? `${os.userInfo().username}@${os.hostname()}`,
   };
+  const discovery = {
+    announce: values.announce ?? false,
+    interfaces: values.interface,
+    port: intOption(values['discovery-port'], 'discovery-port', 1, 65535),
+  };
   switch (command) {
+    case 'nearby':
+      if (args.length > 0) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare nearby [--timeout ms] [--json]');
+      return commandNearby(globals, discovery, intOption(values.timeout, 'timeout', 100, 600_000) ?? 3000);
     case 'id':
       return commandId(globals);
     case 'serve':
@@ -146,6 +163,7 @@ async function main(argv: string[]): Promise<number> {
         excludes: values.exclude ?? [],
         honourGitignore: !values['no-gitignore'],
         defaultExcludes: !values['no-default-excludes'],
+        discovery,
       });
     case 'trust':
       return commandTrust(globals, args);
@@ -202,7 +220,16 @@ async function commandTrust(globals: Globals, args: string[]): Promise<number> {
 async function commandServe(
   globals: Globals,
   folders: string[],
-  options: { port: number; host: string; ttlMs: number; uses: number; excludes: string[]; honourGitignore: boolean; defaultExcludes: boolean },
+  options: {
+    port: number;
+    host: string;
+    ttlMs: number;
+    uses: number;
+    excludes: string[];
+    honourGitignore: boolean;
+    defaultExcludes: boolean;
+    discovery: DiscoverySettings;
+  },
 ): Promise<number> {
   const identity = await loadOrCreateIdentity(globals.home);
   const trust = await TrustStore.open(identity.home);
@@ -222,6 +249,13 @@ async function commandServe(
   const server = new PeerServer({ identity, trust, share, name: globals.name, log });
   const { port } = await server.listen(options.port, options.host);
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
+  let nearby: Discovery | undefined;
+  if (options.discovery.announce) {
+    nearby = new Discovery({ selfId: identity.peerId, interfaces: options.discovery.interfaces, port: options.discovery.port });
+    nearby.on('error', (err: Error) => log('warn', `Discovery: ${err.message}`));
+    await nearby.start();
+    nearby.announce({ name: globals.name, port });
+  }
   if (globals.json) {
     printJson({ event: 'listening', addresses: server.addresses(), port, peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
   } else {
@@ -236,11 +270,31 @@ async function commandServe(
     const stop = (): void => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      void server.close().then(resolve);
+      void Promise.all([server.close(), nearby?.stop()]).then(() => resolve());
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+  return EXIT.OK;
+}
+
+interface DiscoverySettings {
+  announce: boolean;
+  interfaces?: string[];
+  port?: number;
+}
+
+async function commandNearby(globals: Globals, settings: DiscoverySettings, timeoutMs: number): Promise<number> {
+  const identity = await loadOrCreateIdentity(globals.home);
+  const trust = await TrustStore.open(identity.home);
+  const nearby = new Discovery({ selfId: identity.peerId, interfaces: settings.interfaces, port: settings.port });
+  await nearby.start();
+  await new Promise((resolve) => setTimeout(resolve, timeoutMs));
+  const peers = nearby.list().map((p) => ({ ...p, trusted: trust.isTrusted(p.id) }));
+  await nearby.stop();
+  if (globals.json) printJson({ peers });
+  else if (peers.length === 0) out('No peers announcing themselves nearby.');
+  else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-')}  ${p.address}  ${p.trusted ? 'trusted' : 'not trusted (pair with an invite)'}`);
   return EXIT.OK;
 }
 

@@ -12,3 +12,4 @@ export * from './client';
 export * from './download';
 export * from './names';
 export * from './format';
+export * from './discovery';

@@ -124,6 +124,21 @@ describe('the peershare CLI', () => {
     assert.equal((await cli(['trust', 'rm', 'nobody', '--home', other])).code, 2);
   });
 
+  it('nearby lists a peer that serves with --announce, as not yet trusted', async () => {
+    const port = String(48_000 + Math.floor(Math.random() * 1000));
+    const discovery = ['--interface', '127.0.0.1', '--discovery-port', port];
+    const announcer = spawn(process.execPath, [CLI, 'serve', ws, '--json', '--home', tempDir(), '--announce', '--name', 'Announcer', ...discovery], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      const first = await new Promise<{ peerId: string; port: number }>((resolve) => readline.createInterface({ input: announcer.stdout! }).once('line', (l) => resolve(JSON.parse(l))));
+      const found = json(await cli(['nearby', '--json', '--timeout', '1500', '--home', tempDir(), ...discovery]));
+      const peers = found.peers as { id: string; name: string; address: string; trusted: boolean }[];
+      assert.deepEqual(peers.map((p) => [p.id, p.name, p.address, p.trusted]), [[first.peerId, 'Announcer', `127.0.0.1:${first.port}`, false]]);
+    } finally {
+      announcer.kill('SIGTERM');
+      await new Promise((r) => announcer.once('exit', r));
+    }
+  });
+
   it('exits with documented codes on bad input', async () => {
     assert.equal((await cli(['frobnicate'])).code, 2);
     assert.equal((await cli(['ls'])).code, 2);
