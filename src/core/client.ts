@@ -4,7 +4,7 @@ import { PeerShareError, toPeerShareError } from './errors';
 import { FrameParser, encodeMessage } from './frames';
 import { parseAddress } from './invite';
 import { resolveLimits, type Limits } from './limits';
-import { normalizePeerId, peerIdOfCert } from './peer-id';
+import { fingerprintFromPeerId, normalizePeerId, peerIdOfCert, verificationCode } from './peer-id';
 import {
   PROTOCOL_VERSIONS,
   errorFromMessage,
@@ -29,6 +29,12 @@ export interface ConnectOptions {
   name: string;
   limits?: Partial<Limits>;
   signal?: AbortSignal;
+  /**
+   * With no token: ask the sharer to let us in (a nearby peer). The sharer sees a prompt and the
+   * same verification code `onVerificationCode` receives; we wait up to `approvalTimeoutMs`.
+   */
+  requestAccess?: boolean;
+  onVerificationCode?: (code: string) => void;
 }
 
 /** What arrives from the peer while a request is open: messages and file bytes, in order. */
@@ -107,8 +113,10 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
     });
   });
   const connection = new PeerConnection(socket, peerIdOfCert(socket.getPeerCertificate(false).raw), address, limits);
+  const asking = options.requestAccess === true && options.token === undefined;
+  if (asking) options.onVerificationCode?.(verificationCode(options.identity.fingerprint, fingerprintFromPeerId(connection.peerId)));
   try {
-    await connection.hello(options.name, options.token);
+    await connection.hello(options.name, options.token, asking);
   } catch (err) {
     connection.close();
     throw err;
@@ -119,7 +127,8 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
     connection.onClose(() => options.signal?.removeEventListener('abort', onAbort));
   }
   // A successful hello with an invite makes the peer trusted on our side too.
-  if (expected || options.trust.isTrusted(connection.peerId)) {
+  // Allowed once is not a pairing: we remember the sharer only when it trusts us back.
+  if ((expected && (!asking || connection.welcome.paired)) || options.trust.isTrusted(connection.peerId)) {
     const known = options.trust.get(connection.peerId);
     const addresses = [address, ...(known?.addresses ?? []).filter((a) => a !== address)].slice(0, 8);
     await options.trust.add({ id: connection.peerId, name: connection.welcome.name, addresses });
@@ -143,6 +152,7 @@ export class PeerConnection {
   private closedWith?: PeerShareError;
   private stallTimer?: NodeJS.Timeout;
   private closeListeners: (() => void)[] = [];
+  private requestStallMs?: number;
 
   constructor(
     private readonly socket: tls.TLSSocket,
@@ -194,8 +204,11 @@ export class PeerConnection {
   }
 
   /** @internal */
-  async hello(name: string, token?: string): Promise<void> {
-    await this.exchange({ type: 'hello', versions: [...PROTOCOL_VERSIONS], name, ...(token ? { token } : {}) }, (event, done) => {
+  async hello(name: string, token?: string, requestAccess = false): Promise<void> {
+    const hello = { type: 'hello', versions: [...PROTOCOL_VERSIONS], name, ...(token ? { token } : {}), ...(requestAccess ? { request: true } : {}) };
+    // Asking a person takes longer than a peer's answer: wait as long as the sharer may.
+    const waitMs = requestAccess ? this.limits.approvalTimeoutMs + this.limits.stallTimeoutMs : undefined;
+    await this.exchange(hello, (event, done) => {
       const m = expectMessage(event);
       if (m.type !== 'welcome') throw new PeerShareError('PROTOCOL_ERROR', `Expected welcome, got ${String(m.type)}.`);
       const welcome = parseWelcome(m);
@@ -204,7 +217,7 @@ export class PeerConnection {
       if (welcome.id !== this.peerId) throw new PeerShareError('PEER_MISMATCH', 'The peer claims an ID other than its certificate’s.');
       this.welcome = welcome;
       done();
-    });
+    }, waitMs);
   }
 
   async stat(remotePath: string): Promise<Entry> {
@@ -244,7 +257,7 @@ export class PeerConnection {
    * Sends a request and feeds what comes back to `handle` until it calls `done`. An `error`
    * message from the peer ends the request with that error; the connection stays usable.
    */
-  exchange(request: object, handle: (event: PeerEvent, done: () => void) => void | Promise<void>): Promise<void> {
+  exchange(request: object, handle: (event: PeerEvent, done: () => void) => void | Promise<void>, stallMs?: number): Promise<void> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     if (this.request) return Promise.reject(new PeerShareError('INTERNAL', 'A request is already running on this connection.'));
     return new Promise<void>((resolve, reject) => {
@@ -266,6 +279,7 @@ export class PeerConnection {
         reject: (err) => finish(err),
       };
       this.request = open;
+      this.requestStallMs = stallMs;
       this.armStallTimer();
       this.socket.write(encodeMessage(request));
     });
@@ -274,10 +288,8 @@ export class PeerConnection {
   private armStallTimer(): void {
     clearTimeout(this.stallTimer);
     if (!this.request) return;
-    this.stallTimer = setTimeout(
-      () => this.close(new PeerShareError('TIMEOUT', `The peer sent nothing for ${this.limits.stallTimeoutMs} ms.`)),
-      this.limits.stallTimeoutMs,
-    );
+    const ms = this.requestStallMs ?? this.limits.stallTimeoutMs;
+    this.stallTimer = setTimeout(() => this.close(new PeerShareError('TIMEOUT', `The peer sent nothing for ${ms} ms.`)), ms);
     this.stallTimer.unref();
   }
 

@@ -5,6 +5,7 @@
 export const ERROR_MESSAGES = {
   PEER_UNTRUSTED: 'This peer is not trusted. Pair with an invite first.',
   PEER_MISMATCH: "The peer's certificate does not match the peer ID we expected; someone may be in between.",
+  ACCESS_DENIED: 'The sharer did not allow the connection.',
   TOKEN_INVALID: 'The invite token is unknown, already used or expired. Ask for a new invite.',
   INVALID_INVITE: 'That is not a PeerShare invite.',
   UNKNOWN_PEER: 'No trusted peer matches that name, ID or address.',

@@ -7,6 +7,8 @@ export interface Limits {
   handshakeTimeoutMs: number;
   /** After the handshake, the client's hello must arrive within this time. */
   helloTimeoutMs: number;
+  /** How long a nearby peer's request to connect waits for the sharer's answer; no answer is Deny. */
+  approvalTimeoutMs: number;
   /** A connection with no request in flight is closed after this long. */
   idleTimeoutMs: number;
   /** Absolute deadline for one incoming message, from its first byte to its last (defeats byte drips). */
@@ -36,6 +38,7 @@ export interface Limits {
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   handshakeTimeoutMs: 10_000,
   helloTimeoutMs: 10_000,
+  approvalTimeoutMs: 60_000,
   idleTimeoutMs: 5 * 60_000,
   messageTimeoutMs: 10_000,
   stallTimeoutMs: 30_000,

@@ -15,7 +15,7 @@ export interface Entry {
 }
 
 // ---- client -> server
-export interface HelloMessage { type: 'hello'; versions: number[]; name: string; token?: string }
+export interface HelloMessage { type: 'hello'; versions: number[]; name: string; token?: string; request?: boolean }
 export interface ListRequest { type: 'list'; path: string }
 export interface StatRequest { type: 'stat'; path: string }
 export interface ReadRequest { type: 'read'; path: string; offset: number; expect?: { size: number; mtimeMs: number } }
@@ -66,7 +66,7 @@ export function parseHello(m: Record<string, unknown>, maxPathBytes: number): He
   }
   const name = str(m, 'name', MAX_NAME_CHARS);
   const token = m.token === undefined ? undefined : str(m, 'token', Math.min(256, maxPathBytes));
-  return { type: 'hello', versions: versions as number[], name, token };
+  return { type: 'hello', versions: versions as number[], name, token, request: m.request === true };
 }
 
 /** Path length is not checked here: Share.resolve answers an over-long path with TOO_LARGE and keeps the connection. */

@@ -7,7 +7,7 @@ import { PeerShareError, toPeerShareError } from './errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
 import { formatAddress, formatInvite, TokenBook } from './invite';
 import { resolveLimits, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
-import { peerIdOfCert } from './peer-id';
+import { fingerprintFromPeerId, peerIdOfCert, verificationCode } from './peer-id';
 import { PROTOCOL_VERSIONS, parseHello, parseRequest, sanitizeForDisplay, type Request } from './protocol';
 import type { Share } from './share';
 import type { TrustStore } from './trust';
@@ -15,6 +15,18 @@ import { TLS_OPTIONS } from './tls-options';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;
+
+/** What the sharer answers when a peer that is not trusted asks to connect. */
+export type AccessDecision = 'once' | 'always' | 'deny';
+
+export interface AccessRequest {
+  id: string;
+  /** As the peer calls itself: shown with control characters escaped, never trusted. */
+  name: string;
+  address: string;
+  /** Six digits both sides show; the same on both screens means nobody sits in between. */
+  verificationCode: string;
+}
 
 export interface PeerServerOptions {
   identity: Identity;
@@ -24,6 +36,11 @@ export interface PeerServerOptions {
   name: string;
   limits?: Partial<Limits>;
   log?: Logger;
+  /**
+   * Asked when a peer with no invite requests access (a nearby peer). Without it such requests
+   * are refused. No answer within `approvalTimeoutMs` counts as Deny.
+   */
+  onAccessRequest?: (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>;
 }
 
 export interface ConnectedPeer {
@@ -179,7 +196,8 @@ function endWithError(socket: tls.TLSSocket, message: { type: 'error'; code: str
 
 class ServerConnection {
   peer?: ConnectedPeer;
-  private state: 'hello' | 'ready' | 'closed' = 'hello';
+  private state: 'hello' | 'approval' | 'ready' | 'closed' = 'hello';
+  private readonly closing = new AbortController();
   private busy = false;
   private next?: Request;
   private readonly parser: FrameParser;
@@ -226,6 +244,7 @@ class ServerConnection {
   }
 
   close(): void {
+    this.closing.abort();
     this.state = 'closed';
     clearTimeout(this.timer);
     clearTimeout(this.messageTimer);
@@ -259,6 +278,7 @@ class ServerConnection {
   private fail(err: PeerShareError): void {
     if (this.state === 'closed') return;
     this.log(err.code === 'TIMEOUT' ? 'debug' : 'warn', `Closing ${this.describe()}: ${err.code} ${err.message}`);
+    this.closing.abort();
     this.state = 'closed';
     clearTimeout(this.timer);
     clearTimeout(this.messageTimer);
@@ -272,6 +292,7 @@ class ServerConnection {
         this.onHello(m);
         return;
       }
+      if (this.state === 'approval') throw new PeerShareError('PROTOCOL_ERROR', 'Wait for the sharer’s answer before sending requests.');
       const request = parseRequest(m);
       if (this.busy) {
         // The client may send its next request as soon as it has read our last byte, which can
@@ -315,6 +336,10 @@ class ServerConnection {
     const name = sanitizeForDisplay(hello.name).slice(0, 100);
     let paired = false;
     if (!trust.isTrusted(id) && id !== identity.peerId) {
+      if (hello.token === undefined && hello.request && this.server.options.onAccessRequest) {
+        this.askSharer(id, name, version);
+        return;
+      }
       if (hello.token === undefined) throw new PeerShareError('PEER_UNTRUSTED');
       if (!this.server.tokens.redeem(hello.token)) throw new PeerShareError('TOKEN_INVALID');
       paired = true;
@@ -328,6 +353,34 @@ class ServerConnection {
       return;
     }
     this.afterHello(id, name, version, paired);
+  }
+
+  /** A nearby peer asks to connect: the sharer decides, within a time limit. */
+  private askSharer(id: string, name: string, version: number): void {
+    this.state = 'approval';
+    clearTimeout(this.timer);
+    const { identity, trust, onAccessRequest } = this.server.options;
+    const fingerprint = fingerprintFromPeerId(id);
+    const request: AccessRequest = { id, name, address: this.socket.remoteAddress ?? '', verificationCode: verificationCode(identity.fingerprint, fingerprint) };
+    const timedOut = new Promise<'timeout'>((resolve) => {
+      this.timer = setTimeout(() => resolve('timeout'), this.limits.approvalTimeoutMs);
+    });
+    const asked = onAccessRequest!(request, this.closing.signal).catch(() => 'deny' as const);
+    void Promise.race([asked, timedOut]).then(async (decision) => {
+      clearTimeout(this.timer);
+      if (this.state !== 'approval') return;
+      if (decision === 'timeout') return this.fail(new PeerShareError('ACCESS_DENIED', 'The sharer did not answer in time.'));
+      if (decision === 'deny') return this.fail(new PeerShareError('ACCESS_DENIED', 'The sharer declined the request.'));
+      if (decision === 'always') {
+        try {
+          await trust.add({ id, name });
+        } catch (err) {
+          return this.fail(toPeerShareError(err, 'IO_ERROR'));
+        }
+      }
+      this.log('info', `${name} (${id}) allowed ${decision === 'always' ? 'always' : 'once'}`);
+      this.afterHello(id, name, version, decision === 'always');
+    });
   }
 
   private afterHello(id: string, name: string, version: number, paired: boolean): void {
