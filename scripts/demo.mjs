@@ -6,7 +6,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
-import { ROOT, startVsCodeServer, workbenchUrl } from '../test/vscode/server.mjs';
+import { LOOPBACK_SETTINGS, ROOT, startVsCodeServer, workbenchUrl } from '../test/vscode/server.mjs';
 
 const demo = path.join(ROOT, '.demo');
 const cli = path.join(ROOT, 'dist', 'cli.js');
@@ -24,7 +24,7 @@ for (let i = 1; i <= 5; i++) write(path.join(samples, 'fixtures', 'users', `user
 write(path.join(samples, 'src', 'greet.ts'), 'export const greet = (name: string) => `Hello, ${name}!`;\n');
 write(path.join(samples, '.env'), 'SECRET=never-shared\n');
 write(path.join(workspace, 'README.md'), '# Your workspace\n\nDownloads from the demo peer land here.\n');
-write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ 'peershare.bindAddress': '127.0.0.1' }, null, 2) + '\n');
+write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify(LOOPBACK_SETTINGS, null, 2) + '\n');
 
 // 1. The demo peer: the real CLI, sharing the samples on loopback.
 const peer = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', path.join(demo, 'peer-home'), '--invite-uses', '10', '--name', 'Demo peer'], {

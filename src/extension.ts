@@ -6,7 +6,7 @@ import { PeerFileSystem } from './vscode/fileSystem';
 import { Peers, baseName, peerFileUri } from './vscode/peers';
 import { readSettings } from './vscode/settings';
 import { Sharing } from './vscode/sharing';
-import { PeersTree, type EntryNode, type Node, type PeerNode } from './vscode/tree';
+import { PeersTree, type EntryNode, type NearbyNode, type Node, type PeerNode } from './vscode/tree';
 
 const moduleEvaluatedAt = performance.now();
 
@@ -36,6 +36,12 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const view = vscode.window.createTreeView('peershare.peers', { treeDataProvider: tree, showCollapseAll: true });
   context.subscriptions.push(log, peers, sharing, tree, view, downloads);
   context.subscriptions.push(sharing.onDidChange(() => tree.refresh()));
+  // Look for nearby peers only while someone looks at the view (or while sharing).
+  context.subscriptions.push(
+    view.onDidChangeVisibility((e) => {
+      if (e.visible) void peers.discovery();
+    }),
+  );
   context.subscriptions.push(
     vscode.workspace.registerFileSystemProvider('peershare', new PeerFileSystem(peers), { isReadonly: true, isCaseSensitive: true }),
   );
@@ -87,6 +93,18 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     const peer = await vscode.window.withProgress({ location: { viewId: 'peershare.peers' }, title: 'Connecting…' }, () => peers.connect(text));
     void vscode.window.showInformationMessage(`PeerShare: connected to ${sanitizeForDisplay(peer.name || shortPeerId(peer.id))}.`);
     return peer;
+  });
+  command('peershare.requestAccess', async (node?: NearbyNode) => {
+    if (!node) return undefined;
+    const name = sanitizeForDisplay(node.peer.name || shortPeerId(node.peer.id));
+    const outcome = await vscode.window.withProgress(
+      { location: vscode.ProgressLocation.Notification, title: `Asking ${name} to let you connect` },
+      (progress) => peers.requestAccess(node.peer, (code) => progress.report({ message: `verification code ${code}: check that ${name} sees the same` })),
+    );
+    void vscode.window.showInformationMessage(
+      outcome === 'always' ? `PeerShare: ${name} allowed you; they are now a trusted peer.` : `PeerShare: ${name} allowed you once, for this connection.`,
+    );
+    return outcome;
   });
   command('peershare.forgetPeer', async (node?: PeerNode) => {
     const peer = node?.peer ?? (await pickPeer(peers));

@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import {
+  Discovery,
   PeerShareError,
   TrustStore,
   connectToPeer,
@@ -10,6 +11,7 @@ import {
   parseInvite,
   sanitizeForDisplay,
   type Identity,
+  type NearbyPeer,
   type PeerConnection,
   type TrustedPeer,
 } from '../core';
@@ -28,6 +30,9 @@ export class Peers implements vscode.Disposable {
   private readonly states = new Map<string, PeerState>();
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
+  private discoveryStarting?: Promise<Discovery | undefined>;
+  /** Nearby peers that let us in once: browsable while that connection lasts. */
+  private readonly allowedOnce = new Map<string, NearbyPeer>();
 
   constructor(
     /** The identity folder: key, certificate and trusted peers. */
@@ -110,8 +115,73 @@ export class Peers implements vscode.Disposable {
     }
   }
 
+  /** The LAN discovery (browse, and announce while sharing), started on first use if enabled. */
+  discovery(): Promise<Discovery | undefined> {
+    const settings = readSettings().discovery;
+    if (!settings.enabled) return Promise.resolve(undefined);
+    this.discoveryStarting ??= (async () => {
+      const { identity } = await this.load();
+      const discovery = new Discovery({ selfId: identity.peerId, interfaces: settings.interfaces.length ? settings.interfaces : undefined, port: settings.port });
+      discovery.on('up', () => this.changed.fire());
+      discovery.on('down', () => this.changed.fire());
+      discovery.on('error', (err: Error) => this.log.warn(`Discovery: ${err.message}`));
+      await discovery.start();
+      this.log.info(`Looking for nearby peers on ${settings.interfaces.length ? settings.interfaces.join(', ') : 'every network interface'}`);
+      return discovery;
+    })().catch((err) => {
+      this.log.warn(`Discovery is off: ${String(err)}`);
+      this.discoveryStarting = undefined;
+      return undefined;
+    });
+    return this.discoveryStarting;
+  }
+
+  async stopDiscovery(): Promise<void> {
+    const starting = this.discoveryStarting;
+    this.discoveryStarting = undefined;
+    await (await starting)?.stop();
+    this.changed.fire();
+  }
+
+  /** Peers announcing themselves nearby that we do not trust (yet). */
+  async nearby(): Promise<{ peer: NearbyPeer; allowedOnce: boolean }[]> {
+    const discovery = await this.discovery();
+    const { trust } = await this.load();
+    const seen = (discovery?.list() ?? []).filter((p) => !trust.isTrusted(p.id));
+    for (const [id, peer] of this.allowedOnce) if (!seen.some((p) => p.id === id)) seen.push(peer);
+    return seen.map((peer) => ({ peer, allowedOnce: this.allowedOnce.has(peer.id) }));
+  }
+
+  /** Asks a nearby peer to let us in; the sharer sees the same verification code as `onCode`. */
+  async requestAccess(peer: NearbyPeer, onCode: (code: string) => void): Promise<'always' | 'once'> {
+    const { identity, trust } = await this.load();
+    const conn = await connectToPeer({
+      identity,
+      trust,
+      name: readSettings().displayName,
+      addresses: [peer.address],
+      expectedPeerId: peer.id,
+      requestAccess: true,
+      onVerificationCode: onCode,
+    });
+    this.adoptBrowsingConnection(conn);
+    if (conn.welcome.paired) return 'always';
+    this.allowedOnce.set(peer.id, peer);
+    conn.onClose(() => {
+      this.allowedOnce.delete(peer.id);
+      this.changed.fire();
+    });
+    this.changed.fire();
+    return 'once';
+  }
+
+  isAllowedOnce(id: string): boolean {
+    return this.allowedOnce.has(id);
+  }
+
   dispose(): void {
     for (const id of [...this.browsing.keys()]) this.closeBrowsing(id);
+    void this.stopDiscovery();
     this.changed.dispose();
   }
 

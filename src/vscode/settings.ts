@@ -12,6 +12,8 @@ export interface Settings {
   useFilesExclude: boolean;
   shareOnStartup: boolean;
   downloadLocation: string;
+  discovery: { enabled: boolean; interfaces: string[]; port: number };
+  allowNearbyRequests: boolean;
 }
 
 export function readSettings(): Settings {
@@ -25,6 +27,12 @@ export function readSettings(): Settings {
     useFilesExclude: c.get<boolean>('useFilesExclude', true),
     shareOnStartup: c.get<boolean>('shareOnStartup', false),
     downloadLocation: c.get<string>('downloadLocation', ''),
+    discovery: {
+      enabled: c.get<boolean>('discovery.enabled', true),
+      interfaces: c.get<string[]>('discovery.interfaces', []).filter((a) => typeof a === 'string' && a.length > 0),
+      port: c.get<number>('discovery.port', 47475),
+    },
+    allowNearbyRequests: c.get<boolean>('allowNearbyRequests', true),
   };
 }
 

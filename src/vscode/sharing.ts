@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import { PeerServer, PeerShareError, Share, resolveLimits, sanitizeForDisplay, toPeerShareError } from '../core';
+import { PeerServer, PeerShareError, Share, resolveLimits, sanitizeForDisplay, toPeerShareError, type AccessDecision, type AccessRequest } from '../core';
 import type { Peers } from './peers';
 import { filesExcludePatterns, readSettings } from './settings';
 
@@ -7,7 +7,11 @@ import { filesExcludePatterns, readSettings } from './settings';
  * Starting and stopping the peer server for the workspace folders, the invite, and the status
  * bar item that shows whether we share and how many peers are connected.
  */
+/** How the sharer answers a nearby peer's request. Replaceable in tests, which cannot click. */
+export type AccessPrompt = (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>;
+
 export class Sharing implements vscode.Disposable {
+  accessPrompt: AccessPrompt = askAccess;
   private server?: PeerServer;
   private lastPort?: number;
   private starting?: Promise<void>;
@@ -30,7 +34,8 @@ export class Sharing implements vscode.Disposable {
       this.changed,
       // Settings and folders take effect without a reload: restart the server if it runs.
       vscode.workspace.onDidChangeConfiguration((e) => {
-        if (this.server && (e.affectsConfiguration('peershare') || e.affectsConfiguration('files.exclude'))) void this.restart();
+        if (e.affectsConfiguration('peershare.discovery')) void this.peers.stopDiscovery().then(() => this.server && this.restart());
+        else if (this.server && (e.affectsConfiguration('peershare') || e.affectsConfiguration('files.exclude'))) void this.restart();
       }),
       vscode.workspace.onDidChangeWorkspaceFolders(() => {
         if (this.server) void this.restart();
@@ -84,6 +89,13 @@ export class Sharing implements vscode.Disposable {
       name: settings.displayName,
       limits,
       log: (level, message) => this.log[level === 'warn' ? 'warn' : level](message),
+      onAccessRequest: async (request, signal) => {
+        if (!readSettings().allowNearbyRequests) return 'deny';
+        this.log.info(`${sanitizeForDisplay(request.name)} (${request.id}) at ${request.address} asks to connect; verification code ${request.verificationCode}`);
+        const decision = await this.accessPrompt(request, signal);
+        this.log.info(`Request from ${request.id}: ${decision}`);
+        return decision;
+      },
     });
     // A restart keeps the port it had (when no port is set), so invites and paired peers still reach us.
     const port = settings.port || this.lastPort || 0;
@@ -103,6 +115,7 @@ export class Sharing implements vscode.Disposable {
     });
     server.on('peer-disconnected', onPeers);
     this.server = server;
+    (await this.peers.discovery())?.announce({ name: settings.displayName, port: server.port });
     await vscode.commands.executeCommand('setContext', 'peershare.sharing', true);
     this.log.info(`Sharing ${share.roots.map((r) => r.realPath).join(', ')} on ${server.addresses().join(', ')}`);
     this.render();
@@ -114,6 +127,7 @@ export class Sharing implements vscode.Disposable {
     const server = this.server;
     if (!server) return;
     this.server = undefined;
+    (await this.peers.discovery())?.stopAnnouncing();
     await server.close();
     await vscode.commands.executeCommand('setContext', 'peershare.sharing', false);
     this.log.info('Stopped sharing');
@@ -159,4 +173,18 @@ export class Sharing implements vscode.Disposable {
     void this.stop();
     for (const d of this.disposables) d.dispose();
   }
+}
+
+/** Asks the person at this editor; both sides show the same verification code. */
+async function askAccess(request: AccessRequest, signal: AbortSignal): Promise<AccessDecision> {
+  const choice = await Promise.race([
+    vscode.window.showInformationMessage(
+      `${sanitizeForDisplay(request.name)} (${request.address}) asks to connect and download from this workspace. Verification code ${request.verificationCode}: check that they see the same.`,
+      'Allow Once',
+      'Always Allow',
+      'Deny',
+    ),
+    new Promise<undefined>((resolve) => signal.addEventListener('abort', () => resolve(undefined), { once: true })),
+  ]);
+  return choice === 'Allow Once' ? 'once' : choice === 'Always Allow' ? 'always' : 'deny';
 }

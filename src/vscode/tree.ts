@@ -1,12 +1,14 @@
 import * as vscode from 'vscode';
-import { sanitizeForDisplay, shortPeerId, toPeerShareError, type Entry, type TrustedPeer } from '../core';
+import { sanitizeForDisplay, shortPeerId, toPeerShareError, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
 import { formatBytes } from '../core/format';
 import { peerFileUri, type Peers } from './peers';
 
 export type PeerNode = { kind: 'peer'; peer: TrustedPeer };
 export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };
 export type MessageNode = { kind: 'message'; text: string; tooltip?: string };
-export type Node = PeerNode | EntryNode | MessageNode;
+export type NearbyGroupNode = { kind: 'nearbyGroup' };
+export type NearbyNode = { kind: 'nearby'; peer: NearbyPeer; allowedOnce: boolean };
+export type Node = PeerNode | EntryNode | MessageNode | NearbyGroupNode | NearbyNode;
 
 /** The Peers view: trusted peers, then their shared folders, folders and files, a level at a time. */
 export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposable {
@@ -23,11 +25,17 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
   }
 
   async getChildren(node?: Node): Promise<Node[]> {
-    if (!node) return (await this.peers.list()).map((peer) => ({ kind: 'peer', peer }));
+    if (!node) {
+      const trusted: Node[] = (await this.peers.list()).map((peer) => ({ kind: 'peer', peer }));
+      const nearby = await this.peers.nearby();
+      return nearby.length ? [...trusted, { kind: 'nearbyGroup' }] : trusted;
+    }
     if (node.kind === 'message') return [];
-    const peerId = node.kind === 'peer' ? node.peer.id : node.peerId;
-    const peerName = node.kind === 'peer' ? node.peer.name : node.peerName;
-    const remotePath = node.kind === 'peer' ? '' : node.remotePath;
+    if (node.kind === 'nearbyGroup') return (await this.peers.nearby()).map(({ peer, allowedOnce }) => ({ kind: 'nearby', peer, allowedOnce }));
+    if (node.kind === 'nearby' && !node.allowedOnce) return [];
+    const peerId = node.kind === 'peer' || node.kind === 'nearby' ? node.peer.id : node.peerId;
+    const peerName = node.kind === 'peer' || node.kind === 'nearby' ? node.peer.name : node.peerName;
+    const remotePath = node.kind === 'entry' ? node.remotePath : '';
     if (node.kind === 'peer' && node.peer.addresses.length === 0) {
       return [{ kind: 'message', text: 'Not sharing with you', tooltip: 'This peer paired with you to download; it shares nothing we know of.' }];
     }
@@ -55,6 +63,26 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       item.iconPath = new vscode.ThemeIcon('info');
       item.tooltip = node.tooltip;
       item.contextValue = 'peershare.message';
+      return item;
+    }
+    if (node.kind === 'nearbyGroup') {
+      const item = new vscode.TreeItem('Nearby', vscode.TreeItemCollapsibleState.Expanded);
+      item.id = 'nearby';
+      item.iconPath = new vscode.ThemeIcon('radio-tower');
+      item.tooltip = 'Peers announcing themselves on your network. Nearby is not trusted: ask to connect, and compare the verification code.';
+      item.contextValue = 'peershare.nearbyGroup';
+      return item;
+    }
+    if (node.kind === 'nearby') {
+      const { peer } = node;
+      const name = sanitizeForDisplay(peer.name || shortPeerId(peer.id));
+      const item = new vscode.TreeItem(name, node.allowedOnce ? vscode.TreeItemCollapsibleState.Collapsed : vscode.TreeItemCollapsibleState.None);
+      item.id = `nearby:${peer.id}:${peer.address}`;
+      item.description = node.allowedOnce ? 'allowed once' : 'not trusted';
+      item.tooltip = new vscode.MarkdownString(`**${name}** (nearby, not trusted)\n\nPeer ID: \`${peer.id}\`\n\nAddress: ${peer.address}\n\nAsk to connect: the sharer approves, and you both compare a verification code.`);
+      item.iconPath = new vscode.ThemeIcon(node.allowedOnce ? 'unlock' : 'shield');
+      item.contextValue = node.allowedOnce ? 'peershare.nearby.allowed' : 'peershare.nearby';
+      if (!node.allowedOnce) item.command = { command: 'peershare.requestAccess', title: 'Ask to Connect', arguments: [node] };
       return item;
     }
     if (node.kind === 'peer') {

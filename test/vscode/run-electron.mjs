@@ -6,12 +6,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { runTests } from '@vscode/test-electron';
 import { buildSuites } from './run.mjs';
-import { ROOT } from './server.mjs';
+import { ROOT, LOOPBACK_SETTINGS } from './server.mjs';
 
 await buildSuites();
 const workspace = path.join(mkdtempSync(path.join(os.tmpdir(), 'peershare-electron-')), 'workspace');
 mkdirSync(path.join(workspace, '.vscode'), { recursive: true });
-writeFileSync(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ 'peershare.bindAddress': '127.0.0.1' }));
+writeFileSync(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify(LOOPBACK_SETTINGS));
 writeFileSync(path.join(workspace, 'README.md'), '# workspace\n');
 try {
   await runTests({

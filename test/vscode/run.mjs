@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { format } from 'node:util';
 import * as esbuild from 'esbuild';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl } from './server.mjs';
+import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl, LOOPBACK_SETTINGS } from './server.mjs';
 import { runUiTest } from './ui.mjs';
 
 const OUT = path.join(ROOT, 'out', 'test', 'vscode');
@@ -73,7 +73,7 @@ function makeWorkspace(name, files) {
   }
   // Tests share on loopback only.
   mkdirSync(path.join(folder, '.vscode'), { recursive: true });
-  writeFileSync(path.join(folder, '.vscode', 'settings.json'), JSON.stringify({ 'peershare.bindAddress': '127.0.0.1' }));
+  writeFileSync(path.join(folder, '.vscode', 'settings.json'), JSON.stringify(LOOPBACK_SETTINGS));
   return folder;
 }
 

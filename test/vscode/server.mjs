@@ -141,3 +141,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const { node, serverMain } = ensureVsCodeServer();
   log(`ready: ${node} ${serverMain}`);
 }
+
+/** Workspace settings for tests and the demo: share, announce and look for peers on loopback only. */
+export const DISCOVERY_TEST_PORT = 47_000 + (process.pid % 900);
+export const LOOPBACK_SETTINGS = {
+  'peershare.bindAddress': '127.0.0.1',
+  'peershare.discovery.interfaces': ['127.0.0.1'],
+  'peershare.discovery.port': DISCOVERY_TEST_PORT,
+};

@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl } from './server.mjs';
+import { CHROMIUM_ARGS, LOOPBACK_SETTINGS, ROOT, startVsCodeServer, workbenchUrl } from './server.mjs';
 
 const TOTAL_MS = Number(process.env.PEERSHARE_UI_TEST_TIMEOUT_MS ?? 170_000);
 const PEER_NAME = "Ana's laptop";
@@ -219,7 +219,7 @@ export async function runUiTest({ screenshotsDir }) {
   writeTree(ws, {
     'notes.txt': 'Workspace of the downloader.\n',
     'src/app.ts': 'export const answer = 42;\n',
-    '.vscode/settings.json': JSON.stringify({ 'peershare.bindAddress': '127.0.0.1' }, null, 2),
+    '.vscode/settings.json': JSON.stringify(LOOPBACK_SETTINGS, null, 2),
   });
 
   let peer;

@@ -4,8 +4,8 @@ import { promises as fs, readFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { TrustStore, connectToPeer, download, loadOrCreateIdentity, parseInvite } from '../../../src/core';
-import type { EntryNode, Node, PeerNode } from '../../../src/vscode/tree';
+import { Discovery, PeerServer, Share, TrustStore, connectToPeer, download, loadOrCreateIdentity, parseInvite, resolveLimits, type AccessDecision } from '../../../src/core';
+import type { EntryNode, NearbyNode, Node, PeerNode } from '../../../src/vscode/tree';
 import { ROOT, api, startHeadlessPeer, tempDir, waitFor, type HeadlessPeer } from './helpers';
 
 const manifest = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
@@ -259,6 +259,103 @@ describe('PeerShare in a real VS Code', function () {
     } finally {
       await wide.stop();
     }
+  });
+
+  it('lists a peer announcing itself nearby under Nearby, as not trusted', async () => {
+    const port = String(vscode.workspace.getConfiguration('peershare').get<number>('discovery.port'));
+    const announcer = await startHeadlessPeer('announcer', { 'x.txt': 'x' }, ['--announce', '--interface', '127.0.0.1', '--discovery-port', port]);
+    try {
+      const node = await waitFor(async () => {
+        const group = (await childrenOf(undefined)).find((n) => n.kind === 'nearbyGroup');
+        return group ? (await childrenOf(group)).find((n): n is NearbyNode => n.kind === 'nearby' && n.peer.id === announcer.peerId) : undefined;
+      }, 5000);
+      const item = (await api()).tree.getTreeItem(node);
+      assert.equal(item.label, 'Headless announcer');
+      assert.equal(item.description, 'not trusted');
+      assert.equal(item.contextValue, 'peershare.nearby');
+    } finally {
+      await announcer.stop();
+    }
+  });
+
+  it('asks a nearby peer to connect; allowed once, its files can be browsed', async () => {
+    const home = tempDir();
+    const identity = await loadOrCreateIdentity(home);
+    const trust = await TrustStore.open(home);
+    const folder = path.join(tempDir(), 'nearby-share');
+    await fs.mkdir(folder);
+    await fs.writeFile(path.join(folder, 'n.txt'), 'n');
+    const codes: string[] = [];
+    const server = new PeerServer({
+      identity,
+      trust,
+      share: await Share.create({ folders: [folder] }, resolveLimits()),
+      name: 'Nearby Nina',
+      onAccessRequest: async (request) => {
+        codes.push(request.verificationCode);
+        return 'once';
+      },
+    });
+    await server.listen(0, '127.0.0.1');
+    const port = vscode.workspace.getConfiguration('peershare').get<number>('discovery.port')!;
+    const discovery = new Discovery({ selfId: identity.peerId, interfaces: ['127.0.0.1'], port });
+    await discovery.start();
+    discovery.announce({ name: 'Nearby Nina', port: server.port });
+    try {
+      const node = await waitFor(async () => {
+        const group = (await childrenOf(undefined)).find((n) => n.kind === 'nearbyGroup');
+        return group ? (await childrenOf(group)).find((n): n is NearbyNode => n.kind === 'nearby' && n.peer.id === identity.peerId) : undefined;
+      }, 5000);
+      const outcome = await vscode.commands.executeCommand('peershare.requestAccess', node);
+      assert.equal(outcome, 'once');
+      assert.equal(codes.length, 1);
+      const allowed = await waitFor(async () => {
+        const group = (await childrenOf(undefined)).find((n) => n.kind === 'nearbyGroup');
+        return group ? (await childrenOf(group)).find((n): n is NearbyNode => n.kind === 'nearby' && n.peer.id === identity.peerId && n.allowedOnce) : undefined;
+      });
+      const [root] = await childrenOf(allowed);
+      assert.equal(root.kind === 'entry' && root.entry.name, 'nearby-share');
+      assert.equal(trust.isTrusted((await (await api()).peers.load()).identity.peerId), false, 'allowed once is not trusted');
+    } finally {
+      await discovery.stop();
+      await server.close();
+    }
+  });
+
+  it('answers a nearby peer’s request: allow once, always allow, deny', async () => {
+    const { sharing } = await api();
+    await vscode.commands.executeCommand('peershare.startSharing');
+    const invite = parseInvite((await vscode.commands.executeCommand<string>('peershare.copyInvite'))!);
+    const root = path.basename(workspaceDir());
+    const asked: string[] = [];
+    const answer = (decision: AccessDecision) => {
+      sharing.accessPrompt = async (request) => {
+        asked.push(request.verificationCode);
+        return decision;
+      };
+    };
+    const request = async () => {
+      const home = tempDir();
+      const identity = await loadOrCreateIdentity(home);
+      const trust = await TrustStore.open(home);
+      let code = '';
+      const conn = await connectToPeer({ identity, trust, addresses: [`127.0.0.1:${sharing.port}`], expectedPeerId: invite.peerId, name: 'Asker', requestAccess: true, onVerificationCode: (c) => (code = c) });
+      return { conn, code, identity };
+    };
+    answer('once');
+    const once = await request();
+    assert.ok((await once.conn.list(root)).length > 0);
+    assert.equal(asked.at(-1), once.code, 'both sides show the same code');
+    once.conn.close();
+    answer('always');
+    const always = await request();
+    always.conn.close();
+    const { trust } = await (await api()).peers.load();
+    await trust.reload();
+    assert.equal(trust.isTrusted(always.identity.peerId), true);
+    answer('deny');
+    await assert.rejects(request(), (err: { code?: string }) => err.code === 'ACCESS_DENIED');
+    await (await api()).peers.forget(always.identity.peerId);
   });
 
   it('stop sharing closes the port', async () => {
