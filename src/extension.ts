@@ -106,6 +106,17 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     );
     return outcome;
   });
+  command('peershare.renamePeer', async (node?: PeerNode) => {
+    const peer = node?.peer ?? (await pickPeer(peers));
+    if (!peer) return;
+    const name = await vscode.window.showInputBox({
+      title: 'Rename Peer',
+      prompt: `A name for ${peer.id}; only you see it.`,
+      value: peer.name,
+      validateInput: (v) => (v.trim().length === 0 || v.length > 100 ? 'Between 1 and 100 characters.' : undefined),
+    });
+    if (name) await peers.rename(peer.id, name.trim());
+  });
   command('peershare.forgetPeer', async (node?: PeerNode) => {
     const peer = node?.peer ?? (await pickPeer(peers));
     if (!peer) return;
@@ -146,7 +157,10 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   command('peershare.showPeerId', async () => {
     const { identity } = await peers.load();
     log.info(`This installation's peer ID: ${identity.peerId}`);
-    const copy = await vscode.window.showInformationMessage(`Your PeerShare ID: ${identity.peerId}`, 'Copy');
+    const copy = await vscode.window.showInformationMessage(
+      `Your PeerShare ID: ${identity.peerId}. When someone asks to connect, you both see the same six-digit verification code.`,
+      'Copy',
+    );
     if (copy) await vscode.env.clipboard.writeText(identity.peerId);
   });
   command('peershare.sharingActions', async () => {

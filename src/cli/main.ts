@@ -1,4 +1,5 @@
 import * as os from 'node:os';
+import * as readline from 'node:readline';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import {
@@ -18,6 +19,8 @@ import {
   fingerprintFromPeerId,
   sanitizeForDisplay,
   toPeerShareError,
+  type AccessDecision,
+  type AccessRequest,
   type ConnectOptions,
   type Identity,
   type PeerConnection,
@@ -87,6 +90,7 @@ Options:
           --invite-ttl SECONDS (default 3600)  --invite-uses N (default 1)
           --exclude GLOB (repeatable)  --no-gitignore  --no-default-excludes
           --announce   Announce this peer to the local network (nearby peers see a hint, not trust)
+          --requests ask|deny  Nearby peers asking to connect: ask at this terminal, or refuse (default deny)
   nearby, serve --announce:  --interface ADDR (IPv4 address, repeatable; default: every LAN interface)
           --discovery-port N (default 47475)
   get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
@@ -126,6 +130,7 @@ async function main(argv: string[]): Promise<number> {
       overwrite: { type: 'boolean', default: false },
       'keep-both': { type: 'boolean', default: false },
       announce: { type: 'boolean', default: false },
+      requests: { type: 'string' },
       interface: { type: 'string', multiple: true },
       'discovery-port': { type: 'string' },
       timeout: { type: 'string' },
@@ -164,6 +169,7 @@ async function main(argv: string[]): Promise<number> {
         honourGitignore: !values['no-gitignore'],
         defaultExcludes: !values['no-default-excludes'],
         discovery,
+        requests: requestsOption(values.requests),
       });
     case 'trust':
       return commandTrust(globals, args);
@@ -179,6 +185,43 @@ async function main(argv: string[]): Promise<number> {
     default:
       throw new PeerShareError('INVALID_ARGUMENT', `Unknown command "${command}". Run peershare --help.`);
   }
+}
+
+function requestsOption(value: string | undefined): 'ask' | 'deny' {
+  if (value === undefined || value === 'deny') return 'deny';
+  if (value === 'ask') {
+    if (!process.stdin.isTTY) throw new PeerShareError('INVALID_ARGUMENT', '--requests ask needs a terminal to ask at.');
+    return 'ask';
+  }
+  throw new PeerShareError('INVALID_ARGUMENT', '--requests takes ask or deny.');
+}
+
+/** One question at a time at the terminal; no answer before the deadline is a Deny. */
+let asking: Promise<unknown> = Promise.resolve();
+function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<AccessDecision> {
+  const turn = asking.then(
+    () =>
+      new Promise<AccessDecision>((resolve) => {
+        if (signal.aborted) return resolve('deny');
+        const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
+        const done = (decision: AccessDecision): void => {
+          rl.close();
+          resolve(decision);
+        };
+        signal.addEventListener('abort', () => {
+          process.stderr.write('\n(no answer in time: denied)\n');
+          done('deny');
+        });
+        rl.question(
+          `\n${sanitizeForDisplay(request.name)} (${request.address}, ${request.id}) asks to connect.\n` +
+            `Verification code ${request.verificationCode}: check that they see the same.\n` +
+            'Allow once [o], always allow [a], deny [d]? ',
+          (answer) => done(answer.trim().toLowerCase().startsWith('a') ? 'always' : answer.trim().toLowerCase().startsWith('o') ? 'once' : 'deny'),
+        );
+      }),
+  );
+  asking = turn;
+  return turn;
 }
 
 function intOption(value: string | undefined, name: string, min: number, max: number): number | undefined {
@@ -229,6 +272,7 @@ async function commandServe(
     honourGitignore: boolean;
     defaultExcludes: boolean;
     discovery: DiscoverySettings;
+    requests: 'ask' | 'deny';
   },
 ): Promise<number> {
   const identity = await loadOrCreateIdentity(globals.home);
@@ -246,7 +290,14 @@ async function commandServe(
   const log = (level: string, message: string): void => {
     if (level !== 'debug' || process.env.PEERSHARE_DEBUG) process.stderr.write(`[${new Date().toISOString()}] ${level}: ${message}\n`);
   };
-  const server = new PeerServer({ identity, trust, share, name: globals.name, log });
+  const server = new PeerServer({
+    identity,
+    trust,
+    share,
+    name: globals.name,
+    log,
+    onAccessRequest: options.requests === 'ask' ? askAtTerminal : undefined,
+  });
   const { port } = await server.listen(options.port, options.host);
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
   let nearby: Discovery | undefined;

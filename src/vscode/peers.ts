@@ -79,6 +79,13 @@ export class Peers implements vscode.Disposable {
     return trust.get(conn.peerId)!;
   }
 
+  async rename(id: string, name: string): Promise<void> {
+    const { trust } = await this.load();
+    if (!trust.isTrusted(id)) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
+    await trust.add({ id, name });
+    this.changed.fire();
+  }
+
   async forget(id: string): Promise<void> {
     const { trust } = await this.load();
     await trust.remove(id);

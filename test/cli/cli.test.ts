@@ -4,7 +4,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as readline from 'node:readline';
-import { tempDir, writeRandomFile } from '../helpers';
+import { connectToPeer, parseInvite } from '../../src/core';
+import { makePeer, tempDir, writeRandomFile } from '../helpers';
 
 const ROOT = path.join(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -137,6 +138,43 @@ describe('the peershare CLI', () => {
       announcer.kill('SIGTERM');
       await new Promise((r) => announcer.once('exit', r));
     }
+  });
+
+  it('serve --requests ask asks at the terminal, showing the verification code; "o" allows once', async () => {
+    const command = `${process.execPath} ${CLI} serve ${ws} --json --home ${tempDir()} --requests ask`;
+    // `script` gives the server a terminal, as a person running it would have.
+    const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    try {
+      const until = async (text: string) => {
+        const deadline = Date.now() + 15_000;
+        while (!output.includes(text)) {
+          if (Date.now() > deadline) throw new Error(`no "${text}" in: ${output}`);
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      await until('"listening"');
+      const line = output.split(/\r?\n/).find((l) => l.includes('"listening"'))!;
+      const invite = parseInvite(JSON.parse(line.slice(line.indexOf('{'))).invite);
+      const asker = await makePeer();
+      let code = '';
+      const connecting = connectToPeer({ ...asker, addresses: invite.addresses, expectedPeerId: invite.peerId, name: 'Terminal tester', requestAccess: true, onVerificationCode: (c) => (code = c) });
+      await until('Allow once');
+      assert.ok(output.includes(`Verification code ${code}`), 'the terminal shows the code the asker sees');
+      child.stdin!.write('o\r');
+      const conn = await connecting;
+      assert.equal(conn.welcome.paired, false);
+      assert.equal((await conn.list('')).length, 1);
+      conn.close();
+    } finally {
+      child.kill('SIGTERM');
+    }
+  });
+
+  it('serve --requests ask refuses to start without a terminal', async () => {
+    const run = await cli(['serve', ws, '--home', tempDir(), '--requests', 'ask']);
+    assert.equal(run.code, 2);
   });
 
   it('exits with documented codes on bad input', async () => {

@@ -373,6 +373,12 @@ describe('PeerShare in a real VS Code', function () {
     assert.equal(refused, true);
   });
 
+  it('renames a trusted peer', async () => {
+    const { peers, tree } = await api();
+    await peers.rename(peer.peerId, 'Renamed fixtures');
+    assert.equal(tree.getTreeItem(await findPeerNode(peer.peerId)).label, 'Renamed fixtures');
+  });
+
   it('forgetting a peer removes it from the tree', async () => {
     const { peers } = await api();
     await peers.forget(peer.peerId);
