@@ -43,40 +43,40 @@ export class Downloads implements vscode.Disposable {
           let reported = 0;
           let lastUpdate = 0;
           let applyToAll: ConflictChoice | undefined;
-          const conn = await this.peers.openConnection(node.peerId, abort.signal);
           try {
-            const target = await resolveTarget(node.remotePath, dest);
-            const result = await download(conn, node.remotePath, dest, {
-              signal: abort.signal,
-              keepPartial: false,
-              onConflict: async (existing) => {
-                if (applyToAll) return applyToAll;
-                const rel = path.relative(target, existing);
-                const remote = node.entry.type === 'dir' ? `${node.remotePath}/${rel.split(path.sep).join('/')}` : node.remotePath;
-                const answer = await this.conflictPrompt(existing, node.entry.type === 'dir', peerFileUri(node.peerId, remote));
-                if (answer === 'overwriteAll') return (applyToAll = 'overwrite');
-                if (answer === 'skipAll') return (applyToAll = 'skip');
-                return answer;
-              },
-              onProgress: (p) => {
-                const now = Date.now();
-                if (now - lastUpdate < 100 && p.bytes !== p.totalBytes) return;
-                lastUpdate = now;
-                const speed = p.bytes / Math.max((now - started) / 1000, 0.001);
-                const increment = p.totalBytes ? ((p.bytes - reported) / p.totalBytes) * 100 : undefined;
-                reported = p.bytes;
-                progress.report({
-                  increment,
-                  message: `${formatBytes(p.bytes)}${p.totalBytes !== undefined ? ` of ${formatBytes(p.totalBytes)}` : ''} · ${formatBytes(speed)}/s`,
-                });
-              },
+            return await this.peers.transfer(node.peerId, abort.signal, async (conn) => {
+              const target = await resolveTarget(node.remotePath, dest);
+              const result = await download(conn, node.remotePath, dest, {
+                signal: abort.signal,
+                keepPartial: false,
+                onConflict: async (existing) => {
+                  if (applyToAll) return applyToAll;
+                  const rel = path.relative(target, existing);
+                  const remote = node.entry.type === 'dir' ? `${node.remotePath}/${rel.split(path.sep).join('/')}` : node.remotePath;
+                  const answer = await this.conflictPrompt(existing, node.entry.type === 'dir', peerFileUri(node.peerId, remote));
+                  if (answer === 'overwriteAll') return (applyToAll = 'overwrite');
+                  if (answer === 'skipAll') return (applyToAll = 'skip');
+                  return answer;
+                },
+                onProgress: (p) => {
+                  const now = Date.now();
+                  if (now - lastUpdate < 100 && p.bytes !== p.totalBytes) return;
+                  lastUpdate = now;
+                  const speed = p.bytes / Math.max((now - started) / 1000, 0.001);
+                  const increment = p.totalBytes ? ((p.bytes - reported) / p.totalBytes) * 100 : undefined;
+                  reported = p.bytes;
+                  progress.report({
+                    increment,
+                    message: `${formatBytes(p.bytes)}${p.totalBytes !== undefined ? ` of ${formatBytes(p.totalBytes)}` : ''} · ${formatBytes(speed)}/s`,
+                  });
+                },
+              });
+              this.report(result, name, from);
+              return result;
             });
-            this.report(result, name, from);
-            return result;
           } finally {
             this.active.delete(abort);
             cancel.dispose();
-            conn.close();
           }
         },
       );

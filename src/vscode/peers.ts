@@ -106,6 +106,21 @@ export class Peers implements vscode.Disposable {
     return run;
   }
 
+  /**
+   * Runs a transfer: on a fresh connection for a trusted peer (so transfers run in parallel), or,
+   * for a nearby peer that let us in once, on that one connection (asking again is not an option).
+   */
+  async transfer<T>(id: string, signal: AbortSignal, work: (conn: PeerConnection) => Promise<T>): Promise<T> {
+    const { trust } = await this.load();
+    if (!trust.isTrusted(id) && this.allowedOnce.has(id)) return this.browse(id, work);
+    const conn = await this.openConnection(id, signal);
+    try {
+      return await work(conn);
+    } finally {
+      conn.close();
+    }
+  }
+
   /** A fresh connection, for a download; the caller closes it. */
   async openConnection(id: string, signal?: AbortSignal): Promise<PeerConnection> {
     const { identity, trust } = await this.load();

@@ -315,6 +315,10 @@ describe('PeerShare in a real VS Code', function () {
       });
       const [root] = await childrenOf(allowed);
       assert.equal(root.kind === 'entry' && root.entry.name, 'nearby-share');
+      // Downloads work too, over the connection that was allowed (a new one would need asking again).
+      await vscode.commands.executeCommand('peershare.download', await findEntry(root, 'n.txt'));
+      assert.equal(await fs.readFile(path.join(workspaceDir(), 'n.txt'), 'utf8'), 'n');
+      assert.equal(codes.length, 1, 'asked only once');
       assert.equal(trust.isTrusted((await (await api()).peers.load()).identity.peerId), false, 'allowed once is not trusted');
     } finally {
       await discovery.stop();
