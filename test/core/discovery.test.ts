@@ -73,6 +73,27 @@ describe('nearby peers on loopback multicast', () => {
     }
   });
 
+  it('at rest, announces about once every 3 seconds (measured over 6.5 s)', async () => {
+    const port = testPort();
+    const listener = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    let announcements = 0;
+    listener.on('message', (m) => {
+      if (m.toString().includes('"announce"')) announcements++;
+    });
+    await new Promise<void>((r) => listener.bind(port, () => r()));
+    listener.addMembership('239.255.70.83', '127.0.0.1');
+    const a = await node(port);
+    try {
+      a.discovery.announce({ name: 'Ana', port: 4000 });
+      await new Promise((r) => setTimeout(r, 6500));
+      // Two at start (one repeat against loss), then one at 3 s and one at 6 s.
+      assert.ok(announcements >= 3 && announcements <= 4, `${announcements} announcements in 6.5 s`);
+    } finally {
+      listener.close();
+      await a.discovery.stop();
+    }
+  });
+
   it('a flood of bogus announcements keeps the table bounded; junk is ignored', async () => {
     const port = testPort();
     const b = await node(port, { maxPeers: 50 });
