@@ -144,10 +144,13 @@ export class Peers implements vscode.Disposable {
     this.discoveryStarting ??= (async () => {
       const { identity } = await this.load();
       const discovery = new Discovery({ selfId: identity.peerId, interfaces: settings.interfaces.length ? settings.interfaces : undefined, port: settings.port });
-      discovery.on('up', () => this.changed.fire());
-      discovery.on('down', () => this.changed.fire());
+      // Debounced: a peer heard while the view is still loading its first level must not be lost,
+      // and a burst of announcements should redraw the view once.
+      discovery.on('up', () => this.changedSoon());
+      discovery.on('down', () => this.changedSoon());
       discovery.on('error', (err: Error) => this.log.warn(`Discovery: ${err.message}`));
       await discovery.start();
+      this.changedSoon();
       this.log.info(`Looking for nearby peers on ${settings.interfaces.length ? settings.interfaces.join(', ') : 'every network interface'}`);
       return discovery;
     })().catch((err) => {
@@ -197,12 +200,20 @@ export class Peers implements vscode.Disposable {
     return 'once';
   }
 
+  private changeTimer?: NodeJS.Timeout;
+
+  private changedSoon(): void {
+    clearTimeout(this.changeTimer);
+    this.changeTimer = setTimeout(() => this.changed.fire(), 150);
+  }
+
   isAllowedOnce(id: string): boolean {
     return this.allowedOnce.has(id);
   }
 
   dispose(): void {
     for (const id of [...this.browsing.keys()]) this.closeBrowsing(id);
+    clearTimeout(this.changeTimer);
     void this.stopDiscovery();
     this.changed.dispose();
   }

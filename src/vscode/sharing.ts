@@ -179,7 +179,7 @@ export class Sharing implements vscode.Disposable {
 async function askAccess(request: AccessRequest, signal: AbortSignal): Promise<AccessDecision> {
   const choice = await Promise.race([
     vscode.window.showInformationMessage(
-      `${sanitizeForDisplay(request.name)} (${request.address}) asks to connect and download from this workspace. Verification code ${request.verificationCode}: check that they see the same.`,
+      `${sanitizeForDisplay(request.name)} (${request.address}) asks to connect and download from this workspace. Verification code ${request.verificationCode.replace(' ', '\u00a0')}: check that they see the same.`,
       'Allow Once',
       'Always Allow',
       'Deny',

@@ -9,6 +9,7 @@ import * as esbuild from 'esbuild';
 import { chromium } from 'playwright-core';
 import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl, LOOPBACK_SETTINGS } from './server.mjs';
 import { runUiTest } from './ui.mjs';
+import { runNearbyUiTest } from './ui-nearby.mjs';
 
 const OUT = path.join(ROOT, 'out', 'test', 'vscode');
 // Workbench chatter that says nothing about our tests.
@@ -107,7 +108,12 @@ async function main() {
   process.stdout.write(`[ui] exited with ${ui}\n`);
   if (ui !== 0) failed++;
 
-  const total = 3;
+  // Nearby peers and the approval prompt, through the UI.
+  const nearby = only && only !== 'nearby' ? 0 : await runNearbyUiTest({ screenshotsDir: shots });
+  process.stdout.write(`[ui-nearby] exited with ${nearby}\n`);
+  if (nearby !== 0) failed++;
+
+  const total = 4;
   process.stdout.write(`editor runs: ${total - failed} passed, ${failed} failed\n`);
   process.exitCode = failed ? 1 : 0;
 }
