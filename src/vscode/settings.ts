@@ -14,6 +14,7 @@ export interface Settings {
   downloadLocation: string;
   discovery: { enabled: boolean; interfaces: string[]; port: number };
   allowNearbyRequests: boolean;
+  requestTimeoutSeconds: number;
 }
 
 export function readSettings(): Settings {
@@ -33,6 +34,7 @@ export function readSettings(): Settings {
       port: c.get<number>('discovery.port', 47475),
     },
     allowNearbyRequests: c.get<boolean>('allowNearbyRequests', true),
+    requestTimeoutSeconds: Math.max(5, c.get<number>('requestTimeoutSeconds', 60)),
   };
 }
 

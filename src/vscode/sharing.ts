@@ -70,7 +70,7 @@ export class Sharing implements vscode.Disposable {
     }
     const settings = readSettings();
     const { identity, trust } = await this.peers.load();
-    const limits = resolveLimits();
+    const limits = resolveLimits({ approvalTimeoutMs: settings.requestTimeoutSeconds * 1000 });
     const excludes = [...settings.exclude];
     if (settings.useFilesExclude) for (const f of folders) excludes.push(...filesExcludePatterns(f));
     const share = await Share.create(

@@ -362,6 +362,58 @@ describe('PeerShare in a real VS Code', function () {
     await (await api()).peers.forget(always.identity.peerId);
   });
 
+  it('a request nobody answers is denied after the configured time', async () => {
+    const { sharing } = await api();
+    await vscode.workspace.getConfiguration('peershare').update('requestTimeoutSeconds', 5, vscode.ConfigurationTarget.Workspace);
+    try {
+      await waitFor(() => sharing.isSharing);
+      await new Promise((r) => setTimeout(r, 500)); // the restart that applies the setting
+      await waitFor(() => sharing.isSharing);
+      const invite = parseInvite((await vscode.commands.executeCommand<string>('peershare.copyInvite'))!);
+      let dismissed = false;
+      sharing.accessPrompt = (_request, signal) =>
+        new Promise<AccessDecision>(() => signal.addEventListener('abort', () => (dismissed = true)));
+      const home = tempDir();
+      const started = Date.now();
+      await assert.rejects(
+        connectToPeer({ identity: await loadOrCreateIdentity(home), trust: await TrustStore.open(home), addresses: [`127.0.0.1:${sharing.port}`], expectedPeerId: invite.peerId, name: 'Silent', requestAccess: true }),
+        (err: { code?: string }) => err.code === 'ACCESS_DENIED',
+      );
+      const seconds = (Date.now() - started) / 1000;
+      assert.ok(seconds >= 4.5 && seconds < 15, `denied after ${seconds} s`);
+      assert.equal(dismissed, true, 'the prompt is told the request is gone');
+    } finally {
+      await vscode.workspace.getConfiguration('peershare').update('requestTimeoutSeconds', undefined, vscode.ConfigurationTarget.Workspace);
+    }
+  });
+
+  it('forgetting a peer while it downloads stops the download; nothing lands under the final name', async () => {
+    const { sharing, peers } = await api();
+    await waitFor(() => sharing.isSharing);
+    const big = randomBytes(48 * 1024 * 1024);
+    await fs.writeFile(path.join(workspaceDir(), 'big-shared.bin'), big);
+    const invite = parseInvite((await vscode.commands.executeCommand<string>('peershare.copyInvite'))!);
+    const home = tempDir();
+    const identity = await loadOrCreateIdentity(home);
+    const conn = await connectToPeer({ identity, trust: await TrustStore.open(home), addresses: [`127.0.0.1:${sharing.port}`], expectedPeerId: invite.peerId, token: invite.token, name: 'Soon forgotten', limits: {} });
+    const dest = tempDir();
+    let forgotten = false;
+    await assert.rejects(
+      download(conn, `${path.basename(workspaceDir())}/big-shared.bin`, dest, {
+        onProgress: (p) => {
+          if (!forgotten && p.bytes > 2 * 1024 * 1024) {
+            forgotten = true;
+            // What Forget Peer does after its confirmation.
+            void peers.forget(identity.peerId).then(() => sharing.disconnect(identity.peerId));
+          }
+        },
+      }),
+    );
+    assert.equal(forgotten, true);
+    await assert.rejects(fs.stat(path.join(dest, 'big-shared.bin')));
+    await fs.rm(path.join(workspaceDir(), 'big-shared.bin'));
+  });
+
   it('stop sharing closes the port', async () => {
     const { sharing } = await api();
     const port = sharing.port!;
