@@ -1,9 +1,9 @@
 import * as vscode from 'vscode';
-import { sanitizeForDisplay, shortPeerId, toPeerShareError, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
+import { fingerprintFromPeerId, sanitizeForDisplay, shortPeerId, toPeerShareError, verificationCode, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
 import { formatBytes } from '../core/format';
 import { peerFileUri, type Peers } from './peers';
 
-export type PeerNode = { kind: 'peer'; peer: TrustedPeer };
+export type PeerNode = { kind: 'peer'; peer: TrustedPeer; verificationCode?: string };
 export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };
 export type MessageNode = { kind: 'message'; text: string; tooltip?: string };
 export type NearbyGroupNode = { kind: 'nearbyGroup' };
@@ -26,7 +26,12 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
 
   async getChildren(node?: Node): Promise<Node[]> {
     if (!node) {
-      const trusted: Node[] = (await this.peers.list()).map((peer) => ({ kind: 'peer', peer }));
+      const { identity } = await this.peers.load();
+      const trusted: Node[] = (await this.peers.list()).map((peer) => ({
+        kind: 'peer',
+        peer,
+        verificationCode: verificationCode(identity.fingerprint, fingerprintFromPeerId(peer.id)),
+      }));
       const nearby = await this.peers.nearby();
       return nearby.length ? [...trusted, { kind: 'nearbyGroup' }] : trusted;
     }
@@ -93,7 +98,9 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       item.id = `peer:${peer.id}`;
       // The address lives in the tooltip: in a narrow sidebar it would crowd out the state.
       item.description = state === 'online' ? 'online' : state === 'offline' ? 'offline' : peer.addresses.length ? undefined : 'not sharing';
-      item.tooltip = new vscode.MarkdownString(`**${name}**\n\nPeer ID: \`${peer.id}\`\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`);
+      item.tooltip = new vscode.MarkdownString(
+        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`,
+      );
       item.iconPath = new vscode.ThemeIcon(state === 'offline' ? 'debug-disconnect' : 'account', state === 'online' ? new vscode.ThemeColor('charts.green') : undefined);
       item.contextValue = `peershare.peer.${state}`;
       return item;
