@@ -5,90 +5,13 @@
 // the same verification code, the person clicks "Allow Once", and the nearby peer gets in.
 // Everything (sharing, announcements) stays on loopback: LOOPBACK_SETTINGS in the workspace.
 // Usage: npm run build && node test/vscode/ui-nearby.mjs   (screenshots go to out/screenshots/)
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium } from 'playwright-core';
-import { CHROMIUM_ARGS, DISCOVERY_TEST_PORT, LOOPBACK_SETTINGS, ROOT, startVsCodeServer, workbenchUrl } from './server.mjs';
+import { DISCOVERY_TEST_PORT, LOOPBACK_SETTINGS, ROOT } from './server.mjs';
+import { poll, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
-const TOTAL_MS = Number(process.env.PEERSHARE_UI_TEST_TIMEOUT_MS ?? 170_000);
 const PEER_NAME = "Ben's desktop";
 const ASKER_NAME = 'Cleo (nearby)';
-const CLEANUP_STEP_MS = 10_000;
-
-let started = Date.now();
-function log(message) {
-  process.stdout.write(`[ui-nearby ${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`);
-}
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  return Promise.race([
-    promise,
-    new Promise((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms))),
-  ]).finally(() => clearTimeout(timer));
-}
-
-function writeTree(folder, files) {
-  for (const [rel, content] of Object.entries(files)) {
-    mkdirSync(path.dirname(path.join(folder, rel)), { recursive: true });
-    writeFileSync(path.join(folder, rel), content);
-  }
-}
-
-/** Spawns a child and collects its output; `stop()` ends it (SIGTERM, then SIGKILL). */
-function startChild(args, options = {}) {
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...options });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d) => (stdout += d));
-  child.stderr.on('data', (d) => (stderr += d));
-  const exited = () => child.exitCode !== null || child.signalCode !== null;
-  return {
-    child,
-    stdout: () => stdout,
-    output: () => stdout + stderr,
-    exited,
-    stop: () =>
-      new Promise((resolve) => {
-        if (exited()) return resolve();
-        const kill = setTimeout(() => child.kill('SIGKILL'), 5000);
-        child.once('exit', () => {
-          clearTimeout(kill);
-          resolve();
-        });
-        child.kill('SIGTERM');
-      }),
-  };
-}
-
-/** `peershare serve --announce` on loopback; resolves with its "listening" event. */
-function startAnnouncingPeer({ folder, home }) {
-  const cli = path.join(ROOT, 'dist', 'cli.js');
-  const peer = startChild([
-    cli, 'serve', folder, '--json', '--home', home, '--host', '127.0.0.1',
-    '--announce', '--interface', '127.0.0.1', '--discovery-port', String(DISCOVERY_TEST_PORT), '--name', PEER_NAME,
-  ]);
-  const ready = new Promise((resolve, reject) => {
-    peer.child.stdout.on('data', () => {
-      const out = peer.stdout();
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      try {
-        const event = JSON.parse(out.slice(0, nl));
-        if (event.event !== 'listening' || !event.peerId) throw new Error(`unexpected first line: ${out.slice(0, nl)}`);
-        resolve(event);
-      } catch (err) {
-        reject(err);
-      }
-    });
-    peer.child.once('exit', (code, signal) => reject(new Error(`peer exited early (${code ?? signal}):\n${peer.output()}`)));
-    peer.child.once('error', reject);
-  });
-  return { ...peer, ready: withTimeout(ready, 20_000, 'the CLI peer to print its "listening" line') };
-}
 
 // The nearby peer that asks to connect, with the project's own core (TypeScript, through tsx).
 // It finds the editor by its discovery announcement (the one that is not Ben's), connects with
@@ -118,24 +41,6 @@ console.log('LISTED ' + JSON.stringify(entries.map((e) => e.name)));
 connection.close();
 process.exit(0);
 `;
-
-function findFiles(dir, match) {
-  const found = [];
-  for (const entry of existsSync(dir) ? readdirSync(dir, { withFileTypes: true, recursive: true }) : []) {
-    if (entry.isFile() && match(entry.name)) found.push(path.join(entry.parentPath ?? entry.path, entry.name));
-  }
-  return found;
-}
-
-async function poll(check, ms, what) {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await check();
-    if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 /** The steps a person takes; throws on the first thing that does not happen. */
 async function drive({ page, shot, startAsker }) {
@@ -225,107 +130,40 @@ async function drive({ page, shot, startAsker }) {
   await prompt.waitFor({ state: 'hidden', timeout: 5_000 }).catch(() => log('note: the approval prompt is still shown after Allow Once'));
 }
 
-/** Runs the test; resolves with 0 on success, 1 on failure (printing why). */
-export async function runNearbyUiTest({ screenshotsDir }) {
-  started = Date.now();
-  for (const built of ['extension.js', 'cli.js']) {
-    if (!existsSync(path.join(ROOT, 'dist', built))) {
-      process.stdout.write(`[ui-nearby] dist/${built} is missing: run npm run build first\n`);
-      return 1;
-    }
-  }
-  mkdirSync(screenshotsDir, { recursive: true });
-  rmSync(path.join(screenshotsDir, 'ui-nearby-failure.png'), { force: true });
-  const tmp = mkdtempSync(path.join(os.tmpdir(), 'peershare-ui-nearby-'));
-  const shared = path.join(tmp, 'peer', 'shared');
-  const ws = path.join(tmp, 'ws', 'workspace');
-  writeTree(shared, { 'hello.txt': "Ben's shared folder.\n" });
-  writeTree(ws, {
-    'notes.txt': 'Workspace shared with a nearby peer.\n',
-    'src/app.ts': 'export const answer = 42;\n',
-    '.vscode/settings.json': JSON.stringify(LOOPBACK_SETTINGS, null, 2),
-  });
+let log = () => undefined;
 
-  let peer;
-  let asker;
-  let server;
-  let browser;
-  let page;
-  const pageErrors = [];
-  let code = 1;
-  let stepsTimer;
-  let abandoned = false;
-  const startAsker = () => {
-    if (abandoned) throw new Error('abandoned');
-    asker = startChild(['--import', 'tsx', '--input-type=module', '-e', ASKER_SCRIPT], {
-      cwd: ROOT,
-      env: {
-        ...process.env,
-        PS_HOME: path.join(tmp, 'asker-home'),
-        PS_DISCOVERY_PORT: String(DISCOVERY_TEST_PORT),
-        PS_OTHER_NAME: PEER_NAME,
-        PS_NAME: ASKER_NAME,
-      },
-    });
-    return asker;
-  };
-  try {
-    const steps = (async () => {
-      peer = startAnnouncingPeer({ folder: shared, home: path.join(tmp, 'peer-home') });
+/** Runs the Nearby UI test; resolves with 0 on success, 1 on failure (printing why). */
+export function runNearbyUiTest({ screenshotsDir }) {
+  return runWorkbenchTest({
+    label: 'ui-nearby',
+    screenshotsDir,
+    prepare: async ({ tmp, log: logger, track }) => {
+      log = logger;
+      const shared = path.join(tmp, 'peer', 'shared');
+      const workspace = path.join(tmp, 'ws', 'workspace');
+      writeTree(shared, { 'hello.txt': "Ben's shared folder.\n" });
+      writeTree(workspace, {
+        'notes.txt': 'Workspace shared with a nearby peer.\n',
+        'src/app.ts': 'export const answer = 42;\n',
+        '.vscode/settings.json': JSON.stringify(LOOPBACK_SETTINGS, null, 2),
+      });
+      const peer = track(
+        'peer',
+        startCliPeer([shared, '--home', path.join(tmp, 'peer-home'), '--host', '127.0.0.1', '--announce', '--interface', '127.0.0.1', '--discovery-port', String(DISCOVERY_TEST_PORT), '--name', PEER_NAME]),
+      );
       const listening = await peer.ready;
       log(`peer "${PEER_NAME}" (${listening.peerId}) listening on port ${listening.port}, announcing on 127.0.0.1:${DISCOVERY_TEST_PORT}`);
-
-      server = await startVsCodeServer({ dataDir: path.join(tmp, 'vscode'), trustWorkspace: true });
-      if (abandoned) return void (await server.stop());
-      log(`VS Code server on port ${server.port}`);
-      browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
-      if (abandoned) return void (await browser.close());
-      page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-      page.on('pageerror', (err) => pageErrors.push(String(err)));
-      page.on('console', (msg) => {
-        if (msg.type() === 'error' && !/vsda|gallery|telemetry|404|Failed to load resource|net::ERR/i.test(msg.text())) pageErrors.push(msg.text());
-      });
-      const shot = async (name) => {
-        await page.screenshot({ path: path.join(screenshotsDir, name) });
-        log(`screenshot ${path.relative(ROOT, path.join(screenshotsDir, name))}`);
-      };
-      await page.goto(workbenchUrl(server, { folder: ws }), { timeout: 60_000 });
-      await drive({ page, shot, startAsker });
-    })();
-    steps.catch(() => undefined);
-    await Promise.race([
-      steps,
-      new Promise((_, reject) => (stepsTimer = setTimeout(() => reject(new Error(`the UI test did not finish within ${TOTAL_MS} ms`)), TOTAL_MS))),
-    ]);
-    code = 0;
-    log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
-  } catch (err) {
-    process.stdout.write(`[ui-nearby] FAILED: ${err?.stack ?? err}\n`);
-    if (page) {
-      const file = path.join(screenshotsDir, 'ui-nearby-failure.png');
-      await withTimeout(page.screenshot({ path: file }), 10_000, 'failure screenshot')
-        .then(() => process.stdout.write(`[ui-nearby] failure screenshot: ${path.relative(ROOT, file)}\n`))
-        .catch(() => undefined);
-    }
-    if (pageErrors.length) process.stdout.write(`[ui-nearby] workbench errors:\n  ${pageErrors.slice(-10).join('\n  ')}\n`);
-    if (peer) process.stdout.write(`[ui-nearby] peer output (tail):\n${peer.output().slice(-2000)}\n`);
-    if (asker) process.stdout.write(`[ui-nearby] nearby peer output (tail):\n${asker.output().slice(-2000)}\n`);
-    if (server) process.stdout.write(`[ui-nearby] VS Code server output (tail):\n${server.output().slice(-3000)}\n`);
-    // The extension's own log (the PeerShare output channel), written under the server's data folder.
-    for (const file of findFiles(path.join(tmp, 'vscode'), (name) => /PeerShare\.log$/.test(name))) {
-      process.stdout.write(`[ui-nearby] ${path.basename(file)} (tail):\n${readFileSync(file, 'utf8').slice(-3000)}\n`);
-    }
-  } finally {
-    abandoned = true;
-    clearTimeout(stepsTimer);
-    const quietly = (promise, what) => withTimeout(Promise.resolve(promise), CLEANUP_STEP_MS, what).catch((err) => log(`cleanup: ${err.message}`));
-    if (browser) await quietly(browser.close(), 'closing the browser');
-    if (server) await quietly(server.stop(), 'stopping the VS Code server');
-    if (asker) await quietly(asker.stop(), 'stopping the nearby peer');
-    if (peer) await quietly(peer.stop(), 'stopping the peer');
-    rmSync(tmp, { recursive: true, force: true, maxRetries: 3 });
-  }
-  return code;
+      const startAsker = () =>
+        track(
+          'nearby peer',
+          startChild(['--import', 'tsx', '--input-type=module', '-e', ASKER_SCRIPT], {
+            cwd: ROOT,
+            env: { ...process.env, PS_HOME: path.join(tmp, 'asker-home'), PS_DISCOVERY_PORT: String(DISCOVERY_TEST_PORT), PS_OTHER_NAME: PEER_NAME, PS_NAME: ASKER_NAME },
+          }),
+        );
+      return { workspace, drive: ({ page, shot }) => drive({ page, shot, startAsker }) };
+    },
+  });
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
