@@ -1,11 +1,12 @@
 import { createHash, type Hash } from 'node:crypto';
-import { createReadStream, createWriteStream, promises as fs, type WriteStream } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, futimesSync, linkSync, openSync, promises as fs, renameSync, rmSync, unlinkSync, writeSync, type WriteStream } from 'node:fs';
 import * as path from 'node:path';
 import { PeerShareError, toPeerShareError } from './errors';
 import type { PeerConnection, PeerEvent } from './client';
 import { expectMessage } from './client';
 import { checkReceivedName, collisionKey } from './names';
 import type { Entry } from './protocol';
+import { SMALL_FILE_BYTES } from './limits';
 
 /**
  * Downloads land atomically: bytes go to a hidden temporary file beside the target, are checked
@@ -320,6 +321,8 @@ function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: stri
 /**
  * Downloads a folder as one stream. Every name is checked before anything is created, every
  * file is verified before it takes its name, and existing files follow `onConflict` (default: skip).
+ * Small files are verified in memory and written behind the stream, several at a time, so a
+ * folder of many small files is not paced by one file's open, write, close and rename.
  */
 export async function downloadFolder(
   conn: PeerConnection,
@@ -328,12 +331,16 @@ export async function downloadFolder(
   options: DownloadOptions = {},
 ): Promise<DownloadResult> {
   const result = emptyResult(target, 'dir', []);
-  await fs.mkdir(target, { recursive: true });
+  const createdTarget = (await fs.mkdir(target, { recursive: true })) !== undefined;
   await ensureRealDirectory(target);
   const seen = new Set<string>();
   const madeDirs = new Set<string>(['']);
-  let current: { receiver?: FileReceiver; rel: string; overwrite: boolean } | undefined;
+  // Folders this download created were empty: nothing in them can be clobbered, so a file there
+  // is committed with one rename instead of the no-clobber link and unlink.
+  const createdDirs = new Set<string>(createdTarget ? [''] : []);
+  let current: ReceivingFile | undefined;
   let bytes = 0;
+  const writer = new SmallFileWriter(options);
   const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
   options.signal?.addEventListener('abort', onAbort, { once: true });
 
@@ -342,9 +349,14 @@ export async function downloadFolder(
       const rel = components.slice(0, i).join('/');
       if (madeDirs.has(rel)) continue;
       const dir = path.join(target, ...components.slice(0, i));
-      await fs.mkdir(dir).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'EEXIST') throw toPeerShareError(err, 'IO_ERROR');
-      });
+      const created = await fs.mkdir(dir).then(
+        () => true,
+        (err: NodeJS.ErrnoException) => {
+          if (err.code !== 'EEXIST') throw toPeerShareError(err, 'IO_ERROR');
+          return false;
+        },
+      );
+      if (created) createdDirs.add(rel);
       await ensureRealDirectory(dir);
       madeDirs.add(rel);
     }
@@ -355,6 +367,7 @@ export async function downloadFolder(
       if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'File data outside a file.');
       bytes += event.chunk.length;
       options.onProgress?.({ bytes, file: current.rel });
+      if (current.kind === 'small') return current.buffer.append(event.chunk);
       if (current.receiver) await current.receiver.write(event.chunk);
       return;
     }
@@ -368,7 +381,8 @@ export async function downloadFolder(
       case 'file': {
         if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A file inside a file.');
         const components = checkReceivedName(m.path, conn.limits.maxPathBytes);
-        const key = collisionKey(m.path as string);
+        const rel = m.path as string;
+        const key = collisionKey(rel);
         if (seen.has(key)) throw new PeerShareError('BAD_NAME', 'The peer sent the same file twice.');
         seen.add(key);
         const size = m.size;
@@ -377,22 +391,27 @@ export async function downloadFolder(
           throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
         }
         await makeDirs(components.slice(0, -1));
-        let fileTarget = path.join(target, ...components);
-        let overwrite = false;
-        let choice: ConflictChoice | undefined;
-        if (await exists(fileTarget)) {
-          choice = await chooseConflict(options, fileTarget, 'skip');
-          if (choice === 'fail') throw new PeerShareError('DEST_EXISTS', `${fileTarget} already exists; it was left alone.`);
-          if (choice === 'keepBoth') fileTarget = await keepBothName(fileTarget);
-          overwrite = choice === 'overwrite';
-        }
-        if (choice === 'skip') {
-          result.skippedExisting.push(fileTarget);
-          current = { rel: m.path as string, overwrite };
+        const fileTarget = path.join(target, ...components);
+        const partial = partialPathFor(fileTarget, conn.peerId, `${remotePath}/${rel}`, size, mtimeMs);
+        if (size <= SMALL_FILE_BYTES) {
+          const fresh = createdDirs.has(components.slice(0, -1).join('/'));
+          current = { kind: 'small', rel, target: fileTarget, partial, mtimeMs, fresh, buffer: new WholeFile(size) };
           return;
         }
-        const receiver = new FileReceiver(fileTarget, partialPathFor(fileTarget, conn.peerId, `${remotePath}/${m.path}`, size, mtimeMs), 0, size, mtimeMs);
-        current = { receiver, rel: m.path as string, overwrite };
+        let finalTarget = fileTarget;
+        let overwrite = false;
+        if (await exists(fileTarget)) {
+          const choice = await writer.decide(fileTarget);
+          if (choice === 'skip') {
+            result.skippedExisting.push(fileTarget);
+            current = { kind: 'large', rel };
+            return;
+          }
+          if (choice === 'keepBoth') finalTarget = await keepBothName(fileTarget);
+          overwrite = choice === 'overwrite';
+        }
+        const receiver = new FileReceiver(finalTarget, partial, 0, size, mtimeMs);
+        current = { kind: 'large', rel, receiver, overwrite };
         await receiver.open();
         return;
       }
@@ -400,8 +419,12 @@ export async function downloadFolder(
         if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'The end of a file that never started.');
         const finished = current;
         current = undefined;
-        if (finished.receiver) {
-          await finished.receiver.finish(m.sha256, finished.overwrite);
+        if (finished.kind === 'small') {
+          // Verified before anything touches the disk.
+          const data = finished.buffer.verified(m.sha256);
+          await writer.add({ target: finished.target, partial: finished.partial, data, mtimeMs: finished.mtimeMs, fresh: finished.fresh });
+        } else if (finished.receiver) {
+          await finished.receiver.finish(m.sha256, finished.overwrite ?? false);
           result.files++;
         }
         return;
@@ -410,7 +433,7 @@ export async function downloadFolder(
         const rel = typeof m.path === 'string' ? m.path : '';
         if (current) {
           if (current.rel !== rel) throw new PeerShareError('PROTOCOL_ERROR', 'Skipped a file other than the current one.');
-          await current.receiver?.abort(false);
+          if (current.kind === 'large') await current.receiver?.abort(false);
           current = undefined;
         } else {
           checkReceivedName(rel, conn.limits.maxPathBytes);
@@ -431,13 +454,155 @@ export async function downloadFolder(
     if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
     await conn.exchange({ type: 'tree', path: remotePath }, handle);
   } catch (err) {
-    await current?.receiver?.abort(false);
+    if (current?.kind === 'large') await current.receiver?.abort(false);
     throw toPeerShareError(err, 'IO_ERROR');
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
+    result.files += writer.written;
+    result.skippedExisting.push(...writer.skipped);
   }
   result.bytes = bytes;
   return result;
+}
+
+type ReceivingFile =
+  | { kind: 'small'; rel: string; target: string; partial: string; mtimeMs: number; fresh: boolean; buffer: WholeFile }
+  | { kind: 'large'; rel: string; receiver?: FileReceiver; overwrite?: boolean };
+
+/** A small file gathered in memory, at most its announced size. */
+class WholeFile {
+  private readonly data: Buffer;
+  private filled = 0;
+
+  constructor(readonly size: number) {
+    this.data = Buffer.allocUnsafe(size);
+  }
+
+  append(chunk: Buffer): void {
+    if (this.filled + chunk.length > this.size) throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
+    chunk.copy(this.data, this.filled);
+    this.filled += chunk.length;
+  }
+
+  verified(sha256: unknown): Buffer {
+    if (this.filled !== this.size) throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.filled}.`);
+    if (typeof sha256 !== 'string' || createHash('sha256').update(this.data).digest('hex') !== sha256.toLowerCase()) {
+      throw new PeerShareError('HASH_MISMATCH');
+    }
+    return this.data;
+  }
+}
+
+interface VerifiedFile {
+  target: string;
+  partial: string;
+  data: Buffer;
+  mtimeMs: number;
+  /** In a folder this download created, where nothing can be clobbered. */
+  fresh: boolean;
+}
+
+/**
+ * Writes verified small files through a temporary file and a no-clobber commit, with synchronous
+ * calls: for a file of a few KiB a thread-pool round trip per call costs more than the calls
+ * themselves, and the event loop is held for well under a millisecond per file. A name that is
+ * taken goes to the conflict policy; questions are asked one at a time, in order.
+ */
+class SmallFileWriter {
+  written = 0;
+  readonly skipped: string[] = [];
+  private questions: Promise<unknown> = Promise.resolve();
+
+  constructor(private readonly options: DownloadOptions) {}
+
+  /** Asks the conflict policy about one existing file; one question at a time. */
+  decide(target: string): Promise<ConflictChoice> {
+    const answer = this.questions.then(() => chooseConflict(this.options, target, 'skip'));
+    this.questions = answer.catch(() => undefined);
+    return answer.then((choice) => {
+      if (choice === 'fail') throw new PeerShareError('DEST_EXISTS', `${target} already exists; it was left alone.`);
+      return choice;
+    });
+  }
+
+  async add(file: VerifiedFile): Promise<void> {
+    writeTemporarySync(file.partial, file.data, file.mtimeMs);
+    try {
+      if (file.fresh) {
+        renameSync(file.partial, file.target);
+      } else {
+        // No look before the leap: the no-clobber link is the check.
+        linkSync(file.partial, file.target);
+        unlinkSync(file.partial);
+      }
+      this.written++;
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        // File systems without hard links and other surprises: the general commit handles them.
+        return this.commitOrAsk(file, file.target, false);
+      }
+    }
+    const choice = await this.decide(file.target).catch(async (err) => {
+      await fs.rm(file.partial, { force: true });
+      throw err;
+    });
+    if (choice === 'skip') {
+      this.skipped.push(file.target);
+      await fs.rm(file.partial, { force: true });
+      return;
+    }
+    const target = choice === 'keepBoth' ? await keepBothName(file.target) : file.target;
+    return this.commitOrAsk(file, target, choice === 'overwrite');
+  }
+
+  /** Commits the temporary file; a name taken meanwhile (a "keep both" copy, say) is asked about again. */
+  private async commitOrAsk(file: VerifiedFile, target: string, overwrite: boolean): Promise<void> {
+    try {
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await commit(file.partial, target, overwrite);
+          this.written++;
+          return;
+        } catch (err) {
+          if (attempt > 2 || !(err instanceof PeerShareError) || err.code !== 'DEST_EXISTS') throw err;
+        }
+        const choice = await this.decide(target);
+        if (choice === 'skip') {
+          this.skipped.push(target);
+          await fs.rm(file.partial, { force: true });
+          return;
+        }
+        if (choice === 'keepBoth') target = await keepBothName(target);
+        overwrite = choice === 'overwrite';
+      }
+    } catch (err) {
+      await fs.rm(file.partial, { force: true });
+      throw err;
+    }
+  }
+}
+
+/** Writes a verified file's bytes and time to its temporary name. */
+function writeTemporarySync(partial: string, data: Buffer, mtimeMs: number): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(partial, 'w', 0o644);
+    for (let written = 0; written < data.length; ) written += writeSync(fd, data, written, data.length - written);
+    const seconds = mtimeMs / 1000;
+    futimesSync(fd, seconds, seconds);
+    closeSync(fd);
+  } catch (err) {
+    if (fd !== undefined) {
+      try {
+        closeSync(fd);
+      } catch {
+        // already closed, or the close itself failed: the file is removed below either way
+      }
+      rmSync(partial, { force: true });
+    }
+    throw toPeerShareError(err, 'IO_ERROR');
+  }
 }
 
 /** Refuses a symlink (or anything but a folder) where we are about to write. */

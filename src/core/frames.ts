@@ -128,11 +128,13 @@ export class FrameParser {
   }
 }
 
+// fatal: invalid UTF-8 is refused rather than silently replaced.
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 function decodeMessage(body: Buffer): Record<string, unknown> {
   let parsed: unknown;
   try {
-    // fatal: invalid UTF-8 is refused rather than silently replaced.
-    parsed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(body));
+    parsed = JSON.parse(STRICT_UTF8.decode(body));
   } catch {
     throw new PeerShareError('PROTOCOL_ERROR', 'A message is not valid UTF-8 JSON.');
   }

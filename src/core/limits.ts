@@ -33,6 +33,8 @@ export interface Limits {
   maxTreeDepth: number;
   /** Longest path accepted, in UTF-8 bytes. */
   maxPathBytes: number;
+  /** Files whose SHA-256 the sharer remembers, so a file sent again is not hashed again. */
+  hashCacheEntries: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
@@ -51,10 +53,20 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxTreeFiles: 1_000_000,
   maxTreeDepth: 64,
   maxPathBytes: 4096,
+  hashCacheEntries: 10_000,
 });
 
 /** Size of the chunks files are read and sent in. */
 export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * Files up to this size travel whole in a folder download: the sharer reads each in one call and
+ * sends it as one write, the receiver verifies it in memory before it touches the disk.
+ */
+export const SMALL_FILE_BYTES = 256 * 1024;
+
+/** Files a folder download reads ahead of the socket on the sharer's side. */
+export const SMALL_FILE_PIPELINE = 16;
 
 export function resolveLimits(overrides?: Partial<Limits>): Limits {
   const limits: Limits = { ...DEFAULT_LIMITS };

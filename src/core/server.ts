@@ -6,10 +6,11 @@ import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
 import { formatAddress, formatInvite, TokenBook } from './invite';
-import { resolveLimits, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
+import { HashCache, sameVersion } from './hash-cache';
+import { resolveLimits, SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
 import { fingerprintFromPeerId, peerIdOfCert, verificationCode } from './peer-id';
 import { PROTOCOL_VERSIONS, parseHello, parseRequest, sanitizeForDisplay, type Request } from './protocol';
-import type { Share } from './share';
+import type { Share, WalkItem } from './share';
 import type { TrustStore } from './trust';
 import { TLS_OPTIONS } from './tls-options';
 
@@ -65,6 +66,7 @@ export class PeerServer extends EventEmitter {
   readonly limits: Limits;
   readonly tokens = new TokenBook();
   readonly stats: ServerStats = { fileBytesSent: 0, connectionsAccepted: 0, requests: 0 };
+  readonly hashCache: HashCache;
   private readonly server: tls.Server;
   private readonly connections = new Set<ServerConnection>();
   private activeRequests = 0;
@@ -75,6 +77,7 @@ export class PeerServer extends EventEmitter {
   constructor(readonly options: PeerServerOptions) {
     super();
     this.limits = resolveLimits(options.limits);
+    this.hashCache = new HashCache(this.limits.hashCacheEntries);
     this.log = options.log ?? (() => undefined);
     this.server = tls.createServer({
       ...TLS_OPTIONS,
@@ -474,15 +477,25 @@ class ServerConnection {
     }
   }
 
+  /**
+   * Sends a folder as one stream, in the walk's order. Small files are read a few ahead of the
+   * socket and each leaves as a single write (header, bytes, hash), so a folder of many small
+   * files costs a little more than its bytes; larger files are streamed like a single download.
+   */
   private async sendTree(remotePath: string): Promise<void> {
     const { share } = this.server.options;
+    const smallLimit = Math.min(SMALL_FILE_BYTES, this.limits.maxDataFrameBytes);
+    const ahead: Promise<TreeItem>[] = [];
     let count = 0;
-    for await (const item of share.walk(remotePath)) {
-      if (item.kind === 'dir') {
-        await this.send({ type: 'dir', path: item.relPath });
-        continue;
+    const emit = async (item: TreeItem): Promise<void> => {
+      if (item.kind === 'dir') return this.send({ type: 'dir', path: item.relPath });
+      if (item.kind === 'small') {
+        await this.sendWhole(item);
+        count++;
+        return;
       }
       try {
+        if (item.kind === 'skipped') throw item.error;
         await this.sendFile(item.remotePath, item.relPath, 0, undefined, true);
         count++;
       } catch (err) {
@@ -490,8 +503,51 @@ class ServerConnection {
         if (coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || this.state === 'closed') throw coded;
         await this.send({ type: 'skipped', path: item.relPath, code: coded.code, message: coded.message });
       }
+    };
+    try {
+      for await (const item of share.walk(remotePath)) {
+        ahead.push(item.kind === 'dir' ? Promise.resolve(item) : this.readAhead(item, smallLimit));
+        if (ahead.length >= SMALL_FILE_PIPELINE) await emit(await ahead.shift()!);
+      }
+      while (ahead.length > 0) await emit(await ahead.shift()!);
+    } finally {
+      // readAhead never rejects and holds no descriptor once settled: nothing to close here.
+      ahead.length = 0;
     }
     await this.send({ type: 'end', count });
+  }
+
+  /** Reads a small file whole (its descriptor closed again), or says it must be streamed. */
+  private async readAhead(item: WalkItem & { kind: 'file' }, smallLimit: number): Promise<TreeItem> {
+    const { share } = this.server.options;
+    try {
+      const whole = share.readWalkedFileSync(item, smallLimit);
+      if (whole) return { kind: 'small', relPath: item.relPath, ...whole };
+      const { handle, stat } = await share.openWalkedFile(item);
+      try {
+        if (stat.size > smallLimit) return { kind: 'large', relPath: item.relPath, remotePath: item.remotePath };
+        const data = Buffer.allocUnsafe(stat.size);
+        const { bytesRead } = stat.size > 0 ? await handle.read(data, 0, stat.size, 0) : { bytesRead: 0 };
+        const after = await handle.stat();
+        if (bytesRead !== stat.size || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
+        return { kind: 'small', relPath: item.relPath, data, mtimeMs: Math.floor(stat.mtimeMs) };
+      } finally {
+        await handle.close();
+      }
+    } catch (err) {
+      return { kind: 'skipped', relPath: item.relPath, error: toPeerShareError(err, 'IO_ERROR') };
+    }
+  }
+
+  /** One small file as a single write: its header, its bytes and its hash. */
+  private sendWhole(item: TreeItem & { kind: 'small' }): Promise<void> {
+    if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
+    const { data } = item;
+    const parts = [encodeMessage({ type: 'file', path: item.relPath, size: data.length, mtimeMs: item.mtimeMs, offset: 0 })];
+    if (data.length > 0) parts.push(writeDataHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), data.length), data);
+    parts.push(encodeMessage({ type: 'fileEnd', sha256: createHash('sha256').update(data).digest('hex') }));
+    this.server.stats.fileBytesSent += data.length;
+    return this.waitDrain(this.socket.write(Buffer.concat(parts)));
   }
 
   /**
@@ -512,7 +568,10 @@ class ServerConnection {
       const mtimeMs = Math.floor(stat.mtimeMs);
       if (expect && (expect.size !== size || expect.mtimeMs !== mtimeMs)) throw new PeerShareError('FILE_CHANGED');
       if (offset > size) throw new PeerShareError('INVALID_ARGUMENT', 'The offset is past the end of the file.');
-      const hash = createHash('sha256');
+      const version = await handle.stat({ bigint: true });
+      // A file sent before is not hashed again: the receiver checks the bytes against this.
+      const known = this.server.hashCache.get(version);
+      const hash = known === undefined ? createHash('sha256') : undefined;
       let position = 0;
       const chunk = Math.min(TRANSFER_CHUNK_BYTES, this.limits.maxDataFrameBytes);
       // Each chunk is read in behind room for its frame header, so header and data leave in one
@@ -525,10 +584,11 @@ class ServerConnection {
         if (bytesRead < length) throw new PeerShareError('FILE_CHANGED');
         return frame;
       };
+      if (!hash) position = offset;
       while (position < offset) {
         const frame = await readAt(position);
         const part = frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + Math.min(frame.length - FRAME_HEADER_BYTES, offset - position));
-        hash.update(part);
+        hash!.update(part);
         position += part.length;
       }
       await this.send({ type: 'file', path: inTree ? label : remotePath, size, mtimeMs, offset });
@@ -540,15 +600,24 @@ class ServerConnection {
         position += length;
         next = position < size ? readAt(position) : undefined;
         next?.catch(() => undefined);
-        hash.update(frame.subarray(FRAME_HEADER_BYTES));
+        hash?.update(frame.subarray(FRAME_HEADER_BYTES));
         await this.sendDataFrame(frame);
         this.server.stats.fileBytesSent += length;
       }
-      const after = await handle.stat();
-      if (after.size !== size || Math.floor(after.mtimeMs) !== mtimeMs) throw new PeerShareError('FILE_CHANGED');
-      await this.send({ type: 'fileEnd', sha256: hash.digest('hex') });
+      const after = await handle.stat({ bigint: true });
+      if (!sameVersion(version, after)) throw new PeerShareError('FILE_CHANGED');
+      const sha256 = known ?? hash!.digest('hex');
+      if (!known) this.server.hashCache.set(after, sha256);
+      await this.send({ type: 'fileEnd', sha256 });
     } finally {
       await handle.close();
     }
   }
 }
+
+/** A folder download's next item, read ahead of the socket. */
+type TreeItem =
+  | { kind: 'dir'; relPath: string }
+  | { kind: 'small'; relPath: string; data: Buffer; mtimeMs: number }
+  | { kind: 'large'; relPath: string; remotePath: string }
+  | { kind: 'skipped'; relPath: string; error: PeerShareError };

@@ -1,4 +1,4 @@
-import { constants as fsc, promises as fs, existsSync, type Stats } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises as fs, readlinkSync, readSync, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -208,6 +208,56 @@ export class Share {
     return { ...opened, root, components };
   }
 
+  /**
+   * Opens a file that `walk` just listed. The walk opened each folder on the way through a verified
+   * descriptor and applied the share's rules to every name, so the checks before the open are not
+   * repeated; the open with O_NOFOLLOW and the check after it still catch a symlink swapped in since.
+   */
+  async openWalkedFile(item: WalkItem & { kind: 'file' }): Promise<OpenedFile> {
+    const { root, components } = this.resolve(item.remotePath);
+    if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
+    const opened = await openVerified(root, components, false, false);
+    if (!opened.stat.isFile()) {
+      await opened.handle.close();
+      throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
+    }
+    return opened;
+  }
+
+  /**
+   * Reads a small file that `walk` just listed, whole, with synchronous calls: for a file of a
+   * few KiB one thread-pool round trip per call costs more than the calls themselves, and the
+   * event loop is held for microseconds. Same checks as openWalkedFile. Returns undefined for a
+   * file over `maxBytes`, or where /proc/self/fd is missing: those take the asynchronous path.
+   */
+  readWalkedFileSync(item: WalkItem & { kind: 'file' }, maxBytes: number): { data: Buffer; mtimeMs: number } | undefined {
+    if (!PROC_FD) return undefined;
+    const { root, components } = this.resolve(item.remotePath);
+    if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
+    const expected = path.join(root.realPath, ...components);
+    let fd: number;
+    try {
+      fd = openSync(expected, openFlags(false));
+    } catch (err) {
+      throw openError(err, false);
+    }
+    try {
+      const stat = fstatSync(fd);
+      if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+      if (!stat.isFile()) throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
+      if (stat.size > maxBytes) return undefined;
+      const data = Buffer.allocUnsafe(stat.size);
+      const bytesRead = stat.size > 0 ? readSync(fd, data, 0, stat.size, 0) : 0;
+      const after = fstatSync(fd);
+      if (bytesRead !== stat.size || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
+      return { data, mtimeMs: Math.floor(stat.mtimeMs) };
+    } catch (err) {
+      throw toPeerShareError(err, 'IO_ERROR');
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   async stat(remotePath: string): Promise<Entry> {
     const { root, components } = this.resolve(remotePath);
     if (!root) return { name: '', type: 'dir', size: 0, mtimeMs: 0 };
@@ -259,7 +309,8 @@ export class Share {
     async function* visit(dirComponents: string[], relPath: string, depth: number): AsyncGenerator<WalkItem> {
       if (depth > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
       const children: Entry[] = [];
-      for await (const batch of self.readDirBatches(root!, dirComponents)) {
+      // Names and types are enough here: each file is opened and measured when it is sent.
+      for await (const batch of self.readDirBatches(root!, dirComponents, false)) {
         children.push(...batch);
         if (children.length > limits.maxListEntries) throw new PeerShareError('TOO_LARGE', 'A folder has too many entries.');
       }
@@ -278,7 +329,8 @@ export class Share {
     yield* visit(components, '', 0);
   }
 
-  private async *readDirBatches(root: ShareRoot, components: string[]): AsyncGenerator<Entry[]> {
+  /** A folder's visible entries, in batches; without `withStats`, sizes and times are left 0. */
+  private async *readDirBatches(root: ShareRoot, components: string[], withStats = true): AsyncGenerator<Entry[]> {
     const opened = await openVerified(root, components, true);
     const dirPath = path.join(root.realPath, ...components);
     try {
@@ -292,6 +344,7 @@ export class Share {
         const entries = await Promise.all(
           batch.map(async ({ name, isDir }) => {
             if (excluded(name, isDir)) return undefined;
+            if (!withStats) return { name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 } satisfies Entry;
             const st = await fs.lstat(path.join(dirPath, name)).catch(() => undefined);
             if (!st || !(st.isFile() || st.isDirectory())) return undefined;
             return entryOf(name, st);
@@ -333,21 +386,17 @@ export function isInside(parent: string, candidate: string): boolean {
  * path we meant, which fails if any folder on the way was (or became) a symlink.
  * `wantDir`: true for folders only, false for files only, undefined for either.
  */
-async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined): Promise<OpenedFile> {
+async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined, precheck = true): Promise<OpenedFile> {
   const expected = path.join(root.realPath, ...components);
-  const flags = fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
+  const flags = openFlags(wantDir);
   // Refuse known symlinks before opening anything, so nothing outside is even opened;
   // the check after the open is what makes a symlink swapped in meanwhile harmless.
-  await refuseSymlinkComponents(root, components);
+  if (precheck) await refuseSymlinkComponents(root, components);
   let handle: fs.FileHandle;
   try {
     handle = await fs.open(expected, flags);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'EMLINK') throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
-    if (code === 'ENOTDIR') throw new PeerShareError(wantDir ? 'NOT_A_DIRECTORY' : 'NOT_FOUND');
-    if (code === 'ENXIO') throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
-    throw toPeerShareError(err, 'IO_ERROR');
+    throw openError(err, wantDir);
   }
   try {
     const stat = await handle.stat();
@@ -364,6 +413,19 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
     await handle.close();
     throw toPeerShareError(err, 'IO_ERROR');
   }
+}
+
+/** Never follows a symlink at the last component; never blocks on a FIFO. */
+function openFlags(wantDir: boolean | undefined): number {
+  return fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
+}
+
+function openError(err: unknown, wantDir: boolean | undefined): PeerShareError {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'ELOOP' || code === 'EMLINK') return new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+  if (code === 'ENOTDIR') return new PeerShareError(wantDir ? 'NOT_A_DIRECTORY' : 'NOT_FOUND');
+  if (code === 'ENXIO') return new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
+  return toPeerShareError(err, 'IO_ERROR');
 }
 
 async function refuseSymlinkComponents(root: ShareRoot, components: string[]): Promise<void> {

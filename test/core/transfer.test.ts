@@ -74,6 +74,37 @@ describe('downloads over a real connection', () => {
     ]);
   });
 
+  it('round-trips a folder mixing whole-sent small files and streamed large ones, in order', async () => {
+    const tree = path.join(ws, 'mixed');
+    const files: Record<string, Buffer> = {};
+    // Around the small-file limit (256 KiB), an empty file, and one large file between small ones.
+    const sizes = [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1, 3 * 1024 * 1024 + 7, 12, 70_000];
+    for (const [i, size] of sizes.entries()) files[`d${i % 3}/f${i}.bin`] = await writeRandomFile(path.join(tree, `d${i % 3}`, `f${i}.bin`), size);
+    for (let i = 0; i < 300; i++) files[`many/${String(i).padStart(3, '0')}.txt`] = await writeRandomFile(path.join(tree, 'many', `${String(i).padStart(3, '0')}.txt`), 1 + (i % 9) * 500);
+    const dest = tempDir();
+    const result = await download(conn, 'ws/mixed', dest);
+    assert.equal(result.files, Object.keys(files).length);
+    assert.equal(result.bytes, Object.values(files).reduce((n, b) => n + b.length, 0));
+    for (const [rel, data] of Object.entries(files)) assert.deepEqual(await fs.readFile(path.join(dest, 'mixed', rel)), data, rel);
+    const leftovers = (await listTree(path.join(dest, 'mixed'))).filter((name) => name.includes('peershare-part'));
+    assert.deepEqual(leftovers, []);
+  });
+
+  it('hashes a file once for many downloads, and never serves a stale hash for a changed file', async () => {
+    const file = path.join(ws, 'cached.bin');
+    await writeRandomFile(file, 2 * 1024 * 1024);
+    const cacheBefore = sharer.server.hashCache.size;
+    const first = await download(conn, 'ws/cached.bin', tempDir());
+    assert.equal(sharer.server.hashCache.size, cacheBefore + 1);
+    assert.equal(await sha256File(first.target), await sha256File(file));
+    // Same size, same mtime, new bytes: only the ctime tells, and that is enough.
+    const { mtime } = await fs.stat(file);
+    const changed = await writeRandomFile(file, 2 * 1024 * 1024);
+    await fs.utimes(file, mtime, mtime);
+    const second = await download(conn, 'ws/cached.bin', tempDir());
+    assert.deepEqual(await fs.readFile(second.target), changed);
+  });
+
   it('keeps the modification time of downloaded files', async () => {
     const file = path.join(ws, 'dated.txt');
     await fs.writeFile(file, 'x');
