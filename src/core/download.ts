@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, type Hash } from 'node:crypto';
 import { closeSync, futimesSync, linkSync, openSync, promises as fs, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
@@ -8,7 +8,6 @@ import { expectMessage } from './client';
 import { checkReceivedName, collisionKey } from './names';
 import type { Entry } from './protocol';
 import { SMALL_FILE_BYTES } from './limits';
-import { allocateBlock, createStreamHash, type StreamHash } from './stream-hash';
 
 /**
  * Downloads land atomically: bytes go to a hidden temporary file beside the target, are checked
@@ -55,8 +54,6 @@ const PARTIAL_SUFFIX = '.peershare-part';
 // Received bytes are written in blocks of this size, at most BLOCKS_IN_FLIGHT pending at once.
 const RECEIVE_BLOCK_BYTES = 1024 * 1024;
 const BLOCKS_IN_FLIGHT = 4;
-// From this size on, the receiver hashes on a worker thread (starting one costs a few ms).
-const OFF_THREAD_HASH_BYTES = 16 * 1024 * 1024;
 
 /** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
 export async function resolveTarget(remotePath: string, dest: string): Promise<string> {
@@ -77,13 +74,13 @@ export async function download(conn: PeerConnection, remotePath: string, dest: s
 
 /**
  * Receives one file into a temporary file, hashing as it goes; commits only if the hash matches.
- * Bytes are gathered into blocks; each full block is written and hashed while the next one fills,
- * with at most BLOCKS_IN_FLIGHT blocks pending, which is the back-pressure on the socket.
+ * Bytes are gathered into 1 MiB blocks; each full block is hashed and handed to the thread pool to
+ * write while the next one fills, with at most BLOCKS_IN_FLIGHT writes pending, which is the
+ * back-pressure on the socket.
  */
 class FileReceiver {
   private handle?: FileHandle;
-  private readonly hash: StreamHash;
-  private readonly shared: boolean;
+  private readonly hash: Hash = createHash('sha256');
   private received = 0;
   private block?: Buffer;
   private filled = 0;
@@ -100,8 +97,6 @@ class FileReceiver {
     readonly mtimeMs: number,
   ) {
     this.position = offset;
-    this.shared = size >= OFF_THREAD_HASH_BYTES;
-    this.hash = createStreamHash(this.shared);
   }
 
   async open(): Promise<void> {
@@ -112,7 +107,7 @@ class FileReceiver {
         const block = this.takeBlock();
         const { bytesRead } = await this.handle.read(block, 0, Math.min(block.length, this.offset - at), at);
         if (bytesRead === 0) throw new PeerShareError('IO_ERROR', 'The partial file shrank while it was read.');
-        await this.hash.update(block.subarray(0, bytesRead));
+        this.hash.update(block.subarray(0, bytesRead));
         this.free.push(block);
         at += bytesRead;
       }
@@ -121,7 +116,7 @@ class FileReceiver {
     }
   }
 
-  /** Returns a promise only when the disk or the hash wants us to wait. */
+  /** Returns a promise only when the disk wants us to wait. */
   write(chunk: Buffer): Promise<void> | undefined {
     this.received += chunk.length;
     if (this.offset + this.received > this.size) {
@@ -139,10 +134,10 @@ class FileReceiver {
   }
 
   private takeBlock(): Buffer {
-    return this.free.pop() ?? allocateBlock(RECEIVE_BLOCK_BYTES, this.shared);
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_BLOCK_BYTES);
   }
 
-  /** Writes and hashes the current block; it goes back to the pool when both are done. */
+  /** Hashes the current block and writes it; it goes back to the pool once written. */
   private submit(): void {
     const block = this.block;
     if (!block || this.filled === 0) return;
@@ -151,12 +146,14 @@ class FileReceiver {
     this.position += this.filled;
     this.block = undefined;
     this.filled = 0;
-    // Both are awaited even if one fails, so no write is still running when the file is closed.
-    const task = Promise.allSettled([writeAll(this.handle!, bytes, at), this.hash.update(bytes)]).then(([written, hashed]) => {
-      if (written.status === 'rejected') this.failure ??= toPeerShareError(written.reason, 'IO_ERROR');
-      else if (hashed.status === 'rejected') this.failure ??= toPeerShareError(hashed.reason, 'INTERNAL');
-      else this.free.push(block);
-    });
+    // Hashed here while the thread pool writes: the hash overlaps the disk, not the socket.
+    this.hash.update(bytes);
+    const task = writeAll(this.handle!, bytes, at).then(
+      () => void this.free.push(block),
+      (err) => {
+        this.failure ??= toPeerShareError(err, 'IO_ERROR');
+      },
+    );
     this.inFlight.push(task);
   }
 
@@ -183,7 +180,7 @@ class FileReceiver {
       if (this.offset + this.received !== this.size) {
         throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.offset + this.received}.`);
       }
-      if (typeof sha256 !== 'string' || (await this.hash.digest()) !== sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
+      if (typeof sha256 !== 'string' || this.hash.digest('hex') !== sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
       const seconds = this.mtimeMs / 1000;
       await fs.utimes(this.partial, seconds, seconds).catch(() => undefined);
       await commit(this.partial, this.target, overwrite);
@@ -191,15 +188,12 @@ class FileReceiver {
       await this.closeHandle().catch(() => undefined);
       await fs.rm(this.partial, { force: true });
       throw toPeerShareError(err, 'IO_ERROR');
-    } finally {
-      this.hash.close();
     }
   }
 
   async abort(keepPartial: boolean): Promise<void> {
     // Blocks already received are written out, so a resume can start after them.
     await this.settleAll().catch(() => undefined);
-    this.hash.close();
     await this.closeHandle().catch(() => undefined);
     if (!keepPartial) await fs.rm(this.partial, { force: true });
   }
