@@ -1,6 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, futimesSync, linkSync, openSync, promises as fs, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
+import { closeSync, createReadStream, createWriteStream, futimesSync, linkSync, openSync, promises as fs, renameSync, rmSync, unlinkSync, writeSync, type WriteStream } from 'node:fs';
 import * as path from 'node:path';
 import { PeerShareError, toPeerShareError } from './errors';
 import type { PeerConnection, PeerEvent } from './client';
@@ -51,9 +50,7 @@ export interface DownloadResult {
 }
 
 const PARTIAL_SUFFIX = '.peershare-part';
-// Received bytes are written in blocks of this size, at most BLOCKS_IN_FLIGHT pending at once.
-const RECEIVE_BLOCK_BYTES = 1024 * 1024;
-const BLOCKS_IN_FLIGHT = 4;
+const WRITE_BUFFER_BYTES = 1024 * 1024;
 
 /** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
 export async function resolveTarget(remotePath: string, dest: string): Promise<string> {
@@ -72,22 +69,11 @@ export async function download(conn: PeerConnection, remotePath: string, dest: s
     : downloadFile(conn, remotePath, target, options, entry);
 }
 
-/**
- * Receives one file into a temporary file, hashing as it goes; commits only if the hash matches.
- * Bytes are gathered into 1 MiB blocks; each full block is hashed and handed to the thread pool to
- * write while the next one fills, with at most BLOCKS_IN_FLIGHT writes pending, which is the
- * back-pressure on the socket.
- */
+/** Receives one file into a temporary file, hashing as it goes; commits only if the hash matches. */
 class FileReceiver {
-  private handle?: FileHandle;
-  private readonly hash: Hash = createHash('sha256');
+  private stream?: WriteStream;
+  private hash: Hash = createHash('sha256');
   private received = 0;
-  private block?: Buffer;
-  private filled = 0;
-  private position: number;
-  private readonly free: Buffer[] = [];
-  private readonly inFlight: Promise<void>[] = [];
-  private failure?: PeerShareError;
 
   constructor(
     readonly target: string,
@@ -95,25 +81,25 @@ class FileReceiver {
     readonly offset: number,
     readonly size: number,
     readonly mtimeMs: number,
-  ) {
-    this.position = offset;
-  }
+  ) {}
 
   async open(): Promise<void> {
-    try {
-      this.handle = await fs.open(this.partial, this.offset > 0 ? 'r+' : 'w', 0o644);
+    if (this.offset > 0) {
       // The prefix on disk is hashed too: the peer's SHA-256 covers the whole file.
-      for (let at = 0; at < this.offset; ) {
-        const block = this.takeBlock();
-        const { bytesRead } = await this.handle.read(block, 0, Math.min(block.length, this.offset - at), at);
-        if (bytesRead === 0) throw new PeerShareError('IO_ERROR', 'The partial file shrank while it was read.');
-        this.hash.update(block.subarray(0, bytesRead));
-        this.free.push(block);
-        at += bytesRead;
+      for await (const chunk of createReadStream(this.partial, { end: this.offset - 1, highWaterMark: 1024 * 1024 })) {
+        this.hash.update(chunk as Buffer);
       }
-    } catch (err) {
-      throw toPeerShareError(err, 'IO_ERROR');
     }
+    this.stream = createWriteStream(this.partial, {
+      flags: this.offset > 0 ? 'r+' : 'w',
+      start: this.offset,
+      mode: 0o644,
+      highWaterMark: WRITE_BUFFER_BYTES,
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.stream!.once('open', () => resolve());
+      this.stream!.once('error', reject);
+    });
   }
 
   /** Returns a promise only when the disk wants us to wait. */
@@ -122,50 +108,21 @@ class FileReceiver {
     if (this.offset + this.received > this.size) {
       throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
     }
-    if (this.failure) throw this.failure;
-    for (let taken = 0; taken < chunk.length; ) {
-      this.block ??= this.takeBlock();
-      const n = chunk.copy(this.block, this.filled, taken);
-      this.filled += n;
-      taken += n;
-      if (this.filled === this.block.length) this.submit();
-    }
-    return this.inFlight.length >= BLOCKS_IN_FLIGHT ? this.settleOldest() : undefined;
-  }
-
-  private takeBlock(): Buffer {
-    return this.free.pop() ?? Buffer.allocUnsafeSlow(RECEIVE_BLOCK_BYTES);
-  }
-
-  /** Hashes the current block and writes it; it goes back to the pool once written. */
-  private submit(): void {
-    const block = this.block;
-    if (!block || this.filled === 0) return;
-    const bytes = block.subarray(0, this.filled);
-    const at = this.position;
-    this.position += this.filled;
-    this.block = undefined;
-    this.filled = 0;
-    // Hashed here while the thread pool writes: the hash overlaps the disk, not the socket.
-    this.hash.update(bytes);
-    const task = writeAll(this.handle!, bytes, at).then(
-      () => void this.free.push(block),
-      (err) => {
-        this.failure ??= toPeerShareError(err, 'IO_ERROR');
-      },
-    );
-    this.inFlight.push(task);
-  }
-
-  private async settleOldest(): Promise<void> {
-    await this.inFlight.shift();
-    if (this.failure) throw this.failure;
-  }
-
-  private async settleAll(): Promise<void> {
-    this.submit();
-    while (this.inFlight.length > 0) await this.inFlight.shift();
-    if (this.failure) throw this.failure;
+    this.hash.update(chunk);
+    if (this.stream!.write(chunk)) return undefined;
+    return new Promise((resolve, reject) => {
+      const stream = this.stream!;
+      const onDrain = (): void => {
+        stream.off('error', onError);
+        resolve();
+      };
+      const onError = (err: Error): void => {
+        stream.off('drain', onDrain);
+        reject(toPeerShareError(err, 'IO_ERROR'));
+      };
+      stream.once('drain', onDrain);
+      stream.once('error', onError);
+    });
   }
 
   get bytesReceived(): number {
@@ -174,9 +131,8 @@ class FileReceiver {
 
   /** Verifies and moves the file into place; on any mismatch the temporary file is removed. */
   async finish(sha256: unknown, overwrite: boolean): Promise<void> {
+    await this.closeStream();
     try {
-      await this.settleAll();
-      await this.closeHandle();
       if (this.offset + this.received !== this.size) {
         throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.offset + this.received}.`);
       }
@@ -185,31 +141,23 @@ class FileReceiver {
       await fs.utimes(this.partial, seconds, seconds).catch(() => undefined);
       await commit(this.partial, this.target, overwrite);
     } catch (err) {
-      await this.closeHandle().catch(() => undefined);
       await fs.rm(this.partial, { force: true });
-      throw toPeerShareError(err, 'IO_ERROR');
+      throw err;
     }
   }
 
   async abort(keepPartial: boolean): Promise<void> {
-    // Blocks already received are written out, so a resume can start after them.
-    await this.settleAll().catch(() => undefined);
-    await this.closeHandle().catch(() => undefined);
+    await this.closeStream().catch(() => undefined);
     if (!keepPartial) await fs.rm(this.partial, { force: true });
   }
 
-  private async closeHandle(): Promise<void> {
-    const handle = this.handle;
-    this.handle = undefined;
-    await handle?.close();
-  }
-}
-
-/** Writes all of `bytes` at `position`; a write may take fewer bytes than asked. */
-async function writeAll(handle: FileHandle, bytes: Buffer, position: number): Promise<void> {
-  for (let done = 0; done < bytes.length; ) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.length - done, position + done);
-    done += bytesWritten;
+  private closeStream(): Promise<void> {
+    const stream = this.stream;
+    if (!stream || stream.closed) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      stream.once('error', (err) => reject(toPeerShareError(err, 'IO_ERROR')));
+      stream.end(() => resolve());
+    });
   }
 }
 
