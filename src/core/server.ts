@@ -517,23 +517,12 @@ class ServerConnection {
     await this.send({ type: 'end', count });
   }
 
-  /** Reads a small file whole (its descriptor closed again), or says it must be streamed. */
+  /** Reads a small file whole, or says it must be streamed (sendFile then opens it, checked as any read). */
   private async readAhead(item: WalkItem & { kind: 'file' }, smallLimit: number): Promise<TreeItem> {
-    const { share } = this.server.options;
     try {
-      const whole = share.readWalkedFileSync(item, smallLimit);
+      const whole = this.server.options.share.readWalkedFileSync(item, smallLimit);
       if (whole) return { kind: 'small', relPath: item.relPath, ...whole };
-      const { handle, stat } = await share.openWalkedFile(item);
-      try {
-        if (stat.size > smallLimit) return { kind: 'large', relPath: item.relPath, remotePath: item.remotePath };
-        const data = Buffer.allocUnsafe(stat.size);
-        const { bytesRead } = stat.size > 0 ? await handle.read(data, 0, stat.size, 0) : { bytesRead: 0 };
-        const after = await handle.stat();
-        if (bytesRead !== stat.size || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
-        return { kind: 'small', relPath: item.relPath, data, mtimeMs: Math.floor(stat.mtimeMs) };
-      } finally {
-        await handle.close();
-      }
+      return { kind: 'large', relPath: item.relPath, remotePath: item.remotePath };
     } catch (err) {
       return { kind: 'skipped', relPath: item.relPath, error: toPeerShareError(err, 'IO_ERROR') };
     }

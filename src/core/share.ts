@@ -209,26 +209,12 @@ export class Share {
   }
 
   /**
-   * Opens a file that `walk` just listed. The walk opened each folder on the way through a verified
-   * descriptor and applied the share's rules to every name, so the checks before the open are not
-   * repeated; the open with O_NOFOLLOW and the check after it still catch a symlink swapped in since.
-   */
-  async openWalkedFile(item: WalkItem & { kind: 'file' }): Promise<OpenedFile> {
-    const { root, components } = this.resolve(item.remotePath);
-    if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
-    const opened = await openVerified(root, components, false, false);
-    if (!opened.stat.isFile()) {
-      await opened.handle.close();
-      throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
-    }
-    return opened;
-  }
-
-  /**
    * Reads a small file that `walk` just listed, whole, with synchronous calls: for a file of a
    * few KiB one thread-pool round trip per call costs more than the calls themselves, and the
-   * event loop is held for microseconds. Same checks as openWalkedFile. Returns undefined for a
-   * file over `maxBytes`, or where /proc/self/fd is missing: those take the asynchronous path.
+   * event loop is held for microseconds. The walk opened each folder on the way through a verified
+   * descriptor and applied the share's rules to every name, so only the open with O_NOFOLLOW and
+   * the /proc/self/fd check after it remain. Returns undefined for a file over `maxBytes`, or where
+   * /proc/self/fd is missing: those take the streaming path with every check.
    */
   readWalkedFileSync(item: WalkItem & { kind: 'file' }, maxBytes: number): { data: Buffer; mtimeMs: number } | undefined {
     if (!PROC_FD) return undefined;
@@ -386,12 +372,12 @@ export function isInside(parent: string, candidate: string): boolean {
  * path we meant, which fails if any folder on the way was (or became) a symlink.
  * `wantDir`: true for folders only, false for files only, undefined for either.
  */
-async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined, precheck = true): Promise<OpenedFile> {
+async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined): Promise<OpenedFile> {
   const expected = path.join(root.realPath, ...components);
   const flags = openFlags(wantDir);
   // Refuse known symlinks before opening anything, so nothing outside is even opened;
   // the check after the open is what makes a symlink swapped in meanwhile harmless.
-  if (precheck) await refuseSymlinkComponents(root, components);
+  await refuseSymlinkComponents(root, components);
   let handle: fs.FileHandle;
   try {
     handle = await fs.open(expected, flags);
