@@ -138,18 +138,10 @@ export class Discovery extends EventEmitter {
     for (const socket of this.sockets) socket.send(bytes, this.port, this.group, () => undefined);
   }
 
-  /** Every packet is hostile until checked: size, JSON, each field, and never ourselves. */
   private onMessage(packet: Buffer, source: string): void {
-    if (packet.length > MAX_PACKET_BYTES) return;
-    let m: Record<string, unknown>;
-    try {
-      m = JSON.parse(packet.toString('utf8'));
-    } catch {
-      return;
-    }
-    if (m === null || typeof m !== 'object') return;
+    const m = parseDiscoveryPacket(packet);
+    if (!m || m.id === this.selfId) return;
     if (m.t === 'query') {
-      if (m.id === this.selfId) return;
       // Answer at most four times a second, however many queries arrive.
       if (this.announcement && Date.now() - this.lastQueryAnswer > 250) {
         this.lastQueryAnswer = Date.now();
@@ -157,9 +149,7 @@ export class Discovery extends EventEmitter {
       }
       return;
     }
-    if (typeof m.id !== 'string' || !isPeerId(m.id)) return;
-    const id = normalizePeerId(m.id);
-    if (id === this.selfId) return;
+    const id = m.id;
     if (m.t === 'bye') {
       for (const [key, peer] of this.peers) {
         if (peer.id === id && peer.address.startsWith(`${source}:`)) {
@@ -169,12 +159,7 @@ export class Discovery extends EventEmitter {
       }
       return;
     }
-    if (m.t !== 'announce') return;
-    const port = m.port;
-    const version = m.v;
-    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) return;
-    if (typeof version !== 'number' || !Number.isInteger(version)) return;
-    const name = typeof m.name === 'string' ? m.name.slice(0, 100) : '';
+    const { port, version, name } = m;
     const address = `${source}:${port}`;
     const key = `${id}@${address}`;
     const known = this.peers.get(key);
@@ -199,6 +184,37 @@ export class Discovery extends EventEmitter {
       }
     }
   }
+}
+
+export type DiscoveryPacket =
+  | { t: 'query'; id?: string }
+  | { t: 'bye'; id: string }
+  | { t: 'announce'; id: string; port: number; version: number; name: string };
+
+/**
+ * Every packet is hostile until checked: size, JSON, each field. Returns undefined for anything
+ * that is not a well-formed query, goodbye or announcement; IDs come back normalised.
+ */
+export function parseDiscoveryPacket(packet: Buffer): DiscoveryPacket | undefined {
+  if (packet.length > MAX_PACKET_BYTES) return undefined;
+  let m: Record<string, unknown>;
+  try {
+    m = JSON.parse(packet.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) return undefined;
+  const id = typeof m.id === 'string' && isPeerId(m.id) ? normalizePeerId(m.id) : undefined;
+  if (m.t === 'query') return { t: 'query', id };
+  if (!id) return undefined;
+  if (m.t === 'bye') return { t: 'bye', id };
+  if (m.t !== 'announce') return undefined;
+  const port = m.port;
+  const version = m.v;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
+  if (typeof version !== 'number' || !Number.isSafeInteger(version)) return undefined;
+  const name = typeof m.name === 'string' ? m.name.slice(0, 100) : '';
+  return { t: 'announce', id, port, version, name };
 }
 
 function defaultInterfaces(): string[] {
