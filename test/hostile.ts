@@ -73,6 +73,8 @@ export interface RawClient {
   socket: tls.TLSSocket;
   /** Messages received so far. */
   messages: Record<string, unknown>[];
+  /** DATA frame payloads received so far. */
+  data: Buffer[];
   send(m: object): void;
   closed: Promise<void>;
 }
@@ -89,7 +91,8 @@ export function rawClient(address: string, identity?: Identity, extra: tls.Conne
       ...extra,
     });
     const messages: Record<string, unknown>[] = [];
-    const parser = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, { onMessage: (m) => messages.push(m), onData: () => undefined });
+    const data: Buffer[] = [];
+    const parser = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, { onMessage: (m) => messages.push(m), onData: (chunk) => data.push(Buffer.from(chunk)) });
     const closed = new Promise<void>((done) => socket.on('close', () => done()));
     socket.on('data', (chunk: Buffer) => {
       try {
@@ -98,7 +101,7 @@ export function rawClient(address: string, identity?: Identity, extra: tls.Conne
         socket.destroy();
       }
     });
-    socket.once('secureConnect', () => resolve({ socket, messages, send: (m) => socket.write(encodeMessage(m)), closed }));
+    socket.once('secureConnect', () => resolve({ socket, messages, data, send: (m) => socket.write(encodeMessage(m)), closed }));
     socket.once('error', reject);
   });
 }

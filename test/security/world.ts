@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { tempDir } from '../helpers';
@@ -17,8 +17,8 @@ import { tempDir } from '../helpers';
  *   <base>/outside/secret.txt   never to be read or written
  *
  * Every file that must never leave holds `secret`, so a test can assert that no byte a peer
- * received contains it; `snapshot()` records every entry (type, mode, size, mtime, content hash,
- * link target) to assert that nothing was created, changed or removed.
+ * received contains it; `snapshot()` records every entry (type, mode, size, mtime and ctime to the
+ * nanosecond, inode, link target) to assert that nothing was created, changed or removed.
  */
 export interface World {
   base: string;
@@ -32,7 +32,7 @@ export interface World {
 
 export type Snapshot = Record<string, string>;
 
-export async function buildWorld(): Promise<World> {
+export async function buildWorld(prepare?: (base: string) => Promise<void>): Promise<World> {
   const base = tempDir('peershare-world-');
   const secret = `SECRET-${randomBytes(12).toString('hex')}`;
   const ws = path.join(base, 'ws');
@@ -61,6 +61,7 @@ export async function buildWorld(): Promise<World> {
   await fs.symlink('loop', path.join(ws, 'loop'));
   await fs.symlink('/dev/zero', path.join(ws, 'dev-zero'));
   execFileSync('mkfifo', [path.join(ws, 'fifo')]);
+  await prepare?.(base);
   const world: World = { base, ws, home, outside, secret, initial: {}, snapshot: () => snapshot(base) };
   world.initial = await world.snapshot();
   return world;
@@ -73,15 +74,15 @@ export async function snapshot(dir: string): Promise<Snapshot> {
     for (const name of (await fs.readdir(path.join(dir, rel))).sort()) {
       const childRel = rel ? `${rel}/${name}` : name;
       const full = path.join(dir, childRel);
-      const st = await fs.lstat(full);
-      const mode = (st.mode & 0o7777).toString(8);
+      const st = await fs.lstat(full, { bigint: true });
+      const mode = (st.mode & 0o7777n).toString(8);
       if (st.isSymbolicLink()) out[childRel] = `link -> ${await fs.readlink(full)}`;
       else if (st.isDirectory()) {
         out[childRel] = `dir ${mode}`;
         await walk(childRel);
       } else if (st.isFile()) {
-        const sha = createHash('sha256').update(await fs.readFile(full)).digest('hex').slice(0, 16);
-        out[childRel] = `file ${mode} ${st.size} ${Math.floor(st.mtimeMs)} ${sha}`;
+        // Any write, truncate or chmod moves the ctime, which only the kernel sets.
+        out[childRel] = `file ${mode} ${st.size} ${st.mtimeNs} ${st.ctimeNs} ${st.ino}`;
       } else out[childRel] = `special ${mode}`;
     }
   }
