@@ -23,9 +23,13 @@ export interface Replier {
 }
 
 /** A server that completes the real handshake and hello, then answers requests as `scenario` says. */
-export async function startHostileServer(identity: Identity, scenario: Scenario, options: { welcomeId?: string } = {}): Promise<HostileServer> {
+export async function startHostileServer(
+  identity: Identity,
+  scenario: Scenario,
+  options: { welcomeId?: string; welcomeName?: string; roots?: string[]; tls?: tls.TlsOptions } = {},
+): Promise<HostileServer> {
   const sockets = new Set<tls.TLSSocket>();
-  const server = tls.createServer({ key: identity.keyPem, cert: identity.certPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3' }, (socket) => {
+  const server = tls.createServer({ key: identity.keyPem, cert: identity.certPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3', ...options.tls }, (socket) => {
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     socket.on('error', () => socket.destroy());
@@ -43,7 +47,7 @@ export async function startHostileServer(identity: Identity, scenario: Scenario,
       onMessage: (m) => {
         if (!greeted) {
           greeted = true;
-          reply.message({ type: 'welcome', version: 1, name: 'hostile', id: options.welcomeId ?? identity.peerId, roots: ['ws'], paired: false });
+          reply.message({ type: 'welcome', version: 1, name: options.welcomeName ?? 'hostile', id: options.welcomeId ?? identity.peerId, roots: options.roots ?? ['ws'], paired: false });
           return;
         }
         void scenario(m, reply);

@@ -7,6 +7,7 @@ import { expectMessage } from './client';
 import { checkReceivedName, collisionKey } from './names';
 import type { Entry } from './protocol';
 import { SMALL_FILE_BYTES } from './limits';
+import { PinnedFolders } from './pinned-folders';
 
 /**
  * Downloads land atomically: bytes go to a hidden temporary file beside the target, are checked
@@ -172,10 +173,10 @@ async function commit(partial: string, target: string, overwrite: boolean): Prom
     await fs.link(partial, target);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') throw new PeerShareError('DEST_EXISTS', `${target} already exists; it was left alone.`);
+    if (code === 'EEXIST') throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
     if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'ENOSYS') throw toPeerShareError(err, 'IO_ERROR');
     // File systems without hard links: check, then rename.
-    if (await exists(target)) throw new PeerShareError('DEST_EXISTS', `${target} already exists; it was left alone.`);
+    if (await exists(target)) throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
     await fs.rename(partial, target);
     return;
   }
@@ -263,13 +264,31 @@ async function receiveFile(
   options: DownloadOptions,
 ): Promise<DownloadResult> {
   await fs.mkdir(path.dirname(target), { recursive: true });
-  const partial = partialPathFor(target, conn.peerId, remotePath, entry.size, entry.mtimeMs);
+  // Every operation goes through the folder as opened now, whatever its path names later.
+  const folder = await PinnedFolders.open(path.dirname(target), { rootMayBeLink: true });
+  try {
+    return await receiveInto(conn, remotePath, target, await folder.pathIn([], path.basename(target)), entry, overwrite, options);
+  } finally {
+    await folder.close();
+  }
+}
+
+async function receiveInto(
+  conn: PeerConnection,
+  remotePath: string,
+  target: string,
+  fsTarget: string,
+  entry: Entry,
+  overwrite: boolean,
+  options: DownloadOptions,
+): Promise<DownloadResult> {
+  const partial = partialPathFor(fsTarget, conn.peerId, remotePath, entry.size, entry.mtimeMs);
   const existing = await fs.lstat(partial).catch(() => undefined);
   let offset = 0;
   if (existing?.isFile() && existing.size <= entry.size) offset = existing.size;
   else if (existing) await fs.rm(partial, { force: true, recursive: false });
-  if (offset === 0) await removeStalePartials(target);
-  const receiver = new FileReceiver(target, partial, offset, entry.size, entry.mtimeMs);
+  if (offset === 0) await removeStalePartials(fsTarget);
+  const receiver = new FileReceiver(fsTarget, partial, offset, entry.size, entry.mtimeMs);
   let started = false;
   const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
   options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -332,7 +351,7 @@ export async function downloadFolder(
 ): Promise<DownloadResult> {
   const result = emptyResult(target, 'dir', []);
   const createdTarget = (await fs.mkdir(target, { recursive: true })) !== undefined;
-  await ensureRealDirectory(target);
+  const folders = await PinnedFolders.open(target);
   const seen = new Set<string>();
   const madeDirs = new Set<string>(['']);
   // Folders this download created were empty: nothing in them can be clobbered, so a file there
@@ -345,21 +364,13 @@ export async function downloadFolder(
   options.signal?.addEventListener('abort', onAbort, { once: true });
 
   const makeDirs = async (components: string[]): Promise<void> => {
-    for (let i = 1; i <= components.length; i++) {
-      const rel = components.slice(0, i).join('/');
-      if (madeDirs.has(rel)) continue;
-      const dir = path.join(target, ...components.slice(0, i));
-      const created = await fs.mkdir(dir).then(
-        () => true,
-        (err: NodeJS.ErrnoException) => {
-          if (err.code !== 'EEXIST') throw toPeerShareError(err, 'IO_ERROR');
-          return false;
-        },
-      );
-      if (created) createdDirs.add(rel);
-      await ensureRealDirectory(dir);
+    if (madeDirs.has(components.join('/'))) return;
+    const created = await folders.makeFolders(components);
+    created.forEach((made, i) => {
+      const rel = components.slice(0, i + 1).join('/');
+      if (made) createdDirs.add(rel);
       madeDirs.add(rel);
-    }
+    });
   };
 
   const handle = async (event: PeerEvent, done: () => void): Promise<void> => {
@@ -391,19 +402,21 @@ export async function downloadFolder(
           throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
         }
         await makeDirs(components.slice(0, -1));
-        const fileTarget = path.join(target, ...components);
+        // `shownAs` is the file as a person knows it; `fileTarget` the path written through.
+        const shownAs = path.join(target, ...components);
+        const fileTarget = await folders.pathIn(components.slice(0, -1), components[components.length - 1]);
         const partial = partialPathFor(fileTarget, conn.peerId, `${remotePath}/${rel}`, size, mtimeMs);
         if (size <= SMALL_FILE_BYTES) {
           const fresh = createdDirs.has(components.slice(0, -1).join('/'));
-          current = { kind: 'small', rel, target: fileTarget, partial, mtimeMs, fresh, buffer: new WholeFile(size) };
+          current = { kind: 'small', rel, target: fileTarget, shownAs, partial, mtimeMs, fresh, buffer: new WholeFile(size) };
           return;
         }
         let finalTarget = fileTarget;
         let overwrite = false;
         if (await exists(fileTarget)) {
-          const choice = await writer.decide(fileTarget);
+          const choice = await writer.decide(shownAs);
           if (choice === 'skip') {
-            result.skippedExisting.push(fileTarget);
+            result.skippedExisting.push(shownAs);
             current = { kind: 'large', rel };
             return;
           }
@@ -422,7 +435,7 @@ export async function downloadFolder(
         if (finished.kind === 'small') {
           // Verified before anything touches the disk.
           const data = finished.buffer.verified(m.sha256);
-          await writer.add({ target: finished.target, partial: finished.partial, data, mtimeMs: finished.mtimeMs, fresh: finished.fresh });
+          await writer.add({ target: finished.target, shownAs: finished.shownAs, partial: finished.partial, data, mtimeMs: finished.mtimeMs, fresh: finished.fresh });
         } else if (finished.receiver) {
           await finished.receiver.finish(m.sha256, finished.overwrite ?? false);
           result.files++;
@@ -458,6 +471,7 @@ export async function downloadFolder(
     throw toPeerShareError(err, 'IO_ERROR');
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
+    await folders.close();
     result.files += writer.written;
     result.skippedExisting.push(...writer.skipped);
   }
@@ -466,7 +480,7 @@ export async function downloadFolder(
 }
 
 type ReceivingFile =
-  | { kind: 'small'; rel: string; target: string; partial: string; mtimeMs: number; fresh: boolean; buffer: WholeFile }
+  | { kind: 'small'; rel: string; target: string; shownAs: string; partial: string; mtimeMs: number; fresh: boolean; buffer: WholeFile }
   | { kind: 'large'; rel: string; receiver?: FileReceiver; overwrite?: boolean };
 
 /** A small file gathered in memory, at most its announced size. */
@@ -494,7 +508,10 @@ class WholeFile {
 }
 
 interface VerifiedFile {
+  /** The path written through (see PinnedFolders). */
   target: string;
+  /** The same file as a person knows it, for questions and reports. */
+  shownAs: string;
   partial: string;
   data: Buffer;
   mtimeMs: number;
@@ -543,12 +560,12 @@ class SmallFileWriter {
         return this.commitOrAsk(file, file.target, false);
       }
     }
-    const choice = await this.decide(file.target).catch(async (err) => {
+    const choice = await this.decide(file.shownAs).catch(async (err) => {
       await fs.rm(file.partial, { force: true });
       throw err;
     });
     if (choice === 'skip') {
-      this.skipped.push(file.target);
+      this.skipped.push(file.shownAs);
       await fs.rm(file.partial, { force: true });
       return;
     }
@@ -567,9 +584,10 @@ class SmallFileWriter {
         } catch (err) {
           if (attempt > 2 || !(err instanceof PeerShareError) || err.code !== 'DEST_EXISTS') throw err;
         }
-        const choice = await this.decide(target);
+        const shown = path.join(path.dirname(file.shownAs), path.basename(target));
+        const choice = await this.decide(shown);
         if (choice === 'skip') {
-          this.skipped.push(target);
+          this.skipped.push(shown);
           await fs.rm(file.partial, { force: true });
           return;
         }
@@ -602,14 +620,6 @@ function writeTemporarySync(partial: string, data: Buffer, mtimeMs: number): voi
       rmSync(partial, { force: true });
     }
     throw toPeerShareError(err, 'IO_ERROR');
-  }
-}
-
-/** Refuses a symlink (or anything but a folder) where we are about to write. */
-async function ensureRealDirectory(dir: string): Promise<void> {
-  const st = await fs.lstat(dir);
-  if (!st.isDirectory()) {
-    throw new PeerShareError('BAD_NAME', `${dir} is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a folder'}; nothing was written through it.`);
   }
 }
 

@@ -5,6 +5,11 @@ import { PeerShareError } from './errors';
  * CVE-2019-6111 class): plain `/`-separated components only, nothing that climbs out, nothing a
  * file system would read as something else, nothing that lands in `.git`, and no characters that
  * could disguise a name on screen. Returns the components.
+ *
+ * `.git` (hooks run code) and `.vscode` (tasks can run when a folder opens, settings change the
+ * editor) are refused at any depth, in any spelling a file system might fold to them: a download
+ * never writes there. To take a peer's editor settings on purpose, download the single file into
+ * a folder of your choosing.
  */
 const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$/i;
 // Control characters, DEL, C1 controls, and bidirectional overrides/isolates.
@@ -30,8 +35,8 @@ export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] 
     if (/[. ]$/.test(part)) bad('trailing dot or space');
     if (WINDOWS_RESERVED.test(part)) bad('reserved device name');
     if (/[<>"|?*]/.test(part)) bad('character not allowed in file names on Windows');
-    // `.git` runs hooks: a name that is, or folds to, `.git` never lands on disk.
-    if (part.normalize('NFKC').toLowerCase() === '.git') bad('.git');
+    const folded = part.normalize('NFKC').toLowerCase();
+    if (folded === '.git' || folded === '.vscode') bad(folded);
   }
   return components;
 }

@@ -107,7 +107,8 @@ export function parseWelcome(m: Record<string, unknown>): WelcomeMessage {
   return {
     type: 'welcome',
     version: uint(m, 'version'),
-    name: str(m, 'name', MAX_NAME_CHARS),
+    // Shown in trees, notifications and logs: made safe once, here.
+    name: sanitizeForDisplay(str(m, 'name', MAX_NAME_CHARS)),
     id: str(m, 'id', 100),
     roots: roots as string[],
     paired: m.paired === true,

@@ -1,0 +1,584 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { after, describe, it } from 'node:test';
+import { connectToPeer, download, type Identity, type Limits, type PeerConnection } from '../../src/core';
+import { encodeDataHeader } from '../../src/core/frames';
+import { makePeer, type TestPeer } from '../helpers';
+import { startHostileServer, type Replier, type Scenario } from '../hostile';
+import { buildWorld, type Snapshot, type World } from './world';
+
+/**
+ * A hostile server against a real PeerShare client: the scp class (CVE-2019-6111) and the rest of
+ * the security checklist from the downloading side, as named scenarios. Each runs in a fresh world
+ * whose `ws` folder is the victim's workspace and download destination. Afterwards the suite
+ * checks the error code and then the disk: only the paths the scenario names may have been
+ * created or changed; everything else, `outside/` and `.git/` above all, is exactly as before.
+ */
+
+interface Hostility {
+  cls: string;
+  name: string;
+  /** What the server does after hello. */
+  scenario?: Scenario;
+  /** The victim's action; default: download `remotePath` into the workspace. */
+  action?: (conn: PeerConnection, world: World) => Promise<unknown>;
+  remotePath?: string;
+  /** Error code expected, or 'ok' for success. */
+  expect: string | string[];
+  /** Paths (relative to the world, prefixes allowed with a trailing '*') that may appear or change. */
+  mayChange?: string[];
+  /** Paths that must exist afterwards. */
+  exists?: string[];
+  prepare?: (world: World) => Promise<void>;
+  server?: { identity?: (victim: TestPeer, hostile: Identity) => Identity; welcomeId?: string; welcomeName?: string; tls?: object };
+  connect?: { expectedPeerId?: (hostile: Identity) => string | undefined };
+  limits?: Partial<Limits>;
+  /** Checks beyond the code and the disk. */
+  check?: (world: World, conn?: PeerConnection, err?: Error) => Promise<void> | void;
+}
+
+const CONTENT = Buffer.from('the real content\n');
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/** Answers stat for `ws/f.txt` honestly, then lets `onRead` misbehave. */
+function fileScenario(onRead: (req: Record<string, unknown>, reply: Replier) => void, size = CONTENT.length): Scenario {
+  return (req, reply) => {
+    if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: path.basename(String(req.path)), type: 'file', size, mtimeMs: 1000 } });
+    else if (req.type === 'read') onRead(req, reply);
+  };
+}
+
+/** Answers stat for `ws/d` as a folder, then plays `events` for the tree. */
+function treeScenario(events: (reply: Replier) => void | Promise<void>): Scenario {
+  return async (req, reply) => {
+    if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } });
+    else if (req.type === 'tree') await events(reply);
+  };
+}
+
+function sendFile(reply: Replier, name: string, content: Buffer, hash = sha(content)): void {
+  reply.message({ type: 'file', path: name, size: content.length, mtimeMs: 1000, offset: 0 });
+  if (content.length) reply.data(content);
+  reply.message({ type: 'fileEnd', sha256: hash });
+}
+
+const honestFile = fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT));
+
+function badTreeName(name: string, why: string, cls = 'names (scp class)'): Hostility {
+  return {
+    cls,
+    name: `a folder holding ${why}: ${JSON.stringify(name).slice(0, 40)}`,
+    remotePath: 'ws/d',
+    scenario: treeScenario((reply) => {
+      sendFile(reply, 'good.txt', CONTENT);
+      sendFile(reply, name, CONTENT);
+      reply.message({ type: 'end', count: 2 });
+    }),
+    expect: 'BAD_NAME',
+    mayChange: ['ws/d', 'ws/d/good.txt'],
+    exists: ['ws/d/good.txt'],
+  };
+}
+
+/** Waits until `file` exists (a download in progress created it). */
+async function until(check: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const started = Date.now();
+  while (!(await check())) {
+    if (Date.now() - started > ms) throw new Error('timed out waiting');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Swaps `ws/d/sub` for a symlink to `outside` once the first file in it has landed. */
+async function swapSubForLink(world: World, firstFile: string): Promise<void> {
+  const sub = path.join(world.ws, 'd', 'sub');
+  await until(() => fs.access(path.join(sub, firstFile)).then(() => true, () => false));
+  await fs.rename(sub, path.join(world.ws, 'd', 'sub-moved'));
+  await fs.symlink(world.outside, sub);
+}
+
+const HOSTILITIES: Hostility[] = [
+  // ---- names (the scp class)
+  { cls: 'names (scp class)', name: 'an honest answer (the harness itself works)', remotePath: 'ws/f.txt', scenario: honestFile, expect: 'ok', mayChange: ['ws/f.txt'], exists: ['ws/f.txt'] },
+  { cls: 'names (scp class)', name: 'a file other than the one asked for', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => sendFile(reply, 'ws/other.txt', CONTENT)), expect: 'BAD_NAME' },
+  { cls: 'names (scp class)', name: 'a file answered as ../outside/secret.txt', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => sendFile(reply, '../outside/secret.txt', CONTENT)), expect: 'BAD_NAME' },
+  { cls: 'names (scp class)', name: 'a file answered as an absolute path', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => sendFile(reply, '/etc/passwd', CONTENT)), expect: 'BAD_NAME' },
+  ...(
+    [
+      ['../escape.txt', 'a parent component'],
+      ['sub/../../escape.txt', 'a parent component in the middle'],
+      ['/tmp/abs.txt', 'an absolute path'],
+      ['sub\\..\\..\\escape.txt', 'backslashes'],
+      ['C:escape.txt', 'a drive letter'],
+      ['c:/escape.txt', 'a drive path'],
+      ['\\\\server\\share\\x', 'a UNC path'],
+      ['', 'an empty name'],
+      ['.', 'a dot'],
+      ['sub//x.txt', 'an empty component'],
+      ['x'.repeat(300), 'a component over 255 bytes'],
+      [`${'a/'.repeat(2100)}x`, 'a path over the length limit'],
+    ] as const
+  ).map(([name, why]) => badTreeName(name, why)),
+  {
+    cls: 'names (scp class)',
+    name: 'a folder (dir message) named ../escape',
+    remotePath: 'ws/d',
+    scenario: treeScenario((reply) => {
+      reply.message({ type: 'dir', path: '../escape' });
+      reply.message({ type: 'end', count: 0 });
+    }),
+    expect: 'BAD_NAME',
+    mayChange: ['ws/d'],
+  },
+  {
+    cls: 'names (scp class)',
+    name: 'extra, unasked-for frames after a complete answer: the file is kept, the connection dropped',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((req, reply) => {
+      sendFile(reply, String(req.path), CONTENT);
+      sendFile(reply, 'ws/.bashrc', Buffer.from('extra'));
+    }),
+    expect: 'ok',
+    mayChange: ['ws/f.txt'],
+    exists: ['ws/f.txt'],
+    check: async (_, conn) => {
+      await until(async () => conn!.closed);
+    },
+  },
+  {
+    cls: 'names (scp class)',
+    name: 'a folder stream in answer to a file request',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((_, reply) => {
+      reply.message({ type: 'dir', path: 'x' });
+      reply.message({ type: 'end', count: 0 });
+    }),
+    expect: 'PROTOCOL_ERROR',
+  },
+
+  // ---- git, editor settings, collisions and reserved names
+  ...(
+    [
+      ['.git/hooks/post-checkout', '.git'],
+      ['.GIT/config', '.git in capitals'],
+      ['.git./config', '.git with a trailing dot'],
+      ['.git /config', '.git with a trailing space'],
+      ['.\uFF47\uFF49\uFF54/config', '.git in full-width letters (NFKC)'],
+      ['sub/.git/hooks/pre-commit', 'a nested .git'],
+      ['.vscode/tasks.json', '.vscode (tasks run on folder open)'],
+      ['.VSCode/settings.json', '.vscode in mixed case'],
+      ['CON', 'a reserved device name'],
+      ['nul.txt', 'a reserved device name with an extension'],
+      ['com1.log', 'a reserved COM name'],
+      ['trailing.', 'a trailing dot'],
+      ['trailing ', 'a trailing space'],
+      ['a<b>c', 'characters Windows refuses'],
+    ] as const
+  ).map(([name, why]) => badTreeName(name, why, 'git, .vscode, collisions, reserved names')),
+  ...(
+    [
+      ['A.txt', 'a.txt', 'two names that differ only in case'],
+      ['caf\u00e9.txt', 'cafe\u0301.txt', 'two names that differ only in Unicode normalisation'],
+      ['same.txt', 'same.txt', 'the same file twice'],
+    ] as const
+  ).map(
+    ([first, second, why]): Hostility => ({
+      cls: 'git, .vscode, collisions, reserved names',
+      name: why,
+      remotePath: 'ws/d',
+      scenario: treeScenario((reply) => {
+        sendFile(reply, first, CONTENT);
+        sendFile(reply, second, Buffer.from('overwrite attempt'));
+        reply.message({ type: 'end', count: 2 });
+      }),
+      expect: 'BAD_NAME',
+      mayChange: ['ws/d', `ws/d/${first}`],
+      exists: [`ws/d/${first}`],
+      check: async (world) => assert.deepEqual(await fs.readFile(path.join(world.ws, 'd', first)), CONTENT),
+    }),
+  ),
+  {
+    cls: 'git, .vscode, collisions, reserved names',
+    name: 'downloading a folder named .git or .vscode into the workspace',
+    action: async (conn, world) => {
+      for (const name of ['ws/.git', 'ws/.vscode', 'ws/.Vscode.']) {
+        await assert.rejects(download(conn, name, world.ws), (err: { code?: string }) => err.code === 'BAD_NAME');
+      }
+      throw Object.assign(new Error('all refused'), { code: 'BAD_NAME' });
+    },
+    scenario: (req, reply) => reply.message({ type: 'entry', entry: { name: path.basename(String(req.path)), type: 'dir', size: 0, mtimeMs: 1 } }),
+    expect: 'BAD_NAME',
+  },
+
+  // ---- lying sizes and hashes
+  { cls: 'sizes and hashes', name: 'a wrong hash', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT, '0'.repeat(64))), expect: 'HASH_MISMATCH' },
+  { cls: 'sizes and hashes', name: 'the hash of the real bytes over other bytes', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), Buffer.from('the evil content\n'), sha(CONTENT))), expect: 'HASH_MISMATCH' },
+  { cls: 'sizes and hashes', name: 'no hash at all', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT, null as unknown as string)), expect: 'HASH_MISMATCH' },
+  {
+    cls: 'sizes and hashes',
+    name: 'more bytes than announced',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((req, reply) => {
+      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
+      reply.data(Buffer.concat([CONTENT, Buffer.from('and more')]));
+      reply.message({ type: 'fileEnd', sha256: sha(CONTENT) });
+    }),
+    expect: 'SIZE_MISMATCH',
+  },
+  {
+    cls: 'sizes and hashes',
+    name: 'fewer bytes than announced',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((req, reply) => {
+      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
+      reply.data(CONTENT.subarray(0, 3));
+      reply.message({ type: 'fileEnd', sha256: sha(CONTENT) });
+    }),
+    expect: 'SIZE_MISMATCH',
+  },
+  {
+    cls: 'sizes and hashes',
+    name: 'an endless stream (stopped at the first byte too many)',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((req, reply) => {
+      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
+      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      const pump = (): void => {
+        if (reply.socket.destroyed) return;
+        if (reply.socket.write(Buffer.concat([encodeDataHeader(chunk.length), chunk]))) setImmediate(pump);
+        else reply.socket.once('drain', pump);
+      };
+      pump();
+    }),
+    expect: 'SIZE_MISMATCH',
+  },
+  {
+    cls: 'sizes and hashes',
+    name: 'a folder file announced as 1 PiB that sends ten bytes (nothing allocated up front)',
+    remotePath: 'ws/d',
+    scenario: treeScenario((reply) => {
+      reply.message({ type: 'file', path: 'huge.bin', size: 2 ** 50, mtimeMs: 1, offset: 0 });
+      reply.data(Buffer.alloc(10));
+      reply.message({ type: 'fileEnd', sha256: '0'.repeat(64) });
+    }),
+    expect: 'SIZE_MISMATCH',
+    mayChange: ['ws/d'],
+  },
+  ...(
+    [
+      [-1, 'a negative size'],
+      [2 ** 60, 'a size past 2^53'],
+      ['12', 'a size that is a string'],
+    ] as const
+  ).map(
+    ([size, why]): Hostility => ({
+      cls: 'sizes and hashes',
+      name: `a folder file with ${why}`,
+      remotePath: 'ws/d',
+      scenario: treeScenario((reply) => {
+        reply.message({ type: 'file', path: 'x.bin', size, mtimeMs: 1, offset: 0 });
+        reply.message({ type: 'end', count: 1 });
+      }),
+      expect: 'PROTOCOL_ERROR',
+      mayChange: ['ws/d'],
+    }),
+  ),
+  { cls: 'sizes and hashes', name: 'data before any file header', remotePath: 'ws/d', scenario: treeScenario((reply) => reply.data(Buffer.from('stray'))), expect: 'PROTOCOL_ERROR', mayChange: ['ws/d'] },
+  { cls: 'sizes and hashes', name: 'a file end with no file', remotePath: 'ws/d', scenario: treeScenario((reply) => reply.message({ type: 'fileEnd', sha256: '0'.repeat(64) })), expect: 'PROTOCOL_ERROR', mayChange: ['ws/d'] },
+
+  // ---- symlinks at the destination
+  {
+    cls: 'symlinks at the destination',
+    name: 'the target name is a symlink to a file outside: left alone (DEST_EXISTS)',
+    remotePath: 'ws/f.txt',
+    prepare: (world) => fs.symlink('../outside/secret.txt', path.join(world.ws, 'f.txt')),
+    scenario: honestFile,
+    expect: 'DEST_EXISTS',
+  },
+  {
+    cls: 'symlinks at the destination',
+    name: 'the target name is a symlink and the user says overwrite: the link is replaced, not written through',
+    remotePath: 'ws/f.txt',
+    prepare: (world) => fs.symlink('../outside/secret.txt', path.join(world.ws, 'f.txt')),
+    action: (conn, world) => download(conn, 'ws/f.txt', world.ws, { onConflict: 'overwrite' }),
+    scenario: honestFile,
+    expect: 'ok',
+    mayChange: ['ws/f.txt'],
+    check: async (world) => assert.ok((await fs.lstat(path.join(world.ws, 'f.txt'))).isFile()),
+  },
+  {
+    cls: 'symlinks at the destination',
+    name: 'the folder to download into is a symlink to outside',
+    remotePath: 'ws/d',
+    prepare: (world) => fs.symlink(world.outside, path.join(world.ws, 'd')),
+    scenario: treeScenario((reply) => {
+      sendFile(reply, 'x.txt', CONTENT);
+      reply.message({ type: 'end', count: 1 });
+    }),
+    expect: 'BAD_NAME',
+  },
+  {
+    cls: 'symlinks at the destination',
+    name: 'a subfolder in the destination is a symlink to outside',
+    remotePath: 'ws/d',
+    prepare: async (world) => {
+      await fs.mkdir(path.join(world.ws, 'd'));
+      await fs.symlink(world.outside, path.join(world.ws, 'd', 'sub'));
+    },
+    scenario: treeScenario((reply) => {
+      sendFile(reply, 'sub/x.txt', CONTENT);
+      reply.message({ type: 'end', count: 1 });
+    }),
+    expect: 'BAD_NAME',
+  },
+  ...(
+    [
+      [CONTENT, 'small files'],
+      [Buffer.alloc(600 * 1024, 7), 'large (streamed) files'],
+    ] as const
+  ).map(
+    ([content, what]): Hostility => ({
+      cls: 'symlinks at the destination',
+      name: `a subfolder swapped for a symlink to outside during the download (${what})`,
+      remotePath: 'ws/d',
+      scenario: treeScenario(async (reply) => {
+        reply.message({ type: 'dir', path: 'sub' });
+        sendFile(reply, 'sub/a.bin', content);
+        // The victim's folder is swapped between the two files (by a local accomplice, say).
+        await new Promise((r) => setTimeout(r, 300));
+        sendFile(reply, 'sub/b.bin', content);
+        reply.message({ type: 'end', count: 2 });
+      }),
+      action: async (conn, world) => {
+        const swapped = swapSubForLink(world, 'a.bin');
+        try {
+          return await download(conn, 'ws/d', world.ws);
+        } finally {
+          await swapped;
+        }
+      },
+      expect: ['ok', 'BAD_NAME', 'IO_ERROR', 'NOT_FOUND'],
+      mayChange: ['ws/d*'],
+    }),
+  ),
+
+  // ---- overwrite
+  {
+    cls: 'overwrite',
+    name: 'an existing file is never replaced without consent',
+    remotePath: 'ws/README.md',
+    scenario: honestFile,
+    expect: 'DEST_EXISTS',
+  },
+  {
+    cls: 'overwrite',
+    name: 'an existing file inside a downloaded folder is kept by default',
+    remotePath: 'ws/src',
+    scenario: (req, reply) => {
+      if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: 'src', type: 'dir', size: 0, mtimeMs: 1 } });
+      else {
+        sendFile(reply, 'a.ts', Buffer.from('export const a = "theirs";\n'));
+        sendFile(reply, 'b.ts', CONTENT);
+        reply.message({ type: 'end', count: 2 });
+      }
+    },
+    expect: 'ok',
+    mayChange: ['ws/src/b.ts'],
+    exists: ['ws/src/b.ts'],
+  },
+
+  // ---- what a person sees
+  {
+    cls: 'display',
+    name: 'a peer name with ANSI escapes, bidi overrides and newlines is shown escaped',
+    server: { welcomeName: '\u001b[2J\u001b[31mEvil\u202eexe.txt\nFAKE: trusted' },
+    action: async (conn) => conn.peerName,
+    expect: 'ok',
+    check: (_, conn) => assert.doesNotMatch(conn!.peerName, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/),
+  },
+  {
+    cls: 'display',
+    name: 'an error message with escapes and a forged code is shown escaped, under a known code',
+    remotePath: 'ws/f.txt',
+    scenario: (_, reply) => reply.message({ type: 'error', code: 'YOU_WIN', message: '\u001b]0;pwned\u0007\r\nAll files verified \u202e' }),
+    expect: 'PROTOCOL_ERROR',
+    check: (_, __, err) => assert.doesNotMatch(err!.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/),
+  },
+  {
+    cls: 'display',
+    name: 'a listing with a duplicate or a slash in a name is refused',
+    scenario: (_, reply) => {
+      reply.message({ type: 'entries', entries: [{ name: 'a', type: 'file', size: 1, mtimeMs: 1 }, { name: 'a', type: 'file', size: 1, mtimeMs: 1 }] });
+      reply.message({ type: 'end', count: 2 });
+    },
+    action: (conn) => conn.list('ws'),
+    expect: 'BAD_NAME',
+  },
+
+  // ---- identity and transport
+  {
+    cls: 'identity and transport',
+    name: 'a server whose certificate is not the invited peer’s',
+    connect: { expectedPeerId: () => 'AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH-2222-3333-4444-5555-6666' },
+    scenario: honestFile,
+    remotePath: 'ws/f.txt',
+    expect: 'PEER_MISMATCH',
+  },
+  {
+    cls: 'identity and transport',
+    name: 'a welcome claiming another peer ID than its certificate',
+    server: { welcomeId: 'AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH-2222-3333-4444-5555-6666' },
+    scenario: honestFile,
+    remotePath: 'ws/f.txt',
+    expect: 'PEER_MISMATCH',
+  },
+  {
+    cls: 'identity and transport',
+    name: 'our own connection reflected back to us (the server shows our certificate)',
+    server: { identity: (victim) => victim.identity },
+    scenario: honestFile,
+    remotePath: 'ws/f.txt',
+    expect: 'PEER_MISMATCH',
+  },
+  {
+    cls: 'identity and transport',
+    name: 'a server on a bare address that we never trusted',
+    connect: { expectedPeerId: () => undefined },
+    scenario: honestFile,
+    remotePath: 'ws/f.txt',
+    expect: 'PEER_UNTRUSTED',
+  },
+  {
+    cls: 'identity and transport',
+    name: 'a server that only speaks TLS 1.2',
+    server: { tls: { minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } },
+    scenario: honestFile,
+    remotePath: 'ws/f.txt',
+    expect: ['CONNECTION_FAILED', 'CONNECTION_CLOSED', 'PROTOCOL_ERROR'],
+  },
+
+  // ---- exhaustion and stalls
+  { cls: 'exhaustion', name: 'silence after the request: TIMEOUT, not a hang', remotePath: 'ws/f.txt', scenario: fileScenario(() => undefined), expect: 'TIMEOUT' },
+  {
+    cls: 'exhaustion',
+    name: 'a stall in the middle of a file: TIMEOUT, the partial file kept (hidden) for resume',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((req, reply) => {
+      reply.message({ type: 'file', path: req.path, size: 1000, mtimeMs: 1000, offset: 0 });
+      reply.data(Buffer.alloc(500));
+    }, 1000),
+    expect: 'TIMEOUT',
+    mayChange: ['ws/.f.txt.*'],
+  },
+  {
+    cls: 'exhaustion',
+    name: 'a data frame over the limit',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((req, reply) => {
+      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
+      reply.raw(encodeDataHeader(64 * 1024 * 1024));
+    }),
+    expect: 'TOO_LARGE',
+  },
+  {
+    cls: 'exhaustion',
+    name: 'a 4 GiB message header',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((_, reply) => reply.raw(Buffer.from([0x01, 0xff, 0xff, 0xff, 0xff]))),
+    expect: 'TOO_LARGE',
+  },
+  { cls: 'exhaustion', name: 'garbage instead of frames', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => reply.raw(Buffer.from('HTTP/1.1 200 OK\r\n\r\n'))), expect: 'PROTOCOL_ERROR' },
+  {
+    cls: 'exhaustion',
+    name: 'an endless listing stops at the entry limit',
+    limits: { maxListEntries: 5000 },
+    scenario: (_, reply) => {
+      let n = 0;
+      const pump = (): void => {
+        if (reply.socket.destroyed) return;
+        const entries = Array.from({ length: 500 }, () => ({ name: `f${n++}`, type: 'file', size: 1, mtimeMs: 1 }));
+        reply.message({ type: 'entries', entries });
+        setImmediate(pump);
+      };
+      pump();
+    },
+    action: (conn) => conn.list('ws'),
+    expect: 'TOO_LARGE',
+  },
+];
+
+const tally = new Map<string, { tried: number; passed: number }>();
+
+describe('a hostile server against a real client', () => {
+  after(() => {
+    const lines = [...tally].map(([cls, t]) => `${cls}: ${t.passed}/${t.tried}`);
+    console.log(`# hostile server scenarios passed per class: ${lines.join('; ')}`);
+  });
+
+  for (const h of HOSTILITIES) {
+    it(`[${h.cls}] ${h.name}`, async () => {
+      const t = tally.get(h.cls) ?? { tried: 0, passed: 0 };
+      tally.set(h.cls, t);
+      t.tried++;
+      const world = await buildWorld();
+      await h.prepare?.(world);
+      const before = await world.snapshot();
+      const victim = await makePeer();
+      const hostile = (await makePeer()).identity;
+      const serverIdentity = h.server?.identity?.(victim, hostile) ?? hostile;
+      const server = await startHostileServer(serverIdentity, h.scenario ?? honestFile, { welcomeId: h.server?.welcomeId, welcomeName: h.server?.welcomeName, tls: h.server?.tls });
+      let conn: PeerConnection | undefined;
+      let outcome = 'ok';
+      let error: Error | undefined;
+      try {
+        const expectedPeerId = h.connect?.expectedPeerId ? h.connect.expectedPeerId(hostile) : hostile.peerId;
+        conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId, name: 'victim', limits: { stallTimeoutMs: 700, ...h.limits } });
+        await (h.action ? h.action(conn, world) : download(conn, h.remotePath!, world.ws));
+      } catch (err) {
+        error = err as Error;
+        outcome = (err as { code?: string }).code ?? `uncoded: ${String(err)}`;
+      }
+      try {
+        const expected = Array.isArray(h.expect) ? h.expect : [h.expect];
+        assert.ok(expected.includes(outcome), `outcome ${outcome}${error ? ` (${error.message})` : ''}, expected ${expected.join('/')}`);
+        await h.check?.(world, conn, error);
+        assertOnlyChanged(before, await world.snapshot(), h.mayChange ?? []);
+        for (const p of h.exists ?? []) await fs.access(path.join(world.base, p));
+        assert.equal(await fs.readFile(path.join(world.outside, 'secret.txt'), 'utf8'), world.secret);
+      } finally {
+        conn?.close();
+        await server.close();
+      }
+      t.passed++;
+    });
+  }
+});
+
+/** Every entry of `after` equals `before`, except paths matching `allowed` (a trailing * is a prefix). */
+function assertOnlyChanged(before: Snapshot, after: Snapshot, allowed: string[]): void {
+  const ok = (p: string): boolean => allowed.some((a) => (a.endsWith('*') ? p.startsWith(a.slice(0, -1)) : p === a));
+  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((p) => before[p] !== after[p] && !ok(p));
+  assert.deepEqual(
+    changed.map((p) => `${p}: ${before[p] ?? 'absent'} -> ${after[p] ?? 'absent'}`),
+    [],
+    'nothing else created, changed or removed',
+  );
+}
+
+// Plaintext on the TLS port is tried from the client side too: a coded error, never a crash.
+describe('a plaintext server', () => {
+  it('[identity and transport] answers a TLS hello with HTTP: a coded error', async () => {
+    const server = net.createServer((s) => s.end('HTTP/1.1 400 Bad Request\r\n\r\n'));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const victim = await makePeer();
+    const port = (server.address() as net.AddressInfo).port;
+    await assert.rejects(
+      connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [`127.0.0.1:${port}`], expectedPeerId: victim.identity.peerId, name: 'victim', limits: { stallTimeoutMs: 700 } }),
+      (err: { code?: string }) => ['CONNECTION_FAILED', 'CONNECTION_CLOSED', 'PROTOCOL_ERROR'].includes(err.code ?? ''),
+    );
+    server.close();
+  });
+});
