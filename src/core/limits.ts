@@ -19,6 +19,10 @@ export interface Limits {
   maxConnections: number;
   /** Requests being answered at once across all connections. */
   maxConcurrentRequests: number;
+  /** Connections one peer (one certificate) may hold at once, so one peer cannot take them all. */
+  maxConnectionsPerPeer: number;
+  /** Requests one peer may have answered at once, so one peer cannot starve the others. */
+  maxRequestsPerPeer: number;
   /** Largest control message (JSON) accepted, in bytes. */
   maxMessageBytes: number;
   /** Largest data frame accepted, in bytes. */
@@ -46,6 +50,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   stallTimeoutMs: 30_000,
   maxConnections: 64,
   maxConcurrentRequests: 32,
+  maxConnectionsPerPeer: 16,
+  maxRequestsPerPeer: 8,
   maxMessageBytes: 1024 * 1024,
   maxDataFrameBytes: 1024 * 1024,
   maxListEntries: 1_000_000,

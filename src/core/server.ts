@@ -70,6 +70,7 @@ export class PeerServer extends EventEmitter {
   private readonly server: tls.Server;
   private readonly connections = new Set<ServerConnection>();
   private activeRequests = 0;
+  private readonly requestsByPeer = new Map<string, number>();
   private boundPort = 0;
   private boundHost = '';
   private readonly log: Logger;
@@ -155,17 +156,29 @@ export class PeerServer extends EventEmitter {
     await closed;
   }
 
-  /** @internal */
-  tryStartRequest(): boolean {
-    if (this.activeRequests >= this.limits.maxConcurrentRequests) return false;
+  /** @internal Takes a request slot, if both the server and this peer have one free. */
+  tryStartRequest(peerId: string): boolean {
+    const mine = this.requestsByPeer.get(peerId) ?? 0;
+    if (this.activeRequests >= this.limits.maxConcurrentRequests || mine >= this.limits.maxRequestsPerPeer) return false;
     this.activeRequests++;
+    this.requestsByPeer.set(peerId, mine + 1);
     this.stats.requests++;
     return true;
   }
 
   /** @internal */
-  endRequest(): void {
+  endRequest(peerId: string): void {
     this.activeRequests--;
+    const mine = (this.requestsByPeer.get(peerId) ?? 1) - 1;
+    if (mine > 0) this.requestsByPeer.set(peerId, mine);
+    else this.requestsByPeer.delete(peerId);
+  }
+
+  /** @internal Connections past hello that this peer holds. */
+  connectionsOf(peerId: string): number {
+    let n = 0;
+    for (const c of this.connections) if (c.peer?.id === peerId) n++;
+    return n;
   }
 
   private accept(socket: tls.TLSSocket): void {
@@ -311,14 +324,14 @@ class ServerConnection {
   }
 
   private start(request: Request): void {
-    if (!this.server.tryStartRequest()) {
+    if (!this.server.tryStartRequest(this.peerId!)) {
       void this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' }).catch(() => undefined);
       return;
     }
     this.busy = true;
     clearTimeout(this.timer);
     void this.serve(request).finally(() => {
-      this.server.endRequest();
+      this.server.endRequest(this.peerId!);
       this.busy = false;
       const next = this.next;
       this.next = undefined;
@@ -388,6 +401,10 @@ class ServerConnection {
 
   private afterHello(id: string, name: string, version: number, paired: boolean): void {
     if (this.state === 'closed') return;
+    if (this.server.connectionsOf(id) >= this.limits.maxConnectionsPerPeer) {
+      this.fail(new PeerShareError('BUSY', 'Too many connections from this peer; try again shortly.'));
+      return;
+    }
     this.state = 'ready';
     this.peer = { id, name, remoteAddress: this.socket.remoteAddress ?? '' };
     const { identity, share } = this.server.options;

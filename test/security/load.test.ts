@@ -1,0 +1,174 @@
+import assert from 'node:assert/strict';
+import { fork, type ChildProcess } from 'node:child_process';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import type { PeerConnection } from '../../src/core';
+import { encodeMessage } from '../../src/core/frames';
+import { connectWithInvite, makePeer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
+import { rawClient, waitFor, type RawClient } from '../hostile';
+
+/**
+ * Load on a sharer in its own process, with its default limits but short timeouts: 200
+ * connections and 1,000 requests in a burst from two rogue (trusted) peers, clients that drip a
+ * byte at a time, clients that never read, and connections past the limit, all at once, while a
+ * well-behaved peer keeps asking. The sharer must answer every one of the well-behaved peer's
+ * requests, refuse the excess with BUSY or a timeout, and hold its memory.
+ */
+
+const MiB = 1024 * 1024;
+const LIMITS = { handshakeTimeoutMs: 2000, helloTimeoutMs: 2000, messageTimeoutMs: 2000, stallTimeoutMs: 2000 };
+
+interface Sample {
+  kind: string;
+  rss: number;
+  heapUsed: number;
+  peers: number;
+  requests: number;
+  accepted: number;
+}
+
+describe('load', () => {
+  let child: ChildProcess;
+  let address: string;
+  let invite: string;
+  const samples: Sample[] = [];
+  let measured: ((s: Sample) => void) | undefined;
+
+  before(async () => {
+    const ws = path.join(tempDir(), 'ws');
+    for (let i = 0; i < 20; i++) await writeRandomFile(path.join(ws, `small-${i}.txt`), 2000);
+    await writeRandomFile(path.join(ws, 'big.bin'), 64 * MiB);
+    child = fork(path.join(__dirname, 'load-sharer.ts'), [ws, JSON.stringify(LIMITS)], { execArgv: ['--import', 'tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    const ready = await new Promise<{ address: string; invite: string }>((resolve, reject) => {
+      child.on('message', (m: Sample & { address: string; invite: string }) => {
+        if (m.kind === 'ready') resolve(m);
+        else if (m.kind === 'sample') samples.push(m);
+        else if (m.kind === 'measured') measured?.(m);
+      });
+      child.once('exit', (code) => reject(new Error(`the sharer exited with ${code}`)));
+    });
+    ({ address, invite } = ready);
+  });
+
+  after(async () => {
+    child.send('stop');
+    await new Promise((r) => child.once('exit', r));
+  });
+
+  const measure = (): Promise<Sample> =>
+    new Promise((resolve) => {
+      measured = resolve;
+      child.send('measure');
+    });
+
+  /** A peer paired with the sharer (by invite), ready to open raw connections. */
+  const paired = async (): Promise<TestPeer> => {
+    const { conn, client } = await connectWithInvite(invite);
+    conn.close();
+    return client;
+  };
+
+  async function openHello(peer: TestPeer): Promise<RawClient> {
+    const c = await rawClient(address, peer.identity);
+    c.socket.on('error', () => undefined);
+    c.send({ type: 'hello', versions: [1], name: 'rogue' });
+    await waitFor(() => c.messages.length > 0 || c.socket.destroyed, 15_000);
+    return c;
+  }
+
+  it('200 connections, 1,000 requests, drips, non-readers and over-limit connections at once: the well-behaved peer is always answered; memory is bounded', async () => {
+    const good = await connectWithInvite(invite);
+    const rogues = [await paired(), await paired()];
+    const lazy = await paired();
+    const crowd = await paired();
+    const baseline = await measure();
+
+    // The well-behaved peer asks every 50 ms throughout.
+    const latencies: number[] = [];
+    let polling = true;
+    const goodConn: PeerConnection = good.conn;
+    const poller = (async () => {
+      while (polling) {
+        const started = performance.now();
+        await goodConn.stat('ws/small-0.txt');
+        latencies.push(performance.now() - started);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
+
+    // 200 connections from two rogue peers at once.
+    const connections = await Promise.all(Array.from({ length: 200 }, (_, i) => openHello(rogues[i % 2])));
+    const welcomed = connections.filter((c) => c.messages[0]?.type === 'welcome');
+    const refused = connections.filter((c) => c.messages[0]?.code === 'BUSY');
+    assert.equal(welcomed.length + refused.length, 200, 'every connection got welcome or BUSY');
+
+    // 1,000 requests in a burst over the connections that got in, each asking again at once.
+    let sent = 0;
+    const answers = new Map<string, number>();
+    await Promise.all(
+      welcomed.map(async (c) => {
+        while (sent < 1000 && !c.socket.destroyed) {
+          sent++;
+          const from = c.messages.length;
+          c.send({ type: 'stat', path: `ws/small-${sent % 20}.txt` });
+          await waitFor(() => c.messages.length > from || c.socket.destroyed, 15_000);
+          const answer = c.messages[from];
+          const key = String(answer?.code ?? answer?.type ?? 'closed');
+          answers.set(key, (answers.get(key) ?? 0) + 1);
+        }
+      }),
+    );
+
+    // Drippers, non-readers and a crowd past the connection limit, all at once.
+    const drippers = await Promise.all(Array.from({ length: 10 }, () => rawClient(address, crowd.identity)));
+    const hello = encodeMessage({ type: 'hello', versions: [1], name: 'drip'.repeat(20) });
+    let dripped = 0;
+    const drip = setInterval(() => {
+      dripped++;
+      for (const d of drippers) if (!d.socket.destroyed) d.socket.write(hello.subarray(dripped - 1, dripped));
+    }, 500);
+    const readers = await Promise.all(Array.from({ length: 5 }, () => openHello(lazy)));
+    for (const r of readers) {
+      r.socket.pause();
+      r.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
+    }
+    const overLimit = await Promise.all(Array.from({ length: 80 }, () => rawClient(address, crowd.identity).catch(() => undefined)));
+    for (const c of overLimit) c?.socket.on('error', () => undefined);
+    await waitFor(() => overLimit.every((c) => !c || c.messages.length > 0 || c.socket.destroyed), 15_000);
+    const overLimitBusy = overLimit.filter((c) => c?.messages[0]?.code === 'BUSY').length;
+
+    // Every dripper and non-reader is let go by the deadlines, not by us.
+    await Promise.all(drippers.map((d) => d.closed));
+    clearInterval(drip);
+    // Non-readers cannot notice (they read nothing): the sharer's count shows they were dropped.
+    await waitFor(() => samples[samples.length - 1]?.peers === welcomed.filter((c) => !c.socket.destroyed).length + 1, 15_000);
+    const peak = Math.max(...samples.map((s) => s.rss));
+
+    polling = false;
+    await poller;
+    for (const c of [...connections, ...readers, ...overLimit]) c?.socket.destroy();
+    await waitFor(() => samples[samples.length - 1]?.peers === 1, 10_000);
+    const afterAll = await measure();
+    good.conn.close();
+
+    const sorted = [...latencies].sort((a, b) => a - b);
+    const p = (q: number): number => Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]);
+    console.log(
+      `# load: 200 connections -> ${welcomed.length} welcomed, ${refused.length} BUSY; ${sent} requests -> ${JSON.stringify(Object.fromEntries(answers))}; ` +
+        `10 drippers closed by the deadline; 5 non-readers; ${overLimit.length} past the limit -> ${overLimitBusy} BUSY; ` +
+        `well-behaved peer: ${latencies.length} requests, all answered, p50 ${p(0.5)} ms, p99 ${p(0.99)} ms, max ${p(1)} ms; ` +
+        `sharer RSS ${(baseline.rss / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB peak, ${(afterAll.rss / MiB).toFixed(0)} MiB after; ` +
+        `heap ${(baseline.heapUsed / MiB).toFixed(1)} -> ${(afterAll.heapUsed / MiB).toFixed(1)} MiB`,
+    );
+
+    assert.ok(welcomed.length <= 32 && welcomed.length > 0, `${welcomed.length} connections past hello for two peers (at most 16 each)`);
+    assert.equal(sent, 1000);
+    assert.equal([...answers.keys()].filter((k) => k !== 'entry' && k !== 'BUSY').length, 0, `only answers or BUSY: ${JSON.stringify(Object.fromEntries(answers))}`);
+    assert.ok((answers.get('entry') ?? 0) > 500, 'most of the burst was served');
+    assert.ok(overLimitBusy > 0, 'connections past the limit were told BUSY');
+    assert.ok(latencies.length > 10, 'the well-behaved peer kept asking');
+    assert.ok(p(1) < 5000, `the well-behaved peer waited at most ${p(1)} ms`);
+    assert.ok(peak < 400 * MiB, `peak RSS ${peak / MiB} MiB`);
+    assert.ok(afterAll.heapUsed < baseline.heapUsed + 16 * MiB, `heap after ${afterAll.heapUsed / MiB} MiB vs before ${baseline.heapUsed / MiB} MiB`);
+  });
+});
