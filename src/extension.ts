@@ -20,7 +20,12 @@ export interface PeerShareApi {
   sharing: Sharing;
   tree: PeersTree;
   downloads: Downloads;
+  /** The extension's own deactivate(), so the editor tests can check what it leaves behind. */
+  deactivate: () => Promise<void>;
 }
+
+/** What deactivate() must wind down; set by activate(). */
+let running: { subscriptions: vscode.Disposable[]; downloads: Downloads; sharing: Sharing } | undefined;
 
 /**
  * Wiring only: the parts live in src/vscode/, the peer itself in src/core/. Nothing listens on
@@ -194,11 +199,29 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const activationMs = activateEnd - loadStart;
   const activationParts = { loadMs: moduleEvaluatedAt - loadStart, activateMs: activateEnd - activateStart };
   log.info(`Activated in ${activationMs.toFixed(1)} ms (bundle ${activationParts.loadMs.toFixed(1)} ms, activate ${activationParts.activateMs.toFixed(1)} ms)`);
-  return { activationMs, activationParts, peers, sharing, tree, downloads };
+  running = { subscriptions: context.subscriptions, downloads, sharing };
+  return { activationMs, activationParts, peers, sharing, tree, downloads, deactivate };
 }
 
-export function deactivate(): void {
-  // Everything, the server and every connection included, is disposed through context.subscriptions.
+/**
+ * VS Code waits for this before it disposes the subscriptions: running downloads are cancelled and
+ * their temporary files removed, and the server and every connection closed, so nothing (socket,
+ * timer or file) outlives the extension. Disposing the subscriptions here too is harmless: each
+ * disposable may be disposed twice.
+ */
+export async function deactivate(): Promise<void> {
+  const parts = running;
+  running = undefined;
+  if (!parts) return;
+  await parts.downloads.close();
+  await parts.sharing.stop();
+  for (const disposable of parts.subscriptions.splice(0)) {
+    try {
+      disposable.dispose();
+    } catch {
+      // one failing disposable must not keep the others alive
+    }
+  }
 }
 
 /** The local file with the same path as a peer's file: same-named workspace folder first. */

@@ -51,6 +51,8 @@ export class Discovery extends EventEmitter {
   private readonly peers = new Map<string, NearbyPeer>();
   private announcement?: Announcement;
   private timer?: NodeJS.Timeout;
+  /** The second announcement, shortly after the first (one datagram may be lost). */
+  private repeat?: NodeJS.Timeout;
   private lastQueryAnswer = 0;
   private readonly group: string;
   private readonly port: number;
@@ -99,11 +101,14 @@ export class Discovery extends EventEmitter {
   announce(announcement: Announcement): void {
     this.announcement = announcement;
     this.sendAnnouncement();
-    setTimeout(() => this.sendAnnouncement(), 300).unref();
+    clearTimeout(this.repeat);
+    this.repeat = setTimeout(() => this.sendAnnouncement(), 300);
+    this.repeat.unref();
   }
 
   /** Says goodbye and stops announcing (the browser keeps running). */
   stopAnnouncing(): void {
+    clearTimeout(this.repeat);
     if (!this.announcement) return;
     this.send({ t: 'bye', id: this.selfId });
     this.announcement = undefined;

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import * as tls from 'node:tls';
+import type * as net from 'node:net';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
@@ -69,6 +70,8 @@ export class PeerServer extends EventEmitter {
   readonly hashCache: HashCache;
   private readonly server: tls.Server;
   private readonly connections = new Set<ServerConnection>();
+  /** Every TCP socket, handshaking ones included, so close() need not wait out a stalled handshake. */
+  private readonly sockets = new Set<net.Socket>();
   private activeRequests = 0;
   private readonly requestsByPeer = new Map<string, number>();
   private boundPort = 0;
@@ -91,6 +94,10 @@ export class PeerServer extends EventEmitter {
     });
     // Bounds sockets still in their handshake; established ones beyond the limit get a BUSY answer.
     this.server.maxConnections = this.limits.maxConnections * 2;
+    this.server.on('connection', (socket: net.Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+    });
     this.server.on('secureConnection', (socket) => this.accept(socket));
     this.server.on('tlsClientError', (err, socket) => {
       this.log('debug', `TLS handshake failed from ${socket.remoteAddress ?? '?'}: ${err.message}`);
@@ -153,6 +160,7 @@ export class PeerServer extends EventEmitter {
     this.tokens.revokeAll();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const c of this.connections) c.close();
+    for (const socket of this.sockets) socket.destroy();
     await closed;
   }
 

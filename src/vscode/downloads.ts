@@ -15,6 +15,9 @@ export class Downloads implements vscode.Disposable {
   private running = 0;
   private readonly active = new Set<AbortController>();
   private readonly waiting: (() => void)[] = [];
+  /** Every download from its start (queued included) to its last cleanup. */
+  private readonly inFlight = new Set<Promise<unknown>>();
+  private closed = false;
   conflictPrompt: ConflictPrompt = askConflict;
 
   constructor(
@@ -23,7 +26,15 @@ export class Downloads implements vscode.Disposable {
   ) {}
 
   /** Downloads a peer's file or folder into `destFolder` (default: the download location). */
-  async download(node: EntryNode, destFolder?: string): Promise<DownloadResult | undefined> {
+  download(node: EntryNode, destFolder?: string): Promise<DownloadResult | undefined> {
+    const running = this.run(node, destFolder);
+    this.inFlight.add(running);
+    void running.finally(() => this.inFlight.delete(running));
+    return running;
+  }
+
+  private async run(node: EntryNode, destFolder?: string): Promise<DownloadResult | undefined> {
+    if (this.closed) return undefined;
     const dest = destFolder ?? downloadFolder(readSettings());
     if (!dest) {
       void vscode.window.showErrorMessage('PeerShare: open a folder, or set peershare.downloadLocation, to download into.');
@@ -33,6 +44,7 @@ export class Downloads implements vscode.Disposable {
     const from = sanitizeForDisplay(node.peerName || 'peer');
     await this.slot();
     try {
+      if (this.closed) return undefined;
       return await vscode.window.withProgress(
         { location: vscode.ProgressLocation.Notification, title: `Downloading ${name} from ${from}`, cancellable: true },
         async (progress, token) => {
@@ -101,8 +113,19 @@ export class Downloads implements vscode.Disposable {
     for (const abort of this.active) abort.abort();
   }
 
-  dispose(): void {
+  /**
+   * For deactivation: no new download starts, running ones are cancelled, and this resolves once
+   * each has removed its temporary files.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
     this.cancelAll();
+    for (const wake of this.waiting.splice(0)) wake();
+    await Promise.allSettled([...this.inFlight]);
+  }
+
+  dispose(): void {
+    void this.close();
   }
 
   private report(result: DownloadResult, name: string, from: string): void {

@@ -158,6 +158,16 @@ describe('limits hold, and the server keeps serving others', () => {
     await sharer.server.close();
   });
 
+  it('closes at once, even with a client stalled before its TLS handshake (default 10 s handshake timeout)', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const tcp = await tcpConnect(sharer.address);
+    tcp.on('error', () => undefined);
+    const started = Date.now();
+    await sharer.server.close();
+    assert.ok(Date.now() - started < 2000, `close took ${Date.now() - started} ms`);
+    await new Promise((r) => (tcp.destroyed ? r(undefined) : tcp.on('close', r)));
+  });
+
   it('closes an idle connection after the idle timeout', async () => {
     const sharer = await startSharer([await sharedFolder()], { limits: fast });
     const { conn } = await connectWithInvite(sharer.invite);

@@ -21,6 +21,7 @@ export async function buildSuites() {
     entryPoints: {
       index: path.join(ROOT, 'test', 'vscode', 'suite', 'index.ts'),
       'extension.test': path.join(ROOT, 'test', 'vscode', 'suite', 'extension.test.ts'),
+      'hostile.test': path.join(ROOT, 'test', 'vscode', 'suite', 'hostile.test.ts'),
       'e2e-sharer': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-sharer.ts'),
       'e2e-downloader': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-downloader.ts'),
     },
