@@ -1,4 +1,5 @@
 import { PeerShareError } from './errors';
+import { DISGUISING_CHARS } from './protocol';
 
 /**
  * Checks a relative name a peer sent us before anything is written under it (the scp
@@ -12,9 +13,6 @@ import { PeerShareError } from './errors';
  * a folder of your choosing.
  */
 const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$/i;
-// Control characters, DEL, C1 controls, and bidirectional overrides/isolates.
-// eslint-disable-next-line no-control-regex
-const UNSAFE_CHARS = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069\uFFFD]/;
 const MAX_COMPONENT_BYTES = 255;
 
 export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] {
@@ -24,7 +22,8 @@ export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] 
   if (typeof name !== 'string' || name.length === 0) bad('empty');
   const text = name as string;
   if (Buffer.byteLength(text, 'utf8') > maxPathBytes) bad('too long');
-  if (UNSAFE_CHARS.test(text)) bad('control or direction characters');
+  // A name we accept is never altered on screen; U+FFFD means it was not valid UTF-8.
+  if (DISGUISING_CHARS.test(text) || text.includes('\uFFFD')) bad('control, invisible or direction characters');
   if (text.includes('\\')) bad('backslash');
   if (text.includes(':')) bad('colon or drive letter');
   if (text.startsWith('/')) bad('absolute path');

@@ -123,12 +123,18 @@ export function errorFromMessage(m: Record<string, unknown>): PeerShareError {
 }
 
 /**
- * Makes text from a peer safe to show in a terminal, a notification or a log: control
- * characters, ANSI escapes and bidirectional overrides become visible escapes.
+ * Characters that would let text from a peer disguise itself on screen: C0 and C1 controls (ANSI
+ * escapes start with one), line and paragraph separators, bidirectional marks, embeddings,
+ * overrides and isolates, and invisible spaces. (Zero-width joiners stay: scripts and emoji need them.)
+ */
+// eslint-disable-next-line no-control-regex
+export const DISGUISING_CHARS = /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff]/;
+const DISGUISING_CHARS_ALL = new RegExp(DISGUISING_CHARS.source, 'g');
+
+/**
+ * Makes text from a peer safe to show in a terminal, a notification or a log: every disguising
+ * character becomes a visible escape.
  */
 export function sanitizeForDisplay(text: string): string {
-  // eslint-disable-next-line no-control-regex
-  return text.replace(/[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, (c) =>
-    `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
-  );
+  return text.replace(DISGUISING_CHARS_ALL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }

@@ -27,4 +27,10 @@ describe('the .vsix', () => {
       'extension/readme.md',
     ]);
   });
+
+  it('declares that untrusted and virtual workspaces are not supported, so VS Code never runs it there', () => {
+    const manifest = JSON.parse(require('node:fs').readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+    assert.equal(manifest.capabilities.untrustedWorkspaces.supported, false);
+    assert.equal(manifest.capabilities.virtualWorkspaces, false);
+  });
 });

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
+  DISGUISING_CHARS,
   PeerShareError,
   Share,
   TokenBook,
@@ -54,12 +55,13 @@ function refusedWith(err: unknown, codes: string[]): void {
   assert.ok(codes.includes(err.code), `refused with ${err.code}, expected one of ${codes.join('/')}`);
 }
 
-// eslint-disable-next-line no-control-regex
-const UNSAFE_ON_SCREEN = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+/** What a person must never see raw: the display sanitizer's own set. */
+const UNSAFE_ON_SCREEN = DISGUISING_CHARS;
 
 /** Pieces that traversal and aliasing attacks are built from, joined in any order. */
 const PATH_PIECES = [
   '..', '.', '/', '//', '\\', '..\\', 'C:', 'c:\\', '\\\\server\\share', '%2e%2e', '%252e', '%2f', '\u0000', '\n', '\u202e',
+  '\u200e', '\u200b', '\u2028', '\ufeff', '\u200d',
   '.git', '.GIT', '.git.', '.git ', '.Git', '.ｇｉｔ', '.env', 'ws', 'ws-secret', 'ws ', 'WS', 'src', 'a.ts', 'secret.txt',
   'link-out', 'file-link', 'loop', 'fifo', 'dev-zero', 'home', 'key.pem', 'CON', 'nul.txt', 'e\u0301', 'é', '\uFFFD', 'x'.repeat(300),
   '\u00e9'.repeat(130), 'outside', '~', '$HOME', '*', '?',

@@ -4,7 +4,7 @@ import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { connectToPeer, download, type Identity, type Limits, type PeerConnection } from '../../src/core';
+import { DISGUISING_CHARS, connectToPeer, download, type Identity, type Limits, type PeerConnection } from '../../src/core';
 import { encodeDataHeader } from '../../src/core/frames';
 import { makePeer, type TestPeer } from '../helpers';
 import { startHostileServer, type Replier, type Scenario } from '../hostile';
@@ -176,6 +176,9 @@ const HOSTILITIES: Hostility[] = [
       ['trailing.', 'a trailing dot'],
       ['trailing ', 'a trailing space'],
       ['a<b>c', 'characters Windows refuses'],
+      ['\u200eREADME.md', 'an invisible direction mark (found by fuzzing)'],
+      ['notes\u2028.txt', 'a line separator'],
+      ['\ufeffindex.ts', 'a zero-width no-break space'],
     ] as const
   ).map(([name, why]) => badTreeName(name, why, 'git, .vscode, collisions, reserved names')),
   ...(
@@ -397,7 +400,7 @@ const HOSTILITIES: Hostility[] = [
     server: { welcomeName: '\u001b[2J\u001b[31mEvil\u202eexe.txt\nFAKE: trusted' },
     action: async (conn) => conn.peerName,
     expect: 'ok',
-    check: (_, conn) => assert.doesNotMatch(conn!.peerName, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/),
+    check: (_, conn) => assert.doesNotMatch(conn!.peerName, DISGUISING_CHARS),
   },
   {
     cls: 'display',
@@ -405,7 +408,7 @@ const HOSTILITIES: Hostility[] = [
     remotePath: 'ws/f.txt',
     scenario: (_, reply) => reply.message({ type: 'error', code: 'YOU_WIN', message: '\u001b]0;pwned\u0007\r\nAll files verified \u202e' }),
     expect: 'PROTOCOL_ERROR',
-    check: (_, __, err) => assert.doesNotMatch(err!.message, /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/),
+    check: (_, __, err) => assert.doesNotMatch(err!.message, DISGUISING_CHARS),
   },
   {
     cls: 'display',

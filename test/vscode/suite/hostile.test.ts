@@ -5,7 +5,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { encodeMessage } from '../../../src/core/frames';
-import { formatInvite, loadOrCreateIdentity } from '../../../src/core';
+import { DISGUISING_CHARS, formatInvite, loadOrCreateIdentity } from '../../../src/core';
 import { peerFileUri } from '../../../src/vscode/peers';
 import type { EntryNode, Node, PeerNode } from '../../../src/vscode/tree';
 import { rawClient, startHostileServer, tcpConnect, type Replier } from '../../hostile';
@@ -18,8 +18,7 @@ import { ROOT, api, tempDir, waitFor } from './helpers';
  */
 
 const EXTENSION_BUNDLE = path.join(ROOT, 'dist', 'extension.js');
-// eslint-disable-next-line no-control-regex
-const UNSAFE_ON_SCREEN = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
+const UNSAFE_ON_SCREEN = DISGUISING_CHARS;
 
 /** Timers the extension's own code creates, until they fire or are cleared. */
 function trackExtensionTimers(): { pending: Map<unknown, string>; restore(): void } {
