@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { PeerServer, Share, TrustStore, loadOrCreateIdentity, resolveLimits } from '../../src/core';
@@ -29,7 +29,10 @@ async function main(): Promise<void> {
       report('measured');
     } else if (m === 'stop') {
       clearInterval(timer);
-      void server.close().then(() => process.exit(0));
+      void server.close().then(() => {
+        rmSync(home, { recursive: true, force: true });
+        process.exit(0);
+      });
     }
   });
 }
