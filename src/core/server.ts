@@ -7,6 +7,7 @@ import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
 import { formatAddress, formatInvite, TokenBook } from './invite';
+import { FramePool } from './frame-pool';
 import { HashCache, sameVersion } from './hash-cache';
 import { resolveLimits, SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
 import { fingerprintFromPeerId, peerIdOfCert, verificationCode } from './peer-id';
@@ -434,11 +435,14 @@ class ServerConnection {
     return this.waitDrain(this.socket.write(encodeMessage(message)));
   }
 
-  /** Sends a DATA frame whose first FRAME_HEADER_BYTES are free for the header. */
-  private sendDataFrame(frame: Buffer): Promise<void> {
+  /**
+   * Sends a DATA frame whose first FRAME_HEADER_BYTES are free for the header; a frame from
+   * `pool` goes back to it once the socket has taken its bytes.
+   */
+  private sendDataFrame(frame: Buffer, pool?: FramePool): Promise<void> {
     if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
     writeDataHeader(frame, frame.length - FRAME_HEADER_BYTES);
-    return this.waitDrain(this.socket.write(frame));
+    return this.waitDrain(this.socket.write(frame, pool && ((err) => !err && pool.give(frame))));
   }
 
   /** Back-pressure: wait for the reader, but not forever (a reader that never reads is dropped). */
@@ -588,11 +592,12 @@ class ServerConnection {
       const hash = known === undefined ? createHash('sha256') : undefined;
       let position = 0;
       const chunk = Math.min(TRANSFER_CHUNK_BYTES, this.limits.maxDataFrameBytes);
+      const pool = new FramePool(FRAME_HEADER_BYTES + chunk, 4);
       // Each chunk is read in behind room for its frame header, so header and data leave in one
       // write with no copy.
       const readAt = async (at: number): Promise<Buffer> => {
         const length = Math.min(chunk, size - at);
-        const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
+        const frame = pool.take(FRAME_HEADER_BYTES + length);
         const { bytesRead } = await handle.read(frame, FRAME_HEADER_BYTES, length, at);
         // A file that shrank under us cannot be sent consistently.
         if (bytesRead < length) throw new PeerShareError('FILE_CHANGED');
@@ -604,6 +609,7 @@ class ServerConnection {
         const part = frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + Math.min(frame.length - FRAME_HEADER_BYTES, offset - position));
         hash!.update(part);
         position += part.length;
+        pool.give(frame);
       }
       await this.send({ type: 'file', path: inTree ? label : remotePath, size, mtimeMs, offset });
       // Read the next chunk while the current one is being encrypted and sent.
@@ -615,7 +621,7 @@ class ServerConnection {
         next = position < size ? readAt(position) : undefined;
         next?.catch(() => undefined);
         hash?.update(frame.subarray(FRAME_HEADER_BYTES));
-        await this.sendDataFrame(frame);
+        await this.sendDataFrame(frame, pool);
         this.server.stats.fileBytesSent += length;
       }
       const after = await handle.stat({ bigint: true });
