@@ -220,28 +220,25 @@ const HOSTILITIES: Hostility[] = [
   { cls: 'sizes and hashes', name: 'a wrong hash', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT, '0'.repeat(64))), expect: 'HASH_MISMATCH' },
   { cls: 'sizes and hashes', name: 'the hash of the real bytes over other bytes', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), Buffer.from('the evil content\n'), sha(CONTENT))), expect: 'HASH_MISMATCH' },
   { cls: 'sizes and hashes', name: 'no hash at all', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT, null as unknown as string)), expect: 'HASH_MISMATCH' },
-  {
-    cls: 'sizes and hashes',
-    name: 'more bytes than announced',
-    remotePath: 'ws/f.txt',
-    scenario: fileScenario((req, reply) => {
-      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
-      reply.data(Buffer.concat([CONTENT, Buffer.from('and more')]));
-      reply.message({ type: 'fileEnd', sha256: sha(CONTENT) });
+  ...(
+    [
+      ['more bytes than announced', Buffer.concat([CONTENT, Buffer.from('and more')])],
+      ['fewer bytes than announced', CONTENT.subarray(0, 3)],
+    ] as const
+  ).map(
+    ([name, sent]): Hostility => ({
+      cls: 'sizes and hashes',
+      name,
+      remotePath: 'ws/f.txt',
+      // Announces CONTENT's size and hash, then sends other bytes.
+      scenario: fileScenario((req, reply) => {
+        reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
+        reply.data(sent);
+        reply.message({ type: 'fileEnd', sha256: sha(CONTENT) });
+      }),
+      expect: 'SIZE_MISMATCH',
     }),
-    expect: 'SIZE_MISMATCH',
-  },
-  {
-    cls: 'sizes and hashes',
-    name: 'fewer bytes than announced',
-    remotePath: 'ws/f.txt',
-    scenario: fileScenario((req, reply) => {
-      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
-      reply.data(CONTENT.subarray(0, 3));
-      reply.message({ type: 'fileEnd', sha256: sha(CONTENT) });
-    }),
-    expect: 'SIZE_MISMATCH',
-  },
+  ),
   {
     cls: 'sizes and hashes',
     name: 'an endless stream (stopped at the first byte too many)',
