@@ -468,6 +468,8 @@ export async function downloadFolder(
     await conn.exchange({ type: 'tree', path: remotePath }, handle);
   } catch (err) {
     if (current?.kind === 'large') await current.receiver?.abort(false);
+    // A folder this download made and nothing landed in goes too (rmdir leaves a non-empty one).
+    if (createdTarget) await fs.rmdir(target).catch(() => undefined);
     throw toPeerShareError(err, 'IO_ERROR');
   } finally {
     options.signal?.removeEventListener('abort', onAbort);
