@@ -17,6 +17,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   alternate,
+  dropCaches,
   goal,
   intEnv,
   isMain,
@@ -82,6 +83,10 @@ export async function run(ctx) {
   // 1. The data, and the servers: PeerShare and sshd.
   const dataDir = path.join(scratch, 'data');
   const source = path.join(dataDir, 'tree');
+  // Creating files is what this scenario measures: start from a file system where earlier runs'
+  // deletions do not slow every create (see dropCaches). The warm-up runs read the data back in.
+  const droppedCaches = dropCaches();
+  ctx.log(droppedCaches ? 'dropped the kernel caches (deleted inodes of earlier runs)' : 'could not drop the kernel caches (not root): earlier deletions may slow file creation');
   ctx.log(`writing ${fileCount} files in ${folderCount} folders`);
   const made = writeTree(source, fileCount, folderCount);
   ctx.log(`${made.files} files, ${toMiB(made.bytes)} MiB (${toMiB(made.allocated)} MiB on disk)`);
@@ -177,6 +182,7 @@ export async function run(ctx) {
       bytesOnDisk: made.allocated,
       runs,
       order: 'alternating peershare, rsync, scp; one untimed warm-up of each first',
+      droppedCaches,
       peershareMedianSeconds: peershare.medianSeconds,
       rsyncMedianSeconds: rsync.medianSeconds,
       scpMedianSeconds: scp.medianSeconds,
