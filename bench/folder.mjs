@@ -17,6 +17,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   alternate,
+  cpuBudget,
+  cpuFigure,
   dropCaches,
   goal,
   intEnv,
@@ -189,11 +191,13 @@ export async function run(ctx) {
       ratio,
       ratioToScp,
       ssh: sshd.negotiated,
+      cpu: cpuBudget({ peershare, rsync }),
       serverPeakRssBytes: serverVmHwm,
     },
     goals: [goal({ label: 'folder: PeerShare / rsync time', measured: ratio, op: '<=', target: GOAL_RATIO_TO_RSYNC })],
     figures: [
       { label: 'PeerShare', text: fmt(peershare) },
+      cpuFigure(peershare, 'rsync+ssh+sshd', rsync),
       { label: 'rsync -a over ssh', text: fmt(rsync) },
       { label: 'scp -r', text: `${fmt(scp)}; PeerShare/scp ${ratioToScp}` },
     ],

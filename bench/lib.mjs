@@ -445,6 +445,31 @@ export async function alternate(ctx, tools, { runs, between, describe = (r) => `
   return { warmupSeconds, results };
 }
 
+/**
+ * The CPU both ends of each tool used, from `summariseRuns` figures, and the shortest time that
+ * CPU allows on this machine's cores: a ratio goal below the ratio of these floors cannot be met
+ * here by any schedule, only by doing less work.
+ */
+export function cpuBudget(tools) {
+  const cores = os.availableParallelism();
+  const entries = Object.entries(tools).map(([name, t]) => [
+    name,
+    { clientCpuSeconds: t.medianCpuSeconds, serverCpuSeconds: t.medianServerCpuSeconds, totalCpuSeconds: t.medianTotalCpuSeconds, floorSeconds: round(t.medianTotalCpuSeconds / cores) },
+  ]);
+  return { cores, ...Object.fromEntries(entries) };
+}
+
+/** A chart figure: the CPU both ends of PeerShare and of the anchor used, and the floor it sets. */
+export function cpuFigure(peershare, anchorLabel, anchor) {
+  const cores = os.availableParallelism();
+  const text = (t) => `${t.medianTotalCpuSeconds.toFixed(2)} CPU-s (client ${t.medianCpuSeconds.toFixed(2)} + server ${t.medianServerCpuSeconds.toFixed(2)})`;
+  const floor = (t) => `${(t.medianTotalCpuSeconds / cores).toFixed(2)} s`;
+  return {
+    label: 'CPU, both ends',
+    text: `PeerShare ${text(peershare)}, ${anchorLabel} ${text(anchor)}; at best ${floor(peershare)} vs ${floor(anchor)} on ${cores} cores`,
+  };
+}
+
 /** Per-tool figures of `alternate`'s results: every run and the median. */
 export function summariseRuns(rs, extra = {}) {
   const med = median(rs.map((r) => r.seconds));
@@ -454,6 +479,11 @@ export function summariseRuns(rs, extra = {}) {
     serverCpuSeconds: rs.map((r) => r.serverCpuSeconds),
     otherCpuSeconds: rs.map((r) => r.otherCpuSeconds),
     medianSeconds: round(med),
+    // CPU of the command (all its threads and processes) plus its server's, per run: on a machine
+    // with N cores no schedule finishes in less than this total / N.
+    medianCpuSeconds: round(median(rs.map((r) => r.cpuSeconds))),
+    medianServerCpuSeconds: round(median(rs.map((r) => r.serverCpuSeconds))),
+    medianTotalCpuSeconds: round(median(rs.map((r) => (r.cpuSeconds ?? NaN) + (r.serverCpuSeconds ?? NaN)))),
     clientMaxRssBytes: Math.max(...rs.map((r) => r.maxRssBytes ?? 0)) || undefined,
     ...extra,
   };
