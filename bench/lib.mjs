@@ -459,14 +459,10 @@ export function cpuBudget(tools) {
   return { cores, ...Object.fromEntries(entries) };
 }
 
-/**
- * A chart figure: the CPU both ends of PeerShare and of the anchor used, and the shortest time
- * that allows on this machine's cores (the client/server split is in the summary's `cpu`).
- */
-export function cpuFigure(peershare, anchorLabel, anchor) {
-  const cores = os.availableParallelism();
-  const text = (t) => `${t.medianTotalCpuSeconds.toFixed(2)} CPU-s, so at best ${(t.medianTotalCpuSeconds / cores).toFixed(2)} s`;
-  return { label: `CPU, both ends, on ${cores} cores`, text: `PeerShare ${text(peershare)}; ${anchorLabel} ${text(anchor)}` };
+/** A chart figure from `cpuBudget`: the CPU of PeerShare and of one anchor, and the floor each sets. */
+export function cpuFigure(budget, anchorName, anchorLabel) {
+  const text = (b) => `${b.totalCpuSeconds.toFixed(2)} CPU-s, so at best ${b.floorSeconds.toFixed(2)} s`;
+  return { label: `CPU, both ends, on ${budget.cores} cores`, text: `PeerShare ${text(budget.peershare)}; ${anchorLabel} ${text(budget[anchorName])}` };
 }
 
 /** Per-tool figures of `alternate`'s results: every run and the median. */

@@ -144,6 +144,7 @@ export async function run(ctx) {
   const ratio = round(peershare.medianSeconds / curl.medianSeconds, 2);
   const ratioToScp = round(peershare.medianSeconds / scp.medianSeconds, 2);
 
+  const cpu = cpuBudget({ peershare, curl });
   const fmt = (t) => `${t.medianSeconds.toFixed(2)} s (${t.medianMiBps} MiB/s)`;
   printTable([
     ['', 'median', 'MiB/s', 'runs (s)', 'client peak RSS', 'server peak RSS'],
@@ -172,14 +173,14 @@ export async function run(ctx) {
       ratio,
       ratioToScp,
       ssh: sshd.negotiated,
-      cpu: cpuBudget({ peershare, curl }),
+      cpu,
       clientPeakRssBytes: peershare.clientMaxRssBytes,
       serverPeakRssBytes: serverVmHwm,
     },
     goals: [goal({ label: 'transfer: PeerShare / curl (nginx) time', measured: ratio, op: '<=', target: GOAL_RATIO_TO_CURL })],
     figures: [
       { label: 'PeerShare', text: fmt(peershare) },
-      cpuFigure(peershare, 'curl+nginx', curl),
+      cpuFigure(cpu, 'curl', 'curl+nginx'),
       { label: 'curl from nginx', text: fmt(curl) },
       { label: `scp (${sshd.negotiated.cipher ?? 'default cipher'})`, text: `${fmt(scp)}; PeerShare/scp ${ratioToScp}` },
     ],
