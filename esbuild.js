@@ -29,22 +29,12 @@ async function main() {
     esbuild.context({
       ...common,
       entryPoints: { cli: 'src/cli/main.ts' },
-      // The CLI is run directly as `peershare`, and sets two V8 flags before V8 compiles the rest
-      // of the bundle (docs/benchmarks.md, "Idle" and "Memory"):
-      // - V8 arms its start-up memory reducer as soon as the heap grows by 1 MiB after boot; it
-      //   then runs three collections about 8 s later, waking an idle `peershare serve` a dozen
-      //   times to give back about 5 MiB. Its other triggers (after real work) stay on.
-      // - The young generation stays at its first size instead of doubling under a download's
-      //   stream of short-lived read buffers: collections come sooner and free those buffers
-      //   sooner, and a 1 GiB download peaks about 14 MiB lower, at the same speed.
-      banner: {
-        js: [
-          '#!/usr/bin/env node',
-          "require('node:v8').setFlagsFromString('--no-memory-reducer-for-small-heaps');",
-          "require('node:v8').setFlagsFromString('--semi-space-growth-factor=1');",
-          loadStart,
-        ].join('\n'),
-      },
+      // The CLI is run directly as `peershare`. The flag must be set before V8 compiles the rest
+      // of the bundle: V8 arms its start-up memory reducer as soon as the heap grows by 1 MiB
+      // after boot, and it then runs three collections about 8 s later, waking an idle
+      // `peershare serve` a dozen times to give back about 5 MiB. Its other triggers (after real
+      // work) stay on. docs/benchmarks.md, "Idle".
+      banner: { js: `#!/usr/bin/env node\nrequire('node:v8').setFlagsFromString('--no-memory-reducer-for-small-heaps');\n${loadStart}` },
     }),
   ]);
   if (watch) {
