@@ -110,6 +110,20 @@ export function rawClient(address: string, identity?: Identity, extra: tls.Conne
   });
 }
 
+/**
+ * Writes `bytes` to the client one byte every `everyMs`, as a slow-loris peer would, until they are
+ * all sent or the socket closes; resolves with how many were sent by the time it closed.
+ */
+export async function dripUntilClosed(client: RawClient, bytes: Uint8Array, everyMs: number): Promise<number> {
+  let sent = 0;
+  const timer = setInterval(() => {
+    if (sent < bytes.length && !client.socket.destroyed) client.socket.write(bytes.subarray(sent, ++sent));
+  }, everyMs);
+  await client.closed;
+  clearInterval(timer);
+  return sent;
+}
+
 /** A plain TCP connection, for stalls and plaintext. */
 export function tcpConnect(address: string): Promise<net.Socket> {
   const [host, port] = address.split(':');

@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import { PeerServer, connectToPeer, formatInvite, parseInvite } from '../../src/core';
 import { encodeMessage } from '../../src/core/frames';
 import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, writeRandomFile } from '../helpers';
-import { rawClient, tcpConnect, waitFor } from '../hostile';
+import { dripUntilClosed, rawClient, tcpConnect, waitFor } from '../hostile';
 
 async function sharedFolder(): Promise<string> {
   const ws = path.join(tempDir(), 'ws');
@@ -180,13 +180,8 @@ describe('limits hold, and the server keeps serving others', () => {
     const { client, conn } = await connectWithInvite(sharer.invite);
     const drip = await rawClient(sharer.address, client.identity);
     const bytes = encodeMessage({ type: 'hello', versions: [1], name: 'x'.repeat(50) });
-    let i = 0;
-    const timer = setInterval(() => {
-      if (i < bytes.length && !drip.socket.destroyed) drip.socket.write(bytes.subarray(i, ++i));
-    }, 50);
-    await drip.closed;
-    clearInterval(timer);
-    assert.ok(i < bytes.length, 'closed before the message completed');
+    const sent = await dripUntilClosed(drip, bytes, 50);
+    assert.ok(sent < bytes.length, 'closed before the message completed');
     assert.equal((await conn.stat('ws/secret.txt')).type, 'file');
     conn.close();
     await sharer.server.close();

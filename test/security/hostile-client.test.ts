@@ -9,7 +9,7 @@ import * as x509 from '@peculiar/x509';
 import { PeerServer, Share, connectToPeer, resolveLimits, type Identity, type PeerConnection } from '../../src/core';
 import { FrameType, encodeDataHeader, encodeMessage } from '../../src/core/frames';
 import { makePeer, type TestPeer } from '../helpers';
-import { rawClient, tcpConnect, waitFor, type RawClient } from '../hostile';
+import { dripUntilClosed, rawClient, tcpConnect, waitFor, type RawClient } from '../hostile';
 import { buildWorld, type World } from './world';
 
 /**
@@ -389,12 +389,7 @@ const ATTACKS: Attack[] = [
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity, { hello: true });
       const bytes = encodeMessage({ type: 'stat', path: 'ws/README.md' });
-      let sent = 0;
-      const timer = setInterval(() => {
-        if (sent < bytes.length && !client.socket.destroyed) client.socket.write(bytes.subarray(sent, ++sent));
-      }, 100);
-      await client.closed;
-      clearInterval(timer);
+      const sent = await dripUntilClosed(client, bytes, 100);
       assert.ok(sent < bytes.length, 'closed before the request completed');
       assert.deepEqual(codesOf(client.messages.slice(1)), ['TIMEOUT']);
     },

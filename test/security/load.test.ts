@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import { encodeMessage } from '../../src/core/frames';
 import { connectWithInvite, makePeer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
-import { rawClient, waitFor, type RawClient } from '../hostile';
+import { dripUntilClosed, rawClient, waitFor, type RawClient } from '../hostile';
 
 /**
  * Load on a sharer in its own process, with its default limits but short timeouts: 200
@@ -143,11 +143,7 @@ describe('load', () => {
       // Drippers, non-readers and a crowd past the connection limit, all at once.
       const drippers = await Promise.all(Array.from({ length: 10 }, () => rawClient(address, crowd.identity)));
       const hello = encodeMessage({ type: 'hello', versions: [1], name: 'drip'.repeat(20) });
-      let dripped = 0;
-      const drip = setInterval(() => {
-        dripped++;
-        for (const d of drippers) if (!d.socket.destroyed) d.socket.write(hello.subarray(dripped - 1, dripped));
-      }, 500);
+      const dripped = Promise.all(drippers.map((d) => dripUntilClosed(d, hello, 500)));
       const readers = (await Promise.all(Array.from({ length: 5 }, () => openHello(lazy)))).filter((r): r is RawClient => r !== 'dropped');
       assert.equal(readers.length, 5, 'the non-readers got in (the burst has gone)');
       for (const r of readers) {
@@ -160,8 +156,8 @@ describe('load', () => {
       const overLimitBusy = overLimit.filter((c) => c?.messages[0]?.code === 'BUSY').length;
 
       // Every dripper and non-reader is let go by the deadlines, not by us.
-      await Promise.all(drippers.map((d) => d.closed));
-      clearInterval(drip);
+      const drippedBytes = await dripped;
+      assert.ok(drippedBytes.every((n) => n < hello.length), 'every dripper was cut off before its hello was whole');
       // Non-readers cannot notice (they read nothing): the sharer's count shows they were dropped.
       await waitFor(() => samples[samples.length - 1]?.peers === welcomed.filter((c) => !c.socket.destroyed).length + 1, 15_000);
       const peak = Math.max(...samples.map((s) => s.rss));
