@@ -347,7 +347,7 @@ async function commandNearby(globals: Globals, settings: DiscoverySettings, time
   const nearby = new Discovery({ selfId: identity.peerId, interfaces: settings.interfaces, port: settings.port });
   await nearby.start();
   await new Promise((resolve) => setTimeout(resolve, timeoutMs));
-  const peers = nearby.list().map((p) => ({ ...p, trusted: trust.isTrusted(p.id) }));
+  const peers = nearby.list().map((p) => ({ ...p, trusted: trust.knows(p.id) }));
   await nearby.stop();
   if (globals.json) printJson({ peers });
   else if (peers.length === 0) out('No peers announcing themselves nearby.');

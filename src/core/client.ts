@@ -98,7 +98,7 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
       const cert = s.getPeerCertificate(false);
       const id = cert?.raw ? peerIdOfCert(cert.raw) : undefined;
       if (!id) return fail(new PeerShareError('PEER_MISMATCH', 'The peer presented no certificate.'));
-      if (expected ? id !== expected : !options.trust.isTrusted(id)) {
+      if (expected ? id !== expected : !options.trust.readsFrom(id)) {
         return fail(
           expected
             ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one in the invite (it presented ${id}).`)
@@ -126,12 +126,13 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
     options.signal.addEventListener('abort', onAbort, { once: true });
     connection.onClose(() => options.signal?.removeEventListener('abort', onAbort));
   }
-  // A successful hello with an invite makes the peer trusted on our side too.
-  // Allowed once is not a pairing: we remember the sharer only when it trusts us back.
-  if ((expected && (!asking || connection.welcome.paired)) || options.trust.isTrusted(connection.peerId)) {
+  // We remember a sharer we may read: its invite worked, it let us in for good, or we knew it.
+  // That is one direction only: it never lets the sharer read *our* share (see TrustStore).
+  // Allowed once is not a pairing.
+  if ((expected && (!asking || connection.welcome.paired)) || options.trust.readsFrom(connection.peerId)) {
     const known = options.trust.get(connection.peerId);
     const addresses = [address, ...(known?.addresses ?? []).filter((a) => a !== address)].slice(0, 8);
-    await options.trust.add({ id: connection.peerId, name: connection.welcome.name, addresses });
+    await options.trust.addSharer({ id: connection.peerId, name: connection.welcome.name, addresses });
   }
   return connection;
 }

@@ -15,8 +15,23 @@ export interface Limits {
   messageTimeoutMs: number;
   /** A transfer whose reader accepts no bytes for this long is abandoned; the client likewise gives up on a silent peer. */
   stallTimeoutMs: number;
-  /** Connections served at once, handshaking ones included. */
+  /** Connections past the handshake and hello, from peers we know, served at once. */
   maxConnections: number;
+  /**
+   * Connections not yet authenticated (in the TLS handshake, or past it with a certificate we do
+   * not trust and no hello yet), in all. They have their own budget, apart from trusted peers':
+   * when it is full the oldest of them is closed (OpenSSH's MaxStartups), so strangers cannot
+   * fill the slots a trusted peer needs.
+   */
+  maxUnauthenticatedConnections: number;
+  /** The same, from one source address. */
+  maxUnauthenticatedPerSource: number;
+  /** TLS handshakes one source address may start per second (a short burst of twice this is allowed). */
+  handshakesPerSecondPerSource: number;
+  /** Requests to connect (nearby peers) waiting for the sharer's answer, in all. */
+  maxPendingApprovals: number;
+  /** The same, from one source address. */
+  maxPendingApprovalsPerSource: number;
   /** Requests being answered at once across all connections. */
   maxConcurrentRequests: number;
   /** Connections one peer (one certificate) may hold at once, so one peer cannot take them all. */
@@ -27,12 +42,20 @@ export interface Limits {
   maxMessageBytes: number;
   /** Largest data frame accepted, in bytes. */
   maxDataFrameBytes: number;
-  /** Entries a single listing may return. */
+  /** Entries a single listing may return (both sides enforce it). */
   maxListEntries: number;
+  /** Bytes of names (UTF-8) a single listing may hold, so long names cannot multiply the count's memory. */
+  maxListBytes: number;
   /** Entries sent per listing message, so no listing becomes one giant message. */
   listBatchEntries: number;
-  /** Files a single folder download may contain. */
+  /** Files and folders a single folder download may contain (both sides enforce it). */
   maxTreeFiles: number;
+  /** Reports of files the sharer could not send that one folder download keeps; more are only counted. */
+  maxSkippedReports: number;
+  /** Every request's overall deadline starts at this, whatever arrives meanwhile... */
+  requestTimeoutMs: number;
+  /** ...and grows by the time its announced bytes take at this rate, so a large file may take its time. */
+  minTransferBytesPerSecond: number;
   /** Folder nesting a folder download may descend. */
   maxTreeDepth: number;
   /** Longest path accepted, in UTF-8 bytes. */
@@ -49,14 +72,25 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   messageTimeoutMs: 10_000,
   stallTimeoutMs: 30_000,
   maxConnections: 64,
+  maxUnauthenticatedConnections: 32,
+  maxUnauthenticatedPerSource: 8,
+  handshakesPerSecondPerSource: 10,
+  maxPendingApprovals: 4,
+  maxPendingApprovalsPerSource: 1,
   maxConcurrentRequests: 32,
   maxConnectionsPerPeer: 16,
   maxRequestsPerPeer: 8,
   maxMessageBytes: 1024 * 1024,
   maxDataFrameBytes: 1024 * 1024,
-  maxListEntries: 1_000_000,
+  // Sized so a whole listing, or a folder download's bookkeeping, stays well inside the client's
+  // 100 MiB memory goal whatever a hostile sharer sends.
+  maxListEntries: 200_000,
+  maxListBytes: 16 * 1024 * 1024,
   listBatchEntries: 1000,
-  maxTreeFiles: 1_000_000,
+  maxTreeFiles: 200_000,
+  maxSkippedReports: 1000,
+  requestTimeoutMs: 120_000,
+  minTransferBytesPerSecond: 16 * 1024,
   maxTreeDepth: 64,
   maxPathBytes: 4096,
   hashCacheEntries: 10_000,

@@ -360,7 +360,7 @@ class ServerConnection {
     const id = this.peerId!;
     const name = sanitizeForDisplay(hello.name).slice(0, 100);
     let paired = false;
-    if (!trust.isTrusted(id) && id !== identity.peerId) {
+    if (!trust.allowsReader(id) && id !== identity.peerId) {
       if (hello.token === undefined && hello.request && this.server.options.onAccessRequest) {
         this.askSharer(id, name, version);
         return;
@@ -369,9 +369,9 @@ class ServerConnection {
       if (!this.server.tokens.redeem(hello.token)) throw new PeerShareError('TOKEN_INVALID');
       paired = true;
       // Pairing is acknowledged only once it is on disk.
-      trust.add({ id, name }).then(
+      trust.addReader({ id, name }).then(
         () => this.afterHello(id, name, version, true),
-        (err) => this.fail(toPeerShareError(err, 'IO_ERROR')),
+        (err: unknown) => this.fail(toPeerShareError(err, 'IO_ERROR')),
       );
       this.state = 'ready';
       clearTimeout(this.timer);
@@ -398,7 +398,7 @@ class ServerConnection {
       if (decision === 'deny') return this.fail(new PeerShareError('ACCESS_DENIED', 'The sharer declined the request.'));
       if (decision === 'always') {
         try {
-          await trust.add({ id, name });
+          await trust.addReader({ id, name });
         } catch (err) {
           return this.fail(toPeerShareError(err, 'IO_ERROR'));
         }

@@ -1,125 +1,280 @@
-import { promises as fs } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { promises as fs, readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { PeerShareError } from './errors';
 import { normalizePeerId } from './peer-id';
 
+/**
+ * A peer this installation knows, by the fingerprint of its certificate (its ID). Trust has a
+ * direction, and the two are kept apart on purpose: using someone's invite, or being allowed in
+ * by them, lets *us* read *them*; it never lets them read us. Only our own invite (redeemed) or
+ * our own "Always Allow" lets a peer read our share.
+ */
 export interface TrustedPeer {
   id: string;
   name: string;
   /** Last known addresses (`host:port`) of the peer's server, if it shares. */
   addresses: string[];
   addedAt: string;
+  /** They may read our share: they redeemed our invite, or we answered Always Allow. */
+  mayReadUs: boolean;
+  /** We may read theirs: we used their invite, or they allowed us always. They still decide. */
+  weRead: boolean;
 }
 
 export const TRUST_FILE = 'trusted-peers.json';
 
+/** A lock older than this belongs to a process that died while holding it. */
+const STALE_LOCK_MS = 10_000;
+const LOCK_WAIT_MS = 5_000;
+const LOCK_RETRY_MS = 15;
+
 /**
- * The peers this installation trusts, kept in `<home>/trusted-peers.json`. A peer is trusted
- * by the fingerprint of its certificate (its ID) and nothing else: names and addresses are hints.
+ * The peers this installation trusts, kept in `<home>/trusted-peers.json`.
+ *
+ * Several processes may share one home (a running `serve`, a `trust rm` in another terminal, the
+ * editor). So the file, not memory, is the truth: every question re-reads it if it changed on
+ * disk (one `stat` when it did not), and every change is a read-modify-write under a lock file,
+ * never a write of a stale copy. A revoke therefore takes effect in a running server at its next
+ * check, and no pairing elsewhere writes a revoked peer back.
  */
 export class TrustStore {
   private peers = new Map<string, TrustedPeer>();
-  private writing: Promise<void> = Promise.resolve();
+  /** What the file looked like when last read: inode, size, times. */
+  private seen = '';
+  private changing: Promise<unknown> = Promise.resolve();
 
   private constructor(private readonly file: string) {}
 
   static async open(home: string): Promise<TrustStore> {
     const store = new TrustStore(path.join(home, TRUST_FILE));
-    await store.reload();
+    store.refresh();
     return store;
   }
 
+  /** Re-reads the file (kept for callers that want to be explicit; every query does this too). */
   async reload(): Promise<void> {
-    let text: string;
-    try {
-      text = await fs.readFile(this.file, 'utf8');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw new PeerShareError('IO_ERROR', `Cannot read ${this.file}.`, { detail: String(err), cause: err });
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (err) {
-      throw new PeerShareError('IO_ERROR', `${this.file} is not valid JSON; fix or remove it.`, { cause: err });
-    }
-    const list = (parsed as { peers?: unknown }).peers;
-    const next = new Map<string, TrustedPeer>();
-    if (Array.isArray(list)) {
-      for (const item of list) {
-        const p = item as Partial<TrustedPeer>;
-        if (typeof p.id !== 'string') continue;
-        let id: string;
-        try {
-          id = normalizePeerId(p.id);
-        } catch {
-          continue;
-        }
-        next.set(id, {
-          id,
-          name: typeof p.name === 'string' ? p.name : '',
-          addresses: Array.isArray(p.addresses) ? p.addresses.filter((a): a is string => typeof a === 'string') : [],
-          addedAt: typeof p.addedAt === 'string' ? p.addedAt : new Date(0).toISOString(),
-        });
-      }
-    }
-    this.peers = next;
+    this.refresh();
   }
 
   list(): TrustedPeer[] {
-    return [...this.peers.values()];
+    this.refresh();
+    return [...this.peers.values()].map(copy);
   }
 
   get(id: string): TrustedPeer | undefined {
-    return this.peers.get(id);
+    this.refresh();
+    const peer = this.peers.get(id);
+    return peer && copy(peer);
   }
 
-  isTrusted(id: string): boolean {
+  /** May this peer read our share? Checked against the file as it is now. */
+  allowsReader(id: string): boolean {
+    this.refresh();
+    return this.peers.get(id)?.mayReadUs === true;
+  }
+
+  /** Do we read this peer's share (so its certificate alone is enough to connect to it)? */
+  readsFrom(id: string): boolean {
+    this.refresh();
+    return this.peers.get(id)?.weRead === true;
+  }
+
+  /** Is this peer known in either direction? */
+  knows(id: string): boolean {
+    this.refresh();
     return this.peers.has(id);
   }
 
   /** Finds a peer by full ID, by an ID prefix of at least 8 characters, or by exact name. */
   find(query: string): TrustedPeer | undefined {
+    const peers = this.list();
     const compact = query.toUpperCase().replace(/[\s-]/g, '');
     if (compact.length >= 8 && /^[A-Z2-7]+$/.test(compact)) {
-      const matches = this.list().filter((p) => p.id.replace(/-/g, '').startsWith(compact));
+      const matches = peers.filter((p) => p.id.replace(/-/g, '').startsWith(compact));
       if (matches.length === 1) return matches[0];
     }
-    const byName = this.list().filter((p) => p.name === query);
+    const byName = peers.filter((p) => p.name === query);
     return byName.length === 1 ? byName[0] : undefined;
   }
 
-  async add(peer: { id: string; name?: string; addresses?: string[] }): Promise<TrustedPeer> {
-    const id = normalizePeerId(peer.id);
-    const existing = this.peers.get(id);
-    const entry: TrustedPeer = {
-      id,
+  /** Lets a peer read our share (our invite was redeemed, or we said Always Allow). */
+  addReader(peer: { id: string; name?: string }): Promise<TrustedPeer> {
+    return this.upsert(peer.id, (existing, id) => ({
+      ...(existing ?? fresh(id)),
       name: peer.name ?? existing?.name ?? '',
-      addresses: peer.addresses ?? existing?.addresses ?? [],
-      addedAt: existing?.addedAt ?? new Date().toISOString(),
-    };
-    this.peers.set(id, entry);
-    await this.save();
-    return entry;
+      mayReadUs: true,
+    }));
   }
 
+  /** Remembers a peer whose share we read (we used its invite, or it let us in for good). */
+  addSharer(peer: { id: string; name?: string; addresses?: string[] }): Promise<TrustedPeer> {
+    return this.upsert(peer.id, (existing, id) => ({
+      ...(existing ?? fresh(id)),
+      name: peer.name ?? existing?.name ?? '',
+      addresses: peer.addresses ?? existing?.addresses ?? [],
+      weRead: true,
+    }));
+  }
+
+  /** Updates what we call a known peer, or where it was last reached; never what it may do. */
+  async update(id: string, change: { name?: string; addresses?: string[] }): Promise<TrustedPeer | undefined> {
+    let result: TrustedPeer | undefined;
+    await this.mutate((peers) => {
+      const existing = peers.get(normalizePeerId(id));
+      if (!existing) return false;
+      if (change.name !== undefined) existing.name = change.name;
+      if (change.addresses !== undefined) existing.addresses = change.addresses;
+      result = copy(existing);
+      return true;
+    });
+    return result;
+  }
+
+  /** Forgets a peer in both directions. */
   async remove(id: string): Promise<boolean> {
-    const removed = this.peers.delete(normalizePeerId(id));
-    if (removed) await this.save();
+    let removed = false;
+    await this.mutate((peers) => (removed = peers.delete(normalizePeerId(id))));
     return removed;
   }
 
-  /** Writes atomically and one write at a time, so a crash never leaves half a file. */
-  private save(): Promise<void> {
-    const snapshot = JSON.stringify({ version: 1, peers: this.list() }, null, 2) + '\n';
-    this.writing = this.writing
-      .catch(() => undefined)
-      .then(async () => {
-        await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
-        const tmp = `${this.file}.${process.pid}.tmp`;
-        await fs.writeFile(tmp, snapshot, { mode: 0o600 });
-        await fs.rename(tmp, this.file);
-      });
-    return this.writing;
+  private async upsert(rawId: string, make: (existing: TrustedPeer | undefined, id: string) => TrustedPeer): Promise<TrustedPeer> {
+    const id = normalizePeerId(rawId);
+    let entry!: TrustedPeer;
+    await this.mutate((peers) => {
+      entry = make(peers.get(id), id);
+      peers.set(id, entry);
+      return true;
+    });
+    return copy(entry);
+  }
+
+  /**
+   * Read-modify-write under the lock: the change is applied to the file as it is now, so what
+   * another process wrote (a revoke, a pairing) survives. `change` returns false when there is
+   * nothing to write.
+   */
+  private mutate(change: (peers: Map<string, TrustedPeer>) => boolean): Promise<void> {
+    const run = this.changing.catch(() => undefined).then(async () => {
+      await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      const release = await acquireLock(`${this.file}.lock`);
+      try {
+        this.seen = '';
+        this.refresh();
+        const next = new Map([...this.peers].map(([id, p]) => [id, copy(p)]));
+        if (!change(next)) return;
+        const text = JSON.stringify({ version: 2, peers: [...next.values()] }, null, 2) + '\n';
+        const tmp = `${this.file}.${process.pid}.${randomBytes(6).toString('hex')}.tmp`;
+        await fs.writeFile(tmp, text, { mode: 0o600, flag: 'wx' });
+        await fs.rename(tmp, this.file).catch(async (err) => {
+          await fs.rm(tmp, { force: true });
+          throw err;
+        });
+        this.peers = next;
+        this.seen = '';
+        this.refresh();
+      } finally {
+        await release();
+      }
+    });
+    this.changing = run;
+    return run;
+  }
+
+  /** Re-reads the file if it is not the one last read. A broken file trusts nobody. */
+  private refresh(): void {
+    let stamp: string;
+    try {
+      const st = statSync(this.file, { bigint: true });
+      stamp = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new PeerShareError('IO_ERROR', `Cannot read ${this.file}.`, { detail: String(err), cause: err });
+      stamp = 'absent';
+    }
+    if (stamp === this.seen) return;
+    if (stamp === 'absent') {
+      this.peers = new Map();
+      this.seen = stamp;
+      return;
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(readFileSync(this.file, 'utf8'));
+    } catch (err) {
+      this.peers = new Map();
+      this.seen = '';
+      throw new PeerShareError('IO_ERROR', `${this.file} is not valid JSON; fix or remove it.`, { detail: String(err), cause: err });
+    }
+    this.peers = parsePeers(parsed);
+    this.seen = stamp;
+  }
+}
+
+function fresh(id: string): TrustedPeer {
+  return { id, name: '', addresses: [], addedAt: new Date().toISOString(), mayReadUs: false, weRead: false };
+}
+
+function copy(peer: TrustedPeer): TrustedPeer {
+  return { ...peer, addresses: [...peer.addresses] };
+}
+
+function parsePeers(parsed: unknown): Map<string, TrustedPeer> {
+  const list = (parsed as { peers?: unknown } | null)?.peers;
+  const legacy = (parsed as { version?: unknown } | null)?.version !== 2;
+  const next = new Map<string, TrustedPeer>();
+  if (!Array.isArray(list)) return next;
+  for (const item of list) {
+    const p = item as Partial<TrustedPeer> | null;
+    if (!p || typeof p.id !== 'string') continue;
+    let id: string;
+    try {
+      id = normalizePeerId(p.id);
+    } catch {
+      continue;
+    }
+    const addresses = Array.isArray(p.addresses) ? p.addresses.filter((a): a is string => typeof a === 'string').slice(0, 16) : [];
+    // Version 1 files had one list for both directions. A sharer added its readers with no
+    // address; a client added the sharers it read with the address it reached. Keep exactly
+    // that direction: an entry never gains the other one by the upgrade.
+    const mayReadUs = legacy ? addresses.length === 0 : p.mayReadUs === true;
+    const weRead = legacy ? addresses.length > 0 : p.weRead === true;
+    next.set(id, {
+      id,
+      name: typeof p.name === 'string' ? p.name.slice(0, 200) : '',
+      addresses,
+      addedAt: typeof p.addedAt === 'string' ? p.addedAt : new Date(0).toISOString(),
+      mayReadUs,
+      weRead,
+    });
+  }
+  return next;
+}
+
+/** An exclusive lock file; a lock left by a dead process is taken over after STALE_LOCK_MS. */
+async function acquireLock(lockFile: string): Promise<() => Promise<void>> {
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  const token = `${process.pid} ${randomBytes(8).toString('hex')}\n`;
+  for (;;) {
+    try {
+      await fs.writeFile(lockFile, token, { flag: 'wx', mode: 0o600 });
+      return async () => {
+        // Only our own lock is removed, never one another process took over meanwhile.
+        const now = await fs.readFile(lockFile, 'utf8').catch(() => '');
+        if (now === token) await fs.rm(lockFile, { force: true });
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        throw new PeerShareError('IO_ERROR', `Cannot lock ${lockFile}.`, { detail: String(err), cause: err });
+      }
+    }
+    const st = await fs.stat(lockFile).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > STALE_LOCK_MS) {
+      await fs.rm(lockFile, { force: true });
+      continue;
+    }
+    if (Date.now() > deadline) {
+      throw new PeerShareError('IO_ERROR', `The trusted-peers file is locked by another PeerShare process (${lockFile}); try again.`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS));
   }
 }

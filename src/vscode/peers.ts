@@ -81,8 +81,7 @@ export class Peers implements vscode.Disposable {
 
   async rename(id: string, name: string): Promise<void> {
     const { trust } = await this.load();
-    if (!trust.isTrusted(id)) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
-    await trust.add({ id, name });
+    if (!(await trust.update(id, { name }))) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
     this.changed.fire();
   }
 
@@ -112,7 +111,7 @@ export class Peers implements vscode.Disposable {
    */
   async transfer<T>(id: string, signal: AbortSignal, work: (conn: PeerConnection) => Promise<T>): Promise<T> {
     const { trust } = await this.load();
-    if (!trust.isTrusted(id) && this.allowedOnce.has(id)) return this.browse(id, work);
+    if (!trust.readsFrom(id) && this.allowedOnce.has(id)) return this.browse(id, work);
     const conn = await this.openConnection(id, signal);
     try {
       return await work(conn);
@@ -172,7 +171,7 @@ export class Peers implements vscode.Disposable {
   async nearby(): Promise<{ peer: NearbyPeer; allowedOnce: boolean }[]> {
     const discovery = await this.discovery();
     const { trust } = await this.load();
-    const seen = (discovery?.list() ?? []).filter((p) => !trust.isTrusted(p.id));
+    const seen = (discovery?.list() ?? []).filter((p) => !trust.knows(p.id));
     for (const [id, peer] of this.allowedOnce) if (!seen.some((p) => p.id === id)) seen.push(peer);
     return seen.map((peer) => ({ peer, allowedOnce: this.allowedOnce.has(peer.id) }));
   }

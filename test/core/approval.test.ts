@@ -45,8 +45,8 @@ describe('a nearby peer asks to connect', () => {
     assert.equal(sharer.asked[0].id, me.identity.peerId);
     assert.match(code, /^\d{3} \d{3}$/);
     assert.equal(sharer.asked[0].verificationCode, code);
-    assert.equal(sharer.trust.isTrusted(me.identity.peerId), false);
-    assert.equal(me.trust.isTrusted(sharer.identity.peerId), false);
+    assert.equal(sharer.trust.knows(me.identity.peerId), false);
+    assert.equal(me.trust.knows(sharer.identity.peerId), false);
     conn.close();
     await sharer.server.close();
   });
@@ -55,8 +55,9 @@ describe('a nearby peer asks to connect', () => {
     const sharer = await sharerAsking(async () => 'always');
     const { conn, me } = await ask(sharer);
     conn.close();
-    assert.equal(sharer.trust.isTrusted(me.identity.peerId), true);
-    assert.equal(me.trust.isTrusted(sharer.identity.peerId), true);
+    assert.equal(sharer.trust.allowsReader(me.identity.peerId), true);
+    assert.equal(me.trust.readsFrom(sharer.identity.peerId), true);
+    assert.equal(me.trust.allowsReader(sharer.identity.peerId), false, 'being let in never lets the sharer read us');
     const again = await connectToPeer({ ...me, addresses: [sharer.address], name: 'Nearby Ned' });
     again.close();
     assert.equal(sharer.asked.length, 1);

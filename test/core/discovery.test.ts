@@ -124,7 +124,7 @@ describe('nearby peers on loopback multicast', () => {
     const real = await startSharer([tempDir()]);
     const impostor = await startSharer([tempDir()]);
     const client = await makePeer();
-    await client.trust.add({ id: real.identity.peerId, name: 'Real', addresses: [real.address] });
+    await client.trust.addSharer({ id: real.identity.peerId, name: 'Real', addresses: [real.address] });
     const b = await node(port);
     const liar = dgram.createSocket({ type: 'udp4', reuseAddr: true });
     await new Promise<void>((r) => liar.bind(0, '127.0.0.1', () => r()));

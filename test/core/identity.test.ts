@@ -131,13 +131,14 @@ describe('TrustStore', () => {
     const home = tempDir();
     const store = await TrustStore.open(home);
     const { peerId } = await loadOrCreateIdentity(tempDir());
-    await store.add({ id: peerId, name: 'Bob', addresses: ['127.0.0.1:1'] });
+    await store.addSharer({ id: peerId, name: 'Bob', addresses: ['127.0.0.1:1'] });
     const reopened = await TrustStore.open(home);
-    assert.equal(reopened.isTrusted(peerId), true);
+    assert.equal(reopened.readsFrom(peerId), true);
+    assert.equal(reopened.allowsReader(peerId), false);
     assert.equal(reopened.find(peerId.slice(0, 9))?.id, peerId);
     assert.equal(reopened.find('Bob')?.id, peerId);
     assert.equal(reopened.find('Alice'), undefined);
     assert.equal(await reopened.remove(peerId), true);
-    assert.equal((await TrustStore.open(home)).isTrusted(peerId), false);
+    assert.equal((await TrustStore.open(home)).knows(peerId), false);
   });
 });

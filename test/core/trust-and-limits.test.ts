@@ -19,8 +19,10 @@ describe('who gets in', () => {
     const sharer = await startSharer([await sharedFolder()], { inviteUses: 1 });
     const { conn, client } = await connectWithInvite(sharer.invite);
     assert.equal(conn.welcome.paired, true);
-    assert.equal(sharer.trust.isTrusted(client.identity.peerId), true);
-    assert.equal(client.trust.isTrusted(sharer.identity.peerId), true, 'the client remembers the sharer too');
+    assert.equal(sharer.trust.allowsReader(client.identity.peerId), true);
+    assert.equal(client.trust.readsFrom(sharer.identity.peerId), true, 'the client remembers the sharer too');
+    assert.equal(client.trust.allowsReader(sharer.identity.peerId), false, 'using an invite never lets the inviter read us');
+    assert.equal(sharer.trust.readsFrom(client.identity.peerId), false);
     conn.close();
     const again = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [sharer.address], name: 'client' });
     assert.equal(again.welcome.paired, false);
@@ -34,7 +36,7 @@ describe('who gets in', () => {
     const { peerId, addresses } = parseInvite(sharer.invite);
     const stranger = await makePeer();
     await rejectsWithCode(connectToPeer({ ...stranger, addresses, expectedPeerId: peerId, name: 'x' }), 'PEER_UNTRUSTED');
-    assert.equal(sharer.trust.isTrusted(stranger.identity.peerId), false);
+    assert.equal(sharer.trust.knows(stranger.identity.peerId), false);
     await sharer.server.close();
   });
 

@@ -263,7 +263,7 @@ const ATTACKS: Attack[] = [
         await client.closed;
         assert.deepEqual(codesOf(client.messages), ['TOKEN_INVALID']);
       }
-      assert.equal(ctx.server.options.trust.isTrusted(ctx.stranger.identity.peerId), false);
+      assert.equal(ctx.server.options.trust.knows(ctx.stranger.identity.peerId), false);
     },
   },
   {
@@ -531,9 +531,9 @@ describe('a hostile client against a real server', () => {
     server = new PeerServer({ ...sharer, share, name: 'sharer', limits });
     await server.listen(0, '127.0.0.1');
     address = `127.0.0.1:${server.port}`;
-    await sharer.trust.add({ id: insider.identity.peerId, name: 'insider' });
-    await sharer.trust.add({ id: wellBehaved.identity.peerId, name: 'good' });
-    await wellBehaved.trust.add({ id: sharer.identity.peerId, name: 'sharer', addresses: [address] });
+    await sharer.trust.addReader({ id: insider.identity.peerId, name: 'insider' });
+    await sharer.trust.addReader({ id: wellBehaved.identity.peerId, name: 'good' });
+    await wellBehaved.trust.addSharer({ id: sharer.identity.peerId, name: 'sharer', addresses: [address] });
     good = await connectToPeer({ identity: wellBehaved.identity, trust: wellBehaved.trust, addresses: [address], expectedPeerId: sharer.identity.peerId, name: 'good' });
   });
 

@@ -319,7 +319,7 @@ describe('PeerShare in a real VS Code', function () {
       await vscode.commands.executeCommand('peershare.download', await findEntry(root, 'n.txt'));
       assert.equal(await fs.readFile(path.join(workspaceDir(), 'n.txt'), 'utf8'), 'n');
       assert.equal(codes.length, 1, 'asked only once');
-      assert.equal(trust.isTrusted((await (await api()).peers.load()).identity.peerId), false, 'allowed once is not trusted');
+      assert.equal(trust.allowsReader((await (await api()).peers.load()).identity.peerId), false, 'allowed once is not trusted');
     } finally {
       await discovery.stop();
       await server.close();
@@ -356,7 +356,7 @@ describe('PeerShare in a real VS Code', function () {
     always.conn.close();
     const { trust } = await (await api()).peers.load();
     await trust.reload();
-    assert.equal(trust.isTrusted(always.identity.peerId), true);
+    assert.equal(trust.allowsReader(always.identity.peerId), true);
     answer('deny');
     await assert.rejects(request(), (err: { code?: string }) => err.code === 'ACCESS_DENIED');
     await (await api()).peers.forget(always.identity.peerId);
