@@ -66,6 +66,7 @@ const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   BAD_NAME: EXIT.INTEGRITY,
   PROTOCOL_ERROR: EXIT.INTEGRITY,
   FILE_CHANGED: EXIT.INTEGRITY,
+  UNSAFE_HOME: EXIT.REFUSED,
   DEST_EXISTS: EXIT.EXISTS,
   CANCELLED: EXIT.INTERRUPTED,
 };
@@ -202,32 +203,86 @@ function requestsOption(value: string | undefined): 'ask' | 'deny' {
   throw new PeerShareError('INVALID_ARGUMENT', '--requests takes ask or deny.');
 }
 
-/** One question at a time at the terminal; no answer before the deadline is a Deny. */
-let asking: Promise<unknown> = Promise.resolve();
+/**
+ * Asks at the terminal whether a nearby peer may connect. A peer can make us ask, so the prompt
+ * is built to be hard to trick: one question at a time (the sharer bounds how many wait, per
+ * source and in all); only a line typed after the question appeared answers it (type-ahead is
+ * dropped, so keys pressed for one question never answer the next); and what identifies the peer
+ * (the verification code and the ID from its certificate) stands apart from the name it chose,
+ * which is escaped, shortened and quoted. No answer before the deadline is a Deny.
+ */
+const TYPE_AHEAD_GRACE_MS = 300;
+let questions: Promise<unknown> = Promise.resolve();
+let terminalLines: readline.Interface | undefined;
+let lineHandler: ((line: string) => void) | undefined;
+
+function onTerminalLine(line: string): void {
+  if (lineHandler) lineHandler(line);
+  else if (line.trim() !== '') process.stderr.write('(ignored: no question is open)\n');
+}
+
+/** One reader for the whole run, always reading, so lines typed while no question is open are consumed and dropped. */
+function startReadingTerminal(): void {
+  terminalLines ??= readline.createInterface({ input: process.stdin, terminal: false }).on('line', onTerminalLine);
+}
+
 function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<AccessDecision> {
-  const turn = asking.then(
+  const turn = questions.then(
     () =>
       new Promise<AccessDecision>((resolve) => {
         if (signal.aborted) return resolve('deny');
-        const rl = readline.createInterface({ input: process.stdin, output: process.stderr });
-        const done = (decision: AccessDecision): void => {
-          rl.close();
+        startReadingTerminal();
+        const shownAt = Date.now();
+        const finish = (decision: AccessDecision): void => {
+          lineHandler = undefined;
+          signal.removeEventListener('abort', onAbort);
           resolve(decision);
         };
-        signal.addEventListener('abort', () => {
+        const onAbort = (): void => {
           process.stderr.write('\n(no answer in time: denied)\n');
-          done('deny');
-        });
-        rl.question(
-          `\n${sanitizeForDisplay(request.name)} (${request.address}, ${request.id}) asks to connect.\n` +
-            `Verification code ${request.verificationCode}: check that they see the same.\n` +
-            'Allow once [o], always allow [a], deny [d]? ',
-          (answer) => done(answer.trim().toLowerCase().startsWith('a') ? 'always' : answer.trim().toLowerCase().startsWith('o') ? 'once' : 'deny'),
-        );
+          finish('deny');
+        };
+        signal.addEventListener('abort', onAbort);
+        lineHandler = (line) => {
+          if (Date.now() - shownAt < TYPE_AHEAD_GRACE_MS) {
+            process.stderr.write('(ignored input typed before the question appeared; answer again) ');
+            return;
+          }
+          const answer = line.trim().toLowerCase();
+          if (answer === 'a' || answer === 'always') return finish('always');
+          if (answer === 'o' || answer === 'once') return finish('once');
+          if (answer === 'd' || answer === 'deny' || answer === 'n' || answer === 'no') return finish('deny');
+          process.stderr.write('Type o, a or d: ');
+        };
+        process.stderr.write(formatAccessQuestion(request));
       }),
   );
-  asking = turn;
+  questions = turn;
   return turn;
+}
+
+/** The question, with what the certificate proves set apart from what the peer says of itself. */
+export function formatAccessQuestion(request: AccessRequest): string {
+  const name = sanitizeForDisplay(request.name).slice(0, 64);
+  return (
+    '\nA peer asks to connect and read your share.\n' +
+    `  Verification code  ${request.verificationCode}   (ask them to read theirs; it must match)\n` +
+    `  Peer ID            ${shortPeerId(request.id)}   (from its certificate)\n` +
+    `  Address            ${sanitizeForDisplay(request.address).slice(0, 64)}\n` +
+    `  Calls itself       "${name}"   (its own choice: proves nothing)\n` +
+    'Allow once [o], always allow [a], deny [d]? '
+  );
+}
+
+/** The first two groups of a peer ID: enough to tell peers apart at a glance. */
+function shortPeerId(id: string): string {
+  return `${id.split('-').slice(0, 2).join('-')}…`;
+}
+
+/** Who may read whom, in words: trust has a direction. */
+function describeTrust(peer: { mayReadUs: boolean; weRead: boolean }): string {
+  if (peer.mayReadUs && peer.weRead) return 'reads your share; you read theirs';
+  return peer.mayReadUs ? 'reads your share' : 'you read theirs';
 }
 
 function intOption(value: string | undefined, name: string, min: number, max: number): number | undefined {
@@ -252,7 +307,7 @@ async function commandTrust(globals: Globals, args: string[]): Promise<number> {
     const peers = trust.list().map((p) => ({ ...p, verificationCode: verificationCode(identity.fingerprint, fingerprintFromPeerId(p.id)) }));
     if (globals.json) printJson({ peers });
     else if (peers.length === 0) out('No trusted peers yet. Pair with one using an invite.');
-    else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-')}  ${p.addresses[0] ?? 'not sharing'}  code ${p.verificationCode}`);
+    else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-').slice(0, 64)}  ${describeTrust(p)}  ${p.addresses[0] ?? 'not sharing'}  code ${p.verificationCode}`);
     return EXIT.OK;
   }
   if (sub === 'rm' && target !== undefined && rest.length === 0) {
@@ -260,7 +315,7 @@ async function commandTrust(globals: Globals, args: string[]): Promise<number> {
     if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}".`);
     await trust.remove(peer.id);
     if (globals.json) printJson({ removed: peer.id });
-    else out(`No longer trusting ${sanitizeForDisplay(peer.name || peer.id)} (${peer.id}). A running "peershare serve" refuses it from its next connection.`);
+    else out(`No longer trusting ${sanitizeForDisplay(peer.name || peer.id).slice(0, 64)} (${peer.id}). A running "peershare serve" with this home refuses its next request.`);
     return EXIT.OK;
   }
   throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare trust ls | peershare trust rm <peer>');
@@ -304,6 +359,7 @@ async function commandServe(
     log,
     onAccessRequest: options.requests === 'ask' ? askAtTerminal : undefined,
   });
+  if (options.requests === 'ask') startReadingTerminal();
   const { port } = await server.listen(options.port, options.host);
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
   let nearby: Discovery | undefined;
@@ -327,6 +383,7 @@ async function commandServe(
     const stop = (): void => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
+      terminalLines?.close();
       void Promise.all([server.close(), nearby?.stop()]).then(() => resolve());
     };
     process.on('SIGINT', stop);
@@ -413,7 +470,7 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
       const what = result.type === 'dir' ? `${result.files} file${result.files === 1 ? '' : 's'}` : path.basename(result.target);
       out(`Downloaded ${what} (${formatBytes(result.bytes)}${result.resumedBytes ? `, resumed after ${formatBytes(result.resumedBytes)}` : ''}) to ${result.target} in ${seconds.toFixed(2)} s, verified with SHA-256.`);
       if (result.skippedExisting.length) out(`Left ${result.skippedExisting.length} existing file(s) alone; use --overwrite or --keep-both to replace or keep both.`);
-      for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${s.code} ${sanitizeForDisplay(s.message)}`);
+      for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${sanitizeForDisplay(String(s.code)).slice(0, 40)} ${sanitizeForDisplay(s.message)}`);
     }
   } finally {
     bar?.done();

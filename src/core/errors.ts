@@ -31,6 +31,7 @@ export const ERROR_MESSAGES = {
   IO_ERROR: 'A local file operation failed.',
   ADDRESS_IN_USE: 'That port is already in use by another program. Choose another port, or 0 for any free port.',
   INVALID_ARGUMENT: 'Invalid argument.',
+  UNSAFE_HOME: 'Others can write to the PeerShare home folder, so they could plant a trusted peer or a key; it was not used.',
   INTERNAL: 'An internal error occurred.',
 } as const;
 

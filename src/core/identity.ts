@@ -24,9 +24,48 @@ export function resolveHome(explicit?: string): string {
   return path.resolve(chosen && chosen.length > 0 ? chosen : path.join(os.homedir(), '.peershare'));
 }
 
+/** Files in the home folder whose contents decide who we are and whom we trust. */
+const GUARDED_FILES = [KEY_FILE, CERT_FILE, 'trusted-peers.json'];
+
+/**
+ * Refuses a home folder that someone else could write to, as OpenSSH's StrictModes does: whoever
+ * can write there can plant a trust file that lets them in, or swap our key. The folder and its
+ * files must belong to us (or root) and not be writable by group or others; each folder above it
+ * must not be writable by others either, unless it is sticky (like /tmp), where others cannot
+ * rename our entries away.
+ */
+export async function checkHomeIsPrivate(home: string): Promise<void> {
+  if (process.platform === 'win32' || typeof process.getuid !== 'function') return;
+  const uid = process.getuid();
+  const refuse = (what: string, why: string, fix: string): never => {
+    throw new PeerShareError('UNSAFE_HOME', `PeerShare will not use ${what}: ${why}. ${fix}`);
+  };
+  for (let dir = path.dirname(home); ; dir = path.dirname(dir)) {
+    const dst = await fs.stat(dir).catch(() => undefined);
+    if (dst && (dst.mode & 0o002) !== 0 && (dst.mode & 0o1000) === 0) {
+      refuse(home, `anyone can write to ${dir}, which holds it, and could replace it`, `Run: chmod o-w "${dir}", or choose another --home.`);
+    }
+    if (path.dirname(dir) === dir) break;
+  }
+  const st = await fs.stat(home).catch(() => undefined);
+  if (!st) return; // made on first run, private from the start
+  if (!st.isDirectory()) refuse(home, 'it is not a folder', 'Choose another --home.');
+  if (st.uid !== uid && st.uid !== 0) refuse(home, `it belongs to another user (uid ${st.uid})`, 'Choose a folder of your own with --home.');
+  if ((st.mode & 0o022) !== 0) refuse(home, `others can write to it (mode ${(st.mode & 0o777).toString(8)})`, `Run: chmod go-w "${home}"`);
+  for (const name of GUARDED_FILES) {
+    const file = path.join(home, name);
+    const fst = await fs.lstat(file).catch(() => undefined);
+    if (!fst) continue;
+    if (!fst.isFile()) refuse(file, 'it is not a regular file', 'Move it away.');
+    if (fst.uid !== uid && fst.uid !== 0) refuse(file, `it belongs to another user (uid ${fst.uid})`, 'Move it away.');
+    if ((fst.mode & 0o022) !== 0) refuse(file, `others can write to it (mode ${(fst.mode & 0o777).toString(8)})`, `Run: chmod go-w "${file}"`);
+  }
+}
+
 /** Loads this installation's identity, making a key pair and certificate on first run. */
 export async function loadOrCreateIdentity(homeDir?: string): Promise<Identity> {
   const home = resolveHome(homeDir);
+  await checkHomeIsPrivate(home);
   const keyPath = path.join(home, KEY_FILE);
   const certPath = path.join(home, CERT_FILE);
   let keyPem: string;

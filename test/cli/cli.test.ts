@@ -28,6 +28,31 @@ function json(run: Run): Record<string, unknown> {
   return JSON.parse(run.stdout.trim().split('\n').pop()!);
 }
 
+interface Serving {
+  proc: ChildProcess;
+  args: string[];
+  listening: { invite: string; peerId: string; port: number; addresses: string[] };
+}
+
+/** Starts `peershare serve --json` and waits for its listening line. */
+async function startServe(args: string[]): Promise<Serving> {
+  const full = ['serve', ...args, '--json'];
+  const proc = spawn(process.execPath, [CLI, ...full], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const listening = await new Promise<Serving['listening']>((resolve, reject) => {
+    readline.createInterface({ input: proc.stdout! }).once('line', (l) => resolve(JSON.parse(l)));
+    proc.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
+  });
+  return { proc, args, listening };
+}
+
+async function stopServe(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null) return;
+  proc.kill('SIGTERM');
+  await new Promise((r) => proc.once('exit', r));
+}
+
 describe('the peershare CLI', () => {
   let serveProc: ChildProcess;
   let listening: { invite: string; peerId: string; port: number; addresses: string[] };
@@ -161,7 +186,9 @@ describe('the peershare CLI', () => {
       let code = '';
       const connecting = connectToPeer({ ...asker, addresses: invite.addresses, expectedPeerId: invite.peerId, name: 'Terminal tester', requestAccess: true, onVerificationCode: (c) => (code = c) });
       await until('Allow once');
-      assert.ok(output.includes(`Verification code ${code}`), 'the terminal shows the code the asker sees');
+      await new Promise((r) => setTimeout(r, 400)); // a person reads the question first; quicker input counts as type-ahead
+      assert.match(output, new RegExp(`Verification code +${code}`), 'the terminal shows the code the asker sees');
+      assert.match(output, /Calls itself +"Terminal tester"/, 'the name the peer chose is quoted apart');
       child.stdin!.write('o\r');
       const conn = await connecting;
       assert.equal(conn.welcome.paired, false);
@@ -214,6 +241,126 @@ describe('the peershare CLI', () => {
     const output = ssl.stdout.toString('latin1');
     assert.match(output, /PEER_UNTRUSTED/);
     assert.doesNotMatch(output, /TOP-SECRET/);
+  });
+
+  it('a revoke takes effect in a running serve at once, and no pairing writes the revoked peer back', async () => {
+    const home = tempDir();
+    const first = await startServe([ws, '--home', home, '--invite-uses', '5']);
+    const second = await startServe([ws, '--home', home, '--invite-uses', '5']);
+    try {
+      const revoked = tempDir();
+      const kept = tempDir();
+      const late = tempDir();
+      assert.equal((await cli(['ls', first.listening.invite, '--home', revoked])).code, 0);
+      // Two serves with one home: each one's pairing survives the other's.
+      assert.equal((await cli(['ls', second.listening.invite, '--home', kept])).code, 0);
+      const revokedId = json(await cli(['id', '--json', '--home', revoked])).peerId as string;
+      const keptId = json(await cli(['id', '--json', '--home', kept])).peerId as string;
+      const readers = async () => ((json(await cli(['trust', 'ls', '--json', '--home', home])).peers as { id: string; mayReadUs: boolean }[]).filter((p) => p.mayReadUs).map((p) => p.id).sort());
+      assert.deepEqual(await readers(), [revokedId, keptId].sort());
+      assert.equal((await cli(['trust', 'rm', revokedId, '--home', home])).code, 0);
+      const refused = await cli(['ls', first.listening.peerId, '--home', revoked]);
+      assert.equal(refused.code, 4, refused.stderr);
+      assert.match(refused.stderr, /PEER_UNTRUSTED/);
+      // The running serve pairs someone else next: the revoked peer is not written back from memory.
+      assert.equal((await cli(['ls', first.listening.invite, '--home', late])).code, 0);
+      const lateId = json(await cli(['id', '--json', '--home', late])).peerId as string;
+      assert.deepEqual(await readers(), [keptId, lateId].sort());
+      assert.equal((await cli(['ls', first.listening.peerId, '--home', revoked])).code, 4, 'still refused after the next pairing');
+    } finally {
+      await stopServe(first.proc);
+      await stopServe(second.proc);
+    }
+  });
+
+  it('using an invite never lets the inviter read the user’s own share', async () => {
+    const victimHome = tempDir();
+    const inviter = await startServe([ws, '--home', tempDir()]);
+    const victimShare = path.join(tempDir(), 'victim');
+    await fs.mkdir(victimShare);
+    await fs.writeFile(path.join(victimShare, 'private.txt'), 'VICTIM-PRIVATE');
+    try {
+      assert.equal((await cli(['ls', inviter.listening.invite, '--home', victimHome])).code, 0);
+      const victim = await startServe([victimShare, '--home', victimHome]);
+      try {
+        const inviterHome = (inviter.args[inviter.args.indexOf('--home') + 1]);
+        const attempt = await cli(['ls', `127.0.0.1:${victim.listening.port}`, 'victim', '--home', inviterHome]);
+        assert.equal(attempt.code, 4, attempt.stderr);
+        const grab = await cli(['get', victim.listening.peerId, 'victim/private.txt', tempDir(), '--home', inviterHome]);
+        assert.notEqual(grab.code, 0);
+        assert.doesNotMatch(grab.stdout + grab.stderr, /VICTIM-PRIVATE/);
+      } finally {
+        await stopServe(victim.proc);
+      }
+    } finally {
+      await stopServe(inviter.proc);
+    }
+  });
+
+  it('refuses a home folder others can write to, and a trust file others can write to (UNSAFE_HOME, exit 4)', async () => {
+    const open = tempDir();
+    assert.equal((await cli(['id', '--home', open])).code, 0);
+    await fs.chmod(open, 0o777);
+    const loose = await cli(['id', '--json', '--home', open]);
+    assert.equal(loose.code, 4, loose.stderr);
+    assert.equal((json(loose).error as { code: string }).code, 'UNSAFE_HOME');
+    assert.match(loose.stderr, /chmod go-w/);
+    await fs.chmod(open, 0o700);
+    await fs.writeFile(path.join(open, 'trusted-peers.json'), '{"version":2,"peers":[]}', { mode: 0o666 });
+    await fs.chmod(path.join(open, 'trusted-peers.json'), 0o666);
+    const planted = await cli(['ls', listening.peerId, '--home', open]);
+    assert.equal(planted.code, 4, planted.stderr);
+    assert.match(planted.stderr, /trusted-peers\.json.*others can write/);
+    const inShared = path.join(tempDir(), 'shared');
+    await fs.mkdir(inShared);
+    await fs.chmod(inShared, 0o777); // a world-writable folder without the sticky bit
+    const below = await cli(['id', '--home', path.join(inShared, 'home')]);
+    assert.equal(below.code, 4, below.stderr);
+  });
+
+  it('type-ahead never answers a question: "d" then "a" typed at once denies one request, and the next is asked afresh', async () => {
+    const home = tempDir();
+    const command = `${process.execPath} ${CLI} serve ${ws} --json --home ${home} --requests ask`;
+    const child = spawn('script', ['-qfec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout!.on('data', (d: Buffer) => (output += d.toString()));
+    const until = async (text: string, from = 0) => {
+      const deadline = Date.now() + 15_000;
+      while (!output.slice(from).includes(text)) {
+        if (Date.now() > deadline) throw new Error(`no "${text}" in: ${output}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    };
+    try {
+      await until('"listening"');
+      const line = output.split(/\r?\n/).find((l) => l.includes('"listening"'))!;
+      const invite = parseInvite(JSON.parse(line.slice(line.indexOf('{'))).invite);
+      const ask = async (name: string) => {
+        const asker = await makePeer();
+        return { asker, result: connectToPeer({ ...asker, addresses: invite.addresses, expectedPeerId: invite.peerId, name, requestAccess: true }).then(
+          (c) => (c.close(), 'allowed'),
+          (e: { code?: string }) => e.code,
+        ) };
+      };
+      // Typed while no question is open: dropped.
+      child.stdin!.write('a\r');
+      await until('ignored: no question is open');
+      const one = await ask('First');
+      await until('Calls itself       "First"');
+      await new Promise((r) => setTimeout(r, 400));
+      const mark = output.length;
+      child.stdin!.write('d\ra\r');
+      assert.equal(await one.result, 'ACCESS_DENIED');
+      const two = await ask('Second');
+      await until('Calls itself       "Second"', mark);
+      await new Promise((r) => setTimeout(r, 400));
+      child.stdin!.write('d\r');
+      assert.equal(await two.result, 'ACCESS_DENIED', 'the "a" typed for the first question did not allow the second');
+      const trusted = json(await cli(['trust', 'ls', '--json', '--home', home])).peers as unknown[];
+      assert.deepEqual(trusted, [], 'nobody became trusted');
+    } finally {
+      child.kill('SIGTERM');
+    }
   });
 
   it('stops cleanly on SIGTERM', async () => {
