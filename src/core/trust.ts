@@ -28,6 +28,8 @@ export const TRUST_FILE = 'trusted-peers.json';
 const STALE_LOCK_MS = 10_000;
 const LOCK_WAIT_MS = 5_000;
 const LOCK_RETRY_MS = 15;
+/** A file changed this recently is re-read at every question (see refresh). */
+const RACY_MS = 2_000;
 
 /**
  * The peers this installation trusts, kept in `<home>/trusted-peers.json`.
@@ -181,17 +183,22 @@ export class TrustStore {
     return run;
   }
 
-  /** Re-reads the file if it is not the one last read. A broken file trusts nobody. */
+  /**
+   * Re-reads the file if it is not the one last read. A broken file trusts nobody. Like git's
+   * "racy" index check, a file changed within the last RACY_MS is always re-read: a file system's
+   * clock ticks coarsely, and a reused inode of the same size could otherwise pass for the old one.
+   */
   private refresh(): void {
     let stamp: string;
     try {
       const st = statSync(this.file, { bigint: true });
-      stamp = `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      const recent = Date.now() - Number(st.mtimeMs) < RACY_MS;
+      stamp = recent ? 'recent' : `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new PeerShareError('IO_ERROR', `Cannot read ${this.file}.`, { detail: String(err), cause: err });
       stamp = 'absent';
     }
-    if (stamp === this.seen) return;
+    if (stamp === this.seen && stamp !== 'recent') return;
     if (stamp === 'absent') {
       this.peers = new Map();
       this.seen = stamp;
