@@ -1,5 +1,18 @@
 import { PeerShareError } from './errors';
-import { DISGUISING_CHARS } from './protocol';
+import { INVISIBLE_CHARS } from './protocol';
+
+/** Device names Windows reserves in every folder, with or without an extension (checked folded, so `COM¹` is `com1`). */
+const WINDOWS_RESERVED = /^(con|prn|aux|nul|conin\$|conout\$|com[0-9]|lpt[0-9])\s*(\..*)?$/;
+/**
+ * The shape of a Windows 8.3 short name: a stem of 1-6 characters, `~`, digits, an extension of up
+ * to 3. NTFS gives every long name such an alias (`.git` is `GIT~1`, `.vscode` `VSCODE~1`) and
+ * opens the long name through it, and which long name a given alias reaches depends on the order
+ * the folder was filled, so no name of this shape is taken, whatever it looks like. `file~.txt`
+ * and `a~b` are fine: the digits make the shape.
+ */
+const SHORT_NAME_SHAPE = /^[^~.]{1,6}~[0-9]+(\.[^.]{1,3})?$/;
+const MAX_COMPONENT_BYTES = 255;
+const INVISIBLE_CHARS_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
 
 /**
  * Checks a relative name a peer sent us before anything is written under it (the scp
@@ -7,14 +20,20 @@ import { DISGUISING_CHARS } from './protocol';
  * file system would read as something else, nothing that lands in `.git`, and no characters that
  * could disguise a name on screen. Returns the components.
  *
- * `.git` (hooks run code) and `.vscode` (tasks can run when a folder opens, settings change the
- * editor) are refused at any depth, in any spelling a file system might fold to them: a download
- * never writes there. To take a peer's editor settings on purpose, download the single file into
- * a folder of your choosing.
+ * One rule for every name, the same as the display sanitizer's: no character of INVISIBLE_CHARS
+ * (controls, format and bidi characters, every default-ignorable code point such as ZWJ, ZWNJ,
+ * CGJ, soft hyphen, variation selectors and tag characters, the Hangul fillers, U+2800 and every
+ * space but U+0020). File names get none of the display's exceptions for emoji and joining
+ * scripts: HFS+ ignores some of these characters when it compares names (git CVE-2014-9390), and
+ * a name that looks like another is refused rather than shown.
+ *
+ * Each component is also compared in its folded form (`foldName`: NFKC and case folding, which
+ * merges at least what NTFS and APFS merge): `.git` (hooks run code) and `.vscode` (tasks can run
+ * when a folder opens, settings change the editor) are refused at any depth in any spelling that
+ * folds to them (`.GIT`, full-width letters, a dotless ı), and so are the Windows 8.3 short-name
+ * shape and the reserved device names. A download never writes there. To take a peer's editor
+ * settings on purpose, download the single file into a folder of your choosing.
  */
-const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$/i;
-const MAX_COMPONENT_BYTES = 255;
-
 export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] {
   const bad = (why: string): never => {
     throw new PeerShareError('BAD_NAME', `The peer sent an unsafe file name (${why}); it was refused.`);
@@ -23,7 +42,7 @@ export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] 
   const text = name as string;
   if (Buffer.byteLength(text, 'utf8') > maxPathBytes) bad('too long');
   // A name we accept is never altered on screen; U+FFFD means it was not valid UTF-8.
-  if (DISGUISING_CHARS.test(text) || text.includes('\uFFFD')) bad('control, invisible or direction characters');
+  if (INVISIBLE_CHARS.test(text) || text.includes('\uFFFD')) bad('control, invisible, blank or direction characters');
   if (text.includes('\\')) bad('backslash');
   if (text.includes(':')) bad('colon or drive letter');
   if (text.startsWith('/')) bad('absolute path');
@@ -31,16 +50,33 @@ export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] 
   for (const part of components) {
     if (part === '' || part === '.' || part === '..') bad('empty, "." or ".." component');
     if (Buffer.byteLength(part, 'utf8') > MAX_COMPONENT_BYTES) bad('component too long');
-    if (/[. ]$/.test(part)) bad('trailing dot or space');
-    if (WINDOWS_RESERVED.test(part)) bad('reserved device name');
     if (/[<>"|?*]/.test(part)) bad('character not allowed in file names on Windows');
-    const folded = part.normalize('NFKC').toLowerCase();
+    const folded = foldName(part);
+    // Full-width dots and slashes become real ones wherever a tool applies NFKC or a Windows best-fit code page.
+    if (folded === '.' || folded === '..' || /[/\\]/.test(folded)) bad('a dot, slash or backslash in another spelling');
+    if (/[. ]$/.test(part) || /[. ]$/.test(folded)) bad('trailing dot or space');
+    if (WINDOWS_RESERVED.test(folded)) bad('reserved device name');
+    if (SHORT_NAME_SHAPE.test(folded)) bad('the shape of a Windows short name, which can stand for another name such as .git');
     if (folded === '.git' || folded === '.vscode') bad(folded);
   }
   return components;
 }
 
-/** Case- and normalisation-folded key, to catch two names that one file system would merge. */
+/**
+ * The form under which file systems might treat two names as one: NFKC (which includes what
+ * APFS's and HFS+'s canonical normalisation merge, and more), then case folded by lowering,
+ * upper-casing and lowering again, so `ı` and `I`, `ſ` and `s`, `ß` and `ss`, `ς` and `σ`, the
+ * Kelvin sign and `K` all meet (NTFS's upcase table and APFS's case folding merge these pairs).
+ * Folding more than a file system does only refuses more, which is the safe side.
+ */
+export function foldName(text: string): string {
+  return text.normalize('NFKC').toLowerCase().toUpperCase().toLowerCase().normalize('NFKC');
+}
+
+/**
+ * Key under which two received paths that one file system would merge are the same: folded as
+ * foldName does, with invisible characters dropped (HFS+ ignores some of them when it compares).
+ */
 export function collisionKey(relPath: string): string {
-  return relPath.normalize('NFC').toLowerCase();
+  return foldName(relPath).replace(INVISIBLE_CHARS_ALL, '');
 }

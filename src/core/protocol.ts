@@ -123,18 +123,56 @@ export function errorFromMessage(m: Record<string, unknown>): PeerShareError {
 }
 
 /**
- * Characters that would let text from a peer disguise itself on screen: C0 and C1 controls (ANSI
- * escapes start with one), line and paragraph separators, bidirectional marks, embeddings,
- * overrides and isolates, and invisible spaces. (Zero-width joiners stay: scripts and emoji need them.)
+ * The one set of characters PeerShare never takes at face value in text from a peer: controls
+ * (C0, C1; ANSI escapes start with one), format characters (bidi marks, embeddings, overrides and
+ * isolates, soft hyphen, invisible operators, tag characters), lone surrogates, line and
+ * paragraph separators, every default-ignorable code point (zero-width spaces and joiners, the
+ * combining grapheme joiner, variation selectors, the Hangul fillers), and blanks that are not
+ * default-ignorable but show as nothing: every space except U+0020, U+2800 BRAILLE PATTERN BLANK
+ * and the Hangul fillers again by name (U+115F, U+1160, U+3164, U+FFA0), in case a later Unicode
+ * moves them. Received file names refuse any of them (checkReceivedName); the display sanitizer
+ * escapes them (DISGUISING_CHARS lists its only exceptions). Matches one character; `u` flag.
  */
-// eslint-disable-next-line no-control-regex
-export const DISGUISING_CHARS = /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff]/;
-const DISGUISING_CHARS_ALL = new RegExp(DISGUISING_CHARS.source, 'g');
+const INVISIBLE_CLASS =
+  '[\\p{Cc}\\p{Cf}\\p{Cs}\\p{Zl}\\p{Zp}\\p{Zs}\\p{Default_Ignorable_Code_Point}\\u115f\\u1160\\u2800\\u3164\\uffa0]';
+export const INVISIBLE_CHARS = new RegExp(`(?!\\x20)${INVISIBLE_CLASS}`, 'u');
+
+/**
+ * Joiners and emoji variation selectors that are part of visible writing, so the display keeps
+ * them: a ZWJ inside an emoji sequence (woman, ZWJ, laptop draws one emoji), a ZWJ or ZWNJ between
+ * two visible characters of a script whose spelling needs them (Persian names put a ZWNJ inside
+ * words; the Indic scripts use both), and one VS15/VS16 right after an emoji (or a keycap digit). Each changes how the characters beside it are drawn
+ * and none shows as blank space, so none can pad a name out to look like someone else's address
+ * and ID; everywhere else (`Ali<ZWJ>ce`, `.g<ZWNJ>it`, a run of selectors hiding data) they are escaped.
+ * Tag characters are always escaped: the three subdivision flags lose their looks, but tags can
+ * carry a whole hidden ASCII text. File names keep none of these exceptions.
+ */
+const JOINING_SCRIPT_CHAR =
+  `(?!${INVISIBLE_CLASS})` +
+  '[\\p{scx=Arab}\\p{scx=Syrc}\\p{scx=Nkoo}\\p{scx=Mong}\\p{scx=Deva}\\p{scx=Beng}\\p{scx=Guru}\\p{scx=Gujr}\\p{scx=Orya}\\p{scx=Taml}\\p{scx=Telu}\\p{scx=Knda}\\p{scx=Mlym}\\p{scx=Sinh}]';
+const KEPT_FOR_WRITING = [
+  '(?<=\\p{Extended_Pictographic}(?:\\uFE0F|\\p{Emoji_Modifier})?)\\u200D(?=\\p{Extended_Pictographic})',
+  `(?<=${JOINING_SCRIPT_CHAR})[\\u200C\\u200D](?=${JOINING_SCRIPT_CHAR})`,
+  '(?<=\\p{Extended_Pictographic})[\\uFE0E\\uFE0F]',
+  '(?<=[0-9#*])\\uFE0F(?=\\u20E3)',
+].join('|');
+
+/**
+ * A character that would let text from a peer disguise itself on screen: one of INVISIBLE_CHARS
+ * that is not part of visible writing (see KEPT_FOR_WRITING). sanitizeForDisplay escapes exactly
+ * these, so `DISGUISING_CHARS.test(sanitizeForDisplay(text))` is always false.
+ */
+export const DISGUISING_CHARS = new RegExp(`(?!\\x20|${KEPT_FOR_WRITING})${INVISIBLE_CLASS}`, 'u');
+const DISGUISING_CHARS_ALL = new RegExp(DISGUISING_CHARS.source, 'gu');
 
 /**
  * Makes text from a peer safe to show in a terminal, a notification or a log: every disguising
- * character becomes a visible escape.
+ * character becomes a visible escape (`\u200b`, `\u{e0041}`), so a name cannot hide text, reorder
+ * it, move the cursor or pad itself out with blanks to pass for someone else's name, address and ID.
  */
 export function sanitizeForDisplay(text: string): string {
-  return text.replace(DISGUISING_CHARS_ALL, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  return text.replace(DISGUISING_CHARS_ALL, (c) => {
+    const code = c.codePointAt(0)!;
+    return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, '0')}`;
+  });
 }
