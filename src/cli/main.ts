@@ -19,6 +19,7 @@ import {
   verificationCode,
   fingerprintFromPeerId,
   sanitizeForDisplay,
+  shortPeerId,
   toPeerShareError,
   type AccessDecision,
   type AccessRequest,
@@ -267,16 +268,11 @@ export function formatAccessQuestion(request: AccessRequest): string {
   return (
     '\nA peer asks to connect and read your share.\n' +
     `  Verification code  ${request.verificationCode}   (ask them to read theirs; it must match)\n` +
-    `  Peer ID            ${shortPeerId(request.id)}   (from its certificate)\n` +
+    `  Peer ID            ${shortPeerId(request.id)}…   (from its certificate)\n` +
     `  Address            ${sanitizeForDisplay(request.address).slice(0, 64)}\n` +
     `  Calls itself       "${name}"   (its own choice: proves nothing)\n` +
     'Allow once [o], always allow [a], deny [d]? '
   );
-}
-
-/** The first two groups of a peer ID: enough to tell peers apart at a glance. */
-function shortPeerId(id: string): string {
-  return `${id.split('-').slice(0, 2).join('-')}…`;
 }
 
 /** Who may read whom, in words: trust has a direction. */

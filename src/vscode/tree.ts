@@ -41,7 +41,7 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     const peerId = node.kind === 'peer' || node.kind === 'nearby' ? node.peer.id : node.peerId;
     const peerName = node.kind === 'peer' || node.kind === 'nearby' ? node.peer.name : node.peerName;
     const remotePath = node.kind === 'entry' ? node.remotePath : '';
-    if (node.kind === 'peer' && node.peer.addresses.length === 0) {
+    if (node.kind === 'peer' && (!node.peer.weRead || node.peer.addresses.length === 0)) {
       return [{ kind: 'message', text: 'Not sharing with you', tooltip: 'This peer paired with you to download; it shares nothing we know of.' }];
     }
     try {
@@ -99,7 +99,7 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       // The address lives in the tooltip: in a narrow sidebar it would crowd out the state.
       item.description = state === 'online' ? 'online' : state === 'offline' ? 'offline' : peer.addresses.length ? undefined : 'not sharing';
       item.tooltip = new vscode.MarkdownString(
-        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`,
+        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${describeTrust(peer)}\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`,
       );
       item.iconPath = new vscode.ThemeIcon(state === 'offline' ? 'debug-disconnect' : 'account', state === 'online' ? new vscode.ThemeColor('charts.green') : undefined);
       item.contextValue = `peershare.peer.${state}`;
@@ -123,4 +123,10 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     this.subscription.dispose();
     this.changed.dispose();
   }
+}
+
+/** Trust has a direction; the tooltip says which. */
+function describeTrust(peer: TrustedPeer): string {
+  if (peer.mayReadUs && peer.weRead) return 'Reads your share when you share; you read theirs.';
+  return peer.mayReadUs ? 'Reads your share when you share (it used your invite, or you allowed it always).' : 'You read their share; they cannot read yours.';
 }
