@@ -1,0 +1,227 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { DISGUISING_CHARS, collisionKey, connectToPeer, download, type Identity, type PeerConnection } from '../../src/core';
+import { makePeer, type TestPeer } from '../helpers';
+import { startHostileServer, type HostileServer, type Replier, type Scenario } from '../hostile';
+import { buildWorld, type Snapshot, type World } from './world';
+
+/**
+ * Issue 16, finding 10 (and the display half of 9): names that passed the check before, sent by a
+ * hostile sharer to a real client over real TLS. Each bad name is tried twice: inside a folder
+ * download (after one good file) and as the name of a single file the victim downloads from the
+ * listing. The client must refuse with BAD_NAME, and the disk (the destination and everything
+ * beside it) must show nothing written under that name. Collision pairs: the second name of a
+ * pair is refused and the first file keeps its content.
+ */
+
+const CONTENT = Buffer.from('the first file\n');
+const PAYLOAD = Buffer.from('#!/bin/sh\necho owned\n');
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+function sendFile(reply: Replier, name: string, content: Buffer): void {
+  reply.message({ type: 'file', path: name, size: content.length, mtimeMs: 1000, offset: 0 });
+  if (content.length) reply.data(content);
+  reply.message({ type: 'fileEnd', sha256: sha(content) });
+}
+
+/** Bad name components, each as a folder in a tree and as a single file's name. */
+const BAD_NAMES: [string, string][] = [
+  ['GIT~1', 'the 8.3 short name of .git'],
+  ['VSCODE~1', 'the 8.3 short name of .vscode'],
+  ['git~2', 'a short name in lower case, another number'],
+  ['\uff27\uff29\uff34\uff5e\uff11', 'a short name in full-width letters'],
+  ['.g\u200cit', '.git with a ZWNJ'],
+  ['.git\u200d', '.git with a ZWJ'],
+  ['.vscode\u034f', '.vscode with a CGJ'],
+  ['.gi\u00adt', '.git with a soft hyphen'],
+  ['.g\u0131t', '.git with a dotless ı'],
+  ['.v\u017fcode', '.vscode with a long ſ'],
+  ['\u3164', 'U+3164 HANGUL FILLER'],
+  ['\u00ad', 'U+00AD SOFT HYPHEN'],
+  ['\u2800', 'U+2800 BRAILLE PATTERN BLANK'],
+  ['\u180e', 'U+180E MONGOLIAN VOWEL SEPARATOR'],
+  ['\u{e0067}\u{e0069}\u{e0074}', 'tag characters'],
+  ['a\u2062b', 'U+2062 INVISIBLE TIMES'],
+  ['\uffa0', 'U+FFA0 HALFWIDTH HANGUL FILLER'],
+  ['report\u3000final.txt', 'an ideographic space'],
+  ['\uff0e\uff0e', '".." in full-width dots'],
+];
+
+/** Pairs one file system would merge: the second must not replace the first. */
+const COLLISIONS: [string, string, string][] = [
+  ['I.txt', '\u0131.txt', 'I.txt then ı.txt (NTFS)'],
+  ['\u0131.txt', 'I.txt', 'ı.txt then I.txt'],
+  ['secret', '\u017fecret', 'secret then ſecret'],
+  ['\u017fecret', 'SECRET', 'ſecret then SECRET'],
+  ['key.txt', '\u212aey.txt', 'key.txt then the Kelvin sign'],
+  ['caf\u00e9.txt', 'cafe\u0301.txt', 'NFC then NFD'],
+  ['Stra\u00dfe.txt', 'STRASSE.txt', 'ß then SS (APFS)'],
+  ['\ufb01le.txt', 'file.txt', 'the fi ligature then fi'],
+];
+
+const shown = (name: string): string => JSON.stringify(name.replace(/[^\x21-\x7e]/gu, (c) => `<U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}>`));
+
+/** Every entry of `after` equals `before`, except the paths in `allowed`. */
+function assertOnlyChanged(before: Snapshot, after: Snapshot, allowed: string[]): void {
+  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((p) => before[p] !== after[p] && !allowed.includes(p));
+  assert.deepEqual(
+    changed.map((p) => `${shown(p)}: ${before[p] ?? 'absent'} -> ${after[p] ?? 'absent'}`),
+    [],
+    'nothing else created, changed or removed',
+  );
+}
+
+/** No entry anywhere in the world that is new or changed has `name` (or a name that folds to it) as a component. */
+function assertNothingNamed(before: Snapshot, after: Snapshot, name: string): void {
+  const key = collisionKey(name);
+  const hits = Object.keys(after).filter((p) => before[p] !== after[p] && p.split('/').some((part) => part === name || collisionKey(part) === key));
+  assert.deepEqual(hits.map(shown), [], `nothing written under ${shown(name)}`);
+}
+
+describe('hostile names from a sharer (issue 16, finding 10)', () => {
+  let victim: TestPeer;
+  let hostile: Identity;
+  let server: HostileServer;
+  /** What the hostile sharer does for the current test. */
+  let scenario: Scenario = () => undefined;
+  const open: PeerConnection[] = [];
+  let connect: () => Promise<PeerConnection>;
+
+  before(async () => {
+    victim = await makePeer();
+    hostile = (await makePeer()).identity;
+    server = await startHostileServer(hostile, (req, reply) => scenario(req, reply));
+    connect = () =>
+      connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim', limits: { stallTimeoutMs: 2000 } }).then((conn) => {
+        open.push(conn);
+        return conn;
+      });
+  });
+
+  after(async () => {
+    for (const conn of open) conn.close();
+    await server.close();
+  });
+
+  /** Runs `action` in a fresh world; returns the error code and the snapshots around it. */
+  async function attempt(play: Scenario, action: (conn: PeerConnection, world: World) => Promise<unknown>): Promise<{ code: string; world: World; before: Snapshot; after: Snapshot }> {
+    scenario = play;
+    const world = await buildWorld();
+    const before = await world.snapshot();
+    let code = 'ok';
+    try {
+      await action(await connect(), world);
+    } catch (err) {
+      code = (err as { code?: string }).code ?? `uncoded: ${String(err)}`;
+    }
+    const after = await world.snapshot();
+    assert.equal(await fs.readFile(path.join(world.outside, 'secret.txt'), 'utf8'), world.secret, 'outside/secret.txt untouched');
+    return { code, world, before, after };
+  }
+
+  /** Answers stat for `ws/d` as a folder, then plays `events` for the tree. */
+  const folder = (events: (reply: Replier) => void): Scenario => (req, reply) => {
+    if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } });
+    else if (req.type === 'tree') events(reply);
+  };
+
+  describe('in a folder download', () => {
+    for (const [name, why] of BAD_NAMES) {
+      for (const [where, rel] of [
+        ['a folder named', `${name}/hooks/pre-commit`],
+        ['a file named', `sub/${name}`],
+      ] as const) {
+        it(`refuses ${where} ${why}: ${shown(name)}`, async () => {
+          const { code, before, after } = await attempt(
+            folder((reply) => {
+              sendFile(reply, 'good.txt', CONTENT);
+              sendFile(reply, rel, PAYLOAD);
+              reply.message({ type: 'end', count: 2 });
+            }),
+            (conn, world) => download(conn, 'ws/d', world.ws),
+          );
+          assert.equal(code, 'BAD_NAME');
+          assertOnlyChanged(before, after, ['ws/d', 'ws/d/good.txt']);
+          assertNothingNamed(before, after, name);
+        });
+      }
+    }
+
+    it(`refuses a folder message (dir) named with each bad name (${BAD_NAMES.length} names)`, async () => {
+      for (const [name] of BAD_NAMES) {
+        const { code, before, after } = await attempt(
+          folder((reply) => {
+            reply.message({ type: 'dir', path: name });
+            reply.message({ type: 'end', count: 0 });
+          }),
+          (conn, world) => download(conn, 'ws/d', world.ws),
+        );
+        assert.equal(code, 'BAD_NAME', shown(name));
+        // The download's own folder is removed again: nothing landed in it.
+        assertOnlyChanged(before, after, []);
+        assertNothingNamed(before, after, name);
+      }
+    });
+  });
+
+  describe('as a single file picked from the listing', () => {
+    for (const [name, why] of BAD_NAMES) {
+      it(`refuses ${why}: ${shown(name)}`, async () => {
+        let read = false;
+        const { code, before, after } = await attempt(
+          (req, reply) => {
+            if (req.type === 'stat') reply.message({ type: 'entry', entry: { name, type: 'file', size: PAYLOAD.length, mtimeMs: 1000 } });
+            else if (req.type === 'read') {
+              read = true;
+              sendFile(reply, String(req.path), PAYLOAD);
+            }
+          },
+          (conn, world) => download(conn, `ws/${name}`, world.ws),
+        );
+        assert.equal(code, 'BAD_NAME');
+        assert.equal(read, false, 'refused before asking for the bytes');
+        assertOnlyChanged(before, after, []);
+        assertNothingNamed(before, after, name);
+      });
+    }
+  });
+
+  describe('names that one file system would merge', () => {
+    for (const [first, second, why] of COLLISIONS) {
+      it(`refuses the second of ${why}; the first keeps its content`, async () => {
+        const { code, world, before, after } = await attempt(
+          folder((reply) => {
+            sendFile(reply, first, CONTENT);
+            sendFile(reply, second, PAYLOAD);
+            reply.message({ type: 'end', count: 2 });
+          }),
+          (conn, w) => download(conn, 'ws/d', w.ws),
+        );
+        assert.equal(code, 'BAD_NAME');
+        assertOnlyChanged(before, after, ['ws/d', `ws/d/${first}`]);
+        assert.deepEqual(await fs.readFile(path.join(world.ws, 'd', first)), CONTENT);
+        assert.equal(after[`ws/d/${second}`], undefined, `${shown(second)} was not written`);
+      });
+    }
+  });
+
+  describe('what a person sees (issue 16, finding 9, display)', () => {
+    it('a peer name padded with fillers to spell out someone else’s name, address and ID is shown with every filler escaped', async () => {
+      const forged = `Alice${'\u2800'.repeat(30)}(192.168.1.20, FLRK-XVPC-ERBT-7AQP)${'\u3164'.repeat(20)}\u115f\u00ad`;
+      const named = await startHostileServer(hostile, () => undefined, { welcomeName: forged });
+      try {
+        const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [named.address], expectedPeerId: hostile.peerId, name: 'victim' });
+        open.push(conn);
+        assert.doesNotMatch(conn.peerName, DISGUISING_CHARS);
+        assert.equal(conn.peerName.split('\\u2800').length - 1, 30, 'every U+2800 shown as an escape');
+        assert.equal(conn.peerName.split('\\u3164').length - 1, 20, 'every U+3164 shown as an escape');
+        assert.ok(conn.peerName.endsWith('\\u115f\\u00ad'));
+      } finally {
+        await named.close();
+      }
+    });
+  });
+});
