@@ -5,11 +5,13 @@ import { after, before, describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
   DISGUISING_CHARS,
+  INVISIBLE_CHARS,
   PeerShareError,
   Share,
   TokenBook,
   checkReceivedName,
   errorFromMessage,
+  foldName,
   isInside,
   isPeerId,
   normalizePeerId,
@@ -61,7 +63,8 @@ const UNSAFE_ON_SCREEN = DISGUISING_CHARS;
 /** Pieces that traversal and aliasing attacks are built from, joined in any order. */
 const PATH_PIECES = [
   '..', '.', '/', '//', '\\', '..\\', 'C:', 'c:\\', '\\\\server\\share', '%2e%2e', '%252e', '%2f', '\u0000', '\n', '\u202e',
-  '\u200e', '\u200b', '\u2028', '\ufeff', '\u200d',
+  '\u200e', '\u200b', '\u2028', '\ufeff', '\u200d', '\u200c', '\u034f', '\u00ad', '\u3164', '\u2800', '\u180e', '\u{e0067}', '\u00a0',
+  'GIT~1', 'VSCODE~1', '\u0131', '\u017f', '\uff0e', '\uff0f', '.vscode',
   '.git', '.GIT', '.git.', '.git ', '.Git', '.ｇｉｔ', '.env', 'ws', 'ws-secret', 'ws ', 'WS', 'src', 'a.ts', 'secret.txt',
   'link-out', 'file-link', 'loop', 'fifo', 'dev-zero', 'home', 'key.pem', 'CON', 'nul.txt', 'e\u0301', 'é', '\uFFFD', 'x'.repeat(300),
   '\u00e9'.repeat(130), 'outside', '~', '$HOME', '*', '?',
@@ -297,9 +300,13 @@ describe('fuzzing: path checks', () => {
       const landed = path.join(target, ...components);
       assert.ok(isInside(target, landed) && landed !== target, `${JSON.stringify(name)} landed at ${landed}`);
       for (const part of components) {
-        assert.ok(!['.git', '.vscode'].includes(part.normalize('NFKC').toLowerCase().replace(/[. ]+$/, '')));
+        const folded = foldName(part).replace(/[. ]+$/, '');
+        assert.ok(!['.git', '.vscode', ''].includes(folded), `${JSON.stringify(part)} folds to ${JSON.stringify(folded)}`);
+        assert.doesNotMatch(folded, /^[^~.]{1,6}~[0-9]+(\.[^.]{1,3})?$/, 'the shape of a Windows short name');
         assert.doesNotMatch(part, /[\\:]|^\.\.?$/);
       }
+      // Names take the strict set: no default-ignorable or blank character, even where the display keeps one.
+      assert.doesNotMatch(name, INVISIBLE_CHARS);
       assert.doesNotMatch(name, UNSAFE_ON_SCREEN);
     });
   });
