@@ -11,29 +11,95 @@ import type { Limits } from './limits';
  * verified after the fact, so a symlink swapped in between check and open still cannot lead out.
  */
 
-/** Not shared unless the user opts out: version control internals, secrets and keys. */
+/**
+ * Not shared unless the user opts out (`--no-default-excludes`, `defaultExcludes: false`): version
+ * control internals, the identity folder, and files that hold keys, tokens or passwords in the
+ * usual places (compared with the file names secret scanners such as gitleaks and gitrob flag).
+ * `.gitignore` syntax, matched case-insensitively: a pattern without a slash matches at any
+ * depth; `**` patterns name a file by its folder (`.docker/config.json`, wherever that folder is).
+ * Names that are as often something harmless (`credentials.json`, `auth.json`, `secrets.yml`,
+ * `pip.conf`) are left to the user's own excludes.
+ */
 export const DEFAULT_EXCLUDES: readonly string[] = [
+  // Version control internals and PeerShare's own identity.
   '.git',
   '.hg',
   '.svn',
-  '.env*',
   '.peershare',
+  // Environment files and private keys.
+  '.env*',
   '*.pem',
   '*.key',
+  '*.p8',
   '*.p12',
   '*.pfx',
+  '*.ppk',
   '*.keystore',
   '*.jks',
   'id_rsa*',
   'id_dsa*',
   'id_ecdsa*',
   'id_ed25519*',
-  '.npmrc',
-  '.netrc',
-  '.pgpass',
-  '.aws',
+  '*.ovpn',
   '.ssh',
   '.gnupg',
+  // Password databases.
+  '*.kdbx',
+  '*.psafe3',
+  '*.keychain-db',
+  '*.agilekeychain',
+  '*.opvault',
+  // Tokens and passwords of command-line tools.
+  '.git-credentials',
+  '**/.config/git/credentials',
+  '.netrc',
+  '_netrc',
+  '.npmrc',
+  '.pypirc',
+  '.pgpass',
+  '.my.cnf',
+  '.s3cfg',
+  '.boto',
+  '.vault-token',
+  '.dockercfg',
+  '**/.docker/config.json',
+  '**/.kube/config',
+  'kubeconfig',
+  '*.kubeconfig',
+  '**/.config/gh/hosts.yml',
+  '**/.config/hub',
+  '**/.cargo/credentials',
+  '**/.cargo/credentials.toml',
+  '**/.gem/credentials',
+  '**/.gradle/gradle.properties',
+  '**/.m2/settings.xml',
+  '**/.m2/settings-security.xml',
+  '.terraformrc',
+  '**/.terraform.d/credentials.tfrc.json',
+  'sftp-config.json',
+  '**/.vscode/sftp.json',
+  '.htpasswd',
+  '.htdigest',
+  // Cloud accounts: whole folders, every file in them is a token, a cache of one or an account.
+  '.aws',
+  '.azure',
+  '**/.config/gcloud',
+  'application_default_credentials.json',
+  'client_secret*.json',
+  'service-account*.json',
+  'service_account*.json',
+  // Terraform state and variables hold every secret of the infrastructure they describe.
+  '*.tfstate',
+  '*.tfstate.*',
+  '*.tfvars',
+  '*.tfvars.json',
+  '.terraform',
+  // Shell and REPL histories: passwords typed on command lines.
+  '.*_history',
+  '.zhistory',
+  'fish_history',
+  '.lesshst',
+  '.dbshell',
 ];
 
 export interface ShareOptions {

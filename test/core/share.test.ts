@@ -228,3 +228,165 @@ describe('share options', () => {
     await sharer.server.close();
   });
 });
+
+// Issue 16, finding 15: credential files were shared by default.
+describe('credential files are not shared by default', () => {
+  /** Where tools keep keys, tokens and passwords; each file holds a marker that must never be served. */
+  const credentials = [
+    '.git-credentials',
+    'home/.config/git/credentials',
+    '.docker/config.json',
+    'home/.docker/config.json',
+    '.dockercfg',
+    '.kube/config',
+    'deploy/kubeconfig',
+    'deploy/staging.kubeconfig',
+    '.config/gh/hosts.yml',
+    '.config/hub',
+    '.pypirc',
+    '.vault-token',
+    '.netrc',
+    '_netrc',
+    '.pgpass',
+    '.my.cnf',
+    '.s3cfg',
+    '.boto',
+    '.bash_history',
+    '.zsh_history',
+    '.zhistory',
+    '.python_history',
+    '.node_repl_history',
+    '.psql_history',
+    '.mysql_history',
+    '.sqlite_history',
+    '.lesshst',
+    '.dbshell',
+    '.local/share/fish/fish_history',
+    'keys/putty.ppk',
+    'vault/Passwords.kdbx',
+    'vault/old.psafe3',
+    'login.keychain-db',
+    'keys/AuthKey_ABC123.p8',
+    'vpn/office.ovpn',
+    'infra/terraform.tfstate',
+    'infra/terraform.tfstate.backup',
+    'infra/prod.tfstate',
+    'infra/terraform.tfvars',
+    'infra/prod.auto.tfvars.json',
+    'infra/.terraform/terraform.tfstate',
+    '.terraformrc',
+    '.terraform.d/credentials.tfrc.json',
+    '.config/gcloud/credentials.db',
+    '.config/gcloud/access_tokens.db',
+    '.config/gcloud/legacy_credentials/me@example.com/adc.json',
+    'application_default_credentials.json',
+    'client_secret_1234.apps.googleusercontent.com.json',
+    'service-account.json',
+    'service_account_prod.json',
+    '.azure/msal_token_cache.json',
+    '.azure/accessTokens.json',
+    'app/.azure/dev/.env',
+    '.cargo/credentials.toml',
+    '.cargo/credentials',
+    '.gem/credentials',
+    '.gradle/gradle.properties',
+    '.m2/settings.xml',
+    '.m2/settings-security.xml',
+    'sftp-config.json',
+    '.vscode/sftp.json',
+    'public/.htpasswd',
+    'public/.htdigest',
+    'cert/server.P12',
+    'cert/client.pfx',
+  ];
+  /** Near misses that must still be shared: the excludes are not a blunt instrument. */
+  const stillShared = [
+    'history.md',
+    'docs/bash_history.md',
+    'config.json',
+    '.docker/daemon.json',
+    'kube/config',
+    '.kube/cache.txt',
+    '.config/other/hosts.yml',
+    'credentials.md',
+    'infra/main.tf',
+    'infra/variables.tf',
+    '.cargo/config.toml',
+    '.vscode/settings.json',
+    'src/service.json',
+  ];
+  const MARKER = 'CREDENTIAL-MARKER';
+  let ws: string;
+
+  /**
+   * The files a folder download streams, read off the wire (the receiver's own name check would
+   * stop at `.vscode/`, which this test shares on purpose), and every byte sent.
+   */
+  async function treeOf(conn: PeerConnection, remotePath: string): Promise<{ files: string[]; bytes: string }> {
+    const files: string[] = [];
+    const chunks: Buffer[] = [];
+    await conn.exchange({ type: 'tree', path: remotePath }, (event, done) => {
+      if (event.kind === 'data') chunks.push(Buffer.from(event.chunk));
+      else if (event.message.type === 'file') files.push(String(event.message.path));
+      else if (event.message.type === 'end') done();
+    });
+    return { files: files.sort(), bytes: Buffer.concat(chunks).toString('utf8') };
+  }
+
+  before(async () => {
+    ws = path.join(await fs.realpath(tempDir()), 'proj');
+    for (const rel of [...credentials, ...stillShared]) {
+      await fs.mkdir(path.dirname(path.join(ws, rel)), { recursive: true });
+      await fs.writeFile(path.join(ws, rel), credentials.includes(rel) ? `${MARKER} ${rel}\n` : 'fine\n');
+    }
+  });
+
+  it(`refuses to stat or read each of ${credentials.length} credential files (EXCLUDED), and serves the near misses`, async () => {
+    const sharer = await startSharer([ws]);
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      for (const rel of credentials) {
+        await rejectsWithCode(conn.stat(`proj/${rel}`), 'EXCLUDED').catch((err: Error) => assert.fail(`${rel}: ${err.message}`));
+        let served = false;
+        const err = await conn
+          .exchange({ type: 'read', path: `proj/${rel}`, offset: 0 }, () => {
+            served = true;
+          })
+          .then(() => undefined, (e: { code?: string }) => e);
+        assert.equal(err?.code, 'EXCLUDED', rel);
+        assert.equal(served, false, rel);
+      }
+      for (const rel of stillShared) assert.equal((await conn.stat(`proj/${rel}`)).type, 'file', rel);
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+
+  it('leaves every credential file out of listings and folder downloads', async () => {
+    const sharer = await startSharer([ws]);
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      const listed = (await conn.list('proj')).map((e) => e.name);
+      for (const hidden of ['.git-credentials', '.pypirc', '.bash_history', '.azure', '.terraformrc', 'sftp-config.json']) assert.ok(!listed.includes(hidden), hidden);
+      const tree = await treeOf(conn, 'proj');
+      assert.deepEqual(tree.files, [...stillShared].sort());
+      assert.doesNotMatch(tree.bytes, new RegExp(MARKER));
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+
+  it('shares them all with defaultExcludes: false (--no-default-excludes)', async () => {
+    const sharer = await startSharer([ws], { share: { defaultExcludes: false } });
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      for (const rel of credentials) assert.equal((await conn.stat(`proj/${rel}`)).type, 'file', rel);
+      assert.deepEqual((await treeOf(conn, 'proj')).files, [...credentials, ...stillShared].sort());
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+});
