@@ -1,14 +1,26 @@
 import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
+import { PeerShareError } from './errors';
 import { isPeerId, normalizePeerId } from './peer-id';
 import { PROTOCOL_VERSION } from './protocol';
 
 /**
  * Nearby peers over plain UDP multicast: a sharer announces its name, peer ID, port and protocol
  * version every few seconds and says goodbye when it stops; a browser keeps a bounded table of
- * what it heard. An announcement is only a hint: the address is taken from the packet's source,
- * never from its content, and the TLS fingerprint still decides who a peer is when connecting.
+ * what it heard. An announcement is only a claim: the address is taken from the packet's source,
+ * never from its content, and anyone can claim any ID. The TLS certificate decides who a peer is:
+ * an entry is `proved` only once a handshake at its address showed that ID's certificate
+ * (`provePeer` in probe.ts, then `markProved`). What strangers can do to the table is bounded:
+ * - several claims to one ID from different addresses are separate entries, so a spoof never
+ *   moves the real peer's address;
+ * - a goodbye removes only the entry announced from the same source address and port;
+ * - each source address holds at most `maxPeersPerSource` entries (a flood from it replaces its
+ *   own oldest ones), the table at most `maxPeers`; when full, a newcomer displaces an entry only
+ *   of a source holding at least two more unproved entries than its own, and a proved entry is
+ *   never displaced.
+ * Someone on the LAN with raw sockets can still forge a source address; that is why only a proof,
+ * never an announcement, may make a listed peer trusted.
  *
  * Why not mDNS/DNS-SD: we need one record type on one private group, and a 60-line JSON message
  * is easier to bound and to check than a DNS parser; no dependency is needed.
@@ -28,8 +40,10 @@ export interface DiscoveryOptions {
   intervalMs?: number;
   /** Forget a peer not heard for this long (default 3 intervals + 1 s). */
   expiryMs?: number;
-  /** Most peers remembered; the least recently heard is dropped first (default 256). */
+  /** Most entries remembered in all; see the class comment for who gives way when full (default 256). */
   maxPeers?: number;
+  /** Most entries one source address may hold; its least recently heard gives way first (default 16). */
+  maxPeersPerSource?: number;
 }
 
 export interface NearbyPeer {
@@ -39,6 +53,18 @@ export interface NearbyPeer {
   address: string;
   version: number;
   lastSeen: number;
+  /**
+   * True once a TLS handshake at `address` showed the certificate of `id` (`markProved`). Until
+   * then the entry is only a claim: never show it as a trusted peer.
+   */
+  proved: boolean;
+}
+
+/** An entry of the table, with the UDP source it was heard from (a goodbye must come from there). */
+interface HeardPeer {
+  peer: NearbyPeer;
+  sourceHost: string;
+  sourcePort: number;
 }
 
 interface Announcement {
@@ -48,7 +74,10 @@ interface Announcement {
 
 export class Discovery extends EventEmitter {
   private readonly sockets: dgram.Socket[] = [];
-  private readonly peers = new Map<string, NearbyPeer>();
+  /** `id@host:port` -> entry, least recently heard first. */
+  private readonly peers = new Map<string, HeardPeer>();
+  /** Entries per source address. */
+  private readonly perSource = new Map<string, number>();
   private announcement?: Announcement;
   private timer?: NodeJS.Timeout;
   /** The second announcement, shortly after the first (one datagram may be lost). */
@@ -59,6 +88,7 @@ export class Discovery extends EventEmitter {
   private readonly intervalMs: number;
   private readonly expiryMs: number;
   private readonly maxPeers: number;
+  private readonly maxPeersPerSource: number;
   private readonly selfId: string;
 
   constructor(private readonly options: DiscoveryOptions) {
@@ -68,7 +98,8 @@ export class Discovery extends EventEmitter {
     this.port = options.port ?? DISCOVERY_PORT;
     this.intervalMs = options.intervalMs ?? 3000;
     this.expiryMs = options.expiryMs ?? this.intervalMs * 3 + 1000;
-    this.maxPeers = options.maxPeers ?? 256;
+    this.maxPeers = positiveInteger(options.maxPeers ?? 256, 'maxPeers');
+    this.maxPeersPerSource = positiveInteger(options.maxPeersPerSource ?? 16, 'maxPeersPerSource');
   }
 
   /** Joins the group on each interface; safe to call once. */
@@ -76,7 +107,7 @@ export class Discovery extends EventEmitter {
     const interfaces = this.options.interfaces ?? defaultInterfaces();
     for (const address of interfaces) {
       const socket = dgram.createSocket({ type: 'udp4', reuseAddr: true });
-      socket.on('message', (message, remote) => this.onMessage(message, remote.address));
+      socket.on('message', (message, remote) => this.onMessage(message, remote.address, remote.port));
       socket.on('error', (err) => this.emit('error', err));
       await new Promise<void>((resolve, reject) => {
         socket.once('error', reject);
@@ -114,9 +145,25 @@ export class Discovery extends EventEmitter {
     this.announcement = undefined;
   }
 
+  /** Copies of the entries, by name. */
   list(): NearbyPeer[] {
     this.expire();
-    return [...this.peers.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.peers.values()].map((heard) => ({ ...heard.peer })).sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /**
+   * Records that a handshake at `address` showed the certificate of `id` (see `provePeer`): the
+   * entry is flagged `proved` and no stranger's announcement displaces it. Returns false if no
+   * such entry is listed (it expired, or was never heard).
+   */
+  markProved(id: string, address: string): boolean {
+    const heard = this.peers.get(`${normalizePeerId(id)}@${address}`);
+    if (!heard) return false;
+    if (!heard.peer.proved) {
+      heard.peer.proved = true;
+      this.emit('up', { ...heard.peer });
+    }
+    return true;
   }
 
   async stop(): Promise<void> {
@@ -143,7 +190,7 @@ export class Discovery extends EventEmitter {
     for (const socket of this.sockets) socket.send(bytes, this.port, this.group, () => undefined);
   }
 
-  private onMessage(packet: Buffer, source: string): void {
+  private onMessage(packet: Buffer, sourceHost: string, sourcePort: number): void {
     const m = parseDiscoveryPacket(packet);
     if (!m || m.id === this.selfId) return;
     if (m.t === 'query') {
@@ -156,39 +203,86 @@ export class Discovery extends EventEmitter {
     }
     const id = m.id;
     if (m.t === 'bye') {
-      for (const [key, peer] of this.peers) {
-        if (peer.id === id && peer.address.startsWith(`${source}:`)) {
-          this.peers.delete(key);
-          this.emit('down', peer);
-        }
+      // Only from where the announcement came: anyone else saying goodbye for a peer is ignored.
+      for (const [key, heard] of this.peers) {
+        if (heard.peer.id === id && heard.sourceHost === sourceHost && heard.sourcePort === sourcePort) this.remove(key);
       }
       return;
     }
     const { port, version, name } = m;
-    const address = `${source}:${port}`;
+    const address = `${sourceHost}:${port}`;
     const key = `${id}@${address}`;
     const known = this.peers.get(key);
-    const peer: NearbyPeer = { id, name, address, version, lastSeen: Date.now() };
-    this.peers.delete(key);
-    this.peers.set(key, peer); // Map order = least recently heard first
-    if (this.peers.size > this.maxPeers) {
-      const oldest = this.peers.keys().next().value as string;
-      const dropped = this.peers.get(oldest)!;
-      this.peers.delete(oldest);
-      this.emit('down', dropped);
+    if (known) {
+      // A proved entry listens only to the source it was heard from; an unproved one to the latest.
+      if (known.peer.proved && (known.sourcePort !== sourcePort || known.sourceHost !== sourceHost)) return;
+      const changed = known.peer.name !== name || known.peer.version !== version;
+      known.peer = { ...known.peer, name, version, lastSeen: Date.now() };
+      known.sourcePort = sourcePort;
+      this.peers.delete(key);
+      this.peers.set(key, known); // Map order = least recently heard first
+      if (changed) this.emit('up', { ...known.peer });
+      return;
     }
-    if (!known || known.name !== name) this.emit('up', peer);
+    if (!this.makeRoomFor(sourceHost)) return;
+    const peer: NearbyPeer = { id, name, address, version, lastSeen: Date.now(), proved: false };
+    this.peers.set(key, { peer, sourceHost, sourcePort });
+    this.perSource.set(sourceHost, (this.perSource.get(sourceHost) ?? 0) + 1);
+    this.emit('up', { ...peer });
+  }
+
+  /**
+   * Frees a place for a new entry from `sourceHost`, or says there is none. A source at its own
+   * bound gives up its least recently heard unproved entry. When the table is full, the source
+   * with the most unproved entries gives way if it holds at least two more than the newcomer's
+   * source (so equals do not churn each other out, and a flood from many addresses cannot push out
+   * a peer that is alone at its address); otherwise the newcomer's own source gives up its oldest,
+   * or the newcomer is not listed. Proved entries never give way.
+   */
+  private makeRoomFor(sourceHost: string): boolean {
+    if ((this.perSource.get(sourceHost) ?? 0) >= this.maxPeersPerSource) return this.evictOldestUnproved(sourceHost);
+    if (this.peers.size < this.maxPeers) return true;
+    const unprovedBySource = new Map<string, number>();
+    for (const { peer, sourceHost: host } of this.peers.values()) {
+      if (!peer.proved) unprovedBySource.set(host, (unprovedBySource.get(host) ?? 0) + 1);
+    }
+    const own = unprovedBySource.get(sourceHost) ?? 0;
+    let heaviest: string | undefined;
+    let most = 0;
+    for (const [host, count] of unprovedBySource) if (count > most) [heaviest, most] = [host, count];
+    if (heaviest !== undefined && most >= own + 2) return this.evictOldestUnproved(heaviest);
+    return own > 0 && this.evictOldestUnproved(sourceHost);
+  }
+
+  private evictOldestUnproved(sourceHost: string): boolean {
+    for (const [key, heard] of this.peers) {
+      if (heard.sourceHost === sourceHost && !heard.peer.proved) {
+        this.remove(key);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  private remove(key: string): void {
+    const heard = this.peers.get(key);
+    if (!heard) return;
+    this.peers.delete(key);
+    const left = (this.perSource.get(heard.sourceHost) ?? 1) - 1;
+    if (left > 0) this.perSource.set(heard.sourceHost, left);
+    else this.perSource.delete(heard.sourceHost);
+    this.emit('down', { ...heard.peer });
   }
 
   private expire(): void {
     const cutoff = Date.now() - this.expiryMs;
-    for (const [key, peer] of this.peers) {
-      if (peer.lastSeen < cutoff) {
-        this.peers.delete(key);
-        this.emit('down', peer);
-      }
-    }
+    for (const [key, heard] of this.peers) if (heard.peer.lastSeen < cutoff) this.remove(key);
   }
+}
+
+function positiveInteger(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) throw new PeerShareError('INVALID_ARGUMENT', `Discovery option ${name} must be a positive integer, got ${String(value)}.`);
+  return value;
 }
 
 export type DiscoveryPacket =
