@@ -20,7 +20,9 @@ import {
   fingerprintFromPeerId,
   sanitizeForDisplay,
   shortPeerId,
+  provePeer,
   toPeerShareError,
+  type NearbyPeer,
   type AccessDecision,
   type AccessRequest,
   type ConnectOptions,
@@ -388,6 +390,9 @@ async function commandServe(
   return EXIT.OK;
 }
 
+/** Nearby peers whose certificates are checked at once. */
+const NEARBY_PROBES_AT_ONCE = 8;
+
 interface DiscoverySettings {
   announce: boolean;
   interfaces?: string[];
@@ -400,11 +405,31 @@ async function commandNearby(globals: Globals, settings: DiscoverySettings, time
   const nearby = new Discovery({ selfId: identity.peerId, interfaces: settings.interfaces, port: settings.port });
   await nearby.start();
   await new Promise((resolve) => setTimeout(resolve, timeoutMs));
-  const peers = nearby.list().map((p) => ({ ...p, trusted: trust.knows(p.id) }));
+  // An announcement is only a claim: a known ID counts as trusted only where a TLS handshake
+  // proved its certificate. Only known IDs are probed, so strangers cannot send us anywhere else.
+  const announced = nearby.list();
+  const peers: (NearbyPeer & { known: boolean; trusted: boolean })[] = [];
+  for (let i = 0; i < announced.length; i += NEARBY_PROBES_AT_ONCE) {
+    peers.push(
+      ...(await Promise.all(
+        announced.slice(i, i + NEARBY_PROBES_AT_ONCE).map(async (p) => {
+          const known = trust.knows(p.id);
+          const proved = known && (await provePeer({ identity, address: p.address, expectedPeerId: p.id, timeoutMs: 3000 }));
+          if (proved) nearby.markProved(p.id, p.address);
+          return { ...p, proved, known, trusted: proved };
+        }),
+      )),
+    );
+  }
   await nearby.stop();
   if (globals.json) printJson({ peers });
   else if (peers.length === 0) out('No peers announcing themselves nearby.');
-  else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-')}  ${p.address}  ${p.trusted ? 'trusted' : 'not trusted (pair with an invite)'}`);
+  else {
+    for (const p of peers) {
+      const status = p.trusted ? 'trusted (certificate checked)' : p.known ? 'claims the ID of a peer you know, but could not prove it' : 'not trusted (pair with an invite)';
+      out(`${p.id}  ${sanitizeForDisplay(p.name || '-').slice(0, 64)}  ${sanitizeForDisplay(p.address)}  ${status}`);
+    }
+  }
   return EXIT.OK;
 }
 

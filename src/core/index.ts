@@ -13,3 +13,4 @@ export * from './download';
 export * from './names';
 export * from './format';
 export * from './discovery';
+export * from './probe';

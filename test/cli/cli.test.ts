@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as dgram from 'node:dgram';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -162,6 +163,32 @@ describe('the peershare CLI', () => {
     } finally {
       announcer.kill('SIGTERM');
       await new Promise((r) => announcer.once('exit', r));
+    }
+  });
+
+  it('nearby calls an announcement trusted only where the certificate was proved; a spoof of a known ID is not', async () => {
+    const port = String(48_000 + Math.floor(Math.random() * 1000));
+    const discovery = ['--interface', '127.0.0.1', '--discovery-port', port];
+    const announcer = await startServe([ws, '--home', tempDir(), '--announce', '--name', 'Announcer', ...discovery]);
+    const home = tempDir();
+    const liar = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    await new Promise<void>((r) => liar.bind(0, '127.0.0.1', () => r()));
+    liar.setMulticastInterface('127.0.0.1');
+    const spoof = setInterval(() => liar.send(JSON.stringify({ t: 'announce', v: 1, id: announcer.listening.peerId, name: 'Announcer', port: 9 }), Number(port), '239.255.70.83'), 200);
+    try {
+      assert.equal((await cli(['ls', announcer.listening.invite, '--home', home])).code, 0);
+      const found = await cli(['nearby', '--json', '--timeout', '1500', '--home', home, ...discovery]);
+      const peers = json(found).peers as { id: string; address: string; trusted: boolean; proved: boolean }[];
+      const real = peers.find((p) => p.address === `127.0.0.1:${announcer.listening.port}`);
+      const fake = peers.find((p) => p.address === '127.0.0.1:9');
+      assert.equal(real?.trusted, true, JSON.stringify(peers));
+      assert.equal(fake?.trusted, false, 'the spoofed address is listed, but not as trusted');
+      const text = await cli(['nearby', '--timeout', '1500', '--home', home, ...discovery]);
+      assert.match(text.stdout, /127\.0\.0\.1:9 +claims the ID of a peer you know, but could not prove it/);
+    } finally {
+      clearInterval(spoof);
+      liar.close();
+      await stopServe(announcer.proc);
     }
   });
 
