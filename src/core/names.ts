@@ -62,6 +62,11 @@ export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] 
   return components;
 }
 
+/** True for a name component NTFS could take as an 8.3 short name (see SHORT_NAME_SHAPE); case does not matter. */
+export function isShortNameShape(component: string): boolean {
+  return SHORT_NAME_SHAPE.test(foldName(component));
+}
+
 /**
  * The form under which file systems might treat two names as one: NFKC (which includes what
  * APFS's and HFS+'s canonical normalisation merge, and more), then case folded by lowering,

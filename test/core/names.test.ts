@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { DISGUISING_CHARS, INVISIBLE_CHARS, checkReceivedName, collisionKey, foldName, sanitizeForDisplay } from '../../src/core';
+import { DISGUISING_CHARS, INVISIBLE_CHARS, checkReceivedName, collisionKey, foldName, isShortNameShape, sanitizeForDisplay } from '../../src/core';
 
 /** Shows a name with its invisible characters spelled out, for test titles. */
 const shown = (name: string): string => JSON.stringify(name.replace(/[^\x21-\x7e]/gu, (c) => `<U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}>`)).slice(0, 60);
@@ -136,6 +136,11 @@ describe('checkReceivedName (names a peer sends us)', () => {
       }
     });
   }
+
+  it('isShortNameShape tells the 8.3 shape from names that only contain a tilde', () => {
+    for (const name of ['GIT~1', 'vscode~1', 'PROGRA~12', 'A~1.TXT', 'GI7F3A~1.jsn', 'ｇｉｔ～１']) assert.ok(isShortNameShape(name), name);
+    for (const name of ['file~.txt', 'a~b', '~', 'longname~1', 'GIT~1.json', 'GIT~x', '~1', '.git~1']) assert.ok(!isShortNameShape(name), name);
+  });
 
   it('refuses non-strings', () => {
     for (const value of [undefined, null, 3, {}, ['a']]) assert.throws(() => checkReceivedName(value), { code: 'BAD_NAME' });
