@@ -40,10 +40,99 @@ export interface ConnectOptions {
 /** What arrives from the peer while a request is open: messages and file bytes, in order. */
 export type PeerEvent = { kind: 'message'; message: Record<string, unknown> } | { kind: 'data'; chunk: Buffer };
 
+/**
+ * Tells the connection that the open request moved forward by `bytes`: file bytes, or the worth
+ * of a record that brings the request nearer its end (see recordBytes). Only this restarts the
+ * stall timer and grows the overall deadline; bytes that move nothing forward (keep-alives,
+ * empty batches, zero-length frames, a message dripped byte by byte) never do.
+ */
+export type ReportProgress = (bytes: number) => void;
+
+/** A request's handler: sees each event in order, calls `done` at the end and `progress` on the way. */
+export type RequestHandler = (event: PeerEvent, done: () => void, progress: ReportProgress) => void | Promise<void>;
+
+/** What a record (a file header, a listed name) is worth towards the deadline: its name and a little framing. */
+export function recordBytes(name: string): number {
+  return Buffer.byteLength(name, 'utf8') + RECORD_OVERHEAD_BYTES;
+}
+const RECORD_OVERHEAD_BYTES = 64;
+
 interface OpenRequest {
   handle(event: PeerEvent): void | Promise<void>;
   resolve(): void;
   reject(err: PeerShareError): void;
+  clock: RequestClock;
+}
+
+/**
+ * The two clocks every request runs against. The stall timer ends a request that makes no
+ * progress for `stallMs`; the overall deadline ends one that takes longer than `deadlineMs` plus
+ * the time its bytes take at `bytesPerSecond` (counted as they arrive, so a peer that announces a
+ * petabyte and drips it a byte at a time still meets the deadline). While we wait for our own
+ * disk or for a person's answer, neither clock runs.
+ */
+class RequestClock {
+  private stallAt: number;
+  private deadlineAt: number;
+  private pausedAt?: number;
+  private timer?: NodeJS.Timeout;
+  private stopped = false;
+
+  constructor(
+    private readonly stallMs: number,
+    private readonly deadlineMs: number,
+    private readonly bytesPerSecond: number,
+    private readonly expire: (err: PeerShareError) => void,
+  ) {
+    const now = performance.now();
+    this.stallAt = now + stallMs;
+    this.deadlineAt = now + deadlineMs;
+    this.schedule();
+  }
+
+  progress(bytes: number): void {
+    this.stallAt = performance.now() + this.stallMs;
+    this.deadlineAt += (bytes / this.bytesPerSecond) * 1000;
+  }
+
+  /** Our own work (the disk, a question to a person) is not the peer's delay. */
+  pause(): void {
+    if (this.pausedAt !== undefined || this.stopped) return;
+    this.pausedAt = performance.now();
+    clearTimeout(this.timer);
+  }
+
+  resume(): void {
+    if (this.pausedAt === undefined || this.stopped) return;
+    // Both clocks stand still while we wait: waiting is not progress either.
+    const waited = performance.now() - this.pausedAt;
+    this.deadlineAt += waited;
+    this.stallAt += waited;
+    this.pausedAt = undefined;
+    this.schedule();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    clearTimeout(this.timer);
+  }
+
+  // One timer, moved only when it fires: progress on every chunk costs two additions, not a new timer.
+  private schedule(): void {
+    const wait = Math.max(0, Math.min(this.stallAt, this.deadlineAt) - performance.now());
+    this.timer = setTimeout(() => this.check(), Math.ceil(wait));
+    this.timer.unref();
+  }
+
+  private check(): void {
+    if (this.stopped || this.pausedAt !== undefined) return;
+    const now = performance.now();
+    if (now >= this.deadlineAt) {
+      return this.expire(new PeerShareError('TIMEOUT', `The peer did not finish in time (${this.deadlineMs / 1000} s, plus the time its bytes take at the slowest rate allowed).`));
+    }
+    if (now >= this.stallAt) return this.expire(new PeerShareError('TIMEOUT', `The peer made no progress for ${this.stallMs} ms.`));
+    this.schedule();
+  }
 }
 
 // Received bytes waiting for the disk; above HIGH the socket pauses, below LOW it resumes.
@@ -151,9 +240,7 @@ export class PeerConnection {
   private queuedBytes = 0;
   private draining = false;
   private closedWith?: PeerShareError;
-  private stallTimer?: NodeJS.Timeout;
   private closeListeners: (() => void)[] = [];
-  private requestStallMs?: number;
 
   constructor(
     private readonly socket: tls.TLSSocket,
@@ -167,8 +254,8 @@ export class PeerConnection {
       onData: (chunk) => this.enqueue({ kind: 'data', chunk }),
     });
     socket.on('data', (chunk: Buffer) => {
+      // Bytes alone are not progress (see ReportProgress): no timer moves here.
       this.bytesReceived += chunk.length;
-      this.armStallTimer();
       try {
         this.parser.push(chunk);
       } catch (err) {
@@ -195,7 +282,6 @@ export class PeerConnection {
   close(reason: PeerShareError = new PeerShareError('CANCELLED', 'Connection closed.')): void {
     if (this.closedWith) return;
     this.closedWith = reason;
-    clearTimeout(this.stallTimer);
     this.socket.destroy();
     this.queue = [];
     const request = this.request;
@@ -208,7 +294,8 @@ export class PeerConnection {
   async hello(name: string, token?: string, requestAccess = false): Promise<void> {
     const hello = { type: 'hello', versions: [...PROTOCOL_VERSIONS], name, ...(token ? { token } : {}), ...(requestAccess ? { request: true } : {}) };
     // Asking a person takes longer than a peer's answer: wait as long as the sharer may.
-    const waitMs = requestAccess ? this.limits.approvalTimeoutMs + this.limits.stallTimeoutMs : undefined;
+    const approvalMs = requestAccess ? this.limits.approvalTimeoutMs : 0;
+    const timing = { stallMs: approvalMs + this.limits.stallTimeoutMs, deadlineMs: approvalMs + this.limits.helloTimeoutMs };
     await this.exchange(hello, (event, done) => {
       const m = expectMessage(event);
       if (m.type !== 'welcome') throw new PeerShareError('PROTOCOL_ERROR', `Expected welcome, got ${String(m.type)}.`);
@@ -218,7 +305,7 @@ export class PeerConnection {
       if (welcome.id !== this.peerId) throw new PeerShareError('PEER_MISMATCH', 'The peer claims an ID other than its certificate’s.');
       this.welcome = welcome;
       done();
-    }, waitMs);
+    }, timing);
   }
 
   async stat(remotePath: string): Promise<Entry> {
@@ -232,23 +319,37 @@ export class PeerConnection {
     return entry!;
   }
 
-  /** Lists a folder; `onBatch` sees entries as they arrive (a big folder arrives in several). */
+  /**
+   * Lists a folder; `onBatch` sees entries as they arrive (a big folder arrives in several).
+   * At most maxListEntries entries and maxListBytes of names are accepted, whatever the peer sends.
+   */
   async list(remotePath: string, onBatch?: (entries: Entry[]) => void): Promise<Entry[]> {
     const all: Entry[] = [];
     const seen = new Set<string>();
-    await this.exchange({ type: 'list', path: remotePath }, (event, done) => {
+    let nameBytes = 0;
+    await this.exchange({ type: 'list', path: remotePath }, (event, done, progress) => {
       const m = expectMessage(event);
       if (m.type === 'end') return done();
       if (m.type !== 'entries' || !Array.isArray(m.entries)) throw new PeerShareError('PROTOCOL_ERROR', `Expected entries, got ${String(m.type)}.`);
+      // Counted before anything is parsed or kept.
+      if (all.length + m.entries.length > this.limits.maxListEntries) {
+        throw new PeerShareError('TOO_LARGE', `The listing has more than ${this.limits.maxListEntries} entries.`);
+      }
       const batch = m.entries.map(parseEntry);
+      let batchBytes = 0;
       for (const entry of batch) {
         if (entry.name === '' || entry.name.includes('/') || entry.name === '.' || entry.name === '..' || seen.has(entry.name)) {
           throw new PeerShareError('BAD_NAME', 'The peer listed an invalid or duplicate name.');
         }
         seen.add(entry.name);
+        batchBytes += recordBytes(entry.name);
+        nameBytes += Buffer.byteLength(entry.name, 'utf8');
       }
-      if (all.length + batch.length > this.limits.maxListEntries) throw new PeerShareError('TOO_LARGE', 'The listing is over the limit.');
+      if (nameBytes > this.limits.maxListBytes) {
+        throw new PeerShareError('TOO_LARGE', `The listing's names take more than ${this.limits.maxListBytes} bytes.`);
+      }
       all.push(...batch);
+      if (batch.length > 0) progress(batchBytes);
       onBatch?.(batch);
     });
     return all;
@@ -257,8 +358,10 @@ export class PeerConnection {
   /**
    * Sends a request and feeds what comes back to `handle` until it calls `done`. An `error`
    * message from the peer ends the request with that error; the connection stays usable.
+   * The request ends with TIMEOUT when it makes no progress for `stallMs` (default stallTimeoutMs)
+   * or outlives its deadline (default requestTimeoutMs, growing with its bytes; see RequestClock).
    */
-  exchange(request: object, handle: (event: PeerEvent, done: () => void) => void | Promise<void>, stallMs?: number): Promise<void> {
+  exchange(request: object, handle: RequestHandler, timing: { stallMs?: number; deadlineMs?: number } = {}): Promise<void> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     if (this.request) return Promise.reject(new PeerShareError('INTERNAL', 'A request is already running on this connection.'));
     return new Promise<void>((resolve, reject) => {
@@ -266,32 +369,32 @@ export class PeerConnection {
       const finish = (err?: PeerShareError): void => {
         if (finished) return;
         finished = true;
-        clearTimeout(this.stallTimer);
+        clock.stop();
         if (this.request === open) this.request = undefined;
         if (err) reject(err);
         else resolve();
       };
+      const clock = new RequestClock(
+        timing.stallMs ?? this.limits.stallTimeoutMs,
+        timing.deadlineMs ?? this.limits.requestTimeoutMs,
+        this.limits.minTransferBytesPerSecond,
+        (err) => this.close(err),
+      );
+      const progress: ReportProgress = (bytes) => clock.progress(bytes);
       const open: OpenRequest = {
         handle: (event) => {
           if (event.kind === 'message' && event.message.type === 'error') throw errorFromMessage(event.message);
-          return handle(event, () => finish());
+          // File bytes are progress by definition (a DATA frame of no bytes never becomes an event).
+          if (event.kind === 'data') clock.progress(event.chunk.length);
+          return handle(event, () => finish(), progress);
         },
         resolve: () => finish(),
         reject: (err) => finish(err),
+        clock,
       };
       this.request = open;
-      this.requestStallMs = stallMs;
-      this.armStallTimer();
       this.socket.write(encodeMessage(request));
     });
-  }
-
-  private armStallTimer(): void {
-    clearTimeout(this.stallTimer);
-    if (!this.request) return;
-    const ms = this.requestStallMs ?? this.limits.stallTimeoutMs;
-    this.stallTimer = setTimeout(() => this.close(new PeerShareError('TIMEOUT', `The peer sent nothing for ${ms} ms.`)), ms);
-    this.stallTimer.unref();
   }
 
   private enqueue(event: PeerEvent): void {
@@ -317,9 +420,12 @@ export class PeerConnection {
       try {
         const pending = request.handle(event);
         if (pending) {
-          clearTimeout(this.stallTimer); // our disk is slow, not the peer
-          await pending;
-          this.armStallTimer();
+          request.clock.pause(); // our disk (or a person) is slow, not the peer
+          try {
+            await pending;
+          } finally {
+            request.clock.resume();
+          }
         }
       } catch (err) {
         const coded = toPeerShareError(err, 'PROTOCOL_ERROR');

@@ -1,11 +1,12 @@
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, futimesSync, linkSync, openSync, promises as fs, renameSync, rmSync, unlinkSync, writeSync, type WriteStream } from 'node:fs';
+import { closeSync, constants as fsc, createWriteStream, fstatSync, futimesSync, linkSync, lstatSync, openSync, promises as fs, read, renameSync, unlinkSync, writeSync, type WriteStream } from 'node:fs';
 import * as path from 'node:path';
-import { PeerShareError, toPeerShareError } from './errors';
-import type { PeerConnection, PeerEvent } from './client';
-import { expectMessage } from './client';
+import { promisify } from 'node:util';
+import { PeerShareError, isErrorCode, toPeerShareError, type ErrorCode } from './errors';
+import type { PeerConnection, PeerEvent, ReportProgress } from './client';
+import { expectMessage, recordBytes } from './client';
 import { checkReceivedName, collisionKey } from './names';
-import type { Entry } from './protocol';
+import { sanitizeForDisplay, type Entry } from './protocol';
 import { SMALL_FILE_BYTES } from './limits';
 import { PinnedFolders } from './pinned-folders';
 
@@ -46,12 +47,27 @@ export interface DownloadResult {
   resumedBytes: number;
   /** Files that exist locally and were left alone. */
   skippedExisting: string[];
-  /** Files the peer could not send, with its reason. */
-  skippedByPeer: { path: string; code: string; message: string }[];
+  /**
+   * Files the peer could not send, with its reason: at most maxSkippedReports of them, each
+   * escaped for display and bounded (the peer chose every character).
+   */
+  skippedByPeer: SkippedByPeer[];
+  /** How many files the peer could not send, all of them (skippedByPeer keeps only the first). */
+  skippedByPeerCount: number;
+}
+
+export interface SkippedByPeer {
+  path: string;
+  /** A known code; anything else the peer sent becomes PROTOCOL_ERROR. */
+  code: ErrorCode;
+  message: string;
 }
 
 const PARTIAL_SUFFIX = '.peershare-part';
 const WRITE_BUFFER_BYTES = 1024 * 1024;
+/** Characters of a peer's reason kept in a skipped-file report, before escaping. */
+const MAX_SKIPPED_MESSAGE_CHARS = 300;
+const readAt = promisify(read);
 
 /** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
 export async function resolveTarget(remotePath: string, dest: string): Promise<string> {
@@ -70,41 +86,44 @@ export async function download(conn: PeerConnection, remotePath: string, dest: s
     : downloadFile(conn, remotePath, target, options, entry);
 }
 
-/** Receives one file into a temporary file, hashing as it goes; commits only if the hash matches. */
+/** Receives one file into a temporary file (see openTemporary), hashing as it goes; commits only if the hash matches. */
 class FileReceiver {
   private stream?: WriteStream;
   private hash: Hash = createHash('sha256');
   private received = 0;
+  private closed = false;
+  /** A write error the disk reported while no one was waiting for it. */
+  private failure?: PeerShareError;
+  readonly offset: number;
 
   constructor(
     readonly target: string,
     readonly partial: string,
-    readonly offset: number,
+    private readonly file: TemporaryFile,
     readonly size: number,
     readonly mtimeMs: number,
-  ) {}
+  ) {
+    this.offset = file.size;
+  }
 
   async open(): Promise<void> {
-    if (this.offset > 0) {
-      // The prefix on disk is hashed too: the peer's SHA-256 covers the whole file.
-      for await (const chunk of createReadStream(this.partial, { end: this.offset - 1, highWaterMark: 1024 * 1024 })) {
-        this.hash.update(chunk as Buffer);
-      }
+    // The prefix on disk is hashed too, read through the descriptor we checked: the peer's SHA-256 covers the whole file.
+    const buffer = Buffer.allocUnsafe(Math.min(this.offset, 1024 * 1024));
+    for (let position = 0; position < this.offset; ) {
+      const { bytesRead } = await readAt(this.file.fd, buffer, 0, Math.min(buffer.length, this.offset - position), position);
+      if (bytesRead === 0) throw new PeerShareError('IO_ERROR', 'A partial download shrank while it was being resumed.');
+      this.hash.update(buffer.subarray(0, bytesRead));
+      position += bytesRead;
     }
-    this.stream = createWriteStream(this.partial, {
-      flags: this.offset > 0 ? 'r+' : 'w',
-      start: this.offset,
-      mode: 0o644,
-      highWaterMark: WRITE_BUFFER_BYTES,
-    });
-    await new Promise<void>((resolve, reject) => {
-      this.stream!.once('open', () => resolve());
-      this.stream!.once('error', reject);
-    });
+    // Written through the descriptor, never by name: nothing planted at the name is followed.
+    // From here the stream owns the descriptor (destroying it closes it); see closeFile.
+    this.stream = createWriteStream(this.partial, { fd: this.file.fd, start: this.offset, autoClose: false, highWaterMark: WRITE_BUFFER_BYTES });
+    this.stream.on('error', (err) => (this.failure ??= toPeerShareError(err, 'IO_ERROR')));
   }
 
   /** Returns a promise only when the disk wants us to wait. */
   write(chunk: Buffer): Promise<void> | undefined {
+    if (this.failure) throw this.failure;
     this.received += chunk.length;
     if (this.offset + this.received > this.size) {
       throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
@@ -132,40 +151,140 @@ class FileReceiver {
 
   /** Verifies and moves the file into place; on any mismatch the temporary file is removed. */
   async finish(sha256: unknown, overwrite: boolean): Promise<void> {
-    await this.closeStream();
     try {
+      await this.endStream();
       if (this.offset + this.received !== this.size) {
         throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.offset + this.received}.`);
       }
       if (typeof sha256 !== 'string' || this.hash.digest('hex') !== sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
       const seconds = this.mtimeMs / 1000;
-      await fs.utimes(this.partial, seconds, seconds).catch(() => undefined);
-      await commit(this.partial, this.target, overwrite);
+      futimesSync(this.file.fd, seconds, seconds);
+      await this.closeFile();
+      await commit(this.partial, this.target, overwrite, this.file);
     } catch (err) {
-      await fs.rm(this.partial, { force: true });
-      throw err;
+      await this.closeFile();
+      removeName(this.partial);
+      throw toPeerShareError(err, 'IO_ERROR');
     }
   }
 
   async abort(keepPartial: boolean): Promise<void> {
-    await this.closeStream().catch(() => undefined);
-    if (!keepPartial) await fs.rm(this.partial, { force: true });
+    // What was received is written out before the file is kept for a resume.
+    if (keepPartial) await this.endStream().catch(() => undefined);
+    await this.closeFile();
+    // An empty file is nothing to resume.
+    if (!keepPartial || this.offset + this.received === 0) removeName(this.partial);
   }
 
-  private closeStream(): Promise<void> {
+  private endStream(): Promise<void> {
     const stream = this.stream;
-    if (!stream || stream.closed) return Promise.resolve();
+    if (!stream) return Promise.resolve();
     return new Promise((resolve, reject) => {
+      if (this.failure) return reject(this.failure);
       stream.once('error', (err) => reject(toPeerShareError(err, 'IO_ERROR')));
       stream.end(() => resolve());
     });
   }
+
+  /** Closes the descriptor exactly once: through the stream once there is one, so it is never closed twice. */
+  private async closeFile(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const stream = this.stream;
+    if (!stream) {
+      closeSync(this.file.fd);
+      return;
+    }
+    if (stream.closed) return;
+    await new Promise<void>((resolve) => {
+      stream.once('close', () => resolve());
+      stream.destroy();
+    });
+  }
+}
+
+/** A temporary file this download owns, held open: written through its descriptor only. */
+interface TemporaryFile {
+  fd: number;
+  dev: number;
+  ino: number;
+  /** Bytes already in it (a resumed partial download), 0 for a new one. */
+  size: number;
+}
+
+const O_NOFOLLOW = fsc.O_NOFOLLOW ?? 0;
+// Exclusive: fails if anything (a file, a symlink, even a dangling one) has the name already.
+const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | O_NOFOLLOW;
+// A FIFO planted at the name must not block the open.
+const RESUME_FLAGS = fsc.O_RDWR | O_NOFOLLOW | (fsc.O_NONBLOCK ?? 0);
+
+/**
+ * Opens the temporary file of a download. A partial file from an earlier run is resumed only if
+ * it is ours: a regular file (not followed if it is a link), with one link (no hard link to a file
+ * elsewhere), owned by us, and no longer than `resumeUpTo`. Anything else at the name is removed
+ * (the name, never what it points to) and a new file created exclusively, so a symlink or hard
+ * link planted there is never written through.
+ */
+function openTemporary(partial: string, resumeUpTo?: number): TemporaryFile {
+  if (resumeUpTo !== undefined) {
+    const resumed = openOwnPartial(partial, resumeUpTo);
+    if (resumed) return resumed;
+  }
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(partial, CREATE_FLAGS, 0o644);
+      const st = fstatSync(fd);
+      return { fd, dev: st.dev, ino: st.ino, size: 0 };
+    } catch (err) {
+      // Someone keeps putting things at the name: give up rather than loop.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw toPeerShareError(err, 'IO_ERROR');
+    }
+    removeName(partial);
+  }
+}
+
+function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undefined {
+  let fd: number;
+  try {
+    fd = openSync(partial, RESUME_FLAGS);
+  } catch {
+    return undefined; // none, a symlink (ELOOP), a folder, not ours to open: start over
+  }
+  const st = fstatSync(fd);
+  const uid = process.getuid?.();
+  if (st.isFile() && st.nlink === 1 && (uid === undefined || st.uid === uid) && st.size <= maxSize) {
+    return { fd, dev: st.dev, ino: st.ino, size: st.size };
+  }
+  closeSync(fd);
+  return undefined;
+}
+
+/** Removes a name (unlink never follows a link); a name already gone is fine. */
+function removeName(name: string): void {
+  try {
+    unlinkSync(name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toPeerShareError(err, 'IO_ERROR');
+  }
+}
+
+/**
+ * After a commit: the final name must be the file we wrote. If the temporary name was swapped
+ * (for a symlink, say) between our last write and the rename, what landed is not ours: it is
+ * removed again, so the final name never stays a link.
+ */
+function checkLanded(target: string, file: TemporaryFile): void {
+  const st = lstatSync(target, { throwIfNoEntry: false });
+  if (st && st.isFile() && st.dev === file.dev && st.ino === file.ino) return;
+  if (st) removeName(target);
+  throw new PeerShareError('IO_ERROR', `The temporary file for ${path.basename(target)} was replaced before it was saved; nothing was kept.`);
 }
 
 /** Moves a verified temporary file to its final name; without `overwrite`, never replaces anything. */
-async function commit(partial: string, target: string, overwrite: boolean): Promise<void> {
+async function commit(partial: string, target: string, overwrite: boolean, file: TemporaryFile): Promise<void> {
   if (overwrite) {
     await fs.rename(partial, target);
+    checkLanded(target, file);
     return;
   }
   try {
@@ -178,9 +297,11 @@ async function commit(partial: string, target: string, overwrite: boolean): Prom
     // File systems without hard links: check, then rename.
     if (await exists(target)) throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
     await fs.rename(partial, target);
+    checkLanded(target, file);
     return;
   }
-  await fs.rm(partial, { force: true });
+  checkLanded(target, file);
+  removeName(partial);
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -190,19 +311,48 @@ async function exists(p: string): Promise<boolean> {
   );
 }
 
+// A temporary name is "." + stem + "." + 16-hex tag + PARTIAL_SUFFIX, and must fit where the final name fits.
+const MAX_NAME_BYTES = 255;
+const TAG_CHARS = 16;
+const MAX_STEM_BYTES = MAX_NAME_BYTES - 2 - TAG_CHARS - PARTIAL_SUFFIX.length;
+const SHORTENED_DIGEST_CHARS = 8;
+
+/**
+ * The part of a temporary name taken from the final name: the name itself when it fits, else its
+ * first bytes (whole characters only) and a digest of the whole, so two long names that begin
+ * alike still have stems of their own.
+ */
+function temporaryStem(base: string): string {
+  if (Buffer.byteLength(base, 'utf8') <= MAX_STEM_BYTES) return base;
+  const digest = createHash('sha256').update(base).digest('hex').slice(0, SHORTENED_DIGEST_CHARS);
+  return `${truncateUtf8(base, MAX_STEM_BYTES - 1 - SHORTENED_DIGEST_CHARS)}~${digest}`;
+}
+
+/** The longest prefix of `text` of at most `maxBytes` UTF-8 bytes that does not split a character. */
+function truncateUtf8(text: string, maxBytes: number): string {
+  let bytes = 0;
+  let end = 0;
+  for (const char of text) {
+    bytes += Buffer.byteLength(char, 'utf8');
+    if (bytes > maxBytes) break;
+    end += char.length;
+  }
+  return text.slice(0, end);
+}
+
 function partialPathFor(target: string, peerId: string, remotePath: string, size: number, mtimeMs: number): string {
   // The tag ties a partial file to one version of one remote file, so a resume never splices two versions.
-  const tag = createHash('sha256').update(`${peerId}\n${remotePath}\n${size}\n${mtimeMs}`).digest('hex').slice(0, 16);
-  return path.join(path.dirname(target), `.${path.basename(target)}.${tag}${PARTIAL_SUFFIX}`);
+  const tag = createHash('sha256').update(`${peerId}\n${remotePath}\n${size}\n${mtimeMs}`).digest('hex').slice(0, TAG_CHARS);
+  return path.join(path.dirname(target), `.${temporaryStem(path.basename(target))}.${tag}${PARTIAL_SUFFIX}`);
 }
 
 /** Partial files of older versions of the same target can never be resumed: remove them. */
 async function removeStalePartials(target: string): Promise<void> {
-  const prefix = `.${path.basename(target)}.`;
+  const prefix = `.${temporaryStem(path.basename(target))}.`;
   const names = await fs.readdir(path.dirname(target)).catch(() => [] as string[]);
   for (const name of names) {
     if (name.startsWith(prefix) && name.endsWith(PARTIAL_SUFFIX) && /^[0-9a-f]{16}$/.test(name.slice(prefix.length, -PARTIAL_SUFFIX.length))) {
-      await fs.rm(path.join(path.dirname(target), name), { force: true });
+      removeName(path.join(path.dirname(target), name));
     }
   }
 }
@@ -283,18 +433,19 @@ async function receiveInto(
   options: DownloadOptions,
 ): Promise<DownloadResult> {
   const partial = partialPathFor(fsTarget, conn.peerId, remotePath, entry.size, entry.mtimeMs);
-  const existing = await fs.lstat(partial).catch(() => undefined);
-  let offset = 0;
-  if (existing?.isFile() && existing.size <= entry.size) offset = existing.size;
-  else if (existing) await fs.rm(partial, { force: true, recursive: false });
-  if (offset === 0) await removeStalePartials(fsTarget);
-  const receiver = new FileReceiver(fsTarget, partial, offset, entry.size, entry.mtimeMs);
+  let file = openOwnPartial(partial, entry.size);
+  if (!file) {
+    await removeStalePartials(fsTarget);
+    file = openTemporary(partial);
+  }
+  const offset = file.size;
+  const receiver = new FileReceiver(fsTarget, partial, file, entry.size, entry.mtimeMs);
   let started = false;
   const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
   options.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
-    await conn.exchange({ type: 'read', path: remotePath, offset, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done) => {
+    await conn.exchange({ type: 'read', path: remotePath, offset, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done, progress) => {
       if (!started) {
         const m = expectMessage(event);
         if (m.type !== 'file') throw new PeerShareError('PROTOCOL_ERROR', `Expected a file, got ${String(m.type)}.`);
@@ -302,6 +453,7 @@ async function receiveInto(
         if (m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
         if (m.size !== entry.size || m.offset !== offset) throw new PeerShareError('FILE_CHANGED');
         started = true;
+        progress(recordBytes(remotePath));
         return receiver.open();
       }
       if (event.kind === 'data') {
@@ -330,11 +482,12 @@ async function receiveInto(
     resumedBytes: offset,
     skippedExisting: [],
     skippedByPeer: [],
+    skippedByPeerCount: 0,
   };
 }
 
 function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: string[]): DownloadResult {
-  return { target, type, files: 0, bytes: 0, resumedBytes: 0, skippedExisting, skippedByPeer: [] };
+  return { target, type, files: 0, bytes: 0, resumedBytes: 0, skippedExisting, skippedByPeer: [], skippedByPeerCount: 0 };
 }
 
 /**
@@ -342,6 +495,10 @@ function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: stri
  * file is verified before it takes its name, and existing files follow `onConflict` (default: skip).
  * Small files are verified in memory and written behind the stream, several at a time, so a
  * folder of many small files is not paced by one file's open, write, close and rename.
+ *
+ * Whatever the peer sends, what the download keeps is bounded: at most maxTreeFiles folders,
+ * files and skipped records in all, nothing deeper than maxTreeDepth folders, at most
+ * maxSkippedReports reports kept, and a fixed-size digest per name remembered.
  */
 export async function downloadFolder(
   conn: PeerConnection,
@@ -349,31 +506,50 @@ export async function downloadFolder(
   target: string,
   options: DownloadOptions = {},
 ): Promise<DownloadResult> {
+  const limits = conn.limits;
   const result = emptyResult(target, 'dir', []);
   const createdTarget = (await fs.mkdir(target, { recursive: true })) !== undefined;
   const folders = await PinnedFolders.open(target);
+  // Digests of collision keys: two names one file system would merge.
   const seen = new Set<string>();
-  const madeDirs = new Set<string>(['']);
-  // Folders this download created were empty: nothing in them can be clobbered, so a file there
-  // is committed with one rename instead of the no-clobber link and unlink.
-  const createdDirs = new Set<string>(createdTarget ? [''] : []);
+  // Digests of folders made or found, each with whether this download created it. Folders this
+  // download created were empty: nothing in them can be clobbered, so a file there is committed
+  // with one rename instead of the no-clobber link and unlink.
+  const folderState = new Map<string, boolean>([[nameDigest(''), createdTarget]]);
+  let items = 0;
   let current: ReceivingFile | undefined;
   let bytes = 0;
   const writer = new SmallFileWriter(options);
   const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
   options.signal?.addEventListener('abort', onAbort, { once: true });
 
-  const makeDirs = async (components: string[]): Promise<void> => {
-    if (madeDirs.has(components.join('/'))) return;
+  /** Counts one folder, file or skipped record against maxTreeFiles. */
+  const count = (): void => {
+    if (++items > limits.maxTreeFiles) {
+      throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders; the download stopped there.`);
+    }
+  };
+  /** Refuses folders nested deeper than maxTreeDepth, before anything is created (finding 13). */
+  const checkDepth = (folderComponents: number): void => {
+    if (folderComponents > limits.maxTreeDepth) {
+      throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels; the download stopped there.`);
+    }
+  };
+  /** Makes the folders of `components` that are new to this download; true if any was. */
+  const makeDirs = async (components: string[]): Promise<boolean> => {
+    if (folderState.has(nameDigest(components.join('/')))) return false;
+    for (let i = 0; i < components.length; i++) {
+      if (!folderState.has(nameDigest(components.slice(0, i + 1).join('/')))) count();
+    }
     const created = await folders.makeFolders(components);
     created.forEach((made, i) => {
-      const rel = components.slice(0, i + 1).join('/');
-      if (made) createdDirs.add(rel);
-      madeDirs.add(rel);
+      const key = nameDigest(components.slice(0, i + 1).join('/'));
+      if (!folderState.has(key) || made) folderState.set(key, made);
     });
+    return true;
   };
 
-  const handle = async (event: PeerEvent, done: () => void): Promise<void> => {
+  const handle = async (event: PeerEvent, done: () => void, progress: ReportProgress): Promise<void> => {
     if (event.kind === 'data') {
       if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'File data outside a file.');
       bytes += event.chunk.length;
@@ -386,28 +562,34 @@ export async function downloadFolder(
     switch (m.type) {
       case 'dir': {
         if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A folder inside a file.');
-        await makeDirs(checkReceivedName(m.path, conn.limits.maxPathBytes));
+        const components = checkReceivedName(m.path, limits.maxPathBytes);
+        checkDepth(components.length);
+        // A folder announced again moves nothing forward.
+        if (await makeDirs(components)) progress(recordBytes(m.path as string));
         return;
       }
       case 'file': {
         if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A file inside a file.');
-        const components = checkReceivedName(m.path, conn.limits.maxPathBytes);
+        const components = checkReceivedName(m.path, limits.maxPathBytes);
+        checkDepth(components.length - 1);
         const rel = m.path as string;
-        const key = collisionKey(rel);
+        const key = nameDigest(collisionKey(rel));
         if (seen.has(key)) throw new PeerShareError('BAD_NAME', 'The peer sent the same file twice.');
-        seen.add(key);
         const size = m.size;
         const mtimeMs = typeof m.mtimeMs === 'number' && Number.isFinite(m.mtimeMs) ? m.mtimeMs : Date.now();
         if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || m.offset !== 0) {
           throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
         }
+        count();
+        seen.add(key);
+        progress(recordBytes(rel));
         await makeDirs(components.slice(0, -1));
         // `shownAs` is the file as a person knows it; `fileTarget` the path written through.
         const shownAs = path.join(target, ...components);
         const fileTarget = await folders.pathIn(components.slice(0, -1), components[components.length - 1]);
         const partial = partialPathFor(fileTarget, conn.peerId, `${remotePath}/${rel}`, size, mtimeMs);
         if (size <= SMALL_FILE_BYTES) {
-          const fresh = createdDirs.has(components.slice(0, -1).join('/'));
+          const fresh = folderState.get(nameDigest(components.slice(0, -1).join('/'))) === true;
           current = { kind: 'small', rel, target: fileTarget, shownAs, partial, mtimeMs, fresh, buffer: new WholeFile(size) };
           return;
         }
@@ -423,7 +605,8 @@ export async function downloadFolder(
           if (choice === 'keepBoth') finalTarget = await keepBothName(fileTarget);
           overwrite = choice === 'overwrite';
         }
-        const receiver = new FileReceiver(finalTarget, partial, 0, size, mtimeMs);
+        // A file in a folder is never resumed: whatever is at its temporary name goes.
+        const receiver = new FileReceiver(finalTarget, partial, openTemporary(partial), size, mtimeMs);
         current = { kind: 'large', rel, receiver, overwrite };
         await receiver.open();
         return;
@@ -432,6 +615,7 @@ export async function downloadFolder(
         if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'The end of a file that never started.');
         const finished = current;
         current = undefined;
+        progress(recordBytes(''));
         if (finished.kind === 'small') {
           // Verified before anything touches the disk.
           const data = finished.buffer.verified(m.sha256);
@@ -449,9 +633,13 @@ export async function downloadFolder(
           if (current.kind === 'large') await current.receiver?.abort(false);
           current = undefined;
         } else {
-          checkReceivedName(rel, conn.limits.maxPathBytes);
+          checkReceivedName(rel, limits.maxPathBytes);
+          count();
         }
-        result.skippedByPeer.push({ path: rel, code: String(m.code ?? ''), message: String(m.message ?? '').slice(0, 300) });
+        progress(recordBytes(rel));
+        result.skippedByPeerCount++;
+        // Counted, not kept, past the limit: endless reports cannot grow memory.
+        if (result.skippedByPeer.length < limits.maxSkippedReports) result.skippedByPeer.push(skippedReport(rel, m.code, m.message));
         return;
       }
       case 'end':
@@ -479,6 +667,25 @@ export async function downloadFolder(
   }
   result.bytes = bytes;
   return result;
+}
+
+/**
+ * What a folder remembers per name: a fixed-size digest instead of the name, so the memory a
+ * download keeps does not grow with the length of the names a peer sends. (A collision needs
+ * 2^64 names; its only effect would be a false "sent twice".)
+ */
+function nameDigest(name: string): string {
+  return createHash('sha256').update(name).digest().toString('latin1', 0, 16);
+}
+
+/** A skipped-file record as the peer sent it, made safe to show: a known code, escaped and bounded text. */
+function skippedReport(rel: string, code: unknown, message: unknown): SkippedByPeer {
+  return {
+    // The path passed checkReceivedName; escaping it again costs nothing and holds if that check changes.
+    path: sanitizeForDisplay(rel),
+    code: isErrorCode(code) ? code : 'PROTOCOL_ERROR',
+    message: typeof message === 'string' ? sanitizeForDisplay(message.slice(0, MAX_SKIPPED_MESSAGE_CHARS)) : '',
+  };
 }
 
 type ReceivingFile =
@@ -545,42 +752,49 @@ class SmallFileWriter {
   }
 
   async add(file: VerifiedFile): Promise<void> {
-    writeTemporarySync(file.partial, file.data, file.mtimeMs);
+    const written = writeTemporarySync(file.partial, file.data, file.mtimeMs);
+    let landed = false;
     try {
       if (file.fresh) {
         renameSync(file.partial, file.target);
+        landed = true;
       } else {
         // No look before the leap: the no-clobber link is the check.
         linkSync(file.partial, file.target);
+        landed = true;
         unlinkSync(file.partial);
       }
-      this.written++;
-      return;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+        if (landed) throw toPeerShareError(err, 'IO_ERROR');
         // File systems without hard links and other surprises: the general commit handles them.
-        return this.commitOrAsk(file, file.target, false);
+        return this.commitOrAsk(file, written, file.target, false);
       }
     }
-    const choice = await this.decide(file.shownAs).catch(async (err) => {
-      await fs.rm(file.partial, { force: true });
+    if (landed) {
+      checkLanded(file.target, written);
+      this.written++;
+      return;
+    }
+    const choice = await this.decide(file.shownAs).catch((err) => {
+      removeName(file.partial);
       throw err;
     });
     if (choice === 'skip') {
       this.skipped.push(file.shownAs);
-      await fs.rm(file.partial, { force: true });
+      removeName(file.partial);
       return;
     }
     const target = choice === 'keepBoth' ? await keepBothName(file.target) : file.target;
-    return this.commitOrAsk(file, target, choice === 'overwrite');
+    return this.commitOrAsk(file, written, target, choice === 'overwrite');
   }
 
   /** Commits the temporary file; a name taken meanwhile (a "keep both" copy, say) is asked about again. */
-  private async commitOrAsk(file: VerifiedFile, target: string, overwrite: boolean): Promise<void> {
+  private async commitOrAsk(file: VerifiedFile, written: TemporaryFile, target: string, overwrite: boolean): Promise<void> {
     try {
       for (let attempt = 0; ; attempt++) {
         try {
-          await commit(file.partial, target, overwrite);
+          await commit(file.partial, target, overwrite, written);
           this.written++;
           return;
         } catch (err) {
@@ -590,39 +804,33 @@ class SmallFileWriter {
         const choice = await this.decide(shown);
         if (choice === 'skip') {
           this.skipped.push(shown);
-          await fs.rm(file.partial, { force: true });
+          removeName(file.partial);
           return;
         }
         if (choice === 'keepBoth') target = await keepBothName(target);
         overwrite = choice === 'overwrite';
       }
     } catch (err) {
-      await fs.rm(file.partial, { force: true });
+      removeName(file.partial);
       throw err;
     }
   }
 }
 
-/** Writes a verified file's bytes and time to its temporary name. */
-function writeTemporarySync(partial: string, data: Buffer, mtimeMs: number): void {
-  let fd: number | undefined;
+/** Writes a verified file's bytes and time to a new temporary file (see openTemporary); returns what it wrote. */
+function writeTemporarySync(partial: string, data: Buffer, mtimeMs: number): TemporaryFile {
+  const file = openTemporary(partial);
   try {
-    fd = openSync(partial, 'w', 0o644);
-    for (let written = 0; written < data.length; ) written += writeSync(fd, data, written, data.length - written);
+    for (let written = 0; written < data.length; ) written += writeSync(file.fd, data, written, data.length - written);
     const seconds = mtimeMs / 1000;
-    futimesSync(fd, seconds, seconds);
-    closeSync(fd);
+    futimesSync(file.fd, seconds, seconds);
   } catch (err) {
-    if (fd !== undefined) {
-      try {
-        closeSync(fd);
-      } catch {
-        // already closed, or the close itself failed: the file is removed below either way
-      }
-      rmSync(partial, { force: true });
-    }
+    removeName(partial);
     throw toPeerShareError(err, 'IO_ERROR');
+  } finally {
+    closeSync(file.fd);
   }
+  return file;
 }
 
 /**
@@ -639,12 +847,13 @@ export async function readFileVerified(conn: PeerConnection, remotePath: string,
   let received = 0;
   let started = false;
   const hash = createHash('sha256');
-  await conn.exchange({ type: 'read', path: remotePath, offset: 0, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done) => {
+  await conn.exchange({ type: 'read', path: remotePath, offset: 0, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done, progress) => {
     if (!started) {
       const m = expectMessage(event);
       if (m.type !== 'file' || m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
       if (m.size !== entry.size || m.offset !== 0) throw new PeerShareError('FILE_CHANGED');
       started = true;
+      progress(recordBytes(remotePath));
       return;
     }
     if (event.kind === 'data') {

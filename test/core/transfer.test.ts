@@ -244,6 +244,57 @@ describe('downloads over a real connection', () => {
     for (let i = 0; i < 4; i++) assert.deepEqual(await fs.readFile(path.join(dest, `par${i}.bin`)), datas[i]);
   });
 
+  // Finding 11 of issue 16: the temporary name added 33 bytes, so final names of 223-255 bytes failed.
+  const longNames: [string, string][] = [
+    ['a'.repeat(223), '223 bytes (the shortest that failed)'],
+    ['n'.repeat(255), '255 ASCII bytes'],
+    [`${'é'.repeat(127)}x`, '255 bytes of two-byte characters'],
+    ['€'.repeat(85), '255 bytes of three-byte characters'],
+    [`${'a'.repeat(221)}😀${'b'.repeat(30)}`, '255 bytes with a four-byte character where the temporary name is cut'],
+  ];
+  for (const [i, [name, what]] of longNames.entries()) {
+    it(`downloads a file whose name is ${what}: alone, and small and streamed inside a folder`, async () => {
+      assert.ok(Buffer.byteLength(name) <= 255 && Buffer.byteLength(name) >= 223);
+      const small = await writeRandomFile(path.join(ws, `long${i}`, name), 1000);
+      const large = await writeRandomFile(path.join(ws, `long${i}`, 'sub', name), 600 * 1024);
+      const dest = tempDir();
+      const single = await download(conn, `ws/long${i}/${name}`, dest);
+      assert.equal(single.target, path.join(dest, name));
+      assert.deepEqual(await fs.readFile(single.target), small);
+      const folder = await download(conn, `ws/long${i}`, dest);
+      assert.equal(folder.files, 2);
+      assert.deepEqual(await fs.readFile(path.join(dest, `long${i}`, name)), small);
+      assert.deepEqual(await fs.readFile(path.join(dest, `long${i}`, 'sub', name)), large);
+      assert.deepEqual(await listTree(dest), [name, `long${i}/`, `long${i}/${name}`, `long${i}/sub/`, `long${i}/sub/${name}`].sort(), 'no temporary file left');
+    });
+  }
+
+  it('keeps the partial download of one long name while another long name that begins alike downloads, then resumes it', async () => {
+    const [first, second] = ['A.bin', 'B.bin'].map((end) => `${'p'.repeat(250)}${end}`);
+    const size = 8 * 1024 * 1024;
+    const data = await writeRandomFile(path.join(ws, 'alike', first), size);
+    await writeRandomFile(path.join(ws, 'alike', second), 1000);
+    const dest = tempDir();
+    const { conn: cut } = await connectWithInvite(sharer.invite);
+    await rejectsWithCode(
+      downloadFile(cut, `ws/alike/${first}`, path.join(dest, first), {
+        onProgress: (p) => {
+          if (p.bytes >= 1024 * 1024) cut.close(new PeerShareError('CONNECTION_CLOSED'));
+        },
+      }),
+      'CONNECTION_CLOSED',
+    );
+    const partials = (await fs.readdir(dest)).filter((n) => n.endsWith('.peershare-part'));
+    assert.equal(partials.length, 1);
+    assert.ok(Buffer.byteLength(partials[0]) <= 255);
+    await download(conn, `ws/alike/${second}`, dest);
+    assert.deepEqual((await fs.readdir(dest)).filter((n) => n.endsWith('.peershare-part')), partials, 'the other name’s stale-partial cleanup left it alone');
+    const resumed = await downloadFile(conn, `ws/alike/${first}`, path.join(dest, first));
+    assert.ok(resumed.resumedBytes >= 1024 * 1024, `resumed after ${resumed.resumedBytes} bytes`);
+    assert.deepEqual(await fs.readFile(path.join(dest, first)), data);
+    assert.deepEqual((await fs.readdir(dest)).sort(), [first, second].sort());
+  });
+
   it('answers a missing file with NOT_FOUND and stays usable', async () => {
     await rejectsWithCode(download(conn, 'ws/nope.txt', tempDir()), 'NOT_FOUND');
     assert.equal((await conn.list('ws')).length > 0, true);
