@@ -2,7 +2,8 @@ import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises 
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
-import type { Entry } from './protocol';
+import { INVISIBLE_CHARS, type Entry } from './protocol';
+import { foldName, isShortNameShape } from './names';
 import type { Limits } from './limits';
 
 /**
@@ -201,6 +202,7 @@ export class Share {
   /** True if the path, or any folder above it, is excluded. */
   async isExcluded(root: ShareRoot, components: string[], isDir: boolean): Promise<boolean> {
     if (components.length === 0) return false;
+    if (await this.reachesThroughAlias(root, components)) return true;
     const canonical = components.map(canonicalComponent);
     for (let i = 1; i <= canonical.length; i++) {
       const dirPrefix = i < canonical.length || isDir;
@@ -216,6 +218,22 @@ export class Share {
     if (this.privatePaths.length > 0) {
       const full = path.join(root.realPath, ...components);
       if (this.privatePaths.some((p) => isInside(p, full))) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Some file systems open one name under another: NTFS and FAT by an 8.3 short name (`GIT~1` is
+   * `.git`), HFS+ ignoring invisible characters (`.g<ZWNJ>it` is `.git`). A component that could be
+   * such an alias must be in its folder's listing under exactly that name; otherwise it is an
+   * alias of some other entry, whose exclusion it would dodge. Ordinary names cost nothing here.
+   */
+  private async reachesThroughAlias(root: ShareRoot, components: string[]): Promise<boolean> {
+    for (let i = 0; i < components.length; i++) {
+      const part = components[i];
+      if (!isShortNameShape(part) && !INVISIBLE_CHARS.test(part)) continue;
+      const names = await fs.readdir(path.join(root.realPath, ...components.slice(0, i))).catch(() => [] as string[]);
+      if (!names.includes(part)) return true;
     }
     return false;
   }
@@ -418,9 +436,14 @@ export class Share {
   }
 }
 
-/** Windows and macOS file systems treat `.git.` / `.GIT ` as `.git`: match those aliases too. */
+/**
+ * Windows and macOS file systems treat `.git.`, `.GIT `, `.gıt` (and HFS+ `.g<ZWNJ>it`) as `.git`:
+ * exclusion rules match the name folded the way the name check folds it (`foldName`), without
+ * invisible characters and trailing dots or spaces.
+ */
+const INVISIBLE_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
 function canonicalComponent(component: string): string {
-  return component.normalize('NFC').replace(/[. ]+$/, '') || component;
+  return foldName(component).replace(INVISIBLE_ALL, '').replace(/[. ]+$/, '') || component;
 }
 
 function entryOf(name: string, st: Stats): Entry {

@@ -218,6 +218,30 @@ describe('share options', () => {
     }
   });
 
+  it('refuses names that some file systems open as another entry (8.3 short names, invisible characters), unless that exact name exists', async () => {
+    const ws = path.join(tempDir(), 'proj');
+    await fs.mkdir(path.join(ws, '.git'), { recursive: true });
+    await fs.writeFile(path.join(ws, '.git', 'config'), 'GIT-CONFIG-SECRET');
+    await fs.writeFile(path.join(ws, 'notes~2.txt'), 'a real file with a short-name shape');
+    // A folder really called `.g<ZWNJ>it`: on HFS+ it would be .git itself, so it is excluded like .git.
+    await fs.mkdir(path.join(ws, '.g\u200cit'));
+    await fs.writeFile(path.join(ws, '.g\u200cit', 'config'), 'ALIAS');
+    await fs.writeFile(path.join(ws, '.gıt'), 'dotless i folds to .git');
+    const sharer = await startSharer([ws]);
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      // Where NTFS would open .git by its short name; here no entry has that name: refused all the same.
+      await rejectsWithCode(conn.stat('proj/GIT~1/config'), 'EXCLUDED');
+      await rejectsWithCode(conn.stat('proj/.g\u200cit/config'), 'EXCLUDED');
+      await rejectsWithCode(conn.stat('proj/.gıt'), 'EXCLUDED');
+      assert.equal((await conn.stat('proj/notes~2.txt')).type, 'file', 'a real file of that shape is served');
+      assert.deepEqual((await conn.list('proj')).map((e) => e.name), ['notes~2.txt']);
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+
   it('names two shared folders with the same base name apart', async () => {
     const a = path.join(tempDir(), 'app');
     const b = path.join(tempDir(), 'app');
