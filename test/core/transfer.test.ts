@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { PeerShareError, download, downloadFile, type PeerConnection } from '../../src/core';
+import { PeerShareError, download, downloadFile, type DownloadResult, type PeerConnection } from '../../src/core';
 import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, writeRandomFile, type Sharer } from '../helpers';
 
 async function sha256File(file: string): Promise<string> {
@@ -293,6 +293,31 @@ describe('downloads over a real connection', () => {
     assert.ok(resumed.resumedBytes >= 1024 * 1024, `resumed after ${resumed.resumedBytes} bytes`);
     assert.deepEqual(await fs.readFile(path.join(dest, first)), data);
     assert.deepEqual((await fs.readdir(dest)).sort(), [first, second].sort());
+  });
+
+  it('takes a folder of exactly maxTreeFiles files and folders, and maxTreeDepth levels, from an honest sharer; one more of either is TOO_LARGE', async () => {
+    // 3 folders and 7 files: 10 in all; the deepest file sits 3 folders down.
+    const tree = path.join(ws, 'bounded');
+    for (const rel of ['a.txt', 'b.txt', 'x/c.txt', 'x/d.txt', 'x/y/e.txt', 'x/y/z/f.txt', 'x/y/z/g.txt']) await writeRandomFile(path.join(tree, rel), 10);
+    // Our own refusal hangs up: a new connection for each try.
+    const attempt = async (): Promise<DownloadResult> => {
+      const { conn: bounded } = await connectWithInvite(sharer.invite, undefined, { maxTreeFiles: 10, maxTreeDepth: 3 });
+      try {
+        return await download(bounded, 'ws/bounded', tempDir());
+      } finally {
+        bounded.close();
+      }
+    };
+    assert.equal((await attempt()).files, 7);
+    await fs.mkdir(path.join(tree, 'one-more'));
+    await rejectsWithCode(attempt(), 'TOO_LARGE');
+    await fs.rmdir(path.join(tree, 'one-more'));
+    assert.equal((await attempt()).files, 7);
+    // Two files fewer, one folder deeper than allowed.
+    await fs.rm(path.join(tree, 'a.txt'));
+    await fs.rm(path.join(tree, 'b.txt'));
+    await writeRandomFile(path.join(tree, 'x', 'y', 'z', 'deeper', 'h.txt'), 10);
+    await rejectsWithCode(attempt(), 'TOO_LARGE');
   });
 
   it('answers a missing file with NOT_FOUND and stays usable', async () => {

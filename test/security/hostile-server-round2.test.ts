@@ -217,6 +217,46 @@ describe('finding 1: temporary files planted as links are never written through'
     });
   }
 
+  it('a temporary file swapped for a symlink just before it is saved: IO_ERROR, the final name never stays a link, outside unchanged', async () => {
+    let temporary = '';
+    const run = await against(
+      treeScenario(async (reply) => {
+        reply.message({ type: 'file', path: 'f.bin', size: LARGE.length, mtimeMs: MTIME, offset: 0 });
+        reply.data(LARGE);
+        // The local accomplice swaps the temporary file meanwhile (below).
+        await new Promise((r) => setTimeout(r, 500));
+        reply.message({ type: 'fileEnd', sha256: sha(LARGE) });
+        reply.message({ type: 'end', count: 1 });
+      }),
+      async (conn, world) => {
+        const downloading = download(conn, 'ws/d', world.ws);
+        const swapped = (async () => {
+          const started = Date.now();
+          while ((await fs.stat(temporary).catch(() => undefined))?.size !== LARGE.length) {
+            if (Date.now() - started > 5000) throw new Error('the temporary file never filled');
+            await new Promise((r) => setTimeout(r, 5));
+          }
+          await fs.rename(temporary, path.join(world.ws, 'd', 'moved-away'));
+          await fs.symlink(path.join(world.outside, 'secret.txt'), temporary);
+        })();
+        try {
+          return await downloading;
+        } finally {
+          await swapped;
+        }
+      },
+      {
+        plant: async (world, hostile) => {
+          temporary = predictedTemporary(path.join(world.ws, 'd'), 'f.bin', hostile.peerId, 'ws/d/f.bin', LARGE.length);
+        },
+      },
+    );
+    assertOutcome(run, 'IO_ERROR');
+    assert.equal(existsSync(path.join(run.world.ws, 'd', 'f.bin')), false, 'nothing under the final name');
+    await assertOutsideUnchanged(run.world);
+    assertOnlyChanged(run.before, await run.world.snapshot(), ['ws/d*']);
+  });
+
   const single = Buffer.alloc(100, 0x61);
   for (const kind of ['symlink', 'hard link'] as const) {
     it(`a ${kind} planted at a single-file download's temporary name is not resumed nor written through`, async () => {
