@@ -51,11 +51,12 @@ export type ReportProgress = (bytes: number) => void;
 /** A request's handler: sees each event in order, calls `done` at the end and `progress` on the way. */
 export type RequestHandler = (event: PeerEvent, done: () => void, progress: ReportProgress) => void | Promise<void>;
 
+const RECORD_OVERHEAD_BYTES = 64;
+
 /** What a record (a file header, a listed name) is worth towards the deadline: its name and a little framing. */
 export function recordBytes(name: string): number {
   return Buffer.byteLength(name, 'utf8') + RECORD_OVERHEAD_BYTES;
 }
-const RECORD_OVERHEAD_BYTES = 64;
 
 interface OpenRequest {
   handle(event: PeerEvent): void | Promise<void>;

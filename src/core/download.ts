@@ -86,7 +86,7 @@ export async function download(conn: PeerConnection, remotePath: string, dest: s
     : downloadFile(conn, remotePath, target, options, entry);
 }
 
-/** Receives one file into a temporary file (see openTemporary), hashing as it goes; commits only if the hash matches. */
+/** Receives one file into a temporary file (see openTemporary, openOwnPartial), hashing as it goes; commits only if the hash matches. */
 class FileReceiver {
   private stream?: WriteStream;
   private hash: Hash = createHash('sha256');
@@ -219,17 +219,11 @@ const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | O_NOFOLLOW;
 const RESUME_FLAGS = fsc.O_RDWR | O_NOFOLLOW | (fsc.O_NONBLOCK ?? 0);
 
 /**
- * Opens the temporary file of a download. A partial file from an earlier run is resumed only if
- * it is ours: a regular file (not followed if it is a link), with one link (no hard link to a file
- * elsewhere), owned by us, and no longer than `resumeUpTo`. Anything else at the name is removed
- * (the name, never what it points to) and a new file created exclusively, so a symlink or hard
- * link planted there is never written through.
+ * Creates the temporary file of a download exclusively, never following a link. Anything already
+ * at the name (a symlink, a hard link to a file elsewhere, a stale file) is removed first: the
+ * name, never what it points to.
  */
-function openTemporary(partial: string, resumeUpTo?: number): TemporaryFile {
-  if (resumeUpTo !== undefined) {
-    const resumed = openOwnPartial(partial, resumeUpTo);
-    if (resumed) return resumed;
-  }
+function openTemporary(partial: string): TemporaryFile {
   for (let attempt = 0; ; attempt++) {
     try {
       const fd = openSync(partial, CREATE_FLAGS, 0o644);
@@ -243,12 +237,17 @@ function openTemporary(partial: string, resumeUpTo?: number): TemporaryFile {
   }
 }
 
+/**
+ * Opens a partial file left by an earlier run, to resume it, only if it is ours: a regular file
+ * (a link at the name is not followed), with one link (not a hard link to a file elsewhere),
+ * owned by us, and no longer than `maxSize` (the name already carries the file's version).
+ */
 function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undefined {
   let fd: number;
   try {
     fd = openSync(partial, RESUME_FLAGS);
   } catch {
-    return undefined; // none, a symlink (ELOOP), a folder, not ours to open: start over
+    return undefined; // none, a symlink (ELOOP), or nothing we may open: start over
   }
   const st = fstatSync(fd);
   const uid = process.getuid?.();
@@ -435,6 +434,7 @@ async function receiveInto(
   const partial = partialPathFor(fsTarget, conn.peerId, remotePath, entry.size, entry.mtimeMs);
   let file = openOwnPartial(partial, entry.size);
   if (!file) {
+    // Also removes whatever is at our own temporary name if it was not ours to resume.
     await removeStalePartials(fsTarget);
     file = openTemporary(partial);
   }
