@@ -139,6 +139,10 @@ class RequestClock {
 // Received bytes waiting for the disk; above HIGH the socket pauses, below LOW it resumes.
 const QUEUE_HIGH_BYTES = 2 * 1024 * 1024;
 const QUEUE_LOW_BYTES = 512 * 1024;
+// Messages waiting likewise (while we wait for the disk or a person's answer): counted, since each
+// may be up to maxMessageBytes, so a flood of records is not read ahead without bound.
+const QUEUE_HIGH_MESSAGES = 32;
+const QUEUE_LOW_MESSAGES = 8;
 
 /** Connects, pins the peer's certificate, says hello, and returns a ready connection. */
 export async function connectToPeer(options: ConnectOptions): Promise<PeerConnection> {
@@ -239,6 +243,7 @@ export class PeerConnection {
   private request?: OpenRequest;
   private queue: PeerEvent[] = [];
   private queuedBytes = 0;
+  private queuedMessages = 0;
   private draining = false;
   private closedWith?: PeerShareError;
   private closeListeners: (() => void)[] = [];
@@ -407,8 +412,9 @@ export class PeerConnection {
       return;
     }
     this.queue.push(event);
-    this.queuedBytes += event.kind === 'data' ? event.chunk.length : 0;
-    if (this.queuedBytes > QUEUE_HIGH_BYTES) this.socket.pause();
+    if (event.kind === 'data') this.queuedBytes += event.chunk.length;
+    else this.queuedMessages++;
+    if (this.queuedBytes > QUEUE_HIGH_BYTES || this.queuedMessages > QUEUE_HIGH_MESSAGES) this.socket.pause();
     if (!this.draining) void this.drain();
   }
 
@@ -417,6 +423,7 @@ export class PeerConnection {
     while (this.queue.length > 0 && this.request) {
       const event = this.queue.shift()!;
       if (event.kind === 'data') this.queuedBytes -= event.chunk.length;
+      else this.queuedMessages--;
       const request = this.request;
       try {
         const pending = request.handle(event);
@@ -433,10 +440,11 @@ export class PeerConnection {
         // Our own refusal (bad name, lying hash) leaves the stream in an unknown state: hang up.
         this.queue = [];
         this.queuedBytes = 0;
+        this.queuedMessages = 0;
         request.reject(coded);
         if (!(event.kind === 'message' && event.message.type === 'error')) this.close(coded);
       }
-      if (this.queuedBytes < QUEUE_LOW_BYTES && this.socket.isPaused()) this.socket.resume();
+      if (this.queuedBytes < QUEUE_LOW_BYTES && this.queuedMessages < QUEUE_LOW_MESSAGES && this.socket.isPaused()) this.socket.resume();
     }
     if (!this.request && this.queue.length > 0) {
       this.queue = [];

@@ -385,6 +385,32 @@ describe('finding 5 and 13: every count and byte total a sharer sends is bounded
     assertOnlyChanged(run.before, await run.world.snapshot(), []);
   });
 
+  it('records flooding in while a person answers a question are not read ahead without bound', async () => {
+    let sent = 0;
+    let sentWhenAnswered = 0;
+    const run = await against(
+      treeScenario((reply) => {
+        sendFile(reply, 'README.md', SMALL);
+        pump(reply, () => (sent < 500_000 ? { type: 'skipped', path: `gone-${sent++}-${'x'.repeat(100)}.txt`, code: 'PERMISSION_DENIED', message: 'y'.repeat(300) } : undefined));
+      }),
+      (conn, world) =>
+        download(conn, 'ws/d', world.ws, {
+          onConflict: async () => {
+            // A person takes a while; the peer keeps sending meanwhile.
+            await new Promise((r) => setTimeout(r, 1500));
+            sentWhenAnswered = sent;
+            return 'skip';
+          },
+        }),
+      { plant: async (world) => fs.mkdir(path.join(world.ws, 'd')).then(() => fs.writeFile(path.join(world.ws, 'd', 'README.md'), 'mine')), limits: { maxTreeFiles: 1000 }, capMs: 60_000 },
+    );
+    assertOutcome(run, 'TOO_LARGE');
+    console.log(`# records the peer got through while a question was open: ${sentWhenAnswered}`);
+    // What the socket buffers hold (a few MiB on loopback), not what 1.5 s of sending makes.
+    assert.ok(sentWhenAnswered < 60_000, `${sentWhenAnswered} records sent while the question was open`);
+    await assertBytes(path.join(run.world.ws, 'd', 'README.md'), 'mine', 'the existing file is left alone');
+  });
+
   it('skipped reports beyond maxSkippedReports are counted, not kept', async () => {
     const run = await against(
       treeScenario((reply) => {
