@@ -399,7 +399,7 @@ describe('finding 5 and 13: every count and byte total a sharer sends is bounded
             // A person takes a while; the peer keeps sending meanwhile.
             await new Promise((r) => setTimeout(r, 1500));
             sentWhenAnswered = sent;
-            return 'skip';
+            return 'skip' as const;
           },
         }),
       { plant: async (world) => fs.mkdir(path.join(world.ws, 'd')).then(() => fs.writeFile(path.join(world.ws, 'd', 'README.md'), 'mine')), limits: { maxTreeFiles: 1000 }, capMs: 60_000 },
