@@ -361,12 +361,13 @@ async function chooseConflict(options: DownloadOptions, target: string, fallback
   return typeof policy === 'function' ? policy(target) : policy;
 }
 
-/** "name (2).ext", the first that does not exist. */
+/** "name (2).ext", the first that does not exist; a long name gives up bytes of its stem so the copy's name fits too. */
 async function keepBothName(target: string): Promise<string> {
   const ext = path.extname(target);
-  const stem = target.slice(0, target.length - ext.length);
+  const stem = path.basename(target, ext);
   for (let n = 2; n < 10_000; n++) {
-    const candidate = `${stem} (${n})${ext}`;
+    const suffix = ` (${n})${ext}`;
+    const candidate = path.join(path.dirname(target), `${truncateUtf8(stem, MAX_NAME_BYTES - Buffer.byteLength(suffix, 'utf8'))}${suffix}`);
     if (!(await exists(candidate))) return candidate;
   }
   throw new PeerShareError('DEST_EXISTS');

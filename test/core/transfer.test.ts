@@ -266,6 +266,12 @@ describe('downloads over a real connection', () => {
       assert.deepEqual(await fs.readFile(path.join(dest, `long${i}`, name)), small);
       assert.deepEqual(await fs.readFile(path.join(dest, `long${i}`, 'sub', name)), large);
       assert.deepEqual(await listTree(dest), [name, `long${i}/`, `long${i}/${name}`, `long${i}/sub/`, `long${i}/sub/${name}`].sort(), 'no temporary file left');
+      // "Keep both" names the copy "<name> (2)<ext>", shortening the name so the copy fits too.
+      const copy = await download(conn, `ws/long${i}/${name}`, dest, { onConflict: 'keepBoth' });
+      assert.notEqual(copy.target, single.target);
+      assert.ok(Buffer.byteLength(path.basename(copy.target)) <= 255);
+      assert.match(path.basename(copy.target), / \(2\)/);
+      assert.deepEqual(await fs.readFile(copy.target), small);
     });
   }
 
