@@ -379,9 +379,11 @@ describe('finding 5 and 13: every count and byte total a sharer sends is bounded
     clearInterval(sampler);
     assertOutcome(run, 'TOO_LARGE');
     assert.ok(run.serverSawClose, 'the client hung up');
-    assert.ok(sent <= 200_001 + 20_000, `the client stopped reading near the limit (${sent} sent)`);
+    // The limit, plus what socket buffers hold; the unfixed client read all 300,000.
+    assert.ok(sent <= 200_001 + 50_000, `the client stopped reading near the limit (${sent} sent)`);
     console.log(`# endless skipped records: stopped after ${sent} sent; heap grew by ${((heapPeak - heapBefore) / 1048576).toFixed(1)} MiB`);
-    assert.ok(heapPeak - heapBefore < 96 * 1024 * 1024, `heap grew by ${((heapPeak - heapBefore) / 1048576).toFixed(1)} MiB`);
+    // Garbage included (no forced GC here): about 40 MiB measured, a few hundred MiB if every record were kept.
+    assert.ok(heapPeak - heapBefore < 128 * 1024 * 1024, `heap grew by ${((heapPeak - heapBefore) / 1048576).toFixed(1)} MiB`);
     assertOnlyChanged(run.before, await run.world.snapshot(), []);
   });
 
@@ -460,7 +462,8 @@ describe('finding 5 and 13: every count and byte total a sharer sends is bounded
       { capMs: 120_000 },
     );
     assertOutcome(endless, 'TOO_LARGE');
-    assert.ok(sent < 30_000, `stopped near 16 MiB of names (${sent} entries sent)`);
+    // 16 MiB of 1 KiB names is about 16,400 entries, plus what socket buffers hold; the unfixed client read all 100,000.
+    assert.ok(sent < 40_000, `stopped near 16 MiB of names (${sent} entries sent)`);
   });
 
   it('100 nested folders, one at a time: TOO_LARGE past maxTreeDepth, and nothing deeper than it exists', async () => {
