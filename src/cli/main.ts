@@ -492,6 +492,8 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
       out(`Downloaded ${what} (${formatBytes(result.bytes)}${result.resumedBytes ? `, resumed after ${formatBytes(result.resumedBytes)}` : ''}) to ${result.target} in ${seconds.toFixed(2)} s, verified with SHA-256.`);
       if (result.skippedExisting.length) out(`Left ${result.skippedExisting.length} existing file(s) alone; use --overwrite or --keep-both to replace or keep both.`);
       for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${sanitizeForDisplay(String(s.code)).slice(0, 40)} ${sanitizeForDisplay(s.message)}`);
+      const unlisted = result.skippedByPeerCount - result.skippedByPeer.length;
+      if (unlisted > 0) out(`...and ${unlisted} more file${unlisted === 1 ? '' : 's'} the peer could not send.`);
     }
   } finally {
     bar?.done();

@@ -373,8 +373,12 @@ export class Share {
     const { root, components } = this.resolve(remotePath);
     if (!root) throw new PeerShareError('NOT_A_DIRECTORY', 'Choose one shared folder to download.');
     if (await this.isExcluded(root, components, true)) throw new PeerShareError('EXCLUDED');
-    let files = 0;
+    // Files and folders both count, as the receiving side counts them.
+    let items = 0;
     const limits = this.limits;
+    const counted = (): void => {
+      if (++items > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders.`);
+    };
     const self = this;
     async function* visit(dirComponents: string[], relPath: string, depth: number): AsyncGenerator<WalkItem> {
       if (depth > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
@@ -387,11 +391,11 @@ export class Share {
       children.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
       for (const child of children) {
         const childRel = relPath ? `${relPath}/${child.name}` : child.name;
+        counted();
         if (child.type === 'dir') {
           yield { kind: 'dir', relPath: childRel };
           yield* visit([...dirComponents, child.name], childRel, depth + 1);
         } else {
-          if (++files > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files.`);
           yield { kind: 'file', relPath: childRel, remotePath: [root!.name, ...dirComponents, child.name].join('/') };
         }
       }

@@ -133,7 +133,7 @@ export class Downloads implements vscode.Disposable {
     this.log.info(`Downloaded ${what} from ${from} to ${result.target} (${result.bytes} bytes, SHA-256 verified)`);
     const notes: string[] = [];
     if (result.skippedExisting.length) notes.push(`${result.skippedExisting.length} existing file(s) left alone`);
-    if (result.skippedByPeer.length) notes.push(`${result.skippedByPeer.length} file(s) the peer could not send`);
+    if (result.skippedByPeerCount) notes.push(`${result.skippedByPeerCount} file(s) the peer could not send`);
     const target = vscode.Uri.file(result.target);
     void vscode.window
       .showInformationMessage(`Downloaded ${what} from ${from}${notes.length ? ` (${notes.join(', ')})` : ''}.`, result.type === 'file' ? 'Open' : 'Reveal')
