@@ -4,7 +4,7 @@ import { PeerShareError, toPeerShareError } from './errors';
 import { FrameParser, encodeMessage } from './frames';
 import { parseAddress } from './invite';
 import { resolveLimits, type Limits } from './limits';
-import { fingerprintFromPeerId, normalizePeerId, peerIdOfCert, verificationCode } from './peer-id';
+import { fingerprintFromPeerId, normalizePeerId, verificationCode } from './peer-id';
 import {
   PROTOCOL_VERSIONS,
   errorFromMessage,
@@ -13,7 +13,7 @@ import {
   type Entry,
   type WelcomeMessage,
 } from './protocol';
-import { TLS_OPTIONS } from './tls-options';
+import { tlsHandshake } from './probe';
 import type { TrustStore } from './trust';
 
 export interface ConnectOptions {
@@ -166,47 +166,15 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   if (!parsed) throw new PeerShareError('INVALID_ARGUMENT', `Not an address: ${address}`);
   const limits = resolveLimits(options.limits);
   const expected = options.expectedPeerId ? normalizePeerId(options.expectedPeerId) : undefined;
-  const socket = await new Promise<tls.TLSSocket>((resolve, reject) => {
-    const s = tls.connect({
-      ...TLS_OPTIONS,
-      host: parsed.host,
-      port: parsed.port,
-      key: options.identity.keyPem,
-      cert: options.identity.certPem,
-      // Self-signed peers: the pin below is the check, done before we send a single byte.
-      rejectUnauthorized: false,
-      servername: undefined,
-    });
-    const timer = setTimeout(() => fail(new PeerShareError('TIMEOUT', `No TLS handshake with ${address} within ${limits.handshakeTimeoutMs} ms.`)), limits.handshakeTimeoutMs);
-    const onAbort = (): void => fail(new PeerShareError('CANCELLED'));
-    options.signal?.addEventListener('abort', onAbort, { once: true });
-    function fail(err: PeerShareError): void {
-      clearTimeout(timer);
-      options.signal?.removeEventListener('abort', onAbort);
-      s.destroy();
-      reject(err);
-    }
-    s.once('error', (err) => fail(toPeerShareError(err, 'CONNECTION_FAILED')));
-    s.once('close', () => fail(new PeerShareError('CONNECTION_FAILED', `The peer at ${address} closed the connection during the handshake.`)));
-    s.once('secureConnect', () => {
-      const cert = s.getPeerCertificate(false);
-      const id = cert?.raw ? peerIdOfCert(cert.raw) : undefined;
-      if (!id) return fail(new PeerShareError('PEER_MISMATCH', 'The peer presented no certificate.'));
-      if (expected ? id !== expected : !options.trust.readsFrom(id)) {
-        return fail(
-          expected
-            ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one in the invite (it presented ${id}).`)
-            : new PeerShareError('PEER_UNTRUSTED', `The peer at ${address} (${id}) is not one you trust.`),
-        );
-      }
-      clearTimeout(timer);
-      options.signal?.removeEventListener('abort', onAbort);
-      s.removeAllListeners('error');
-      s.removeAllListeners('close');
-      resolve(s);
-    });
-  });
-  const connection = new PeerConnection(socket, peerIdOfCert(socket.getPeerCertificate(false).raw), address, limits);
+  const { socket, peerId: id } = await tlsHandshake({ identity: options.identity, address, timeoutMs: limits.handshakeTimeoutMs, signal: options.signal });
+  // The pin, checked before we send a single byte.
+  if (expected ? id !== expected : !options.trust.readsFrom(id)) {
+    socket.destroy();
+    throw expected
+      ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one in the invite (it presented ${id}).`)
+      : new PeerShareError('PEER_UNTRUSTED', `The peer at ${address} (${id}) is not one you trust.`);
+  }
+  const connection = new PeerConnection(socket, id, address, limits);
   const asking = options.requestAccess === true && options.token === undefined;
   if (asking) options.onVerificationCode?.(verificationCode(options.identity.fingerprint, fingerprintFromPeerId(connection.peerId)));
   try {

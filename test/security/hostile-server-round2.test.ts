@@ -10,7 +10,7 @@ import { DISGUISING_CHARS, connectToPeer, download, formatInvite, isErrorCode, t
 import { encodeDataHeader, encodeMessage } from '../../src/core/frames';
 import { makePeer, tempDir, type TestPeer } from '../helpers';
 import { startHostileServer, type Replier, type Scenario } from '../hostile';
-import { buildWorld, type Snapshot, type World } from './world';
+import { assertOnlyChanged, buildWorld, type Snapshot, type World } from './world';
 
 /**
  * The receiving side of issue 16, as named scenarios against a real client over real TLS, with a
@@ -25,16 +25,6 @@ const CLI = path.join(ROOT, 'dist', 'cli.js');
 const MTIME = 1000;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
-/** Every entry of `after` equals `before`, except paths matching `allowed` (a trailing * is a prefix). */
-function assertOnlyChanged(before: Snapshot, after: Snapshot, allowed: string[]): void {
-  const ok = (p: string): boolean => allowed.some((a) => (a.endsWith('*') ? p.startsWith(a.slice(0, -1)) : p === a));
-  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((p) => before[p] !== after[p] && !ok(p));
-  assert.deepEqual(
-    changed.map((p) => `${p}: ${before[p] ?? 'absent'} -> ${after[p] ?? 'absent'}`),
-    [],
-    'nothing else created, changed or removed',
-  );
-}
 
 /** The hidden temporary name a download uses, as anyone who knows the peer and the file can work out. */
 function predictedTemporary(dir: string, base: string, peerId: string, remotePath: string, size: number): string {

@@ -8,7 +8,7 @@ import { DISGUISING_CHARS, connectToPeer, download, type Identity, type Limits, 
 import { encodeDataHeader } from '../../src/core/frames';
 import { makePeer, type TestPeer } from '../helpers';
 import { startHostileServer, type Replier, type Scenario } from '../hostile';
-import { buildWorld, type Snapshot, type World } from './world';
+import { assertOnlyChanged, buildWorld, type Snapshot, type World } from './world';
 
 /**
  * A hostile server against a real PeerShare client: the scp class (CVE-2019-6111) and the rest of
@@ -558,16 +558,6 @@ describe('a hostile server against a real client', () => {
   }
 });
 
-/** Every entry of `after` equals `before`, except paths matching `allowed` (a trailing * is a prefix). */
-function assertOnlyChanged(before: Snapshot, after: Snapshot, allowed: string[]): void {
-  const ok = (p: string): boolean => allowed.some((a) => (a.endsWith('*') ? p.startsWith(a.slice(0, -1)) : p === a));
-  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((p) => before[p] !== after[p] && !ok(p));
-  assert.deepEqual(
-    changed.map((p) => `${p}: ${before[p] ?? 'absent'} -> ${after[p] ?? 'absent'}`),
-    [],
-    'nothing else created, changed or removed',
-  );
-}
 
 // Plaintext on the TLS port is tried from the client side too: a coded error, never a crash.
 describe('a plaintext server', () => {

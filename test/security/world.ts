@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -88,4 +89,15 @@ export async function snapshot(dir: string): Promise<Snapshot> {
   }
   await walk('');
   return out;
+}
+
+/** Every entry of `after` equals `before`, except paths matching `allowed` (a trailing * is a prefix). */
+export function assertOnlyChanged(before: Snapshot, after: Snapshot, allowed: string[]): void {
+  const ok = (p: string): boolean => allowed.some((a) => (a.endsWith('*') ? p.startsWith(a.slice(0, -1)) : p === a));
+  const changed = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter((p) => before[p] !== after[p] && !ok(p));
+  assert.deepEqual(
+    changed.map((p) => `${p}: ${before[p] ?? 'absent'} -> ${after[p] ?? 'absent'}`),
+    [],
+    'nothing else created, changed or removed',
+  );
 }
