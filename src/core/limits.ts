@@ -15,7 +15,7 @@ export interface Limits {
   messageTimeoutMs: number;
   /** A transfer whose reader accepts no bytes for this long is abandoned; the client likewise gives up on a silent peer. */
   stallTimeoutMs: number;
-  /** Connections past the handshake and hello, from peers we know, served at once. */
+  /** Connections of peers allowed to read us (trusted, paired by invite or allowed), served at once; beyond, BUSY. */
   maxConnections: number;
   /**
    * Connections not yet authenticated (in the TLS handshake, or past it with a certificate we do
@@ -24,11 +24,20 @@ export interface Limits {
    * fill the slots a trusted peer needs.
    */
   maxUnauthenticatedConnections: number;
-  /** The same, from one source address. */
+  /** The same, from one source address; as many as one peer may hold, so a peer's own burst fits. */
   maxUnauthenticatedPerSource: number;
-  /** TLS handshakes one source address may start per second (a short burst of twice this is allowed). */
+  /**
+   * TLS handshakes one source address (an IPv6 /64) may start per second, with a burst of twice
+   * this; over it, a socket is closed before any TLS work.
+   */
   handshakesPerSecondPerSource: number;
-  /** Requests to connect (nearby peers) waiting for the sharer's answer, in all. */
+  /**
+   * Bytes a client may send before its TLS handshake completes. One certificate needs about
+   * 1 KiB; a long chain costs the sharer CPU (about 80 ms for 240 certificates), so more is
+   * refused and charged to the source's handshake rate (a token per KiB).
+   */
+  maxHandshakeBytes: number;
+  /** Requests to connect (nearby peers) waiting for the sharer's answer, in all; beyond, BUSY at once. They hold no trusted peer's slot. */
   maxPendingApprovals: number;
   /** The same, from one source address. */
   maxPendingApprovalsPerSource: number;
@@ -72,9 +81,10 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   messageTimeoutMs: 10_000,
   stallTimeoutMs: 30_000,
   maxConnections: 64,
-  maxUnauthenticatedConnections: 32,
-  maxUnauthenticatedPerSource: 8,
+  maxUnauthenticatedConnections: 64,
+  maxUnauthenticatedPerSource: 16,
   handshakesPerSecondPerSource: 10,
+  maxHandshakeBytes: 8 * 1024,
   maxPendingApprovals: 4,
   maxPendingApprovalsPerSource: 1,
   maxConcurrentRequests: 32,

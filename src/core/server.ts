@@ -55,24 +55,54 @@ export interface ConnectedPeer {
 export interface ServerStats {
   /** File bytes sent, all transfers together. */
   fileBytesSent: number;
+  /** TLS handshakes completed. */
   connectionsAccepted: number;
   requests: number;
+  /** Sockets closed before any TLS work because their source started handshakes too fast. */
+  handshakesRateLimited: number;
+  /** Unauthenticated connections closed to make room for newer ones. */
+  unauthenticatedEvicted: number;
+  /** Handshakes refused for bringing more than `maxHandshakeBytes` (a certificate chain, say). */
+  oversizedHandshakes: number;
 }
 
 /**
  * The sharing side: a TLS 1.3 server with mutual authentication. A client whose certificate is
  * trusted is served; an unknown one may present an invite token once; anyone else gets one
  * PEER_UNTRUSTED error and the connection closes.
+ *
+ * Who holds what (issue 16, finding 6): a connection that has not proved who it is (still in its
+ * TLS handshake, or past it with a certificate we do not trust and no token or approval yet) is
+ * *unauthenticated* and lives in a small budget of its own, per source and in all; when that is
+ * full the oldest goes, so a new connection is never refused for strangers' sake. Trusted peers'
+ * connections have `maxConnections` to themselves; requests to connect wait in
+ * `maxPendingApprovals`. Each source may start `handshakesPerSecondPerSource` handshakes; over
+ * that, its sockets are closed before any TLS work.
  */
 export class PeerServer extends EventEmitter {
   readonly limits: Limits;
   readonly tokens = new TokenBook();
-  readonly stats: ServerStats = { fileBytesSent: 0, connectionsAccepted: 0, requests: 0 };
+  readonly stats: ServerStats = {
+    fileBytesSent: 0,
+    connectionsAccepted: 0,
+    requests: 0,
+    handshakesRateLimited: 0,
+    unauthenticatedEvicted: 0,
+    oversizedHandshakes: 0,
+  };
   readonly hashCache: HashCache;
   private readonly server: tls.Server;
   private readonly connections = new Set<ServerConnection>();
   /** Every TCP socket, handshaking ones included, so close() need not wait out a stalled handshake. */
   private readonly sockets = new Set<net.Socket>();
+  private readonly unauthenticated: UnauthenticatedBudget;
+  private readonly handshakeRate: HandshakeRate;
+  /** Sockets in their TLS handshake, by remote address and port: the TLS socket is matched to its own. */
+  private readonly handshaking = new Map<string, Admission>();
+  /** Connections that hold a trusted peer's slot (`maxConnections`). */
+  private readonly trustedConnections = new Set<ServerConnection>();
+  /** Requests to connect waiting for the sharer's answer, with their source. */
+  private readonly pendingApprovals = new Map<ServerConnection, string>();
   private activeRequests = 0;
   private readonly requestsByPeer = new Map<string, number>();
   private boundPort = 0;
@@ -84,6 +114,8 @@ export class PeerServer extends EventEmitter {
     this.limits = resolveLimits(options.limits);
     this.hashCache = new HashCache(this.limits.hashCacheEntries);
     this.log = options.log ?? (() => undefined);
+    this.unauthenticated = new UnauthenticatedBudget(this.limits, () => this.stats.unauthenticatedEvicted++);
+    this.handshakeRate = new HandshakeRate(this.limits.handshakesPerSecondPerSource);
     this.server = tls.createServer({
       ...TLS_OPTIONS,
       key: options.identity.keyPem,
@@ -93,12 +125,9 @@ export class PeerServer extends EventEmitter {
       rejectUnauthorized: false,
       handshakeTimeout: this.limits.handshakeTimeoutMs,
     });
-    // Bounds sockets still in their handshake; established ones beyond the limit get a BUSY answer.
-    this.server.maxConnections = this.limits.maxConnections * 2;
-    this.server.on('connection', (socket: net.Socket) => {
-      this.sockets.add(socket);
-      socket.once('close', () => this.sockets.delete(socket));
-    });
+    // No cap on sockets (Node's maxConnections would drop a trusted peer's socket before TLS):
+    // the budgets below bound them instead.
+    this.server.on('connection', (socket: net.Socket) => this.onSocket(socket));
     this.server.on('secureConnection', (socket) => this.accept(socket));
     this.server.on('tlsClientError', (err, socket) => {
       this.log('debug', `TLS handshake failed from ${socket.remoteAddress ?? '?'}: ${err.message}`);
@@ -183,25 +212,234 @@ export class PeerServer extends EventEmitter {
     else this.requestsByPeer.delete(peerId);
   }
 
-  /** @internal Connections past hello that this peer holds. */
-  connectionsOf(peerId: string): number {
-    let n = 0;
-    for (const c of this.connections) if (c.peer?.id === peerId) n++;
-    return n;
+  /**
+   * @internal May this certificate read our share, as the trust file says now? Our own may
+   * (another window). A trust file that cannot be read trusts nobody.
+   */
+  mayRead(peerId: string): boolean {
+    if (peerId === this.options.identity.peerId) return true;
+    try {
+      return this.options.trust.allowsReader(peerId);
+    } catch (err) {
+      this.log('error', `Refusing ${peerId}: ${toPeerShareError(err, 'IO_ERROR').message}`);
+      return false;
+    }
+  }
+
+  /**
+   * @internal Gives a connection a trusted peer's slot, taking it out of the unauthenticated
+   * budget or the approvals; refuses with BUSY when the server or this peer has none free.
+   */
+  takeTrustedSlot(connection: ServerConnection, peerId: string): PeerShareError | undefined {
+    if (this.trustedConnections.has(connection)) return undefined;
+    if (this.trustedConnections.size >= this.limits.maxConnections) {
+      return new PeerShareError('BUSY', 'Too many connections; try again shortly.');
+    }
+    let mine = 0;
+    for (const c of this.trustedConnections) if (c.peerId === peerId) mine++;
+    if (mine >= this.limits.maxConnectionsPerPeer) return new PeerShareError('BUSY', 'Too many connections from this peer; try again shortly.');
+    this.leaveBudgets(connection);
+    this.trustedConnections.add(connection);
+    return undefined;
+  }
+
+  /**
+   * @internal Moves a request to connect from the unauthenticated budget to the approvals, if
+   * there is room in all and for its source; otherwise BUSY at once, and nobody is asked.
+   */
+  takeApprovalSlot(connection: ServerConnection, source: string): PeerShareError | undefined {
+    let fromSource = 0;
+    for (const s of this.pendingApprovals.values()) if (s === source) fromSource++;
+    if (this.pendingApprovals.size >= this.limits.maxPendingApprovals || fromSource >= this.limits.maxPendingApprovalsPerSource) {
+      return new PeerShareError('BUSY', 'Too many requests to connect are waiting for an answer; try again later.');
+    }
+    this.leaveBudgets(connection);
+    this.pendingApprovals.set(connection, source);
+    return undefined;
+  }
+
+  /** @internal A connection gives back whatever slot it held (it closed, or moves on). */
+  leaveBudgets(connection: ServerConnection): void {
+    if (connection.admission) this.unauthenticated.leave(connection.admission);
+    this.trustedConnections.delete(connection);
+    this.pendingApprovals.delete(connection);
+  }
+
+  /** A new TCP socket: rate-limited per source, then admitted to the unauthenticated budget. */
+  private onSocket(socket: net.Socket): void {
+    const source = sourceOf(socket.remoteAddress);
+    if (!this.handshakeRate.tryStart(source)) {
+      // Before any TLS work: Node's TLS socket reads its first bytes on the next tick.
+      this.stats.handshakesRateLimited++;
+      socket.destroy();
+      return;
+    }
+    this.sockets.add(socket);
+    const key = socketKey(socket);
+    const admission: Admission = { source, socket, evict: () => socket.destroy() };
+    this.handshaking.set(key, admission);
+    this.unauthenticated.admit(admission);
+    socket.once('close', () => {
+      this.sockets.delete(socket);
+      this.unauthenticated.leave(admission);
+      if (this.handshaking.get(key) === admission) this.handshaking.delete(key);
+    });
   }
 
   private accept(socket: tls.TLSSocket): void {
     this.stats.connectionsAccepted++;
-    if (this.connections.size >= this.limits.maxConnections) {
-      endWithError(socket, { type: 'error', code: 'BUSY', message: 'Too many connections; try again shortly.' });
+    const key = socketKey(socket);
+    const admission = this.handshaking.get(key);
+    this.handshaking.delete(key);
+    if (!admission) {
+      // Evicted or closed as its handshake completed.
+      socket.destroy();
       return;
     }
-    const connection = new ServerConnection(this, socket, this.log);
+    // The handshake's cost grows with what the client sent (a chain of 240 certificates costs
+    // about 80 ms); one certificate needs about 1 KiB. More is refused and charged to its source.
+    const received = admission.socket.bytesRead;
+    if (received > this.limits.maxHandshakeBytes) {
+      this.stats.oversizedHandshakes++;
+      this.handshakeRate.charge(admission.source, Math.ceil(received / 1024));
+      endWithError(socket, {
+        type: 'error',
+        code: 'TOO_LARGE',
+        message: `The TLS handshake brought ${received} bytes; at most ${this.limits.maxHandshakeBytes} are accepted. Present one certificate, not a chain.`,
+      });
+      return;
+    }
+    const connection = new ServerConnection(this, socket, admission, this.log);
     this.connections.add(connection);
     socket.once('close', () => {
       this.connections.delete(connection);
+      this.leaveBudgets(connection);
       if (connection.peer) this.emit('peer-disconnected', connection.peer);
     });
+  }
+}
+
+/** A socket not yet authenticated: where it comes from, and how to close it to make room. */
+interface Admission {
+  source: string;
+  /** The TCP socket under TLS: its byte count covers the handshake. */
+  socket: net.Socket;
+  evict(): void;
+}
+
+/** Identifies a live TCP connection on both its raw and its TLS socket. */
+function socketKey(socket: net.Socket): string {
+  return `${socket.remoteAddress ?? '?'}|${socket.remotePort ?? '?'}`;
+}
+
+/**
+ * The address per-source limits count by: an IPv4 address, or an IPv6 /64 (one host is usually
+ * given a whole /64, so counting single IPv6 addresses would let it pose as millions of sources).
+ */
+export function sourceOf(address: string | undefined): string {
+  if (!address) return '?';
+  const plain = address.split('%')[0];
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(plain);
+  if (mapped) return mapped[1];
+  if (!plain.includes(':')) return plain;
+  const [head, tail] = plain.split('::');
+  const front = head ? head.split(':') : [];
+  const back = tail ? tail.split(':') : [];
+  const groups = tail === undefined ? front : [...front, ...Array<string>(Math.max(0, 8 - front.length - back.length)).fill('0'), ...back];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => (parseInt(g, 16) || 0).toString(16))
+    .join(':')}::/64`;
+}
+
+/**
+ * Unauthenticated connections, oldest first, per source and in all. Admission never refuses:
+ * when a budget is full its oldest connection is closed to make room (OpenSSH's MaxStartups,
+ * nginx's limit_conn), so strangers cannot keep anyone out for long, and a trusted peer, whose
+ * connection leaves this budget the moment its handshake completes, is always let through.
+ */
+class UnauthenticatedBudget {
+  private readonly all = new Set<Admission>();
+  private readonly bySource = new Map<string, Set<Admission>>();
+
+  constructor(
+    private readonly limits: Limits,
+    private readonly onEvict: () => void,
+  ) {}
+
+  admit(admission: Admission): void {
+    const mine = this.bySource.get(admission.source);
+    if (mine && mine.size >= this.limits.maxUnauthenticatedPerSource) this.evict(mine.values().next().value!);
+    if (this.all.size >= this.limits.maxUnauthenticatedConnections) this.evict(this.all.values().next().value!);
+    this.all.add(admission);
+    const set = this.bySource.get(admission.source) ?? new Set<Admission>();
+    set.add(admission);
+    this.bySource.set(admission.source, set);
+  }
+
+  leave(admission: Admission): void {
+    if (!this.all.delete(admission)) return;
+    const set = this.bySource.get(admission.source);
+    set?.delete(admission);
+    if (set?.size === 0) this.bySource.delete(admission.source);
+  }
+
+  private evict(admission: Admission): void {
+    this.leave(admission);
+    this.onEvict();
+    admission.evict();
+  }
+}
+
+/** Sources whose handshake rate we remember; past this, sources back at a full burst are forgotten. */
+const MAX_RATE_SOURCES = 4096;
+
+/**
+ * TLS handshakes each source may start: a token bucket per source, refilled at `perSecond`, with
+ * a burst of twice that. A handshake that cost more than usual is charged extra, into debt.
+ */
+class HandshakeRate {
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly burst: number;
+
+  constructor(private readonly perSecond: number) {
+    this.burst = 2 * perSecond;
+  }
+
+  /** Takes one token for a new handshake; false (nothing taken) if the source has none. */
+  tryStart(source: string): boolean {
+    const bucket = this.bucket(source);
+    if (bucket.tokens < 1) return false;
+    bucket.tokens -= 1;
+    return true;
+  }
+
+  /** Charges `tokens` more; the debt is bounded to a minute of the rate. */
+  charge(source: string, tokens: number): void {
+    const bucket = this.bucket(source);
+    bucket.tokens = Math.max(-60 * this.perSecond, bucket.tokens - tokens);
+  }
+
+  private bucket(source: string): { tokens: number; at: number } {
+    const now = performance.now();
+    let bucket = this.buckets.get(source);
+    if (bucket) {
+      bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.at) / 1000) * this.perSecond);
+      bucket.at = now;
+      return bucket;
+    }
+    if (this.buckets.size >= MAX_RATE_SOURCES) this.forgetRested(now);
+    bucket = { tokens: this.burst, at: now };
+    this.buckets.set(source, bucket);
+    return bucket;
+  }
+
+  /** Drops sources whose bucket has refilled (they are as if new); if none, the oldest. */
+  private forgetRested(now: number): void {
+    for (const [source, b] of this.buckets) {
+      if (b.tokens + ((now - b.at) / 1000) * this.perSecond >= this.burst) this.buckets.delete(source);
+    }
+    if (this.buckets.size >= MAX_RATE_SOURCES) this.buckets.delete(this.buckets.keys().next().value!);
   }
 }
 
@@ -229,11 +467,16 @@ class ServerConnection {
   private timer?: NodeJS.Timeout;
   private messageTimer?: NodeJS.Timeout;
   private readonly limits: Limits;
-  private readonly peerId?: string;
+  /** The certificate's peer ID; empty when there is none (refused at once). */
+  readonly peerId: string = '';
+  /** Allowed once by the sharer: for this connection only, not in the trust file. */
+  private allowedOnce = false;
 
   constructor(
     private readonly server: PeerServer,
     private readonly socket: tls.TLSSocket,
+    /** Its place in the unauthenticated budget, until it proves who it is. */
+    readonly admission: Admission,
     private readonly log: Logger,
   ) {
     this.limits = server.limits;
@@ -252,12 +495,27 @@ class ServerConnection {
       },
       false,
     );
+    // Before getPeerX509Certificate(): after it, Node (20) no longer shows the chain.
+    if (presentsChain(socket)) {
+      this.fail(new PeerShareError('PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.'));
+      return;
+    }
     const cert = socket.getPeerX509Certificate();
     if (!cert) {
       this.fail(new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.'));
       return;
     }
     this.peerId = peerIdOfCert(cert.raw);
+    // A trusted certificate leaves the unauthenticated budget now, before its hello.
+    if (server.mayRead(this.peerId)) {
+      const busy = server.takeTrustedSlot(this, this.peerId);
+      if (busy) {
+        this.fail(busy);
+        return;
+      }
+    } else {
+      admission.evict = () => this.fail(new PeerShareError('BUSY', 'Too many connections are waiting to authenticate; try again shortly.'));
+    }
     this.setTimer(this.limits.helloTimeoutMs, 'hello');
     socket.on('data', (chunk: Buffer) => {
       try {
@@ -302,6 +560,8 @@ class ServerConnection {
   /** Sends an error and closes: for anything that breaks the protocol or trust. */
   private fail(err: PeerShareError): void {
     if (this.state === 'closed') return;
+    // Its goodbye may take a second to flush; it holds no slot meanwhile.
+    this.server.leaveBudgets(this);
     this.log(err.code === 'TIMEOUT' ? 'debug' : 'warn', `Closing ${this.describe()}: ${err.code} ${err.message}`);
     this.closing.abort();
     this.state = 'closed';
@@ -333,14 +593,20 @@ class ServerConnection {
   }
 
   private start(request: Request): void {
-    if (!this.server.tryStartRequest(this.peerId!)) {
+    // Trust is checked on every request, so a revoke (`trust rm`, even from another process)
+    // refuses the very next one. Allowed once lasts for this connection: it is in no file.
+    if (!this.allowedOnce && !this.server.mayRead(this.peerId)) {
+      this.fail(new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.'));
+      return;
+    }
+    if (!this.server.tryStartRequest(this.peerId)) {
       void this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' }).catch(() => undefined);
       return;
     }
     this.busy = true;
     clearTimeout(this.timer);
     void this.serve(request).finally(() => {
-      this.server.endRequest(this.peerId!);
+      this.server.endRequest(this.peerId);
       this.busy = false;
       const next = this.next;
       this.next = undefined;
@@ -356,32 +622,38 @@ class ServerConnection {
     if (!Number.isFinite(version)) {
       throw new PeerShareError('VERSION_UNSUPPORTED', `This peer speaks protocol versions ${PROTOCOL_VERSIONS.join(', ')}.`);
     }
-    const { identity, trust } = this.server.options;
-    const id = this.peerId!;
+    const { trust } = this.server.options;
+    const id = this.peerId;
     const name = sanitizeForDisplay(hello.name).slice(0, 100);
-    let paired = false;
-    if (!trust.allowsReader(id) && id !== identity.peerId) {
-      if (hello.token === undefined && hello.request && this.server.options.onAccessRequest) {
-        this.askSharer(id, name, version);
-        return;
-      }
-      if (hello.token === undefined) throw new PeerShareError('PEER_UNTRUSTED');
-      if (!this.server.tokens.redeem(hello.token)) throw new PeerShareError('TOKEN_INVALID');
-      paired = true;
-      // Pairing is acknowledged only once it is on disk.
-      trust.addReader({ id, name }).then(
-        () => this.afterHello(id, name, version, true),
-        (err: unknown) => this.fail(toPeerShareError(err, 'IO_ERROR')),
-      );
-      this.state = 'ready';
-      clearTimeout(this.timer);
+    if (this.server.mayRead(id)) {
+      const busy = this.server.takeTrustedSlot(this, id);
+      if (busy) throw busy;
+      this.afterHello(id, name, version, false);
       return;
     }
-    this.afterHello(id, name, version, paired);
+    if (hello.token === undefined && hello.request && this.server.options.onAccessRequest) {
+      this.askSharer(id, name, version);
+      return;
+    }
+    if (hello.token === undefined) throw new PeerShareError('PEER_UNTRUSTED');
+    // Room first, so a BUSY sharer does not use up the invite.
+    const busy = this.server.takeTrustedSlot(this, id);
+    if (busy) throw busy;
+    if (!this.server.tokens.redeem(hello.token)) throw new PeerShareError('TOKEN_INVALID');
+    // Pairing is acknowledged only once it is on disk.
+    trust.addReader({ id, name }).then(
+      () => this.afterHello(id, name, version, true),
+      (err: unknown) => this.fail(toPeerShareError(err, 'IO_ERROR')),
+    );
+    this.state = 'ready';
+    clearTimeout(this.timer);
   }
 
   /** A nearby peer asks to connect: the sharer decides, within a time limit. */
   private askSharer(id: string, name: string, version: number): void {
+    // Bounded in all and per source; beyond, BUSY at once rather than another prompt.
+    const busy = this.server.takeApprovalSlot(this, this.admission.source);
+    if (busy) throw busy;
     this.state = 'approval';
     clearTimeout(this.timer);
     const { identity, trust, onAccessRequest } = this.server.options;
@@ -403,6 +675,10 @@ class ServerConnection {
           return this.fail(toPeerShareError(err, 'IO_ERROR'));
         }
       }
+      if (this.state !== 'approval') return;
+      const full = this.server.takeTrustedSlot(this, id);
+      if (full) return this.fail(full);
+      this.allowedOnce = decision === 'once';
       this.log('info', `${name} (${id}) allowed ${decision === 'always' ? 'always' : 'once'}`);
       this.afterHello(id, name, version, decision === 'always');
     });
@@ -410,10 +686,6 @@ class ServerConnection {
 
   private afterHello(id: string, name: string, version: number, paired: boolean): void {
     if (this.state === 'closed') return;
-    if (this.server.connectionsOf(id) >= this.limits.maxConnectionsPerPeer) {
-      this.fail(new PeerShareError('BUSY', 'Too many connections from this peer; try again shortly.'));
-      return;
-    }
     this.state = 'ready';
     this.peer = { id, name, remoteAddress: this.socket.remoteAddress ?? '' };
     const { identity, share } = this.server.options;
@@ -633,6 +905,15 @@ class ServerConnection {
       await handle.close();
     }
   }
+}
+
+/**
+ * Does the client present more than its own certificate? Peers' certificates are self-signed and
+ * pinned, so a chain has no use here and only costs verification work.
+ */
+function presentsChain(socket: tls.TLSSocket): boolean {
+  const leaf = socket.getPeerCertificate(true);
+  return leaf.issuerCertificate !== undefined && leaf.issuerCertificate !== leaf;
 }
 
 /** A folder download's next item, read ahead of the socket. */
