@@ -494,6 +494,9 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
       for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${sanitizeForDisplay(String(s.code)).slice(0, 40)} ${sanitizeForDisplay(s.message)}`);
       const unlisted = result.skippedByPeerCount - result.skippedByPeer.length;
       if (unlisted > 0) out(`...and ${unlisted} more file${unlisted === 1 ? '' : 's'} the peer could not send.`);
+      for (const l of result.leftOut) out(`Left out ${sanitizeForDisplay(l.path)}: its name is not safe here (${l.why}).`);
+      const unlistedLeftOut = result.leftOutCount - result.leftOut.length;
+      if (unlistedLeftOut > 0) out(`...and ${unlistedLeftOut} more left out for their names.`);
     }
   } finally {
     bar?.done();

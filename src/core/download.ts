@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { PeerShareError, isErrorCode, toPeerShareError, type ErrorCode } from './errors';
 import type { PeerConnection, PeerEvent, ReportProgress } from './client';
 import { expectMessage, recordBytes } from './client';
-import { checkReceivedName, collisionKey } from './names';
+import { collisionKey, inspectReceivedName } from './names';
 import { sanitizeForDisplay, type Entry } from './protocol';
 import { SMALL_FILE_BYTES } from './limits';
 import { PinnedFolders } from './pinned-folders';
@@ -54,6 +54,20 @@ export interface DownloadResult {
   skippedByPeer: SkippedByPeer[];
   /** How many files the peer could not send, all of them (skippedByPeer keeps only the first). */
   skippedByPeerCount: number;
+  /**
+   * Files and folders of a folder download that were not written because their names are not safe
+   * here (`.git`, `.vscode`, device or short names, invisible characters, a name another file of
+   * the download already takes on a case-insensitive file system): at most maxSkippedReports,
+   * escaped for display. Everything inside a left-out folder is left out with it, unreported.
+   */
+  leftOut: LeftOut[];
+  /** How many were left out, all of them (leftOut keeps only the first). */
+  leftOutCount: number;
+}
+
+export interface LeftOut {
+  path: string;
+  why: string;
 }
 
 export interface SkippedByPeer {
@@ -72,9 +86,13 @@ const readAt = promisify(read);
 /** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
 export async function resolveTarget(remotePath: string, dest: string): Promise<string> {
   const base = remotePath.replace(/\/+$/, '').split('/').pop() ?? '';
-  checkReceivedName(base);
   const st = await fs.stat(dest).catch(() => undefined);
-  return st?.isDirectory() ? path.join(dest, base) : path.resolve(dest);
+  if (!st?.isDirectory()) return path.resolve(dest); // a name the user chose
+  const { unsafeHere } = inspectReceivedName(base);
+  if (unsafeHere) {
+    throw new PeerShareError('BAD_NAME', `The name ${sanitizeForDisplay(base).slice(0, 80)} is not safe to save here (${unsafeHere.why}). Choose another name to save it under.`);
+  }
+  return path.join(dest, base);
 }
 
 /** Downloads a file or a folder; see downloadFile and downloadFolder. */
@@ -484,11 +502,13 @@ async function receiveInto(
     skippedExisting: [],
     skippedByPeer: [],
     skippedByPeerCount: 0,
+    leftOut: [],
+    leftOutCount: 0,
   };
 }
 
 function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: string[]): DownloadResult {
-  return { target, type, files: 0, bytes: 0, resumedBytes: 0, skippedExisting, skippedByPeer: [], skippedByPeerCount: 0 };
+  return { target, type, files: 0, bytes: 0, resumedBytes: 0, skippedExisting, skippedByPeer: [], skippedByPeerCount: 0, leftOut: [], leftOutCount: 0 };
 }
 
 /**
@@ -517,6 +537,8 @@ export async function downloadFolder(
   // download created were empty: nothing in them can be clobbered, so a file there is committed
   // with one rename instead of the no-clobber link and unlink.
   const folderState = new Map<string, boolean>([[nameDigest(''), createdTarget]]);
+  // Digests of folders left out (see leftOut): nothing below them is written or reported.
+  const leftOutFolders = new Set<string>();
   let items = 0;
   let current: ReceivingFile | undefined;
   let bytes = 0;
@@ -536,6 +558,27 @@ export async function downloadFolder(
       throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels; the download stopped there.`);
     }
   };
+  /** Records an entry whose name may not be written here; counted always, kept up to the limit. */
+  const leaveOut = (rel: string, why: string): void => {
+    result.leftOutCount++;
+    if (result.leftOut.length < limits.maxSkippedReports) result.leftOut.push({ path: sanitizeForDisplay(rel), why });
+  };
+  /**
+   * Checks a received path. A malformed one stops the download (only a hostile peer sends it); a
+   * well-formed one that may not be written here, or that lies in a folder left out, is left out:
+   * returns undefined, having recorded it.
+   */
+  const admit = (rel: unknown, isDir: boolean): string[] | undefined => {
+    const { components, unsafeHere } = inspectReceivedName(rel, limits.maxPathBytes);
+    const folderCount = isDir ? components.length : components.length - 1;
+    for (let i = 1; i <= folderCount; i++) if (leftOutFolders.has(nameDigest(components.slice(0, i).join('/')))) return undefined;
+    if (!unsafeHere) return components;
+    const prefix = components.slice(0, unsafeHere.at + 1);
+    if (unsafeHere.at < folderCount) leftOutFolders.add(nameDigest(prefix.join('/')));
+    leaveOut(prefix.join('/'), unsafeHere.why);
+    return undefined;
+  };
+
   /** Makes the folders of `components` that are new to this download; true if any was. */
   const makeDirs = async (components: string[]): Promise<boolean> => {
     if (folderState.has(nameDigest(components.join('/')))) return false;
@@ -563,7 +606,12 @@ export async function downloadFolder(
     switch (m.type) {
       case 'dir': {
         if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A folder inside a file.');
-        const components = checkReceivedName(m.path, limits.maxPathBytes);
+        const components = admit(m.path, true);
+        if (!components) {
+          count();
+          progress(recordBytes(m.path as string));
+          return;
+        }
         checkDepth(components.length);
         // A folder announced again moves nothing forward.
         if (await makeDirs(components)) progress(recordBytes(m.path as string));
@@ -571,19 +619,29 @@ export async function downloadFolder(
       }
       case 'file': {
         if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A file inside a file.');
-        const components = checkReceivedName(m.path, limits.maxPathBytes);
-        checkDepth(components.length - 1);
-        const rel = m.path as string;
-        const key = nameDigest(collisionKey(rel));
-        if (seen.has(key)) throw new PeerShareError('BAD_NAME', 'The peer sent the same file twice.');
         const size = m.size;
         const mtimeMs = typeof m.mtimeMs === 'number' && Number.isFinite(m.mtimeMs) ? m.mtimeMs : Date.now();
         if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || m.offset !== 0) {
           throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
         }
+        const components = admit(m.path, false);
+        const rel = m.path as string;
         count();
-        seen.add(key);
         progress(recordBytes(rel));
+        if (!components) {
+          // Its bytes are read and dropped: nothing of it is written.
+          current = { kind: 'large', rel };
+          return;
+        }
+        checkDepth(components.length - 1);
+        const key = nameDigest(collisionKey(rel));
+        if (seen.has(key)) {
+          // The same name twice, or two names one file system would merge: the first one stays.
+          leaveOut(rel, 'another file of this download has the same name on a case-insensitive file system');
+          current = { kind: 'large', rel };
+          return;
+        }
+        seen.add(key);
         await makeDirs(components.slice(0, -1));
         // `shownAs` is the file as a person knows it; `fileTarget` the path written through.
         const shownAs = path.join(target, ...components);
@@ -634,7 +692,7 @@ export async function downloadFolder(
           if (current.kind === 'large') await current.receiver?.abort(false);
           current = undefined;
         } else {
-          checkReceivedName(rel, limits.maxPathBytes);
+          inspectReceivedName(rel, limits.maxPathBytes);
           count();
         }
         progress(recordBytes(rel));
@@ -682,7 +740,7 @@ function nameDigest(name: string): string {
 /** A skipped-file record as the peer sent it, made safe to show: a known code, escaped and bounded text. */
 function skippedReport(rel: string, code: unknown, message: unknown): SkippedByPeer {
   return {
-    // The path passed checkReceivedName; escaping it again costs nothing and holds if that check changes.
+    // The path passed inspectReceivedName, which lets through names with invisible characters: escape.
     path: sanitizeForDisplay(rel),
     code: isErrorCode(code) ? code : 'PROTOCOL_ERROR',
     message: typeof message === 'string' ? sanitizeForDisplay(message.slice(0, MAX_SKIPPED_MESSAGE_CHARS)) : '',

@@ -35,31 +35,62 @@ const INVISIBLE_CHARS_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
  * settings on purpose, download the single file into a folder of your choosing.
  */
 export function checkReceivedName(name: unknown, maxPathBytes = 4096): string[] {
+  const checked = inspectReceivedName(name, maxPathBytes);
+  if (checked.unsafeHere) throw new PeerShareError('BAD_NAME', `The peer sent an unsafe file name (${checked.unsafeHere.why}); it was refused.`);
+  return checked.components;
+}
+
+/** A name that is well-formed but must not be written here, and which component makes it so. */
+export interface UnsafeHere {
+  /** Index of the first component that may not be written. */
+  at: number;
+  why: string;
+}
+
+/**
+ * The two halves of checkReceivedName, for a folder download. A name that breaks the *form* of a
+ * relative path (empty, absolute, `..`, a backslash, over-long, not UTF-8, a dot or slash in
+ * another spelling) can only come from a hostile peer: that throws BAD_NAME and the download
+ * stops. A name that is well-formed but not safe to write on this machine (`.git`, `.vscode`, a
+ * device or short name, invisible characters, characters Windows forbids) is what an honest
+ * peer's folder may hold: it comes back as `unsafeHere`, and the download leaves that entry out.
+ */
+export function inspectReceivedName(name: unknown, maxPathBytes = 4096): { components: string[]; unsafeHere?: UnsafeHere } {
   const bad = (why: string): never => {
     throw new PeerShareError('BAD_NAME', `The peer sent an unsafe file name (${why}); it was refused.`);
   };
   if (typeof name !== 'string' || name.length === 0) bad('empty');
   const text = name as string;
   if (Buffer.byteLength(text, 'utf8') > maxPathBytes) bad('too long');
-  // A name we accept is never altered on screen; U+FFFD means it was not valid UTF-8.
-  if (INVISIBLE_CHARS.test(text) || text.includes('\uFFFD')) bad('control, invisible, blank or direction characters');
+  if (text.includes('\uFFFD')) bad('not valid UTF-8');
   if (text.includes('\\')) bad('backslash');
-  if (text.includes(':')) bad('colon or drive letter');
   if (text.startsWith('/')) bad('absolute path');
   const components = text.split('/');
-  for (const part of components) {
+  let unsafeHere: UnsafeHere | undefined;
+  components.forEach((part, at) => {
     if (part === '' || part === '.' || part === '..') bad('empty, "." or ".." component');
     if (Buffer.byteLength(part, 'utf8') > MAX_COMPONENT_BYTES) bad('component too long');
-    if (/[<>"|?*]/.test(part)) bad('character not allowed in file names on Windows');
     const folded = foldName(part);
     // Full-width dots and slashes become real ones wherever a tool applies NFKC or a Windows best-fit code page.
     if (folded === '.' || folded === '..' || /[/\\]/.test(folded)) bad('a dot, slash or backslash in another spelling');
-    if (/[. ]$/.test(part) || /[. ]$/.test(folded)) bad('trailing dot or space');
-    if (WINDOWS_RESERVED.test(folded)) bad('reserved device name');
-    if (SHORT_NAME_SHAPE.test(folded)) bad('the shape of a Windows short name, which can stand for another name such as .git');
-    if (folded === '.git' || folded === '.vscode') bad(folded);
-  }
-  return components;
+    const why = unsafeComponent(part, folded);
+    if (why && !unsafeHere) unsafeHere = { at, why };
+  });
+  return { components, unsafeHere };
+}
+
+/** Why a well-formed component may not be written here, if it may not. */
+function unsafeComponent(part: string, folded: string): string | undefined {
+  // A name we accept is never altered on screen.
+  if (INVISIBLE_CHARS.test(part)) return 'control, invisible, blank or direction characters';
+  if (part.includes(':')) return 'colon or drive letter';
+  if (/[<>"|?*]/.test(part)) return 'character not allowed in file names on Windows';
+  if (/[. ]$/.test(part) || /[. ]$/.test(folded)) return 'trailing dot or space';
+  if (WINDOWS_RESERVED.test(folded)) return 'reserved device name';
+  if (SHORT_NAME_SHAPE.test(folded)) return 'the shape of a Windows short name, which can stand for another name such as .git';
+  if (folded === '.git') return '.git: a download never writes into a repository';
+  if (folded === '.vscode') return '.vscode: a download never changes editor settings or tasks';
+  return undefined;
 }
 
 /** True for a name component NTFS could take as an 8.3 short name (see SHORT_NAME_SHAPE); case does not matter. */

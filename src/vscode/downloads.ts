@@ -134,6 +134,8 @@ export class Downloads implements vscode.Disposable {
     const notes: string[] = [];
     if (result.skippedExisting.length) notes.push(`${result.skippedExisting.length} existing file(s) left alone`);
     if (result.skippedByPeerCount) notes.push(`${result.skippedByPeerCount} file(s) the peer could not send`);
+    if (result.leftOutCount) notes.push(`${result.leftOutCount} left out for unsafe names, see the log`);
+    for (const l of result.leftOut) this.log.warn(`Left out ${l.path}: its name is not safe here (${l.why}).`);
     const target = vscode.Uri.file(result.target);
     void vscode.window
       .showInformationMessage(`Downloaded ${what} from ${from}${notes.length ? ` (${notes.join(', ')})` : ''}.`, result.type === 'file' ? 'Open' : 'Reveal')

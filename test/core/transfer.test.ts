@@ -74,6 +74,22 @@ describe('downloads over a real connection', () => {
     ]);
   });
 
+  it('downloads an honest folder holding names that may not be written here, leaving just those out and saying so', async () => {
+    const proj = path.join(ws, 'proj');
+    const files = ['.vscode/settings.json', '.vscode/tasks.json', 'notes~2.txt', 'report\u00a0final.txt', 'README', 'readme', 'src/app.ts'];
+    for (const rel of files) await writeRandomFile(path.join(proj, rel), 100);
+    const dest = tempDir();
+    const result = await download(conn, 'ws/proj', dest);
+    assert.deepEqual(
+      result.leftOut.map((l) => l.path).sort(),
+      ['.vscode', 'notes~2.txt', 'readme', 'report\\u00a0final.txt'].sort(),
+      'each left out once, a folder for all it holds',
+    );
+    assert.equal(result.leftOutCount, 4);
+    assert.equal(result.files, 2);
+    assert.deepEqual(await listTree(path.join(dest, 'proj')), ['README', 'src/', 'src/app.ts']);
+  });
+
   it('round-trips a folder mixing whole-sent small files and streamed large ones, in order', async () => {
     const tree = path.join(ws, 'mixed');
     const files: Record<string, Buffer> = {};

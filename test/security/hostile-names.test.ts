@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DISGUISING_CHARS, collisionKey, connectToPeer, download, type Identity, type PeerConnection } from '../../src/core';
+import { DISGUISING_CHARS, collisionKey, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type PeerConnection } from '../../src/core';
 import { makePeer, type TestPeer } from '../helpers';
 import { startHostileServer, type HostileServer, type Replier, type Scenario } from '../hostile';
 import { buildWorld, type Snapshot, type World } from './world';
@@ -12,9 +12,10 @@ import { buildWorld, type Snapshot, type World } from './world';
  * Issue 16, finding 10 (and the display half of 9): names that passed the check before, sent by a
  * hostile sharer to a real client over real TLS. Each bad name is tried twice: inside a folder
  * download (after one good file) and as the name of a single file the victim downloads from the
- * listing. The client must refuse with BAD_NAME, and the disk (the destination and everything
- * beside it) must show nothing written under that name. Collision pairs: the second name of a
- * pair is refused and the first file keeps its content.
+ * listing. A single file is refused with BAD_NAME; in a folder the entry is left out (reported, the
+ * rest lands), and a name malformed in another spelling stops the download. Either way the disk
+ * (the destination and everything beside it) shows nothing written under that name. Collision
+ * pairs: the second name of a pair is left out and the first file keeps its content.
  */
 
 const CONTENT = Buffer.from('the first file\n');
@@ -47,7 +48,13 @@ const BAD_NAMES: [string, string][] = [
   ['a\u2062b', 'U+2062 INVISIBLE TIMES'],
   ['\uffa0', 'U+FFA0 HALFWIDTH HANGUL FILLER'],
   ['report\u3000final.txt', 'an ideographic space'],
+];
+
+/** Names that break the form of a path in another spelling: only a hostile peer sends them, and the download stops. */
+const MALFORMED_NAMES: [string, string][] = [
   ['\uff0e\uff0e', '".." in full-width dots'],
+  ['a\uff0fb', 'a full-width slash'],
+  ['a\uff3cb', 'a full-width backslash'],
 ];
 
 /** Pairs one file system would merge: the second must not replace the first. */
@@ -107,19 +114,23 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
   });
 
   /** Runs `action` in a fresh world; returns the error code and the snapshots around it. */
-  async function attempt(play: Scenario, action: (conn: PeerConnection, world: World) => Promise<unknown>): Promise<{ code: string; world: World; before: Snapshot; after: Snapshot }> {
+  async function attempt(
+    play: Scenario,
+    action: (conn: PeerConnection, world: World) => Promise<unknown>,
+  ): Promise<{ code: string; world: World; before: Snapshot; after: Snapshot; leftOut?: string[] }> {
     scenario = play;
     const world = await buildWorld();
     const before = await world.snapshot();
     let code = 'ok';
+    let leftOut: string[] | undefined;
     try {
-      await action(await connect(), world);
+      leftOut = ((await action(await connect(), world)) as DownloadResult).leftOut.map((l) => l.path);
     } catch (err) {
       code = (err as { code?: string }).code ?? `uncoded: ${String(err)}`;
     }
     const after = await world.snapshot();
     assert.equal(await fs.readFile(path.join(world.outside, 'secret.txt'), 'utf8'), world.secret, 'outside/secret.txt untouched');
-    return { code, world, before, after };
+    return { code, world, before, after, leftOut };
   }
 
   /** Answers stat for `ws/d` as a folder, then plays `events` for the tree. */
@@ -134,8 +145,8 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
         ['a folder named', `${name}/hooks/pre-commit`],
         ['a file named', `sub/${name}`],
       ] as const) {
-        it(`refuses ${where} ${why}: ${shown(name)}`, async () => {
-          const { code, before, after } = await attempt(
+        it(`leaves out ${where} ${why}, and the rest lands: ${shown(name)}`, async () => {
+          const { code, before, after, leftOut } = await attempt(
             folder((reply) => {
               sendFile(reply, 'good.txt', CONTENT);
               sendFile(reply, rel, PAYLOAD);
@@ -143,32 +154,50 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
             }),
             (conn, world) => download(conn, 'ws/d', world.ws),
           );
-          assert.equal(code, 'BAD_NAME');
+          assert.equal(code, 'ok');
+          assert.deepEqual(leftOut, [sanitizeForDisplay(where === 'a folder named' ? name : `sub/${name}`)], 'reported as left out');
           assertOnlyChanged(before, after, ['ws/d', 'ws/d/good.txt']);
           assertNothingNamed(before, after, name);
         });
       }
     }
 
-    it(`refuses a folder message (dir) named with each bad name (${BAD_NAMES.length} names)`, async () => {
-      for (const [name] of BAD_NAMES) {
+    for (const [name, why] of MALFORMED_NAMES) {
+      it(`stops at a file named ${why}: BAD_NAME, the earlier file kept: ${shown(name)}`, async () => {
         const { code, before, after } = await attempt(
+          folder((reply) => {
+            sendFile(reply, 'good.txt', CONTENT);
+            sendFile(reply, `sub/${name}`, PAYLOAD);
+            reply.message({ type: 'end', count: 2 });
+          }),
+          (conn, world) => download(conn, 'ws/d', world.ws),
+        );
+        assert.equal(code, 'BAD_NAME');
+        assertOnlyChanged(before, after, ['ws/d', 'ws/d/good.txt']);
+        assertNothingNamed(before, after, name);
+      });
+    }
+
+    it(`leaves out a folder message (dir) named with each bad name (${BAD_NAMES.length} names)`, async () => {
+      for (const [name] of BAD_NAMES) {
+        const { code, before, after, leftOut } = await attempt(
           folder((reply) => {
             reply.message({ type: 'dir', path: name });
             reply.message({ type: 'end', count: 0 });
           }),
           (conn, world) => download(conn, 'ws/d', world.ws),
         );
-        assert.equal(code, 'BAD_NAME', shown(name));
-        // The download's own folder is removed again: nothing landed in it.
-        assertOnlyChanged(before, after, []);
+        assert.equal(code, 'ok', shown(name));
+        assert.deepEqual(leftOut, [sanitizeForDisplay(name)]);
+        // The download's own folder, empty: nothing landed in it.
+        assertOnlyChanged(before, after, ['ws/d']);
         assertNothingNamed(before, after, name);
       }
     });
   });
 
   describe('as a single file picked from the listing', () => {
-    for (const [name, why] of BAD_NAMES) {
+    for (const [name, why] of [...BAD_NAMES, ...MALFORMED_NAMES]) {
       it(`refuses ${why}: ${shown(name)}`, async () => {
         let read = false;
         const { code, before, after } = await attempt(
@@ -191,8 +220,8 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
 
   describe('names that one file system would merge', () => {
     for (const [first, second, why] of COLLISIONS) {
-      it(`refuses the second of ${why}; the first keeps its content`, async () => {
-        const { code, world, before, after } = await attempt(
+      it(`leaves out the second of ${why}; the first keeps its content`, async () => {
+        const { code, world, before, after, leftOut } = await attempt(
           folder((reply) => {
             sendFile(reply, first, CONTENT);
             sendFile(reply, second, PAYLOAD);
@@ -200,7 +229,8 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
           }),
           (conn, w) => download(conn, 'ws/d', w.ws),
         );
-        assert.equal(code, 'BAD_NAME');
+        assert.equal(code, 'ok');
+        assert.deepEqual(leftOut, [sanitizeForDisplay(second)]);
         assertOnlyChanged(before, after, ['ws/d', `ws/d/${first}`]);
         assert.deepEqual(await fs.readFile(path.join(world.ws, 'd', first)), CONTENT);
         assert.equal(after[`ws/d/${second}`], undefined, `${shown(second)} was not written`);

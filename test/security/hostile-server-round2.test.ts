@@ -332,10 +332,25 @@ describe('finding 4: skipped-file records cannot write to the terminal', () => {
     assert.equal(lines.length, 2, `one line for the download and one for the skipped file:\n${stdout}`);
   });
 
-  it('get refuses a skipped record whose path carries escapes, and prints none of it', async () => {
+  it('get shows a skipped record whose path carries escapes with every escape made visible, on one line', async () => {
     const { stdout, stderr, code } = await cliGet(
       treeScenario((reply) => {
         reply.message({ type: 'skipped', path: FORGED, code: 'NOT_FOUND', message: 'x' });
+        reply.message({ type: 'end', count: 0 });
+      }),
+    );
+    assert.equal(code, 0, stderr);
+    assertClean(stdout + stderr);
+    const lines = stdout.trimEnd().split('\n');
+    assert.equal(lines.filter((l) => l.startsWith('Downloaded')).length, 1, `one Downloaded line, ours:\n${stdout}`);
+    assert.match(lines[1], /^The peer could not send \\u001b\]0;pwned/);
+    assert.equal(lines.length, 2);
+  });
+
+  it('get stops at a skipped record whose path is malformed (a parent component): BAD_NAME', async () => {
+    const { stdout, stderr, code } = await cliGet(
+      treeScenario((reply) => {
+        reply.message({ type: 'skipped', path: `../${FORGED}`, code: 'NOT_FOUND', message: 'x' });
         reply.message({ type: 'end', count: 0 });
       }),
     );

@@ -4,7 +4,7 @@ import { existsSync, promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { DISGUISING_CHARS, connectToPeer, download, type Identity, type Limits, type PeerConnection } from '../../src/core';
+import { DISGUISING_CHARS, checkReceivedName, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type Limits, type PeerConnection } from '../../src/core';
 import { encodeDataHeader } from '../../src/core/frames';
 import { makePeer, type TestPeer } from '../helpers';
 import { startHostileServer, type Replier, type Scenario } from '../hostile';
@@ -36,6 +36,11 @@ interface Hostility {
   server?: { identity?: (victim: TestPeer, hostile: Identity) => Identity; welcomeId?: string; welcomeName?: string; tls?: object };
   connect?: { expectedPeerId?: (hostile: Identity) => string | undefined };
   limits?: Partial<Limits>;
+  /**
+   * Well-formed names that may not be written here: the download completes without them, and
+   * reports each (the first component that may not be written, and what is above it) as left out.
+   */
+  leftOut?: string[];
   /** Checks beyond the code and the disk. */
   check?: (world: World, conn?: PeerConnection, err?: Error) => Promise<void> | void;
 }
@@ -67,17 +72,23 @@ function sendFile(reply: Replier, name: string, content: Buffer, hash = sha(cont
 
 const honestFile = fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT));
 
-function badTreeName(name: string, why: string, cls = 'names (scp class)'): Hostility {
+/**
+ * A folder holding a good file and one with `name`. A malformed name stops the download
+ * (BAD_NAME); a well-formed one that may not be written here is left out, reported as `leftOutAs`,
+ * and the rest lands. Either way nothing is written under the bad name.
+ */
+function badTreeName(name: string, why: string, cls = 'names (scp class)', leftOutAs?: string): Hostility {
   return {
     cls,
-    name: `a folder holding ${why}: ${JSON.stringify(name).slice(0, 40)}`,
+    name: `a folder holding ${why}: ${JSON.stringify(name).slice(0, 40)}${leftOutAs === undefined ? '' : ' (left out)'}`,
     remotePath: 'ws/d',
     scenario: treeScenario((reply) => {
       sendFile(reply, 'good.txt', CONTENT);
       sendFile(reply, name, CONTENT);
       reply.message({ type: 'end', count: 2 });
     }),
-    expect: 'BAD_NAME',
+    expect: leftOutAs === undefined ? 'BAD_NAME' : 'ok',
+    leftOut: leftOutAs === undefined ? undefined : [leftOutAs],
     mayChange: ['ws/d', 'ws/d/good.txt'],
     exists: ['ws/d/good.txt'],
   };
@@ -100,6 +111,20 @@ async function swapSubForLink(world: World, firstFile: string): Promise<void> {
   await fs.symlink(world.outside, sub);
 }
 
+/** The path up to and including the first component that may not be written here. */
+function leftOutPrefix(name: string): string {
+  const parts = name.split('/');
+  const at = parts.findIndex((part) => {
+    try {
+      checkReceivedName(part);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+  return parts.slice(0, at + 1).join('/');
+}
+
 const HOSTILITIES: Hostility[] = [
   // ---- names (the scp class)
   { cls: 'names (scp class)', name: 'an honest answer (the harness itself works)', remotePath: 'ws/f.txt', scenario: honestFile, expect: 'ok', mayChange: ['ws/f.txt'], exists: ['ws/f.txt'] },
@@ -112,8 +137,6 @@ const HOSTILITIES: Hostility[] = [
       ['sub/../../escape.txt', 'a parent component in the middle'],
       ['/tmp/abs.txt', 'an absolute path'],
       ['sub\\..\\..\\escape.txt', 'backslashes'],
-      ['C:escape.txt', 'a drive letter'],
-      ['c:/escape.txt', 'a drive path'],
       ['\\\\server\\share\\x', 'a UNC path'],
       ['', 'an empty name'],
       ['.', 'a dot'],
@@ -122,6 +145,8 @@ const HOSTILITIES: Hostility[] = [
       [`${'a/'.repeat(2100)}x`, 'a path over the length limit'],
     ] as const
   ).map(([name, why]) => badTreeName(name, why)),
+  badTreeName('C:escape.txt', 'a drive letter', 'names (scp class)', 'C:escape.txt'),
+  badTreeName('c:/escape.txt', 'a drive path', 'names (scp class)', 'c:'),
   {
     cls: 'names (scp class)',
     name: 'a folder (dir message) named ../escape',
@@ -181,7 +206,7 @@ const HOSTILITIES: Hostility[] = [
       ['notes\u2028.txt', 'a line separator'],
       ['\ufeffindex.ts', 'a zero-width no-break space'],
     ] as const
-  ).map(([name, why]) => badTreeName(name, why, 'git, .vscode, collisions, reserved names')),
+  ).map(([name, why]) => badTreeName(name, why, 'git, .vscode, collisions, reserved names', leftOutPrefix(name))),
   ...(
     [
       ['A.txt', 'a.txt', 'two names that differ only in case'],
@@ -198,7 +223,9 @@ const HOSTILITIES: Hostility[] = [
         sendFile(reply, second, Buffer.from('overwrite attempt'));
         reply.message({ type: 'end', count: 2 });
       }),
-      expect: 'BAD_NAME',
+      // The second is left out; the first keeps what it had.
+      expect: 'ok',
+      leftOut: [second],
       mayChange: ['ws/d', `ws/d/${first}`],
       exists: [`ws/d/${first}`],
       check: async (world) => assert.deepEqual(await fs.readFile(path.join(world.ws, 'd', first)), CONTENT),
@@ -534,10 +561,11 @@ describe('a hostile server against a real client', () => {
       let conn: PeerConnection | undefined;
       let outcome = 'ok';
       let error: Error | undefined;
+      let result: unknown;
       try {
         const expectedPeerId = h.connect?.expectedPeerId ? h.connect.expectedPeerId(hostile) : hostile.peerId;
         conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId, name: 'victim', limits: { stallTimeoutMs: 700, ...h.limits } });
-        await (h.action ? h.action(conn, world) : download(conn, h.remotePath!, world.ws));
+        result = await (h.action ? h.action(conn, world) : download(conn, h.remotePath!, world.ws));
       } catch (err) {
         error = err as Error;
         outcome = (err as { code?: string }).code ?? `uncoded: ${String(err)}`;
@@ -545,6 +573,7 @@ describe('a hostile server against a real client', () => {
       try {
         const expected = Array.isArray(h.expect) ? h.expect : [h.expect];
         assert.ok(expected.includes(outcome), `outcome ${outcome}${error ? ` (${error.message})` : ''}, expected ${expected.join('/')}`);
+        if (h.leftOut) assert.deepEqual((result as DownloadResult).leftOut.map((l) => l.path), h.leftOut.map(sanitizeForDisplay), 'reported as left out');
         await h.check?.(world, conn, error);
         assertOnlyChanged(before, await world.snapshot(), h.mayChange ?? []);
         for (const p of h.exists ?? []) await fs.access(path.join(world.base, p));
