@@ -3,7 +3,9 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { PeerServer, Share, connectToPeer, downloadFile, resolveLimits, type AccessDecision, type AccessRequest, type Limits } from '../../src/core';
-import { makePeer, rejectsWithCode, tempDir, writeRandomFile } from '../helpers';
+import * as tls from 'node:tls';
+import { connectWithInvite, makePeer, rejectsWithCode, tempDir, writeRandomFile } from '../helpers';
+import { rawClient, waitFor, type RawClient } from '../hostile';
 
 /** A sharer whose "person" answers access requests with `answer`. */
 async function sharerAsking(answer: (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>, limits: Partial<Limits> = {}) {
@@ -36,10 +38,11 @@ async function ask(sharer: Awaited<ReturnType<typeof sharerAsking>>, client?: Aw
 }
 
 describe('a nearby peer asks to connect', () => {
-  it('allow once: served now, not trusted afterwards; both sides saw the same code', async () => {
+  it('allow once: served now, for every request of that connection, not trusted afterwards; both sides saw the same code', async () => {
     const sharer = await sharerAsking(async () => 'once');
     const { conn, me, code } = await ask(sharer);
     assert.deepEqual((await conn.list('ws')).map((e) => e.name), ['a.txt']);
+    assert.equal((await conn.stat('ws/a.txt')).size, 1, 'a second request on the same connection is served too');
     assert.equal(sharer.asked.length, 1);
     assert.equal(sharer.asked[0].name, 'Nearby Ned');
     assert.equal(sharer.asked[0].id, me.identity.peerId);
@@ -95,6 +98,41 @@ describe('a nearby peer asks to connect', () => {
     const me = await makePeer();
     await rejectsWithCode(connectToPeer({ ...me, addresses: [`127.0.0.1:${server.port}`], expectedPeerId: peer.identity.peerId, name: 'x', requestAccess: true }), 'PEER_UNTRUSTED');
     await server.close();
+  });
+
+  it('requests to connect past maxPendingApprovals, in all or from one address, are told BUSY at once and nobody is asked; waiting ones hold no trusted slot', async () => {
+    const sharer = await sharerAsking((_request, signal) => new Promise<AccessDecision>((resolve) => signal.addEventListener('abort', () => resolve('deny'))), {
+      maxPendingApprovals: 2,
+      maxPendingApprovalsPerSource: 1,
+      maxConnections: 1,
+      approvalTimeoutMs: 30_000,
+    });
+    const stranger = await makePeer();
+    const request = async (source: string): Promise<RawClient> => {
+      const client = await rawClient(sharer.address, stranger.identity, { localAddress: source } as tls.ConnectionOptions);
+      client.socket.on('error', () => undefined);
+      client.send({ type: 'hello', versions: [1], name: 'Nearby Ned', request: true });
+      return client;
+    };
+    const first = await request('127.0.0.2');
+    await waitFor(() => sharer.asked.length === 1);
+    const sameSource = await request('127.0.0.2');
+    const second = await request('127.0.0.3');
+    await waitFor(() => sharer.asked.length === 2);
+    const beyond = await request('127.0.0.4');
+    const started = Date.now();
+    await Promise.all([sameSource.closed, beyond.closed]);
+    assert.ok(Date.now() - started < 5000, 'told at once, not after the approval time');
+    assert.deepEqual([sameSource, beyond].map((c) => c.messages.map((m) => m.code)), [['BUSY'], ['BUSY']]);
+    assert.deepEqual(sharer.asked.map((r) => r.address), ['127.0.0.2', '127.0.0.3'], 'only two prompts');
+    // Two requests wait for an answer, and the only trusted slot is still free.
+    const invited = await connectWithInvite(sharer.server.createInvite());
+    assert.deepEqual((await invited.conn.list('ws')).map((e) => e.name), ['a.txt']);
+    assert.equal(first.messages.length + second.messages.length, 0, 'the waiting requests are still waiting');
+    invited.conn.close();
+    first.socket.destroy();
+    second.socket.destroy();
+    await sharer.server.close();
   });
 
   it('revoking a peer while it downloads stops the download; nothing lands under the final name', async () => {

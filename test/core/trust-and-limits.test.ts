@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { PeerServer, connectToPeer, formatInvite, parseInvite } from '../../src/core';
+import { PeerServer, TRUST_FILE, TrustStore, connectToPeer, downloadFile, formatInvite, parseInvite } from '../../src/core';
 import { encodeMessage } from '../../src/core/frames';
 import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, writeRandomFile } from '../helpers';
 import { dripUntilClosed, rawClient, tcpConnect, waitFor } from '../hostile';
@@ -128,6 +128,23 @@ describe('who gets in', () => {
     plain.write('GET /ws/secret.txt HTTP/1.1\r\nHost: x\r\n\r\n');
     await new Promise((r) => plain.on('close', r));
     assert.doesNotMatch(Buffer.concat(received).toString('latin1'), /TOP-SECRET/);
+    await sharer.server.close();
+  });
+
+  it('a revoke from another process (trust rm) refuses the open connection’s next request and every new connection, and stays on disk (finding 3)', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { conn, client } = await connectWithInvite(sharer.invite);
+    assert.deepEqual((await conn.list('ws')).map((e) => e.name), ['secret.txt']);
+    // Another TrustStore on the same home, as `trust rm` in another terminal: the server is not told.
+    const elsewhere = await TrustStore.open(sharer.home);
+    assert.equal(await elsewhere.remove(client.identity.peerId), true);
+    const dest = tempDir();
+    await rejectsWithCode(downloadFile(conn, 'ws/secret.txt', path.join(dest, 'secret.txt')), 'PEER_UNTRUSTED');
+    await waitFor(() => conn.closed);
+    assert.deepEqual(await fs.readdir(dest), [], 'nothing was downloaded');
+    await rejectsWithCode(connectToPeer({ ...client, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'c' }), 'PEER_UNTRUSTED');
+    const onDisk = JSON.parse(await fs.readFile(path.join(sharer.home, TRUST_FILE), 'utf8')) as { peers: { id: string }[] };
+    assert.deepEqual(onDisk.peers.map((p) => p.id), [], 'the running server did not write the revoked peer back');
     await sharer.server.close();
   });
 
