@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import * as tls from 'node:tls';
-import type * as net from 'node:net';
+import * as net from 'node:net';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
@@ -91,6 +91,8 @@ export class PeerServer extends EventEmitter {
     oversizedHandshakes: 0,
   };
   readonly hashCache: HashCache;
+  /** Accepts TCP connections; only admitted ones are handed to the TLS server. */
+  private readonly listener: net.Server;
   private readonly server: tls.Server;
   private readonly connections = new Set<ServerConnection>();
   /** Every TCP socket, handshaking ones included, so close() need not wait out a stalled handshake. */
@@ -125,9 +127,11 @@ export class PeerServer extends EventEmitter {
       rejectUnauthorized: false,
       handshakeTimeout: this.limits.handshakeTimeoutMs,
     });
-    // No cap on sockets (Node's maxConnections would drop a trusted peer's socket before TLS):
-    // the budgets below bound them instead.
-    this.server.on('connection', (socket: net.Socket) => this.onSocket(socket));
+    // A plain TCP listener in front, so a socket over its source's rate is closed before Node
+    // gives it any TLS state. No cap on sockets (Node's maxConnections would drop a trusted
+    // peer's socket before TLS): the budgets below bound them instead.
+    this.listener = net.createServer((socket) => this.onSocket(socket));
+    this.listener.on('error', (err) => this.log('error', `Server error: ${err.message}`));
     this.server.on('secureConnection', (socket) => this.accept(socket));
     this.server.on('tlsClientError', (err, socket) => {
       this.log('debug', `TLS handshake failed from ${socket.remoteAddress ?? '?'}: ${err.message}`);
@@ -139,10 +143,10 @@ export class PeerServer extends EventEmitter {
   listen(port = 0, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(toPeerShareError(err, 'CONNECTION_FAILED'));
-      this.server.once('error', onError);
-      this.server.listen(port, host, () => {
-        this.server.off('error', onError);
-        const addr = this.server.address();
+      this.listener.once('error', onError);
+      this.listener.listen(port, host, () => {
+        this.listener.off('error', onError);
+        const addr = this.listener.address();
         this.boundPort = typeof addr === 'object' && addr ? addr.port : port;
         this.boundHost = host;
         resolve({ host, port: this.boundPort });
@@ -188,7 +192,7 @@ export class PeerServer extends EventEmitter {
 
   async close(): Promise<void> {
     this.tokens.revokeAll();
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
     for (const c of this.connections) c.close();
     for (const socket of this.sockets) socket.destroy();
     await closed;
@@ -265,11 +269,10 @@ export class PeerServer extends EventEmitter {
     this.pendingApprovals.delete(connection);
   }
 
-  /** A new TCP socket: rate-limited per source, then admitted to the unauthenticated budget. */
+  /** A new TCP socket: rate-limited per source, admitted to the unauthenticated budget, then to TLS. */
   private onSocket(socket: net.Socket): void {
     const source = sourceOf(socket.remoteAddress);
     if (!this.handshakeRate.tryStart(source)) {
-      // Before any TLS work: Node's TLS socket reads its first bytes on the next tick.
       this.stats.handshakesRateLimited++;
       socket.destroy();
       return;
@@ -284,6 +287,7 @@ export class PeerServer extends EventEmitter {
       this.unauthenticated.leave(admission);
       if (this.handshaking.get(key) === admission) this.handshaking.delete(key);
     });
+    this.server.emit('connection', socket);
   }
 
   private accept(socket: tls.TLSSocket): void {
