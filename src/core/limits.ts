@@ -28,7 +28,8 @@ export interface Limits {
   maxUnauthenticatedPerSource: number;
   /**
    * TLS handshakes one source address (an IPv6 /64) may start per second, with a burst of twice
-   * this; over it, a socket is closed before any TLS work.
+   * this; over it, a socket is closed before any TLS work. A handshake that proves a trusted
+   * certificate is given back, so this binds strangers, not a peer opening a connection per file.
    */
   handshakesPerSecondPerSource: number;
   /**

@@ -248,6 +248,14 @@ export class PeerServer extends EventEmitter {
   }
 
   /**
+   * @internal A handshake that proved a trusted certificate is not counted against its source:
+   * the rate binds strangers, and a peer that opens a connection per download is never refused.
+   */
+  refundHandshake(source: string): void {
+    this.handshakeRate.refund(source);
+  }
+
+  /**
    * @internal Moves a request to connect from the unauthenticated budget to the approvals, if
    * there is room in all and for its source; otherwise BUSY at once, and nobody is asked.
    */
@@ -418,6 +426,12 @@ class HandshakeRate {
     return true;
   }
 
+  /** Gives a token back: the handshake proved a trusted certificate. */
+  refund(source: string): void {
+    const bucket = this.bucket(source);
+    bucket.tokens = Math.min(this.burst, bucket.tokens + 1);
+  }
+
   /** Charges `tokens` more; the debt is bounded to a minute of the rate. */
   charge(source: string, tokens: number): void {
     const bucket = this.bucket(source);
@@ -512,6 +526,7 @@ class ServerConnection {
     this.peerId = peerIdOfCert(cert.raw);
     // A trusted certificate leaves the unauthenticated budget now, before its hello.
     if (server.mayRead(this.peerId)) {
+      server.refundHandshake(admission.source);
       const busy = server.takeTrustedSlot(this, this.peerId);
       if (busy) {
         this.fail(busy);

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { PeerServer, TRUST_FILE, TrustStore, connectToPeer, downloadFile, formatInvite, parseInvite } from '../../src/core';
+import { DEFAULT_LIMITS, PeerServer, TRUST_FILE, TrustStore, connectToPeer, downloadFile, formatInvite, parseInvite } from '../../src/core';
 import { encodeMessage } from '../../src/core/frames';
 import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, writeRandomFile } from '../helpers';
 import { dripUntilClosed, rawClient, tcpConnect, waitFor } from '../hostile';
@@ -203,6 +203,29 @@ describe('limits hold, and the server keeps serving others', () => {
     assert.ok(sent < bytes.length, 'closed before the message completed');
     assert.equal((await conn.stat('ws/secret.txt')).type, 'file');
     conn.close();
+    await sharer.server.close();
+  });
+
+  it('the handshake rate binds strangers, not a trusted peer: 60 connections in a row from one address are all served, a stranger’s are closed after the burst', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    const { client, conn } = await connectWithInvite(sharer.invite);
+    conn.close();
+    for (let i = 0; i < 60; i++) {
+      const again = await connectToPeer({ ...client, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'c' });
+      assert.equal((await again.stat('ws/secret.txt')).size, 18);
+      again.close();
+    }
+    const stranger = await makePeer();
+    const outcomes: string[] = [];
+    const started = performance.now();
+    for (let i = 0; i < 60; i++) {
+      outcomes.push(await rawClient(sharer.address, stranger.identity).then((c) => (c.socket.destroy(), 'handshake'), () => 'closed'));
+    }
+    const rate = DEFAULT_LIMITS.handshakesPerSecondPerSource;
+    const allowed = 2 * rate + (rate * (performance.now() - started)) / 1000 + 1;
+    const handshakes = outcomes.filter((o) => o === 'handshake').length;
+    assert.ok(handshakes >= 2 * rate && handshakes <= allowed, `${handshakes} of 60 stranger handshakes; the burst and rate allow ${Math.floor(allowed)}`);
+    assert.ok(sharer.server.stats.handshakesRateLimited >= 60 - handshakes);
     await sharer.server.close();
   });
 
