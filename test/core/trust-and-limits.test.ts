@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { DEFAULT_LIMITS, PeerServer, TRUST_FILE, TrustStore, connectToPeer, downloadFile, formatInvite, parseInvite } from '../../src/core';
+import { DEFAULT_LIMITS, PeerServer, TRUST_FILE, TrustStore, connectToPeer, downloadFile, formatInvite, parseInvite, sourceOf } from '../../src/core';
 import { encodeMessage } from '../../src/core/frames';
 import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, writeRandomFile } from '../helpers';
 import { dripUntilClosed, rawClient, tcpConnect, waitFor } from '../hostile';
@@ -227,6 +227,17 @@ describe('limits hold, and the server keeps serving others', () => {
     assert.ok(handshakes >= 2 * rate && handshakes <= allowed, `${handshakes} of 60 stranger handshakes; the burst and rate allow ${Math.floor(allowed)}`);
     assert.ok(sharer.server.stats.handshakesRateLimited >= 60 - handshakes);
     await sharer.server.close();
+  });
+
+  it('counts per-source limits by IPv4 address or IPv6 /64, so one host cannot pose as many sources', () => {
+    assert.equal(sourceOf('192.0.2.7'), '192.0.2.7');
+    assert.equal(sourceOf('::ffff:192.0.2.7'), '192.0.2.7');
+    assert.equal(sourceOf('2001:db8:1:2:aaaa:bbbb:cccc:dddd'), '2001:db8:1:2::/64');
+    assert.equal(sourceOf('2001:db8:1:2::5'), sourceOf('2001:0db8:0001:0002:ffff::1'));
+    assert.equal(sourceOf('2001:db8::1'), '2001:db8:0:0::/64');
+    assert.equal(sourceOf('fe80::1%eth0'), 'fe80:0:0:0::/64');
+    assert.equal(sourceOf('::1'), '0:0:0:0::/64');
+    assert.notEqual(sourceOf('2001:db8:1:2::1'), sourceOf('2001:db8:1:3::1'));
   });
 
   it('answers BUSY beyond the connection limit', async () => {
