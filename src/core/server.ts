@@ -76,8 +76,9 @@ export interface ServerStats {
  * *unauthenticated* and lives in a small budget of its own, per source and in all; when that is
  * full the oldest goes, so a new connection is never refused for strangers' sake. Trusted peers'
  * connections have `maxConnections` to themselves; requests to connect wait in
- * `maxPendingApprovals`. Each source may start `handshakesPerSecondPerSource` handshakes; over
- * that, its sockets are closed before any TLS work.
+ * `maxPendingApprovals`. Each source may start `handshakesPerSecondPerSource` handshakes (those
+ * that prove a trusted certificate are given back); over that, its sockets are closed before any
+ * TLS work. Trust is checked against the trust file on every request, so a revoke holds at once.
  */
 export class PeerServer extends EventEmitter {
   readonly limits: Limits;
