@@ -202,7 +202,8 @@ export class Share {
   /** True if the path, or any folder above it, is excluded. */
   async isExcluded(root: ShareRoot, components: string[], isDir: boolean): Promise<boolean> {
     if (components.length === 0) return false;
-    if (await this.reachesThroughAlias(root, components)) return true;
+    // Not there under that exact name: whatever it would open by alias is not found, excluded or not.
+    if (await this.reachesThroughAlias(root, components)) throw new PeerShareError('NOT_FOUND');
     const canonical = components.map(canonicalComponent);
     for (let i = 1; i <= canonical.length; i++) {
       const dirPrefix = i < canonical.length || isDir;
