@@ -1,3 +1,4 @@
+import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as readline from 'node:readline';
 import * as path from 'node:path';
@@ -116,32 +117,34 @@ function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value)}\n`);
 }
 
+const OPTIONS = {
+  home: { type: 'string' },
+  json: { type: 'boolean', default: false },
+  name: { type: 'string' },
+  port: { type: 'string' },
+  host: { type: 'string' },
+  'invite-ttl': { type: 'string' },
+  'invite-uses': { type: 'string' },
+  exclude: { type: 'string', multiple: true },
+  'no-gitignore': { type: 'boolean', default: false },
+  'no-default-excludes': { type: 'boolean', default: false },
+  overwrite: { type: 'boolean', default: false },
+  'keep-both': { type: 'boolean', default: false },
+  announce: { type: 'boolean', default: false },
+  requests: { type: 'string' },
+  interface: { type: 'string', multiple: true },
+  'discovery-port': { type: 'string' },
+  timeout: { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+  version: { type: 'boolean', default: false },
+} as const;
+
 async function main(argv: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
     strict: true,
-    options: {
-      home: { type: 'string' },
-      json: { type: 'boolean', default: false },
-      name: { type: 'string' },
-      port: { type: 'string' },
-      host: { type: 'string' },
-      'invite-ttl': { type: 'string' },
-      'invite-uses': { type: 'string' },
-      exclude: { type: 'string', multiple: true },
-      'no-gitignore': { type: 'boolean', default: false },
-      'no-default-excludes': { type: 'boolean', default: false },
-      overwrite: { type: 'boolean', default: false },
-      'keep-both': { type: 'boolean', default: false },
-      announce: { type: 'boolean', default: false },
-      requests: { type: 'string' },
-      interface: { type: 'string', multiple: true },
-      'discovery-port': { type: 'string' },
-      timeout: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-      version: { type: 'boolean', default: false },
-    },
+    options: OPTIONS,
   });
   const [command, ...args] = positionals;
   if (values.help || !command) {
@@ -192,9 +195,32 @@ async function main(argv: string[]): Promise<number> {
       v8.setFlagsFromString('--semi-space-growth-factor=1');
       return commandGet(globals, args[0], args[1], args[2] ?? '.', conflict);
     }
-    default:
-      throw new PeerShareError('INVALID_ARGUMENT', `Unknown command "${command}". Run peershare --help.`);
+    default: {
+      const guess = closest(command, COMMANDS);
+      throw new PeerShareError('INVALID_ARGUMENT', `Unknown command "${sanitizeForDisplay(command).slice(0, 40)}".${guess ? ` Did you mean "${guess}"?` : ''} Run peershare --help.`);
+    }
   }
+}
+
+const COMMANDS = ['serve', 'ls', 'get', 'id', 'nearby', 'trust'];
+
+/** The candidate at most two edits away from `word`, if exactly one is closest: for "did you mean". */
+function closest(word: string, candidates: readonly string[]): string | undefined {
+  const distance = (a: string, b: string): number => {
+    const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+    for (let i = 1; i <= a.length; i++) {
+      let previous = row[0];
+      row[0] = i;
+      for (let j = 1; j <= b.length; j++) {
+        const here = row[j];
+        row[j] = Math.min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] === b[j - 1] ? 0 : 1));
+        previous = here;
+      }
+    }
+    return row[b.length];
+  };
+  const scored = candidates.map((c) => ({ c, d: distance(word.toLowerCase(), c) })).filter((s) => s.d <= 2).sort((x, y) => x.d - y.d);
+  return scored.length > 0 && (scored.length === 1 || scored[0].d < scored[1].d) ? scored[0].c : undefined;
 }
 
 function requestsOption(value: string | undefined): 'ask' | 'deny' {
@@ -357,6 +383,15 @@ async function commandServe(
     log,
     onAccessRequest: options.requests === 'ask' ? askAtTerminal : undefined,
   });
+  const loopbackOnly = isLoopback(options.host);
+  // With no --interface, announcements go to every network interface.
+  const interfaces = options.discovery.interfaces;
+  if (options.discovery.announce && loopbackOnly && !(interfaces && interfaces.every(isLoopback))) {
+    throw new PeerShareError(
+      'INVALID_ARGUMENT',
+      `--announce tells your network where to connect, but serve listens on ${options.host} only, where no other machine can reach it. Add --host 0.0.0.0 to share on the network.`,
+    );
+  }
   if (options.requests === 'ask') startReadingTerminal();
   const { port } = await server.listen(options.port, options.host);
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
@@ -375,19 +410,28 @@ async function commandServe(
     out(`Listening: ${server.addresses().join(', ')}`);
     out(`Invite (valid ${Math.round(options.ttlMs / 60000)} min, ${options.uses} use${options.uses === 1 ? '' : 's'}):`);
     out(`  ${invite}`);
-    out('On the other machine: peershare ls "<invite>"   Press Ctrl+C to stop.');
+    if (loopbackOnly) out(`Only this machine can connect (listening on ${options.host}). To share on your network, add --host 0.0.0.0.`);
+    else out('On the other machine: peershare ls "<invite>"   (quote the invite)');
+    out('Press Ctrl+C to stop.');
   }
   await new Promise<void>((resolve) => {
     const stop = (): void => {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       terminalLines?.close();
-      void Promise.all([server.close(), nearby?.stop()]).then(() => resolve());
+      void Promise.all([server.close(), nearby?.stop()]).then(() => {
+        log('info', 'Stopped sharing.');
+        resolve();
+      });
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
   return EXIT.OK;
+}
+
+function isLoopback(host: string): boolean {
+  return /^127\./.test(host) || host === '::1' || host === 'localhost';
 }
 
 /** Nearby peers whose certificates are checked at once. */
@@ -452,7 +496,9 @@ async function connectTarget(globals: Globals, target: string, signal?: AbortSig
 async function commandLs(globals: Globals, target: string, remotePath: string): Promise<number> {
   const { conn } = await connectTarget(globals, target);
   try {
-    const entries = await conn.list(remotePath);
+    const entries = await conn.list(remotePath).catch((err: unknown) => {
+      throw naming(err, remotePath);
+    });
     entries.sort((a, b) => (a.type === b.type ? (a.name < b.name ? -1 : 1) : a.type === 'dir' ? -1 : 1));
     if (globals.json) {
       printJson({ peer: { id: conn.peerId, name: conn.peerName }, path: remotePath, entries });
@@ -478,10 +524,14 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
   const { conn } = await connectTarget(globals, target, abort.signal);
   const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
   try {
+    // "dir/" names a folder, as in cp and rsync: made if missing, and the download goes inside it.
+    if (/[/\\]$/.test(dest)) await fs.mkdir(dest, { recursive: true });
     const result = await download(conn, remotePath, path.resolve(dest), {
       onConflict: conflict,
       signal: abort.signal,
-      onProgress: bar ? (p) => bar.update(p.bytes, p.totalBytes, p.file) : undefined,
+      onProgress: bar ? (p) => bar.update(p) : undefined,
+    }).catch((err: unknown) => {
+      throw naming(err, remotePath);
     });
     bar?.done();
     const seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -512,14 +562,44 @@ main(process.argv.slice(2)).then(
     process.exitCode = code;
   },
   (err: unknown) => {
-    const coded = err instanceof PeerShareError ? err : isUsageError(err) ? new PeerShareError('INVALID_ARGUMENT', (err as Error).message) : toPeerShareError(err);
+    const coded = err instanceof PeerShareError ? err : isUsageError(err) ? usageError(err as Error & { code: string }) : toPeerShareError(err);
     const exit = EXIT_BY_CODE[coded.code] ?? EXIT.FAILURE;
     if (process.argv.includes('--json')) printJson({ error: { code: coded.code, message: coded.message } });
-    process.stderr.write(`peershare: ${coded.message} [${coded.code}]\n`);
+    const hint = HINTS[coded.code];
+    process.stderr.write(`peershare: ${coded.message} [${coded.code}]\n${hint ? `${hint}\n` : ''}`);
     if (coded.detail && process.env.PEERSHARE_DEBUG) process.stderr.write(`  ${coded.detail}\n`);
     process.exitCode = exit;
   },
 );
+
+/** A "not found" that says what was not found. */
+function naming(err: unknown, remotePath: string): unknown {
+  if (err instanceof PeerShareError && err.code === 'NOT_FOUND') {
+    return new PeerShareError('NOT_FOUND', `The peer's share has no "${sanitizeForDisplay(remotePath).slice(0, 200)}". List it with: peershare ls <peer> <folder>`);
+  }
+  return err;
+}
+
+/** What a person can do next, after the error itself; for the CLI only (the editor offers buttons). */
+const HINTS: Partial<Record<ErrorCode, string>> = {
+  DEST_EXISTS: 'To replace it, add --overwrite; to keep both, add --keep-both.',
+  CANCELLED: 'What arrived so far is kept: run the same command again to resume.',
+  INVALID_INVITE:
+    'Quote the invite, as in: peershare ls "peershare://invite?..." (unquoted, the shell cuts it at the first &).',
+};
+
+/** Node's own argument-parser messages, in PeerShare's words. */
+function usageError(err: Error & { code: string }): PeerShareError {
+  const option = /'(-[^' ]*)/.exec(err.message)?.[1];
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && option) {
+    const guess = closest(option.replace(/^-+/, ''), Object.keys(OPTIONS));
+    return new PeerShareError('INVALID_ARGUMENT', `Unknown option ${sanitizeForDisplay(option).slice(0, 40)}.${guess ? ` Did you mean --${guess}?` : ''} Run peershare --help.`);
+  }
+  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && option) {
+    return new PeerShareError('INVALID_ARGUMENT', `${sanitizeForDisplay(option).slice(0, 40)} needs a value. Run peershare --help.`);
+  }
+  return new PeerShareError('INVALID_ARGUMENT', `${err.message.replace(/\s*To specify a positional argument.*$/s, '')} Run peershare --help.`);
+}
 
 function isUsageError(err: unknown): boolean {
   return typeof (err as { code?: unknown })?.code === 'string' && String((err as { code: string }).code).startsWith('ERR_PARSE_ARGS');

@@ -25,6 +25,10 @@ export interface DownloadProgress {
   totalBytes?: number;
   /** The file being received, relative to the download's target. */
   file: string;
+  /** Bytes already on disk from an interrupted run, which `bytes` does not include (single files). */
+  resumedBytes?: number;
+  /** True while the part already on disk is being checked, before new bytes arrive. */
+  checking?: boolean;
 }
 
 export interface DownloadOptions {
@@ -473,11 +477,12 @@ async function receiveInto(
         if (m.size !== entry.size || m.offset !== offset) throw new PeerShareError('FILE_CHANGED');
         started = true;
         progress(recordBytes(remotePath));
+        if (offset > 0) options.onProgress?.({ bytes: 0, totalBytes: entry.size, file: path.basename(target), resumedBytes: offset, checking: true });
         return receiver.open();
       }
       if (event.kind === 'data') {
         const pending = receiver.write(event.chunk);
-        options.onProgress?.({ bytes: receiver.bytesReceived, totalBytes: entry.size, file: path.basename(target) });
+        options.onProgress?.({ bytes: receiver.bytesReceived, totalBytes: entry.size, file: path.basename(target), resumedBytes: offset });
         return pending;
       }
       const m = event.message;

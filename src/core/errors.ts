@@ -66,11 +66,14 @@ export function toPeerShareError(err: unknown, fallback: ErrorCode = 'INTERNAL')
     case 'EPERM':
       return new PeerShareError('PERMISSION_DENIED', undefined, { detail, cause: err });
     case 'ECONNREFUSED':
+      return new PeerShareError('CONNECTION_FAILED', 'Could not connect: nothing is listening there. The peer may have stopped sharing.', { detail, cause: err });
     case 'EHOSTUNREACH':
     case 'ENETUNREACH':
+      return new PeerShareError('CONNECTION_FAILED', 'Could not connect: that network cannot be reached from here.', { detail, cause: err });
     case 'EADDRNOTAVAIL':
+      return new PeerShareError('CONNECTION_FAILED', 'Could not connect: that address is not available from this machine.', { detail, cause: err });
     case 'ENOTFOUND':
-      return new PeerShareError('CONNECTION_FAILED', `Could not connect to the peer (${sys.code}).`, { detail, cause: err });
+      return new PeerShareError('CONNECTION_FAILED', 'Could not connect: no machine has that name.', { detail, cause: err });
     case 'ECONNRESET':
     case 'EPIPE':
       return new PeerShareError('CONNECTION_CLOSED', undefined, { detail, cause: err });

@@ -10,7 +10,8 @@ import { formatAddress, formatInvite, TokenBook } from './invite';
 import { FramePool } from './frame-pool';
 import { HashCache, sameVersion } from './hash-cache';
 import { resolveLimits, SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
-import { fingerprintFromPeerId, peerIdOfCert, verificationCode } from './peer-id';
+import { fingerprintFromPeerId, peerIdOfCert, shortPeerId, verificationCode } from './peer-id';
+import { formatBytes } from './format';
 import { PROTOCOL_VERSIONS, parseHello, parseRequest, sanitizeForDisplay, type Request } from './protocol';
 import type { Share, WalkItem } from './share';
 import type { TrustStore } from './trust';
@@ -478,6 +479,8 @@ function endWithError(socket: tls.TLSSocket, message: { type: 'error'; code: str
 
 class ServerConnection {
   peer?: ConnectedPeer;
+  /** File bytes this connection has sent, for the sharer's log. */
+  private sentBytes = 0;
   private state: 'hello' | 'approval' | 'ready' | 'closed' = 'hello';
   private readonly closing = new AbortController();
   private busy = false;
@@ -553,6 +556,12 @@ class ServerConnection {
     clearTimeout(this.messageTimer);
     // Also ends a connection still flushing its goodbye after fail().
     this.socket.destroy();
+  }
+
+  /** The peer as a sharer's log names it: its chosen name, escaped and short, and its short ID. */
+  private who(): string {
+    if (!this.peer) return this.describe();
+    return `${sanitizeForDisplay(this.peer.name).slice(0, 64) || 'A peer'} (${shortPeerId(this.peer.id)})`;
   }
 
   private describe(): string {
@@ -718,7 +727,7 @@ class ServerConnection {
       paired,
     });
     this.setTimer(this.limits.idleTimeoutMs, 'request');
-    this.log('info', `${paired ? 'Paired with' : 'Connected:'} ${this.describe()} (${id})`);
+    this.log('info', `${paired ? 'Paired with' : 'Connected:'} ${this.who()} from ${this.socket.remoteAddress ?? '?'}`);
     this.server.emit(paired ? 'peer-paired' : 'peer-connected', this.peer);
   }
 
@@ -780,12 +789,19 @@ class ServerConnection {
           await this.send({ type: 'end', count });
           return;
         }
-        case 'read':
+        case 'read': {
+          const before = this.sentBytes;
           await this.sendFile(request.path, '', request.offset, request.expect);
+          const resumed = request.offset > 0 ? `, resumed after ${formatBytes(request.offset)}` : '';
+          this.log('info', `${this.who()} took ${shownPath(request.path)} (${formatBytes(this.sentBytes - before)}${resumed})`);
           return;
-        case 'tree':
-          await this.sendTree(request.path);
+        }
+        case 'tree': {
+          const before = this.sentBytes;
+          const files = await this.sendTree(request.path);
+          this.log('info', `${this.who()} took the folder ${shownPath(request.path)} (${files} file${files === 1 ? '' : 's'}, ${formatBytes(this.sentBytes - before)})`);
           return;
+        }
       }
     } catch (err) {
       const coded = toPeerShareError(err, 'INTERNAL');
@@ -803,7 +819,7 @@ class ServerConnection {
    * socket and each leaves as a single write (header, bytes, hash), so a folder of many small
    * files costs a little more than its bytes; larger files are streamed like a single download.
    */
-  private async sendTree(remotePath: string): Promise<void> {
+  private async sendTree(remotePath: string): Promise<number> {
     const { share } = this.server.options;
     const smallLimit = Math.min(SMALL_FILE_BYTES, this.limits.maxDataFrameBytes);
     const ahead: Promise<TreeItem>[] = [];
@@ -836,6 +852,7 @@ class ServerConnection {
       ahead.length = 0;
     }
     await this.send({ type: 'end', count });
+    return count;
   }
 
   /** Reads a small file whole, or says it must be streamed (sendFile then opens it, checked as any read). */
@@ -857,6 +874,7 @@ class ServerConnection {
     if (data.length > 0) parts.push(writeDataHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), data.length), data);
     parts.push(encodeMessage({ type: 'fileEnd', sha256: createHash('sha256').update(data).digest('hex') }));
     this.server.stats.fileBytesSent += data.length;
+    this.sentBytes += data.length;
     return this.waitDrain(this.socket.write(Buffer.concat(parts)));
   }
 
@@ -915,6 +933,7 @@ class ServerConnection {
         hash?.update(frame.subarray(FRAME_HEADER_BYTES));
         await this.sendDataFrame(frame, pool);
         this.server.stats.fileBytesSent += length;
+        this.sentBytes += length;
       }
       const after = await handle.stat({ bigint: true });
       if (!sameVersion(version, after)) throw new PeerShareError('FILE_CHANGED');
@@ -934,6 +953,12 @@ class ServerConnection {
 function presentsChain(socket: tls.TLSSocket): boolean {
   const leaf = socket.getPeerCertificate(true);
   return leaf.issuerCertificate !== undefined && leaf.issuerCertificate !== leaf;
+}
+
+/** A path a peer asked for, as a log shows it: escaped and bounded. */
+function shownPath(remotePath: string): string {
+  const shown = sanitizeForDisplay(remotePath);
+  return shown.length > 120 ? `${shown.slice(0, 119)}…` : shown;
 }
 
 /** A folder download's next item, read ahead of the socket. */

@@ -71,15 +71,21 @@ export class Downloads implements vscode.Disposable {
                   return answer;
                 },
                 onProgress: (p) => {
+                  // A resumed download counts from what is already on disk; the speed from what arrives now.
+                  const done = (p.resumedBytes ?? 0) + p.bytes;
                   const now = Date.now();
-                  if (now - lastUpdate < 100 && p.bytes !== p.totalBytes) return;
+                  if (now - lastUpdate < 100 && done !== p.totalBytes && !p.checking) return;
                   lastUpdate = now;
+                  if (p.checking) {
+                    progress.report({ message: `checking the ${formatBytes(p.resumedBytes ?? 0)} already downloaded` });
+                    return;
+                  }
                   const speed = p.bytes / Math.max((now - started) / 1000, 0.001);
-                  const increment = p.totalBytes ? ((p.bytes - reported) / p.totalBytes) * 100 : undefined;
-                  reported = p.bytes;
+                  const increment = p.totalBytes ? ((done - reported) / p.totalBytes) * 100 : undefined;
+                  reported = done;
                   progress.report({
                     increment,
-                    message: `${formatBytes(p.bytes)}${p.totalBytes !== undefined ? ` of ${formatBytes(p.totalBytes)}` : ''} · ${formatBytes(speed)}/s`,
+                    message: `${formatBytes(done)}${p.totalBytes !== undefined ? ` of ${formatBytes(p.totalBytes)}` : ''} · ${formatBytes(speed)}/s`,
                   });
                 },
               });

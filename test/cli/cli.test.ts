@@ -32,6 +32,8 @@ function json(run: Run): Record<string, unknown> {
 interface Serving {
   proc: ChildProcess;
   args: string[];
+  /** What it has logged so far. */
+  stderr: () => string;
   listening: { invite: string; peerId: string; port: number; addresses: string[] };
 }
 
@@ -45,7 +47,7 @@ async function startServe(args: string[]): Promise<Serving> {
     readline.createInterface({ input: proc.stdout! }).once('line', (l) => resolve(JSON.parse(l)));
     proc.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
   });
-  return { proc, args, listening };
+  return { proc, args, listening, stderr: () => stderr };
 }
 
 async function stopServe(proc: ChildProcess): Promise<void> {
@@ -387,6 +389,63 @@ describe('the peershare CLI', () => {
       assert.deepEqual(trusted, [], 'nobody became trusted');
     } finally {
       child.kill('SIGTERM');
+    }
+  });
+
+  it('says what went wrong in words, with what to do next', async () => {
+    const typo = await cli(['srve']);
+    assert.equal(typo.code, 2);
+    assert.match(typo.stderr, /Unknown command "srve"\. Did you mean "serve"\?/);
+    const option = await cli(['ls', 'x', '--prot', '3']);
+    assert.equal(option.code, 2);
+    assert.match(option.stderr, /Unknown option --prot\. Did you mean --port\?/);
+    assert.doesNotMatch(option.stderr, /positional argument/, 'not Node’s parser text');
+    const cut = await cli(['ls', listening.invite.slice(0, listening.invite.indexOf('&')), '--home', clientHome]);
+    assert.equal(cut.code, 2);
+    assert.match(cut.stderr, /Quote the invite/);
+    const refused = await cli(['ls', '127.0.0.1:1', '--home', tempDir()]);
+    assert.doesNotMatch(refused.stderr, /ECONNREFUSED/);
+    assert.match(refused.stderr, /nothing is listening there/);
+    const missing = await cli(['get', listening.peerId, 'ws/no-such.txt', tempDir(), '--home', clientHome]);
+    assert.match(missing.stderr, /no "ws\/no-such\.txt"/);
+    const dest = tempDir();
+    await fs.writeFile(path.join(dest, 'hello.txt'), 'mine');
+    const exists = await cli(['get', listening.peerId, 'ws/hello.txt', dest, '--home', clientHome]);
+    assert.equal(exists.code, 6);
+    assert.match(exists.stderr, /--overwrite.*--keep-both/);
+  });
+
+  it('get into "dir/" makes the folder and saves inside it, as cp and rsync read a trailing slash', async () => {
+    const dest = path.join(tempDir(), 'new-folder') + '/';
+    const run = await cli(['get', listening.peerId, 'ws/hello.txt', dest, '--home', clientHome]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(await fs.readFile(path.join(dest, 'hello.txt'), 'utf8'), 'hello\n');
+  });
+
+  it('serve on 127.0.0.1 says only this machine can connect, refuses to announce to the network, and logs who took what', async () => {
+    const local = await startServe([ws, '--home', tempDir(), '--name', 'Logger']);
+    const plain = spawn(process.execPath, [CLI, 'serve', ws, '--home', tempDir()], { stdio: ['ignore', 'pipe', 'pipe'] });
+    try {
+      let text = '';
+      plain.stdout!.on('data', (d: Buffer) => (text += d.toString()));
+      const deadline = Date.now() + 15_000;
+      while (!text.includes('Ctrl+C') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      assert.match(text, /Only this machine can connect \(listening on 127\.0\.0\.1\)\. To share on your network, add --host 0\.0\.0\.0/);
+      const announce = await cli(['serve', ws, '--home', tempDir(), '--announce']);
+      assert.equal(announce.code, 2);
+      assert.match(announce.stderr, /--announce.*--host 0\.0\.0\.0/s);
+      const taker = tempDir();
+      assert.equal((await cli(['get', local.listening.invite, 'ws/hello.txt', tempDir(), '--home', taker, '--name', 'Ann'])).code, 0);
+      await new Promise((r) => setTimeout(r, 200));
+      const log = local.stderr();
+      assert.match(log, /Paired with Ann \([A-Z2-7]{4}-[A-Z2-7]{4}-[A-Z2-7]{4}\) from 127\.0\.0\.1/);
+      assert.match(log, /Ann \([A-Z2-7-]{14}\) took ws\/hello\.txt \(6 B\)/);
+      assert.doesNotMatch(log, /[A-Z2-7]{4}(-[A-Z2-7]{4}){12}/, 'no full 52-character IDs in the log');
+      await stopServe(local.proc);
+      assert.match(local.stderr(), /Stopped sharing\./);
+    } finally {
+      plain.kill('SIGTERM');
+      await stopServe(local.proc);
     }
   });
 
