@@ -47,7 +47,7 @@ if (useDesktop) {
   stopEditor = async () => code.kill();
   console.log(`\nOpened VS Code (desktop) on ${workspace} with PeerShare loaded.`);
 } else {
-  const server = await startVsCodeServer({ dataDir: path.join(demo, 'vscode-server'), trustWorkspace: true, port: process.env.PEERSHARE_DEMO_PORT ? Number(process.env.PEERSHARE_DEMO_PORT) : undefined });
+  const server = await startVsCodeServer({ dataDir: path.join(demo, 'vscode-server'), trustWorkspace: true, port: process.env.PEERSHARE_DEMO_PORT ? Number(process.env.PEERSHARE_DEMO_PORT) : undefined, forPeople: true });
   stopEditor = server.stop;
   console.log(`\nVS Code is running with PeerShare loaded. Open this address in a browser:\n\n  ${workbenchUrl(server, { folder: workspace })}\n`);
 }

@@ -72,8 +72,12 @@ export function freePort() {
   });
 }
 
-/** Starts a VS Code server on a free port; resolves when it accepts connections. */
-export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = true, port: fixedPort }) {
+/**
+ * Starts a VS Code server on a free port; resolves when it accepts connections. Tests run it with
+ * VS Code's smoke-test driver, which hides notification toasts (they land in the notification
+ * center, where a test can read them); the demo is for people and shows them (`forPeople`).
+ */
+export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = true, port: fixedPort, forPeople = false }) {
   const { node, serverMain } = ensureVsCodeServer();
   const port = fixedPort ?? (await freePort());
   mkdirSync(dataDir, { recursive: true });
@@ -83,7 +87,7 @@ export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = tr
     '--port', String(port),
     '--without-connection-token',
     '--accept-server-license-terms',
-    '--enable-smoke-test-driver',
+    ...(forPeople ? [] : ['--enable-smoke-test-driver']),
     '--server-data-dir', path.join(dataDir, 'server'),
     '--user-data-dir', path.join(dataDir, 'user'),
     '--extensions-dir', path.join(dataDir, 'extensions'),
