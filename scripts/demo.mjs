@@ -24,7 +24,9 @@ for (let i = 1; i <= 5; i++) write(path.join(samples, 'fixtures', 'users', `user
 write(path.join(samples, 'src', 'greet.ts'), 'export const greet = (name: string) => `Hello, ${name}!`;\n');
 write(path.join(samples, '.env'), 'SECRET=never-shared\n');
 write(path.join(workspace, 'README.md'), '# Your workspace\n\nDownloads from the demo peer land here.\n');
-write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify(LOOPBACK_SETTINGS, null, 2) + '\n');
+// The demo lives inside this repository's folder: keep VS Code's git from asking about it, so the
+// notifications a newcomer sees are PeerShare's.
+write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ ...LOOPBACK_SETTINGS, 'git.openRepositoryInParentFolders': 'never' }, null, 2) + '\n');
 
 // 1. The demo peer: the real CLI, sharing the samples on loopback.
 const peer = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', path.join(demo, 'peer-home'), '--invite-uses', '10', '--name', 'Demo peer'], {
