@@ -32,7 +32,7 @@ import {
   type ErrorCode,
 } from '../core';
 import { ProgressBar } from './progress';
-import { formatBytes } from '../core/format';
+import { countOf, formatBytes } from '../core/format';
 
 /** Exit codes, documented in README.md: scripts can tell these apart. */
 export const EXIT = {
@@ -540,7 +540,7 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
     } else {
       const what = result.type === 'dir' ? `${result.files} file${result.files === 1 ? '' : 's'}` : path.basename(result.target);
       out(`Downloaded ${what} (${formatBytes(result.bytes)}${result.resumedBytes ? `, resumed after ${formatBytes(result.resumedBytes)}` : ''}) to ${result.target} in ${seconds.toFixed(2)} s, verified with SHA-256.`);
-      if (result.skippedExisting.length) out(`Left ${result.skippedExisting.length} existing file(s) alone; use --overwrite or --keep-both to replace or keep both.`);
+      if (result.skippedExisting.length) out(`Left ${countOf(result.skippedExisting.length, 'existing file')} alone; use --overwrite or --keep-both to replace or keep both.`);
       for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${sanitizeForDisplay(String(s.code)).slice(0, 40)} ${sanitizeForDisplay(s.message)}`);
       const unlisted = result.skippedByPeerCount - result.skippedByPeer.length;
       if (unlisted > 0) out(`...and ${unlisted} more file${unlisted === 1 ? '' : 's'} the peer could not send.`);

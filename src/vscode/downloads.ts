@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { download, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
-import { formatBytes } from '../core/format';
+import { describeDownload, formatBytes } from '../core/format';
 import { baseName, peerFileUri, type Peers } from './peers';
 import { downloadFolder, readSettings } from './settings';
 import type { EntryNode } from './tree';
@@ -135,16 +135,16 @@ export class Downloads implements vscode.Disposable {
   }
 
   private report(result: DownloadResult, name: string, from: string): void {
-    const what = result.type === 'dir' ? `${result.files} file${result.files === 1 ? '' : 's'} of ${name}` : name;
-    this.log.info(`Downloaded ${what} from ${from} to ${result.target} (${result.bytes} bytes, SHA-256 verified)`);
-    const notes: string[] = [];
-    if (result.skippedExisting.length) notes.push(`${result.skippedExisting.length} existing file(s) left alone`);
-    if (result.skippedByPeerCount) notes.push(`${result.skippedByPeerCount} file(s) the peer could not send`);
-    if (result.leftOutCount) notes.push(`${result.leftOutCount} left out for unsafe names, see the log`);
+    const sentence = describeDownload(result, name, from);
+    this.log.info(`${sentence} Saved in ${result.target}; ${formatBytes(result.bytes)} received, every file verified.`);
     for (const l of result.leftOut) this.log.warn(`Left out ${l.path}: its name is not safe here (${l.why}).`);
+    if (result.files === 0) {
+      void vscode.window.showInformationMessage(sentence);
+      return;
+    }
     const target = vscode.Uri.file(result.target);
     void vscode.window
-      .showInformationMessage(`Downloaded ${what} from ${from}${notes.length ? ` (${notes.join(', ')})` : ''}.`, result.type === 'file' ? 'Open' : 'Reveal')
+      .showInformationMessage(sentence, result.type === 'file' ? 'Open' : 'Reveal')
       .then((choice) => {
         if (choice === 'Open') void vscode.commands.executeCommand('vscode.open', target);
         if (choice === 'Reveal') void vscode.commands.executeCommand('revealInExplorer', target);
