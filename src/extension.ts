@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { sanitizeForDisplay, shortPeerId, toPeerShareError } from './core';
-import { Downloads } from './vscode/downloads';
+import { Downloads, peerDiffTitle } from './vscode/downloads';
 import { PeerFileSystem } from './vscode/fileSystem';
 import { Peers, baseName, peerFileUri } from './vscode/peers';
 import { readSettings } from './vscode/settings';
@@ -156,7 +156,7 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
       void vscode.window.showInformationMessage(`PeerShare: there is no local ${baseName(target.remotePath)} to compare with.`);
       return;
     }
-    await vscode.commands.executeCommand('vscode.diff', peerFileUri(target.peerId, target.remotePath), local, `${baseName(target.remotePath)} (${sanitizeForDisplay(target.peerName || 'peer')}) ↔ (yours)`);
+    await vscode.commands.executeCommand('vscode.diff', peerFileUri(target.peerId, target.remotePath), local, peerDiffTitle(baseName(target.remotePath), sanitizeForDisplay(target.peerName || 'peer')));
   });
   command('peershare.showLog', () => log.show());
   command('peershare.showPeerId', async () => {

@@ -7,7 +7,7 @@ import { downloadFolder, readSettings } from './settings';
 import type { EntryNode } from './tree';
 
 /** How the user answers "the target exists". Replaceable in tests, which cannot click a modal. */
-export type ConflictPrompt = (target: string, isFolder: boolean, peerFile: vscode.Uri) => Promise<ConflictChoice | 'overwriteAll' | 'skipAll'>;
+export type ConflictPrompt = (target: string, isFolder: boolean, peerFile: vscode.Uri, peerName: string) => Promise<ConflictChoice | 'overwriteAll' | 'skipAll'>;
 
 const MAX_PARALLEL_DOWNLOADS = 3;
 
@@ -65,7 +65,7 @@ export class Downloads implements vscode.Disposable {
                   if (applyToAll) return applyToAll;
                   const rel = path.relative(target, existing);
                   const remote = node.entry.type === 'dir' ? `${node.remotePath}/${rel.split(path.sep).join('/')}` : node.remotePath;
-                  const answer = await this.conflictPrompt(existing, node.entry.type === 'dir', peerFileUri(node.peerId, remote));
+                  const answer = await this.conflictPrompt(existing, node.entry.type === 'dir', peerFileUri(node.peerId, remote), from);
                   if (answer === 'overwriteAll') return (applyToAll = 'overwrite');
                   if (answer === 'skipAll') return (applyToAll = 'skip');
                   return answer;
@@ -166,29 +166,36 @@ export class Downloads implements vscode.Disposable {
   }
 }
 
-/** Asks what to do about an existing file: Overwrite / Keep Both / Skip / Compare, "all" for folders. */
-async function askConflict(target: string, isFolder: boolean, peerFile: vscode.Uri): Promise<ConflictChoice | 'overwriteAll' | 'skipAll'> {
-  for (;;) {
-    const buttons = ['Overwrite', 'Keep Both', 'Skip', 'Compare', ...(isFolder ? ['Overwrite All', 'Skip All'] : [])];
-    const choice = await vscode.window.showWarningMessage(
-      `${path.basename(target)} already exists in ${path.dirname(target)}.`,
-      { modal: true, detail: 'Overwrite it with the peer’s file, keep both (the download gets a new name), or skip it?' },
-      ...buttons,
-    );
-    switch (choice) {
-      case 'Overwrite':
-        return 'overwrite';
-      case 'Keep Both':
-        return 'keepBoth';
-      case 'Overwrite All':
-        return 'overwriteAll';
-      case 'Skip All':
-        return 'skipAll';
-      case 'Compare':
-        await vscode.commands.executeCommand('vscode.diff', peerFile, vscode.Uri.file(target), `${path.basename(target)} (peer) ↔ (yours)`);
-        continue;
-      default:
-        return 'skip';
-    }
+/**
+ * Asks what to do about an existing file. The safe answers come first, so Enter never overwrites:
+ * a single file offers Keep Both, Overwrite and Compare (the dialog's own Cancel skips it); a
+ * folder's file also Skip, Skip All and Overwrite All, with Skip first. Compare opens the diff and
+ * asks again in a notification rather than a modal, so the diff can be read before choosing.
+ */
+async function askConflict(target: string, isFolder: boolean, peerFile: vscode.Uri, peerName: string): Promise<ConflictChoice | 'overwriteAll' | 'skipAll'> {
+  const buttons = isFolder ? ['Skip', 'Keep Both', 'Overwrite', 'Compare', 'Skip All', 'Overwrite All'] : ['Keep Both', 'Overwrite', 'Compare'];
+  const question = `${path.basename(target)} already exists in ${path.dirname(target)}.`;
+  const detail = 'Keep both (the download gets a new name), overwrite yours with the peer’s file, or skip it?';
+  let choice = await vscode.window.showWarningMessage(question, { modal: true, detail }, ...buttons);
+  while (choice === 'Compare') {
+    await vscode.commands.executeCommand('vscode.diff', peerFile, vscode.Uri.file(target), peerDiffTitle(path.basename(target), peerName));
+    choice = await vscode.window.showWarningMessage(`${question} ${detail}`, ...buttons);
   }
+  switch (choice) {
+    case 'Overwrite':
+      return 'overwrite';
+    case 'Keep Both':
+      return 'keepBoth';
+    case 'Overwrite All':
+      return 'overwriteAll';
+    case 'Skip All':
+      return 'skipAll';
+    default:
+      return 'skip';
+  }
+}
+
+/** One title for every diff of a peer's file against ours: "app.ts (Ann) ↔ (yours)". */
+export function peerDiffTitle(fileName: string, peerName: string): string {
+  return `${fileName} (${peerName}) ↔ (yours)`;
 }
