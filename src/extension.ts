@@ -60,7 +60,7 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
         } catch (err) {
           const coded = toPeerShareError(err);
           log.error(`${id} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
-          void vscode.window.showErrorMessage(`PeerShare: ${coded.message}`, 'Show Log').then((c) => c && log.show());
+          void vscode.window.showErrorMessage(coded.message, 'Show Log').then((c) => c && log.show());
           return undefined;
         }
       }),
@@ -81,7 +81,7 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     if (!sharing.isSharing) await sharing.start();
     const invite = sharing.createInvite();
     await vscode.env.clipboard.writeText(invite);
-    void vscode.window.showInformationMessage('PeerShare: invite copied. It lets one person pair with you within the next hour.');
+    void vscode.window.showInformationMessage('Invite copied. It lets one person pair with you within the next hour.');
     return invite;
   });
   command('peershare.connect', async (invite?: string) => {
@@ -96,7 +96,7 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
           });
     if (!text) return undefined;
     const peer = await vscode.window.withProgress({ location: { viewId: 'peershare.peers' }, title: 'Connecting…' }, () => peers.connect(text));
-    void vscode.window.showInformationMessage(`PeerShare: connected to ${sanitizeForDisplay(peer.name || shortPeerId(peer.id))}.`);
+    void vscode.window.showInformationMessage(`Connected to ${sanitizeForDisplay(peer.name || shortPeerId(peer.id))}.`);
     return peer;
   });
   command('peershare.requestAccess', async (node?: NearbyNode) => {
@@ -153,7 +153,7 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     if (!target) return;
     const local = localCounterpart(target.remotePath);
     if (!local) {
-      void vscode.window.showInformationMessage(`PeerShare: there is no local ${baseName(target.remotePath)} to compare with.`);
+      void vscode.window.showInformationMessage(`There is no local ${baseName(target.remotePath)} to compare with.`);
       return;
     }
     await vscode.commands.executeCommand('vscode.diff', peerFileUri(target.peerId, target.remotePath), local, peerDiffTitle(baseName(target.remotePath), sanitizeForDisplay(target.peerName || 'peer')));
@@ -235,7 +235,7 @@ function localCounterpart(remotePath: string): vscode.Uri | undefined {
 async function pickPeer(peers: Peers): Promise<PeerNode['peer'] | undefined> {
   const list = await peers.list();
   if (list.length === 0) {
-    void vscode.window.showInformationMessage('PeerShare: no peers yet. Connect to one with an invite first.');
+    void vscode.window.showInformationMessage('No peers yet. Connect to one with an invite first.');
     return undefined;
   }
   const pick = await vscode.window.showQuickPick(

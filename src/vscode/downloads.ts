@@ -37,7 +37,7 @@ export class Downloads implements vscode.Disposable {
     if (this.closed) return undefined;
     const dest = destFolder ?? downloadFolder(readSettings());
     if (!dest) {
-      void vscode.window.showErrorMessage('PeerShare: open a folder, or set peershare.downloadLocation, to download into.');
+      void vscode.window.showErrorMessage('Open a folder, or set peershare.downloadLocation, to download into.');
       return undefined;
     }
     const name = sanitizeForDisplay(baseName(node.remotePath));
@@ -105,7 +105,7 @@ export class Downloads implements vscode.Disposable {
         return undefined;
       }
       this.log.error(`Download of ${node.remotePath} from ${node.peerId} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
-      void vscode.window.showErrorMessage(`PeerShare: could not download ${name}. ${coded.message}`, 'Show Log').then((choice) => {
+      void vscode.window.showErrorMessage(`Could not download ${name}. ${coded.message}`, 'Show Log').then((choice) => {
         if (choice) this.log.show();
       });
       return undefined;

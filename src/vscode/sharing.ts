@@ -111,7 +111,7 @@ export class Sharing implements vscode.Disposable {
     server.on('peer-connected', onPeers);
     server.on('peer-paired', (peer: { name: string; id: string }) => {
       onPeers();
-      void vscode.window.showInformationMessage(`PeerShare: ${sanitizeForDisplay(peer.name)} paired with you and can now download from this workspace.`);
+      void vscode.window.showInformationMessage(`${sanitizeForDisplay(peer.name)} paired with you and can now download from this workspace.`);
     });
     server.on('peer-disconnected', onPeers);
     this.server = server;
@@ -143,7 +143,7 @@ export class Sharing implements vscode.Disposable {
     } catch (err) {
       const coded = toPeerShareError(err);
       this.log.error(`Could not restart sharing: ${coded.message}`);
-      void vscode.window.showErrorMessage(`PeerShare: could not restart sharing. ${coded.message}`);
+      void vscode.window.showErrorMessage(`Could not restart sharing. ${coded.message}`);
     }
   }
 

@@ -71,7 +71,7 @@ async function drive({ page, shot, ws, source }) {
   await quickInputBox.fill(source.invite);
   await shot('invite-input.png');
   await page.keyboard.press('Enter');
-  log(`connected (notification seen as ${await seeNotification(`PeerShare: connected to ${PEER_NAME}.`, 20_000)})`);
+  log(`connected (notification seen as ${await seeNotification(`Connected to ${PEER_NAME}.`, 20_000)})`);
   await closeNotificationCenter();
 
   // The view may have been closed by the palette; make sure it is the visible one.
