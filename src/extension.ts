@@ -1,10 +1,11 @@
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { sanitizeForDisplay, shortPeerId, toPeerShareError } from './core';
 import { Downloads, peerDiffTitle } from './vscode/downloads';
 import { PeerFileSystem } from './vscode/fileSystem';
 import { Peers, baseName, peerFileUri } from './vscode/peers';
-import { readSettings } from './vscode/settings';
+import { localPathFor, readSettings } from './vscode/settings';
 import { Sharing } from './vscode/sharing';
 import { PeersTree, type EntryNode, type NearbyNode, type Node, type PeerNode } from './vscode/tree';
 
@@ -151,7 +152,8 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   command('peershare.compareWithLocal', async (node?: EntryNode) => {
     const target = node ?? (await pickRemote(peers, 'file'));
     if (!target) return;
-    const local = localCounterpart(target.remotePath);
+    const localPath = localPathFor(target.remotePath, readSettings());
+    const local = localPath && (await fs.stat(localPath).then((st) => st.isFile(), () => false)) ? vscode.Uri.file(localPath) : undefined;
     if (!local) {
       void vscode.window.showInformationMessage(`There is no local ${baseName(target.remotePath)} to compare with.`);
       return;
@@ -225,13 +227,6 @@ export async function deactivate(): Promise<void> {
 }
 
 /** The local file with the same path as a peer's file: same-named workspace folder first. */
-function localCounterpart(remotePath: string): vscode.Uri | undefined {
-  const [root, ...rest] = remotePath.split('/');
-  const folders = (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file');
-  const folder = folders.find((f) => f.name === root) ?? folders[0];
-  return folder && rest.length ? vscode.Uri.joinPath(folder.uri, ...rest) : undefined;
-}
-
 async function pickPeer(peers: Peers): Promise<PeerNode['peer'] | undefined> {
   const list = await peers.list();
   if (list.length === 0) {

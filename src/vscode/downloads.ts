@@ -1,9 +1,10 @@
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { download, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
 import { describeDownload, formatBytes } from '../core/format';
 import { baseName, peerFileUri, type Peers } from './peers';
-import { downloadFolder, readSettings } from './settings';
+import { localPathFor, readSettings } from './settings';
 import type { EntryNode } from './tree';
 
 /** How the user answers "the target exists". Replaceable in tests, which cannot click a modal. */
@@ -35,13 +36,21 @@ export class Downloads implements vscode.Disposable {
 
   private async run(node: EntryNode, destFolder?: string): Promise<DownloadResult | undefined> {
     if (this.closed) return undefined;
-    const dest = destFolder ?? downloadFolder(readSettings());
+    const name = sanitizeForDisplay(baseName(node.remotePath));
+    const from = sanitizeForDisplay(node.peerName || 'peer');
+    let dest: string | undefined;
+    try {
+      // Download puts it where Compare with Local looks (localPathFor); Download To..., in the folder chosen.
+      const mapped = destFolder ? undefined : localPathFor(node.remotePath, readSettings());
+      dest = destFolder ?? (mapped && path.dirname(mapped));
+      if (mapped) await fs.mkdir(path.dirname(mapped), { recursive: true });
+    } catch (err) {
+      return this.failed(node, name, err);
+    }
     if (!dest) {
       void vscode.window.showErrorMessage('Open a folder, or set peershare.downloadLocation, to download into.');
       return undefined;
     }
-    const name = sanitizeForDisplay(baseName(node.remotePath));
-    const from = sanitizeForDisplay(node.peerName || 'peer');
     await this.slot();
     try {
       if (this.closed) return undefined;
@@ -99,19 +108,24 @@ export class Downloads implements vscode.Disposable {
         },
       );
     } catch (err) {
-      const coded = toPeerShareError(err);
-      if (coded.code === 'CANCELLED') {
-        this.log.info(`Download of ${name} cancelled`);
-        return undefined;
-      }
-      this.log.error(`Download of ${node.remotePath} from ${node.peerId} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
-      void vscode.window.showErrorMessage(`Could not download ${name}. ${coded.message}`, 'Show Log').then((choice) => {
-        if (choice) this.log.show();
-      });
-      return undefined;
+      return this.failed(node, name, err);
     } finally {
       this.release();
     }
+  }
+
+  /** A failed download: a message with the reason, the detail in the log; a cancel is no failure. */
+  private failed(node: EntryNode, name: string, err: unknown): undefined {
+    const coded = toPeerShareError(err);
+    if (coded.code === 'CANCELLED') {
+      this.log.info(`Download of ${name} cancelled`);
+      return undefined;
+    }
+    this.log.error(`Download of ${sanitizeForDisplay(node.remotePath)} from ${node.peerId} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
+    void vscode.window.showErrorMessage(`Could not download ${name}. ${coded.message}`, 'Show Log').then((choice) => {
+      if (choice) this.log.show();
+    });
+    return undefined;
   }
 
   /** Cancels every running download (deactivation does this too); nothing partial is kept. */

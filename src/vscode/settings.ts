@@ -1,6 +1,7 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
+import { checkReceivedName } from '../core';
 
 /** The `peershare.*` settings, read fresh each time so changes apply without a reload. */
 export interface Settings {
@@ -48,11 +49,29 @@ export function filesExcludePatterns(folder: vscode.WorkspaceFolder): string[] {
 }
 
 /** Where downloads go: the setting (absolute, or relative to the first folder), else the first folder. */
-export function downloadFolder(settings: Settings): string | undefined {
-  const first = vscode.workspace.workspaceFolders?.find((f) => f.uri.scheme === 'file');
+export function downloadFolder(settings: Settings, sharedFolderName?: string): string | undefined {
+  const folders = (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file');
+  const first = folders[0];
   if (settings.downloadLocation) {
     if (path.isAbsolute(settings.downloadLocation)) return settings.downloadLocation;
     if (first) return path.join(first.uri.fsPath, settings.downloadLocation);
   }
-  return first?.uri.fsPath;
+  return (folders.find((f) => f.name === sharedFolderName) ?? first)?.uri.fsPath;
+}
+
+/**
+ * Where a peer's file or folder belongs here, the one mapping Download, Compare with Local and the
+ * overwrite question share: pair programming is on the same project, so a peer's
+ * `app/src/main.ts` (shared folder `app`) is `src/main.ts` in the workspace folder of the same
+ * name, else the first one, or below `peershare.downloadLocation` when that is set. A shared folder
+ * itself lands inside it, as `app`. Undefined when there is no folder to map to. The peer chose
+ * every name on the way: a path the name rules refuse (`.vscode/...`) is BAD_NAME; Download To...
+ * still takes such a file into a folder of the user's choosing.
+ */
+export function localPathFor(remotePath: string, settings: Settings): string | undefined {
+  const [root, ...rest] = remotePath.split('/').filter((part) => part !== '');
+  const base = downloadFolder(settings, root);
+  if (!base || !root) return undefined;
+  checkReceivedName(rest.length ? rest.join('/') : root);
+  return rest.length ? path.join(base, ...rest) : path.join(base, root);
 }

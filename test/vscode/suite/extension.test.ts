@@ -185,6 +185,36 @@ describe('PeerShare in a real VS Code', function () {
     await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
   });
 
+  it('Download and Compare with Local agree where a peer’s file is here: the same path below the workspace', async () => {
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const users = await findEntry(await findEntry(root, 'data'), 'users');
+    const one = await findEntry(users, '1.json');
+    const local = path.join(workspaceDir(), 'data', 'users', '1.json');
+    await fs.rm(local, { force: true });
+    const infos: string[] = [];
+    const originalInfo = vscode.window.showInformationMessage;
+    (vscode.window as { showInformationMessage: unknown }).showInformationMessage = (message: string, ...rest: unknown[]) => {
+      infos.push(message);
+      return (originalInfo as (...a: unknown[]) => Thenable<unknown>)(message, ...rest);
+    };
+    try {
+      await vscode.commands.executeCommand('peershare.compareWithLocal', one);
+      assert.deepEqual(infos, ['There is no local 1.json to compare with.'], 'PeerShare’s own message, not VS Code’s "could not be opened"');
+      await vscode.commands.executeCommand('peershare.download', one);
+      assert.equal(await fs.readFile(local, 'utf8'), '{"id":1}\n', 'downloaded to data/users/1.json, not to the workspace root');
+      await vscode.commands.executeCommand('peershare.compareWithLocal', one);
+      const tab = await waitFor(() => {
+        const input = vscode.window.tabGroups.activeTabGroup.activeTab?.input;
+        return input instanceof vscode.TabInputTextDiff ? input : undefined;
+      });
+      assert.equal(tab.modified.fsPath, local);
+      assert.match(vscode.window.tabGroups.activeTabGroup.activeTab?.label ?? '', /1\.json \(Headless fixtures\) ↔ \(yours\)/);
+      await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
+    } finally {
+      (vscode.window as { showInformationMessage: unknown }).showInformationMessage = originalInfo;
+    }
+  });
+
   it('an error from a peer shows a message, and the extension host stays up', async () => {
     const [root] = await childrenOf(await findPeerNode(peer.peerId));
     const ghost: EntryNode = { ...(root as EntryNode), remotePath: 'fixtures/../../etc/passwd', entry: { name: 'passwd', type: 'file', size: 1, mtimeMs: 0 } };
@@ -192,7 +222,7 @@ describe('PeerShare in a real VS Code', function () {
     const result = await vscode.commands.executeCommand('peershare.download', ghost);
     assert.equal(result, undefined);
     assert.equal(errors.length, 1);
-    assert.match(errors[0], /could not download passwd\. That path is not a plain path inside the share/);
+    assert.match(errors[0], /Could not download passwd\. The peer sent an unsafe file name/);
     const missing: EntryNode = { ...(root as EntryNode), remotePath: 'fixtures/nope.txt', entry: { name: 'nope.txt', type: 'file', size: 1, mtimeMs: 0 } };
     await vscode.commands.executeCommand('peershare.download', missing);
     assert.match(errors[1], /No such file/);
