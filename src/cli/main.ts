@@ -331,7 +331,7 @@ async function commandTrust(globals: Globals, args: string[]): Promise<number> {
     const peers = trust.list().map((p) => ({ ...p, verificationCode: verificationCode(identity.fingerprint, fingerprintFromPeerId(p.id)) }));
     if (globals.json) printJson({ peers });
     else if (peers.length === 0) out('No trusted peers yet. Pair with one using an invite.');
-    else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-').slice(0, 64)}  ${describeTrust(p)}  ${p.addresses[0] ?? 'not sharing'}  code ${p.verificationCode}`);
+    else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-').slice(0, 64)}  ${describeTrust(p)}  ${p.addresses[0] ? sanitizeForDisplay(p.addresses[0]).slice(0, 64) : 'not sharing'}  code ${p.verificationCode}`);
     return EXIT.OK;
   }
   if (sub === 'rm' && target !== undefined && rest.length === 0) {
@@ -564,9 +564,11 @@ main(process.argv.slice(2)).then(
   (err: unknown) => {
     const coded = err instanceof PeerShareError ? err : isUsageError(err) ? usageError(err as Error & { code: string }) : toPeerShareError(err);
     const exit = EXIT_BY_CODE[coded.code] ?? EXIT.FAILURE;
-    if (process.argv.includes('--json')) printJson({ error: { code: coded.code, message: coded.message } });
+    // Messages may quote what a peer sent; escaped here too, whatever built them.
+    const message = sanitizeForDisplay(coded.message);
+    if (process.argv.includes('--json')) printJson({ error: { code: coded.code, message } });
     const hint = HINTS[coded.code];
-    process.stderr.write(`peershare: ${coded.message} [${coded.code}]\n${hint ? `${hint}\n` : ''}`);
+    process.stderr.write(`peershare: ${message} [${coded.code}]\n${hint ? `${hint}\n` : ''}`);
     if (coded.detail && process.env.PEERSHARE_DEBUG) process.stderr.write(`  ${coded.detail}\n`);
     process.exitCode = exit;
   },

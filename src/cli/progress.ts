@@ -1,4 +1,4 @@
-import type { DownloadProgress } from '../core';
+import { sanitizeForDisplay, type DownloadProgress } from '../core';
 import { formatBytes } from '../core/format';
 
 /**
@@ -17,7 +17,9 @@ export class ProgressBar {
     const now = Date.now();
     if (now - this.lastDraw < 100 && !p.checking) return;
     this.lastDraw = now;
-    const name = p.file.length > 30 ? `…${p.file.slice(-29)}` : p.file;
+    // The name is the peer's choice: escaped before it reaches the terminal.
+    const shown = sanitizeForDisplay(p.file);
+    const name = shown.length > 30 ? `…${shown.slice(-29)}` : shown;
     const resumed = p.resumedBytes ?? 0;
     if (p.checking) {
       this.draw(`Checking the ${formatBytes(resumed)} already downloaded of ${name}…`);

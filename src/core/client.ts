@@ -8,6 +8,7 @@ import { fingerprintFromPeerId, normalizePeerId, verificationCode } from './peer
 import {
   PROTOCOL_VERSIONS,
   errorFromMessage,
+  shownType,
   parseEntry,
   parseWelcome,
   type Entry,
@@ -272,7 +273,7 @@ export class PeerConnection {
     const timing = { stallMs: approvalMs + this.limits.stallTimeoutMs, deadlineMs: approvalMs + this.limits.helloTimeoutMs };
     await this.exchange(hello, (event, done) => {
       const m = expectMessage(event);
-      if (m.type !== 'welcome') throw new PeerShareError('PROTOCOL_ERROR', `Expected welcome, got ${String(m.type)}.`);
+      if (m.type !== 'welcome') throw new PeerShareError('PROTOCOL_ERROR', `Expected welcome, got ${shownType(m.type)}.`);
       const welcome = parseWelcome(m);
       if (!(PROTOCOL_VERSIONS as readonly number[]).includes(welcome.version)) throw new PeerShareError('VERSION_UNSUPPORTED');
       // The ID the peer claims in the protocol must be the one its TLS certificate proves.
@@ -286,7 +287,7 @@ export class PeerConnection {
     let entry: Entry | undefined;
     await this.exchange({ type: 'stat', path: remotePath }, (event, done) => {
       const m = expectMessage(event);
-      if (m.type !== 'entry') throw new PeerShareError('PROTOCOL_ERROR', `Expected entry, got ${String(m.type)}.`);
+      if (m.type !== 'entry') throw new PeerShareError('PROTOCOL_ERROR', `Expected entry, got ${shownType(m.type)}.`);
       entry = parseEntry(m.entry);
       done();
     });
@@ -304,7 +305,7 @@ export class PeerConnection {
     await this.exchange({ type: 'list', path: remotePath }, (event, done, progress) => {
       const m = expectMessage(event);
       if (m.type === 'end') return done();
-      if (m.type !== 'entries' || !Array.isArray(m.entries)) throw new PeerShareError('PROTOCOL_ERROR', `Expected entries, got ${String(m.type)}.`);
+      if (m.type !== 'entries' || !Array.isArray(m.entries)) throw new PeerShareError('PROTOCOL_ERROR', `Expected entries, got ${shownType(m.type)}.`);
       // Counted before anything is parsed or kept.
       if (all.length + m.entries.length > this.limits.maxListEntries) {
         throw new PeerShareError('TOO_LARGE', `The listing has more than ${this.limits.maxListEntries} entries.`);

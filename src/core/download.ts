@@ -6,7 +6,7 @@ import { PeerShareError, isErrorCode, toPeerShareError, type ErrorCode } from '.
 import type { PeerConnection, PeerEvent, ReportProgress } from './client';
 import { expectMessage, recordBytes } from './client';
 import { collisionKey, inspectReceivedName } from './names';
-import { sanitizeForDisplay, type Entry } from './protocol';
+import { sanitizeForDisplay, shownType, type Entry } from './protocol';
 import { SMALL_FILE_BYTES } from './limits';
 import { PinnedFolders } from './pinned-folders';
 
@@ -471,7 +471,7 @@ async function receiveInto(
     await conn.exchange({ type: 'read', path: remotePath, offset, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done, progress) => {
       if (!started) {
         const m = expectMessage(event);
-        if (m.type !== 'file') throw new PeerShareError('PROTOCOL_ERROR', `Expected a file, got ${String(m.type)}.`);
+        if (m.type !== 'file') throw new PeerShareError('PROTOCOL_ERROR', `Expected a file, got ${shownType(m.type)}.`);
         // The scp lesson: the answer must be about exactly what we asked for.
         if (m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
         if (m.size !== entry.size || m.offset !== offset) throw new PeerShareError('FILE_CHANGED');
@@ -486,7 +486,7 @@ async function receiveInto(
         return pending;
       }
       const m = event.message;
-      if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${String(m.type)}.`);
+      if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${shownType(m.type)}.`);
       return receiver.finish(m.sha256, overwrite).then(done);
     });
   } catch (err) {
@@ -711,7 +711,7 @@ export async function downloadFolder(
         done();
         return;
       default:
-        throw new PeerShareError('PROTOCOL_ERROR', `Unexpected message ${JSON.stringify(String(m.type).slice(0, 40))}.`);
+        throw new PeerShareError('PROTOCOL_ERROR', `Unexpected message "${shownType(m.type)}".`);
     }
   };
 
@@ -929,7 +929,7 @@ export async function readFileVerified(conn: PeerConnection, remotePath: string,
       return;
     }
     const m = event.message;
-    if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${String(m.type)}.`);
+    if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${shownType(m.type)}.`);
     if (received !== entry.size) throw new PeerShareError('SIZE_MISMATCH');
     if (typeof m.sha256 !== 'string' || hash.digest('hex') !== m.sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
     done();

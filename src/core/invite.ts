@@ -49,7 +49,13 @@ export function parseInvite(text: string): Invite {
   } catch {
     throw new PeerShareError('INVALID_INVITE', 'The invite carries a malformed peer ID.');
   }
-  const addresses = url.searchParams.getAll('addr').filter((a) => parseAddress(a) !== undefined);
+  // Kept as parsed, never as sent: no stray spaces or control characters travel on into the trust file.
+  const addresses = url.searchParams
+    .getAll('addr')
+    .map(parseAddress)
+    .filter((a): a is { host: string; port: number } => a !== undefined)
+    .map((a) => formatAddress(a.host, a.port))
+    .slice(0, 16);
   if (addresses.length === 0) throw new PeerShareError('INVALID_INVITE', 'The invite has no usable address.');
   const token = url.searchParams.get('token') ?? undefined;
   if (token !== undefined && !/^[A-Za-z0-9_-]{16,128}$/.test(token)) {

@@ -87,7 +87,7 @@ export function parseRequest(m: Record<string, unknown>): Request {
       return request;
     }
     default:
-      fail(`Unknown request type ${JSON.stringify(String(m.type).slice(0, 40))}.`);
+      fail(`Unknown request type "${shownType(m.type)}".`);
   }
 }
 
@@ -175,4 +175,9 @@ export function sanitizeForDisplay(text: string): string {
     const code = c.codePointAt(0)!;
     return code > 0xffff ? `\\u{${code.toString(16)}}` : `\\u${code.toString(16).padStart(4, '0')}`;
   });
+}
+
+/** A message type a peer sent, as an error message may quote it: escaped and at most 40 characters. */
+export function shownType(type: unknown): string {
+  return sanitizeForDisplay(String(type).slice(0, 40));
 }

@@ -117,7 +117,9 @@ export class PeerServer extends EventEmitter {
     super();
     this.limits = resolveLimits(options.limits);
     this.hashCache = new HashCache(this.limits.hashCacheEntries);
-    this.log = options.log ?? (() => undefined);
+    // Log lines quote names, paths and messages peers chose: every one is escaped on its way out.
+    const log = options.log;
+    this.log = log ? (level, message) => log(level, sanitizeForDisplay(message)) : () => undefined;
     this.unauthenticated = new UnauthenticatedBudget(this.limits, () => this.stats.unauthenticatedEvicted++);
     this.handshakeRate = new HandshakeRate(this.limits.handshakesPerSecondPerSource);
     this.server = tls.createServer({

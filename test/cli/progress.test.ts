@@ -23,6 +23,15 @@ describe('the CLI progress bar', () => {
     bar.done();
   });
 
+  it('shows a file name the peer chose with every escape made visible', () => {
+    const out = terminal();
+    const bar = new ProgressBar(out);
+    bar.update({ bytes: 10, file: 'x\u001b]0;PWN\u0007\u001b]52;c;cHduZWQ=\u0007', totalBytes: 100 });
+    // eslint-disable-next-line no-control-regex
+    assert.doesNotMatch(out.text.replace(/\r|\u001b\[K/g, ''), /[\u0000-\u001f\u007f-\u009f]/);
+    assert.match(out.text, /\\u0007/);
+  });
+
   it('says how long is left in words a person reads', () => {
     assert.equal(formatDuration(42.4), '42 s');
     assert.equal(formatDuration(200), '3 min 20 s');

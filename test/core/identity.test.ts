@@ -83,6 +83,11 @@ describe('verification codes', () => {
 describe('invites', () => {
   const id = 'AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH-IIII-JJJJ-KKKK-LLLL-MMMM';
 
+  it('keeps addresses as parsed, never with the spaces and control characters they were sent with', () => {
+    const text = `peershare://invite?v=1&id=${id.replace(/-/g, '')}&addr=%0D%0B%0B127.0.0.1%3A5000%0D%0A%E2%80%A8&addr=%20[::1]:6000%09`;
+    assert.deepEqual(parseInvite(text).addresses, ['127.0.0.1:5000', '[::1]:6000']);
+  });
+
   it('round-trips through its one-line form', () => {
     const text = formatInvite({ peerId: id, addresses: ['127.0.0.1:4000', '[::1]:4000'], token: 'abcdefghijklmnopqrstuvwx', name: 'Ann' });
     assert.doesNotMatch(text, /\s/);

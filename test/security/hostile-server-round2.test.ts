@@ -300,7 +300,7 @@ describe('finding 4: skipped-file records cannot write to the terminal', () => {
   });
 
   /** Runs `peershare get` against a hostile server; returns everything it printed. */
-  async function cliGet(scenario: Scenario): Promise<{ stdout: string; stderr: string; code: number }> {
+  async function cliGet(scenario: Scenario, args?: (invite: string, dest: string) => string[]): Promise<{ stdout: string; stderr: string; code: number }> {
     const built = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });
     assert.equal(built.status, 0, 'the CLI builds');
     const hostile = (await makePeer()).identity;
@@ -309,7 +309,7 @@ describe('finding 4: skipped-file records cannot write to the terminal', () => {
     const dest = tempDir();
     try {
       return await new Promise((resolve) => {
-        execFile(process.execPath, [CLI, 'get', invite, 'ws/d', dest, '--home', tempDir()], { timeout: 60_000 }, (err, stdout, stderr) =>
+        execFile(process.execPath, [CLI, ...(args ? args(invite, dest) : ['get', invite, 'ws/d', dest]), '--home', tempDir()], { timeout: 60_000 }, (err, stdout, stderr) =>
           resolve({ stdout, stderr, code: err ? Number((err as { code?: number }).code ?? 1) : 0 }),
         );
       });
@@ -346,6 +346,24 @@ describe('finding 4: skipped-file records cannot write to the terminal', () => {
     assert.match(lines[1], /^The peer could not send \\u001b\]0;pwned/);
     assert.equal(lines.length, 2);
   });
+
+  // Found by the outside review of this round: the client quoted a message type the peer chose.
+  for (const [command, args] of [
+    ['ls', (invite: string) => ['ls', invite, 'ws']],
+    ['get of a file', (invite: string, dest: string) => ['get', invite, 'ws/f.txt', dest]],
+    ['get of a folder', (invite: string, dest: string) => ['get', invite, 'ws/d', dest]],
+  ] as const) {
+    it(`${command}: an answer whose message type carries escapes and a forged line is quoted escaped`, async () => {
+      const { stdout, stderr, code } = await cliGet((req, reply) => {
+        if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: String(req.path).split('/').pop(), type: String(req.path).endsWith('d') ? 'dir' : 'file', size: 1, mtimeMs: 1000 } });
+        else reply.message({ type: FORGED });
+      }, args);
+      assert.notEqual(code, 0);
+      assertClean(stdout + stderr);
+      assert.match(stderr, /PROTOCOL_ERROR/);
+      assert.equal(stderr.trimEnd().split('\n').length, 1, `one line:\n${stderr}`);
+    });
+  }
 
   it('get stops at a skipped record whose path is malformed (a parent component): BAD_NAME', async () => {
     const { stdout, stderr, code } = await cliGet(
