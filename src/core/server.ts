@@ -623,6 +623,16 @@ class ServerConnection {
     }
   }
 
+  /**
+   * Throws PEER_UNTRUSTED once the peer is revoked: called between the files of a folder and the
+   * chunks of a file, so a revoke also ends a transfer already running, not only the next request.
+   */
+  private checkStillTrusted(): void {
+    if (!this.allowedOnce && !this.server.mayRead(this.peerId)) {
+      throw new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.');
+    }
+  }
+
   private start(request: Request): void {
     // Trust is checked on every request, so a revoke (`trust rm`, even from another process)
     // refuses the very next one. Allowed once lasts for this connection: it is in no file.
@@ -808,6 +818,7 @@ class ServerConnection {
     } catch (err) {
       const coded = toPeerShareError(err, 'INTERNAL');
       if (this.state === 'closed' || coded.code === 'CONNECTION_CLOSED') return;
+      if (coded.code === 'PEER_UNTRUSTED') return this.fail(coded);
       if (coded.code === 'INTERNAL' || coded.code === 'IO_ERROR') {
         this.log('error', `Request ${request.type} from ${this.describe()} failed: ${coded.detail ?? coded.message}`);
       }
@@ -827,6 +838,7 @@ class ServerConnection {
     const ahead: Promise<TreeItem>[] = [];
     let count = 0;
     const emit = async (item: TreeItem): Promise<void> => {
+      this.checkStillTrusted();
       if (item.kind === 'dir') return this.send({ type: 'dir', path: item.relPath });
       if (item.kind === 'small') {
         await this.sendWhole(item);
@@ -839,7 +851,7 @@ class ServerConnection {
         count++;
       } catch (err) {
         const coded = toPeerShareError(err, 'IO_ERROR');
-        if (coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || this.state === 'closed') throw coded;
+        if (coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || coded.code === 'PEER_UNTRUSTED' || this.state === 'closed') throw coded;
         await this.send({ type: 'skipped', path: item.relPath, code: coded.code, message: coded.message });
       }
     };
@@ -928,6 +940,8 @@ class ServerConnection {
       let next: Promise<Buffer> | undefined = position < size ? readAt(position) : undefined;
       while (next) {
         const frame = await next;
+        // Checked with no read in flight, so nothing is left pending when it throws.
+        this.checkStillTrusted();
         const length = frame.length - FRAME_HEADER_BYTES;
         position += length;
         next = position < size ? readAt(position) : undefined;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { DEFAULT_LIMITS, PeerServer, TRUST_FILE, TrustStore, connectToPeer, downloadFile, formatInvite, parseInvite, sourceOf } from '../../src/core';
+import { DEFAULT_LIMITS, PeerServer, TRUST_FILE, TrustStore, connectToPeer, download, downloadFile, formatInvite, parseInvite, sourceOf } from '../../src/core';
 import { encodeMessage } from '../../src/core/frames';
 import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, writeRandomFile } from '../helpers';
 import { dripUntilClosed, rawClient, tcpConnect, waitFor } from '../hostile';
@@ -147,6 +147,35 @@ describe('who gets in', () => {
     assert.deepEqual(onDisk.peers.map((p) => p.id), [], 'the running server did not write the revoked peer back');
     await sharer.server.close();
   });
+
+  // Found by the outside review of round 2: a revoke did not stop a folder stream already running.
+  for (const what of ['a folder', 'a large file'] as const) {
+    it(`a revoke from another process ends ${what} download already running, not only the next request`, async () => {
+      const folder = await sharedFolder();
+      if (what === 'a folder') for (let i = 0; i < 100; i++) await writeRandomFile(path.join(folder, 'many', `f${String(i).padStart(3, '0')}.bin`), 300 * 1024);
+      else await writeRandomFile(path.join(folder, 'big.bin'), 96 * 1024 * 1024);
+      const sharer = await startSharer([folder]);
+      try {
+        const { conn, client } = await connectWithInvite(sharer.invite);
+        const elsewhere = await TrustStore.open(sharer.home);
+        let revoked: Promise<boolean> | undefined;
+        const dest = tempDir();
+        const remote = what === 'a folder' ? 'ws/many' : 'ws/big.bin';
+        const outcome = await download(conn, remote, dest, { onProgress: () => (revoked ??= elsewhere.remove(client.identity.peerId)) }).then(
+          () => 'completed',
+          (err: { code?: string }) => err.code,
+        );
+        // The sharer says PEER_UNTRUSTED and hangs up; behind megabytes still in flight, the
+        // client may see the hang-up first.
+        assert.ok(outcome === 'PEER_UNTRUSTED' || outcome === 'CONNECTION_CLOSED', `the download ended with ${outcome}`);
+        assert.equal(await revoked, true);
+        if (what === 'a folder') assert.ok((await fs.readdir(path.join(dest, 'many')).catch(() => [])).length < 100, 'the rest of the folder was not sent');
+        else assert.deepEqual((await fs.readdir(dest)).filter((n) => !n.startsWith('.')), [], 'the file never took its name');
+      } finally {
+        await sharer.server.close();
+      }
+    });
+  }
 
   it('closes every connection of a peer whose trust is revoked', async () => {
     const sharer = await startSharer([await sharedFolder()]);
