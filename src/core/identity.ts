@@ -31,41 +31,57 @@ const GUARDED_FILES = [KEY_FILE, CERT_FILE, 'trusted-peers.json'];
  * Refuses a home folder that someone else could write to, as OpenSSH's StrictModes does: whoever
  * can write there can plant a trust file that lets them in, or swap our key. The folder and its
  * files must belong to us (or root) and not be writable by group or others; each folder above it
- * must not be writable by others either, unless it is sticky (like /tmp), where others cannot
- * rename our entries away.
+ * must belong to us or root and not be writable by group or others either, unless it is sticky
+ * (like /tmp), where others cannot rename our entries away. A home given as a symbolic link is
+ * checked, and then used, as the folder it points to now: re-pointing the link later changes
+ * nothing for a running process. Returns that real path.
  */
-export async function checkHomeIsPrivate(home: string): Promise<void> {
-  if (process.platform === 'win32' || typeof process.getuid !== 'function') return;
+export async function checkHomeIsPrivate(home: string): Promise<string> {
+  if (process.platform === 'win32' || typeof process.getuid !== 'function') return home;
   const uid = process.getuid();
   const refuse = (what: string, why: string, fix: string): never => {
     throw new PeerShareError('UNSAFE_HOME', `PeerShare will not use ${what}: ${why}. ${fix}`);
   };
-  for (let dir = path.dirname(home); ; dir = path.dirname(dir)) {
+  const ours = (owner: number): boolean => owner === uid || owner === 0;
+  const link = await fs.lstat(home).catch(() => undefined);
+  if (link?.isSymbolicLink() && !ours(link.uid)) refuse(home, `it is a link that belongs to another user (uid ${link.uid}), who could point it elsewhere`, 'Choose a folder of your own with --home.');
+  const real = link ? await fs.realpath(home) : home;
+  for (let dir = path.dirname(real); ; dir = path.dirname(dir)) {
     const dst = await fs.stat(dir).catch(() => undefined);
-    if (dst && (dst.mode & 0o002) !== 0 && (dst.mode & 0o1000) === 0) {
-      refuse(home, `anyone can write to ${dir}, which holds it, and could replace it`, `Run: chmod o-w "${dir}", or choose another --home.`);
+    if (dst && (!ours(dst.uid) || (dst.mode & 0o022) !== 0) && (dst.mode & 0o1000) === 0) {
+      const why = ours(dst.uid) ? `others can write to ${dir}, which holds it, and could replace it` : `${dir}, which holds it, belongs to another user (uid ${dst.uid}), who could replace it`;
+      refuse(home, why, ours(dst.uid) ? `Run: chmod go-w "${dir}", or choose another --home.` : 'Choose another --home.');
     }
     if (path.dirname(dir) === dir) break;
   }
-  const st = await fs.stat(home).catch(() => undefined);
-  if (!st) return; // made on first run, private from the start
+  const st = await fs.stat(real).catch(() => undefined);
+  if (!st) return real; // made on first run, private from the start
   if (!st.isDirectory()) refuse(home, 'it is not a folder', 'Choose another --home.');
-  if (st.uid !== uid && st.uid !== 0) refuse(home, `it belongs to another user (uid ${st.uid})`, 'Choose a folder of your own with --home.');
-  if ((st.mode & 0o022) !== 0) refuse(home, `others can write to it (mode ${(st.mode & 0o777).toString(8)})`, `Run: chmod go-w "${home}"`);
+  if (!ours(st.uid)) refuse(home, `it belongs to another user (uid ${st.uid})`, 'Choose a folder of your own with --home.');
+  if ((st.mode & 0o022) !== 0) refuse(home, `others can write to it (mode ${(st.mode & 0o777).toString(8)})`, `Run: chmod go-w "${real}"`);
   for (const name of GUARDED_FILES) {
-    const file = path.join(home, name);
+    const file = path.join(real, name);
     const fst = await fs.lstat(file).catch(() => undefined);
-    if (!fst) continue;
-    if (!fst.isFile()) refuse(file, 'it is not a regular file', 'Move it away.');
-    if (fst.uid !== uid && fst.uid !== 0) refuse(file, `it belongs to another user (uid ${fst.uid})`, 'Move it away.');
-    if ((fst.mode & 0o022) !== 0) refuse(file, `others can write to it (mode ${(fst.mode & 0o777).toString(8)})`, `Run: chmod go-w "${file}"`);
+    if (fst) checkGuardedFile(file, fst, uid);
   }
+  return real;
+}
+
+/** A key, certificate or trust file must be a regular file of ours (or root's) that nobody else can write. */
+export function checkGuardedFile(file: string, st: { uid: number | bigint; mode: number | bigint; isFile(): boolean }, uid = process.getuid?.() ?? 0): void {
+  const refuse = (why: string, fix: string): never => {
+    throw new PeerShareError('UNSAFE_HOME', `PeerShare will not use ${file}: ${why}. ${fix}`);
+  };
+  const owner = Number(st.uid);
+  const mode = Number(st.mode);
+  if (!st.isFile()) refuse('it is not a regular file', 'Move it away.');
+  if (owner !== uid && owner !== 0) refuse(`it belongs to another user (uid ${owner})`, 'Move it away.');
+  if ((mode & 0o022) !== 0) refuse(`others can write to it (mode ${(mode & 0o777).toString(8)})`, `Run: chmod go-w "${file}"`);
 }
 
 /** Loads this installation's identity, making a key pair and certificate on first run. */
 export async function loadOrCreateIdentity(homeDir?: string): Promise<Identity> {
-  const home = resolveHome(homeDir);
-  await checkHomeIsPrivate(home);
+  const home = await checkHomeIsPrivate(resolveHome(homeDir));
   const keyPath = path.join(home, KEY_FILE);
   const certPath = path.join(home, CERT_FILE);
   let keyPem: string;

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fs, readFileSync, statSync } from 'node:fs';
+import { promises as fs, lstatSync, readFileSync, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
 import { PeerShareError } from './errors';
+import { checkGuardedFile } from './identity';
 import { normalizePeerId } from './peer-id';
 
 /**
@@ -190,12 +191,27 @@ export class TrustStore {
    */
   private refresh(): void {
     let stamp: string;
+    let st: BigIntStats | undefined;
     try {
-      const st = statSync(this.file, { bigint: true });
-      const recent = Date.now() - Number(st.mtimeMs) < RACY_MS;
-      stamp = recent ? 'recent' : `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+      st = lstatSync(this.file, { bigint: true });
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw new PeerShareError('IO_ERROR', `Cannot read ${this.file}.`, { detail: String(err), cause: err });
+      st = undefined;
+    }
+    if (st) {
+      // Checked at every change, like the home at start: a file someone else could have written trusts nobody.
+      if (process.platform !== 'win32') {
+        try {
+          checkGuardedFile(this.file, st);
+        } catch (err) {
+          this.peers = new Map();
+          this.seen = '';
+          throw err;
+        }
+      }
+      const recent = Date.now() - Number(st.mtimeMs) < RACY_MS;
+      stamp = recent ? 'recent' : `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    } else {
       stamp = 'absent';
     }
     if (stamp === this.seen && stamp !== 'recent') return;

@@ -18,6 +18,44 @@ import {
 import { tempDir } from '../helpers';
 
 describe('identity', () => {
+  it('refuses a home in a folder its group can write to, and one held by another user (found by the outside review)', async () => {
+    const shared = path.join(tempDir(), 'group-shared');
+    await fs.mkdir(shared);
+    await fs.chmod(shared, 0o775);
+    await assert.rejects(loadOrCreateIdentity(path.join(shared, 'home')), (err: { code?: string; message?: string }) => err.code === 'UNSAFE_HOME' && /group-shared/.test(err.message ?? ''));
+    await fs.chmod(shared, 0o1775); // sticky: others cannot rename our entries away
+    assert.ok(await loadOrCreateIdentity(path.join(shared, 'home')));
+    if (process.getuid?.() === 0) {
+      const foreign = path.join(tempDir(), 'foreign');
+      await fs.mkdir(foreign);
+      await fs.chown(foreign, 65534, 65534);
+      await assert.rejects(loadOrCreateIdentity(path.join(foreign, 'home')), { code: 'UNSAFE_HOME' });
+    }
+  });
+
+  it('uses a home given as a link as the folder it points to at start: re-pointing the link changes nothing', async () => {
+    const real = path.join(tempDir(), 'real-home');
+    const link = path.join(tempDir(), 'home-link');
+    await fs.mkdir(real, { mode: 0o700 });
+    await fs.symlink(real, link);
+    const identity = await loadOrCreateIdentity(link);
+    assert.equal(identity.home, await fs.realpath(real));
+    const other = path.join(tempDir(), 'other-home');
+    await fs.mkdir(other, { mode: 0o700 });
+    await fs.rm(link);
+    await fs.symlink(other, link);
+    const attacker = (await loadOrCreateIdentity(tempDir())).peerId;
+    await (await TrustStore.open(other)).addReader({ id: attacker, name: 'planted' });
+    const store = await TrustStore.open(identity.home);
+    assert.equal(store.allowsReader(attacker), false, 'the trust file of the re-pointed link is not ours');
+    if (process.getuid?.() === 0) {
+      const theirs = path.join(tempDir(), 'their-link');
+      await fs.symlink(real, theirs);
+      await fs.lchown(theirs, 65534, 65534);
+      await assert.rejects(loadOrCreateIdentity(theirs), { code: 'UNSAFE_HOME' });
+    }
+  });
+
   it('creates a key readable by its owner alone and a certificate, once', async () => {
     const home = path.join(tempDir(), 'home');
     const first = await loadOrCreateIdentity(home);

@@ -83,6 +83,23 @@ describe('the trust store', () => {
     assert.deepEqual([store.allowsReader(sharer), store.readsFrom(sharer)], [false, true]);
   });
 
+  it('trusts nobody when the trust file was replaced by one others can write, or by a link, while it runs', async () => {
+    const home = tempDir();
+    const store = await TrustStore.open(home);
+    const [id] = await peerIds(1);
+    await store.addReader({ id });
+    const file = path.join(home, TRUST_FILE);
+    await fs.chmod(file, 0o666);
+    assert.throws(() => store.allowsReader(id), { code: 'UNSAFE_HOME' });
+    await fs.chmod(file, 0o600);
+    assert.equal(store.allowsReader(id), true);
+    const elsewhere = path.join(tempDir(), 'planted.json');
+    await fs.copyFile(file, elsewhere);
+    await fs.rm(file);
+    await fs.symlink(elsewhere, file);
+    assert.throws(() => store.allowsReader(id), { code: 'UNSAFE_HOME' });
+  });
+
   it('trusts nobody when the file is damaged, and says which file', async () => {
     const home = tempDir();
     const store = await TrustStore.open(home);
