@@ -48,7 +48,9 @@ export async function checkHomeIsPrivate(home: string): Promise<string> {
   const real = link ? await fs.realpath(home) : home;
   for (let dir = path.dirname(real); ; dir = path.dirname(dir)) {
     const dst = await fs.stat(dir).catch(() => undefined);
-    if (dst && (!ours(dst.uid) || (dst.mode & 0o022) !== 0) && (dst.mode & 0o1000) === 0) {
+    // A group of one (Debian and Ubuntu give each user a group of their own, and umask 002) may write.
+    const othersMayWrite = dst && ((dst.mode & 0o002) !== 0 || ((dst.mode & 0o020) !== 0 && !(await isPrivateGroup(dst.gid))));
+    if (dst && (!ours(dst.uid) || othersMayWrite) && (dst.mode & 0o1000) === 0) {
       const why = ours(dst.uid) ? `others can write to ${dir}, which holds it, and could replace it` : `${dir}, which holds it, belongs to another user (uid ${dst.uid}), who could replace it`;
       refuse(home, why, ours(dst.uid) ? `Run: chmod go-w "${dir}", or choose another --home.` : 'Choose another --home.');
     }
@@ -65,6 +67,25 @@ export async function checkHomeIsPrivate(home: string): Promise<string> {
     if (fst) checkGuardedFile(file, fst, uid);
   }
   return real;
+}
+
+/**
+ * Is `gid` a group of the current user alone: its primary group, with no other member listed in
+ * /etc/group and no other account in /etc/passwd having it as its own? Unknown means no.
+ */
+async function isPrivateGroup(gid: number): Promise<boolean> {
+  if (typeof process.getgid !== 'function' || gid !== process.getgid()) return false;
+  const me = os.userInfo().username;
+  try {
+    const [groups, users] = await Promise.all([fs.readFile('/etc/group', 'utf8'), fs.readFile('/etc/passwd', 'utf8')]);
+    const group = groups.split('\n').map((l) => l.split(':')).find((f) => Number(f[2]) === gid);
+    if (!group) return false;
+    const members = (group[3] ?? '').split(',').filter((m) => m !== '' && m !== me);
+    const sharers = users.split('\n').map((l) => l.split(':')).filter((f) => f.length > 3 && Number(f[3]) === gid && f[0] !== me);
+    return members.length === 0 && sharers.length === 0;
+  } catch {
+    return false;
+  }
 }
 
 /** A key, certificate or trust file must be a regular file of ours (or root's) that nobody else can write. */
