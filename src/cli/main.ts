@@ -1,6 +1,5 @@
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
-import * as readline from 'node:readline';
 import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import { parseArgs } from 'node:util';
@@ -32,6 +31,7 @@ import {
   type ErrorCode,
 } from '../core';
 import { ProgressBar } from './progress';
+import { TerminalLines } from './terminal-lines';
 import { countOf, formatBytes } from '../core/format';
 
 /** Exit codes, documented in README.md: scripts can tell these apart. */
@@ -235,24 +235,24 @@ function requestsOption(value: string | undefined): 'ask' | 'deny' {
 /**
  * Asks at the terminal whether a nearby peer may connect. A peer can make us ask, so the prompt
  * is built to be hard to trick: one question at a time (the sharer bounds how many wait, per
- * source and in all); only a line typed after the question appeared answers it (type-ahead is
- * dropped, so keys pressed for one question never answer the next); and what identifies the peer
+ * source and in all); only a line *begun* after the question appeared answers it (type-ahead is
+ * dropped, so keys pressed for one question never answer the next, even one that was withdrawn
+ * while the person typed); and what identifies the peer
  * (the verification code and the ID from its certificate) stands apart from the name it chose,
  * which is escaped, shortened and quoted. No answer before the deadline is a Deny.
  */
-const TYPE_AHEAD_GRACE_MS = 300;
 let questions: Promise<unknown> = Promise.resolve();
-let terminalLines: readline.Interface | undefined;
-let lineHandler: ((line: string) => void) | undefined;
+let terminalLines: TerminalLines | undefined;
+let lineHandler: ((line: string, startedAt: number) => void) | undefined;
 
-function onTerminalLine(line: string): void {
-  if (lineHandler) lineHandler(line);
+function onTerminalLine(line: string, startedAt: number): void {
+  if (lineHandler) lineHandler(line, startedAt);
   else if (line.trim() !== '') process.stderr.write('(ignored: no question is open)\n');
 }
 
 /** One reader for the whole run, always reading, so lines typed while no question is open are consumed and dropped. */
 function startReadingTerminal(): void {
-  terminalLines ??= readline.createInterface({ input: process.stdin, terminal: false }).on('line', onTerminalLine);
+  terminalLines ??= new TerminalLines(process.stdin, process.stderr, onTerminalLine);
 }
 
 function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<AccessDecision> {
@@ -264,6 +264,7 @@ function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<Acc
         const shownAt = Date.now();
         const finish = (decision: AccessDecision): void => {
           lineHandler = undefined;
+          terminalLines?.discardPending();
           signal.removeEventListener('abort', onAbort);
           resolve(decision);
         };
@@ -272,9 +273,9 @@ function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<Acc
           finish('deny');
         };
         signal.addEventListener('abort', onAbort);
-        lineHandler = (line) => {
-          if (Date.now() - shownAt < TYPE_AHEAD_GRACE_MS) {
-            process.stderr.write('(ignored input typed before the question appeared; answer again) ');
+        lineHandler = (line, startedAt) => {
+          if (startedAt < shownAt) {
+            process.stderr.write('(ignored: typed before this question appeared; answer again) ');
             return;
           }
           const answer = line.trim().toLowerCase();

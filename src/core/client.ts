@@ -178,16 +178,18 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   const connection = new PeerConnection(socket, id, address, limits);
   const asking = options.requestAccess === true && options.token === undefined;
   if (asking) options.onVerificationCode?.(verificationCode(options.identity.fingerprint, fingerprintFromPeerId(connection.peerId)));
+  // Wired before the hello: asking a person to let us in can take a minute, and may be cancelled.
+  if (options.signal) {
+    const onAbort = (): void => connection.close(new PeerShareError('CANCELLED'));
+    if (options.signal.aborted) onAbort();
+    options.signal.addEventListener('abort', onAbort, { once: true });
+    connection.onClose(() => options.signal?.removeEventListener('abort', onAbort));
+  }
   try {
     await connection.hello(options.name, options.token, asking);
   } catch (err) {
     connection.close();
     throw err;
-  }
-  if (options.signal) {
-    const onAbort = (): void => connection.close(new PeerShareError('CANCELLED'));
-    options.signal.addEventListener('abort', onAbort, { once: true });
-    connection.onClose(() => options.signal?.removeEventListener('abort', onAbort));
   }
   // We remember a sharer we may read: its invite worked, it let us in for good, or we knew it.
   // That is one direction only: it never lets the sharer read *our* share (see TrustStore).

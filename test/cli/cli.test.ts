@@ -387,6 +387,29 @@ describe('the peershare CLI', () => {
       assert.equal(await two.result, 'ACCESS_DENIED', 'the "a" typed for the first question did not allow the second');
       const trusted = json(await cli(['trust', 'ls', '--json', '--home', home])).peers as unknown[];
       assert.deepEqual(trusted, [], 'nobody became trusted');
+
+      // Found by the outside review: "a" typed for a question that is then withdrawn, and Enter
+      // pressed once the next (an attacker's) has replaced it, must not answer the new one.
+      const friend = await makePeer();
+      const withdraw = new AbortController();
+      const friendAsks = connectToPeer({ ...friend, addresses: invite.addresses, expectedPeerId: invite.peerId, name: 'Friend', requestAccess: true, signal: withdraw.signal }).catch(() => undefined);
+      const markFriend = output.length;
+      await until('Calls itself       "Friend"', markFriend);
+      await new Promise((r) => setTimeout(r, 400));
+      child.stdin!.write('a');
+      await new Promise((r) => setTimeout(r, 200));
+      withdraw.abort();
+      await friendAsks;
+      const markAttacker = output.length;
+      const attacker = await ask('Attacker');
+      await until('Calls itself       "Attacker"', markAttacker);
+      await new Promise((r) => setTimeout(r, 400));
+      child.stdin!.write('\r');
+      await new Promise((r) => setTimeout(r, 300));
+      child.stdin!.write('d\r');
+      assert.equal(await attacker.result, 'ACCESS_DENIED', 'the "a" typed for the withdrawn question did not answer the next');
+      const after = json(await cli(['trust', 'ls', '--json', '--home', home])).peers as unknown[];
+      assert.deepEqual(after, [], 'still nobody trusted');
     } finally {
       child.kill('SIGTERM');
     }

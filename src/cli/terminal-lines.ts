@@ -1,0 +1,55 @@
+/**
+ * Lines typed at a terminal, each with the time its first key was pressed. The terminal is put in
+ * raw mode so that time is known (in the usual line mode, a program sees nothing until Enter), and
+ * a question can refuse a line that was begun before it appeared: keys meant for one question
+ * never answer the next, even when the first question disappears while the person is typing.
+ * Echo, Backspace and Ctrl+C (sent on as SIGINT) behave as people expect.
+ */
+export class TerminalLines {
+  private buffer = '';
+  private startedAt = 0;
+  private readonly onData = (chunk: Buffer): void => this.take(chunk.toString('utf8'));
+
+  constructor(
+    private readonly input: NodeJS.ReadStream,
+    private readonly echo: NodeJS.WriteStream,
+    private readonly onLine: (line: string, startedAt: number) => void,
+  ) {
+    if (input.isTTY) input.setRawMode(true);
+    input.on('data', this.onData);
+    input.resume();
+  }
+
+  /** Forgets a half-typed line (its question went away). */
+  discardPending(): void {
+    this.buffer = '';
+  }
+
+  close(): void {
+    this.input.off('data', this.onData);
+    if (this.input.isTTY) this.input.setRawMode(false);
+    this.input.pause();
+  }
+
+  private take(text: string): void {
+    for (const key of text) {
+      if (key === '\u0003') {
+        process.kill(process.pid, 'SIGINT');
+      } else if (key === '\r' || key === '\n') {
+        this.echo.write('\n');
+        const line = this.buffer;
+        this.buffer = '';
+        this.onLine(line, this.startedAt);
+      } else if (key === '\u007f' || key === '\b') {
+        if (this.buffer.length > 0) {
+          this.buffer = this.buffer.slice(0, -1);
+          this.echo.write('\b \b');
+        }
+      } else if (key >= ' ' && this.buffer.length < 64) {
+        if (this.buffer === '') this.startedAt = Date.now();
+        this.buffer += key;
+        this.echo.write(key);
+      }
+    }
+  }
+}
