@@ -25,8 +25,10 @@ export interface TrustedPeer {
 
 export const TRUST_FILE = 'trusted-peers.json';
 
-/** A lock older than this belongs to a process that died while holding it. */
+/** A lock whose process cannot be asked about is stale after this long. */
 const STALE_LOCK_MS = 10_000;
+/** A lock whose process still runs is waited for, unless it is older than this (its pid was reused). */
+const LIVE_LOCK_MAX_MS = 5 * 60_000;
 const LOCK_WAIT_MS = 5_000;
 const LOCK_RETRY_MS = 15;
 /** A file changed this recently is re-read at every question (see refresh). */
@@ -273,7 +275,13 @@ function parsePeers(parsed: unknown): Map<string, TrustedPeer> {
   return next;
 }
 
-/** An exclusive lock file; a lock left by a dead process is taken over after STALE_LOCK_MS. */
+/**
+ * An exclusive lock file holding its owner's pid. A lock is stale when that process is gone (or,
+ * against a reused pid, when it is older than STALE_LOCK_MS and its process cannot be asked).
+ * Taking over a stale lock is itself serialized by a second, short-lived "breaker" file, and the
+ * lock is removed only if it is still the same stale file: two processes that both saw it stale
+ * never remove the fresh lock the other has just taken.
+ */
 async function acquireLock(lockFile: string): Promise<() => Promise<void>> {
   const deadline = Date.now() + LOCK_WAIT_MS;
   const token = `${process.pid} ${randomBytes(8).toString('hex')}\n`;
@@ -290,14 +298,47 @@ async function acquireLock(lockFile: string): Promise<() => Promise<void>> {
         throw new PeerShareError('IO_ERROR', `Cannot lock ${lockFile}.`, { detail: String(err), cause: err });
       }
     }
-    const st = await fs.stat(lockFile).catch(() => undefined);
-    if (st && Date.now() - st.mtimeMs > STALE_LOCK_MS) {
-      await fs.rm(lockFile, { force: true });
-      continue;
-    }
-    if (Date.now() > deadline) {
+    const stale = await staleLock(lockFile);
+    if (stale) await breakStaleLock(lockFile, stale, token);
+    else if (Date.now() > deadline) {
       throw new PeerShareError('IO_ERROR', `The trusted-peers file is locked by another PeerShare process (${lockFile}); try again.`);
+    } else await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS));
+  }
+}
+
+/** The lock's inode if it is stale (its process is gone, or it is too old to be alive), else undefined. */
+async function staleLock(lockFile: string): Promise<bigint | undefined> {
+  const st = await fs.stat(lockFile, { bigint: true }).catch(() => undefined);
+  if (!st) return undefined;
+  const pid = Number((await fs.readFile(lockFile, 'utf8').catch(() => '')).split(' ')[0]);
+  const age = Date.now() - Number(st.mtimeMs);
+  if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid) {
+    try {
+      process.kill(pid, 0);
+      return age > LIVE_LOCK_MAX_MS ? st.ino : undefined; // alive: wait (unless the pid was surely reused)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ESRCH') return st.ino; // that process is gone
     }
+  }
+  return age > STALE_LOCK_MS ? st.ino : undefined;
+}
+
+/** Removes the stale lock `ino`, if it is still the lock, holding the breaker while it looks. */
+async function breakStaleLock(lockFile: string, ino: bigint, token: string): Promise<void> {
+  const breaker = `${lockFile}.break`;
+  try {
+    await fs.writeFile(breaker, token, { flag: 'wx', mode: 0o600 });
+  } catch {
+    // Someone else is breaking it; a breaker left by a crash goes after STALE_LOCK_MS.
+    const st = await fs.stat(breaker).catch(() => undefined);
+    if (st && Date.now() - st.mtimeMs > STALE_LOCK_MS) await fs.rm(breaker, { force: true });
     await new Promise((resolve) => setTimeout(resolve, LOCK_RETRY_MS));
+    return;
+  }
+  try {
+    const now = await fs.stat(lockFile, { bigint: true }).catch(() => undefined);
+    if (now?.ino === ino) await fs.rm(lockFile, { force: true });
+  } finally {
+    await fs.rm(breaker, { force: true });
   }
 }

@@ -71,6 +71,24 @@ describe('the trust store', () => {
     assert.equal(store.allowsReader(other), true);
   });
 
+  it('two writers taking over the same stale lock never undo each other (found by the outside review)', async () => {
+    const [kept, revoked, added] = await peerIds(3);
+    for (let trial = 0; trial < 20; trial++) {
+      const home = tempDir();
+      const a = await TrustStore.open(home);
+      const b = await TrustStore.open(home);
+      await a.addReader({ id: kept });
+      await a.addReader({ id: revoked });
+      const lock = path.join(home, `${TRUST_FILE}.lock`);
+      await fs.writeFile(lock, '999999 dead\n');
+      const old = new Date(Date.now() - 60_000);
+      await fs.utimes(lock, old, old);
+      await Promise.all([a.remove(revoked), b.addReader({ id: added })]);
+      const fresh = await TrustStore.open(home);
+      assert.deepEqual([fresh.allowsReader(kept), fresh.allowsReader(revoked), fresh.allowsReader(added)], [true, false, true], `trial ${trial}`);
+    }
+  });
+
   it('reads a version 1 file one way only: readers stay readers, sharers stay sharers', async () => {
     const home = tempDir();
     const [reader, sharer] = await peerIds(2);
