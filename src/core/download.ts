@@ -542,6 +542,8 @@ export async function downloadFolder(
   // download created were empty: nothing in them can be clobbered, so a file there is committed
   // with one rename instead of the no-clobber link and unlink.
   const folderState = new Map<string, boolean>([[nameDigest(''), createdTarget]]);
+  // Digests of paths reported skipped without a header: each may be reported once.
+  const reported = new Set<string>();
   // Digests of folders left out (see leftOut): nothing below them is written or reported.
   const leftOutFolders = new Set<string>();
   let items = 0;
@@ -625,7 +627,7 @@ export async function downloadFolder(
       case 'file': {
         if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A file inside a file.');
         const size = m.size;
-        const mtimeMs = typeof m.mtimeMs === 'number' && Number.isFinite(m.mtimeMs) ? m.mtimeMs : Date.now();
+        const mtimeMs = isPlausibleTime(m.mtimeMs) ? m.mtimeMs : Date.now();
         if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || m.offset !== 0) {
           throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
         }
@@ -698,6 +700,10 @@ export async function downloadFolder(
           current = undefined;
         } else {
           inspectReceivedName(rel, limits.maxPathBytes);
+          // The same report again is no progress: a peer repeating it would hold the download open.
+          const key = nameDigest(collisionKey(rel));
+          if (reported.has(key)) throw new PeerShareError('PROTOCOL_ERROR', 'The peer reported the same file twice.');
+          reported.add(key);
           count();
         }
         progress(recordBytes(rel));
@@ -731,6 +737,11 @@ export async function downloadFolder(
   }
   result.bytes = bytes;
   return result;
+}
+
+/** A time a file system can hold (Date's range); anything else from a peer is replaced by now. */
+function isPlausibleTime(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= 8.64e15;
 }
 
 /**

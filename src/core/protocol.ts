@@ -96,7 +96,10 @@ export function parseEntry(m: unknown): Entry {
   const e = m as Record<string, unknown>;
   const type = e.type;
   if (type !== 'file' && type !== 'dir') fail('An entry type must be "file" or "dir".');
-  return { name: str(e, 'name', 1024), type, size: uint(e, 'size'), mtimeMs: num(e, 'mtimeMs') };
+  const mtimeMs = num(e, 'mtimeMs');
+  // Beyond Date's range a time cannot be shown or set: refused, not passed on to throw later.
+  if (Math.abs(mtimeMs) > 8.64e15) fail('"mtimeMs" is not a time.');
+  return { name: str(e, 'name', 1024), type, size: uint(e, 'size'), mtimeMs };
 }
 
 export function parseWelcome(m: Record<string, unknown>): WelcomeMessage {

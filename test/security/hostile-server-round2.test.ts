@@ -632,6 +632,29 @@ describe('finding 8: a sharer cannot keep a request waiting', () => {
     });
   }
 
+  // Found by the outside review of this round: a repeated skipped record counted as progress.
+  it('the same skipped record again and again: PROTOCOL_ERROR at the second, at once', async () => {
+    const run = await against(
+      treeScenario((reply) => every(reply, 50, () => reply.message({ type: 'skipped', path: 'gone.txt', code: 'NOT_FOUND', message: 'x' }))),
+      (conn, world) => download(conn, 'ws/d', world.ws),
+      { limits, capMs: deadlineMs + SLACK_MS },
+    );
+    // Before, each repeat counted as progress and the download ran to its overall deadline (TIMEOUT).
+    assertOutcome(run, 'PROTOCOL_ERROR');
+  });
+
+  it('a listing entry with a time outside any calendar (1e300): PROTOCOL_ERROR, not an internal error', async () => {
+    const run = await against(
+      (_, reply) => {
+        reply.message({ type: 'entries', entries: [{ name: 'when', type: 'file', size: 1, mtimeMs: 1e300 }] });
+        reply.message({ type: 'end', count: 1 });
+      },
+      (conn) => conn.list('ws'),
+      { limits },
+    );
+    assertOutcome(run, 'PROTOCOL_ERROR');
+  });
+
   it('a hello never answered (only zero-length frames come back): TIMEOUT within the hello deadline', async () => {
     const victim = await makePeer();
     const hostile = (await makePeer()).identity;
