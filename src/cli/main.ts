@@ -435,8 +435,10 @@ function isLoopback(host: string): boolean {
   return /^127\./.test(host) || host === '::1' || host === 'localhost';
 }
 
-/** Nearby peers whose certificates are checked at once. */
+/** Nearby peers whose certificates are checked at once, addresses checked per claimed ID, and the time all checks may take. */
 const NEARBY_PROBES_AT_ONCE = 8;
+const NEARBY_PROBES_PER_ID = 4;
+const NEARBY_PROBE_DEADLINE_MS = 5000;
 
 interface DiscoverySettings {
   announce: boolean;
@@ -452,14 +454,21 @@ async function commandNearby(globals: Globals, settings: DiscoverySettings, time
   await new Promise((resolve) => setTimeout(resolve, timeoutMs));
   // An announcement is only a claim: a known ID counts as trusted only where a TLS handshake
   // proved its certificate. Only known IDs are probed, so strangers cannot send us anywhere else.
+  // Strangers choose what is announced: at most a few addresses per ID are probed, within one
+  // deadline for all, so a flood of announcements can neither hold `nearby` up nor aim us anywhere.
   const announced = nearby.list();
+  const probing = AbortSignal.timeout(NEARBY_PROBE_DEADLINE_MS);
+  const probesPerId = new Map<string, number>();
   const peers: (NearbyPeer & { known: boolean; trusted: boolean })[] = [];
   for (let i = 0; i < announced.length; i += NEARBY_PROBES_AT_ONCE) {
     peers.push(
       ...(await Promise.all(
         announced.slice(i, i + NEARBY_PROBES_AT_ONCE).map(async (p) => {
           const known = trust.knows(p.id);
-          const proved = known && (await provePeer({ identity, address: p.address, expectedPeerId: p.id, timeoutMs: 3000 }));
+          const tries = (probesPerId.get(p.id) ?? 0) + 1;
+          probesPerId.set(p.id, tries);
+          const worthProbing = known && tries <= NEARBY_PROBES_PER_ID && !probing.aborted;
+          const proved = worthProbing && (await provePeer({ identity, address: p.address, expectedPeerId: p.id, timeoutMs: 2000, signal: probing }));
           if (proved) nearby.markProved(p.id, p.address);
           return { ...p, proved, known, trusted: proved };
         }),

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as dgram from 'node:dgram';
+import * as net from 'node:net';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -191,6 +192,46 @@ describe('the peershare CLI', () => {
       clearInterval(spoof);
       liar.close();
       await stopServe(announcer.proc);
+    }
+  });
+
+  it('nearby probes at most four addresses per claimed ID, within one deadline: announcements cannot hold it up or aim it (found by the outside review)', async () => {
+    const port = String(48_000 + Math.floor(Math.random() * 1000));
+    const discovery = ['--interface', '127.0.0.1', '--discovery-port', port];
+    const home = tempDir();
+    // Make the sharer's ID known to this home without pairing: trust its certificate as one we read.
+    const { TrustStore } = await import('../../src/core');
+    await (await TrustStore.open(home)).addSharer({ id: listening.peerId, name: 'Sharer', addresses: [] });
+    // Ten addresses that accept and never answer, each announced with the known ID.
+    let tarpitConnections = 0;
+    const tarpits = await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const tarpit = net.createServer(() => undefined);
+        tarpit.on('connection', () => tarpitConnections++);
+        await new Promise<void>((r) => tarpit.listen(0, '127.0.0.1', () => r()));
+        return tarpit;
+      }),
+    );
+    const liar = dgram.createSocket({ type: 'udp4', reuseAddr: true });
+    await new Promise<void>((r) => liar.bind(0, '127.0.0.1', () => r()));
+    liar.setMulticastInterface('127.0.0.1');
+    const flood = setInterval(() => {
+      for (const t of tarpits) liar.send(JSON.stringify({ t: 'announce', v: 1, id: listening.peerId, name: 'Sharer', port: (t.address() as net.AddressInfo).port }), Number(port), '239.255.70.83');
+    }, 200);
+    try {
+      const started = Date.now();
+      const found = await cli(['nearby', '--json', '--timeout', '1500', '--home', home, ...discovery]);
+      const took = Date.now() - started;
+      assert.equal(found.code, 0, found.stderr);
+      assert.ok(took < 20_000, `nearby took ${took} ms`);
+      assert.ok(tarpitConnections <= 4, `${tarpitConnections} probes went to the announced address`);
+      const listed = json(found).peers as { trusted: boolean }[];
+      assert.equal(listed.length, 10, 'every announcement is listed');
+      assert.ok(listed.every((p) => !p.trusted));
+    } finally {
+      clearInterval(flood);
+      liar.close();
+      for (const t of tarpits) t.close();
     }
   });
 
