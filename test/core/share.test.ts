@@ -258,6 +258,28 @@ describe('share options', () => {
 describe('credential files are not shared by default', () => {
   /** Where tools keep keys, tokens and passwords; each file holds a marker that must never be served. */
   const credentials = [
+    // Added after the outside review of round 2.
+    'wallet.dat',
+    '.bitcoin/wallets/w.dat',
+    '.electrum/wallets/default_wallet',
+    'home/.ethereum/keystore/UTC--key',
+    'home/.config/solana/id.json',
+    'home/.config/sops/age/keys.txt',
+    'secring.gpg',
+    '.password-store/mail.gpg',
+    '.mozilla/firefox/p/logins.json',
+    '.pki/nssdb/key4.db',
+    'home/.local/share/keyrings/login.keyring',
+    '.Xauthority',
+    'home/.config/rclone/rclone.conf',
+    'home/.config/github-copilot/hosts.json',
+    '.oci/config',
+    'home/.config/openstack/clouds.yaml',
+    'home/.config/doctl/config.yaml',
+    'home/.config/hcloud/cli.toml',
+    '.heroku/credentials',
+    'home/.fly/config.yml',
+    'home/.config/configstore/firebase-tools.json',
     '.git-credentials',
     'home/.config/git/credentials',
     '.docker/config.json',
