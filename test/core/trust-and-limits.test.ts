@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
@@ -115,6 +116,27 @@ describe('who gets in', () => {
     await waitFor(() => raw.socket.destroyed || raw.socket.readableEnded, 5000);
     assert.equal(raw.messages.at(-1)?.code, 'PROTOCOL_ERROR');
     await sharer.server.close();
+  });
+
+  it('asks only for ECDSA P-256 signatures, so an RSA certificate is never presented nor verified (found by the outside review)', async () => {
+    const sharer = await startSharer([await sharedFolder()]);
+    try {
+      const dir = tempDir();
+      const key = path.join(dir, 'rsa.key');
+      const cert = path.join(dir, 'rsa.crt');
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=rsa'], { stdio: 'ignore' });
+      const rsa = { keyPem: await fs.readFile(key, 'utf8'), certPem: await fs.readFile(cert, 'utf8') };
+      // The sharer's certificate request names only ECDSA P-256: a client holding an RSA key has
+      // nothing it may sign with and sends no certificate (before, its certificate was taken and
+      // its signature verified, then it was told it is not trusted).
+      const client = await rawClient(sharer.address, rsa as never);
+      client.send({ type: 'hello', versions: [1], name: 'rsa' });
+      await client.closed;
+      assert.deepEqual(client.messages.map((m) => [m.code, m.message]), [['PEER_UNTRUSTED', 'A client certificate is required.']]);
+      assert.equal(sharer.trust.list().length, 0);
+    } finally {
+      await sharer.server.close();
+    }
   });
 
   it('refuses TLS 1.2 and plaintext', async () => {
