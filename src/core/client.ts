@@ -2,7 +2,6 @@ import * as tls from 'node:tls';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FrameParser, encodeMessage } from './frames';
-import { parseAddress } from './invite';
 import { resolveLimits, type Limits } from './limits';
 import { fingerprintFromPeerId, normalizePeerId, verificationCode } from './peer-id';
 import {
@@ -163,8 +162,6 @@ export async function connectToPeer(options: ConnectOptions): Promise<PeerConnec
 }
 
 async function connectOnce(address: string, options: ConnectOptions): Promise<PeerConnection> {
-  const parsed = parseAddress(address);
-  if (!parsed) throw new PeerShareError('INVALID_ARGUMENT', `Not an address: ${address}`);
   const limits = resolveLimits(options.limits);
   const expected = options.expectedPeerId ? normalizePeerId(options.expectedPeerId) : undefined;
   const { socket, peerId: id } = await tlsHandshake({ identity: options.identity, address, timeoutMs: limits.handshakeTimeoutMs, signal: options.signal });

@@ -11,7 +11,8 @@ const WINDOWS_RESERVED = /^(con|prn|aux|nul|conin\$|conout\$|com[0-9]|lpt[0-9])\
  * and `a~b` are fine: the digits make the shape.
  */
 const SHORT_NAME_SHAPE = /^[^~.]{1,6}~[0-9]+(\.[^.]{1,3})?$/;
-const MAX_COMPONENT_BYTES = 255;
+/** The longest file name (one path component) the common file systems take, in UTF-8 bytes. */
+export const MAX_COMPONENT_BYTES = 255;
 const INVISIBLE_CHARS_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
 
 /**
