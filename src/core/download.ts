@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import { PeerShareError, isErrorCode, toPeerShareError, type ErrorCode } from './errors';
 import type { PeerConnection, PeerEvent, ReportProgress } from './client';
 import { expectMessage, recordBytes } from './client';
-import { collisionKey, inspectReceivedName } from './names';
+import { MAX_COMPONENT_BYTES, collisionKey, inspectReceivedName } from './names';
 import { sanitizeForDisplay, shownType, type Entry } from './protocol';
 import { SMALL_FILE_BYTES } from './limits';
 import { PinnedFolders } from './pinned-folders';
@@ -97,6 +97,20 @@ export async function resolveTarget(remotePath: string, dest: string): Promise<s
     throw new PeerShareError('BAD_NAME', `The name ${sanitizeForDisplay(base).slice(0, 80)} is not safe to save here (${unsafeHere.why}). Choose another name to save it under.`);
   }
   return path.join(dest, base);
+}
+
+/**
+ * Creates `components` below `base` (a folder the user chose, which may itself be a link) without
+ * following a link on the way: BAD_NAME if one is there. For a download whose folders a peer's
+ * path names, so it cannot be led out of the workspace through a symlink in it.
+ */
+export async function makeFoldersWithin(base: string, components: string[]): Promise<void> {
+  const folders = await PinnedFolders.open(base, { rootMayBeLink: true });
+  try {
+    await folders.makeFolders(components);
+  } finally {
+    await folders.close();
+  }
 }
 
 /** Downloads a file or a folder; see downloadFile and downloadFolder. */
@@ -333,9 +347,8 @@ async function exists(p: string): Promise<boolean> {
 }
 
 // A temporary name is "." + stem + "." + 16-hex tag + PARTIAL_SUFFIX, and must fit where the final name fits.
-const MAX_NAME_BYTES = 255;
 const TAG_CHARS = 16;
-const MAX_STEM_BYTES = MAX_NAME_BYTES - 2 - TAG_CHARS - PARTIAL_SUFFIX.length;
+const MAX_STEM_BYTES = MAX_COMPONENT_BYTES - 2 - TAG_CHARS - PARTIAL_SUFFIX.length;
 const SHORTENED_DIGEST_CHARS = 8;
 
 /**
@@ -389,7 +402,7 @@ async function keepBothName(target: string): Promise<string> {
   const stem = path.basename(target, ext);
   for (let n = 2; n < 10_000; n++) {
     const suffix = ` (${n})${ext}`;
-    const candidate = path.join(path.dirname(target), `${truncateUtf8(stem, MAX_NAME_BYTES - Buffer.byteLength(suffix, 'utf8'))}${suffix}`);
+    const candidate = path.join(path.dirname(target), `${truncateUtf8(stem, MAX_COMPONENT_BYTES - Buffer.byteLength(suffix, 'utf8'))}${suffix}`);
     if (!(await exists(candidate))) return candidate;
   }
   throw new PeerShareError('DEST_EXISTS');

@@ -1,10 +1,9 @@
-import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { download, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
+import { download, makeFoldersWithin, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
 import { describeDownload, formatBytes } from '../core/format';
 import { baseName, peerFileUri, type Peers } from './peers';
-import { localPathFor, readSettings } from './settings';
+import { localPlaceFor, readSettings } from './settings';
 import type { EntryNode } from './tree';
 
 /** How the user answers "the target exists". Replaceable in tests, which cannot click a modal. */
@@ -40,10 +39,15 @@ export class Downloads implements vscode.Disposable {
     const from = sanitizeForDisplay(node.peerName || 'peer');
     let dest: string | undefined;
     try {
-      // Download puts it where Compare with Local looks (localPathFor); Download To..., in the folder chosen.
-      const mapped = destFolder ? undefined : localPathFor(node.remotePath, readSettings());
-      dest = destFolder ?? (mapped && path.dirname(mapped));
-      if (mapped) await fs.mkdir(path.dirname(mapped), { recursive: true });
+      // Download puts it where Compare with Local looks (localPlaceFor); Download To..., in the folder chosen.
+      const place = destFolder ? undefined : localPlaceFor(node.remotePath, readSettings());
+      if (place) {
+        // The folders on the way are named by the peer: made without ever following a link in the
+        // workspace, so a peer's path cannot lead the download out through one.
+        const folders = place.components.slice(0, -1);
+        await makeFoldersWithin(place.base, folders);
+        dest = path.join(place.base, ...folders);
+      } else dest = destFolder;
     } catch (err) {
       return this.failed(node, name, err);
     }

@@ -69,9 +69,14 @@ export function downloadFolder(settings: Settings, sharedFolderName?: string): s
  * still takes such a file into a folder of the user's choosing.
  */
 export function localPathFor(remotePath: string, settings: Settings): string | undefined {
+  const place = localPlaceFor(remotePath, settings);
+  return place && path.join(place.base, ...place.components);
+}
+
+/** The same place as localPathFor, as the folder it starts from and the (checked) names below it. */
+export function localPlaceFor(remotePath: string, settings: Settings): { base: string; components: string[] } | undefined {
   const [root, ...rest] = remotePath.split('/').filter((part) => part !== '');
   const base = downloadFolder(settings, root);
   if (!base || !root) return undefined;
-  checkReceivedName(rest.length ? rest.join('/') : root);
-  return rest.length ? path.join(base, ...rest) : path.join(base, root);
+  return { base, components: checkReceivedName(rest.length ? rest.join('/') : root) };
 }

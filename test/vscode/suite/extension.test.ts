@@ -2,6 +2,7 @@ import * as assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { promises as fs, readFileSync } from 'node:fs';
 import * as net from 'node:net';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { Discovery, PeerServer, Share, TrustStore, connectToPeer, download, loadOrCreateIdentity, parseInvite, resolveLimits, type AccessDecision } from '../../../src/core';
@@ -212,6 +213,26 @@ describe('PeerShare in a real VS Code', function () {
       await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
     } finally {
       (vscode.window as { showInformationMessage: unknown }).showInformationMessage = originalInfo;
+    }
+  });
+
+  it('Download never follows a link in the workspace on the way to the peer’s path', async () => {
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const two = await findEntry(await findEntry(await findEntry(root, 'data'), 'users'), '2.json');
+    const users = path.join(workspaceDir(), 'data', 'users');
+    const outside = await fs.mkdtemp(path.join(os.tmpdir(), 'peershare-outside-'));
+    await fs.rename(users, `${users}.kept`);
+    await fs.symlink(outside, users);
+    try {
+      errors.length = 0;
+      await vscode.commands.executeCommand('peershare.download', two);
+      assert.equal(errors.length, 1, 'one message');
+      assert.match(errors[0], /Could not download 2\.json\. .*symbolic link/);
+      assert.deepEqual(await fs.readdir(outside), [], 'nothing written through the link');
+    } finally {
+      await fs.rm(users);
+      await fs.rename(`${users}.kept`, users);
+      await fs.rm(outside, { recursive: true, force: true });
     }
   });
 
