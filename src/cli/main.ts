@@ -269,7 +269,7 @@ function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<Acc
           resolve(decision);
         };
         const onAbort = (): void => {
-          process.stderr.write('\n(no answer in time: denied)\n');
+          process.stderr.write('\n(the request was withdrawn, or no answer came in time: denied)\n');
           finish('deny');
         };
         signal.addEventListener('abort', onAbort);
@@ -393,7 +393,6 @@ async function commandServe(
       `--announce tells your network where to connect, but serve listens on ${options.host} only, where no other machine can reach it. Add --host 0.0.0.0 to share on the network.`,
     );
   }
-  if (options.requests === 'ask') startReadingTerminal();
   const { port } = await server.listen(options.port, options.host);
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
   let nearby: Discovery | undefined;
@@ -403,6 +402,8 @@ async function commandServe(
     await nearby.start();
     nearby.announce({ name: globals.name, port });
   }
+  // Only once everything is up: a failed start must not leave the terminal being read (and raw).
+  if (options.requests === 'ask') startReadingTerminal();
   if (globals.json) {
     printJson({ event: 'listening', addresses: server.addresses(), port, peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
   } else {
@@ -535,7 +536,11 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
   const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
   try {
     // "dir/" names a folder, as in cp and rsync: made if missing, and the download goes inside it.
-    if (/[/\\]$/.test(dest)) await fs.mkdir(dest, { recursive: true });
+    if (/[/\\]$/.test(dest)) {
+      await fs.mkdir(dest, { recursive: true }).catch((err: NodeJS.ErrnoException) => {
+        throw new PeerShareError('IO_ERROR', `Cannot make the folder ${dest} to download into (${err.code === 'ENOTDIR' || err.code === 'EEXIST' ? 'a file is in the way' : 'a folder on the way is missing or not writable'}).`, { detail: String(err) });
+      });
+    }
     const result = await download(conn, remotePath, path.resolve(dest), {
       onConflict: conflict,
       signal: abort.signal,

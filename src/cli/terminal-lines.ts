@@ -8,6 +8,8 @@
 export class TerminalLines {
   private buffer = '';
   private startedAt = 0;
+  /** The line being typed was begun for a question that went away: it answers nothing, up to its Enter. */
+  private stale = false;
   private readonly onData = (chunk: Buffer): void => this.take(chunk.toString('utf8'));
 
   constructor(
@@ -20,8 +22,13 @@ export class TerminalLines {
     input.resume();
   }
 
-  /** Forgets a half-typed line (its question went away). */
+  /**
+   * Forgets a half-typed line (its question went away). The rest of that line, up to its Enter,
+   * still belongs to the old question: it is delivered as begun before any later question ("n",
+   * withdrawn, then "o" would otherwise answer the next one).
+   */
   discardPending(): void {
+    if (this.buffer !== '') this.stale = true;
     this.buffer = '';
   }
 
@@ -39,7 +46,8 @@ export class TerminalLines {
         this.echo.write('\n');
         const line = this.buffer;
         this.buffer = '';
-        this.onLine(line, this.startedAt);
+        this.onLine(line, this.stale ? 0 : this.startedAt);
+        this.stale = false;
       } else if (key === '\u007f' || key === '\b') {
         if (this.buffer.length > 0) {
           this.buffer = this.buffer.slice(0, -1);

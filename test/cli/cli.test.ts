@@ -451,6 +451,27 @@ describe('the peershare CLI', () => {
       assert.equal(await attacker.result, 'ACCESS_DENIED', 'the "a" typed for the withdrawn question did not answer the next');
       const after = json(await cli(['trust', 'ls', '--json', '--home', home])).peers as unknown[];
       assert.deepEqual(after, [], 'still nobody trusted');
+
+      // Found by the second outside review: "n" typed for a question that is then withdrawn, and
+      // "o" + Enter once the next has appeared, must not answer it with "o" (allow once).
+      const second = await makePeer();
+      const withdrawSecond = new AbortController();
+      const secondAsks = connectToPeer({ ...second, addresses: invite.addresses, expectedPeerId: invite.peerId, name: 'Friend2', requestAccess: true, signal: withdrawSecond.signal }).catch(() => undefined);
+      const markSecond = output.length;
+      await until('Calls itself       "Friend2"', markSecond);
+      await new Promise((r) => setTimeout(r, 400));
+      child.stdin!.write('n');
+      await new Promise((r) => setTimeout(r, 200));
+      withdrawSecond.abort();
+      await secondAsks;
+      const markThird = output.length;
+      const third = await ask('Attacker2');
+      await until('Calls itself       "Attacker2"', markThird);
+      await new Promise((r) => setTimeout(r, 400));
+      child.stdin!.write('o\r');
+      await until('typed before this question appeared', markThird);
+      child.stdin!.write('d\r');
+      assert.equal(await third.result, 'ACCESS_DENIED', 'the rest of a word begun for the withdrawn question answered nothing');
     } finally {
       child.kill('SIGTERM');
     }
@@ -477,6 +498,29 @@ describe('the peershare CLI', () => {
     const exists = await cli(['get', listening.peerId, 'ws/hello.txt', dest, '--home', clientHome]);
     assert.equal(exists.code, 6);
     assert.match(exists.stderr, /--overwrite.*--keep-both/);
+  });
+
+  it('get into "file/" where a file is in the way says so (found by the second outside review)', async () => {
+    const dest = tempDir();
+    await fs.writeFile(path.join(dest, 'file'), 'mine');
+    const run = await cli(['get', listening.peerId, 'ws/hello.txt', path.join(dest, 'file') + '/', '--home', clientHome]);
+    assert.notEqual(run.code, 0);
+    assert.match(run.stderr, /Cannot make the folder .*file\/ to download into \(a file is in the way\)/);
+    assert.equal(await fs.readFile(path.join(dest, 'file'), 'utf8'), 'mine');
+  });
+
+  it('serve --requests ask that cannot start exits with its code and leaves the terminal alone (found by the second outside review)', async () => {
+    const taken = net.createServer();
+    await new Promise<void>((r) => taken.listen(0, '127.0.0.1', () => r()));
+    const port = (taken.address() as net.AddressInfo).port;
+    try {
+      const command = `${process.execPath} ${CLI} serve ${ws} --home ${tempDir()} --requests ask --port ${port}; echo "exit=$?"`;
+      const run = spawnSync('script', ['-qfec', command, '/dev/null'], { encoding: 'utf8', timeout: 20_000 });
+      assert.match(run.stdout, /ADDRESS_IN_USE/);
+      assert.match(run.stdout, /exit=3/, `it exited by itself with 3:\n${run.stdout}`);
+    } finally {
+      taken.close();
+    }
   });
 
   it('get into "dir/" makes the folder and saves inside it, as cp and rsync read a trailing slash', async () => {
