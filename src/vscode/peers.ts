@@ -33,6 +33,9 @@ export class Peers implements vscode.Disposable {
   private discoveryStarting?: Promise<Discovery | undefined>;
   /** Nearby peers that let us in once: browsable while that connection lasts. */
   private readonly allowedOnce = new Map<string, NearbyPeer>();
+  /** Peers whose connection dropped and did not come back: checked again, less often each time. */
+  private readonly rechecks = new Map<string, { timer: NodeJS.Timeout; delayMs: number }>();
+  private disposed = false;
 
   constructor(
     /** The identity folder: key, certificate and trusted peers. */
@@ -88,6 +91,7 @@ export class Peers implements vscode.Disposable {
   async forget(id: string): Promise<void> {
     const { trust } = await this.load();
     await trust.remove(id);
+    this.stopRechecking(id);
     this.closeBrowsing(id);
     this.states.delete(id);
     this.log.info(`Forgot peer ${id}`);
@@ -131,9 +135,49 @@ export class Peers implements vscode.Disposable {
       this.setState(id, 'online');
       return conn;
     } catch (err) {
-      if (err instanceof PeerShareError && ['CONNECTION_FAILED', 'TIMEOUT', 'CONNECTION_CLOSED'].includes(err.code)) this.setState(id, 'offline');
+      if (isUnreachable(err)) this.setState(id, 'offline');
       throw err;
     }
+  }
+
+  /**
+   * The browsing connection closed without us asking: the peer stopped sharing, its machine went
+   * away, or it closed an idle connection. One connection attempt tells which; the view then shows
+   * the peer offline (its files are no longer listed) or, if it answered, fresh.
+   */
+  private connectionDropped(id: string): void {
+    if (this.disposed) return;
+    this.states.delete(id);
+    void this.browsingConnection(id).then(
+      () => this.stopRechecking(id),
+      (err: unknown) => {
+        if (isUnreachable(err)) this.recheckLater(id);
+      },
+    );
+    this.changed.fire();
+  }
+
+  /** While a dropped peer stays unreachable, try again after 5 s, 10 s, 20 s, ... at most every 60 s. */
+  private recheckLater(id: string): void {
+    const delayMs = Math.min((this.rechecks.get(id)?.delayMs ?? 2_500) * 2, 60_000);
+    clearTimeout(this.rechecks.get(id)?.timer);
+    const timer = setTimeout(() => {
+      if (this.disposed || this.state(id) !== 'offline') return this.stopRechecking(id);
+      void this.browsingConnection(id).then(
+        () => {
+          this.stopRechecking(id);
+          this.changed.fire();
+        },
+        (err: unknown) => (isUnreachable(err) ? this.recheckLater(id) : this.stopRechecking(id)),
+      );
+    }, delayMs);
+    timer.unref?.();
+    this.rechecks.set(id, { timer, delayMs });
+  }
+
+  private stopRechecking(id: string): void {
+    clearTimeout(this.rechecks.get(id)?.timer);
+    this.rechecks.delete(id);
   }
 
   /** The LAN discovery (browse, and announce while sharing), started on first use if enabled. */
@@ -211,6 +255,8 @@ export class Peers implements vscode.Disposable {
   }
 
   dispose(): void {
+    this.disposed = true;
+    for (const id of [...this.rechecks.keys()]) this.stopRechecking(id);
     for (const id of [...this.browsing.keys()]) this.closeBrowsing(id);
     clearTimeout(this.changeTimer);
     void this.stopDiscovery();
@@ -229,8 +275,8 @@ export class Peers implements vscode.Disposable {
     const opening = this.openConnection(id);
     this.browsing.set(id, opening);
     opening.then(
-      (conn) => conn.onClose(() => this.browsing.get(id) === opening && this.browsing.delete(id)),
-      () => this.browsing.delete(id),
+      (conn) => conn.onClose(() => this.browsing.get(id) === opening && this.dropBrowsing(id)),
+      () => this.browsing.get(id) === opening && this.browsing.delete(id),
     );
     return opening;
   }
@@ -239,8 +285,15 @@ export class Peers implements vscode.Disposable {
     this.closeBrowsing(conn.peerId);
     const ready = Promise.resolve(conn);
     this.browsing.set(conn.peerId, ready);
-    conn.onClose(() => this.browsing.get(conn.peerId) === ready && this.browsing.delete(conn.peerId));
+    conn.onClose(() => this.browsing.get(conn.peerId) === ready && this.dropBrowsing(conn.peerId));
     this.setState(conn.peerId, 'online');
+  }
+
+  /** A browsing connection we did not close has closed (closeBrowsing unregisters first). */
+  private dropBrowsing(id: string): void {
+    this.browsing.delete(id);
+    this.queues.delete(id);
+    this.connectionDropped(id);
   }
 
   private closeBrowsing(id: string): void {
@@ -255,6 +308,11 @@ export class Peers implements vscode.Disposable {
     this.states.set(id, state);
     this.changed.fire();
   }
+}
+
+/** The peer did not answer (as opposed to answering with a refusal). */
+export function isUnreachable(err: unknown): boolean {
+  return err instanceof PeerShareError && ['CONNECTION_FAILED', 'TIMEOUT', 'CONNECTION_CLOSED'].includes(err.code);
 }
 
 /** `peershare://<peer ID without dashes>/<remote path>`: the URI of a peer's file. */

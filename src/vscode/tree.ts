@@ -1,7 +1,7 @@
 import * as vscode from 'vscode';
 import { fingerprintFromPeerId, sanitizeForDisplay, shortPeerId, toPeerShareError, verificationCode, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
 import { formatBytes } from '../core/format';
-import { peerFileUri, type Peers } from './peers';
+import { isUnreachable, peerFileUri, type Peers } from './peers';
 
 export type PeerNode = { kind: 'peer'; peer: TrustedPeer; verificationCode?: string };
 export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };
@@ -58,7 +58,9 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       }));
     } catch (err) {
       const coded = toPeerShareError(err);
-      return [{ kind: 'message', text: `${coded.message}`, tooltip: `${coded.code}: ${coded.message}` }];
+      // A tree row is one short line; the whole message is in the tooltip.
+      const text = isUnreachable(coded) ? 'Not reachable right now' : shortMessage(coded.message);
+      return [{ kind: 'message', text, tooltip: `${coded.message}\n\nRefresh to try again. (${coded.code})` }];
     }
   }
 
@@ -123,6 +125,14 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     this.subscription.dispose();
     this.changed.dispose();
   }
+}
+
+/** The first sentence of a message, cut at a word to fit a sidebar row. */
+export function shortMessage(message: string, max = 48): string {
+  const sentence = message.match(/^.*?[.!?](?=\s|$)/)?.[0] ?? message;
+  if (sentence.length <= max) return sentence;
+  const cut = sentence.slice(0, max - 1);
+  return `${cut.slice(0, cut.lastIndexOf(' ') > max / 2 ? cut.lastIndexOf(' ') : cut.length)}…`;
 }
 
 /** Trust has a direction; the tooltip says which. */

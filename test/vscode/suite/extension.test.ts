@@ -251,17 +251,27 @@ describe('PeerShare in a real VS Code', function () {
     assert.ok((await childrenOf(root)).length > 0);
   });
 
-  it('shows an unreachable peer as offline, with the reason instead of files', async () => {
+  it('shows a peer offline as soon as its connection drops, and online again when it is back', async () => {
     const gone = await startHeadlessPeer('gone', { 'a.txt': 'a' });
     await vscode.commands.executeCommand('peershare.connect', gone.invite);
-    await gone.stop();
     const { peers, tree } = await api();
     const node = await findPeerNode(gone.peerId);
-    await waitFor(async () => {
-      const children = await childrenOf(node);
-      return children.length === 1 && children[0].kind === 'message' && /connect|closed/i.test(children[0].text) ? children : undefined;
-    });
+    assert.deepEqual((await childrenOf(await findEntry(node, 'gone'))).map((n) => n.kind === 'entry' && n.entry.name), ['a.txt']);
+    assert.equal(peers.state(gone.peerId), 'online');
+    await gone.stop();
+    // Nobody asks the tree: the dropped connection alone must mark the peer offline.
+    await waitFor(() => peers.state(gone.peerId) === 'offline', 15_000);
     assert.match(String(tree.getTreeItem(node).description), /offline/);
+    const children = await childrenOf(node);
+    assert.equal(children.length, 1);
+    assert.equal(children[0].kind, 'message');
+    assert.equal((children[0] as { text: string }).text, 'Not reachable right now');
+    assert.match(String((children[0] as { tooltip?: string }).tooltip), /Refresh to try again/);
+    // Back on its port (as after a restart): found again without a Refresh.
+    await gone.restart();
+    await waitFor(() => peers.state(gone.peerId) === 'online', 30_000);
+    assert.deepEqual((await childrenOf(await findEntry(node, 'gone'))).map((n) => n.kind === 'entry' && n.entry.name), ['a.txt']);
+    await gone.stop();
     await peers.forget(gone.peerId);
   });
 

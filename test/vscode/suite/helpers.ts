@@ -24,6 +24,8 @@ export interface HeadlessPeer {
   port: number;
   folder: string;
   stop(): Promise<void>;
+  /** Starts it again after `stop()`: same identity, folder and port, as after a restart of its machine. */
+  restart(): Promise<void>;
 }
 
 /** A headless peer: the real CLI, `peershare serve`, sharing `files` from a new folder. */
@@ -35,25 +37,34 @@ export async function startHeadlessPeer(name: string, files: Record<string, stri
     await fs.mkdir(path.dirname(path.join(folder, rel)), { recursive: true });
     await fs.writeFile(path.join(folder, rel), content);
   }
-  const child: ChildProcess = spawn(
-    process.execPath,
-    [path.join(ROOT, 'dist', 'cli.js'), 'serve', folder, '--json', '--home', path.join(base, 'home'), '--invite-uses', '20', '--name', `Headless ${name}`, ...extraArgs],
-    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' } },
-  );
-  const line = await new Promise<string>((resolve, reject) => {
-    readline.createInterface({ input: child.stdout! }).once('line', resolve);
-    child.once('exit', (code) => reject(new Error(`peershare serve exited with ${code}`)));
-  });
-  const info = JSON.parse(line) as { invite: string; peerId: string; port: number };
+  const home = path.join(base, 'home');
+  const serve = async (args: string[]): Promise<{ child: ChildProcess; info: { invite: string; peerId: string; port: number } }> => {
+    const child: ChildProcess = spawn(
+      process.execPath,
+      [path.join(ROOT, 'dist', 'cli.js'), 'serve', folder, '--json', '--home', home, '--invite-uses', '20', '--name', `Headless ${name}`, ...args],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' } },
+    );
+    const line = await new Promise<string>((resolve, reject) => {
+      readline.createInterface({ input: child.stdout! }).once('line', resolve);
+      child.once('exit', (code) => reject(new Error(`peershare serve exited with ${code}`)));
+    });
+    return { child, info: JSON.parse(line) };
+  };
+  let { child, info } = await serve(extraArgs);
+  const stop = (): Promise<void> =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      child.once('exit', () => resolve());
+      child.kill('SIGTERM');
+    });
   return {
     ...info,
     folder,
-    stop: () =>
-      new Promise((resolve) => {
-        if (child.exitCode !== null) return resolve();
-        child.once('exit', () => resolve());
-        child.kill('SIGTERM');
-      }),
+    stop,
+    restart: async () => {
+      await stop();
+      ({ child } = await serve([...extraArgs, '--port', String(info.port)]));
+    },
   };
 }
 
