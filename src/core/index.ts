@@ -14,3 +14,4 @@ export * from './names';
 export * from './format';
 export * from './discovery';
 export * from './probe';
+export * from './reach';

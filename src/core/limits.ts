@@ -72,6 +72,10 @@ export interface Limits {
   maxPathBytes: number;
   /** Files whose SHA-256 the sharer remembers, so a file sent again is not hashed again. */
   hashCacheEntries: number;
+  /** How long a client listens for a trusted peer's announcements when it is not where it was (discovery asks at once, so sharers answer within milliseconds). */
+  announcementWaitMs: number;
+  /** Addresses announced for one peer ID that a client tries: an announcement is only a claim, so strangers cannot aim it at many. */
+  maxAnnouncedAddressesTried: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
@@ -105,6 +109,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxTreeDepth: 64,
   maxPathBytes: 4096,
   hashCacheEntries: 10_000,
+  announcementWaitMs: 1500,
+  maxAnnouncedAddressesTried: 4,
 });
 
 /** Size of the chunks files are read and sent in. */
