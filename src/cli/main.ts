@@ -4,12 +4,16 @@ import * as path from 'node:path';
 import * as v8 from 'node:v8';
 import { parseArgs } from 'node:util';
 import {
+  DEFAULT_LIMITS,
+  DEFAULT_PORT,
   PeerServer,
   PeerShareError,
   Share,
   TrustStore,
+  connectToKnownPeer,
   connectToPeer,
   download,
+  listenOnPort,
   loadOrCreateIdentity,
   looksLikeInvite,
   parseAddress,
@@ -92,13 +96,17 @@ Options:
   --home DIR            Identity and trust folder (default: $PEERSHARE_HOME or ~/.peershare)
   --json                Print one machine-readable JSON result
   --name NAME           The name other peers see (default: user@host)
-  serve:  --port N (default 0: any free port)  --host ADDR (default 127.0.0.1; 0.0.0.0 for the LAN)
+  serve:  --port N (default 47474, or any free port if it is taken; 0: any free port)
+          --host ADDR (default 127.0.0.1; 0.0.0.0 for the LAN)
           --invite-ttl SECONDS (default 3600)  --invite-uses N (default 1)
           --exclude GLOB (repeatable)  --no-gitignore  --no-default-excludes
           --announce   Announce this peer to the local network (nearby peers see a hint, not trust)
           --requests ask|deny  Nearby peers asking to connect: ask at this terminal, or refuse (default deny)
-  nearby, serve --announce:  --interface ADDR (IPv4 address, repeatable; default: every LAN interface)
+  nearby, serve --announce, ls, get:  --interface ADDR (IPv4 address, repeatable; default: every LAN interface)
           --discovery-port N (default 47475)
+  ls, get: a trusted peer not at its last address is looked for at its host's port 47474, then
+          among the peers announcing themselves nearby (its certificate decides);
+          --no-discovery  Do not listen for announcements
   get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
           --keep-both       Save next to existing files as "name (2).ext"
 `;
@@ -107,6 +115,10 @@ interface Globals {
   json: boolean;
   home?: string;
   name: string;
+  /** Where serve listens unless --port says otherwise, and where ls and get look for a restarted peer. */
+  defaultPort: number;
+  /** Where ls and get listen for a trusted peer's announcements when it is not where it was; false: not at all. */
+  lookNearby: { interfaces?: string[]; port?: number } | false;
 }
 
 function out(line: string): void {
@@ -134,6 +146,7 @@ const OPTIONS = {
   requests: { type: 'string' },
   interface: { type: 'string', multiple: true },
   'discovery-port': { type: 'string' },
+  'no-discovery': { type: 'boolean', default: false },
   timeout: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', default: false },
@@ -151,15 +164,17 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return values.help ? EXIT.OK : EXIT.USAGE;
   }
-  const globals: Globals = {
-    json: values.json ?? false,
-    home: values.home,
-    name: values.name ?? `${os.userInfo().username}@${os.hostname()}`,
-  };
   const discovery = {
     announce: values.announce ?? false,
     interfaces: values.interface,
     port: intOption(values['discovery-port'], 'discovery-port', 1, 65535),
+  };
+  const globals: Globals = {
+    json: values.json ?? false,
+    home: values.home,
+    name: values.name ?? `${os.userInfo().username}@${os.hostname()}`,
+    defaultPort: defaultPortSetting(),
+    lookNearby: values['no-discovery'] ? false : { interfaces: discovery.interfaces, port: discovery.port },
   };
   switch (command) {
     case 'nearby':
@@ -169,7 +184,7 @@ async function main(argv: string[]): Promise<number> {
       return commandId(globals);
     case 'serve':
       return commandServe(globals, args.length ? args : ['.'], {
-        port: intOption(values.port, 'port', 0, 65535) ?? 0,
+        port: intOption(values.port, 'port', 0, 65535),
         host: values.host ?? '127.0.0.1',
         ttlMs: (intOption(values['invite-ttl'], 'invite-ttl', 1, 365 * 86400) ?? 3600) * 1000,
         uses: intOption(values['invite-uses'], 'invite-uses', 1, 1_000_000) ?? 1,
@@ -310,6 +325,19 @@ function describeTrust(peer: { mayReadUs: boolean; weRead: boolean }): string {
   return peer.mayReadUs ? 'reads your share' : 'you read theirs';
 }
 
+/**
+ * DEFAULT_PORT, unless PEERSHARE_DEFAULT_PORT says otherwise. That variable is for tests: they
+ * check the default port's behaviour on a port of their own, so they never contend for 47474
+ * with a serve running on the same machine (or with each other).
+ */
+function defaultPortSetting(): number {
+  const value = process.env.PEERSHARE_DEFAULT_PORT;
+  if (value === undefined || value === '') return DEFAULT_PORT;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new PeerShareError('INVALID_ARGUMENT', 'PEERSHARE_DEFAULT_PORT must be a whole number from 1 to 65535.');
+  return n;
+}
+
 function intOption(value: string | undefined, name: string, min: number, max: number): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
@@ -350,7 +378,8 @@ async function commandServe(
   globals: Globals,
   folders: string[],
   options: {
-    port: number;
+    /** Undefined: the default port, or any free one if it is taken. */
+    port?: number;
     host: string;
     ttlMs: number;
     uses: number;
@@ -393,7 +422,7 @@ async function commandServe(
       `--announce tells your network where to connect, but serve listens on ${options.host} only, where no other machine can reach it. Add --host 0.0.0.0 to share on the network.`,
     );
   }
-  const { port } = await server.listen(options.port, options.host);
+  const { port, defaultPortInUse } = await listenOnPort(server, options.host, { port: options.port, defaultPort: globals.defaultPort });
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
   let nearby: Discovery | undefined;
   if (options.discovery.announce) {
@@ -405,11 +434,16 @@ async function commandServe(
   // Only once everything is up: a failed start must not leave the terminal being read (and raw).
   if (options.requests === 'ask') startReadingTerminal();
   if (globals.json) {
-    printJson({ event: 'listening', addresses: server.addresses(), port, peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
+    printJson({ event: 'listening', addresses: server.addresses(), port, ...(defaultPortInUse ? { defaultPortInUse } : {}), peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
   } else {
     out(`Sharing ${share.roots.map((r) => r.realPath).join(', ')} (read-only) as "${globals.name}"`);
     out(`Peer ID:   ${identity.peerId}`);
     out(`Listening: ${server.addresses().join(', ')}`);
+    if (defaultPortInUse) {
+      out(
+        `Port ${defaultPortInUse} is in use; listening on ${port} instead. Peers that paired with you find you ${nearby ? 'through your announcements' : 'only with a new invite (or when you announce yourself: --announce)'}.`,
+      );
+    }
     out(`Invite (valid ${Math.round(options.ttlMs / 60000)} min, ${options.uses} use${options.uses === 1 ? '' : 's'}):`);
     out(`  ${invite}`);
     if (loopbackOnly) out(`Only this machine can connect (listening on ${options.host}). To share on your network, add --host 0.0.0.0.`);
@@ -438,7 +472,7 @@ function isLoopback(host: string): boolean {
 
 /** Nearby peers whose certificates are checked at once, addresses checked per claimed ID, and the time all checks may take. */
 const NEARBY_PROBES_AT_ONCE = 8;
-const NEARBY_PROBES_PER_ID = 4;
+const NEARBY_PROBES_PER_ID = DEFAULT_LIMITS.maxAnnouncedAddressesTried;
 const NEARBY_PROBE_DEADLINE_MS = 5000;
 
 interface DiscoverySettings {
@@ -500,8 +534,11 @@ async function connectTarget(globals: Globals, target: string, signal?: AbortSig
   if (parseAddress(target)) return { conn: await connectToPeer({ ...base, addresses: [target] }), identity };
   const peer = trust.find(target);
   if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}". Use an invite the first time.`);
-  if (peer.addresses.length === 0) throw new PeerShareError('UNKNOWN_PEER', `No address is known for ${peer.name || peer.id}. Use an invite.`);
-  return { conn: await connectToPeer({ ...base, addresses: peer.addresses, expectedPeerId: peer.id }), identity };
+  const conn = await connectToKnownPeer({ ...base, peerId: peer.id, defaultPort: globals.defaultPort, discovery: globals.lookNearby });
+  if (!peer.addresses.includes(conn.address) && !globals.json) {
+    process.stderr.write(`Found ${sanitizeForDisplay(conn.peerName || peer.name).slice(0, 64)} at ${conn.address}, a new address; remembered for next time.\n`);
+  }
+  return { conn, identity };
 }
 
 async function commandLs(globals: Globals, target: string, remotePath: string): Promise<number> {
@@ -599,6 +636,7 @@ function naming(err: unknown, remotePath: string): unknown {
 
 /** What a person can do next, after the error itself; for the CLI only (the editor offers buttons). */
 const HINTS: Partial<Record<ErrorCode, string>> = {
+  ADDRESS_IN_USE: 'Choose another port with --port N, or --port 0 for any free port.',
   DEST_EXISTS: 'To replace it, add --overwrite; to keep both, add --keep-both.',
   CANCELLED: 'What arrived so far is kept: run the same command again to resume.',
   INVALID_INVITE:

@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import { PeerServer, PeerShareError, Share, resolveLimits, sanitizeForDisplay, toPeerShareError, type AccessDecision, type AccessRequest } from '../core';
+import { DEFAULT_PORT, PeerServer, PeerShareError, Share, listenOnPort, resolveLimits, sanitizeForDisplay, toPeerShareError, type AccessDecision, type AccessRequest } from '../core';
 import type { Peers } from './peers';
 import { filesExcludePatterns, readSettings } from './settings';
 
@@ -13,7 +13,8 @@ export type AccessPrompt = (request: AccessRequest, signal: AbortSignal) => Prom
 export class Sharing implements vscode.Disposable {
   accessPrompt: AccessPrompt = askAccess;
   private server?: PeerServer;
-  private lastPort?: number;
+  /** The port the server last had, and the setting it had then: a restart under the same setting keeps it. */
+  private last?: { port: number; setting: number };
   private starting?: Promise<void>;
   private readonly statusItem: vscode.StatusBarItem;
   private readonly changed = new vscode.EventEmitter<void>();
@@ -97,13 +98,23 @@ export class Sharing implements vscode.Disposable {
         return decision;
       },
     });
-    // A restart keeps the port it had (when no port is set), so invites and paired peers still reach us.
-    const port = settings.port || this.lastPort || 0;
-    await server.listen(port, settings.bindAddress).catch((err) => {
-      if (port !== settings.port) return server.listen(settings.port, settings.bindAddress);
-      throw err;
+    // The default port, or any free one if it is taken; a port set to anything else, exactly.
+    // A restart keeps the port it had (unless a port is set), so paired peers still reach us.
+    const { defaultPortInUse } = await listenOnPort(server, settings.bindAddress, {
+      port: settings.port === DEFAULT_PORT ? undefined : settings.port,
+      previousPort: this.last?.setting === settings.port ? this.last.port : undefined,
+    }).catch((err: unknown) => {
+      const coded = toPeerShareError(err);
+      if (coded.code !== 'ADDRESS_IN_USE') throw coded;
+      throw new PeerShareError('ADDRESS_IN_USE', `${coded.message} Change the peershare.port setting (0: any free port).`, { detail: coded.detail, cause: coded });
     });
-    this.lastPort = server.port;
+    this.last = { port: server.port, setting: settings.port };
+    if (defaultPortInUse) {
+      const how = settings.discovery.enabled ? 'through your announcements on the network, or a new invite' : 'only with a new invite';
+      const moved = `Port ${defaultPortInUse} is in use; sharing on port ${server.port} instead. Peers that paired with you find you ${how}.`;
+      this.log.warn(moved);
+      void vscode.window.showWarningMessage(moved);
+    }
     const onPeers = (): void => {
       this.render();
       this.changed.fire();

@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
+import * as tls from 'node:tls';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as readline from 'node:readline';
-import { connectToPeer, parseInvite } from '../../src/core';
+import { Discovery, connectToPeer, parseInvite } from '../../src/core';
 import { makePeer, tempDir, writeRandomFile } from '../helpers';
 
 const ROOT = path.join(__dirname, '..', '..');
@@ -39,9 +40,9 @@ interface Serving {
 }
 
 /** Starts `peershare serve --json` and waits for its listening line. */
-async function startServe(args: string[]): Promise<Serving> {
+async function startServe(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Serving> {
   const full = ['serve', ...args, '--json'];
-  const proc = spawn(process.execPath, [CLI, ...full], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [CLI, ...full], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
   let stderr = '';
   proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const listening = await new Promise<Serving['listening']>((resolve, reject) => {
@@ -49,6 +50,25 @@ async function startServe(args: string[]): Promise<Serving> {
     proc.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
   });
   return { proc, args, listening, stderr: () => stderr };
+}
+
+/** A port nothing listens on right now (bound, read, released). */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Something else holding a port on 127.0.0.1 (not PeerShare: it drops every connection). */
+async function holdPort(port = 0): Promise<{ port: number; close: () => Promise<void> }> {
+  const server = net.createServer((socket) => socket.destroy());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => resolve());
+  });
+  return { port: (server.address() as net.AddressInfo).port, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
 }
 
 async function stopServe(proc: ChildProcess): Promise<void> {
@@ -66,6 +86,9 @@ describe('the peershare CLI', () => {
   let bigData: Buffer;
 
   before(async () => {
+    // Every serve here has a default port of this file's own (PEERSHARE_DEFAULT_PORT), so none
+    // contends for 47474 with a real serve on this machine; the test of 47474 itself clears it.
+    process.env.PEERSHARE_DEFAULT_PORT = String(await freePort());
     const built = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });
     assert.equal(built.status, 0, 'the CLI builds');
     ws = path.join(tempDir(), 'ws');
@@ -554,6 +577,126 @@ describe('the peershare CLI', () => {
     } finally {
       plain.kill('SIGTERM');
       await stopServe(local.proc);
+    }
+  });
+
+  it('serve without --port listens on 47474, or, only when something holds 47474, on another port and says so', async () => {
+    // The real default, not this file's: the answer depends on the machine, and both are right.
+    const run = await startServe([ws, '--home', tempDir()], { PEERSHARE_DEFAULT_PORT: '' });
+    try {
+      const { port, defaultPortInUse } = run.listening as Serving['listening'] & { defaultPortInUse?: number };
+      if (port === 47474) assert.equal(defaultPortInUse, undefined);
+      else assert.equal(defaultPortInUse, 47474, `listening on ${port}: only a taken 47474 may move it`);
+    } finally {
+      await stopServe(run.proc);
+    }
+  });
+
+  it('serve: the default port taken means any free port and one line saying so (a field with --json); --port N taken is ADDRESS_IN_USE, exit 3', async () => {
+    const held = await holdPort();
+    const env = { PEERSHARE_DEFAULT_PORT: String(held.port) };
+    const asJson = await startServe([ws, '--home', tempDir()], env);
+    const plain = spawn(process.execPath, [CLI, 'serve', ws, '--home', tempDir()], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    try {
+      const listening = asJson.listening as Serving['listening'] & { defaultPortInUse?: number };
+      assert.equal(listening.defaultPortInUse, held.port);
+      assert.notEqual(listening.port, held.port);
+      assert.deepEqual(listening.addresses, [`127.0.0.1:${listening.port}`], 'the invite and the addresses carry the port it got');
+      let text = '';
+      plain.stdout!.on('data', (d: Buffer) => (text += d.toString()));
+      const deadline = Date.now() + 15_000;
+      while (!text.includes('Ctrl+C') && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const got = /^Listening: 127\.0\.0\.1:(\d+)$/m.exec(text)?.[1];
+      assert.ok(got && Number(got) !== held.port, text);
+      assert.match(text, new RegExp(`^Port ${held.port} is in use; listening on ${got} instead\\. Peers that paired with you find you only with a new invite \\(or when you announce yourself: --announce\\)\\.$`, 'm'));
+      const explicit = await cli(['serve', ws, '--home', tempDir(), '--port', String(held.port)]);
+      assert.equal(explicit.code, 3);
+      assert.match(explicit.stderr, new RegExp(`^peershare: Port ${held.port} on 127\\.0\\.0\\.1 is already in use, by another program or another PeerShare\\. Stop that one, or choose another port\\. \\[ADDRESS_IN_USE\\]\\nChoose another port with --port N, or --port 0 for any free port\\.\\n$`, 'm'));
+      const explicitJson = await cli(['serve', ws, '--home', tempDir(), '--port', String(held.port), '--json']);
+      assert.equal(explicitJson.code, 3);
+      assert.equal((json(explicitJson).error as { code: string }).code, 'ADDRESS_IN_USE');
+    } finally {
+      plain.kill('SIGTERM');
+      await stopServe(asJson.proc);
+      await held.close();
+    }
+  });
+
+  it('a paired peer is found again after serve restarts: at the default port, and by its announcements when it had to move', async () => {
+    const sharerHome = tempDir();
+    const home = tempDir();
+    const defaultPort = await freePort();
+    const env = { PEERSHARE_DEFAULT_PORT: String(defaultPort) };
+    const discovery = ['--interface', '127.0.0.1', '--discovery-port', String(49_000 + Math.floor(Math.random() * 1000))];
+    const first = await startServe([ws, '--home', sharerHome, '--name', 'Mover'], env);
+    let held: Awaited<ReturnType<typeof holdPort>> | undefined;
+    let third: Serving | undefined;
+    try {
+      assert.equal(first.listening.port, defaultPort);
+      assert.equal((await cli(['ls', first.listening.invite, '--home', home], env)).code, 0);
+      const id = first.listening.peerId;
+      await stopServe(first.proc);
+
+      // Restarted: the same port, so the remembered address works as it is.
+      const second = await startServe([ws, '--home', sharerHome, '--name', 'Mover'], env);
+      try {
+        assert.equal(second.listening.port, defaultPort);
+        const again = await cli(['ls', id, '--home', home], env);
+        assert.equal(again.code, 0, again.stderr);
+        assert.match(again.stdout, /^d .* ws\/$/m);
+      } finally {
+        await stopServe(second.proc);
+      }
+
+      // Restarted while something else holds the default port: it moves, and announces where.
+      held = await holdPort(defaultPort);
+      third = await startServe([ws, '--home', sharerHome, '--name', 'Mover', '--announce', ...discovery], env);
+      const moved = third.listening.port;
+      assert.equal((third.listening as Serving['listening'] & { defaultPortInUse?: number }).defaultPortInUse, defaultPort);
+      const unheard = await cli(['ls', id, '--home', home, '--no-discovery'], env);
+      assert.equal(unheard.code, 3, unheard.stderr);
+      assert.match(unheard.stderr, new RegExp(`^peershare: Mover did not answer at 127\\.0\\.0\\.1:${defaultPort}\\. Is it sharing\\? If it is, it may have a new address: ask for a new invite\\. \\[CONNECTION_(FAILED|CLOSED)\\]$`, 'm'));
+      const found = await cli(['ls', id, 'ws', '--home', home, ...discovery], env);
+      assert.equal(found.code, 0, found.stderr);
+      assert.match(found.stdout, /hello\.txt$/m);
+      assert.equal(found.stderr, `Found Mover at 127.0.0.1:${moved}, a new address; remembered for next time.\n`);
+      const peers = json(await cli(['trust', 'ls', '--json', '--home', home])).peers as { id: string; addresses: string[] }[];
+      assert.deepEqual(peers.find((p) => p.id === id)?.addresses, [`127.0.0.1:${moved}`, `127.0.0.1:${defaultPort}`], 'the new address first');
+    } finally {
+      await stopServe(first.proc);
+      if (third) await stopServe(third.proc);
+      await held?.close();
+    }
+  });
+
+  it('ls by peer ID never accepts another certificate announcing that ID: CONNECTION_FAILED, and the trust file unchanged', async () => {
+    const home = tempDir();
+    const env = { PEERSHARE_DEFAULT_PORT: String(await freePort()) };
+    const discoveryPort = 49_000 + Math.floor(Math.random() * 1000);
+    const sharer = await startServe([ws, '--home', tempDir(), '--name', 'Real'], env);
+    assert.equal((await cli(['ls', sharer.listening.invite, '--home', home], env)).code, 0);
+    await stopServe(sharer.proc);
+    const trustFile = path.join(home, 'trusted-peers.json');
+    const before = await fs.readFile(trustFile);
+    // An impostor: its own certificate, serving anyone, and announcements that claim the real ID.
+    const impostor = await makePeer();
+    const { TLS_OPTIONS } = await import('../../src/core/tls-options');
+    const impostorServer = tls.createServer({ ...TLS_OPTIONS, key: impostor.identity.keyPem, cert: impostor.identity.certPem, requestCert: true, rejectUnauthorized: false }, (socket) => socket.destroy());
+    let tried = 0;
+    impostorServer.on('connection', () => tried++);
+    await new Promise<void>((r) => impostorServer.listen(0, '127.0.0.1', () => r()));
+    const claiming = new Discovery({ selfId: sharer.listening.peerId, interfaces: ['127.0.0.1'], port: discoveryPort });
+    await claiming.start();
+    claiming.announce({ name: 'Real', port: (impostorServer.address() as net.AddressInfo).port });
+    try {
+      const run = await cli(['ls', sharer.listening.peerId, '--home', home, '--interface', '127.0.0.1', '--discovery-port', String(discoveryPort)], env);
+      assert.equal(run.code, 3, run.stderr);
+      assert.match(run.stderr, /Real did not answer at .*, nor among the peers announcing themselves on your network\. Is it sharing\? .*\[CONNECTION_FAILED\]/);
+      assert.equal(tried, 1, 'the announced address was tried, and its certificate refused before anything was sent');
+      assert.deepEqual(await fs.readFile(trustFile), before, 'the trust file is byte for byte what it was');
+    } finally {
+      await claiming.stop();
+      await new Promise<void>((r) => impostorServer.close(() => r()));
     }
   });
 
