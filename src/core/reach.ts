@@ -98,7 +98,7 @@ export async function listenOnPort(server: Listening, host: string, choice: Port
 // The client: finding a known peer
 
 /** Where to listen for announcements when no Discovery is running (the CLI): as in DiscoveryOptions. */
-export interface DiscoverySettings {
+export interface NearbyLookSettings {
   interfaces?: string[];
   port?: number;
 }
@@ -113,7 +113,7 @@ export interface KnownPeerOptions extends Omit<ConnectOptions, 'addresses' | 'ex
    * (used as it is, left running), settings to start one for the look (stopped after), or
    * undefined/false to skip that step.
    */
-  discovery?: Discovery | DiscoverySettings | false;
+  discovery?: Discovery | NearbyLookSettings | false;
 }
 
 /**
@@ -259,7 +259,8 @@ function notFound(
   const shown = places.length > 3 ? `${places.slice(0, 3).join(', ')} and ${places.length - 3} more` : places.join(', ');
   const nearby = listened ? ', nor among the peers announcing themselves on your network' : '';
   if (!firstFailure) {
-    return new PeerShareError('UNKNOWN_PEER', `No address is known for ${who}${nearby}. Is it sharing? Ask for an invite.`);
+    const unheard = listened ? ', and was not found among the peers announcing themselves on your network' : '';
+    return new PeerShareError('UNKNOWN_PEER', `${who} has no address we know of${unheard}. Is it sharing? Ask for an invite.`);
   }
   return new PeerShareError(
     firstFailure.code,

@@ -340,6 +340,31 @@ describe('connectToKnownPeer: finding a trusted peer that moved', () => {
     await rejectsWithCode(looking, 'CANCELLED');
   });
 
+  it('finds a known peer with no remembered address by its announcements; without discovery, UNKNOWN_PEER that says so', async () => {
+    const sharer = await startSharer([tempDir()]);
+    const client = await makePeer();
+    // Each knows the other only as a reader of its own share: the client never had the sharer's address.
+    await client.trust.addReader({ id: sharer.identity.peerId, name: 'sharer' });
+    await sharer.trust.addReader({ id: client.identity.peerId, name: 'client' });
+    const discoveryPort = nextDiscoveryPort++;
+    const announcing = await loopbackDiscovery(sharer.identity.peerId, discoveryPort);
+    announcing.announce({ name: 'sharer', port: sharer.server.port });
+    try {
+      await assert.rejects(connectToKnownPeer(options(client, sharer.identity.peerId, { discovery: false })), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'UNKNOWN_PEER');
+        assert.equal(err.message, 'sharer has no address we know of. Is it sharing? Ask for an invite.');
+        return true;
+      });
+      const conn = await connectToKnownPeer(options(client, sharer.identity.peerId, { discovery: { interfaces: ['127.0.0.1'], port: discoveryPort }, limits: { announcementWaitMs: 10_000 } }));
+      assert.equal(conn.address, sharer.address);
+      conn.close();
+      assert.deepEqual(await rememberedAddresses(client, sharer.identity.peerId), [sharer.address]);
+    } finally {
+      await announcing.stop();
+      await sharer.server.close();
+    }
+  });
+
   it('refuses a peer that is not trusted', async () => {
     const client = await makePeer();
     const stranger = await makePeer();
