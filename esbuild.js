@@ -16,7 +16,9 @@ async function main() {
     platform: 'node',
     target: 'node20',
     outdir: 'dist',
-    external: ['vscode'],
+    // The BLAKE3 binding is native code: src/core/blake3.ts loads it at run time, from the
+    // .node file a per-platform .vsix puts beside the bundle or from node_modules.
+    external: ['vscode', '@napi-rs/blake-hash'],
     minify: production,
     sourcemap: !production,
     sourcesContent: false,

@@ -1,5 +1,7 @@
 // The peer core: Node only, never `vscode` (test/core/boundaries.test.ts enforces it).
 export * from './errors';
+export * from './blake3';
+export * from './blocks';
 export * from './limits';
 export * from './peer-id';
 export * from './identity';

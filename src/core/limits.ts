@@ -52,6 +52,13 @@ export interface Limits {
   maxMessageBytes: number;
   /** Largest data frame accepted, in bytes. */
   maxDataFrameBytes: number;
+  /**
+   * Blocks one file may have: its block list carries a 32-byte BLAKE3 hash per block, and the
+   * receiver holds it whole. 131,072 blocks of 16 MiB (the largest block) are 2 TiB.
+   */
+  maxFileBlocks: number;
+  /** Bytes of one file's block list (28-byte header and 32 bytes per block) accepted from a peer. */
+  maxManifestBytes: number;
   /** Entries a single listing may return (both sides enforce it). */
   maxListEntries: number;
   /** Bytes of names (UTF-8) a single listing may hold, so long names cannot multiply the count's memory. */
@@ -97,6 +104,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxRequestsPerPeer: 8,
   maxMessageBytes: 1024 * 1024,
   maxDataFrameBytes: 1024 * 1024,
+  maxFileBlocks: 131_072,
+  maxManifestBytes: 28 + 32 * 131_072,
   // Sized so a whole listing, or a folder download's bookkeeping, stays well inside the client's
   // 100 MiB memory goal whatever a hostile sharer sends.
   maxListEntries: 200_000,
