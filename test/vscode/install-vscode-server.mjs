@@ -110,7 +110,7 @@ export function measureFolder(dir) {
 
 /**
  * Runs `commands` one after another as one step of one or more stages; a later stage starts when its
- * `reached()` says so (a folder appearing) or when the step ends. Output is kept, not shown: on
+ * `reached()` says so (a folder appearing). Output is kept, not shown: on
  * success only the lines worth a look; on failure all of it. Rejects when a command fails.
  */
 export async function runStep({ commands, stages, status, measure, log, redraw, tickMs = redraw ? REDRAW_EVERY_MS : NOTE_EVERY_MS }) {
@@ -119,8 +119,8 @@ export async function runStep({ commands, stages, status, measure, log, redraw, 
   let measured = {};
   let measuredAt = 0;
   status.start(stages[0].title);
-  const advance = (all) => {
-    while (index + 1 < stages.length && (all || stages[index + 1].reached?.())) {
+  const advance = () => {
+    while (index + 1 < stages.length && stages[index + 1].reached()) {
       status.finish(`done in ${formatDuration(Date.now() - stageStarted)}`);
       index += 1;
       stageStarted = Date.now();
@@ -128,7 +128,7 @@ export async function runStep({ commands, stages, status, measure, log, redraw, 
     }
   };
   const timer = setInterval(() => {
-    advance(false);
+    advance();
     if (measure && Date.now() - measuredAt >= MEASURE_EVERY_MS) {
       measured = measure();
       measuredAt = Date.now();
@@ -161,7 +161,7 @@ export async function runStep({ commands, stages, status, measure, log, redraw, 
   } finally {
     clearInterval(timer);
   }
-  advance(true);
+  advance(); // a stage reached since the last tick still gets its line
   status.finish(`done in ${formatDuration(Date.now() - stageStarted)}`);
   for (const line of Buffer.concat(chunks).toString().split('\n')) {
     if (WORTH_SHOWING.test(line)) status.say(`  ${line}`);
