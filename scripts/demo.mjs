@@ -29,7 +29,7 @@ write(path.join(workspace, 'README.md'), '# Your workspace\n\nDownloads from the
 write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ ...LOOPBACK_SETTINGS, 'git.openRepositoryInParentFolders': 'never' }, null, 2) + '\n');
 
 // 1. The demo peer: the real CLI, sharing the samples on loopback.
-const peer = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', path.join(demo, 'peer-home'), '--invite-uses', '10', '--name', 'Demo peer'], {
+const peer = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', path.join(demo, 'peer-home'), '--invite-uses', '10', '--name', 'Demo peer', '--port', '0'], {
   stdio: ['ignore', 'pipe', 'inherit'],
 });
 const { invite, peerId, addresses } = await new Promise((resolve, reject) => {

@@ -135,7 +135,8 @@ export class PeerServer extends EventEmitter {
     // gives it any TLS state. No cap on sockets (Node's maxConnections would drop a trusted
     // peer's socket before TLS): the budgets below bound them instead.
     this.listener = net.createServer((socket) => this.onSocket(socket));
-    this.listener.on('error', (err) => this.log('error', `Server error: ${err.message}`));
+    // An error before listening (EADDRINUSE) is listen()'s to report, as its rejection.
+    this.listener.on('error', (err) => this.listener.listening && this.log('error', `Server error: ${err.message}`));
     this.server.on('secureConnection', (socket) => this.accept(socket));
     this.server.on('tlsClientError', (err, socket) => {
       this.log('debug', `TLS handshake failed from ${socket.remoteAddress ?? '?'}: ${err.message}`);

@@ -154,7 +154,7 @@ export class Downloads implements vscode.Disposable {
 
   private report(result: DownloadResult, name: string, from: string): void {
     const sentence = describeDownload(result, name, from);
-    this.log.info(`${sentence} Saved in ${result.target}; ${formatBytes(result.bytes)} received, every file verified.`);
+    this.log.info(result.files === 0 ? `${sentence} (${result.target})` : `${sentence} Saved in ${result.target}; ${formatBytes(result.bytes)} received, every file verified.`);
     for (const l of result.leftOut) this.log.warn(`Left out ${l.path}: its name is not safe here (${l.why}).`);
     if (result.files === 0) {
       void vscode.window.showInformationMessage(sentence);

@@ -4,7 +4,9 @@ import {
   Discovery,
   PeerShareError,
   TrustStore,
+  connectToKnownPeer,
   connectToPeer,
+  isUnreachable,
   loadOrCreateIdentity,
   looksLikeInvite,
   parseAddress,
@@ -127,11 +129,10 @@ export class Peers implements vscode.Disposable {
   /** A fresh connection, for a download; the caller closes it. */
   async openConnection(id: string, signal?: AbortSignal): Promise<PeerConnection> {
     const { identity, trust } = await this.load();
-    const peer = trust.get(id);
-    if (!peer) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
-    if (peer.addresses.length === 0) throw new PeerShareError('UNKNOWN_PEER', `${peer.name || 'That peer'} does not share anything we know of.`);
+    if (!trust.get(id)) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
     try {
-      const conn = await connectToPeer({ identity, trust, name: readSettings().displayName, addresses: peer.addresses, expectedPeerId: id, signal });
+      // Where it was, else at its host's default port, else wherever it announces itself nearby.
+      const conn = await connectToKnownPeer({ identity, trust, name: readSettings().displayName, peerId: id, signal, discovery: (await this.discovery()) ?? false });
       this.setState(id, 'online');
       return conn;
     } catch (err) {
@@ -147,6 +148,7 @@ export class Peers implements vscode.Disposable {
    */
   private connectionDropped(id: string): void {
     if (this.disposed) return;
+    this.log.info(`The connection to ${id} closed; checking whether it still shares`);
     this.states.delete(id);
     void this.browsingConnection(id).then(
       () => this.stopRechecking(id),
@@ -308,11 +310,6 @@ export class Peers implements vscode.Disposable {
     this.states.set(id, state);
     this.changed.fire();
   }
-}
-
-/** The peer did not answer (as opposed to answering with a refusal). */
-export function isUnreachable(err: unknown): boolean {
-  return err instanceof PeerShareError && ['CONNECTION_FAILED', 'TIMEOUT', 'CONNECTION_CLOSED'].includes(err.code);
 }
 
 /** `peershare://<peer ID without dashes>/<remote path>`: the URI of a peer's file. */

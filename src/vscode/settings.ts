@@ -1,7 +1,7 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { checkReceivedName } from '../core';
+import { DEFAULT_PORT, checkReceivedName } from '../core';
 
 /** The `peershare.*` settings, read fresh each time so changes apply without a reload. */
 export interface Settings {
@@ -21,7 +21,7 @@ export interface Settings {
 export function readSettings(): Settings {
   const c = vscode.workspace.getConfiguration('peershare');
   return {
-    port: c.get<number>('port', 0),
+    port: c.get<number>('port', DEFAULT_PORT),
     bindAddress: c.get<string>('bindAddress', '0.0.0.0') || '0.0.0.0',
     displayName: c.get<string>('displayName', '') || `${os.userInfo().username}@${os.hostname()}`,
     exclude: c.get<string[]>('exclude', []).filter((p) => typeof p === 'string' && p.length > 0),

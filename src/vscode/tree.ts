@@ -1,7 +1,7 @@
 import * as vscode from 'vscode';
-import { fingerprintFromPeerId, sanitizeForDisplay, shortPeerId, toPeerShareError, verificationCode, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
+import { fingerprintFromPeerId, isUnreachable, sanitizeForDisplay, shortPeerId, toPeerShareError, verificationCode, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
 import { formatBytes } from '../core/format';
-import { isUnreachable, peerFileUri, type Peers } from './peers';
+import { peerFileUri, type Peers } from './peers';
 
 export type PeerNode = { kind: 'peer'; peer: TrustedPeer; verificationCode?: string };
 export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };

@@ -149,7 +149,7 @@ export function runNearbyUiTest({ screenshotsDir }) {
       });
       const peer = track(
         'peer',
-        startCliPeer([shared, '--home', path.join(tmp, 'peer-home'), '--host', '127.0.0.1', '--announce', '--interface', '127.0.0.1', '--discovery-port', String(DISCOVERY_TEST_PORT), '--name', PEER_NAME]),
+        startCliPeer([shared, '--home', path.join(tmp, 'peer-home'), '--host', '127.0.0.1', '--announce', '--interface', '127.0.0.1', '--discovery-port', String(DISCOVERY_TEST_PORT), '--name', PEER_NAME, '--port', '0']),
       );
       const listening = await peer.ready;
       log(`peer "${PEER_NAME}" (${listening.peerId}) listening on port ${listening.port}, announcing on 127.0.0.1:${DISCOVERY_TEST_PORT}`);
