@@ -7,7 +7,7 @@ import { PeerFileSystem } from './vscode/fileSystem';
 import { Peers, baseName, peerFileUri } from './vscode/peers';
 import { localPathFor, readSettings } from './vscode/settings';
 import { Sharing } from './vscode/sharing';
-import { PeersTree, type EntryNode, type NearbyNode, type Node, type PeerNode } from './vscode/tree';
+import { PeersTree, type EntryNode, type Node, type PeerNode } from './vscode/tree';
 
 const moduleEvaluatedAt = performance.now();
 
@@ -68,11 +68,26 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     );
   };
 
+  /**
+   * A row's node, checked. VS Code passes the node of the row a command was run on; but when the
+   * row left the view before the command ran (a refresh, a second click on a closing menu), it
+   * passes only the row's handle, which names nothing we can act on.
+   */
+  function rowNode<K extends Node['kind']>(arg: unknown, kind: K): Extract<Node, { kind: K }> | undefined {
+    if (typeof arg === 'object' && arg !== null && (arg as { kind?: unknown }).kind === kind) return arg as Extract<Node, { kind: K }>;
+    if (arg !== undefined) log.warn(`Ignored a command for a row that is no longer in the Peers view (${kind}).`);
+    return undefined;
+  }
+  /** The file or folder a command was run on, or, from the Command Palette, one the person picks. */
+  async function entryOrPick(arg: unknown, type?: 'file'): Promise<EntryNode | undefined> {
+    return arg === undefined ? pickRemote(peers, type) : rowNode(arg, 'entry');
+  }
+
   command('peershare.startSharing', async () => {
     await sharing.start();
     void vscode.window
       .showInformationMessage(
-        `PeerShare: sharing ${vscode.workspace.workspaceFolders?.length === 1 ? 'this folder' : 'these folders'} read-only on port ${sharing.port}. Send an invite to let someone in.`,
+        `Sharing ${vscode.workspace.workspaceFolders?.length === 1 ? 'this folder' : 'these folders'} read-only on port ${sharing.port}. Send an invite to let someone in.`,
         'Copy Invite',
       )
       .then((choice) => choice && vscode.commands.executeCommand('peershare.copyInvite'));
@@ -100,7 +115,8 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     void vscode.window.showInformationMessage(`Connected to ${sanitizeForDisplay(peer.name || shortPeerId(peer.id))}.`);
     return peer;
   });
-  command('peershare.requestAccess', async (node?: NearbyNode) => {
+  command('peershare.requestAccess', async (arg?: unknown) => {
+    const node = rowNode(arg, 'nearby');
     if (!node) return undefined;
     const name = sanitizeForDisplay(node.peer.name || shortPeerId(node.peer.id));
     const outcome = await vscode.window.withProgress(
@@ -108,12 +124,13 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
       (progress) => peers.requestAccess(node.peer, (code) => progress.report({ message: `verification code ${code}: check that ${name} sees the same` })),
     );
     void vscode.window.showInformationMessage(
-      outcome === 'always' ? `PeerShare: ${name} allowed you; they are now a trusted peer.` : `PeerShare: ${name} allowed you once, for this connection.`,
+      outcome === 'always' ? `${name} allowed you; they are now a trusted peer.` : `${name} allowed you once, for this connection.`,
     );
     return outcome;
   });
-  command('peershare.renamePeer', async (node?: PeerNode) => {
-    const peer = node?.peer ?? (await pickPeer(peers));
+  command('peershare.renamePeer', async (arg?: unknown) => {
+    const row = rowNode(arg, 'peer');
+    const peer = row ? row.peer : arg === undefined ? await pickPeer(peers) : undefined;
     if (!peer) return;
     const name = await vscode.window.showInputBox({
       title: 'Rename Peer',
@@ -123,8 +140,9 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     });
     if (name) await peers.rename(peer.id, name.trim());
   });
-  command('peershare.forgetPeer', async (node?: PeerNode) => {
-    const peer = node?.peer ?? (await pickPeer(peers));
+  command('peershare.forgetPeer', async (arg?: unknown) => {
+    const row = rowNode(arg, 'peer');
+    const peer = row ? row.peer : arg === undefined ? await pickPeer(peers) : undefined;
     if (!peer) return;
     const name = sanitizeForDisplay(peer.name || shortPeerId(peer.id));
     const ok = await vscode.window.showWarningMessage(`Forget ${name}? They will need a new invite to connect again.`, { modal: true }, 'Forget');
@@ -133,24 +151,24 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     sharing.disconnect(peer.id);
   });
   command('peershare.refresh', (node?: Node) => tree.refresh(node));
-  command('peershare.download', async (node?: EntryNode) => {
-    const target = node ?? (await pickRemote(peers));
+  command('peershare.download', async (arg?: unknown) => {
+    const target = await entryOrPick(arg);
     return target ? downloads.download(target) : undefined;
   });
-  command('peershare.downloadTo', async (node?: EntryNode) => {
-    const target = node ?? (await pickRemote(peers));
+  command('peershare.downloadTo', async (arg?: unknown) => {
+    const target = await entryOrPick(arg);
     if (!target) return undefined;
     const folder = await vscode.window.showOpenDialog({ canSelectFolders: true, canSelectFiles: false, openLabel: 'Download Here', title: `Download ${baseName(target.remotePath)} to…` });
     return folder?.[0] ? downloads.download(target, folder[0].fsPath) : undefined;
   });
-  command('peershare.openPreview', async (node?: EntryNode) => {
-    const target = node ?? (await pickRemote(peers, 'file'));
+  command('peershare.openPreview', async (arg?: unknown) => {
+    const target = await entryOrPick(arg, 'file');
     if (!target) return;
     const doc = await vscode.workspace.openTextDocument(peerFileUri(target.peerId, target.remotePath));
     await vscode.window.showTextDocument(doc, { preview: true });
   });
-  command('peershare.compareWithLocal', async (node?: EntryNode) => {
-    const target = node ?? (await pickRemote(peers, 'file'));
+  command('peershare.compareWithLocal', async (arg?: unknown) => {
+    const target = await entryOrPick(arg, 'file');
     if (!target) return;
     const localPath = localPathFor(target.remotePath, readSettings());
     const local = localPath && (await fs.stat(localPath).then((st) => st.isFile(), () => false)) ? vscode.Uri.file(localPath) : undefined;

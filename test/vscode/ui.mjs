@@ -43,9 +43,11 @@ async function drive({ page, shot, ws, source }) {
     await item.hover();
     await page.waitForTimeout(200);
     await item.click();
-    // A click that lands while the menu is still settling only highlights the item; Enter takes it.
+    // A click that lands while the menu is still settling only highlights the item; then Enter
+    // takes it. (Not both: an item run twice gets its row's handle only, the second time.)
     const menu = page.locator('.context-view .monaco-menu');
-    if (await menu.isVisible().catch(() => false)) await page.keyboard.press('Enter');
+    const closed = await menu.waitFor({ state: 'hidden', timeout: 2_000 }).then(() => true, () => false);
+    if (!closed) await page.keyboard.press('Enter');
     await menu.waitFor({ state: 'hidden', timeout: 5_000 });
   }
   /** Toasts hide after a while, or at once with their close button; a person moves on either way. */
@@ -186,6 +188,12 @@ async function drive({ page, shot, ws, source }) {
   await page.waitForTimeout(300);
   await shot('offline.png');
   log(`after the peer stopped, its row said offline within ${((Date.now() - stopped) / 1000).toFixed(1)} s and its files are gone from the view`);
+
+  // Nothing went wrong along the way: no error among all the notifications shown.
+  await bell.click({ timeout: 5_000 });
+  await center.waitFor({ state: 'visible', timeout: 5_000 });
+  const errorsShown = await center.locator('.notification-list-item:has(.codicon-error)').allInnerTexts();
+  if (errorsShown.length) throw new Error(`error notifications were shown: ${JSON.stringify(errorsShown)}`);
 
   // The person then finds the file in the Explorer.
   await closeNotificationCenter();

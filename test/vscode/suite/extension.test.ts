@@ -251,6 +251,16 @@ describe('PeerShare in a real VS Code', function () {
     assert.ok((await childrenOf(root)).length > 0);
   });
 
+  it('a command run on a row that has left the view does nothing and shows no error', async () => {
+    // What VS Code passes when the row is gone before the command runs: only the row's handle.
+    const handle = { $treeViewId: 'peershare.peers', $treeItemHandle: '0/gone' };
+    errors.length = 0;
+    for (const id of ['peershare.download', 'peershare.downloadTo', 'peershare.openPreview', 'peershare.compareWithLocal', 'peershare.renamePeer', 'peershare.forgetPeer', 'peershare.requestAccess']) {
+      assert.equal(await vscode.commands.executeCommand(id, handle), undefined, id);
+    }
+    assert.deepEqual(errors, []);
+  });
+
   it('shows a peer offline as soon as its connection drops, and online again when it is back', async () => {
     const gone = await startHeadlessPeer('gone', { 'a.txt': 'a' });
     await vscode.commands.executeCommand('peershare.connect', gone.invite);
