@@ -78,6 +78,7 @@ export class Downloads implements vscode.Disposable {
                   if (applyToAll) return applyToAll;
                   const rel = path.relative(target, existing);
                   const remote = node.entry.type === 'dir' ? `${node.remotePath}/${rel.split(path.sep).join('/')}` : node.remotePath;
+                  progress.report({ message: `${sanitizeForDisplay(path.basename(existing))} exists here: waiting for your answer` });
                   const answer = await this.conflictPrompt(existing, node.entry.type === 'dir', peerFileUri(node.peerId, remote), from);
                   if (answer === 'overwriteAll') return (applyToAll = 'overwrite');
                   if (answer === 'skipAll') return (applyToAll = 'skip');

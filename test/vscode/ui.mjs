@@ -36,16 +36,26 @@ async function drive({ page, shot, ws, source }) {
     if (count !== 1) throw new Error(`${count} toasts say "${text}"`);
     return 'a toast';
   }
+  /** Right-click a row and take one item of its menu, once; a menu that did not open is opened again. */
   async function contextMenu(target, label) {
-    await target.click({ button: 'right' });
-    const item = page.locator('.context-view .monaco-menu .action-item:not(.disabled) .action-label', { hasText: new RegExp(`^${label}$`) });
-    await item.waitFor({ state: 'visible', timeout: 10_000 });
-    await item.hover();
+    const menu = page.locator('.context-view .monaco-menu');
+    const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: new RegExp(`^${label}$`) });
+    for (let attempt = 1; ; attempt++) {
+      await page.mouse.move(700, 600); // no hover tooltip in the way
+      await target.click({ button: 'right' });
+      try {
+        await item.waitFor({ state: 'visible', timeout: 5_000 });
+        await item.hover({ timeout: 5_000 });
+        break;
+      } catch (err) {
+        if (attempt === 3) throw err;
+        await page.keyboard.press('Escape');
+      }
+    }
     await page.waitForTimeout(200);
     await item.click();
     // A click that lands while the menu is still settling only highlights the item; then Enter
     // takes it. (Not both: an item run twice gets its row's handle only, the second time.)
-    const menu = page.locator('.context-view .monaco-menu');
     const closed = await menu.waitFor({ state: 'hidden', timeout: 2_000 }).then(() => true, () => false);
     if (!closed) await page.keyboard.press('Enter');
     await menu.waitFor({ state: 'hidden', timeout: 5_000 });
@@ -66,6 +76,12 @@ async function drive({ page, shot, ws, source }) {
   await activity.waitFor({ state: 'visible', timeout: 45_000 });
   log('workbench loaded, PeerShare icon in the activity bar');
   await page.waitForTimeout(3000); // let extension activation (onStartupFinished) settle
+  // The Chat panel VS Code opens on the right is not ours: close it, as many people do.
+  const chatPanel = page.locator('.part.auxiliarybar');
+  if (await chatPanel.isVisible()) {
+    await page.keyboard.press('Control+Alt+B');
+    await chatPanel.waitFor({ state: 'hidden', timeout: 5_000 }).catch(() => log('note: the secondary side bar stayed open'));
+  }
 
   // The PeerShare view before connecting: its welcome content.
   await activity.click();
@@ -161,6 +177,7 @@ async function drive({ page, shot, ws, source }) {
   const askedAgain = page.locator('.notifications-toasts .notification-toast', { hasText: 'already exists' });
   await askedAgain.waitFor({ state: 'visible', timeout: 10_000 });
   await page.mouse.move(700, 600);
+  await page.waitForTimeout(600); // the toast slides in
   await shot('conflict-compare.png');
   log('Compare showed the diff with the question in a notification beside it');
   await askedAgain.locator('.monaco-button', { hasText: 'Keep Both' }).click();
