@@ -59,6 +59,16 @@ export interface Limits {
   maxFileBlocks: number;
   /** Bytes of one file's block list (28-byte header and 32 bytes per block) accepted from a peer. */
   maxManifestBytes: number;
+  /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
+  requestWindowBytes: number;
+  /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
+  interleaveSliceBytes: number;
+  /** v2: events a peer may send per second on one connection, after a burst of `maxEventBurst`; more closes it. */
+  maxEventsPerSecond: number;
+  /** v2: events a peer may send at once before `maxEventsPerSecond` applies. */
+  maxEventBurst: number;
+  /** v2: largest event (JSON) accepted, in bytes. */
+  maxEventBytes: number;
   /** Entries a single listing may return (both sides enforce it). */
   maxListEntries: number;
   /** Bytes of names (UTF-8) a single listing may hold, so long names cannot multiply the count's memory. */
@@ -106,6 +116,12 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxDataFrameBytes: 1024 * 1024,
   maxFileBlocks: 131_072,
   maxManifestBytes: 28 + 32 * 131_072,
+  // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
+  requestWindowBytes: 4 * 1024 * 1024,
+  interleaveSliceBytes: 256 * 1024,
+  maxEventsPerSecond: 10,
+  maxEventBurst: 50,
+  maxEventBytes: 64 * 1024,
   // Sized so a whole listing, or a folder download's bookkeeping, stays well inside the client's
   // 100 MiB memory goal whatever a hostile sharer sends.
   maxListEntries: 200_000,
