@@ -89,6 +89,10 @@ export interface Limits {
   maxPathBytes: number;
   /** Files whose SHA-256 the sharer remembers, so a file sent again is not hashed again. */
   hashCacheEntries: number;
+  /** Files whose block lists the sharer keeps on disk (<home>/block-cache), so a file sent again, even after a restart, is not hashed again; the least recently used go first. */
+  blockCacheEntries: number;
+  /** Disk space those entries may take, each counted in whole 4 KiB blocks. */
+  blockCacheBytes: number;
   /** How long a client listens for a trusted peer's announcements when it is not where it was (discovery asks at once, so sharers answer within milliseconds). */
   announcementWaitMs: number;
   /** Addresses announced for one peer ID that a client tries: an announcement is only a claim, so strangers cannot aim it at many. */
@@ -134,6 +138,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxTreeDepth: 64,
   maxPathBytes: 4096,
   hashCacheEntries: 10_000,
+  // A block list is 92 bytes (2 blocks) to 64 KiB (below 32 GiB), one 4 KiB block on disk for most files.
+  blockCacheEntries: 100_000,
+  blockCacheBytes: 256 * 1024 * 1024,
   announcementWaitMs: 1500,
   maxAnnouncedAddressesTried: 4,
 });
