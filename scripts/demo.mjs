@@ -13,6 +13,11 @@ const cli = path.join(ROOT, 'dist', 'cli.js');
 const samples = path.join(demo, 'samples');
 const workspace = path.join(demo, 'workspace');
 
+function mkdirp(folder) {
+  mkdirSync(folder, { recursive: true });
+  return folder;
+}
+
 function write(file, content) {
   mkdirSync(path.dirname(file), { recursive: true });
   if (!existsSync(file)) writeFileSync(file, content);
@@ -25,8 +30,9 @@ write(path.join(samples, 'src', 'greet.ts'), 'export const greet = (name: string
 write(path.join(samples, '.env'), 'SECRET=never-shared\n');
 write(path.join(workspace, 'README.md'), '# Your workspace\n\nDownloads from the demo peer land here.\n');
 // The demo lives inside this repository's folder: keep VS Code's git from asking about it, so the
-// notifications a newcomer sees are PeerShare's.
-write(path.join(workspace, '.vscode', 'settings.json'), JSON.stringify({ ...LOOPBACK_SETTINGS, 'git.openRepositoryInParentFolders': 'never' }, null, 2) + '\n');
+// notifications a newcomer sees are PeerShare's. (openRepositoryInParentFolders alone still let a
+// toast through; the demo workspace is no repository, so git has nothing to do there.)
+writeFileSync(path.join(mkdirp(path.join(workspace, '.vscode')), 'settings.json'), JSON.stringify({ ...LOOPBACK_SETTINGS, 'git.enabled': false, 'git.openRepositoryInParentFolders': 'never' }, null, 2) + '\n');
 
 // 1. The demo peer: the real CLI, sharing the samples on loopback.
 const peer = spawn(process.execPath, [cli, 'serve', samples, '--json', '--home', path.join(demo, 'peer-home'), '--invite-uses', '10', '--name', 'Demo peer', '--port', '0'], {

