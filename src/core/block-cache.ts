@@ -109,6 +109,8 @@ export class BlockCache {
   private scanned = false;
   private maintenance: Promise<void> | undefined;
   private lastStampMs = 0;
+  /** Hashings under way, by file version. */
+  private readonly hashing = new Map<string, Promise<BlockManifest>>();
   private readonly hasher: BlockHasher;
   private readonly racyNs: bigint;
   private readonly minFileBytes: number;
@@ -152,17 +154,31 @@ export class BlockCache {
       // Before the stat: every change after this moment lands in a later tick (the racy rule).
       const startedAtMs = Date.now();
       const before = await handle.stat({ bigint: true });
+      const key = versionKey(before);
       if (!options.rehash) {
         const cached = await this.get(before);
         if (cached) return cached;
+        // Two peers asking for one large file at once: the second waits for the first's hashing.
+        const underWay = this.hashing.get(key);
+        if (underWay) return await underWay;
       }
-      const manifest = await this.hasher(handle, this.limits);
-      const after = await handle.stat({ bigint: true });
-      if (sameVersion(before, after)) await this.put(before, manifest, startedAtMs);
-      return manifest;
+      const run = this.hashAndKeep(handle, before, startedAtMs);
+      this.hashing.set(key, run);
+      try {
+        return await run;
+      } finally {
+        if (this.hashing.get(key) === run) this.hashing.delete(key);
+      }
     } finally {
       if (typeof file === 'string') await handle.close();
     }
+  }
+
+  private async hashAndKeep(handle: FileHandle, before: BigIntStats, startedAtMs: number): Promise<BlockManifest> {
+    const manifest = await this.hasher(handle, this.limits);
+    const after = await handle.stat({ bigint: true });
+    if (sameVersion(before, after)) await this.put(before, manifest, startedAtMs);
+    return manifest;
   }
 
   /** The cached block list of exactly this version of the file, or undefined. Never throws. */
@@ -395,6 +411,10 @@ export function encodeCacheEntry(version: Pick<FileVersion, 'dev' | 'ino' | 'siz
 /** The entry file's name: one per file (device, inode), so a new version replaces the old. */
 export function entryName(version: Pick<FileVersion, 'dev' | 'ino'>): string {
   return `${BigInt.asUintN(64, version.dev).toString(16)}-${BigInt.asUintN(64, version.ino).toString(16)}`;
+}
+
+function versionKey(version: FileVersion): string {
+  return `${entryName(version)}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
 }
 
 function diskCharge(bytes: number): number {

@@ -133,6 +133,17 @@ describe('block cache: a second hash of the same file is read from disk', () => 
     assert.deepEqual(await cacheNames(s), []);
   });
 
+  it('hashes a file once when two ask for it at the same time (one waits for the other)', async () => {
+    const s = await setup();
+    const file = await writeFile(s, 'a.bin');
+    await settle();
+    const counter = countingHasher();
+    const cache = await openCache(s, { hasher: counter.hasher });
+    const [first, second] = await Promise.all([cache.hashWithCache(file), cache.hashWithCache(file)]);
+    assert.equal(counter.calls(), 1);
+    assertSameManifest(second, first);
+  });
+
   it('rehash skips the cache and replaces its entry', async () => {
     const s = await setup();
     const file = await writeFile(s, 'a.bin');
