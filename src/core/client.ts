@@ -1,4 +1,4 @@
-import * as tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FrameParser, encodeMessage } from './frames';
@@ -13,7 +13,8 @@ import {
   type Entry,
   type WelcomeMessage,
 } from './protocol';
-import { tlsHandshake } from './probe';
+import type { AuthenticatedStream } from './transport';
+import { dialTls } from './transport-tls';
 import type { TrustStore } from './trust';
 
 export interface ConnectOptions {
@@ -136,7 +137,7 @@ class RequestClock {
   }
 }
 
-// Received bytes waiting for the disk; above HIGH the socket pauses, below LOW it resumes.
+// Received bytes waiting for the disk; above HIGH the stream pauses, below LOW it resumes.
 const QUEUE_HIGH_BYTES = 2 * 1024 * 1024;
 const QUEUE_LOW_BYTES = 512 * 1024;
 // Messages waiting likewise (while we wait for the disk or a person's answer): counted, since each
@@ -164,15 +165,16 @@ export async function connectToPeer(options: ConnectOptions): Promise<PeerConnec
 async function connectOnce(address: string, options: ConnectOptions): Promise<PeerConnection> {
   const limits = resolveLimits(options.limits);
   const expected = options.expectedPeerId ? normalizePeerId(options.expectedPeerId) : undefined;
-  const { socket, peerId: id } = await tlsHandshake({ identity: options.identity, address, timeoutMs: limits.handshakeTimeoutMs, signal: options.signal });
+  const remote = await dialTls({ identity: options.identity, address, timeoutMs: limits.handshakeTimeoutMs, signal: options.signal });
+  const id = remote.peerId;
   // The pin, checked before we send a single byte.
   if (expected ? id !== expected : !options.trust.readsFrom(id)) {
-    socket.destroy();
+    remote.stream.destroy();
     throw expected
       ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one in the invite (it presented ${id}).`)
       : new PeerShareError('PEER_UNTRUSTED', `The peer at ${address} (${id}) is not one you trust.`);
   }
-  const connection = new PeerConnection(socket, id, address, limits);
+  const connection = new PeerConnection(remote, limits);
   const asking = options.requestAccess === true && options.token === undefined;
   if (asking) options.onVerificationCode?.(verificationCode(options.identity.fingerprint, fingerprintFromPeerId(connection.peerId)));
   // Wired before the hello: asking a person to let us in can take a minute, and may be cancelled.
@@ -200,13 +202,19 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
 }
 
 /**
- * One authenticated connection to a peer. Requests run one at a time; what arrives is handed to
- * the open request in order, with back-pressure to the socket while the disk catches up.
+ * One authenticated connection to a peer, over any stream its transport proved (transport.ts).
+ * Requests run one at a time; what arrives is handed to the open request in order, with
+ * back-pressure to the stream while the disk catches up.
  */
 export class PeerConnection {
   welcome!: WelcomeMessage;
   /** Bytes received on this connection after decryption, framing included. */
   bytesReceived = 0;
+  /** The peer ID its transport proved. */
+  readonly peerId: string;
+  /** Where the peer is (`host:port`), for display. */
+  readonly address: string;
+  private readonly stream: Duplex;
   private readonly parser: FrameParser;
   private request?: OpenRequest;
   private queue: PeerEvent[] = [];
@@ -217,17 +225,17 @@ export class PeerConnection {
   private closeListeners: (() => void)[] = [];
 
   constructor(
-    private readonly socket: tls.TLSSocket,
-    readonly peerId: string,
-    readonly address: string,
+    remote: AuthenticatedStream,
     readonly limits: Limits,
   ) {
-    socket.setNoDelay(true);
+    this.peerId = remote.peerId;
+    this.address = remote.address;
+    this.stream = remote.stream;
     this.parser = new FrameParser(limits, {
       onMessage: (message) => this.enqueue({ kind: 'message', message }),
       onData: (chunk) => this.enqueue({ kind: 'data', chunk }),
     });
-    socket.on('data', (chunk: Buffer) => {
+    this.stream.on('data', (chunk: Buffer) => {
       // Bytes alone are not progress (see ReportProgress): no timer moves here.
       this.bytesReceived += chunk.length;
       try {
@@ -236,8 +244,8 @@ export class PeerConnection {
         this.close(toPeerShareError(err, 'PROTOCOL_ERROR'));
       }
     });
-    socket.on('error', (err) => this.close(toPeerShareError(err, 'CONNECTION_CLOSED')));
-    socket.on('close', () => this.close(new PeerShareError('CONNECTION_CLOSED')));
+    this.stream.on('error', (err) => this.close(toPeerShareError(err, 'CONNECTION_CLOSED')));
+    this.stream.on('close', () => this.close(new PeerShareError('CONNECTION_CLOSED')));
   }
 
   get peerName(): string {
@@ -256,7 +264,7 @@ export class PeerConnection {
   close(reason: PeerShareError = new PeerShareError('CANCELLED', 'Connection closed.')): void {
     if (this.closedWith) return;
     this.closedWith = reason;
-    this.socket.destroy();
+    this.stream.destroy();
     this.queue = [];
     const request = this.request;
     this.request = undefined;
@@ -367,7 +375,7 @@ export class PeerConnection {
         clock,
       };
       this.request = open;
-      this.socket.write(encodeMessage(request));
+      this.stream.write(encodeMessage(request));
     });
   }
 
@@ -382,7 +390,7 @@ export class PeerConnection {
     this.queue.push(event);
     if (event.kind === 'data') this.queuedBytes += event.chunk.length;
     else this.queuedMessages++;
-    if (this.queuedBytes > QUEUE_HIGH_BYTES || this.queuedMessages > QUEUE_HIGH_MESSAGES) this.socket.pause();
+    if (this.queuedBytes > QUEUE_HIGH_BYTES || this.queuedMessages > QUEUE_HIGH_MESSAGES) this.stream.pause();
     if (!this.draining) void this.drain();
   }
 
@@ -412,13 +420,13 @@ export class PeerConnection {
         request.reject(coded);
         if (!(event.kind === 'message' && event.message.type === 'error')) this.close(coded);
       }
-      if (this.queuedBytes < QUEUE_LOW_BYTES && this.queuedMessages < QUEUE_LOW_MESSAGES && this.socket.isPaused()) this.socket.resume();
+      if (this.queuedBytes < QUEUE_LOW_BYTES && this.queuedMessages < QUEUE_LOW_MESSAGES && this.stream.isPaused()) this.stream.resume();
     }
     if (!this.request && this.queue.length > 0) {
       this.queue = [];
       this.close(new PeerShareError('PROTOCOL_ERROR', 'The peer sent more than was asked for.'));
     }
-    if (this.socket.isPaused()) this.socket.resume();
+    if (this.stream.isPaused()) this.stream.resume();
     this.draining = false;
   }
 }

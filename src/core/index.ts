@@ -16,4 +16,6 @@ export * from './names';
 export * from './format';
 export * from './discovery';
 export * from './probe';
+export * from './transport';
+export { dialTls, sourceOf, type HandshakeOptions, type TlsListenerStats } from './transport-tls';
 export * from './reach';

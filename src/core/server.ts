@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import type { Duplex } from 'node:stream';
 import * as os from 'node:os';
-import * as tls from 'node:tls';
-import * as net from 'node:net';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
@@ -10,12 +9,13 @@ import { formatAddress, formatInvite, TokenBook } from './invite';
 import { FramePool } from './frame-pool';
 import { HashCache, sameVersion } from './hash-cache';
 import { resolveLimits, SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
-import { fingerprintFromPeerId, peerIdOfCert, shortPeerId, verificationCode } from './peer-id';
+import { fingerprintFromPeerId, shortPeerId, verificationCode } from './peer-id';
 import { formatBytes } from './format';
 import { PROTOCOL_VERSIONS, parseHello, parseRequest, sanitizeForDisplay, type Request } from './protocol';
 import type { Share, WalkItem } from './share';
 import type { TrustStore } from './trust';
-import { TLS_OPTIONS } from './tls-options';
+import { endWithError, type Admission, type AuthenticatedStream } from './transport';
+import { TlsListener, type TlsListenerStats } from './transport-tls';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;
@@ -53,33 +53,25 @@ export interface ConnectedPeer {
   remoteAddress: string;
 }
 
-export interface ServerStats {
+/** What the sharer counts; the handshake figures come from its transport (TlsListenerStats). */
+export interface ServerStats extends TlsListenerStats {
   /** File bytes sent, all transfers together. */
   fileBytesSent: number;
-  /** TLS handshakes completed. */
-  connectionsAccepted: number;
   requests: number;
-  /** Sockets closed before any TLS work because their source started handshakes too fast. */
-  handshakesRateLimited: number;
-  /** Unauthenticated connections closed to make room for newer ones. */
-  unauthenticatedEvicted: number;
-  /** Handshakes refused for bringing more than `maxHandshakeBytes` (a certificate chain, say). */
-  oversizedHandshakes: number;
 }
 
 /**
- * The sharing side: a TLS 1.3 server with mutual authentication. A client whose certificate is
- * trusted is served; an unknown one may present an invite token once; anyone else gets one
- * PEER_UNTRUSTED error and the connection closes.
+ * The sharing side. Its transport (TlsListener: TLS 1.3 with mutual authentication) hands it
+ * streams whose peer ID is proved; a peer whose certificate is trusted is served; an unknown one
+ * may present an invite token once; anyone else gets one PEER_UNTRUSTED error and the connection
+ * closes.
  *
- * Who holds what (issue 16, finding 6): a connection that has not proved who it is (still in its
- * TLS handshake, or past it with a certificate we do not trust and no token or approval yet) is
- * *unauthenticated* and lives in a small budget of its own, per source and in all; when that is
- * full the oldest goes, so a new connection is never refused for strangers' sake. Trusted peers'
+ * Who holds what (issue 16, finding 6): a connection that has not proved it belongs here (still
+ * in its handshake, or past it with a certificate we do not trust and no token or approval yet)
+ * stays in the transport's unauthenticated budget (see TlsListener and Admission). Trusted peers'
  * connections have `maxConnections` to themselves; requests to connect wait in
- * `maxPendingApprovals`. Each source may start `handshakesPerSecondPerSource` handshakes (those
- * that prove a trusted certificate are given back); over that, its sockets are closed before any
- * TLS work. Trust is checked against the trust file on every request, so a revoke holds at once.
+ * `maxPendingApprovals`. Trust is checked against the trust file on every request, so a revoke
+ * holds at once.
  */
 export class PeerServer extends EventEmitter {
   readonly limits: Limits;
@@ -93,16 +85,8 @@ export class PeerServer extends EventEmitter {
     oversizedHandshakes: 0,
   };
   readonly hashCache: HashCache;
-  /** Accepts TCP connections; only admitted ones are handed to the TLS server. */
-  private readonly listener: net.Server;
-  private readonly server: tls.Server;
+  private readonly transport: TlsListener;
   private readonly connections = new Set<ServerConnection>();
-  /** Every TCP socket, handshaking ones included, so close() need not wait out a stalled handshake. */
-  private readonly sockets = new Set<net.Socket>();
-  private readonly unauthenticated: UnauthenticatedBudget;
-  private readonly handshakeRate: HandshakeRate;
-  /** Sockets in their TLS handshake, by remote address and port: the TLS socket is matched to its own. */
-  private readonly handshaking = new Map<string, Admission>();
   /** Connections that hold a trusted peer's slot (`maxConnections`). */
   private readonly trustedConnections = new Set<ServerConnection>();
   /** Requests to connect waiting for the sharer's answer, with their source. */
@@ -120,43 +104,19 @@ export class PeerServer extends EventEmitter {
     // Log lines quote names, paths and messages peers chose: every one is escaped on its way out.
     const log = options.log;
     this.log = log ? (level, message) => log(level, sanitizeForDisplay(message)) : () => undefined;
-    this.unauthenticated = new UnauthenticatedBudget(this.limits, () => this.stats.unauthenticatedEvicted++);
-    this.handshakeRate = new HandshakeRate(this.limits.handshakesPerSecondPerSource);
-    this.server = tls.createServer({
-      ...TLS_OPTIONS,
-      key: options.identity.keyPem,
-      cert: options.identity.certPem,
-      requestCert: true,
-      // Peers' certificates are self-signed: we decide trust by fingerprint after the handshake.
-      rejectUnauthorized: false,
-      handshakeTimeout: this.limits.handshakeTimeoutMs,
+    this.transport = new TlsListener({
+      identity: options.identity,
+      limits: this.limits,
+      stats: this.stats,
+      log: this.log,
+      onStream: (stream, admission) => this.accept(stream, admission),
     });
-    // A plain TCP listener in front, so a socket over its source's rate is closed before Node
-    // gives it any TLS state. No cap on sockets (Node's maxConnections would drop a trusted
-    // peer's socket before TLS): the budgets below bound them instead.
-    this.listener = net.createServer((socket) => this.onSocket(socket));
-    // An error before listening (EADDRINUSE) is listen()'s to report, as its rejection.
-    this.listener.on('error', (err) => this.listener.listening && this.log('error', `Server error: ${err.message}`));
-    this.server.on('secureConnection', (socket) => this.accept(socket));
-    this.server.on('tlsClientError', (err, socket) => {
-      this.log('debug', `TLS handshake failed from ${socket.remoteAddress ?? '?'}: ${err.message}`);
-      socket.destroy();
-    });
-    this.server.on('error', (err) => this.log('error', `Server error: ${err.message}`));
   }
 
-  listen(port = 0, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(toPeerShareError(err, 'CONNECTION_FAILED'));
-      this.listener.once('error', onError);
-      this.listener.listen(port, host, () => {
-        this.listener.off('error', onError);
-        const addr = this.listener.address();
-        this.boundPort = typeof addr === 'object' && addr ? addr.port : port;
-        this.boundHost = host;
-        resolve({ host, port: this.boundPort });
-      });
-    });
+  async listen(port = 0, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    this.boundPort = await this.transport.listen(port, host);
+    this.boundHost = host;
+    return { host, port: this.boundPort };
   }
 
   get port(): number {
@@ -197,10 +157,9 @@ export class PeerServer extends EventEmitter {
 
   async close(): Promise<void> {
     this.tokens.revokeAll();
-    const closed = new Promise<void>((resolve) => this.listener.close(() => resolve()));
-    for (const c of this.connections) c.close();
-    for (const socket of this.sockets) socket.destroy();
-    await closed;
+    await this.transport.close(() => {
+      for (const c of this.connections) c.close();
+    });
   }
 
   /** @internal Takes a request slot, if both the server and this peer have one free. */
@@ -253,14 +212,6 @@ export class PeerServer extends EventEmitter {
   }
 
   /**
-   * @internal A handshake that proved a trusted certificate is not counted against its source:
-   * the rate binds strangers, and a peer that opens a connection per download is never refused.
-   */
-  refundHandshake(source: string): void {
-    this.handshakeRate.refund(source);
-  }
-
-  /**
    * @internal Moves a request to connect from the unauthenticated budget to the approvals, if
    * there is room in all and for its source; otherwise BUSY at once, and nobody is asked.
    */
@@ -277,58 +228,16 @@ export class PeerServer extends EventEmitter {
 
   /** @internal A connection gives back whatever slot it held (it closed, or moves on). */
   leaveBudgets(connection: ServerConnection): void {
-    if (connection.admission) this.unauthenticated.leave(connection.admission);
+    connection.admission.leave();
     this.trustedConnections.delete(connection);
     this.pendingApprovals.delete(connection);
   }
 
-  /** A new TCP socket: rate-limited per source, admitted to the unauthenticated budget, then to TLS. */
-  private onSocket(socket: net.Socket): void {
-    const source = sourceOf(socket.remoteAddress);
-    if (!this.handshakeRate.tryStart(source)) {
-      this.stats.handshakesRateLimited++;
-      socket.destroy();
-      return;
-    }
-    this.sockets.add(socket);
-    const key = socketKey(socket);
-    const admission: Admission = { source, socket, evict: () => socket.destroy() };
-    this.handshaking.set(key, admission);
-    this.unauthenticated.admit(admission);
-    socket.once('close', () => {
-      this.sockets.delete(socket);
-      this.unauthenticated.leave(admission);
-      if (this.handshaking.get(key) === admission) this.handshaking.delete(key);
-    });
-    this.server.emit('connection', socket);
-  }
-
-  private accept(socket: tls.TLSSocket): void {
-    this.stats.connectionsAccepted++;
-    const key = socketKey(socket);
-    const admission = this.handshaking.get(key);
-    this.handshaking.delete(key);
-    if (!admission) {
-      // Evicted or closed as its handshake completed.
-      socket.destroy();
-      return;
-    }
-    // The handshake's cost grows with what the client sent (a chain of 240 certificates costs
-    // about 80 ms); one certificate needs about 1 KiB. More is refused and charged to its source.
-    const received = admission.socket.bytesRead;
-    if (received > this.limits.maxHandshakeBytes) {
-      this.stats.oversizedHandshakes++;
-      this.handshakeRate.charge(admission.source, Math.ceil(received / 1024));
-      endWithError(socket, {
-        type: 'error',
-        code: 'TOO_LARGE',
-        message: `The TLS handshake brought ${received} bytes; at most ${this.limits.maxHandshakeBytes} are accepted. Present one certificate, not a chain.`,
-      });
-      return;
-    }
-    const connection = new ServerConnection(this, socket, admission, this.log);
+  /** A stream its transport proved: served by a connection of its own until it closes. */
+  private accept(stream: AuthenticatedStream, admission: Admission): void {
+    const connection = new ServerConnection(this, stream, admission, this.log);
     this.connections.add(connection);
-    socket.once('close', () => {
+    stream.stream.once('close', () => {
       this.connections.delete(connection);
       this.leaveBudgets(connection);
       if (connection.peer) this.emit('peer-disconnected', connection.peer);
@@ -336,151 +245,8 @@ export class PeerServer extends EventEmitter {
   }
 }
 
-/** A socket not yet authenticated: where it comes from, and how to close it to make room. */
-interface Admission {
-  source: string;
-  /** The TCP socket under TLS: its byte count covers the handshake. */
-  socket: net.Socket;
-  evict(): void;
-}
-
-/** Identifies a live TCP connection on both its raw and its TLS socket. */
-function socketKey(socket: net.Socket): string {
-  return `${socket.remoteAddress ?? '?'}|${socket.remotePort ?? '?'}`;
-}
-
-/**
- * The address per-source limits count by: an IPv4 address, or an IPv6 /64 (one host is usually
- * given a whole /64, so counting single IPv6 addresses would let it pose as millions of sources).
- */
-export function sourceOf(address: string | undefined): string {
-  if (!address) return '?';
-  const plain = address.split('%')[0];
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(plain);
-  if (mapped) return mapped[1];
-  if (!plain.includes(':')) return plain;
-  const [head, tail] = plain.split('::');
-  const front = head ? head.split(':') : [];
-  const back = tail ? tail.split(':') : [];
-  const groups = tail === undefined ? front : [...front, ...Array<string>(Math.max(0, 8 - front.length - back.length)).fill('0'), ...back];
-  return `${groups
-    .slice(0, 4)
-    .map((g) => (parseInt(g, 16) || 0).toString(16))
-    .join(':')}::/64`;
-}
-
-/**
- * Unauthenticated connections, oldest first, per source and in all. Admission never refuses:
- * when a budget is full its oldest connection is closed to make room (OpenSSH's MaxStartups,
- * nginx's limit_conn), so strangers cannot keep anyone out for long, and a trusted peer, whose
- * connection leaves this budget the moment its handshake completes, is always let through.
- */
-class UnauthenticatedBudget {
-  private readonly all = new Set<Admission>();
-  private readonly bySource = new Map<string, Set<Admission>>();
-
-  constructor(
-    private readonly limits: Limits,
-    private readonly onEvict: () => void,
-  ) {}
-
-  admit(admission: Admission): void {
-    const mine = this.bySource.get(admission.source);
-    if (mine && mine.size >= this.limits.maxUnauthenticatedPerSource) this.evict(mine.values().next().value!);
-    if (this.all.size >= this.limits.maxUnauthenticatedConnections) this.evict(this.all.values().next().value!);
-    this.all.add(admission);
-    const set = this.bySource.get(admission.source) ?? new Set<Admission>();
-    set.add(admission);
-    this.bySource.set(admission.source, set);
-  }
-
-  leave(admission: Admission): void {
-    if (!this.all.delete(admission)) return;
-    const set = this.bySource.get(admission.source);
-    set?.delete(admission);
-    if (set?.size === 0) this.bySource.delete(admission.source);
-  }
-
-  private evict(admission: Admission): void {
-    this.leave(admission);
-    this.onEvict();
-    admission.evict();
-  }
-}
-
-/** Sources whose handshake rate we remember; past this, sources back at a full burst are forgotten. */
-const MAX_RATE_SOURCES = 4096;
 /** During a transfer, trust is re-checked at most this often (see checkStillTrusted). */
 const TRUST_RECHECK_MS = 50;
-
-/**
- * TLS handshakes each source may start: a token bucket per source, refilled at `perSecond`, with
- * a burst of twice that. A handshake that cost more than usual is charged extra, into debt.
- */
-class HandshakeRate {
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
-  private readonly burst: number;
-
-  constructor(private readonly perSecond: number) {
-    this.burst = 2 * perSecond;
-  }
-
-  /** Takes one token for a new handshake; false (nothing taken) if the source has none. */
-  tryStart(source: string): boolean {
-    const bucket = this.bucket(source);
-    if (bucket.tokens < 1) return false;
-    bucket.tokens -= 1;
-    return true;
-  }
-
-  /** Gives a token back: the handshake proved a trusted certificate. */
-  refund(source: string): void {
-    const bucket = this.bucket(source);
-    bucket.tokens = Math.min(this.burst, bucket.tokens + 1);
-  }
-
-  /** Charges `tokens` more; the debt is bounded to a minute of the rate. */
-  charge(source: string, tokens: number): void {
-    const bucket = this.bucket(source);
-    bucket.tokens = Math.max(-60 * this.perSecond, bucket.tokens - tokens);
-  }
-
-  private bucket(source: string): { tokens: number; at: number } {
-    const now = performance.now();
-    let bucket = this.buckets.get(source);
-    if (bucket) {
-      bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.at) / 1000) * this.perSecond);
-      bucket.at = now;
-      return bucket;
-    }
-    if (this.buckets.size >= MAX_RATE_SOURCES) this.forgetRested(now);
-    bucket = { tokens: this.burst, at: now };
-    this.buckets.set(source, bucket);
-    return bucket;
-  }
-
-  /** Drops sources whose bucket has refilled (they are as if new); if none, the oldest. */
-  private forgetRested(now: number): void {
-    for (const [source, b] of this.buckets) {
-      if (b.tokens + ((now - b.at) / 1000) * this.perSecond >= this.burst) this.buckets.delete(source);
-    }
-    if (this.buckets.size >= MAX_RATE_SOURCES) this.buckets.delete(this.buckets.keys().next().value!);
-  }
-}
-
-/** Sends a last error message and closes, without waiting on a peer that will not read or hang up. */
-function endWithError(socket: tls.TLSSocket, message: { type: 'error'; code: string; message: string }): void {
-  socket.on('error', () => socket.destroy());
-  if (socket.destroyed || !socket.writable) {
-    socket.destroy();
-    return;
-  }
-  socket.end(encodeMessage(message));
-  // Read (and drop) whatever still arrives, so the peer's end of the connection is seen.
-  socket.resume();
-  const forceClose = setTimeout(() => socket.destroy(), 1000);
-  socket.once('close', () => clearTimeout(forceClose));
-}
 
 class ServerConnection {
   peer?: ConnectedPeer;
@@ -494,8 +260,10 @@ class ServerConnection {
   private timer?: NodeJS.Timeout;
   private messageTimer?: NodeJS.Timeout;
   private readonly limits: Limits;
-  /** The certificate's peer ID; empty when there is none (refused at once). */
-  readonly peerId: string = '';
+  /** The peer ID its transport proved. */
+  readonly peerId: string;
+  /** The bytes to and from the peer; the transport below encrypts them. */
+  private readonly stream: Duplex;
   /** Allowed once by the sharer: for this connection only, not in the trust file. */
   private allowedOnce = false;
   /** When trust was last checked against the file (performance.now()). */
@@ -503,18 +271,19 @@ class ServerConnection {
 
   constructor(
     private readonly server: PeerServer,
-    private readonly socket: tls.TLSSocket,
-    /** Its place in the unauthenticated budget, until it proves who it is. */
+    private readonly remote: AuthenticatedStream,
+    /** Its place in the unauthenticated budget, until it proves it belongs here. */
     readonly admission: Admission,
     private readonly log: Logger,
   ) {
     this.limits = server.limits;
-    socket.setNoDelay(true);
-    socket.on('error', (err) => {
+    this.stream = remote.stream;
+    this.peerId = remote.peerId;
+    this.stream.on('error', (err) => {
       this.log('debug', `Connection error from ${this.describe()}: ${err.message}`);
       this.close();
     });
-    socket.on('close', () => this.close());
+    this.stream.on('close', () => this.close());
     this.parser = new FrameParser(
       this.limits,
       {
@@ -524,30 +293,21 @@ class ServerConnection {
       },
       false,
     );
-    // Before getPeerX509Certificate(): after it, Node (20) no longer shows the chain.
-    if (presentsChain(socket)) {
-      this.fail(new PeerShareError('PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.'));
-      return;
-    }
-    const cert = socket.getPeerX509Certificate();
-    if (!cert) {
-      this.fail(new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.'));
-      return;
-    }
-    this.peerId = peerIdOfCert(cert.raw);
-    // A trusted certificate leaves the unauthenticated budget now, before its hello.
+    // A trusted certificate leaves the unauthenticated budget now, before its hello. Its
+    // handshake is given back: the rate binds strangers, and a peer that opens a connection per
+    // download is never refused.
     if (server.mayRead(this.peerId)) {
-      server.refundHandshake(admission.source);
+      admission.refundHandshake();
       const busy = server.takeTrustedSlot(this, this.peerId);
       if (busy) {
         this.fail(busy);
         return;
       }
     } else {
-      admission.evict = () => this.fail(new PeerShareError('BUSY', 'Too many connections are waiting to authenticate; try again shortly.'));
+      admission.onEvict(() => this.fail(new PeerShareError('BUSY', 'Too many connections are waiting to authenticate; try again shortly.')));
     }
     this.setTimer(this.limits.helloTimeoutMs, 'hello');
-    socket.on('data', (chunk: Buffer) => {
+    this.stream.on('data', (chunk: Buffer) => {
       try {
         this.parser.push(chunk);
       } catch (err) {
@@ -562,7 +322,7 @@ class ServerConnection {
     clearTimeout(this.timer);
     clearTimeout(this.messageTimer);
     // Also ends a connection still flushing its goodbye after fail().
-    this.socket.destroy();
+    this.stream.destroy();
   }
 
   /** The peer as a sharer's log names it: its chosen name, escaped and short, and its short ID. */
@@ -572,7 +332,7 @@ class ServerConnection {
   }
 
   private describe(): string {
-    return `${this.peer?.name ? `${this.peer.name} ` : ''}${this.socket.remoteAddress ?? '?'}:${this.socket.remotePort ?? '?'}`;
+    return `${this.peer?.name ? `${this.peer.name} ` : ''}${this.remote.address}`;
   }
 
   private setTimer(ms: number, what: string): void {
@@ -603,7 +363,7 @@ class ServerConnection {
     this.state = 'closed';
     clearTimeout(this.timer);
     clearTimeout(this.messageTimer);
-    endWithError(this.socket, { type: 'error', code: err.code, message: err.message });
+    endWithError(this.stream, err);
   }
 
   private onMessage(m: Record<string, unknown>): void {
@@ -710,7 +470,7 @@ class ServerConnection {
     clearTimeout(this.timer);
     const { identity, trust, onAccessRequest } = this.server.options;
     const fingerprint = fingerprintFromPeerId(id);
-    const request: AccessRequest = { id, name, address: this.socket.remoteAddress ?? '', verificationCode: verificationCode(identity.fingerprint, fingerprint) };
+    const request: AccessRequest = { id, name, address: this.remote.host, verificationCode: verificationCode(identity.fingerprint, fingerprint) };
     const timedOut = new Promise<'timeout'>((resolve) => {
       this.timer = setTimeout(() => resolve('timeout'), this.limits.approvalTimeoutMs);
     });
@@ -739,7 +499,7 @@ class ServerConnection {
   private afterHello(id: string, name: string, version: number, paired: boolean): void {
     if (this.state === 'closed') return;
     this.state = 'ready';
-    this.peer = { id, name, remoteAddress: this.socket.remoteAddress ?? '' };
+    this.peer = { id, name, remoteAddress: this.remote.host };
     const { identity, share } = this.server.options;
     this.send({
       type: 'welcome',
@@ -750,23 +510,23 @@ class ServerConnection {
       paired,
     });
     this.setTimer(this.limits.idleTimeoutMs, 'request');
-    this.log('info', `${paired ? 'Paired with' : 'Connected:'} ${this.who()} from ${this.socket.remoteAddress ?? '?'}`);
+    this.log('info', `${paired ? 'Paired with' : 'Connected:'} ${this.who()} from ${this.remote.host || '?'}`);
     this.server.emit(paired ? 'peer-paired' : 'peer-connected', this.peer);
   }
 
   private send(message: object): Promise<void> {
     if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
-    return this.waitDrain(this.socket.write(encodeMessage(message)));
+    return this.waitDrain(this.stream.write(encodeMessage(message)));
   }
 
   /**
    * Sends a DATA frame whose first FRAME_HEADER_BYTES are free for the header; a frame from
-   * `pool` goes back to it once the socket has taken its bytes.
+   * `pool` goes back to it once the stream has taken its bytes.
    */
   private sendDataFrame(frame: Buffer, pool?: FramePool): Promise<void> {
     if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
     writeDataHeader(frame, frame.length - FRAME_HEADER_BYTES);
-    return this.waitDrain(this.socket.write(frame, pool && ((err) => !err && pool.give(frame))));
+    return this.waitDrain(this.stream.write(frame, pool && ((err) => !err && pool.give(frame))));
   }
 
   /** Back-pressure: wait for the reader, but not forever (a reader that never reads is dropped). */
@@ -788,11 +548,11 @@ class ServerConnection {
       };
       const cleanup = (): void => {
         clearTimeout(timer);
-        this.socket.off('drain', onDrain);
-        this.socket.off('close', onClose);
+        this.stream.off('drain', onDrain);
+        this.stream.off('close', onClose);
       };
-      this.socket.on('drain', onDrain);
-      this.socket.on('close', onClose);
+      this.stream.on('drain', onDrain);
+      this.stream.on('close', onClose);
     });
   }
 
@@ -840,7 +600,7 @@ class ServerConnection {
 
   /**
    * Sends a folder as one stream, in the walk's order. Small files are read a few ahead of the
-   * socket and each leaves as a single write (header, bytes, hash), so a folder of many small
+   * stream and each leaves as a single write (header, bytes, hash), so a folder of many small
    * files costs a little more than its bytes; larger files are streamed like a single download.
    */
   private async sendTree(remotePath: string): Promise<number> {
@@ -900,7 +660,7 @@ class ServerConnection {
     parts.push(encodeMessage({ type: 'fileEnd', sha256: createHash('sha256').update(data).digest('hex') }));
     this.server.stats.fileBytesSent += data.length;
     this.sentBytes += data.length;
-    return this.waitDrain(this.socket.write(Buffer.concat(parts)));
+    return this.waitDrain(this.stream.write(Buffer.concat(parts)));
   }
 
   /**
@@ -973,22 +733,13 @@ class ServerConnection {
   }
 }
 
-/**
- * Does the client present more than its own certificate? Peers' certificates are self-signed and
- * pinned, so a chain has no use here and only costs verification work.
- */
-function presentsChain(socket: tls.TLSSocket): boolean {
-  const leaf = socket.getPeerCertificate(true);
-  return leaf.issuerCertificate !== undefined && leaf.issuerCertificate !== leaf;
-}
-
 /** A path a peer asked for, as a log shows it: escaped and bounded. */
 function shownPath(remotePath: string): string {
   const shown = sanitizeForDisplay(remotePath);
   return shown.length > 120 ? `${shown.slice(0, 119)}…` : shown;
 }
 
-/** A folder download's next item, read ahead of the socket. */
+/** A folder download's next item, read ahead of the stream. */
 type TreeItem =
   | { kind: 'dir'; relPath: string }
   | { kind: 'small'; relPath: string; data: Buffer; mtimeMs: number }

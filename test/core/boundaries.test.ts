@@ -6,9 +6,15 @@ import * as esbuild from 'esbuild';
 
 const CORE = path.join(__dirname, '..', '..', 'src', 'core');
 
+/** Every source file of the core, in subfolders too (src/core/v2/...), as paths relative to it. */
+async function coreFiles(): Promise<string[]> {
+  const entries = await fs.readdir(CORE, { recursive: true, withFileTypes: true });
+  return entries.filter((e) => e.isFile() && e.name.endsWith('.ts')).map((e) => path.relative(CORE, path.join(e.parentPath, e.name)));
+}
+
 describe('src/core stays free of vscode', () => {
   it('no core file mentions the vscode module', async () => {
-    for (const name of await fs.readdir(CORE)) {
+    for (const name of await coreFiles()) {
       const text = await fs.readFile(path.join(CORE, name), 'utf8');
       assert.doesNotMatch(text, /from\s+['"]vscode['"]|require\(\s*['"]vscode['"]\s*\)|import\(\s*['"]vscode['"]\s*\)/, name);
     }
@@ -26,5 +32,36 @@ describe('src/core stays free of vscode', () => {
     const inputs = Object.keys(result.metafile!.inputs);
     assert.ok(inputs.some((i) => i.endsWith('src/core/server.ts')));
     assert.ok(!inputs.some((i) => /(^|\/)src\/(?!core\/)/.test(i)), `core pulls in files outside src/core: ${inputs.filter((i) => /src\/(?!core)/.test(i)).join(', ')}`);
+  });
+});
+
+describe('TLS stays in its transport (issue 11: transport injected)', () => {
+  // The protocol runs over any AuthenticatedStream (transport.ts); only the TLS transport may
+  // open, accept or inspect a TLS socket, and tls-options.ts names TLS's option types.
+  const TLS_TRANSPORT = 'transport-tls.ts';
+  const TLS_SETTINGS = 'tls-options.ts';
+  const TLS_MODULE = /['"](?:node:)?tls['"]/;
+  const TLS_CALL = /\btls\s*\.\s*(?:connect|createServer|createSecureContext|TLSSocket|Server)\b/;
+
+  it('only the TLS transport imports node:tls or calls tls.connect / tls.createServer', async () => {
+    const files = await coreFiles();
+    assert.ok(files.includes(TLS_TRANSPORT) && files.includes('server.ts') && files.includes('client.ts'));
+    for (const name of files) {
+      if (name === TLS_TRANSPORT) continue;
+      const text = await fs.readFile(path.join(CORE, name), 'utf8');
+      if (name === TLS_SETTINGS) {
+        assert.doesNotMatch(text.replace(/import type \* as tls from 'node:tls';/, ''), TLS_MODULE, `${name} may import TLS's types only`);
+      } else {
+        assert.doesNotMatch(text, TLS_MODULE, `${name} imports node:tls: go through the transport (transport.ts)`);
+      }
+      assert.doesNotMatch(text, TLS_CALL, `${name} uses TLS directly: go through the transport (transport.ts)`);
+    }
+  });
+
+  it('the TLS transport is the one that calls tls.connect and tls.createServer', async () => {
+    // So the check above cannot pass because TLS moved somewhere it does not look.
+    const text = await fs.readFile(path.join(CORE, TLS_TRANSPORT), 'utf8');
+    assert.match(text, /\btls\.connect\(/);
+    assert.match(text, /\btls\.createServer\(/);
   });
 });
