@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
 import { PeerShareError } from '../../src/core/errors';
 import type { Limits } from '../../src/core/limits';
@@ -14,55 +14,14 @@ import {
   type WireMessage,
 } from '../../src/core/v2/frames';
 import { PeerSentError } from '../../src/core/v2/messages';
+import { duplexPair } from './v2-duplex-pair';
 
 /**
- * The v2 connection over an in-memory duplex pair written here (below): what one end writes the
- * other reads, and a writer waits (its callback is held) while the reader's buffer is full, as a
- * socket pair does. Hostile peers are a raw end that writes hand-made frames and parses what
- * comes back. Nothing here depends on timing but the deadlines under test, which are set far
- * apart (tens of ms against seconds).
+ * The v2 connection over an in-memory duplex pair (./v2-duplex-pair.ts): a writer waits while the
+ * reader's buffer is full, as on a socket pair. Hostile peers are a raw end that writes hand-made
+ * frames and parses what comes back. Nothing here depends on timing but the deadlines under test,
+ * which are set far apart (tens of ms against seconds).
  */
-class PairEnd extends Duplex {
-  other!: PairEnd;
-  /** The other end's write that waits for this end to be read. */
-  pendingWrite?: () => void;
-
-  constructor() {
-    // As a TCP socket: when one side has ended, so has the other.
-    super({ allowHalfOpen: false });
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
-    if (this.other.destroyed) return callback(new Error('the other end is closed'));
-    if (this.other.push(chunk)) callback();
-    else this.other.pendingWrite = callback;
-  }
-
-  override _read(): void {
-    const write = this.pendingWrite;
-    this.pendingWrite = undefined;
-    write?.();
-  }
-
-  override _final(callback: (err?: Error | null) => void): void {
-    this.other.push(null);
-    callback();
-  }
-
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    if (!this.other.destroyed) this.other.destroy();
-    callback(err);
-  }
-}
-
-function duplexPair(): [PairEnd, PairEnd] {
-  const a = new PairEnd();
-  const b = new PairEnd();
-  a.other = b;
-  b.other = a;
-  return [a, b];
-}
-
 const MiB = 1024 * 1024;
 const KiB = 1024;
 const DIALER_ID = 'dialer-test';
@@ -123,7 +82,7 @@ function tap(stream: Duplex): SeenFrame[] {
 }
 
 /** A hostile peer: writes what the test says, records what it receives, knows when it is hung up on. */
-function rawPeer(end: PairEnd) {
+function rawPeer(end: Duplex) {
   const frames = tap(end);
   const closed = new Promise<void>((resolve) => end.once('close', () => resolve()));
   return {

@@ -62,6 +62,10 @@ export interface ConnectionOptions {
   peerCapabilities?: readonly string[];
   /** Bytes that arrived after the handshake frame, read before the stream's own. */
   initialBytes?: Buffer;
+  /** Handlers by capability (`share/1`), in place before the first byte is read (see handle()). */
+  handlers?: Record<string, RequestHandler>;
+  /** Hears the peer's events from the first byte on (see onEvent()). */
+  onEvent?: (event: CapabilityMessage) => void;
 }
 
 /** One part of an answer, in order: a REPLY message or a slice of DATA. */
@@ -235,6 +239,12 @@ class EventRate {
 
 const CLOSE_GRACE_MS = 1000;
 
+/** What a side advertises from its limits: `frame` the smaller of its message and data bounds (ceiling 1 MiB), `window` at least a frame. */
+export function advertisedSettings(limits: Limits): ConnectionSettings {
+  const frame = Math.min(limits.maxMessageBytes, limits.maxDataFrameBytes, MAX_FRAME_CEILING_BYTES);
+  return { frame, window: Math.max(frame, limits.requestWindowBytes), requests: limits.maxRequestsPerPeer };
+}
+
 /**
  * One v2 connection (docs/protocol-v2.md 3 and 5) over a duplex stream whose remote has proved who
  * it is. Both sides are equal: either may open requests (odd ids the dialer's, even the
@@ -289,8 +299,7 @@ export class Connection {
     this.address = options.address;
     this.side = options.side;
     this.limits = resolveLimits(options.limits);
-    const frame = Math.min(this.limits.maxMessageBytes, this.limits.maxDataFrameBytes, MAX_FRAME_CEILING_BYTES);
-    this.local = { frame, window: Math.max(frame, this.limits.requestWindowBytes), requests: this.limits.maxRequestsPerPeer, ...options.local };
+    this.local = { ...advertisedSettings(this.limits), ...options.local };
     this.remote = { ...this.local, ...options.remote };
     for (const [whose, settings] of [['our', this.local], ["the peer's", this.remote]] as const) {
       // The handshake checks the peer's (spec 4.1); a window below a frame could never carry one.
@@ -304,6 +313,8 @@ export class Connection {
     this.peerCapabilities = new Set((options.peerCapabilities ?? []).map(capabilityName));
     this.nextId = this.side === 'dialer' ? 1 : 2;
     this.eventRate = new EventRate(this.limits.maxEventsPerSecond, this.limits.maxEventBurst);
+    for (const [capability, handler] of Object.entries(options.handlers ?? {})) this.handle(capability, handler);
+    if (options.onEvent) this.eventListeners.push(options.onEvent);
     this.parser = new ConnectionFrameParser(
       { frameBytes: this.local.frame, maxEventBytes: this.limits.maxEventBytes },
       {
@@ -315,14 +326,20 @@ export class Connection {
         onFrameProgress: (inFrame) => this.onFrameProgress(inFrame),
       },
     );
+    // Nothing is read before this tick ends, so handlers registered right after construction see
+    // every request (across an await, pass them as `handlers`); the bytes read past the handshake
+    // frame come first, then the stream's, in order.
+    stream.pause();
     stream.on('data', (chunk: Buffer) => this.receive(chunk));
     stream.on('drain', () => this.onDrain());
     stream.on('error', (err) => this.shutDown(toPeerShareError(err, 'CONNECTION_CLOSED'), false));
     stream.on('end', () => this.shutDown(new PeerShareError('CONNECTION_CLOSED', `${this.peerLabel} hung up.`), false));
     stream.on('close', () => this.shutDown(new PeerShareError('CONNECTION_CLOSED', `${this.peerLabel} hung up.`), false));
-    // After the caller has registered its handlers (this tick): bytes read past the handshake.
     const initial = options.initialBytes;
-    if (initial && initial.length > 0) queueMicrotask(() => this.receive(initial));
+    queueMicrotask(() => {
+      if (initial && initial.length > 0) this.receive(initial);
+      if (!this.closedWith) stream.resume();
+    });
     this.armIdle();
   }
 

@@ -172,6 +172,10 @@ export class ConnectionFrameParser {
     const type = NAMES.get(typeCode);
     if (type === undefined) throw new PeerShareError('PROTOCOL_ERROR', `Unknown frame type ${frameTypeName(typeCode)}.`);
     const bound = this.lengthBound(type);
+    // WINDOW and CANCEL have one size: another is a malformed frame, not a large one.
+    if (bound.min === bound.max && length !== bound.min) {
+      throw new PeerShareError('PROTOCOL_ERROR', `A ${type} frame carries exactly ${bound.min} bytes, not ${length}.`);
+    }
     if (length > bound.max) {
       throw new PeerShareError('TOO_LARGE', `A ${type} frame of ${length} bytes is over the limit of ${bound.max}.`);
     }
