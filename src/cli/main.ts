@@ -6,19 +6,14 @@ import { parseArgs } from 'node:util';
 import {
   DEFAULT_LIMITS,
   DEFAULT_PORT,
-  PeerServer,
+  PeerShareNode,
   PeerShareError,
   Share,
   TrustStore,
-  connectToKnownPeer,
-  connectToPeer,
   download,
-  listenOnPort,
   loadOrCreateIdentity,
   looksLikeInvite,
   parseAddress,
-  parseInvite,
-  resolveLimits,
   Discovery,
   verificationCode,
   fingerprintFromPeerId,
@@ -29,7 +24,6 @@ import {
   type NearbyPeer,
   type AccessDecision,
   type AccessRequest,
-  type ConnectOptions,
   type Identity,
   type PeerConnection,
   type ErrorCode,
@@ -390,29 +384,9 @@ async function commandServe(
     requests: 'ask' | 'deny';
   },
 ): Promise<number> {
-  const identity = await loadOrCreateIdentity(globals.home);
-  const trust = await TrustStore.open(identity.home);
-  const share = await Share.create(
-    {
-      folders: folders.map((f) => path.resolve(f)),
-      excludes: options.excludes,
-      honourGitignore: options.honourGitignore,
-      defaultExcludes: options.defaultExcludes,
-      privatePaths: [identity.home],
-    },
-    resolveLimits(),
-  );
   const log = (level: string, message: string): void => {
     if (level !== 'debug' || process.env.PEERSHARE_DEBUG) process.stderr.write(`[${new Date().toISOString()}] ${level}: ${message}\n`);
   };
-  const server = new PeerServer({
-    identity,
-    trust,
-    share,
-    name: globals.name,
-    log,
-    onAccessRequest: options.requests === 'ask' ? askAtTerminal : undefined,
-  });
   const loopbackOnly = isLoopback(options.host);
   // With no --interface, announcements go to every network interface.
   const interfaces = options.discovery.interfaces;
@@ -422,15 +396,19 @@ async function commandServe(
       `--announce tells your network where to connect, but serve listens on ${options.host} only, where no other machine can reach it. Add --host 0.0.0.0 to share on the network.`,
     );
   }
-  const { port, defaultPortInUse } = await listenOnPort(server, options.host, { port: options.port, defaultPort: globals.defaultPort });
+  const node = await openNode(globals, options.discovery.announce && { interfaces, port: options.discovery.port }, log);
+  const { identity } = node;
+  const { server, share, port, defaultPortInUse, announced } = await node.share({
+    folders: folders.map((f) => path.resolve(f)),
+    excludes: options.excludes,
+    honourGitignore: options.honourGitignore,
+    defaultExcludes: options.defaultExcludes,
+    host: options.host,
+    port: options.port,
+    announce: options.discovery.announce,
+    onAccessRequest: options.requests === 'ask' ? askAtTerminal : undefined,
+  });
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
-  let nearby: Discovery | undefined;
-  if (options.discovery.announce) {
-    nearby = new Discovery({ selfId: identity.peerId, interfaces: options.discovery.interfaces, port: options.discovery.port });
-    nearby.on('error', (err: Error) => log('warn', `Discovery: ${err.message}`));
-    await nearby.start();
-    nearby.announce({ name: globals.name, port });
-  }
   // Only once everything is up: a failed start must not leave the terminal being read (and raw).
   if (options.requests === 'ask') startReadingTerminal();
   if (globals.json) {
@@ -441,7 +419,7 @@ async function commandServe(
     out(`Listening: ${server.addresses().join(', ')}`);
     if (defaultPortInUse) {
       out(
-        `Port ${defaultPortInUse} is in use; listening on ${port} instead. Peers that paired with you find you ${nearby ? 'through your announcements' : 'only with a new invite (or when you announce yourself: --announce)'}.`,
+        `Port ${defaultPortInUse} is in use; listening on ${port} instead. Peers that paired with you find you ${announced ? 'through your announcements' : 'only with a new invite (or when you announce yourself: --announce)'}.`,
       );
     }
     out(`Invite (valid ${Math.round(options.ttlMs / 60000)} min, ${options.uses} use${options.uses === 1 ? '' : 's'}):`);
@@ -455,7 +433,7 @@ async function commandServe(
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       terminalLines?.close();
-      void Promise.all([server.close(), nearby?.stop()]).then(() => {
+      void node.close().then(() => {
         log('info', 'Stopped sharing.');
         resolve();
       });
@@ -524,21 +502,18 @@ async function commandNearby(globals: Globals, settings: DiscoverySettings, time
 
 /** Connects to an invite, a trusted peer's ID or name, or host:port of a trusted peer. */
 async function connectTarget(globals: Globals, target: string, signal?: AbortSignal): Promise<{ conn: PeerConnection; identity: Identity }> {
-  const identity = await loadOrCreateIdentity(globals.home);
-  const trust = await TrustStore.open(identity.home);
-  const base: Omit<ConnectOptions, 'addresses'> = { identity, trust, name: globals.name, signal };
-  if (looksLikeInvite(target)) {
-    const invite = parseInvite(target);
-    return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token }), identity };
+  const node = await openNode(globals, globals.lookNearby);
+  const known = node.trust.find(target.trim());
+  const conn = await node.connect(target, { signal });
+  if (known && !looksLikeInvite(target) && !parseAddress(target.trim()) && !known.addresses.includes(conn.address) && !globals.json) {
+    process.stderr.write(`Found ${sanitizeForDisplay(conn.peerName || known.name).slice(0, 64)} at ${conn.address}, a new address; remembered for next time.\n`);
   }
-  if (parseAddress(target)) return { conn: await connectToPeer({ ...base, addresses: [target] }), identity };
-  const peer = trust.find(target);
-  if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}". Use an invite the first time.`);
-  const conn = await connectToKnownPeer({ ...base, peerId: peer.id, defaultPort: globals.defaultPort, discovery: globals.lookNearby });
-  if (!peer.addresses.includes(conn.address) && !globals.json) {
-    process.stderr.write(`Found ${sanitizeForDisplay(conn.peerName || peer.name).slice(0, 64)} at ${conn.address}, a new address; remembered for next time.\n`);
-  }
-  return { conn, identity };
+  return { conn, identity: node.identity };
+}
+
+/** This installation, as the CLI's options describe it; `discovery` false: no listening for or sending announcements. */
+function openNode(globals: Globals, discovery: { interfaces?: string[]; port?: number } | false, log?: (level: string, message: string) => void): Promise<PeerShareNode> {
+  return PeerShareNode.open({ home: globals.home, name: () => globals.name, defaultPort: globals.defaultPort, discovery: () => discovery, log });
 }
 
 async function commandLs(globals: Globals, target: string, remotePath: string): Promise<number> {

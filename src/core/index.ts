@@ -2,6 +2,7 @@
 export * from './errors';
 export * from './blake3';
 export * from './blocks';
+export * from './block-cache';
 export * from './limits';
 export * from './peer-id';
 export * from './identity';
@@ -19,3 +20,4 @@ export * from './probe';
 export * from './transport';
 export { dialTls, sourceOf, type HandshakeOptions, type TlsListenerStats } from './transport-tls';
 export * from './reach';
+export * from './node';

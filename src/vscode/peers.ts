@@ -1,20 +1,17 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import {
-  Discovery,
   PeerShareError,
-  TrustStore,
-  connectToKnownPeer,
-  connectToPeer,
+  PeerShareNode,
   isUnreachable,
-  loadOrCreateIdentity,
   looksLikeInvite,
   parseAddress,
-  parseInvite,
   sanitizeForDisplay,
+  type Discovery,
   type Identity,
   type NearbyPeer,
   type PeerConnection,
+  type TrustStore,
   type TrustedPeer,
 } from '../core';
 import { readSettings } from './settings';
@@ -26,7 +23,7 @@ export type PeerState = 'unknown' | 'online' | 'offline';
  * per peer (requests queue on it); each download opens its own, so they run in parallel.
  */
 export class Peers implements vscode.Disposable {
-  private identityPromise?: Promise<{ identity: Identity; trust: TrustStore }>;
+  private nodePromise?: Promise<PeerShareNode>;
   private readonly browsing = new Map<string, Promise<PeerConnection>>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly states = new Map<string, PeerState>();
@@ -45,14 +42,25 @@ export class Peers implements vscode.Disposable {
     private readonly log: vscode.LogOutputChannel,
   ) {}
 
+  /** This installation (identity, trust, discovery, connections), opened on first use. */
+  node(): Promise<PeerShareNode> {
+    this.nodePromise ??= PeerShareNode.open({
+      home: this.home,
+      name: () => readSettings().displayName,
+      discovery: () => {
+        const { enabled, interfaces, port } = readSettings().discovery;
+        return enabled ? { interfaces: interfaces.length ? interfaces : undefined, port } : false;
+      },
+      log: (level, message) => this.log[level === 'debug' ? 'debug' : level](message),
+    });
+    this.nodePromise.catch(() => (this.nodePromise = undefined));
+    return this.nodePromise;
+  }
+
   /** This installation's identity and trust store, created on first use. */
-  load(): Promise<{ identity: Identity; trust: TrustStore }> {
-    this.identityPromise ??= (async () => {
-      const identity = await loadOrCreateIdentity(this.home);
-      return { identity, trust: await TrustStore.open(identity.home) };
-    })();
-    this.identityPromise.catch(() => (this.identityPromise = undefined));
-    return this.identityPromise;
+  async load(): Promise<{ identity: Identity; trust: TrustStore; node: PeerShareNode }> {
+    const node = await this.node();
+    return { identity: node.identity, trust: node.trust, node };
   }
 
   async list(): Promise<TrustedPeer[]> {
@@ -67,17 +75,11 @@ export class Peers implements vscode.Disposable {
 
   /** Connects with an invite or a trusted peer's address; returns the peer now trusted. */
   async connect(text: string): Promise<TrustedPeer> {
-    const { identity, trust } = await this.load();
-    const name = readSettings().displayName;
-    let conn: PeerConnection;
-    if (looksLikeInvite(text)) {
-      const invite = parseInvite(text);
-      conn = await connectToPeer({ identity, trust, name, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token });
-    } else if (parseAddress(text.trim())) {
-      conn = await connectToPeer({ identity, trust, name, addresses: [text.trim()] });
-    } else {
+    const { node, trust } = await this.load();
+    if (!looksLikeInvite(text) && !parseAddress(text.trim())) {
       throw new PeerShareError('INVALID_INVITE', 'Paste an invite (peershare://… or vscode://…) or the address (host:port) of a peer you already trust.');
     }
+    const conn = await node.connect(text);
     this.adoptBrowsingConnection(conn);
     this.log.info(`Connected to ${sanitizeForDisplay(conn.peerName)} (${conn.peerId}) at ${conn.address}`);
     this.changed.fire();
@@ -128,11 +130,13 @@ export class Peers implements vscode.Disposable {
 
   /** A fresh connection, for a download; the caller closes it. */
   async openConnection(id: string, signal?: AbortSignal): Promise<PeerConnection> {
-    const { identity, trust } = await this.load();
+    const { node, trust } = await this.load();
     if (!trust.get(id)) throw new PeerShareError('UNKNOWN_PEER', 'That peer is no longer trusted.');
     try {
-      // Where it was, else at its host's default port, else wherever it announces itself nearby.
-      const conn = await connectToKnownPeer({ identity, trust, name: readSettings().displayName, peerId: id, signal, discovery: (await this.discovery()) ?? false });
+      // Where it was, else at its host's default port, else wherever it announces itself nearby
+      // (on the running discovery, started here so its events reach the view).
+      await this.discovery();
+      const conn = await node.connectToPeer(id, { signal });
       this.setState(id, 'online');
       return conn;
     } catch (err) {
@@ -187,29 +191,27 @@ export class Peers implements vscode.Disposable {
     const settings = readSettings().discovery;
     if (!settings.enabled) return Promise.resolve(undefined);
     this.discoveryStarting ??= (async () => {
-      const { identity } = await this.load();
-      const discovery = new Discovery({ selfId: identity.peerId, interfaces: settings.interfaces.length ? settings.interfaces : undefined, port: settings.port });
+      const discovery = await (await this.node()).discovery();
+      if (!discovery) {
+        this.discoveryStarting = undefined;
+        return undefined;
+      }
       // Debounced: a peer heard while the view is still loading its first level must not be lost,
       // and a burst of announcements should redraw the view once.
       discovery.on('up', () => this.changedSoon());
       discovery.on('down', () => this.changedSoon());
-      discovery.on('error', (err: Error) => this.log.warn(`Discovery: ${err.message}`));
-      await discovery.start();
       this.changedSoon();
       this.log.info(`Looking for nearby peers on ${settings.interfaces.length ? settings.interfaces.join(', ') : 'every network interface'}`);
       return discovery;
-    })().catch((err) => {
-      this.log.warn(`Discovery is off: ${String(err)}`);
-      this.discoveryStarting = undefined;
-      return undefined;
-    });
+    })();
     return this.discoveryStarting;
   }
 
   async stopDiscovery(): Promise<void> {
     const starting = this.discoveryStarting;
     this.discoveryStarting = undefined;
-    await (await starting)?.stop();
+    await starting;
+    await this.nodePromise?.then((node) => node.stopDiscovery(), () => undefined);
     this.changed.fire();
   }
 
@@ -224,16 +226,7 @@ export class Peers implements vscode.Disposable {
 
   /** Asks a nearby peer to let us in; the sharer sees the same verification code as `onCode`. */
   async requestAccess(peer: NearbyPeer, onCode: (code: string) => void): Promise<'always' | 'once'> {
-    const { identity, trust } = await this.load();
-    const conn = await connectToPeer({
-      identity,
-      trust,
-      name: readSettings().displayName,
-      addresses: [peer.address],
-      expectedPeerId: peer.id,
-      requestAccess: true,
-      onVerificationCode: onCode,
-    });
+    const conn = await (await this.node()).requestAccess(peer, onCode);
     this.adoptBrowsingConnection(conn);
     if (conn.welcome.paired) return 'always';
     this.allowedOnce.set(peer.id, peer);

@@ -1,5 +1,5 @@
 import * as vscode from 'vscode';
-import { DEFAULT_PORT, PeerServer, PeerShareError, Share, listenOnPort, resolveLimits, sanitizeForDisplay, toPeerShareError, type AccessDecision, type AccessRequest } from '../core';
+import { DEFAULT_PORT, PeerShareError, sanitizeForDisplay, toPeerShareError, type AccessDecision, type AccessRequest, type ActiveShare, type PeerServer } from '../core';
 import type { Peers } from './peers';
 import { filesExcludePatterns, readSettings } from './settings';
 
@@ -13,6 +13,7 @@ export type AccessPrompt = (request: AccessRequest, signal: AbortSignal) => Prom
 export class Sharing implements vscode.Disposable {
   accessPrompt: AccessPrompt = askAccess;
   private server?: PeerServer;
+  private active?: ActiveShare;
   /** The port the server last had, and the setting it had then: a restart under the same setting keeps it. */
   private last?: { port: number; setting: number };
   private starting?: Promise<void>;
@@ -70,44 +71,37 @@ export class Sharing implements vscode.Disposable {
       throw new PeerShareError('INVALID_ARGUMENT', 'Open a folder on this machine to share it. Virtual folders cannot be shared.');
     }
     const settings = readSettings();
-    const { identity, trust } = await this.peers.load();
-    const limits = resolveLimits({ approvalTimeoutMs: settings.requestTimeoutSeconds * 1000 });
+    const { node } = await this.peers.load();
     const excludes = [...settings.exclude];
     if (settings.useFilesExclude) for (const f of folders) excludes.push(...filesExcludePatterns(f));
-    const share = await Share.create(
-      {
+    // Announcements go out on the view's discovery (started here if it is not yet), so one set of sockets serves both.
+    const announce = (await this.peers.discovery()) !== undefined;
+    // The default port, or any free one if it is taken; a port set to anything else, exactly.
+    // A restart keeps the port it had (unless a port is set), so paired peers still reach us.
+    const active = await node
+      .share({
         folders: folders.map((f) => f.uri.fsPath),
         excludes: [...new Set(excludes)],
         honourGitignore: settings.useGitignore,
-        privatePaths: [identity.home],
-      },
-      limits,
-    );
-    const server = new PeerServer({
-      identity,
-      trust,
-      share,
-      name: settings.displayName,
-      limits,
-      log: (level, message) => this.log[level === 'warn' ? 'warn' : level](message),
-      onAccessRequest: async (request, signal) => {
-        if (!readSettings().allowNearbyRequests) return 'deny';
-        this.log.info(`${sanitizeForDisplay(request.name)} (${request.id}) at ${request.address} asks to connect; verification code ${request.verificationCode}`);
-        const decision = await this.accessPrompt(request, signal);
-        this.log.info(`Request from ${request.id}: ${decision}`);
-        return decision;
-      },
-    });
-    // The default port, or any free one if it is taken; a port set to anything else, exactly.
-    // A restart keeps the port it had (unless a port is set), so paired peers still reach us.
-    const { defaultPortInUse } = await listenOnPort(server, settings.bindAddress, {
-      port: settings.port === DEFAULT_PORT ? undefined : settings.port,
-      previousPort: this.last?.setting === settings.port ? this.last.port : undefined,
-    }).catch((err: unknown) => {
-      const coded = toPeerShareError(err);
-      if (coded.code !== 'ADDRESS_IN_USE') throw coded;
-      throw new PeerShareError('ADDRESS_IN_USE', `${coded.message} Change the peershare.port setting (0: any free port).`, { detail: coded.detail, cause: coded });
-    });
+        host: settings.bindAddress,
+        port: settings.port === DEFAULT_PORT ? undefined : settings.port,
+        previousPort: this.last?.setting === settings.port ? this.last.port : undefined,
+        announce,
+        limits: { approvalTimeoutMs: settings.requestTimeoutSeconds * 1000 },
+        onAccessRequest: async (request, signal) => {
+          if (!readSettings().allowNearbyRequests) return 'deny';
+          this.log.info(`${sanitizeForDisplay(request.name)} (${request.id}) at ${request.address} asks to connect; verification code ${request.verificationCode}`);
+          const decision = await this.accessPrompt(request, signal);
+          this.log.info(`Request from ${request.id}: ${decision}`);
+          return decision;
+        },
+      })
+      .catch((err: unknown) => {
+        const coded = toPeerShareError(err);
+        if (coded.code !== 'ADDRESS_IN_USE') throw coded;
+        throw new PeerShareError('ADDRESS_IN_USE', `${coded.message} Change the peershare.port setting (0: any free port).`, { detail: coded.detail, cause: coded });
+      });
+    const { server, share, defaultPortInUse } = active;
     this.last = { port: server.port, setting: settings.port };
     if (defaultPortInUse) {
       const how = settings.discovery.enabled ? 'through your announcements on the network, or a new invite' : 'only with a new invite';
@@ -126,7 +120,7 @@ export class Sharing implements vscode.Disposable {
     });
     server.on('peer-disconnected', onPeers);
     this.server = server;
-    (await this.peers.discovery())?.announce({ name: settings.displayName, port: server.port });
+    this.active = active;
     await vscode.commands.executeCommand('setContext', 'peershare.sharing', true);
     this.log.info(`Sharing ${share.roots.map((r) => r.realPath).join(', ')} on ${server.addresses().join(', ')}`);
     this.render();
@@ -135,11 +129,11 @@ export class Sharing implements vscode.Disposable {
 
   async stop(): Promise<void> {
     await this.starting?.catch(() => undefined);
-    const server = this.server;
-    if (!server) return;
+    const active = this.active;
+    if (!active) return;
     this.server = undefined;
-    (await this.peers.discovery())?.stopAnnouncing();
-    await server.close();
+    this.active = undefined;
+    await active.stop();
     await vscode.commands.executeCommand('setContext', 'peershare.sharing', false);
     this.log.info('Stopped sharing');
     this.render();
