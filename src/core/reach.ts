@@ -1,5 +1,5 @@
 import { connectToPeer, type ConnectOptions, type PeerConnection } from './client';
-import { Discovery } from './discovery';
+import { Discovery, type NearbyPeer } from './discovery';
 import { PeerShareError, toPeerShareError, type ErrorCode } from './errors';
 import { formatAddress, parseAddress } from './invite';
 import { resolveLimits } from './limits';
@@ -118,76 +118,94 @@ export interface KnownPeerOptions extends Omit<ConnectOptions, 'addresses' | 'ex
 
 /**
  * Connects to a trusted peer wherever it now is, in this order:
- *   1. its remembered addresses, as connectToPeer does;
+ *   1. its remembered addresses, one by one;
  *   2. if none answered, each remembered host at the default port (a sharer that restarted and got
  *      its default port back, after it had fallen back to another);
  *   3. if discovery is allowed, its announcements, heard within `announcementWaitMs`: at most
- *      `maxAnnouncedAddressesTried` addresses claimed for its ID.
- * Steps 2 and 3 are guesses, and an announcement only a claim: each is held to the peer's pinned
- * certificate (`expectedPeerId`) before a byte is sent, and one that shows another certificate is
- * passed over. A connection that works records its address first in the trust file (connectToPeer).
- * Any other failure of the peer itself (it no longer trusts us, it is busy) ends the search at once.
- * If nothing answers, the first step's error is thrown, with a message that says where we looked.
+ *      `maxAnnouncedAddressesTried` addresses claimed for its ID (see nextClaim for which first).
+ * Every address is held to the peer's pinned certificate (`expectedPeerId`) before a byte is sent.
+ * One that shows another certificate is passed over, even a remembered one: an address is only
+ * where the peer was, and while it was stopped someone else may have taken its port (it then falls
+ * back to another, and announces that). A connection that works records its address first in the
+ * trust file (connectToPeer). Any other failure of the peer itself (it no longer trusts us, it is
+ * busy) ends the search at once. If nothing answers, CONNECTION_FAILED-like: the first step's
+ * error, with a message that says where we looked and where something else answered.
  */
 export async function connectToKnownPeer(options: KnownPeerOptions): Promise<PeerConnection> {
   const peerId = normalizePeerId(options.peerId);
   const known = options.trust.get(peerId);
   if (!known) throw new PeerShareError('UNKNOWN_PEER', `${shortPeerId(peerId)}… is not a peer you trust. Pair with an invite first.`);
   const { identity, trust, name, limits, signal } = options;
-  const attempt = (addresses: string[]): Promise<PeerConnection> => connectToPeer({ identity, trust, name, limits, signal, addresses, expectedPeerId: peerId });
-  const tried = new Set<string>(known.addresses);
-  let firstFailure: PeerShareError | undefined;
+  const tried = new Set<string>();
+  const search: Search = { remembered: known.addresses, atDefaultPort: [], somethingElseAt: [], nearby: 'skipped' };
 
-  if (known.addresses.length > 0) {
-    try {
-      return await attempt(known.addresses);
-    } catch (err) {
-      firstFailure = toPeerShareError(err, 'CONNECTION_FAILED');
-      if (!isUnreachable(firstFailure)) throw firstFailure;
-    }
+  for (const address of known.addresses) {
+    const found = await guess(address, 'remembered');
+    if (found) return found;
   }
 
   const defaultPort = options.defaultPort ?? DEFAULT_PORT;
-  const atDefaultPort = [...new Set(known.addresses.map(parseAddress).filter((a) => a !== undefined).map((a) => formatAddress(a.host, defaultPort)))].filter(
+  search.atDefaultPort = [...new Set(known.addresses.map(parseAddress).filter((a) => a !== undefined).map((a) => formatAddress(a.host, defaultPort)))].filter(
     (address) => !tried.has(address),
   );
-  for (const address of atDefaultPort) {
-    tried.add(address);
-    const found = await guess(address);
+  for (const address of search.atDefaultPort) {
+    const found = await guess(address, 'default port');
     if (found) return found;
   }
 
-  let listened = false;
   if (options.discovery) {
-    listened = true;
-    const found = await lookNearby(options, peerId, tried, guess);
-    if (found) return found;
+    const look = await lookNearby(options, peerId, known.addresses, tried, (address) => guess(address, 'announced'));
+    if (look.connection) return look.connection;
+    search.nearby = look.listenError ? 'could not listen' : 'listened';
+    search.listenError = look.listenError;
   }
 
-  throw notFound(known.name, peerId, known.addresses, atDefaultPort, listened, firstFailure);
+  throw notFound(known.name, peerId, search);
 
-  /** One guessed address: the connection, or undefined if nobody (or somebody else) answered there. */
-  async function guess(address: string): Promise<PeerConnection | undefined> {
+  /** One address: the connection, or undefined if nobody (or somebody else) answered there. */
+  async function guess(address: string, source: 'remembered' | 'default port' | 'announced'): Promise<PeerConnection | undefined> {
+    tried.add(address);
     try {
-      return await attempt([address]);
+      return await connectToPeer({ identity, trust, name, limits, signal, addresses: [address], expectedPeerId: peerId });
     } catch (err) {
       const coded = toPeerShareError(err, 'CONNECTION_FAILED');
-      if (isUnreachable(coded) || coded.code === 'PEER_MISMATCH') return undefined;
-      throw coded;
+      if (coded.code === 'PEER_MISMATCH') {
+        // Only where we chose to look: a stranger's claim answered by a stranger is no news.
+        if (source !== 'announced') search.somethingElseAt.push({ address, error: coded });
+        return undefined;
+      }
+      if (!isUnreachable(coded)) throw coded;
+      if (source === 'remembered') search.firstFailure ??= coded;
+      return undefined;
     }
   }
+}
+
+/** Where a search looked and what it met there, for the message when the peer is not found. */
+interface Search {
+  remembered: string[];
+  atDefaultPort: string[];
+  /** The first remembered address's failure to answer. */
+  firstFailure?: PeerShareError;
+  /** Addresses of ours (remembered, or a remembered host's default port) where another certificate answered. */
+  somethingElseAt: { address: string; error: PeerShareError }[];
+  nearby: 'skipped' | 'listened' | 'could not listen';
+  listenError?: PeerShareError;
 }
 
 /**
  * Step 3: listens for announcements of `peerId` and tries each new address as it is heard, until
  * one works, the limit of addresses is reached, or the wait is over (a try under way finishes).
+ * `listenError` says why no announcement could be heard at all (the discovery port is held by
+ * another program, say).
  */
 async function lookNearby(
   options: KnownPeerOptions,
   peerId: string,
+  remembered: string[],
   tried: Set<string>,
   guess: (address: string) => Promise<PeerConnection | undefined>,
-): Promise<PeerConnection | undefined> {
+): Promise<{ connection?: PeerConnection; listenError?: PeerShareError }> {
   const limits = resolveLimits(options.limits);
   const given = options.discovery;
   let discovery: Discovery;
@@ -198,9 +216,9 @@ async function lookNearby(
     discovery.on('error', () => undefined);
     try {
       await discovery.start(); // asks who is there, so sharers answer at once
-    } catch {
+    } catch (err) {
       await discovery.stop();
-      return undefined; // no network to listen on: nothing to find there
+      return { listenError: toPeerShareError(err, 'CONNECTION_FAILED') }; // nothing to hear there
     }
   }
   let wake: (() => void) | undefined;
@@ -209,23 +227,25 @@ async function lookNearby(
   };
   discovery.on('up', onUp);
   const deadline = performance.now() + limits.announcementWaitMs;
+  const rememberedHosts = new Set(remembered.map((a) => parseAddress(a)?.host).filter((h) => h !== undefined));
+  const triesByHost = new Map<string, number>();
   try {
     let triedAnnounced = 0;
     while (triedAnnounced < limits.maxAnnouncedAddressesTried) {
       if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
-      const next = discovery.list().find((p) => p.id === peerId && !tried.has(p.address));
+      const next = nextClaim(discovery.list(), peerId, tried, rememberedHosts, triesByHost);
       if (next) {
-        tried.add(next.address);
         triedAnnounced++;
+        triesByHost.set(next.host, (triesByHost.get(next.host) ?? 0) + 1);
         const found = await guess(next.address);
         if (found) {
           discovery.markProved(peerId, next.address);
-          return found;
+          return { connection: found };
         }
         continue;
       }
       const left = deadline - performance.now();
-      if (left <= 0) return undefined;
+      if (left <= 0) return {};
       await new Promise<void>((resolve) => {
         const timer = setTimeout(done, left);
         options.signal?.addEventListener('abort', done, { once: true });
@@ -238,33 +258,69 @@ async function lookNearby(
         }
       });
     }
-    return undefined;
+    return {};
   } finally {
     discovery.off('up', onUp);
     if (discovery !== given) await discovery.stop();
   }
 }
 
-/** The first step's failure, reworded to say where we looked and what a person can do. */
-function notFound(
-  name: string,
+/**
+ * The next address claimed for `peerId` to try, of those not tried yet. Strangers choose what is
+ * announced, how it sorts and when: so not by name or order heard, but an address a handshake
+ * already proved first, then one at a host the peer was remembered at (its own machine), then the
+ * host tried least so far, so the claims of one machine get one try per round and cannot use up
+ * the limit before the peer's turn comes.
+ */
+function nextClaim(
+  heard: NearbyPeer[],
   peerId: string,
-  remembered: string[],
-  atDefaultPort: string[],
-  listened: boolean,
-  firstFailure: PeerShareError | undefined,
-): PeerShareError {
-  const who = name ? sanitizeForDisplay(name).slice(0, 64) : `${shortPeerId(peerId)}…`;
-  const places = [...remembered, ...atDefaultPort].map((a) => sanitizeForDisplay(a).slice(0, 64));
-  const shown = places.length > 3 ? `${places.slice(0, 3).join(', ')} and ${places.length - 3} more` : places.join(', ');
-  const nearby = listened ? ', nor among the peers announcing themselves on your network' : '';
-  if (!firstFailure) {
-    const unheard = listened ? ', and was not found among the peers announcing themselves on your network' : '';
-    return new PeerShareError('UNKNOWN_PEER', `${who} has no address we know of${unheard}. Is it sharing? Ask for an invite.`);
+  tried: Set<string>,
+  rememberedHosts: Set<string>,
+  triesByHost: Map<string, number>,
+): { address: string; host: string } | undefined {
+  let best: { address: string; host: string; rank: number[] } | undefined;
+  for (const peer of heard) {
+    if (peer.id !== peerId || tried.has(peer.address)) continue;
+    const host = parseAddress(peer.address)?.host ?? peer.address;
+    const rank = [peer.proved ? 0 : 1, rememberedHosts.has(host) ? 0 : 1, triesByHost.get(host) ?? 0];
+    if (!best || before(rank, best.rank)) best = { address: peer.address, host, rank };
   }
+  return best && { address: best.address, host: best.host };
+}
+
+/** Does rank `a` come strictly before `b`, comparing element by element? Equals keep their order. */
+function before(a: number[], b: number[]): boolean {
+  const i = a.findIndex((value, k) => value !== b[k]);
+  return i !== -1 && a[i] < b[i];
+}
+
+/** Why the peer was not found, in words: where we looked, what answered there instead, what a person can do. */
+function notFound(name: string, peerId: string, search: Search): PeerShareError {
+  const who = name ? sanitizeForDisplay(name).slice(0, 64) : `${shortPeerId(peerId)}…`;
+  const shown = (addresses: string[]): string => {
+    const places = addresses.map((a) => sanitizeForDisplay(a).slice(0, 64));
+    return places.length > 3 ? `${places.slice(0, 3).join(', ')} and ${places.length - 3} more` : places.join(', ');
+  };
+  const unheard = search.nearby === 'could not listen' ? ', and announcements on your network could not be heard' : '';
+  const detail = [
+    search.firstFailure?.message,
+    search.firstFailure?.detail,
+    ...search.somethingElseAt.map((s) => s.error.message),
+    search.listenError && `Listening for announcements: ${[search.listenError.message, search.listenError.detail].filter(Boolean).join(' ')}`,
+  ]
+    .filter(Boolean)
+    .join(' ');
+  if (search.remembered.length === 0) {
+    const nearby = search.nearby === 'listened' ? ', and was not found among the peers announcing themselves on your network' : unheard;
+    return new PeerShareError('UNKNOWN_PEER', `${who} has no address we know of${nearby}. Is it sharing? Ask for an invite.`, { detail: detail || undefined });
+  }
+  const nearby = search.nearby === 'listened' ? ', nor among the peers announcing themselves on your network' : unheard;
+  const elsewhere = search.somethingElseAt.length > 0 ? ` Something else answers at ${shown(search.somethingElseAt.map((s) => s.address))} now (another program, or another PeerShare).` : '';
+  // Not reached is the outcome, whatever answered at the addresses we tried: the code says so, so a caller may try again later.
   return new PeerShareError(
-    firstFailure.code,
-    `${who} did not answer at ${shown}${nearby}. Is it sharing? If it is, it may have a new address: ask for a new invite.`,
-    { detail: [firstFailure.message, firstFailure.detail].filter(Boolean).join(' '), cause: firstFailure },
+    search.firstFailure?.code ?? 'CONNECTION_FAILED',
+    `${who} did not answer at ${shown([...search.remembered, ...search.atDefaultPort])}${nearby}.${elsewhere} Is it sharing? If it is, it may have a new address: ask for a new invite.`,
+    { detail, cause: search.firstFailure ?? search.somethingElseAt[0]?.error },
   );
 }

@@ -299,7 +299,7 @@ describe('connectToKnownPeer: finding a trusted peer that moved', () => {
     }
   });
 
-  it('stops at once at a failure of the peer itself: another certificate at the remembered address is PEER_MISMATCH, nothing else tried', async () => {
+  it('passes over another certificate at the remembered address (its port was taken meanwhile) and looks on; a failure of the peer itself ends the search at once', async () => {
     const { sharer, client, firstAddress } = await pairedSharer();
     await sharer.server.close();
     const other = await startSharer([tempDir()]);
@@ -308,10 +308,19 @@ describe('connectToKnownPeer: finding a trusted peer that moved', () => {
     await squatter.listen(Number(firstAddress.split(':')[1]), '127.0.0.1');
     const atDefault = await occupy();
     try {
-      await rejectsWithCode(connectToKnownPeer(options(client, sharer.identity.peerId, { defaultPort: atDefault.port, discovery: false })), 'PEER_MISMATCH');
-      assert.equal(atDefault.connections(), 0, 'the default port was not tried');
+      await rejectsWithCode(connectToKnownPeer(options(client, sharer.identity.peerId, { defaultPort: atDefault.port, discovery: false })), 'CONNECTION_FAILED');
+      assert.equal(atDefault.connections(), 1, 'the default port was tried after the squatter');
     } finally {
       await squatter.close();
+    }
+    // The peer itself, answering that it no longer lets us in: nothing else is tried.
+    const server = await restart(sharer, Number(firstAddress.split(':')[1]));
+    await sharer.trust.remove(client.identity.peerId);
+    try {
+      await rejectsWithCode(connectToKnownPeer(options(client, sharer.identity.peerId, { defaultPort: atDefault.port, discovery: false })), 'PEER_UNTRUSTED');
+      assert.equal(atDefault.connections(), 1, 'the default port was not tried again');
+    } finally {
+      await server.close();
       await atDefault.close();
     }
   });

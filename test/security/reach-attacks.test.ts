@@ -1,0 +1,402 @@
+import assert from 'node:assert/strict';
+import * as dgram from 'node:dgram';
+import { promises as fs } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import * as tls from 'node:tls';
+import { describe, it } from 'node:test';
+import {
+  DISCOVERY_GROUP,
+  Discovery,
+  PeerServer,
+  TRUST_FILE,
+  connectToKnownPeer,
+  listenOnPort,
+  peerIdOfCert,
+  type Identity,
+  type KnownPeerOptions,
+  type Limits,
+} from '../../src/core';
+import { TLS_OPTIONS } from '../../src/core/tls-options';
+import { connectWithInvite, makePeer, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { waitFor } from '../hostile';
+
+/*
+ * An outsider who knows a trusted peer's ID (IDs are public: they are announced) attacks the way
+ * a client finds that peer again (reach.ts): squatting the port it had, claiming its ID in
+ * announcements, tarpits, malformed packets. Real TLS, UDP multicast and sockets on loopback; a
+ * second loopback address (127.0.0.2) stands for another machine on the LAN. The oracle is the
+ * trust file: it may only ever list addresses where the pinned certificate answered.
+ */
+
+// Each test uses its own discovery port, so parallel test files and other runs do not mix.
+let nextDiscoveryPort = 49_700 + Math.floor(Math.random() * 1000);
+
+/** The attacker's machine on the LAN. */
+const ELSEWHERE = '127.0.0.2';
+
+function portOf(address: string): number {
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
+
+interface Listener {
+  port: number;
+  address: string;
+  /** TCP connections accepted. */
+  connections(): number;
+  /** Those still open. */
+  open(): number;
+  close(): Promise<void>;
+}
+
+/** A plain TCP listener on `host` that counts connections and either drops them at once or holds them, never answering (a tarpit). */
+async function tcpListener(host: string, behaviour: 'drop' | 'tarpit', port = 0): Promise<Listener> {
+  let count = 0;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    count++;
+    socket.on('error', () => undefined);
+    if (behaviour === 'drop') return socket.destroy();
+    // Reads (and drops) the ClientHello, never answers: reading is how the client's close is seen.
+    socket.resume();
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const bound = (server.address() as net.AddressInfo).port;
+  return {
+    port: bound,
+    address: `${host}:${bound}`,
+    connections: () => count,
+    open: () => sockets.size,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** Someone else's TLS server (its own certificate) that takes whatever a client sends after the handshake, and records it. */
+async function squatter(identity: Identity, host: string, port: number): Promise<Listener & { bytesReceived(): number; clientIds(): string[] }> {
+  let count = 0;
+  let bytes = 0;
+  const clientIds: string[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = tls.createServer({ ...TLS_OPTIONS, key: identity.keyPem, cert: identity.certPem, requestCert: true, rejectUnauthorized: false }, (socket) => {
+    const cert = socket.getPeerCertificate(false);
+    if (cert?.raw) clientIds.push(peerIdOfCert(cert.raw));
+    socket.on('data', (chunk: Buffer) => (bytes += chunk.length));
+  });
+  server.on('connection', (socket: net.Socket) => {
+    count++;
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  server.on('tlsClientError', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const bound = (server.address() as net.AddressInfo).port;
+  return {
+    port: bound,
+    address: `${host}:${bound}`,
+    connections: () => count,
+    open: () => sockets.size,
+    bytesReceived: () => bytes,
+    clientIds: () => [...clientIds],
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** A UDP socket on `host` that sends announcements (or anything) to the discovery group, as any program on that machine may. */
+async function announcer(host: string, discoveryPort: number): Promise<{ send(packet: string | Buffer): void; claim(id: string, name: string, port: number): void; close(): void }> {
+  const socket = dgram.createSocket({ type: 'udp4' });
+  await new Promise<void>((resolve) => socket.bind(0, host, () => resolve()));
+  socket.setMulticastInterface('127.0.0.1');
+  const send = (packet: string | Buffer): void => socket.send(packet, discoveryPort, DISCOVERY_GROUP);
+  return {
+    send,
+    claim: (id, name, port) => send(JSON.stringify({ t: 'announce', v: 1, id, name, port })),
+    close: () => socket.close(),
+  };
+}
+
+async function loopbackDiscovery(selfId: string, port: number): Promise<Discovery> {
+  const discovery = new Discovery({ selfId, interfaces: ['127.0.0.1'], port });
+  await discovery.start();
+  return discovery;
+}
+
+/** A sharer the client paired with by invite; the client remembers it at its first address. */
+async function pairedSharer(): Promise<{ sharer: Sharer; client: TestPeer; firstAddress: string }> {
+  const sharer = await startSharer([tempDir()]);
+  const { conn, client } = await connectWithInvite(sharer.invite);
+  conn.close();
+  return { sharer, client, firstAddress: sharer.address };
+}
+
+/** The same sharer (same certificate and share), stopped and started again on `host`, by listenOnPort's rule with `defaultPort`. */
+async function restart(sharer: Sharer, host: string, defaultPort: number): Promise<{ server: PeerServer; port: number; defaultPortInUse?: number }> {
+  await sharer.server.close();
+  const server = new PeerServer({ identity: sharer.identity, trust: sharer.trust, share: sharer.share, name: 'sharer' });
+  const chosen = await listenOnPort(server, host, { defaultPort });
+  return { server, ...chosen };
+}
+
+function options(client: TestPeer, peerId: string, extra: Partial<KnownPeerOptions> & { limits?: Partial<Limits> }): KnownPeerOptions {
+  return { identity: client.identity, trust: client.trust, name: 'client', peerId, ...extra };
+}
+
+async function trustFile(peer: TestPeer): Promise<string> {
+  return fs.readFile(path.join(peer.home, TRUST_FILE), 'utf8');
+}
+
+async function rememberedAddresses(peer: TestPeer, id: string): Promise<string[]> {
+  const parsed = JSON.parse(await trustFile(peer)) as { peers: { id: string; addresses: string[] }[] };
+  return parsed.peers.find((p) => p.id === id)!.addresses;
+}
+
+describe('reach attacks: someone squats the port a trusted peer had', () => {
+  it('a squatter on the default port the sharer fell back from does not end the search: the sharer is found by its announcements, nothing is sent to the squatter, and only addresses that showed the pinned certificate are remembered', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    // The sharer had its default port (here: its first port). Another local user takes it while the sharer is stopped.
+    const defaultPort = portOf(firstAddress);
+    await sharer.server.close();
+    const other = await squatter((await makePeer()).identity, '127.0.0.1', defaultPort);
+    const restarted = await restart(sharer, '127.0.0.1', defaultPort);
+    assert.equal(restarted.defaultPortInUse, defaultPort, 'the sharer fell back and says so');
+    const discoveryPort = nextDiscoveryPort++;
+    const announcing = await loopbackDiscovery(id, discoveryPort);
+    announcing.announce({ name: 'sharer', port: restarted.port });
+    try {
+      const conn = await connectToKnownPeer(
+        options(client, id, { defaultPort, discovery: { interfaces: ['127.0.0.1'], port: discoveryPort }, limits: { announcementWaitMs: 10_000 } }),
+      );
+      assert.equal(conn.address, `127.0.0.1:${restarted.port}`);
+      assert.equal(conn.peerId, id);
+      conn.close();
+      assert.deepEqual(await rememberedAddresses(client, id), [`127.0.0.1:${restarted.port}`, firstAddress]);
+      assert.equal(other.connections(), 1, 'the squatter was reached once (remembered address = default port)');
+      assert.equal(other.bytesReceived(), 0, 'not one byte after the handshake: no hello, no name, no token');
+    } finally {
+      await announcing.stop();
+      await restarted.server.close();
+      await other.close();
+    }
+  });
+
+  it('with nowhere else to look, a squatter at the remembered port is named as something else answering there (CONNECTION_FAILED, so the editor keeps re-checking), not as an invite mismatch; the trust file is unchanged', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    await sharer.server.close();
+    const other = await squatter((await makePeer()).identity, '127.0.0.1', portOf(firstAddress));
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    const before = await trustFile(client);
+    try {
+      await assert.rejects(connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: false })), (err: Error & { code?: string; detail?: string }) => {
+        assert.equal(err.code, 'CONNECTION_FAILED');
+        assert.equal(
+          err.message,
+          `sharer did not answer at ${firstAddress}, 127.0.0.1:${nobodyAtDefault.port}. Something else answers at ${firstAddress} now (another program, or another PeerShare). Is it sharing? If it is, it may have a new address: ask for a new invite.`,
+        );
+        assert.match(err.detail ?? '', /presented/, 'the certificate seen there is in the detail, for the log');
+        return true;
+      });
+      assert.equal(nobodyAtDefault.connections(), 1, 'the default port was still tried');
+      assert.equal(other.bytesReceived(), 0);
+      assert.equal(await trustFile(client), before, 'the trust file is byte for byte what it was');
+    } finally {
+      await other.close();
+      await nobodyAtDefault.close();
+    }
+  });
+
+  it('a squatter at the first remembered address does not hide the peer at the second', async () => {
+    const { sharer, client } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    const other = await squatter((await makePeer()).identity, '127.0.0.1', 0);
+    await client.trust.update(id, { addresses: [other.address, sharer.address] });
+    try {
+      const conn = await connectToKnownPeer(options(client, id, { discovery: false }));
+      assert.equal(conn.address, sharer.address);
+      conn.close();
+      assert.deepEqual(await rememberedAddresses(client, id), [sharer.address, other.address]);
+      assert.equal(other.bytesReceived(), 0);
+    } finally {
+      await other.close();
+      await sharer.server.close();
+    }
+  });
+});
+
+describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
+  it('claims from another machine cannot crowd out the sharer: an address at a host it was remembered at is tried first', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    const discoveryPort = nextDiscoveryPort++;
+    const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    const restarted = await restart(sharer, '127.0.0.1', nobodyAtDefault.port);
+    const announcing = await loopbackDiscovery(id, discoveryPort);
+    const decoys = await Promise.all(Array.from({ length: 6 }, () => tcpListener(ELSEWHERE, 'drop')));
+    const attacker = await announcer(ELSEWHERE, discoveryPort);
+    try {
+      // Named to sort first; more claims than the client tries.
+      for (const decoy of decoys) attacker.claim(id, '', decoy.port);
+      announcing.announce({ name: 'sharer', port: restarted.port });
+      await waitFor(() => browsing.list().filter((p) => p.id === id).length === decoys.length + 1);
+      const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing }));
+      assert.equal(conn.address, `127.0.0.1:${restarted.port}`);
+      conn.close();
+      assert.equal(decoys.reduce((sum, d) => sum + d.connections(), 0), 0, 'no decoy was tried before the sharer');
+      assert.deepEqual(await rememberedAddresses(client, id), [`127.0.0.1:${restarted.port}`, firstAddress]);
+    } finally {
+      attacker.close();
+      await browsing.stop();
+      await announcing.stop();
+      await restarted.server.close();
+      await Promise.all([...decoys, nobodyAtDefault].map((d) => d.close()));
+    }
+  });
+
+  it('claims from one other machine get one try per round: a sharer that moved to a new host is still found among them', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    const discoveryPort = nextDiscoveryPort++;
+    const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    // Its machine got a new address (DHCP): the remembered host is of no help.
+    const newHost = '127.0.0.4';
+    const restarted = await restart(sharer, newHost, nobodyAtDefault.port);
+    const decoys = await Promise.all(Array.from({ length: 6 }, () => tcpListener(ELSEWHERE, 'drop')));
+    const attacker = await announcer(ELSEWHERE, discoveryPort);
+    const real = await announcer(newHost, discoveryPort);
+    try {
+      for (const decoy of decoys) attacker.claim(id, '', decoy.port);
+      real.claim(id, 'sharer', restarted.port);
+      await waitFor(() => browsing.list().filter((p) => p.id === id).length === decoys.length + 1);
+      const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing }));
+      assert.equal(conn.address, `${newHost}:${restarted.port}`);
+      conn.close();
+      assert.equal(decoys.reduce((sum, d) => sum + d.connections(), 0), 1, 'the other machine had one try, then the sharer’s turn came');
+      assert.deepEqual(await rememberedAddresses(client, id), [`${newHost}:${restarted.port}`, firstAddress]);
+    } finally {
+      attacker.close();
+      real.close();
+      await browsing.stop();
+      await restarted.server.close();
+      await Promise.all([...decoys, nobodyAtDefault].map((d) => d.close()));
+    }
+  });
+
+  it('tarpits (TCP that never answers TLS) claimed for the ID: each is tried once within handshakeTimeoutMs, at most maxAnnouncedAddressesTried of them, every socket closed, and the look ends', async (t) => {
+    const { sharer, client } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    await sharer.server.close();
+    const discoveryPort = nextDiscoveryPort++;
+    const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    const tarpits = await Promise.all(Array.from({ length: 6 }, () => tcpListener(ELSEWHERE, 'tarpit')));
+    const attacker = await announcer(ELSEWHERE, discoveryPort);
+    const limits = { handshakeTimeoutMs: 300, announcementWaitMs: 200, maxAnnouncedAddressesTried: 4 };
+    try {
+      for (const tarpit of tarpits) attacker.claim(id, '', tarpit.port);
+      await waitFor(() => browsing.list().filter((p) => p.id === id).length === tarpits.length);
+      const started = performance.now();
+      await assert.rejects(connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing, limits })), (err: Error & { code?: string }) => {
+        assert.equal(err.code, 'CONNECTION_FAILED', 'the remembered address’s failure, not a tarpit’s');
+        return true;
+      });
+      t.diagnostic(`look with ${limits.maxAnnouncedAddressesTried} tarpits at ${limits.handshakeTimeoutMs} ms each took ${Math.round(performance.now() - started)} ms`);
+      assert.equal(tarpits.reduce((sum, p) => sum + p.connections(), 0), limits.maxAnnouncedAddressesTried);
+      assert.ok(tarpits.every((p) => p.connections() <= 1), 'none twice');
+      await waitFor(() => tarpits.every((p) => p.open() === 0));
+    } finally {
+      attacker.close();
+      await browsing.stop();
+      await Promise.all([...tarpits, nobodyAtDefault].map((d) => d.close()));
+    }
+  });
+
+  it('malformed, oversized and hostile announcements neither crash nor stall the look; the real one still works', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    const discoveryPort = nextDiscoveryPort++;
+    const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    const restarted = await restart(sharer, '127.0.0.1', nobodyAtDefault.port);
+    const attacker = await announcer(ELSEWHERE, discoveryPort);
+    const announcing = await loopbackDiscovery(id, discoveryPort);
+    try {
+      const hostile = [
+        '',
+        'not json',
+        'null',
+        '[]',
+        '"announce"',
+        JSON.stringify({ t: 'announce', v: 1, id, name: 'x', port: 0 }),
+        JSON.stringify({ t: 'announce', v: 1, id, name: 'x', port: 70_000 }),
+        JSON.stringify({ t: 'announce', v: 1, id, name: 'x', port: '47474' }),
+        JSON.stringify({ t: 'announce', v: 1, id, name: 'x', port: 1.5 }),
+        JSON.stringify({ t: 'announce', v: 'one', id, name: 'x', port: 1 }),
+        JSON.stringify({ t: 'announce', v: 1, id: 'NOT-AN-ID', name: 'x', port: 1 }),
+        JSON.stringify({ t: 'announce', v: 1, id, name: { toString: 1 }, port: 1 }),
+        JSON.stringify({ t: 'announce', v: 1, id, name: 'x'.repeat(5000), port: 1 }),
+        `{"t":"announce","v":1,"id":"${id}","__proto__":{"port":1},"port":2}`,
+        JSON.stringify({ t: 'bye', id }),
+        JSON.stringify({ t: 'query' }),
+      ];
+      for (const packet of hostile) attacker.send(packet);
+      attacker.send(Buffer.alloc(65_000, 0x7b));
+      attacker.claim(id, '\u202e\u001b[31m\nevil'.repeat(10), 1);
+      announcing.announce({ name: 'sharer', port: restarted.port });
+      await waitFor(() => browsing.list().some((p) => p.id === id && p.address === `127.0.0.1:${restarted.port}`));
+      const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing }));
+      assert.equal(conn.address, `127.0.0.1:${restarted.port}`);
+      conn.close();
+      assert.deepEqual(await rememberedAddresses(client, id), [`127.0.0.1:${restarted.port}`, firstAddress]);
+    } finally {
+      attacker.close();
+      await browsing.stop();
+      await announcing.stop();
+      await restarted.server.close();
+      await nobodyAtDefault.close();
+    }
+  });
+
+  it('a discovery port held by another program: the look says it could not listen for announcements, instead of claiming it looked', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    await sharer.server.close();
+    const discoveryPort = nextDiscoveryPort++;
+    // Bound without SO_REUSEADDR, as another local user may: nobody else can bind it.
+    const holder = dgram.createSocket({ type: 'udp4' });
+    await new Promise<void>((resolve) => holder.bind(discoveryPort, () => resolve()));
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    try {
+      await assert.rejects(
+        connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: { interfaces: ['127.0.0.1'], port: discoveryPort } })),
+        (err: Error & { code?: string; detail?: string }) => {
+          assert.equal(err.code, 'CONNECTION_FAILED');
+          assert.equal(
+            err.message,
+            `sharer did not answer at ${firstAddress}, 127.0.0.1:${nobodyAtDefault.port}, and announcements on your network could not be heard. Is it sharing? If it is, it may have a new address: ask for a new invite.`,
+          );
+          assert.match(err.detail ?? '', /EADDRINUSE|in use/i);
+          return true;
+        },
+      );
+    } finally {
+      holder.close();
+      await nobodyAtDefault.close();
+    }
+  });
+});
