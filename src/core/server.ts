@@ -109,7 +109,7 @@ export class PeerServer extends EventEmitter {
       limits: this.limits,
       stats: this.stats,
       log: this.log,
-      onStream: (stream, admission) => this.accept(stream, admission),
+      onStream: (stream, admission) => this.acceptStream(stream, admission),
     });
   }
 
@@ -233,8 +233,13 @@ export class PeerServer extends EventEmitter {
     this.pendingApprovals.delete(connection);
   }
 
-  /** A stream its transport proved: served by a connection of its own until it closes. */
-  private accept(stream: AuthenticatedStream, admission: Admission): void {
+  /**
+   * Serves a stream its transport proved, on a connection of its own until it closes. The TLS
+   * listener hands over each of its streams here; another transport (or a test's in-memory pair)
+   * may too. Without an admission the stream is in no budget of strangers: its transport bounds
+   * them itself.
+   */
+  acceptStream(stream: AuthenticatedStream, admission: Admission = outsideAnyBudget(stream)): void {
     const connection = new ServerConnection(this, stream, admission, this.log);
     this.connections.add(connection);
     stream.stream.once('close', () => {
@@ -243,6 +248,11 @@ export class PeerServer extends EventEmitter {
       if (connection.peer) this.emit('peer-disconnected', connection.peer);
     });
   }
+}
+
+/** The admission of a stream whose transport keeps no budget of strangers: nothing to leave or give back. */
+function outsideAnyBudget(stream: AuthenticatedStream): Admission {
+  return { source: stream.host || stream.address, refundHandshake: () => undefined, leave: () => undefined, onEvict: () => undefined };
 }
 
 /** During a transfer, trust is re-checked at most this often (see checkStillTrusted). */

@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
 import { describe, it } from 'node:test';
 import * as esbuild from 'esbuild';
+import { PeerConnection, download, parseInvite, resolveLimits, type AuthenticatedStream } from '../../src/core';
+import { makePeer, startSharer, tempDir, writeRandomFile } from '../helpers';
+import { duplexPair } from './v2-duplex-pair';
 
 const CORE = path.join(__dirname, '..', '..', 'src', 'core');
 
@@ -63,5 +67,30 @@ describe('TLS stays in its transport (issue 11: transport injected)', () => {
     const text = await fs.readFile(path.join(CORE, TLS_TRANSPORT), 'utf8');
     assert.match(text, /\btls\.connect\(/);
     assert.match(text, /\btls\.createServer\(/);
+  });
+
+  it('the protocol code needs nothing from TLS: pairing, listing and a download over an in-memory pair', async () => {
+    const folder = tempDir();
+    const bytes = await writeRandomFile(path.join(folder, 'hello.bin'), 3 * 1024 * 1024);
+    const sharer = await startSharer([folder]);
+    const client = await makePeer();
+    const [dialerEnd, acceptorEnd] = duplexPair();
+    const proved = (stream: Duplex, peerId: string, side: 'dialer' | 'acceptor'): AuthenticatedStream => ({ stream, peerId, address: 'memory:1', host: 'memory', side });
+    try {
+      sharer.server.acceptStream(proved(acceptorEnd, client.identity.peerId, 'acceptor'));
+      const conn = new PeerConnection(proved(dialerEnd, sharer.identity.peerId, 'dialer'), resolveLimits());
+      await conn.hello('client', parseInvite(sharer.invite).token);
+      assert.equal(conn.welcome.paired, true);
+      assert.ok(sharer.trust.allowsReader(client.identity.peerId), 'the invite paired the peer the stream proved');
+      const root = sharer.share.roots[0].name;
+      assert.deepEqual((await conn.list(root)).map((e) => e.name), ['hello.bin']);
+      const dest = tempDir();
+      await download(conn, `${root}/hello.bin`, dest);
+      assert.ok((await fs.readFile(path.join(dest, 'hello.bin'))).equals(bytes));
+      assert.equal(sharer.server.stats.connectionsAccepted, 0, 'no TLS connection was made');
+      conn.close();
+    } finally {
+      await sharer.server.close();
+    }
   });
 });
