@@ -74,7 +74,10 @@ export type AnswerPart = { kind: 'reply'; message: ReplyMessage } | { kind: 'dat
 /** How a handler answers: REPLY messages and DATA, in order, each resolved once written to the stream. */
 export interface ReplyWriter {
   message(message: ReplyMessage): Promise<void>;
-  /** Never merged with another call's bytes, so a DATA frame never spans two blocks or files. */
+  /**
+   * Never merged with another call's bytes, so a DATA frame never spans two blocks or files.
+   * Resolves once the stream has taken all of `bytes`: then the buffer may be reused (a pool).
+   */
   data(bytes: Buffer): Promise<void>;
 }
 
@@ -532,11 +535,11 @@ export class Connection {
       const payload = item.bytes.subarray(item.offset, item.offset + length);
       item.offset += length;
       answer.credit -= length;
-      this.write(encodeConnectionHeader(ConnectionFrameType.DATA, length, answer.id), payload);
-      if (item.offset === item.bytes.length) {
-        answer.items.shift();
-        item.done.resolve();
-      }
+      const last = item.offset === item.bytes.length;
+      if (last) answer.items.shift();
+      // The caller may reuse its buffer once the stream has taken the last slice (its write
+      // callback: a TLS socket has encrypted it by then), not merely once it is queued.
+      this.write(encodeConnectionHeader(ConnectionFrameType.DATA, length, answer.id), payload, last ? item.done : undefined);
     }
     answer.starvedSince = 0;
     this.enterLine(answer);
@@ -568,7 +571,7 @@ export class Connection {
     this.line.push(answer);
   }
 
-  private write(frame: Buffer, payload?: Buffer): void {
+  private write(frame: Buffer, payload?: Buffer, taken?: Settle): void {
     this.counters.framesSent++;
     this.counters.bytesSent += frame.length + (payload?.length ?? 0);
     let room: boolean;
@@ -576,7 +579,10 @@ export class Connection {
       // Header and payload leave together without a copy of the payload.
       this.stream.cork();
       this.stream.write(frame);
-      room = this.stream.write(payload);
+      room = this.stream.write(
+        payload,
+        taken && ((err) => (err ? taken.reject(toPeerShareError(err, 'CONNECTION_CLOSED')) : taken.resolve())),
+      );
       this.stream.uncork();
     } else {
       room = this.stream.write(frame);
