@@ -4,7 +4,9 @@ import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as tls from 'node:tls';
-import { describe, it } from 'node:test';
+import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as readline from 'node:readline';
+import { before, describe, it } from 'node:test';
 import {
   DISCOVERY_GROUP,
   Discovery,
@@ -397,6 +399,131 @@ describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
     } finally {
       holder.close();
       await nobodyAtDefault.close();
+    }
+  });
+});
+
+describe('reach attacks: on the path', () => {
+  it('a relay announced for the ID is remembered once the pinned certificate answered through it (accepted: it is only a locator), and it carries nothing but ciphertext', async () => {
+    const { sharer, client, firstAddress } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    await fs.writeFile(path.join(sharer.share.roots[0].realPath, 'plans-for-friday.txt'), 'hello');
+    const discoveryPort = nextDiscoveryPort++;
+    const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    // The sharer restarts on another port and does not announce; the attacker finds it (a port scan) and relays to it.
+    const restarted = await restart(sharer, '127.0.0.1', nobodyAtDefault.port);
+    const relayed: Buffer[] = [];
+    const relay = net.createServer((inbound) => {
+      const outbound = net.connect(restarted.port, '127.0.0.1');
+      inbound.on('data', (b: Buffer) => relayed.push(b));
+      outbound.on('data', (b: Buffer) => relayed.push(b));
+      inbound.pipe(outbound).pipe(inbound);
+      inbound.on('error', () => outbound.destroy());
+      outbound.on('error', () => inbound.destroy());
+    });
+    await new Promise<void>((resolve) => relay.listen(0, ELSEWHERE, () => resolve()));
+    const relayAddress = `${ELSEWHERE}:${(relay.address() as net.AddressInfo).port}`;
+    const attacker = await announcer(ELSEWHERE, discoveryPort);
+    try {
+      attacker.claim(id, 'sharer', portOf(relayAddress));
+      await waitFor(() => browsing.list().some((p) => p.id === id));
+      const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing }));
+      assert.equal(conn.address, relayAddress);
+      assert.equal(conn.peerId, id, 'the pinned certificate, through the relay');
+      const names = (await conn.list(conn.welcome.roots[0])).map((e) => e.name);
+      assert.ok(names.includes('plans-for-friday.txt'));
+      conn.close();
+      assert.deepEqual(await rememberedAddresses(client, id), [relayAddress, firstAddress], 'remembered first: the relay holds the first place until the peer is found elsewhere');
+      const seen = Buffer.concat(relayed);
+      for (const clear of ['client', 'sharer', 'plans-for-friday', 'hello']) assert.equal(seen.indexOf(clear), -1, `"${clear}" never crossed the relay in clear`);
+    } finally {
+      attacker.close();
+      await browsing.stop();
+      await new Promise<void>((resolve) => relay.close(() => resolve()));
+      await restarted.server.close();
+      await nobodyAtDefault.close();
+    }
+  });
+});
+
+describe('reach attacks: the CLI, as processes (another local user squats the default port)', () => {
+  const root = path.join(__dirname, '..', '..');
+  const cliPath = path.join(root, 'dist', 'cli.js');
+
+  before(() => {
+    const built = spawnSync(process.execPath, [path.join(root, 'esbuild.js')], { cwd: root, stdio: 'inherit' });
+    assert.equal(built.status, 0, 'the CLI builds');
+  });
+
+  function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
+    return new Promise((resolve) => {
+      execFile(process.execPath, [cliPath, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }, (err, stdout, stderr) => {
+        resolve({ code: err ? Number((err as { code?: number }).code ?? 1) : 0, stdout, stderr });
+      });
+    });
+  }
+
+  async function serve(args: string[], env: NodeJS.ProcessEnv): Promise<{ proc: ChildProcess; listening: { invite: string; peerId: string; port: number; defaultPortInUse?: number } }> {
+    const proc = spawn(process.execPath, [cliPath, 'serve', ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let stderr = '';
+    proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const listening = await new Promise<{ invite: string; peerId: string; port: number }>((resolve, reject) => {
+      readline.createInterface({ input: proc.stdout! }).once('line', (line) => resolve(JSON.parse(line)));
+      proc.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
+    });
+    return { proc, listening };
+  }
+
+  async function stop(proc: ChildProcess): Promise<void> {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    proc.kill('SIGTERM');
+    await new Promise((resolve) => proc.once('exit', resolve));
+  }
+
+  it('ls <peer-id>: a TLS squatter on the default port is passed over and the sharer found by its announcements (exit 0); with --no-discovery, exit 3 saying something else answers there, not an attack; the trust file lists only the sharer’s addresses', async () => {
+    const ws = path.join(tempDir(), 'ws');
+    await fs.mkdir(ws);
+    await fs.writeFile(path.join(ws, 'hello.txt'), 'hello');
+    const sharerHome = tempDir();
+    const home = tempDir();
+    const defaultPort = await tcpListener('127.0.0.1', 'drop').then(async (l) => (await l.close(), l.port));
+    const env = { PEERSHARE_DEFAULT_PORT: String(defaultPort) };
+    const discovery = ['--interface', '127.0.0.1', '--discovery-port', String(nextDiscoveryPort++)];
+    const first = await serve([ws, '--home', sharerHome, '--name', 'Mover'], env);
+    let other: Awaited<ReturnType<typeof squatter>> | undefined;
+    let second: Awaited<ReturnType<typeof serve>> | undefined;
+    try {
+      assert.equal(first.listening.port, defaultPort);
+      assert.equal((await cli(['ls', first.listening.invite, '--home', home], env)).code, 0);
+      const id = first.listening.peerId;
+      await stop(first.proc);
+      // Another user's program, with its own certificate, takes the port while the sharer is stopped.
+      other = await squatter((await makePeer()).identity, '127.0.0.1', defaultPort);
+      second = await serve([ws, '--home', sharerHome, '--name', 'Mover', '--announce', ...discovery], env);
+      assert.equal(second.listening.defaultPortInUse, defaultPort);
+      const moved = second.listening.port;
+      const trustFile = path.join(home, TRUST_FILE);
+      const before = await fs.readFile(trustFile, 'utf8');
+
+      const unheard = await cli(['ls', id, '--home', home, '--no-discovery'], env);
+      assert.equal(unheard.code, 3, unheard.stderr);
+      assert.equal(
+        unheard.stderr,
+        `peershare: Mover did not answer at 127.0.0.1:${defaultPort}. Something else answers at 127.0.0.1:${defaultPort} now (another program, or another PeerShare). Is it sharing? If it is, it may have a new address: ask for a new invite. [CONNECTION_FAILED]\n`,
+      );
+      assert.equal(await fs.readFile(trustFile, 'utf8'), before, 'nothing remembered');
+
+      const found = await cli(['ls', id, 'ws', '--home', home, ...discovery], env);
+      assert.equal(found.code, 0, found.stderr);
+      assert.match(found.stdout, /hello\.txt$/m);
+      assert.equal(found.stderr, `Found Mover at 127.0.0.1:${moved}, a new address; remembered for next time.\n`);
+      assert.deepEqual(await rememberedAddresses({ home } as TestPeer, id), [`127.0.0.1:${moved}`, `127.0.0.1:${defaultPort}`]);
+      assert.equal(other.bytesReceived(), 0, 'the squatter got no hello, no name');
+    } finally {
+      await stop(first.proc);
+      if (second) await stop(second.proc);
+      await other?.close();
     }
   });
 });
