@@ -189,27 +189,28 @@ describe('v2 connection: requests, answers, credit, interleaving', () => {
   });
 
   it('credit: a receiver that stops reading one answer stops its sender for that answer only', async () => {
-    const window = 256 * KiB;
+    // A window that is no multiple of the pieces, so the sender must cut a frame to fit it.
+    const window = 200 * KiB;
+    const piece = 96 * KiB;
     const { dialer, acceptor, dialerEnd } = connectionPair({ settings: { frame: 64 * KiB, window }, limits: { stallTimeoutMs: 60_000 } });
     const frames = tap(dialerEnd);
     let stuckWritten = 0;
     acceptor.handle('test/1', async (req, reply) => {
-      for (let i = 0; i < 32; i++) {
-        await reply.data(Buffer.alloc(64 * KiB, req.tag as number));
-        if (req.tag === 9) stuckWritten += 64 * KiB;
+      for (let i = 0; i < 21; i++) {
+        await reply.data(Buffer.alloc(piece, req.tag as number));
+        if (req.tag === 9) stuckWritten += piece;
       }
     });
     const stuck = dialer.request({ type: 'test.get', tag: 9 });
     const others = [1, 2, 3].map((tag) => dialer.request({ type: 'test.get', tag }));
     const done = await Promise.all(others.map(readAll));
-    assert.deepEqual(done.map((d) => d.bytes), [2 * MiB, 2 * MiB, 2 * MiB], 'the others finished');
+    assert.deepEqual(done.map((d) => d.bytes), [21 * piece, 21 * piece, 21 * piece], 'the others finished');
     const stuckBytes = frames.filter((f) => f.type === 'DATA' && f.id === stuck.id).reduce((n, f) => n + f.length, 0);
     assert.equal(stuckBytes, window, 'the unread answer sent exactly its window, no more');
-    assert.ok(stuckWritten <= window + 64 * KiB, 'its handler waits on credit');
+    assert.ok(stuckWritten <= window, 'its handler waits on credit');
     // Reading it now lets it finish.
-    assert.equal((await readAll(stuck)).bytes, 2 * MiB);
-    const grants = frames.filter((f) => f.type === 'WINDOW');
-    assert.equal(grants.length, 0, 'the tap sees only what the acceptor sends');
+    assert.equal((await readAll(stuck)).bytes, 21 * piece);
+    assert.equal(dialer.closed, false);
     dialer.close();
   });
 
