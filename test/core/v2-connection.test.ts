@@ -227,6 +227,26 @@ describe('v2 connection: requests, answers, credit, interleaving', () => {
     dialer.close();
   });
 
+  it('REPLY messages of mixed sizes near the frame never wait forever for credit (window ≥ 2 frames)', async () => {
+    const frame = 16 * KiB;
+    const { dialer, acceptor } = connectionPair({ settings: { frame, window: 2 * frame }, limits: { stallTimeoutMs: 60_000 } });
+    acceptor.handle('test/1', async (_req, reply) => {
+      // 6 KiB leaves more than half the window, so no grant comes; then 12 KiB must still fit.
+      for (let i = 0; i < 40; i++) await reply.message({ type: 'batch', pad: 'x'.repeat(i % 2 === 0 ? 6 * KiB : 12 * KiB) });
+      return { count: 40 };
+    });
+    const answer = dialer.request({ type: 'test.get' });
+    assert.equal((await readAll(answer)).replies.length, 40);
+    assert.equal((await answer.result).count, 40);
+    dialer.close();
+  });
+
+  it('settings where a window holds less than two frames are refused', () => {
+    const [a] = duplexPair();
+    assert.throws(() => new Connection(a, { peerId: 'p', address: 'm', side: 'dialer', local: { frame: 16 * KiB, window: 16 * KiB } }), { code: 'INVALID_ARGUMENT' });
+    a.destroy();
+  });
+
   it('a request waits for room under the peer\'s advertised requests, and cancelling frees it', async () => {
     const { dialer, acceptor } = connectionPair({ dialer: { remote: { requests: 1 } }, acceptor: { local: { requests: 1 } } });
     const started: number[] = [];

@@ -126,7 +126,7 @@ describe('v2 handshake: dialer and acceptor', () => {
       parser.push(c);
     });
     while (!helloSeen) await new Promise((resolve) => setTimeout(resolve, 2));
-    const welcome = { type: 'welcome', version: 2, name: 'raw', id: ACCEPTOR, paired: false, caps, frame: 65536, window: 65536, requests: 4 };
+    const welcome = { type: 'welcome', version: 2, name: 'raw', id: ACCEPTOR, paired: false, caps, frame: 65536, window: 131072, requests: 4 };
     b.write(Buffer.concat([encodeMessage(welcome), encodeMessageFrame('REQUEST', 2, { type: 'test.get' })]));
     // The request came with the welcome: the handler was in place before it was read.
     const { connection } = await dialing;
@@ -159,7 +159,7 @@ describe('v2 handshake: dialer and acceptor', () => {
   });
 
   it('a v2 hello out of bounds (caps, frame, window, requests) is PROTOCOL_ERROR before anyone is asked', async () => {
-    const good = { type: 'hello', versions: [2], name: 'x', caps, frame: 65536, window: 65536, requests: 4 };
+    const good = { type: 'hello', versions: [2], name: 'x', caps, frame: 65536, window: 131072, requests: 4 };
     const bad = [
       { ...good, caps: [] },
       { ...good, caps: { 'Share/1': {} } },
@@ -167,6 +167,7 @@ describe('v2 handshake: dialer and acceptor', () => {
       { ...good, frame: 1024 },
       { ...good, frame: 2 * 1024 * 1024 },
       { ...good, window: 1024 },
+      { ...good, window: 65536 }, // below two frames
       { ...good, requests: 0 },
       { ...good, requests: 257 },
       { ...good, caps: undefined },
@@ -190,7 +191,7 @@ describe('v2 handshake: dialer and acceptor', () => {
     {
       const [other, v2] = duplexPair();
       const accepting = acceptor(v2, () => new Promise(() => undefined));
-      other.write(encodeMessage({ type: 'hello', versions: [2], name: 'x', caps, frame: 65536, window: 65536, requests: 4 }));
+      other.write(encodeMessage({ type: 'hello', versions: [2], name: 'x', caps, frame: 65536, window: 131072, requests: 4 }));
       await new Promise((resolve) => setTimeout(resolve, 10));
       other.write(encodeMessageFrame('REQUEST', 1, { type: 'test.get' }));
       await assert.rejects(accepting, { code: 'PROTOCOL_ERROR' });

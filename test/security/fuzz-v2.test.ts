@@ -164,7 +164,7 @@ describe('fuzzing: v2 connection frames', () => {
         address: 'memory:fuzz',
         side,
         peerCapabilities: ['test/1'],
-        local: { frame: 65_536, window, requests: 4 },
+        local: { frame: 32_768, window, requests: 4 },
         remote: { frame: 16_384, window, requests: 4 },
         limits: { maxEventBytes: 1024, maxEventBurst: 3 },
       });

@@ -242,10 +242,10 @@ class EventRate {
 
 const CLOSE_GRACE_MS = 1000;
 
-/** What a side advertises from its limits: `frame` the smaller of its message and data bounds (ceiling 1 MiB), `window` at least a frame. */
+/** What a side advertises from its limits: `frame` the smaller of its message and data bounds (ceiling 1 MiB), `window` at least two frames. */
 export function advertisedSettings(limits: Limits): ConnectionSettings {
   const frame = Math.min(limits.maxMessageBytes, limits.maxDataFrameBytes, MAX_FRAME_CEILING_BYTES);
-  return { frame, window: Math.max(frame, limits.requestWindowBytes), requests: limits.maxRequestsPerPeer };
+  return { frame, window: Math.max(2 * frame, limits.requestWindowBytes), requests: limits.maxRequestsPerPeer };
 }
 
 /**
@@ -305,8 +305,9 @@ export class Connection {
     this.local = { ...advertisedSettings(this.limits), ...options.local };
     this.remote = { ...this.local, ...options.remote };
     for (const [whose, settings] of [['our', this.local], ["the peer's", this.remote]] as const) {
-      // The handshake checks the peer's (spec 4.1); a window below a frame could never carry one.
-      if (!(settings.frame >= 1 && settings.frame <= MAX_FRAME_CEILING_BYTES && settings.window >= settings.frame && settings.window <= MAX_CREDIT && settings.requests >= 1)) {
+      // The handshake checks the peer's (spec 4.1). Below two frames, a REPLY could wait forever on
+      // a half-spent window the requester has no reason yet to top up (spec 3.4).
+      if (!(settings.frame >= 1 && settings.frame <= MAX_FRAME_CEILING_BYTES && settings.window >= 2 * settings.frame && settings.window <= MAX_CREDIT && settings.requests >= 1)) {
         throw new PeerShareError('INVALID_ARGUMENT', `Invalid connection settings (${whose}): frame ${settings.frame}, window ${settings.window}, requests ${settings.requests}.`);
       }
     }

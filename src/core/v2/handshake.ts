@@ -91,10 +91,10 @@ export function parseCapabilities(value: unknown): Capabilities {
   return caps;
 }
 
-/** frame 16 KiB..1 MiB; window frame..2³¹−1; requests 1..256 (4.1). */
+/** frame 16 KiB..1 MiB; window 2 × frame..2³¹−1 (so a REPLY always fits once credit is granted back); requests 1..256 (4.1). */
 export function parseSettings(m: Record<string, unknown>): ConnectionSettings {
   const frame = intIn(m, 'frame', 16 * 1024, MAX_FRAME_CEILING_BYTES);
-  return { frame, window: intIn(m, 'window', frame, MAX_CREDIT), requests: intIn(m, 'requests', 1, 256) };
+  return { frame, window: intIn(m, 'window', 2 * frame, MAX_CREDIT), requests: intIn(m, 'requests', 1, 256) };
 }
 
 /**
