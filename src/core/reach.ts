@@ -154,7 +154,7 @@ export async function connectToKnownPeer(options: KnownPeerOptions): Promise<Pee
   }
 
   if (options.discovery) {
-    const look = await lookNearby(options, peerId, known.addresses, tried, (address) => guess(address, 'announced'));
+    const look = await lookNearby(options, peerId, known.addresses, tried, (address, trySignal) => guess(address, 'announced', trySignal));
     if (look.connection) return look.connection;
     search.nearby = look.listenError ? 'could not listen' : 'listened';
     search.listenError = look.listenError;
@@ -163,10 +163,10 @@ export async function connectToKnownPeer(options: KnownPeerOptions): Promise<Pee
   throw notFound(known.name, peerId, search);
 
   /** One address: the connection, or undefined if nobody (or somebody else) answered there. */
-  async function guess(address: string, source: 'remembered' | 'default port' | 'announced'): Promise<PeerConnection | undefined> {
+  async function guess(address: string, source: 'remembered' | 'default port' | 'announced', trySignal = signal): Promise<PeerConnection | undefined> {
     tried.add(address);
     try {
-      return await connectToPeer({ identity, trust, name, limits, signal, addresses: [address], expectedPeerId: peerId });
+      return await connectToPeer({ identity, trust, name, limits, signal: trySignal, addresses: [address], expectedPeerId: peerId });
     } catch (err) {
       const coded = toPeerShareError(err, 'CONNECTION_FAILED');
       if (coded.code === 'PEER_MISMATCH') {
@@ -195,16 +195,18 @@ interface Search {
 
 /**
  * Step 3: listens for announcements of `peerId` and tries each new address as it is heard, until
- * one works, the limit of addresses is reached, or the wait is over (a try under way finishes).
- * `listenError` says why no announcement could be heard at all (the discovery port is held by
- * another program, say).
+ * one works, the limit of addresses is reached, or the wait is over. Tries run side by side and
+ * none starts after the wait: a claim that never answers (a tarpit) holds up nothing, and the look
+ * takes at most `announcementWaitMs` and one try (a handshake and a hello), however the claims
+ * behave. `listenError` says why no announcement could be heard at all (the discovery port is
+ * held by another program, say).
  */
 async function lookNearby(
   options: KnownPeerOptions,
   peerId: string,
   remembered: string[],
   tried: Set<string>,
-  guess: (address: string) => Promise<PeerConnection | undefined>,
+  guess: (address: string, signal: AbortSignal) => Promise<PeerConnection | undefined>,
 ): Promise<{ connection?: PeerConnection; listenError?: PeerShareError }> {
   const limits = resolveLimits(options.limits);
   const given = options.discovery;
@@ -221,47 +223,77 @@ async function lookNearby(
       return { listenError: toPeerShareError(err, 'CONNECTION_FAILED') }; // nothing to hear there
     }
   }
+  const { signal } = options;
   let wake: (() => void) | undefined;
   const onUp = (peer: { id: string }): void => {
     if (peer.id === peerId) wake?.();
   };
+  const onAbort = (): void => wake?.();
   discovery.on('up', onUp);
+  signal?.addEventListener('abort', onAbort);
   const deadline = performance.now() + limits.announcementWaitMs;
   const rememberedHosts = new Set(remembered.map((a) => parseAddress(a)?.host).filter((h) => h !== undefined));
   const triesByHost = new Map<string, number>();
+  /** Tries under way, each cancellable on its own: once one works, the others stop. */
+  const running = new Map<string, AbortController>();
+  let found: PeerConnection | undefined;
+  let failure: PeerShareError | undefined;
+  let over = false;
   try {
     let triedAnnounced = 0;
-    while (triedAnnounced < limits.maxAnnouncedAddressesTried) {
-      if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
-      const next = nextClaim(discovery.list(), peerId, tried, rememberedHosts, triesByHost);
-      if (next) {
+    for (;;) {
+      if (signal?.aborted) throw new PeerShareError('CANCELLED');
+      if (found) return { connection: found };
+      if (failure) throw failure;
+      const left = deadline - performance.now();
+      while (left > 0 && triedAnnounced < limits.maxAnnouncedAddressesTried) {
+        const next = nextClaim(discovery.list(), peerId, tried, rememberedHosts, triesByHost);
+        if (!next) break;
         triedAnnounced++;
         triesByHost.set(next.host, (triesByHost.get(next.host) ?? 0) + 1);
-        const found = await guess(next.address);
-        if (found) {
-          discovery.markProved(peerId, next.address);
-          return { connection: found };
-        }
-        continue;
+        start(next.address);
       }
-      const left = deadline - performance.now();
-      if (left <= 0) return {};
+      if (running.size === 0 && (left <= 0 || triedAnnounced >= limits.maxAnnouncedAddressesTried)) return {};
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(done, left);
-        options.signal?.addEventListener('abort', done, { once: true });
+        const timer = left > 0 ? setTimeout(done, left) : undefined;
         wake = done;
         function done(): void {
           clearTimeout(timer);
-          options.signal?.removeEventListener('abort', done);
           wake = undefined;
           resolve();
         }
       });
     }
-    return {};
   } finally {
+    over = true;
+    for (const control of running.values()) control.abort();
+    signal?.removeEventListener('abort', onAbort);
     discovery.off('up', onUp);
     if (discovery !== given) await discovery.stop();
+  }
+
+  /** One try; the caller's cancel reaches it, and so does the end of the look (unless it won). */
+  function start(address: string): void {
+    const control = new AbortController();
+    const forward = (): void => control.abort();
+    signal?.addEventListener('abort', forward, { once: true });
+    running.set(address, control);
+    const settled = (connection?: PeerConnection): void => {
+      running.delete(address);
+      if (connection && !over && !found && !failure) {
+        // The winner's connection keeps the caller's cancel, as any connection does.
+        found = connection;
+        discovery.markProved(peerId, address);
+      } else {
+        signal?.removeEventListener('abort', forward);
+        connection?.close(); // another try won, or the look is over
+      }
+      wake?.();
+    };
+    guess(address, control.signal).then(settled, (err: unknown) => {
+      if (!control.signal.aborted) failure ??= toPeerShareError(err, 'CONNECTION_FAILED');
+      settled();
+    });
   }
 }
 

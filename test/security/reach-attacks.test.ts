@@ -52,7 +52,7 @@ interface Listener {
 }
 
 /** A plain TCP listener on `host` that counts connections and either drops them at once or holds them, never answering (a tarpit). */
-async function tcpListener(host: string, behaviour: 'drop' | 'tarpit', port = 0): Promise<Listener> {
+async function tcpListener(host: string, behaviour: 'drop' | 'tarpit', port = 0, openTogether?: { now: number; most: number }): Promise<Listener> {
   let count = 0;
   const sockets = new Set<net.Socket>();
   const server = net.createServer((socket) => {
@@ -62,7 +62,11 @@ async function tcpListener(host: string, behaviour: 'drop' | 'tarpit', port = 0)
     // Reads (and drops) the ClientHello, never answers: reading is how the client's close is seen.
     socket.resume();
     sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
+    if (openTogether) openTogether.most = Math.max(openTogether.most, ++openTogether.now);
+    socket.on('close', () => {
+      sockets.delete(socket);
+      if (openTogether) openTogether.now--;
+    });
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -240,7 +244,7 @@ describe('reach attacks: someone squats the port a trusted peer had', () => {
 });
 
 describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
-  it('claims from another machine cannot crowd out the sharer: an address at a host it was remembered at is tried first', async () => {
+  it('claims from another machine cannot crowd out the sharer: an address at a host it was remembered at is among the tries, whatever the claims are called', async () => {
     const { sharer, client, firstAddress } = await pairedSharer();
     const id = sharer.identity.peerId;
     const discoveryPort = nextDiscoveryPort++;
@@ -258,7 +262,7 @@ describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
       const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing }));
       assert.equal(conn.address, `127.0.0.1:${restarted.port}`);
       conn.close();
-      assert.equal(decoys.reduce((sum, d) => sum + d.connections(), 0), 0, 'no decoy was tried before the sharer');
+      assert.ok(decoys.reduce((sum, d) => sum + d.connections(), 0) <= 3, 'at most maxAnnouncedAddressesTried tries in all, the sharer’s one of them');
       assert.deepEqual(await rememberedAddresses(client, id), [`127.0.0.1:${restarted.port}`, firstAddress]);
     } finally {
       attacker.close();
@@ -288,7 +292,7 @@ describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
       const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing }));
       assert.equal(conn.address, `${newHost}:${restarted.port}`);
       conn.close();
-      assert.equal(decoys.reduce((sum, d) => sum + d.connections(), 0), 1, 'the other machine had one try, then the sharer’s turn came');
+      assert.ok(decoys.reduce((sum, d) => sum + d.connections(), 0) <= 3, 'the other machine had one try, then the sharer’s turn came, within the limit of 4');
       assert.deepEqual(await rememberedAddresses(client, id), [`${newHost}:${restarted.port}`, firstAddress]);
     } finally {
       attacker.close();
@@ -299,16 +303,17 @@ describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
     }
   });
 
-  it('tarpits (TCP that never answers TLS) claimed for the ID: each is tried once within handshakeTimeoutMs, at most maxAnnouncedAddressesTried of them, every socket closed, and the look ends', async (t) => {
+  it('tarpits (TCP that never answers TLS) claimed for the ID: at most maxAnnouncedAddressesTried of them, tried side by side (so the look takes one handshakeTimeoutMs, not one each), every socket closed, and the look ends', async (t) => {
     const { sharer, client } = await pairedSharer();
     const id = sharer.identity.peerId;
     await sharer.server.close();
     const discoveryPort = nextDiscoveryPort++;
     const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
     const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
-    const tarpits = await Promise.all(Array.from({ length: 6 }, () => tcpListener(ELSEWHERE, 'tarpit')));
+    const openTogether = { now: 0, most: 0 };
+    const tarpits = await Promise.all(Array.from({ length: 6 }, () => tcpListener(ELSEWHERE, 'tarpit', 0, openTogether)));
     const attacker = await announcer(ELSEWHERE, discoveryPort);
-    const limits = { handshakeTimeoutMs: 300, announcementWaitMs: 200, maxAnnouncedAddressesTried: 4 };
+    const limits = { handshakeTimeoutMs: 1000, announcementWaitMs: 200, maxAnnouncedAddressesTried: 4 };
     try {
       for (const tarpit of tarpits) attacker.claim(id, '', tarpit.port);
       await waitFor(() => browsing.list().filter((p) => p.id === id).length === tarpits.length);
@@ -320,6 +325,7 @@ describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
       t.diagnostic(`look with ${limits.maxAnnouncedAddressesTried} tarpits at ${limits.handshakeTimeoutMs} ms each took ${Math.round(performance.now() - started)} ms`);
       assert.equal(tarpits.reduce((sum, p) => sum + p.connections(), 0), limits.maxAnnouncedAddressesTried);
       assert.ok(tarpits.every((p) => p.connections() <= 1), 'none twice');
+      assert.equal(openTogether.most, limits.maxAnnouncedAddressesTried, 'all held open at once: no tarpit waits for another');
       await waitFor(() => tarpits.every((p) => p.open() === 0));
     } finally {
       attacker.close();
