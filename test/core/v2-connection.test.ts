@@ -227,6 +227,33 @@ describe('v2 connection: requests, answers, credit, interleaving', () => {
     dialer.close();
   });
 
+  it('a small request is answered while a large answer streams, not after it', async () => {
+    const { dialer, acceptor } = connectionPair();
+    acceptor.handle('test/1', async (req, reply) => {
+      if (req.small) return { small: true };
+      await sendBytes(reply, 64 * MiB, MiB, 1);
+    });
+    const big = dialer.request({ type: 'test.get' });
+    let bigBytes = 0;
+    let bigBytesWhenSmallEnded = -1;
+    let asked = false;
+    const reading = (async () => {
+      for await (const part of big) {
+        if (part.kind !== 'data') continue;
+        bigBytes += part.chunk.length;
+        if (bigBytes >= MiB && !asked) {
+          asked = true;
+          void dialer.request({ type: 'test.get', small: true }).result.then(() => (bigBytesWhenSmallEnded = bigBytes));
+        }
+      }
+    })();
+    await reading;
+    assert.equal(bigBytes, 64 * MiB);
+    // Its END overtakes the transfer's queued DATA: at most a window or two of it went first.
+    assert.ok(bigBytesWhenSmallEnded > 0 && bigBytesWhenSmallEnded < 16 * MiB, `the small answer came after ${bigBytesWhenSmallEnded / MiB} MiB`);
+    dialer.close();
+  });
+
   it('REPLY messages of mixed sizes near the frame never wait forever for credit (window ≥ 2 frames)', async () => {
     const frame = 16 * KiB;
     const { dialer, acceptor } = connectionPair({ settings: { frame, window: 2 * frame }, limits: { stallTimeoutMs: 60_000 } });
@@ -624,6 +651,35 @@ describe('v2 connection: hostile peers', () => {
       await peer.closed;
       assert.equal(peer.close()?.code, 'PROTOCOL_ERROR');
     }
+  });
+
+  it('no request open either way for idleTimeoutMs: a clean CLOSE; an open request keeps it', async () => {
+    const { dialer, acceptor, acceptorEnd } = connectionPair({ dialer: { limits: { idleTimeoutMs: 100 } } });
+    const fromDialer = tap(acceptorEnd);
+    let release!: () => void;
+    acceptor.handle('test/1', () => new Promise<void>((resolve) => (release = resolve)));
+    const answer = dialer.request({ type: 'test.get' });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(dialer.closed || acceptor.closed, false, 'a request is open');
+    release();
+    await answer.result;
+    const reason = await closeReason(acceptor);
+    assert.equal(reason?.code, 'CONNECTION_CLOSED');
+    assert.ok(!(reason instanceof PeerSentError));
+    assert.deepEqual(fromDialer.at(-1)?.message, { type: 'close' }, 'a goodbye without a code');
+    assert.equal(dialer.closed, true);
+  });
+
+  it('a peer that stops reading the transport: after stallTimeoutMs without a drain, TIMEOUT and the stream is destroyed', async () => {
+    const [mine, theirs] = duplexPair();
+    const connection = new Connection(mine, { peerId: 'raw', address: 'memory:raw', side: 'dialer', peerCapabilities: ['test/1'], limits: { stallTimeoutMs: 200 } });
+    const reason = closeReason(connection);
+    connection.handle('test/1', async (_req, reply) => sendBytes(reply, 8 * MiB, MiB, 1));
+    theirs.write(request({}, 2)); // and never reads a byte
+    const err = await reason;
+    assert.equal(err?.code, 'TIMEOUT');
+    assert.match(err!.message, /took no bytes/);
+    assert.ok(mine.destroyed);
   });
 
   it('a clean close: CLOSE without a code, the peer\'s requests fail with CONNECTION_CLOSED', async () => {
