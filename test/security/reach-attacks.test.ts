@@ -334,6 +334,37 @@ describe('reach attacks: announcements claiming a trusted peer’s ID', () => {
     }
   });
 
+  it('side-by-side tries: once one works the others are cancelled at once (a tarpit holds nothing open), and the connection found still ends when the caller cancels', async () => {
+    const { sharer, client } = await pairedSharer();
+    const id = sharer.identity.peerId;
+    const discoveryPort = nextDiscoveryPort++;
+    const browsing = await loopbackDiscovery(client.identity.peerId, discoveryPort);
+    const nobodyAtDefault = await tcpListener('127.0.0.1', 'drop');
+    const restarted = await restart(sharer, '127.0.0.1', nobodyAtDefault.port);
+    const announcing = await loopbackDiscovery(id, discoveryPort);
+    const tarpit = await tcpListener(ELSEWHERE, 'tarpit');
+    const attacker = await announcer(ELSEWHERE, discoveryPort);
+    const abort = new AbortController();
+    try {
+      attacker.claim(id, '', tarpit.port);
+      announcing.announce({ name: 'sharer', port: restarted.port });
+      await waitFor(() => browsing.list().filter((p) => p.id === id).length === 2);
+      const conn = await connectToKnownPeer(options(client, id, { defaultPort: nobodyAtDefault.port, discovery: browsing, signal: abort.signal }));
+      assert.equal(conn.address, `127.0.0.1:${restarted.port}`);
+      // Well before the tarpit's handshake timeout (10 s): the loser was cancelled, not left to time out.
+      await waitFor(() => tarpit.connections() === 1 && tarpit.open() === 0, 5000);
+      assert.equal(conn.closed, false);
+      abort.abort();
+      assert.equal(conn.closed, true, 'cancelled with the caller');
+    } finally {
+      attacker.close();
+      await browsing.stop();
+      await announcing.stop();
+      await restarted.server.close();
+      await Promise.all([tarpit, nobodyAtDefault].map((d) => d.close()));
+    }
+  });
+
   it('malformed, oversized and hostile announcements neither crash nor stall the look; the real one still works', async () => {
     const { sharer, client, firstAddress } = await pairedSharer();
     const id = sharer.identity.peerId;
