@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { connectToPeer } from '../../src/core/client';
+import { PeerShareError } from '../../src/core/errors';
+import { resolveLimits } from '../../src/core/limits';
+import { TlsListener, dialTls } from '../../src/core/transport-tls';
+import type { Connection } from '../../src/core/v2/connection';
+import { acceptV2, dialV2, type Served } from '../../src/core/v2/handshake';
+import { makePeer, type TestPeer } from '../helpers';
+
+/**
+ * The v2 connection over the real first transport: TLS 1.3 with pinned certificates on loopback
+ * (transport-tls.ts), and v1's own client meeting a v2 acceptor there, as docs/protocol-v2.md 4.7
+ * says it will.
+ */
+const MiB = 1024 * 1024;
+let sharer: TestPeer;
+let reader: TestPeer;
+let listener: TlsListener;
+let port: number;
+const accepted: Connection[] = [];
+const refusals: PeerShareError[] = [];
+
+const serve = (who: string): Served => ({
+  'test/1': {
+    params: {},
+    handler: async (req, reply) => {
+      const bytes = Number(req.bytes ?? 0);
+      for (let sent = 0; sent < bytes; sent += MiB) await reply.data(Buffer.alloc(Math.min(MiB, bytes - sent), 5));
+      return { from: who };
+    },
+  },
+});
+
+before(async () => {
+  sharer = await makePeer();
+  reader = await makePeer();
+  listener = new TlsListener({
+    identity: sharer.identity,
+    limits: resolveLimits(),
+    stats: { connectionsAccepted: 0, handshakesRateLimited: 0, unauthenticatedEvicted: 0, oversizedHandshakes: 0 },
+    log: () => undefined,
+    onStream: (stream, admission) => {
+      acceptV2(stream, {
+        name: 'sharer',
+        ownPeerId: sharer.identity.peerId,
+        admit: async () => {
+          admission.leave();
+          return { serve: serve('acceptor'), paired: false };
+        },
+      }).then(
+        ({ connection }) => accepted.push(connection),
+        (err: PeerShareError) => refusals.push(err),
+      );
+    },
+  });
+  port = await listener.listen(0, '127.0.0.1');
+});
+
+after(async () => {
+  await listener.close(() => accepted.forEach((c) => c.close()));
+});
+
+describe('v2 over TLS 1.3 on loopback', () => {
+  it('dial, handshake, requests both ways and a 32 MiB answer on one connection', async () => {
+    const stream = await dialTls({ identity: reader.identity, address: `127.0.0.1:${port}` });
+    assert.equal(stream.peerId, sharer.identity.peerId, 'the pin: the certificate the transport proved');
+    const { connection, welcome } = await dialV2(stream, { name: 'reader', serve: serve('dialer') });
+    assert.equal(welcome.id, sharer.identity.peerId);
+    let bytes = 0;
+    const answer = connection.request({ type: 'test.get', bytes: 32 * MiB });
+    for await (const part of answer) if (part.kind === 'data') bytes += part.chunk.length;
+    assert.equal(bytes, 32 * MiB);
+    assert.equal((await answer.result).from, 'acceptor');
+    const mine = accepted.find((c) => c.peerId === reader.identity.peerId)!;
+    assert.ok(mine, 'the acceptor knows the dialer by its certificate');
+    assert.equal((await mine.request({ type: 'test.get' }).result).from, 'dialer');
+    connection.close();
+  });
+
+  it('v1\'s client meeting a v2 acceptor gets VERSION_UNSUPPORTED and the sentence that says to update', async () => {
+    const err = await connectToPeer({
+      identity: reader.identity,
+      trust: reader.trust,
+      addresses: [`127.0.0.1:${port}`],
+      expectedPeerId: sharer.identity.peerId,
+      name: 'an old reader',
+    }).then(
+      () => undefined,
+      (e: PeerShareError) => e,
+    );
+    assert.equal(err?.code, 'VERSION_UNSUPPORTED');
+    assert.equal(err?.message, 'This peer runs a newer PeerShare (protocol version 2). Update PeerShare to connect to it.');
+    while (refusals.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(refusals[0].code, 'VERSION_UNSUPPORTED');
+  });
+});
