@@ -131,7 +131,8 @@ export class FrameParser {
 // fatal: invalid UTF-8 is refused rather than silently replaced.
 const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
 
-function decodeMessage(body: Buffer): Record<string, unknown> {
+/** A JSON payload: strict UTF-8, one object, with a string `type`. (v2's frames add a bound on `type`.) */
+export function decodeMessage(body: Buffer): Record<string, unknown> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(STRICT_UTF8.decode(body));

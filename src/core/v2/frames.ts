@@ -1,4 +1,5 @@
 import { PeerShareError } from '../errors';
+import { decodeMessage } from '../frames';
 import { shownType } from '../protocol';
 
 /**
@@ -233,25 +234,10 @@ export class ConnectionFrameParser {
   }
 }
 
-// fatal: invalid UTF-8 is refused rather than silently replaced.
-const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
-
-/**
- * A JSON payload: strict UTF-8, one object, a string `type` (bounded to what an error may quote).
- * (v1's frames.ts has the same rule in a private function; exporting it there would let both share it.)
- */
+/** A JSON payload as v1 reads one (decodeMessage), with its `type` bounded to what an error may quote. */
 export function decodeWireMessage(body: Buffer): WireMessage {
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(STRICT_UTF8.decode(body));
-  } catch {
-    throw new PeerShareError('PROTOCOL_ERROR', 'A message is not valid UTF-8 JSON.');
-  }
-  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
-    throw new PeerShareError('PROTOCOL_ERROR', 'A message is not a JSON object.');
-  }
-  const type = (parsed as Record<string, unknown>).type;
-  if (typeof type !== 'string') throw new PeerShareError('PROTOCOL_ERROR', 'A message has no type.');
+  const parsed = decodeMessage(body);
+  const type = parsed.type as string;
   if (type.length > 100) throw new PeerShareError('PROTOCOL_ERROR', `A message type is too long ("${shownType(type)}…").`);
   return parsed as WireMessage;
 }
