@@ -3,7 +3,8 @@
  * raw mode so that time is known (in the usual line mode, a program sees nothing until Enter), and
  * a question can refuse a line that was begun before it appeared: keys meant for one question
  * never answer the next, even when the first question disappears while the person is typing.
- * Echo, Backspace and Ctrl+C (sent on as SIGINT) behave as people expect.
+ * Echo, Backspace, Ctrl+C (SIGINT), Ctrl+\ (SIGQUIT) and Ctrl+Z (the terminal back in line mode
+ * while the job is stopped, raw again when it continues) behave as people expect.
  */
 export class TerminalLines {
   private buffer = '';
@@ -12,10 +13,14 @@ export class TerminalLines {
   private stale = false;
   private readonly onData = (chunk: Buffer): void => this.take(chunk.toString('utf8'));
 
+  private closed = false;
+
   constructor(
     private readonly input: NodeJS.ReadStream,
     private readonly echo: NodeJS.WriteStream,
     private readonly onLine: (line: string, startedAt: number) => void,
+    /** How a key's signal reaches this process (in raw mode the terminal no longer sends them). */
+    private readonly raise: (signal: NodeJS.Signals) => void = (signal) => process.kill(process.pid, signal),
   ) {
     if (input.isTTY) input.setRawMode(true);
     input.on('data', this.onData);
@@ -33,15 +38,29 @@ export class TerminalLines {
   }
 
   close(): void {
+    this.closed = true;
     this.input.off('data', this.onData);
     if (this.input.isTTY) this.input.setRawMode(false);
     this.input.pause();
   }
 
+  /** Ctrl+Z: a stopped job must leave the shell a terminal in line mode, and get raw mode back on `fg`. */
+  private suspend(): void {
+    if (this.input.isTTY) this.input.setRawMode(false);
+    process.once('SIGCONT', () => {
+      if (!this.closed && this.input.isTTY) this.input.setRawMode(true);
+    });
+    this.raise('SIGTSTP');
+  }
+
   private take(text: string): void {
     for (const key of text) {
       if (key === '\u0003') {
-        process.kill(process.pid, 'SIGINT');
+        this.raise('SIGINT');
+      } else if (key === '\u001c') {
+        this.raise('SIGQUIT');
+      } else if (key === '\u001a') {
+        this.suspend();
       } else if (key === '\r' || key === '\n') {
         this.echo.write('\n');
         const line = this.buffer;
