@@ -448,10 +448,8 @@ function isLoopback(host: string): boolean {
   return /^127\./.test(host) || host === '::1' || host === 'localhost';
 }
 
-/** Nearby peers whose certificates are checked at once, addresses checked per claimed ID, and the time all checks may take. */
-const NEARBY_PROBES_AT_ONCE = 8;
+/** Addresses checked per claimed ID (at once and within a deadline: nearbyProbesAtOnce, nearbyProbeDeadlineMs). */
 const NEARBY_PROBES_PER_ID = DEFAULT_LIMITS.maxAnnouncedAddressesTried;
-const NEARBY_PROBE_DEADLINE_MS = 5000;
 
 interface DiscoverySettings {
   announce: boolean;
@@ -470,13 +468,13 @@ async function commandNearby(globals: Globals, settings: DiscoverySettings, time
   // Strangers choose what is announced: at most a few addresses per ID are probed, within one
   // deadline for all, so a flood of announcements can neither hold `nearby` up nor aim us anywhere.
   const announced = nearby.list();
-  const probing = AbortSignal.timeout(NEARBY_PROBE_DEADLINE_MS);
+  const probing = AbortSignal.timeout(DEFAULT_LIMITS.nearbyProbeDeadlineMs);
   const probesPerId = new Map<string, number>();
   const peers: (NearbyPeer & { known: boolean; trusted: boolean })[] = [];
-  for (let i = 0; i < announced.length; i += NEARBY_PROBES_AT_ONCE) {
+  for (let i = 0; i < announced.length; i += DEFAULT_LIMITS.nearbyProbesAtOnce) {
     peers.push(
       ...(await Promise.all(
-        announced.slice(i, i + NEARBY_PROBES_AT_ONCE).map(async (p) => {
+        announced.slice(i, i + DEFAULT_LIMITS.nearbyProbesAtOnce).map(async (p) => {
           const known = trust.knows(p.id);
           const tries = (probesPerId.get(p.id) ?? 0) + 1;
           probesPerId.set(p.id, tries);

@@ -2,6 +2,7 @@ import * as dgram from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
 import { PeerShareError } from './errors';
+import { DEFAULT_LIMITS } from './limits';
 import { isPeerId, normalizePeerId } from './peer-id';
 import { PROTOCOL_VERSION } from './protocol';
 
@@ -27,7 +28,6 @@ import { PROTOCOL_VERSION } from './protocol';
  */
 export const DISCOVERY_GROUP = '239.255.70.83';
 export const DISCOVERY_PORT = 47475;
-const MAX_PACKET_BYTES = 1024;
 
 export interface DiscoveryOptions {
   /** Our own peer ID: never listed. */
@@ -98,8 +98,8 @@ export class Discovery extends EventEmitter {
     this.port = options.port ?? DISCOVERY_PORT;
     this.intervalMs = options.intervalMs ?? 3000;
     this.expiryMs = options.expiryMs ?? this.intervalMs * 3 + 1000;
-    this.maxPeers = positiveInteger(options.maxPeers ?? 256, 'maxPeers');
-    this.maxPeersPerSource = positiveInteger(options.maxPeersPerSource ?? 16, 'maxPeersPerSource');
+    this.maxPeers = positiveInteger(options.maxPeers ?? DEFAULT_LIMITS.maxNearbyPeers, 'maxPeers');
+    this.maxPeersPerSource = positiveInteger(options.maxPeersPerSource ?? DEFAULT_LIMITS.maxNearbyPeersPerSource, 'maxPeersPerSource');
   }
 
   /** Joins the group on each interface; safe to call once. */
@@ -295,7 +295,7 @@ export type DiscoveryPacket =
  * that is not a well-formed query, goodbye or announcement; IDs come back normalised.
  */
 export function parseDiscoveryPacket(packet: Buffer): DiscoveryPacket | undefined {
-  if (packet.length > MAX_PACKET_BYTES) return undefined;
+  if (packet.length > DEFAULT_LIMITS.maxAnnouncementBytes) return undefined;
   let m: Record<string, unknown>;
   try {
     m = JSON.parse(packet.toString('utf8'));

@@ -1,5 +1,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { PeerShareError } from './errors';
+import { DEFAULT_LIMITS } from './limits';
 import { normalizePeerId } from './peer-id';
 
 /**
@@ -16,7 +17,6 @@ export interface Invite {
 }
 
 export const INVITE_SCHEME = 'peershare:';
-const MAX_INVITE_CHARS = 4096;
 
 export function formatInvite(invite: Invite): string {
   const params = new URLSearchParams();
@@ -34,7 +34,7 @@ export function looksLikeInvite(text: string): boolean {
 
 export function parseInvite(text: string): Invite {
   const trimmed = text.trim();
-  if (trimmed.length > MAX_INVITE_CHARS) throw new PeerShareError('INVALID_INVITE', 'That invite is too long.');
+  if (trimmed.length > DEFAULT_LIMITS.maxInviteChars) throw new PeerShareError('INVALID_INVITE', 'That invite is too long.');
   let url: URL;
   try {
     url = new URL(trimmed);

@@ -59,6 +59,10 @@ export interface Limits {
   maxFileBlocks: number;
   /** Bytes of one file's block list (28-byte header and 32 bytes per block) accepted from a peer. */
   maxManifestBytes: number;
+  /** v2: block ranges one `share.read` may name; a fragmented resume splits into several reads. */
+  maxReadRanges: number;
+  /** v2: largest file a folder stream may carry inline; held whole in memory until it is verified. */
+  maxInlineFileBytes: number;
   /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
   requestWindowBytes: number;
   /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
@@ -97,6 +101,21 @@ export interface Limits {
   announcementWaitMs: number;
   /** Addresses announced for one peer ID that a client tries: an announcement is only a claim, so strangers cannot aim it at many. */
   maxAnnouncedAddressesTried: number;
+  /** Nearby peers (announcement table entries) remembered in all; see discovery.ts for who gives way when full. */
+  maxNearbyPeers: number;
+  /** Entries one source address may hold in that table; its least recently heard gives way first. */
+  maxNearbyPeersPerSource: number;
+  /** Largest announcement packet read; larger ones are dropped unread. */
+  maxAnnouncementBytes: number;
+  /** `nearby`: certificates of announced peers checked at once, and the time all checks may take. */
+  nearbyProbesAtOnce: number;
+  nearbyProbeDeadlineMs: number;
+  /** Longest invite accepted (characters), before it is parsed. */
+  maxInviteChars: number;
+  /** Folders a sharer holds open (pinned against renames) at once; the least recently used is closed first. */
+  maxOpenFolders: number;
+  /** Downloads the editor runs at once; more wait their turn. */
+  maxParallelDownloads: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
@@ -120,6 +139,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxDataFrameBytes: 1024 * 1024,
   maxFileBlocks: 131_072,
   maxManifestBytes: 28 + 32 * 131_072,
+  maxReadRanges: 1024,
+  // The sharer inlines files of at most SMALL_FILE_BYTES; the receiver takes up to this.
+  maxInlineFileBytes: 1024 * 1024,
   // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
   requestWindowBytes: 4 * 1024 * 1024,
   interleaveSliceBytes: 256 * 1024,
@@ -143,6 +165,14 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   blockCacheBytes: 256 * 1024 * 1024,
   announcementWaitMs: 1500,
   maxAnnouncedAddressesTried: 4,
+  maxNearbyPeers: 256,
+  maxNearbyPeersPerSource: 16,
+  maxAnnouncementBytes: 1024,
+  nearbyProbesAtOnce: 8,
+  nearbyProbeDeadlineMs: 5000,
+  maxInviteChars: 4096,
+  maxOpenFolders: 128,
+  maxParallelDownloads: 3,
 });
 
 /** Size of the chunks files are read and sent in. */

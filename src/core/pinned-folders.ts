@@ -1,12 +1,12 @@
 import { constants as fsc, existsSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { PeerShareError, toPeerShareError } from './errors';
+import { DEFAULT_LIMITS } from './limits';
 
 // Linux names an open descriptor's folder as /proc/self/fd/N: a path that cannot be redirected.
 const PROC_FD = process.platform === 'linux' && existsSync('/proc/self/fd') ? '/proc/self/fd' : undefined;
 const FOLDER_FLAGS = fsc.O_RDONLY | (fsc.O_DIRECTORY ?? 0) | (fsc.O_NOFOLLOW ?? 0);
 /** Folders held open at once; the least recently used beyond this are closed (and reopened if needed). */
-const MAX_OPEN_FOLDERS = 128;
 
 /**
  * The folders a download writes into, each opened once without following a symlink and then held
@@ -95,7 +95,7 @@ export class PinnedFolders {
 
   private closeLeastRecent(keep: string): void {
     for (const [key, handle] of this.handles) {
-      if (this.handles.size <= MAX_OPEN_FOLDERS) return;
+      if (this.handles.size <= DEFAULT_LIMITS.maxOpenFolders) return;
       // The root and the folders above the one in use stay open.
       if (key === '' || keep === key || keep.startsWith(`${key}/`)) continue;
       this.handles.delete(key);

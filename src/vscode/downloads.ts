@@ -1,6 +1,6 @@
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { download, makeFoldersWithin, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
+import { DEFAULT_LIMITS, download, makeFoldersWithin, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
 import { describeDownload, formatBytes } from '../core/format';
 import { baseName, peerFileUri, type Peers } from './peers';
 import { localPlaceFor, readSettings } from './settings';
@@ -9,7 +9,6 @@ import type { EntryNode } from './tree';
 /** How the user answers "the target exists". Replaceable in tests, which cannot click a modal. */
 export type ConflictPrompt = (target: string, isFolder: boolean, peerFile: vscode.Uri, peerName: string) => Promise<ConflictChoice | 'overwriteAll' | 'skipAll'>;
 
-const MAX_PARALLEL_DOWNLOADS = 3;
 
 export class Downloads implements vscode.Disposable {
   private running = 0;
@@ -171,7 +170,7 @@ export class Downloads implements vscode.Disposable {
   }
 
   private async slot(): Promise<void> {
-    if (this.running < MAX_PARALLEL_DOWNLOADS) {
+    if (this.running < DEFAULT_LIMITS.maxParallelDownloads) {
       this.running++;
       return;
     }
