@@ -60,7 +60,9 @@ function valueText(g) {
 
 /**
  * `doc` is docs/benchmarks.json: { generated, machine, scenarios: { name: { title, measured,
- * date, commit, env, goals, figures, error? } } }.
+ * date, commit, env, goals, figures, error? } } }. A goal or figure may belong to a variant
+ * (`variant`: shared cores or pinned, named in `summary.variants`): each variant's goal is a bar of
+ * its own, and its figures are listed under its name.
  */
 export function renderChart(doc) {
   const scenarios = Object.entries(doc.scenarios);
@@ -133,9 +135,17 @@ export function renderChart(doc) {
   for (const [name, s] of scenarios) {
     y += 22;
     parts.push(text(MARGIN, y, fit(`${name}: ${s.measured ?? s.title ?? ''}${s.date ? ` (${s.date.slice(0, 10)})` : ''}`, WIDTH - 2 * MARGIN, 13), { size: 13, weight: 'bold' }));
+    // Figures of one variant (shared cores, pinned) follow its own sub-heading.
+    let variant;
     for (const f of s.error ? [{ label: 'failed', text: s.error }] : (s.figures ?? [])) {
+      if (f.variant && f.variant !== variant) {
+        variant = f.variant;
+        y += 18;
+        parts.push(text(MARGIN + 16, y, fit(s.summary?.variants?.[variant]?.label ?? variant, WIDTH - 2 * MARGIN - 16), { size: 12, weight: 'bold', fill: '#424242' }));
+      }
+      const indent = f.variant ? 32 : 16;
       y += 18;
-      parts.push(text(MARGIN + 16, y, fit(`${f.label}: ${f.text}`, WIDTH - 2 * MARGIN - 16), { size: 12, fill: '#424242' }));
+      parts.push(text(MARGIN + indent, y, fit(`${f.label}: ${f.text}`, WIDTH - 2 * MARGIN - indent), { size: 12, fill: '#424242' }));
     }
   }
   const height = y + MARGIN;

@@ -7,16 +7,19 @@
 // cipher): `rsync -a` and `scp -r`, alternating within each run. Each whole command is timed; the
 // download is checked (file count and bytes); each run writes into a new folder, and dirty pages
 // are synced to disk between runs. Reports
-// medians and the ratio PeerShare/rsync (the goal: <= 0.8).
+// medians and the ratio PeerShare/rsync (the goal: <= 0.8), in two variants: on shared cores, and
+// pinned (sshd and the sharer on CPU 0, the clients on CPU 1: the issue's "two machines").
 //
-// Environment: BENCH_FILES (default 10000), BENCH_FOLDERS (100), BENCH_RUNS (5), BENCH_TMP,
-// BENCH_KEEP_TMP.
+// Environment: BENCH_FILES (default 10000), BENCH_FOLDERS (100), BENCH_RUNS (5), BENCH_PINNED
+// (both, only, off), BENCH_TMP, BENCH_KEEP_TMP.
 
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   alternate,
+  benchVariants,
+  closeScope,
   cpuBudget,
   cpuFigure,
   dropCaches,
@@ -24,7 +27,9 @@ import {
   intEnv,
   isMain,
   mib,
+  openScope,
   peershareGet,
+  PINNING_TOOLS,
   printTable,
   processCpuSeconds,
   round,
@@ -41,7 +46,7 @@ import {
 
 export const name = 'folder';
 export const title = 'folder of 10,000 files of 0.5 to 8 KiB in 100 folders';
-export const tools = ['/usr/bin/time', '/usr/sbin/sshd', 'ssh', 'scp', 'ssh-keygen', 'rsync'];
+export const tools = ['/usr/bin/time', '/usr/sbin/sshd', 'ssh', 'scp', 'ssh-keygen', 'rsync', ...PINNING_TOOLS];
 
 const GOAL_RATIO_TO_RSYNC = 0.8;
 const MIN_FILE_BYTES = 512;
@@ -80,9 +85,10 @@ export async function run(ctx) {
   const fileCount = intEnv('BENCH_FILES', 10_000, 1);
   const folderCount = Math.min(intEnv('BENCH_FOLDERS', 100, 1), fileCount);
   const runs = intEnv('BENCH_RUNS', 5, 1);
-  const { scope, scratch } = ctx;
+  const variants = benchVariants();
+  const { scratch } = ctx;
 
-  // 1. The data, and the servers: PeerShare and sshd.
+  // 1. The data.
   const dataDir = path.join(scratch, 'data');
   const source = path.join(dataDir, 'tree');
   // Creating files is what this scenario measures: start from a file system where earlier runs'
@@ -92,118 +98,152 @@ export async function run(ctx) {
   ctx.log(`writing ${fileCount} files in ${folderCount} folders`);
   const made = writeTree(source, fileCount, folderCount);
   ctx.log(`${made.files} files, ${toMiB(made.bytes)} MiB (${toMiB(made.allocated)} MiB on disk)`);
-  const sshd = await startSshd(scope, scratch);
-  const server = await startPeerShare(scope, { folders: [dataDir], home: path.join(scratch, 'home-server'), logFile: path.join(scratch, 'serve.log') });
-  ctx.log(`peershare serve on port ${server.info.port} (pid ${server.pid})`);
 
-  // Every tool produces <destDir>/tree, a copy of the source folder. Each run gets a new destDir,
-  // removed only at the end: on this VM's ext4 (mounted with discard), creating files right after
-  // deleting 10,000 others takes several times longer (cp -r: 0.3 s fresh, 3-6 s after rm -rf),
-  // which would swamp the difference between the tools.
-  let runNumber = 0;
-  let destDir = path.join(scratch, 'dest-0');
-  let target = path.join(destDir, 'tree');
-  const check = (tool) => {
-    const got = treeStats(target);
-    if (got.files !== made.files || got.bytes !== made.bytes) {
-      throw new Error(`${tool}: got ${got.files} files, ${got.bytes} bytes; expected ${made.files}, ${made.bytes}`);
-    }
-  };
-  const fresh = () => fs.mkdirSync(destDir, { recursive: true });
-  const tools = {
-    peershare: {
-      serverCpu: () => processCpuSeconds(server.pid),
-      async run() {
-        fresh();
-        const r = await peershareGet({ invite: server.invite, remote: 'data/tree', dest: destDir, home: path.join(scratch, 'home-client'), scratch });
-        if (r.result.files !== made.files) throw new Error(`peershare get: ${r.stdout}`);
-        check('peershare');
-        return { seconds: r.seconds, reportedSeconds: r.result.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
-      },
-    },
-    rsync: {
-      serverCpu: () => sshd.cpuSeconds(),
-      async run() {
-        fresh();
-        const r = await timedCommand('rsync', ['-a', '-e', sshd.rsyncShell, `${sshd.host}:${source}/`, `${target}/`], scratch);
-        check('rsync');
-        await sshd.settle();
-        return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
-      },
-    },
-    scp: {
-      serverCpu: () => sshd.cpuSeconds(),
-      async run() {
-        fresh();
-        const r = await timedCommand('scp', ['-r', '-q', ...sshd.scpArgs, `${sshd.host}:${source}`, `${destDir}/`], scratch);
-        check('scp');
-        await sshd.settle();
-        return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
-      },
-    },
-  };
+  // 2. Each variant with servers of its own (shared cores, then pinned). Every destination folder
+  // stays until the scenario ends (see below), so the variants number theirs apart.
+  const measured = [];
+  for (const variant of variants) measured.push(await measureVariant(ctx, variant, { dataDir, source, made, runs }));
 
-  const { warmupSeconds, results } = await alternate(ctx, tools, {
-    runs,
-    between: () => {
-      runNumber++;
-      destDir = path.join(scratch, `dest-${runNumber}`);
-      target = path.join(destDir, 'tree');
-      runCommand('sync', []);
-    },
-    describe: (r) => `${r.seconds.toFixed(3)} s  ${Math.round(made.files / r.seconds)} files/s`,
-  });
-  const serverVmHwm = vmHwm(server.pid);
-
-  const peershare = summariseRuns(results.peershare, {
-    command: 'node dist/cli.js get <invite> data/tree <dir> --json',
-    reportedSeconds: results.peershare.map((r) => round(r.reportedSeconds)),
-    serverVmHwmBytes: serverVmHwm,
-  });
-  const rsync = summariseRuns(results.rsync, { command: 'rsync -a -e "ssh -i <key> -p <port> ..." <user>@127.0.0.1:<src>/ <dir>/tree/' });
-  const scp = summariseRuns(results.scp, { command: 'scp -r -q -i <key> -P <port> <user>@127.0.0.1:<src> <dir>/' });
-  const ratio = round(peershare.medianSeconds / rsync.medianSeconds, 2);
-  const ratioToScp = round(peershare.medianSeconds / scp.medianSeconds, 2);
-
-  printTable([
-    ['', 'median', 'files/s', 'runs (s)', 'client peak RSS'],
-    ...[
-      ['peershare get', peershare],
-      ['rsync -a (ssh)', rsync],
-      ['scp -r (ssh)', scp],
-    ].map(([label, t]) => [label, `${t.medianSeconds.toFixed(2)} s`, Math.round(made.files / t.medianSeconds), t.seconds.map((s) => s.toFixed(2)).join(' '), mib(t.clientMaxRssBytes)]),
-  ]);
-
-  const cpu = cpuBudget({ peershare, rsync });
-  const fmt = (t) => `${t.medianSeconds.toFixed(2)} s (${Math.round(made.files / t.medianSeconds)} files/s)`;
   return {
-    measured: `${made.files} files (${toMiB(made.bytes)} MiB, ${toMiB(made.allocated)} MiB on disk) in ${folderCount} folders; medians of ${runs} alternating runs`,
+    measured: `${made.files} files (${toMiB(made.bytes)} MiB, ${toMiB(made.allocated)} MiB on disk) in ${folderCount} folders; medians of ${runs} alternating runs; ${variants.map((v) => v.label).join(', and ')}`,
     summary: {
       files: made.files,
       folders: folderCount,
       bytes: made.bytes,
       bytesOnDisk: made.allocated,
       runs,
-      order: 'alternating peershare, rsync, scp; one untimed warm-up of each first',
+      order: 'alternating peershare, rsync, scp; one untimed warm-up of each first; each variant with servers of its own',
       droppedCaches,
-      peershareMedianSeconds: peershare.medianSeconds,
-      rsyncMedianSeconds: rsync.medianSeconds,
-      scpMedianSeconds: scp.medianSeconds,
-      ratio,
-      ratioToScp,
-      ssh: sshd.negotiated,
-      cpu,
-      serverPeakRssBytes: serverVmHwm,
+      ssh: measured[0].ssh,
+      variants: Object.fromEntries(measured.map((m) => [m.variant, m.summary])),
     },
-    goals: [goal({ label: 'folder: PeerShare / rsync time', measured: ratio, op: '<=', target: GOAL_RATIO_TO_RSYNC })],
-    figures: [
-      { label: 'PeerShare', text: fmt(peershare) },
-      cpuFigure(cpu, 'rsync', 'rsync+ssh+sshd'),
-      { label: 'rsync -a over ssh', text: fmt(rsync) },
-      { label: 'scp -r', text: `${fmt(scp)}; PeerShare/scp ${ratioToScp}` },
-    ],
-    raw: { warmupSeconds, peershare, rsync, scp },
+    goals: measured.map((m) => m.goal),
+    figures: measured.flatMap((m) => m.figures),
+    raw: Object.fromEntries(measured.map((m) => [m.variant, m.raw])),
   };
+}
+
+/** The three tools on one variant's servers and cores: alternating runs, then their medians, ratio and CPU. */
+async function measureVariant(ctx, variant, { dataDir, source, made, runs }) {
+  const { scratch } = ctx;
+  const scope = openScope(`${name} (${variant.name})`);
+  try {
+    ctx.log(`-- ${variant.label}`);
+    const sshd = await startSshd(scope, scratch, { cpus: variant.serverCpus });
+    const server = await startPeerShare(scope, { folders: [dataDir], home: path.join(scratch, 'home-server'), logFile: path.join(scratch, 'serve.log'), cpus: variant.serverCpus });
+    ctx.log(`peershare serve on port ${server.info.port} (pid ${server.pid})`);
+    const cpus = variant.clientCpus;
+
+    // Every tool produces <destDir>/tree, a copy of the source folder. Each run gets a new destDir,
+    // removed only at the end: on this VM's ext4 (mounted with discard), creating files right after
+    // deleting 10,000 others takes several times longer (cp -r: 0.3 s fresh, 3-6 s after rm -rf),
+    // which would swamp the difference between the tools.
+    let runNumber = 0;
+    const destFor = (n) => path.join(scratch, `dest-${variant.name}-${n}`);
+    let destDir = destFor(0);
+    let target = path.join(destDir, 'tree');
+    const check = (tool) => {
+      const got = treeStats(target);
+      if (got.files !== made.files || got.bytes !== made.bytes) {
+        throw new Error(`${tool}: got ${got.files} files, ${got.bytes} bytes; expected ${made.files}, ${made.bytes}`);
+      }
+    };
+    const fresh = () => fs.mkdirSync(destDir, { recursive: true });
+    const tools = {
+      peershare: {
+        serverCpu: () => processCpuSeconds(server.pid),
+        async run() {
+          fresh();
+          const r = await peershareGet({ invite: server.invite, remote: 'data/tree', dest: destDir, home: path.join(scratch, 'home-client'), scratch, cpus });
+          if (r.result.files !== made.files) throw new Error(`peershare get: ${r.stdout}`);
+          check('peershare');
+          return { seconds: r.seconds, reportedSeconds: r.result.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
+        },
+      },
+      rsync: {
+        serverCpu: () => sshd.cpuSeconds(),
+        async run() {
+          fresh();
+          const r = await timedCommand('rsync', ['-a', '-e', sshd.rsyncShell, `${sshd.host}:${source}/`, `${target}/`], scratch, { cpus });
+          check('rsync');
+          await sshd.settle();
+          return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
+        },
+      },
+      scp: {
+        serverCpu: () => sshd.cpuSeconds(),
+        async run() {
+          fresh();
+          const r = await timedCommand('scp', ['-r', '-q', ...sshd.scpArgs, `${sshd.host}:${source}`, `${destDir}/`], scratch, { cpus });
+          check('scp');
+          await sshd.settle();
+          return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
+        },
+      },
+    };
+
+    const { warmupSeconds, results, affinity } = await alternate(ctx, tools, {
+      runs,
+      between: () => {
+        runNumber++;
+        destDir = destFor(runNumber);
+        target = path.join(destDir, 'tree');
+        runCommand('sync', []);
+      },
+      describe: (r) => `${r.seconds.toFixed(3)} s  ${Math.round(made.files / r.seconds)} files/s`,
+      pinning: variant.serverCpus === undefined ? undefined : { serverPids: [sshd.child.pid, server.pid], serverCpus: variant.serverCpus, clientCpus: variant.clientCpus },
+    });
+    const serverVmHwm = vmHwm(server.pid);
+
+    const peershare = summariseRuns(results.peershare, {
+      command: 'node dist/cli.js get <invite> data/tree <dir> --json',
+      reportedSeconds: results.peershare.map((r) => round(r.reportedSeconds)),
+      serverVmHwmBytes: serverVmHwm,
+    });
+    const rsync = summariseRuns(results.rsync, { command: 'rsync -a -e "ssh -i <key> -p <port> ..." <user>@127.0.0.1:<src>/ <dir>/tree/' });
+    const scp = summariseRuns(results.scp, { command: 'scp -r -q -i <key> -P <port> <user>@127.0.0.1:<src> <dir>/' });
+    const ratio = round(peershare.medianSeconds / rsync.medianSeconds, 2);
+    const ratioToScp = round(peershare.medianSeconds / scp.medianSeconds, 2);
+    const cpu = cpuBudget({ peershare, rsync }, { pinned: variant.serverCpus !== undefined });
+
+    console.log(`folder, ${variant.label}:`);
+    printTable([
+      ['', 'median', 'files/s', 'runs (s)', 'client peak RSS'],
+      ...[
+        ['peershare get', peershare],
+        ['rsync -a (ssh)', rsync],
+        ['scp -r (ssh)', scp],
+      ].map(([label, t]) => [label, `${t.medianSeconds.toFixed(2)} s`, Math.round(made.files / t.medianSeconds), t.seconds.map((x) => x.toFixed(2)).join(' '), mib(t.clientMaxRssBytes)]),
+    ]);
+
+    const fmt = (t) => `${t.medianSeconds.toFixed(2)} s (${Math.round(made.files / t.medianSeconds)} files/s)`;
+    const v = variant.name;
+    return {
+      variant: v,
+      ssh: sshd.negotiated,
+      summary: {
+        label: variant.label,
+        ...(affinity ? { affinity } : {}),
+        peershareMedianSeconds: peershare.medianSeconds,
+        rsyncMedianSeconds: rsync.medianSeconds,
+        scpMedianSeconds: scp.medianSeconds,
+        ratio,
+        ratioToScp,
+        cpu,
+        serverPeakRssBytes: serverVmHwm,
+      },
+      goal: { ...goal({ label: `folder: PeerShare / rsync time, ${variant.label}`, measured: ratio, op: '<=', target: GOAL_RATIO_TO_RSYNC }), variant: v },
+      figures: [
+        { variant: v, label: 'PeerShare', text: `${fmt(peershare)}; PeerShare/rsync ${ratio}` },
+        { variant: v, ...cpuFigure(cpu, 'rsync', 'rsync+ssh+sshd') },
+        { variant: v, label: 'rsync -a over ssh', text: fmt(rsync) },
+        { variant: v, label: 'scp -r', text: `${fmt(scp)}; PeerShare/scp ${ratioToScp}` },
+      ],
+      raw: { warmupSeconds, affinity, peershare, rsync, scp },
+    };
+  } finally {
+    await closeScope(scope);
+  }
 }
 
 if (isMain(import.meta.url)) runStandalone({ name, title, tools, run });

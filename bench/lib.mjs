@@ -143,6 +143,7 @@ const PACKAGES = {
   scp: [['openssh-client']],
   'ssh-keygen': [['openssh-client']],
   rsync: [['rsync']],
+  taskset: [['util-linux']], // the two-machine variant pins each end to a core of its own
 };
 
 /** Installs missing tools with apt-get (needs root); `tools` are keys of PACKAGES. */
@@ -287,6 +288,96 @@ export function childPids(pid) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The two-machine variant (issue 11): the sharer and every anchor server on one core, the client
+// and every anchor client on the other, with `taskset -c`, so each end has a core of its own as
+// on two laptops. taskset sets the affinity and then execs the command, so the pid we hold is the
+// command's own and every process it starts (nginx's worker, sshd's per-connection processes and
+// the rsync they run, ssh under rsync, Node's threads) inherits the core.
+
+export const VARIANTS = {
+  shared: { name: 'shared', label: 'shared cores', serverCpus: undefined, clientCpus: undefined },
+  pinned: { name: 'pinned', label: 'pinned: servers on CPU 0, clients on CPU 1', serverCpus: '0', clientCpus: '1' },
+};
+
+/** The variants BENCH_PINNED asks for: `both` (default), `only` (pinned only) or `off` (shared cores only). */
+export function benchVariants() {
+  const wanted = process.env.BENCH_PINNED || 'both';
+  const chosen = { both: ['shared', 'pinned'], only: ['pinned'], off: ['shared'] }[wanted];
+  if (!chosen) throw new Error(`BENCH_PINNED must be both, only or off, got "${wanted}"`);
+  if (chosen.includes('pinned') && os.availableParallelism() < 2) throw new Error('BENCH_PINNED: the pinned variant needs 2 cores; set BENCH_PINNED=off');
+  return chosen.map((v) => VARIANTS[v]);
+}
+
+/** taskset, when some scenario will pin (BENCH_PINNED is not off), for the scenarios' `tools`. */
+export const PINNING_TOOLS = (process.env.BENCH_PINNED || 'both') === 'off' ? [] : ['taskset'];
+
+/** [file, args] that run `cmd` on `cpus` (a taskset list such as "0"), or as is when `cpus` is undefined. */
+export function onCpus(cpus, cmd, args) {
+  return cpus === undefined ? [cmd, args] : [findExecutable('taskset') ?? 'taskset', ['-c', cpus, cmd, ...args]];
+}
+
+/** The CPUs a process may run on (`Cpus_allowed_list` of /proc/<pid>/status), e.g. "0" or "0-1". */
+export function cpusAllowed(pid) {
+  try {
+    return /^Cpus_allowed_list:\s+(\S+)/m.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+function processName(pid) {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+function commandLine(pid) {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Watches, every 10 ms until stopped, the affinity of every process this benchmark started: those
+ * below a pid of `serverPids` must run on `serverCpus`, all others (the commands under test and
+ * what they start) on `clientCpus`. Skipped: a process between fork and exec (it still has our
+ * command line) and taskset itself before it execs. `stop()` returns what was seen, by side, as
+ * "<name> <cpus>" with the number of samples, and the mismatches.
+ */
+export function watchAffinity({ serverPids, serverCpus, clientCpus }) {
+  const ours = commandLine(process.pid);
+  const seen = { server: {}, client: {} };
+  const mismatches = [];
+  const visit = (pid, side) => {
+    const name = processName(pid);
+    const cpus = cpusAllowed(pid);
+    if (name !== undefined && cpus !== undefined && name !== 'taskset' && commandLine(pid) !== ours) {
+      const key = `${name} ${cpus}`;
+      seen[side][key] = (seen[side][key] ?? 0) + 1;
+      const expected = side === 'server' ? serverCpus : clientCpus;
+      if (cpus !== expected && !mismatches.some((m) => m.pid === pid)) mismatches.push({ pid, side, name, cpus, expected });
+    }
+    for (const child of childPids(pid)) visit(child, side);
+  };
+  const sample = () => {
+    for (const child of childPids(process.pid)) visit(child, serverPids.includes(child) ? 'server' : 'client');
+  };
+  sample();
+  const timer = setInterval(sample, 10);
+  return {
+    stop() {
+      clearInterval(timer);
+      sample();
+      return { serverCpus, clientCpus, seen, mismatches, ok: mismatches.length === 0 };
+    },
+  };
+}
+
 /**
  * Runs `fn` (a timed run returning { cpuSeconds? }) and adds a noise gauge: CPU used during the
  * run by anything but the command and the servers (`serverCpuSeconds()`, cumulative): other work
@@ -338,11 +429,13 @@ let timeFiles = 0;
 /**
  * Runs a command to completion and times it with process.hrtime. With /usr/bin/time available
  * it is wrapped so the peak RSS (%M) and CPU seconds of the command itself are known too.
- * Several may run at once (each has its own time file in `scratch`).
+ * Several may run at once (each has its own time file in `scratch`). `cpus` (a taskset list)
+ * pins the command and everything it starts; the rest of `options` goes to spawn().
  */
-export function timedCommand(cmd, args, scratch, options = {}) {
+export function timedCommand(cmd, args, scratch, { cpus, ...options } = {}) {
   const timeFile = path.join(scratch, `time-${process.pid}-${++timeFiles}.out`);
-  const [file, argv] = TIME_BIN ? [TIME_BIN, ['-f', '%M %U %S', '-o', timeFile, cmd, ...args]] : [cmd, args];
+  const [timed, timedArgs] = TIME_BIN ? [TIME_BIN, ['-f', '%M %U %S', '-o', timeFile, cmd, ...args]] : [cmd, args];
+  const [file, argv] = onCpus(cpus, timed, timedArgs);
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     const child = spawnTracked(file, argv, options);
@@ -376,9 +469,9 @@ export function lastJsonLine(stdout) {
   return JSON.parse(stdout.trim().split('\n').pop());
 }
 
-/** `node dist/cli.js get <invite> <remote> <dest> --json --home <home>`, timed; returns the CLI's JSON too. */
-export async function peershareGet({ invite, remote, dest, home, scratch, nodeArgs = [], cli = CLI }) {
-  const r = await timedCommand(process.execPath, [...nodeArgs, cli, 'get', invite, remote, dest, '--json', '--home', home], scratch);
+/** `node dist/cli.js get <invite> <remote> <dest> --json --home <home>`, timed (on `cpus`, if given); returns the CLI's JSON too. */
+export async function peershareGet({ invite, remote, dest, home, scratch, nodeArgs = [], cli = CLI, cpus }) {
+  const r = await timedCommand(process.execPath, [...nodeArgs, cli, 'get', invite, remote, dest, '--json', '--home', home], scratch, { cpus });
   return { ...r, result: lastJsonLine(r.stdout) };
 }
 
@@ -387,10 +480,10 @@ export function pairClient(invite, home) {
   run(process.execPath, [CLI, 'ls', invite, '--json', '--home', home]);
 }
 
-/** Starts `peershare serve` on loopback, stopped with the scope; resolves once it prints its invite. */
-export async function startPeerShare(scope, { folders, home, logFile, nodeArgs = [], env, cli = CLI }) {
+/** Starts `peershare serve` on loopback (on `cpus`, if given), stopped with the scope; resolves once it prints its invite. */
+export async function startPeerShare(scope, { folders, home, logFile, nodeArgs = [], env, cli = CLI, cpus }) {
   const args = [...nodeArgs, cli, 'serve', ...folders, '--json', '--home', home, '--port', '0', '--host', '127.0.0.1', '--invite-uses', '1000'];
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', fs.openSync(logFile, 'a')], env: env ?? process.env });
+  const child = spawn(...onCpus(cpus, process.execPath, args), { stdio: ['ignore', 'pipe', fs.openSync(logFile, 'a')], env: env ?? process.env });
   scope.defer(() => stopChild(child));
   const info = await new Promise((resolve, reject) => {
     let buffered = '';
@@ -419,14 +512,22 @@ export async function startPeerShare(scope, { folders, home, logFile, nodeArgs =
  * The comparison loop: one untimed warm-up of each tool, then `runs` rounds in which every tool
  * runs once, in the same order, so slow drift on the machine affects them alike. `tools` maps a
  * name to { run(): Promise<{ seconds, cpuSeconds?, ... }>, serverCpu(): cumulative CPU seconds of
- * its server }. `between` runs after every run, untimed (removes the download, syncs).
+ * its server }. `between` runs after every run, untimed (removes the download, syncs). With
+ * `pinning` ({ serverPids, serverCpus, clientCpus }), the warm-ups are watched (watchAffinity):
+ * a process on the wrong core fails the scenario, and what was seen is returned as `affinity`.
  */
-export async function alternate(ctx, tools, { runs, between, describe = (r) => `${r.seconds.toFixed(3)} s` }) {
+export async function alternate(ctx, tools, { runs, between, describe = (r) => `${r.seconds.toFixed(3)} s`, pinning }) {
   ctx.log(`warm-up: one untimed run of each of ${Object.keys(tools).join(', ')}`);
   const warmupSeconds = {};
+  const watcher = pinning && watchAffinity(pinning);
   for (const [name, tool] of Object.entries(tools)) {
     warmupSeconds[name] = round((await tool.run()).seconds);
     await between();
+  }
+  const affinity = watcher?.stop();
+  if (affinity) {
+    if (!affinity.ok) throw new Error(`pinning failed: ${affinity.mismatches.map((m) => `${m.side} process ${m.name} (pid ${m.pid}) on CPUs ${m.cpus}, not ${m.expected}`).join('; ')}`);
+    ctx.log(`pinning checked (Cpus_allowed_list): server side ${Object.keys(affinity.seen.server).join(', ')}; client side ${Object.keys(affinity.seen.client).join(', ')}`);
   }
   const results = Object.fromEntries(Object.keys(tools).map((name) => [name, []]));
   for (let i = 1; i <= runs; i++) {
@@ -442,27 +543,30 @@ export async function alternate(ctx, tools, { runs, between, describe = (r) => `
   }
   const noisy = Object.values(results).flat().filter((r) => (r.otherCpuSeconds ?? 0) > 0.5).length;
   if (noisy) ctx.log(`warning: ${noisy} run(s) overlapped other work (> 0.5 CPU-s used by other processes); see otherCpuSeconds`);
-  return { warmupSeconds, results };
+  return { warmupSeconds, results, affinity };
 }
 
 /**
  * The CPU both ends of each tool used, from `summariseRuns` figures, and the shortest time that
- * CPU allows on this machine's cores: a ratio goal below the ratio of these floors cannot be met
- * here by any schedule, only by doing less work.
+ * CPU allows: on shared cores, the total over this machine's cores; pinned, each end has one core,
+ * so the busier end's CPU. A ratio goal below the ratio of these floors cannot be met here by any
+ * schedule, only by doing less work.
  */
-export function cpuBudget(tools) {
+export function cpuBudget(tools, { pinned = false } = {}) {
   const cores = os.availableParallelism();
+  const floor = (t) => (pinned ? Math.max(t.medianCpuSeconds, t.medianServerCpuSeconds) : t.medianTotalCpuSeconds / cores);
   const entries = Object.entries(tools).map(([name, t]) => [
     name,
-    { clientCpuSeconds: t.medianCpuSeconds, serverCpuSeconds: t.medianServerCpuSeconds, totalCpuSeconds: t.medianTotalCpuSeconds, floorSeconds: round(t.medianTotalCpuSeconds / cores) },
+    { clientCpuSeconds: t.medianCpuSeconds, serverCpuSeconds: t.medianServerCpuSeconds, totalCpuSeconds: t.medianTotalCpuSeconds, floorSeconds: round(floor(t)) },
   ]);
-  return { cores, ...Object.fromEntries(entries) };
+  return { cores: pinned ? '1 each end' : cores, ...Object.fromEntries(entries) };
 }
 
 /** A chart figure from `cpuBudget`: the CPU of PeerShare and of one anchor, and the floor each sets. */
 export function cpuFigure(budget, anchorName, anchorLabel) {
-  const text = (b) => `${b.totalCpuSeconds.toFixed(2)} CPU-s, so at best ${b.floorSeconds.toFixed(2)} s`;
-  return { label: `CPU, both ends, on ${budget.cores} cores`, text: `PeerShare ${text(budget.peershare)}; ${anchorLabel} ${text(budget[anchorName])}` };
+  const text = (b) => `${b.totalCpuSeconds.toFixed(2)} CPU-s (client ${b.clientCpuSeconds.toFixed(2)}), so at best ${b.floorSeconds.toFixed(2)} s`;
+  const where = typeof budget.cores === 'number' ? `on ${budget.cores} cores` : 'one core each end';
+  return { label: `CPU, both ends, ${where}`, text: `PeerShare ${text(budget.peershare)}; ${anchorLabel} ${text(budget[anchorName])}` };
 }
 
 /** Per-tool figures of `alternate`'s results: every run and the median. */
@@ -487,9 +591,9 @@ export function summariseRuns(rs, extra = {}) {
 // ---------------------------------------------------------------------------------------------
 // Anchors: nginx over HTTPS and OpenSSH, both on loopback with their own configuration.
 
-/** nginx (TLS 1.3, ECDSA P-256 self-signed, sendfile, 1 worker) serving `root`. */
-export async function startNginx(scope, scratch, root) {
-  const dir = path.join(scratch, 'nginx');
+/** nginx (TLS 1.3, ECDSA P-256 self-signed, sendfile, 1 worker) serving `root`; master and worker on `cpus`, if given. */
+export async function startNginx(scope, scratch, root, { cpus } = {}) {
+  const dir = fs.mkdtempSync(path.join(scratch, 'nginx-'));
   fs.mkdirSync(path.join(dir, 'logs'), { recursive: true });
   run('openssl', [
     'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
@@ -522,12 +626,12 @@ http {
 }
 `;
   fs.writeFileSync(path.join(dir, 'nginx.conf'), conf);
-  const child = spawn(findExecutable('nginx'), ['-c', path.join(dir, 'nginx.conf'), '-p', dir], {
+  const child = spawn(...onCpus(cpus, findExecutable('nginx'), ['-c', path.join(dir, 'nginx.conf'), '-p', dir]), {
     stdio: ['ignore', 'ignore', fs.openSync(path.join(dir, 'logs', 'stderr.log'), 'a')],
   });
   scope.defer(() => stopChild(child, 'SIGTERM'));
   await waitForPort(port, child, 'nginx');
-  log(`nginx on https://127.0.0.1:${port}/ (pid ${child.pid})`);
+  log(`nginx on https://127.0.0.1:${port}/ (pid ${child.pid}${cpus === undefined ? '' : `, CPU ${cpus}`})`);
   return {
     child,
     port,
@@ -540,15 +644,17 @@ http {
 /**
  * OpenSSH's sshd on 127.0.0.1 with its own configuration, host key and a fresh client key, for
  * scp and rsync as the current user. Default ciphers: the one negotiated is recorded, not chosen.
+ * With `cpus`, the listener runs there, and so do its per-connection processes (they inherit it).
  */
-export async function startSshd(scope, scratch) {
-  const dir = path.join(scratch, 'ssh');
-  fs.mkdirSync(dir, { recursive: true });
+export async function startSshd(scope, scratch, { cpus } = {}) {
+  const dir = fs.mkdtempSync(path.join(scratch, 'ssh-'));
   const hostKey = path.join(dir, 'host_ed25519');
   const clientKey = path.join(dir, 'client_ed25519');
   run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'peershare-bench-host', '-f', hostKey]);
   run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'peershare-bench-client', '-f', clientKey]);
   fs.copyFileSync(`${clientKey}.pub`, path.join(dir, 'authorized_keys'));
+  const home = path.join(dir, 'home');
+  fs.mkdirSync(home);
   const port = await freePort();
   // scp (OpenSSH 9) speaks SFTP, so the server needs the sftp subsystem Debian's own config sets.
   const sftpServer = ['/usr/lib/openssh/sftp-server', '/usr/libexec/sftp-server'].find((f) => fs.existsSync(f)) ?? 'internal-sftp';
@@ -567,6 +673,10 @@ export async function startSshd(scope, scratch) {
       'StrictModes no', // the scratch folder is in /tmp, which StrictModes would refuse
       `PidFile ${path.join(dir, 'sshd.pid')}`,
       `Subsystem sftp ${sftpServer}`,
+      // sshd runs rsync's and scp's remote side through the user's shell, and bash then reads
+      // ~/.bashrc; one that loads a toolchain (pyenv init: 1.3-2 s here) would be timed as part of
+      // every anchor run. An empty HOME keeps the anchors at what OpenSSH and rsync cost.
+      `SetEnv HOME=${home}`,
       '',
     ].join('\n'),
   );
@@ -575,7 +685,7 @@ export async function startSshd(scope, scratch) {
     fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
     scope.defer(() => fs.rmSync('/run/sshd', { recursive: true, force: true }));
   }
-  const child = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', conf], {
+  const child = spawn(...onCpus(cpus, '/usr/sbin/sshd', ['-D', '-e', '-f', conf]), {
     stdio: ['ignore', 'ignore', fs.openSync(path.join(dir, 'sshd.log'), 'a')],
   });
   scope.defer(() => stopChild(child, 'SIGTERM'));
@@ -589,7 +699,7 @@ export async function startSshd(scope, scratch) {
   if (probe.status !== 0) throw new Error(`ssh to the benchmark sshd failed: ${probe.stderr}\n(sshd log: ${path.join(dir, 'sshd.log')})`);
   const cipher = /kex: server->client cipher: (\S+) MAC: (\S+)/.exec(probe.stderr);
   const kex = /kex: algorithm: (\S+)/.exec(probe.stderr);
-  log(`sshd on 127.0.0.1:${port} (pid ${child.pid}), cipher ${cipher?.[1] ?? '?'}`);
+  log(`sshd on 127.0.0.1:${port} (pid ${child.pid}${cpus === undefined ? '' : `, CPU ${cpus}`}), cipher ${cipher?.[1] ?? '?'}`);
   return {
     child,
     port,
@@ -858,7 +968,7 @@ export async function runScenario(scenario, { machine = machineInfo(), commit = 
     fs.mkdirSync(path.dirname(out), { recursive: true });
     fs.writeFileSync(out, `${JSON.stringify(record, null, 2)}\n`);
     console.log(`\n${scenario.name}: ${result.measured ?? scenario.title}`);
-    for (const f of result.figures ?? []) console.log(`  ${f.label}: ${f.text}`);
+    for (const f of result.figures ?? []) console.log(`  ${f.variant ? `[${f.variant}] ` : ''}${f.label}: ${f.text}`);
     printGoals(result.goals ?? []);
     console.log(`  raw results: ${path.relative(process.cwd(), out) || out}`);
     return record;
