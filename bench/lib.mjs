@@ -14,7 +14,9 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-export const CLI = path.join(ROOT, 'dist', 'cli.js');
+// BENCH_CLI measures another build (one made from a clean checkout while dist/ serves others);
+// BENCH_COMMIT then says which commit it is.
+export const CLI = path.resolve(process.env.BENCH_CLI || path.join(ROOT, 'dist', 'cli.js'));
 export const RESULTS_DIR = path.resolve(process.env.BENCH_RESULTS_DIR ?? path.join(ROOT, 'bench', 'results'));
 export const TIME_BIN = fs.existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
 export const KEEP_TMP = process.env.BENCH_KEEP_TMP === '1';
@@ -838,6 +840,7 @@ export function printGoals(goals) {
 
 /** The commit measured, and whether src/ had uncommitted changes when dist/ was built. */
 export function gitDescribe() {
+  if (process.env.BENCH_COMMIT) return process.env.BENCH_COMMIT;
   const git = (args) => spawnSync('git', args, { cwd: ROOT, encoding: 'utf8' }).stdout?.trim();
   const head = git(['rev-parse', '--short', 'HEAD']);
   if (!head) return undefined;
