@@ -240,7 +240,7 @@ class FileReceiver {
 }
 
 /** A temporary file this download owns, held open: written through its descriptor only. */
-interface TemporaryFile {
+export interface TemporaryFile {
   fd: number;
   dev: number;
   ino: number;
@@ -259,7 +259,7 @@ const RESUME_FLAGS = fsc.O_RDWR | O_NOFOLLOW | (fsc.O_NONBLOCK ?? 0);
  * at the name (a symlink, a hard link to a file elsewhere, a stale file) is removed first: the
  * name, never what it points to.
  */
-function openTemporary(partial: string): TemporaryFile {
+export function openTemporary(partial: string): TemporaryFile {
   for (let attempt = 0; ; attempt++) {
     try {
       const fd = openSync(partial, CREATE_FLAGS, 0o644);
@@ -278,7 +278,7 @@ function openTemporary(partial: string): TemporaryFile {
  * (a link at the name is not followed), with one link (not a hard link to a file elsewhere),
  * owned by us, and no longer than `maxSize` (the name already carries the file's version).
  */
-function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undefined {
+export function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undefined {
   let fd: number;
   try {
     fd = openSync(partial, RESUME_FLAGS);
@@ -295,7 +295,7 @@ function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undef
 }
 
 /** Removes a name (unlink never follows a link); a name already gone is fine. */
-function removeName(name: string): void {
+export function removeName(name: string): void {
   try {
     unlinkSync(name);
   } catch (err) {
@@ -316,7 +316,7 @@ function checkLanded(target: string, file: TemporaryFile): void {
 }
 
 /** Moves a verified temporary file to its final name; without `overwrite`, never replaces anything. */
-async function commit(partial: string, target: string, overwrite: boolean, file: TemporaryFile): Promise<void> {
+export async function commit(partial: string, target: string, overwrite: boolean, file: TemporaryFile): Promise<void> {
   if (overwrite) {
     await fs.rename(partial, target);
     checkLanded(target, file);
@@ -339,7 +339,7 @@ async function commit(partial: string, target: string, overwrite: boolean, file:
   removeName(partial);
 }
 
-async function exists(p: string): Promise<boolean> {
+export async function exists(p: string): Promise<boolean> {
   return fs.lstat(p).then(
     () => true,
     () => false,
@@ -374,14 +374,14 @@ function truncateUtf8(text: string, maxBytes: number): string {
   return text.slice(0, end);
 }
 
-function partialPathFor(target: string, peerId: string, remotePath: string, size: number, mtimeMs: number): string {
+export function partialPathFor(target: string, peerId: string, remotePath: string, size: number, mtimeMs: number): string {
   // The tag ties a partial file to one version of one remote file, so a resume never splices two versions.
   const tag = createHash('sha256').update(`${peerId}\n${remotePath}\n${size}\n${mtimeMs}`).digest('hex').slice(0, TAG_CHARS);
   return path.join(path.dirname(target), `.${temporaryStem(path.basename(target))}.${tag}${PARTIAL_SUFFIX}`);
 }
 
 /** Partial files of older versions of the same target can never be resumed: remove them. */
-async function removeStalePartials(target: string): Promise<void> {
+export async function removeStalePartials(target: string): Promise<void> {
   const prefix = `.${temporaryStem(path.basename(target))}.`;
   const names = await fs.readdir(path.dirname(target)).catch(() => [] as string[]);
   for (const name of names) {
@@ -391,13 +391,13 @@ async function removeStalePartials(target: string): Promise<void> {
   }
 }
 
-async function chooseConflict(options: DownloadOptions, target: string, fallback: ConflictChoice): Promise<ConflictChoice> {
+export async function chooseConflict(options: DownloadOptions, target: string, fallback: ConflictChoice): Promise<ConflictChoice> {
   const policy = options.onConflict ?? fallback;
   return typeof policy === 'function' ? policy(target) : policy;
 }
 
 /** "name (2).ext", the first that does not exist; a long name gives up bytes of its stem so the copy's name fits too. */
-async function keepBothName(target: string): Promise<string> {
+export async function keepBothName(target: string): Promise<string> {
   const ext = path.extname(target);
   const stem = path.basename(target, ext);
   for (let n = 2; n < 10_000; n++) {
@@ -755,7 +755,7 @@ export async function downloadFolder(
 }
 
 /** A time a file system can hold (Date's range); anything else from a peer is replaced by now. */
-function isPlausibleTime(value: unknown): value is number {
+export function isPlausibleTime(value: unknown): value is number {
   return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= 8.64e15;
 }
 

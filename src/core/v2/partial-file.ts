@@ -1,0 +1,346 @@
+import { closeSync, fstatSync, fsync, ftruncate, futimesSync, promises as fs, read, write } from 'node:fs';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { blake3 } from '../blake3';
+import { blockCount, blockRange, verifyBlock, type BlockManifest } from '../blocks';
+import {
+  chooseConflict,
+  commit,
+  isPlausibleTime,
+  keepBothName,
+  openOwnPartial,
+  openTemporary,
+  partialPathFor,
+  removeName,
+  removeStalePartials,
+  type ConflictChoice,
+  type TemporaryFile,
+} from '../download';
+import { PeerShareError, toPeerShareError } from '../errors';
+import type { Limits } from '../limits';
+import { PinnedFolders } from '../pinned-folders';
+
+/**
+ * The receiving end of one file as a set of verified blocks (docs/protocol-v2.md 7.2, 7.3),
+ * whatever brought them: blocks may come from any peer, in any order. A block is verified before
+ * it is written, so the partial file only ever holds bytes of the file the manifest names; the
+ * file takes its name only when every block is in, with v1's landing rules (download.ts: created
+ * exclusively, resumed only if ours, never replacing a file without consent, the final name is
+ * our inode).
+ *
+ * What is present is not remembered beside the file: a resume hashes the partial file's blocks
+ * again against the manifest (a local read at BLAKE3 speed), so any set of blocks counts, a
+ * block damaged on our own disk between runs is fetched again, and there is no sidecar file a
+ * stranger could plant or that could disagree with the data.
+ */
+
+/** Half-open block ranges `[first, end)`, sorted, as `share.read` names them. */
+export type BlockRange = [first: number, end: number];
+
+export interface PartialFileOptions {
+  limits: Pick<Limits, 'maxFileBlocks'>;
+  /** Resume the partial file an earlier run kept for this target and file (default true); false starts over. */
+  resume?: boolean;
+}
+
+export interface LandOptions {
+  /** What to do when the target exists (default 'fail'); a function is asked only then. */
+  conflict?: ConflictChoice | ((target: string) => ConflictChoice | Promise<ConflictChoice>);
+  /** The file's modification time on the sharer; ignored unless a time a file system can hold. */
+  mtimeMs?: number;
+}
+
+export interface LandResult {
+  /** Where the file landed: the target, or a "keep both" name beside it; undefined when skipped. */
+  target?: string;
+  skipped: boolean;
+  /** The file's hash (BLAKE3 of its block list, blocks.ts), 64 lowercase hex: what the product calls its hash. */
+  fileHash: string;
+  size: number;
+}
+
+export interface PartialFileProgress {
+  blockCount: number;
+  presentBlocks: number;
+  /** Bytes found verified in the partial file when it was opened. */
+  resumedBytes: number;
+  /** Bytes written by this PartialFile since. */
+  writtenBytes: number;
+}
+
+// Per-block state: writing is claimed before the await, so a second copy of a block in flight is refused too.
+const MISSING = 0;
+const WRITING = 1;
+const PRESENT = 2;
+
+const readAt = promisify(read);
+const fsyncFd = promisify(fsync);
+const truncateFd = promisify(ftruncate);
+
+/**
+ * Partial files held open by this process, by the name a person would see, with their targets:
+ * a second PartialFile for the same target and file would share the inode and land it twice, so
+ * it is refused while the first is open; one for another version of the file gets a partial of
+ * its own and leaves the open one's name alone. (Another process resuming the same partial writes
+ * the same verified bytes at the same places, since the name is tied to the file hash; the
+ * second to land finds its name gone and fails without touching the target.)
+ */
+const openPartials = new Map<string, string>();
+
+export class PartialFile {
+  private readonly state: Uint8Array;
+  private presentBlocks = 0;
+  private resumedBytes = 0;
+  private writtenBytes = 0;
+  private readonly writes = new Set<Promise<void>>();
+  private finished = false;
+  private descriptorOpen = true;
+
+  private constructor(
+    /** The target as given, resolved: what results and questions name. */
+    readonly target: string,
+    readonly manifest: BlockManifest,
+    /** The target through the folder as opened (PinnedFolders), for every file operation. */
+    private readonly fsTarget: string,
+    private readonly partial: string,
+    private readonly claim: string,
+    private readonly folder: PinnedFolders,
+    private readonly file: TemporaryFile,
+  ) {
+    this.state = new Uint8Array(manifest.blockHashes.length);
+  }
+
+  /**
+   * Creates the partial file beside `target`, or resumes the one an earlier run kept (only if
+   * it is ours: see openOwnPartial), and finds which blocks it already holds by hashing them.
+   * Memory: one block buffer while scanning, one byte of state per block.
+   */
+  static async open(target: string, manifest: BlockManifest, options: PartialFileOptions): Promise<PartialFile> {
+    const count = blockCount(manifest.size, manifest.blockSize);
+    if (manifest.blockHashes.length !== count || count > options.limits.maxFileBlocks) {
+      throw new PeerShareError('INVALID_ARGUMENT', `A block list of ${manifest.blockHashes.length} hashes does not describe a file of ${manifest.size} bytes in blocks of ${manifest.blockSize} (at most ${options.limits.maxFileBlocks} blocks).`);
+    }
+    const shownTarget = path.resolve(target);
+    const claim = partialNameFor(shownTarget, manifest);
+    if (openPartials.has(claim)) {
+      throw new PeerShareError('DEST_EXISTS', `${path.basename(shownTarget)} is already being downloaded here; wait for that download to finish.`);
+    }
+    const targetInUse = [...openPartials.values()].includes(shownTarget);
+    openPartials.set(claim, shownTarget);
+    let folder: PinnedFolders | undefined;
+    let file: TemporaryFile | undefined;
+    try {
+      await fs.mkdir(path.dirname(shownTarget), { recursive: true });
+      // Every operation goes through the folder as opened now, whatever its path names later.
+      folder = await PinnedFolders.open(path.dirname(shownTarget), { rootMayBeLink: true });
+      const fsTarget = await folder.pathIn([], path.basename(shownTarget));
+      const partial = partialNameFor(fsTarget, manifest);
+      if (options.resume !== false) file = openOwnPartial(partial, manifest.size);
+      if (!file) {
+        // Also removes whatever is at our own name if it was not ours to resume, and older versions'
+        // partials, unless one of those is being received here right now (openTemporary still clears our name).
+        if (!targetInUse) await removeStalePartials(fsTarget);
+        file = openTemporary(partial);
+      }
+      const keptBytes = file.size;
+      // Full size from the start (holes where blocks are missing): every block is written in place, and the landed size is exact.
+      await truncateFd(file.fd, manifest.size);
+      const partialFile = new PartialFile(shownTarget, manifest, fsTarget, partial, claim, folder, file);
+      await partialFile.findPresentBlocks(keptBytes);
+      return partialFile;
+    } catch (err) {
+      if (file) closeSync(file.fd);
+      await folder?.close();
+      openPartials.delete(claim);
+      throw toPeerShareError(err, 'IO_ERROR');
+    }
+  }
+
+  /** The blocks still to fetch, as sorted half-open ranges (blocks being written count as present). */
+  missingRanges(): BlockRange[] {
+    const ranges: BlockRange[] = [];
+    for (let index = 0; index < this.state.length; index++) {
+      if (this.state[index] !== MISSING) continue;
+      const last = ranges[ranges.length - 1];
+      if (last && last[1] === index) last[1] = index + 1;
+      else ranges.push([index, index + 1]);
+    }
+    return ranges;
+  }
+
+  get progress(): PartialFileProgress {
+    return { blockCount: this.state.length, presentBlocks: this.presentBlocks, resumedBytes: this.resumedBytes, writtenBytes: this.writtenBytes };
+  }
+
+  /**
+   * Verifies block `index` against the manifest and only then writes it at its place, through
+   * the descriptor this PartialFile opened. A block that fails, is out of range, or is already
+   * present (or being written) is refused with a coded error and nothing is written.
+   */
+  write(block: { index: number; data: Uint8Array }): Promise<void> {
+    if (this.finished) return Promise.reject(new PeerShareError('CANCELLED', 'This download has ended; the block was not written.'));
+    const { index, data } = block;
+    if (Number.isSafeInteger(index) && index >= 0 && index < this.state.length && this.state[index] !== MISSING) {
+      return Promise.reject(new PeerShareError('PROTOCOL_ERROR', `Block ${index + 1} of the file arrived again; the copy was refused.`, { detail: `block ${index} already ${this.state[index] === PRESENT ? 'present' : 'being written'}` }));
+    }
+    try {
+      verifyBlock(index, data, this.manifest);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.state[index] = WRITING;
+    const { offset } = blockRange(this.manifest, index);
+    const writing = writeFully(this.file.fd, data, offset).then(
+      () => {
+        this.state[index] = PRESENT;
+        this.presentBlocks++;
+        this.writtenBytes += data.length;
+      },
+      (err: unknown) => {
+        this.state[index] = MISSING;
+        throw toPeerShareError(err, 'IO_ERROR');
+      },
+    );
+    // Tracked so the descriptor is never closed (and its number reused) under a write in flight.
+    const tracked = writing.finally(() => this.writes.delete(tracked));
+    tracked.catch(() => undefined);
+    this.writes.add(tracked);
+    return tracked;
+  }
+
+  /**
+   * Every block present: syncs the file to disk and gives it its name (download.ts `commit`: no
+   * existing file is replaced unless `conflict` says overwrite, and the final name must be our
+   * inode). Ends this PartialFile either way. With blocks missing (SIZE_MISMATCH) the partial
+   * file is kept for a resume, and after DEST_EXISTS ('fail') too, so a later open with the same
+   * manifest lands it without fetching a byte; after any other failure it is removed.
+   */
+  async land(options: LandOptions = {}): Promise<LandResult> {
+    if (this.finished) throw new PeerShareError('CANCELLED', 'This download has already ended.');
+    this.finished = true;
+    let keepPartial = false;
+    try {
+      await this.settleWrites();
+      const missing = this.state.length - this.presentBlocks;
+      if (missing > 0) {
+        keepPartial = true;
+        throw new PeerShareError('SIZE_MISMATCH', `${missing} of ${this.state.length} blocks of ${path.basename(this.target)} have not arrived; it was not saved.`);
+      }
+      if (fstatSync(this.file.fd).size !== this.manifest.size) {
+        throw new PeerShareError('SIZE_MISMATCH', `The partial file of ${path.basename(this.target)} changed size on this disk; it was not saved.`);
+      }
+      if (isPlausibleTime(options.mtimeMs)) futimesSync(this.file.fd, options.mtimeMs / 1000, options.mtimeMs / 1000);
+      await fsyncFd(this.file.fd);
+      this.closeDescriptor();
+      const landedAs = await this.commitAsked(options);
+      const fileHash = this.manifest.fileHash.toString('hex');
+      if (landedAs === undefined) return { skipped: true, fileHash, size: this.manifest.size };
+      return { target: path.join(path.dirname(this.target), path.basename(landedAs)), skipped: false, fileHash, size: this.manifest.size };
+    } catch (err) {
+      const coded = toPeerShareError(err, 'IO_ERROR');
+      if (coded.code === 'DEST_EXISTS') keepPartial = true;
+      if (!keepPartial) removeName(this.partial);
+      throw coded;
+    } finally {
+      await this.release();
+    }
+  }
+
+  /** Ends this PartialFile without landing: `keep` leaves the partial file for a later resume (none is kept without a block), else it is removed. */
+  async abandon(options: { keep: boolean }): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    try {
+      await this.settleWrites();
+      if (!options.keep || this.presentBlocks === 0) removeName(this.partial);
+    } finally {
+      await this.release();
+    }
+  }
+
+  /** Hashes each block of the kept bytes against the manifest: any set of blocks counts. */
+  private async findPresentBlocks(keptBytes: number): Promise<void> {
+    if (keptBytes === 0) return;
+    const buffer = Buffer.allocUnsafe(Math.min(this.manifest.blockSize, this.manifest.size));
+    for (let index = 0; index < this.state.length; index++) {
+      const { offset, length } = blockRange(this.manifest, index);
+      // Past what was kept the file is a hole we made: nothing of the file was written there.
+      if (offset >= keptBytes) break;
+      const block = buffer.subarray(0, length);
+      await readFully(this.file.fd, block, offset);
+      if (blake3(block).equals(this.manifest.blockHashes[index])) {
+        this.state[index] = PRESENT;
+        this.presentBlocks++;
+        this.resumedBytes += length;
+      }
+    }
+  }
+
+  /** Commits under the target, asking the conflict policy when a file is there (again, if a "keep both" name is taken meanwhile). */
+  private async commitAsked(options: LandOptions): Promise<string | undefined> {
+    let landing = this.fsTarget;
+    let overwrite = false;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await commit(this.partial, landing, overwrite, this.file);
+        return landing;
+      } catch (err) {
+        if (attempt > 2 || !(err instanceof PeerShareError) || err.code !== 'DEST_EXISTS') throw err;
+      }
+      const shown = path.join(path.dirname(this.target), path.basename(landing));
+      const choice = await chooseConflict({ onConflict: options.conflict }, shown, 'fail');
+      if (choice === 'fail') throw new PeerShareError('DEST_EXISTS', `${shown} already exists; it was left alone.`);
+      if (choice === 'skip') {
+        removeName(this.partial);
+        return undefined;
+      }
+      if (choice === 'keepBoth') landing = await keepBothName(landing);
+      overwrite = choice === 'overwrite';
+    }
+  }
+
+  private async settleWrites(): Promise<void> {
+    while (this.writes.size > 0) await Promise.allSettled([...this.writes]);
+  }
+
+  /** Exactly once: a second close could hit a number the process has since given to another file. */
+  private closeDescriptor(): void {
+    if (!this.descriptorOpen) return;
+    this.descriptorOpen = false;
+    closeSync(this.file.fd);
+  }
+
+  /** Closes the descriptor (unless land did), the folder, and gives up this process's claim on the partial. */
+  private async release(): Promise<void> {
+    this.closeDescriptor();
+    await this.folder.close();
+    openPartials.delete(this.claim);
+  }
+}
+
+/**
+ * The partial file's name: v1's form (`.<name>.<tag>.peershare-part`, so v1's stale-partial
+ * cleanup knows it), tagged by the file hash, which names content, size and block size. Not by
+ * the peer: any source of the same file resumes it (7.3).
+ */
+function partialNameFor(target: string, manifest: BlockManifest): string {
+  return partialPathFor(target, '', `blake3:${manifest.fileHash.toString('hex')}`, manifest.size, 0);
+}
+
+async function readFully(fd: number, buffer: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < buffer.length; ) {
+    const { bytesRead } = await readAt(fd, buffer, done, buffer.length - done, position + done);
+    if (bytesRead === 0) throw new PeerShareError('IO_ERROR', 'A partial download shrank while it was being resumed.');
+    done += bytesRead;
+  }
+}
+
+function writeFully(fd: number, data: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const next = (done: number): void => {
+      if (done === data.length) return resolve();
+      write(fd, data, done, data.length - done, position + done, (err, written) => (err ? reject(err) : next(done + written)));
+    };
+    next(0);
+  });
+}
