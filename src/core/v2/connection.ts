@@ -618,16 +618,19 @@ export class Connection {
       }
       request.id = this.nextId;
       this.nextId += 2;
-      try {
-        this.send({ kind: 'REQUEST', id: request.id, message: request.message });
-      } catch (err) {
-        this.fail(request, toPeerShareError(err));
-        continue;
-      }
       const now = performance.now();
       request.stallAt = now + this.limits.stallTimeoutMs;
       request.deadlineAt = now + this.limits.requestTimeoutMs;
+      // Open before it is sent: a stream that delivers synchronously (an in-memory pair) can bring
+      // the answer's first frame back inside send().
       this.outgoing.set(request.id, request);
+      try {
+        this.send({ kind: 'REQUEST', id: request.id, message: request.message });
+      } catch (err) {
+        this.outgoing.delete(request.id);
+        this.fail(request, toPeerShareError(err));
+        continue;
+      }
       this.armSweep();
     }
     this.armIdle();

@@ -1,0 +1,482 @@
+import { createHash } from 'node:crypto';
+import { blockRange, decodeBlockManifest, type BlockManifest, verifyBlock } from '../blocks';
+import { PeerShareError, toPeerShareError } from '../errors';
+import type { Limits } from '../limits';
+import { inspectReceivedName, type UnsafeHere } from '../names';
+import { parseEntry, sanitizeForDisplay, shownType, type Entry } from '../protocol';
+import type { Answer, Connection } from './connection';
+import type { WireMessage } from './frames';
+import { END_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, isOneOf, type EndErrorCode, type EndOkMessage } from './messages';
+import {
+  blockListBytes,
+  checkBlockListBounds,
+  isFileHashHex,
+  isSafeUint,
+  isValidBlockSize,
+  isWireTime,
+  manifestOfBytes,
+  rangesOf,
+  type BlockRanges,
+} from './share-messages';
+
+/**
+ * The requester's side of capability `share/1` (docs/protocol-v2.md 6.5): typed calls over a v2
+ * Connection, each answer read by one explicit state machine (iroh-blobs' get::fsm). Every count,
+ * size and name the peer sends is bounded by OUR limits (the connection's) before it is used;
+ * every block is verified against the block list before it is handed on.
+ *
+ * Failures: the peer's END error keeps its wire code, marked as the peer's; a breach of share/1
+ * (a frame no state expects, a count that does not match, a list that does not hash to its
+ * fileHash) closes the connection with PROTOCOL_ERROR; TOO_LARGE, BAD_NAME, HASH_MISMATCH and
+ * SIZE_MISMATCH cancel the request and leave the connection open.
+ */
+export interface ManifestAnswer {
+  manifest: BlockManifest;
+  /** The file's modification time as the sharer stated it (ms). */
+  mtimeMs: number;
+}
+
+/** A block of a file, verified against its manifest: what partial-file.ts takes. */
+export interface VerifiedBlock {
+  index: number;
+  data: Buffer;
+}
+
+/**
+ * A record of a folder stream. `path` is relative to the folder asked for and has the form of a
+ * relative path (names.ts); `unsafeHere` says a well-formed name must not be written on this
+ * machine (`.git`, `.vscode`, reserved…) and the receiver leaves it out. Paths are raw: escape them
+ * (sanitizeForDisplay) to show them. A `file`'s bytes are verified against its `fileHash`.
+ */
+export type TreeRecord =
+  | { kind: 'dir'; path: string; components: string[]; unsafeHere?: UnsafeHere }
+  | { kind: 'file'; path: string; components: string[]; unsafeHere?: UnsafeHere; size: number; mtimeMs: number; manifest: BlockManifest; data: Buffer }
+  | { kind: 'fileRef'; path: string; components: string[]; unsafeHere?: UnsafeHere; size: number; mtimeMs: number }
+  | { kind: 'skipped'; path: string; code: EndErrorCode; message: string };
+
+export interface RequestOptions {
+  signal?: AbortSignal;
+}
+
+/** One reader: its state, and what each REPLY, DATA slice and END does to it. Anything a state does not expect throws. */
+interface AnswerMachine<Item, Result> {
+  readonly state: string;
+  reply(message: WireMessage): Item | undefined;
+  data(chunk: Buffer): Item[];
+  end(message: EndOkMessage): Result;
+}
+
+/**
+ * Runs an answer through its machine, written once for every request: REPLY and DATA in order,
+ * then the END. What the machine produces is yielded as it completes (a verified block, a tree
+ * record); the machine's result is the generator's return value. A PROTOCOL_ERROR closes the
+ * connection (spec 6.5); any throw leaves the iteration, which cancels the request.
+ */
+async function* runAnswer<Item, Result>(connection: Connection, answer: Answer, machine: AnswerMachine<Item, Result>): AsyncGenerator<Item, Result, undefined> {
+  try {
+    for await (const part of answer) {
+      if (part.kind === 'reply') {
+        const item = machine.reply(part.message);
+        if (item !== undefined) yield item;
+      } else {
+        for (const item of machine.data(part.chunk)) yield item;
+      }
+    }
+    return machine.end(await answer.result);
+  } catch (err) {
+    const coded = toPeerShareError(err, 'PROTOCOL_ERROR');
+    if (coded.code === 'PROTOCOL_ERROR') connection.close(coded);
+    throw coded;
+  }
+}
+
+/** Drains a reader that yields nothing until its end. */
+async function resultOf<Result>(run: AsyncGenerator<unknown, Result, undefined>): Promise<Result> {
+  for (;;) {
+    const step = await run.next();
+    if (step.done) return step.value;
+  }
+}
+
+function breach(message: string): PeerShareError {
+  return new PeerShareError('PROTOCOL_ERROR', message);
+}
+
+function unexpected(what: string, state: string): PeerShareError {
+  return breach(`The peer sent ${what} where share/1 expects none (${state}).`);
+}
+
+function messageName(message: WireMessage): string {
+  return `"${shownType(message.type)}"`;
+}
+
+/** END `end {count}` must count exactly what arrived (spec 6.3). */
+function checkCount(end: EndOkMessage, received: number, what: string): void {
+  if (end.count !== received) throw breach(`The peer said it sent ${shownType(end.count)} ${what} but sent ${received}.`);
+}
+
+// ---- the machines (spec 6.5)
+
+/** share.stat — Waiting: END `entry` → Done. */
+class StatMachine implements AnswerMachine<never, Entry> {
+  state: 'waiting' | 'done' = 'waiting';
+
+  reply(message: WireMessage): never {
+    throw unexpected(`the message ${messageName(message)}`, this.state);
+  }
+
+  data(): never {
+    throw unexpected('data', this.state);
+  }
+
+  end(message: EndOkMessage): Entry {
+    const entry = parseEntry(message.entry);
+    this.state = 'done';
+    return entry;
+  }
+}
+
+/** share.list — Listing: REPLY `entries` → Listing; END `end` → Done. Bounded by maxListEntries and maxListBytes. */
+class ListMachine implements AnswerMachine<never, Entry[]> {
+  state: 'listing' | 'done' = 'listing';
+  private readonly entries: Entry[] = [];
+  private readonly seen = new Set<string>();
+  private nameBytes = 0;
+
+  constructor(
+    private readonly limits: Limits,
+    private readonly onBatch?: (entries: Entry[]) => void,
+  ) {}
+
+  reply(message: WireMessage): undefined {
+    const batch = message.entries;
+    if (message.type !== 'entries' || !Array.isArray(batch) || batch.length === 0 || batch.length > this.limits.listBatchEntries) {
+      throw breach(`Expected a batch of 1 to ${this.limits.listBatchEntries} entries, got ${messageName(message)}.`);
+    }
+    // Counted before anything is parsed or kept.
+    if (this.entries.length + batch.length > this.limits.maxListEntries) {
+      throw new PeerShareError('TOO_LARGE', `The listing has more than ${this.limits.maxListEntries} entries.`);
+    }
+    const parsed = batch.map(parseEntry);
+    for (const entry of parsed) {
+      if (entry.name === '' || entry.name.includes('/') || entry.name === '.' || entry.name === '..' || this.seen.has(entry.name)) {
+        throw new PeerShareError('BAD_NAME', 'The peer listed an invalid or duplicate name.');
+      }
+      this.seen.add(entry.name);
+      this.nameBytes += Buffer.byteLength(entry.name, 'utf8');
+    }
+    if (this.nameBytes > this.limits.maxListBytes) throw new PeerShareError('TOO_LARGE', `The listing's names take more than ${this.limits.maxListBytes} bytes.`);
+    this.entries.push(...parsed);
+    this.onBatch?.(parsed);
+    return undefined;
+  }
+
+  data(): never {
+    throw unexpected('data', this.state);
+  }
+
+  end(message: EndOkMessage): Entry[] {
+    checkCount(message, this.entries.length, 'entries');
+    this.state = 'done';
+    return this.entries;
+  }
+}
+
+/**
+ * share.manifest — Header: REPLY `manifest` → List; List: DATA until the whole block list is in,
+ * then it is checked; END with the list in → Done. The header's size and block size are bounded
+ * before the list's buffer is allocated.
+ */
+class ManifestMachine implements AnswerMachine<never, ManifestAnswer> {
+  state: 'header' | 'list' | 'checked' = 'header';
+  private header?: { size: number; mtimeMs: number; blockSize: number; fileHash: string };
+  private list = Buffer.alloc(0);
+  private filled = 0;
+  private manifest?: BlockManifest;
+
+  constructor(
+    private readonly limits: Limits,
+    private readonly expectedFileHash?: Buffer,
+  ) {}
+
+  reply(message: WireMessage): undefined {
+    if (this.state !== 'header') throw unexpected(`the message ${messageName(message)}`, this.state);
+    const { size, mtimeMs, blockSize, fileHash } = message;
+    if (message.type !== 'manifest' || !isSafeUint(size) || !isWireTime(mtimeMs) || !isValidBlockSize(blockSize) || !isFileHashHex(fileHash)) {
+      throw breach(`Expected a manifest {size, mtimeMs, blockSize, fileHash}, got ${messageName(message)} with fields out of bounds.`);
+    }
+    const count = checkBlockListBounds(size, blockSize, this.limits);
+    this.header = { size, mtimeMs, blockSize, fileHash };
+    this.list = Buffer.allocUnsafe(blockListBytes(count));
+    this.state = 'list';
+    return undefined;
+  }
+
+  data(chunk: Buffer): never[] {
+    if (this.state !== 'list') throw unexpected('data', this.state);
+    if (this.filled + chunk.length > this.list.length) throw breach('The peer sent more block list than its manifest announced.');
+    chunk.copy(this.list, this.filled);
+    this.filled += chunk.length;
+    if (this.filled === this.list.length) this.check();
+    return [];
+  }
+
+  /** The list must repeat the header's size and block size and hash to its fileHash (spec 6.3). */
+  private check(): void {
+    const header = this.header!;
+    const manifest = decodeBlockManifest(this.list, this.limits);
+    if (manifest.size !== header.size || manifest.blockSize !== header.blockSize) throw breach('The block list does not describe the file its manifest announced.');
+    if (manifest.fileHash.toString('hex') !== header.fileHash) throw breach('The block list does not hash to the fileHash its manifest announced.');
+    this.manifest = manifest;
+    this.state = 'checked';
+  }
+
+  end(): ManifestAnswer {
+    if (this.state !== 'checked') throw breach('The peer ended the manifest before the whole block list arrived.');
+    const manifest = this.manifest!;
+    if (this.expectedFileHash && !manifest.fileHash.equals(this.expectedFileHash)) {
+      throw new PeerShareError('HASH_MISMATCH', 'The file on the peer is not the version expected (its block list has another hash).');
+    }
+    return { manifest, mtimeMs: this.header!.mtimeMs };
+  }
+}
+
+/**
+ * share.read — Block(i): DATA → Block(i), and when block i is complete it is verified and the
+ * machine moves to Block(next); END `end` with every block in → Done. The answer's DATA is read
+ * as one byte stream cut at the block lengths the manifest gives, so bytes beyond a block go to
+ * the next one (and fail its hash), and bytes beyond the last block asked for break the spec.
+ */
+class BlockMachine implements AnswerMachine<VerifiedBlock, void> {
+  state: 'block' | 'done';
+  private at = 0;
+  private index = 0;
+  private block?: Buffer;
+  private filled = 0;
+
+  constructor(
+    private readonly manifest: BlockManifest,
+    private readonly indices: number[],
+  ) {
+    this.state = indices.length > 0 ? 'block' : 'done';
+  }
+
+  reply(message: WireMessage): never {
+    throw unexpected(`the message ${messageName(message)}`, this.state);
+  }
+
+  data(chunk: Buffer): VerifiedBlock[] {
+    const complete: VerifiedBlock[] = [];
+    for (let offset = 0; offset < chunk.length; ) {
+      if (this.state !== 'block') throw breach('The peer sent more bytes than the blocks asked for.');
+      if (!this.block) {
+        this.index = this.indices[this.at];
+        // At most one block (≤ 16 MiB, spec 12.2) is held before it is verified.
+        this.block = Buffer.allocUnsafe(blockRange(this.manifest, this.index).length);
+        this.filled = 0;
+      }
+      const take = Math.min(this.block.length - this.filled, chunk.length - offset);
+      chunk.copy(this.block, this.filled, offset, offset + take);
+      this.filled += take;
+      offset += take;
+      if (this.filled < this.block.length) continue;
+      // Verified before it leaves here; a block that fails is dropped (HASH_MISMATCH).
+      verifyBlock(this.index, this.block, this.manifest);
+      complete.push({ index: this.index, data: this.block });
+      this.block = undefined;
+      if (++this.at === this.indices.length) this.state = 'done';
+    }
+    return complete;
+  }
+
+  end(): void {
+    if (this.state !== 'done') {
+      throw new PeerShareError('SIZE_MISMATCH', `The peer ended the read after ${this.at} of ${this.indices.length} blocks; the rest was not sent.`);
+    }
+  }
+}
+
+/**
+ * share.tree — Items: REPLY `dir` / `fileRef` / `skipped` → Items; REPLY `file` → Inline;
+ * Inline: DATA until `size`, verified → Items; END `end` → Done. Bounded as spec 6.3 says: every
+ * record counts against maxTreeFiles, folders against maxTreeDepth, an inline file against
+ * maxInlineFileBytes before its buffer exists; a name of the wrong form stops the stream
+ * (BAD_NAME); a path reported skipped twice breaks the spec. (Keeping at most maxSkippedReports
+ * reports is the consumer's: each is yielded once, and counted here.)
+ */
+class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
+  state: 'items' | 'inline' | 'done' = 'items';
+  private records = 0;
+  private items = 0;
+  private readonly skipped = new Set<string>();
+  private inline?: { record: TreeRecord & { kind: 'file' }; blockSize: number; fileHash: string; filled: number };
+
+  constructor(private readonly limits: Limits) {}
+
+  reply(message: WireMessage): TreeRecord | undefined {
+    if (this.state !== 'items') throw unexpected(`the message ${messageName(message)}`, this.state);
+    switch (message.type) {
+      case 'dir':
+        return { kind: 'dir', ...this.named(message.path, true) };
+      case 'fileRef': {
+        const { size, mtimeMs } = message;
+        if (!isSafeUint(size) || !isWireTime(mtimeMs)) throw breach('A fileRef record has an invalid size or time.');
+        const named = this.named(message.path, false);
+        this.records++;
+        return { kind: 'fileRef', ...named, size, mtimeMs };
+      }
+      case 'file':
+        return this.startInline(message);
+      case 'skipped':
+        return this.skippedRecord(message);
+      default:
+        throw unexpected(`the message ${messageName(message)}`, this.state);
+    }
+  }
+
+  private startInline(message: WireMessage): TreeRecord | undefined {
+    const { size, mtimeMs, blockSize, fileHash } = message;
+    if (!isSafeUint(size) || !isWireTime(mtimeMs) || !isValidBlockSize(blockSize) || !isFileHashHex(fileHash)) {
+      throw breach('A file record has an invalid size, time, block size or hash.');
+    }
+    // Before its buffer exists: an inline file is held whole until it is verified.
+    if (size > this.limits.maxInlineFileBytes) {
+      throw new PeerShareError('TOO_LARGE', `The peer sent a file of ${size} bytes inline; at most ${this.limits.maxInlineFileBytes} are accepted.`);
+    }
+    const named = this.named(message.path, false);
+    this.records++;
+    const record: TreeRecord & { kind: 'file' } = { kind: 'file', ...named, size, mtimeMs, data: Buffer.allocUnsafe(size), manifest: undefined! };
+    this.inline = { record, blockSize, fileHash, filled: 0 };
+    this.state = 'inline';
+    return size === 0 ? this.finishInline() : undefined;
+  }
+
+  private skippedRecord(message: WireMessage): TreeRecord {
+    const path = message.path;
+    // The form is checked (a hostile path stops the stream); whether it could be written does not matter.
+    inspectReceivedName(path, this.limits.maxPathBytes);
+    if (!isOneOf(END_ERROR_CODES, message.code)) throw breach(`A skipped record carries the code "${shownType(message.code)}", which a peer may not send.`);
+    // A fixed-size digest per path: memory does not grow with the length of the names.
+    const key = createHash('sha256').update(path as string).digest().toString('latin1', 0, 16);
+    if (this.skipped.has(key)) throw breach('The peer reported the same path skipped twice.');
+    this.skipped.add(key);
+    this.countItem();
+    const text = typeof message.message === 'string' ? sanitizeForDisplay(message.message.slice(0, MAX_PEER_MESSAGE_CHARS)) : '';
+    return { kind: 'skipped', path: path as string, code: message.code, message: text };
+  }
+
+  /** The received-name rules (names.ts), depth and count: BAD_NAME for a malformed path, TOO_LARGE past the bounds. */
+  private named(path: unknown, isDir: boolean): { path: string; components: string[]; unsafeHere?: UnsafeHere } {
+    const { components, unsafeHere } = inspectReceivedName(path, this.limits.maxPathBytes);
+    const folders = isDir ? components.length : components.length - 1;
+    if (folders > this.limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${this.limits.maxTreeDepth} levels.`);
+    this.countItem();
+    return unsafeHere ? { path: path as string, components, unsafeHere } : { path: path as string, components };
+  }
+
+  private countItem(): void {
+    if (++this.items > this.limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${this.limits.maxTreeFiles} files and folders.`);
+  }
+
+  data(chunk: Buffer): TreeRecord[] {
+    const inline = this.inline;
+    if (this.state !== 'inline' || !inline) throw unexpected('data', this.state);
+    if (inline.filled + chunk.length > inline.record.size) throw breach('The peer sent more bytes than the inline file has.');
+    chunk.copy(inline.record.data, inline.filled);
+    inline.filled += chunk.length;
+    return inline.filled === inline.record.size ? [this.finishInline()] : [];
+  }
+
+  /** An inline file is verified in memory before anything may write it: its block list must hash to its fileHash. */
+  private finishInline(): TreeRecord {
+    const { record, blockSize, fileHash } = this.inline!;
+    this.inline = undefined;
+    this.state = 'items';
+    const manifest = manifestOfBytes(record.data, blockSize);
+    if (manifest.fileHash.toString('hex') !== fileHash) {
+      throw new PeerShareError('HASH_MISMATCH', `The file ${sanitizeForDisplay(record.path).slice(0, 120)} does not match its BLAKE3 hash; it was discarded.`);
+    }
+    record.manifest = manifest;
+    return record;
+  }
+
+  end(message: EndOkMessage): { count: number } {
+    if (this.state === 'inline') throw breach('The folder stream ended inside a file.');
+    checkCount(message, this.records, 'files');
+    this.state = 'done';
+    return { count: this.records };
+  }
+}
+
+// ---- the calls
+
+export class ShareClient {
+  readonly limits: Limits;
+
+  constructor(readonly connection: Connection) {
+    this.limits = connection.limits;
+  }
+
+  stat(path: string, options: RequestOptions = {}): Promise<Entry> {
+    return resultOf(this.run({ type: 'share.stat', path }, new StatMachine(), options));
+  }
+
+  /** A folder's entries; `onBatch` sees them as they arrive. */
+  list(path: string, options: RequestOptions & { onBatch?: (entries: Entry[]) => void } = {}): Promise<Entry[]> {
+    return resultOf(this.run({ type: 'share.list', path }, new ListMachine(this.limits, options.onBatch), options));
+  }
+
+  /**
+   * A file's block list, checked (spec 6.3, 7.2). `expect` refuses another version than the one
+   * listed (FILE_CHANGED from the peer); `expectedFileHash` (a resume, a second source) another
+   * list (HASH_MISMATCH); `rehash` asks the sharer to hash the file again (see recheckAfterBadBlock).
+   */
+  manifest(
+    path: string,
+    options: RequestOptions & { expect?: { size: number; mtimeMs: number }; expectedFileHash?: Buffer; rehash?: true } = {},
+  ): Promise<ManifestAnswer> {
+    const request = { type: 'share.manifest' as const, path, ...(options.expect ? { expect: options.expect } : {}), ...(options.rehash ? { rehash: true } : {}) };
+    return resultOf(this.run(request, new ManifestMachine(this.limits, options.expectedFileHash), options));
+  }
+
+  /**
+   * The blocks `indices` of the file `manifest` describes, each verified (verifyBlock) before it
+   * is yielded, in ascending order. More ranges than maxReadRanges go in several reads, one after
+   * another. A block that fails its hash ends the iteration with HASH_MISMATCH (the read is
+   * cancelled, the connection stays, nothing of that block is yielded); the rule of spec 7.2 that
+   * follows (ask once with rehash) is the CALLER's: recheckAfterBadBlock.
+   */
+  async *readBlocks(path: string, manifest: BlockManifest, indices: Iterable<number>, options: RequestOptions = {}): AsyncGenerator<VerifiedBlock, void, undefined> {
+    const ranges = rangesOf(indices, manifest.blockHashes.length);
+    const fileHash = manifest.fileHash.toString('hex');
+    for (let start = 0; start < ranges.length; start += this.limits.maxReadRanges) {
+      const blocks: BlockRanges = ranges.slice(start, start + this.limits.maxReadRanges);
+      const wanted: number[] = [];
+      for (const [first, end] of blocks) for (let index = first; index < end; index++) wanted.push(index);
+      yield* this.run({ type: 'share.read', path, fileHash, blocks }, new BlockMachine(manifest, wanted), options);
+    }
+  }
+
+  /** A folder as a stream of records (spec 6.3); returns the stream's count of files. */
+  tree(path: string, options: RequestOptions = {}): AsyncGenerator<TreeRecord, { count: number }, undefined> {
+    return this.run({ type: 'share.tree', path }, new TreeMachine(this.limits), options);
+  }
+
+  /**
+   * Spec 7.2, after readBlocks threw HASH_MISMATCH: asks the manifest once more with `rehash`.
+   * Another fileHash: the file changed on the sharer; the new manifest is returned (keep the
+   * verified blocks whose hash is the same at the same index, fetch the rest against it). The same
+   * fileHash: the peer sent bytes its own fresh block list contradicts; the connection is closed
+   * with PROTOCOL_ERROR and HASH_MISMATCH is thrown (this peer is no source for this file).
+   */
+  async recheckAfterBadBlock(path: string, manifest: BlockManifest, options: RequestOptions = {}): Promise<ManifestAnswer> {
+    const fresh = await this.manifest(path, { ...options, rehash: true });
+    if (!fresh.manifest.fileHash.equals(manifest.fileHash)) return fresh;
+    this.connection.close(breach('The peer sent a block that its own freshly hashed block list contradicts.'));
+    throw new PeerShareError('HASH_MISMATCH', 'The peer sent a block that does not match the file it describes; nothing of it was kept.');
+  }
+
+  private run<Item, Result>(message: { type: `share.${string}`; [member: string]: unknown }, machine: AnswerMachine<Item, Result>, options: RequestOptions): AsyncGenerator<Item, Result, undefined> {
+    return runAnswer(this.connection, this.connection.request(message, { signal: options.signal }), machine);
+  }
+}

@@ -1,0 +1,134 @@
+import { BLAKE3_DIGEST_BYTES, blake3 } from '../blake3';
+import { MANIFEST_HEADER_BYTES, MAX_BLOCK_BYTES, MIN_BLOCK_BYTES, blockCount, manifestFromBlockHashes, type BlockManifest } from '../blocks';
+import { PeerShareError } from '../errors';
+import type { Limits } from '../limits';
+import { shownType } from '../protocol';
+import type { CapabilityMessage } from './messages';
+
+/**
+ * The messages of capability `share/1` (docs/protocol-v2.md 6.2, 6.3) that both sides need: the
+ * requests and their one parser (the provider's), and the few checks the requester's readers and
+ * the provider share. The provider is share-provider.ts, the requester's readers share-client.ts.
+ */
+export const SHARE_CAPABILITY = 'share/1';
+
+/** Half-open block ranges `[first, end)`, sorted, apart (spec 6.2 `share.read`). */
+export type BlockRanges = [number, number][];
+
+export type ShareRequest =
+  | { type: 'share.stat'; path: string }
+  | { type: 'share.list'; path: string }
+  | { type: 'share.tree'; path: string }
+  | { type: 'share.manifest'; path: string; expect?: { size: number; mtimeMs: number }; rehash?: true }
+  | { type: 'share.read'; path: string; fileHash: string; blocks: BlockRanges };
+
+const HEX_HASH = /^[0-9a-f]{64}$/;
+
+function protocolError(message: string): PeerShareError {
+  return new PeerShareError('PROTOCOL_ERROR', message);
+}
+
+export function isSafeUint(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+}
+
+/** A time as an Entry carries it (spec 6.1): finite, within Date's range. */
+export function isWireTime(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= 8.64e15;
+}
+
+export function isFileHashHex(value: unknown): value is string {
+  return typeof value === 'string' && HEX_HASH.test(value);
+}
+
+/** A block size a peer may use: a power of two from 128 KiB to 16 MiB (spec 7.1). */
+export function isValidBlockSize(value: unknown): value is number {
+  return isSafeUint(value) && value >= MIN_BLOCK_BYTES && value <= MAX_BLOCK_BYTES && (value & (value - 1)) === 0;
+}
+
+/**
+ * The provider's one parser of `share.*` requests. A request of the wrong shape breaks the spec
+ * (PROTOCOL_ERROR: the connection closes); values a well-behaved requester could not know are out
+ * of range (more ranges than this provider's maxReadRanges) are a request-level TOO_LARGE.
+ */
+export function parseShareRequest(m: CapabilityMessage, limits: Pick<Limits, 'maxReadRanges'>): ShareRequest {
+  const path = m.path;
+  if (typeof path !== 'string') throw protocolError(`"${shownType(m.type)}" needs a string "path".`);
+  switch (m.type) {
+    case 'share.stat':
+    case 'share.list':
+    case 'share.tree':
+      return { type: m.type, path };
+    case 'share.manifest': {
+      const request: ShareRequest = { type: 'share.manifest', path };
+      if (m.expect !== undefined) {
+        const e = m.expect as Record<string, unknown> | null;
+        if (e === null || typeof e !== 'object' || !isSafeUint(e.size) || !isWireTime(e.mtimeMs)) {
+          throw protocolError('"expect" must be {size, mtimeMs}.');
+        }
+        request.expect = { size: e.size, mtimeMs: e.mtimeMs };
+      }
+      if (m.rehash !== undefined && m.rehash !== true) throw protocolError('"rehash" may only be true.');
+      if (m.rehash === true) request.rehash = true;
+      return request;
+    }
+    case 'share.read': {
+      if (!isFileHashHex(m.fileHash)) throw protocolError('"fileHash" must be 64 lowercase hex digits.');
+      const blocks = m.blocks;
+      if (!Array.isArray(blocks) || blocks.length === 0) throw protocolError('"blocks" must be a list of block ranges.');
+      // Checked before a single pair is looked at.
+      if (blocks.length > limits.maxReadRanges) {
+        throw new PeerShareError('TOO_LARGE', `At most ${limits.maxReadRanges} block ranges are read at once; split the read.`);
+      }
+      let previousEnd = -1;
+      for (const pair of blocks as unknown[]) {
+        if (!Array.isArray(pair) || pair.length !== 2 || !isSafeUint(pair[0]) || !isSafeUint(pair[1])) {
+          throw protocolError('Each block range must be [first, end].');
+        }
+        const [first, end] = pair as [number, number];
+        if (first >= end) throw protocolError('A block range must have first < end.');
+        if (first <= previousEnd) throw protocolError('Block ranges must be sorted and apart (no overlap, no touching).');
+        previousEnd = end;
+      }
+      return { type: 'share.read', path, fileHash: m.fileHash, blocks: blocks as BlockRanges };
+    }
+    default:
+      throw protocolError(`"${shownType(m.type)}" is not a request of share/1.`);
+  }
+}
+
+/** The block list of bytes held in memory, with `blockSize` (an inline file of a folder stream). */
+export function manifestOfBytes(data: Buffer, blockSize: number): BlockManifest {
+  const hashes: Buffer[] = [];
+  for (let offset = 0; offset < data.length; offset += blockSize) hashes.push(blake3(data.subarray(offset, Math.min(offset + blockSize, data.length))));
+  return manifestFromBlockHashes(data.length, blockSize, hashes);
+}
+
+/** Sorted, merged ranges of block indices; throws INVALID_ARGUMENT for an index the file does not have. */
+export function rangesOf(indices: Iterable<number>, count: number): BlockRanges {
+  const sorted = [...new Set(indices)].sort((a, b) => a - b);
+  const ranges: BlockRanges = [];
+  for (const index of sorted) {
+    if (!Number.isSafeInteger(index) || index < 0 || index >= count) {
+      throw new PeerShareError('INVALID_ARGUMENT', `The file has no block ${String(index)} (it has ${count}).`);
+    }
+    const last = ranges[ranges.length - 1];
+    if (last && last[1] === index) last[1] = index + 1;
+    else ranges.push([index, index + 1]);
+  }
+  return ranges;
+}
+
+/** Blocks of a file of `size` bytes in blocks of `blockSize`, checked against the requester's limits (spec 6.3, manifest). */
+export function checkBlockListBounds(size: number, blockSize: number, limits: Pick<Limits, 'maxFileBlocks' | 'maxManifestBytes'>): number {
+  const count = blockCount(size, blockSize);
+  if (count > limits.maxFileBlocks || blockListBytes(count) > limits.maxManifestBytes) {
+    throw new PeerShareError('TOO_LARGE', `The peer described a file of ${count} blocks; at most ${limits.maxFileBlocks} are accepted.`);
+  }
+  return count;
+}
+
+/** Bytes of the block list of a file of `count` blocks (spec 7.1). */
+export function blockListBytes(count: number): number {
+  return MANIFEST_HEADER_BYTES + BLAKE3_DIGEST_BYTES * count;
+}

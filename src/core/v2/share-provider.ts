@@ -1,0 +1,420 @@
+import { fstatSync, type BigIntStats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import type { BlockCache } from '../block-cache';
+import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, type BlockManifest } from '../blocks';
+import { PeerShareError, toPeerShareError } from '../errors';
+import { sameVersion } from '../hash-cache';
+import { SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, resolveLimits, type Limits } from '../limits';
+import type { Entry } from '../protocol';
+import type { Share, WalkItem } from '../share';
+import type { ReplyWriter, RequestHandler } from './connection';
+import type { Served } from './handshake';
+import { MAX_FRAME_CEILING_BYTES } from './frames';
+import { endErrorFor, type CapabilityMessage } from './messages';
+import { SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
+
+/**
+ * The provider of capability `share/1` (docs/protocol-v2.md 6): serves one Share, read-only, to
+ * the peers of any number of v2 connections. Every path goes through Share (path rules, excludes,
+ * private paths, symbolic links, verified opens); manifests come from the server's one BlockCache,
+ * so a file sent again costs no hashing; blocks are read from the open file whose version the
+ * manifest was made for, and a file that changes meanwhile ends the answer with FILE_CHANGED.
+ *
+ * Who may ask is decided before a handler runs: the handshake's `admit` (4.4) gives a connection
+ * this capability only for a peer that may read us, and `SessionOptions.stillAllowed` is the
+ * per-request check against the trust file as it is then (5.1), which the caller wires to its
+ * trust store (PeerServer.mayRead, or true for a peer Allowed Once).
+ */
+export interface ShareProviderOptions {
+  share: Share;
+  /** The server's one block cache (block-cache.ts). */
+  blockCache: BlockCache;
+  limits?: Partial<Limits>;
+}
+
+/** One connection's peer, as the provider needs it. */
+export interface SessionOptions {
+  /** The peer's proved ID: its requests count against maxRequestsPerPeer across its connections. */
+  peerId: string;
+  /** The peer's advertised `frame` (hello/welcome): REPLY messages are batched to fit it. Default: the smallest any peer may advertise. */
+  peerFrameBytes?: number;
+  /**
+   * May this peer still read us? Asked on every request and during transfers (at most every
+   * TRUST_RECHECK_MS); false ends its requests with PEER_UNTRUSTED. Default: always (the caller's
+   * admit already decided, and nothing revokes it, e.g. Allowed Once).
+   */
+  stillAllowed?: () => boolean;
+}
+
+export interface ShareProviderStats {
+  requests: number;
+  /** Requests refused BUSY (maxConcurrentRequests / maxRequestsPerPeer). */
+  busy: number;
+  /** File bytes sent as blocks or inline files. */
+  fileBytesSent: number;
+}
+
+/** During a transfer, trust is re-checked at most this often (as v1's server). */
+const TRUST_RECHECK_MS = 50;
+/** The smallest `frame` a peer may advertise (spec 4.1). */
+const MIN_PEER_FRAME_BYTES = 16 * 1024;
+/** What a REPLY's frame holds beside its entries: `{"type":"entries","entries":[` and `]}`. */
+const ENTRIES_ENVELOPE_BYTES = 64;
+/** Rehashes a connection may ask for (each at most once per file version); past it, the cache answers. */
+const MAX_REHASHES_PER_CONNECTION = 1024;
+
+export class ShareProvider {
+  readonly limits: Limits;
+  readonly stats: ShareProviderStats = { requests: 0, busy: 0, fileBytesSent: 0 };
+  private readonly share: Share;
+  private readonly cache: BlockCache;
+  private active = 0;
+  private readonly activeByPeer = new Map<string, number>();
+
+  constructor(options: ShareProviderOptions) {
+    this.share = options.share;
+    this.cache = options.blockCache;
+    this.limits = resolveLimits(options.limits);
+  }
+
+  /** What `share/1` advertises (spec 6): the roots. */
+  params(): { roots: string[] } {
+    return { roots: this.share.roots.map((root) => root.name) };
+  }
+
+  /** The capability as acceptV2's `admit` / dialV2's `serve` take it. */
+  served(session: SessionOptions): Served {
+    return { [SHARE_CAPABILITY]: { params: this.params(), handler: this.handler(session) } };
+  }
+
+  /** The handler of one connection's `share.*` requests (`connection.handle('share/1', …)`). */
+  handler(session: SessionOptions): RequestHandler {
+    const context = new SessionContext(session);
+    return (request, reply, signal) => this.answer(context, request, reply, signal);
+  }
+
+  private async answer(session: SessionContext, message: CapabilityMessage, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const request = parseShareRequest(message, this.limits);
+    session.checkAllowed(false);
+    if (!this.takeSlot(session.peerId)) {
+      this.stats.busy++;
+      throw new PeerShareError('BUSY', 'Too many requests at once; try again shortly.');
+    }
+    this.stats.requests++;
+    try {
+      return await this.serve(session, request, reply, signal);
+    } finally {
+      this.releaseSlot(session.peerId);
+    }
+  }
+
+  private serve(session: SessionContext, request: ShareRequest, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    switch (request.type) {
+      case 'share.stat':
+        return this.share.stat(request.path).then((entry) => ({ entry }));
+      case 'share.list':
+        return this.list(session, request.path, reply, signal);
+      case 'share.manifest':
+        return this.manifest(session, request, reply);
+      case 'share.read':
+        return this.read(session, request, reply, signal);
+      case 'share.tree':
+        return this.tree(session, request.path, reply, signal);
+    }
+  }
+
+  /** Requests answered at once, in all and per peer across its connections (spec 5.1: BUSY at once). */
+  private takeSlot(peerId: string): boolean {
+    const mine = this.activeByPeer.get(peerId) ?? 0;
+    if (this.active >= this.limits.maxConcurrentRequests || mine >= this.limits.maxRequestsPerPeer) return false;
+    this.active++;
+    this.activeByPeer.set(peerId, mine + 1);
+    return true;
+  }
+
+  private releaseSlot(peerId: string): void {
+    this.active--;
+    const mine = (this.activeByPeer.get(peerId) ?? 1) - 1;
+    if (mine > 0) this.activeByPeer.set(peerId, mine);
+    else this.activeByPeer.delete(peerId);
+  }
+
+  /** REPLY `entries`* in batches that fit the peer's frame, then END `{count}`; at most maxListEntries and maxListBytes of names. */
+  private async list(session: SessionContext, remotePath: string, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const most = Math.min(session.peerFrameBytes, MAX_FRAME_CEILING_BYTES) - ENTRIES_ENVELOPE_BYTES;
+    let count = 0;
+    let nameBytes = 0;
+    let batch: Entry[] = [];
+    let batchBytes = 0;
+    const flush = async (): Promise<void> => {
+      if (batch.length === 0) return;
+      const entries = batch;
+      batch = [];
+      batchBytes = 0;
+      await reply.message({ type: 'entries', entries });
+      count += entries.length;
+    };
+    for await (const entries of this.share.list(remotePath)) {
+      throwIfAborted(signal);
+      session.checkAllowed(true);
+      for (const entry of entries) {
+        nameBytes += Buffer.byteLength(entry.name, 'utf8');
+        if (nameBytes > this.limits.maxListBytes) throw new PeerShareError('TOO_LARGE', `The folder's names take more than ${this.limits.maxListBytes} bytes.`);
+        const bytes = Buffer.byteLength(JSON.stringify(entry), 'utf8') + 1;
+        if (batch.length >= this.limits.listBatchEntries || batchBytes + bytes > most) await flush();
+        batch.push(entry);
+        batchBytes += bytes;
+      }
+    }
+    await flush();
+    return { count };
+  }
+
+  /** REPLY `manifest` {size, mtimeMs, blockSize, fileHash}, DATA the block list, END. */
+  private async manifest(session: SessionContext, request: ShareRequest & { type: 'share.manifest' }, reply: ReplyWriter): Promise<Record<string, unknown>> {
+    const { handle, stat } = await this.share.openFile(request.path);
+    try {
+      const mtimeMs = Math.floor(stat.mtimeMs);
+      if (request.expect && (request.expect.size !== stat.size || request.expect.mtimeMs !== mtimeMs)) {
+        throw new PeerShareError('FILE_CHANGED', 'The file is not the version asked for: it changed since it was listed.');
+      }
+      const version = await handle.stat({ bigint: true });
+      const rehash = request.rehash === true && session.mayRehash(version);
+      const manifest = await this.manifestOf(handle, version, rehash);
+      await reply.message({ type: 'manifest', size: manifest.size, mtimeMs, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
+      await reply.data(encodeBlockManifest(manifest));
+      return {};
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** The block list of the open file's `version`: from the cache, hashed on a miss; FILE_CHANGED if it is not that version's. */
+  private async manifestOf(handle: FileHandle, version: BigIntStats, rehash = false): Promise<BlockManifest> {
+    const size = Number(version.size);
+    if (blockCount(size, blockSizeFor(size)) > this.limits.maxFileBlocks) {
+      throw new PeerShareError('TOO_LARGE', `This file is too large to send: it has more than ${this.limits.maxFileBlocks} blocks.`);
+    }
+    const manifest = await this.cache.hashWithCache(handle, { rehash });
+    if (manifest.size !== size || !sameVersion(version, await handle.stat({ bigint: true }))) {
+      throw new PeerShareError('FILE_CHANGED');
+    }
+    return manifest;
+  }
+
+  /**
+   * DATA: the blocks asked for, in order, each block in chunks of at most TRANSFER_CHUNK_BYTES
+   * (a DATA frame never spans two blocks). The next chunk is read while the current one is
+   * written; after every read the open file's version is compared with the manifest's (spec 7.2
+   * "sharer side"), so a block of another version is never sent.
+   */
+  private async read(session: SessionContext, request: ShareRequest & { type: 'share.read' }, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const { handle } = await this.share.openFile(request.path);
+    try {
+      const version = await handle.stat({ bigint: true });
+      const manifest = await this.manifestOf(handle, version);
+      if (manifest.fileHash.toString('hex') !== request.fileHash) {
+        throw new PeerShareError('FILE_CHANGED', 'The file is not the version asked for: it changed since its manifest was sent.');
+      }
+      const count = manifest.blockHashes.length;
+      const past = request.blocks.find(([, end]) => end > count);
+      if (past) throw new PeerShareError('INVALID_ARGUMENT', `The file has ${count} blocks; block ${past[1] - 1} was asked for.`);
+      const chunks = chunksOf(manifest, request.blocks);
+      const pool = new ChunkPool();
+      let next = chunks.next();
+      let reading = next.done ? undefined : readChunk(handle, pool, next.value);
+      while (reading) {
+        const chunk = await reading;
+        // Checked with no read in flight, so nothing is left pending when it throws.
+        if (!sameVersion(version, fstatSync(handle.fd, { bigint: true }))) {
+          pool.give(chunk);
+          throw new PeerShareError('FILE_CHANGED');
+        }
+        throwIfAborted(signal, () => pool.give(chunk));
+        session.checkAllowed(true, () => pool.give(chunk));
+        next = chunks.next();
+        reading = next.done ? undefined : readChunk(handle, pool, next.value);
+        reading?.catch(() => undefined);
+        try {
+          await reply.data(chunk);
+        } catch (err) {
+          await reading?.then(
+            (b) => pool.give(b),
+            () => undefined,
+          );
+          throw err;
+        }
+        this.stats.fileBytesSent += chunk.length;
+        pool.give(chunk);
+      }
+      return {};
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * The folder stream (spec 6.3): depth first in name order, `dir` before a folder's contents;
+   * a file of at most SMALL_FILE_BYTES inline (`file` with its block size and hash, then its
+   * bytes), a larger one as `fileRef` for the requester to fetch with manifest + read; a file that
+   * cannot be sent is a `skipped` record. Writes run up to SMALL_FILE_PIPELINE records ahead of
+   * the stream, so many small files are not paced by one write each.
+   */
+  private async tree(session: SessionContext, remotePath: string, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const inlineMost = Math.min(SMALL_FILE_BYTES, this.limits.maxInlineFileBytes);
+    const pending: Promise<void>[] = [];
+    let count = 0;
+    const send = async (written: Promise<void>): Promise<void> => {
+      written.catch(() => undefined);
+      pending.push(written);
+      if (pending.length >= SMALL_FILE_PIPELINE) await pending.shift();
+    };
+    try {
+      for await (const item of this.share.walk(remotePath)) {
+        throwIfAborted(signal);
+        session.checkAllowed(true);
+        if (item.kind === 'dir') {
+          await send(reply.message({ type: 'dir', path: item.relPath }));
+          continue;
+        }
+        let record: TreeFile;
+        try {
+          record = await this.treeFile(item, inlineMost);
+        } catch (err) {
+          const { code, message } = endErrorFor(toPeerShareError(err, 'INTERNAL'));
+          await send(reply.message({ type: 'skipped', path: item.relPath, code, message }));
+          continue;
+        }
+        count++;
+        if (record.kind === 'ref') {
+          await send(reply.message({ type: 'fileRef', path: item.relPath, size: record.size, mtimeMs: record.mtimeMs }));
+          continue;
+        }
+        const { data, mtimeMs } = record;
+        const manifest = manifestOfBytes(data, blockSizeFor(data.length));
+        // Queued in call order: the header, then its bytes; the bytes' write settles after the header's.
+        const header = reply.message({ type: 'file', path: item.relPath, size: data.length, mtimeMs, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
+        if (data.length > 0) header.catch(() => undefined);
+        await send(data.length > 0 ? reply.data(data) : header);
+        this.stats.fileBytesSent += data.length;
+      }
+      while (pending.length > 0) await pending.shift();
+    } finally {
+      // Rejections of writes still queued are the answer's end (cancel, closed), already handled.
+      pending.length = 0;
+    }
+    return { count };
+  }
+
+  /** A walked file: read whole if small (inline), else its size and time for a `fileRef`. */
+  private async treeFile(item: WalkItem & { kind: 'file' }, inlineMost: number): Promise<TreeFile> {
+    const whole = this.share.readWalkedFileSync(item, inlineMost);
+    if (whole) return { kind: 'inline', ...whole };
+    // Larger, or no /proc/self/fd to check a synchronous open by: every check of openFile.
+    const { handle, stat } = await this.share.openFile(item.remotePath);
+    try {
+      const mtimeMs = Math.floor(stat.mtimeMs);
+      if (stat.size > inlineMost) return { kind: 'ref', size: stat.size, mtimeMs };
+      const data = Buffer.allocUnsafe(stat.size);
+      await readFully(handle, data, 0, stat.size, 0);
+      const after = await handle.stat();
+      if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
+      return { kind: 'inline', data, mtimeMs };
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+type TreeFile = { kind: 'inline'; data: Buffer; mtimeMs: number } | { kind: 'ref'; size: number; mtimeMs: number };
+
+/** One connection's state: its peer, its trust check, the file versions it had rehashed. */
+class SessionContext {
+  readonly peerId: string;
+  readonly peerFrameBytes: number;
+  private readonly stillAllowed: () => boolean;
+  private checkedAt = 0;
+  private readonly rehashed = new Set<string>();
+
+  constructor(options: SessionOptions) {
+    this.peerId = options.peerId;
+    this.peerFrameBytes = options.peerFrameBytes ?? MIN_PEER_FRAME_BYTES;
+    this.stillAllowed = options.stillAllowed ?? (() => true);
+  }
+
+  /** PEER_UNTRUSTED once the peer may no longer read us: on every request, and during a transfer at most every TRUST_RECHECK_MS. */
+  checkAllowed(duringTransfer: boolean, beforeThrow?: () => void): void {
+    const now = performance.now();
+    if (duringTransfer && now - this.checkedAt < TRUST_RECHECK_MS) return;
+    this.checkedAt = now;
+    if (this.stillAllowed()) return;
+    beforeThrow?.();
+    throw new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.');
+  }
+
+  /** `rehash` is honoured once per file version per connection (spec 6.2): hashing 1 GiB must not be a free request. */
+  mayRehash(version: BigIntStats): boolean {
+    const key = `${version.dev}:${version.ino}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
+    if (this.rehashed.has(key) || this.rehashed.size >= MAX_REHASHES_PER_CONNECTION) return false;
+    this.rehashed.add(key);
+    return true;
+  }
+}
+
+interface Chunk {
+  offset: number;
+  length: number;
+}
+
+/** The byte ranges to send for `ranges`, block by block, each block cut at TRANSFER_CHUNK_BYTES. */
+function* chunksOf(manifest: BlockManifest, ranges: BlockRanges): Generator<Chunk> {
+  for (const [first, end] of ranges) {
+    for (let index = first; index < end; index++) {
+      const { offset, length } = blockRange(manifest, index);
+      for (let done = 0; done < length; done += TRANSFER_CHUNK_BYTES) {
+        yield { offset: offset + done, length: Math.min(TRANSFER_CHUNK_BYTES, length - done) };
+      }
+    }
+  }
+}
+
+/** Read buffers of TRANSFER_CHUNK_BYTES, given back once the stream has taken their bytes. */
+class ChunkPool {
+  private readonly free: Buffer[] = [];
+
+  take(length: number): Buffer {
+    return (this.free.pop() ?? Buffer.allocUnsafe(TRANSFER_CHUNK_BYTES)).subarray(0, length);
+  }
+
+  give(chunk: Buffer): void {
+    // take() allocates whole buffers of their own (too large for Node's shared pool), so a slice's
+    // ArrayBuffer is the whole buffer; at most a few are ever out at once.
+    if (this.free.length < 4) this.free.push(Buffer.from(chunk.buffer, 0, TRANSFER_CHUNK_BYTES));
+  }
+}
+
+async function readChunk(handle: FileHandle, pool: ChunkPool, chunk: Chunk): Promise<Buffer> {
+  const buffer = pool.take(chunk.length);
+  try {
+    await readFully(handle, buffer, 0, chunk.length, chunk.offset);
+  } catch (err) {
+    pool.give(buffer);
+    throw err;
+  }
+  return buffer;
+}
+
+async function readFully(handle: FileHandle, buffer: Buffer, start: number, length: number, position: number): Promise<void> {
+  for (let done = 0; done < length; ) {
+    const { bytesRead } = await handle.read(buffer, start + done, length - done, position + done);
+    // The file ended before the size its manifest was made for: it was truncated meanwhile.
+    if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');
+    done += bytesRead;
+  }
+}
+
+function throwIfAborted(signal: AbortSignal, beforeThrow?: () => void): void {
+  if (!signal.aborted) return;
+  beforeThrow?.();
+  throw signal.reason instanceof PeerShareError ? signal.reason : new PeerShareError('CANCELLED');
+}
