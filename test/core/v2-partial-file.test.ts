@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { describe, it } from 'node:test';
 import { blake3, blake3Backend } from '../../src/core/blake3';
 import { blockCount, blockRange, blockSizeFor, hashFileBlocks, manifestFromBlockHashes, type BlockManifest } from '../../src/core/blocks';
@@ -72,6 +74,50 @@ async function completeAndLand(target: string, file: ReturnType<typeof fileOf>):
   assert.equal(result.target, target);
   assert.deepEqual(await fs.readFile(target), file.content, 'lands byte for byte');
   return { resent, missing: file.content.length - resumedBytes, resumed: resumedBytes };
+}
+
+/**
+ * Another process holding a PartialFile of `target` for the file in `source`: it writes every
+ * block, says "written", and lands (with consent to overwrite) when told; reports the outcome.
+ */
+function holderProcess(target: string, source: string): { written: Promise<void>; land(): Promise<{ target?: string; code?: string }> } {
+  const code = `
+    const { PartialFile } = require(${JSON.stringify(path.resolve(__dirname, '../../src/core/v2/partial-file.ts'))});
+    const { hashFileBlocks, blockRange } = require(${JSON.stringify(path.resolve(__dirname, '../../src/core/blocks.ts'))});
+    const { resolveLimits } = require(${JSON.stringify(path.resolve(__dirname, '../../src/core/limits.ts'))});
+    const fs = require('node:fs');
+    (async () => {
+      const limits = resolveLimits();
+      const manifest = await hashFileBlocks(process.env.SOURCE, limits);
+      const content = fs.readFileSync(process.env.SOURCE);
+      const partial = await PartialFile.open(process.env.TARGET, manifest, { limits });
+      for (let index = 0; index < manifest.blockHashes.length; index++) {
+        const { offset, length } = blockRange(manifest, index);
+        await partial.write({ index, data: content.subarray(offset, offset + length) });
+      }
+      console.log('written');
+      process.stdin.once('data', () => partial.land({ conflict: 'overwrite' }).then(
+        (result) => console.log(JSON.stringify({ target: result.target })),
+        (err) => console.log(JSON.stringify({ code: err.code })),
+      ).finally(() => process.stdin.destroy()));
+    })().catch((err) => { console.error(err); process.exit(1); });`;
+  const child = spawn(process.execPath, ['--import', 'tsx', '-e', code], { env: { ...process.env, TARGET: target, SOURCE: source }, stdio: ['pipe', 'pipe', 'inherit'] });
+  const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+  const nextLine = async (): Promise<string> => {
+    const { value, done } = await lines.next();
+    if (done) throw new Error('the other process ended early');
+    return value as string;
+  };
+  const written = nextLine().then((line) => assert.equal(line, 'written'));
+  return {
+    written,
+    async land() {
+      child.stdin!.write('land\n');
+      const outcome = JSON.parse(await nextLine()) as { target?: string; code?: string };
+      await once(child, 'exit');
+      return outcome;
+    },
+  };
 }
 
 describe('PartialFile: receiving a file as a set of verified blocks', () => {
@@ -357,6 +403,37 @@ describe('PartialFile: receiving a file as a set of verified blocks', () => {
     // Once the first has ended, the same file may be opened again.
     const again = await PartialFile.open(path.join(dir, 'again.bin'), v1.manifest, { limits });
     await again.abandon({ keep: false });
+  });
+
+  it('another process receiving the same target: the same file shares verified bytes and lands once; another version never lands the other’s bytes', async () => {
+    const dir = tempDir();
+    const sources = tempDir();
+    const target = path.join(dir, 'shared.bin');
+    const v1 = fileOf(randomBytes(3 * MiB));
+    const v2 = fileOf(randomBytes(3 * MiB));
+    await fs.writeFile(path.join(sources, 'v1'), v1.content);
+
+    // The same file: this process resumes the other's partial (every block verified again), lands it; the other's late landing changes nothing.
+    const same = holderProcess(target, path.join(sources, 'v1'));
+    await same.written;
+    const here = await PartialFile.open(target, v1.manifest, { limits });
+    assert.equal(here.progress.resumedBytes, v1.content.length);
+    const landed = await here.land();
+    assert.equal(landed.target, target);
+    const landedIno = (await fs.stat(target)).ino;
+    assert.deepEqual(await same.land(), { code: 'IO_ERROR' });
+    assert.deepEqual(await fs.readFile(target), v1.content);
+    assert.equal((await fs.stat(target)).ino, landedIno);
+    assert.deepEqual(await partialsIn(dir), []);
+    await fs.rm(target);
+
+    // Another version at the same time: this one starts its own partial; the other's landing, even with consent to overwrite, fails and leaves this one's file alone.
+    const older = holderProcess(target, path.join(sources, 'v1'));
+    await older.written;
+    await completeAndLand(target, v2);
+    assert.deepEqual(await older.land(), { code: 'IO_ERROR' });
+    assert.deepEqual(await fs.readFile(target), v2.content);
+    assert.deepEqual(await partialsIn(dir), []);
   });
 
   it('1 GiB: writing verified 1 MiB blocks, scanning on resume and receiving the missing half keep memory flat (figures)', async (t) => {

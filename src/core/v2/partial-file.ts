@@ -285,6 +285,10 @@ export class PartialFile {
         await commit(this.partial, landing, overwrite, this.file);
         return landing;
       } catch (err) {
+        // Our name gone: another process started this target over, or landed the same file first.
+        if (err instanceof PeerShareError && err.code === 'NOT_FOUND') {
+          throw new PeerShareError('IO_ERROR', `The partial file of ${path.basename(this.target)} was removed before it was saved (another download of it?); nothing was changed.`, { cause: err });
+        }
         if (attempt > 2 || !(err instanceof PeerShareError) || err.code !== 'DEST_EXISTS') throw err;
       }
       const shown = path.join(path.dirname(this.target), path.basename(landing));
