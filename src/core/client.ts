@@ -171,7 +171,7 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   if (expected ? id !== expected : !options.trust.readsFrom(id)) {
     remote.stream.destroy();
     throw expected
-      ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one in the invite (it presented ${id}).`)
+      ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one you meant to reach: it presented ${id}. Someone else may be answering at that address.`)
       : new PeerShareError('PEER_UNTRUSTED', `The peer at ${address} (${id}) is not one you trust.`);
   }
   const connection = new PeerConnection(remote, limits);
