@@ -201,6 +201,46 @@ describe('PartialFile: receiving a file as a set of verified blocks', () => {
     await completeAndLand(target, file);
   });
 
+  it('takes over an earlier version’s partial file: blocks the same at the same index are kept, the rest fetched (protocol 7.3)', async () => {
+    const dir = tempDir();
+    const target = path.join(dir, 'changed.bin');
+    const older = fileOf(randomBytes(4 * MiB + 100));
+    // The sharer's file changed: one block rewritten, and more appended (the same block size).
+    const changed = Buffer.concat([older.content, randomBytes(300 * 1024)]);
+    changed.fill(7, 5 * older.manifest.blockSize, 5 * older.manifest.blockSize + 10);
+    const newer = fileOf(changed);
+    assert.equal(newer.manifest.blockSize, older.manifest.blockSize);
+    const olderCount = older.manifest.blockHashes.length;
+    const olderPartial = await keptPartial(target, older, Array.from({ length: olderCount }, (_, i) => i).filter((i) => i !== 7));
+
+    const taken = await PartialFile.open(target, newer.manifest, { limits, previous: older.manifest });
+    const kept = (index: number): boolean => index < olderCount && index !== 7 && older.block(index).equals(newer.block(index));
+    const expectedMissing = Array.from({ length: newer.manifest.blockHashes.length }, (_, i) => i).filter((i) => !kept(i));
+    assert.deepEqual(rangeBlocks(taken.missingRanges()), expectedMissing);
+    assert.ok(expectedMissing.includes(5) && expectedMissing.includes(7) && expectedMissing.includes(olderCount - 1), 'the changed, the never received and the once-short last block are fetched');
+    assert.equal(await fs.lstat(olderPartial).catch(() => undefined), undefined, 'the earlier version’s partial is gone');
+    assert.equal((await partialsIn(dir)).length, 1);
+    await writeBlocks(taken, newer.block, expectedMissing);
+    await taken.land();
+    assert.deepEqual(await fs.readFile(target), newer.content);
+    assert.deepEqual(await partialsIn(dir), []);
+  });
+
+  it('does not take over an earlier version’s partial file that is being received here right now', async () => {
+    const dir = tempDir();
+    const target = path.join(dir, 'busy.bin');
+    const older = fileOf(randomBytes(MiB));
+    const newer = fileOf(Buffer.concat([older.content.subarray(0, MiB / 2), randomBytes(MiB / 2)]));
+    const receiving = await PartialFile.open(target, older.manifest, { limits });
+    await writeBlocks(receiving, older.block, [0, 1, 2]);
+    const other = await PartialFile.open(target, newer.manifest, { limits, previous: older.manifest });
+    assert.equal(other.progress.resumedBytes, 0);
+    await other.abandon({ keep: false });
+    await writeBlocks(receiving, older.block, rangeBlocks(receiving.missingRanges()));
+    await receiving.land();
+    assert.deepEqual(await fs.readFile(target), older.content);
+  });
+
   it('refuses a corrupt block, a short one, one out of range and one already present; none of their bytes reaches the disk', async () => {
     const dir = tempDir();
     const target = path.join(dir, 'refuse.bin');

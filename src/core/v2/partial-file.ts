@@ -41,6 +41,13 @@ export interface PartialFileOptions {
   limits: Pick<Limits, 'maxFileBlocks'>;
   /** Resume the partial file an earlier run kept for this target and file (default true); false starts over. */
   resume?: boolean;
+  /**
+   * The block list of an earlier version of the file (its sharer's file changed: a new `fileHash`,
+   * docs/protocol-v2.md 7.2, 7.3): with no partial file of this version, that version's partial
+   * is taken over, and its blocks that are the same at the same index are kept (they are hashed
+   * against this manifest like any resumed block, so two versions are never spliced).
+   */
+  previous?: BlockManifest;
 }
 
 export interface LandOptions {
@@ -129,6 +136,7 @@ export class PartialFile {
     openPartials.set(claim, shownTarget);
     let folder: PinnedFolders | undefined;
     let file: TemporaryFile | undefined;
+    let previous: { file: TemporaryFile; name: string } | undefined;
     try {
       await fs.mkdir(path.dirname(shownTarget), { recursive: true });
       // Every operation goes through the folder as opened now, whatever its path names later.
@@ -137,22 +145,27 @@ export class PartialFile {
       const partial = partialNameFor(fsTarget, manifest);
       if (options.resume !== false) file = openOwnPartial(partial, manifest.size);
       if (!file) {
+        // An earlier version's blocks are copied into a file of our own, never received into in
+        // place: a process still receiving that version would write its blocks into ours.
+        if (options.resume !== false) previous = openPreviousPartial(shownTarget, fsTarget, manifest, options.previous);
         // Also removes whatever is at our own name if it was not ours to resume, and older versions'
         // partials, unless one of those is being received here right now (openTemporary still clears our name).
         if (!targetInUse) await removeStalePartials(fsTarget);
         file = openTemporary(partial);
       }
-      const keptBytes = file.size;
       // Full size from the start (holes where blocks are missing): every block is written in place, and the landed size is exact.
       await truncateFd(file.fd, manifest.size);
       const partialFile = new PartialFile(shownTarget, manifest, fsTarget, partial, claim, folder, file);
-      await partialFile.findPresentBlocks(keptBytes);
+      await partialFile.findPresentBlocks(previous?.file ?? file);
+      if (previous) removeName(previous.name);
       return partialFile;
     } catch (err) {
       if (file) closeSync(file.fd);
       await folder?.close();
       openPartials.delete(claim);
       throw toPeerShareError(err, 'IO_ERROR');
+    } finally {
+      if (previous) closeSync(previous.file.fd);
     }
   }
 
@@ -175,7 +188,9 @@ export class PartialFile {
   /**
    * Verifies block `index` against the manifest and only then writes it at its place, through
    * the descriptor this PartialFile opened. A block that fails, is out of range, or is already
-   * present (or being written) is refused with a coded error and nothing is written.
+   * present (or being written) is refused with a coded error and nothing is written. `data` must
+   * not change until the promise settles: the bytes hashed are the bytes written (a pooled
+   * buffer goes back to its pool only then).
    */
   write(block: { index: number; data: Uint8Array }): Promise<void> {
     if (this.finished) return Promise.reject(new PeerShareError('CANCELLED', 'This download has ended; the block was not written.'));
@@ -258,8 +273,12 @@ export class PartialFile {
     }
   }
 
-  /** Hashes each block of the kept bytes against the manifest: any set of blocks counts. */
-  private async findPresentBlocks(keptBytes: number): Promise<void> {
+  /**
+   * Hashes each block kept in `source` (our partial file, or an earlier version's) against the
+   * manifest: any set of blocks counts. A block found in another file is copied into ours.
+   */
+  private async findPresentBlocks(source: TemporaryFile): Promise<void> {
+    const keptBytes = Math.min(source.size, this.manifest.size);
     if (keptBytes === 0) return;
     const buffer = Buffer.allocUnsafe(Math.min(this.manifest.blockSize, this.manifest.size));
     for (let index = 0; index < this.state.length; index++) {
@@ -267,8 +286,11 @@ export class PartialFile {
       // Past what was kept the file is a hole we made: nothing of the file was written there.
       if (offset >= keptBytes) break;
       const block = buffer.subarray(0, length);
-      await readFully(this.file.fd, block, offset);
+      // A block the source ends inside of cannot match: a kept block is whole.
+      if (offset + length > source.size) break;
+      await readFully(source.fd, block, offset);
       if (blake3(block).equals(this.manifest.blockHashes[index])) {
+        if (source !== this.file) await writeFully(this.file.fd, block, offset);
         this.state[index] = PRESENT;
         this.presentBlocks++;
         this.resumedBytes += length;
@@ -320,6 +342,17 @@ export class PartialFile {
     await this.folder.close();
     openPartials.delete(this.claim);
   }
+}
+
+/**
+ * The partial file of an earlier version of the file, opened only if ours (as openOwnPartial) and
+ * not being received in this process right now: its blocks are read, never written or landed.
+ */
+function openPreviousPartial(shownTarget: string, fsTarget: string, manifest: BlockManifest, previous: BlockManifest | undefined): { file: TemporaryFile; name: string } | undefined {
+  if (!previous || previous.fileHash.equals(manifest.fileHash) || openPartials.has(partialNameFor(shownTarget, previous))) return undefined;
+  const name = partialNameFor(fsTarget, previous);
+  const file = openOwnPartial(name, previous.size);
+  return file && { file, name };
 }
 
 /**
