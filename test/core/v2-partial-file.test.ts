@@ -66,7 +66,8 @@ async function completeAndLand(target: string, file: ReturnType<typeof fileOf>):
   const partial = await PartialFile.open(target, file.manifest, { limits });
   const { resumedBytes } = partial.progress;
   let resent = 0;
-  for (const index of rangeBlocks(partial.missingRanges())) {
+  assert.deepEqual(partial.missing(), rangeBlocks(partial.missingRanges()));
+  for (const index of partial.missing()) {
     resent += file.block(index).length;
     await partial.write({ index, data: file.block(index) });
   }

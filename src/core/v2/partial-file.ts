@@ -45,7 +45,9 @@ export interface PartialFileOptions {
    * The block list of an earlier version of the file (its sharer's file changed: a new `fileHash`,
    * docs/protocol-v2.md 7.2, 7.3): with no partial file of this version, that version's partial
    * is taken over, and its blocks that are the same at the same index are kept (they are hashed
-   * against this manifest like any resumed block, so two versions are never spliced).
+   * against this manifest like any resumed block, so two versions are never spliced). After a
+   * bad block (share-client's recheckAfterBadBlock returned another manifest): abandon the
+   * PartialFile with `keep: true`, then open with the new manifest and this one as `previous`.
    */
   previous?: BlockManifest;
 }
@@ -169,7 +171,14 @@ export class PartialFile {
     }
   }
 
-  /** The blocks still to fetch, as sorted half-open ranges (blocks being written count as present). */
+  /** The blocks still to fetch, in order (blocks being written count as present): what share-client's readBlocks takes. */
+  missing(): number[] {
+    const indexes: number[] = [];
+    for (let index = 0; index < this.state.length; index++) if (this.state[index] === MISSING) indexes.push(index);
+    return indexes;
+  }
+
+  /** The same as sorted half-open ranges, as `share.read` names them. */
   missingRanges(): BlockRange[] {
     const ranges: BlockRange[] = [];
     for (let index = 0; index < this.state.length; index++) {
