@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import type { Duplex } from 'node:stream';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -15,6 +16,7 @@ import { acceptV2, dialV2 } from '../../src/core/v2/handshake';
 import type { CapabilityMessage } from '../../src/core/v2/messages';
 import { ShareClient, type TreeRecord, type VerifiedBlock } from '../../src/core/v2/share-client';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
+import { PartialFile } from '../../src/core/v2/partial-file';
 import { ShareProvider } from '../../src/core/v2/share-provider';
 import { makePeer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
 import { duplexPair } from './v2-duplex-pair';
@@ -85,12 +87,27 @@ before(async () => {
   await sleep(RACY_MS * 3);
 });
 
+/**
+ * The in-memory pair, with what each end writes copied as a socket copies it. The pair pushes the
+ * writer's own buffer to the reader and calls back at once, so a writer that reuses its buffers
+ * once the stream has taken them (the provider's read pool, as the connection's ReplyWriter.data
+ * allows) would change bytes still queued on the reader's side, which no real transport does.
+ */
+function socketLikePair(): [Duplex, Duplex] {
+  const ends = duplexPair();
+  for (const end of ends) {
+    const write = end.write.bind(end) as (chunk: unknown, ...rest: unknown[]) => boolean;
+    end.write = ((chunk: unknown, ...rest: unknown[]) => write(Buffer.isBuffer(chunk) ? Buffer.from(chunk) : chunk, ...rest)) as Duplex['write'];
+  }
+  return ends;
+}
+
 /** A requester (dialer) and the provider's connection (acceptor) over the in-memory pair. */
 function sharePair(
   options: { provider?: ShareProvider; providerLimits?: Partial<Limits>; requesterLimits?: Partial<Limits>; stillAllowed?: () => boolean } = {},
 ) {
   const provider = options.provider ?? new ShareProvider({ share, blockCache: cache, limits: options.providerLimits });
-  const [a, b] = duplexPair();
+  const [a, b] = socketLikePair();
   const requester = new Connection(a, { peerId: 'sharer', address: 'memory:sharer', side: 'dialer', peerCapabilities: ['share/1'], limits: options.requesterLimits });
   const responder = new Connection(b, {
     peerId: 'reader',
@@ -190,6 +207,26 @@ describe('share/1 over the in-memory pair: a real folder', () => {
     assertBlocks('ws/big.bin', manifest, await collect(client.readBlocks('ws/big.bin', manifest, everyOther)), everyOther);
     // Given in any order, with repeats: each block once, in ascending order.
     assertBlocks('ws/big.bin', manifest, await collect(client.readBlocks('ws/big.bin', manifest, [40, 3, 3, 0])), [0, 3, 40]);
+    requester.close();
+  });
+
+  it('readBlocks feeds a PartialFile: the first and last quarters, then a resume fetches only the middle, and the sharer\'s file lands', async () => {
+    const { client, requester } = sharePair();
+    const rel = 'ws/big.bin';
+    const { manifest } = await client.manifest(rel);
+    const n = manifest.blockHashes.length;
+    const q = Math.floor(n / 4);
+    const range = (from: number, to: number) => Array.from({ length: to - from }, (_, i) => from + i);
+    const target = path.join(tempDir('peershare-v2-dest-'), 'big.bin');
+    const first = await PartialFile.open(target, manifest, { limits: resolveLimits() });
+    for await (const block of client.readBlocks(rel, manifest, [...range(0, q), ...range(n - q, n)])) await first.write(block);
+    await first.abandon({ keep: true });
+    const resumed = await PartialFile.open(target, manifest, { limits: resolveLimits() });
+    assert.deepEqual(resumed.missingRanges(), [[q, n - q]]);
+    for await (const block of client.readBlocks(rel, manifest, range(q, n - q))) await resumed.write(block);
+    const landed = await resumed.land();
+    assert.equal(landed.fileHash, manifest.fileHash.toString('hex'));
+    assert.ok((await fs.readFile(target)).equals(contents.get(rel)!));
     requester.close();
   });
 
@@ -421,7 +458,7 @@ describe('share/1: a hostile requester against the provider', () => {
   });
 
   it('more requests at once than the provider advertised: closed with PROTOCOL_ERROR (spec 3.3)', async () => {
-    const [a, b] = duplexPair();
+    const [a, b] = socketLikePair();
     const provider = new ShareProvider({ share, blockCache: cache });
     // The requester believes the provider allows 16 at once; it advertised 2.
     const requester = new Connection(a, { peerId: 'sharer', address: 'memory', side: 'dialer', peerCapabilities: ['share/1'], remote: { requests: 16 } });
