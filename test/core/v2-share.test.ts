@@ -457,6 +457,20 @@ describe('share/1: a hostile requester against the provider', () => {
     requester.close();
   });
 
+  it('one peer across its connections: past maxRequestsPerPeer, BUSY on the other connection too', async () => {
+    const provider = new ShareProvider({ share, blockCache: cache, limits: { maxRequestsPerPeer: 1 } });
+    const first = sharePair({ provider, providerLimits: { maxRequestsPerPeer: 1 } });
+    const second = sharePair({ provider, providerLimits: { maxRequestsPerPeer: 1 } });
+    const { manifest } = await first.client.manifest('ws/big.bin');
+    // More blocks than the window holds: the answer waits for credit and keeps its slot.
+    const held = first.client.readBlocks('ws/big.bin', manifest, Array.from({ length: manifest.blockHashes.length }, (_, i) => i));
+    assert.equal((await held.next()).done, false);
+    assert.equal((await failure(second.client.stat('ws/a.txt'))).code, 'BUSY');
+    await held.return();
+    first.requester.close();
+    second.requester.close();
+  });
+
   it('more requests at once than the provider advertised: closed with PROTOCOL_ERROR (spec 3.3)', async () => {
     const [a, b] = socketLikePair();
     const provider = new ShareProvider({ share, blockCache: cache });
