@@ -348,7 +348,8 @@ function commandLine(pid) {
  * Watches, every 10 ms until stopped, the affinity of every process this benchmark started: those
  * below a pid of `serverPids` must run on `serverCpus`, all others (the commands under test and
  * what they start) on `clientCpus`. Skipped: a process between fork and exec (it still has our
- * command line) and taskset itself before it execs. `stop()` returns what was seen, by side, as
+ * command line), taskset itself before it execs, and children we already had when the watch began.
+ * `stop()` returns what was seen, by side, as
  * "<name> <cpus>" with the number of samples, and the mismatches.
  */
 export function watchAffinity({ serverPids, serverCpus, clientCpus }) {
@@ -366,8 +367,10 @@ export function watchAffinity({ serverPids, serverCpus, clientCpus }) {
     }
     for (const child of childPids(pid)) visit(child, side);
   };
+  // Children we had before (esbuild's service, say) are not under test.
+  const before = new Set(childPids(process.pid).filter((pid) => !serverPids.includes(pid)));
   const sample = () => {
-    for (const child of childPids(process.pid)) visit(child, serverPids.includes(child) ? 'server' : 'client');
+    for (const child of childPids(process.pid)) if (!before.has(child)) visit(child, serverPids.includes(child) ? 'server' : 'client');
   };
   sample();
   const timer = setInterval(sample, 10);

@@ -22,8 +22,9 @@ import * as concurrent from './concurrent.mjs';
 import * as list from './list.mjs';
 import * as idle from './idle.mjs';
 import * as memory from './memory.mjs';
+import * as multiplex from './multiplex.mjs';
 
-const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory];
+const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex];
 const DOCS_DIR = path.resolve(process.env.BENCH_DOCS_DIR ?? path.join(ROOT, 'docs'));
 
 function selectedScenarios() {

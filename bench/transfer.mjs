@@ -246,6 +246,7 @@ async function profileOnce(ctx, dataDir, fileName) {
     minify: false,
     logLevel: 'warning',
   });
+  esbuild.stop(); // its service process would otherwise outlive the build, among the benchmark's children
   const cli = path.join(outdir, 'cli.js');
   const serverProf = path.join(scratch, 'prof-server');
   const clientProf = path.join(scratch, 'prof-client');
