@@ -60,6 +60,8 @@ const TRUST_RECHECK_MS = 50;
 const MIN_PEER_FRAME_BYTES = 16 * 1024;
 /** What a REPLY's frame holds beside its entries: `{"type":"entries","entries":[` and `]}`. */
 const ENTRIES_ENVELOPE_BYTES = 64;
+/** Chunks of a read queued on the connection at once (with one more being read): 3 MiB per read at most. */
+const CHUNKS_QUEUED = 2;
 /** Rehashes a connection may ask for (each at most once per file version); past it, the cache answers. */
 const MAX_REHASHES_PER_CONNECTION = 1024;
 
@@ -204,7 +206,7 @@ export class ShareProvider {
 
   /**
    * DATA: the blocks asked for, in order, each block in chunks of at most TRANSFER_CHUNK_BYTES
-   * (a DATA frame never spans two blocks). The next chunk is read while the current one is
+   * (a DATA frame never spans two blocks). The next chunk is read while CHUNKS_QUEUED wait to be
    * written; after every read the open file's version is compared with the manifest's (spec 7.2
    * "sharer side"), so a block of another version is never sent.
    */
@@ -221,36 +223,42 @@ export class ShareProvider {
       if (past) throw new PeerShareError('INVALID_ARGUMENT', `The file has ${count} blocks; block ${past[1] - 1} was asked for.`);
       const chunks = chunksOf(manifest, request.blocks);
       const pool = new ChunkPool();
+      // Chunks handed to the connection and not yet taken by the stream: a few, so the stream
+      // always has the next one while this loop waits for a read.
+      const queued: { chunk: Buffer; written: Promise<void> }[] = [];
       let next = chunks.next();
       let reading = next.done ? undefined : readChunk(handle, pool, next.value);
-      while (reading) {
-        const chunk = await reading;
-        // Checked with no read in flight, so nothing is left pending when it throws.
-        if (!sameVersion(version, fstatSync(handle.fd, { bigint: true }))) {
-          pool.give(chunk);
-          throw new PeerShareError('FILE_CHANGED');
+      try {
+        while (reading) {
+          const chunk = await reading;
+          reading = undefined;
+          // Checked with no read in flight, so nothing is left pending when it throws.
+          if (!sameVersion(version, fstatSync(handle.fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+          throwIfAborted(signal);
+          session.checkAllowed(true);
+          next = chunks.next();
+          if (!next.done) reading = readChunk(handle, pool, next.value);
+          const written = reply.data(chunk);
+          written.catch(() => undefined);
+          queued.push({ chunk, written });
+          if (queued.length >= CHUNKS_QUEUED) await this.taken(queued.shift()!, pool);
         }
-        throwIfAborted(signal, () => pool.give(chunk));
-        session.checkAllowed(true, () => pool.give(chunk));
-        next = chunks.next();
-        reading = next.done ? undefined : readChunk(handle, pool, next.value);
-        reading?.catch(() => undefined);
-        try {
-          await reply.data(chunk);
-        } catch (err) {
-          await reading?.then(
-            (b) => pool.give(b),
-            () => undefined,
-          );
-          throw err;
-        }
-        this.stats.fileBytesSent += chunk.length;
-        pool.give(chunk);
+        while (queued.length > 0) await this.taken(queued.shift()!, pool);
+      } finally {
+        // Never leave a read pending on a file about to be closed.
+        await reading?.catch(() => undefined);
       }
       return {};
     } finally {
       await handle.close();
     }
+  }
+
+  /** A chunk the stream has taken: counted, and its buffer back in the pool. */
+  private async taken(queued: { chunk: Buffer; written: Promise<void> }, pool: ChunkPool): Promise<void> {
+    await queued.written;
+    this.stats.fileBytesSent += queued.chunk.length;
+    pool.give(queued.chunk);
   }
 
   /**
@@ -343,12 +351,11 @@ class SessionContext {
   }
 
   /** PEER_UNTRUSTED once the peer may no longer read us: on every request, and during a transfer at most every TRUST_RECHECK_MS. */
-  checkAllowed(duringTransfer: boolean, beforeThrow?: () => void): void {
+  checkAllowed(duringTransfer: boolean): void {
     const now = performance.now();
     if (duringTransfer && now - this.checkedAt < TRUST_RECHECK_MS) return;
     this.checkedAt = now;
     if (this.stillAllowed()) return;
-    beforeThrow?.();
     throw new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.');
   }
 
@@ -413,8 +420,7 @@ async function readFully(handle: FileHandle, buffer: Buffer, start: number, leng
   }
 }
 
-function throwIfAborted(signal: AbortSignal, beforeThrow?: () => void): void {
+function throwIfAborted(signal: AbortSignal): void {
   if (!signal.aborted) return;
-  beforeThrow?.();
   throw signal.reason instanceof PeerShareError ? signal.reason : new PeerShareError('CANCELLED');
 }
