@@ -309,7 +309,7 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
   private records = 0;
   private items = 0;
   private readonly skipped = new Set<string>();
-  private inline?: { record: TreeRecord & { kind: 'file' }; blockSize: number; fileHash: string; filled: number };
+  private inline?: { named: { path: string; components: string[]; unsafeHere?: UnsafeHere }; mtimeMs: number; blockSize: number; fileHash: string; data: Buffer; filled: number };
 
   constructor(private readonly limits: Limits) {}
 
@@ -345,8 +345,7 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
     }
     const named = this.named(message.path, false);
     this.records++;
-    const record: TreeRecord & { kind: 'file' } = { kind: 'file', ...named, size, mtimeMs, data: Buffer.allocUnsafe(size), manifest: undefined! };
-    this.inline = { record, blockSize, fileHash, filled: 0 };
+    this.inline = { named, mtimeMs, blockSize, fileHash, data: Buffer.allocUnsafe(size), filled: 0 };
     this.state = 'inline';
     return size === 0 ? this.finishInline() : undefined;
   }
@@ -381,23 +380,22 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
   data(chunk: Buffer): TreeRecord[] {
     const inline = this.inline;
     if (this.state !== 'inline' || !inline) throw unexpected('data', this.state);
-    if (inline.filled + chunk.length > inline.record.size) throw breach('The peer sent more bytes than the inline file has.');
-    chunk.copy(inline.record.data, inline.filled);
+    if (inline.filled + chunk.length > inline.data.length) throw breach('The peer sent more bytes than the inline file has.');
+    chunk.copy(inline.data, inline.filled);
     inline.filled += chunk.length;
-    return inline.filled === inline.record.size ? [this.finishInline()] : [];
+    return inline.filled === inline.data.length ? [this.finishInline()] : [];
   }
 
   /** An inline file is verified in memory before anything may write it: its block list must hash to its fileHash. */
   private finishInline(): TreeRecord {
-    const { record, blockSize, fileHash } = this.inline!;
+    const { named, mtimeMs, blockSize, fileHash, data } = this.inline!;
     this.inline = undefined;
     this.state = 'items';
-    const manifest = manifestOfBytes(record.data, blockSize);
+    const manifest = manifestOfBytes(data, blockSize);
     if (manifest.fileHash.toString('hex') !== fileHash) {
-      throw new PeerShareError('HASH_MISMATCH', `The file ${sanitizeForDisplay(record.path).slice(0, 120)} does not match its BLAKE3 hash; it was discarded.`);
+      throw new PeerShareError('HASH_MISMATCH', `The file ${sanitizeForDisplay(named.path).slice(0, 120)} does not match its BLAKE3 hash; it was discarded.`);
     }
-    record.manifest = manifest;
-    return record;
+    return { kind: 'file', ...named, size: data.length, mtimeMs, manifest, data };
   }
 
   end(message: EndOkMessage): { count: number } {
