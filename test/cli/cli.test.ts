@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as readline from 'node:readline';
 import { Discovery, connectToPeer, parseInvite } from '../../src/core';
-import { makePeer, tempDir, writeRandomFile } from '../helpers';
+import { freePort, makePeer, tempDir, writeRandomFile } from '../helpers';
 
 const ROOT = path.join(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -50,15 +50,6 @@ async function startServe(args: string[], env: NodeJS.ProcessEnv = {}): Promise<
     proc.once('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
   });
   return { proc, args, listening, stderr: () => stderr };
-}
-
-/** A port nothing listens on right now (bound, read, released). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** Something else holding a port on 127.0.0.1 (not PeerShare: it drops every connection). */

@@ -4,16 +4,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { PeerShareNode } from '../../src/core';
-import { rejectsWithCode, tempDir } from '../helpers';
-
-/** A port nothing listens on right now. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+import { freePort, rejectsWithCode, tempDir } from '../helpers';
 
 async function openNode(name: string, defaultPort: number): Promise<PeerShareNode> {
   return PeerShareNode.open({ home: path.join(tempDir(), 'home'), name: () => name, defaultPort, discovery: () => false });

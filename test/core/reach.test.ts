@@ -16,20 +16,11 @@ import {
   type Limits,
 } from '../../src/core';
 import { TLS_OPTIONS } from '../../src/core/tls-options';
-import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, freePort, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 import { waitFor } from '../hostile';
 
 // Each test uses its own discovery port, so parallel test files and other runs do not mix.
 let nextDiscoveryPort = 48_600 + Math.floor(Math.random() * 1000);
-
-/** A port nothing listens on right now (bound, read, released). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 /** A plain TCP listener that counts connections and drops each at once (nothing PeerShare there). */
 async function occupy(port = 0): Promise<{ port: number; connections: () => number; close: () => Promise<void> }> {

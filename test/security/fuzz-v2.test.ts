@@ -14,6 +14,7 @@ import {
   type WireMessage,
 } from '../../src/core/v2/frames';
 import { duplexPair } from '../core/v2-duplex-pair';
+import { fuzzer, refusedWith } from './fuzz-kit';
 
 /**
  * Property-based tests of v2's connection frames (docs/protocol-v2.md 3), as test/security/fuzz.test.ts
@@ -21,30 +22,10 @@ import { duplexPair } from '../core/v2-duplex-pair';
  * sequences. Each property runs FUZZ_RUNS cases (default 300) or until FUZZ_SECONDS (default 2)
  * pass; the seed is printed with any failure and replayed with FUZZ_SEED.
  */
-const RUNS = Number(process.env.FUZZ_RUNS ?? 300);
-const SECONDS = Number(process.env.FUZZ_SECONDS ?? 2);
-const SEED = process.env.FUZZ_SEED === undefined ? undefined : Number(process.env.FUZZ_SEED);
-let totalCases = 0;
-
-async function check<T>(arbitrary: fc.Arbitrary<T>, predicate: (value: T) => void | Promise<void>, runs = RUNS): Promise<void> {
-  const property = fc.asyncProperty(arbitrary, async (value) => {
-    await predicate(value);
-  });
-  const details = await fc.check(property, { numRuns: runs, interruptAfterTimeLimit: SECONDS * 1000, markInterruptAsFailure: false, seed: SEED });
-  totalCases += details.numRuns;
-  if (details.failed) {
-    throw new Error(`Counterexample ${fc.stringify(details.counterexample)} (seed ${details.seed}, path ${details.counterexamplePath}): ${String(details.errorInstance)}`);
-  }
-  assert.ok(details.numRuns > 0, 'the property ran at least once');
-}
-
-function refusedWith(err: unknown, codes: string[]): void {
-  if (!(err instanceof PeerShareError)) throw err;
-  assert.ok(codes.includes(err.code), `refused with ${err.code}, expected one of ${codes.join('/')}`);
-}
+const { runs: RUNS, check, cases } = fuzzer(300);
 
 after(() => {
-  console.log(`# fuzz-v2: ${totalCases} cases run`);
+  console.log(`# fuzz-v2: ${cases()} cases run`);
 });
 
 const MESSAGE_TYPES = ['REQUEST', 'REPLY', 'END', 'EVENT', 'CLOSE'] as const;

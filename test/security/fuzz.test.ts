@@ -27,6 +27,7 @@ import {
 } from '../../src/core';
 import { FrameParser, encodeDataHeader, encodeMessage } from '../../src/core/frames';
 import { buildWorld, type World } from './world';
+import { fuzzer, refusedWith } from './fuzz-kit';
 
 /**
  * Property-based tests of every parser of network input and of the path checks. Each property
@@ -34,28 +35,7 @@ import { buildWorld, type World } from './world';
  * `npm run fuzz` runs them far longer. The seed is printed with any failure so it can be replayed
  * with FUZZ_SEED.
  */
-const RUNS = Number(process.env.FUZZ_RUNS ?? 400);
-const SECONDS = Number(process.env.FUZZ_SECONDS ?? 2);
-const SEED = process.env.FUZZ_SEED === undefined ? undefined : Number(process.env.FUZZ_SEED);
-let totalCases = 0;
-
-async function check<T>(arbitrary: fc.Arbitrary<T>, predicate: (value: T) => void | Promise<void>, runs = RUNS): Promise<void> {
-  const property = fc.asyncProperty(arbitrary, async (value) => {
-    await predicate(value);
-  });
-  const details = await fc.check(property, { numRuns: runs, interruptAfterTimeLimit: SECONDS * 1000, markInterruptAsFailure: false, seed: SEED });
-  totalCases += details.numRuns;
-  if (details.failed) {
-    throw new Error(`Counterexample ${fc.stringify(details.counterexample)} (seed ${details.seed}, path ${details.counterexamplePath}): ${String(details.errorInstance)}`);
-  }
-  assert.ok(details.numRuns > 0, 'the property ran at least once');
-}
-
-/** The only way a parser may refuse input: a coded PeerShareError, never a crash. */
-function refusedWith(err: unknown, codes: string[]): void {
-  if (!(err instanceof PeerShareError)) throw err;
-  assert.ok(codes.includes(err.code), `refused with ${err.code}, expected one of ${codes.join('/')}`);
-}
+const { runs: RUNS, check, cases } = fuzzer(400);
 
 /** What a person must never see raw: the display sanitizer's own set. */
 const UNSAFE_ON_SCREEN = DISGUISING_CHARS;
@@ -105,7 +85,7 @@ function messageLike(types: string[]): fc.Arbitrary<Record<string, unknown>> {
 }
 
 after(() => {
-  console.log(`# fuzz: ${totalCases} cases run`);
+  console.log(`# fuzz: ${cases()} cases run`);
 });
 
 describe('fuzzing: parsers of network input', () => {
