@@ -377,6 +377,27 @@ describe('share/1: paths refused exactly as v1 refuses them', () => {
     assert.equal((await failure(client.stat('ws/a.txt'))).code, 'PEER_UNTRUSTED');
     requester.close();
   });
+
+  it('a peer revoked during a read: the read ends with PEER_UNTRUSTED before the rest of the file is sent', async () => {
+    let allowed = true;
+    const { client, requester } = sharePair({ stillAllowed: () => allowed });
+    const { manifest } = await client.manifest('ws/big.bin');
+    const got: number[] = [];
+    const err = await failure(
+      (async () => {
+        for await (const block of client.readBlocks('ws/big.bin', manifest, Array.from({ length: manifest.blockHashes.length }, (_, i) => i))) {
+          got.push(block.index);
+          if (block.index !== 0) continue;
+          allowed = false;
+          // Past the provider's recheck interval (50 ms); it waits for credit meanwhile (41 blocks, a window of 32).
+          await sleep(120);
+        }
+      })(),
+    );
+    assert.equal(err.code, 'PEER_UNTRUSTED');
+    assert.ok(got.length < manifest.blockHashes.length, `got ${got.length} blocks`);
+    requester.close();
+  });
 });
 
 describe('share/1: a hostile requester against the provider', () => {
