@@ -17,7 +17,8 @@ class PairEnd extends Duplex {
 
   override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (err?: Error | null) => void): void {
     if (this.other.destroyed) return callback(new Error('the other end is closed'));
-    if (this.other.push(chunk)) callback();
+    // A copy, as a socket makes: the writer may reuse its buffer once the write has called back.
+    if (this.other.push(Buffer.from(chunk))) callback();
     else this.other.pendingWrite = callback;
   }
 

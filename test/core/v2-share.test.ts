@@ -87,27 +87,12 @@ before(async () => {
   await sleep(RACY_MS * 3);
 });
 
-/**
- * The in-memory pair, with what each end writes copied as a socket copies it. The pair pushes the
- * writer's own buffer to the reader and calls back at once, so a writer that reuses its buffers
- * once the stream has taken them (the provider's read pool, as the connection's ReplyWriter.data
- * allows) would change bytes still queued on the reader's side, which no real transport does.
- */
-function socketLikePair(): [Duplex, Duplex] {
-  const ends = duplexPair();
-  for (const end of ends) {
-    const write = end.write.bind(end) as (chunk: unknown, ...rest: unknown[]) => boolean;
-    end.write = ((chunk: unknown, ...rest: unknown[]) => write(Buffer.isBuffer(chunk) ? Buffer.from(chunk) : chunk, ...rest)) as Duplex['write'];
-  }
-  return ends;
-}
-
 /** A requester (dialer) and the provider's connection (acceptor) over the in-memory pair. */
 function sharePair(
   options: { provider?: ShareProvider; providerLimits?: Partial<Limits>; requesterLimits?: Partial<Limits>; stillAllowed?: () => boolean } = {},
 ) {
   const provider = options.provider ?? new ShareProvider({ share, blockCache: cache, limits: options.providerLimits });
-  const [a, b] = socketLikePair();
+  const [a, b] = duplexPair();
   const requester = new Connection(a, { peerId: 'sharer', address: 'memory:sharer', side: 'dialer', peerCapabilities: ['share/1'], limits: options.requesterLimits });
   const responder = new Connection(b, {
     peerId: 'reader',
@@ -493,7 +478,7 @@ describe('share/1: a hostile requester against the provider', () => {
   });
 
   it('more requests at once than the provider advertised: closed with PROTOCOL_ERROR (spec 3.3)', async () => {
-    const [a, b] = socketLikePair();
+    const [a, b] = duplexPair();
     const provider = new ShareProvider({ share, blockCache: cache });
     // The requester believes the provider allows 16 at once; it advertised 2.
     const requester = new Connection(a, { peerId: 'sharer', address: 'memory', side: 'dialer', peerCapabilities: ['share/1'], remote: { requests: 16 } });
