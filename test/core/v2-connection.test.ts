@@ -617,6 +617,15 @@ describe('v2 connection: hostile peers', () => {
     }
   });
 
+  it('a CLOSE frame whose message is not a close is PROTOCOL_ERROR, not the code it carries (found in review)', async () => {
+    const { connection, peer } = facingRawPeer('dialer');
+    const answer = connection.request({ type: 'test.get' });
+    peer.write(encodeMessageFrame('CLOSE', 0, { type: 'anything', code: 'TIMEOUT', message: 'bye' }));
+    const err = await answer.result.then(() => undefined, (e: PeerShareError) => e);
+    assert.equal(err?.code, 'PROTOCOL_ERROR');
+    assert.equal(err instanceof PeerSentError, false);
+  });
+
   it('our CLOSE reason is bounded, whatever the peer sent', async () => {
     const { peer } = facingRawPeer('dialer');
     peer.write(encodeMessageFrame('REQUEST', 2, { type: 'x'.repeat(90) + '\u202e.get' }));

@@ -80,6 +80,17 @@ describe('v2 handshake: meeting version 1 (docs/protocol-v2.md 4.7)', () => {
     const err = await dialing.then(() => undefined, (e: PeerShareError) => e);
     assert.equal(err?.code, 'VERSION_UNSUPPORTED');
     assert.equal(err?.message, 'The peer at old.local:47474 runs an older PeerShare (protocol version 1). Ask them to update PeerShare; this version cannot connect to it.');
+    // The peer's refusal, never to be taken for our own (spec 8; found in review).
+    assert.equal((err as { sentByPeer?: boolean }).sentByPeer, true);
+  });
+
+  it('a refusal that lists our own version among the versions the peer speaks is a protocol error, not "older" (found in review)', async () => {
+    const [mine, v1] = duplexPair();
+    const dialing = dialV2({ stream: mine, peerId: ACCEPTOR, address: 'odd.local:47474', side: 'dialer' }, { name: 'ann@laptop', serve });
+    v1.once('data', () => v1.write(encodeMessage({ type: 'error', code: 'VERSION_UNSUPPORTED', message: 'no', versions: [1, 2] })));
+    const err = await dialing.then(() => undefined, (e: PeerShareError) => e);
+    assert.equal(err?.code, 'PROTOCOL_ERROR');
+    assert.doesNotMatch(err!.message, /older/);
   });
 });
 

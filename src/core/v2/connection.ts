@@ -806,6 +806,10 @@ export class Connection {
   }
 
   private onPeerClose(message: WireMessage): void {
+    if (message.type !== 'close') {
+      this.shutDown(new PeerShareError('PROTOCOL_ERROR', `${this.peerLabel} sent a CLOSE frame that is not a close message.`), true);
+      return;
+    }
     if (message.code === undefined) {
       this.shutDown(new PeerShareError('CONNECTION_CLOSED', `${this.peerLabel} closed the connection.`), false);
       return;
