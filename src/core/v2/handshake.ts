@@ -247,6 +247,11 @@ function handshakeErrorFor(err: PeerShareError): HandshakeError {
 }
 
 export interface DialOptions {
+  /**
+   * The peer we meant to reach: checked against the ID the transport proved before a byte is
+   * written, so a hello (and an invite's token) never reaches anyone else (spec 2).
+   */
+  expectedPeerId: string;
   /** The name the peer will see for us. */
   name: string;
   token?: string;
@@ -261,6 +266,9 @@ export interface DialOptions {
 
 /** The dialer's side: hello, then welcome (a Connection) or the acceptor's error. */
 export async function dialV2(transport: HandshakeStream, options: DialOptions): Promise<{ connection: Connection; welcome: WelcomeV2 }> {
+  if (transport.peerId !== options.expectedPeerId) {
+    throw new PeerShareError('PEER_MISMATCH', `The peer at ${sanitizeForDisplay(transport.address.slice(0, 100))} is not the one you meant to reach: it presented ${transport.peerId}.`);
+  }
   const limits = resolveLimits(options.limits);
   const local = advertisedSettings(limits);
   const hello = {
