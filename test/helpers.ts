@@ -11,7 +11,9 @@ import {
   loadOrCreateIdentity,
   parseInvite,
   resolveLimits,
+  TRUST_FILE,
   type Identity,
+  type KnownPeerOptions,
   type Limits,
   type PeerConnection,
   type ShareOptions,
@@ -124,4 +126,20 @@ export async function rejectsWithCode(promise: Promise<unknown>, code: string): 
     return;
   }
   throw new Error(`Expected error code ${code}, but it succeeded`);
+}
+
+/** Options to reach a trusted peer by ID (connectToKnownPeer) as `client`. */
+export function options(client: TestPeer, peerId: string, extra: Partial<KnownPeerOptions> & { limits?: Partial<Limits> }): KnownPeerOptions {
+  return { identity: client.identity, trust: client.trust, name: 'client', peerId, ...extra };
+}
+
+/** The trust file as it is on disk: the oracle of what a peer remembers. */
+export async function trustFile(peer: TestPeer): Promise<string> {
+  return fs.readFile(path.join(peer.home, TRUST_FILE), 'utf8');
+}
+
+/** The addresses the trust file remembers for `id`, most recent first. */
+export async function rememberedAddresses(peer: TestPeer, id: string): Promise<string[]> {
+  const parsed = JSON.parse(await trustFile(peer)) as { peers: { id: string; addresses: string[] }[] };
+  return parsed.peers.find((p) => p.id === id)!.addresses;
 }

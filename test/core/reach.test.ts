@@ -1,22 +1,17 @@
 import assert from 'node:assert/strict';
 import * as dgram from 'node:dgram';
-import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
-import * as path from 'node:path';
 import * as tls from 'node:tls';
 import { describe, it } from 'node:test';
 import {
   DISCOVERY_GROUP,
   Discovery,
   PeerServer,
-  TRUST_FILE,
   connectToKnownPeer,
   listenOnPort,
-  type KnownPeerOptions,
-  type Limits,
 } from '../../src/core';
 import { TLS_OPTIONS } from '../../src/core/tls-options';
-import { connectWithInvite, freePort, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, freePort, makePeer, options, rejectsWithCode, rememberedAddresses, startSharer, tempDir, trustFile, type Sharer, type TestPeer } from '../helpers';
 import { waitFor } from '../hostile';
 
 // Each test uses its own discovery port, so parallel test files and other runs do not mix.
@@ -54,19 +49,6 @@ async function restart(sharer: Sharer, port: number): Promise<PeerServer> {
   const server = new PeerServer({ identity: sharer.identity, trust: sharer.trust, share: sharer.share, name: 'sharer' });
   await server.listen(port, '127.0.0.1');
   return server;
-}
-
-function options(client: TestPeer, peerId: string, extra: Partial<KnownPeerOptions> & { limits?: Partial<Limits> }): KnownPeerOptions {
-  return { identity: client.identity, trust: client.trust, name: 'client', peerId, ...extra };
-}
-
-async function trustFile(peer: TestPeer): Promise<string> {
-  return fs.readFile(path.join(peer.home, TRUST_FILE), 'utf8');
-}
-
-async function rememberedAddresses(peer: TestPeer, id: string): Promise<string[]> {
-  const parsed = JSON.parse(await trustFile(peer)) as { peers: { id: string; addresses: string[] }[] };
-  return parsed.peers.find((p) => p.id === id)!.addresses;
 }
 
 async function loopbackDiscovery(selfId: string, port: number): Promise<Discovery> {

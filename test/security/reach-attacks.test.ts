@@ -16,11 +16,9 @@ import {
   listenOnPort,
   peerIdOfCert,
   type Identity,
-  type KnownPeerOptions,
-  type Limits,
 } from '../../src/core';
 import { TLS_OPTIONS } from '../../src/core/tls-options';
-import { connectWithInvite, makePeer, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, makePeer, options, rememberedAddresses, startSharer, tempDir, trustFile, type Sharer, type TestPeer } from '../helpers';
 import { waitFor } from '../hostile';
 
 /*
@@ -154,19 +152,6 @@ async function restart(sharer: Sharer, host: string, defaultPort: number): Promi
   const server = new PeerServer({ identity: sharer.identity, trust: sharer.trust, share: sharer.share, name: 'sharer' });
   const chosen = await listenOnPort(server, host, { defaultPort });
   return { server, ...chosen };
-}
-
-function options(client: TestPeer, peerId: string, extra: Partial<KnownPeerOptions> & { limits?: Partial<Limits> }): KnownPeerOptions {
-  return { identity: client.identity, trust: client.trust, name: 'client', peerId, ...extra };
-}
-
-async function trustFile(peer: TestPeer): Promise<string> {
-  return fs.readFile(path.join(peer.home, TRUST_FILE), 'utf8');
-}
-
-async function rememberedAddresses(peer: TestPeer, id: string): Promise<string[]> {
-  const parsed = JSON.parse(await trustFile(peer)) as { peers: { id: string; addresses: string[] }[] };
-  return parsed.peers.find((p) => p.id === id)!.addresses;
 }
 
 describe('reach attacks: someone squats the port a trusted peer had', () => {
