@@ -1,7 +1,11 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { FrameParser, encodeDataHeader, encodeMessage } from '../src/core/frames';
-import type { Identity } from '../src/core';
+import type { Duplex } from 'node:stream';
+import { dialTls, type Identity, type Limits } from '../src/core';
+import type { Connection } from '../src/core/v2/connection';
+import { dialV2 } from '../src/core/v2/handshake';
+import { ShareClient } from '../src/core/v2/share-client';
 
 /**
  * Hostile peers for tests, written against the wire format directly so they can break every
@@ -143,4 +147,25 @@ export function waitFor(predicate: () => boolean, timeoutMs = 5000): Promise<voi
     };
     tick();
   });
+}
+
+/**
+ * A v2 peer over real TLS whose stream the test holds: to pause it (a reader that never reads),
+ * or to open requests ShareClient would not. Handshake as any client (dialTls + dialV2).
+ */
+export interface RawV2Peer {
+  stream: Duplex;
+  connection: Connection;
+  share: ShareClient;
+}
+
+export async function dialRawV2(address: string, identity: Identity, limits?: Partial<Limits>): Promise<RawV2Peer> {
+  const remote = await dialTls({ identity, address, timeoutMs: 5000 });
+  const { connection } = await dialV2(remote, { name: 'raw', serve: {}, limits });
+  return { stream: remote.stream, connection, share: new ShareClient(connection) };
+}
+
+/** The hello a v2 dialer sends (protocol-v2 4.1), for raw clients that speak the handshake by hand. */
+export function helloV2(name: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { type: 'hello', versions: [2], name, caps: {}, frame: 64 * 1024, window: 1024 * 1024, requests: 16, ...extra };
 }
