@@ -272,6 +272,8 @@ class ServerConnection {
   private connection?: Connection;
   private closed = false;
   private paired = false;
+  /** Aborted when this connection ends: a prompt still open is told to go away. */
+  private readonly closing = new AbortController();
   /** Allowed once by the sharer: for this connection only, not in the trust file. */
   private allowedOnce = false;
 
@@ -319,6 +321,7 @@ class ServerConnection {
   }
 
   close(): void {
+    this.closing.abort();
     if (this.closed && !this.connection) return void this.remote.stream.destroy();
     this.closed = true;
     const connection = this.connection;
@@ -341,6 +344,7 @@ class ServerConnection {
   private fail(err: PeerShareError): void {
     if (this.closed) return;
     this.closed = true;
+    this.closing.abort();
     // Its goodbye may take a second to flush; it holds no slot meanwhile.
     this.server.leaveBudgets(this);
     this.log(err.code === 'TIMEOUT' ? 'debug' : 'warn', `Closing ${this.describe()}: ${err.code} ${err.message}`);
@@ -385,8 +389,18 @@ class ServerConnection {
     const timedOut = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), this.server.limits.approvalTimeoutMs);
     });
-    const asked = onAccessRequest!(request, signal).catch(() => 'deny' as const);
-    const decision = await Promise.race([asked, timedOut]).finally(() => clearTimeout(timer));
+    // The prompt goes away when the dialer hangs up, the connection ends or the time is up.
+    const prompt = new AbortController();
+    const goAway = (): void => prompt.abort();
+    signal.addEventListener('abort', goAway, { once: true });
+    this.closing.signal.addEventListener('abort', goAway, { once: true });
+    const asked = onAccessRequest!(request, prompt.signal).catch(() => 'deny' as const);
+    const decision = await Promise.race([asked, timedOut]).finally(() => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', goAway);
+      this.closing.signal.removeEventListener('abort', goAway);
+    });
+    if (decision === 'timeout') prompt.abort();
     if (decision === 'timeout') throw new PeerShareError('ACCESS_DENIED', 'The sharer did not answer in time.');
     if (decision === 'deny') throw new PeerShareError('ACCESS_DENIED', 'The sharer declined the request.');
     if (decision === 'always') await trust.addReader({ id, name });
