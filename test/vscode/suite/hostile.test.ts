@@ -157,7 +157,7 @@ describe('hostile peers in a real VS Code, then deactivation', function () {
       assert.equal(await vscode.commands.executeCommand('peershare.download', byName('lying.txt')), undefined);
       assert.equal(await vscode.commands.executeCommand('peershare.download', byName('bad-folder')), undefined);
       assert.equal(errors.length, 2, errors.join(' | '));
-      assert.match(errors[0], /SHA-256/);
+      assert.match(errors[0], /BLAKE3/);
       assert.match(errors[1], /unsafe/);
       await assert.rejects(Promise.resolve(vscode.workspace.fs.readFile(peerFileUri(hostile.peerId, 'ws/lying.txt'))), 'a preview of a lying file is refused too');
       assert.deepEqual(await fs.readdir(path.dirname(workspace)).then((names) => names.filter((n) => n === 'escape.txt')), []);
