@@ -2,9 +2,10 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import { FrameParser, encodeDataHeader, encodeMessage } from '../src/core/frames';
 import type { Duplex } from 'node:stream';
-import { dialTls, type Identity, type Limits } from '../src/core';
-import type { Connection } from '../src/core/v2/connection';
-import { dialV2 } from '../src/core/v2/handshake';
+import { dialTls, resolveLimits, type Identity, type Limits } from '../src/core';
+import { TlsListener } from '../src/core/transport-tls';
+import type { Connection, RequestHandler } from '../src/core/v2/connection';
+import { acceptV2, dialV2 } from '../src/core/v2/handshake';
 import { ShareClient } from '../src/core/v2/share-client';
 
 /**
@@ -168,4 +169,57 @@ export async function dialRawV2(address: string, identity: Identity, limits?: Pa
 /** The hello a v2 dialer sends (protocol-v2 4.1), for raw clients that speak the handshake by hand. */
 export function helloV2(name: string, extra: Record<string, unknown> = {}): Record<string, unknown> {
   return { type: 'hello', versions: [2], name, caps: {}, frame: 64 * 1024, window: 1024 * 1024, requests: 16, ...extra };
+}
+
+/** How a hostile v2 sharer answers one request: REPLY messages and DATA through the real connection, or raw bytes past it. */
+export interface ReplierV2 {
+  message(m: Record<string, unknown>): Promise<void>;
+  data(chunk: Buffer): Promise<void>;
+  /** Bytes written to the stream as they are, outside any frame the connection makes. */
+  raw(bytes: Buffer): void;
+  stream: Duplex;
+}
+
+/** What a hostile v2 sharer does with a request; what it returns is the END, a promise that never settles is silence. */
+export type ScenarioV2 = (request: Record<string, unknown>, reply: ReplierV2) => Promise<Record<string, unknown> | void> | Record<string, unknown> | void;
+
+/**
+ * A sharer that completes the real TLS transport and v2 handshake (any dialer is let in), then
+ * answers `share/1` requests as `scenario` says: for tests of what a lying peer can do.
+ */
+export async function startHostileSharerV2(
+  identity: Identity,
+  scenario: ScenarioV2,
+  options: { welcomeId?: string; welcomeName?: string; roots?: string[] } = {},
+): Promise<HostileServer> {
+  const streams = new Set<Duplex>();
+  const stats = { connectionsAccepted: 0, handshakesRateLimited: 0, unauthenticatedEvicted: 0, oversizedHandshakes: 0 };
+  const listener = new TlsListener({
+    identity,
+    limits: resolveLimits(),
+    stats,
+    log: () => undefined,
+    onStream: (remote, admission) => {
+      admission.leave();
+      streams.add(remote.stream);
+      remote.stream.on('close', () => streams.delete(remote.stream));
+      const handler: RequestHandler = async (request, reply) => {
+        const end = await scenario(request, { message: (m) => reply.message(m as never), data: (chunk) => reply.data(chunk), raw: (bytes) => void remote.stream.write(bytes), stream: remote.stream });
+        return end ?? {};
+      };
+      acceptV2(remote, {
+        name: options.welcomeName ?? 'hostile',
+        ownPeerId: options.welcomeId ?? identity.peerId,
+        admit: async () => ({ serve: { 'share/1': { params: { roots: options.roots ?? ['ws'] }, handler } }, paired: false }),
+      }).catch(() => undefined);
+    },
+  });
+  const port = await listener.listen(0, '127.0.0.1');
+  return {
+    address: `127.0.0.1:${port}`,
+    close: () =>
+      listener.close(() => {
+        for (const stream of streams) stream.destroy();
+      }),
+  };
 }

@@ -192,6 +192,12 @@ async function receiveBlocks(
 ): Promise<{ bytes: number; resumedBytes: number; landed: boolean }> {
   const signal = options.signal;
   let answer = await conn.share.manifest(remotePath, { expect: { size: entry.size, mtimeMs: entry.mtimeMs }, signal });
+  // The sharer answers FILE_CHANGED for another version (spec 6.2); a manifest of another one is a lie.
+  if (answer.manifest.size !== entry.size || answer.mtimeMs !== entry.mtimeMs) {
+    const lie = new PeerShareError('PROTOCOL_ERROR', 'The peer described another version of the file than the one asked for.');
+    conn.close(lie);
+    throw lie;
+  }
   let previous: BlockManifest | undefined;
   let rechecked = false;
   let bytes = 0;
@@ -417,8 +423,8 @@ export async function downloadFolder(
         case 'fileRef': {
           const place = await placeFile(record);
           if (!place) break;
-          const mtimeMs = isPlausibleTime(record.mtimeMs) ? record.mtimeMs : Date.now();
-          await fetches.add(() => fetchRef(record.path, place, record.size, mtimeMs).then((n) => void n));
+          // The sharer's time as it stated it: the manifest is asked for that version (land ignores an implausible one).
+          await fetches.add(() => fetchRef(record.path, place, record.size, record.mtimeMs));
           break;
         }
         case 'skipped': {
