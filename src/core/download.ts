@@ -210,16 +210,25 @@ async function receiveBlocks(
     try {
       if (resumedBytes > 0) report(true);
       const writes = new Set<Promise<void>>();
+      // The first write that failed (a full disk): it ends the download as soon as it is seen.
+      let failed: unknown;
       for await (const block of conn.share.readBlocks(remotePath, manifest, file.missing(), { signal })) {
+        if (failed !== undefined) throw failed;
         // The block's buffer is the reader's to give: it is not reused until its write settles.
-        const written = file.write(block).finally(() => writes.delete(written));
-        written.catch(() => undefined);
+        const written: Promise<void> = file.write(block).then(
+          () => void writes.delete(written),
+          (err: unknown) => {
+            writes.delete(written);
+            failed ??= err;
+          },
+        );
         writes.add(written);
         if (writes.size >= WRITES_IN_FLIGHT) await Promise.race(writes);
         bytes += block.data.length;
         report();
       }
       await Promise.all(writes);
+      if (failed !== undefined) throw failed;
       const landed = await file.land({ conflict: land.conflict, mtimeMs });
       return { bytes, resumedBytes, landed: !landed.skipped };
     } catch (err) {
