@@ -1,6 +1,7 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { FrameParser, encodeDataHeader, encodeMessage } from '../src/core/frames';
+import { FRAME_HEADER_BYTES, FrameParser, encodeDataHeader, encodeMessage } from '../src/core/frames';
+import { ConnectionFrameParser, encodeMessageFrame, type WireMessage } from '../src/core/v2/frames';
 import type { Duplex } from 'node:stream';
 import { dialTls, resolveLimits, type Identity, type Limits } from '../src/core';
 import { TlsListener } from '../src/core/transport-tls';
@@ -85,6 +86,12 @@ export interface RawClient {
   /** DATA frame payloads received so far. */
   data: Buffer[];
   send(m: object): void;
+  /**
+   * After a v2 welcome: opens a request (a REQUEST frame with the next id of ours) and returns its
+   * id. Messages of the connection arrive in `messages` as they are, with `frame` (REPLY, END,
+   * CLOSE…) and `id` added; DATA payloads in `data`.
+   */
+  request(m: object): number;
   closed: Promise<void>;
 }
 
@@ -101,16 +108,46 @@ export function rawClient(address: string, identity?: Identity, extra: tls.Conne
     });
     const messages: Record<string, unknown>[] = [];
     const data: Buffer[] = [];
-    const parser = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, { onMessage: (m) => messages.push(m), onData: (chunk) => data.push(Buffer.from(chunk)) });
+    // The handshake's frames (v1's layout) until a v2 welcome; the connection's frames after it.
+    const handshake = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, { onMessage: (m) => messages.push(m), onData: (chunk) => data.push(Buffer.from(chunk)) });
+    const connection = new ConnectionFrameParser(
+      { frameBytes: 1 << 20, maxEventBytes: 1 << 20 },
+      {
+        onHeader: () => undefined,
+        onMessage: (type, id, message) => void messages.push({ ...message, frame: type, id }),
+        onData: (_id, chunk) => void data.push(Buffer.from(chunk)),
+        onWindow: () => undefined,
+        onCancel: () => undefined,
+      },
+    );
+    let pending = Buffer.alloc(0);
+    let v2 = false;
     const closed = new Promise<void>((done) => socket.on('close', () => done()));
     socket.on('data', (chunk: Buffer) => {
       try {
-        parser.push(chunk);
+        if (v2) return connection.push(chunk);
+        pending = Buffer.concat([pending, chunk]);
+        // One handshake frame at a time, so the bytes after a welcome go to the connection's parser.
+        while (!v2 && pending.length >= FRAME_HEADER_BYTES && pending.length >= FRAME_HEADER_BYTES + pending.readUInt32BE(1)) {
+          const end = FRAME_HEADER_BYTES + pending.readUInt32BE(1);
+          handshake.push(pending.subarray(0, end));
+          pending = pending.subarray(end);
+          const last = messages[messages.length - 1];
+          if (last?.type === 'welcome' && last.version === 2) v2 = true;
+        }
+        if (v2 && pending.length > 0) connection.push(pending);
       } catch {
         socket.destroy();
       }
     });
-    socket.once('secureConnect', () => resolve({ socket, messages, data, send: (m) => socket.write(encodeMessage(m)), closed }));
+    let nextId = 1;
+    const request = (m: object): number => {
+      const id = nextId;
+      nextId += 2;
+      socket.write(encodeMessageFrame('REQUEST', id, m as WireMessage));
+      return id;
+    };
+    socket.once('secureConnect', () => resolve({ socket, messages, data, send: (m) => socket.write(encodeMessage(m)), request, closed }));
     socket.once('error', reject);
   });
 }

@@ -138,9 +138,10 @@ export class PeerConnection {
     if (this.closedWith) return;
     this.closedWith = reason;
     this.abortHandshake.abort(reason);
-    // Our requests fail with the reason; the peer sees a plain CLOSE unless it is a code a CLOSE may carry.
-    this.connection?.close(reason);
+    // Hung up at once, as v1 did: nothing of ours (a goodbye's grace timer) outlives close(), and
+    // our requests fail with the reason.
     this.remote.stream.destroy();
+    this.connection?.close(reason);
     for (const listener of this.closeListeners.splice(0)) listener();
   }
 
