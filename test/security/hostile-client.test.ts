@@ -9,7 +9,7 @@ import * as x509 from '@peculiar/x509';
 import { PeerServer, Share, connectToPeer, resolveLimits, type Identity, type PeerConnection } from '../../src/core';
 import { FrameType, encodeDataHeader, encodeMessage } from '../../src/core/frames';
 import { makePeer, type TestPeer } from '../helpers';
-import { dripUntilClosed, rawClient, tcpConnect, waitFor, type RawClient } from '../hostile';
+import { dripUntilClosed, rawClient, tcpConnect, waitFor, type RawClient, helloV2 } from '../hostile';
 import { buildWorld, type World } from './world';
 
 /**
@@ -41,8 +41,8 @@ interface Attack {
   run(ctx: Ctx): Promise<void>;
 }
 
-/** The message that ends the answer to each kind of request; an error ends any. */
-const LAST: Record<string, string> = { stat: 'entry', list: 'end', tree: 'end', read: 'fileEnd' };
+/** v1's request types as share/1 (protocol v2, 6) names them: a read begins with the manifest. */
+const V2_REQUEST: Record<string, string> = { stat: 'share.stat', list: 'share.list', tree: 'share.tree', read: 'share.manifest' };
 const LIMITS = {
   handshakeTimeoutMs: 600,
   helloTimeoutMs: 600,
@@ -59,7 +59,8 @@ const LIMITS = {
   handshakesPerSecondPerSource: 10_000,
 };
 
-const codesOf = (messages: Record<string, unknown>[]): unknown[] => messages.filter((m) => m.type === 'error').map((m) => m.code);
+/** The codes of refusals: a handshake or END `error`, and a CLOSE that carries one (protocol v2). */
+const codesOf = (messages: Record<string, unknown>[]): unknown[] => messages.filter((m) => m.type === 'error' || (m.type === 'close' && m.code !== undefined)).map((m) => m.code);
 
 function readTraversal(cls: string, paths: string[], codes = ['OUTSIDE_SHARE', 'NOT_FOUND']): Attack[] {
   return paths.flatMap((p) =>
@@ -221,7 +222,7 @@ const ATTACKS: Attack[] = [
     name: 'an unknown certificate: PEER_UNTRUSTED',
     run: async (ctx) => {
       const client = await ctx.open(ctx.stranger.identity);
-      client.send({ type: 'hello', versions: [1], name: 'stranger' });
+      client.send(helloV2('stranger'));
       client.send({ type: 'read', path: 'ws/README.md', offset: 0 });
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['PEER_UNTRUSTED']);
@@ -241,7 +242,7 @@ const ATTACKS: Attack[] = [
     run: async (ctx) => {
       const { keyPem, chainPem } = await leafSignedBy(ctx.insider.identity);
       const client = await ctx.open(undefined, { tls: { key: keyPem, cert: chainPem } });
-      client.send({ type: 'hello', versions: [1], name: 'chain' });
+      client.send(helloV2('chain'));
       await client.closed;
       assert.deepEqual(client.messages.map((m) => [m.code, m.message]), [['PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.']]);
     },
@@ -251,7 +252,7 @@ const ATTACKS: Attack[] = [
     name: 'a hello claiming a trusted peer’s ID from another certificate: PEER_UNTRUSTED',
     run: async (ctx) => {
       const client = await ctx.open(ctx.stranger.identity);
-      client.send({ type: 'hello', versions: [1], name: 'insider', id: ctx.insider.identity.peerId, peerId: ctx.insider.identity.peerId });
+      client.send(helloV2('insider', { id: ctx.insider.identity.peerId, peerId: ctx.insider.identity.peerId }));
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['PEER_UNTRUSTED']);
     },
@@ -262,7 +263,7 @@ const ATTACKS: Attack[] = [
     run: async (ctx) => {
       for (const token of ['A'.repeat(32), 'not a token', 'x'.repeat(256)]) {
         const client = await ctx.open(ctx.stranger.identity);
-        client.send({ type: 'hello', versions: [1], name: 'guesser', token });
+        client.send(helloV2('guesser', { token }));
         await client.closed;
         assert.deepEqual(codesOf(client.messages), ['TOKEN_INVALID']);
       }
@@ -276,12 +277,12 @@ const ATTACKS: Attack[] = [
       const token = new URL(ctx.server.createInvite({ uses: 1, ttlMs: 60_000 })).searchParams.get('token');
       const first = await makePeer();
       const a = await ctx.open(first.identity);
-      a.send({ type: 'hello', versions: [1], name: 'first', token });
+      a.send(helloV2('first', { token }));
       await waitFor(() => a.messages.length > 0);
       assert.equal(a.messages[0].type, 'welcome');
       a.socket.destroy();
       const b = await ctx.open(ctx.stranger.identity);
-      b.send({ type: 'hello', versions: [1], name: 'second', token });
+      b.send(helloV2('second', { token }));
       await b.closed;
       assert.deepEqual(codesOf(b.messages), ['TOKEN_INVALID']);
       await ctx.server.options.trust.remove(first.identity.peerId);
@@ -294,7 +295,7 @@ const ATTACKS: Attack[] = [
       const token = new URL(ctx.server.createInvite({ uses: 5, ttlMs: 1 })).searchParams.get('token');
       await new Promise((r) => setTimeout(r, 20));
       const client = await ctx.open(ctx.stranger.identity);
-      client.send({ type: 'hello', versions: [1], name: 'late', token });
+      client.send(helloV2('late', { token }));
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['TOKEN_INVALID']);
     },
@@ -353,7 +354,7 @@ const ATTACKS: Attack[] = [
     name: 'a second hello: PROTOCOL_ERROR',
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity, { hello: true });
-      assert.deepEqual(codesOf(await ctx.ask(client, { type: 'hello', versions: [1], name: 'again' })), ['PROTOCOL_ERROR']);
+      assert.deepEqual(codesOf(await ctx.ask(client, helloV2('again'))), ['PROTOCOL_ERROR']);
     },
   },
   {
@@ -433,7 +434,7 @@ const ATTACKS: Attack[] = [
     name: 'more connections than the limit: BUSY for the excess, served again after',
     run: async (ctx) => {
       const clients = await Promise.all(Array.from({ length: LIMITS.maxConnections + 4 }, () => ctx.open(ctx.insider.identity)));
-      for (const c of clients) c.send({ type: 'hello', versions: [1], name: 'many' });
+      for (const c of clients) c.send(helloV2('many'));
       await waitFor(() => clients.every((c) => c.messages.length > 0));
       const busy = clients.filter((c) => c.messages[0].code === 'BUSY').length;
       assert.ok(busy >= 4, `${busy} connections told BUSY`);
@@ -558,7 +559,7 @@ describe('a hostile client against a real server', () => {
       client.socket.on('error', () => undefined);
       opened.push(client);
       if (options.hello) {
-        client.send({ type: 'hello', versions: [1], name: 'attacker' });
+        client.send(helloV2('attacker'));
         await waitFor(() => client.messages.length > 0 || client.socket.destroyed);
         assert.equal(client.messages[0]?.type, 'welcome');
       }
@@ -566,9 +567,16 @@ describe('a hostile client against a real server', () => {
     },
     async ask(client, request) {
       const from = client.messages.length;
-      const last = LAST[(request as { type: string }).type];
-      client.send(request);
-      await Promise.race([client.closed, waitFor(() => client.messages.slice(from).some((m) => m.type === 'error' || m.type === last), 10_000)]);
+      const { type, offset: _offset, ...fields } = request as { type: string; offset?: number; [key: string]: unknown };
+      if (type === 'hello') {
+        // A handshake frame where the connection's frames belong.
+        client.send(request);
+        await Promise.race([client.closed, waitFor(() => client.messages.length > from, 10_000)]);
+        return client.messages.slice(from);
+      }
+      // v1's requests as share/1 names them; a read starts with the file's manifest, where its path is checked.
+      const id = client.request({ ...fields, type: V2_REQUEST[type] ?? `share.${type}` });
+      await Promise.race([client.closed, waitFor(() => client.messages.slice(from).some((m) => m.frame === 'CLOSE' || (m.frame === 'END' && m.id === id)), 10_000)]);
       return client.messages.slice(from);
     },
     async refuses(request, codes) {
