@@ -8,6 +8,7 @@ import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { PeerServer, Share, connectToPeer, resolveLimits, type Identity, type PeerConnection } from '../../src/core';
 import { FrameType, encodeDataHeader, encodeMessage } from '../../src/core/frames';
+import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
 import { makePeer, type TestPeer } from '../helpers';
 import { dripUntilClosed, rawClient, tcpConnect, waitFor, type RawClient, helloV2 } from '../hostile';
 import { buildWorld, type World } from './world';
@@ -39,6 +40,17 @@ interface Attack {
   cls: string;
   name: string;
   run(ctx: Ctx): Promise<void>;
+}
+
+/** A share.read of `blocks` of ws/README.md (its manifest asked first, for its fileHash): refused with one of `codes`. */
+async function readBlocksRefused(ctx: Ctx, blocks: unknown, codes: string[]): Promise<void> {
+  const client = await ctx.open(ctx.insider.identity, { hello: true });
+  const manifest = (await ctx.ask(client, { type: 'read', path: 'ws/README.md' })).find((m) => m.type === 'manifest');
+  assert.ok(manifest, 'the manifest was served');
+  const answer = await ctx.ask(client, { type: 'share.read', path: 'ws/README.md', fileHash: manifest.fileHash, blocks });
+  const got = codesOf(answer);
+  assert.equal(got.length, 1, `expected a refusal, got ${JSON.stringify(answer).slice(0, 200)}`);
+  assert.ok(codes.includes(got[0] as string), `refused with ${String(got[0])}, expected ${codes.join('/')}`);
 }
 
 /** v1's request types as share/1 (protocol v2, 6) names them: a read begins with the manifest. */
@@ -124,8 +136,9 @@ const ATTACKS: Attack[] = [
       }
     },
   },
-  { cls: 'traversal', name: 'a negative offset', run: (ctx) => ctx.refuses({ type: 'read', path: 'ws/README.md', offset: -5 }, ['PROTOCOL_ERROR']) },
-  { cls: 'traversal', name: 'an offset past the end', run: (ctx) => ctx.refuses({ type: 'read', path: 'ws/README.md', offset: 1e15 }, ['INVALID_ARGUMENT']) },
+  // v1's offsets are v2's block ranges (share.read, spec 6.2): a negative one breaks the protocol, one past the end is refused.
+  { cls: 'traversal', name: 'a negative block index', run: (ctx) => readBlocksRefused(ctx, [[-5, 1]], ['PROTOCOL_ERROR']) },
+  { cls: 'traversal', name: 'a block past the end', run: (ctx) => readBlocksRefused(ctx, [[0, 1e9]], ['INVALID_ARGUMENT', 'PROTOCOL_ERROR']) },
 
   // ---- the sibling-prefix case
   ...readTraversal('sibling prefix', ['ws-secret/x', 'ws/../ws-secret/x', 'ws-secret', 'ws /README.md', 'WS/README.md']),
@@ -141,7 +154,7 @@ const ATTACKS: Attack[] = [
       const listed = (await ctx.ask(client, { type: 'list', path: 'ws' })).flatMap((m) => (m.type === 'entries' ? (m.entries as { name: string }[]).map((e) => e.name) : []));
       assert.deepEqual(listed.sort(), ['README.md', 'big.bin', 'bomb-deep', 'bomb-wide', 'bomb-wider', 'src', 'sub', 'swap-target']);
       const tree = await ctx.ask(client, { type: 'tree', path: 'ws/sub' });
-      assert.deepEqual(tree.map((m) => `${m.type}:${m.path ?? ''}`), ['dir:deep', 'file:deep/note.txt', 'fileEnd:', 'end:']);
+      assert.deepEqual(tree.map((m) => `${m.type}:${m.path ?? ''}`), ['dir:deep', 'file:deep/note.txt', 'end:']);
     },
   },
   {
@@ -336,7 +349,7 @@ const ATTACKS: Attack[] = [
     name: 'unknown versions only: VERSION_UNSUPPORTED',
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity);
-      client.send({ type: 'hello', versions: [0, 2, 99], name: 'future' });
+      client.send({ type: 'hello', versions: [0, 1, 99], name: 'future' });
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['VERSION_UNSUPPORTED']);
     },
@@ -392,16 +405,16 @@ const ATTACKS: Attack[] = [
     name: 'a request dripped a byte at a time is cut off by the absolute deadline',
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity, { hello: true });
-      const bytes = encodeMessage({ type: 'stat', path: 'ws/README.md' });
+      const bytes = encodeMessageFrame('REQUEST', 1, { type: 'share.stat', path: 'ws/README.md' });
       const sent = await dripUntilClosed(client, bytes, 100);
       assert.ok(sent < bytes.length, 'closed before the request completed');
       assert.deepEqual(codesOf(client.messages.slice(1)), ['TIMEOUT']);
     },
   },
   ...[
-    ['a message length of 4 GiB', FrameType.MESSAGE, 0xffffffff, 'TOO_LARGE'],
-    ['a message length just over the limit', FrameType.MESSAGE, 1024 * 1024 + 1, 'TOO_LARGE'],
-    ['a message length of 0', FrameType.MESSAGE, 0, 'PROTOCOL_ERROR'],
+    ['a message length of 4 GiB', ConnectionFrameType.REQUEST, 0xffffffff, 'TOO_LARGE'],
+    ['a message length just over the limit', ConnectionFrameType.REQUEST, 1024 * 1024 + 1, 'TOO_LARGE'],
+    ['a message length of 0', ConnectionFrameType.REQUEST, 0, 'PROTOCOL_ERROR'],
     ['an unknown frame type', 0x7f, 10, 'PROTOCOL_ERROR'],
   ].map(
     ([what, type, length, code]): Attack => ({
@@ -409,9 +422,11 @@ const ATTACKS: Attack[] = [
       name: `${what}: ${code}, refused from the header alone`,
       run: async (ctx) => {
         const client = await ctx.open(ctx.insider.identity, { hello: true });
-        const header = Buffer.alloc(5);
+        // A v2 frame header (type, length, request id 1), and nothing after it.
+        const header = Buffer.alloc(9);
         header[0] = type as number;
         header.writeUInt32BE(length as number, 1);
+        header.writeUInt32BE(1, 5);
         client.socket.write(header);
         await client.closed;
         assert.deepEqual(codesOf(client.messages.slice(1)), [code]);
@@ -448,8 +463,10 @@ const ATTACKS: Attack[] = [
       // Readers that do not read hold every request slot; three more requests find none free.
       const holders = await Promise.all(Array.from({ length: LIMITS.maxConcurrentRequests }, () => ctx.open(ctx.insider.identity, { hello: true })));
       for (const c of holders) {
+        const manifest = (await ctx.ask(c, { type: 'read', path: 'ws/big.bin' })).find((m) => m.type === 'manifest')!;
         c.socket.pause();
-        c.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
+        // Every block of 48 MiB: far past the window it grants, so the answer waits on it, holding its slot.
+        c.request({ type: 'share.read', path: 'ws/big.bin', fileHash: manifest.fileHash, blocks: [[0, Math.ceil(Number(manifest.size) / Number(manifest.blockSize))]] });
       }
       await new Promise((r) => setTimeout(r, 150));
       for (let i = 0; i < 3; i++) {
@@ -575,7 +592,7 @@ describe('a hostile client against a real server', () => {
         return client.messages.slice(from);
       }
       // v1's requests as share/1 names them; a read starts with the file's manifest, where its path is checked.
-      const id = client.request({ ...fields, type: V2_REQUEST[type] ?? `share.${type}` });
+      const id = client.request({ ...fields, type: type.startsWith('share.') ? type : (V2_REQUEST[type] ?? `share.${type}`) });
       await Promise.race([client.closed, waitFor(() => client.messages.slice(from).some((m) => m.frame === 'CLOSE' || (m.frame === 'END' && m.id === id)), 10_000)]);
       return client.messages.slice(from);
     },
