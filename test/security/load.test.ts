@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type * as tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
+import { blockSizeFor } from '../../src/core/blocks';
 import { encodeMessage } from '../../src/core/frames';
+import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { connectWithInvite, makePeer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
-import { dripUntilClosed, rawClient, waitFor, type RawClient } from '../hostile';
+import { dripUntilClosed, helloV2, rawClient, waitFor, type RawClient } from '../hostile';
 
 /**
  * Load on a sharer in its own process, with its default limits but short timeouts: 200
@@ -43,8 +46,10 @@ describe('load', () => {
   const samples: Sample[] = [];
   let measured: ((s: Sample) => void) | undefined;
 
+  let ws: string;
+
   before(async () => {
-    const ws = path.join(tempDir(), 'ws');
+    ws = path.join(tempDir(), 'ws');
     for (let i = 0; i < 20; i++) await writeRandomFile(path.join(ws, `small-${i}.txt`), 2000);
     await writeRandomFile(path.join(ws, 'big.bin'), 64 * MiB);
     child = fork(path.join(__dirname, 'load-sharer.ts'), [ws, JSON.stringify(LIMITS)], { execArgv: ['--import', 'tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -94,7 +99,7 @@ describe('load', () => {
         throw err;
       }
       c.socket.on('error', () => undefined);
-      c.send({ type: 'hello', versions: [1], name: 'rogue' });
+      c.send(helloV2('rogue'));
       await waitFor(() => c.messages.length > 0 || c.socket.destroyed, 15_000);
       // Closed with no answer: made room for newer ones before the sharer saw its handshake end.
       return c.messages.length === 0 ? 'dropped' : c;
@@ -145,10 +150,11 @@ describe('load', () => {
           while (sent < 1000 && !c.socket.destroyed) {
             sent++;
             const from = c.messages.length;
-            c.send({ type: 'stat', path: `ws/small-${sent % 20}.txt` });
+            c.request({ type: 'share.stat', path: `ws/small-${sent % 20}.txt` });
             await waitFor(() => c.messages.length > from || c.socket.destroyed, 15_000);
             const answer = c.messages[from];
-            const key = String(answer?.code ?? answer?.type ?? 'closed');
+            // END {type:"end", entry} is an answer, END error a refusal (its code), CLOSE the end.
+            const key = String(answer?.type === 'end' && answer.entry ? 'entry' : (answer?.code ?? answer?.type ?? 'closed'));
             answers.set(key, (answers.get(key) ?? 0) + 1);
           }
         }),
@@ -156,13 +162,15 @@ describe('load', () => {
 
       // Drippers, non-readers and a crowd past the connection limit, all at once.
       const drippers = await Promise.all(Array.from({ length: 10 }, () => rawClient(address, crowd.identity, from('127.0.0.12'))));
-      const hello = encodeMessage({ type: 'hello', versions: [1], name: 'drip'.repeat(20) });
+      const hello = encodeMessage(helloV2('drip'.repeat(20)));
       const dripped = Promise.all(drippers.map((d) => dripUntilClosed(d, hello, 500)));
       const readers = (await Promise.all(Array.from({ length: 5 }, () => openHello(lazy, '127.0.0.13')))).filter((r): r is RawClient => r !== 'dropped');
       assert.equal(readers.length, 5, 'the non-readers got in (the burst has gone)');
+      // Each asks for every block of the 64 MiB file (its block list made here, as the sharer makes it) and reads nothing.
+      const bigManifest = manifestOfBytes(await fs.readFile(path.join(ws, 'big.bin')), blockSizeFor(64 * MiB));
       for (const r of readers) {
         r.socket.pause();
-        r.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
+        r.request({ type: 'share.read', path: 'ws/big.bin', fileHash: bigManifest.fileHash.toString('hex'), blocks: [[0, bigManifest.blockHashes.length]] });
       }
       const crowdFrom = addresses(14, 8);
       const overLimit = await Promise.all(Array.from({ length: 80 }, (_, i) => rawClient(address, crowd.identity, from(crowdFrom[i % crowdFrom.length])).catch(() => undefined)));
@@ -174,7 +182,7 @@ describe('load', () => {
       const drippedBytes = await dripped;
       assert.ok(drippedBytes.every((n) => n < hello.length), 'every dripper was cut off before its hello was whole');
       // Non-readers cannot notice (they read nothing): the sharer's count shows they were dropped.
-      await waitFor(() => samples[samples.length - 1]?.peers === welcomed.filter((c) => !c.socket.destroyed).length + 1, 15_000);
+      await waitFor(() => samples[samples.length - 1]?.peers === welcomed.filter((c) => !c.socket.destroyed).length + 1, 15_000).catch((err: Error) => { throw new Error(`${err.message} (185): peers ${samples[samples.length - 1]?.peers}, expected ${welcomed.filter((c) => !c.socket.destroyed).length + 1}`); });
       const peak = Math.max(...samples.map((s) => s.rss));
 
       polling = false;
