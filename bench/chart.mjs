@@ -134,7 +134,9 @@ export function renderChart(doc) {
   y += 6;
   for (const [name, s] of scenarios) {
     y += 22;
-    parts.push(text(MARGIN, y, fit(`${name}: ${s.measured ?? s.title ?? ''}${s.date ? ` (${s.date.slice(0, 10)})` : ''}`, WIDTH - 2 * MARGIN, 13), { size: 13, weight: 'bold' }));
+    // Its own date and commit first: the heading may be cut where it runs off the chart.
+    const when = [s.date?.slice(0, 10), s.commit].filter(Boolean).join(', ');
+    parts.push(text(MARGIN, y, fit(`${name}${when ? ` (${when})` : ''}: ${s.measured ?? s.title ?? ''}`, WIDTH - 2 * MARGIN, 13), { size: 13, weight: 'bold' }));
     // Figures of one variant (shared cores, pinned) follow its own sub-heading.
     let variant;
     for (const f of s.error ? [{ label: 'failed', text: s.error }] : (s.figures ?? [])) {

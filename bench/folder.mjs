@@ -105,7 +105,7 @@ export async function run(ctx) {
   for (const variant of variants) measured.push(await measureVariant(ctx, variant, { dataDir, source, made, runs }));
 
   return {
-    measured: `${made.files} files (${toMiB(made.bytes)} MiB, ${toMiB(made.allocated)} MiB on disk) in ${folderCount} folders; medians of ${runs} alternating runs; ${variants.map((v) => v.label).join(', and ')}`,
+    measured: `${made.files} files (${toMiB(made.bytes)} MiB, ${toMiB(made.allocated)} MiB on disk) in ${folderCount} folders; medians of ${runs} alternating runs in each of ${variants.length} variant(s)`,
     summary: {
       files: made.files,
       folders: folderCount,

@@ -99,7 +99,7 @@ export async function run(ctx) {
 
   const all = Object.values(measured);
   return {
-    measured: `${sizeMiB} MiB random file over loopback, written to disk; medians of ${runs} alternating runs; ${variants.map((v) => v.label).join(', and ')}`,
+    measured: `${sizeMiB} MiB random file over loopback, written to disk; medians of ${runs} alternating runs in each of ${variants.length} variant(s)`,
     summary: {
       fileBytes: sizeBytes,
       runs,

@@ -150,8 +150,7 @@ async function fetch({ home, address, peerId, files, dest, connections: count })
   const connections = await Promise.all(
     Array.from({ length: count }, async () => {
       const stream = await dialTls({ identity, address });
-      if (stream.peerId !== peerId) throw new Error(`${address} presented another certificate`);
-      return (await dialV2(stream, { name: 'bench requester', serve: {} })).connection;
+      return (await dialV2(stream, { expectedPeerId: peerId, name: 'bench requester', serve: {} })).connection;
     }),
   );
   const dialed = performance.now();

@@ -72,8 +72,11 @@ export function dialTls(options: HandshakeOptions): Promise<AuthenticatedStream>
     socket.once('error', onError);
     socket.once('close', onClose);
     socket.once('secureConnect', () => {
-      const cert = socket.getPeerCertificate(false);
-      if (!cert?.raw) return fail(new PeerShareError('PEER_MISMATCH', `The peer at ${address} presented no certificate.`));
+      // One self-signed certificate, as the acceptor demands of us (spec 2.1): a chain from a
+      // hostile sharer is refused here, before anything else looks at it.
+      const cert = singleCertificate(socket);
+      if (cert === 'chain') return fail(new PeerShareError('PEER_UNTRUSTED', `The peer at ${address} presented a certificate chain; PeerShare peers present one self-signed certificate.`));
+      if (cert === 'none') return fail(new PeerShareError('PEER_MISMATCH', `The peer at ${address} presented no certificate.`));
       done();
       // Requests and answers are small writes each waiting on the other: no Nagle delay.
       socket.setNoDelay(true);
@@ -231,12 +234,14 @@ export class TlsListener {
     }
     const host = socket.remoteAddress ?? '';
     const address = formatAddress(host || '?', socket.remotePort ?? 0);
-    const cert = clientCertificate(socket);
-    if (cert instanceof PeerShareError) {
+    const cert = singleCertificate(socket);
+    if (typeof cert === 'string') {
+      const refused =
+        cert === 'chain' ? new PeerShareError('PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.') : new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.');
       // Its goodbye may take a second to flush; it holds no slot meanwhile.
       this.unauthenticated.leave(waiting);
-      this.log('warn', `Closing ${address}: ${cert.code} ${cert.message}`);
-      endWithError(socket, cert);
+      this.log('warn', `Closing ${address}: ${refused.code} ${refused.message}`);
+      endWithError(socket, refused);
       return;
     }
     // Requests and answers are small writes each waiting on the other: no Nagle delay.
@@ -254,16 +259,14 @@ export class TlsListener {
 }
 
 /**
- * The one certificate the client proved, or why it is refused. Peers' certificates are
+ * The one certificate the other end proved, or why it is refused. Peers' certificates are
  * self-signed and pinned, so a chain has no use here and only costs verification work.
  */
-function clientCertificate(socket: tls.TLSSocket): X509Certificate | PeerShareError {
+function singleCertificate(socket: tls.TLSSocket): X509Certificate | 'chain' | 'none' {
   // Before getPeerX509Certificate(): after it, Node (20) no longer shows the chain.
   const leaf = socket.getPeerCertificate(true);
-  if (leaf.issuerCertificate !== undefined && leaf.issuerCertificate !== leaf) {
-    return new PeerShareError('PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.');
-  }
-  return socket.getPeerX509Certificate() ?? new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.');
+  if (leaf.issuerCertificate !== undefined && leaf.issuerCertificate !== leaf) return 'chain';
+  return socket.getPeerX509Certificate() ?? 'none';
 }
 
 /** A connection not yet authenticated: where it comes from, and how to close it to make room. */

@@ -617,6 +617,15 @@ describe('v2 connection: hostile peers', () => {
     }
   });
 
+  it('a CLOSE frame whose message is not a close is PROTOCOL_ERROR, not the code it carries (found in review)', async () => {
+    const { connection, peer } = facingRawPeer('dialer');
+    const answer = connection.request({ type: 'test.get' });
+    peer.write(encodeMessageFrame('CLOSE', 0, { type: 'anything', code: 'TIMEOUT', message: 'bye' }));
+    const err = await answer.result.then(() => undefined, (e: PeerShareError) => e);
+    assert.equal(err?.code, 'PROTOCOL_ERROR');
+    assert.equal(err instanceof PeerSentError, false);
+  });
+
   it('our CLOSE reason is bounded, whatever the peer sent', async () => {
     const { peer } = facingRawPeer('dialer');
     peer.write(encodeMessageFrame('REQUEST', 2, { type: 'x'.repeat(90) + '\u202e.get' }));
@@ -692,5 +701,42 @@ describe('v2 connection: hostile peers', () => {
     await assert.rejects(pending.result, { code: 'CONNECTION_CLOSED' });
     assert.equal(await closeReason(acceptor).then((r) => r?.code), 'CONNECTION_CLOSED');
     assert.deepEqual(fromDialer.at(-1)?.message, { type: 'close' });
+  });
+
+  it('a starved answer the requester cancels while our END waits for the socket is ended once, not again by the starvation deadline (found in review)', async () => {
+    const [mine, theirs] = duplexPair();
+    const connection = new Connection(mine, { peerId: 'raw', address: 'memory', side: 'dialer', peerCapabilities: [], remote: { frame: 16 * KiB, window: 64 * KiB }, limits: { stallTimeoutMs: 600 } });
+    connection.handle('test/1', async (_req, reply) => {
+      for (let i = 0; i < 64; i++) await reply.data(Buffer.alloc(16 * KiB, 1)).catch(() => undefined);
+    });
+    const endsOf2: WireMessage[] = [];
+    let closedWith: PeerShareError | undefined;
+    connection.onClose((reason) => (closedWith = reason));
+    const parser = new ConnectionFrameParser(
+      { frameBytes: MiB, maxEventBytes: MiB },
+      {
+        onHeader: () => undefined,
+        onMessage: (type, id, message) => {
+          if (type === 'END' && id === 2) endsOf2.push(message);
+        },
+        onData: () => undefined,
+        onWindow: () => undefined,
+        onCancel: () => undefined,
+      },
+    );
+    theirs.on('data', (chunk: Buffer) => parser.push(chunk));
+    const at = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+    theirs.write(encodeMessageFrame('REQUEST', 2, { type: 'test.get' })); // never granted more: starved
+    await at(250);
+    theirs.pause(); // the peer stops reading for a moment...
+    theirs.write(encodeMessageFrame('REQUEST', 4, { type: 'test.get' })); // ...while this one's 64 KiB fill the pipe
+    await at(100);
+    theirs.write(encodeCancelFrame(2)); // our END {cancelled} is queued, not yet written
+    await at(400); // past the starvation deadline (600 ms), before the transport's own stall deadline
+    theirs.resume();
+    await at(300);
+    assert.deepEqual(endsOf2, [{ type: 'end', cancelled: true }]);
+    assert.notEqual(closedWith?.code, 'PROTOCOL_ERROR');
+    connection.close();
   });
 });

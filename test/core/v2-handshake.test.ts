@@ -68,7 +68,7 @@ describe('v2 handshake: meeting version 1 (docs/protocol-v2.md 4.7)', () => {
 
   it('our hello parses under v1\'s rules, so a v1 acceptor answers with the version, not a protocol error', async () => {
     const [mine, v1] = duplexPair();
-    const dialing = dialV2({ stream: mine, peerId: ACCEPTOR, address: 'old.local:47474', side: 'dialer' }, { name: 'ann@laptop', serve });
+    const dialing = dialV2({ stream: mine, peerId: ACCEPTOR, address: 'old.local:47474', side: 'dialer' }, { expectedPeerId: ACCEPTOR, name: 'ann@laptop', serve });
     const messages: Record<string, unknown>[] = [];
     const parser = new FrameParser(resolveLimits(), { onMessage: (m) => messages.push(m), onData: () => undefined }, false);
     v1.on('data', (c: Buffer) => parser.push(c));
@@ -80,6 +80,17 @@ describe('v2 handshake: meeting version 1 (docs/protocol-v2.md 4.7)', () => {
     const err = await dialing.then(() => undefined, (e: PeerShareError) => e);
     assert.equal(err?.code, 'VERSION_UNSUPPORTED');
     assert.equal(err?.message, 'The peer at old.local:47474 runs an older PeerShare (protocol version 1). Ask them to update PeerShare; this version cannot connect to it.');
+    // The peer's refusal, never to be taken for our own (spec 8; found in review).
+    assert.equal((err as { sentByPeer?: boolean }).sentByPeer, true);
+  });
+
+  it('a refusal that lists our own version among the versions the peer speaks is a protocol error, not "older" (found in review)', async () => {
+    const [mine, v1] = duplexPair();
+    const dialing = dialV2({ stream: mine, peerId: ACCEPTOR, address: 'odd.local:47474', side: 'dialer' }, { expectedPeerId: ACCEPTOR, name: 'ann@laptop', serve });
+    v1.once('data', () => v1.write(encodeMessage({ type: 'error', code: 'VERSION_UNSUPPORTED', message: 'no', versions: [1, 2] })));
+    const err = await dialing.then(() => undefined, (e: PeerShareError) => e);
+    assert.equal(err?.code, 'PROTOCOL_ERROR');
+    assert.doesNotMatch(err!.message, /older/);
   });
 });
 
@@ -93,7 +104,7 @@ describe('v2 handshake: dialer and acceptor', () => {
     });
     const dialing = dialV2(
       { stream: a, peerId: ACCEPTOR, address: 'memory:acceptor', side: 'dialer' },
-      { name: 'ann\u202e@laptop', serve: { 'test/1': { params: {}, handler: () => ({ from: 'dialer' }) } }, limits: { requestWindowBytes: 2 * 1024 * 1024 } },
+      { expectedPeerId: ACCEPTOR, name: 'ann\u202e@laptop', serve: { 'test/1': { params: {}, handler: () => ({ from: 'dialer' }) } }, limits: { requestWindowBytes: 2 * 1024 * 1024 } },
     );
     const [{ connection: dialer, welcome }, { connection: acceptorConnection }] = await Promise.all([dialing, accepting]);
     assert.equal(seen?.name, 'ann\\u202e@laptop', 'the name is escaped');
@@ -108,7 +119,7 @@ describe('v2 handshake: dialer and acceptor', () => {
 
   it('bytes right behind the welcome, in the same chunk, reach the dialer\'s connection in order', async () => {
     const [a, b] = duplexPair();
-    const dialing = dialV2({ stream: a, peerId: ACCEPTOR, address: 'memory:acceptor', side: 'dialer' }, { name: 'ann', serve });
+    const dialing = dialV2({ stream: a, peerId: ACCEPTOR, address: 'memory:acceptor', side: 'dialer' }, { expectedPeerId: ACCEPTOR, name: 'ann', serve });
     const fromDialer: string[] = [];
     const parser = new ConnectionFrameParser({ frameBytes: 1 << 20, maxEventBytes: 1 << 16 }, {
       onHeader: (h) => void fromDialer.push(`${h.type} ${h.id}`),
@@ -136,9 +147,19 @@ describe('v2 handshake: dialer and acceptor', () => {
 
   it('a welcome naming another ID than the transport proved is PEER_MISMATCH', async () => {
     const [a, b] = duplexPair();
-    const dialing = dialV2({ stream: a, peerId: 'the-one-we-pinned', address: 'memory:acceptor', side: 'dialer' }, { name: 'ann', serve });
+    const dialing = dialV2({ stream: a, peerId: 'the-one-we-pinned', address: 'memory:acceptor', side: 'dialer' }, { expectedPeerId: 'the-one-we-pinned', name: 'ann', serve });
     await acceptor(b).catch(() => undefined);
     await assert.rejects(dialing, { code: 'PEER_MISMATCH' });
+  });
+
+  it('a transport that proved another peer than the one we meant gets PEER_MISMATCH and not a byte: no hello, no token (found in review)', async () => {
+    const [a, b] = duplexPair();
+    const seen: Buffer[] = [];
+    b.on('data', (c: Buffer) => seen.push(c));
+    const dialing = dialV2({ stream: a, peerId: 'someone-else', address: 'memory:acceptor', side: 'dialer' }, { expectedPeerId: ACCEPTOR, name: 'ann', token: 'invite-token', serve });
+    await assert.rejects(dialing, { code: 'PEER_MISMATCH' });
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(Buffer.concat(seen).length, 0);
   });
 
   it('a refusal reaches the dialer with its code, marked as the peer\'s; a local code becomes INTERNAL', async () => {
@@ -147,7 +168,7 @@ describe('v2 handshake: dialer and acceptor', () => {
       const accepting = acceptor(b, async () => {
         throw thrown;
       });
-      const err = await dialV2({ stream: a, peerId: ACCEPTOR, address: 'memory:acceptor', side: 'dialer' }, { name: 'ann', serve }).then(
+      const err = await dialV2({ stream: a, peerId: ACCEPTOR, address: 'memory:acceptor', side: 'dialer' }, { expectedPeerId: ACCEPTOR, name: 'ann', serve }).then(
         () => undefined,
         (e: PeerShareError) => e,
       );

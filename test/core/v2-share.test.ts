@@ -178,6 +178,21 @@ describe('share/1 over the in-memory pair: a real folder', () => {
     requester.close();
   });
 
+  it('a bug in our own callback is INTERNAL and leaves the connection open: the honest peer is not blamed (found in review)', async () => {
+    const { client, requester } = sharePair();
+    const err = await client
+      .list('ws', {
+        onBatch: () => {
+          throw new TypeError('a bug of ours');
+        },
+      })
+      .then(() => undefined, (e: PeerShareError) => e);
+    assert.equal(err?.code, 'INTERNAL');
+    assert.equal(requester.closed, false);
+    assert.ok((await client.list('ws')).length > 0, 'the same connection still answers');
+    requester.close();
+  });
+
   it('reads any set of blocks, each verified: all, first and last quarters, every other one', async () => {
     const { client, requester } = sharePair();
     const { manifest } = await client.manifest('ws/big.bin');
@@ -701,7 +716,7 @@ describe('share/1 over TLS 1.3 on loopback', () => {
 
   it('the roots in the welcome; list, manifest and every block of a real file, verified', async () => {
     const stream = await dialTls({ identity: reader.identity, address: `127.0.0.1:${port}` });
-    const { connection, welcome } = await dialV2(stream, { name: 'reader', serve: {} });
+    const { connection, welcome } = await dialV2(stream, { expectedPeerId: sharer.identity.peerId, name: 'reader', serve: {} });
     assert.deepEqual(welcome.caps['share/1'], { roots: ['ws'] });
     const client = new ShareClient(connection);
     assert.ok((await client.list('ws')).some((e) => e.name === 'big.bin'));

@@ -65,7 +65,7 @@ describe('v2 over TLS 1.3 on loopback', () => {
   it('dial, handshake, requests both ways and a 32 MiB answer on one connection', async () => {
     const stream = await dialTls({ identity: reader.identity, address: `127.0.0.1:${port}` });
     assert.equal(stream.peerId, sharer.identity.peerId, 'the pin: the certificate the transport proved');
-    const { connection, welcome } = await dialV2(stream, { name: 'reader', serve: serve('dialer') });
+    const { connection, welcome } = await dialV2(stream, { expectedPeerId: sharer.identity.peerId, name: 'reader', serve: serve('dialer') });
     assert.equal(welcome.id, sharer.identity.peerId);
     let bytes = 0;
     const answer = connection.request({ type: 'test.get', bytes: 32 * MiB });

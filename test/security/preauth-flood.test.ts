@@ -7,7 +7,7 @@ import * as tls from 'node:tls';
 import { after, describe, it } from 'node:test';
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { DEFAULT_LIMITS, connectToPeer, type Identity, type Limits } from '../../src/core';
+import { DEFAULT_LIMITS, connectToPeer, dialTls, type Identity, type Limits } from '../../src/core';
 import { TLS_OPTIONS } from '../../src/core/tls-options';
 import { connectWithInvite, makePeer, startSharer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
 import { rawClient, waitFor, helloV2 } from '../hostile';
@@ -390,6 +390,22 @@ if (process.env.PREAUTH_FLOOD) {
       assert.equal((await again.list(sharer.share.roots[0].name)).length, 0);
       again.close();
       assert.equal(sharer.trust.list().length, 1, 'only the paired peer is trusted');
+    });
+
+    it('the dialer refuses a sharer that presents a certificate chain, before a byte of the protocol (found in review)', async (t) => {
+      const { keyPem, chainPem } = await chainOf(2);
+      let received = 0;
+      const hostile = tls.createServer({ ...TLS_OPTIONS, key: keyPem, cert: chainPem, requestCert: true, rejectUnauthorized: false }, (socket) => {
+        socket.on('data', (d: Buffer) => (received += d.length));
+        socket.on('error', () => undefined);
+      });
+      await new Promise<void>((resolve) => hostile.listen(0, '127.0.0.1', () => resolve()));
+      t.after(() => hostile.close());
+      const { port } = hostile.address() as net.AddressInfo;
+      const me = await makePeer();
+      await assert.rejects(dialTls({ identity: me.identity, address: `127.0.0.1:${port}` }), { code: 'PEER_UNTRUSTED', message: /certificate chain/ });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      assert.equal(received, 0, 'nothing sent after the handshake');
     });
 
     it('a replayed ClientHello, sent as fast as the attacker likes from one address, is held to the handshake rate while a trusted peer from another is served', async (t) => {

@@ -806,6 +806,10 @@ export class Connection {
   }
 
   private onPeerClose(message: WireMessage): void {
+    if (message.type !== 'close') {
+      this.shutDown(new PeerShareError('PROTOCOL_ERROR', `${this.peerLabel} sent a CLOSE frame that is not a close message.`), true);
+      return;
+    }
     if (message.code === undefined) {
       this.shutDown(new PeerShareError('CONNECTION_CLOSED', `${this.peerLabel} closed the connection.`), false);
       return;
@@ -899,6 +903,9 @@ export class Connection {
   }
 
   private dropItems(answer: IncomingAnswer, err: PeerShareError): void {
+    // With its data gone it waits for no credit: an END needs none, and a starved answer that was
+    // cancelled must not be ended a second time by the starvation deadline.
+    answer.starvedSince = 0;
     for (const item of answer.items.splice(0)) if (item.kind !== 'end') item.done.reject(err);
     const at = this.line.indexOf(answer);
     if (at >= 0) this.line.splice(at, 1);
@@ -944,7 +951,7 @@ export class Connection {
       }
     }
     for (const answer of [...this.incoming.values()]) {
-      if (answer.starvedSince === 0) continue;
+      if (answer.starvedSince === 0 || answer.state === 'done') continue;
       watching = true;
       if (now - answer.starvedSince >= this.limits.stallTimeoutMs) {
         // A requester that grants no credit starves only its own request (spec 3.4).

@@ -6,7 +6,7 @@ import { parseHello, sanitizeForDisplay, shownType } from '../protocol';
 import { Connection, advertisedSettings, type ConnectionSettings, type RequestHandler, type Side } from './connection';
 import type { CapabilityMessage } from './messages';
 import { MAX_CREDIT, MAX_FRAME_CEILING_BYTES } from './frames';
-import { HANDSHAKE_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, errorFromPeer, isOneOf, type HandshakeErrorCode } from './messages';
+import { HANDSHAKE_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, PeerSentError, errorFromPeer, isOneOf, type HandshakeErrorCode } from './messages';
 
 /**
  * The v2 handshake (docs/protocol-v2.md 4): one frame each way in v1's layout (frames.ts), so a
@@ -157,11 +157,14 @@ export function errorFromHandshake(m: Record<string, unknown>, peer: string): Pe
   if (!allowed || error.code !== 'VERSION_UNSUPPORTED') return error;
   const versions = Array.isArray(m.versions) ? m.versions.filter((v): v is number => Number.isSafeInteger(v)).slice(0, 16) : [];
   const theirs = versions.length > 0 ? Math.max(...versions) : 1;
+  // A peer that says it speaks our version, yet refuses it, is not following the protocol.
+  if (versions.includes(PROTOCOL_V2)) return new PeerShareError('PROTOCOL_ERROR', `${peer} refused protocol version ${PROTOCOL_V2} although it says it speaks it.`);
   const sentence =
     theirs > PROTOCOL_V2
       ? `${peer} runs a newer PeerShare (protocol version ${theirs}). Update PeerShare to connect to it.`
       : `${peer} runs an older PeerShare (protocol version ${theirs}). Ask them to update PeerShare; this version cannot connect to it.`;
-  return new PeerShareError('VERSION_UNSUPPORTED', sentence, { detail: error.message });
+  // Marked as the peer's, as every code it sends is (spec 8): never taken for our own refusal.
+  return new PeerSentError('VERSION_UNSUPPORTED', sentence, { detail: error.message });
 }
 
 /**
@@ -244,6 +247,11 @@ function handshakeErrorFor(err: PeerShareError): HandshakeError {
 }
 
 export interface DialOptions {
+  /**
+   * The peer we meant to reach: checked against the ID the transport proved before a byte is
+   * written, so a hello (and an invite's token) never reaches anyone else (spec 2).
+   */
+  expectedPeerId: string;
   /** The name the peer will see for us. */
   name: string;
   token?: string;
@@ -258,6 +266,9 @@ export interface DialOptions {
 
 /** The dialer's side: hello, then welcome (a Connection) or the acceptor's error. */
 export async function dialV2(transport: HandshakeStream, options: DialOptions): Promise<{ connection: Connection; welcome: WelcomeV2 }> {
+  if (transport.peerId !== options.expectedPeerId) {
+    throw new PeerShareError('PEER_MISMATCH', `The peer at ${sanitizeForDisplay(transport.address.slice(0, 100))} is not the one you meant to reach: it presented ${transport.peerId}.`);
+  }
   const limits = resolveLimits(options.limits);
   const local = advertisedSettings(limits);
   const hello = {

@@ -84,7 +84,9 @@ async function* runAnswer<Item, Result>(connection: Connection, answer: Answer, 
     }
     return machine.end(await answer.result);
   } catch (err) {
-    const coded = toPeerShareError(err, 'PROTOCOL_ERROR');
+    // Only the machine's own PROTOCOL_ERROR (the peer broke the protocol) closes the connection;
+    // a bug of ours, or of a caller's callback, is ours (INTERNAL) and never blamed on the peer.
+    const coded = toPeerShareError(err, 'INTERNAL');
     if (coded.code === 'PROTOCOL_ERROR') connection.close(coded);
     throw coded;
   }
