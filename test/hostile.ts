@@ -197,9 +197,9 @@ export interface RawV2Peer {
   share: ShareClient;
 }
 
-export async function dialRawV2(address: string, identity: Identity, limits?: Partial<Limits>): Promise<RawV2Peer> {
+export async function dialRawV2(address: string, identity: Identity, expectedPeerId: string, limits?: Partial<Limits>): Promise<RawV2Peer> {
   const remote = await dialTls({ identity, address, timeoutMs: 5000 });
-  const { connection } = await dialV2(remote, { name: 'raw', serve: {}, limits });
+  const { connection } = await dialV2(remote, { expectedPeerId, name: 'raw', serve: {}, limits });
   return { stream: remote.stream, connection, share: new ShareClient(connection) };
 }
 

@@ -72,7 +72,8 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
     connection.onClose(() => options.signal?.removeEventListener('abort', onAbort));
   }
   try {
-    await connection.hello(options.name, options.token, asking);
+    // The peer pinned above: dialV2 checks it again before writing its hello.
+    await connection.hello({ expectedPeerId: expected ?? id, name: options.name, token: options.token, requestAccess: asking });
   } catch (err) {
     connection.close();
     throw err;
@@ -145,12 +146,16 @@ export class PeerConnection {
     for (const listener of this.closeListeners.splice(0)) listener();
   }
 
-  /** @internal The v2 handshake; a sharer that asks a person may take up to approvalTimeoutMs. */
-  async hello(name: string, token?: string, requestAccess = false): Promise<void> {
+  /**
+   * @internal The v2 handshake with the peer we meant to reach (dialV2 refuses another before a byte
+   * is written); a sharer that asks a person may take up to approvalTimeoutMs.
+   */
+  async hello(options: { expectedPeerId: string; name: string; token?: string; requestAccess?: boolean }): Promise<void> {
     const { connection, welcome } = await dialV2(this.remote, {
-      name,
-      token,
-      request: requestAccess,
+      expectedPeerId: options.expectedPeerId,
+      name: options.name,
+      token: options.token,
+      request: options.requestAccess === true,
       serve: {},
       limits: this.limits,
       signal: this.abortHandshake.signal,

@@ -101,7 +101,7 @@ describe('who gets in', () => {
     assert.equal(old.data.length, 0);
 
     // A v2 peer that asks for something share/1 does not have loses the connection.
-    const odd = await dialRawV2(sharer.address, client.identity);
+    const odd = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
     const closed = new Promise<unknown>((resolve) => odd.connection.onClose(resolve));
     await assert.rejects(odd.connection.request({ type: 'share.delete', path: 'ws/secret.txt' }).result);
     assert.equal(toPeerShareError(await closed).code, 'PROTOCOL_ERROR');
@@ -113,14 +113,14 @@ describe('who gets in', () => {
     const sharer = await startSharer([await sharedFolder()]);
     const { client, conn } = await connectWithInvite(sharer.invite);
     conn.close();
-    const eager = await dialRawV2(sharer.address, client.identity);
+    const eager = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
     // Both in one turn of the event loop: the sharer sees them at once, whatever the machine's load.
     const [file, folder] = await Promise.all([eager.share.stat('ws/secret.txt'), eager.share.stat('ws')]);
     assert.deepEqual([file.name, folder.name], ['secret.txt', 'ws']);
     eager.connection.close();
     // A peer that ignores the sharer's `requests` (it claims a larger one) is cut off with PROTOCOL_ERROR.
     const allowed = DEFAULT_LIMITS.maxRequestsPerPeer;
-    const greedy = await dialRawV2(sharer.address, client.identity);
+    const greedy = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
     (greedy.connection as unknown as { remote: { requests: number } }).remote.requests = allowed * 4;
     const closed = new Promise<unknown>((resolve) => greedy.connection.onClose(resolve));
     const lists = Array.from({ length: allowed * 4 }, () => greedy.share.list('ws').catch((err: unknown) => err));
@@ -320,7 +320,7 @@ describe('limits hold, and the server keeps serving others', () => {
     await writeRandomFile(path.join(ws, 'big.bin'), 64 * 1024 * 1024);
     const sharer = await startSharer([ws], { limits: fast });
     const { client, conn } = await connectWithInvite(sharer.invite);
-    const lazy = await dialRawV2(sharer.address, client.identity);
+    const lazy = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
     const { manifest } = await lazy.share.manifest('ws/big.bin');
     // Grants credit for the whole file (its window), then reads nothing at all.
     lazy.stream.pause();
@@ -340,7 +340,7 @@ describe('limits hold, and the server keeps serving others', () => {
     await writeRandomFile(path.join(ws, 'big.bin'), 32 * 1024 * 1024);
     const sharer = await startSharer([ws], { limits: { maxConcurrentRequests: 1 } });
     const { client, conn } = await connectWithInvite(sharer.invite);
-    const slow = await dialRawV2(sharer.address, client.identity);
+    const slow = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
     const { manifest } = await slow.share.manifest('ws/big.bin');
     // Its read holds the one request slot: it takes one block and reads no further.
     const reading = slow.share.readBlocks('ws/big.bin', manifest, manifest.blockHashes.keys());
