@@ -4,6 +4,8 @@ import { FRAME_HEADER_BYTES, FrameParser, encodeDataHeader, encodeMessage } from
 import { ConnectionFrameParser, encodeMessageFrame, type WireMessage } from '../src/core/v2/frames';
 import type { Duplex } from 'node:stream';
 import { dialTls, resolveLimits, type Identity, type Limits } from '../src/core';
+import { peerIdOfCert } from '../src/core/peer-id';
+import type { AuthenticatedStream } from '../src/core/transport';
 import { TlsListener } from '../src/core/transport-tls';
 import type { Connection, RequestHandler } from '../src/core/v2/connection';
 import { acceptV2, dialV2 } from '../src/core/v2/handshake';
@@ -222,14 +224,45 @@ export type ScenarioV2 = (request: Record<string, unknown>, reply: ReplierV2) =>
 
 /**
  * A sharer that completes the real TLS transport and v2 handshake (any dialer is let in), then
- * answers `share/1` requests as `scenario` says: for tests of what a lying peer can do.
+ * answers `share/1` requests as `scenario` says: for tests of what a lying peer can do. With `tls`,
+ * a plain TLS server with those options stands in for the real transport (a sharer that only
+ * speaks TLS 1.2, say); its streams then go through the same v2 handshake.
  */
 export async function startHostileSharerV2(
   identity: Identity,
   scenario: ScenarioV2,
-  options: { welcomeId?: string; welcomeName?: string; roots?: string[] } = {},
+  options: { welcomeId?: string; welcomeName?: string; roots?: string[]; tls?: tls.TlsOptions } = {},
 ): Promise<HostileServer> {
   const streams = new Set<Duplex>();
+  const serve = (remote: AuthenticatedStream): void => {
+    streams.add(remote.stream);
+    remote.stream.on('close', () => streams.delete(remote.stream));
+    const handler: RequestHandler = async (request, reply) => {
+      const end = await scenario(request, { message: (m) => reply.message(m as never), data: (chunk) => reply.data(chunk), raw: (bytes) => void remote.stream.write(bytes), stream: remote.stream });
+      return end ?? {};
+    };
+    acceptV2(remote, {
+      name: options.welcomeName ?? 'hostile',
+      ownPeerId: options.welcomeId ?? identity.peerId,
+      admit: async () => ({ serve: { 'share/1': { params: { roots: options.roots ?? ['ws'] }, handler } }, paired: false }),
+    }).catch(() => undefined);
+  };
+  if (options.tls) {
+    const server = tls.createServer({ key: identity.keyPem, cert: identity.certPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3', ...options.tls }, (socket) => {
+      socket.on('error', () => socket.destroy());
+      const cert = socket.getPeerCertificate(true);
+      if (!cert?.raw) return void socket.destroy();
+      serve({ stream: socket, peerId: peerIdOfCert(cert.raw), address: `${socket.remoteAddress}:${socket.remotePort}`, host: socket.remoteAddress ?? '', side: 'acceptor' });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    return {
+      address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`,
+      close: async () => {
+        for (const stream of streams) stream.destroy();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      },
+    };
+  }
   const stats = { connectionsAccepted: 0, handshakesRateLimited: 0, unauthenticatedEvicted: 0, oversizedHandshakes: 0 };
   const listener = new TlsListener({
     identity,
@@ -238,17 +271,7 @@ export async function startHostileSharerV2(
     log: () => undefined,
     onStream: (remote, admission) => {
       admission.leave();
-      streams.add(remote.stream);
-      remote.stream.on('close', () => streams.delete(remote.stream));
-      const handler: RequestHandler = async (request, reply) => {
-        const end = await scenario(request, { message: (m) => reply.message(m as never), data: (chunk) => reply.data(chunk), raw: (bytes) => void remote.stream.write(bytes), stream: remote.stream });
-        return end ?? {};
-      };
-      acceptV2(remote, {
-        name: options.welcomeName ?? 'hostile',
-        ownPeerId: options.welcomeId ?? identity.peerId,
-        admit: async () => ({ serve: { 'share/1': { params: { roots: options.roots ?? ['ws'] }, handler } }, paired: false }),
-      }).catch(() => undefined);
+      serve(remote);
     },
   });
   const port = await listener.listen(0, '127.0.0.1');
