@@ -217,6 +217,8 @@ export interface ReplierV2 {
   /** Bytes written to the stream as they are, outside any frame the connection makes. */
   raw(bytes: Buffer): void;
   stream: Duplex;
+  /** Aborted when the requester cancels the request or the connection ends. */
+  signal: AbortSignal;
 }
 
 /** What a hostile v2 sharer does with a request; what it returns is the END, a promise that never settles is silence. */
@@ -237,8 +239,8 @@ export async function startHostileSharerV2(
   const serve = (remote: AuthenticatedStream): void => {
     streams.add(remote.stream);
     remote.stream.on('close', () => streams.delete(remote.stream));
-    const handler: RequestHandler = async (request, reply) => {
-      const end = await scenario(request, { message: (m) => reply.message(m as never), data: (chunk) => reply.data(chunk), raw: (bytes) => void remote.stream.write(bytes), stream: remote.stream });
+    const handler: RequestHandler = async (request, reply, signal) => {
+      const end = await scenario(request, { message: (m) => reply.message(m as never), data: (chunk) => reply.data(chunk), raw: (bytes) => void remote.stream.write(bytes), stream: remote.stream, signal });
       return end ?? {};
     };
     acceptV2(remote, {
