@@ -1,6 +1,6 @@
 import * as net from 'node:net';
 import * as tls from 'node:tls';
-import { FRAME_HEADER_BYTES, FrameParser, encodeDataHeader, encodeMessage } from '../src/core/frames';
+import { FRAME_HEADER_BYTES, FrameParser, encodeMessage } from '../src/core/frames';
 import { ConnectionFrameParser, encodeMessageFrame, type WireMessage } from '../src/core/v2/frames';
 import type { Duplex } from 'node:stream';
 import { dialTls, resolveLimits, type Identity, type Limits } from '../src/core';
@@ -19,66 +19,6 @@ import { ShareClient } from '../src/core/v2/share-client';
 export interface HostileServer {
   address: string;
   close(): Promise<void>;
-}
-
-export type Scenario = (request: Record<string, unknown>, reply: Replier) => void | Promise<void>;
-
-export interface Replier {
-  message(m: object): void;
-  data(chunk: Buffer): void;
-  raw(bytes: Buffer): void;
-  socket: tls.TLSSocket;
-}
-
-/** A server that completes the real handshake and hello, then answers requests as `scenario` says. */
-export async function startHostileServer(
-  identity: Identity,
-  scenario: Scenario,
-  options: { welcomeId?: string; welcomeName?: string; roots?: string[]; tls?: tls.TlsOptions } = {},
-): Promise<HostileServer> {
-  const sockets = new Set<tls.TLSSocket>();
-  const server = tls.createServer({ key: identity.keyPem, cert: identity.certPem, requestCert: true, rejectUnauthorized: false, minVersion: 'TLSv1.3', ...options.tls }, (socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => socket.destroy());
-    let greeted = false;
-    const reply: Replier = {
-      message: (m) => socket.write(encodeMessage(m)),
-      data: (chunk) => {
-        socket.write(encodeDataHeader(chunk.length));
-        socket.write(chunk);
-      },
-      raw: (bytes) => socket.write(bytes),
-      socket,
-    };
-    const parser = new FrameParser({ maxMessageBytes: 1 << 20, maxDataFrameBytes: 1 << 20 }, {
-      onMessage: (m) => {
-        if (!greeted) {
-          greeted = true;
-          reply.message({ type: 'welcome', version: 1, name: options.welcomeName ?? 'hostile', id: options.welcomeId ?? identity.peerId, roots: options.roots ?? ['ws'], paired: false });
-          return;
-        }
-        void scenario(m, reply);
-      },
-      onData: () => undefined,
-    });
-    socket.on('data', (chunk: Buffer) => {
-      try {
-        parser.push(chunk);
-      } catch {
-        socket.destroy();
-      }
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as net.AddressInfo).port;
-  return {
-    address: `127.0.0.1:${port}`,
-    close: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
 }
 
 export interface RawClient {

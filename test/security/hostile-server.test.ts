@@ -10,7 +10,7 @@ import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frame
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { makePeer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
-import { assertOnlyChanged, buildWorld, type Snapshot, type World } from './world';
+import { assertOnlyChanged, buildWorld, type World } from './world';
 
 /**
  * A hostile server against a real PeerShare client: the scp class (CVE-2019-6111) and the rest of
