@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import * as os from 'node:os';
+import { blake3Backend } from './blake3';
 import { BlockCache } from './block-cache';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -121,6 +122,10 @@ export class PeerServer extends EventEmitter {
   }
 
   async listen(port = 0, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    // BLAKE3 is loaded before we serve, not at the first file asked for: its native binding's
+    // loader asks Node for a process report (to tell musl from glibc), which walks every open
+    // handle and held the event loop, every peer's requests with it, for 5 s with 200 sockets open.
+    blake3Backend();
     this.boundPort = await this.transport.listen(port, host);
     this.boundHost = host;
     return { host, port: this.boundPort };
