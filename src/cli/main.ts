@@ -564,7 +564,7 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
       printJson({ ...result, seconds, maxRssBytes: process.resourceUsage().maxRSS * 1024 });
     } else {
       const what = result.type === 'dir' ? `${result.files} file${result.files === 1 ? '' : 's'}` : path.basename(result.target);
-      out(`Downloaded ${what} (${formatBytes(result.bytes)}${result.resumedBytes ? `, resumed after ${formatBytes(result.resumedBytes)}` : ''}) to ${result.target} in ${seconds.toFixed(2)} s, verified with SHA-256.`);
+      out(`Downloaded ${what} (${formatBytes(result.bytes)}${result.resumedBytes ? `, resumed after ${formatBytes(result.resumedBytes)}` : ''}) to ${result.target} in ${seconds.toFixed(2)} s, verified with BLAKE3.`);
       if (result.skippedExisting.length) out(`Left ${countOf(result.skippedExisting.length, 'existing file')} alone; use --overwrite or --keep-both to replace or keep both.`);
       for (const s of result.skippedByPeer) out(`The peer could not send ${sanitizeForDisplay(s.path)}: ${sanitizeForDisplay(String(s.code)).slice(0, 40)} ${sanitizeForDisplay(s.message)}`);
       const unlisted = result.skippedByPeerCount - result.skippedByPeer.length;

@@ -162,7 +162,7 @@ export class BlockCache {
         const underWay = this.hashing.get(key);
         if (underWay) return await underWay;
       }
-      const run = this.hashAndKeep(handle, before, startedAtMs);
+      const run = this.hashAndKeep(handle, before, startedAtMs, options.rehash === true);
       this.hashing.set(key, run);
       try {
         return await run;
@@ -174,10 +174,13 @@ export class BlockCache {
     }
   }
 
-  private async hashAndKeep(handle: FileHandle, before: BigIntStats, startedAtMs: number): Promise<BlockManifest> {
+  private async hashAndKeep(handle: FileHandle, before: BigIntStats, startedAtMs: number, replacing: boolean): Promise<BlockManifest> {
     const manifest = await this.hasher(handle, this.limits);
     const after = await handle.stat({ bigint: true });
-    if (sameVersion(before, after)) await this.put(before, manifest, startedAtMs);
+    const kept = sameVersion(before, after) && (await this.put(before, manifest, startedAtMs));
+    // A rehash whose list cannot be kept (a racy file, say) must not leave the old entry answering
+    // for this version: the next read would be served against the list the rehash replaced.
+    if (!kept && replacing && this.dir) await this.drop(path.join(this.dir, entryName(before)), 'the file was hashed again');
     return manifest;
   }
 

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import { PeerShareError } from './errors';
 import { DEFAULT_LIMITS } from './limits';
 import { isPeerId, normalizePeerId } from './peer-id';
-import { PROTOCOL_VERSION } from './protocol';
+import { PROTOCOL_V2 } from './v2/handshake';
 
 /**
  * Nearby peers over plain UDP multicast: a sharer announces its name, peer ID, port and protocol
@@ -182,7 +182,7 @@ export class Discovery extends EventEmitter {
   private sendAnnouncement(): void {
     if (!this.announcement) return;
     this.lastAnnounce = Date.now();
-    this.send({ t: 'announce', v: PROTOCOL_VERSION, id: this.selfId, name: this.announcement.name, port: this.announcement.port });
+    this.send({ t: 'announce', v: PROTOCOL_V2, id: this.selfId, name: this.announcement.name, port: this.announcement.port });
   }
 
   private send(message: object): void {

@@ -1,22 +1,37 @@
-import { createHash, type Hash } from 'node:crypto';
-import { closeSync, constants as fsc, createWriteStream, fstatSync, futimesSync, linkSync, lstatSync, openSync, promises as fs, read, renameSync, unlinkSync, writeSync, type WriteStream } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, futimesSync, linkSync, promises as fs, renameSync, unlinkSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
+import { blockRange, type BlockManifest } from './blocks';
+import type { PeerConnection } from './client';
 import { PeerShareError, isErrorCode, toPeerShareError, type ErrorCode } from './errors';
-import type { PeerConnection, PeerEvent, ReportProgress } from './client';
-import { expectMessage, recordBytes } from './client';
-import { MAX_COMPONENT_BYTES, collisionKey, inspectReceivedName } from './names';
-import { sanitizeForDisplay, shownType, type Entry } from './protocol';
-import { SMALL_FILE_BYTES } from './limits';
+import {
+  checkLanded,
+  chooseConflict,
+  commit,
+  exists,
+  isPlausibleTime,
+  keepBothName,
+  openTemporary,
+  partialPathFor,
+  removeName,
+  type ConflictChoice,
+  type TemporaryFile,
+} from './landing';
+import { collisionKey, inspectReceivedName, type UnsafeHere } from './names';
 import { PinnedFolders } from './pinned-folders';
+import { sanitizeForDisplay, type Entry } from './protocol';
+import { PeerSentError } from './v2/messages';
+import { PartialFile } from './v2/partial-file';
+
+export type { ConflictChoice } from './landing';
 
 /**
- * Downloads land atomically: bytes go to a hidden temporary file beside the target, are checked
- * against the SHA-256 the peer sends, and only then take the final name. A partial file stays
- * behind only to be resumed, under a name that says what it is.
+ * Downloads over protocol v2 (docs/protocol-v2.md 6, 7): a file arrives as BLAKE3-verified blocks
+ * in a PartialFile beside its target and takes its name only when every block is in; a resume
+ * fetches only the blocks missing, whichever they are. A folder arrives as one stream, its small
+ * files inline (verified whole, written behind the stream) and its larger ones fetched as blocks
+ * on the same connection.
  */
-
-export type ConflictChoice = 'overwrite' | 'skip' | 'keepBoth' | 'fail';
 
 export interface DownloadProgress {
   /** File bytes received so far in this download (resumed prefixes not included). */
@@ -81,11 +96,8 @@ export interface SkippedByPeer {
   message: string;
 }
 
-const PARTIAL_SUFFIX = '.peershare-part';
-const WRITE_BUFFER_BYTES = 1024 * 1024;
 /** Characters of a peer's reason kept in a skipped-file report, before escaping. */
 const MAX_SKIPPED_MESSAGE_CHARS = 300;
-const readAt = promisify(read);
 
 /** Where a download of `remotePath` into `dest` lands: inside `dest` if it is a folder. */
 export async function resolveTarget(remotePath: string, dest: string): Promise<string> {
@@ -122,292 +134,6 @@ export async function download(conn: PeerConnection, remotePath: string, dest: s
     : downloadFile(conn, remotePath, target, options, entry);
 }
 
-/** Receives one file into a temporary file (see openTemporary, openOwnPartial), hashing as it goes; commits only if the hash matches. */
-class FileReceiver {
-  private stream?: WriteStream;
-  private hash: Hash = createHash('sha256');
-  private received = 0;
-  private closed = false;
-  /** A write error the disk reported while no one was waiting for it. */
-  private failure?: PeerShareError;
-  readonly offset: number;
-
-  constructor(
-    readonly target: string,
-    readonly partial: string,
-    private readonly file: TemporaryFile,
-    readonly size: number,
-    readonly mtimeMs: number,
-  ) {
-    this.offset = file.size;
-  }
-
-  async open(): Promise<void> {
-    // The prefix on disk is hashed too, read through the descriptor we checked: the peer's SHA-256 covers the whole file.
-    const buffer = Buffer.allocUnsafe(Math.min(this.offset, 1024 * 1024));
-    for (let position = 0; position < this.offset; ) {
-      const { bytesRead } = await readAt(this.file.fd, buffer, 0, Math.min(buffer.length, this.offset - position), position);
-      if (bytesRead === 0) throw new PeerShareError('IO_ERROR', 'A partial download shrank while it was being resumed.');
-      this.hash.update(buffer.subarray(0, bytesRead));
-      position += bytesRead;
-    }
-    // Written through the descriptor, never by name: nothing planted at the name is followed.
-    // From here the stream owns the descriptor (destroying it closes it); see closeFile.
-    this.stream = createWriteStream(this.partial, { fd: this.file.fd, start: this.offset, autoClose: false, highWaterMark: WRITE_BUFFER_BYTES });
-    this.stream.on('error', (err) => (this.failure ??= toPeerShareError(err, 'IO_ERROR')));
-  }
-
-  /** Returns a promise only when the disk wants us to wait. */
-  write(chunk: Buffer): Promise<void> | undefined {
-    if (this.failure) throw this.failure;
-    this.received += chunk.length;
-    if (this.offset + this.received > this.size) {
-      throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
-    }
-    this.hash.update(chunk);
-    if (this.stream!.write(chunk)) return undefined;
-    return new Promise((resolve, reject) => {
-      const stream = this.stream!;
-      const onDrain = (): void => {
-        stream.off('error', onError);
-        resolve();
-      };
-      const onError = (err: Error): void => {
-        stream.off('drain', onDrain);
-        reject(toPeerShareError(err, 'IO_ERROR'));
-      };
-      stream.once('drain', onDrain);
-      stream.once('error', onError);
-    });
-  }
-
-  get bytesReceived(): number {
-    return this.received;
-  }
-
-  /** Verifies and moves the file into place; on any mismatch the temporary file is removed. */
-  async finish(sha256: unknown, overwrite: boolean): Promise<void> {
-    try {
-      await this.endStream();
-      if (this.offset + this.received !== this.size) {
-        throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.offset + this.received}.`);
-      }
-      if (typeof sha256 !== 'string' || this.hash.digest('hex') !== sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
-      const seconds = this.mtimeMs / 1000;
-      futimesSync(this.file.fd, seconds, seconds);
-      await this.closeFile();
-      await commit(this.partial, this.target, overwrite, this.file);
-    } catch (err) {
-      await this.closeFile();
-      removeName(this.partial);
-      throw toPeerShareError(err, 'IO_ERROR');
-    }
-  }
-
-  async abort(keepPartial: boolean): Promise<void> {
-    // What was received is written out before the file is kept for a resume.
-    if (keepPartial) await this.endStream().catch(() => undefined);
-    await this.closeFile();
-    // An empty file is nothing to resume.
-    if (!keepPartial || this.offset + this.received === 0) removeName(this.partial);
-  }
-
-  private endStream(): Promise<void> {
-    const stream = this.stream;
-    if (!stream) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      if (this.failure) return reject(this.failure);
-      stream.once('error', (err) => reject(toPeerShareError(err, 'IO_ERROR')));
-      stream.end(() => resolve());
-    });
-  }
-
-  /** Closes the descriptor exactly once: through the stream once there is one, so it is never closed twice. */
-  private async closeFile(): Promise<void> {
-    if (this.closed) return;
-    this.closed = true;
-    const stream = this.stream;
-    if (!stream) {
-      closeSync(this.file.fd);
-      return;
-    }
-    if (stream.closed) return;
-    await new Promise<void>((resolve) => {
-      stream.once('close', () => resolve());
-      stream.destroy();
-    });
-  }
-}
-
-/** A temporary file this download owns, held open: written through its descriptor only. */
-export interface TemporaryFile {
-  fd: number;
-  dev: number;
-  ino: number;
-  /** Bytes already in it (a resumed partial download), 0 for a new one. */
-  size: number;
-}
-
-const O_NOFOLLOW = fsc.O_NOFOLLOW ?? 0;
-// Exclusive: fails if anything (a file, a symlink, even a dangling one) has the name already.
-const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | O_NOFOLLOW;
-// A FIFO planted at the name must not block the open.
-const RESUME_FLAGS = fsc.O_RDWR | O_NOFOLLOW | (fsc.O_NONBLOCK ?? 0);
-
-/**
- * Creates the temporary file of a download exclusively, never following a link. Anything already
- * at the name (a symlink, a hard link to a file elsewhere, a stale file) is removed first: the
- * name, never what it points to.
- */
-export function openTemporary(partial: string): TemporaryFile {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const fd = openSync(partial, CREATE_FLAGS, 0o644);
-      const st = fstatSync(fd);
-      return { fd, dev: st.dev, ino: st.ino, size: 0 };
-    } catch (err) {
-      // Someone keeps putting things at the name: give up rather than loop.
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw toPeerShareError(err, 'IO_ERROR');
-    }
-    removeName(partial);
-  }
-}
-
-/**
- * Opens a partial file left by an earlier run, to resume it, only if it is ours: a regular file
- * (a link at the name is not followed), with one link (not a hard link to a file elsewhere),
- * owned by us, and no longer than `maxSize` (the name already carries the file's version).
- */
-export function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undefined {
-  let fd: number;
-  try {
-    fd = openSync(partial, RESUME_FLAGS);
-  } catch {
-    return undefined; // none, a symlink (ELOOP), or nothing we may open: start over
-  }
-  const st = fstatSync(fd);
-  const uid = process.getuid?.();
-  if (st.isFile() && st.nlink === 1 && (uid === undefined || st.uid === uid) && st.size <= maxSize) {
-    return { fd, dev: st.dev, ino: st.ino, size: st.size };
-  }
-  closeSync(fd);
-  return undefined;
-}
-
-/** Removes a name (unlink never follows a link); a name already gone is fine. */
-export function removeName(name: string): void {
-  try {
-    unlinkSync(name);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toPeerShareError(err, 'IO_ERROR');
-  }
-}
-
-/**
- * After a commit: the final name must be the file we wrote. If the temporary name was swapped
- * (for a symlink, say) between our last write and the rename, what landed is not ours: it is
- * removed again, so the final name never stays a link.
- */
-function checkLanded(target: string, file: TemporaryFile): void {
-  const st = lstatSync(target, { throwIfNoEntry: false });
-  if (st && st.isFile() && st.dev === file.dev && st.ino === file.ino) return;
-  if (st) removeName(target);
-  throw new PeerShareError('IO_ERROR', `The temporary file for ${path.basename(target)} was replaced before it was saved; nothing was kept.`);
-}
-
-/** Moves a verified temporary file to its final name; without `overwrite`, never replaces anything. */
-export async function commit(partial: string, target: string, overwrite: boolean, file: TemporaryFile): Promise<void> {
-  if (overwrite) {
-    await fs.rename(partial, target);
-    checkLanded(target, file);
-    return;
-  }
-  try {
-    // link() fails if the target exists: a no-clobber rename with no window for a race.
-    await fs.link(partial, target);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'EEXIST') throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'ENOSYS') throw toPeerShareError(err, 'IO_ERROR');
-    // File systems without hard links: check, then rename.
-    if (await exists(target)) throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
-    await fs.rename(partial, target);
-    checkLanded(target, file);
-    return;
-  }
-  checkLanded(target, file);
-  removeName(partial);
-}
-
-export async function exists(p: string): Promise<boolean> {
-  return fs.lstat(p).then(
-    () => true,
-    () => false,
-  );
-}
-
-// A temporary name is "." + stem + "." + 16-hex tag + PARTIAL_SUFFIX, and must fit where the final name fits.
-const TAG_CHARS = 16;
-const MAX_STEM_BYTES = MAX_COMPONENT_BYTES - 2 - TAG_CHARS - PARTIAL_SUFFIX.length;
-const SHORTENED_DIGEST_CHARS = 8;
-
-/**
- * The part of a temporary name taken from the final name: the name itself when it fits, else its
- * first bytes (whole characters only) and a digest of the whole, so two long names that begin
- * alike still have stems of their own.
- */
-function temporaryStem(base: string): string {
-  if (Buffer.byteLength(base, 'utf8') <= MAX_STEM_BYTES) return base;
-  const digest = createHash('sha256').update(base).digest('hex').slice(0, SHORTENED_DIGEST_CHARS);
-  return `${truncateUtf8(base, MAX_STEM_BYTES - 1 - SHORTENED_DIGEST_CHARS)}~${digest}`;
-}
-
-/** The longest prefix of `text` of at most `maxBytes` UTF-8 bytes that does not split a character. */
-function truncateUtf8(text: string, maxBytes: number): string {
-  let bytes = 0;
-  let end = 0;
-  for (const char of text) {
-    bytes += Buffer.byteLength(char, 'utf8');
-    if (bytes > maxBytes) break;
-    end += char.length;
-  }
-  return text.slice(0, end);
-}
-
-export function partialPathFor(target: string, peerId: string, remotePath: string, size: number, mtimeMs: number): string {
-  // The tag ties a partial file to one version of one remote file, so a resume never splices two versions.
-  const tag = createHash('sha256').update(`${peerId}\n${remotePath}\n${size}\n${mtimeMs}`).digest('hex').slice(0, TAG_CHARS);
-  return path.join(path.dirname(target), `.${temporaryStem(path.basename(target))}.${tag}${PARTIAL_SUFFIX}`);
-}
-
-/** Partial files of older versions of the same target can never be resumed: remove them. */
-export async function removeStalePartials(target: string): Promise<void> {
-  const prefix = `.${temporaryStem(path.basename(target))}.`;
-  const names = await fs.readdir(path.dirname(target)).catch(() => [] as string[]);
-  for (const name of names) {
-    if (name.startsWith(prefix) && name.endsWith(PARTIAL_SUFFIX) && /^[0-9a-f]{16}$/.test(name.slice(prefix.length, -PARTIAL_SUFFIX.length))) {
-      removeName(path.join(path.dirname(target), name));
-    }
-  }
-}
-
-export async function chooseConflict(options: DownloadOptions, target: string, fallback: ConflictChoice): Promise<ConflictChoice> {
-  const policy = options.onConflict ?? fallback;
-  return typeof policy === 'function' ? policy(target) : policy;
-}
-
-/** "name (2).ext", the first that does not exist; a long name gives up bytes of its stem so the copy's name fits too. */
-export async function keepBothName(target: string): Promise<string> {
-  const ext = path.extname(target);
-  const stem = path.basename(target, ext);
-  for (let n = 2; n < 10_000; n++) {
-    const suffix = ` (${n})${ext}`;
-    const candidate = path.join(path.dirname(target), `${truncateUtf8(stem, MAX_COMPONENT_BYTES - Buffer.byteLength(suffix, 'utf8'))}${suffix}`);
-    if (!(await exists(candidate))) return candidate;
-  }
-  throw new PeerShareError('DEST_EXISTS');
-}
-
 /** Downloads one file to `target`, resuming a partial download of the same file version. */
 export async function downloadFile(
   conn: PeerConnection,
@@ -426,13 +152,16 @@ export async function downloadFile(
     if (choice === 'keepBoth') target = await keepBothName(target);
     overwrite = choice === 'overwrite';
   }
+  await fs.mkdir(path.dirname(target), { recursive: true });
   for (let attempt = 0; ; attempt++) {
     try {
-      return await receiveFile(conn, remotePath, target, entry, overwrite, options);
+      if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
+      const received = await receiveBlocks(conn, remotePath, target, entry, { conflict: overwrite ? 'overwrite' : 'fail', resume: options.keepPartial !== false }, options, path.basename(target));
+      return { ...emptyResult(target, 'file', []), files: 1, bytes: received.bytes, resumedBytes: received.resumedBytes };
     } catch (err) {
-      // The file changed between our stat and the read: start over once with the new version.
+      // The file changed between our stat and the manifest: start over once with the new version.
       if (attempt === 0 && err instanceof PeerShareError && err.code === 'FILE_CHANGED') {
-        entry = await conn.stat(remotePath);
+        entry = await conn.stat(remotePath, { signal: options.signal });
         continue;
       }
       throw err;
@@ -440,89 +169,84 @@ export async function downloadFile(
   }
 }
 
-async function receiveFile(
-  conn: PeerConnection,
-  remotePath: string,
-  target: string,
-  entry: Entry,
-  overwrite: boolean,
-  options: DownloadOptions,
-): Promise<DownloadResult> {
-  await fs.mkdir(path.dirname(target), { recursive: true });
-  // Every operation goes through the folder as opened now, whatever its path names later.
-  const folder = await PinnedFolders.open(path.dirname(target), { rootMayBeLink: true });
-  try {
-    return await receiveInto(conn, remotePath, target, await folder.pathIn([], path.basename(target)), entry, overwrite, options);
-  } finally {
-    await folder.close();
-  }
-}
+/** How many verified blocks may be on their way to the disk at once (each up to 16 MiB, spec 12.2). */
+const WRITES_IN_FLIGHT = 3;
 
-async function receiveInto(
+/**
+ * Fetches one file as verified blocks (docs/protocol-v2.md 7.2) into a PartialFile at `target`:
+ * its manifest for the version listed (`entry`), the blocks the partial file does not hold yet
+ * (any set: a resume fetches only what is missing), then it lands with `land`'s conflict rule.
+ * A block that fails its hash is answered as the spec says: the manifest is asked once more with
+ * `rehash`; a new version keeps the blocks that did not change, the same one means this peer
+ * lies and the connection is closed. Bytes that cannot be trusted are never kept; an honest
+ * interruption (cancel, a dropped connection, a timeout) keeps the partial file for a resume.
+ */
+async function receiveBlocks(
   conn: PeerConnection,
   remotePath: string,
   target: string,
-  fsTarget: string,
-  entry: Entry,
-  overwrite: boolean,
+  entry: { size: number; mtimeMs: number },
+  land: { conflict: ConflictChoice; resume: boolean },
   options: DownloadOptions,
-): Promise<DownloadResult> {
-  const partial = partialPathFor(fsTarget, conn.peerId, remotePath, entry.size, entry.mtimeMs);
-  let file = openOwnPartial(partial, entry.size);
-  if (!file) {
-    // Also removes whatever is at our own temporary name if it was not ours to resume.
-    await removeStalePartials(fsTarget);
-    file = openTemporary(partial);
+  shownFile: string,
+): Promise<{ bytes: number; resumedBytes: number; landed: boolean }> {
+  const signal = options.signal;
+  let answer = await conn.share.manifest(remotePath, { expect: { size: entry.size, mtimeMs: entry.mtimeMs }, signal });
+  // The sharer answers FILE_CHANGED for another version (spec 6.2); a manifest of another one is a lie.
+  if (answer.manifest.size !== entry.size || answer.mtimeMs !== entry.mtimeMs) {
+    const lie = new PeerShareError('PROTOCOL_ERROR', 'The peer described another version of the file than the one asked for.');
+    conn.close(lie);
+    throw lie;
   }
-  const offset = file.size;
-  const receiver = new FileReceiver(fsTarget, partial, file, entry.size, entry.mtimeMs);
-  let started = false;
-  const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
-  options.signal?.addEventListener('abort', onAbort, { once: true });
-  try {
-    if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
-    await conn.exchange({ type: 'read', path: remotePath, offset, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done, progress) => {
-      if (!started) {
-        const m = expectMessage(event);
-        if (m.type !== 'file') throw new PeerShareError('PROTOCOL_ERROR', `Expected a file, got ${shownType(m.type)}.`);
-        // The scp lesson: the answer must be about exactly what we asked for.
-        if (m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
-        if (m.size !== entry.size || m.offset !== offset) throw new PeerShareError('FILE_CHANGED');
-        started = true;
-        progress(recordBytes(remotePath));
-        if (offset > 0) options.onProgress?.({ bytes: 0, totalBytes: entry.size, file: path.basename(target), resumedBytes: offset, checking: true });
-        return receiver.open();
+  let previous: BlockManifest | undefined;
+  let rechecked = false;
+  let bytes = 0;
+  for (;;) {
+    const { manifest, mtimeMs } = answer;
+    const file = await PartialFile.open(target, manifest, { limits: conn.limits, resume: land.resume, previous });
+    const resumedBytes = file.progress.resumedBytes;
+    const report = (checking?: boolean): void =>
+      options.onProgress?.({ bytes, totalBytes: manifest.size, file: shownFile, resumedBytes, ...(checking ? { checking } : {}) });
+    try {
+      if (resumedBytes > 0) report(true);
+      const writes = new Set<Promise<void>>();
+      // The first write that failed (a full disk): it ends the download as soon as it is seen.
+      let failed: unknown;
+      for await (const block of conn.share.readBlocks(remotePath, manifest, file.missing(), { signal })) {
+        if (failed !== undefined) throw failed;
+        // The block's buffer is the reader's to give: it is not reused until its write settles.
+        const written: Promise<void> = file.write(block).then(
+          () => void writes.delete(written),
+          (err: unknown) => {
+            writes.delete(written);
+            failed ??= err;
+          },
+        );
+        writes.add(written);
+        if (writes.size >= WRITES_IN_FLIGHT) await Promise.race(writes);
+        bytes += block.data.length;
+        report();
       }
-      if (event.kind === 'data') {
-        const pending = receiver.write(event.chunk);
-        options.onProgress?.({ bytes: receiver.bytesReceived, totalBytes: entry.size, file: path.basename(target), resumedBytes: offset });
-        return pending;
+      await Promise.all(writes);
+      if (failed !== undefined) throw failed;
+      const landed = await file.land({ conflict: land.conflict, mtimeMs });
+      return { bytes, resumedBytes, landed: !landed.skipped };
+    } catch (err) {
+      const coded = toPeerShareError(err, 'IO_ERROR');
+      if (coded.code === 'HASH_MISMATCH' && !rechecked) {
+        // Spec 7.2: one bad block from an otherwise good peer; the sharer's file may have changed.
+        rechecked = true;
+        await file.abandon({ keep: true });
+        answer = await conn.share.recheckAfterBadBlock(remotePath, manifest, { signal });
+        previous = manifest;
+        continue;
       }
-      const m = event.message;
-      if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${shownType(m.type)}.`);
-      return receiver.finish(m.sha256, overwrite).then(done);
-    });
-  } catch (err) {
-    const coded = toPeerShareError(err, 'IO_ERROR');
-    // Data we cannot trust is never kept; an interrupted but honest transfer is kept for resume.
-    const resumable = coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || coded.code === 'CANCELLED';
-    await receiver.abort(resumable && options.keepPartial !== false);
-    throw coded;
-  } finally {
-    options.signal?.removeEventListener('abort', onAbort);
+      // Data we cannot trust is never kept; an interrupted but honest transfer is kept for resume.
+      const resumable = coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || coded.code === 'CANCELLED';
+      await file.abandon({ keep: resumable && land.resume });
+      throw coded;
+    }
   }
-  return {
-    target,
-    type: 'file',
-    files: 1,
-    bytes: receiver.bytesReceived,
-    resumedBytes: offset,
-    skippedExisting: [],
-    skippedByPeer: [],
-    skippedByPeerCount: 0,
-    leftOut: [],
-    leftOutCount: 0,
-  };
 }
 
 function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: string[]): DownloadResult {
@@ -560,11 +284,9 @@ export async function downloadFolder(
   // Digests of folders left out (see leftOut): nothing below them is written or reported.
   const leftOutFolders = new Set<string>();
   let items = 0;
-  let current: ReceivingFile | undefined;
   let bytes = 0;
   const writer = new SmallFileWriter(options);
-  const onAbort = (): void => conn.close(new PeerShareError('CANCELLED'));
-  options.signal?.addEventListener('abort', onAbort, { once: true });
+  const fetches = new FileRefFetches(FILE_REFS_AT_ONCE);
 
   /** Counts one folder, file or skipped record against maxTreeFiles. */
   const count = (): void => {
@@ -588,8 +310,8 @@ export async function downloadFolder(
    * well-formed one that may not be written here, or that lies in a folder left out, is left out:
    * returns undefined, having recorded it.
    */
-  const admit = (rel: unknown, isDir: boolean): string[] | undefined => {
-    const { components, unsafeHere } = inspectReceivedName(rel, limits.maxPathBytes);
+  const admit = (record: { path: string; components: string[]; unsafeHere?: UnsafeHere }, isDir: boolean): string[] | undefined => {
+    const { components, unsafeHere } = record;
     const folderCount = isDir ? components.length : components.length - 1;
     if (leftOutFolders.size > 0) {
       for (let i = 1; i <= folderCount; i++) if (leftOutFolders.has(nameDigest(components.slice(0, i).join('/')))) return undefined;
@@ -615,137 +337,123 @@ export async function downloadFolder(
     return true;
   };
 
-  const handle = async (event: PeerEvent, done: () => void, progress: ReportProgress): Promise<void> => {
-    if (event.kind === 'data') {
-      if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'File data outside a file.');
-      bytes += event.chunk.length;
-      options.onProgress?.({ bytes, file: current.rel });
-      if (current.kind === 'small') return current.buffer.append(event.chunk);
-      if (current.receiver) await current.receiver.write(event.chunk);
-      return;
+  /** Records a file the peer could not send: counted always, kept up to the limit, escaped. */
+  const skippedByPeer = (rel: string, code: unknown, message: unknown): void => {
+    result.skippedByPeerCount++;
+    // Counted, not kept, past the limit: endless reports cannot grow memory.
+    if (result.skippedByPeer.length < limits.maxSkippedReports) result.skippedByPeer.push(skippedReport(rel, code, message));
+  };
+
+  /** A file record (inline or fileRef): where it goes, or undefined when it is left out or a duplicate. */
+  const placeFile = async (record: { path: string; components: string[]; unsafeHere?: UnsafeHere }): Promise<{ shownAs: string; fileTarget: string; components: string[] } | undefined> => {
+    const components = admit(record, false);
+    count();
+    if (!components) return undefined;
+    checkDepth(components.length - 1);
+    const key = nameDigest(collisionKey(record.path));
+    if (seen.has(key)) {
+      // The same name twice, or two names one file system would merge: the first one stays.
+      leaveOut(record.path, 'another file of this download has the same name on a case-insensitive file system');
+      return undefined;
     }
-    const m = event.message;
-    switch (m.type) {
-      case 'dir': {
-        if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A folder inside a file.');
-        const components = admit(m.path, true);
-        if (!components) {
-          count();
-          progress(recordBytes(m.path as string));
-          return;
-        }
-        checkDepth(components.length);
-        // A folder announced again moves nothing forward.
-        if (await makeDirs(components)) progress(recordBytes(m.path as string));
+    seen.add(key);
+    await makeDirs(components.slice(0, -1));
+    // `shownAs` is the file as a person knows it; `fileTarget` the path written through.
+    const shownAs = path.join(target, ...components);
+    const fileTarget = await folders.pathIn(components.slice(0, -1), components[components.length - 1]);
+    return { shownAs, fileTarget, components };
+  };
+
+  /** A larger file, fetched as blocks on the same connection while the folder stream goes on. */
+  const fetchRef = async (rel: string, place: { shownAs: string; fileTarget: string }, size: number, mtimeMs: number): Promise<void> => {
+    let conflict: ConflictChoice = 'fail';
+    if (await exists(place.fileTarget)) {
+      const choice = await writer.decide(place.shownAs);
+      if (choice === 'skip') {
+        result.skippedExisting.push(place.shownAs);
         return;
       }
-      case 'file': {
-        if (current) throw new PeerShareError('PROTOCOL_ERROR', 'A file inside a file.');
-        const size = m.size;
-        const mtimeMs = isPlausibleTime(m.mtimeMs) ? m.mtimeMs : Date.now();
-        if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0 || m.offset !== 0) {
-          throw new PeerShareError('PROTOCOL_ERROR', 'A file header has an invalid size.');
-        }
-        const components = admit(m.path, false);
-        const rel = m.path as string;
-        count();
-        progress(recordBytes(rel));
-        if (!components) {
-          // Its bytes are read and dropped: nothing of it is written.
-          current = { kind: 'large', rel };
-          return;
-        }
-        checkDepth(components.length - 1);
-        const key = nameDigest(collisionKey(rel));
-        if (seen.has(key)) {
-          // The same name twice, or two names one file system would merge: the first one stays.
-          leaveOut(rel, 'another file of this download has the same name on a case-insensitive file system');
-          current = { kind: 'large', rel };
-          return;
-        }
-        seen.add(key);
-        await makeDirs(components.slice(0, -1));
-        // `shownAs` is the file as a person knows it; `fileTarget` the path written through.
-        const shownAs = path.join(target, ...components);
-        const fileTarget = await folders.pathIn(components.slice(0, -1), components[components.length - 1]);
-        const partial = partialPathFor(fileTarget, conn.peerId, `${remotePath}/${rel}`, size, mtimeMs);
-        if (size <= SMALL_FILE_BYTES) {
-          const fresh = folderState.get(nameDigest(components.slice(0, -1).join('/'))) === true;
-          current = { kind: 'small', rel, target: fileTarget, shownAs, partial, mtimeMs, fresh, buffer: new WholeFile(size) };
-          return;
-        }
-        let finalTarget = fileTarget;
-        let overwrite = false;
-        if (await exists(fileTarget)) {
-          const choice = await writer.decide(shownAs);
-          if (choice === 'skip') {
-            result.skippedExisting.push(shownAs);
-            current = { kind: 'large', rel };
-            return;
-          }
-          if (choice === 'keepBoth') finalTarget = await keepBothName(fileTarget);
-          overwrite = choice === 'overwrite';
-        }
-        // A file in a folder is never resumed: whatever is at its temporary name goes.
-        const receiver = new FileReceiver(finalTarget, partial, openTemporary(partial), size, mtimeMs);
-        current = { kind: 'large', rel, receiver, overwrite };
-        await receiver.open();
-        return;
-      }
-      case 'fileEnd': {
-        if (!current) throw new PeerShareError('PROTOCOL_ERROR', 'The end of a file that never started.');
-        const finished = current;
-        current = undefined;
-        progress(recordBytes(''));
-        if (finished.kind === 'small') {
-          // Verified before anything touches the disk.
-          const data = finished.buffer.verified(m.sha256);
-          await writer.add({ target: finished.target, shownAs: finished.shownAs, partial: finished.partial, data, mtimeMs: finished.mtimeMs, fresh: finished.fresh });
-        } else if (finished.receiver) {
-          await finished.receiver.finish(m.sha256, finished.overwrite ?? false);
-          result.files++;
-        }
-        return;
-      }
-      case 'skipped': {
-        const rel = typeof m.path === 'string' ? m.path : '';
-        if (current) {
-          if (current.rel !== rel) throw new PeerShareError('PROTOCOL_ERROR', 'Skipped a file other than the current one.');
-          if (current.kind === 'large') await current.receiver?.abort(false);
-          current = undefined;
-        } else {
-          inspectReceivedName(rel, limits.maxPathBytes);
-          // The same report again is no progress: a peer repeating it would hold the download open.
-          const key = nameDigest(collisionKey(rel));
-          if (reported.has(key)) throw new PeerShareError('PROTOCOL_ERROR', 'The peer reported the same file twice.');
-          reported.add(key);
-          count();
-        }
-        progress(recordBytes(rel));
-        result.skippedByPeerCount++;
-        // Counted, not kept, past the limit: endless reports cannot grow memory.
-        if (result.skippedByPeer.length < limits.maxSkippedReports) result.skippedByPeer.push(skippedReport(rel, m.code, m.message));
-        return;
-      }
-      case 'end':
-        if (current) throw new PeerShareError('PROTOCOL_ERROR', 'The folder ended inside a file.');
-        done();
-        return;
-      default:
-        throw new PeerShareError('PROTOCOL_ERROR', `Unexpected message "${shownType(m.type)}".`);
+      conflict = choice;
     }
+    try {
+      // A file in a folder is never resumed: whatever is at its temporary name goes.
+      const received = await receiveBlocks(conn, `${remotePath}/${rel}`, place.fileTarget, { size, mtimeMs }, { conflict, resume: false }, progressOf(rel), rel);
+      if (received.landed) result.files++;
+      else result.skippedExisting.push(place.shownAs);
+    } catch (err) {
+      // The sharer could not send it (changed, gone, unreadable): reported as v1's skipped record.
+      if (err instanceof PeerSentError && err.code !== 'BUSY') return skippedByPeer(rel, err.code, err.message);
+      throw err;
+    }
+  };
+  /** A fetched file's progress, added to the folder's bytes as it grows. */
+  const progressOf = (rel: string): DownloadOptions => {
+    let counted = 0;
+    return {
+      signal: options.signal,
+      onProgress: (p) => {
+        bytes += p.bytes - counted;
+        counted = p.bytes;
+        options.onProgress?.({ bytes, file: rel });
+      },
+    };
   };
 
   try {
     if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
-    await conn.exchange({ type: 'tree', path: remotePath }, handle);
+    const stream = conn.share.tree(remotePath, { signal: options.signal });
+    for (;;) {
+      fetches.check();
+      const step = await stream.next();
+      if (step.done) break;
+      const record = step.value;
+      switch (record.kind) {
+        case 'dir': {
+          const components = admit(record, true);
+          if (!components) {
+            count();
+            break;
+          }
+          checkDepth(components.length);
+          await makeDirs(components);
+          break;
+        }
+        case 'file': {
+          const place = await placeFile(record);
+          if (!place) break;
+          bytes += record.data.length;
+          options.onProgress?.({ bytes, file: record.path });
+          const fresh = folderState.get(nameDigest(place.components.slice(0, -1).join('/'))) === true;
+          const partial = partialPathFor(place.fileTarget, conn.peerId, `${remotePath}/${record.path}`, record.size, record.mtimeMs);
+          const mtimeMs = isPlausibleTime(record.mtimeMs) ? record.mtimeMs : Date.now();
+          await writer.add({ target: place.fileTarget, shownAs: place.shownAs, partial, data: record.data, mtimeMs, fresh });
+          break;
+        }
+        case 'fileRef': {
+          const place = await placeFile(record);
+          if (!place) break;
+          // The sharer's time as it stated it: the manifest is asked for that version (land ignores an implausible one).
+          await fetches.add(() => fetchRef(record.path, place, record.size, record.mtimeMs));
+          break;
+        }
+        case 'skipped': {
+          // The same report again is no progress: a peer repeating it would hold the download open.
+          const key = nameDigest(collisionKey(record.path));
+          if (reported.has(key)) throw new PeerShareError('PROTOCOL_ERROR', 'The peer reported the same file twice.');
+          reported.add(key);
+          count();
+          skippedByPeer(record.path, record.code, record.message);
+          break;
+        }
+      }
+    }
+    await fetches.all();
   } catch (err) {
-    if (current?.kind === 'large') await current.receiver?.abort(false);
+    await fetches.all().catch(() => undefined);
     // A folder this download made and nothing landed in goes too (rmdir leaves a non-empty one).
     if (createdTarget) await fs.rmdir(target).catch(() => undefined);
     throw toPeerShareError(err, 'IO_ERROR');
   } finally {
-    options.signal?.removeEventListener('abort', onAbort);
     await folders.close();
     result.files += writer.written;
     result.skippedExisting.push(...writer.skipped);
@@ -754,9 +462,39 @@ export async function downloadFolder(
   return result;
 }
 
-/** A time a file system can hold (Date's range); anything else from a peer is replaced by now. */
-export function isPlausibleTime(value: unknown): value is number {
-  return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= 8.64e15;
+/** Larger files of a folder fetched at once on its connection: each holds a block of up to 16 MiB until verified (spec 12.2). */
+const FILE_REFS_AT_ONCE = 2;
+
+/** Runs at most `most` fetches at once; the first failure is rethrown by check() and all(). */
+class FileRefFetches {
+  private readonly running = new Set<Promise<void>>();
+  private failure?: unknown;
+
+  constructor(private readonly most: number) {}
+
+  check(): void {
+    if (this.failure !== undefined) throw this.failure;
+  }
+
+  async add(fetch: () => Promise<void>): Promise<void> {
+    while (this.running.size >= this.most) {
+      await Promise.race(this.running);
+      this.check();
+    }
+    const run = fetch().then(
+      () => undefined,
+      (err: unknown) => {
+        this.failure ??= err;
+      },
+    );
+    const tracked = run.finally(() => this.running.delete(tracked));
+    this.running.add(tracked);
+  }
+
+  async all(): Promise<void> {
+    while (this.running.size > 0) await Promise.race(this.running);
+    this.check();
+  }
 }
 
 /**
@@ -780,34 +518,6 @@ function skippedReport(rel: string, code: unknown, message: unknown): SkippedByP
     code: isErrorCode(code) ? code : 'PROTOCOL_ERROR',
     message: typeof message === 'string' ? sanitizeForDisplay(message.slice(0, MAX_SKIPPED_MESSAGE_CHARS)) : '',
   };
-}
-
-type ReceivingFile =
-  | { kind: 'small'; rel: string; target: string; shownAs: string; partial: string; mtimeMs: number; fresh: boolean; buffer: WholeFile }
-  | { kind: 'large'; rel: string; receiver?: FileReceiver; overwrite?: boolean };
-
-/** A small file gathered in memory, at most its announced size. */
-class WholeFile {
-  private readonly data: Buffer;
-  private filled = 0;
-
-  constructor(readonly size: number) {
-    this.data = Buffer.allocUnsafe(size);
-  }
-
-  append(chunk: Buffer): void {
-    if (this.filled + chunk.length > this.size) throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
-    chunk.copy(this.data, this.filled);
-    this.filled += chunk.length;
-  }
-
-  verified(sha256: unknown): Buffer {
-    if (this.filled !== this.size) throw new PeerShareError('SIZE_MISMATCH', `The peer announced ${this.size} bytes but sent ${this.filled}.`);
-    if (typeof sha256 !== 'string' || createHash('sha256').update(this.data).digest('hex') !== sha256.toLowerCase()) {
-      throw new PeerShareError('HASH_MISMATCH');
-    }
-    return this.data;
-  }
 }
 
 interface VerifiedFile {
@@ -937,32 +647,14 @@ export async function readFileVerified(conn: PeerConnection, remotePath: string,
   if (entry.size > maxBytes) {
     throw new PeerShareError('TOO_LARGE', `The file is ${entry.size} bytes; previews are limited to ${maxBytes}. Download it instead.`);
   }
-  const chunks: Buffer[] = [];
-  let received = 0;
-  let started = false;
-  const hash = createHash('sha256');
-  await conn.exchange({ type: 'read', path: remotePath, offset: 0, expect: { size: entry.size, mtimeMs: entry.mtimeMs } }, (event, done, progress) => {
-    if (!started) {
-      const m = expectMessage(event);
-      if (m.type !== 'file' || m.path !== remotePath) throw new PeerShareError('BAD_NAME', 'The peer answered with a different file than the one asked for.');
-      if (m.size !== entry.size || m.offset !== 0) throw new PeerShareError('FILE_CHANGED');
-      started = true;
-      progress(recordBytes(remotePath));
-      return;
-    }
-    if (event.kind === 'data') {
-      received += event.chunk.length;
-      if (received > entry.size) throw new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than the file has.');
-      hash.update(event.chunk);
-      // Slices of the socket's buffers: copy, so they are not pinned.
-      chunks.push(Buffer.from(event.chunk));
-      return;
-    }
-    const m = event.message;
-    if (m.type !== 'fileEnd') throw new PeerShareError('PROTOCOL_ERROR', `Expected the end of the file, got ${shownType(m.type)}.`);
-    if (received !== entry.size) throw new PeerShareError('SIZE_MISMATCH');
-    if (typeof m.sha256 !== 'string' || hash.digest('hex') !== m.sha256.toLowerCase()) throw new PeerShareError('HASH_MISMATCH');
-    done();
-  });
-  return Buffer.concat(chunks, received);
+  const { manifest } = await conn.share.manifest(remotePath, { expect: { size: entry.size, mtimeMs: entry.mtimeMs } });
+  // The manifest is the sharer's word for this version: bounded again, whatever stat said.
+  if (manifest.size > maxBytes) throw new PeerShareError('FILE_CHANGED');
+  const whole = Buffer.alloc(manifest.size);
+  const indices = Array.from({ length: manifest.blockHashes.length }, (_, index) => index);
+  // Every block is verified against the block list, and the list against the file hash, before it is yielded.
+  for await (const block of conn.share.readBlocks(remotePath, manifest, indices)) {
+    block.data.copy(whole, blockRange(manifest, block.index).offset);
+  }
+  return whole;
 }

@@ -18,7 +18,7 @@ export const ERROR_MESSAGES = {
   NOT_A_DIRECTORY: 'That is not a folder.',
   PERMISSION_DENIED: 'The sharer cannot read that file.',
   FILE_CHANGED: 'The file changed while it was being sent. Try again.',
-  HASH_MISMATCH: 'The downloaded data does not match its SHA-256; it was discarded.',
+  HASH_MISMATCH: 'The downloaded data does not match its BLAKE3 hash; it was discarded.',
   SIZE_MISMATCH: 'The peer sent a different number of bytes than it announced; the data was discarded.',
   BAD_NAME: 'The peer sent a file name that is unsafe or was not asked for; it was refused.',
   DEST_EXISTS: 'The destination already exists and overwriting was not allowed.',

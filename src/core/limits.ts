@@ -91,8 +91,6 @@ export interface Limits {
   maxTreeDepth: number;
   /** Longest path accepted, in UTF-8 bytes. */
   maxPathBytes: number;
-  /** Files whose SHA-256 the sharer remembers, so a file sent again is not hashed again. */
-  hashCacheEntries: number;
   /** Files whose block lists the sharer keeps on disk (<home>/block-cache), so a file sent again, even after a restart, is not hashed again; the least recently used go first. */
   blockCacheEntries: number;
   /** Disk space those entries may take, each counted in whole 4 KiB blocks. */
@@ -159,7 +157,6 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   minTransferBytesPerSecond: 16 * 1024,
   maxTreeDepth: 64,
   maxPathBytes: 4096,
-  hashCacheEntries: 10_000,
   // A block list is 92 bytes (2 blocks) to 64 KiB (below 32 GiB), one 4 KiB block on disk for most files.
   blockCacheEntries: 100_000,
   blockCacheBytes: 256 * 1024 * 1024,

@@ -1,9 +1,5 @@
 import { PeerShareError, isErrorCode, type ErrorCode } from './errors';
 
-/** Protocol versions this build speaks, newest last. */
-export const PROTOCOL_VERSIONS = [1] as const;
-export const PROTOCOL_VERSION = 1;
-
 export type EntryType = 'file' | 'dir';
 
 export interface Entry {
@@ -27,8 +23,6 @@ export interface WelcomeMessage { type: 'welcome'; version: number; name: string
 export interface ErrorMessage { type: 'error'; code: ErrorCode; message: string }
 export interface EntriesMessage { type: 'entries'; entries: Entry[] }
 export interface EntryMessage { type: 'entry'; entry: Entry }
-export interface FileStartMessage { type: 'file'; path: string; size: number; mtimeMs: number; offset: number }
-export interface FileEndMessage { type: 'fileEnd'; sha256: string }
 export interface DirMessage { type: 'dir'; path: string }
 export interface SkippedMessage { type: 'skipped'; path: string; code: ErrorCode; message: string }
 export interface EndMessage { type: 'end'; count: number }

@@ -1,21 +1,23 @@
-import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Duplex } from 'node:stream';
 import * as os from 'node:os';
+import { blake3Backend } from './blake3';
+import { BlockCache } from './block-cache';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
-import { FRAME_HEADER_BYTES, FrameParser, encodeMessage, writeDataHeader } from './frames';
 import { formatAddress, formatInvite, TokenBook } from './invite';
-import { FramePool } from './frame-pool';
-import { HashCache, sameVersion } from './hash-cache';
-import { resolveLimits, SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, type Limits } from './limits';
+import { resolveLimits, type Limits } from './limits';
 import { fingerprintFromPeerId, shortPeerId, verificationCode } from './peer-id';
 import { formatBytes } from './format';
-import { PROTOCOL_VERSIONS, parseHello, parseRequest, sanitizeForDisplay, type Request } from './protocol';
-import type { Share, WalkItem } from './share';
+import { sanitizeForDisplay, shownType } from './protocol';
+import type { Share } from './share';
 import type { TrustStore } from './trust';
 import { endWithError, type Admission, type AuthenticatedStream } from './transport';
 import { TlsListener, type TlsListenerStats } from './transport-tls';
+import type { Connection, ReplyWriter, RequestHandler } from './v2/connection';
+import { acceptV2, type HelloV2, type Served } from './v2/handshake';
+import type { CapabilityMessage } from './v2/messages';
+import { ShareProvider } from './v2/share-provider';
+import { SHARE_CAPABILITY } from './v2/share-messages';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type Logger = (level: LogLevel, message: string) => void;
@@ -45,6 +47,8 @@ export interface PeerServerOptions {
    * are refused. No answer within `approvalTimeoutMs` counts as Deny.
    */
   onAccessRequest?: (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>;
+  /** The block cache manifests come from; default: the one in the identity's home. */
+  blockCache?: BlockCache;
 }
 
 export interface ConnectedPeer {
@@ -76,23 +80,14 @@ export interface ServerStats extends TlsListenerStats {
 export class PeerServer extends EventEmitter {
   readonly limits: Limits;
   readonly tokens = new TokenBook();
-  readonly stats: ServerStats = {
-    fileBytesSent: 0,
-    connectionsAccepted: 0,
-    requests: 0,
-    handshakesRateLimited: 0,
-    unauthenticatedEvicted: 0,
-    oversizedHandshakes: 0,
-  };
-  readonly hashCache: HashCache;
+  readonly stats: ServerStats;
   private readonly transport: TlsListener;
   private readonly connections = new Set<ServerConnection>();
   /** Connections that hold a trusted peer's slot (`maxConnections`). */
   private readonly trustedConnections = new Set<ServerConnection>();
   /** Requests to connect waiting for the sharer's answer, with their source. */
   private readonly pendingApprovals = new Map<ServerConnection, string>();
-  private activeRequests = 0;
-  private readonly requestsByPeer = new Map<string, number>();
+  private provider?: Promise<ShareProvider>;
   private boundPort = 0;
   private boundHost = '';
   private readonly log: Logger;
@@ -100,7 +95,20 @@ export class PeerServer extends EventEmitter {
   constructor(readonly options: PeerServerOptions) {
     super();
     this.limits = resolveLimits(options.limits);
-    this.hashCache = new HashCache(this.limits.hashCacheEntries);
+    // File bytes and requests are the share provider's figures, read when asked.
+    const provided = (): { fileBytesSent: number; requests: number } => this.providerStats ?? { fileBytesSent: 0, requests: 0 };
+    this.stats = {
+      get fileBytesSent() {
+        return provided().fileBytesSent;
+      },
+      get requests() {
+        return provided().requests;
+      },
+      connectionsAccepted: 0,
+      handshakesRateLimited: 0,
+      unauthenticatedEvicted: 0,
+      oversizedHandshakes: 0,
+    };
     // Log lines quote names, paths and messages peers chose: every one is escaped on its way out.
     const log = options.log;
     this.log = log ? (level, message) => log(level, sanitizeForDisplay(message)) : () => undefined;
@@ -114,6 +122,10 @@ export class PeerServer extends EventEmitter {
   }
 
   async listen(port = 0, host = '127.0.0.1'): Promise<{ host: string; port: number }> {
+    // BLAKE3 is loaded before we serve, not at the first file asked for: its native binding's
+    // loader asks Node for a process report (to tell musl from glibc), which walks every open
+    // handle and held the event loop, every peer's requests with it, for 5 s with 200 sockets open.
+    blake3Backend();
     this.boundPort = await this.transport.listen(port, host);
     this.boundHost = host;
     return { host, port: this.boundPort };
@@ -162,22 +174,20 @@ export class PeerServer extends EventEmitter {
     });
   }
 
-  /** @internal Takes a request slot, if both the server and this peer have one free. */
-  tryStartRequest(peerId: string): boolean {
-    const mine = this.requestsByPeer.get(peerId) ?? 0;
-    if (this.activeRequests >= this.limits.maxConcurrentRequests || mine >= this.limits.maxRequestsPerPeer) return false;
-    this.activeRequests++;
-    this.requestsByPeer.set(peerId, mine + 1);
-    this.stats.requests++;
-    return true;
-  }
+  private providerStats?: { fileBytesSent: number; requests: number };
 
-  /** @internal */
-  endRequest(peerId: string): void {
-    this.activeRequests--;
-    const mine = (this.requestsByPeer.get(peerId) ?? 1) - 1;
-    if (mine > 0) this.requestsByPeer.set(peerId, mine);
-    else this.requestsByPeer.delete(peerId);
+  /** @internal The one provider of share/1 for every connection, with its block cache (opened on first use). */
+  shareProvider(): Promise<ShareProvider> {
+    this.provider ??= (async () => {
+      const { identity, share } = this.options;
+      const blockCache =
+        this.options.blockCache ??
+        (await BlockCache.open(identity.home, this.limits, { log: (message) => this.log('warn', message) }));
+      const provider = new ShareProvider({ share, blockCache, limits: this.limits });
+      this.providerStats = provider.stats;
+      return provider;
+    })();
+    return this.provider;
   }
 
   /**
@@ -255,29 +265,22 @@ function outsideAnyBudget(stream: AuthenticatedStream): Admission {
   return { source: stream.host || stream.address, refundHandshake: () => undefined, leave: () => undefined, onEvict: () => undefined };
 }
 
-/** During a transfer, trust is re-checked at most this often (see checkStillTrusted). */
-const TRUST_RECHECK_MS = 50;
-
+/**
+ * One accepted stream: the v2 handshake (acceptV2) with the sharer's rules as its `admit`
+ * (docs/protocol-v2.md 4.4: trust, invite tokens, asking the sharer, slots), then a v2
+ * Connection that serves `share/1` to a peer that may read us.
+ */
 class ServerConnection {
   peer?: ConnectedPeer;
-  /** File bytes this connection has sent, for the sharer's log. */
-  private sentBytes = 0;
-  private state: 'hello' | 'approval' | 'ready' | 'closed' = 'hello';
-  private readonly closing = new AbortController();
-  private busy = false;
-  private next?: Request;
-  private readonly parser: FrameParser;
-  private timer?: NodeJS.Timeout;
-  private messageTimer?: NodeJS.Timeout;
-  private readonly limits: Limits;
   /** The peer ID its transport proved. */
   readonly peerId: string;
-  /** The bytes to and from the peer; the transport below encrypts them. */
-  private readonly stream: Duplex;
+  private connection?: Connection;
+  private closed = false;
+  private paired = false;
+  /** Aborted when this connection ends: a prompt still open is told to go away. */
+  private readonly closing = new AbortController();
   /** Allowed once by the sharer: for this connection only, not in the trust file. */
   private allowedOnce = false;
-  /** When trust was last checked against the file (performance.now()). */
-  private trustCheckedAt = 0;
 
   constructor(
     private readonly server: PeerServer,
@@ -286,23 +289,12 @@ class ServerConnection {
     readonly admission: Admission,
     private readonly log: Logger,
   ) {
-    this.limits = server.limits;
-    this.stream = remote.stream;
     this.peerId = remote.peerId;
-    this.stream.on('error', (err) => {
+    remote.stream.on('error', (err) => {
       this.log('debug', `Connection error from ${this.describe()}: ${err.message}`);
       this.close();
     });
-    this.stream.on('close', () => this.close());
-    this.parser = new FrameParser(
-      this.limits,
-      {
-        onMessage: (m) => this.onMessage(m),
-        onData: () => undefined, // refused by the parser: clients never send data
-        onFrameProgress: (inFrame) => this.onFrameProgress(inFrame),
-      },
-      false,
-    );
+    remote.stream.on('close', () => this.close());
     // A trusted certificate leaves the unauthenticated budget now, before its hello. Its
     // handshake is given back: the rate binds strangers, and a peer that opens a connection per
     // download is never refused.
@@ -316,23 +308,31 @@ class ServerConnection {
     } else {
       admission.onEvict(() => this.fail(new PeerShareError('BUSY', 'Too many connections are waiting to authenticate; try again shortly.')));
     }
-    this.setTimer(this.limits.helloTimeoutMs, 'hello');
-    this.stream.on('data', (chunk: Buffer) => {
-      try {
-        this.parser.push(chunk);
-      } catch (err) {
-        this.fail(toPeerShareError(err, 'PROTOCOL_ERROR'));
-      }
-    });
+    acceptV2(remote, {
+      name: server.options.name,
+      ownPeerId: server.options.identity.peerId,
+      limits: server.limits,
+      admit: (hello, signal) => this.admit(hello, signal),
+    }).then(
+      ({ connection }) => this.ready(connection),
+      (err: unknown) => {
+        if (this.closed) return;
+        const coded = toPeerShareError(err, 'PROTOCOL_ERROR');
+        this.log(coded.code === 'TIMEOUT' || coded.code === 'CONNECTION_CLOSED' ? 'debug' : 'warn', `Closing ${this.describe()}: ${coded.code} ${coded.message}`);
+        this.closed = true;
+        this.server.leaveBudgets(this);
+      },
+    );
   }
 
   close(): void {
     this.closing.abort();
-    this.state = 'closed';
-    clearTimeout(this.timer);
-    clearTimeout(this.messageTimer);
-    // Also ends a connection still flushing its goodbye after fail().
-    this.stream.destroy();
+    if (this.closed && !this.connection) return void this.remote.stream.destroy();
+    this.closed = true;
+    const connection = this.connection;
+    this.connection = undefined;
+    if (connection) connection.close();
+    else this.remote.stream.destroy();
   }
 
   /** The peer as a sharer's log names it: its chosen name, escaped and short, and its short ID. */
@@ -345,117 +345,33 @@ class ServerConnection {
     return `${this.peer?.name ? `${this.peer.name} ` : ''}${this.remote.address}`;
   }
 
-  private setTimer(ms: number, what: string): void {
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.fail(new PeerShareError('TIMEOUT', `No ${what} within ${ms} ms; closing.`)), ms);
-    this.timer.unref();
-  }
-
-  private onFrameProgress(inFrame: boolean): void {
-    clearTimeout(this.messageTimer);
-    if (inFrame) {
-      // An absolute deadline per message: a byte every few seconds does not keep a connection alive.
-      this.messageTimer = setTimeout(
-        () => this.fail(new PeerShareError('TIMEOUT', 'A message took too long to arrive; closing.')),
-        this.limits.messageTimeoutMs,
-      );
-      this.messageTimer.unref();
-    }
-  }
-
-  /** Sends an error and closes: for anything that breaks the protocol or trust. */
+  /** Refuses before the handshake is through (BUSY, evicted): one error in the handshake's frame, then the end. */
   private fail(err: PeerShareError): void {
-    if (this.state === 'closed') return;
+    if (this.closed) return;
+    this.closed = true;
+    this.closing.abort();
     // Its goodbye may take a second to flush; it holds no slot meanwhile.
     this.server.leaveBudgets(this);
     this.log(err.code === 'TIMEOUT' ? 'debug' : 'warn', `Closing ${this.describe()}: ${err.code} ${err.message}`);
-    this.closing.abort();
-    this.state = 'closed';
-    clearTimeout(this.timer);
-    clearTimeout(this.messageTimer);
-    endWithError(this.stream, err);
+    if (this.connection) this.connection.close(err);
+    else endWithError(this.remote.stream, err);
   }
 
-  private onMessage(m: Record<string, unknown>): void {
-    if (this.state === 'closed') return;
-    try {
-      if (this.state === 'hello') {
-        this.onHello(m);
-        return;
-      }
-      if (this.state === 'approval') throw new PeerShareError('PROTOCOL_ERROR', 'Wait for the sharer’s answer before sending requests.');
-      const request = parseRequest(m);
-      if (this.busy) {
-        // The client may send its next request as soon as it has read our last byte, which can
-        // be before our write has drained here. One waits; a second is a protocol error.
-        if (this.next) throw new PeerShareError('PROTOCOL_ERROR', 'One request at a time per connection.');
-        this.next = request;
-        return;
-      }
-      this.start(request);
-    } catch (err) {
-      this.fail(toPeerShareError(err, 'PROTOCOL_ERROR'));
-    }
-  }
-
-  /**
-   * Throws PEER_UNTRUSTED once the peer is revoked. Checked on every request, so a revoke (`trust
-   * rm`, even from another process) refuses the very next one; and during a transfer, between
-   * files and chunks, so it also ends one already running. There it is checked at most every
-   * TRUST_RECHECK_MS: each check is a stat of the trust file (about 10 µs), which once per small
-   * file would slow a folder of 10,000 by some 5 %. Allowed once lasts for this connection: it is
-   * in no file.
-   */
-  private checkStillTrusted(duringTransfer: boolean): void {
-    if (this.allowedOnce) return;
-    const now = performance.now();
-    if (duringTransfer && now - this.trustCheckedAt < TRUST_RECHECK_MS) return;
-    this.trustCheckedAt = now;
-    if (!this.server.mayRead(this.peerId)) throw new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.');
-  }
-
-  private start(request: Request): void {
-    try {
-      this.checkStillTrusted(false);
-    } catch (err) {
-      this.fail(err as PeerShareError);
-      return;
-    }
-    if (!this.server.tryStartRequest(this.peerId)) {
-      void this.send({ type: 'error', code: 'BUSY', message: 'Too many requests at once; try again shortly.' }).catch(() => undefined);
-      return;
-    }
-    this.busy = true;
-    clearTimeout(this.timer);
-    void this.serve(request).finally(() => {
-      this.server.endRequest(this.peerId);
-      this.busy = false;
-      const next = this.next;
-      this.next = undefined;
-      if (this.state !== 'ready') return;
-      if (next) this.start(next);
-      else this.setTimer(this.limits.idleTimeoutMs, 'request');
-    });
-  }
-
-  private onHello(m: Record<string, unknown>): void {
-    const hello = parseHello(m, this.limits.maxPathBytes);
-    const version = Math.max(...hello.versions.filter((v) => (PROTOCOL_VERSIONS as readonly number[]).includes(v)));
-    if (!Number.isFinite(version)) {
-      throw new PeerShareError('VERSION_UNSUPPORTED', `This peer speaks protocol versions ${PROTOCOL_VERSIONS.join(', ')}.`);
-    }
+  /** Spec 4.4 rows 4-7, for a well-formed hello that offers version 2. */
+  private async admit(hello: HelloV2, signal: AbortSignal): Promise<{ serve: Served; paired: boolean }> {
     const { trust } = this.server.options;
     const id = this.peerId;
     const name = sanitizeForDisplay(hello.name).slice(0, 100);
+    const provider = await this.server.shareProvider();
     if (this.server.mayRead(id)) {
       const busy = this.server.takeTrustedSlot(this, id);
       if (busy) throw busy;
-      this.afterHello(id, name, version, false);
-      return;
+      return this.admitted(provider, hello, name, false);
     }
     if (hello.token === undefined && hello.request && this.server.options.onAccessRequest) {
-      this.askSharer(id, name, version);
-      return;
+      const decision = await this.askSharer(id, name, signal);
+      this.allowedOnce = decision === 'once';
+      return this.admitted(provider, hello, name, decision === 'always');
     }
     if (hello.token === undefined) throw new PeerShareError('PEER_UNTRUSTED');
     // Room first, so a BUSY sharer does not use up the invite.
@@ -463,282 +379,92 @@ class ServerConnection {
     if (busy) throw busy;
     if (!this.server.tokens.redeem(hello.token)) throw new PeerShareError('TOKEN_INVALID');
     // Pairing is acknowledged only once it is on disk.
-    trust.addReader({ id, name }).then(
-      () => this.afterHello(id, name, version, true),
-      (err: unknown) => this.fail(toPeerShareError(err, 'IO_ERROR')),
-    );
-    this.state = 'ready';
-    clearTimeout(this.timer);
+    await trust.addReader({ id, name });
+    return this.admitted(provider, hello, name, true);
   }
 
   /** A nearby peer asks to connect: the sharer decides, within a time limit. */
-  private askSharer(id: string, name: string, version: number): void {
+  private async askSharer(id: string, name: string, signal: AbortSignal): Promise<'once' | 'always'> {
     // Bounded in all and per source; beyond, BUSY at once rather than another prompt.
     const busy = this.server.takeApprovalSlot(this, this.admission.source);
     if (busy) throw busy;
-    this.state = 'approval';
-    clearTimeout(this.timer);
     const { identity, trust, onAccessRequest } = this.server.options;
-    const fingerprint = fingerprintFromPeerId(id);
-    const request: AccessRequest = { id, name, address: this.remote.host, verificationCode: verificationCode(identity.fingerprint, fingerprint) };
+    const request: AccessRequest = { id, name, address: this.remote.host, verificationCode: verificationCode(identity.fingerprint, fingerprintFromPeerId(id)) };
+    let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((resolve) => {
-      this.timer = setTimeout(() => resolve('timeout'), this.limits.approvalTimeoutMs);
+      timer = setTimeout(() => resolve('timeout'), this.server.limits.approvalTimeoutMs);
     });
-    const asked = onAccessRequest!(request, this.closing.signal).catch(() => 'deny' as const);
-    void Promise.race([asked, timedOut]).then(async (decision) => {
-      clearTimeout(this.timer);
-      if (this.state !== 'approval') return;
-      if (decision === 'timeout') return this.fail(new PeerShareError('ACCESS_DENIED', 'The sharer did not answer in time.'));
-      if (decision === 'deny') return this.fail(new PeerShareError('ACCESS_DENIED', 'The sharer declined the request.'));
-      if (decision === 'always') {
-        try {
-          await trust.addReader({ id, name });
-        } catch (err) {
-          return this.fail(toPeerShareError(err, 'IO_ERROR'));
-        }
-      }
-      if (this.state !== 'approval') return;
-      const full = this.server.takeTrustedSlot(this, id);
-      if (full) return this.fail(full);
-      this.allowedOnce = decision === 'once';
-      this.log('info', `${name} (${id}) allowed ${decision === 'always' ? 'always' : 'once'}`);
-      this.afterHello(id, name, version, decision === 'always');
+    // The prompt goes away when the dialer hangs up, the connection ends or the time is up.
+    const prompt = new AbortController();
+    const goAway = (): void => prompt.abort();
+    signal.addEventListener('abort', goAway, { once: true });
+    this.closing.signal.addEventListener('abort', goAway, { once: true });
+    const asked = onAccessRequest!(request, prompt.signal).catch(() => 'deny' as const);
+    const decision = await Promise.race([asked, timedOut]).finally(() => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', goAway);
+      this.closing.signal.removeEventListener('abort', goAway);
     });
+    if (decision === 'timeout') prompt.abort();
+    if (decision === 'timeout') throw new PeerShareError('ACCESS_DENIED', 'The sharer did not answer in time.');
+    if (decision === 'deny') throw new PeerShareError('ACCESS_DENIED', 'The sharer declined the request.');
+    if (decision === 'always') await trust.addReader({ id, name });
+    if (signal.aborted) throw signal.reason instanceof PeerShareError ? signal.reason : new PeerShareError('CONNECTION_CLOSED');
+    const full = this.server.takeTrustedSlot(this, id);
+    if (full) throw full;
+    this.log('info', `${name} (${id}) allowed ${decision === 'always' ? 'always' : 'once'}`);
+    return decision;
   }
 
-  private afterHello(id: string, name: string, version: number, paired: boolean): void {
-    if (this.state === 'closed') return;
-    this.state = 'ready';
+  /** What an admitted peer is served: share/1, its requests logged, its trust checked on each. */
+  private admitted(provider: ShareProvider, hello: HelloV2, name: string, paired: boolean): { serve: Served; paired: boolean } {
+    const id = this.peerId;
     this.peer = { id, name, remoteAddress: this.remote.host };
-    const { identity, share } = this.server.options;
-    this.send({
-      type: 'welcome',
-      version,
-      name: this.server.options.name,
-      id: identity.peerId,
-      roots: share.roots.map((r) => r.name),
-      paired,
-    });
-    this.setTimer(this.limits.idleTimeoutMs, 'request');
-    this.log('info', `${paired ? 'Paired with' : 'Connected:'} ${this.who()} from ${this.remote.host || '?'}`);
-    this.server.emit(paired ? 'peer-paired' : 'peer-connected', this.peer);
-  }
-
-  private send(message: object): Promise<void> {
-    if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
-    return this.waitDrain(this.stream.write(encodeMessage(message)));
-  }
-
-  /**
-   * Sends a DATA frame whose first FRAME_HEADER_BYTES are free for the header; a frame from
-   * `pool` goes back to it once the stream has taken its bytes.
-   */
-  private sendDataFrame(frame: Buffer, pool?: FramePool): Promise<void> {
-    if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
-    writeDataHeader(frame, frame.length - FRAME_HEADER_BYTES);
-    return this.waitDrain(this.stream.write(frame, pool && ((err) => !err && pool.give(frame))));
-  }
-
-  /** Back-pressure: wait for the reader, but not forever (a reader that never reads is dropped). */
-  private waitDrain(ok: boolean): Promise<void> {
-    if (ok) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        cleanup();
-        this.fail(new PeerShareError('TIMEOUT', 'The peer stopped reading; transfer abandoned.'));
-        reject(new PeerShareError('TIMEOUT'));
-      }, this.limits.stallTimeoutMs);
-      const onDrain = (): void => {
-        cleanup();
-        resolve();
+    this.paired = paired;
+    const handler = provider.handler({ peerId: id, peerFrameBytes: hello.frame, stillAllowed: () => this.allowedOnce || this.server.mayRead(id) });
+    const logged: RequestHandler = async (request, reply, signal) => {
+      let bytes = 0;
+      const counted: ReplyWriter = {
+        message: (message) => reply.message(message),
+        data: (chunk) => {
+          bytes += chunk.length;
+          return reply.data(chunk);
+        },
       };
-      const onClose = (): void => {
-        cleanup();
-        reject(new PeerShareError('CONNECTION_CLOSED'));
-      };
-      const cleanup = (): void => {
-        clearTimeout(timer);
-        this.stream.off('drain', onDrain);
-        this.stream.off('close', onClose);
-      };
-      this.stream.on('drain', onDrain);
-      this.stream.on('close', onClose);
-    });
-  }
-
-  private async serve(request: Request): Promise<void> {
-    const { share } = this.server.options;
-    try {
-      switch (request.type) {
-        case 'stat':
-          await this.send({ type: 'entry', entry: await share.stat(request.path) });
-          return;
-        case 'list': {
-          let count = 0;
-          for await (const entries of share.list(request.path)) {
-            count += entries.length;
-            await this.send({ type: 'entries', entries });
-          }
-          await this.send({ type: 'end', count });
-          return;
-        }
-        case 'read': {
-          const before = this.sentBytes;
-          await this.sendFile(request.path, '', request.offset, request.expect);
-          const resumed = request.offset > 0 ? `, resumed after ${formatBytes(request.offset)}` : '';
-          this.log('info', `${this.who()} took ${shownPath(request.path)} (${formatBytes(this.sentBytes - before)}${resumed})`);
-          return;
-        }
-        case 'tree': {
-          const before = this.sentBytes;
-          const files = await this.sendTree(request.path);
-          this.log('info', `${this.who()} took the folder ${shownPath(request.path)} (${files} file${files === 1 ? '' : 's'}, ${formatBytes(this.sentBytes - before)})`);
-          return;
-        }
-      }
-    } catch (err) {
-      const coded = toPeerShareError(err, 'INTERNAL');
-      if (this.state === 'closed' || coded.code === 'CONNECTION_CLOSED') return;
-      if (coded.code === 'PEER_UNTRUSTED') return this.fail(coded);
-      if (coded.code === 'INTERNAL' || coded.code === 'IO_ERROR') {
-        this.log('error', `Request ${request.type} from ${this.describe()} failed: ${coded.detail ?? coded.message}`);
-      }
-      // The peer learns the code, never our internal details.
-      await this.send({ type: 'error', code: coded.code, message: coded.message }).catch(() => undefined);
-    }
-  }
-
-  /**
-   * Sends a folder as one stream, in the walk's order. Small files are read a few ahead of the
-   * stream and each leaves as a single write (header, bytes, hash), so a folder of many small
-   * files costs a little more than its bytes; larger files are streamed like a single download.
-   */
-  private async sendTree(remotePath: string): Promise<number> {
-    const { share } = this.server.options;
-    const smallLimit = Math.min(SMALL_FILE_BYTES, this.limits.maxDataFrameBytes);
-    const ahead: Promise<TreeItem>[] = [];
-    let count = 0;
-    const emit = async (item: TreeItem): Promise<void> => {
-      this.checkStillTrusted(true);
-      if (item.kind === 'dir') return this.send({ type: 'dir', path: item.relPath });
-      if (item.kind === 'small') {
-        await this.sendWhole(item);
-        count++;
-        return;
-      }
       try {
-        if (item.kind === 'skipped') throw item.error;
-        await this.sendFile(item.remotePath, item.relPath, 0, undefined, true);
-        count++;
+        const end = await handler(request, counted, signal);
+        this.logRequest(request, end, bytes);
+        return end;
       } catch (err) {
-        const coded = toPeerShareError(err, 'IO_ERROR');
-        if (coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || coded.code === 'PEER_UNTRUSTED' || this.state === 'closed') throw coded;
-        await this.send({ type: 'skipped', path: item.relPath, code: coded.code, message: coded.message });
+        const coded = toPeerShareError(err, 'INTERNAL');
+        // A peer that lost all trust loses the connection too, not only this request.
+        if (coded.code === 'PEER_UNTRUSTED') setImmediate(() => this.fail(coded));
+        if (coded.code === 'INTERNAL' || coded.code === 'IO_ERROR') {
+          this.log('error', `Request ${shownType(request.type)} from ${this.describe()} failed: ${coded.detail ?? coded.message}`);
+        }
+        throw coded;
       }
     };
-    try {
-      for await (const item of share.walk(remotePath)) {
-        ahead.push(item.kind === 'dir' ? Promise.resolve(item) : this.readAhead(item, smallLimit));
-        if (ahead.length >= SMALL_FILE_PIPELINE) await emit(await ahead.shift()!);
-      }
-      while (ahead.length > 0) await emit(await ahead.shift()!);
-    } finally {
-      // readAhead never rejects and holds no descriptor once settled: nothing to close here.
-      ahead.length = 0;
-    }
-    await this.send({ type: 'end', count });
-    return count;
+    return { serve: { [SHARE_CAPABILITY]: { params: provider.params(), handler: logged } }, paired };
   }
 
-  /** Reads a small file whole, or says it must be streamed (sendFile then opens it, checked as any read). */
-  private async readAhead(item: WalkItem & { kind: 'file' }, smallLimit: number): Promise<TreeItem> {
-    try {
-      const whole = this.server.options.share.readWalkedFileSync(item, smallLimit);
-      if (whole) return { kind: 'small', relPath: item.relPath, ...whole };
-      return { kind: 'large', relPath: item.relPath, remotePath: item.remotePath };
-    } catch (err) {
-      return { kind: 'skipped', relPath: item.relPath, error: toPeerShareError(err, 'IO_ERROR') };
-    }
+  private ready(connection: Connection): void {
+    if (this.closed) return void connection.close();
+    this.connection = connection;
+    connection.onClose(() => this.close());
+    this.log('info', `${this.paired ? 'Paired with' : 'Connected:'} ${this.who()} from ${this.remote.host || '?'}`);
+    this.server.emit(this.paired ? 'peer-paired' : 'peer-connected', this.peer);
   }
 
-  /** One small file as a single write: its header, its bytes and its hash. */
-  private sendWhole(item: TreeItem & { kind: 'small' }): Promise<void> {
-    if (this.state === 'closed') return Promise.reject(new PeerShareError('CONNECTION_CLOSED'));
-    const { data } = item;
-    const parts = [encodeMessage({ type: 'file', path: item.relPath, size: data.length, mtimeMs: item.mtimeMs, offset: 0 })];
-    if (data.length > 0) parts.push(writeDataHeader(Buffer.allocUnsafe(FRAME_HEADER_BYTES), data.length), data);
-    parts.push(encodeMessage({ type: 'fileEnd', sha256: createHash('sha256').update(data).digest('hex') }));
-    this.server.stats.fileBytesSent += data.length;
-    this.sentBytes += data.length;
-    return this.waitDrain(this.stream.write(Buffer.concat(parts)));
-  }
-
-  /**
-   * Streams a file from `offset`. The SHA-256 in the closing message covers the whole file,
-   * prefix included, so a resumed download is verified end to end.
-   */
-  private async sendFile(
-    remotePath: string,
-    label: string,
-    offset: number,
-    expect: { size: number; mtimeMs: number } | undefined,
-    inTree = false,
-  ): Promise<void> {
-    const { share } = this.server.options;
-    const { handle, stat } = await share.openFile(remotePath);
-    try {
-      const size = stat.size;
-      const mtimeMs = Math.floor(stat.mtimeMs);
-      if (expect && (expect.size !== size || expect.mtimeMs !== mtimeMs)) throw new PeerShareError('FILE_CHANGED');
-      if (offset > size) throw new PeerShareError('INVALID_ARGUMENT', 'The offset is past the end of the file.');
-      const version = await handle.stat({ bigint: true });
-      // A file sent before is not hashed again: the receiver checks the bytes against this.
-      const known = this.server.hashCache.get(version);
-      const hash = known === undefined ? createHash('sha256') : undefined;
-      let position = 0;
-      const chunk = Math.min(TRANSFER_CHUNK_BYTES, this.limits.maxDataFrameBytes);
-      const pool = new FramePool(FRAME_HEADER_BYTES + chunk, 4);
-      // Each chunk is read in behind room for its frame header, so header and data leave in one
-      // write with no copy.
-      const readAt = async (at: number): Promise<Buffer> => {
-        const length = Math.min(chunk, size - at);
-        const frame = pool.take(FRAME_HEADER_BYTES + length);
-        const { bytesRead } = await handle.read(frame, FRAME_HEADER_BYTES, length, at);
-        // A file that shrank under us cannot be sent consistently.
-        if (bytesRead < length) throw new PeerShareError('FILE_CHANGED');
-        return frame;
-      };
-      if (!hash) position = offset;
-      while (position < offset) {
-        const frame = await readAt(position);
-        const part = frame.subarray(FRAME_HEADER_BYTES, FRAME_HEADER_BYTES + Math.min(frame.length - FRAME_HEADER_BYTES, offset - position));
-        hash!.update(part);
-        position += part.length;
-        pool.give(frame);
-      }
-      await this.send({ type: 'file', path: inTree ? label : remotePath, size, mtimeMs, offset });
-      // Read the next chunk while the current one is being encrypted and sent.
-      let next: Promise<Buffer> | undefined = position < size ? readAt(position) : undefined;
-      while (next) {
-        const frame = await next;
-        // Checked with no read in flight, so nothing is left pending when it throws.
-        this.checkStillTrusted(true);
-        const length = frame.length - FRAME_HEADER_BYTES;
-        position += length;
-        next = position < size ? readAt(position) : undefined;
-        next?.catch(() => undefined);
-        hash?.update(frame.subarray(FRAME_HEADER_BYTES));
-        await this.sendDataFrame(frame, pool);
-        this.server.stats.fileBytesSent += length;
-        this.sentBytes += length;
-      }
-      const after = await handle.stat({ bigint: true });
-      if (!sameVersion(version, after)) throw new PeerShareError('FILE_CHANGED');
-      const sha256 = known ?? hash!.digest('hex');
-      if (!known) this.server.hashCache.set(after, sha256);
-      await this.send({ type: 'fileEnd', sha256 });
-    } finally {
-      await handle.close();
+  /** v1's log lines: who took which file or folder, and how many bytes. */
+  private logRequest(request: CapabilityMessage, end: unknown, bytes: number): void {
+    const remotePath = typeof request.path === 'string' ? request.path : '';
+    if (request.type === 'share.read') {
+      this.log('info', `${this.who()} took ${shownPath(remotePath)} (${formatBytes(bytes)})`);
+    } else if (request.type === 'share.tree') {
+      const count = (end as { count?: unknown } | undefined)?.count;
+      const files = typeof count === 'number' ? count : 0;
+      this.log('info', `${this.who()} took the folder ${shownPath(remotePath)} (${files} file${files === 1 ? '' : 's'}, ${formatBytes(bytes)})`);
     }
   }
 }
@@ -748,10 +474,3 @@ function shownPath(remotePath: string): string {
   const shown = sanitizeForDisplay(remotePath);
   return shown.length > 120 ? `${shown.slice(0, 119)}…` : shown;
 }
-
-/** A folder download's next item, read ahead of the stream. */
-type TreeItem =
-  | { kind: 'dir'; relPath: string }
-  | { kind: 'small'; relPath: string; data: Buffer; mtimeMs: number }
-  | { kind: 'large'; relPath: string; remotePath: string }
-  | { kind: 'skipped'; relPath: string; error: PeerShareError };

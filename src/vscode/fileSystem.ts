@@ -7,7 +7,7 @@ const MAX_PREVIEW_BYTES = 50 * 1024 * 1024;
 
 /**
  * `peershare://<peer>/<path>`: a peer's files, read-only, for previews and diffs. Nothing is
- * written to disk; every read is verified with SHA-256 like a download.
+ * written to disk; every read is verified with BLAKE3, block by block, like a download.
  */
 export class PeerFileSystem implements vscode.FileSystemProvider {
   private readonly changed = new vscode.EventEmitter<vscode.FileChangeEvent[]>();

@@ -129,7 +129,7 @@ describe('the peershare CLI', () => {
     const dest = tempDir();
     const file = await cli(['get', listening.peerId, 'ws/hello.txt', dest, '--home', clientHome]);
     assert.equal(file.code, 0, file.stderr);
-    assert.match(file.stdout, /verified with SHA-256/);
+    assert.match(file.stdout, /verified with BLAKE3/);
     assert.equal(await fs.readFile(path.join(dest, 'hello.txt'), 'utf8'), 'hello\n');
     const folder = json(await cli(['get', listening.peerId, 'ws/dir', dest, '--json', '--home', clientHome]));
     assert.equal(folder.files, 2);

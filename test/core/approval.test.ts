@@ -5,7 +5,7 @@ import { describe, it } from 'node:test';
 import { PeerServer, Share, connectToPeer, downloadFile, resolveLimits, type AccessDecision, type AccessRequest, type Limits } from '../../src/core';
 import * as tls from 'node:tls';
 import { connectWithInvite, makePeer, rejectsWithCode, tempDir, writeRandomFile } from '../helpers';
-import { rawClient, waitFor, type RawClient } from '../hostile';
+import { rawClient, waitFor, type RawClient, helloV2 } from '../hostile';
 
 /** A sharer whose "person" answers access requests with `answer`. */
 async function sharerAsking(answer: (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>, limits: Partial<Limits> = {}) {
@@ -111,7 +111,7 @@ describe('a nearby peer asks to connect', () => {
     const request = async (source: string): Promise<RawClient> => {
       const client = await rawClient(sharer.address, stranger.identity, { localAddress: source } as tls.ConnectionOptions);
       client.socket.on('error', () => undefined);
-      client.send({ type: 'hello', versions: [1], name: 'Nearby Ned', request: true });
+      client.send(helloV2('Nearby Ned', { request: true }));
       return client;
     };
     const first = await request('127.0.0.2');

@@ -79,7 +79,7 @@ describe('TLS stays in its transport (issue 11: transport injected)', () => {
     try {
       sharer.server.acceptStream(proved(acceptorEnd, client.identity.peerId, 'acceptor'));
       const conn = new PeerConnection(proved(dialerEnd, sharer.identity.peerId, 'dialer'), resolveLimits());
-      await conn.hello('client', parseInvite(sharer.invite).token);
+      await conn.hello({ expectedPeerId: sharer.identity.peerId, name: 'client', token: parseInvite(sharer.invite).token });
       assert.equal(conn.welcome.paired, true);
       assert.ok(sharer.trust.allowsReader(client.identity.peerId), 'the invite paired the peer the stream proved');
       const root = sharer.share.roots[0].name;

@@ -126,16 +126,12 @@ describe('what a peer can read from a share', () => {
   for (const [remotePath, codes] of traversals) {
     it(`refuses to read ${JSON.stringify(remotePath).slice(0, 60)} with ${codes.join('/')}`, async () => {
       const before = touched.length;
-      let received = 0;
-      const err = await conn
-        .exchange({ type: 'read', path: remotePath, offset: 0 }, (event) => {
-          received++;
-          throw new Error(`served something: ${JSON.stringify(event).slice(0, 100)}`);
-        })
-        .then(() => undefined, (e: { code?: string }) => e);
-      assert.ok(err, 'the read must fail');
+      // A read starts with the file's manifest (protocol v2, 6.2): refused there, nothing is sent.
+      const err = await conn.share.manifest(remotePath).then(
+        (answer) => assert.fail(`served a manifest of ${answer.manifest.size} bytes`),
+        (e: { code?: string }) => e,
+      );
       assert.ok(codes.includes(String(err.code)), `got ${String(err.code)}`);
-      assert.equal(received, 0);
       assert.deepEqual(outsideTouches(), [], `opened outside the share: ${touched.slice(before).join(', ')}`);
     });
   }
@@ -372,11 +368,16 @@ describe('credential files are not shared by default', () => {
   async function treeOf(conn: PeerConnection, remotePath: string): Promise<{ files: string[]; bytes: string }> {
     const files: string[] = [];
     const chunks: Buffer[] = [];
-    await conn.exchange({ type: 'tree', path: remotePath }, (event, done) => {
-      if (event.kind === 'data') chunks.push(Buffer.from(event.chunk));
-      else if (event.message.type === 'file') files.push(String(event.message.path));
-      else if (event.message.type === 'end') done();
-    });
+    for await (const record of conn.share.tree(remotePath)) {
+      if (record.kind === 'file') {
+        files.push(record.path);
+        chunks.push(record.data);
+      } else if (record.kind === 'fileRef') {
+        files.push(record.path);
+        const { manifest } = await conn.share.manifest(`${remotePath}/${record.path}`);
+        for await (const block of conn.share.readBlocks(`${remotePath}/${record.path}`, manifest, manifest.blockHashes.keys())) chunks.push(block.data);
+      }
+    }
     return { files: files.sort(), bytes: Buffer.concat(chunks).toString('utf8') };
   }
 
@@ -394,14 +395,11 @@ describe('credential files are not shared by default', () => {
     try {
       for (const rel of credentials) {
         await rejectsWithCode(conn.stat(`proj/${rel}`), 'EXCLUDED').catch((err: Error) => assert.fail(`${rel}: ${err.message}`));
-        let served = false;
-        const err = await conn
-          .exchange({ type: 'read', path: `proj/${rel}`, offset: 0 }, () => {
-            served = true;
-          })
-          .then(() => undefined, (e: { code?: string }) => e);
+        const err = await conn.share.manifest(`proj/${rel}`).then(
+          () => assert.fail(`${rel}: its manifest was served`),
+          (e: { code?: string }) => e,
+        );
         assert.equal(err?.code, 'EXCLUDED', rel);
-        assert.equal(served, false, rel);
       }
       for (const rel of stillShared) assert.equal((await conn.stat(`proj/${rel}`)).type, 'file', rel);
     } finally {

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { PeerShareError, download, downloadFile, type DownloadResult, type PeerConnection } from '../../src/core';
+import { BLOCK_CACHE_DIR, PeerShareError, RACY_TIMESTAMP_MS, download, downloadFile, type DownloadResult, type PeerConnection } from '../../src/core';
 import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, writeRandomFile, type Sharer } from '../helpers';
 
 async function sha256File(file: string): Promise<string> {
@@ -109,9 +109,15 @@ describe('downloads over a real connection', () => {
   it('hashes a file once for many downloads, and never serves a stale hash for a changed file', async () => {
     const file = path.join(ws, 'cached.bin');
     await writeRandomFile(file, 2 * 1024 * 1024);
-    const cacheBefore = sharer.server.hashCache.size;
+    // Past the racy window (block-cache.ts): a file changed within it is hashed but not kept.
+    await new Promise((resolve) => setTimeout(resolve, RACY_TIMESTAMP_MS + 200));
+    const cacheDir = path.join(await fs.realpath(sharer.home), BLOCK_CACHE_DIR);
+    const entries = async (): Promise<number> => (await fs.readdir(cacheDir).catch(() => [])).length;
+    const cacheBefore = await entries();
     const first = await download(conn, 'ws/cached.bin', tempDir());
-    assert.equal(sharer.server.hashCache.size, cacheBefore + 1);
+    assert.equal(await entries(), cacheBefore + 1, 'its block list is kept on disk');
+    await download(conn, 'ws/cached.bin', tempDir());
+    assert.equal(await entries(), cacheBefore + 1, 'a second download uses the same entry');
     assert.equal(await sha256File(first.target), await sha256File(file));
     // Same size, same mtime, new bytes: only the ctime tells, and that is enough.
     const { mtime } = await fs.stat(file);
@@ -193,8 +199,6 @@ describe('downloads over a real connection', () => {
     await assert.rejects(fs.stat(target), 'nothing under the final name after the cut');
     const partials = (await fs.readdir(dest)).filter((n) => n.endsWith('.peershare-part'));
     assert.equal(partials.length, 1);
-    const kept = (await fs.stat(path.join(dest, partials[0]))).size;
-    assert.ok(kept >= size / 2 && kept < size, `kept ${kept} bytes`);
     const firstSent = sharer.server.stats.fileBytesSent - sentBefore;
 
     const { conn: second } = await connectWithInvite(sharer.invite);
@@ -202,7 +206,9 @@ describe('downloads over a real connection', () => {
     const result = await downloadFile(second, 'ws/resume.bin', target);
     second.close();
     const secondSent = sharer.server.stats.fileBytesSent - sentMid;
-    assert.equal(result.resumedBytes, kept);
+    // The partial file holds verified blocks (any set of them); the resume found at least half.
+    const kept = result.resumedBytes;
+    assert.ok(kept >= size / 2 && kept < size, `kept ${kept} bytes`);
     assert.equal(result.bytes, size - kept);
     assert.equal(secondSent, size - kept, 'the second run sends exactly the missing bytes');
     assert.ok(secondSent < size && secondSent <= firstSent + (size - firstSent));

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { connectToPeer } from '../../src/core/client';
 import { PeerShareError } from '../../src/core/errors';
 import { resolveLimits } from '../../src/core/limits';
 import { TlsListener, dialTls } from '../../src/core/transport-tls';
 import type { Connection } from '../../src/core/v2/connection';
 import { acceptV2, dialV2, type Served } from '../../src/core/v2/handshake';
 import { makePeer, type TestPeer } from '../helpers';
+import { rawClient } from '../hostile';
 
 /**
  * The v2 connection over the real first transport: TLS 1.3 with pinned certificates on loopback
@@ -78,19 +78,15 @@ describe('v2 over TLS 1.3 on loopback', () => {
     connection.close();
   });
 
-  it('v1\'s client meeting a v2 acceptor gets VERSION_UNSUPPORTED and the sentence that says to update', async () => {
-    const err = await connectToPeer({
-      identity: reader.identity,
-      trust: reader.trust,
-      addresses: [`127.0.0.1:${port}`],
-      expectedPeerId: sharer.identity.peerId,
-      name: 'an old reader',
-    }).then(
-      () => undefined,
-      (e: PeerShareError) => e,
-    );
-    assert.equal(err?.code, 'VERSION_UNSUPPORTED');
-    assert.equal(err?.message, 'This peer runs a newer PeerShare (protocol version 2). Update PeerShare to connect to it.');
+  it('a v1 client meeting a v2 acceptor gets VERSION_UNSUPPORTED and the sentence that says to update', async () => {
+    // v1's client is gone from this build; its hello is what a v1 peer still sends (protocol.md 3).
+    const old = await rawClient(`127.0.0.1:${port}`, reader.identity);
+    old.send({ type: 'hello', versions: [1], name: 'an old reader' });
+    await old.closed;
+    assert.equal(old.messages.length, 1);
+    assert.equal(old.messages[0].code, 'VERSION_UNSUPPORTED');
+    assert.deepEqual(old.messages[0].versions, [2]);
+    assert.equal(old.messages[0].message, 'This peer runs a newer PeerShare (protocol version 2). Update PeerShare to connect to it.');
     while (refusals.length === 0) await new Promise((resolve) => setTimeout(resolve, 5));
     assert.equal(refusals[0].code, 'VERSION_UNSUPPORTED');
   });

@@ -8,8 +8,9 @@ import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import { PeerServer, Share, connectToPeer, resolveLimits, type Identity, type PeerConnection } from '../../src/core';
 import { FrameType, encodeDataHeader, encodeMessage } from '../../src/core/frames';
+import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
 import { makePeer, type TestPeer } from '../helpers';
-import { dripUntilClosed, rawClient, tcpConnect, waitFor, type RawClient } from '../hostile';
+import { dripUntilClosed, rawClient, tcpConnect, waitFor, type RawClient, helloV2 } from '../hostile';
 import { buildWorld, type World } from './world';
 
 /**
@@ -41,8 +42,19 @@ interface Attack {
   run(ctx: Ctx): Promise<void>;
 }
 
-/** The message that ends the answer to each kind of request; an error ends any. */
-const LAST: Record<string, string> = { stat: 'entry', list: 'end', tree: 'end', read: 'fileEnd' };
+/** A share.read of `blocks` of ws/README.md (its manifest asked first, for its fileHash): refused with one of `codes`. */
+async function readBlocksRefused(ctx: Ctx, blocks: unknown, codes: string[]): Promise<void> {
+  const client = await ctx.open(ctx.insider.identity, { hello: true });
+  const manifest = (await ctx.ask(client, { type: 'read', path: 'ws/README.md' })).find((m) => m.type === 'manifest');
+  assert.ok(manifest, 'the manifest was served');
+  const answer = await ctx.ask(client, { type: 'share.read', path: 'ws/README.md', fileHash: manifest.fileHash, blocks });
+  const got = codesOf(answer);
+  assert.equal(got.length, 1, `expected a refusal, got ${JSON.stringify(answer).slice(0, 200)}`);
+  assert.ok(codes.includes(got[0] as string), `refused with ${String(got[0])}, expected ${codes.join('/')}`);
+}
+
+/** v1's request types as share/1 (protocol v2, 6) names them: a read begins with the manifest. */
+const V2_REQUEST: Record<string, string> = { stat: 'share.stat', list: 'share.list', tree: 'share.tree', read: 'share.manifest' };
 const LIMITS = {
   handshakeTimeoutMs: 600,
   helloTimeoutMs: 600,
@@ -59,7 +71,8 @@ const LIMITS = {
   handshakesPerSecondPerSource: 10_000,
 };
 
-const codesOf = (messages: Record<string, unknown>[]): unknown[] => messages.filter((m) => m.type === 'error').map((m) => m.code);
+/** The codes of refusals: a handshake or END `error`, and a CLOSE that carries one (protocol v2). */
+const codesOf = (messages: Record<string, unknown>[]): unknown[] => messages.filter((m) => m.type === 'error' || (m.type === 'close' && m.code !== undefined)).map((m) => m.code);
 
 function readTraversal(cls: string, paths: string[], codes = ['OUTSIDE_SHARE', 'NOT_FOUND']): Attack[] {
   return paths.flatMap((p) =>
@@ -123,8 +136,9 @@ const ATTACKS: Attack[] = [
       }
     },
   },
-  { cls: 'traversal', name: 'a negative offset', run: (ctx) => ctx.refuses({ type: 'read', path: 'ws/README.md', offset: -5 }, ['PROTOCOL_ERROR']) },
-  { cls: 'traversal', name: 'an offset past the end', run: (ctx) => ctx.refuses({ type: 'read', path: 'ws/README.md', offset: 1e15 }, ['INVALID_ARGUMENT']) },
+  // v1's offsets are v2's block ranges (share.read, spec 6.2): a negative one breaks the protocol, one past the end is refused.
+  { cls: 'traversal', name: 'a negative block index', run: (ctx) => readBlocksRefused(ctx, [[-5, 1]], ['PROTOCOL_ERROR']) },
+  { cls: 'traversal', name: 'a block past the end', run: (ctx) => readBlocksRefused(ctx, [[0, 1e9]], ['INVALID_ARGUMENT', 'PROTOCOL_ERROR']) },
 
   // ---- the sibling-prefix case
   ...readTraversal('sibling prefix', ['ws-secret/x', 'ws/../ws-secret/x', 'ws-secret', 'ws /README.md', 'WS/README.md']),
@@ -140,7 +154,7 @@ const ATTACKS: Attack[] = [
       const listed = (await ctx.ask(client, { type: 'list', path: 'ws' })).flatMap((m) => (m.type === 'entries' ? (m.entries as { name: string }[]).map((e) => e.name) : []));
       assert.deepEqual(listed.sort(), ['README.md', 'big.bin', 'bomb-deep', 'bomb-wide', 'bomb-wider', 'src', 'sub', 'swap-target']);
       const tree = await ctx.ask(client, { type: 'tree', path: 'ws/sub' });
-      assert.deepEqual(tree.map((m) => `${m.type}:${m.path ?? ''}`), ['dir:deep', 'file:deep/note.txt', 'fileEnd:', 'end:']);
+      assert.deepEqual(tree.map((m) => `${m.type}:${m.path ?? ''}`), ['dir:deep', 'file:deep/note.txt', 'end:']);
     },
   },
   {
@@ -221,7 +235,7 @@ const ATTACKS: Attack[] = [
     name: 'an unknown certificate: PEER_UNTRUSTED',
     run: async (ctx) => {
       const client = await ctx.open(ctx.stranger.identity);
-      client.send({ type: 'hello', versions: [1], name: 'stranger' });
+      client.send(helloV2('stranger'));
       client.send({ type: 'read', path: 'ws/README.md', offset: 0 });
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['PEER_UNTRUSTED']);
@@ -241,7 +255,7 @@ const ATTACKS: Attack[] = [
     run: async (ctx) => {
       const { keyPem, chainPem } = await leafSignedBy(ctx.insider.identity);
       const client = await ctx.open(undefined, { tls: { key: keyPem, cert: chainPem } });
-      client.send({ type: 'hello', versions: [1], name: 'chain' });
+      client.send(helloV2('chain'));
       await client.closed;
       assert.deepEqual(client.messages.map((m) => [m.code, m.message]), [['PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.']]);
     },
@@ -251,7 +265,7 @@ const ATTACKS: Attack[] = [
     name: 'a hello claiming a trusted peer’s ID from another certificate: PEER_UNTRUSTED',
     run: async (ctx) => {
       const client = await ctx.open(ctx.stranger.identity);
-      client.send({ type: 'hello', versions: [1], name: 'insider', id: ctx.insider.identity.peerId, peerId: ctx.insider.identity.peerId });
+      client.send(helloV2('insider', { id: ctx.insider.identity.peerId, peerId: ctx.insider.identity.peerId }));
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['PEER_UNTRUSTED']);
     },
@@ -262,7 +276,7 @@ const ATTACKS: Attack[] = [
     run: async (ctx) => {
       for (const token of ['A'.repeat(32), 'not a token', 'x'.repeat(256)]) {
         const client = await ctx.open(ctx.stranger.identity);
-        client.send({ type: 'hello', versions: [1], name: 'guesser', token });
+        client.send(helloV2('guesser', { token }));
         await client.closed;
         assert.deepEqual(codesOf(client.messages), ['TOKEN_INVALID']);
       }
@@ -276,12 +290,12 @@ const ATTACKS: Attack[] = [
       const token = new URL(ctx.server.createInvite({ uses: 1, ttlMs: 60_000 })).searchParams.get('token');
       const first = await makePeer();
       const a = await ctx.open(first.identity);
-      a.send({ type: 'hello', versions: [1], name: 'first', token });
+      a.send(helloV2('first', { token }));
       await waitFor(() => a.messages.length > 0);
       assert.equal(a.messages[0].type, 'welcome');
       a.socket.destroy();
       const b = await ctx.open(ctx.stranger.identity);
-      b.send({ type: 'hello', versions: [1], name: 'second', token });
+      b.send(helloV2('second', { token }));
       await b.closed;
       assert.deepEqual(codesOf(b.messages), ['TOKEN_INVALID']);
       await ctx.server.options.trust.remove(first.identity.peerId);
@@ -294,7 +308,7 @@ const ATTACKS: Attack[] = [
       const token = new URL(ctx.server.createInvite({ uses: 5, ttlMs: 1 })).searchParams.get('token');
       await new Promise((r) => setTimeout(r, 20));
       const client = await ctx.open(ctx.stranger.identity);
-      client.send({ type: 'hello', versions: [1], name: 'late', token });
+      client.send(helloV2('late', { token }));
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['TOKEN_INVALID']);
     },
@@ -335,7 +349,7 @@ const ATTACKS: Attack[] = [
     name: 'unknown versions only: VERSION_UNSUPPORTED',
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity);
-      client.send({ type: 'hello', versions: [0, 2, 99], name: 'future' });
+      client.send({ type: 'hello', versions: [0, 1, 99], name: 'future' });
       await client.closed;
       assert.deepEqual(codesOf(client.messages), ['VERSION_UNSUPPORTED']);
     },
@@ -353,7 +367,7 @@ const ATTACKS: Attack[] = [
     name: 'a second hello: PROTOCOL_ERROR',
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity, { hello: true });
-      assert.deepEqual(codesOf(await ctx.ask(client, { type: 'hello', versions: [1], name: 'again' })), ['PROTOCOL_ERROR']);
+      assert.deepEqual(codesOf(await ctx.ask(client, helloV2('again'))), ['PROTOCOL_ERROR']);
     },
   },
   {
@@ -391,16 +405,16 @@ const ATTACKS: Attack[] = [
     name: 'a request dripped a byte at a time is cut off by the absolute deadline',
     run: async (ctx) => {
       const client = await ctx.open(ctx.insider.identity, { hello: true });
-      const bytes = encodeMessage({ type: 'stat', path: 'ws/README.md' });
+      const bytes = encodeMessageFrame('REQUEST', 1, { type: 'share.stat', path: 'ws/README.md' });
       const sent = await dripUntilClosed(client, bytes, 100);
       assert.ok(sent < bytes.length, 'closed before the request completed');
       assert.deepEqual(codesOf(client.messages.slice(1)), ['TIMEOUT']);
     },
   },
   ...[
-    ['a message length of 4 GiB', FrameType.MESSAGE, 0xffffffff, 'TOO_LARGE'],
-    ['a message length just over the limit', FrameType.MESSAGE, 1024 * 1024 + 1, 'TOO_LARGE'],
-    ['a message length of 0', FrameType.MESSAGE, 0, 'PROTOCOL_ERROR'],
+    ['a message length of 4 GiB', ConnectionFrameType.REQUEST, 0xffffffff, 'TOO_LARGE'],
+    ['a message length just over the limit', ConnectionFrameType.REQUEST, 1024 * 1024 + 1, 'TOO_LARGE'],
+    ['a message length of 0', ConnectionFrameType.REQUEST, 0, 'PROTOCOL_ERROR'],
     ['an unknown frame type', 0x7f, 10, 'PROTOCOL_ERROR'],
   ].map(
     ([what, type, length, code]): Attack => ({
@@ -408,9 +422,11 @@ const ATTACKS: Attack[] = [
       name: `${what}: ${code}, refused from the header alone`,
       run: async (ctx) => {
         const client = await ctx.open(ctx.insider.identity, { hello: true });
-        const header = Buffer.alloc(5);
+        // A v2 frame header (type, length, request id 1), and nothing after it.
+        const header = Buffer.alloc(9);
         header[0] = type as number;
         header.writeUInt32BE(length as number, 1);
+        header.writeUInt32BE(1, 5);
         client.socket.write(header);
         await client.closed;
         assert.deepEqual(codesOf(client.messages.slice(1)), [code]);
@@ -433,7 +449,7 @@ const ATTACKS: Attack[] = [
     name: 'more connections than the limit: BUSY for the excess, served again after',
     run: async (ctx) => {
       const clients = await Promise.all(Array.from({ length: LIMITS.maxConnections + 4 }, () => ctx.open(ctx.insider.identity)));
-      for (const c of clients) c.send({ type: 'hello', versions: [1], name: 'many' });
+      for (const c of clients) c.send(helloV2('many'));
       await waitFor(() => clients.every((c) => c.messages.length > 0));
       const busy = clients.filter((c) => c.messages[0].code === 'BUSY').length;
       assert.ok(busy >= 4, `${busy} connections told BUSY`);
@@ -447,8 +463,10 @@ const ATTACKS: Attack[] = [
       // Readers that do not read hold every request slot; three more requests find none free.
       const holders = await Promise.all(Array.from({ length: LIMITS.maxConcurrentRequests }, () => ctx.open(ctx.insider.identity, { hello: true })));
       for (const c of holders) {
+        const manifest = (await ctx.ask(c, { type: 'read', path: 'ws/big.bin' })).find((m) => m.type === 'manifest')!;
         c.socket.pause();
-        c.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
+        // Every block of 48 MiB: far past the window it grants, so the answer waits on it, holding its slot.
+        c.request({ type: 'share.read', path: 'ws/big.bin', fileHash: manifest.fileHash, blocks: [[0, Math.ceil(Number(manifest.size) / Number(manifest.blockSize))]] });
       }
       await new Promise((r) => setTimeout(r, 150));
       for (let i = 0; i < 3; i++) {
@@ -558,7 +576,7 @@ describe('a hostile client against a real server', () => {
       client.socket.on('error', () => undefined);
       opened.push(client);
       if (options.hello) {
-        client.send({ type: 'hello', versions: [1], name: 'attacker' });
+        client.send(helloV2('attacker'));
         await waitFor(() => client.messages.length > 0 || client.socket.destroyed);
         assert.equal(client.messages[0]?.type, 'welcome');
       }
@@ -566,9 +584,16 @@ describe('a hostile client against a real server', () => {
     },
     async ask(client, request) {
       const from = client.messages.length;
-      const last = LAST[(request as { type: string }).type];
-      client.send(request);
-      await Promise.race([client.closed, waitFor(() => client.messages.slice(from).some((m) => m.type === 'error' || m.type === last), 10_000)]);
+      const { type, offset: _offset, ...fields } = request as { type: string; offset?: number; [key: string]: unknown };
+      if (type === 'hello') {
+        // A handshake frame where the connection's frames belong.
+        client.send(request);
+        await Promise.race([client.closed, waitFor(() => client.messages.length > from, 10_000)]);
+        return client.messages.slice(from);
+      }
+      // v1's requests as share/1 names them; a read starts with the file's manifest, where its path is checked.
+      const id = client.request({ ...fields, type: type.startsWith('share.') ? type : (V2_REQUEST[type] ?? `share.${type}`) });
+      await Promise.race([client.closed, waitFor(() => client.messages.slice(from).some((m) => m.frame === 'CLOSE' || (m.frame === 'END' && m.id === id)), 10_000)]);
       return client.messages.slice(from);
     },
     async refuses(request, codes) {

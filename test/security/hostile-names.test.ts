@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DISGUISING_CHARS, collisionKey, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type PeerConnection } from '../../src/core';
 import { makePeer, type TestPeer } from '../helpers';
-import { startHostileServer, type HostileServer, type Replier, type Scenario } from '../hostile';
+import { blockSizeFor } from '../../src/core/blocks';
+import { manifestOfBytes } from '../../src/core/v2/share-messages';
+import { startHostileSharerV2, type HostileServer, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { buildWorld, type Snapshot, type World } from './world';
 
 /**
@@ -20,12 +21,11 @@ import { buildWorld, type Snapshot, type World } from './world';
 
 const CONTENT = Buffer.from('the first file\n');
 const PAYLOAD = Buffer.from('#!/bin/sh\necho owned\n');
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-function sendFile(reply: Replier, name: string, content: Buffer): void {
-  reply.message({ type: 'file', path: name, size: content.length, mtimeMs: 1000, offset: 0 });
-  if (content.length) reply.data(content);
-  reply.message({ type: 'fileEnd', sha256: sha(content) });
+/** An inline file record of a folder stream (protocol v2, 6.3), honestly hashed. */
+async function sendFile(reply: ReplierV2, name: string, content: Buffer): Promise<void> {
+  const blockSize = blockSizeFor(content.length);
+  await reply.message({ type: 'file', path: name, size: content.length, mtimeMs: 1000, blockSize, fileHash: manifestOfBytes(content, blockSize).fileHash.toString('hex') });
+  if (content.length) await reply.data(content);
 }
 
 /** Bad name components, each as a folder in a tree and as a single file's name. */
@@ -93,14 +93,14 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
   let hostile: Identity;
   let server: HostileServer;
   /** What the hostile sharer does for the current test. */
-  let scenario: Scenario = () => undefined;
+  let scenario: ScenarioV2 = () => undefined;
   const open: PeerConnection[] = [];
   let connect: () => Promise<PeerConnection>;
 
   before(async () => {
     victim = await makePeer();
     hostile = (await makePeer()).identity;
-    server = await startHostileServer(hostile, (req, reply) => scenario(req, reply));
+    server = await startHostileSharerV2(hostile, (req, reply) => scenario(req, reply));
     connect = () =>
       connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim', limits: { stallTimeoutMs: 2000 } }).then((conn) => {
         open.push(conn);
@@ -115,7 +115,7 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
 
   /** Runs `action` in a fresh world; returns the error code and the snapshots around it. */
   async function attempt(
-    play: Scenario,
+    play: ScenarioV2,
     action: (conn: PeerConnection, world: World) => Promise<unknown>,
   ): Promise<{ code: string; world: World; before: Snapshot; after: Snapshot; leftOut?: string[] }> {
     scenario = play;
@@ -134,9 +134,10 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
   }
 
   /** Answers stat for `ws/d` as a folder, then plays `events` for the tree. */
-  const folder = (events: (reply: Replier) => void): Scenario => (req, reply) => {
-    if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } });
-    else if (req.type === 'tree') events(reply);
+  const folder = (records: (reply: ReplierV2) => Promise<Record<string, unknown>>): ScenarioV2 => (req, reply) => {
+    if (req.type === 'share.stat') return { entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } };
+    if (req.type === 'share.tree') return records(reply);
+    return undefined;
   };
 
   describe('in a folder download', () => {
@@ -147,10 +148,10 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
       ] as const) {
         it(`leaves out ${where} ${why}, and the rest lands: ${shown(name)}`, async () => {
           const { code, before, after, leftOut } = await attempt(
-            folder((reply) => {
-              sendFile(reply, 'good.txt', CONTENT);
-              sendFile(reply, rel, PAYLOAD);
-              reply.message({ type: 'end', count: 2 });
+            folder(async (reply) => {
+              await sendFile(reply, 'good.txt', CONTENT);
+              await sendFile(reply, rel, PAYLOAD);
+              return { count: 2 };
             }),
             (conn, world) => download(conn, 'ws/d', world.ws),
           );
@@ -165,10 +166,10 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
     for (const [name, why] of MALFORMED_NAMES) {
       it(`stops at a file named ${why}: BAD_NAME, the earlier file kept: ${shown(name)}`, async () => {
         const { code, before, after } = await attempt(
-          folder((reply) => {
-            sendFile(reply, 'good.txt', CONTENT);
-            sendFile(reply, `sub/${name}`, PAYLOAD);
-            reply.message({ type: 'end', count: 2 });
+          folder(async (reply) => {
+            await sendFile(reply, 'good.txt', CONTENT);
+            await sendFile(reply, `sub/${name}`, PAYLOAD);
+            return { count: 2 };
           }),
           (conn, world) => download(conn, 'ws/d', world.ws),
         );
@@ -181,9 +182,9 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
     it(`leaves out a folder message (dir) named with each bad name (${BAD_NAMES.length} names)`, async () => {
       for (const [name] of BAD_NAMES) {
         const { code, before, after, leftOut } = await attempt(
-          folder((reply) => {
-            reply.message({ type: 'dir', path: name });
-            reply.message({ type: 'end', count: 0 });
+          folder(async (reply) => {
+            await reply.message({ type: 'dir', path: name });
+            return { count: 0 };
           }),
           (conn, world) => download(conn, 'ws/d', world.ws),
         );
@@ -201,12 +202,11 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
       it(`refuses ${why}: ${shown(name)}`, async () => {
         let read = false;
         const { code, before, after } = await attempt(
-          (req, reply) => {
-            if (req.type === 'stat') reply.message({ type: 'entry', entry: { name, type: 'file', size: PAYLOAD.length, mtimeMs: 1000 } });
-            else if (req.type === 'read') {
-              read = true;
-              sendFile(reply, String(req.path), PAYLOAD);
-            }
+          (req) => {
+            if (req.type === 'share.stat') return { entry: { name, type: 'file', size: PAYLOAD.length, mtimeMs: 1000 } };
+            // Its manifest or its blocks: asking for either is too late.
+            if (req.type === 'share.manifest' || req.type === 'share.read') read = true;
+            return new Promise(() => undefined);
           },
           (conn, world) => download(conn, `ws/${name}`, world.ws),
         );
@@ -222,10 +222,10 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
     for (const [first, second, why] of COLLISIONS) {
       it(`leaves out the second of ${why}; the first keeps its content`, async () => {
         const { code, world, before, after, leftOut } = await attempt(
-          folder((reply) => {
-            sendFile(reply, first, CONTENT);
-            sendFile(reply, second, PAYLOAD);
-            reply.message({ type: 'end', count: 2 });
+          folder(async (reply) => {
+            await sendFile(reply, first, CONTENT);
+            await sendFile(reply, second, PAYLOAD);
+            return { count: 2 };
           }),
           (conn, w) => download(conn, 'ws/d', w.ws),
         );
@@ -241,7 +241,7 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
   describe('what a person sees (issue 16, finding 9, display)', () => {
     it('a peer name padded with fillers to spell out someone else’s name, address and ID is shown with every filler escaped', async () => {
       const forged = `Alice${'\u2800'.repeat(30)}(192.168.1.20, FLRK-XVPC-ERBT-7AQP)${'\u3164'.repeat(20)}\u115f\u00ad`;
-      const named = await startHostileServer(hostile, () => undefined, { welcomeName: forged });
+      const named = await startHostileSharerV2(hostile, () => undefined, { welcomeName: forged });
       try {
         const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [named.address], expectedPeerId: hostile.peerId, name: 'victim' });
         open.push(conn);

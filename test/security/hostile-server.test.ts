@@ -1,18 +1,21 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import type * as tls from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { DISGUISING_CHARS, checkReceivedName, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type Limits, type PeerConnection } from '../../src/core';
-import { encodeDataHeader } from '../../src/core/frames';
+import { blockSizeFor, encodeBlockManifest } from '../../src/core/blocks';
+import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
+import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { makePeer, type TestPeer } from '../helpers';
-import { startHostileServer, type Replier, type Scenario } from '../hostile';
-import { assertOnlyChanged, buildWorld, type Snapshot, type World } from './world';
+import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
+import { assertOnlyChanged, buildWorld, type World } from './world';
 
 /**
  * A hostile server against a real PeerShare client: the scp class (CVE-2019-6111) and the rest of
- * the security checklist from the downloading side, as named scenarios. Each runs in a fresh world
+ * the security checklist from the downloading side, as named scenarios, played by a sharer that
+ * speaks protocol v2 (share/1 answers, spec 6) and lies in them. Each runs in a fresh world
  * whose `ws` folder is the victim's workspace and download destination. Afterwards the suite
  * checks the error code and then the disk: only the paths the scenario names may have been
  * created or changed; everything else, `outside/` and `.git/` above all, is exactly as before.
@@ -21,8 +24,8 @@ import { assertOnlyChanged, buildWorld, type Snapshot, type World } from './worl
 interface Hostility {
   cls: string;
   name: string;
-  /** What the server does after hello. */
-  scenario?: Scenario;
+  /** How the server answers each share/1 request after the handshake; what it returns is the END. */
+  scenario?: ScenarioV2;
   /** The victim's action; default: download `remotePath` into the workspace. */
   action?: (conn: PeerConnection, world: World) => Promise<unknown>;
   remotePath?: string;
@@ -33,7 +36,7 @@ interface Hostility {
   /** Paths that must exist afterwards. */
   exists?: string[];
   prepare?: (world: World) => Promise<void>;
-  server?: { identity?: (victim: TestPeer, hostile: Identity) => Identity; welcomeId?: string; welcomeName?: string; tls?: object };
+  server?: { identity?: (victim: TestPeer, hostile: Identity) => Identity; welcomeId?: string; welcomeName?: string; tls?: tls.TlsOptions };
   connect?: { expectedPeerId?: (hostile: Identity) => string | undefined };
   limits?: Partial<Limits>;
   /**
@@ -46,31 +49,84 @@ interface Hostility {
 }
 
 const CONTENT = Buffer.from('the real content\n');
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const hashOf = (content: Buffer): string => manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex');
 
-/** Answers stat for `ws/f.txt` honestly, then lets `onRead` misbehave. */
-function fileScenario(onRead: (req: Record<string, unknown>, reply: Replier) => void, size = CONTENT.length): Scenario {
+/** A manifest answer (spec 6.2): honest for `content` unless another manifest is given. */
+async function sendManifest(reply: ReplierV2, content: Buffer, manifest = manifestOfBytes(content, blockSizeFor(content.length))): Promise<Record<string, unknown>> {
+  await reply.message({ type: 'manifest', size: manifest.size, mtimeMs: 1000, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
+  await reply.data(encodeBlockManifest(manifest));
+  return {};
+}
+
+/** The blocks a read asks for, of `content`, one DATA call per block (as an honest sharer sends them). */
+async function sendBlocks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer): Promise<Record<string, unknown>> {
+  const blockSize = blockSizeFor(content.length);
+  for (const [first, end] of req.blocks as [number, number][]) {
+    for (let i = first; i < end; i++) await reply.data(content.subarray(i * blockSize, Math.min((i + 1) * blockSize, content.length)));
+  }
+  return {};
+}
+
+/**
+ * Answers stat and manifest for a file of `content` honestly (by the name asked for), then lets
+ * `onRead` misbehave; what it returns is the read's END.
+ */
+function fileScenario(onRead: (req: Record<string, unknown>, reply: ReplierV2) => ReturnType<ScenarioV2>, content = CONTENT): ScenarioV2 {
   return (req, reply) => {
-    if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: path.basename(String(req.path)), type: 'file', size, mtimeMs: 1000 } });
-    else if (req.type === 'read') onRead(req, reply);
+    if (req.type === 'share.stat') return { entry: { name: path.basename(String(req.path)), type: 'file', size: content.length, mtimeMs: 1000 } };
+    if (req.type === 'share.manifest') return sendManifest(reply, content);
+    if (req.type === 'share.read') return onRead(req, reply);
+    return undefined;
   };
 }
 
-/** Answers stat for `ws/d` as a folder, then plays `events` for the tree. */
-function treeScenario(events: (reply: Replier) => void | Promise<void>): Scenario {
-  return async (req, reply) => {
-    if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } });
-    else if (req.type === 'tree') await events(reply);
+/**
+ * Answers stat for `ws/d` as a folder, then sends `records` for the tree (spec 6.3); the files it
+ * names by `fileRef` are answered honestly from `refs` (path below `ws/d` -> content).
+ */
+function treeScenario(records: (reply: ReplierV2) => Promise<Record<string, unknown>>, refs: Record<string, Buffer> = {}): ScenarioV2 {
+  return (req, reply) => {
+    if (req.type === 'share.stat') return { entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } };
+    if (req.type === 'share.tree') return records(reply);
+    const ref = refs[String(req.path).replace(/^ws\/d\//, '')];
+    if (ref && req.type === 'share.manifest') return sendManifest(reply, ref);
+    if (ref && req.type === 'share.read') return sendBlocks(req, reply, ref);
+    return undefined;
   };
 }
 
-function sendFile(reply: Replier, name: string, content: Buffer, hash = sha(content)): void {
-  reply.message({ type: 'file', path: name, size: content.length, mtimeMs: 1000, offset: 0 });
-  if (content.length) reply.data(content);
-  reply.message({ type: 'fileEnd', sha256: hash });
+/** An inline file record of a folder stream (REPLY file + its bytes), with `content`'s hash unless another is given. */
+async function sendFile(reply: ReplierV2, name: string, content: Buffer, fileHash: unknown = hashOf(content)): Promise<void> {
+  await reply.message({ type: 'file', path: name, size: content.length, mtimeMs: 1000, blockSize: blockSizeFor(content.length), fileHash });
+  if (content.length) await reply.data(content);
 }
 
-const honestFile = fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT));
+/** A large file of a folder stream, by reference (REPLY fileRef): fetched with share.manifest and share.read. */
+async function sendFileRef(reply: ReplierV2, name: string, content: Buffer): Promise<void> {
+  await reply.message({ type: 'fileRef', path: name, size: content.length, mtimeMs: 1000 });
+}
+
+/** A file of two blocks, for a stall after the first. */
+const STALLED_BLOCK = blockSizeFor(256 * 1024);
+const STALLED = Buffer.alloc(STALLED_BLOCK + 1000, 9);
+
+const honestFile = fileScenario((req, reply) => sendBlocks(req, reply, CONTENT));
+
+/** A frame header of the connection (spec 3.2: type, length, request id) announcing `length` bytes. */
+function frameHeader(type: keyof typeof ConnectionFrameType, length: number, id: number): Buffer {
+  const header = Buffer.alloc(9);
+  header.writeUInt8(ConnectionFrameType[type], 0);
+  header.writeUInt32BE(length, 1);
+  header.writeUInt32BE(id, 5);
+  return header;
+}
+
+/**
+ * The request ids a download uses (ours, the dialer's, are odd and counted from 1, spec 5.1): its
+ * stat, then the file's manifest, then the read.
+ */
+const STAT_ID = 1;
+const READ_ID = 5;
 
 /**
  * A folder holding a good file and one with `name`. A malformed name stops the download
@@ -82,10 +138,10 @@ function badTreeName(name: string, why: string, cls = 'names (scp class)', leftO
     cls,
     name: `a folder holding ${why}: ${JSON.stringify(name).slice(0, 40)}${leftOutAs === undefined ? '' : ' (left out)'}`,
     remotePath: 'ws/d',
-    scenario: treeScenario((reply) => {
-      sendFile(reply, 'good.txt', CONTENT);
-      sendFile(reply, name, CONTENT);
-      reply.message({ type: 'end', count: 2 });
+    scenario: treeScenario(async (reply) => {
+      await sendFile(reply, 'good.txt', CONTENT);
+      await sendFile(reply, name, CONTENT);
+      return { count: 2 };
     }),
     expect: leftOutAs === undefined ? 'BAD_NAME' : 'ok',
     leftOut: leftOutAs === undefined ? undefined : [leftOutAs],
@@ -128,9 +184,29 @@ function leftOutPrefix(name: string): string {
 const HOSTILITIES: Hostility[] = [
   // ---- names (the scp class)
   { cls: 'names (scp class)', name: 'an honest answer (the harness itself works)', remotePath: 'ws/f.txt', scenario: honestFile, expect: 'ok', mayChange: ['ws/f.txt'], exists: ['ws/f.txt'] },
-  { cls: 'names (scp class)', name: 'a file other than the one asked for', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => sendFile(reply, 'ws/other.txt', CONTENT)), expect: 'BAD_NAME' },
-  { cls: 'names (scp class)', name: 'a file answered as ../outside/secret.txt', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => sendFile(reply, '../outside/secret.txt', CONTENT)), expect: 'BAD_NAME' },
-  { cls: 'names (scp class)', name: 'a file answered as an absolute path', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => sendFile(reply, '/etc/passwd', CONTENT)), expect: 'BAD_NAME' },
+  // v1's file answer carried a name the client had to check; a v2 read carries none: the file is
+  // saved under the name the user asked for, whatever the peer calls it.
+  ...(
+    [
+      ['other.txt', 'a file other than the one asked for'],
+      ['../outside/secret.txt', 'a file answered as ../outside/secret.txt'],
+      ['/etc/passwd', 'a file answered as an absolute path'],
+    ] as const
+  ).map(
+    ([claimed, why]): Hostility => ({
+      cls: 'names (scp class)',
+      name: `${why} (the stat names it): saved only under the name asked for`,
+      remotePath: 'ws/f.txt',
+      scenario: (req, reply) => {
+        if (req.type === 'share.stat') return { entry: { name: claimed, type: 'file', size: CONTENT.length, mtimeMs: 1000 } };
+        return honestFile(req, reply);
+      },
+      expect: 'ok',
+      mayChange: ['ws/f.txt'],
+      exists: ['ws/f.txt'],
+      check: async (world) => assert.deepEqual(await fs.readFile(path.join(world.ws, 'f.txt')), CONTENT),
+    }),
+  ),
   ...(
     [
       ['../escape.txt', 'a parent component'],
@@ -149,11 +225,11 @@ const HOSTILITIES: Hostility[] = [
   badTreeName('c:/escape.txt', 'a drive path', 'names (scp class)', 'c:'),
   {
     cls: 'names (scp class)',
-    name: 'a folder (dir message) named ../escape',
+    name: 'a folder (dir record) named ../escape',
     remotePath: 'ws/d',
-    scenario: treeScenario((reply) => {
-      reply.message({ type: 'dir', path: '../escape' });
-      reply.message({ type: 'end', count: 0 });
+    scenario: treeScenario(async (reply) => {
+      await reply.message({ type: 'dir', path: '../escape' });
+      return { count: 0 };
     }),
     expect: 'BAD_NAME',
     // The folder the download made for it is gone again: nothing landed in it.
@@ -161,26 +237,43 @@ const HOSTILITIES: Hostility[] = [
   },
   {
     cls: 'names (scp class)',
+    name: 'a file record (by reference) named ../escape.txt in a folder',
+    remotePath: 'ws/d',
+    scenario: treeScenario(
+      async (reply) => {
+        await sendFileRef(reply, '../escape.txt', CONTENT);
+        return { count: 1 };
+      },
+      { '../escape.txt': CONTENT },
+    ),
+    expect: 'BAD_NAME',
+    check: (world) => assert.equal(existsSync(path.join(world.ws, 'escape.txt')), false),
+  },
+  {
+    cls: 'names (scp class)',
     name: 'extra, unasked-for frames after a complete answer: the file is kept, the connection dropped',
     remotePath: 'ws/f.txt',
-    scenario: fileScenario((req, reply) => {
-      sendFile(reply, String(req.path), CONTENT);
-      sendFile(reply, 'ws/.bashrc', Buffer.from('extra'));
+    scenario: fileScenario(async (req, reply) => {
+      await sendBlocks(req, reply, CONTENT);
+      // After the read's END: a file record on the stat, whose END came long ago.
+      setTimeout(() => reply.raw(encodeMessageFrame('REPLY', STAT_ID, { type: 'file', path: 'ws/.bashrc', size: 5, mtimeMs: 1, blockSize: blockSizeFor(5), fileHash: hashOf(Buffer.from('extra')) })), 20);
+      return {};
     }),
     expect: 'ok',
     mayChange: ['ws/f.txt'],
     exists: ['ws/f.txt'],
-    check: async (_, conn) => {
+    check: async (world, conn) => {
       await until(async () => conn!.closed);
+      assert.deepEqual(await fs.readFile(path.join(world.ws, 'f.txt')), CONTENT);
     },
   },
   {
     cls: 'names (scp class)',
-    name: 'a folder stream in answer to a file request',
+    name: 'a folder stream in answer to a file read',
     remotePath: 'ws/f.txt',
-    scenario: fileScenario((_, reply) => {
-      reply.message({ type: 'dir', path: 'x' });
-      reply.message({ type: 'end', count: 0 });
+    scenario: fileScenario(async (_, reply) => {
+      await reply.message({ type: 'dir', path: 'x' });
+      return { count: 0 };
     }),
     expect: 'PROTOCOL_ERROR',
   },
@@ -218,10 +311,10 @@ const HOSTILITIES: Hostility[] = [
       cls: 'git, .vscode, collisions, reserved names',
       name: why,
       remotePath: 'ws/d',
-      scenario: treeScenario((reply) => {
-        sendFile(reply, first, CONTENT);
-        sendFile(reply, second, Buffer.from('overwrite attempt'));
-        reply.message({ type: 'end', count: 2 });
+      scenario: treeScenario(async (reply) => {
+        await sendFile(reply, first, CONTENT);
+        await sendFile(reply, second, Buffer.from('overwrite attempt'));
+        return { count: 2 };
       }),
       // The second is left out; the first keeps what it had.
       expect: 'ok',
@@ -240,59 +333,121 @@ const HOSTILITIES: Hostility[] = [
       }
       throw Object.assign(new Error('all refused'), { code: 'BAD_NAME' });
     },
-    scenario: (req, reply) => reply.message({ type: 'entry', entry: { name: path.basename(String(req.path)), type: 'dir', size: 0, mtimeMs: 1 } }),
+    scenario: (req) => ({ entry: { name: path.basename(String(req.path)), type: 'dir', size: 0, mtimeMs: 1 } }),
     expect: 'BAD_NAME',
   },
 
   // ---- lying sizes and hashes
-  { cls: 'sizes and hashes', name: 'a wrong hash', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT, '0'.repeat(64))), expect: 'HASH_MISMATCH' },
-  { cls: 'sizes and hashes', name: 'the hash of the real bytes over other bytes', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), Buffer.from('the evil content\n'), sha(CONTENT))), expect: 'HASH_MISMATCH' },
-  { cls: 'sizes and hashes', name: 'no hash at all', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendFile(reply, String(req.path), CONTENT, null as unknown as string)), expect: 'HASH_MISMATCH' },
+  {
+    cls: 'sizes and hashes',
+    name: 'a wrong hash (a block list of other bytes over the real ones)',
+    remotePath: 'ws/f.txt',
+    scenario: (req, reply) => {
+      if (req.type === 'share.manifest') return sendManifest(reply, Buffer.alloc(CONTENT.length, 0x30));
+      return honestFile(req, reply);
+    },
+    expect: 'HASH_MISMATCH',
+  },
+  { cls: 'sizes and hashes', name: 'the hash of the real bytes over other bytes', remotePath: 'ws/f.txt', scenario: fileScenario((req, reply) => sendBlocks(req, reply, Buffer.from('the evil content\n'))), expect: 'HASH_MISMATCH' },
+  {
+    cls: 'sizes and hashes',
+    name: 'a block list that does not hash to its file hash: no block is asked for',
+    remotePath: 'ws/f.txt',
+    scenario: (req, reply) => {
+      if (req.type === 'share.manifest') return sendManifest(reply, CONTENT, { ...manifestOfBytes(CONTENT, blockSizeFor(CONTENT.length)), fileHash: Buffer.alloc(32, 0xab) });
+      if (req.type === 'share.read') throw new Error('no block may be asked for');
+      return honestFile(req, reply);
+    },
+    expect: 'PROTOCOL_ERROR',
+  },
+  { cls: 'sizes and hashes', name: 'an inline folder file with a wrong hash', remotePath: 'ws/d', scenario: treeScenario(async (reply) => (await sendFile(reply, 'x.txt', CONTENT, '0'.repeat(64)), { count: 1 })), expect: 'HASH_MISMATCH' },
+  {
+    cls: 'sizes and hashes',
+    name: 'the real file hash over other bytes, inline in a folder',
+    remotePath: 'ws/d',
+    scenario: treeScenario(async (reply) => (await sendFile(reply, 'x.txt', Buffer.from('the evil content\n'), hashOf(CONTENT)), { count: 1 })),
+    expect: 'HASH_MISMATCH',
+  },
   ...(
     [
-      ['more bytes than announced', Buffer.concat([CONTENT, Buffer.from('and more')])],
-      ['fewer bytes than announced', CONTENT.subarray(0, 3)],
+      ['a manifest', (reply: ReplierV2) => reply.message({ type: 'manifest', size: CONTENT.length, mtimeMs: 1000, blockSize: blockSizeFor(CONTENT.length) }).then(() => ({}))],
+      ['an inline folder file', null],
     ] as const
   ).map(
-    ([name, sent]): Hostility => ({
+    ([where, manifest]): Hostility => ({
       cls: 'sizes and hashes',
-      name,
-      remotePath: 'ws/f.txt',
-      // Announces CONTENT's size and hash, then sends other bytes.
-      scenario: fileScenario((req, reply) => {
-        reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
-        reply.data(sent);
-        reply.message({ type: 'fileEnd', sha256: sha(CONTENT) });
-      }),
-      expect: 'SIZE_MISMATCH',
+      name: `no hash at all (${where})`,
+      remotePath: manifest ? 'ws/f.txt' : 'ws/d',
+      scenario: manifest
+        ? (req, reply) => (req.type === 'share.manifest' ? manifest(reply) : honestFile(req, reply))
+        : treeScenario(async (reply) => (await sendFile(reply, 'x.txt', CONTENT, null), { count: 1 })),
+      expect: 'PROTOCOL_ERROR',
     }),
   ),
   {
     cls: 'sizes and hashes',
-    name: 'an endless stream (stopped at the first byte too many)',
+    name: 'more bytes than the blocks asked for',
     remotePath: 'ws/f.txt',
-    scenario: fileScenario((req, reply) => {
-      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
-      const chunk = Buffer.alloc(64 * 1024, 0x41);
-      const pump = (): void => {
-        if (reply.socket.destroyed) return;
-        if (reply.socket.write(Buffer.concat([encodeDataHeader(chunk.length), chunk]))) setImmediate(pump);
-        else reply.socket.once('drain', pump);
-      };
-      pump();
+    scenario: fileScenario(async (_, reply) => (await reply.data(Buffer.concat([CONTENT, Buffer.from('and more')])), {})),
+    expect: 'PROTOCOL_ERROR',
+  },
+  { cls: 'sizes and hashes', name: 'fewer bytes than the blocks asked for', remotePath: 'ws/f.txt', scenario: fileScenario(async (_, reply) => (await reply.data(CONTENT.subarray(0, 3)), {})), expect: 'SIZE_MISMATCH' },
+  {
+    cls: 'sizes and hashes',
+    name: 'more bytes than an inline folder file announced',
+    remotePath: 'ws/d',
+    scenario: treeScenario(async (reply) => {
+      await reply.message({ type: 'file', path: 'x.txt', size: CONTENT.length, mtimeMs: 1000, blockSize: blockSizeFor(CONTENT.length), fileHash: hashOf(CONTENT) });
+      await reply.data(Buffer.concat([CONTENT, Buffer.from('and more')]));
+      return { count: 1 };
     }),
-    expect: 'SIZE_MISMATCH',
+    expect: 'PROTOCOL_ERROR',
   },
   {
     cls: 'sizes and hashes',
-    name: 'a folder file announced as 1 PiB that sends ten bytes (nothing allocated up front)',
+    name: 'fewer bytes than an inline folder file announced',
     remotePath: 'ws/d',
-    scenario: treeScenario((reply) => {
-      reply.message({ type: 'file', path: 'huge.bin', size: 2 ** 50, mtimeMs: 1, offset: 0 });
-      reply.data(Buffer.alloc(10));
-      reply.message({ type: 'fileEnd', sha256: '0'.repeat(64) });
+    scenario: treeScenario(async (reply) => {
+      await reply.message({ type: 'file', path: 'x.txt', size: CONTENT.length, mtimeMs: 1000, blockSize: blockSizeFor(CONTENT.length), fileHash: hashOf(CONTENT) });
+      await reply.data(CONTENT.subarray(0, 3));
+      return { count: 1 };
     }),
-    expect: 'SIZE_MISMATCH',
+    expect: 'PROTOCOL_ERROR',
+  },
+  {
+    cls: 'sizes and hashes',
+    name: 'an endless stream (stopped at the first byte too many)',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario(async (_, reply) => {
+      await reply.data(CONTENT);
+      const chunk = Buffer.alloc(64 * 1024, 0x41);
+      for (;;) await reply.data(chunk);
+    }),
+    expect: 'PROTOCOL_ERROR',
+  },
+  {
+    cls: 'sizes and hashes',
+    name: 'a folder file announced inline as 1 PiB that sends ten bytes (nothing allocated up front)',
+    remotePath: 'ws/d',
+    scenario: treeScenario(async (reply) => {
+      await reply.message({ type: 'file', path: 'huge.bin', size: 2 ** 50, mtimeMs: 1, blockSize: 16 * 1024 * 1024, fileHash: '0'.repeat(64) });
+      await reply.data(Buffer.alloc(10));
+      return { count: 1 };
+    }),
+    expect: 'TOO_LARGE',
+    mayChange: ['ws/d'],
+  },
+  {
+    cls: 'sizes and hashes',
+    name: 'a folder file by reference of 1 PiB whose manifest says so (refused before its block list is taken)',
+    remotePath: 'ws/d',
+    scenario: (req, reply) => {
+      if (req.type === 'share.stat') return { entry: { name: 'd', type: 'dir', size: 0, mtimeMs: 1000 } };
+      if (req.type === 'share.tree') return reply.message({ type: 'fileRef', path: 'huge.bin', size: 2 ** 50, mtimeMs: 1 }).then(() => ({ count: 1 }));
+      if (req.type === 'share.manifest') return reply.message({ type: 'manifest', size: 2 ** 50, mtimeMs: 1, blockSize: 16 * 1024 * 1024, fileHash: '0'.repeat(64) }).then(() => new Promise(() => undefined));
+      throw new Error('no block may be asked for');
+    },
+    expect: 'TOO_LARGE',
     mayChange: ['ws/d'],
   },
   ...(
@@ -301,21 +456,34 @@ const HOSTILITIES: Hostility[] = [
       [2 ** 60, 'a size past 2^53'],
       ['12', 'a size that is a string'],
     ] as const
-  ).map(
-    ([size, why]): Hostility => ({
+  ).flatMap(([size, why]): Hostility[] => [
+    {
       cls: 'sizes and hashes',
       name: `a folder file with ${why}`,
       remotePath: 'ws/d',
-      scenario: treeScenario((reply) => {
-        reply.message({ type: 'file', path: 'x.bin', size, mtimeMs: 1, offset: 0 });
-        reply.message({ type: 'end', count: 1 });
-      }),
+      scenario: treeScenario(async (reply) => (await reply.message({ type: 'file', path: 'x.bin', size, mtimeMs: 1, blockSize: 128 * 1024, fileHash: '0'.repeat(64) }), { count: 1 })),
       expect: 'PROTOCOL_ERROR',
       mayChange: ['ws/d'],
-    }),
-  ),
-  { cls: 'sizes and hashes', name: 'data before any file header', remotePath: 'ws/d', scenario: treeScenario((reply) => reply.data(Buffer.from('stray'))), expect: 'PROTOCOL_ERROR', mayChange: ['ws/d'] },
-  { cls: 'sizes and hashes', name: 'a file end with no file', remotePath: 'ws/d', scenario: treeScenario((reply) => reply.message({ type: 'fileEnd', sha256: '0'.repeat(64) })), expect: 'PROTOCOL_ERROR', mayChange: ['ws/d'] },
+    },
+    {
+      cls: 'sizes and hashes',
+      name: `a folder file by reference with ${why}`,
+      remotePath: 'ws/d',
+      scenario: treeScenario(async (reply) => (await reply.message({ type: 'fileRef', path: 'x.bin', size, mtimeMs: 1 }), { count: 1 })),
+      expect: 'PROTOCOL_ERROR',
+      mayChange: ['ws/d'],
+    },
+    {
+      cls: 'sizes and hashes',
+      name: `a manifest with ${why}`,
+      remotePath: 'ws/f.txt',
+      scenario: (req, reply) =>
+        req.type === 'share.manifest' ? reply.message({ type: 'manifest', size, mtimeMs: 1000, blockSize: 128 * 1024, fileHash: '0'.repeat(64) }).then(() => ({})) : honestFile(req, reply),
+      expect: 'PROTOCOL_ERROR',
+    },
+  ]),
+  { cls: 'sizes and hashes', name: 'data before any file record', remotePath: 'ws/d', scenario: treeScenario(async (reply) => (await reply.data(Buffer.from('stray')), { count: 0 })), expect: 'PROTOCOL_ERROR', mayChange: ['ws/d'] },
+  { cls: 'sizes and hashes', name: 'a folder stream that ends counting a file it never sent', remotePath: 'ws/d', scenario: treeScenario(async () => ({ count: 1 })), expect: 'PROTOCOL_ERROR', mayChange: ['ws/d'] },
 
   // ---- symlinks at the destination
   {
@@ -342,44 +510,49 @@ const HOSTILITIES: Hostility[] = [
     name: 'the folder to download into is a symlink to outside',
     remotePath: 'ws/d',
     prepare: (world) => fs.symlink(world.outside, path.join(world.ws, 'd')),
-    scenario: treeScenario((reply) => {
-      sendFile(reply, 'x.txt', CONTENT);
-      reply.message({ type: 'end', count: 1 });
-    }),
-    expect: 'BAD_NAME',
-  },
-  {
-    cls: 'symlinks at the destination',
-    name: 'a subfolder in the destination is a symlink to outside',
-    remotePath: 'ws/d',
-    prepare: async (world) => {
-      await fs.mkdir(path.join(world.ws, 'd'));
-      await fs.symlink(world.outside, path.join(world.ws, 'd', 'sub'));
-    },
-    scenario: treeScenario((reply) => {
-      sendFile(reply, 'sub/x.txt', CONTENT);
-      reply.message({ type: 'end', count: 1 });
-    }),
+    scenario: treeScenario(async (reply) => (await sendFile(reply, 'x.txt', CONTENT), { count: 1 })),
     expect: 'BAD_NAME',
   },
   ...(
     [
-      [CONTENT, 'small files'],
-      [Buffer.alloc(600 * 1024, 7), 'large (streamed) files'],
+      ['an inline file', (reply: ReplierV2) => sendFile(reply, 'sub/x.txt', CONTENT)],
+      ['a file by reference', (reply: ReplierV2) => sendFileRef(reply, 'sub/x.txt', CONTENT)],
     ] as const
   ).map(
-    ([content, what]): Hostility => ({
+    ([what, send]): Hostility => ({
+      cls: 'symlinks at the destination',
+      name: `a subfolder in the destination is a symlink to outside (${what})`,
+      remotePath: 'ws/d',
+      prepare: async (world) => {
+        await fs.mkdir(path.join(world.ws, 'd'));
+        await fs.symlink(world.outside, path.join(world.ws, 'd', 'sub'));
+      },
+      scenario: treeScenario(async (reply) => (await send(reply), { count: 1 }), { 'sub/x.txt': CONTENT }),
+      expect: 'BAD_NAME',
+    }),
+  ),
+  ...(
+    [
+      [CONTENT, 'small (inline) files', false],
+      [Buffer.alloc(600 * 1024, 7), 'large files (by reference, in blocks)', true],
+    ] as const
+  ).map(
+    ([content, what, byRef]): Hostility => ({
       cls: 'symlinks at the destination',
       name: `a subfolder swapped for a symlink to outside during the download (${what})`,
       remotePath: 'ws/d',
-      scenario: treeScenario(async (reply) => {
-        reply.message({ type: 'dir', path: 'sub' });
-        sendFile(reply, 'sub/a.bin', content);
-        // The victim's folder is swapped between the two files (by a local accomplice, say).
-        await new Promise((r) => setTimeout(r, 300));
-        sendFile(reply, 'sub/b.bin', content);
-        reply.message({ type: 'end', count: 2 });
-      }),
+      scenario: treeScenario(
+        async (reply) => {
+          const send = byRef ? sendFileRef : sendFile;
+          await reply.message({ type: 'dir', path: 'sub' });
+          await send(reply, 'sub/a.bin', content);
+          // The victim's folder is swapped between the two files (by a local accomplice, say).
+          await new Promise((r) => setTimeout(r, 300));
+          await send(reply, 'sub/b.bin', content);
+          return { count: 2 };
+        },
+        { 'sub/a.bin': content, 'sub/b.bin': content },
+      ),
       action: async (conn, world) => {
         const swapped = swapSubForLink(world, 'a.bin');
         try {
@@ -405,13 +578,11 @@ const HOSTILITIES: Hostility[] = [
     cls: 'overwrite',
     name: 'an existing file inside a downloaded folder is kept by default',
     remotePath: 'ws/src',
-    scenario: (req, reply) => {
-      if (req.type === 'stat') reply.message({ type: 'entry', entry: { name: 'src', type: 'dir', size: 0, mtimeMs: 1 } });
-      else {
-        sendFile(reply, 'a.ts', Buffer.from('export const a = "theirs";\n'));
-        sendFile(reply, 'b.ts', CONTENT);
-        reply.message({ type: 'end', count: 2 });
-      }
+    scenario: async (req, reply) => {
+      if (req.type === 'share.stat') return { entry: { name: 'src', type: 'dir', size: 0, mtimeMs: 1 } };
+      await sendFile(reply, 'a.ts', Buffer.from('export const a = "theirs";\n'));
+      await sendFile(reply, 'b.ts', CONTENT);
+      return { count: 2 };
     },
     expect: 'ok',
     mayChange: ['ws/src/b.ts'],
@@ -431,16 +602,30 @@ const HOSTILITIES: Hostility[] = [
     cls: 'display',
     name: 'an error message with escapes and a forged code is shown escaped, under a known code',
     remotePath: 'ws/f.txt',
-    scenario: (_, reply) => reply.message({ type: 'error', code: 'YOU_WIN', message: '\u001b]0;pwned\u0007\r\nAll files verified \u202e' }),
+    // The stat's END, written past the connection (ours would not send a code it does not know).
+    scenario: (_, reply) => {
+      reply.raw(encodeMessageFrame('END', STAT_ID, { type: 'error', code: 'YOU_WIN', message: '\u001b]0;pwned\u0007\r\nAll files verified \u202e' }));
+      return new Promise(() => undefined);
+    },
     expect: 'PROTOCOL_ERROR',
     check: (_, __, err) => assert.doesNotMatch(err!.message, DISGUISING_CHARS),
   },
   {
     cls: 'display',
     name: 'a listing with a duplicate or a slash in a name is refused',
-    scenario: (_, reply) => {
-      reply.message({ type: 'entries', entries: [{ name: 'a', type: 'file', size: 1, mtimeMs: 1 }, { name: 'a', type: 'file', size: 1, mtimeMs: 1 }] });
-      reply.message({ type: 'end', count: 2 });
+    scenario: async (_, reply) => {
+      await reply.message({ type: 'entries', entries: [{ name: 'a', type: 'file', size: 1, mtimeMs: 1 }, { name: 'a', type: 'file', size: 1, mtimeMs: 1 }] });
+      return { count: 2 };
+    },
+    action: (conn) => conn.list('ws'),
+    expect: 'BAD_NAME',
+  },
+  {
+    cls: 'display',
+    name: 'a listing with a slash in a name is refused',
+    scenario: async (_, reply) => {
+      await reply.message({ type: 'entries', entries: [{ name: '../x', type: 'file', size: 1, mtimeMs: 1 }] });
+      return { count: 1 };
     },
     action: (conn) => conn.list('ws'),
     expect: 'BAD_NAME',
@@ -489,25 +674,30 @@ const HOSTILITIES: Hostility[] = [
   },
 
   // ---- exhaustion and stalls
-  { cls: 'exhaustion', name: 'silence after the request: TIMEOUT, not a hang', remotePath: 'ws/f.txt', scenario: fileScenario(() => undefined), expect: 'TIMEOUT' },
+  { cls: 'exhaustion', name: 'silence after the request: TIMEOUT, not a hang', remotePath: 'ws/f.txt', scenario: fileScenario(() => new Promise(() => undefined)), expect: 'TIMEOUT' },
+  { cls: 'exhaustion', name: 'silence after the stat: TIMEOUT, not a hang', remotePath: 'ws/f.txt', scenario: () => new Promise(() => undefined), expect: 'TIMEOUT' },
   {
     cls: 'exhaustion',
     name: 'a stall in the middle of a file: TIMEOUT, the partial file kept (hidden) for resume',
     remotePath: 'ws/f.txt',
-    scenario: fileScenario((req, reply) => {
-      reply.message({ type: 'file', path: req.path, size: 1000, mtimeMs: 1000, offset: 0 });
-      reply.data(Buffer.alloc(500));
-    }, 1000),
+    scenario: fileScenario(async (req, reply) => {
+      // The first block whole (verified, kept), then half of the second, then nothing.
+      await reply.data(STALLED.subarray(0, STALLED_BLOCK));
+      await reply.data(STALLED.subarray(STALLED_BLOCK, STALLED_BLOCK + 500));
+      void req;
+      return new Promise(() => undefined);
+    }, STALLED),
     expect: 'TIMEOUT',
     mayChange: ['ws/.f.txt.*'],
+    check: async (world) => assert.equal((await fs.readdir(world.ws)).filter((n) => n.startsWith('.f.txt.')).length, 1, 'one hidden partial file'),
   },
   {
     cls: 'exhaustion',
     name: 'a data frame over the limit',
     remotePath: 'ws/f.txt',
-    scenario: fileScenario((req, reply) => {
-      reply.message({ type: 'file', path: req.path, size: CONTENT.length, mtimeMs: 1000, offset: 0 });
-      reply.raw(encodeDataHeader(64 * 1024 * 1024));
+    scenario: fileScenario((_, reply) => {
+      reply.raw(frameHeader('DATA', 64 * 1024 * 1024, READ_ID));
+      return new Promise(() => undefined);
     }),
     expect: 'TOO_LARGE',
   },
@@ -515,26 +705,46 @@ const HOSTILITIES: Hostility[] = [
     cls: 'exhaustion',
     name: 'a 4 GiB message header',
     remotePath: 'ws/f.txt',
-    scenario: fileScenario((_, reply) => reply.raw(Buffer.from([0x01, 0xff, 0xff, 0xff, 0xff]))),
+    scenario: fileScenario((_, reply) => {
+      reply.raw(frameHeader('REPLY', 0xffffffff, READ_ID));
+      return new Promise(() => undefined);
+    }),
     expect: 'TOO_LARGE',
   },
-  { cls: 'exhaustion', name: 'garbage instead of frames', remotePath: 'ws/f.txt', scenario: fileScenario((_, reply) => reply.raw(Buffer.from('HTTP/1.1 200 OK\r\n\r\n'))), expect: 'PROTOCOL_ERROR' },
+  {
+    cls: 'exhaustion',
+    name: 'garbage instead of frames',
+    remotePath: 'ws/f.txt',
+    scenario: fileScenario((_, reply) => {
+      reply.raw(Buffer.from('HTTP/1.1 200 OK\r\n\r\n'));
+      return new Promise(() => undefined);
+    }),
+    expect: 'PROTOCOL_ERROR',
+  },
   {
     cls: 'exhaustion',
     name: 'an endless listing stops at the entry limit',
     limits: { maxListEntries: 5000 },
-    scenario: (_, reply) => {
+    scenario: async (_, reply) => {
       let n = 0;
-      const pump = (): void => {
-        if (reply.socket.destroyed) return;
+      for (;;) {
         const entries = Array.from({ length: 500 }, () => ({ name: `f${n++}`, type: 'file', size: 1, mtimeMs: 1 }));
-        reply.message({ type: 'entries', entries });
-        setImmediate(pump);
-      };
-      pump();
+        await reply.message({ type: 'entries', entries });
+      }
     },
     action: (conn) => conn.list('ws'),
     expect: 'TOO_LARGE',
+  },
+  {
+    cls: 'exhaustion',
+    name: 'an endless folder stream stops at the file limit',
+    limits: { maxTreeFiles: 500 },
+    remotePath: 'ws/d',
+    scenario: treeScenario(async (reply) => {
+      for (let n = 0; ; n++) await sendFile(reply, `f${n}.txt`, CONTENT);
+    }),
+    expect: 'TOO_LARGE',
+    mayChange: ['ws/d*'],
   },
 ];
 
@@ -557,7 +767,7 @@ describe('a hostile server against a real client', () => {
       const victim = await makePeer();
       const hostile = (await makePeer()).identity;
       const serverIdentity = h.server?.identity?.(victim, hostile) ?? hostile;
-      const server = await startHostileServer(serverIdentity, h.scenario ?? honestFile, { welcomeId: h.server?.welcomeId, welcomeName: h.server?.welcomeName, tls: h.server?.tls });
+      const server = await startHostileSharerV2(serverIdentity, h.scenario ?? honestFile, { welcomeId: h.server?.welcomeId, welcomeName: h.server?.welcomeName, tls: h.server?.tls });
       let conn: PeerConnection | undefined;
       let outcome = 'ok';
       let error: Error | undefined;

@@ -1,19 +1,24 @@
 import assert from 'node:assert/strict';
 import { fork, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type * as tls from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
+import { blockSizeFor } from '../../src/core/blocks';
 import { encodeMessage } from '../../src/core/frames';
+import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { connectWithInvite, makePeer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
-import { dripUntilClosed, rawClient, waitFor, type RawClient } from '../hostile';
+import { dripUntilClosed, helloV2, rawClient, waitFor, type RawClient } from '../hostile';
 
 /**
  * Load on a sharer in its own process, with its default limits but short timeouts: 200
  * connections and 1,000 requests in a burst from two rogue (trusted) peers, clients that drip a
  * byte at a time, clients that never read, and connections past the limit, all at once, while a
  * well-behaved peer keeps asking. The sharer must answer every one of the well-behaved peer's
- * requests, refuse the excess with BUSY, a timeout or a close before TLS, and hold its memory.
+ * requests, refuse the excess with BUSY, a timeout or a close before TLS, and hold its memory. A
+ * client that never reads starves only its own request (protocol-v2 3.4): the sharer sends it no
+ * more than the credit it advertised and ends that request with TIMEOUT; its connection stays.
  *
  * Each group connects from loopback addresses of its own (127.0.0.2 and up; the well-behaved peer
  * from 127.0.0.1): the sharer counts handshakes and unauthenticated connections per source
@@ -43,8 +48,10 @@ describe('load', () => {
   const samples: Sample[] = [];
   let measured: ((s: Sample) => void) | undefined;
 
+  let ws: string;
+
   before(async () => {
-    const ws = path.join(tempDir(), 'ws');
+    ws = path.join(tempDir(), 'ws');
     for (let i = 0; i < 20; i++) await writeRandomFile(path.join(ws, `small-${i}.txt`), 2000);
     await writeRandomFile(path.join(ws, 'big.bin'), 64 * MiB);
     child = fork(path.join(__dirname, 'load-sharer.ts'), [ws, JSON.stringify(LIMITS)], { execArgv: ['--import', 'tsx', '--expose-gc'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -85,7 +92,7 @@ describe('load', () => {
    * handshakes, that is how the excess is refused, and it counts as `'dropped'`. (Until issue 16 the sharer dropped every socket past twice
    * `maxConnections` instead, trusted peers' included.)
    */
-  async function openHello(peer: TestPeer, source: string): Promise<RawClient | 'dropped'> {
+  async function openHello(peer: TestPeer, source: string, settings: Record<string, unknown> = {}): Promise<RawClient | 'dropped'> {
     let c: RawClient;
     try {
         c = await rawClient(address, peer.identity, from(source));
@@ -94,7 +101,7 @@ describe('load', () => {
         throw err;
       }
       c.socket.on('error', () => undefined);
-      c.send({ type: 'hello', versions: [1], name: 'rogue' });
+      c.send(helloV2('rogue', settings));
       await waitFor(() => c.messages.length > 0 || c.socket.destroyed, 15_000);
       // Closed with no answer: made room for newer ones before the sharer saw its handshake end.
       return c.messages.length === 0 ? 'dropped' : c;
@@ -145,10 +152,11 @@ describe('load', () => {
           while (sent < 1000 && !c.socket.destroyed) {
             sent++;
             const from = c.messages.length;
-            c.send({ type: 'stat', path: `ws/small-${sent % 20}.txt` });
+            c.request({ type: 'share.stat', path: `ws/small-${sent % 20}.txt` });
             await waitFor(() => c.messages.length > from || c.socket.destroyed, 15_000);
             const answer = c.messages[from];
-            const key = String(answer?.code ?? answer?.type ?? 'closed');
+            // END {type:"end", entry} is an answer, END error a refusal (its code), CLOSE the end.
+            const key = String(answer?.type === 'end' && answer.entry ? 'entry' : (answer?.code ?? answer?.type ?? 'closed'));
             answers.set(key, (answers.get(key) ?? 0) + 1);
           }
         }),
@@ -156,14 +164,20 @@ describe('load', () => {
 
       // Drippers, non-readers and a crowd past the connection limit, all at once.
       const drippers = await Promise.all(Array.from({ length: 10 }, () => rawClient(address, crowd.identity, from('127.0.0.12'))));
-      const hello = encodeMessage({ type: 'hello', versions: [1], name: 'drip'.repeat(20) });
+      const hello = encodeMessage(helloV2('drip'.repeat(20)));
       const dripped = Promise.all(drippers.map((d) => dripUntilClosed(d, hello, 500)));
-      const readers = (await Promise.all(Array.from({ length: 5 }, () => openHello(lazy, '127.0.0.13')))).filter((r): r is RawClient => r !== 'dropped');
+      // The smallest credit a requester may advertise (window 2 x frame, 4.1): all of it fits in the
+      // socket buffers of a reader that reads nothing, so what ends its request is the sharer's
+      // starvation deadline (spec 3.4), not the transport's (a socket that takes no bytes).
+      const readerSettings = { frame: 16 * 1024, window: 32 * 1024 };
+      const readers = (await Promise.all(Array.from({ length: 5 }, () => openHello(lazy, '127.0.0.13', readerSettings)))).filter((r): r is RawClient => r !== 'dropped');
       assert.equal(readers.length, 5, 'the non-readers got in (the burst has gone)');
-      for (const r of readers) {
+      // Each asks for every block of the 64 MiB file (its block list made here, as the sharer makes it), reads nothing and never grants credit.
+      const bigManifest = manifestOfBytes(await fs.readFile(path.join(ws, 'big.bin')), blockSizeFor(64 * MiB));
+      const readerRequests = readers.map((r) => {
         r.socket.pause();
-        r.send({ type: 'read', path: 'ws/big.bin', offset: 0 });
-      }
+        return r.request({ type: 'share.read', path: 'ws/big.bin', fileHash: bigManifest.fileHash.toString('hex'), blocks: [[0, bigManifest.blockHashes.length]] });
+      });
       const crowdFrom = addresses(14, 8);
       const overLimit = await Promise.all(Array.from({ length: 80 }, (_, i) => rawClient(address, crowd.identity, from(crowdFrom[i % crowdFrom.length])).catch(() => undefined)));
       for (const c of overLimit) c?.socket.on('error', () => undefined);
@@ -173,8 +187,22 @@ describe('load', () => {
       // Every dripper and non-reader is let go by the deadlines, not by us.
       const drippedBytes = await dripped;
       assert.ok(drippedBytes.every((n) => n < hello.length), 'every dripper was cut off before its hello was whole');
-      // Non-readers cannot notice (they read nothing): the sharer's count shows they were dropped.
-      await waitFor(() => samples[samples.length - 1]?.peers === welcomed.filter((c) => !c.socket.destroyed).length + 1, 15_000);
+      // Each non-reader's request ends with TIMEOUT after stallTimeoutMs without credit. It reads
+      // now to see that END; it still grants nothing, so only the sharer's deadline can end it.
+      for (const r of readers) r.socket.resume();
+      const endOf = (r: RawClient, id: number): Record<string, unknown> | undefined => r.messages.find((m) => m.frame === 'END' && m.id === id);
+      await waitFor(() => readers.every((r, i) => endOf(r, readerRequests[i]) !== undefined || r.socket.destroyed), 15_000);
+      for (const [i, r] of readers.entries()) {
+        const end = endOf(r, readerRequests[i]);
+        assert.equal(end?.code, 'TIMEOUT', `non-reader ${i}: its request ended with ${JSON.stringify(end)}${r.socket.destroyed ? ' (its connection was closed)' : ''}`);
+        const received = r.data.reduce((n, chunk) => n + chunk.length, 0);
+        assert.ok(received <= readerSettings.window, `non-reader ${i} was sent ${received} bytes, more than the ${readerSettings.window} of credit it advertised`);
+        assert.ok(!r.socket.destroyed && !r.messages.some((m) => m.frame === 'CLOSE'), `non-reader ${i}: the starved request ended, its connection stays`);
+      }
+      // The sharer holds the non-readers' connections, no more, beside the rogues' and the well-behaved peer's.
+      await waitFor(() => samples[samples.length - 1]?.peers === welcomed.filter((c) => !c.socket.destroyed).length + readers.length + 1, 15_000).catch((err: Error) => {
+        throw new Error(`${err.message}: peers ${samples[samples.length - 1]?.peers}, expected ${welcomed.filter((c) => !c.socket.destroyed).length + readers.length + 1}`);
+      });
       const peak = Math.max(...samples.map((s) => s.rss));
 
       polling = false;
@@ -189,7 +217,7 @@ describe('load', () => {
       const p = (q: number): number => Math.round(sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]);
       console.log(
         `# load: 200 connections -> ${welcomed.length} welcomed, ${refused.length} BUSY, ${dropped} closed before they were authenticated; ${sent} requests -> ${JSON.stringify(Object.fromEntries(answers))}; ` +
-          `10 drippers closed by the deadline; 5 non-readers; ${overLimit.length} past the limit -> ${overLimitBusy} BUSY; ` +
+          `10 drippers closed by the deadline; 5 non-readers, each request ended with TIMEOUT; ${overLimit.length} past the limit -> ${overLimitBusy} BUSY; ` +
           `well-behaved peer: ${latencies.length} requests, all answered, p50 ${p(0.5)} ms, p99 ${p(0.99)} ms, max ${p(1)} ms; ` +
           `sharer RSS ${(baseline.rss / MiB).toFixed(0)} MiB before, ${(peak / MiB).toFixed(0)} MiB peak, ${(afterAll.rss / MiB).toFixed(0)} MiB after; ` +
           `heap ${(baseline.heapUsed / MiB).toFixed(1)} -> ${(afterAll.heapUsed / MiB).toFixed(1)} MiB`,

@@ -10,7 +10,7 @@ import * as x509 from '@peculiar/x509';
 import { DEFAULT_LIMITS, connectToPeer, dialTls, type Identity, type Limits } from '../../src/core';
 import { TLS_OPTIONS } from '../../src/core/tls-options';
 import { connectWithInvite, makePeer, startSharer, tempDir, writeRandomFile, type TestPeer } from '../helpers';
-import { rawClient, waitFor } from '../hostile';
+import { rawClient, waitFor, helloV2 } from '../hostile';
 
 /**
  * Floods before authentication (issue 16, findings 6 and 7), against a real sharer over TLS on
@@ -87,7 +87,7 @@ function runFlood(spec: FloodSpec): void {
         const client = await rawClient(spec.address, undefined, { ...TLS_OPTIONS, ...from(source), key: spec.keyPem, cert: spec.certPem });
         counts.connected++;
         const closed = untilClosed(client.socket);
-        client.send({ type: 'hello', versions: [1], name: 'Nearby Ned', request: true });
+        client.send(helloV2('Nearby Ned', { request: true }));
         await waitFor(() => client.messages.length > 0 || client.socket.destroyed, 120_000).catch(() => undefined);
         answered(String(client.messages[0]?.code ?? 'closed'));
         return closed;
@@ -373,7 +373,7 @@ if (process.env.PREAUTH_FLOOD) {
       conn.close();
       const short = await chainOf(2);
       const two = await rawClient(sharer.address, undefined, { key: short.keyPem, cert: short.chainPem, ...from(loopback(2)) });
-      two.send({ type: 'hello', versions: [1], name: 'chain' });
+      two.send(helloV2('chain'));
       await two.closed;
       assert.deepEqual(two.messages.map((m) => [m.code, m.message]), [['PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.']]);
 

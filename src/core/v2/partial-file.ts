@@ -15,7 +15,7 @@ import {
   removeStalePartials,
   type ConflictChoice,
   type TemporaryFile,
-} from '../download';
+} from '../landing';
 import { PeerShareError, toPeerShareError } from '../errors';
 import type { Limits } from '../limits';
 import { PinnedFolders } from '../pinned-folders';

@@ -473,7 +473,7 @@ export class ShareClient {
     const fresh = await this.manifest(path, { ...options, rehash: true });
     if (!fresh.manifest.fileHash.equals(manifest.fileHash)) return fresh;
     this.connection.close(breach('The peer sent a block that its own freshly hashed block list contradicts.'));
-    throw new PeerShareError('HASH_MISMATCH', 'The peer sent a block that does not match the file it describes; nothing of it was kept.');
+    throw new PeerShareError('HASH_MISMATCH', 'The peer sent a block that does not match its BLAKE3 hash in the file\'s block list; nothing of it was kept.');
   }
 
   private run<Item, Result>(message: { type: `share.${string}`; [member: string]: unknown }, machine: AnswerMachine<Item, Result>, options: RequestOptions): AsyncGenerator<Item, Result, undefined> {

@@ -1,5 +1,5 @@
 import * as assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -8,7 +8,9 @@ import { encodeMessage } from '../../../src/core/frames';
 import { DISGUISING_CHARS, formatInvite, loadOrCreateIdentity } from '../../../src/core';
 import { peerFileUri } from '../../../src/vscode/peers';
 import type { EntryNode, Node, PeerNode } from '../../../src/vscode/tree';
-import { rawClient, startHostileServer, tcpConnect, type Replier } from '../../hostile';
+import { blockSizeFor, encodeBlockManifest } from '../../../src/core/blocks';
+import { manifestOfBytes } from '../../../src/core/v2/share-messages';
+import { helloV2, rawClient, startHostileSharerV2, tcpConnect } from '../../hostile';
 import { ROOT, api, tempDir, waitFor } from './helpers';
 
 /**
@@ -95,39 +97,52 @@ describe('hostile peers in a real VS Code, then deactivation', function () {
       // ---- a peer that lies, answering the extension's requests
       const hostile = await loadOrCreateIdentity(tempDir());
       const good = Buffer.from('honest\n');
-      const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-      const file = (reply: Replier, name: string, size: number, data: Buffer, hash: string): void => {
-        reply.message({ type: 'file', path: name, size, mtimeMs: 1, offset: 0 });
-        if (data.length) reply.data(data);
-        if (hash) reply.message({ type: 'fileEnd', sha256: hash });
-      };
-      const server = await startHostileServer(
+      const big = randomBytes(10 * 1024 * 1024);
+      const contentOf = (name: string): Buffer => (name === 'stall.bin' ? big : good);
+      const server = await startHostileSharerV2(
         hostile,
-        (req, reply) => {
+        async (req, reply) => {
           const p = String(req.path);
           const name = p.split('/').pop()!;
-          if (req.type === 'list' && p === '') {
-            reply.message({ type: 'entries', entries: [{ name: 'ws', type: 'dir', size: 0, mtimeMs: 1 }] });
-            reply.message({ type: 'end', count: 1 });
-          } else if (req.type === 'list' && p === 'ws') {
-            reply.message({
+          if (req.type === 'share.list' && p === '') {
+            await reply.message({ type: 'entries', entries: [{ name: 'ws', type: 'dir', size: 0, mtimeMs: 1 }] });
+            return { count: 1 };
+          }
+          if (req.type === 'share.list' && p === 'ws') {
+            await reply.message({
               type: 'entries',
               entries: ['ok.txt', '\u001b[31mred\u001b[0m.txt', 'evil\u202etxt.exe', 'lying.txt', 'stall.bin', 'line\nbreak.txt'].map((n) => ({ name: n, type: 'file', size: 7, mtimeMs: 1 })).concat([{ name: 'bad-folder', type: 'dir', size: 0, mtimeMs: 1 }, { name: 'dup', type: 'dir', size: 0, mtimeMs: 1 }]),
             });
-            reply.message({ type: 'end', count: 8 });
-          } else if (req.type === 'list' && p === 'ws/dup') {
-            reply.message({ type: 'entries', entries: [{ name: 'a', type: 'file', size: 1, mtimeMs: 1 }, { name: 'a', type: 'file', size: 1, mtimeMs: 1 }] });
-            reply.message({ type: 'end', count: 2 });
-          } else if (req.type === 'stat') {
-            const isDir = name === 'bad-folder' || name === 'dup';
-            reply.message({ type: 'entry', entry: { name, type: isDir ? 'dir' : 'file', size: name === 'stall.bin' ? 10 * 1024 * 1024 : isDir ? 0 : good.length, mtimeMs: 1 } });
-          } else if (req.type === 'read' && name === 'lying.txt') file(reply, p, good.length, good, '0'.repeat(64));
-          else if (req.type === 'read' && name === 'stall.bin') file(reply, p, 10 * 1024 * 1024, randomBytes(1024 * 1024), '');
-          else if (req.type === 'read') file(reply, p, good.length, good, sha(good));
-          else if (req.type === 'tree') {
-            file(reply, '../escape.txt', good.length, good, sha(good));
-            reply.message({ type: 'end', count: 1 });
+            return { count: 8 };
           }
+          if (req.type === 'share.list' && p === 'ws/dup') {
+            await reply.message({ type: 'entries', entries: [{ name: 'a', type: 'file', size: 1, mtimeMs: 1 }, { name: 'a', type: 'file', size: 1, mtimeMs: 1 }] });
+            return { count: 2 };
+          }
+          if (req.type === 'share.stat') {
+            const isDir = name === 'bad-folder' || name === 'dup';
+            return { entry: { name, type: isDir ? 'dir' : 'file', size: isDir ? 0 : contentOf(name).length, mtimeMs: 1 } };
+          }
+          if (req.type === 'share.manifest') {
+            // An honest block list: the lie is in the bytes that follow.
+            const manifest = manifestOfBytes(contentOf(name), blockSizeFor(contentOf(name).length));
+            await reply.message({ type: 'manifest', size: manifest.size, mtimeMs: 1, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
+            await reply.data(encodeBlockManifest(manifest));
+            return {};
+          }
+          if (req.type === 'share.read' && name === 'lying.txt') return void (await reply.data(Buffer.from('liar!!\n')));
+          if (req.type === 'share.read' && name === 'stall.bin') {
+            // The first blocks, then nothing at all.
+            await reply.data(big.subarray(0, 1024 * 1024));
+            return new Promise(() => undefined);
+          }
+          if (req.type === 'share.read') return void (await reply.data(good));
+          if (req.type === 'share.tree') {
+            await reply.message({ type: 'file', path: '../escape.txt', size: good.length, mtimeMs: 1, blockSize: blockSizeFor(good.length), fileHash: manifestOfBytes(good, blockSizeFor(good.length)).fileHash.toString('hex') });
+            await reply.data(good);
+            return { count: 1 };
+          }
+          return undefined;
         },
         { welcomeName: '\u001b[2JHostile\u202e peer\nFAKE', roots: ['ws'] },
       );
@@ -157,7 +172,7 @@ describe('hostile peers in a real VS Code, then deactivation', function () {
       assert.equal(await vscode.commands.executeCommand('peershare.download', byName('lying.txt')), undefined);
       assert.equal(await vscode.commands.executeCommand('peershare.download', byName('bad-folder')), undefined);
       assert.equal(errors.length, 2, errors.join(' | '));
-      assert.match(errors[0], /SHA-256/);
+      assert.match(errors[0], /BLAKE3/);
       assert.match(errors[1], /unsafe/);
       await assert.rejects(Promise.resolve(vscode.workspace.fs.readFile(peerFileUri(hostile.peerId, 'ws/lying.txt'))), 'a preview of a lying file is refused too');
       assert.deepEqual(await fs.readdir(path.dirname(workspace)).then((names) => names.filter((n) => n === 'escape.txt')), []);
@@ -176,7 +191,7 @@ describe('hostile peers in a real VS Code, then deactivation', function () {
       silent.on('error', () => undefined);
       const dripper = await rawClient(sharingAddress, await loadOrCreateIdentity(tempDir()));
       dripper.socket.on('error', () => undefined);
-      dripper.socket.write(encodeMessage({ type: 'hello', versions: [1], name: 'drip' }).subarray(0, 3));
+      dripper.socket.write(encodeMessage(helloV2('drip')).subarray(0, 3));
       const leftOpen = [silent, dripper.socket].map((s) => new Promise<void>((r) => s.once('close', () => r())));
 
       // ---- a download stalled mid-file when the extension goes away

@@ -1,0 +1,196 @@
+import { createHash } from 'node:crypto';
+import { closeSync, constants as fsc, fstatSync, linkSync, lstatSync, openSync, promises as fs, renameSync, unlinkSync } from 'node:fs';
+import * as path from 'node:path';
+import { PeerShareError, toPeerShareError } from './errors';
+import { MAX_COMPONENT_BYTES } from './names';
+
+/**
+ * How a received file takes its name (moved here unchanged from download.ts at the switch to
+ * protocol v2, for download.ts and v2/partial-file.ts alike): bytes go to a hidden temporary file
+ * beside the target, created exclusively, resumed only if it is ours, and take the final name only
+ * once verified, never replacing a file without consent.
+ */
+
+export type ConflictChoice = 'overwrite' | 'skip' | 'keepBoth' | 'fail';
+
+/** What to do when a target file exists; a function is asked only then. */
+export interface ConflictPolicy {
+  onConflict?: ConflictChoice | ((target: string) => ConflictChoice | Promise<ConflictChoice>);
+}
+
+const PARTIAL_SUFFIX = '.peershare-part';
+
+/** A temporary file this download owns, held open: written through its descriptor only. */
+export interface TemporaryFile {
+  fd: number;
+  dev: number;
+  ino: number;
+  /** Bytes already in it (a resumed partial download), 0 for a new one. */
+  size: number;
+}
+
+const O_NOFOLLOW = fsc.O_NOFOLLOW ?? 0;
+// Exclusive: fails if anything (a file, a symlink, even a dangling one) has the name already.
+const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | O_NOFOLLOW;
+// A FIFO planted at the name must not block the open.
+const RESUME_FLAGS = fsc.O_RDWR | O_NOFOLLOW | (fsc.O_NONBLOCK ?? 0);
+
+/**
+ * Creates the temporary file of a download exclusively, never following a link. Anything already
+ * at the name (a symlink, a hard link to a file elsewhere, a stale file) is removed first: the
+ * name, never what it points to.
+ */
+export function openTemporary(partial: string): TemporaryFile {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const fd = openSync(partial, CREATE_FLAGS, 0o644);
+      const st = fstatSync(fd);
+      return { fd, dev: st.dev, ino: st.ino, size: 0 };
+    } catch (err) {
+      // Someone keeps putting things at the name: give up rather than loop.
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw toPeerShareError(err, 'IO_ERROR');
+    }
+    removeName(partial);
+  }
+}
+
+/**
+ * Opens a partial file left by an earlier run, to resume it, only if it is ours: a regular file
+ * (a link at the name is not followed), with one link (not a hard link to a file elsewhere),
+ * owned by us, and no longer than `maxSize` (the name already carries the file's version).
+ */
+export function openOwnPartial(partial: string, maxSize: number): TemporaryFile | undefined {
+  let fd: number;
+  try {
+    fd = openSync(partial, RESUME_FLAGS);
+  } catch {
+    return undefined; // none, a symlink (ELOOP), or nothing we may open: start over
+  }
+  const st = fstatSync(fd);
+  const uid = process.getuid?.();
+  if (st.isFile() && st.nlink === 1 && (uid === undefined || st.uid === uid) && st.size <= maxSize) {
+    return { fd, dev: st.dev, ino: st.ino, size: st.size };
+  }
+  closeSync(fd);
+  return undefined;
+}
+
+/** Removes a name (unlink never follows a link); a name already gone is fine. */
+export function removeName(name: string): void {
+  try {
+    unlinkSync(name);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw toPeerShareError(err, 'IO_ERROR');
+  }
+}
+
+/**
+ * After a commit: the final name must be the file we wrote. If the temporary name was swapped
+ * (for a symlink, say) between our last write and the rename, what landed is not ours: it is
+ * removed again, so the final name never stays a link.
+ */
+export function checkLanded(target: string, file: TemporaryFile): void {
+  const st = lstatSync(target, { throwIfNoEntry: false });
+  if (st && st.isFile() && st.dev === file.dev && st.ino === file.ino) return;
+  if (st) removeName(target);
+  throw new PeerShareError('IO_ERROR', `The temporary file for ${path.basename(target)} was replaced before it was saved; nothing was kept.`);
+}
+
+/** Moves a verified temporary file to its final name; without `overwrite`, never replaces anything. */
+export async function commit(partial: string, target: string, overwrite: boolean, file: TemporaryFile): Promise<void> {
+  if (overwrite) {
+    await fs.rename(partial, target);
+    checkLanded(target, file);
+    return;
+  }
+  try {
+    // link() fails if the target exists: a no-clobber rename with no window for a race.
+    await fs.link(partial, target);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EXDEV' && code !== 'ENOSYS') throw toPeerShareError(err, 'IO_ERROR');
+    // File systems without hard links: check, then rename.
+    if (await exists(target)) throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
+    await fs.rename(partial, target);
+    checkLanded(target, file);
+    return;
+  }
+  checkLanded(target, file);
+  removeName(partial);
+}
+
+export async function exists(p: string): Promise<boolean> {
+  return fs.lstat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
+// A temporary name is "." + stem + "." + 16-hex tag + PARTIAL_SUFFIX, and must fit where the final name fits.
+const TAG_CHARS = 16;
+const MAX_STEM_BYTES = MAX_COMPONENT_BYTES - 2 - TAG_CHARS - PARTIAL_SUFFIX.length;
+const SHORTENED_DIGEST_CHARS = 8;
+
+/**
+ * The part of a temporary name taken from the final name: the name itself when it fits, else its
+ * first bytes (whole characters only) and a digest of the whole, so two long names that begin
+ * alike still have stems of their own.
+ */
+function temporaryStem(base: string): string {
+  if (Buffer.byteLength(base, 'utf8') <= MAX_STEM_BYTES) return base;
+  const digest = createHash('sha256').update(base).digest('hex').slice(0, SHORTENED_DIGEST_CHARS);
+  return `${truncateUtf8(base, MAX_STEM_BYTES - 1 - SHORTENED_DIGEST_CHARS)}~${digest}`;
+}
+
+/** The longest prefix of `text` of at most `maxBytes` UTF-8 bytes that does not split a character. */
+function truncateUtf8(text: string, maxBytes: number): string {
+  let bytes = 0;
+  let end = 0;
+  for (const char of text) {
+    bytes += Buffer.byteLength(char, 'utf8');
+    if (bytes > maxBytes) break;
+    end += char.length;
+  }
+  return text.slice(0, end);
+}
+
+export function partialPathFor(target: string, peerId: string, remotePath: string, size: number, mtimeMs: number): string {
+  // The tag ties a partial file to one version of one remote file, so a resume never splices two versions.
+  const tag = createHash('sha256').update(`${peerId}\n${remotePath}\n${size}\n${mtimeMs}`).digest('hex').slice(0, TAG_CHARS);
+  return path.join(path.dirname(target), `.${temporaryStem(path.basename(target))}.${tag}${PARTIAL_SUFFIX}`);
+}
+
+/** Partial files of older versions of the same target can never be resumed: remove them. */
+export async function removeStalePartials(target: string): Promise<void> {
+  const prefix = `.${temporaryStem(path.basename(target))}.`;
+  const names = await fs.readdir(path.dirname(target)).catch(() => [] as string[]);
+  for (const name of names) {
+    if (name.startsWith(prefix) && name.endsWith(PARTIAL_SUFFIX) && /^[0-9a-f]{16}$/.test(name.slice(prefix.length, -PARTIAL_SUFFIX.length))) {
+      removeName(path.join(path.dirname(target), name));
+    }
+  }
+}
+
+export async function chooseConflict(options: ConflictPolicy, target: string, fallback: ConflictChoice): Promise<ConflictChoice> {
+  const policy = options.onConflict ?? fallback;
+  return typeof policy === 'function' ? policy(target) : policy;
+}
+
+/** "name (2).ext", the first that does not exist; a long name gives up bytes of its stem so the copy's name fits too. */
+export async function keepBothName(target: string): Promise<string> {
+  const ext = path.extname(target);
+  const stem = path.basename(target, ext);
+  for (let n = 2; n < 10_000; n++) {
+    const suffix = ` (${n})${ext}`;
+    const candidate = path.join(path.dirname(target), `${truncateUtf8(stem, MAX_COMPONENT_BYTES - Buffer.byteLength(suffix, 'utf8'))}${suffix}`);
+    if (!(await exists(candidate))) return candidate;
+  }
+  throw new PeerShareError('DEST_EXISTS');
+}
+
+
+/** A time a file system can hold (Date's range); anything else from a peer is replaced by now. */
+export function isPlausibleTime(value: unknown): value is number {
+  return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= 8.64e15;
+}
