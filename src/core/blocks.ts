@@ -137,6 +137,22 @@ export function verifyBlock(index: number, data: Uint8Array, manifest: BlockMani
   if (!blake3(data).equals(manifest.blockHashes[index])) {
     throw new PeerShareError('HASH_MISMATCH', `Block ${index + 1} of the file does not match its BLAKE3 hash; it was discarded.`);
   }
+  verified.set(data, { manifest, index });
+}
+
+/**
+ * Buffers that verifyBlock passed, with what they were checked against, so a block verified on
+ * arrival is not hashed a second time where it is written (PartialFile.write): the receiver's
+ * BLAKE3 cost is one pass over the bytes. Keyed by the buffer itself, so only verifyBlock can vouch
+ * for one; callers hand a verified buffer on and never change it.
+ */
+const verified = new WeakMap<Uint8Array, { manifest: BlockManifest; index: number }>();
+
+/** verifyBlock, skipped when this very buffer already passed it for the same manifest and index. */
+export function verifyBlockOnce(index: number, data: Uint8Array, manifest: BlockManifest): void {
+  const seen = verified.get(data);
+  if (seen && seen.manifest === manifest && seen.index === index) return;
+  verifyBlock(index, data, manifest);
 }
 
 /**

@@ -1,3 +1,4 @@
+import { blake3Backend } from './blake3';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { resolveLimits, type Limits } from './limits';
@@ -35,6 +36,10 @@ export interface ConnectOptions {
 /** Connects, pins the peer's certificate, says hello, and returns a ready connection. */
 export async function connectToPeer(options: ConnectOptions): Promise<PeerConnection> {
   if (options.addresses.length === 0) throw new PeerShareError('INVALID_ARGUMENT', 'No address to connect to.');
+  // BLAKE3 is loaded before the socket opens, not when the first block arrives (as the sharer
+  // does at listen, server.ts): loading it stalls the event loop, less here than with a server's
+  // many sockets, but never mid-transfer.
+  blake3Backend();
   let lastError: PeerShareError | undefined;
   for (const address of options.addresses) {
     if (options.signal?.aborted) throw new PeerShareError('CANCELLED');

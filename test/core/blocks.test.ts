@@ -15,6 +15,7 @@ import {
   loadBlake3,
   resolveLimits,
   verifyBlock,
+  verifyBlockOnce,
   type BlockManifest,
   type ErrorCode,
 } from '../../src/core';
@@ -163,6 +164,20 @@ describe('blocks: verifying a block', () => {
     assert.throws(() => verifyBlock(0, blockOf(content, 0).subarray(0, MIN_BLOCK_BYTES - 1), manifest), coded('SIZE_MISMATCH'));
     assert.throws(() => verifyBlock(2, Buffer.concat([blockOf(content, 2), Buffer.alloc(1)]), manifest), coded('SIZE_MISMATCH'));
     assert.throws(() => verifyBlock(2, Buffer.alloc(0), manifest), coded('SIZE_MISMATCH'));
+  });
+
+  it('verifies a block once: the same buffer, manifest and index pass again unhashed, anything else is checked', async () => {
+    const { content, manifest } = await fixture();
+    const other = (await fixture()).manifest;
+    const block = Buffer.from(blockOf(content, 1));
+    assert.throws(() => verifyBlockOnce(1, Buffer.from(block).fill(0, 0, 1), manifest), coded('HASH_MISMATCH'), 'never verified: hashed');
+    verifyBlock(1, block, manifest);
+    // Changed after it passed: the receiver's promise is never to do this; the skip shows no second hash.
+    block[0] ^= 0x01;
+    verifyBlockOnce(1, block, manifest);
+    assert.throws(() => verifyBlockOnce(0, block, manifest), coded('HASH_MISMATCH'), 'another index: hashed');
+    assert.throws(() => verifyBlockOnce(1, block, other), coded('HASH_MISMATCH'), 'another manifest: hashed');
+    assert.throws(() => verifyBlockOnce(1, Buffer.from(block), manifest), coded('HASH_MISMATCH'), 'a copy: hashed');
   });
 
   it('refuses an index the file does not have', async () => {

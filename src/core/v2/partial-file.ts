@@ -2,7 +2,7 @@ import { closeSync, fstatSync, fsync, ftruncate, futimesSync, promises as fs, re
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import { blake3 } from '../blake3';
-import { blockCount, blockRange, verifyBlock, type BlockManifest } from '../blocks';
+import { blockCount, blockRange, verifyBlockOnce, type BlockManifest } from '../blocks';
 import {
   chooseConflict,
   commit,
@@ -195,7 +195,8 @@ export class PartialFile {
   }
 
   /**
-   * Verifies block `index` against the manifest and only then writes it at its place, through
+   * Verifies block `index` against the manifest (unless this very buffer already passed
+   * verifyBlock for it on arrival: blocks.ts verifyBlockOnce) and only then writes it at its place, through
    * the descriptor this PartialFile opened. A block that fails, is out of range, or is already
    * present (or being written) is refused with a coded error and nothing is written. `data` must
    * not change until the promise settles: the bytes hashed are the bytes written (a pooled
@@ -208,7 +209,7 @@ export class PartialFile {
       return Promise.reject(new PeerShareError('PROTOCOL_ERROR', `Block ${index + 1} of the file arrived again; the copy was refused.`, { detail: `block ${index} already ${this.state[index] === PRESENT ? 'present' : 'being written'}` }));
     }
     try {
-      verifyBlock(index, data, this.manifest);
+      verifyBlockOnce(index, data, this.manifest);
     } catch (err) {
       return Promise.reject(err);
     }
