@@ -148,6 +148,11 @@ export function verifyBlock(index: number, data: Uint8Array, manifest: BlockMani
  */
 const verified = new WeakMap<Uint8Array, { manifest: BlockManifest; index: number }>();
 
+/** Withdraws what verifyBlock said of `data`: its buffer is about to hold other bytes. */
+export function forgetVerified(data: Uint8Array): void {
+  verified.delete(data);
+}
+
 /** verifyBlock, skipped when this very buffer already passed it for the same manifest and index. */
 export function verifyBlockOnce(index: number, data: Uint8Array, manifest: BlockManifest): void {
   const seen = verified.get(data);

@@ -214,17 +214,21 @@ async function receiveBlocks(
       let failed: unknown;
       for await (const block of conn.share.readBlocks(remotePath, manifest, file.missing(), { signal })) {
         if (failed !== undefined) throw failed;
-        // The block's buffer is the reader's to give: it is not reused until its write settles.
+        // The block's buffer goes back to the reader (release) once its write settles, not before.
+        bytes += block.data.length;
         const written: Promise<void> = file.write(block).then(
-          () => void writes.delete(written),
+          () => {
+            writes.delete(written);
+            block.release();
+          },
           (err: unknown) => {
             writes.delete(written);
+            block.release();
             failed ??= err;
           },
         );
         writes.add(written);
         if (writes.size >= WRITES_IN_FLIGHT) await Promise.race(writes);
-        bytes += block.data.length;
         report();
       }
       await Promise.all(writes);
@@ -655,6 +659,7 @@ export async function readFileVerified(conn: PeerConnection, remotePath: string,
   // Every block is verified against the block list, and the list against the file hash, before it is yielded.
   for await (const block of conn.share.readBlocks(remotePath, manifest, indices)) {
     block.data.copy(whole, blockRange(manifest, block.index).offset);
+    block.release();
   }
   return whole;
 }

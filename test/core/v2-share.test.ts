@@ -209,6 +209,38 @@ describe('share/1 over the in-memory pair: a real folder', () => {
     requester.close();
   });
 
+  it('reuses a released block buffer for a later block, never one still held, and the reused buffer is verified afresh', async () => {
+    const { client, requester } = sharePair();
+    const { manifest } = await client.manifest('ws/big.bin');
+    const n = manifest.blockHashes.length;
+    const held = new Set<ArrayBuffer>();
+    const released = new Set<ArrayBuffer>();
+    let reused = 0;
+    for await (const block of client.readBlocks('ws/big.bin', manifest, Array.from({ length: n }, (_, i) => i))) {
+      assert.ok(block.data.equals(expectedBlock('ws/big.bin', manifest, block.index)), `block ${block.index}`);
+      assert.ok(!held.has(block.data.buffer), `block ${block.index} came in a buffer still held`);
+      if (released.delete(block.data.buffer)) reused++;
+      // Every other block is kept (as a consumer whose write is slow), the rest given back.
+      if (block.index % 2 === 0) {
+        held.add(block.data.buffer);
+      } else {
+        block.release();
+        block.release(); // twice is once
+        released.add(block.data.buffer);
+      }
+    }
+    assert.ok(reused >= n / 2 - 2, `${reused} of ${n / 2} released buffers were used again`);
+    // A released buffer refilled by hand is not taken as verified where it is written.
+    const [again] = await collect(client.readBlocks('ws/big.bin', manifest, [1]));
+    again.release();
+    const target = path.join(await tempDir(), 'big.bin');
+    const file = await PartialFile.open(target, manifest, { limits: resolveLimits(), resume: false });
+    again.data.fill(0);
+    await assert.rejects(file.write(again), (err: unknown) => err instanceof PeerShareError && err.code === 'HASH_MISMATCH');
+    await file.abandon({ keep: false });
+    requester.close();
+  });
+
   it('readBlocks feeds a PartialFile: the first and last quarters, then a resume fetches only the middle, and the sharer\'s file lands', async () => {
     const { client, requester } = sharePair();
     const rel = 'ws/big.bin';
