@@ -5,21 +5,19 @@
 //
 //   BENCH_MULTIPLEX_MIB=32 BENCH_RUNS=2 node bench/multiplex.mjs
 //
-// The v2 connection (src/core/v2/connection.ts) is not behind the CLI yet, so both ends are
-// bench/probes/multiplex-peer.mjs, bundled with esbuild into the scratch folder: a responder that
-// reads the files from disk and a requester that writes them to disk, over TLS 1.3 with pinned
-// certificates on loopback (src/core/transport-tls.ts), in two processes as two peers would be.
-// What they exchange is a minimal file service written in the probe (capability `bench/1`, no
-// BLAKE3 blocks), because the real share/1 handler is being written now; the probe says how to
-// switch to it. Each run: one requester process asks for all the files at once, either on one
-// connection or on one connection per file, alternating; it times from its first dial to the
-// last file closed (Node's start-up is not counted: it is the same for both). Ratio = time on N
-// connections / time on one connection = throughput on one / throughput on N (goal >= 0.95).
+// Both ends are the product: the sharer is `peershare serve`, the requester is
+// bench/probes/multiplex-peer.mjs (bundled with esbuild into the scratch folder), which runs the
+// core's own client, PeerShareNode.connect and download, because the CLI's `get` asks for one path
+// per run. share/1 over TLS 1.3 with pinned certificates on loopback, every block BLAKE3-verified,
+// written through a partial file, in two processes as two peers would be. Each run: one requester
+// process asks for all the files at once, either on one connection or on one connection per file,
+// alternating; it times from its first dial to the last file renamed into place (Node's start-up
+// is not counted: it is the same for both). Ratio = time on N connections / time on one
+// connection = throughput on one / throughput on N (goal >= 0.95).
 //
 // Environment: BENCH_MULTIPLEX_FILES (default 4), BENCH_MULTIPLEX_MIB (256), BENCH_RUNS (5),
 // BENCH_TMP, BENCH_KEEP_TMP.
 
-import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -33,13 +31,13 @@ import {
   isMain,
   lastJsonLine,
   mib,
+  pairClient,
   printTable,
   processCpuSeconds,
   requireFreeSpace,
   round,
-  run as runCommand,
   runStandalone,
-  stopChild,
+  startPeerShare,
   summariseRuns,
   timedCommand,
   vmHwm,
@@ -70,29 +68,6 @@ async function bundleProbe(outFile) {
   esbuild.stop(); // its service process would otherwise outlive the build, among the benchmark's children
 }
 
-/** The responder: serves `names` from `root` to the peer `allow` until the scope closes. */
-async function startResponder(scope, { bundle, home, root, names, allow, logFile }) {
-  const arg = JSON.stringify({ home, root, names, allow });
-  const child = spawn(process.execPath, [bundle, 'serve', arg], { stdio: ['ignore', 'pipe', fs.openSync(logFile, 'a')] });
-  scope.defer(() => stopChild(child));
-  const info = await new Promise((resolve, reject) => {
-    let buffered = '';
-    child.stdout.on('data', (d) => {
-      buffered += d;
-      const nl = buffered.indexOf('\n');
-      if (nl >= 0) {
-        try {
-          resolve(JSON.parse(buffered.slice(0, nl)));
-        } catch (err) {
-          reject(err);
-        }
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`the responder exited with ${code}; see ${logFile}`)));
-  });
-  return { child, pid: child.pid, ...info };
-}
-
 export async function run(ctx) {
   const fileCount = intEnv('BENCH_MULTIPLEX_FILES', 4, 2);
   const sizeMiB = intEnv('BENCH_MULTIPLEX_MIB', 256, 1);
@@ -112,25 +87,22 @@ export async function run(ctx) {
   const bundle = path.join(scratch, 'multiplex-peer.cjs');
   await bundleProbe(bundle);
   const requesterHome = path.join(scratch, 'home-requester');
-  const requesterId = JSON.parse(runCommand(process.execPath, [bundle, 'id', requesterHome])).peerId;
 
-  // 2. The responder, then the requester on one connection and on one connection per file, in turn.
-  const responder = await startResponder(scope, {
-    bundle,
-    home: path.join(scratch, 'home-responder'),
-    root: dataDir,
-    names: files.map((f) => f.name),
-    allow: requesterId,
-    logFile: path.join(scratch, 'responder.log'),
-  });
-  ctx.log(`responder on 127.0.0.1:${responder.port} (pid ${responder.pid})`);
+  // 2. The sharer, then the requester on one connection and on one connection per file, in turn.
+  const sharer = await startPeerShare(scope, { folders: [dataDir], home: path.join(scratch, 'home-sharer'), logFile: path.join(scratch, 'serve.log') });
+  pairClient(sharer.invite, requesterHome);
+  ctx.log(`peershare serve on 127.0.0.1:${sharer.info.port} (pid ${sharer.pid})`);
   const fetchWith = (connections) => ({
-    serverCpu: () => processCpuSeconds(responder.pid),
+    serverCpu: () => processCpuSeconds(sharer.pid),
     async run() {
-      const arg = { home: requesterHome, address: `127.0.0.1:${responder.port}`, peerId: responder.peerId, files, dest: destDir, connections };
-      const r = await timedCommand(process.execPath, [bundle, 'fetch', JSON.stringify(arg)], scratch);
+      const arg = { home: requesterHome, address: `127.0.0.1:${sharer.info.port}`, remotes: files.map((f) => `data/${f.name}`), dest: destDir, connections };
+      // The bundle lives in the scratch folder; the native BLAKE3 binding it keeps external is
+      // found in this checkout's node_modules, as the CLI's bundle finds it.
+      const env = { ...process.env, NODE_PATH: path.join(ROOT, 'node_modules') };
+      const r = await timedCommand(process.execPath, [bundle, 'fetch', JSON.stringify(arg)], scratch, { env });
       const result = lastJsonLine(r.stdout);
       if (result.bytes !== fileCount * sizeBytes) throw new Error(`fetch on ${connections} connection(s): ${r.stdout}`);
+      if (result.blake3 !== 'native' && process.env.PEERSHARE_BLAKE3 !== 'fallback') throw new Error(`the requester hashed with the ${result.blake3} BLAKE3, not the native one the CLI uses`);
       return { seconds: result.seconds, commandSeconds: r.seconds, dialSeconds: result.dialSeconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
     },
   });
@@ -140,7 +112,7 @@ export async function run(ctx) {
     between: () => clearAndSync(...files.map((f) => path.join(destDir, f.name))),
     describe: (r) => `${r.seconds.toFixed(3)} s  ${(totalMiB / r.seconds).toFixed(0)} MiB/s  (dial ${(r.dialSeconds * 1000).toFixed(0)} ms)`,
   });
-  const responderVmHwm = vmHwm(responder.pid);
+  const sharerVmHwm = vmHwm(sharer.pid);
 
   // 3. Summary.
   const perMode = (mode, command) => {
@@ -159,26 +131,26 @@ export async function run(ctx) {
     ].map(([label, t]) => [label, `${t.medianSeconds.toFixed(2)} s`, t.medianMiBps, t.seconds.map((x) => x.toFixed(2)).join(' '), mib(t.clientMaxRssBytes), `${t.medianCpuSeconds} s`]),
   ]);
 
-  const fmt = (t) => `${t.medianSeconds.toFixed(2)} s (${t.medianMiBps} MiB/s); CPU requester ${t.medianCpuSeconds} s, responder ${t.medianServerCpuSeconds} s`;
+  const fmt = (t) => `${t.medianSeconds.toFixed(2)} s (${t.medianMiBps} MiB/s); CPU requester ${t.medianCpuSeconds} s, sharer ${t.medianServerCpuSeconds} s`;
   return {
-    measured: `${fileCount} files of ${sizeMiB} MiB over v2 on TLS 1.3 on loopback, disk to disk, bench/1 file service (no BLAKE3 yet); medians of ${runs} alternating runs`,
+    measured: `${fileCount} files of ${sizeMiB} MiB over share/1 (v2) on TLS 1.3 on loopback, disk to disk, BLAKE3-verified blocks; medians of ${runs} alternating runs`,
     summary: {
       files: fileCount,
       fileBytes: sizeBytes,
       runs,
       order: `alternating 1 connection and ${fileCount} connections; one untimed warm-up of each first`,
-      service: 'bench/1 (bench/probes/multiplex-peer.mjs): DATA read from disk in 1 MiB buffers, written in 256 KiB writes; sizes checked, no hashing. To become share/1 once its handler lands.',
+      service: 'share/1: `peershare serve` and the core client (PeerShareNode.connect + download) in bench/probes/multiplex-peer.mjs; every block BLAKE3-verified, partial file renamed into place',
       oneConnectionMedianSeconds: one.medianSeconds,
       manyConnectionsMedianSeconds: many.medianSeconds,
       ratio,
-      responderPeakRssBytes: responderVmHwm,
+      sharerPeakRssBytes: sharerVmHwm,
       requesterPeakRssBytes: { one: one.clientMaxRssBytes, many: many.clientMaxRssBytes },
     },
     goals: [goal({ label: `multiplex: throughput of ${fileCount} transfers on 1 connection / on ${fileCount} connections`, measured: ratio, op: '>=', target: GOAL_RATIO })],
     figures: [
       { label: '1 connection', text: fmt(one) },
       { label: `${fileCount} connections`, text: fmt(many) },
-      { label: 'peaks', text: `requester ${mib(one.clientMaxRssBytes)} (1 connection), ${mib(many.clientMaxRssBytes)} (${fileCount}); responder ${mib(responderVmHwm)}` },
+      { label: 'peaks', text: `requester ${mib(one.clientMaxRssBytes)} (1 connection), ${mib(many.clientMaxRssBytes)} (${fileCount}); sharer ${mib(sharerVmHwm)}` },
     ],
     raw: { warmupSeconds, one, many },
   };
