@@ -187,6 +187,20 @@ export const SMALL_FILE_BYTES = 256 * 1024;
 /** Files a folder download reads ahead of the socket on the sharer's side. */
 export const SMALL_FILE_PIPELINE = 16;
 
+// Timings that are not a peer's to choose and that no user has reason to change.
+
+/** After a goodbye (or a refused handshake), how long a peer that neither reads nor hangs up is waited for before the stream is destroyed. */
+export const CLOSE_GRACE_MS = 1000;
+
+/** During a transfer, the sharer re-checks that the peer is still trusted at most this often. */
+export const TRUST_RECHECK_MS = 50;
+
+/** A file changed less than this before its hashing started is not cached (block-cache.ts, the racy rule). */
+export const RACY_TIMESTAMP_MS = 3000;
+
+/** A block-cache temporary file this old was left by a writer that died; the cache's scan removes it. */
+export const STALE_CACHE_TEMP_MS = 10 * 60_000;
+
 export function resolveLimits(overrides?: Partial<Limits>): Limits {
   const limits: Limits = { ...DEFAULT_LIMITS };
   for (const [key, value] of Object.entries(overrides ?? {})) {

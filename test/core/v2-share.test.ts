@@ -213,8 +213,8 @@ describe('share/1 over the in-memory pair: a real folder', () => {
     const { client, requester } = sharePair();
     const { manifest } = await client.manifest('ws/big.bin');
     const n = manifest.blockHashes.length;
-    const held = new Set<ArrayBuffer>();
-    const released = new Set<ArrayBuffer>();
+    const held = new Set<ArrayBufferLike>();
+    const released = new Set<ArrayBufferLike>();
     let reused = 0;
     for await (const block of client.readBlocks('ws/big.bin', manifest, Array.from({ length: n }, (_, i) => i))) {
       assert.ok(block.data.equals(expectedBlock('ws/big.bin', manifest, block.index)), `block ${block.index}`);

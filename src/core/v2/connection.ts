@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
-import { resolveLimits, type Limits } from '../limits';
+import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
 import { isPeerId, shortPeerId } from '../peer-id';
 import { sanitizeForDisplay, shownType } from '../protocol';
 import {
@@ -239,8 +239,6 @@ class EventRate {
     return true;
   }
 }
-
-const CLOSE_GRACE_MS = 1000;
 
 /** What a side advertises from its limits: `frame` the smaller of its message and data bounds (ceiling 1 MiB), `window` at least two frames. */
 export function advertisedSettings(limits: Limits): ConnectionSettings {

@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage } from '../frames';
-import { resolveLimits, type Limits } from '../limits';
+import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
 import { parseHello, sanitizeForDisplay, shownType } from '../protocol';
 import { Connection, advertisedSettings, type ConnectionSettings, type RequestHandler, type Side } from './connection';
 import type { CapabilityMessage } from './messages';
@@ -235,7 +235,7 @@ export function refuseHandshake(stream: Duplex, error: HandshakeError): void {
   if (stream.destroyed || !stream.writable) return void stream.destroy();
   stream.end(encodeMessage({ ...error, message: error.message.slice(0, MAX_PEER_MESSAGE_CHARS) }));
   stream.resume();
-  const force = setTimeout(() => stream.destroy(), 1000);
+  const force = setTimeout(() => stream.destroy(), CLOSE_GRACE_MS);
   force.unref();
   stream.once('close', () => clearTimeout(force));
 }

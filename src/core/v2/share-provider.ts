@@ -4,7 +4,7 @@ import type { BlockCache } from '../block-cache';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion } from '../hash-cache';
-import { SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, resolveLimits, type Limits } from '../limits';
+import { SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
 import type { Entry } from '../protocol';
 import type { Share, WalkItem } from '../share';
 import type { ReplyWriter, RequestHandler } from './connection';
@@ -54,8 +54,6 @@ export interface ShareProviderStats {
   fileBytesSent: number;
 }
 
-/** During a transfer, trust is re-checked at most this often (as v1's server). */
-const TRUST_RECHECK_MS = 50;
 /** The smallest `frame` a peer may advertise (spec 4.1). */
 const MIN_PEER_FRAME_BYTES = 16 * 1024;
 /** What a REPLY's frame holds beside its entries: `{"type":"entries","entries":[` and `]}`. */
