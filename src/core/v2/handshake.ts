@@ -327,6 +327,8 @@ export async function acceptV2(transport: HandshakeStream, options: AcceptOption
   const local = advertisedSettings(limits);
   const hangUp = new AbortController();
   const onClose = (): void => hangUp.abort(new PeerShareError('CONNECTION_CLOSED', 'The dialer hung up.'));
+  // admit may wait minutes (a person asked): a reset meanwhile ends the handshake, never the process.
+  const onError = (err: Error): void => hangUp.abort(toPeerShareError(err, 'CONNECTION_CLOSED'));
   let refused = false;
   try {
     const { message, rest } = await readHandshakeFrame(transport.stream, limits, limits.helloTimeoutMs);
@@ -344,6 +346,7 @@ export async function acceptV2(transport: HandshakeStream, options: AcceptOption
     };
     transport.stream.once('data', early);
     transport.stream.once('close', onClose);
+    transport.stream.on('error', onError);
     transport.stream.resume();
     let admitted: { serve: Served; paired: boolean };
     try {
@@ -354,6 +357,7 @@ export async function acceptV2(transport: HandshakeStream, options: AcceptOption
     } finally {
       transport.stream.off('data', early);
       transport.stream.off('close', onClose);
+      transport.stream.off('error', onError);
       transport.stream.pause();
     }
     const welcome = { type: 'welcome', version: PROTOCOL_V2, name: options.name, id: options.ownPeerId, paired: admitted.paired, caps: advertise(admitted.serve), ...local };
