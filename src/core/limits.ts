@@ -61,8 +61,6 @@ export interface Limits {
   maxManifestBytes: number;
   /** v2: block ranges one `share.read` may name; a fragmented resume splits into several reads. */
   maxReadRanges: number;
-  /** v2: largest file a folder stream may carry inline; held whole in memory until it is verified. */
-  maxInlineFileBytes: number;
   /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
   requestWindowBytes: number;
   /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
@@ -77,7 +75,7 @@ export interface Limits {
   maxListEntries: number;
   /** Bytes of names (UTF-8) a single listing may hold, so long names cannot multiply the count's memory. */
   maxListBytes: number;
-  /** Entries sent per listing message, so no listing becomes one giant message. */
+  /** Entries this side sends per listing message, so no listing becomes one giant message (v2 caps it at MAX_LIST_BATCH_ENTRIES, 1000). */
   listBatchEntries: number;
   /** Files and folders a single folder download may contain (both sides enforce it). */
   maxTreeFiles: number;
@@ -138,8 +136,6 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFileBlocks: 131_072,
   maxManifestBytes: 28 + 32 * 131_072,
   maxReadRanges: 1024,
-  // The sharer inlines files of at most SMALL_FILE_BYTES; the receiver takes up to this.
-  maxInlineFileBytes: 1024 * 1024,
   // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
   requestWindowBytes: 4 * 1024 * 1024,
   interleaveSliceBytes: 256 * 1024,
@@ -179,8 +175,9 @@ export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 export const MAX_FREE_BLOCK_BUFFER_BYTES = 32 * 1024 * 1024;
 
 /**
- * Files up to this size travel whole in a folder download: the sharer reads each in one call and
- * sends it as one write, the receiver verifies it in memory before it touches the disk.
+ * Files up to this size are hashed whole in memory each time they are asked for, not cached
+ * (block-cache.ts): reading one is cheaper than opening and checking an entry. The same size as
+ * the protocol's inline files (v2/share-messages.ts MAX_INLINE_FILE_BYTES), which are read whole.
  */
 export const SMALL_FILE_BYTES = 256 * 1024;
 

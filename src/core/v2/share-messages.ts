@@ -12,6 +12,19 @@ import type { CapabilityMessage } from './messages';
  */
 export const SHARE_CAPABILITY = 'share/1';
 
+/**
+ * Fixed by the protocol, not by either side's limits (spec 6.3): a sharer configured otherwise
+ * than its peer must still be understood. A `share.list` batch holds at most this many entries
+ * (a sharer may send fewer: its own `listBatchEntries`).
+ */
+export const MAX_LIST_BATCH_ENTRIES = 1000;
+
+/**
+ * The largest file a folder stream carries inline (spec 6.3): the sharer reads it whole, the
+ * requester holds it whole until it is verified. Larger files go as `fileRef`, in blocks.
+ */
+export const MAX_INLINE_FILE_BYTES = 256 * 1024;
+
 /** Half-open block ranges `[first, end)`, sorted, apart (spec 6.2 `share.read`). */
 export type BlockRanges = [number, number][];
 

@@ -4,14 +4,14 @@ import type { BlockCache } from '../block-cache';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion } from '../hash-cache';
-import { SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
+import { SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
 import type { Entry } from '../protocol';
 import type { Share, WalkItem } from '../share';
 import type { ReplyWriter, RequestHandler } from './connection';
 import type { Served } from './handshake';
 import { MAX_FRAME_CEILING_BYTES } from './frames';
 import { endErrorFor, type CapabilityMessage } from './messages';
-import { SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
+import { MAX_INLINE_FILE_BYTES, MAX_LIST_BATCH_ENTRIES, SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
 
 /**
  * The provider of capability `share/1` (docs/protocol-v2.md 6): serves one Share, read-only, to
@@ -161,7 +161,7 @@ export class ShareProvider {
         nameBytes += Buffer.byteLength(entry.name, 'utf8');
         if (nameBytes > this.limits.maxListBytes) throw new PeerShareError('TOO_LARGE', `The folder's names take more than ${this.limits.maxListBytes} bytes.`);
         const bytes = Buffer.byteLength(JSON.stringify(entry), 'utf8') + 1;
-        if (batch.length >= this.limits.listBatchEntries || batchBytes + bytes > most) await flush();
+        if (batch.length >= Math.min(this.limits.listBatchEntries, MAX_LIST_BATCH_ENTRIES) || batchBytes + bytes > most) await flush();
         batch.push(entry);
         batchBytes += bytes;
       }
@@ -261,13 +261,13 @@ export class ShareProvider {
 
   /**
    * The folder stream (spec 6.3): depth first in name order, `dir` before a folder's contents;
-   * a file of at most SMALL_FILE_BYTES inline (`file` with its block size and hash, then its
+   * a file of at most MAX_INLINE_FILE_BYTES inline (`file` with its block size and hash, then its
    * bytes), a larger one as `fileRef` for the requester to fetch with manifest + read; a file that
    * cannot be sent is a `skipped` record. Writes run up to SMALL_FILE_PIPELINE records ahead of
    * the stream, so many small files are not paced by one write each.
    */
   private async tree(session: SessionContext, remotePath: string, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const inlineMost = Math.min(SMALL_FILE_BYTES, this.limits.maxInlineFileBytes);
+    const inlineMost = MAX_INLINE_FILE_BYTES;
     const pending: Promise<void>[] = [];
     let count = 0;
     const send = async (written: Promise<void>): Promise<void> => {
