@@ -25,6 +25,10 @@ export const MAX_LIST_BATCH_ENTRIES = 1000;
  */
 export const MAX_INLINE_FILE_BYTES = 256 * 1024;
 
+/** `share/1`'s advertised roots (spec 6): at most this many, each a name of at most MAX_SHARE_ROOT_CHARS. */
+export const MAX_SHARE_ROOTS = 256;
+export const MAX_SHARE_ROOT_CHARS = 255;
+
 /** Half-open block ranges `[first, end)`, sorted, apart (spec 6.2 `share.read`). */
 export type BlockRanges = [number, number][];
 
