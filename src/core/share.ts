@@ -2,6 +2,7 @@ import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises 
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
+import { sameVersion } from './hash-cache';
 import { INVISIBLE_CHARS, type Entry } from './protocol';
 import { foldName, isShortNameShape } from './names';
 import type { Limits } from './limits';
@@ -337,15 +338,16 @@ export class Share {
       throw openError(err, false);
     }
     try {
-      const stat = fstatSync(fd);
+      const stat = fstatSync(fd, { bigint: true });
       if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
       if (!stat.isFile()) throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
-      if (stat.size > maxBytes) return undefined;
-      const data = Buffer.allocUnsafe(stat.size);
-      const bytesRead = stat.size > 0 ? readSync(fd, data, 0, stat.size, 0) : 0;
-      const after = fstatSync(fd);
-      if (bytesRead !== stat.size || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
-      return { data, mtimeMs: Math.floor(stat.mtimeMs) };
+      if (stat.size > BigInt(maxBytes)) return undefined;
+      const size = Number(stat.size);
+      const data = Buffer.allocUnsafe(size);
+      const bytesRead = size > 0 ? readSync(fd, data, 0, size, 0) : 0;
+      // ctime too (hash-cache.ts): a write that puts the old mtime back still changes it.
+      if (bytesRead !== size || !sameVersion(stat, fstatSync(fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+      return { data, mtimeMs: Number(stat.mtimeNs / 1_000_000n) };
     } catch (err) {
       throw toPeerShareError(err, 'IO_ERROR');
     } finally {

@@ -321,11 +321,12 @@ export class ShareProvider {
     try {
       const mtimeMs = Math.floor(stat.mtimeMs);
       if (stat.size > inlineMost) return { kind: 'ref', size: stat.size, mtimeMs };
-      const data = Buffer.allocUnsafe(stat.size);
-      await readFully(handle, data, 0, stat.size, 0);
-      const after = await handle.stat();
-      if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
-      return { kind: 'inline', data, mtimeMs };
+      const before = await handle.stat({ bigint: true });
+      const data = Buffer.allocUnsafe(Number(before.size));
+      await readFully(handle, data, 0, data.length, 0);
+      // ctime too: a write that puts the old mtime back (utimes) still changes it.
+      if (!sameVersion(before, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+      return { kind: 'inline', data, mtimeMs: Math.floor(Number(before.mtimeNs / 1_000_000n)) };
     } finally {
       await handle.close();
     }
