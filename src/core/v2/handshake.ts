@@ -1,7 +1,8 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage } from '../frames';
-import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
+import { resolveLimits, type Limits } from '../limits';
+import { endWithMessage } from '../transport';
 import { parseHello, sanitizeForDisplay, shownType } from '../protocol';
 import { Connection, advertisedSettings, type ConnectionSettings, type RequestHandler, type Side } from './connection';
 import type { CapabilityMessage } from './messages';
@@ -231,13 +232,7 @@ export function readHandshakeFrame(stream: Duplex, limits: Limits, timeoutMs: nu
 
 /** Sends a handshake `error` and closes, without waiting on a peer that will not read or hang up. */
 export function refuseHandshake(stream: Duplex, error: HandshakeError): void {
-  stream.on('error', () => stream.destroy());
-  if (stream.destroyed || !stream.writable) return void stream.destroy();
-  stream.end(encodeMessage({ ...error, message: error.message.slice(0, MAX_PEER_MESSAGE_CHARS) }));
-  stream.resume();
-  const force = setTimeout(() => stream.destroy(), CLOSE_GRACE_MS);
-  force.unref();
-  stream.once('close', () => clearTimeout(force));
+  endWithMessage(stream, { ...error, message: error.message.slice(0, MAX_PEER_MESSAGE_CHARS) });
 }
 
 function handshakeErrorFor(err: PeerShareError): HandshakeError {

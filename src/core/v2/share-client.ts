@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { blockRange, decodeBlockManifest, forgetVerified, type BlockManifest, verifyBlock } from '../blocks';
+import { blockRange, decodeBlockManifest, forgetVerified, isValidBlockSize, type BlockManifest, verifyBlock } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { MAX_FREE_BLOCK_BUFFER_BYTES, type Limits } from '../limits';
 import { inspectReceivedName, type UnsafeHere } from '../names';
@@ -14,7 +14,6 @@ import {
   checkBlockListBounds,
   isFileHashHex,
   isSafeUint,
-  isValidBlockSize,
   isWireTime,
   manifestOfBytes,
   rangesOf,

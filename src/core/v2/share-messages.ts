@@ -1,5 +1,5 @@
 import { BLAKE3_DIGEST_BYTES, blake3 } from '../blake3';
-import { MANIFEST_HEADER_BYTES, MAX_BLOCK_BYTES, MIN_BLOCK_BYTES, blockCount, manifestFromBlockHashes, type BlockManifest } from '../blocks';
+import { MANIFEST_HEADER_BYTES, blockCount, manifestFromBlockHashes, type BlockManifest } from '../blocks';
 import { PeerShareError } from '../errors';
 import type { Limits } from '../limits';
 import { shownType } from '../protocol';
@@ -58,10 +58,6 @@ export function isFileHashHex(value: unknown): value is string {
   return typeof value === 'string' && HEX_HASH.test(value);
 }
 
-/** A block size a peer may use: a power of two from 128 KiB to 16 MiB (spec 7.1). */
-export function isValidBlockSize(value: unknown): value is number {
-  return isSafeUint(value) && value >= MIN_BLOCK_BYTES && value <= MAX_BLOCK_BYTES && (value & (value - 1)) === 0;
-}
 
 /**
  * The provider's one parser of `share.*` requests. A request of the wrong shape breaks the spec

@@ -1,7 +1,7 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
-import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, type BlockManifest } from '../blocks';
+import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion } from '../hash-cache';
 import { SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
@@ -323,7 +323,7 @@ export class ShareProvider {
       if (stat.size > inlineMost) return { kind: 'ref', size: stat.size, mtimeMs };
       const before = await handle.stat({ bigint: true });
       const data = Buffer.allocUnsafe(Number(before.size));
-      await readFully(handle, data, 0, data.length, 0);
+      await readFully(handle, data, data.length, 0);
       // ctime too: a write that puts the old mtime back (utimes) still changes it.
       if (!sameVersion(before, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
       return { kind: 'inline', data, mtimeMs: Math.floor(Number(before.mtimeNs / 1_000_000n)) };
@@ -402,21 +402,12 @@ class ChunkPool {
 async function readChunk(handle: FileHandle, pool: ChunkPool, chunk: Chunk): Promise<Buffer> {
   const buffer = pool.take(chunk.length);
   try {
-    await readFully(handle, buffer, 0, chunk.length, chunk.offset);
+    await readFully(handle, buffer, chunk.length, chunk.offset);
   } catch (err) {
     pool.give(buffer);
     throw err;
   }
   return buffer;
-}
-
-async function readFully(handle: FileHandle, buffer: Buffer, start: number, length: number, position: number): Promise<void> {
-  for (let done = 0; done < length; ) {
-    const { bytesRead } = await handle.read(buffer, start + done, length - done, position + done);
-    // The file ended before the size its manifest was made for: it was truncated meanwhile.
-    if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');
-    done += bytesRead;
-  }
 }
 
 function throwIfAborted(signal: AbortSignal): void {
