@@ -104,8 +104,9 @@ export class BlockCache {
   private scanned = false;
   private maintenance: Promise<void> | undefined;
   private lastStampMs = 0;
-  /** Hashings under way, by file version. */
+  /** Hashings under way, by file version; and those of them that are rehashes. */
   private readonly hashing = new Map<string, Promise<BlockManifest>>();
+  private readonly rehashing = new Map<string, Promise<BlockManifest>>();
   private readonly hasher: BlockHasher;
   private readonly racyNs: bigint;
   private readonly minFileBytes: number;
@@ -156,13 +157,20 @@ export class BlockCache {
         // Two peers asking for one large file at once: the second waits for the first's hashing.
         const underWay = this.hashing.get(key);
         if (underWay) return await underWay;
+      } else {
+        // Rehashes of one version at once (a peer asking on each of its connections) share one
+        // read of the file: it started after every one of them was asked, so it is as fresh.
+        const underWay = this.rehashing.get(key);
+        if (underWay) return await underWay;
       }
       const run = this.hashAndKeep(handle, before, startedAtMs, options.rehash === true);
       this.hashing.set(key, run);
+      if (options.rehash) this.rehashing.set(key, run);
       try {
         return await run;
       } finally {
         if (this.hashing.get(key) === run) this.hashing.delete(key);
+        if (this.rehashing.get(key) === run) this.rehashing.delete(key);
       }
     } finally {
       if (typeof file === 'string') await handle.close();
