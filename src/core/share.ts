@@ -495,8 +495,10 @@ export function isInside(parent: string, candidate: string): boolean {
 async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined): Promise<OpenedFile> {
   const expected = path.join(root.realPath, ...components);
   const flags = openFlags(wantDir);
-  // Refuse known symlinks before opening anything, so nothing outside is even opened;
-  // the check after the open is what makes a symlink swapped in meanwhile harmless.
+  // Refuse known symlinks, FIFOs, devices and sockets before opening anything, so nothing outside
+  // is even opened and no open has a side effect (a writer waiting on a FIFO is let through by
+  // our open; some devices act on open); the check after the open is what makes a symlink swapped
+  // in meanwhile harmless.
   await refuseSymlinkComponents(root, components);
   let handle: fs.FileHandle;
   try {
@@ -521,9 +523,9 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
   }
 }
 
-/** Never follows a symlink at the last component; never blocks on a FIFO. */
+/** Never follows a symlink at the last component; never blocks on a FIFO; a terminal swapped in never becomes ours. */
 function openFlags(wantDir: boolean | undefined): number {
-  return fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
+  return fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (fsc.O_NOCTTY ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
 }
 
 function openError(err: unknown, wantDir: boolean | undefined): PeerShareError {
@@ -542,5 +544,6 @@ async function refuseSymlinkComponents(root: ShareRoot, components: string[]): P
       throw err.code === 'ENOTDIR' ? new PeerShareError('NOT_FOUND') : toPeerShareError(err, 'IO_ERROR');
     });
     if (st.isSymbolicLink()) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+    if (!st.isFile() && !st.isDirectory()) throw new PeerShareError('NOT_A_FILE', 'Only regular files and folders are shared.');
   }
 }

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
@@ -24,7 +24,7 @@ import {
   type PeerConnection,
 } from '../../src/core';
 import { partialPathFor } from '../../src/core/landing';
-import { MAX_CREDIT, encodeCancelFrame, encodeWindowFrame } from '../../src/core/v2/frames';
+import { MAX_CREDIT, encodeCancelFrame, encodeMessageFrame, encodeWindowFrame } from '../../src/core/v2/frames';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { connectWithInvite, listTree, makePeer, rejectsWithCode, tempDir, writeRandomFile, type TestPeer } from '../helpers';
 import { dialRawV2, waitFor } from '../hostile';
@@ -371,6 +371,36 @@ describe('v2 attacks: one connection, many requests (a trusted peer)', () => {
     await downloadFile(conn, 'ws/big.bin', path.join(dest, 'big.bin'));
     assert.ok((await fs.readFile(path.join(dest, 'big.bin'))).equals(data), 'the other connection is served whole');
   });
+  it('a flood of events at the size limit from a trusted peer: CLOSE with PROTOCOL_ERROR past the burst, its connection is let go, its other connection is served', async () => {
+    const { sharer, conn, client } = await sharerWithClient();
+    await writeRandomFile(path.join(sharer.ws, 'a.bin'), 1 * MiB);
+    const limits = resolveLimits();
+    const raw = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
+    await waitFor(() => sharer.server.connectedPeers().length === 2);
+    const reason = new Promise<unknown>((resolve) => raw.connection.onClose(resolve));
+    const event = encodeMessageFrame('EVENT', 0, { type: 'share.changed', pad: 'x'.repeat(limits.maxEventBytes - 64) });
+    for (let i = 0; i < limits.maxEventBurst * 4; i++) raw.stream.write(event);
+    assert.equal(((await reason) as { code?: string } | undefined)?.code, 'PROTOCOL_ERROR');
+    await waitFor(() => sharer.server.connectedPeers().length === 1, 10_000);
+    assert.equal((await conn.stat('ws/a.bin')).size, MiB);
+  });
+
+  it('a trusted peer that half-closes its TLS stream (FIN) in the middle of a read: the sharer lets the connection go and frees its request slot', async () => {
+    const { sharer, conn, client } = await sharerWithClient({ limits: { maxRequestsPerPeer: 2 } });
+    await writeRandomFile(path.join(sharer.ws, 'big.bin'), 32 * MiB);
+    const { manifest } = await conn.share.manifest('ws/big.bin');
+    const raw = await dialRawV2(sharer.address, client.identity, sharer.identity.peerId);
+    const read = raw.connection.request({ type: 'share.read', path: 'ws/big.bin', fileHash: manifest.fileHash.toString('hex'), blocks: [[0, manifest.blockHashes.length]] } as never);
+    read.result.catch(() => undefined);
+    assert.equal((await read[Symbol.asyncIterator]().next()).done, false, 'the read is under way');
+    await waitFor(() => sharer.server.connectedPeers().length === 2);
+    raw.stream.end();
+    await waitFor(() => sharer.server.connectedPeers().length === 1, 10_000);
+    // Both of this peer's slots are free: two requests at once, both served.
+    const answers = await Promise.all([conn.share.manifest('ws/big.bin'), conn.share.manifest('ws/big.bin')]);
+    for (const answer of answers) assert.ok(answer.manifest.fileHash.equals(manifest.fileHash));
+    raw.connection.close();
+  });
 });
 
 describe('v2 attacks: the share under the reader', () => {
@@ -399,5 +429,39 @@ describe('v2 attacks: the share under the reader', () => {
     await downloadFile(conn, 'ws/big.bin', path.join(dest, 'big.bin'));
     assert.ok((await fs.readFile(path.join(dest, 'big.bin'))).equals(otherData));
     assert.deepEqual(await listTree(dest), ['big.bin']);
+  });
+
+  it('stat and manifest of a named pipe in the shared folder never open it (nor does a listing or a walk of its folder): a local writer waiting on the pipe for a reader stays waiting', async () => {
+    const { sharer, conn } = await sharerWithClient();
+    const pipe = path.join(sharer.ws, 'pipe');
+    execFileSync('mkfifo', [pipe]);
+    const marker = path.join(path.dirname(sharer.ws), 'writer-got-a-reader');
+    // A program of the sharer's that hands data to whoever reads the pipe: its open waits for a
+    // reader, and any open for reading (even one closed at once) lets it through.
+    const writer = spawn('sh', ['-c', 'exec 3>"$PIPE"; echo opened > "$MARK"; exec sleep 60'], { env: { ...process.env, PIPE: pipe, MARK: marker }, stdio: 'ignore', detached: true });
+    try {
+      const codes: string[] = [];
+      const attempt = async (run: () => Promise<unknown>): Promise<void> => {
+        await run().then(
+          () => codes.push('served'),
+          (err: { code?: string }) => codes.push(err.code ?? String(err)),
+        );
+      };
+      await attempt(() => conn.stat('ws/pipe'));
+      await attempt(() => conn.share.manifest('ws/pipe'));
+      await attempt(() => conn.list('ws'));
+      await attempt(() => conn.share.tree('ws').next());
+      assert.deepEqual(codes, ['NOT_A_FILE', 'NOT_A_FILE', 'served', 'served'], 'refused by name; listed and walked without it');
+      // Had the sharer opened the pipe, the writer's open would have returned and the marker appeared
+      // within moments (it did, in 0.4 s, before share.ts looked before it opened).
+      await new Promise((resolve) => setTimeout(resolve, 1500));
+      assert.equal(await fs.stat(marker).then(() => 'the writer found a reader: the sharer opened the pipe', () => 'still waiting'), 'still waiting');
+    } finally {
+      try {
+        process.kill(-writer.pid!, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
   });
 });
