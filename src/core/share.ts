@@ -155,6 +155,8 @@ export type WalkItem = { kind: 'dir'; relPath: string } | { kind: 'file'; relPat
 // Linux tells us where an open descriptor really points: the race-free check.
 const PROC_FD = process.platform === 'linux' && existsSync('/proc/self/fd') ? '/proc/self/fd' : undefined;
 const GITIGNORE_TTL_MS = 2000;
+/** A larger .gitignore is not read (its rules are not applied). */
+const MAX_GITIGNORE_BYTES = 1024 * 1024;
 
 export class Share {
   readonly roots: ShareRoot[];
@@ -295,8 +297,16 @@ export class Share {
     if (cached && now - cached.loadedAt < GITIGNORE_TTL_MS) return cached.rules;
     let rules: Ignore | null = null;
     try {
-      const st = await fs.lstat(file);
-      if (st.isFile() && st.size <= 1024 * 1024) rules = ignore({ ignorecase: true }).add(await fs.readFile(file, 'utf8'));
+      // Opened as any shared file is (never through a link, never waiting on a FIFO) and checked
+      // after the open: a .gitignore swapped for a FIFO between a look and an open would hold one
+      // of libuv's four threads for ever, and four of them every file operation of the process.
+      const handle = await fs.open(file, openFlags(false));
+      try {
+        const st = await handle.stat();
+        if (st.isFile() && st.size <= MAX_GITIGNORE_BYTES) rules = ignore({ ignorecase: true }).add(await handle.readFile('utf8'));
+      } finally {
+        await handle.close();
+      }
     } catch {
       rules = null;
     }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { closeSync, constants as fsc, promises as fs, openSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -463,5 +463,59 @@ describe('v2 attacks: the share under the reader', () => {
         // already gone
       }
     }
+  });
+
+  it('another local process swapping each folder’s .gitignore between a file and a named pipe while a peer asks about those folders never leaves the sharer stuck opening a pipe', async () => {
+    const { sharer, conn } = await sharerWithClient();
+    const folders = 64;
+    const pipes: string[] = [];
+    for (let k = 0; k < folders; k++) {
+      const dir = path.join(sharer.ws, `d${k}`);
+      await fs.mkdir(dir, { recursive: true });
+      await fs.writeFile(path.join(dir, '.gitignore'), 'ignored\n');
+      await fs.writeFile(path.join(dir, '.gi-file'), 'ignored\n');
+      execFileSync('mkfifo', [path.join(dir, '.gi-pipe')]);
+      pipes.push(path.join(dir, '.gi-pipe'));
+    }
+    // The swapper: each .gitignore becomes, atomically and over and over, the pipe or the file.
+    const swapper = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('fs'); const path = require('path'); const ws = process.argv[1]; const n = Number(process.argv[2]);
+         for (let round = 0; ; round++) for (let k = 0; k < n; k++) {
+           const dir = path.join(ws, 'd' + k); const tmp = path.join(dir, '.gi-tmp');
+           try { fs.rmSync(tmp, { force: true }); fs.linkSync(path.join(dir, round % 2 ? '.gi-pipe' : '.gi-file'), tmp); fs.renameSync(tmp, path.join(dir, '.gitignore')); } catch {}
+         }`,
+        sharer.ws,
+        String(folders),
+      ],
+      { stdio: 'ignore' },
+    );
+    try {
+      // Each question makes the sharer read that folder's .gitignore (again once its 2 s are up).
+      for (let round = 0; round < 2; round++) {
+        if (round > 0) await new Promise((resolve) => setTimeout(resolve, 2100));
+        const asked = Promise.allSettled(Array.from({ length: folders }, (_, k) => conn.stat(`ws/d${k}/x`)));
+        await Promise.race([asked, new Promise((resolve) => setTimeout(resolve, 3000))]);
+      }
+    } finally {
+      swapper.kill('SIGKILL');
+    }
+    // A pipe a reader holds open takes a writer that will not wait (O_NONBLOCK); else ENXIO.
+    // Synchronous on purpose: a stuck open holds a thread of the pool the promise API needs; and
+    // this open lets a stuck one go. (Before share.ts opened .gitignore as it opens shared files,
+    // 4 of the 64 were stuck here: every thread of libuv's pool, so every file operation hung.)
+    const stuck: string[] = [];
+    for (const pipe of pipes) {
+      try {
+        closeSync(openSync(pipe, fsc.O_WRONLY | fsc.O_NONBLOCK));
+        stuck.push(path.relative(sharer.ws, pipe));
+      } catch {
+        // ENXIO: no reader
+      }
+    }
+    assert.deepEqual(stuck, [], 'the sharer was left blocked opening these pipes');
+    assert.equal((await conn.stat('ws/d0')).type, 'dir', 'and it still answers');
   });
 });
