@@ -9,6 +9,8 @@ import {
   BLOCK_CACHE_DIR,
   BlockCache,
   PeerServer,
+  TRUST_FILE,
+  parseInvite,
   Share,
   blockSizeFor,
   connectToPeer,
@@ -517,5 +519,41 @@ describe('v2 attacks: the share under the reader', () => {
     }
     assert.deepEqual(stuck, [], 'the sharer was left blocked opening these pipes');
     assert.equal((await conn.stat('ws/d0')).type, 'dir', 'and it still answers');
+  });
+});
+
+describe('v2 attacks: strangers on the LAN and the sharer’s trust file', () => {
+  it('no token, a wrong one, a used-up one and a request to connect with no one to ask are refused, and a trusted peer reconnecting under another name is served: the trust file stays byte for byte the file it was', async () => {
+    const { sharer, client } = await sharerWithClient();
+    const once = parseInvite(sharer.server.createInvite({ uses: 1, ttlMs: 60_000 })).token!;
+    const first = await connectWithInvite(sharer.server.createInvite({ uses: 1, ttlMs: 60_000 }));
+    first.conn.close();
+    const usedUp = parseInvite(sharer.server.createInvite({ uses: 1, ttlMs: 60_000 })).token!;
+    // Spent by a peer that pairs with it (one already trusted would not spend it).
+    const spender = await makePeer();
+    const user = await connectToPeer({ identity: spender.identity, trust: spender.trust, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'x', token: usedUp });
+    user.close();
+    const trustPath = path.join(sharer.home, TRUST_FILE);
+    const snapshot = async (): Promise<string> => {
+      const st = await fs.stat(trustPath, { bigint: true });
+      return `${(await fs.readFile(trustPath)).toString('base64')} ${st.ino} ${st.mtimeNs} ${st.ctimeNs}`;
+    };
+    const before = await snapshot();
+
+    const stranger = await makePeer();
+    const dial = (extra: { token?: string; requestAccess?: boolean }): Promise<unknown> =>
+      connectToPeer({ identity: stranger.identity, trust: stranger.trust, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'stranger', ...extra }).then((conn) => conn.close());
+    await rejectsWithCode(dial({}), 'PEER_UNTRUSTED');
+    await rejectsWithCode(dial({ token: once.replace(/.$/, (c) => (c === 'A' ? 'B' : 'A')) }), 'TOKEN_INVALID');
+    await rejectsWithCode(dial({ token: usedUp }), 'TOKEN_INVALID');
+    await rejectsWithCode(dial({ requestAccess: true }), 'PEER_UNTRUSTED');
+    const renamed = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'someone else entirely' });
+    connections.push(renamed);
+    assert.equal((await renamed.stat('ws')).type, 'dir');
+    assert.equal(await snapshot(), before, 'not rewritten, not even with the same bytes');
+    // The token nobody used is still good: the wrong guess did not spend it.
+    const late = await makePeer();
+    const conn = await connectToPeer({ identity: late.identity, trust: late.trust, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'late', token: once });
+    conn.close();
   });
 });
