@@ -272,6 +272,35 @@ describe('v2 attacks: the receiver’s partial files against another local user'
     }
     assert.deepEqual(await partialsIn(drop), [], 'their file at our partial’s name was removed, not kept for a resume');
   });
+  it('symbolic links another user plants in a shared drop folder (1777) at the partial file’s name and at the final name, aimed at a file of ours (the kernel’s protected_symlinks off, as here): never written through; the final name is refused (DEST_EXISTS) and our file is unchanged', async () => {
+    const { sharer, conn } = await sharerWithClient();
+    const data = await writeRandomFile(path.join(sharer.ws, 'big.bin'), 3 * MiB);
+    const victimDir = tempDir();
+    const victim = path.join(victimDir, 'victim.txt');
+    await fs.writeFile(victim, 'ours, not to be overwritten\n', { mode: 0o644 });
+    const victimBefore = await fs.stat(victim, { bigint: true });
+    const drop = path.join(tempDir(), 'drop');
+    await openToOthers(drop, 0o1777);
+    const { manifest } = await conn.share.manifest('ws/big.bin');
+    const partialOf = (target: string): string => partialPathFor(target, '', `blake3:${manifest.fileHash.toString('hex')}`, data.length, 0);
+
+    // At the partial's name only: the link is removed (its target never opened) and the file lands.
+    const first = path.join(drop, 'first.bin');
+    asNobody('ln -s "$VICTIM" "$P"', { VICTIM: victim, P: partialOf(first) });
+    await downloadFile(conn, 'ws/big.bin', first);
+    assert.ok((await fs.readFile(first)).equals(data));
+    assert.equal((await fs.lstat(first)).uid, 0);
+
+    // At both names: the final name is not ours to replace.
+    const second = path.join(drop, 'second.bin');
+    asNobody('ln -s "$VICTIM" "$P" && ln -s "$VICTIM" "$T"', { VICTIM: victim, P: partialOf(second), T: second });
+    await rejectsWithCode(downloadFile(conn, 'ws/big.bin', second), 'DEST_EXISTS');
+    assert.ok((await fs.lstat(second)).isSymbolicLink(), 'their link is left as it was');
+
+    const victimAfter = await fs.stat(victim, { bigint: true });
+    assert.equal(`${victimAfter.size} ${victimAfter.mtimeNs} ${victimAfter.ctimeNs} ${victimAfter.ino}`, `${victimBefore.size} ${victimBefore.mtimeNs} ${victimBefore.ctimeNs} ${victimBefore.ino}`, 'our file was never written');
+    assert.equal(await fs.readFile(victim, 'utf8'), 'ours, not to be overwritten\n');
+  });
 });
 
 describe('v2 attacks: one connection, many requests (a trusted peer)', () => {
