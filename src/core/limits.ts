@@ -171,8 +171,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
 /** Size of the chunks files are read and sent in. */
 export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 
-/** Received block buffers a connection keeps for reuse (share-client.ts BlockBuffers): enough for the writes in flight at 4 MiB blocks (files up to 8 GiB). */
-export const MAX_FREE_BLOCK_BUFFER_BYTES = 32 * 1024 * 1024;
+/** Received block buffers a connection keeps for reuse (share-client.ts BlockBuffers): what circulates while a file's writes are in flight (download.ts), with room to spare. */
+export const MAX_FREE_BLOCK_BUFFER_BYTES = 16 * 1024 * 1024;
 
 /**
  * Files up to this size are hashed whole in memory each time they are asked for, not cached
