@@ -221,6 +221,25 @@ describe('v2 attacks: the sharer’s block cache, end to end', () => {
   });
 });
 
+describe('v2 attacks: rehash is not a free full read of any shared file', () => {
+  it('a trusted peer that reconnects to ask again for the same unchanged file to be hashed (rehash) costs the sharer one hash in all, not one per connection (found by this suite; rehashes were counted per connection)', async () => {
+    const { sharer, conn, client } = await sharerWithClient();
+    const file = path.join(sharer.ws, 'big.bin');
+    await writeRandomFile(file, 16 * MiB);
+    const { manifest } = await conn.share.manifest('ws/big.bin');
+    assert.equal(sharer.hashes(), 1, 'hashed once, and cached');
+    // A new connection is one TLS handshake, which a trusted peer's source is refunded.
+    const rounds = 6;
+    for (let round = 0; round < rounds; round++) {
+      const again = await reconnect(sharer, client);
+      const answer = await again.share.manifest('ws/big.bin', { rehash: true });
+      assert.ok(answer.manifest.fileHash.equals(manifest.fileHash));
+      again.close();
+    }
+    assert.ok(sharer.hashes() - 1 <= 1, `${sharer.hashes() - 1} full reads and hashes of one unchanged 16 MiB file for ${rounds} reconnections asking rehash`);
+  });
+});
+
 describe('v2 attacks: the receiver’s partial files against another local user', { skip: !isRoot && 'needs root to act as another user' }, () => {
   it('a partial file pre-created by another user in a shared drop folder (1777) under the name a download of that file resumes, holding its right bytes: not resumed, the file is fetched whole and lands as ours', async () => {
     const { sharer, conn } = await sharerWithClient();

@@ -60,8 +60,10 @@ const MIN_PEER_FRAME_BYTES = 16 * 1024;
 const ENTRIES_ENVELOPE_BYTES = 64;
 /** Chunks of a read queued on the connection at once (with one more being read): 3 MiB per read at most. */
 const CHUNKS_QUEUED = 2;
-/** Rehashes a connection may ask for (each at most once per file version); past it, the cache answers. */
-const MAX_REHASHES_PER_CONNECTION = 1024;
+/** Rehashes a peer may ask for (each at most once per file version); past it, the cache answers. */
+const MAX_REHASHES_PER_PEER = 1024;
+/** Peers whose rehashes are remembered; past it, the one heard from longest ago is forgotten. */
+const MAX_REHASH_PEERS = 256;
 
 export class ShareProvider {
   readonly limits: Limits;
@@ -70,6 +72,12 @@ export class ShareProvider {
   private readonly cache: BlockCache;
   private active = 0;
   private readonly activeByPeer = new Map<string, number>();
+  /**
+   * The file versions each peer had rehashed, across its connections: counted per connection, a
+   * peer that reconnects (its handshakes are refunded) could have any shared file re-read and
+   * hashed at disk speed without receiving a byte (found by the v2 attack suite).
+   */
+  private readonly rehashedByPeer = new Map<string, Set<string>>();
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
@@ -87,9 +95,18 @@ export class ShareProvider {
     return { [SHARE_CAPABILITY]: { params: this.params(), handler: this.handler(session) } };
   }
 
+  /** The versions `peerId` had rehashed; the peer is moved to the back, so the one heard from longest ago is forgotten first. */
+  private rehashedBy(peerId: string): Set<string> {
+    const rehashed = this.rehashedByPeer.get(peerId) ?? new Set<string>();
+    this.rehashedByPeer.delete(peerId);
+    this.rehashedByPeer.set(peerId, rehashed);
+    if (this.rehashedByPeer.size > MAX_REHASH_PEERS) this.rehashedByPeer.delete(this.rehashedByPeer.keys().next().value!);
+    return rehashed;
+  }
+
   /** The handler of one connection's `share.*` requests (`connection.handle('share/1', …)`). */
   handler(session: SessionOptions): RequestHandler {
-    const context = new SessionContext(session);
+    const context = new SessionContext(session, this.rehashedBy(session.peerId));
     return (request, reply, signal) => this.answer(context, request, reply, signal);
   }
 
@@ -335,15 +352,17 @@ export class ShareProvider {
 
 type TreeFile = { kind: 'inline'; data: Buffer; mtimeMs: number } | { kind: 'ref'; size: number; mtimeMs: number };
 
-/** One connection's state: its peer, its trust check, the file versions it had rehashed. */
+/** One connection's state: its peer, its trust check, and the file versions its peer had rehashed (shared by the peer's connections). */
 class SessionContext {
   readonly peerId: string;
   readonly peerFrameBytes: number;
   private readonly stillAllowed: () => boolean;
   private checkedAt = 0;
-  private readonly rehashed = new Set<string>();
 
-  constructor(options: SessionOptions) {
+  constructor(
+    options: SessionOptions,
+    private readonly rehashed: Set<string>,
+  ) {
     this.peerId = options.peerId;
     this.peerFrameBytes = options.peerFrameBytes ?? MIN_PEER_FRAME_BYTES;
     this.stillAllowed = options.stillAllowed ?? (() => true);
@@ -358,10 +377,10 @@ class SessionContext {
     throw new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.');
   }
 
-  /** `rehash` is honoured once per file version per connection (spec 6.2): hashing 1 GiB must not be a free request. */
+  /** `rehash` is honoured once per file version per peer (spec 6.2): hashing 1 GiB must not be a free request. */
   mayRehash(version: BigIntStats): boolean {
     const key = `${version.dev}:${version.ino}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
-    if (this.rehashed.has(key) || this.rehashed.size >= MAX_REHASHES_PER_CONNECTION) return false;
+    if (this.rehashed.has(key) || this.rehashed.size >= MAX_REHASHES_PER_PEER) return false;
     this.rehashed.add(key);
     return true;
   }
