@@ -1,4 +1,4 @@
-import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises as fs, readlinkSync, readSync, type Stats } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises as fs, readlinkSync, readSync, type BigIntStats, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -167,6 +167,8 @@ export class Share {
     roots: ShareRoot[],
     private readonly options: ShareOptions,
     private readonly privatePaths: string[],
+    /** Device and inode (`dev:ino`) of the files directly in the private paths: a hard link to one, inside the share, is the same file under another name. */
+    private readonly privateFiles: Set<string>,
     private readonly limits: Pick<Limits, 'maxPathBytes' | 'maxListEntries' | 'listBatchEntries' | 'maxTreeFiles' | 'maxTreeDepth'>,
   ) {
     this.roots = roots;
@@ -197,7 +199,7 @@ export class Share {
     }
     const privatePaths: string[] = [];
     for (const p of options.privatePaths ?? []) privatePaths.push(await fs.realpath(p).catch(() => path.resolve(p)));
-    return new Share(roots, options, privatePaths, limits);
+    return new Share(roots, options, privatePaths, await filesIn(privatePaths), limits);
   }
 
   /**
@@ -315,6 +317,11 @@ export class Share {
     return rules;
   }
 
+  /** A private file (the identity key, say) reached through a hard link from inside the share: excluded as the file itself is. */
+  private isPrivateFile(stat: BigIntStats): boolean {
+    return this.privateFiles.has(`${stat.dev}:${stat.ino}`);
+  }
+
   /** Opens a regular file inside the share for reading, or throws a coded error. */
   async openFile(remotePath: string): Promise<OpenedFile & { root: ShareRoot; components: string[] }> {
     const { root, components } = this.resolve(remotePath);
@@ -324,6 +331,10 @@ export class Share {
     if (!opened.stat.isFile()) {
       await opened.handle.close();
       throw new PeerShareError('NOT_A_FILE', opened.stat.isDirectory() ? 'That is a folder, not a file.' : 'Only regular files are shared.');
+    }
+    if (opened.stat.nlink > 1 && this.isPrivateFile(await opened.handle.stat({ bigint: true }))) {
+      await opened.handle.close();
+      throw new PeerShareError('EXCLUDED');
     }
     return { ...opened, root, components };
   }
@@ -351,6 +362,7 @@ export class Share {
       const stat = fstatSync(fd, { bigint: true });
       if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
       if (!stat.isFile()) throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
+      if (stat.nlink > 1n && this.isPrivateFile(stat)) throw new PeerShareError('EXCLUDED');
       if (stat.size > BigInt(maxBytes)) return undefined;
       const size = Number(stat.size);
       const data = Buffer.allocUnsafe(size);
@@ -556,4 +568,19 @@ async function refuseSymlinkComponents(root: ShareRoot, components: string[]): P
     if (st.isSymbolicLink()) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
     if (!st.isFile() && !st.isDirectory()) throw new PeerShareError('NOT_A_FILE', 'Only regular files and folders are shared.');
   }
+}
+
+/** `dev:ino` of the regular files directly in `folders` (or of a path that is itself a file): what a hard link would share. */
+async function filesIn(folders: string[]): Promise<Set<string>> {
+  const files = new Set<string>();
+  const add = async (file: string): Promise<void> => {
+    const st = await fs.lstat(file, { bigint: true }).catch(() => undefined);
+    if (st?.isFile()) files.add(`${st.dev}:${st.ino}`);
+  };
+  for (const folder of folders) {
+    const entries = await fs.readdir(folder).catch(() => undefined);
+    if (entries) await Promise.all(entries.map((name) => add(path.join(folder, name))));
+    else await add(folder);
+  }
+  return files;
 }

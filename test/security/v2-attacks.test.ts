@@ -14,6 +14,7 @@ import {
   Share,
   blockSizeFor,
   connectToPeer,
+  download,
   downloadFile,
   encodeBlockManifest,
   encodeCacheEntry,
@@ -454,6 +455,22 @@ describe('v2 attacks: one connection, many requests (a trusted peer)', () => {
 });
 
 describe('v2 attacks: the share under the reader', () => {
+  it('the identity key hard-linked into the shared folder is excluded as the key itself is: manifest, read and folder download all refuse it (found by this suite)', async () => {
+    const { sharer, conn } = await sharerWithClient();
+    await fs.writeFile(path.join(sharer.ws, 'notes.txt'), 'shared');
+    // The same file under an innocent name: exclusion by path alone served it.
+    await fs.link(path.join(sharer.home, 'key.pem'), path.join(sharer.ws, 'innocent.txt'));
+    await rejectsWithCode(conn.share.manifest('ws/innocent.txt'), 'EXCLUDED');
+    const dest = tempDir('peershare-v2atk-dest-');
+    await rejectsWithCode(downloadFile(conn, 'ws/innocent.txt', path.join(dest, 'innocent.txt')), 'EXCLUDED');
+    const folder = await download(conn, 'ws', dest);
+    assert.deepEqual(await listTree(path.join(dest, 'ws')), ['notes.txt']);
+    assert.ok(folder.skippedByPeer.some((s) => s.path === 'innocent.txt' && s.code === 'EXCLUDED'), JSON.stringify(folder.skippedByPeer));
+    const keyPem = await fs.readFile(path.join(sharer.home, 'key.pem'), 'utf8');
+    assert.ok(!(await fs.readdir(dest, { recursive: true })).some((name) => name.includes('innocent')), 'no partial or file of it');
+    assert.ok(keyPem.length > 0);
+  });
+
   it('a shared file replaced by rename with one of the same size and mtime between its manifest and its read: FILE_CHANGED, not one byte of the other file', async () => {
     const { sharer, conn } = await sharerWithClient();
     const file = path.join(sharer.ws, 'big.bin');
