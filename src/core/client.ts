@@ -11,6 +11,7 @@ import type { Connection } from './v2/connection';
 import { dialV2 } from './v2/handshake';
 import { ShareClient } from './v2/share-client';
 import { SHARE_CAPABILITY } from './v2/share-messages';
+import type { SendService, SendSession } from './send';
 
 export interface ConnectOptions {
   identity: Identity;
@@ -31,6 +32,8 @@ export interface ConnectOptions {
    */
   requestAccess?: boolean;
   onVerificationCode?: (code: string) => void;
+  /** Capability send/1 (send.ts): served to the peer, so either side may offer files. */
+  send?: SendService;
 }
 
 /** Connects, pins the peer's certificate, says hello, and returns a ready connection. */
@@ -78,7 +81,7 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   }
   try {
     // The peer pinned above: dialV2 checks it again before writing its hello.
-    await connection.hello({ expectedPeerId: expected ?? id, name: options.name, token: options.token, requestAccess: asking });
+    await connection.hello({ expectedPeerId: expected ?? id, name: options.name, token: options.token, requestAccess: asking, send: options.send });
   } catch (err) {
     connection.close();
     throw err;
@@ -109,6 +112,8 @@ export class PeerConnection {
   readonly address: string;
   /** The peer's share (capability share/1), once the handshake is through. */
   share!: ShareClient;
+  /** send/1 on this connection (offers either way), when a SendService was given. */
+  sendSession?: SendSession;
   private connection?: Connection;
   private closedWith?: PeerShareError;
   private closeListeners: (() => void)[] = [];
@@ -155,13 +160,14 @@ export class PeerConnection {
    * @internal The v2 handshake with the peer we meant to reach (dialV2 refuses another before a byte
    * is written); a sharer that asks a person may take up to approvalTimeoutMs.
    */
-  async hello(options: { expectedPeerId: string; name: string; token?: string; requestAccess?: boolean }): Promise<void> {
+  async hello(options: { expectedPeerId: string; name: string; token?: string; requestAccess?: boolean; send?: SendService }): Promise<void> {
+    const session = options.send?.session(this.peerId);
     const { connection, welcome } = await dialV2(this.remote, {
       expectedPeerId: options.expectedPeerId,
       name: options.name,
       token: options.token,
       request: options.requestAccess === true,
-      serve: {},
+      serve: { ...session?.served() },
       limits: this.limits,
       signal: this.abortHandshake.signal,
     }).catch((err: unknown) => {
@@ -169,6 +175,10 @@ export class PeerConnection {
     });
     this.connection = connection;
     this.share = new ShareClient(connection);
+    if (session) {
+      session.attach(connection, { name: welcome.name, capabilities: Object.keys(welcome.caps) });
+      this.sendSession = session;
+    }
     const params = welcome.caps[SHARE_CAPABILITY];
     const roots = Array.isArray(params?.roots) ? params.roots.filter((r): r is string => typeof r === 'string').slice(0, 1000) : [];
     this.welcome = { type: 'welcome', version: welcome.version, name: welcome.name, id: welcome.id, roots, paired: welcome.paired };
