@@ -23,6 +23,7 @@ export class RecordingPolicy implements ReceivePolicy {
   notices: string[] = [];
   results: ReceiveResult[] = [];
   withdrawn = 0;
+  onProgress?: ReceivePolicy['onProgress'];
   private waiters: ((r: ReceiveResult) => void)[] = [];
   private noticeWaiters: ((n: string) => void)[] = [];
 
