@@ -359,6 +359,14 @@ export class SendSession {
       }
     }
     const cancelled = state.cancelled;
+    if (cancelled) {
+      // A cancelled offer leaves nothing: entries that had already landed go too, unless one replaced a file (overwrite).
+      for (const [i, r] of results.entries()) {
+        if (r.status !== 'received' || !r.target || targets[i]?.conflict === 'overwrite') continue;
+        await fs.rm(r.target, { recursive: true, force: true }).catch(() => undefined);
+        results[i] = { name: r.name, status: 'failed', code: 'CANCELLED', message: 'Cancelled.' };
+      }
+    }
     const result: ReceiveResult = { offerId: offer.offer, peer: this.peer, entries: results, bytes, cancelled };
     if (!connection.closed) {
       const done = cancelled

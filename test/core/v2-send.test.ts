@@ -247,6 +247,29 @@ describe('send/1: cancel, drop and resume', () => {
     assert.deepEqual(await everything(inbox), []);
   });
 
+  it('the receiver cancels mid-transfer: nothing of the offer is left, and the sender hears it', async () => {
+    const p = await started();
+    const inbox = tempDir('peershare-send-inbox-');
+    const policy = new RecordingPolicy(acceptAllInto(inbox));
+    let cancelled = false;
+    policy.onProgress = ({ offerId, bytes }) => {
+      if (bytes >= 8 * MiB && !cancelled) cancelled = p.listener.send.cancelIncoming(offerId);
+    };
+    p.listener.setReceivePolicy(policy);
+    const src = tempDir('peershare-send-src-');
+    await writeRandomFile(path.join(src, 'dir', 'x.bin'), 2 * MiB);
+    await writeRandomFile(path.join(src, 'big.bin'), 96 * MiB);
+    const result = await p.conn.sendSession!.offerFiles([path.join(src, 'dir'), path.join(src, 'big.bin')]);
+    assert.ok(cancelled);
+    assert.deepEqual(result.entries.map((e) => [e.status, e.message]), [
+      ['failed', 'The receiver cancelled.'],
+      ['failed', 'The receiver cancelled.'],
+    ]);
+    const received = await policy.nextResult();
+    assert.equal(received.cancelled, true);
+    assert.deepEqual(await everything(inbox), []);
+  });
+
   it('the connection drops mid-transfer: the partial file is kept, and the same file offered again resumes', async () => {
     const p = await started();
     const inbox = tempDir('peershare-send-inbox-');
