@@ -2,6 +2,7 @@ import { promises as fs, readFileSync, renameSync, statSync, writeFileSync } fro
 import * as path from 'node:path';
 import { PeerShareError } from './errors';
 import type { ConflictChoice } from './landing';
+import { inspectReceivedName } from './names';
 import { normalizePeerId } from './peer-id';
 import type { ReceivedEntry, Snippet } from './v2/send-messages';
 
@@ -25,6 +26,13 @@ export interface IncomingOffer {
 /** Per entry: accepted (into `into`, or at `target`, a path the user chose: Save As), or declined (undefined). */
 export type EntryDecision = { target?: string } | undefined;
 
+/**
+ * How the editor's choices map here: **Save to Inbox** is `into: inboxFolderFor(inbox, peer)`;
+ * **Save As...** is a `target` per entry; **Decline** is 'decline'; **Review** (nothing written in
+ * the workspace until accepted) is `into` a staging folder outside the workspace (the extension's
+ * storage), whose verified files the editor then diffs against the workspace and moves in on
+ * Accept / Accept All (Skip deletes them).
+ */
 export interface OfferDecision {
   /** The folder accepted entries land in under their own (safe) names. */
   into: string;
@@ -81,6 +89,22 @@ export interface ReceivePolicy {
   onReceived?(result: ReceiveResult): void;
   /** Something the person should know that is not a result: an offer refused for the disk, say. */
   onNotice?(message: string, offer?: IncomingOffer): void;
+}
+
+/**
+ * The inbox folder of one peer (issue 12: one subfolder per peer): its name when that name is a
+ * safe folder name here, else its short ID; the name is the peer's choice and never a path.
+ */
+export function inboxFolderFor(inbox: string, peer: { id: string; name: string }): string {
+  const id = peer.id.replace(/-/g, '').slice(0, 12);
+  let name = '';
+  try {
+    const { components, unsafeHere } = inspectReceivedName(peer.name.trim().slice(0, 64), 255);
+    if (components.length === 1 && !unsafeHere) name = components[0];
+  } catch {
+    // a name of the wrong form: the ID stands in for it
+  }
+  return path.join(inbox, name ? `${name} (${id.slice(0, 4)})` : id);
 }
 
 /** What a peer may send us (docs/protocol-v2.md 13.4): ask each time (default), straight into the inbox, or never. */

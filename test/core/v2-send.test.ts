@@ -3,6 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { PeerSentError } from '../../src/core/v2/messages';
+import { inboxFolderFor } from '../../src/core/send-policy';
 import { tempDir, writeRandomFile } from '../helpers';
 import { RecordingPolicy, acceptAllInto, everything, openNode, pair, waitUntil, type Pair } from './send-helpers';
 
@@ -302,6 +303,16 @@ describe('send/1: cancel, drop and resume', () => {
       assert.deepEqual(await everything(inbox), ['big.bin']);
     } finally {
       conn.close();
+    }
+  });
+});
+
+describe('send/1: the inbox folder of a peer', () => {
+  it('is named after the peer when that is a safe folder name, else after its ID; never a path', () => {
+    const id = 'ABCD-EFGH-IJKL-MNOP-QRST-UVWX-YZ23-4567-ABCD-EFGH-IJKL-MNOP-QRST';
+    assert.equal(inboxFolderFor('/in', { id, name: 'ann@laptop' }), path.join('/in', 'ann@laptop (ABCD)'));
+    for (const name of ['../../etc', 'a/b', '.git', 'CON', '', '\u202eevil', '..']) {
+      assert.equal(inboxFolderFor('/in', { id, name }), path.join('/in', 'ABCDEFGHIJKL'), JSON.stringify(name));
     }
   });
 });
