@@ -224,6 +224,20 @@ describe('send/1: consent', () => {
   });
 });
 
+describe('send/1: the sender gives up', () => {
+  it('no answer within its own requestTimeoutMs + stallTimeoutMs: declined as not answered, and the receiver\'s question is withdrawn', async () => {
+    const p = await started({ dialerLimits: { requestTimeoutMs: 600, stallTimeoutMs: 400 } });
+    const inbox = tempDir('peershare-send-inbox-');
+    const policy = new RecordingPolicy(() => new Promise(() => undefined));
+    p.listener.setReceivePolicy(policy);
+    const src = await source({ 'a.txt': 'a' });
+    const result = await p.conn.sendSession!.offerFiles([path.join(src, 'a.txt')]);
+    assert.deepEqual(result.entries.map((e) => [e.status, e.message]), [['declined', 'The receiver did not answer in time.']]);
+    await waitUntil(() => policy.withdrawn === 1);
+    assert.deepEqual(await everything(inbox), []);
+  });
+});
+
 describe('send/1: cancel, drop and resume', () => {
   it('the sender cancels mid-transfer: the receiver stops and nothing of the file is left', async () => {
     const p = await started();
