@@ -705,7 +705,9 @@ async function commandSend(globals: Globals, target: string, paths: string[], op
   const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
   try {
     const session = conn.sendSession;
-    if (!session?.peerTakesOffers) throw new PeerShareError('PEER_UNTRUSTED', `${sanitizeForDisplay(conn.peerName).slice(0, 64) || 'The peer'} takes no offers on this connection.`);
+    if (!session?.peerTakesOffers) {
+      throw new PeerShareError('VERSION_UNSUPPORTED', `${sanitizeForDisplay(conn.peerName).slice(0, 64) || 'The peer'} runs a PeerShare that cannot receive files; ask them to update PeerShare.`);
+    }
     const peer = sanitizeForDisplay(conn.peerName).slice(0, 64) || conn.peerId;
     let result;
     if (snippetText !== undefined) {
@@ -729,10 +731,11 @@ async function commandSend(globals: Globals, target: string, paths: string[], op
       const received = result.entries.filter((e) => e.status === 'received');
       if (received.length) out(`Sent ${countOf(received.length, 'item')} (${formatBytes(result.bytes)}) to ${peer} in ${seconds.toFixed(2)} s; received and verified with BLAKE3 on their side.`);
       for (const e of declined) out(`${peer} declined ${sanitizeForDisplay(e.name)}${e.message ? ` (${sanitizeForDisplay(e.message)})` : ''}.`);
-      for (const e of failed) out(`${peer} could not receive ${sanitizeForDisplay(e.name)}: ${sanitizeForDisplay(e.message ?? 'no reason given')}`);
+      for (const e of failed) out(`${peer} could not receive ${sanitizeForDisplay(e.name)}: ${sanitizeForDisplay(e.message ?? 'no reason given')}${e.code ? ` [${e.code}]` : ''}`);
     }
     if (result.refused || declined.length > 0) return EXIT.REFUSED;
-    if (failed.length > 0) return EXIT.FAILURE;
+    // The receiver's code says what kind of failure it was (its hash check, its disk); its own cancel is a refusal.
+    if (failed.length > 0) return failed[0].code === 'CANCELLED' ? EXIT.REFUSED : (EXIT_BY_CODE[failed[0].code ?? 'INTERNAL'] ?? EXIT.FAILURE);
     return EXIT.OK;
   } finally {
     bar?.done();

@@ -3,7 +3,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { BlockCache } from './block-cache';
 import { downloadFile, downloadFolder, type FileSource } from './download';
-import { PeerShareError, toPeerShareError } from './errors';
+import { PeerShareError, toPeerShareError, type ErrorCode } from './errors';
 import { exists, keepBothName, removeStalePartials } from './landing';
 import type { Limits } from './limits';
 import { collisionKey, inspectReceivedName } from './names';
@@ -53,6 +53,8 @@ export interface SentEntry {
   type: 'file' | 'dir';
   size: number;
   status: 'received' | 'declined' | 'failed';
+  /** Why it failed, in the receiver's code (its own disk, its checks): the peer's word, never a failure of ours. */
+  code?: ErrorCode;
   /** The receiver's words (escaped, bounded), or why we stopped. */
   message?: string;
 }
@@ -371,7 +373,7 @@ export class SendSession {
     if (!connection.closed) {
       const done = cancelled
         ? { type: 'send.done' as const, offer: offer.offer, cancelled: true }
-        : { type: 'send.done' as const, offer: offer.offer, results: results.map((r) => ({ status: r.status, ...(r.message ? { message: r.message.slice(0, MAX_PEER_MESSAGE_CHARS) } : {}) })) };
+        : { type: 'send.done' as const, offer: offer.offer, results: results.map((r) => ({ status: r.status, ...(r.code ? { code: r.code } : {}), ...(r.message ? { message: r.message.slice(0, MAX_PEER_MESSAGE_CHARS) } : {}) })) };
       await connection.request(done).result.catch(() => undefined);
     }
     policy.onReceived?.(result);
@@ -536,10 +538,17 @@ export class SendSession {
     const note = options.note === undefined ? {} : { note: options.note };
     const message = { type: 'send.offer' as const, offer: id, ...note, ...body };
     const offer: OutgoingOffer = { id, entries, answer: deferred(), done: deferred(), bytes: 0, totalAccepted: 0, onProgress: options.onProgress };
-    const result = (status: (i: number) => SentEntry['status'], messages: (string | undefined)[] = []): SendResult => ({
+    const result = (status: (i: number) => SentEntry['status'], messages: (string | undefined)[] = [], codes: (ErrorCode | undefined)[] = []): SendResult => ({
       offerId: id,
       peer: this.peer,
-      entries: entries.map((e, i) => ({ name: e.entry.name, type: e.entry.type, size: e.entry.size, status: status(i), ...(messages[i] ? { message: messages[i] } : {}) })),
+      entries: entries.map((e, i) => ({
+        name: e.entry.name,
+        type: e.entry.type,
+        size: e.entry.size,
+        status: status(i),
+        ...(codes[i] ? { code: codes[i] } : {}),
+        ...(messages[i] ? { message: messages[i] } : {}),
+      })),
       bytes: offer.bytes,
     });
     // Registered before the offer leaves: the answer may overtake the offer's END.
@@ -560,6 +569,7 @@ export class SendSession {
       return result(
         (i) => done[i].status,
         done.map((d) => d.message),
+        done.map((d) => d.code),
       );
     } catch (err) {
       const coded = toPeerShareError(err);

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
+import { isErrorCode } from '../../src/core/errors';
 import { resolveLimits } from '../../src/core/limits';
 import { inspectReceivedName } from '../../src/core/names';
 import type { CapabilityMessage } from '../../src/core/v2/messages';
@@ -61,7 +62,7 @@ const request: fc.Arbitrary<Record<string, unknown>> = fc.record(
     ),
     accept: fc.oneof(fc.array(fc.oneof(fc.boolean(), fc.integer()), { maxLength: 60 }), fc.jsonValue({ maxDepth: 1 })),
     results: fc.oneof(
-      fc.array(fc.oneof(fc.record({ status: fc.constantFrom('received', 'declined', 'failed', 'lost'), message: fc.oneof(fc.string({ maxLength: 600 }), fc.integer()) }, { requiredKeys: [] }), fc.jsonValue({ maxDepth: 1 })), { maxLength: 60 }),
+      fc.array(fc.oneof(fc.record({ status: fc.constantFrom('received', 'declined', 'failed', 'lost'), code: fc.oneof(fc.constantFrom('HASH_MISMATCH', 'CANCELLED', 'NOPE', '__proto__'), fc.integer()), message: fc.oneof(fc.string({ maxLength: 600 }), fc.integer()) }, { requiredKeys: [] }), fc.jsonValue({ maxDepth: 1 })), { maxLength: 60 }),
       fc.jsonValue({ maxDepth: 1 }),
     ),
     cancelled: fc.oneof(fc.constant(true), fc.jsonValue({ maxDepth: 0 })),
@@ -95,7 +96,12 @@ describe('send/1 parser, fuzzed', () => {
         }
       }
       if (parsed.type === 'send.answer') assert.ok(parsed.accept.length <= limits.maxOfferEntries && parsed.accept.every((a) => typeof a === 'boolean'));
-      if (parsed.type === 'send.done' && parsed.results) for (const r of parsed.results) assert.ok((r.message ?? '').length <= 500);
+      if (parsed.type === 'send.done' && parsed.results) {
+        for (const r of parsed.results) {
+          assert.ok((r.message ?? '').length <= 500);
+          if (r.code !== undefined) assert.ok(isErrorCode(r.code) && r.status === 'failed');
+        }
+      }
     });
   });
 

@@ -207,8 +207,9 @@ describe('a hostile sender: lies about sizes and hashes', () => {
     await h.offer({ entries: [{ ...fileEntry('a.txt', offered), size: 24 }] });
     assert.equal((await received).entries[0].code, 'HASH_MISMATCH');
     await waitUntil(() => h.done.length === 1);
-    const [result] = h.done[0].results as { status: string; message?: string }[];
+    const [result] = h.done[0].results as { status: string; code?: string }[];
     assert.equal(result.status, 'failed');
+    assert.equal(result.code, 'HASH_MISMATCH');
     assert.deepEqual(await everything(inbox), []);
   });
 

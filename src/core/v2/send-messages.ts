@@ -1,4 +1,4 @@
-import { PeerShareError } from '../errors';
+import { PeerShareError, isErrorCode, type ErrorCode } from '../errors';
 import type { Limits } from '../limits';
 import { collisionKey, inspectReceivedName, type UnsafeHere } from '../names';
 import { sanitizeForDisplay, shownType } from '../protocol';
@@ -39,7 +39,8 @@ export interface Snippet {
 
 export type SendOffer = { offer: string; note?: string } & ({ entries: ReceivedEntry[]; snippet?: undefined } | { snippet: Snippet; entries?: undefined });
 
-export type EntryResult = { status: 'received' | 'declined' | 'failed'; message?: string };
+/** The receiver's word on one entry; `code` is the receiver's own (local) code, kept only if it is a known one, and shown as the peer's. */
+export type EntryResult = { status: 'received' | 'declined' | 'failed'; code?: ErrorCode; message?: string };
 
 export type SendRequest =
   | ({ type: 'send.offer' } & SendOffer)
@@ -94,7 +95,8 @@ function parseResult(value: unknown): EntryResult {
   }
   if (r.message !== undefined && typeof r.message !== 'string') throw breach('A result\'s "message" must be a string.');
   const message = typeof r.message === 'string' ? sanitizeForDisplay(r.message.slice(0, MAX_PEER_MESSAGE_CHARS)) : undefined;
-  return { status: r.status as EntryResult['status'], ...(message ? { message } : {}) };
+  const code = r.status === 'failed' && isErrorCode(r.code) ? { code: r.code } : {};
+  return { status: r.status as EntryResult['status'], ...code, ...(message ? { message } : {}) };
 }
 
 /**
