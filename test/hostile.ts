@@ -10,6 +10,8 @@ import { TlsListener } from '../src/core/transport-tls';
 import type { Connection, RequestHandler } from '../src/core/v2/connection';
 import { acceptV2, dialV2 } from '../src/core/v2/handshake';
 import { ShareClient } from '../src/core/v2/share-client';
+import { blockSizeFor, encodeBlockManifest } from '../src/core/blocks';
+import { manifestOfBytes } from '../src/core/v2/share-messages';
 
 /**
  * Hostile peers for tests, written against the wire format directly so they can break every
@@ -227,4 +229,23 @@ export async function startHostileSharerV2(
         for (const stream of streams) stream.destroy();
       }),
   };
+}
+
+/** The mtime (ms) a hostile sharer's honest answers give their files. */
+export const HOSTILE_MTIME_MS = 1000;
+
+/** An honest `share.manifest` answer for `content` (or for `manifest`, which may lie). */
+export async function sendManifest(reply: ReplierV2, content: Buffer, manifest = manifestOfBytes(content, blockSizeFor(content.length))): Promise<Record<string, unknown>> {
+  await reply.message({ type: 'manifest', size: manifest.size, mtimeMs: HOSTILE_MTIME_MS, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
+  await reply.data(encodeBlockManifest(manifest));
+  return {};
+}
+
+/** The blocks a read asks for, of `content`, one DATA call per block (as an honest sharer sends them). */
+export async function sendBlocks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer): Promise<Record<string, unknown>> {
+  const blockSize = blockSizeFor(content.length);
+  for (const [first, end] of req.blocks as [number, number][]) {
+    for (let i = first; i < end; i++) await reply.data(content.subarray(i * blockSize, Math.min((i + 1) * blockSize, content.length)));
+  }
+  return {};
 }

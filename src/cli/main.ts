@@ -13,8 +13,6 @@ import {
   ReceiveSettings,
   download,
   loadOrCreateIdentity,
-  looksLikeInvite,
-  parseAddress,
   Discovery,
   verificationCode,
   fingerprintFromPeerId,
@@ -600,10 +598,9 @@ async function commandNearby(globals: Globals, settings: DiscoverySettings, time
 /** Connects to an invite, a trusted peer's ID or name, or host:port of a trusted peer. */
 async function connectTarget(globals: Globals, target: string, signal?: AbortSignal): Promise<{ conn: PeerConnection; identity: Identity }> {
   const node = await openNode(globals, globals.lookNearby);
-  const known = node.trust.find(target.trim());
-  const conn = await node.connect(target, { signal });
-  if (known && !looksLikeInvite(target) && !parseAddress(target.trim()) && !known.addresses.includes(conn.address) && !globals.json) {
-    process.stderr.write(`Found ${sanitizeForDisplay(conn.peerName || known.name).slice(0, 64)} at ${conn.address}, a new address; remembered for next time.\n`);
+  const { conn, movedFrom } = await node.connectTarget(target, { signal });
+  if (movedFrom && !globals.json) {
+    process.stderr.write(`Found ${sanitizeForDisplay(conn.peerName).slice(0, 64) || 'the peer'} at ${conn.address}, a new address; remembered for next time.\n`);
   }
   return { conn, identity: node.identity };
 }

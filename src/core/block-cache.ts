@@ -6,7 +6,7 @@ import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
 import { MANIFEST_HEADER_BYTES, blockSizeFor, decodeBlockManifest, encodeBlockManifest, hashFileBlocks, type BlockManifest } from './blocks';
 import { sameVersion } from './hash-cache';
 import { checkGuardedFile, checkHomeIsPrivate } from './identity';
-import { SMALL_FILE_BYTES, type Limits } from './limits';
+import { RACY_TIMESTAMP_MS, SMALL_FILE_BYTES, STALE_CACHE_TEMP_MS, type Limits } from './limits';
 
 /**
  * The sharer's block lists of files it has hashed, kept on disk under the identity home, so a file
@@ -57,9 +57,6 @@ import { SMALL_FILE_BYTES, type Limits } from './limits';
  */
 export const BLOCK_CACHE_DIR = 'block-cache';
 
-/** A file changed less than this before its hashing started is not cached (the racy rule above). */
-export const RACY_TIMESTAMP_MS = 3000;
-
 const ENTRY_MAGIC = 'PeerShare/bc v1\n';
 const DEV_OFFSET = 16;
 const INO_OFFSET = 24;
@@ -73,8 +70,6 @@ const ENTRY_NAME = /^[0-9a-f]{1,16}-[0-9a-f]{1,16}$/;
 const DISK_BLOCK_BYTES = 4096;
 /** Evictions go this far below the bounds, so the next scan is a tenth of the cache away. */
 const EVICT_TO_FRACTION = 0.9;
-/** A temporary file this old was left by a writer that died; the scan removes it. */
-const STALE_TEMP_MS = 10 * 60_000;
 const SCAN_CONCURRENCY = 64;
 const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 
@@ -109,8 +104,9 @@ export class BlockCache {
   private scanned = false;
   private maintenance: Promise<void> | undefined;
   private lastStampMs = 0;
-  /** Hashings under way, by file version. */
+  /** Hashings under way, by file version; and those of them that are rehashes. */
   private readonly hashing = new Map<string, Promise<BlockManifest>>();
+  private readonly rehashing = new Map<string, Promise<BlockManifest>>();
   private readonly hasher: BlockHasher;
   private readonly racyNs: bigint;
   private readonly minFileBytes: number;
@@ -161,13 +157,20 @@ export class BlockCache {
         // Two peers asking for one large file at once: the second waits for the first's hashing.
         const underWay = this.hashing.get(key);
         if (underWay) return await underWay;
+      } else {
+        // Rehashes of one version at once (a peer asking on each of its connections) share one
+        // read of the file: it started after every one of them was asked, so it is as fresh.
+        const underWay = this.rehashing.get(key);
+        if (underWay) return await underWay;
       }
       const run = this.hashAndKeep(handle, before, startedAtMs, options.rehash === true);
       this.hashing.set(key, run);
+      if (options.rehash) this.rehashing.set(key, run);
       try {
         return await run;
       } finally {
         if (this.hashing.get(key) === run) this.hashing.delete(key);
+        if (this.rehashing.get(key) === run) this.rehashing.delete(key);
       }
     } finally {
       if (typeof file === 'string') await handle.close();
@@ -375,7 +378,7 @@ export class BlockCache {
           const st = await fsp.lstat(file, { bigint: true }).catch(() => undefined);
           if (!st) return;
           if (name.endsWith('.tmp')) {
-            if (now - Number(st.mtimeMs) > STALE_TEMP_MS) await fsp.rm(file, { force: true }).catch(() => undefined);
+            if (now - Number(st.mtimeMs) > STALE_CACHE_TEMP_MS) await fsp.rm(file, { force: true }).catch(() => undefined);
             return;
           }
           if (!ENTRY_NAME.test(name)) return;

@@ -195,11 +195,13 @@ export async function hashFileBlocks(file: FileHandle | string, limits: Pick<Lim
   }
 }
 
-function isValidBlockSize(blockSize: number): boolean {
-  return blockSize >= MIN_BLOCK_BYTES && blockSize <= MAX_BLOCK_BYTES && (blockSize & (blockSize - 1)) === 0;
+/** A block size a file may use, this side's or a peer's: a power of two from 128 KiB to 16 MiB (spec 7.1). */
+export function isValidBlockSize(value: unknown): value is number {
+  return typeof value === 'number' && Number.isSafeInteger(value) && value >= MIN_BLOCK_BYTES && value <= MAX_BLOCK_BYTES && (value & (value - 1)) === 0;
 }
 
-async function readFully(handle: FileHandle, buffer: Buffer, length: number, position: number): Promise<void> {
+/** Reads exactly `length` bytes at `position` into `buffer` (from 0); FILE_CHANGED if the file ends first: it was truncated meanwhile. */
+export async function readFully(handle: FileHandle, buffer: Buffer, length: number, position: number): Promise<void> {
   for (let done = 0; done < length; ) {
     const { bytesRead } = await handle.read(buffer, done, length - done, position + done);
     // The file ended before the size it had when opened: it was truncated meanwhile.

@@ -10,7 +10,7 @@ import type { TrustStore } from './trust';
 import type { Connection } from './v2/connection';
 import { dialV2 } from './v2/handshake';
 import { ShareClient } from './v2/share-client';
-import { SHARE_CAPABILITY } from './v2/share-messages';
+import { MAX_SHARE_ROOTS, MAX_SHARE_ROOT_CHARS, SHARE_CAPABILITY } from './v2/share-messages';
 import type { SendService, SendSession } from './send';
 
 export interface ConnectOptions {
@@ -34,6 +34,14 @@ export interface ConnectOptions {
   onVerificationCode?: (code: string) => void;
   /** Capability send/1 (send.ts): served to the peer, so either side may offer files. */
   send?: SendService;
+}
+
+/** Spec 6: `share/1`'s roots, at most 256 names of 1 to 255 characters; undefined when the peer broke those bounds. No share advertised: none. */
+function shareRootsOf(params: Record<string, unknown> | undefined): string[] | undefined {
+  if (params === undefined || params.roots === undefined) return [];
+  const { roots } = params;
+  if (!Array.isArray(roots) || roots.length > MAX_SHARE_ROOTS) return undefined;
+  return roots.every((root) => typeof root === 'string' && root.length >= 1 && root.length <= MAX_SHARE_ROOT_CHARS) ? (roots as string[]) : undefined;
 }
 
 /** Connects, pins the peer's certificate, says hello, and returns a ready connection. */
@@ -175,12 +183,16 @@ export class PeerConnection {
     });
     this.connection = connection;
     this.share = new ShareClient(connection);
+    const roots = shareRootsOf(welcome.caps[SHARE_CAPABILITY]);
+    if (!roots) {
+      const breach = new PeerShareError('PROTOCOL_ERROR', `${sanitizeForDisplay(this.peerName) || 'The peer'} advertised share roots out of the protocol's bounds.`);
+      connection.close(breach);
+      throw breach;
+    }
     if (session) {
       session.attach(connection, { name: welcome.name, capabilities: Object.keys(welcome.caps) });
       this.sendSession = session;
     }
-    const params = welcome.caps[SHARE_CAPABILITY];
-    const roots = Array.isArray(params?.roots) ? params.roots.filter((r): r is string => typeof r === 'string').slice(0, 1000) : [];
     this.welcome = { type: 'welcome', version: welcome.version, name: welcome.name, id: welcome.id, roots, paired: welcome.paired };
     connection.onClose((reason) => this.close(reason ?? new PeerShareError('CONNECTION_CLOSED', `${sanitizeForDisplay(this.peerName) || 'The peer'} closed the connection.`)));
     if (this.closedWith) connection.close();

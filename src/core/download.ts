@@ -48,7 +48,7 @@ export interface DownloadProgress {
 
 /**
  * Where a download's bytes come from: a connection to a sharer (PeerConnection), or send/1's
- * outbox of a peer that offered files (v2/send-service.ts), which answers the same requests.
+ * outbox of a peer that offered files (send.ts), which answers the same requests.
  */
 export type FileSource = Pick<PeerConnection, 'peerId' | 'limits' | 'share' | 'stat' | 'close'>;
 
@@ -177,8 +177,12 @@ export async function downloadFile(
   }
 }
 
-/** How many verified blocks may be on their way to the disk at once (each up to 16 MiB, spec 12.2). */
-const WRITES_IN_FLIGHT = 3;
+/**
+ * Verified blocks on their way to the disk at once: up to this many bytes (at least one block).
+ * Counted in bytes, not blocks, so a 4 GiB file's 4 MiB blocks hold no more memory than a 1 GiB
+ * file's 1 MiB ones (the receiver's peak stays flat with the file's size).
+ */
+const WRITE_BYTES_IN_FLIGHT = 3 * 1024 * 1024;
 
 /**
  * Fetches one file as verified blocks (docs/protocol-v2.md 7.2) into a PartialFile at `target`:
@@ -218,25 +222,26 @@ async function receiveBlocks(
     try {
       if (resumedBytes > 0) report(true);
       const writes = new Set<Promise<void>>();
+      let writingBytes = 0;
       // The first write that failed (a full disk): it ends the download as soon as it is seen.
       let failed: unknown;
       for await (const block of conn.share.readBlocks(remotePath, manifest, file.missing(), { signal })) {
         if (failed !== undefined) throw failed;
         // The block's buffer goes back to the reader (release) once its write settles, not before.
-        bytes += block.data.length;
-        const written: Promise<void> = file.write(block).then(
-          () => {
-            writes.delete(written);
-            block.release();
-          },
-          (err: unknown) => {
-            writes.delete(written);
-            block.release();
-            failed ??= err;
-          },
-        );
+        const size = block.data.length;
+        bytes += size;
+        const settled = (): void => {
+          writes.delete(written);
+          writingBytes -= size;
+          block.release();
+        };
+        const written: Promise<void> = file.write(block).then(settled, (err: unknown) => {
+          settled();
+          failed ??= err;
+        });
         writes.add(written);
-        if (writes.size >= WRITES_IN_FLIGHT) await Promise.race(writes);
+        writingBytes += size;
+        while (writes.size > 0 && writingBytes >= WRITE_BYTES_IN_FLIGHT) await Promise.race(writes);
         report();
       }
       await Promise.all(writes);

@@ -61,8 +61,6 @@ export interface Limits {
   maxManifestBytes: number;
   /** v2: block ranges one `share.read` may name; a fragmented resume splits into several reads. */
   maxReadRanges: number;
-  /** v2: largest file a folder stream may carry inline; held whole in memory until it is verified. */
-  maxInlineFileBytes: number;
   /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
   requestWindowBytes: number;
   /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
@@ -77,7 +75,7 @@ export interface Limits {
   maxListEntries: number;
   /** Bytes of names (UTF-8) a single listing may hold, so long names cannot multiply the count's memory. */
   maxListBytes: number;
-  /** Entries sent per listing message, so no listing becomes one giant message. */
+  /** Entries this side sends per listing message, so no listing becomes one giant message (v2 caps it at MAX_LIST_BATCH_ENTRIES, 1000). */
   listBatchEntries: number;
   /** Files and folders a single folder download may contain (both sides enforce it). */
   maxTreeFiles: number;
@@ -142,8 +140,6 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFileBlocks: 131_072,
   maxManifestBytes: 28 + 32 * 131_072,
   maxReadRanges: 1024,
-  // The sharer inlines files of at most SMALL_FILE_BYTES; the receiver takes up to this.
-  maxInlineFileBytes: 1024 * 1024,
   // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
   requestWindowBytes: 4 * 1024 * 1024,
   interleaveSliceBytes: 256 * 1024,
@@ -181,17 +177,32 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
 /** Size of the chunks files are read and sent in. */
 export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 
-/** Received block buffers a connection keeps for reuse (share-client.ts BlockBuffers): enough for the writes in flight at 4 MiB blocks (files up to 8 GiB). */
-export const MAX_FREE_BLOCK_BUFFER_BYTES = 32 * 1024 * 1024;
+/** Received block buffers a connection keeps for reuse (share-client.ts BlockBuffers): what circulates while a file's writes are in flight (download.ts), with room to spare. */
+export const MAX_FREE_BLOCK_BUFFER_BYTES = 16 * 1024 * 1024;
 
 /**
- * Files up to this size travel whole in a folder download: the sharer reads each in one call and
- * sends it as one write, the receiver verifies it in memory before it touches the disk.
+ * Files up to this size are hashed whole in memory each time they are asked for, not cached
+ * (block-cache.ts): reading one is cheaper than opening and checking an entry. The same size as
+ * the protocol's inline files (v2/share-messages.ts MAX_INLINE_FILE_BYTES), which are read whole.
  */
 export const SMALL_FILE_BYTES = 256 * 1024;
 
 /** Files a folder download reads ahead of the socket on the sharer's side. */
 export const SMALL_FILE_PIPELINE = 16;
+
+// Timings that are not a peer's to choose and that no user has reason to change.
+
+/** After a goodbye (or a refused handshake), how long a peer that neither reads nor hangs up is waited for before the stream is destroyed. */
+export const CLOSE_GRACE_MS = 1000;
+
+/** During a transfer, the sharer re-checks that the peer is still trusted at most this often. */
+export const TRUST_RECHECK_MS = 50;
+
+/** A file changed less than this before its hashing started is not cached (block-cache.ts, the racy rule). */
+export const RACY_TIMESTAMP_MS = 3000;
+
+/** A block-cache temporary file this old was left by a writer that died; the cache's scan removes it. */
+export const STALE_CACHE_TEMP_MS = 10 * 60_000;
 
 export function resolveLimits(overrides?: Partial<Limits>): Limits {
   const limits: Limits = { ...DEFAULT_LIMITS };

@@ -103,16 +103,27 @@ export class PeerShareNode {
    * already read from, or a trusted peer's ID or name (found wherever it now is: connectToKnownPeer).
    */
   async connect(target: string, options: { signal?: AbortSignal } = {}): Promise<PeerConnection> {
+    return (await this.connectTarget(target, options)).conn;
+  }
+
+  /**
+   * connect, saying what the target was: `movedFrom` is set when a trusted peer named by ID or
+   * name was found at an address it did not have before (its remembered ones), so a caller can
+   * tell the person it moved.
+   */
+  async connectTarget(target: string, options: { signal?: AbortSignal } = {}): Promise<{ conn: PeerConnection; movedFrom?: string[] }> {
     const base = this.connectOptions(options.signal);
     const text = target.trim();
     if (looksLikeInvite(text)) {
       const invite = parseInvite(text);
-      return connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token });
+      return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token }) };
     }
-    if (parseAddress(text)) return connectToPeer({ ...base, addresses: [text] });
+    if (parseAddress(text)) return { conn: await connectToPeer({ ...base, addresses: [text] }) };
     const peer = this.trust.find(text);
     if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}". Use an invite the first time.`);
-    return this.connectToPeer(peer.id, options);
+    const known = [...peer.addresses];
+    const conn = await this.connectToPeer(peer.id, options);
+    return known.includes(conn.address) ? { conn } : { conn, movedFrom: known };
   }
 
   /** A trusted peer by ID: where it was, at its host's default port, or where it announces itself. */

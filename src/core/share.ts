@@ -1,7 +1,8 @@
-import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises as fs, readlinkSync, readSync, type Stats } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, fstatSync, openSync, promises as fs, readlinkSync, readSync, type BigIntStats, type Stats } from 'node:fs';
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
+import { sameVersion } from './hash-cache';
 import { INVISIBLE_CHARS, type Entry } from './protocol';
 import { foldName, isShortNameShape } from './names';
 import type { Limits } from './limits';
@@ -154,6 +155,8 @@ export type WalkItem = { kind: 'dir'; relPath: string } | { kind: 'file'; relPat
 // Linux tells us where an open descriptor really points: the race-free check.
 const PROC_FD = process.platform === 'linux' && existsSync('/proc/self/fd') ? '/proc/self/fd' : undefined;
 const GITIGNORE_TTL_MS = 2000;
+/** A larger .gitignore is not read (its rules are not applied). */
+const MAX_GITIGNORE_BYTES = 1024 * 1024;
 
 export class Share {
   readonly roots: ShareRoot[];
@@ -164,6 +167,8 @@ export class Share {
     roots: ShareRoot[],
     private readonly options: ShareOptions,
     private readonly privatePaths: string[],
+    /** Device and inode (`dev:ino`) of the files directly in the private paths: a hard link to one, inside the share, is the same file under another name. */
+    private readonly privateFiles: Set<string>,
     private readonly limits: Pick<Limits, 'maxPathBytes' | 'maxListEntries' | 'listBatchEntries' | 'maxTreeFiles' | 'maxTreeDepth'>,
   ) {
     this.roots = roots;
@@ -194,7 +199,7 @@ export class Share {
     }
     const privatePaths: string[] = [];
     for (const p of options.privatePaths ?? []) privatePaths.push(await fs.realpath(p).catch(() => path.resolve(p)));
-    return new Share(roots, options, privatePaths, limits);
+    return new Share(roots, options, privatePaths, await filesIn(privatePaths), limits);
   }
 
   /**
@@ -294,14 +299,27 @@ export class Share {
     if (cached && now - cached.loadedAt < GITIGNORE_TTL_MS) return cached.rules;
     let rules: Ignore | null = null;
     try {
-      const st = await fs.lstat(file);
-      if (st.isFile() && st.size <= 1024 * 1024) rules = ignore({ ignorecase: true }).add(await fs.readFile(file, 'utf8'));
+      // Opened as any shared file is (never through a link, never waiting on a FIFO) and checked
+      // after the open: a .gitignore swapped for a FIFO between a look and an open would hold one
+      // of libuv's four threads for ever, and four of them every file operation of the process.
+      const handle = await fs.open(file, openFlags(false));
+      try {
+        const st = await handle.stat();
+        if (st.isFile() && st.size <= MAX_GITIGNORE_BYTES) rules = ignore({ ignorecase: true }).add(await handle.readFile('utf8'));
+      } finally {
+        await handle.close();
+      }
     } catch {
       rules = null;
     }
     if (this.gitignoreCache.size > 10_000) this.gitignoreCache.clear();
     this.gitignoreCache.set(file, { loadedAt: now, rules });
     return rules;
+  }
+
+  /** A private file (the identity key, say) reached through a hard link from inside the share: excluded as the file itself is. */
+  private isPrivateFile(stat: BigIntStats): boolean {
+    return this.privateFiles.has(`${stat.dev}:${stat.ino}`);
   }
 
   /** Opens a regular file inside the share for reading, or throws a coded error. */
@@ -313,6 +331,10 @@ export class Share {
     if (!opened.stat.isFile()) {
       await opened.handle.close();
       throw new PeerShareError('NOT_A_FILE', opened.stat.isDirectory() ? 'That is a folder, not a file.' : 'Only regular files are shared.');
+    }
+    if (opened.stat.nlink > 1 && this.isPrivateFile(await opened.handle.stat({ bigint: true }))) {
+      await opened.handle.close();
+      throw new PeerShareError('EXCLUDED');
     }
     return { ...opened, root, components };
   }
@@ -337,15 +359,17 @@ export class Share {
       throw openError(err, false);
     }
     try {
-      const stat = fstatSync(fd);
+      const stat = fstatSync(fd, { bigint: true });
       if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
       if (!stat.isFile()) throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
-      if (stat.size > maxBytes) return undefined;
-      const data = Buffer.allocUnsafe(stat.size);
-      const bytesRead = stat.size > 0 ? readSync(fd, data, 0, stat.size, 0) : 0;
-      const after = fstatSync(fd);
-      if (bytesRead !== stat.size || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
-      return { data, mtimeMs: Math.floor(stat.mtimeMs) };
+      if (stat.nlink > 1n && this.isPrivateFile(stat)) throw new PeerShareError('EXCLUDED');
+      if (stat.size > BigInt(maxBytes)) return undefined;
+      const size = Number(stat.size);
+      const data = Buffer.allocUnsafe(size);
+      const bytesRead = size > 0 ? readSync(fd, data, 0, size, 0) : 0;
+      // ctime too (hash-cache.ts): a write that puts the old mtime back still changes it.
+      if (bytesRead !== size || !sameVersion(stat, fstatSync(fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+      return { data, mtimeMs: Number(stat.mtimeNs / 1_000_000n) };
     } catch (err) {
       throw toPeerShareError(err, 'IO_ERROR');
     } finally {
@@ -493,8 +517,10 @@ export function isInside(parent: string, candidate: string): boolean {
 async function openVerified(root: ShareRoot, components: string[], wantDir: boolean | undefined): Promise<OpenedFile> {
   const expected = path.join(root.realPath, ...components);
   const flags = openFlags(wantDir);
-  // Refuse known symlinks before opening anything, so nothing outside is even opened;
-  // the check after the open is what makes a symlink swapped in meanwhile harmless.
+  // Refuse known symlinks, FIFOs, devices and sockets before opening anything, so nothing outside
+  // is even opened and no open has a side effect (a writer waiting on a FIFO is let through by
+  // our open; some devices act on open); the check after the open is what makes a symlink swapped
+  // in meanwhile harmless.
   await refuseSymlinkComponents(root, components);
   let handle: fs.FileHandle;
   try {
@@ -519,9 +545,9 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
   }
 }
 
-/** Never follows a symlink at the last component; never blocks on a FIFO. */
+/** Never follows a symlink at the last component; never blocks on a FIFO; a terminal swapped in never becomes ours. */
 function openFlags(wantDir: boolean | undefined): number {
-  return fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
+  return fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0) | (fsc.O_NOCTTY ?? 0) | (wantDir ? fsc.O_DIRECTORY ?? 0 : 0);
 }
 
 function openError(err: unknown, wantDir: boolean | undefined): PeerShareError {
@@ -540,5 +566,21 @@ async function refuseSymlinkComponents(root: ShareRoot, components: string[]): P
       throw err.code === 'ENOTDIR' ? new PeerShareError('NOT_FOUND') : toPeerShareError(err, 'IO_ERROR');
     });
     if (st.isSymbolicLink()) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+    if (!st.isFile() && !st.isDirectory()) throw new PeerShareError('NOT_A_FILE', 'Only regular files and folders are shared.');
   }
+}
+
+/** `dev:ino` of the regular files directly in `folders` (or of a path that is itself a file): what a hard link would share. */
+async function filesIn(folders: string[]): Promise<Set<string>> {
+  const files = new Set<string>();
+  const add = async (file: string): Promise<void> => {
+    const st = await fs.lstat(file, { bigint: true }).catch(() => undefined);
+    if (st?.isFile()) files.add(`${st.dev}:${st.ino}`);
+  };
+  for (const folder of folders) {
+    const entries = await fs.readdir(folder).catch(() => undefined);
+    if (entries) await Promise.all(entries.map((name) => add(path.join(folder, name))));
+    else await add(folder);
+  }
+  return files;
 }

@@ -9,6 +9,7 @@ import { peerIdOfCert } from './peer-id';
 import type { Logger } from './server';
 import { TLS_OPTIONS } from './tls-options';
 import { endWithError, type Admission, type AuthenticatedStream } from './transport';
+import { TokenBucket } from './token-bucket';
 
 /*
  * The first transport: TLS 1.3 over TCP, each side presenting one self-signed certificate whose
@@ -349,7 +350,7 @@ const MAX_RATE_SOURCES = 4096;
  * a burst of twice that. A handshake that cost more than usual is charged extra, into debt.
  */
 class HandshakeRate {
-  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+  private readonly buckets = new Map<string, TokenBucket>();
   private readonly burst: number;
 
   constructor(private readonly perSecond: number) {
@@ -358,43 +359,32 @@ class HandshakeRate {
 
   /** Takes one token for a new handshake; false (nothing taken) if the source has none. */
   tryStart(source: string): boolean {
-    const bucket = this.bucket(source);
-    if (bucket.tokens < 1) return false;
-    bucket.tokens -= 1;
-    return true;
+    return this.bucket(source).take();
   }
 
   /** Gives a token back: the handshake proved a trusted certificate. */
   refund(source: string): void {
-    const bucket = this.bucket(source);
-    bucket.tokens = Math.min(this.burst, bucket.tokens + 1);
+    this.bucket(source).give();
   }
 
   /** Charges `tokens` more; the debt is bounded to a minute of the rate. */
   charge(source: string, tokens: number): void {
-    const bucket = this.bucket(source);
-    bucket.tokens = Math.max(-60 * this.perSecond, bucket.tokens - tokens);
+    this.bucket(source).charge(tokens, 60 * this.perSecond);
   }
 
-  private bucket(source: string): { tokens: number; at: number } {
-    const now = performance.now();
+  private bucket(source: string): TokenBucket {
     let bucket = this.buckets.get(source);
-    if (bucket) {
-      bucket.tokens = Math.min(this.burst, bucket.tokens + ((now - bucket.at) / 1000) * this.perSecond);
-      bucket.at = now;
-      return bucket;
-    }
-    if (this.buckets.size >= MAX_RATE_SOURCES) this.forgetRested(now);
-    bucket = { tokens: this.burst, at: now };
+    if (bucket) return bucket;
+    if (this.buckets.size >= MAX_RATE_SOURCES) this.forgetRested();
+    bucket = new TokenBucket(this.perSecond, this.burst);
     this.buckets.set(source, bucket);
     return bucket;
   }
 
   /** Drops sources whose bucket has refilled (they are as if new); if none, the oldest. */
-  private forgetRested(now: number): void {
-    for (const [source, b] of this.buckets) {
-      if (b.tokens + ((now - b.at) / 1000) * this.perSecond >= this.burst) this.buckets.delete(source);
-    }
+  private forgetRested(): void {
+    const now = performance.now();
+    for (const [source, bucket] of this.buckets) if (bucket.isFull(now)) this.buckets.delete(source);
     if (this.buckets.size >= MAX_RATE_SOURCES) this.buckets.delete(this.buckets.keys().next().value!);
   }
 }

@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import type { PeerShareError } from './errors';
 import { encodeMessage } from './frames';
+import { CLOSE_GRACE_MS } from './limits';
 
 /**
  * The seam between a transport and the protocol (docs/protocol-v2.md, section 2). A transport
@@ -56,14 +57,20 @@ export interface Admission {
  * so a transport may refuse a stream this way before any protocol code has seen it.
  */
 export function endWithError(stream: Duplex, error: PeerShareError): void {
+  endWithMessage(stream, { type: 'error', code: error.code, message: error.message });
+}
+
+/** endWithError's way of ending, for any last handshake message (v2's refusal, handshake.ts). */
+export function endWithMessage(stream: Duplex, message: Record<string, unknown>): void {
   stream.on('error', () => stream.destroy());
   if (stream.destroyed || !stream.writable) {
     stream.destroy();
     return;
   }
-  stream.end(encodeMessage({ type: 'error', code: error.code, message: error.message }));
+  stream.end(encodeMessage(message));
   // Read (and drop) whatever still arrives, so the peer's end of the connection is seen.
   stream.resume();
-  const forceClose = setTimeout(() => stream.destroy(), 1000);
+  const forceClose = setTimeout(() => stream.destroy(), CLOSE_GRACE_MS);
+  forceClose.unref();
   stream.once('close', () => clearTimeout(forceClose));
 }

@@ -297,6 +297,62 @@ describe('v2 connection: requests, answers, credit, interleaving', () => {
   });
 });
 
+describe('v2 connection: events and the overall deadline', () => {
+  it('event() reaches the peer\'s listeners, only for a capability this side serves, and not after close', async () => {
+    const { dialer, acceptor } = connectionPair();
+    acceptor.handle('test/1', () => ({}));
+    const seen: unknown[] = [];
+    dialer.onEvent((e) => seen.push(e));
+    acceptor.event({ type: 'test.changed', path: 'a/b' });
+    acceptor.event({ type: 'test.changed', path: 'c' });
+    assert.throws(() => acceptor.event({ type: 'other.changed' }), { code: 'INVALID_ARGUMENT' });
+    assert.throws(() => dialer.event({ type: 'test.changed' }), { code: 'INVALID_ARGUMENT' }, 'the dialer does not serve test/1');
+    while (seen.length < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.deepEqual(seen, [
+      { type: 'test.changed', path: 'a/b' },
+      { type: 'test.changed', path: 'c' },
+    ]);
+    acceptor.close();
+    assert.throws(() => acceptor.event({ type: 'test.changed' }), { code: 'CONNECTION_CLOSED' });
+    await closeReason(dialer);
+  });
+
+  it('an answer that trickles forever, never stalled, is cancelled TIMEOUT at requestTimeoutMs (plus its bytes at the slowest rate), and its handler is told', async () => {
+    // The stall deadline is far away: only the overall deadline can end this one.
+    const limits = { requestTimeoutMs: 300, stallTimeoutMs: 60_000, minTransferBytesPerSecond: 1_000_000 };
+    const { dialer, acceptor } = connectionPair({ limits });
+    let handlerSignal: AbortSignal | undefined;
+    acceptor.handle('test/1', async (_req, reply, signal) => {
+      handlerSignal = signal;
+      while (!signal.aborted) {
+        await reply.data(Buffer.alloc(10, 1));
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      throw new PeerShareError('CANCELLED');
+    });
+    const started = performance.now();
+    const answer = dialer.request({ type: 'test.get' });
+    let bytes = 0;
+    const failure = await (async () => {
+      try {
+        for await (const part of answer) if (part.kind === 'data') bytes += part.chunk.length;
+        return undefined;
+      } catch (err) {
+        return err as PeerShareError;
+      }
+    })();
+    const elapsed = performance.now() - started;
+    assert.equal(failure?.code, 'TIMEOUT');
+    assert.match(failure!.message, /did not finish in time/);
+    assert.ok(bytes > 0, 'bytes kept arriving: not a stall');
+    assert.ok(elapsed >= 300, `ended after ${elapsed.toFixed(0)} ms, not before the deadline`);
+    while (!handlerSignal?.aborted) await new Promise((resolve) => setTimeout(resolve, 5));
+    assert.equal(dialer.closed, false, 'the connection stays: only the request ended');
+    dialer.close();
+    await closeReason(acceptor);
+  });
+});
+
 describe('v2 connection: cancellation both ways', () => {
   it('the requester cancels mid-transfer: locally CANCELLED; the responder\'s handler sees the peer\'s cancel, not its own', async () => {
     const { dialer, acceptor, acceptorEnd } = connectionPair({ settings: { frame: 64 * KiB, window: 256 * KiB } });

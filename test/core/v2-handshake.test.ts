@@ -229,4 +229,19 @@ describe('v2 handshake: dialer and acceptor', () => {
       await assert.rejects(accepting, { code: 'TIMEOUT' });
     }
   });
+
+  it('a transport error while admit waits (a reset during an approval prompt) ends the handshake CONNECTION_CLOSED, never as an uncaught error', async () => {
+    const [other, v2] = duplexPair();
+    let admitSignal: AbortSignal | undefined;
+    const accepting = acceptor(v2, (_hello, signal) => {
+      admitSignal = signal;
+      return new Promise(() => undefined); // a person who never answers
+    });
+    other.write(encodeMessage({ type: 'hello', versions: [2], name: 'x', caps, frame: 65536, window: 131072, requests: 4 }));
+    while (!admitSignal) await new Promise((resolve) => setTimeout(resolve, 5));
+    // With no listener, this emit would throw out of the test (the extension host's process, live).
+    v2.emit('error', Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }));
+    await assert.rejects(accepting, { code: 'CONNECTION_CLOSED' });
+    assert.equal(admitSignal.aborted, true, 'the prompt is told to go away');
+  });
 });

@@ -252,11 +252,13 @@ describe('PartialFile: receiving a file as a set of verified blocks', () => {
     corrupt.fill(0xab, 100, 200);
     await assert.rejects(partial.write({ index: 3, data: corrupt }), coded('HASH_MISMATCH'));
     await assert.rejects(partial.write({ index: 4, data: file.block(4).subarray(1) }), coded('SIZE_MISMATCH'));
-    await assert.rejects(partial.write({ index: file.manifest.blockHashes.length, data: file.block(0) }), coded('PROTOCOL_ERROR'));
-    await assert.rejects(partial.write({ index: -1, data: file.block(0) }), coded('PROTOCOL_ERROR'));
+    // Indices are the receiver's own choice: a bad one is a local mistake (INVALID_ARGUMENT), not the peer's.
+    await assert.rejects(partial.write({ index: file.manifest.blockHashes.length, data: file.block(0) }), coded('INVALID_ARGUMENT'));
+    await assert.rejects(partial.write({ index: -1, data: file.block(0) }), coded('INVALID_ARGUMENT'));
+    await assert.rejects(partial.write({ index: 1.5, data: file.block(0) }), coded('INVALID_ARGUMENT'));
     await partial.write({ index: 2, data: file.block(2) });
     // The same index again, even with other bytes that happen to be a valid block elsewhere.
-    await assert.rejects(partial.write({ index: 2, data: file.block(2) }), coded('PROTOCOL_ERROR'));
+    await assert.rejects(partial.write({ index: 2, data: file.block(2) }), coded('INVALID_ARGUMENT'));
     const onDisk = await fs.readFile(path.join(dir, partialName));
     const zeros = Buffer.alloc(file.manifest.blockSize);
     assert.deepEqual(onDisk.subarray(blockRange(file.manifest, 3).offset, blockRange(file.manifest, 5).offset), Buffer.concat([zeros, zeros]), 'blocks 3 and 4 never written');

@@ -178,6 +178,21 @@ describe('share/1 over the in-memory pair: a real folder', () => {
     requester.close();
   });
 
+  it('sides configured differently still understand each other: batches are bounded by the protocol (1000), not by the requester\'s own listBatchEntries (found in review)', async () => {
+    const many = path.join(base, 'many-configured');
+    await fs.mkdir(many);
+    await Promise.all(Array.from({ length: 2500 }, (_, i) => fs.writeFile(path.join(many, `f${i}`), '')));
+    const sharerLimits = { listBatchEntries: 5000 };
+    const wide = await Share.create({ folders: [many] }, resolveLimits(sharerLimits));
+    const { client, requester } = sharePair({ provider: new ShareProvider({ share: wide, blockCache: cache, limits: sharerLimits }), providerLimits: sharerLimits, requesterLimits: { listBatchEntries: 10 } });
+    const batches: number[] = [];
+    const entries = await client.list('many-configured', { onBatch: (b) => batches.push(b.length) });
+    assert.equal(entries.length, 2500);
+    assert.ok(batches.every((n) => n <= 1000), `batches ${batches.join(',')}`);
+    assert.ok(batches.some((n) => n > 10), 'the requester\'s own setting did not bound what it accepts');
+    requester.close();
+  });
+
   it('a bug in our own callback is INTERNAL and leaves the connection open: the honest peer is not blamed (found in review)', async () => {
     const { client, requester } = sharePair();
     const err = await client
@@ -213,8 +228,8 @@ describe('share/1 over the in-memory pair: a real folder', () => {
     const { client, requester } = sharePair();
     const { manifest } = await client.manifest('ws/big.bin');
     const n = manifest.blockHashes.length;
-    const held = new Set<ArrayBuffer>();
-    const released = new Set<ArrayBuffer>();
+    const held = new Set<ArrayBufferLike>();
+    const released = new Set<ArrayBufferLike>();
     let reused = 0;
     for await (const block of client.readBlocks('ws/big.bin', manifest, Array.from({ length: n }, (_, i) => i))) {
       assert.ok(block.data.equals(expectedBlock('ws/big.bin', manifest, block.index)), `block ${block.index}`);
@@ -662,7 +677,7 @@ describe('share/1: a hostile provider against the requester', () => {
     ['a backslash', inline('a\\..\\b', Buffer.from('x')), 'BAD_NAME'],
     ['a dot in another spelling', [{ type: 'dir', path: 'a/\uFF0E\uFF0E' }], 'BAD_NAME'],
     ['an inline file that does not match its hash', inline('a.txt', Buffer.from('hello'), 'ab'.repeat(32)), 'HASH_MISMATCH'],
-    ['an inline file over maxInlineFileBytes', [{ type: 'file', path: 'a', size: 2 * MiB, mtimeMs: 0, blockSize: 128 * KiB, fileHash: 'ab'.repeat(32) }], 'TOO_LARGE'],
+    ['an inline file over MAX_INLINE_FILE_BYTES (256 KiB)', [{ type: 'file', path: 'a', size: 256 * KiB + 1, mtimeMs: 0, blockSize: 128 * KiB, fileHash: 'ab'.repeat(32) }], 'TOO_LARGE'],
     ['more bytes than the inline file has', [...inline('a.txt', Buffer.from('hello')).slice(0, 1), Buffer.from('hello!')], 'PROTOCOL_ERROR'],
     ['a record inside an inline file', [...inline('a.txt', Buffer.from('hello')).slice(0, 1), { type: 'dir', path: 'x' }], 'PROTOCOL_ERROR'],
     ['the same path skipped twice', [{ type: 'skipped', path: 'x', code: 'PERMISSION_DENIED', message: '' }, { type: 'skipped', path: 'x', code: 'NOT_FOUND', message: '' }], 'PROTOCOL_ERROR'],

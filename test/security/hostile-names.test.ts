@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DISGUISING_CHARS, collisionKey, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type PeerConnection } from '../../src/core';
+import { DISGUISING_CHARS, PeerShareError, collisionKey, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type PeerConnection } from '../../src/core';
 import { makePeer, type TestPeer } from '../helpers';
 import { blockSizeFor } from '../../src/core/blocks';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
@@ -211,6 +211,29 @@ describe('hostile names from a sharer (issue 16, finding 10)', () => {
         assert.ok(conn.peerName.endsWith('\\u115f\\u00ad'));
       } finally {
         await named.close();
+      }
+    });
+
+    it('share roots out of the spec\'s bounds (not strings, over 256, over 255 chars) end the connection PROTOCOL_ERROR; roots in bounds arrive as sent', async () => {
+      for (const roots of [[42], Array.from({ length: 257 }, (_, i) => `r${i}`), ['x'.repeat(256)], 'ws']) {
+        const lying = await startHostileSharerV2(hostile, () => undefined, { roots: roots as string[] });
+        try {
+          await assert.rejects(
+            connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [lying.address], expectedPeerId: hostile.peerId, name: 'victim' }),
+            (err: unknown) => err instanceof PeerShareError && err.code === 'PROTOCOL_ERROR',
+            JSON.stringify(roots).slice(0, 60),
+          );
+        } finally {
+          await lying.close();
+        }
+      }
+      const honest = await startHostileSharerV2(hostile, () => undefined, { roots: ['ws', 'x'.repeat(255), 'a\u202eb'] });
+      try {
+        const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [honest.address], expectedPeerId: hostile.peerId, name: 'victim' });
+        open.push(conn);
+        assert.deepEqual(conn.welcome.roots, ['ws', 'x'.repeat(255), 'a\u202eb'], 'raw, as names are: escaped where they are shown');
+      } finally {
+        await honest.close();
       }
     });
   });

@@ -9,12 +9,12 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { describe, it } from 'node:test';
 import { DISGUISING_CHARS, connectToPeer, download, formatInvite, isErrorCode, type DownloadResult, type Identity, type Limits, type PeerConnection } from '../../src/core';
-import { blockSizeFor, encodeBlockManifest } from '../../src/core/blocks';
+import { blockSizeFor } from '../../src/core/blocks';
 import { encodeDataHeader, encodeMessage } from '../../src/core/frames';
 import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { makePeer, tempDir, type TestPeer } from '../helpers';
-import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
+import { sendBlocks, sendManifest, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { assertOnlyChanged, buildWorld, type Snapshot, type World } from './world';
 
 /**
@@ -53,23 +53,6 @@ const predictedPartial = (dir: string, base: string, content: Buffer): string =>
 async function sendFile(reply: ReplierV2, name: string, content: Buffer, fileHash = hashOf(content)): Promise<void> {
   await reply.message({ type: 'file', path: name, size: content.length, mtimeMs: MTIME, blockSize: blockSizeFor(content.length), fileHash });
   if (content.length) await reply.data(content);
-}
-
-/** An honest manifest answer (spec 6.2) for `content`. */
-async function sendManifest(reply: ReplierV2, content: Buffer): Promise<Record<string, unknown>> {
-  const manifest = manifestOfBytes(content, blockSizeFor(content.length));
-  await reply.message({ type: 'manifest', size: manifest.size, mtimeMs: MTIME, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
-  await reply.data(encodeBlockManifest(manifest));
-  return {};
-}
-
-/** The blocks a read asks for, of `content`, one DATA call per block. */
-async function sendBlocks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer): Promise<Record<string, unknown>> {
-  const blockSize = blockSizeFor(content.length);
-  for (const [first, end] of req.blocks as [number, number][]) {
-    for (let i = first; i < end; i++) await reply.data(content.subarray(i * blockSize, Math.min((i + 1) * blockSize, content.length)));
-  }
-  return {};
 }
 
 /**

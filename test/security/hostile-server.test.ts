@@ -5,11 +5,11 @@ import * as path from 'node:path';
 import type * as tls from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { DISGUISING_CHARS, checkReceivedName, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type Limits, type PeerConnection } from '../../src/core';
-import { blockSizeFor, encodeBlockManifest } from '../../src/core/blocks';
+import { blockSizeFor } from '../../src/core/blocks';
 import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { makePeer, type TestPeer } from '../helpers';
-import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
+import { sendBlocks, sendManifest, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { assertOnlyChanged, buildWorld, type World } from './world';
 
 /**
@@ -50,22 +50,6 @@ interface Hostility {
 
 const CONTENT = Buffer.from('the real content\n');
 const hashOf = (content: Buffer): string => manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex');
-
-/** A manifest answer (spec 6.2): honest for `content` unless another manifest is given. */
-async function sendManifest(reply: ReplierV2, content: Buffer, manifest = manifestOfBytes(content, blockSizeFor(content.length))): Promise<Record<string, unknown>> {
-  await reply.message({ type: 'manifest', size: manifest.size, mtimeMs: 1000, blockSize: manifest.blockSize, fileHash: manifest.fileHash.toString('hex') });
-  await reply.data(encodeBlockManifest(manifest));
-  return {};
-}
-
-/** The blocks a read asks for, of `content`, one DATA call per block (as an honest sharer sends them). */
-async function sendBlocks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer): Promise<Record<string, unknown>> {
-  const blockSize = blockSizeFor(content.length);
-  for (const [first, end] of req.blocks as [number, number][]) {
-    for (let i = first; i < end; i++) await reply.data(content.subarray(i * blockSize, Math.min((i + 1) * blockSize, content.length)));
-  }
-  return {};
-}
 
 /**
  * Answers stat and manifest for a file of `content` honestly (by the name asked for), then lets

@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
-import { resolveLimits, type Limits } from '../limits';
+import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
+import { TokenBucket } from '../token-bucket';
 import { isPeerId, shortPeerId } from '../peer-id';
 import { sanitizeForDisplay, shownType } from '../protocol';
 import {
@@ -218,30 +219,6 @@ type Settle = { resolve: () => void; reject: (err: PeerShareError) => void };
 type QueuedFrame = { frame: Buffer; written?: () => void };
 const IGNORE: Settle = { resolve: () => undefined, reject: () => undefined };
 
-/** Events a peer may send: a token bucket (maxEventsPerSecond, bursts of maxEventBurst). */
-class EventRate {
-  private tokens: number;
-  private at = performance.now();
-
-  constructor(
-    private readonly perSecond: number,
-    private readonly burst: number,
-  ) {
-    this.tokens = burst;
-  }
-
-  take(): boolean {
-    const now = performance.now();
-    this.tokens = Math.min(this.burst, this.tokens + ((now - this.at) / 1000) * this.perSecond);
-    this.at = now;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
-  }
-}
-
-const CLOSE_GRACE_MS = 1000;
-
 /** What a side advertises from its limits: `frame` the smaller of its message and data bounds (ceiling 1 MiB), `window` at least two frames. */
 export function advertisedSettings(limits: Limits): ConnectionSettings {
   const frame = Math.min(limits.maxMessageBytes, limits.maxDataFrameBytes, MAX_FRAME_CEILING_BYTES);
@@ -286,7 +263,7 @@ export class Connection {
   private pumping = false;
   private drainTimer?: NodeJS.Timeout;
 
-  private readonly eventRate: EventRate;
+  private readonly eventRate: TokenBucket;
   private messageTimer?: NodeJS.Timeout;
   private sweepTimer?: NodeJS.Timeout;
   private lastSweep = performance.now();
@@ -316,7 +293,7 @@ export class Connection {
     this.peerLabel = name ? `${name} (${id})` : `The peer ${id}`;
     this.peerCapabilities = new Set((options.peerCapabilities ?? []).map(capabilityName));
     this.nextId = this.side === 'dialer' ? 1 : 2;
-    this.eventRate = new EventRate(this.limits.maxEventsPerSecond, this.limits.maxEventBurst);
+    this.eventRate = new TokenBucket(this.limits.maxEventsPerSecond, this.limits.maxEventBurst);
     for (const [capability, handler] of Object.entries(options.handlers ?? {})) this.handle(capability, handler);
     if (options.onEvent) this.eventListeners.push(options.onEvent);
     this.parser = new ConnectionFrameParser(

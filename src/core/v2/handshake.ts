@@ -2,6 +2,7 @@ import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { FRAME_HEADER_BYTES, FrameParser, encodeMessage } from '../frames';
 import { resolveLimits, type Limits } from '../limits';
+import { endWithMessage } from '../transport';
 import { parseHello, sanitizeForDisplay, shownType } from '../protocol';
 import { Connection, advertisedSettings, type ConnectionSettings, type RequestHandler, type Side } from './connection';
 import type { CapabilityMessage } from './messages';
@@ -231,13 +232,7 @@ export function readHandshakeFrame(stream: Duplex, limits: Limits, timeoutMs: nu
 
 /** Sends a handshake `error` and closes, without waiting on a peer that will not read or hang up. */
 export function refuseHandshake(stream: Duplex, error: HandshakeError): void {
-  stream.on('error', () => stream.destroy());
-  if (stream.destroyed || !stream.writable) return void stream.destroy();
-  stream.end(encodeMessage({ ...error, message: error.message.slice(0, MAX_PEER_MESSAGE_CHARS) }));
-  stream.resume();
-  const force = setTimeout(() => stream.destroy(), 1000);
-  force.unref();
-  stream.once('close', () => clearTimeout(force));
+  endWithMessage(stream, { ...error, message: error.message.slice(0, MAX_PEER_MESSAGE_CHARS) });
 }
 
 function handshakeErrorFor(err: PeerShareError): HandshakeError {
@@ -327,6 +322,8 @@ export async function acceptV2(transport: HandshakeStream, options: AcceptOption
   const local = advertisedSettings(limits);
   const hangUp = new AbortController();
   const onClose = (): void => hangUp.abort(new PeerShareError('CONNECTION_CLOSED', 'The dialer hung up.'));
+  // admit may wait minutes (a person asked): a reset meanwhile ends the handshake, never the process.
+  const onError = (err: Error): void => hangUp.abort(toPeerShareError(err, 'CONNECTION_CLOSED'));
   let refused = false;
   try {
     const { message, rest } = await readHandshakeFrame(transport.stream, limits, limits.helloTimeoutMs);
@@ -344,6 +341,7 @@ export async function acceptV2(transport: HandshakeStream, options: AcceptOption
     };
     transport.stream.once('data', early);
     transport.stream.once('close', onClose);
+    transport.stream.on('error', onError);
     transport.stream.resume();
     let admitted: { serve: Served; paired: boolean };
     try {
@@ -354,6 +352,7 @@ export async function acceptV2(transport: HandshakeStream, options: AcceptOption
     } finally {
       transport.stream.off('data', early);
       transport.stream.off('close', onClose);
+      transport.stream.off('error', onError);
       transport.stream.pause();
     }
     const welcome = { type: 'welcome', version: PROTOCOL_V2, name: options.name, id: options.ownPeerId, paired: admitted.paired, caps: advertise(admitted.serve), ...local };

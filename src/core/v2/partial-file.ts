@@ -205,8 +205,13 @@ export class PartialFile {
   write(block: { index: number; data: Uint8Array }): Promise<void> {
     if (this.finished) return Promise.reject(new PeerShareError('CANCELLED', 'This download has ended; the block was not written.'));
     const { index, data } = block;
-    if (Number.isSafeInteger(index) && index >= 0 && index < this.state.length && this.state[index] !== MISSING) {
-      return Promise.reject(new PeerShareError('PROTOCOL_ERROR', `Block ${index + 1} of the file arrived again; the copy was refused.`, { detail: `block ${index} already ${this.state[index] === PRESENT ? 'present' : 'being written'}` }));
+    // Which blocks are written is this side's choice (share-client yields only those asked for):
+    // a bad index is our own mistake, never the peer's, so it is not told as a protocol error.
+    if (!(Number.isSafeInteger(index) && index >= 0 && index < this.state.length)) {
+      return Promise.reject(new PeerShareError('INVALID_ARGUMENT', `The file has no block ${index}; nothing was written.`));
+    }
+    if (this.state[index] !== MISSING) {
+      return Promise.reject(new PeerShareError('INVALID_ARGUMENT', `Block ${index + 1} of the file was written twice; the second copy was refused.`, { detail: `block ${index} already ${this.state[index] === PRESENT ? 'present' : 'being written'}` }));
     }
     try {
       verifyBlockOnce(index, data, this.manifest);

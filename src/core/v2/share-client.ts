@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { blockRange, decodeBlockManifest, forgetVerified, type BlockManifest, verifyBlock } from '../blocks';
+import { blockRange, decodeBlockManifest, forgetVerified, isValidBlockSize, type BlockManifest, verifyBlock } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { MAX_FREE_BLOCK_BUFFER_BYTES, type Limits } from '../limits';
 import { inspectReceivedName, type UnsafeHere } from '../names';
@@ -8,11 +8,12 @@ import type { Answer, Connection } from './connection';
 import type { WireMessage } from './frames';
 import { END_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, isOneOf, type EndErrorCode, type EndOkMessage } from './messages';
 import {
+  MAX_INLINE_FILE_BYTES,
+  MAX_LIST_BATCH_ENTRIES,
   blockListBytes,
   checkBlockListBounds,
   isFileHashHex,
   isSafeUint,
-  isValidBlockSize,
   isWireTime,
   manifestOfBytes,
   rangesOf,
@@ -186,8 +187,8 @@ class ListMachine implements AnswerMachine<never, Entry[]> {
 
   reply(message: WireMessage): undefined {
     const batch = message.entries;
-    if (message.type !== 'entries' || !Array.isArray(batch) || batch.length === 0 || batch.length > this.limits.listBatchEntries) {
-      throw breach(`Expected a batch of 1 to ${this.limits.listBatchEntries} entries, got ${messageName(message)}.`);
+    if (message.type !== 'entries' || !Array.isArray(batch) || batch.length === 0 || batch.length > MAX_LIST_BATCH_ENTRIES) {
+      throw breach(`Expected a batch of 1 to ${MAX_LIST_BATCH_ENTRIES} entries, got ${messageName(message)}.`);
     }
     // Counted before anything is parsed or kept.
     if (this.entries.length + batch.length > this.limits.maxListEntries) {
@@ -344,7 +345,7 @@ class BlockMachine implements AnswerMachine<VerifiedBlock, void> {
  * share.tree — Items: REPLY `dir` / `fileRef` / `skipped` → Items; REPLY `file` → Inline;
  * Inline: DATA until `size`, verified → Items; END `end` → Done. Bounded as spec 6.3 says: every
  * record counts against maxTreeFiles, folders against maxTreeDepth, an inline file against
- * maxInlineFileBytes before its buffer exists; a name of the wrong form stops the stream
+ * MAX_INLINE_FILE_BYTES before its buffer exists; a name of the wrong form stops the stream
  * (BAD_NAME); a path reported skipped twice breaks the spec. (Keeping at most maxSkippedReports
  * reports is the consumer's: each is yielded once, and counted here.)
  */
@@ -384,8 +385,8 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
       throw breach('A file record has an invalid size, time, block size or hash.');
     }
     // Before its buffer exists: an inline file is held whole until it is verified.
-    if (size > this.limits.maxInlineFileBytes) {
-      throw new PeerShareError('TOO_LARGE', `The peer sent a file of ${size} bytes inline; at most ${this.limits.maxInlineFileBytes} are accepted.`);
+    if (size > MAX_INLINE_FILE_BYTES) {
+      throw new PeerShareError('TOO_LARGE', `The peer sent a file of ${size} bytes inline; at most ${MAX_INLINE_FILE_BYTES} are allowed.`);
     }
     const named = this.named(message.path, false);
     this.records++;

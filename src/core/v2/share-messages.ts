@@ -1,5 +1,5 @@
 import { BLAKE3_DIGEST_BYTES, blake3 } from '../blake3';
-import { MANIFEST_HEADER_BYTES, MAX_BLOCK_BYTES, MIN_BLOCK_BYTES, blockCount, manifestFromBlockHashes, type BlockManifest } from '../blocks';
+import { MANIFEST_HEADER_BYTES, blockCount, manifestFromBlockHashes, type BlockManifest } from '../blocks';
 import { PeerShareError } from '../errors';
 import type { Limits } from '../limits';
 import { shownType } from '../protocol';
@@ -11,6 +11,23 @@ import type { CapabilityMessage } from './messages';
  * the provider share. The provider is share-provider.ts, the requester's readers share-client.ts.
  */
 export const SHARE_CAPABILITY = 'share/1';
+
+/**
+ * Fixed by the protocol, not by either side's limits (spec 6.3): a sharer configured otherwise
+ * than its peer must still be understood. A `share.list` batch holds at most this many entries
+ * (a sharer may send fewer: its own `listBatchEntries`).
+ */
+export const MAX_LIST_BATCH_ENTRIES = 1000;
+
+/**
+ * The largest file a folder stream carries inline (spec 6.3): the sharer reads it whole, the
+ * requester holds it whole until it is verified. Larger files go as `fileRef`, in blocks.
+ */
+export const MAX_INLINE_FILE_BYTES = 256 * 1024;
+
+/** `share/1`'s advertised roots (spec 6): at most this many, each a name of at most MAX_SHARE_ROOT_CHARS. */
+export const MAX_SHARE_ROOTS = 256;
+export const MAX_SHARE_ROOT_CHARS = 255;
 
 /** Half-open block ranges `[first, end)`, sorted, apart (spec 6.2 `share.read`). */
 export type BlockRanges = [number, number][];
@@ -41,10 +58,6 @@ export function isFileHashHex(value: unknown): value is string {
   return typeof value === 'string' && HEX_HASH.test(value);
 }
 
-/** A block size a peer may use: a power of two from 128 KiB to 16 MiB (spec 7.1). */
-export function isValidBlockSize(value: unknown): value is number {
-  return isSafeUint(value) && value >= MIN_BLOCK_BYTES && value <= MAX_BLOCK_BYTES && (value & (value - 1)) === 0;
-}
 
 /**
  * The provider's one parser of `share.*` requests. A request of the wrong shape breaks the spec

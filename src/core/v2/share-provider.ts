@@ -1,17 +1,17 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
-import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, type BlockManifest } from '../blocks';
+import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion } from '../hash-cache';
-import { SMALL_FILE_BYTES, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, resolveLimits, type Limits } from '../limits';
+import { SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
 import type { Entry } from '../protocol';
 import type { Share, WalkItem } from '../share';
 import type { ReplyWriter, RequestHandler } from './connection';
 import type { Served } from './handshake';
 import { MAX_FRAME_CEILING_BYTES } from './frames';
 import { endErrorFor, type CapabilityMessage } from './messages';
-import { SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
+import { MAX_INLINE_FILE_BYTES, MAX_LIST_BATCH_ENTRIES, SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
 
 /**
  * The provider of capability `share/1` (docs/protocol-v2.md 6): serves one Share, read-only, to
@@ -54,16 +54,16 @@ export interface ShareProviderStats {
   fileBytesSent: number;
 }
 
-/** During a transfer, trust is re-checked at most this often (as v1's server). */
-const TRUST_RECHECK_MS = 50;
 /** The smallest `frame` a peer may advertise (spec 4.1). */
 const MIN_PEER_FRAME_BYTES = 16 * 1024;
 /** What a REPLY's frame holds beside its entries: `{"type":"entries","entries":[` and `]}`. */
 const ENTRIES_ENVELOPE_BYTES = 64;
 /** Chunks of a read queued on the connection at once (with one more being read): 3 MiB per read at most. */
 const CHUNKS_QUEUED = 2;
-/** Rehashes a connection may ask for (each at most once per file version); past it, the cache answers. */
-const MAX_REHASHES_PER_CONNECTION = 1024;
+/** Rehashes a peer may ask for (each at most once per file version); past it, the cache answers. */
+const MAX_REHASHES_PER_PEER = 1024;
+/** Peers whose rehashes are remembered; past it, the one heard from longest ago is forgotten. */
+const MAX_REHASH_PEERS = 256;
 
 export class ShareProvider {
   readonly limits: Limits;
@@ -72,6 +72,12 @@ export class ShareProvider {
   private readonly cache: BlockCache;
   private active = 0;
   private readonly activeByPeer = new Map<string, number>();
+  /**
+   * The file versions each peer had rehashed, across its connections: counted per connection, a
+   * peer that reconnects (its handshakes are refunded) could have any shared file re-read and
+   * hashed at disk speed without receiving a byte (found by the v2 attack suite).
+   */
+  private readonly rehashedByPeer = new Map<string, Set<string>>();
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
@@ -89,9 +95,18 @@ export class ShareProvider {
     return { [SHARE_CAPABILITY]: { params: this.params(), handler: this.handler(session) } };
   }
 
+  /** The versions `peerId` had rehashed; the peer is moved to the back, so the one heard from longest ago is forgotten first. */
+  private rehashedBy(peerId: string): Set<string> {
+    const rehashed = this.rehashedByPeer.get(peerId) ?? new Set<string>();
+    this.rehashedByPeer.delete(peerId);
+    this.rehashedByPeer.set(peerId, rehashed);
+    if (this.rehashedByPeer.size > MAX_REHASH_PEERS) this.rehashedByPeer.delete(this.rehashedByPeer.keys().next().value!);
+    return rehashed;
+  }
+
   /** The handler of one connection's `share.*` requests (`connection.handle('share/1', …)`). */
   handler(session: SessionOptions): RequestHandler {
-    const context = new SessionContext(session);
+    const context = new SessionContext(session, this.rehashedBy(session.peerId));
     return (request, reply, signal) => this.answer(context, request, reply, signal);
   }
 
@@ -163,7 +178,7 @@ export class ShareProvider {
         nameBytes += Buffer.byteLength(entry.name, 'utf8');
         if (nameBytes > this.limits.maxListBytes) throw new PeerShareError('TOO_LARGE', `The folder's names take more than ${this.limits.maxListBytes} bytes.`);
         const bytes = Buffer.byteLength(JSON.stringify(entry), 'utf8') + 1;
-        if (batch.length >= this.limits.listBatchEntries || batchBytes + bytes > most) await flush();
+        if (batch.length >= Math.min(this.limits.listBatchEntries, MAX_LIST_BATCH_ENTRIES) || batchBytes + bytes > most) await flush();
         batch.push(entry);
         batchBytes += bytes;
       }
@@ -263,13 +278,13 @@ export class ShareProvider {
 
   /**
    * The folder stream (spec 6.3): depth first in name order, `dir` before a folder's contents;
-   * a file of at most SMALL_FILE_BYTES inline (`file` with its block size and hash, then its
+   * a file of at most MAX_INLINE_FILE_BYTES inline (`file` with its block size and hash, then its
    * bytes), a larger one as `fileRef` for the requester to fetch with manifest + read; a file that
    * cannot be sent is a `skipped` record. Writes run up to SMALL_FILE_PIPELINE records ahead of
    * the stream, so many small files are not paced by one write each.
    */
   private async tree(session: SessionContext, remotePath: string, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const inlineMost = Math.min(SMALL_FILE_BYTES, this.limits.maxInlineFileBytes);
+    const inlineMost = MAX_INLINE_FILE_BYTES;
     const pending: Promise<void>[] = [];
     let count = 0;
     const send = async (written: Promise<void>): Promise<void> => {
@@ -323,11 +338,12 @@ export class ShareProvider {
     try {
       const mtimeMs = Math.floor(stat.mtimeMs);
       if (stat.size > inlineMost) return { kind: 'ref', size: stat.size, mtimeMs };
-      const data = Buffer.allocUnsafe(stat.size);
-      await readFully(handle, data, 0, stat.size, 0);
-      const after = await handle.stat();
-      if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs) throw new PeerShareError('FILE_CHANGED');
-      return { kind: 'inline', data, mtimeMs };
+      const before = await handle.stat({ bigint: true });
+      const data = Buffer.allocUnsafe(Number(before.size));
+      await readFully(handle, data, data.length, 0);
+      // ctime too: a write that puts the old mtime back (utimes) still changes it.
+      if (!sameVersion(before, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+      return { kind: 'inline', data, mtimeMs: Math.floor(Number(before.mtimeNs / 1_000_000n)) };
     } finally {
       await handle.close();
     }
@@ -336,15 +352,17 @@ export class ShareProvider {
 
 type TreeFile = { kind: 'inline'; data: Buffer; mtimeMs: number } | { kind: 'ref'; size: number; mtimeMs: number };
 
-/** One connection's state: its peer, its trust check, the file versions it had rehashed. */
+/** One connection's state: its peer, its trust check, and the file versions its peer had rehashed (shared by the peer's connections). */
 class SessionContext {
   readonly peerId: string;
   readonly peerFrameBytes: number;
   private readonly stillAllowed: () => boolean;
   private checkedAt = 0;
-  private readonly rehashed = new Set<string>();
 
-  constructor(options: SessionOptions) {
+  constructor(
+    options: SessionOptions,
+    private readonly rehashed: Set<string>,
+  ) {
     this.peerId = options.peerId;
     this.peerFrameBytes = options.peerFrameBytes ?? MIN_PEER_FRAME_BYTES;
     this.stillAllowed = options.stillAllowed ?? (() => true);
@@ -359,10 +377,10 @@ class SessionContext {
     throw new PeerShareError('PEER_UNTRUSTED', 'This peer is no longer trusted by the sharer.');
   }
 
-  /** `rehash` is honoured once per file version per connection (spec 6.2): hashing 1 GiB must not be a free request. */
+  /** `rehash` is honoured once per file version per peer (spec 6.2): hashing 1 GiB must not be a free request. */
   mayRehash(version: BigIntStats): boolean {
     const key = `${version.dev}:${version.ino}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
-    if (this.rehashed.has(key) || this.rehashed.size >= MAX_REHASHES_PER_CONNECTION) return false;
+    if (this.rehashed.has(key) || this.rehashed.size >= MAX_REHASHES_PER_PEER) return false;
     this.rehashed.add(key);
     return true;
   }
@@ -403,21 +421,12 @@ class ChunkPool {
 async function readChunk(handle: FileHandle, pool: ChunkPool, chunk: Chunk): Promise<Buffer> {
   const buffer = pool.take(chunk.length);
   try {
-    await readFully(handle, buffer, 0, chunk.length, chunk.offset);
+    await readFully(handle, buffer, chunk.length, chunk.offset);
   } catch (err) {
     pool.give(buffer);
     throw err;
   }
   return buffer;
-}
-
-async function readFully(handle: FileHandle, buffer: Buffer, start: number, length: number, position: number): Promise<void> {
-  for (let done = 0; done < length; ) {
-    const { bytesRead } = await handle.read(buffer, start + done, length - done, position + done);
-    // The file ended before the size its manifest was made for: it was truncated meanwhile.
-    if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');
-    done += bytesRead;
-  }
 }
 
 function throwIfAborted(signal: AbortSignal): void {
