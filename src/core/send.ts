@@ -123,14 +123,14 @@ interface IncomingState {
   cancelled: boolean;
 }
 
-/** Offers waiting for a person's answer, by peer, across connections (docs/protocol-v2.md 13.3 row 5). */
+/** What an offer nobody answered in time says, on either side. */
 const NOT_ANSWERED = 'The receiver did not answer in time.';
 
 export class SendService {
   policy?: ReceivePolicy;
   readonly limits: Limits;
   private readonly sessions = new Set<SendSession>();
-  /** Peers with an offer or snippet before the policy now: one at a time each. */
+  /** Peers with an offer or snippet before the policy now, across their connections: one at a time each (13.3 row 5). */
   readonly asking = new Set<string>();
 
   constructor(readonly options: SendServiceOptions) {
@@ -456,6 +456,8 @@ export class SendSession {
           { signal, keepPartial: true, onConflict: conflict === 'keepBoth' ? 'fail' : conflict, expectedFileHash: Buffer.from(entry.fileHash, 'hex'), onProgress: (p) => onBytes(p.bytes) },
           { name: entry.name, type: 'file', size: entry.size, mtimeMs: entry.mtimeMs },
         );
+        // onConflict 'skip' (the person's choice): the existing file stays, and the sender hears so.
+        if (result.files === 0) throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} exists here and was kept.`);
         return result.target;
       } catch (err) {
         if (state.cancelled) await removeStalePartials(target).catch(() => undefined);

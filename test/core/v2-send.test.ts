@@ -93,6 +93,24 @@ describe('send/1: offers both ways on one connection', () => {
     assert.equal(await fs.readFile(path.join(inbox, 'a (2).txt'), 'utf8'), 'theirs\n');
   });
 
+  it('the person may choose to overwrite an existing name, or to keep it (skip: the sender hears DEST_EXISTS)', async () => {
+    const p = await started();
+    const inbox = tempDir('peershare-send-inbox-');
+    await fs.writeFile(path.join(inbox, 'a.txt'), 'mine\n');
+    await fs.writeFile(path.join(inbox, 'b.txt'), 'mine\n');
+    let conflict: 'overwrite' | 'skip' = 'skip';
+    p.listener.setReceivePolicy(new RecordingPolicy(async (offer) => ({ into: inbox, entries: offer.entries.map(() => ({})), onConflict: conflict })));
+    const src = await source({ 'a.txt': 'theirs\n', 'b.txt': 'theirs\n' });
+    const skipped = await p.conn.sendSession!.offerFiles([path.join(src, 'a.txt')]);
+    assert.deepEqual(skipped.entries.map((e) => [e.status, e.code]), [['failed', 'DEST_EXISTS']]);
+    conflict = 'overwrite';
+    const replaced = await p.conn.sendSession!.offerFiles([path.join(src, 'b.txt')]);
+    assert.equal(replaced.entries[0].status, 'received');
+    assert.equal(await fs.readFile(path.join(inbox, 'a.txt'), 'utf8'), 'mine\n');
+    assert.equal(await fs.readFile(path.join(inbox, 'b.txt'), 'utf8'), 'theirs\n');
+    assert.deepEqual(await everything(inbox), ['a.txt', 'b.txt']);
+  });
+
   it('a snippet reaches the policy as a message; nothing is written', async () => {
     const p = await started();
     const policy = new RecordingPolicy(async () => 'decline');
