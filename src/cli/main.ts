@@ -10,6 +10,7 @@ import {
   PeerShareError,
   Share,
   TrustStore,
+  ReceiveSettings,
   download,
   loadOrCreateIdentity,
   Discovery,
@@ -19,6 +20,7 @@ import {
   shortPeerId,
   provePeer,
   toPeerShareError,
+  MAX_NOTE_CHARS,
   type NearbyPeer,
   type AccessDecision,
   type AccessRequest,
@@ -27,6 +29,7 @@ import {
   type ErrorCode,
 } from '../core';
 import { ProgressBar } from './progress';
+import { parseSnippetName, terminalReceivePolicy, type ReceiveMode } from './receive';
 import { TerminalLines } from './terminal-lines';
 import { countOf, formatBytes } from '../core/format';
 
@@ -77,10 +80,13 @@ Commands:
   serve [dir...]                      Share folders (default: the current one) and print an invite
   ls <invite|peer> [path]             List a peer's shared folders, or a folder in them
   get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
+  send <peer> <path>...               Offer files and folders to a peer; they travel only if it accepts
+  send <peer> --text --name F:LINE    Send the text on standard input as a snippet of F from LINE (nothing is written there)
   id                                  Show this installation's peer ID
   nearby                              List peers announcing themselves on the local network (--timeout ms)
   trust ls                            List the peers this installation trusts
   trust rm <peer>                     Stop trusting a peer (by ID, ID prefix or name)
+  trust receive <peer> ask|inbox|never  What a peer may send you: ask each time (default), straight into the inbox, or nothing
 
 <peer> is a trusted peer's ID (or its first 8+ characters), its name, or host:port.
 
@@ -94,6 +100,8 @@ Options:
           --exclude GLOB (repeatable)  --no-gitignore  --no-default-excludes
           --announce   Announce this peer to the local network (nearby peers see a hint, not trust)
           --requests ask|deny  Nearby peers asking to connect: ask at this terminal, or refuse (default deny)
+          --receive-into DIR   Take files trusted peers send (peershare send) into DIR; without it every offer is refused
+          --receive ask|trusted  With --receive-into: ask at this terminal (default; declined without one), or accept from trusted peers without asking
   nearby, serve --announce, ls, get:  --interface ADDR (IPv4 address, repeatable; default: every LAN interface)
           --discovery-port N (default 47475)
   ls, get: a trusted peer not at its last address is looked for at its host's port 47474, then
@@ -101,6 +109,9 @@ Options:
           --no-discovery  Do not listen for announcements
   get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
           --keep-both       Save next to existing files as "name (2).ext"
+  send:   --note TEXT       A note shown with the offer (at most 200 characters)
+          --text --name F:LINE[-END]  With --text, --name names the snippet, not you
+          Exit codes: 0 all accepted and received, 4 declined or refused, others as for get
 `;
 
 interface Globals {
@@ -140,6 +151,10 @@ const OPTIONS = {
   'discovery-port': { type: 'string' },
   'no-discovery': { type: 'boolean', default: false },
   timeout: { type: 'string' },
+  note: { type: 'string' },
+  text: { type: 'boolean', default: false },
+  'receive-into': { type: 'string' },
+  receive: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
   version: { type: 'boolean', default: false },
 } as const;
@@ -164,7 +179,8 @@ async function main(argv: string[]): Promise<number> {
   const globals: Globals = {
     json: values.json ?? false,
     home: values.home,
-    name: values.name ?? `${os.userInfo().username}@${os.hostname()}`,
+    // With --text, --name names the snippet (the issue's `peershare send <peer> --text --name app.ts:40`).
+    name: (values.text ? undefined : values.name) ?? `${os.userInfo().username}@${os.hostname()}`,
     defaultPort: defaultPortSetting(),
     lookNearby: values['no-discovery'] ? false : { interfaces: discovery.interfaces, port: discovery.port },
   };
@@ -185,7 +201,15 @@ async function main(argv: string[]): Promise<number> {
         defaultExcludes: !values['no-default-excludes'],
         discovery,
         requests: requestsOption(values.requests),
+        receive: receiveOption(values['receive-into'], values.receive),
       });
+    case 'send': {
+      if (args.length < 1 || (values.text ? args.length !== 1 : args.length < 2)) {
+        throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare send <peer> <path>... [--note TEXT]  or  peershare send <peer> --text --name FILE:LINE');
+      }
+      if (values.text && !values.name) throw new PeerShareError('INVALID_ARGUMENT', 'A snippet needs --name FILE:LINE (the file and line it comes from).');
+      return commandSend(globals, args[0], args.slice(1), { note: values.note, snippetName: values.text ? values.name : undefined });
+    }
     case 'trust':
       return commandTrust(globals, args);
     case 'ls':
@@ -209,7 +233,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const COMMANDS = ['serve', 'ls', 'get', 'id', 'nearby', 'trust'];
+const COMMANDS = ['serve', 'ls', 'get', 'send', 'id', 'nearby', 'trust'];
 
 /** The candidate at most two edits away from `word`, if exactly one is closest: for "did you mean". */
 function closest(word: string, candidates: readonly string[]): string | undefined {
@@ -237,6 +261,54 @@ function requestsOption(value: string | undefined): 'ask' | 'deny' {
     return 'ask';
   }
   throw new PeerShareError('INVALID_ARGUMENT', '--requests takes ask or deny.');
+}
+
+function receiveOption(into: string | undefined, mode: string | undefined): { into: string; mode: ReceiveMode } | undefined {
+  if (into === undefined) {
+    if (mode !== undefined) throw new PeerShareError('INVALID_ARGUMENT', '--receive needs --receive-into DIR (where received files go).');
+    return undefined;
+  }
+  if (mode !== undefined && mode !== 'ask' && mode !== 'trusted') throw new PeerShareError('INVALID_ARGUMENT', '--receive takes ask or trusted.');
+  return { into: path.resolve(into), mode: mode ?? 'ask' };
+}
+
+/**
+ * A yes/no question at the terminal, in the same queue as the other questions (one at a time,
+ * only a line begun after it appeared answers it); a withdrawn question, or none in time, is no.
+ */
+function askYesNo(question: string, signal: AbortSignal): Promise<boolean> {
+  const turn = questions.then(
+    () =>
+      new Promise<boolean>((resolve) => {
+        if (signal.aborted) return resolve(false);
+        startReadingTerminal();
+        const shownAt = Date.now();
+        const finish = (answer: boolean): void => {
+          lineHandler = undefined;
+          terminalLines?.discardPending();
+          signal.removeEventListener('abort', onAbort);
+          resolve(answer);
+        };
+        const onAbort = (): void => {
+          process.stderr.write('\n(the offer was withdrawn, or no answer came in time: declined)\n');
+          finish(false);
+        };
+        signal.addEventListener('abort', onAbort);
+        lineHandler = (line, startedAt) => {
+          if (startedAt < shownAt) {
+            process.stderr.write('(ignored: typed before this question appeared; answer again) ');
+            return;
+          }
+          const answer = line.trim().toLowerCase();
+          if (answer === 'y' || answer === 'yes') return finish(true);
+          if (answer === 'n' || answer === 'no') return finish(false);
+          process.stderr.write('Type y or n: ');
+        };
+        process.stderr.write(question);
+      }),
+  );
+  questions = turn;
+  return turn;
 }
 
 /**
@@ -355,6 +427,16 @@ async function commandTrust(globals: Globals, args: string[]): Promise<number> {
     else for (const p of peers) out(`${p.id}  ${sanitizeForDisplay(p.name || '-').slice(0, 64)}  ${describeTrust(p)}  ${p.addresses[0] ? sanitizeForDisplay(p.addresses[0]).slice(0, 64) : 'not sharing'}  code ${p.verificationCode}`);
     return EXIT.OK;
   }
+  if (sub === 'receive' && target !== undefined && rest.length === 1) {
+    const setting = rest[0];
+    if (setting !== 'ask' && setting !== 'inbox' && setting !== 'never') throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare trust receive <peer> ask|inbox|never');
+    const peer = trust.find(target);
+    if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}".`);
+    await new ReceiveSettings(identity.home).set(peer.id, setting);
+    if (globals.json) printJson({ peer: peer.id, receive: setting });
+    else out(`${sanitizeForDisplay(peer.name || peer.id).slice(0, 64)} (${peer.id}) ${setting === 'ask' ? 'is asked about each offer' : setting === 'inbox' ? 'sends straight into the inbox (--receive-into), without a question' : 'may send you nothing'}.`);
+    return EXIT.OK;
+  }
   if (sub === 'rm' && target !== undefined && rest.length === 0) {
     const peer = trust.find(target);
     if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}".`);
@@ -363,7 +445,7 @@ async function commandTrust(globals: Globals, args: string[]): Promise<number> {
     else out(`No longer trusting ${sanitizeForDisplay(peer.name || peer.id).slice(0, 64)} (${peer.id}). A running "peershare serve" with this home refuses its next request.`);
     return EXIT.OK;
   }
-  throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare trust ls | peershare trust rm <peer>');
+  throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare trust ls | peershare trust rm <peer> | peershare trust receive <peer> ask|inbox|never');
 }
 
 async function commandServe(
@@ -380,6 +462,7 @@ async function commandServe(
     defaultExcludes: boolean;
     discovery: DiscoverySettings;
     requests: 'ask' | 'deny';
+    receive?: { into: string; mode: ReceiveMode };
   },
 ): Promise<number> {
   const log = (level: string, message: string): void => {
@@ -396,6 +479,21 @@ async function commandServe(
   }
   const node = await openNode(globals, options.discovery.announce && { interfaces, port: options.discovery.port }, log);
   const { identity } = node;
+  const receive = options.receive;
+  const askOffers = receive?.mode === 'ask' && process.stdin.isTTY === true;
+  if (receive) {
+    await fs.mkdir(receive.into, { recursive: true });
+    node.setReceivePolicy(
+      terminalReceivePolicy({
+        into: receive.into,
+        mode: receive.mode,
+        json: globals.json,
+        ask: askOffers ? askYesNo : undefined,
+        out,
+        log: (level, message) => log(level, message),
+      }),
+    );
+  }
   const { server, share, port, defaultPortInUse, announced } = await node.share({
     folders: folders.map((f) => path.resolve(f)),
     excludes: options.excludes,
@@ -408,7 +506,7 @@ async function commandServe(
   });
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
   // Only once everything is up: a failed start must not leave the terminal being read (and raw).
-  if (options.requests === 'ask') startReadingTerminal();
+  if (options.requests === 'ask' || askOffers) startReadingTerminal();
   if (globals.json) {
     printJson({ event: 'listening', addresses: server.addresses(), port, ...(defaultPortInUse ? { defaultPortInUse } : {}), peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
   } else {
@@ -422,6 +520,7 @@ async function commandServe(
     }
     out(`Invite (valid ${Math.round(options.ttlMs / 60000)} min, ${options.uses} use${options.uses === 1 ? '' : 's'}):`);
     out(`  ${invite}`);
+    if (receive) out(`Receiving: files trusted peers send go into ${receive.into} (${receive.mode === 'trusted' ? 'accepted without asking' : askOffers ? 'asked at this terminal' : 'declined: no terminal to ask at'}).`);
     if (loopbackOnly) out(`Only this machine can connect (listening on ${options.host}). To share on your network, add --host 0.0.0.0.`);
     else out('On the other machine: peershare ls "<invite>"   (quote the invite)');
     out('Press Ctrl+C to stop.');
@@ -577,6 +676,70 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
     process.off('SIGTERM', onSignal);
   }
   return EXIT.OK;
+}
+
+/** Reads standard input whole, refusing more than `max` bytes. */
+async function readStdin(max: number): Promise<string> {
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  for await (const chunk of process.stdin) {
+    bytes += (chunk as Buffer).length;
+    if (bytes > max) throw new PeerShareError('TOO_LARGE', `A snippet may have at most ${max} bytes; send the file instead.`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function commandSend(globals: Globals, target: string, paths: string[], options: { note?: string; snippetName?: string }): Promise<number> {
+  if (options.note !== undefined && options.note.length > MAX_NOTE_CHARS) throw new PeerShareError('INVALID_ARGUMENT', `--note may have at most ${MAX_NOTE_CHARS} characters.`);
+  const snippetText = options.snippetName === undefined ? undefined : await readStdin(DEFAULT_LIMITS.maxSnippetBytes);
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const started = process.hrtime.bigint();
+  const { conn } = await connectTarget(globals, target, abort.signal);
+  const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
+  try {
+    const session = conn.sendSession;
+    if (!session?.peerTakesOffers) {
+      throw new PeerShareError('VERSION_UNSUPPORTED', `${sanitizeForDisplay(conn.peerName).slice(0, 64) || 'The peer'} runs a PeerShare that cannot receive files; ask them to update PeerShare.`);
+    }
+    const peer = sanitizeForDisplay(conn.peerName).slice(0, 64) || conn.peerId;
+    let result;
+    if (snippetText !== undefined) {
+      const claimed = parseSnippetName(options.snippetName!, snippetText);
+      result = await session.offerSnippet({ text: snippetText, ...claimed }, { note: options.note, signal: abort.signal });
+    } else {
+      if (!globals.json) process.stderr.write(`Offering ${countOf(paths.length, 'item')} to ${peer}; waiting for an answer…\n`);
+      result = await session.offerFiles(
+        paths.map((p) => path.resolve(p)),
+        { note: options.note, signal: abort.signal, onProgress: bar ? (p) => bar.update({ bytes: p.bytes, totalBytes: p.totalBytes, file: '' }) : undefined },
+      );
+    }
+    bar?.done();
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const declined = result.entries.filter((e) => e.status === 'declined');
+    const failed = result.entries.filter((e) => e.status === 'failed');
+    if (globals.json) printJson({ ...result, seconds });
+    else if (result.shown) out(`Sent the snippet to ${peer}.`);
+    else if (result.refused) out(`${peer} takes no files from you (it refused without asking).`);
+    else {
+      const received = result.entries.filter((e) => e.status === 'received');
+      if (received.length) out(`Sent ${countOf(received.length, 'item')} (${formatBytes(result.bytes)}) to ${peer} in ${seconds.toFixed(2)} s; received and verified with BLAKE3 on their side.`);
+      for (const e of declined) out(`${peer} declined ${sanitizeForDisplay(e.name)}${e.message ? ` (${sanitizeForDisplay(e.message)})` : ''}.`);
+      for (const e of failed) out(`${peer} could not receive ${sanitizeForDisplay(e.name)}: ${sanitizeForDisplay(e.message ?? 'no reason given')}${e.code ? ` [${e.code}]` : ''}`);
+    }
+    if (result.refused || declined.length > 0) return EXIT.REFUSED;
+    // The receiver's code says what kind of failure it was (its hash check, its disk); its own cancel is a refusal.
+    if (failed.length > 0) return failed[0].code === 'CANCELLED' ? EXIT.REFUSED : (EXIT_BY_CODE[failed[0].code ?? 'INTERNAL'] ?? EXIT.FAILURE);
+    return EXIT.OK;
+  } finally {
+    bar?.done();
+    conn.close();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
 }
 
 main(process.argv.slice(2)).then(

@@ -11,6 +11,7 @@ import type { Connection } from './v2/connection';
 import { dialV2 } from './v2/handshake';
 import { ShareClient } from './v2/share-client';
 import { MAX_SHARE_ROOTS, MAX_SHARE_ROOT_CHARS, SHARE_CAPABILITY } from './v2/share-messages';
+import type { SendService, SendSession } from './send';
 
 export interface ConnectOptions {
   identity: Identity;
@@ -31,6 +32,8 @@ export interface ConnectOptions {
    */
   requestAccess?: boolean;
   onVerificationCode?: (code: string) => void;
+  /** Capability send/1 (send.ts): served to the peer, so either side may offer files. */
+  send?: SendService;
 }
 
 /** Spec 6: `share/1`'s roots, at most 256 names of 1 to 255 characters; undefined when the peer broke those bounds. No share advertised: none. */
@@ -86,7 +89,7 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   }
   try {
     // The peer pinned above: dialV2 checks it again before writing its hello.
-    await connection.hello({ expectedPeerId: expected ?? id, name: options.name, token: options.token, requestAccess: asking });
+    await connection.hello({ expectedPeerId: expected ?? id, name: options.name, token: options.token, requestAccess: asking, send: options.send });
   } catch (err) {
     connection.close();
     throw err;
@@ -117,6 +120,8 @@ export class PeerConnection {
   readonly address: string;
   /** The peer's share (capability share/1), once the handshake is through. */
   share!: ShareClient;
+  /** send/1 on this connection (offers either way), when a SendService was given. */
+  sendSession?: SendSession;
   private connection?: Connection;
   private closedWith?: PeerShareError;
   private closeListeners: (() => void)[] = [];
@@ -163,13 +168,14 @@ export class PeerConnection {
    * @internal The v2 handshake with the peer we meant to reach (dialV2 refuses another before a byte
    * is written); a sharer that asks a person may take up to approvalTimeoutMs.
    */
-  async hello(options: { expectedPeerId: string; name: string; token?: string; requestAccess?: boolean }): Promise<void> {
+  async hello(options: { expectedPeerId: string; name: string; token?: string; requestAccess?: boolean; send?: SendService }): Promise<void> {
+    const session = options.send?.session(this.peerId);
     const { connection, welcome } = await dialV2(this.remote, {
       expectedPeerId: options.expectedPeerId,
       name: options.name,
       token: options.token,
       request: options.requestAccess === true,
-      serve: {},
+      serve: { ...session?.served() },
       limits: this.limits,
       signal: this.abortHandshake.signal,
     }).catch((err: unknown) => {
@@ -182,6 +188,10 @@ export class PeerConnection {
       const breach = new PeerShareError('PROTOCOL_ERROR', `${sanitizeForDisplay(this.peerName) || 'The peer'} advertised share roots out of the protocol's bounds.`);
       connection.close(breach);
       throw breach;
+    }
+    if (session) {
+      session.attach(connection, { name: welcome.name, capabilities: Object.keys(welcome.caps) });
+      this.sendSession = session;
     }
     this.welcome = { type: 'welcome', version: welcome.version, name: welcome.name, id: welcome.id, roots, paired: welcome.paired };
     connection.onClose((reason) => this.close(reason ?? new PeerShareError('CONNECTION_CLOSED', `${sanitizeForDisplay(this.peerName) || 'The peer'} closed the connection.`)));

@@ -46,6 +46,12 @@ export interface DownloadProgress {
   checking?: boolean;
 }
 
+/**
+ * Where a download's bytes come from: a connection to a sharer (PeerConnection), or send/1's
+ * outbox of a peer that offered files (send.ts), which answers the same requests.
+ */
+export type FileSource = Pick<PeerConnection, 'peerId' | 'limits' | 'share' | 'stat' | 'close'>;
+
 export interface DownloadOptions {
   /** What to do when a target file exists. Default: 'fail' for a file, 'skip' inside a folder. */
   onConflict?: ConflictChoice | ((target: string) => ConflictChoice | Promise<ConflictChoice>);
@@ -53,6 +59,8 @@ export interface DownloadOptions {
   signal?: AbortSignal;
   /** Keep a partial file after cancel or a dropped connection, to resume later (default true). */
   keepPartial?: boolean;
+  /** A single file's hash as it was offered (send/1): a block list with another hash is HASH_MISMATCH. */
+  expectedFileHash?: Buffer;
 }
 
 export interface DownloadResult {
@@ -126,7 +134,7 @@ export async function makeFoldersWithin(base: string, components: string[]): Pro
 }
 
 /** Downloads a file or a folder; see downloadFile and downloadFolder. */
-export async function download(conn: PeerConnection, remotePath: string, dest: string, options: DownloadOptions = {}): Promise<DownloadResult> {
+export async function download(conn: FileSource, remotePath: string, dest: string, options: DownloadOptions = {}): Promise<DownloadResult> {
   const entry = await conn.stat(remotePath);
   const target = await resolveTarget(remotePath, dest);
   return entry.type === 'dir'
@@ -136,7 +144,7 @@ export async function download(conn: PeerConnection, remotePath: string, dest: s
 
 /** Downloads one file to `target`, resuming a partial download of the same file version. */
 export async function downloadFile(
-  conn: PeerConnection,
+  conn: FileSource,
   remotePath: string,
   target: string,
   options: DownloadOptions = {},
@@ -186,7 +194,7 @@ const WRITE_BYTES_IN_FLIGHT = 3 * 1024 * 1024;
  * interruption (cancel, a dropped connection, a timeout) keeps the partial file for a resume.
  */
 async function receiveBlocks(
-  conn: PeerConnection,
+  conn: FileSource,
   remotePath: string,
   target: string,
   entry: { size: number; mtimeMs: number },
@@ -195,7 +203,7 @@ async function receiveBlocks(
   shownFile: string,
 ): Promise<{ bytes: number; resumedBytes: number; landed: boolean }> {
   const signal = options.signal;
-  let answer = await conn.share.manifest(remotePath, { expect: { size: entry.size, mtimeMs: entry.mtimeMs }, signal });
+  let answer = await conn.share.manifest(remotePath, { expect: { size: entry.size, mtimeMs: entry.mtimeMs }, expectedFileHash: options.expectedFileHash, signal });
   // The sharer answers FILE_CHANGED for another version (spec 6.2); a manifest of another one is a lie.
   if (answer.manifest.size !== entry.size || answer.mtimeMs !== entry.mtimeMs) {
     const lie = new PeerShareError('PROTOCOL_ERROR', 'The peer described another version of the file than the one asked for.');
@@ -273,7 +281,7 @@ function emptyResult(target: string, type: 'file' | 'dir', skippedExisting: stri
  * maxSkippedReports reports kept, and a fixed-size digest per name remembered.
  */
 export async function downloadFolder(
-  conn: PeerConnection,
+  conn: FileSource,
   remotePath: string,
   target: string,
   options: DownloadOptions = {},
@@ -650,7 +658,7 @@ function writeTemporarySync(partial: string, data: Buffer, mtimeMs: number): Tem
  * Reads a whole (small) file into memory, verified like any download: for previews and diffs,
  * where nothing is written to disk. Refuses files over `maxBytes`.
  */
-export async function readFileVerified(conn: PeerConnection, remotePath: string, maxBytes: number): Promise<Buffer> {
+export async function readFileVerified(conn: FileSource, remotePath: string, maxBytes: number): Promise<Buffer> {
   const entry = await conn.stat(remotePath);
   if (entry.type !== 'file') throw new PeerShareError('NOT_A_FILE');
   if (entry.size > maxBytes) {

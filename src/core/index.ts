@@ -21,3 +21,6 @@ export * from './transport';
 export { dialTls, sourceOf, type HandshakeOptions, type TlsListenerStats } from './transport-tls';
 export * from './reach';
 export * from './node';
+export * from './send';
+export * from './send-policy';
+export { SEND_CAPABILITY, MAX_NOTE_CHARS, type OfferEntry, type ReceivedEntry, type Snippet } from './v2/send-messages';

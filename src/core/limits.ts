@@ -112,6 +112,10 @@ export interface Limits {
   maxOpenFolders: number;
   /** Downloads the editor runs at once; more wait their turn. */
   maxParallelDownloads: number;
+  /** Entries (files and folders as chosen, not every file inside) one send/1 offer may name (docs/protocol-v2.md 13). */
+  maxOfferEntries: number;
+  /** Largest snippet of text a send/1 offer may carry (UTF-8 bytes). */
+  maxSnippetBytes: number;
 }
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
@@ -166,6 +170,8 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxInviteChars: 4096,
   maxOpenFolders: 128,
   maxParallelDownloads: 3,
+  maxOfferEntries: 1000,
+  maxSnippetBytes: 64 * 1024,
 });
 
 /** Size of the chunks files are read and sent in. */

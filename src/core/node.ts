@@ -8,6 +8,9 @@ import { connectToKnownPeer, listenOnPort, type PortChoice } from './reach';
 import { PeerServer, type PeerServerOptions } from './server';
 import { Share, type ShareOptions } from './share';
 import { TrustStore } from './trust';
+import { BlockCache } from './block-cache';
+import { SendService } from './send';
+import { ReceiveSettings, type ReceivePolicy } from './send-policy';
 
 /**
  * One PeerShare installation: its identity and trust, the connections it opens, the sharing it
@@ -54,12 +57,37 @@ export interface ActiveShare {
 export class PeerShareNode {
   private discoveryStarting?: Promise<Discovery | undefined>;
   private readonly shares = new Set<ActiveShare>();
+  /** Per-peer receive settings (ask / inbox / never), beside the trust file. */
+  readonly receiveSettings: ReceiveSettings;
+  /**
+   * Capability send/1 on every connection this node opens or accepts: either side may offer
+   * files. Offers made to us reach `send.policy` (setReceivePolicy); without one, every offer is
+   * refused without asking.
+   */
+  readonly send: SendService;
+  private blockCache?: Promise<BlockCache>;
 
   private constructor(
     readonly identity: Identity,
     readonly trust: TrustStore,
     private readonly options: NodeOptions,
-  ) {}
+  ) {
+    this.receiveSettings = new ReceiveSettings(identity.home);
+    this.send = new SendService({
+      ownPeerId: identity.peerId,
+      trust,
+      settings: this.receiveSettings,
+      limits: resolveLimits(options.limits?.()),
+      privatePaths: [identity.home],
+      blockCache: () => (this.blockCache ??= BlockCache.open(identity.home, resolveLimits(options.limits?.()))),
+      log: options.log,
+    });
+  }
+
+  /** Who decides about offers made to us (the CLI's terminal, the editor's prompt); undefined refuses them all. */
+  setReceivePolicy(policy: ReceivePolicy | undefined): void {
+    this.send.policy = policy;
+  }
 
   static async open(options: NodeOptions): Promise<PeerShareNode> {
     const identity = await loadOrCreateIdentity(options.home);
@@ -155,6 +183,7 @@ export class PeerShareNode {
       limits,
       log: this.options.log,
       onAccessRequest: start.onAccessRequest,
+      send: this.send,
     });
     const choice: PortChoice = { port: start.port, previousPort: start.previousPort, defaultPort: this.options.defaultPort };
     const { port, defaultPortInUse } = await listenOnPort(server, start.host, choice);
@@ -183,7 +212,7 @@ export class PeerShareNode {
   }
 
   private connectOptions(signal?: AbortSignal): Omit<ConnectOptions, 'addresses'> {
-    return { identity: this.identity, trust: this.trust, name: this.options.name(), limits: this.options.limits?.(), signal };
+    return { identity: this.identity, trust: this.trust, name: this.options.name(), limits: this.options.limits?.(), signal, send: this.send };
   }
 
   /** Looking for a moved peer listens on the running discovery, or on one started for the look. */

@@ -166,7 +166,7 @@ export async function connectToKnownPeer(options: KnownPeerOptions): Promise<Pee
   async function guess(address: string, source: 'remembered' | 'default port' | 'announced', trySignal = signal): Promise<PeerConnection | undefined> {
     tried.add(address);
     try {
-      return await connectToPeer({ identity, trust, name, limits, signal: trySignal, addresses: [address], expectedPeerId: peerId });
+      return await connectToPeer({ identity, trust, name, limits, signal: trySignal, addresses: [address], expectedPeerId: peerId, send: options.send });
     } catch (err) {
       const coded = toPeerShareError(err, 'CONNECTION_FAILED');
       if (coded.code === 'PEER_MISMATCH') {

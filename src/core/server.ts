@@ -17,6 +17,7 @@ import type { Connection, ReplyWriter, RequestHandler } from './v2/connection';
 import { acceptV2, type HelloV2, type Served } from './v2/handshake';
 import type { CapabilityMessage } from './v2/messages';
 import { ShareProvider } from './v2/share-provider';
+import type { SendService, SendSession } from './send';
 import { SHARE_CAPABILITY } from './v2/share-messages';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -49,6 +50,8 @@ export interface PeerServerOptions {
   onAccessRequest?: (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>;
   /** The block cache manifests come from; default: the one in the identity's home. */
   blockCache?: BlockCache;
+  /** Capability send/1 (send.ts): served to every admitted peer, so either side may offer files. */
+  send?: SendService;
 }
 
 export interface ConnectedPeer {
@@ -281,6 +284,9 @@ class ServerConnection {
   private readonly closing = new AbortController();
   /** Allowed once by the sharer: for this connection only, not in the trust file. */
   private allowedOnce = false;
+  /** send/1 on this connection, once admitted. */
+  private sendSession?: SendSession;
+  private peerCapabilities: string[] = [];
 
   constructor(
     private readonly server: PeerServer,
@@ -445,13 +451,16 @@ class ServerConnection {
         throw coded;
       }
     };
-    return { serve: { [SHARE_CAPABILITY]: { params: provider.params(), handler: logged } }, paired };
+    this.peerCapabilities = Object.keys(hello.caps);
+    this.sendSession = this.server.options.send?.session(id);
+    return { serve: { [SHARE_CAPABILITY]: { params: provider.params(), handler: logged }, ...this.sendSession?.served() }, paired };
   }
 
   private ready(connection: Connection): void {
     if (this.closed) return void connection.close();
     this.connection = connection;
     connection.onClose(() => this.close());
+    this.sendSession?.attach(connection, { name: this.peer?.name ?? '', capabilities: this.peerCapabilities });
     this.log('info', `${this.paired ? 'Paired with' : 'Connected:'} ${this.who()} from ${this.remote.host || '?'}`);
     this.server.emit(this.paired ? 'peer-paired' : 'peer-connected', this.peer);
   }

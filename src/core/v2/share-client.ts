@@ -458,7 +458,14 @@ export class ShareClient {
 
   private readonly blockBuffers = new BlockBuffers();
 
-  constructor(readonly connection: Connection) {
+  /**
+   * `capability` names the requests: `share` (share/1), or `send` for send/1's outbox, which
+   * answers the same messages (docs/protocol-v2.md 13.2) so a sent file is received as a download.
+   */
+  constructor(
+    readonly connection: Connection,
+    private readonly capability: 'share' | 'send' = 'share',
+  ) {
     this.limits = connection.limits;
   }
 
@@ -522,6 +529,7 @@ export class ShareClient {
   }
 
   private run<Item, Result>(message: { type: `share.${string}`; [member: string]: unknown }, machine: AnswerMachine<Item, Result>, options: RequestOptions): AsyncGenerator<Item, Result, undefined> {
-    return runAnswer(this.connection, this.connection.request(message, { signal: options.signal }), machine);
+    const named = this.capability === 'share' ? message : { ...message, type: `${this.capability}.${message.type.slice('share.'.length)}` as const };
+    return runAnswer(this.connection, this.connection.request(named, { signal: options.signal }), machine);
   }
 }
