@@ -79,9 +79,19 @@ export class PeerShareNode {
       settings: this.receiveSettings,
       limits: resolveLimits(options.limits?.()),
       privatePaths: [identity.home],
-      blockCache: () => (this.blockCache ??= BlockCache.open(identity.home, resolveLimits(options.limits?.()))),
+      blockCache: () => this.openBlockCache(),
       log: options.log,
     });
+  }
+
+  /**
+   * The one block cache of this installation, opened on first use: what the server shares and what
+   * is sent come from the same files, so a file hashed for one is not hashed again for the other,
+   * and one process never has two caches evicting over one folder.
+   */
+  private openBlockCache(): Promise<BlockCache> {
+    this.blockCache ??= BlockCache.open(this.identity.home, resolveLimits(this.options.limits?.()), { log: (message) => this.options.log?.('warn', message) });
+    return this.blockCache;
   }
 
   /** Who decides about offers made to us (the CLI's terminal, the editor's prompt); undefined refuses them all. */
@@ -184,6 +194,7 @@ export class PeerShareNode {
       log: this.options.log,
       onAccessRequest: start.onAccessRequest,
       send: this.send,
+      blockCache: () => this.openBlockCache(),
     });
     const choice: PortChoice = { port: start.port, previousPort: start.previousPort, defaultPort: this.options.defaultPort };
     const { port, defaultPortInUse } = await listenOnPort(server, start.host, choice);

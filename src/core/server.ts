@@ -48,8 +48,11 @@ export interface PeerServerOptions {
    * are refused. No answer within `approvalTimeoutMs` counts as Deny.
    */
   onAccessRequest?: (request: AccessRequest, signal: AbortSignal) => Promise<AccessDecision>;
-  /** The block cache manifests come from; default: the one in the identity's home. */
-  blockCache?: BlockCache;
+  /**
+   * The block cache manifests come from, or how to open it when first needed (a node shares one
+   * between its server and what it sends); default: the one in the identity's home.
+   */
+  blockCache?: BlockCache | (() => Promise<BlockCache>);
   /** Capability send/1 (send.ts): served to every admitted peer, so either side may offer files. */
   send?: SendService;
 }
@@ -183,9 +186,9 @@ export class PeerServer extends EventEmitter {
   shareProvider(): Promise<ShareProvider> {
     this.provider ??= (async () => {
       const { identity, share } = this.options;
+      const given = this.options.blockCache;
       const blockCache =
-        this.options.blockCache ??
-        (await BlockCache.open(identity.home, this.limits, { log: (message) => this.log('warn', message) }));
+        typeof given === 'function' ? await given() : (given ?? (await BlockCache.open(identity.home, this.limits, { log: (message) => this.log('warn', message) })));
       const provider = new ShareProvider({ share, blockCache, limits: this.limits });
       this.providerStats = provider.stats;
       return provider;
