@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { closeSync, futimesSync, linkSync, promises as fs, renameSync, unlinkSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { blockRange, type BlockManifest } from './blocks';
@@ -17,7 +16,7 @@ import {
   type ConflictChoice,
   type TemporaryFile,
 } from './landing';
-import { collisionKey, inspectReceivedName, type UnsafeHere } from './names';
+import { collisionKey, inspectReceivedName, nameDigest, type UnsafeHere } from './names';
 import { PinnedFolders } from './pinned-folders';
 import { sanitizeForDisplay, type Entry } from './protocol';
 import { PeerSentError } from './v2/messages';
@@ -512,19 +511,6 @@ class FileRefFetches {
     while (this.running.size > 0) await Promise.race(this.running);
     this.check();
   }
-}
-
-/**
- * What a folder remembers per name: at most a few dozen characters, so the memory a download
- * keeps does not grow with the length of the names a peer sends. A short name is kept as it is
- * (hashing every name cost a 10,000-file folder some 7 % of its time here); a longer one as a
- * digest, marked apart so the two never meet. (A digest collision needs 2^64 names; its only
- * effect would be a false "sent twice".)
- */
-const KEPT_NAME_CHARS = 48;
-function nameDigest(name: string): string {
-  if (name.length <= KEPT_NAME_CHARS) return `=${name}`;
-  return `#${createHash('sha256').update(name).digest().toString('latin1', 0, 16)}`;
 }
 
 /** A skipped-file record as the peer sent it, made safe to show: a known code, escaped and bounded text. */

@@ -1,8 +1,7 @@
-import { createHash } from 'node:crypto';
 import { blockRange, decodeBlockManifest, forgetVerified, isValidBlockSize, type BlockManifest, verifyBlock } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { MAX_FREE_BLOCK_BUFFER_BYTES, type Limits } from '../limits';
-import { inspectReceivedName, type UnsafeHere } from '../names';
+import { inspectReceivedName, nameDigest, type UnsafeHere } from '../names';
 import { parseEntry, sanitizeForDisplay, shownType, type Entry } from '../protocol';
 import type { Answer, Connection } from './connection';
 import type { WireMessage } from './frames';
@@ -400,8 +399,8 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
     // The form is checked (a hostile path stops the stream); whether it could be written does not matter.
     inspectReceivedName(path, this.limits.maxPathBytes);
     if (!isOneOf(END_ERROR_CODES, message.code)) throw breach(`A skipped record carries the code "${shownType(message.code)}", which a peer may not send.`);
-    // A fixed-size digest per path: memory does not grow with the length of the names.
-    const key = createHash('sha256').update(path as string).digest().toString('latin1', 0, 16);
+    // Memory does not grow with the length of the names.
+    const key = nameDigest(path as string);
     if (this.skipped.has(key)) throw breach('The peer reported the same path skipped twice.');
     this.skipped.add(key);
     this.countItem();
