@@ -273,25 +273,26 @@ function receiveOption(into: string | undefined, mode: string | undefined): { in
 }
 
 /**
- * A yes/no question at the terminal, in the same queue as the other questions (one at a time,
- * only a line begun after it appeared answers it); a withdrawn question, or none in time, is no.
+ * One question at the terminal, in the queue of questions (one at a time; only a line begun
+ * after it appeared answers it). `answers` maps what may be typed to its result; a withdrawn
+ * question, or none answered in time, is `withdrawn` (and `onWithdrawn` is said).
  */
-function askYesNo(question: string, signal: AbortSignal): Promise<boolean> {
+function askAtTerminalQueue<T>(question: string, answers: Record<string, T>, retry: string, withdrawn: T, onWithdrawn: string, signal: AbortSignal): Promise<T> {
   const turn = questions.then(
     () =>
-      new Promise<boolean>((resolve) => {
-        if (signal.aborted) return resolve(false);
+      new Promise<T>((resolve) => {
+        if (signal.aborted) return resolve(withdrawn);
         startReadingTerminal();
         const shownAt = Date.now();
-        const finish = (answer: boolean): void => {
+        const finish = (answer: T): void => {
           lineHandler = undefined;
           terminalLines?.discardPending();
           signal.removeEventListener('abort', onAbort);
           resolve(answer);
         };
         const onAbort = (): void => {
-          process.stderr.write('\n(the offer was withdrawn, or no answer came in time: declined)\n');
-          finish(false);
+          process.stderr.write(`\n(${onWithdrawn})\n`);
+          finish(withdrawn);
         };
         signal.addEventListener('abort', onAbort);
         lineHandler = (line, startedAt) => {
@@ -300,15 +301,19 @@ function askYesNo(question: string, signal: AbortSignal): Promise<boolean> {
             return;
           }
           const answer = line.trim().toLowerCase();
-          if (answer === 'y' || answer === 'yes') return finish(true);
-          if (answer === 'n' || answer === 'no') return finish(false);
-          process.stderr.write('Type y or n: ');
+          if (Object.hasOwn(answers, answer)) return finish(answers[answer]);
+          process.stderr.write(retry);
         };
         process.stderr.write(question);
       }),
   );
   questions = turn;
   return turn;
+}
+
+/** A yes/no question at the terminal (see askAtTerminalQueue); a withdrawn question, or none in time, is no. */
+function askYesNo(question: string, signal: AbortSignal): Promise<boolean> {
+  return askAtTerminalQueue(question, { y: true, yes: true, n: false, no: false }, 'Type y or n: ', false, 'the offer was withdrawn, or no answer came in time: declined', signal);
 }
 
 /**
@@ -335,39 +340,8 @@ function startReadingTerminal(): void {
 }
 
 function askAtTerminal(request: AccessRequest, signal: AbortSignal): Promise<AccessDecision> {
-  const turn = questions.then(
-    () =>
-      new Promise<AccessDecision>((resolve) => {
-        if (signal.aborted) return resolve('deny');
-        startReadingTerminal();
-        const shownAt = Date.now();
-        const finish = (decision: AccessDecision): void => {
-          lineHandler = undefined;
-          terminalLines?.discardPending();
-          signal.removeEventListener('abort', onAbort);
-          resolve(decision);
-        };
-        const onAbort = (): void => {
-          process.stderr.write('\n(the request was withdrawn, or no answer came in time: denied)\n');
-          finish('deny');
-        };
-        signal.addEventListener('abort', onAbort);
-        lineHandler = (line, startedAt) => {
-          if (startedAt < shownAt) {
-            process.stderr.write('(ignored: typed before this question appeared; answer again) ');
-            return;
-          }
-          const answer = line.trim().toLowerCase();
-          if (answer === 'a' || answer === 'always') return finish('always');
-          if (answer === 'o' || answer === 'once') return finish('once');
-          if (answer === 'd' || answer === 'deny' || answer === 'n' || answer === 'no') return finish('deny');
-          process.stderr.write('Type o, a or d: ');
-        };
-        process.stderr.write(formatAccessQuestion(request));
-      }),
-  );
-  questions = turn;
-  return turn;
+  const answers: Record<string, AccessDecision> = { a: 'always', always: 'always', o: 'once', once: 'once', d: 'deny', deny: 'deny', n: 'deny', no: 'deny' };
+  return askAtTerminalQueue(formatAccessQuestion(request), answers, 'Type o, a or d: ', 'deny', 'the request was withdrawn, or no answer came in time: denied', signal);
 }
 
 /** The question, with what the certificate proves set apart from what the peer says of itself. */
