@@ -524,7 +524,7 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
   await refuseSymlinkComponents(root, components);
   let handle: fs.FileHandle;
   try {
-    handle = await fs.open(expected, flags);
+    handle = PROC_FD && components.length > 0 ? await openBeneath(PROC_FD, root.realPath, components, flags) : await fs.open(expected, flags);
   } catch (err) {
     throw openError(err, wantDir);
   }
@@ -542,6 +542,32 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
   } catch (err) {
     await handle.close();
     throw toPeerShareError(err, 'IO_ERROR');
+  }
+}
+
+/**
+ * Opens `components` below `base` one folder at a time, each through the descriptor of the one
+ * before (`/proc/self/fd/N/name`: openat without a binding), never following a link at any step.
+ * A folder on the way swapped for a symlink after refuseSymlinkComponents looked is then refused
+ * (NOT_FOUND), not opened through: nothing outside the share is opened, not even for a moment.
+ */
+/** @internal exported for its tests */
+export async function openBeneath(procFd: string, base: string, components: string[], flags: number): Promise<fs.FileHandle> {
+  const folderFlags = fsc.O_RDONLY | (fsc.O_DIRECTORY ?? 0) | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0);
+  let folder = await fs.open(base, folderFlags);
+  try {
+    for (const part of components.slice(0, -1)) {
+      const next = await fs.open(`${procFd}/${folder.fd}/${part}`, folderFlags).catch((err: NodeJS.ErrnoException) => {
+        // A file, or a symlink (O_DIRECTORY with O_NOFOLLOW refuses it as ENOTDIR), where a
+        // folder was: the path names nothing here (as refuseSymlinkComponents answers a file).
+        throw err.code === 'ENOTDIR' ? new PeerShareError('NOT_FOUND') : err;
+      });
+      await folder.close();
+      folder = next;
+    }
+    return await fs.open(`${procFd}/${folder.fd}/${components[components.length - 1]}`, flags);
+  } finally {
+    await folder.close();
   }
 }
 

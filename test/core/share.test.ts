@@ -435,3 +435,29 @@ describe('credential files are not shared by default', () => {
     }
   });
 });
+
+describe('share: opening one folder at a time (openBeneath)', { skip: process.platform !== 'linux' && 'needs /proc/self/fd' }, () => {
+  // The sharer looks at every component before it opens (refuseSymlinkComponents); this is what
+  // makes a folder swapped for a symlink in the moment between the look and the open harmless:
+  // the open itself never passes through a link, so nothing outside is opened, even briefly.
+  it('opens through real folders; refuses a symlink or a file where a folder should be (NOT_FOUND), and a symlink at the end (ELOOP)', async () => {
+    const { openBeneath } = await import('../../src/core/share');
+    const base = tempDir('peershare-beneath-');
+    const outside = tempDir('peershare-beneath-outside-');
+    await fs.mkdir(path.join(base, 'a', 'b'), { recursive: true });
+    await fs.writeFile(path.join(base, 'a', 'b', 'f'), 'inside');
+    await fs.mkdir(path.join(outside, 'b'));
+    await fs.writeFile(path.join(outside, 'b', 'f'), 'outside');
+    await fs.symlink(outside, path.join(base, 'link'));
+    await fs.writeFile(path.join(base, 'file'), 'x');
+    const flags = nodeFs.constants.O_RDONLY | nodeFs.constants.O_NOFOLLOW;
+    const handle = await openBeneath('/proc/self/fd', base, ['a', 'b', 'f'], flags);
+    assert.equal(await handle.readFile('utf8'), 'inside');
+    await handle.close();
+    await assert.rejects(openBeneath('/proc/self/fd', base, ['link', 'b', 'f'], flags), { code: 'NOT_FOUND' });
+    await assert.rejects(openBeneath('/proc/self/fd', base, ['file', 'f'], flags), { code: 'NOT_FOUND' });
+    await assert.rejects(openBeneath('/proc/self/fd', base, ['link'], flags), { code: 'ELOOP' });
+    // Where plain open() follows the link on the way and reads the file outside.
+    assert.equal(await fs.readFile(path.join(base, 'link', 'b', 'f'), 'utf8'), 'outside');
+  });
+});
