@@ -21,3 +21,5 @@ export * from './transport';
 export { dialTls, sourceOf, type HandshakeOptions, type TlsListenerStats } from './transport-tls';
 export * from './reach';
 export * from './node';
+export * from './dht-key';
+export { DhtNetwork, DhtListener, internetReach, parseBootstrap, type DhtBootstrap, type DhtNetworkOptions, type InternetReach } from './transport-dht';
