@@ -1,6 +1,7 @@
 import { createPrivateKey, hkdfSync } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
+import { blake3Backend } from './blake3';
 import { parseDhtKey } from './dht-key';
 import { PeerShareError, toPeerShareError } from './errors';
 import type { Identity } from './identity';
@@ -165,6 +166,10 @@ export class DhtNetwork {
     const loadedNow = loadHyperDht(options.moduleId);
     if (!('dht' in loadedNow)) throw new PeerShareError('CONNECTION_FAILED', `Internet reach is off: ${loadedNow.reason}. Peers on your network can still be reached.`);
     const DHT = loadedNow.dht;
+    // BLAKE3 before the DHT's sockets open: its native loader asks Node for a process report,
+    // which looks up the name of every open socket's address; where no DNS answers (a network
+    // namespace, an offline machine) each lookup waits out the resolver, 5 s, on the first connect.
+    blake3Backend();
     const settings: Record<string, unknown> = {
       // A PeerShare installation uses the DHT but does not route for others.
       ephemeral: true,
