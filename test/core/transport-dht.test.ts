@@ -158,6 +158,46 @@ describe('TLS 1.3 with pinned certificates inside the DHT stream', () => {
   });
 });
 
+describe('what a stranger can do with a raw DHT stream', () => {
+  it('a stream that never starts TLS, or sends something else, is closed by the handshake deadline and never reaches the core', async () => {
+    const ann = await makePeer();
+    const stats = noStats();
+    const handed: AuthenticatedStream[] = [];
+    const listener = await network().listen({
+      identity: ann.identity,
+      limits: resolveLimits({ handshakeTimeoutMs: 300 }),
+      stats,
+      log: () => undefined,
+      onStream: (stream) => void handed.push(stream),
+    });
+    // The stranger uses the DHT library itself: a Noise stream, then no TLS at all.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const DHT = require('hyperdht') as new (options: Record<string, unknown>) => {
+      connect(key: Buffer): NodeJS.EventEmitter & { write(data: string): boolean; destroy(): void };
+      destroy(): Promise<void>;
+    };
+    const raw = new DHT({ bootstrap, host: '127.0.0.1', ephemeral: true });
+    try {
+      const closedBy = async (send?: string): Promise<void> => {
+        const socket = raw.connect(Buffer.from(listener.publicKey, 'hex'));
+        socket.on('error', () => undefined);
+        await new Promise<void>((resolve) => socket.once('open', () => resolve()));
+        socket.on('data', () => undefined);
+        if (send !== undefined) socket.write(send);
+        await new Promise<void>((resolve) => socket.once('close', () => resolve()));
+      };
+      await closedBy(); // silent
+      await closedBy('GET / HTTP/1.1\r\nHost: x\r\n\r\n'); // plaintext
+      await closedBy('\x16\x03\x01\x00\x05hello'); // a broken TLS record
+      assert.equal(stats.connectionsAccepted, 0);
+      assert.equal(handed.length, 0, 'nothing reached the core without a TLS handshake');
+    } finally {
+      await raw.destroy();
+      await listener.close();
+    }
+  });
+});
+
 describe('a sharer on the DHT, through the v2 core', () => {
   let sharer: Sharer;
   let sharerNet: DhtNetwork;
