@@ -101,7 +101,7 @@ export type DhtBootstrap = readonly string[] | 'public';
 
 export interface DhtNetworkOptions {
   bootstrap: DhtBootstrap;
-  /** The local address its UDP sockets bind to (default all); tests bind loopback. */
+  /** The local address its UDP sockets bind to (default: all, or loopback when every bootstrap node is on loopback). */
   host?: string;
   /** Its preferred UDP port (HyperDHT's own default, 49737, or the next free one, if unset). */
   port?: number;
@@ -170,10 +170,13 @@ export class DhtNetwork {
     // which looks up the name of every open socket's address; where no DNS answers (a network
     // namespace, an offline machine) each lookup waits out the resolver, 5 s, on the first connect.
     blake3Backend();
+    // A DHT whose every bootstrap node is on this machine can only ever meet peers on it: its
+    // sockets stay on loopback too, and never offer this machine's other addresses to peers.
+    const host = options.host ?? (bootstrap !== 'public' && bootstrap.every((b) => /^(?:[^@]*@)?127\./.test(b)) ? '127.0.0.1' : undefined);
     const settings: Record<string, unknown> = {
       // A PeerShare installation uses the DHT but does not route for others.
       ephemeral: true,
-      ...(options.host !== undefined ? { host: options.host } : {}),
+      ...(host !== undefined ? { host } : {}),
       ...(options.port !== undefined ? { port: options.port } : {}),
     };
     // `public` alone leaves the option unset, which is how HyperDHT picks its public nodes.

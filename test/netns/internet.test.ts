@@ -12,15 +12,22 @@ import { hasTools, makeTopology, type Topology } from './topology';
  * route between the homes but through both NATs, pair with an invite and download a folder
  * through HyperDHT hole punching; the DHT is three nodes of our own in a "public" namespace
  * (topology.ts). With both NATs randomizing ports, the connection must fail with a sentence a
- * person can act on. Needs root, iproute2 and nftables; it builds and removes its namespaces.
+ * person can act on. The CLI's --internet is run the same way. Needs root, iproute2 and nftables,
+ * and the built CLI (npm run build); it builds and removes its namespaces.
  */
 const missing = hasTools();
 const ROOT = path.join(__dirname, '..', '..');
 const children = new Set<ChildProcess>();
 
-/** Runs `node --import tsx <script> ...args` in namespace `ns`; its stdout's lines, one by one. */
+const CLI = path.join(ROOT, 'dist', 'cli.js');
+
+/**
+ * Runs `node --import tsx <script> ...args` in namespace `ns` (or the built CLI, for `cli`); its
+ * stdout's lines, one by one.
+ */
 function inNamespace(ns: string, script: string, args: string[]): { child: ChildProcess; lines: AsyncIterator<string> } {
-  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', path.join(__dirname, script), ...args], { cwd: ROOT, stdio: ['pipe', 'pipe', 'inherit'] });
+  const program = script === 'cli' ? [CLI] : ['--import', 'tsx', path.join(__dirname, script)];
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...program, ...args], { cwd: ROOT, stdio: ['pipe', 'pipe', 'inherit'] });
   children.add(child);
   child.once('exit', () => children.delete(child));
   return { child, lines: createInterface({ input: child.stdout! })[Symbol.asyncIterator]() };
@@ -33,12 +40,15 @@ async function firstLine(lines: AsyncIterator<string>, what: string): Promise<st
 }
 
 /** A world: the topology, its DHT nodes running, and a sharer in home1 sharing `folder`. */
-async function world(randomPorts: boolean, folder: string): Promise<{ topology: Topology; invite: string; stop(): Promise<void> }> {
+async function world(randomPorts: boolean, folder: string, withCli = false): Promise<{ topology: Topology; invite: string; stop(): Promise<void> }> {
   const topology = makeTopology({ randomPorts });
   try {
     const dht = inNamespace(topology.pub, 'dht-bootstrap.ts', topology.dhtNodes);
     assert.equal(await firstLine(dht.lines, 'the DHT nodes'), 'ready');
-    const sharer = inNamespace(topology.home1, 'peer.ts', ['share', path.join(tempDir(), 'home'), folder, topology.dhtNodes[0]]);
+    const home = path.join(tempDir(), 'home');
+    const sharer = withCli
+      ? inNamespace(topology.home1, 'cli', ['serve', folder, '--json', '--home', home, '--host', '0.0.0.0', '--port', '0', '--internet', '--dht-bootstrap', topology.dhtNodes[0]])
+      : inNamespace(topology.home1, 'peer.ts', ['share', home, folder, topology.dhtNodes[0]]);
     const said = JSON.parse(await firstLine(sharer.lines, 'the sharer')) as { invite?: string; error?: string; message?: string };
     assert.ok(said.invite, `the sharer failed: ${said.error} ${said.message}`);
     return {
@@ -46,6 +56,7 @@ async function world(randomPorts: boolean, folder: string): Promise<{ topology: 
       invite: said.invite,
       stop: async () => {
         for (const child of [sharer.child, dht.child]) {
+          if (child === sharer.child && withCli) child.kill('SIGTERM'); // serve stops on a signal
           child.stdin!.end();
           await new Promise((resolve) => (child.exitCode !== null ? resolve(undefined) : child.once('exit', resolve)));
         }
@@ -93,6 +104,21 @@ describe('two homes behind NATs pair and download through HyperDHT hole punching
       assert.equal(result.files, 2);
       assert.deepEqual(await listTree(path.join(dest, 'project')), ['big.bin', 'src/', 'src/main.ts']);
       for (const [name, bytes] of files) assert.ok((await fs.readFile(path.join(dest, 'project', name))).equals(bytes), name);
+    } finally {
+      await w.stop();
+    }
+  });
+
+  it('the CLI, serve --internet and get --internet, through the same two NATs', async () => {
+    const w = await world(false, folder, true);
+    try {
+      const dest = tempDir();
+      const client = inNamespace(w.topology.home2, 'cli', ['get', w.invite, 'project/big.bin', dest, '--json', '--home', path.join(tempDir(), 'home'), '--internet', '--dht-bootstrap', w.topology.dhtNodes[0]]);
+      const result = JSON.parse(await firstLine(client.lines, 'peershare get')) as { error?: { message: string } };
+      assert.equal(result.error, undefined, result.error?.message);
+      const code = await new Promise((resolve) => (client.child.exitCode !== null ? resolve(client.child.exitCode) : client.child.once('exit', resolve)));
+      assert.equal(code, 0, 'get ends by itself: the DHT node is closed with the command');
+      assert.ok((await fs.readFile(path.join(dest, 'big.bin'))).equals(files.get('big.bin')!));
     } finally {
       await w.stop();
     }
