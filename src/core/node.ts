@@ -4,7 +4,7 @@ import { PeerShareError, toPeerShareError } from './errors';
 import { loadOrCreateIdentity, type Identity } from './identity';
 import { looksLikeInvite, parseAddress, parseInvite } from './invite';
 import { resolveLimits, type Limits } from './limits';
-import { connectToKnownPeer, listenOnPort, type PortChoice } from './reach';
+import { connectToKnownPeer, isUnreachable, listenOnPort, type PortChoice } from './reach';
 import { PeerServer, type PeerServerOptions } from './server';
 import { sanitizeForDisplay } from './protocol';
 import { Share, type ShareOptions } from './share';
@@ -103,7 +103,14 @@ export class PeerShareNode {
     if (looksLikeInvite(text)) {
       const invite = parseInvite(text);
       const dht = invite.dht ? await this.internetForDialing() : undefined;
-      return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token, dhtKey: invite.dht, dht }) };
+      try {
+        return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token, dhtKey: invite.dht, dht }) };
+      } catch (err) {
+        // The invite offered a route we did not take: say so, where the person can act on it.
+        const coded = toPeerShareError(err, 'CONNECTION_FAILED');
+        if (!invite.dht || dht || !isUnreachable(coded)) throw coded;
+        throw new PeerShareError(coded.code, `${coded.message} The invite also offers internet reach (HyperDHT); turn it on to try that way.`, { detail: coded.detail, cause: coded });
+      }
     }
     if (parseAddress(text)) return { conn: await connectToPeer({ ...base, addresses: [text] }) };
     const peer = this.trust.find(text);

@@ -418,6 +418,9 @@ describe('PeerShareNode with internet reach', () => {
       assert.equal(shared.internetError?.code, 'INVALID_ARGUMENT');
       assert.equal(shared.internetKey, undefined);
       assert.equal(parseInvite(shared.server.createInvite()).dht, undefined);
+      // An invite that offers the DHT, used with internet reach off: the failure says what was not tried.
+      const elsewhere = formatInvite({ peerId: node.identity.peerId, addresses: [`127.0.0.1:${await freePort()}`], dht: 'ab'.repeat(32), token: 'T'.repeat(32) });
+      await assert.rejects(node.connect(elsewhere), (err: PeerShareError) => err.code === 'CONNECTION_FAILED' && /also offers internet reach/.test(err.message));
     } finally {
       await node.close();
     }
