@@ -17,8 +17,11 @@ async function main() {
     target: 'node20',
     outdir: 'dist',
     // The BLAKE3 binding is native code: src/core/blake3.ts loads it at run time, from the
-    // .node file a per-platform .vsix puts beside the bundle or from node_modules.
-    external: ['vscode', '@napi-rs/blake-hash'],
+    // .node file a per-platform .vsix puts beside the bundle or from node_modules. HyperDHT
+    // (internet reach) carries native parts too (sodium-native, udx-native), each loading its
+    // prebuilt binary from its own package folder: src/core/transport-dht.ts requires it from
+    // node_modules on first use, and internet reach is off where it does not load.
+    external: ['vscode', '@napi-rs/blake-hash', 'hyperdht'],
     minify: production,
     sourcemap: !production,
     sourcesContent: false,

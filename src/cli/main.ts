@@ -21,6 +21,9 @@ import {
   provePeer,
   toPeerShareError,
   MAX_NOTE_CHARS,
+  formatDhtKey,
+  parseBootstrap,
+  type DhtBootstrap,
   type NearbyPeer,
   type AccessDecision,
   type AccessRequest,
@@ -112,6 +115,11 @@ Options:
   send:   --note TEXT       A note shown with the offer (at most 200 characters)
           --text --name F:LINE[-END]  With --text, --name names the snippet, not you
           Exit codes: 0 all accepted and received, 4 declined or refused, others as for get
+  serve, ls, get:  --internet  Internet reach through HyperDHT: serve listens there too (its invite
+          carries a DHT key), ls and get also try a peer's DHT key. The DHT learns this machine's IP
+          address and, while serving, its DHT key.
+          --dht-bootstrap HOST:PORT[,HOST:PORT]  A private DHT's bootstrap nodes (default:
+          $PEERSHARE_DHT_BOOTSTRAP, else HyperDHT's public ones)
 `;
 
 interface Globals {
@@ -122,6 +130,8 @@ interface Globals {
   defaultPort: number;
   /** Where ls and get listen for a trusted peer's announcements when it is not where it was; false: not at all. */
   lookNearby: { interfaces?: string[]; port?: number } | false;
+  /** Internet reach (--internet): the DHT's bootstrap nodes; false: off. */
+  internet: { bootstrap: DhtBootstrap } | false;
 }
 
 function out(line: string): void {
@@ -150,6 +160,8 @@ const OPTIONS = {
   interface: { type: 'string', multiple: true },
   'discovery-port': { type: 'string' },
   'no-discovery': { type: 'boolean', default: false },
+  internet: { type: 'boolean', default: false },
+  'dht-bootstrap': { type: 'string' },
   timeout: { type: 'string' },
   note: { type: 'string' },
   text: { type: 'boolean', default: false },
@@ -183,6 +195,7 @@ async function main(argv: string[]): Promise<number> {
     name: (values.text ? undefined : values.name) ?? `${os.userInfo().username}@${os.hostname()}`,
     defaultPort: defaultPortSetting(),
     lookNearby: values['no-discovery'] ? false : { interfaces: discovery.interfaces, port: discovery.port },
+    internet: internetOption(values.internet ?? false, values['dht-bootstrap']),
   };
   switch (command) {
     case 'nearby':
@@ -202,6 +215,7 @@ async function main(argv: string[]): Promise<number> {
         discovery,
         requests: requestsOption(values.requests),
         receive: receiveOption(values['receive-into'], values.receive),
+        internet: globals.internet !== false,
       });
     case 'send': {
       if (args.length < 1 || (values.text ? args.length !== 1 : args.length < 2)) {
@@ -437,6 +451,7 @@ async function commandServe(
     discovery: DiscoverySettings;
     requests: 'ask' | 'deny';
     receive?: { into: string; mode: ReceiveMode };
+    internet: boolean;
   },
 ): Promise<number> {
   const log = (level: string, message: string): void => {
@@ -468,7 +483,7 @@ async function commandServe(
       }),
     );
   }
-  const { server, share, port, defaultPortInUse, announced } = await node.share({
+  const { server, share, port, defaultPortInUse, announced, internetKey, internetError } = await node.share({
     folders: folders.map((f) => path.resolve(f)),
     excludes: options.excludes,
     honourGitignore: options.honourGitignore,
@@ -477,16 +492,20 @@ async function commandServe(
     port: options.port,
     announce: options.discovery.announce,
     onAccessRequest: options.requests === 'ask' ? askAtTerminal : undefined,
+    internet: options.internet,
   });
   const invite = server.createInvite({ ttlMs: options.ttlMs, uses: options.uses });
   // Only once everything is up: a failed start must not leave the terminal being read (and raw).
   if (options.requests === 'ask' || askOffers) startReadingTerminal();
   if (globals.json) {
-    printJson({ event: 'listening', addresses: server.addresses(), port, ...(defaultPortInUse ? { defaultPortInUse } : {}), peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
+    const reach = internetKey ? { dht: formatDhtKey(internetKey) } : internetError ? { internetError: { code: internetError.code, message: internetError.message } } : {};
+    printJson({ event: 'listening', addresses: server.addresses(), port, ...(defaultPortInUse ? { defaultPortInUse } : {}), ...reach, peerId: identity.peerId, invite, roots: share.roots.map((r) => r.name) });
   } else {
     out(`Sharing ${share.roots.map((r) => r.realPath).join(', ')} (read-only) as "${globals.name}"`);
     out(`Peer ID:   ${identity.peerId}`);
     out(`Listening: ${server.addresses().join(', ')}`);
+    if (internetKey) out(`Internet:  on the DHT as ${formatDhtKey(internetKey)} (the invite carries it)`);
+    if (internetError) out(`Internet:  off: ${internetError.message}`);
     if (defaultPortInUse) {
       out(
         `Port ${defaultPortInUse} is in use; listening on ${port} instead. Peers that paired with you find you ${announced ? 'through your announcements' : 'only with a new invite (or when you announce yourself: --announce)'}.`,
@@ -581,7 +600,28 @@ async function connectTarget(globals: Globals, target: string, signal?: AbortSig
 
 /** This installation, as the CLI's options describe it; `discovery` false: no listening for or sending announcements. */
 function openNode(globals: Globals, discovery: { interfaces?: string[]; port?: number } | false, log?: (level: string, message: string) => void): Promise<PeerShareNode> {
-  return PeerShareNode.open({ home: globals.home, name: () => globals.name, defaultPort: globals.defaultPort, discovery: () => discovery, log });
+  const internet = globals.internet;
+  const opening = PeerShareNode.open({ home: globals.home, name: () => globals.name, defaultPort: globals.defaultPort, discovery: () => discovery, log, internet: () => internet });
+  void opening.then((node) => openNodes.add(node), () => undefined);
+  return opening;
+}
+
+/** Nodes a command opened: closed when it ends, so a DHT node's sockets do not keep the process alive. */
+const openNodes = new Set<PeerShareNode>();
+
+async function closeOpenNodes(): Promise<void> {
+  await Promise.all([...openNodes].map((node) => node.close().catch(() => undefined)));
+}
+
+/**
+ * --internet and where the DHT is: --dht-bootstrap, else PEERSHARE_DHT_BOOTSTRAP, else the public
+ * HyperDHT, chosen by name. A bootstrap list without --internet turns nothing on.
+ */
+function internetOption(on: boolean, bootstrap: string | undefined): Globals['internet'] {
+  if (!on) return false;
+  const given = bootstrap ?? process.env.PEERSHARE_DHT_BOOTSTRAP;
+  if (given === undefined || given.trim() === '') return { bootstrap: 'public' };
+  return { bootstrap: parseBootstrap(given.split(',').map((entry) => entry.trim())) };
 }
 
 async function commandLs(globals: Globals, target: string, remotePath: string): Promise<number> {
@@ -716,7 +756,7 @@ async function commandSend(globals: Globals, target: string, paths: string[], op
   }
 }
 
-main(process.argv.slice(2)).then(
+main(process.argv.slice(2)).finally(closeOpenNodes).then(
   (code) => {
     process.exitCode = code;
   },

@@ -1,10 +1,13 @@
 import { blake3Backend } from './blake3';
+import { parseDhtKey } from './dht-key';
 import type { Identity } from './identity';
 import { PeerShareError, toPeerShareError } from './errors';
 import { resolveLimits, type Limits } from './limits';
 import { fingerprintFromPeerId, normalizePeerId, verificationCode } from './peer-id';
 import { sanitizeForDisplay, type Entry, type WelcomeMessage } from './protocol';
-import type { AuthenticatedStream } from './transport';
+import { firstToSucceed } from './race';
+import type { AuthenticatedStream, StreamRoute } from './transport';
+import type { DhtNetwork } from './transport-dht';
 import { dialTls } from './transport-tls';
 import type { TrustStore } from './trust';
 import type { Connection } from './v2/connection';
@@ -34,7 +37,18 @@ export interface ConnectOptions {
   onVerificationCode?: (code: string) => void;
   /** Capability send/1 (send.ts): served to the peer, so either side may offer files. */
   send?: SendService;
+  /**
+   * The peer's HyperDHT key (hex or z-base-32; its invite's `dht=`, or the trust file's). With
+   * `dht`, the peer is looked for there too, beside the addresses: the first route that proves the
+   * expected peer is kept (happy eyeballs), and the trust file remembers which it was.
+   */
+  dhtKey?: string;
+  /** Internet reach, when it is on (PeerShareNode starts it): without it, `dhtKey` is not used. */
+  dht?: Pick<DhtNetwork, 'dial'>;
 }
+
+/** Failures that say only "not reached this way": worth trying another address or route. */
+const UNREACHED = ['CONNECTION_FAILED', 'TIMEOUT', 'CONNECTION_CLOSED'];
 
 /** Spec 6: `share/1`'s roots, at most 256 names of 1 to 255 characters; undefined when the peer broke those bounds. No share advertised: none. */
 function shareRootsOf(params: Record<string, unknown> | undefined): string[] | undefined {
@@ -46,11 +60,14 @@ function shareRootsOf(params: Record<string, unknown> | undefined): string[] | u
 
 /** Connects, pins the peer's certificate, says hello, and returns a ready connection. */
 export async function connectToPeer(options: ConnectOptions): Promise<PeerConnection> {
-  if (options.addresses.length === 0) throw new PeerShareError('INVALID_ARGUMENT', 'No address to connect to.');
+  const viaDht = options.dhtKey !== undefined && options.dht !== undefined;
+  if (options.addresses.length === 0 && !viaDht) throw new PeerShareError('INVALID_ARGUMENT', 'No address to connect to.');
+  if (options.dhtKey !== undefined && !parseDhtKey(options.dhtKey)) throw new PeerShareError('INVALID_ARGUMENT', 'That is not a HyperDHT key.');
   // BLAKE3 is loaded before the socket opens, not when the first block arrives (as the sharer
   // does at listen, server.ts): loading it stalls the event loop, less here than with a server's
   // many sockets, but never mid-transfer.
   blake3Backend();
+  if (viaDht) return finishConnect(await firstProvedRoute(options), options);
   let lastError: PeerShareError | undefined;
   for (const address of options.addresses) {
     if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
@@ -59,7 +76,7 @@ export async function connectToPeer(options: ConnectOptions): Promise<PeerConnec
     } catch (err) {
       lastError = toPeerShareError(err, 'CONNECTION_FAILED');
       // Only a failure to reach this address is worth trying the next one for.
-      if (!['CONNECTION_FAILED', 'TIMEOUT', 'CONNECTION_CLOSED'].includes(lastError.code)) throw lastError;
+      if (!UNREACHED.includes(lastError.code)) throw lastError;
     }
   }
   throw lastError!;
@@ -67,16 +84,75 @@ export async function connectToPeer(options: ConnectOptions): Promise<PeerConnec
 
 async function connectOnce(address: string, options: ConnectOptions): Promise<PeerConnection> {
   const limits = resolveLimits(options.limits);
-  const expected = options.expectedPeerId ? normalizePeerId(options.expectedPeerId) : undefined;
   const remote = await dialTls({ identity: options.identity, address, timeoutMs: limits.handshakeTimeoutMs, signal: options.signal });
+  return finishConnect(pinned(remote, options), options);
+}
+
+/** The pin, checked before we send a single byte: the peer we meant, or (with none named) one we read from. */
+function pinned(remote: AuthenticatedStream, options: ConnectOptions): AuthenticatedStream {
+  const expected = options.expectedPeerId ? normalizePeerId(options.expectedPeerId) : undefined;
   const id = remote.peerId;
-  // The pin, checked before we send a single byte.
-  if (expected ? id !== expected : !options.trust.readsFrom(id)) {
-    remote.stream.destroy();
-    throw expected
-      ? new PeerShareError('PEER_MISMATCH', `The peer at ${address} is not the one you meant to reach: it presented ${id}. Someone else may be answering at that address.`)
-      : new PeerShareError('PEER_UNTRUSTED', `The peer at ${address} (${id}) is not one you trust.`);
+  if (expected ? id === expected : options.trust.readsFrom(id)) return remote;
+  remote.stream.destroy();
+  const where = remote.route === 'dht' ? `reached through the DHT (${remote.address})` : `at ${remote.address}`;
+  const why = remote.route === 'dht' ? 'Someone else holds the DHT key it was reached by.' : 'Someone else may be answering at that address.';
+  throw expected
+    ? new PeerShareError('PEER_MISMATCH', `The peer ${where} is not the one you meant to reach: it presented ${id}. ${why}`)
+    : new PeerShareError('PEER_UNTRUSTED', `The peer ${where} (${id}) is not one you trust.`);
+}
+
+/**
+ * Happy eyeballs: the addresses (one after another, as without the DHT) and the DHT side by side;
+ * the first stream that proves the expected peer is kept and the other attempt is cancelled (or
+ * closed, if it proves the peer too late). Only a proved stream wins, and nothing is sent on any
+ * stream before that: an invite's token goes to the winner alone. If every route fails, a
+ * failure of the peer itself (another certificate, no trust) is reported before "not reached".
+ */
+async function firstProvedRoute(options: ConnectOptions): Promise<AuthenticatedStream> {
+  const limits = resolveLimits(options.limits);
+  const { identity, signal } = options;
+  const race = new AbortController();
+  const onAbort = (): void => race.abort();
+  if (signal?.aborted) throw new PeerShareError('CANCELLED');
+  signal?.addEventListener('abort', onAbort, { once: true });
+  const direct = async (): Promise<AuthenticatedStream> => {
+    let last: PeerShareError | undefined;
+    for (const address of options.addresses) {
+      if (race.signal.aborted) throw new PeerShareError('CANCELLED');
+      try {
+        return pinned(await dialTls({ identity, address, timeoutMs: limits.handshakeTimeoutMs, signal: race.signal }), options);
+      } catch (err) {
+        last = toPeerShareError(err, 'CONNECTION_FAILED');
+        if (!UNREACHED.includes(last.code)) throw last;
+      }
+    }
+    throw last!;
+  };
+  const dht = async (): Promise<AuthenticatedStream> =>
+    pinned(await options.dht!.dial(options.dhtKey!, { identity, timeoutMs: limits.dhtConnectTimeoutMs, signal: race.signal }), options);
+  const routes = options.addresses.length > 0 ? [direct(), dht()] : [dht()];
+  try {
+    return await firstToSucceed(routes, (late) => late.stream.destroy());
+  } catch (errors) {
+    if (signal?.aborted) throw new PeerShareError('CANCELLED');
+    const failures = (errors as unknown[]).map((err) => toPeerShareError(err, 'CONNECTION_FAILED'));
+    const ofThePeer = failures.find((f) => !UNREACHED.includes(f.code));
+    if (ofThePeer || failures.length === 1) throw ofThePeer ?? failures[0];
+    const [lan, internet] = failures;
+    throw new PeerShareError(lan.code, `${lan.message} Through the internet (DHT): ${internet.message}`, {
+      detail: [lan.detail, internet.detail].filter(Boolean).join(' ') || undefined,
+      cause: lan,
+    });
+  } finally {
+    race.abort();
+    signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/** After the pin: the hello on the proved stream, and the trust file told where (and how) the peer was reached. */
+async function finishConnect(remote: AuthenticatedStream, options: ConnectOptions): Promise<PeerConnection> {
+  const limits = resolveLimits(options.limits);
+  const expected = options.expectedPeerId ? normalizePeerId(options.expectedPeerId) : undefined;
   const connection = new PeerConnection(remote, limits);
   const asking = options.requestAccess === true && options.token === undefined;
   if (asking) options.onVerificationCode?.(verificationCode(options.identity.fingerprint, fingerprintFromPeerId(connection.peerId)));
@@ -89,7 +165,7 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   }
   try {
     // The peer pinned above: dialV2 checks it again before writing its hello.
-    await connection.hello({ expectedPeerId: expected ?? id, name: options.name, token: options.token, requestAccess: asking, send: options.send });
+    await connection.hello({ expectedPeerId: expected ?? remote.peerId, name: options.name, token: options.token, requestAccess: asking, send: options.send });
   } catch (err) {
     connection.close();
     throw err;
@@ -99,8 +175,13 @@ async function connectOnce(address: string, options: ConnectOptions): Promise<Pe
   // Allowed once is not a pairing.
   if ((expected && (!asking || connection.welcome.paired)) || options.trust.readsFrom(connection.peerId)) {
     const known = options.trust.get(connection.peerId);
-    const addresses = [address, ...(known?.addresses ?? []).filter((a) => a !== address)].slice(0, 8);
-    await options.trust.addSharer({ id: connection.peerId, name: connection.welcome.name, addresses });
+    // A DHT stream's address is a UDP one of the moment, no place to look for the peer again.
+    const address = remote.route === 'dht' ? undefined : remote.address;
+    const addresses = address === undefined ? (known?.addresses ?? []) : [address, ...(known?.addresses ?? []).filter((a) => a !== address)].slice(0, 8);
+    // Which route worked is remembered only where there was a choice (the peer has a DHT key).
+    const dht = options.dhtKey !== undefined ? parseDhtKey(options.dhtKey) : undefined;
+    const route = (dht ?? known?.dht) ? { reachedVia: remote.route ?? ('direct' as const) } : {};
+    await options.trust.addSharer({ id: connection.peerId, name: connection.welcome.name, addresses, ...(dht ? { dht } : {}), ...route });
   }
   return connection;
 }
@@ -118,6 +199,8 @@ export class PeerConnection {
   readonly peerId: string;
   /** Where the peer is (`host:port`), for display. */
   readonly address: string;
+  /** How it was reached: on the LAN (`direct`) or through the DHT. */
+  readonly route: StreamRoute;
   /** The peer's share (capability share/1), once the handshake is through. */
   share!: ShareClient;
   /** send/1 on this connection (offers either way), when a SendService was given. */
@@ -133,6 +216,7 @@ export class PeerConnection {
   ) {
     this.peerId = remote.peerId;
     this.address = remote.address;
+    this.route = remote.route ?? 'direct';
     remote.stream.on('data', (chunk: Buffer) => {
       this.bytesReceived += chunk.length;
     });

@@ -1,17 +1,22 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { formatDhtKey, parseDhtKey } from './dht-key';
 import { PeerShareError } from './errors';
 import { DEFAULT_LIMITS } from './limits';
 import { normalizePeerId } from './peer-id';
 
 /**
  * An invite is one line of text that also works as a link:
- *   peershare://invite?v=1&id=<peer ID>&addr=<host:port>[&addr=...]&token=<secret>&name=<display name>
- * The ID pins the sharer's certificate; the token, once, lets the holder become trusted.
+ *   peershare://invite?v=1&id=<peer ID>&addr=<host:port>[&addr=...][&dht=<key>]&token=<secret>&name=<display name>
+ * The ID pins the sharer's certificate; the token, once, lets the holder become trusted. `dht`,
+ * when the sharer has internet reach on, is its HyperDHT public key (z-base-32, or 64 hex): one
+ * more place to find it, never who it is. Older clients ignore it and use the addresses.
  * Links of the form `vscode://peershare.peershare/invite?...` carry the same query and are accepted too.
  */
 export interface Invite {
   peerId: string;
   addresses: string[];
+  /** The sharer's HyperDHT public key, 64 lowercase hex characters (transport-dht.ts). */
+  dht?: string;
   token?: string;
   name?: string;
 }
@@ -23,6 +28,7 @@ export function formatInvite(invite: Invite): string {
   params.set('v', '1');
   params.set('id', invite.peerId.replace(/-/g, ''));
   for (const address of invite.addresses) params.append('addr', address);
+  if (invite.dht) params.set('dht', formatDhtKey(invite.dht));
   if (invite.token) params.set('token', invite.token);
   if (invite.name) params.set('name', invite.name);
   return `peershare://invite?${params.toString()}`;
@@ -56,13 +62,16 @@ export function parseInvite(text: string): Invite {
     .filter((a): a is { host: string; port: number } => a !== undefined)
     .map((a) => formatAddress(a.host, a.port))
     .slice(0, 16);
-  if (addresses.length === 0) throw new PeerShareError('INVALID_INVITE', 'The invite has no usable address.');
+  const dhtText = url.searchParams.get('dht');
+  const dht = dhtText === null ? undefined : parseDhtKey(dhtText);
+  if (dhtText !== null && !dht) throw new PeerShareError('INVALID_INVITE', 'The invite carries a malformed internet (DHT) key.');
+  if (addresses.length === 0 && !dht) throw new PeerShareError('INVALID_INVITE', 'The invite has no usable address.');
   const token = url.searchParams.get('token') ?? undefined;
   if (token !== undefined && !/^[A-Za-z0-9_-]{16,128}$/.test(token)) {
     throw new PeerShareError('INVALID_INVITE', 'The invite carries a malformed token.');
   }
   const name = url.searchParams.get('name')?.slice(0, 100) ?? undefined;
-  return { peerId, addresses, token, name };
+  return dht ? { peerId, addresses, dht, token, name } : { peerId, addresses, token, name };
 }
 
 /** Parses `host:port`, `[v6]:port`; returns undefined for anything else. */

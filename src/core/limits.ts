@@ -5,6 +5,8 @@
 export interface Limits {
   /** TLS handshake must finish within this time. */
   handshakeTimeoutMs: number;
+  /** A connection through HyperDHT (finding the peer, hole punching, then TLS) must be open within this time. */
+  dhtConnectTimeoutMs: number;
   /** After the handshake, the client's hello must arrive within this time. */
   helloTimeoutMs: number;
   /** How long a nearby peer's request to connect waits for the sharer's answer; no answer is Deny. */
@@ -120,6 +122,7 @@ export interface Limits {
 
 export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   handshakeTimeoutMs: 10_000,
+  dhtConnectTimeoutMs: 20_000,
   helloTimeoutMs: 10_000,
   approvalTimeoutMs: 60_000,
   idleTimeoutMs: 5 * 60_000,

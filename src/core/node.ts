@@ -1,12 +1,14 @@
 import { connectToPeer, type ConnectOptions, type PeerConnection } from './client';
 import { Discovery, type DiscoveryOptions } from './discovery';
-import { PeerShareError } from './errors';
+import { PeerShareError, toPeerShareError } from './errors';
 import { loadOrCreateIdentity, type Identity } from './identity';
 import { looksLikeInvite, parseAddress, parseInvite } from './invite';
 import { resolveLimits, type Limits } from './limits';
-import { connectToKnownPeer, listenOnPort, type PortChoice } from './reach';
+import { connectToKnownPeer, isUnreachable, listenOnPort, type PortChoice } from './reach';
 import { PeerServer, type PeerServerOptions } from './server';
+import { sanitizeForDisplay } from './protocol';
 import { Share, type ShareOptions } from './share';
+import { DhtNetwork, type DhtListener, type DhtNetworkOptions } from './transport-dht';
 import { TrustStore } from './trust';
 import { BlockCache } from './block-cache';
 import { SendService } from './send';
@@ -28,6 +30,11 @@ export interface NodeOptions {
   /** The port sharers listen on unless told otherwise, and where a moved peer is looked for. */
   defaultPort?: number;
   log?: (level: 'debug' | 'info' | 'warn' | 'error', message: string) => void;
+  /**
+   * Internet reach (HyperDHT, issue 14): where to meet the DHT, read when it starts; false or
+   * absent: off. The bootstrap nodes must be named, a list of HOST:PORT or 'public'.
+   */
+  internet?: () => Pick<DhtNetworkOptions, 'bootstrap' | 'host' | 'port'> | false;
 }
 
 export interface ShareStart extends Pick<ShareOptions, 'excludes' | 'honourGitignore' | 'defaultExcludes'> {
@@ -40,6 +47,8 @@ export interface ShareStart extends Pick<ShareOptions, 'excludes' | 'honourGitig
   announce?: boolean;
   onAccessRequest?: PeerServerOptions['onAccessRequest'];
   limits?: Partial<Limits>;
+  /** Also listen on the DHT, so peers beyond the LAN reach this share (internet reach must be on). */
+  internet?: boolean;
 }
 
 /** A running share: the server, what it shares, where it listens. */
@@ -51,11 +60,16 @@ export interface ActiveShare {
   defaultPortInUse?: number;
   /** Whether it is announced on the network. */
   announced: boolean;
+  /** The DHT key it listens on when internet reach is on (its invites carry it). */
+  internetKey?: string;
+  /** Why it does not listen on the DHT though asked to (the share runs on the LAN regardless). */
+  internetError?: PeerShareError;
   stop(): Promise<void>;
 }
 
 export class PeerShareNode {
   private discoveryStarting?: Promise<Discovery | undefined>;
+  private internetStarting?: Promise<DhtNetwork>;
   private readonly shares = new Set<ActiveShare>();
   /** Per-peer receive settings (ask / inbox / never), beside the trust file. */
   readonly receiveSettings: ReceiveSettings;
@@ -126,20 +140,29 @@ export class PeerShareNode {
     const text = target.trim();
     if (looksLikeInvite(text)) {
       const invite = parseInvite(text);
-      return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token }) };
+      const dht = invite.dht ? await this.internetForDialing() : undefined;
+      try {
+        return { conn: await connectToPeer({ ...base, addresses: invite.addresses, expectedPeerId: invite.peerId, token: invite.token, dhtKey: invite.dht, dht }) };
+      } catch (err) {
+        // The invite offered a route we did not take: say so, where the person can act on it.
+        const coded = toPeerShareError(err, 'CONNECTION_FAILED');
+        if (!invite.dht || dht || !isUnreachable(coded)) throw coded;
+        throw new PeerShareError(coded.code, `${coded.message} The invite also offers internet reach (HyperDHT); turn it on to try that way.`, { detail: coded.detail, cause: coded });
+      }
     }
     if (parseAddress(text)) return { conn: await connectToPeer({ ...base, addresses: [text] }) };
     const peer = this.trust.find(text);
     if (!peer) throw new PeerShareError('UNKNOWN_PEER', `No trusted peer matches "${target}". Use an invite the first time.`);
     const known = [...peer.addresses];
     const conn = await this.connectToPeer(peer.id, options);
-    return known.includes(conn.address) ? { conn } : { conn, movedFrom: known };
+    return conn.route === 'dht' || known.includes(conn.address) ? { conn } : { conn, movedFrom: known };
   }
 
   /** A trusted peer by ID: where it was, at its host's default port, or where it announces itself. */
   async connectToPeer(peerId: string, options: { signal?: AbortSignal; lookNearby?: boolean } = {}): Promise<PeerConnection> {
     const discovery = options.lookNearby === false ? false : await this.lookNearbyWith();
-    return connectToKnownPeer({ ...this.connectOptions(options.signal), peerId, defaultPort: this.options.defaultPort, discovery });
+    const dht = this.trust.get(peerId)?.dht ? await this.internetForDialing() : undefined;
+    return connectToKnownPeer({ ...this.connectOptions(options.signal), peerId, defaultPort: this.options.defaultPort, discovery, dht });
   }
 
   /** Asks a nearby peer that does not know us to let us in; `onCode` gets the verification code both sides see. */
@@ -200,26 +223,80 @@ export class PeerShareNode {
     const { port, defaultPortInUse } = await listenOnPort(server, start.host, choice);
     const discovery = start.announce ? await this.discovery() : undefined;
     discovery?.announce({ name: this.options.name(), port });
+    let onDht: DhtListener | undefined;
+    let internetError: PeerShareError | undefined;
+    if (start.internet) {
+      try {
+        const network = await this.internet();
+        if (!network) throw new PeerShareError('INVALID_ARGUMENT', 'Internet reach is not set up: name its bootstrap nodes first.');
+        const log = this.options.log;
+        onDht = await network.listen({
+          identity: this.identity,
+          limits,
+          stats: server.stats,
+          log: (level, message) => log?.(level, sanitizeForDisplay(message)),
+          onStream: (stream, admission) => server.acceptStream(stream, admission),
+        });
+        server.internetKey = onDht.publicKey;
+      } catch (err) {
+        internetError = toPeerShareError(err, 'CONNECTION_FAILED');
+        this.options.log?.('warn', `Sharing on the LAN only: ${internetError.message}`);
+      }
+    }
     const active: ActiveShare = {
       server,
       share,
       port,
       defaultPortInUse,
       announced: discovery !== undefined,
+      ...(onDht ? { internetKey: onDht.publicKey } : {}),
+      ...(internetError ? { internetError } : {}),
       stop: async () => {
         if (!this.shares.delete(active)) return;
         if (active.announced) discovery?.stopAnnouncing();
+        server.internetKey = undefined;
         await server.close();
+        await onDht?.close();
       },
     };
     this.shares.add(active);
     return active;
   }
 
-  /** Stops every share and discovery. */
+  /**
+   * Internet reach, started on first use and shared by sharing and connecting: undefined when it
+   * is off (not set up). Throws when it is set up but cannot start here (CONNECTION_FAILED saying
+   * why: the library did not load) or its settings are wrong (INVALID_ARGUMENT).
+   */
+  async internet(): Promise<DhtNetwork | undefined> {
+    const settings = this.options.internet?.() ?? false;
+    if (settings === false) return undefined;
+    this.internetStarting ??= Promise.resolve().then(() => DhtNetwork.create(settings));
+    try {
+      return await this.internetStarting;
+    } catch (err) {
+      this.internetStarting = undefined;
+      throw err;
+    }
+  }
+
+  /** Stops every share, discovery and internet reach. */
   async close(): Promise<void> {
     await Promise.all([...this.shares].map((s) => s.stop()));
     await this.stopDiscovery();
+    const internet = this.internetStarting;
+    this.internetStarting = undefined;
+    await (await internet?.catch(() => undefined))?.close();
+  }
+
+  /** Internet reach for a connection that may use it: when it cannot start, the LAN alone (and the log says why). */
+  private async internetForDialing(): Promise<DhtNetwork | undefined> {
+    try {
+      return await this.internet();
+    } catch (err) {
+      this.options.log?.('warn', `Connecting on the LAN only: ${toPeerShareError(err, 'CONNECTION_FAILED').message}`);
+      return undefined;
+    }
   }
 
   private connectOptions(signal?: AbortSignal): Omit<ConnectOptions, 'addresses'> {

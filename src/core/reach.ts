@@ -5,6 +5,7 @@ import { formatAddress, parseAddress } from './invite';
 import { resolveLimits } from './limits';
 import { normalizePeerId, shortPeerId } from './peer-id';
 import { sanitizeForDisplay } from './protocol';
+import { firstToSucceed } from './race';
 
 /**
  * How a trusted peer is found again after it restarts, from both sides.
@@ -103,7 +104,7 @@ export interface NearbyLookSettings {
   port?: number;
 }
 
-export interface KnownPeerOptions extends Omit<ConnectOptions, 'addresses' | 'expectedPeerId' | 'token' | 'requestAccess' | 'onVerificationCode'> {
+export interface KnownPeerOptions extends Omit<ConnectOptions, 'addresses' | 'expectedPeerId' | 'token' | 'requestAccess' | 'onVerificationCode' | 'dhtKey'> {
   /** A trusted peer's ID; its remembered addresses are read from `trust`. */
   peerId: string;
   /** The port sharers listen on by default (DEFAULT_PORT); tests set their own. */
@@ -132,6 +133,51 @@ export interface KnownPeerOptions extends Omit<ConnectOptions, 'addresses' | 'ex
  * error, with a message that says where we looked and where something else answered.
  */
 export async function connectToKnownPeer(options: KnownPeerOptions): Promise<PeerConnection> {
+  const dhtKey = options.trust.get(normalizePeerId(options.peerId))?.dht;
+  if (!options.dht || !dhtKey) return findOnLan(options);
+  return findOnLanOrDht(options, options.dht, dhtKey);
+}
+
+/**
+ * A trusted peer with a DHT key, while internet reach is on: the search on the LAN (findOnLan)
+ * and a connection through the DHT side by side; the first to connect is kept, the other
+ * cancelled (or closed, if it connects too late). If both fail, a failure of the peer itself comes
+ * first; else the LAN search's sentence, with what the DHT said.
+ */
+async function findOnLanOrDht(options: KnownPeerOptions, dht: NonNullable<KnownPeerOptions['dht']>, dhtKey: string): Promise<PeerConnection> {
+  const { signal, identity, trust, name, limits } = options;
+  if (signal?.aborted) throw new PeerShareError('CANCELLED');
+  // One cancel per route, so the winner's connection keeps the caller's cancel and the loser is stopped alone.
+  const onLan = new AbortController();
+  const onDht = new AbortController();
+  const forward = (): void => {
+    onLan.abort();
+    onDht.abort();
+  };
+  signal?.addEventListener('abort', forward, { once: true });
+  const attempts = [
+    findOnLan({ ...options, signal: onLan.signal }),
+    connectToPeer({ identity, trust, name, limits, signal: onDht.signal, addresses: [], expectedPeerId: options.peerId, dhtKey, dht }),
+  ];
+  try {
+    const winner = await firstToSucceed(attempts, (late) => late.close());
+    (winner.route === 'dht' ? onLan : onDht).abort();
+    return winner;
+  } catch (errors) {
+    signal?.removeEventListener('abort', forward);
+    if (signal?.aborted) throw new PeerShareError('CANCELLED');
+    const [lan, internet] = (errors as unknown[]).map((err) => toPeerShareError(err, 'CONNECTION_FAILED'));
+    const ofThePeer = [lan, internet].find((f) => !isUnreachable(f) && f.code !== 'UNKNOWN_PEER');
+    if (ofThePeer) throw ofThePeer;
+    throw new PeerShareError(lan.code === 'UNKNOWN_PEER' ? internet.code : lan.code, `${lan.message} Through the internet (DHT): ${internet.message}`, {
+      detail: [lan.detail, internet.detail].filter(Boolean).join(' ') || undefined,
+      cause: lan,
+    });
+  }
+}
+
+/** connectToKnownPeer on the LAN alone: the steps above. */
+async function findOnLan(options: KnownPeerOptions): Promise<PeerConnection> {
   const peerId = normalizePeerId(options.peerId);
   const known = options.trust.get(peerId);
   if (!known) throw new PeerShareError('UNKNOWN_PEER', `${shortPeerId(peerId)}… is not a peer you trust. Pair with an invite first.`);

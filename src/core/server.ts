@@ -96,6 +96,8 @@ export class PeerServer extends EventEmitter {
   private provider?: Promise<ShareProvider>;
   private boundPort = 0;
   private boundHost = '';
+  /** The DHT key this sharer also listens on, while internet reach is on (PeerShareNode sets it): invites carry it. */
+  internetKey?: string;
   private readonly log: Logger;
 
   constructor(readonly options: PeerServerOptions) {
@@ -159,7 +161,7 @@ export class PeerServer extends EventEmitter {
   /** A one-line invite; its token lets `uses` new peers pair within `ttlMs`. */
   createInvite(options: { ttlMs?: number; uses?: number } = {}): string {
     const token = this.tokens.issue({ ttlMs: options.ttlMs ?? 60 * 60_000, uses: options.uses ?? 1 });
-    return formatInvite({ peerId: this.options.identity.peerId, addresses: this.addresses(), token, name: this.options.name });
+    return formatInvite({ peerId: this.options.identity.peerId, addresses: this.addresses(), dht: this.internetKey, token, name: this.options.name });
   }
 
   connectedPeers(): ConnectedPeer[] {

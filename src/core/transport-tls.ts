@@ -1,5 +1,6 @@
 import type { X509Certificate } from 'node:crypto';
 import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
 import * as tls from 'node:tls';
 import { PeerShareError, toPeerShareError } from './errors';
 import type { Identity } from './identity';
@@ -40,19 +41,42 @@ export function dialTls(options: HandshakeOptions): Promise<AuthenticatedStream>
   if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     throw new PeerShareError('INVALID_ARGUMENT', `The handshake timeout must be a positive number of milliseconds, got ${String(timeoutMs)}.`);
   }
-  const { address, identity, signal } = options;
+  const { identity, signal } = options;
+  if (signal?.aborted) return Promise.reject(new PeerShareError('CANCELLED'));
+  const socket = tls.connect({
+    ...TLS_OPTIONS,
+    host: parsed.host,
+    port: parsed.port,
+    key: identity.keyPem,
+    cert: identity.certPem,
+    // Self-signed peers: the certificate's ID is the check, made by the caller.
+    rejectUnauthorized: false,
+    servername: undefined,
+  });
+  return completeDial(socket, { address: options.address, host: parsed.host, timeoutMs, signal });
+}
+
+/**
+ * TLS 1.3 as the dialer over a stream another transport opened (HyperDHT's, transport-dht.ts):
+ * the same certificate, settings and checks as dialTls, so the peer ID is proved exactly as over
+ * TCP and the other transport's own keys decide nothing. `address` and `host` are for display.
+ */
+export function dialTlsOver(raw: Duplex, options: { identity: Identity; address: string; host: string; timeoutMs: number; signal?: AbortSignal }): Promise<AuthenticatedStream> {
+  const { identity, signal } = options;
+  if (signal?.aborted) {
+    raw.destroy();
+    return Promise.reject(new PeerShareError('CANCELLED'));
+  }
+  const socket = tls.connect({ ...TLS_OPTIONS, socket: raw, key: identity.keyPem, cert: identity.certPem, rejectUnauthorized: false, servername: undefined });
+  // As over TCP: the peer's end ends ours (a TLS socket over a stream inherits that stream's half-open setting).
+  socket.allowHalfOpen = false;
+  return completeDial(socket, options);
+}
+
+/** The dialer's handshake on `socket`, within `timeoutMs`: the stream and the peer ID its one certificate proves. */
+function completeDial(socket: tls.TLSSocket, options: { address: string; host: string; timeoutMs: number; signal?: AbortSignal }): Promise<AuthenticatedStream> {
+  const { address, timeoutMs, signal } = options;
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new PeerShareError('CANCELLED'));
-    const socket = tls.connect({
-      ...TLS_OPTIONS,
-      host: parsed.host,
-      port: parsed.port,
-      key: identity.keyPem,
-      cert: identity.certPem,
-      // Self-signed peers: the certificate's ID is the check, made by the caller.
-      rejectUnauthorized: false,
-      servername: undefined,
-    });
     const timer = setTimeout(() => fail(new PeerShareError('TIMEOUT', `No TLS handshake with ${address} within ${timeoutMs} ms.`)), timeoutMs);
     const onAbort = (): void => fail(new PeerShareError('CANCELLED'));
     signal?.addEventListener('abort', onAbort, { once: true });
@@ -81,7 +105,7 @@ export function dialTls(options: HandshakeOptions): Promise<AuthenticatedStream>
       done();
       // Requests and answers are small writes each waiting on the other: no Nagle delay.
       socket.setNoDelay(true);
-      resolve({ stream: socket, peerId: peerIdOfCert(cert.raw), address, host: parsed.host, side: 'dialer' });
+      resolve({ stream: socket, peerId: peerIdOfCert(cert.raw), address, host: options.host, side: 'dialer' });
     });
   });
 }
@@ -198,7 +222,7 @@ export class TlsListener {
     }
     this.sockets.add(socket);
     const key = socketKey(socket);
-    const waiting: Unauthenticated = { source, socket, evict: () => socket.destroy() };
+    const waiting: Unauthenticated = { source, received: () => socket.bytesRead, evict: () => socket.destroy() };
     this.handshaking.set(key, waiting);
     this.unauthenticated.admit(waiting);
     socket.once('close', () => {
@@ -220,43 +244,124 @@ export class TlsListener {
       socket.destroy();
       return;
     }
-    // The handshake's cost grows with what the client sent (a chain of 240 certificates costs
-    // about 80 ms); one certificate needs about 1 KiB. More is refused and charged to its source.
-    // Counted on the TCP socket: the bytes as they came, before decryption.
-    const received = waiting.socket.bytesRead;
-    if (received > this.limits.maxHandshakeBytes) {
-      this.stats.oversizedHandshakes++;
-      this.handshakeRate.charge(waiting.source, Math.ceil(received / 1024));
-      endWithError(
-        socket,
-        new PeerShareError('TOO_LARGE', `The TLS handshake brought ${received} bytes; at most ${this.limits.maxHandshakeBytes} are accepted. Present one certificate, not a chain.`),
-      );
-      return;
-    }
     const host = socket.remoteAddress ?? '';
-    const address = formatAddress(host || '?', socket.remotePort ?? 0);
-    const cert = singleCertificate(socket);
-    if (typeof cert === 'string') {
-      const refused =
-        cert === 'chain' ? new PeerShareError('PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.') : new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.');
-      // Its goodbye may take a second to flush; it holds no slot meanwhile.
-      this.unauthenticated.leave(waiting);
-      this.log('warn', `Closing ${address}: ${refused.code} ${refused.message}`);
-      endWithError(socket, refused);
+    handOver(this.front, socket, waiting, { host, address: formatAddress(host || '?', socket.remotePort ?? 0) });
+  }
+
+  private get front(): AcceptorFront {
+    return { ...this.options, unauthenticated: this.unauthenticated, handshakeRate: this.handshakeRate };
+  }
+}
+
+/**
+ * The acceptor's TLS over streams another transport accepted (HyperDHT's, transport-dht.ts): the
+ * same per-source rate, unauthenticated budget, handshake deadline and checks as TlsListener, so
+ * a stranger is the same stranger whichever way it came, and the peer ID is proved the same way.
+ * It has no port of its own; its budgets are its own, so strangers on one transport cannot evict
+ * those waiting on the other.
+ */
+export class TlsStreamAcceptor {
+  private readonly unauthenticated: UnauthenticatedBudget;
+  private readonly handshakeRate: HandshakeRate;
+  private readonly secureContext: tls.SecureContext;
+  /** Every stream handed in and not yet closed, so close() cuts handshaking ones too. */
+  private readonly streams = new Set<Duplex>();
+
+  constructor(private readonly options: TlsListenerOptions) {
+    const { identity, limits, stats } = options;
+    this.unauthenticated = new UnauthenticatedBudget(limits, () => stats.unauthenticatedEvicted++);
+    this.handshakeRate = new HandshakeRate(limits.handshakesPerSecondPerSource);
+    this.secureContext = tls.createSecureContext({ ...TLS_OPTIONS, key: identity.keyPem, cert: identity.certPem });
+  }
+
+  /** A stream from `remote` (its host counts for the per-source limits): TLS 1.3 as the acceptor, then the core. */
+  accept(raw: Duplex, remote: { address: string; host: string }): void {
+    const { limits, stats, log } = this.options;
+    const source = sourceOf(remote.host);
+    if (!this.handshakeRate.tryStart(source)) {
+      stats.handshakesRateLimited++;
+      raw.destroy();
       return;
     }
-    // Requests and answers are small writes each waiting on the other: no Nagle delay.
-    socket.setNoDelay(true);
-    const admission: Admission = {
-      source: waiting.source,
-      refundHandshake: () => this.handshakeRate.refund(waiting.source),
-      leave: () => this.unauthenticated.leave(waiting),
-      onEvict: (goodbye) => {
-        waiting.evict = goodbye;
-      },
+    this.streams.add(raw);
+    // The bytes as they came, before decryption, as TlsListener counts them on its TCP socket.
+    let received = 0;
+    const count = (chunk: Buffer): void => {
+      received += chunk.length;
     };
-    this.options.onStream({ stream: socket, peerId: peerIdOfCert(cert.raw), address, host, side: 'acceptor' }, admission);
+    raw.on('data', count);
+    const socket = new tls.TLSSocket(raw, { isServer: true, secureContext: this.secureContext, requestCert: true, rejectUnauthorized: false });
+    socket.allowHalfOpen = false; // as over TCP (see dialTlsOver)
+    const waiting: Unauthenticated = { source, received: () => received, evict: () => socket.destroy() };
+    this.unauthenticated.admit(waiting);
+    const timer = setTimeout(() => socket.destroy(), limits.handshakeTimeoutMs);
+    socket.on('error', (err) => {
+      log('debug', `TLS with ${remote.address} failed: ${err.message}`);
+      socket.destroy();
+    });
+    socket.once('secure', () => {
+      clearTimeout(timer);
+      raw.off('data', count);
+      stats.connectionsAccepted++;
+      handOver({ ...this.options, unauthenticated: this.unauthenticated, handshakeRate: this.handshakeRate }, socket, waiting, remote);
+    });
+    socket.once('close', () => {
+      clearTimeout(timer);
+      this.streams.delete(raw);
+      this.unauthenticated.leave(waiting);
+      raw.destroy();
+    });
   }
+
+  /** Cuts every stream, handshaking ones included (the core closes its own first). */
+  close(): void {
+    for (const raw of this.streams) raw.destroy();
+  }
+}
+
+/** What judging and handing over a completed acceptor handshake needs. */
+interface AcceptorFront extends TlsListenerOptions {
+  unauthenticated: UnauthenticatedBudget;
+  handshakeRate: HandshakeRate;
+}
+
+/**
+ * A completed acceptor handshake: refused here if it cost too much or proved no single
+ * certificate, else handed to the core with its place in the unauthenticated budget.
+ */
+function handOver(front: AcceptorFront, socket: tls.TLSSocket, waiting: Unauthenticated, remote: { address: string; host: string }): void {
+  const { limits, stats, log } = front;
+  // The handshake's cost grows with what the client sent (a chain of 240 certificates costs
+  // about 80 ms); one certificate needs about 1 KiB. More is refused and charged to its source.
+  const received = waiting.received();
+  if (received > limits.maxHandshakeBytes) {
+    stats.oversizedHandshakes++;
+    front.handshakeRate.charge(waiting.source, Math.ceil(received / 1024));
+    endWithError(socket, new PeerShareError('TOO_LARGE', `The TLS handshake brought ${received} bytes; at most ${limits.maxHandshakeBytes} are accepted. Present one certificate, not a chain.`));
+    return;
+  }
+  const { address, host } = remote;
+  const cert = singleCertificate(socket);
+  if (typeof cert === 'string') {
+    const refused =
+      cert === 'chain' ? new PeerShareError('PEER_UNTRUSTED', 'Present one self-signed certificate, not a chain.') : new PeerShareError('PEER_UNTRUSTED', 'A client certificate is required.');
+    // Its goodbye may take a second to flush; it holds no slot meanwhile.
+    front.unauthenticated.leave(waiting);
+    log('warn', `Closing ${address}: ${refused.code} ${refused.message}`);
+    endWithError(socket, refused);
+    return;
+  }
+  // Requests and answers are small writes each waiting on the other: no Nagle delay.
+  socket.setNoDelay(true);
+  const admission: Admission = {
+    source: waiting.source,
+    refundHandshake: () => front.handshakeRate.refund(waiting.source),
+    leave: () => front.unauthenticated.leave(waiting),
+    onEvict: (goodbye) => {
+      waiting.evict = goodbye;
+    },
+  };
+  front.onStream({ stream: socket, peerId: peerIdOfCert(cert.raw), address, host, side: 'acceptor' }, admission);
 }
 
 /**
@@ -273,8 +378,8 @@ function singleCertificate(socket: tls.TLSSocket): X509Certificate | 'chain' | '
 /** A connection not yet authenticated: where it comes from, and how to close it to make room. */
 interface Unauthenticated {
   source: string;
-  /** The TCP socket under TLS: its byte count covers the handshake. */
-  socket: net.Socket;
+  /** Bytes received on the stream under TLS so far, before decryption: the handshake's cost. */
+  received(): number;
   evict(): void;
 }
 

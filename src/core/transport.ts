@@ -30,7 +30,11 @@ export interface AuthenticatedStream {
   readonly host: string;
   /** Who opened it: the dialer says hello first, the acceptor answers. */
   readonly side: StreamSide;
+  /** How it came: `direct` (TCP to an address; the default) or `dht` (through HyperDHT, transport-dht.ts). */
+  readonly route?: StreamRoute;
 }
+
+export type StreamRoute = 'direct' | 'dht';
 
 export type StreamSide = 'dialer' | 'acceptor';
 

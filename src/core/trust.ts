@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs, lstatSync, readFileSync, type BigIntStats } from 'node:fs';
 import * as path from 'node:path';
+import { parseDhtKey } from './dht-key';
 import { PeerShareError } from './errors';
 import { checkGuardedFile } from './identity';
 import { normalizePeerId } from './peer-id';
@@ -21,6 +22,10 @@ export interface TrustedPeer {
   mayReadUs: boolean;
   /** We may read theirs: we used their invite, or they allowed us always. They still decide. */
   weRead: boolean;
+  /** Its HyperDHT public key (64 hex), from its invite: where to find it on the internet, never who it is. */
+  dht?: string;
+  /** How we last reached it: on the LAN (`direct`) or through the DHT. */
+  reachedVia?: 'direct' | 'dht';
 }
 
 export const TRUST_FILE = 'trusted-peers.json';
@@ -113,13 +118,19 @@ export class TrustStore {
   }
 
   /** Remembers a peer whose share we read (we used its invite, or it let us in for good). */
-  addSharer(peer: { id: string; name?: string; addresses?: string[] }): Promise<TrustedPeer> {
-    return this.upsert(peer.id, (existing, id) => ({
-      ...(existing ?? fresh(id)),
-      name: peer.name ?? existing?.name ?? '',
-      addresses: peer.addresses ?? existing?.addresses ?? [],
-      weRead: true,
-    }));
+  addSharer(peer: { id: string; name?: string; addresses?: string[]; dht?: string; reachedVia?: 'direct' | 'dht' }): Promise<TrustedPeer> {
+    return this.upsert(peer.id, (existing, id) => {
+      const dht = peer.dht ?? existing?.dht;
+      const reachedVia = peer.reachedVia ?? existing?.reachedVia;
+      return {
+        ...(existing ?? fresh(id)),
+        name: peer.name ?? existing?.name ?? '',
+        addresses: peer.addresses ?? existing?.addresses ?? [],
+        weRead: true,
+        ...(dht ? { dht } : {}),
+        ...(reachedVia ? { reachedVia } : {}),
+      };
+    });
   }
 
   /** Updates what we call a known peer, or where it was last reached; never what it may do. */
@@ -263,6 +274,8 @@ function parsePeers(parsed: unknown): Map<string, TrustedPeer> {
     // that direction: an entry never gains the other one by the upgrade.
     const mayReadUs = legacy ? addresses.length === 0 : p.mayReadUs === true;
     const weRead = legacy ? addresses.length > 0 : p.weRead === true;
+    const dht = parseDhtKey(p.dht);
+    const reachedVia = p.reachedVia === 'direct' || p.reachedVia === 'dht' ? p.reachedVia : undefined;
     next.set(id, {
       id,
       name: typeof p.name === 'string' ? p.name.slice(0, 200) : '',
@@ -270,6 +283,8 @@ function parsePeers(parsed: unknown): Map<string, TrustedPeer> {
       addedAt: typeof p.addedAt === 'string' ? p.addedAt : new Date(0).toISOString(),
       mayReadUs,
       weRead,
+      ...(dht ? { dht } : {}),
+      ...(reachedVia ? { reachedVia } : {}),
     });
   }
   return next;

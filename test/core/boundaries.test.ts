@@ -94,3 +94,29 @@ describe('TLS stays in its transport (issue 11: transport injected)', () => {
     }
   });
 });
+
+describe('HyperDHT stays in its transport (issue 14)', () => {
+  // Native code that may not load: one module loads it, on first use, and the rest of the core
+  // sees an AuthenticatedStream. Type-only imports of that module are fine (they vanish at build).
+  const DHT_TRANSPORT = 'transport-dht.ts';
+  const DHT_MODULE = /['"](?:hyperdht|sodium-native|sodium-universal|udx-native|@hyperswarm\/[^'"]*)(?:\/[^'"]*)?['"]/;
+
+  it('only the DHT transport names the hyperdht package or its native parts', async () => {
+    const files = await coreFiles();
+    assert.ok(files.includes(DHT_TRANSPORT));
+    for (const name of files) {
+      if (name === DHT_TRANSPORT) continue;
+      const text = await fs.readFile(path.join(CORE, name), 'utf8');
+      assert.doesNotMatch(text, DHT_MODULE, `${name} names the DHT library: go through transport-dht.ts`);
+    }
+  });
+
+  it('the DHT transport loads it lazily, inside a function, never at import', async () => {
+    const text = await fs.readFile(path.join(CORE, DHT_TRANSPORT), 'utf8');
+    assert.doesNotMatch(text, /^import[^;]*['"]hyperdht['"]/m, 'a static import would load native code with the core');
+    assert.match(text, /require\(moduleId\)/);
+    // And the bundles leave it to run time, as the BLAKE3 binding.
+    const esbuildConfig = await fs.readFile(path.join(CORE, '..', '..', 'esbuild.js'), 'utf8');
+    assert.match(esbuildConfig, /external:\s*\[[^\]]*'hyperdht'/);
+  });
+});
