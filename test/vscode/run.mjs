@@ -22,6 +22,7 @@ export async function buildSuites() {
       index: path.join(ROOT, 'test', 'vscode', 'suite', 'index.ts'),
       'extension.test': path.join(ROOT, 'test', 'vscode', 'suite', 'extension.test.ts'),
       'hostile.test': path.join(ROOT, 'test', 'vscode', 'suite', 'hostile.test.ts'),
+      'send.test': path.join(ROOT, 'test', 'vscode', 'suite', 'send.test.ts'),
       'e2e-sharer': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-sharer.ts'),
       'e2e-downloader': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-downloader.ts'),
     },
