@@ -136,6 +136,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
   readonly onDidFinishReview = this.reviewFinished.event;
   private readonly disposables: vscode.Disposable[] = [this.reviewFinished];
   private closed = false;
+  private reviewing: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly peers: Peers,
@@ -276,7 +277,10 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
       void vscode.window.showWarningMessage(`Could not receive ${countOf(failed.length, 'item')} from ${who}: ${shown(first.name)}: ${shown(first.message ?? 'no reason given', 200)}`, 'Show Log').then((c) => c && this.log.show());
     }
     if (pending?.how === 'review') {
-      await this.review(received.map((e) => e.target!), pending);
+      // One review at a time: two offers' questions never interleave.
+      const review = this.reviewing.then(() => this.review(received.map((e) => e.target!), pending));
+      this.reviewing = review.catch(() => undefined);
+      await review;
       return;
     }
     if (received.length === 0) return;
@@ -290,7 +294,9 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     const isFile = single ? await fs.stat(single.fsPath).then((st) => st.isFile(), () => false) : false;
     const choice = await vscode.window.showInformationMessage(sentence, ...(isFile ? ['Open'] : []), 'Reveal');
     if (choice === 'Open' && single) await vscode.commands.executeCommand('vscode.open', single);
-    if (choice === 'Reveal') await vscode.commands.executeCommand('revealFileInOS', vscode.Uri.file(single?.fsPath ?? into ?? received[0].target!));
+    const shownPlace = vscode.Uri.file(single?.fsPath ?? into ?? received[0].target!);
+    // The Explorer shows what is in the workspace; anything else, the system's file manager.
+    if (choice === 'Reveal') await vscode.commands.executeCommand(vscode.workspace.getWorkspaceFolder(shownPlace) ? 'revealInExplorer' : 'revealFileInOS', shownPlace);
   }
 
   /**
@@ -365,17 +371,17 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     const folder = firstLocalFolder();
     if (!folder) return undefined;
     const base = folder.uri.fsPath;
-    try {
-      const { unsafeHere } = inspectReceivedName(components.join('/'));
-      if (unsafeHere) throw new Error(unsafeHere.why);
-    } catch (err) {
-      this.log.warn(`Not reviewed: ${shown(components.join('/'), 200)} cannot be saved here (${(err as Error).message}).`);
+    const unsafe = safePlace(components);
+    if (unsafe) {
+      this.log.warn(`Not reviewed: ${shown(components.join('/'), 200)} cannot be saved here (${unsafe}).`);
       return undefined;
     }
     let place = components;
     if (components.length === 1 && !(await exists(path.join(base, components[0]))) && !/[*?[\]{}!\\]/.test(components[0])) {
       const found = await vscode.workspace.findFiles(new vscode.RelativePattern(folder, `**/${components[0]}`), '**/{node_modules,.git}/**', 2);
-      if (found.length === 1) place = path.relative(base, found[0].fsPath).split(path.sep);
+      const candidate = found.length === 1 ? path.relative(base, found[0].fsPath).split(path.sep) : undefined;
+      // Only a place the name rules allow (never into .git or .vscode, say).
+      if (candidate && !safePlace(candidate)) place = candidate;
     }
     const target = path.join(base, ...place);
     const replaces = await fs.lstat(target).then((st) => st.isFile(), () => false);
@@ -430,7 +436,6 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
       removeName(temporary);
       throw err;
     }
-    if (open && !open.isDirty) await vscode.commands.executeCommand('workbench.action.files.revert', open.uri).then(undefined, () => undefined);
     await fs.rm(file.staged, { force: true });
     return true;
   }
@@ -592,6 +597,15 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
   dispose(): void {
     void this.close();
     for (const d of this.disposables) d.dispose();
+  }
+}
+
+/** Why a workspace path may not take a received file (the name rules), or undefined when it may. */
+function safePlace(components: string[]): string | undefined {
+  try {
+    return inspectReceivedName(components.join('/')).unsafeHere?.why;
+  } catch (err) {
+    return (err as Error).message;
   }
 }
 

@@ -26,7 +26,7 @@ import type { PeerNode } from './tree';
  * progress with Cancel, and says how it went.
  */
 
-/** What the commands take after their menu arguments: a peer and a note, so tests (and other commands) need no pickers. */
+/** What the commands take after their menu arguments: a peer and a note (given, no question is asked), for tests and other commands. */
 export interface SendArgs {
   peerId?: string;
   note?: string;
@@ -36,6 +36,13 @@ export interface SendArgs {
 const LANGUAGE_ID = /^[A-Za-z0-9_+#.-]{0,64}$/;
 /** Names listed in a result; the rest are counted. */
 const LISTED_NAMES = 3;
+
+/** Menus pass their own arguments (a URI, editor context); only an object with these fields is taken as SendArgs. */
+function sendArgs(value: unknown): SendArgs {
+  if (typeof value !== 'object' || value === null || value instanceof vscode.Uri) return {};
+  const { peerId, note } = value as Record<string, unknown>;
+  return { ...(typeof peerId === 'string' ? { peerId } : {}), ...(typeof note === 'string' ? { note } : {}) };
+}
 
 function shown(text: string, max = 60): string {
   const s = sanitizeForDisplay(text);
@@ -56,19 +63,23 @@ export class Sending {
 
   register(command: CommandRegistrar): void {
     // Explorer (clicked, all selected), an editor tab or the editor itself (its resource), or the palette (a file dialog).
-    command('peershare.sendToPeer', async (clicked?: vscode.Uri, selected?: vscode.Uri[], args: SendArgs = {}) => {
-      const uris = selected?.length ? selected : clicked instanceof vscode.Uri ? [clicked] : await this.pickFiles();
+    command('peershare.sendToPeer', async (clicked?: unknown, selected?: unknown, args?: unknown) => {
+      const many = Array.isArray(selected) ? selected.filter((u): u is vscode.Uri => u instanceof vscode.Uri) : [];
+      const uris = many.length ? many : clicked instanceof vscode.Uri ? [clicked] : await this.pickFiles();
       if (!uris?.length) return undefined;
-      return this.sendFiles(uris, args);
+      return this.sendFiles(uris, sendArgs(args));
     });
     // The Peers view: a peer's *Send Files...*.
-    command('peershare.sendFiles', async (arg?: unknown, uris?: vscode.Uri[], args: SendArgs = {}) => {
-      const peerId = (arg as PeerNode | undefined)?.kind === 'peer' ? (arg as PeerNode).peer.id : args.peerId;
-      const files = uris ?? (await this.pickFiles());
+    command('peershare.sendFiles', async (arg?: unknown, uris?: unknown, args?: unknown) => {
+      const peerId = (arg as PeerNode | undefined)?.kind === 'peer' ? (arg as PeerNode).peer.id : sendArgs(args).peerId;
+      const given = Array.isArray(uris) ? uris.filter((u): u is vscode.Uri => u instanceof vscode.Uri) : [];
+      const files = given.length ? given : await this.pickFiles();
       if (!files?.length) return undefined;
-      return this.sendFiles(files, { ...args, peerId });
+      return this.sendFiles(files, { ...sendArgs(args), peerId });
     });
-    command('peershare.sendSelection', async (args: SendArgs = {}) => {
+    command('peershare.sendSelection', async (...menuArgs: unknown[]) => {
+      // From a menu the first argument is the editor's URI; from a test or another command, SendArgs.
+      const args = sendArgs(menuArgs.find((a) => !(a instanceof vscode.Uri)));
       const editor = vscode.window.activeTextEditor;
       if (!editor) {
         void vscode.window.showInformationMessage('Open a file and select the lines to send.');
@@ -88,7 +99,7 @@ export class Sending {
     const paths = [...new Set(local.map((u) => u.fsPath))];
     const peer = await this.choosePeer(args.peerId, `Send ${paths.length === 1 ? path.basename(paths[0]) : countOf(paths.length, 'item')} to…`);
     if (!peer) return undefined;
-    const note = args.peerId !== undefined ? args.note : await this.askNote(peer);
+    const note = args.note !== undefined ? args.note : await this.askNote(peer);
     if (note === null) return undefined;
     const name = shown(peer.name || shortPeerId(peer.id));
     const what = paths.length === 1 ? shown(path.basename(paths[0])) : countOf(paths.length, 'item');
@@ -145,7 +156,7 @@ export class Sending {
     }
     const peer = await this.choosePeer(args.peerId, `Send lines ${snippet.startLine}-${snippet.endLine} of ${snippet.path} to…`);
     if (!peer) return undefined;
-    const note = args.peerId !== undefined ? args.note : await this.askNote(peer);
+    const note = args.note !== undefined ? args.note : await this.askNote(peer);
     if (note === null) return undefined;
     const name = shown(peer.name || shortPeerId(peer.id));
     const lines = snippet.startLine === snippet.endLine ? `line ${snippet.startLine}` : `lines ${snippet.startLine}-${snippet.endLine}`;
