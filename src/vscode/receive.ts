@@ -57,7 +57,8 @@ export interface ReceivePrompts {
   offer(offer: IncomingOffer, message: string, choices: OfferChoice[], signal: AbortSignal): Promise<OfferChoice | undefined>;
   saveAsFolder(title: string): Promise<string | undefined>;
   review(file: ReviewFile, message: string): Promise<ReviewChoice | undefined>;
-  snippet(snippet: IncomingSnippet, message: string, signal: AbortSignal): Promise<SnippetChoice | undefined>;
+  /** Not withdrawn when the sender goes away: a snippet stays usable after its sender's connection closed. */
+  snippet(snippet: IncomingSnippet, message: string): Promise<SnippetChoice | undefined>;
   /** "Add the inbox to .gitignore?": asked once per workspace. */
   gitignore(message: string): Promise<boolean>;
   /** "X has unsaved changes / appeared meanwhile: replace it?" */
@@ -104,7 +105,7 @@ export const notificationPrompts: ReceivePrompts = {
     return picked?.[0]?.fsPath;
   },
   review: (_file, message) => ask(vscode.window.showInformationMessage, message, REVIEW_LABELS, ['accept', 'acceptAll', 'skip']),
-  snippet: (_snippet, message, signal) => ask(vscode.window.showInformationMessage, message, SNIPPET_LABELS, ['open', 'compare', 'copy'], signal),
+  snippet: (_snippet, message) => ask(vscode.window.showInformationMessage, message, SNIPPET_LABELS, ['open', 'compare', 'copy']),
   async gitignore(message) {
     return (await vscode.window.showInformationMessage(message, 'Add to .gitignore', 'No')) === 'Add to .gitignore';
   },
@@ -212,14 +213,19 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     return inbox && inboxFolderFor(inbox, { id: peer.id, name: this.localName(peer) });
   }
 
-  async showSnippet(incoming: IncomingSnippet, signal: AbortSignal): Promise<void> {
+  /**
+   * The question stays answerable after the sender's connection closed (a CLI sender leaves at
+   * once); the core frees the peer's place for its next offer when the person answers, or after
+   * its deadline, so a peer cannot stack up snippet questions faster than that.
+   */
+  async showSnippet(incoming: IncomingSnippet): Promise<void> {
     const { snippet } = incoming;
     const who = await this.who(incoming.peer);
     const lines = snippet.startLine === snippet.endLine ? `line ${snippet.startLine}` : `lines ${snippet.startLine}-${snippet.endLine}`;
     const note = incoming.note ? `: “${shown(incoming.note, 200)}”` : '';
     const message = `${who} sent ${lines} of ${shown(snippet.path, 120)}${note}`;
     this.log.info(message);
-    const choice = await this.prompts.snippet(incoming, message, signal);
+    const choice = await this.prompts.snippet(incoming, message);
     try {
       if (choice === 'open') await this.openSnippet(incoming);
       if (choice === 'compare') await this.compareSnippet(incoming, who);

@@ -34,6 +34,11 @@ export async function run(): Promise<void> {
     const mine = path.join(dest, 'README.md');
     const sent = await vscode.commands.executeCommand<SendResult>('peershare.sendToPeer', vscode.Uri.file(mine), [vscode.Uri.file(mine)], { peerId: peer.id, note: 'from bob' });
     assert.deepEqual(sent?.entries.map((e) => [e.name, e.status]), [['README.md', 'received']]);
+    // ...and the first line of it as a snippet (Send Selection to Peer).
+    const editor = await vscode.window.showTextDocument(vscode.Uri.file(mine));
+    editor.selection = new vscode.Selection(0, 0, 1, 0);
+    const snippet = await vscode.commands.executeCommand<SendResult>('peershare.sendSelection', { peerId: peer.id, note: 'first line' });
+    assert.equal(snippet?.shown, true);
     // A person would click Review, then Accept on the diff (here: a new file).
     receiving.prompts = { ...notificationPrompts, offer: async () => 'review', review: async () => 'accept' };
     const reviewed = new Promise<ReviewOutcome>((resolve) => receiving.onDidFinishReview(resolve));

@@ -15,7 +15,16 @@ export async function run(): Promise<void> {
   const exchange = process.env.PEERSHARE_E2E_DIR!;
   const { receiving, peers } = await api();
   // A person would click Save to Inbox; the test cannot click a notification.
-  receiving.prompts = { ...notificationPrompts, offer: async () => 'inbox', gitignore: async () => false };
+  const snippets: string[] = [];
+  receiving.prompts = {
+    ...notificationPrompts,
+    offer: async () => 'inbox',
+    gitignore: async () => false,
+    snippet: async (_s, message) => {
+      snippets.push(message);
+      return 'open';
+    },
+  };
   await vscode.commands.executeCommand('peershare.startSharing');
   const invite = await vscode.commands.executeCommand<string>('peershare.copyInvite');
   if (!invite) throw new Error('no invite');
@@ -28,6 +37,11 @@ export async function run(): Promise<void> {
   const inbox = inboxFolderFor(path.join(ws, 'PeerShare Inbox'), { id: bob.id, name: bob.name });
   assert.deepEqual(await fs.readFile(path.join(inbox, path.basename(bobSent.file))), await fs.readFile(bobSent.file));
   console.log('sharer: the file the downloader sent is in the inbox, identical');
+  // B also sent its README's first line as a snippet: Open shows it in an untitled editor, in its language.
+  const opened = await waitFor(() => vscode.workspace.textDocuments.find((d) => d.isUntitled && d.getText() === '# bob\n'));
+  assert.equal(opened.languageId, 'markdown');
+  assert.match(snippets[0], /sent line 1 of README\.md: “first line”$/);
+  console.log('sharer: the snippet opened in an untitled markdown editor');
   const notes = vscode.Uri.file(path.join(ws, 'notes.md'));
   const result = await vscode.commands.executeCommand<SendResult>('peershare.sendToPeer', notes, [notes], { peerId: bob.id, note: 'from alice' });
   assert.deepEqual(result?.entries.map((e) => [e.name, e.status]), [['notes.md', 'received']]);

@@ -156,6 +156,47 @@ describe('Sending and receiving in a real VS Code (issue 12)', function () {
     assert.deepEqual(await snapshot(receiving.stagingRoot).catch(() => ({})), {});
   });
 
+  it('an offer nobody answers is declined after peershare.requestTimeoutSeconds; the question is withdrawn', async () => {
+    const { receiving } = await api();
+    const config = vscode.workspace.getConfiguration('peershare');
+    await config.update('requestTimeoutSeconds', 5, vscode.ConfigurationTarget.Workspace);
+    let withdrawn = false;
+    receiving.prompts = {
+      ...notificationPrompts,
+      // Nobody clicks: the question only ends when it is withdrawn.
+      offer: (_offer, _message, _choices, signal) =>
+        new Promise((resolve) =>
+          signal.addEventListener('abort', () => {
+            withdrawn = true;
+            resolve(undefined);
+          }),
+        ),
+    };
+    const before = await snapshot(workspaceDir());
+    try {
+      const run = await send(path.join(src, 'notes.txt'));
+      assert.equal(run.code, 4, run.stderr);
+      assert.equal(withdrawn, true);
+      assert.deepEqual(await snapshot(workspaceDir()), before);
+    } finally {
+      await config.update('requestTimeoutSeconds', undefined, vscode.ConfigurationTarget.Workspace);
+    }
+  });
+
+  it('a peer set to never is refused without a question', async () => {
+    const { receiving, peers } = await api();
+    const peer = (await peers.list()).find((p) => p.id === cliId)!;
+    await vscode.commands.executeCommand('peershare.setReceiveSetting', { kind: 'peer', peer }, 'never');
+    receiving.prompts = { ...notificationPrompts, offer: async () => assert.fail('a peer set to never is not asked about') };
+    try {
+      const run = await send(path.join(src, 'notes.txt'), '--json');
+      assert.equal(run.code, 4, run.stderr);
+      assert.equal(JSON.parse(run.stdout).refused, true);
+    } finally {
+      await vscode.commands.executeCommand('peershare.setReceiveSetting', { kind: 'peer', peer }, 'ask');
+    }
+  });
+
   it('a peer set to inbox sends straight into its inbox folder, without a question; .gitignore is offered once', async () => {
     const { receiving, peers } = await api();
     const peer = (await peers.list()).find((p) => p.id === cliId)!;
