@@ -137,6 +137,71 @@ describe('Sending and receiving in a real VS Code (issue 12)', function () {
     assert.deepEqual(await fs.readdir(receiving.stagingRoot), []);
   });
 
+  it('Review of a folder: Accept All takes every file, the changed one and the new one, at the same paths', async () => {
+    const { receiving } = await api();
+    const proj = path.join(src, 'src');
+    await fs.mkdir(path.join(proj, 'util'), { recursive: true });
+    await fs.writeFile(path.join(proj, 'app.ts'), 'export const x = 4;\n');
+    await fs.writeFile(path.join(proj, 'util', 'new.ts'), 'export const y = 1;\n');
+    const asked: string[] = [];
+    receiving.prompts = {
+      ...notificationPrompts,
+      offer: async () => 'review',
+      review: async (file) => {
+        asked.push(file.components.join('/'));
+        return 'acceptAll';
+      },
+    };
+    const finished = new Promise<ReviewOutcome>((resolve) => {
+      const once = receiving.onDidFinishReview((outcome) => {
+        once.dispose();
+        resolve(outcome);
+      });
+    });
+    try {
+      assert.equal((await send(proj)).code, 0);
+      assert.deepEqual(await finished, { accepted: ['src/app.ts', 'src/util/new.ts'], skipped: [], failed: [] });
+      assert.deepEqual(asked, ['src/app.ts'], 'asked once, then Accept All took the rest');
+      assert.equal(await fs.readFile(path.join(workspaceDir(), 'src', 'app.ts'), 'utf8'), 'export const x = 4;\n');
+      assert.equal(await fs.readFile(path.join(workspaceDir(), 'src', 'util', 'new.ts'), 'utf8'), 'export const y = 1;\n');
+    } finally {
+      await fs.rm(path.join(workspaceDir(), 'src', 'util'), { recursive: true, force: true });
+    }
+  });
+
+  it('Accept never writes through a link put at the file’s place during the review', async () => {
+    const { receiving } = await api();
+    const outside = path.join(tempDir('peershare-vsc-outside-'), 'precious.txt');
+    await fs.writeFile(outside, 'precious\n');
+    const local = path.join(workspaceDir(), 'notes.txt');
+    await fs.writeFile(local, 'my notes\n');
+    receiving.prompts = {
+      ...notificationPrompts,
+      offer: async () => 'review',
+      review: async () => {
+        // Another program swaps the file for a link to a file outside the workspace before Accept.
+        await fs.rm(local);
+        await fs.symlink(outside, local);
+        return 'accept';
+      },
+    };
+    const finished = new Promise<ReviewOutcome>((resolve) => {
+      const once = receiving.onDidFinishReview((outcome) => {
+        once.dispose();
+        resolve(outcome);
+      });
+    });
+    try {
+      assert.equal((await send(path.join(src, 'notes.txt'))).code, 0);
+      assert.deepEqual(await finished, { accepted: [], skipped: [], failed: ['notes.txt'] });
+      assert.equal(await fs.readFile(outside, 'utf8'), 'precious\n');
+      assert.equal((await fs.lstat(local)).isSymbolicLink(), true, 'the link was left as it was, not replaced or followed');
+      assert.deepEqual(await fs.readdir(receiving.stagingRoot), []);
+    } finally {
+      await fs.rm(local, { force: true });
+    }
+  });
+
   it('Decline writes nothing, anywhere; the sender hears it was declined', async () => {
     const { receiving } = await api();
     const before = await snapshot(workspaceDir());
