@@ -574,7 +574,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     const names = offer.entries.slice(0, LISTED_NAMES).map((e) => `${shown(e.name, 40)}${e.type === 'dir' ? '/' : ''}`);
     const more = offer.entries.length > LISTED_NAMES ? ` and ${offer.entries.length - LISTED_NAMES} more` : '';
     const unsafe = offer.entries.filter((e) => e.unsafeHere).length;
-    const warning = unsafe ? ` (${countOf(unsafe, 'name')} not safe here: only Save As can take ${unsafe === 1 ? 'it' : 'them'})` : '';
+    const warning = unsafe ? ` (${countOf(unsafe, 'name')} not safe here: ${unsafe === 1 ? 'it' : 'they'} would not be saved)` : '';
     const note = offer.note ? `: “${shown(offer.note, 200)}”` : '';
     return `${who} offers ${names.join(', ')}${more} (${formatBytes(offer.totalBytes)})${note}${warning}`;
   }
