@@ -154,7 +154,9 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
   }
 
   register(command: CommandRegistrar): void {
-    command('peershare.setReceiveSetting', async (arg?: unknown, setting?: ReceiveSetting) => {
+    // From the Peers view: the peer's row; from a test or another command, also the setting.
+    command('peershare.setReceiveSetting', async (arg?: unknown, given?: unknown) => {
+      const setting = typeof given === 'string' ? (given as ReceiveSetting) : undefined;
       const peer = (arg as PeerNode | undefined)?.kind === 'peer' ? (arg as PeerNode).peer : await this.pickPeer();
       if (!peer) return undefined;
       const { node } = await this.peers.load();
