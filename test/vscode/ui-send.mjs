@@ -3,13 +3,14 @@
 // CLI) pairs with it and runs `peershare send`: the offer notification shows (Review, Save to
 // Inbox, Save As..., Decline); Review opens the diff against the workspace file with Accept /
 // Accept All / Skip beside it; Accept writes the file. Then the peer sends a snippet, and Compare
-// with Mine shows it against the same lines of the workspace file. Screenshots for the README.
+// with Mine shows it against the same lines of the workspace file. Then the other way: the editor
+// sends README.md from the Explorer's context menu to the peer. Screenshots for the README.
 // Usage: npm run build && node test/vscode/ui-send.mjs   (screenshots go to out/screenshots/)
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
-import { poll, runWorkbenchTest, startChild, writeTree } from './ui-kit.mjs';
+import { poll, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 const APP_TS = ['import { readFile } from "node:fs/promises";', '', 'export async function lines(file: string): Promise<string[]> {', '  const text = await readFile(file, "utf8");', '  return text.split("\\n").slice(0, -1);', '}', ''].join('\n');
@@ -25,6 +26,15 @@ async function drive({ page, shot, ws, peer, log }) {
     await page.keyboard.type(command, { delay: 10 });
     await quickInput.locator('.monaco-list-row', { hasText: command.replace(/^PeerShare: /, '') }).first().waitFor({ state: 'visible', timeout: 10_000 });
     await page.keyboard.press('Enter');
+  }
+  /** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
+  async function answer(notification, label) {
+    const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });
+    await button.click();
+    if (await notification.first().waitFor({ state: 'hidden', timeout: 3_000 }).then(() => true, () => false)) return;
+    await button.focus();
+    await page.keyboard.press('Enter');
+    await notification.first().waitFor({ state: 'hidden', timeout: 5_000 });
   }
   async function dismissToasts() {
     for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
@@ -69,7 +79,7 @@ async function drive({ page, shot, ws, peer, log }) {
   await page.waitForTimeout(800);
   await shot('send-offer.png');
   log('the offer notification shows');
-  await offer.locator('.monaco-button', { hasText: /^Review$/ }).click();
+  await answer(offer, 'Review');
 
   const diff = page.locator('.editor-instance .monaco-diff-editor');
   await diff.waitFor({ state: 'visible', timeout: 30_000 });
@@ -80,7 +90,7 @@ async function drive({ page, shot, ws, peer, log }) {
   await page.waitForTimeout(1200);
   await shot('send-review.png');
   log('Review shows the diff with Accept / Accept All / Skip');
-  await review.locator('.monaco-button', { hasText: /^Accept$/ }).click();
+  await answer(review, 'Accept');
   await poll(() => readFileSync(path.join(ws, 'src', 'app.ts'), 'utf8') === THEIR_APP_TS, 20_000, 'the accepted file to land in the workspace');
   await poll(() => sending.exited(), 20_000, 'peershare send to finish');
   if (sending.child.exitCode !== 0) throw new Error(`peershare send exited with ${sending.child.exitCode}: ${sending.output()}`);
@@ -98,13 +108,50 @@ async function drive({ page, shot, ws, peer, log }) {
   await page.waitForTimeout(800);
   await shot('send-snippet.png');
   log('the snippet notification shows');
-  await shown.locator('.monaco-button', { hasText: /^Compare with Mine$/ }).click();
+  await answer(shown, 'Compare with Mine');
   await page.locator('.tabs-container .tab.active', { hasText: 'app.ts lines 4-5' }).waitFor({ state: 'visible', timeout: 15_000 });
   await diff.waitFor({ state: 'visible', timeout: 15_000 });
   await page.mouse.move(700, 600);
   await page.waitForTimeout(1200);
   await shot('send-snippet-compare.png');
   log('Compare with Mine shows the snippet against lines 4-5 of the workspace file');
+  await dismissToasts();
+
+  // The other way: the peer shares and takes what trusted peers send; the editor connects with its
+  // invite, and sends README.md from the Explorer's context menu, choosing the peer in a quick pick.
+  const receiver = peer.startReceiver();
+  const listening = await receiver.ready;
+  await palette('PeerShare: Connect to Peer');
+  await quickInput.locator('.quick-input-message', { hasText: 'Paste the invite' }).waitFor({ state: 'visible', timeout: 10_000 });
+  await quickInputBox.fill(listening.invite);
+  await page.keyboard.press('Enter');
+  await toast(`Connected to ${PEER_NAME}`).first().waitFor({ state: 'visible', timeout: 20_000 });
+  await dismissToasts();
+  const readme = page.locator('.part.sidebar .monaco-list-row', { has: page.locator('.label-name', { hasText: /^README\.md$/ }) });
+  // (Clicking the Explorer's icon while it shows would hide the side bar.)
+  if (!(await readme.isVisible())) await page.locator('.part.activitybar .action-item [aria-label^="Explorer"]').first().click();
+  await readme.waitFor({ state: 'visible', timeout: 10_000 });
+  const menu = page.locator('.context-view .monaco-menu');
+  const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: /^Send to Peer\.\.\.$/ });
+  await readme.click({ button: 'right' });
+  await item.waitFor({ state: 'visible', timeout: 10_000 });
+  await item.hover();
+  await page.waitForTimeout(300);
+  await shot('send-explorer-menu.png');
+  await item.click();
+  const pick = quickInput.locator('.monaco-list-row', { hasText: PEER_NAME }).first();
+  await pick.waitFor({ state: 'visible', timeout: 10_000 });
+  if (!(await pick.innerText()).includes('connected')) throw new Error(`the quick pick does not say ${PEER_NAME} is connected: ${await pick.innerText()}`);
+  await page.waitForTimeout(300);
+  await shot('send-pick-peer.png');
+  await page.keyboard.press('Enter');
+  await quickInput.locator('.quick-input-title', { hasText: `A note for ${PEER_NAME}` }).waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.type('The README, as promised', { delay: 10 });
+  await page.keyboard.press('Enter');
+  await toast(`${PEER_NAME} received README.md`).first().waitFor({ state: 'visible', timeout: 30_000 });
+  const landed = path.join(peer.inbox, 'README.md');
+  await poll(() => existsSync(landed) && readFileSync(landed, 'utf8') === readFileSync(path.join(ws, 'README.md'), 'utf8'), 10_000, 'README.md to arrive in the peer\'s folder');
+  log('sent README.md from the Explorer; it arrived, identical, and the notification said so');
 }
 
 export function runSendUiTest({ screenshotsDir }) {
@@ -112,7 +159,7 @@ export function runSendUiTest({ screenshotsDir }) {
     label: 'ui-send',
     screenshotsDir,
     forPeople: true,
-    prepare: async ({ tmp, log }) => {
+    prepare: async ({ tmp, log, track }) => {
       const workspace = path.join(tmp, 'ws', 'workspace');
       const port = await freePort();
       writeTree(workspace, {
@@ -123,9 +170,11 @@ export function runSendUiTest({ screenshotsDir }) {
       const peerFolder = path.join(tmp, 'peer', 'project');
       writeTree(peerFolder, { 'app.ts': THEIR_APP_TS });
       const home = path.join(tmp, 'peer-home');
+      const inbox = path.join(tmp, 'peer-inbox');
+      const startReceiver = () => track('receiver', startCliPeer([peerFolder, '--home', home, '--host', '127.0.0.1', '--port', '0', '--name', PEER_NAME, '--no-discovery', '--receive-into', inbox, '--receive', 'trusted']));
       return {
         workspace,
-        drive: ({ page, shot }) => drive({ page, shot, ws: workspace, log, peer: { home, appTs: path.join(peerFolder, 'app.ts'), editorAddress: () => `127.0.0.1:${port}` } }),
+        drive: ({ page, shot }) => drive({ page, shot, ws: workspace, log, peer: { home, inbox, startReceiver, appTs: path.join(peerFolder, 'app.ts'), editorAddress: () => `127.0.0.1:${port}` } }),
       };
     },
   });
