@@ -2,9 +2,12 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { sanitizeForDisplay, shortPeerId, toPeerShareError } from './core';
+import { commandRegistrar } from './vscode/commands';
 import { Downloads, peerDiffTitle } from './vscode/downloads';
 import { PeerFileSystem } from './vscode/fileSystem';
 import { Peers, baseName, peerFileUri } from './vscode/peers';
+import { Receiving } from './vscode/receive';
+import { Sending } from './vscode/send';
 import { localPathFor, readSettings } from './vscode/settings';
 import { Sharing } from './vscode/sharing';
 import { PeersTree, type EntryNode, type Node, type PeerNode } from './vscode/tree';
@@ -21,12 +24,14 @@ export interface PeerShareApi {
   sharing: Sharing;
   tree: PeersTree;
   downloads: Downloads;
+  receiving: Receiving;
+  sending: Sending;
   /** The extension's own deactivate(), so the editor tests can check what it leaves behind. */
   deactivate: () => Promise<void>;
 }
 
 /** What deactivate() must wind down; set by activate(). */
-let running: { subscriptions: vscode.Disposable[]; downloads: Downloads; sharing: Sharing } | undefined;
+let running: { subscriptions: vscode.Disposable[]; downloads: Downloads; sharing: Sharing; receiving: Receiving } | undefined;
 
 /**
  * Wiring only: the parts live in src/vscode/, the peer itself in src/core/. Nothing listens on
@@ -39,8 +44,12 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const sharing = new Sharing(peers, log);
   const tree = new PeersTree(peers);
   const downloads = new Downloads(peers, log);
+  // Review stages received files here, outside the workspace, until they are accepted.
+  const receiving = new Receiving(peers, log, path.join((context.storageUri ?? context.globalStorageUri).fsPath, 'incoming'), context.workspaceState);
+  peers.receivePolicy = receiving;
+  const sending = new Sending(peers, log);
   const view = vscode.window.createTreeView('peershare.peers', { treeDataProvider: tree, showCollapseAll: true });
-  context.subscriptions.push(log, peers, sharing, tree, view, downloads);
+  context.subscriptions.push(log, peers, sharing, tree, view, downloads, receiving);
   context.subscriptions.push(sharing.onDidChange(() => tree.refresh()));
   // Look for nearby peers only while someone looks at the view (or while sharing).
   context.subscriptions.push(
@@ -52,21 +61,9 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
     vscode.workspace.registerFileSystemProvider('peershare', new PeerFileSystem(peers), { isReadonly: true, isCaseSensitive: true }),
   );
 
-  /** Registers a command whose failures become a message and a log line, never a crash. */
-  const command = (id: string, handler: (...args: never[]) => unknown): void => {
-    context.subscriptions.push(
-      vscode.commands.registerCommand(id, async (...args: never[]) => {
-        try {
-          return await handler(...args);
-        } catch (err) {
-          const coded = toPeerShareError(err);
-          log.error(`${id} failed: ${coded.code} ${coded.message}${coded.detail ? ` (${coded.detail})` : ''}`);
-          void vscode.window.showErrorMessage(coded.message, 'Show Log').then((c) => c && log.show());
-          return undefined;
-        }
-      }),
-    );
-  };
+  const command = commandRegistrar(context, log);
+  receiving.register(command);
+  sending.register(command);
 
   /**
    * A row's node, checked. VS Code passes the node of the row a command was run on; but when the
@@ -219,8 +216,8 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const activationMs = activateEnd - loadStart;
   const activationParts = { loadMs: moduleEvaluatedAt - loadStart, activateMs: activateEnd - activateStart };
   log.info(`Activated in ${activationMs.toFixed(1)} ms (bundle ${activationParts.loadMs.toFixed(1)} ms, activate ${activationParts.activateMs.toFixed(1)} ms)`);
-  running = { subscriptions: context.subscriptions, downloads, sharing };
-  return { activationMs, activationParts, peers, sharing, tree, downloads, deactivate };
+  running = { subscriptions: context.subscriptions, downloads, sharing, receiving };
+  return { activationMs, activationParts, peers, sharing, tree, downloads, receiving, sending, deactivate };
 }
 
 /**
@@ -234,6 +231,7 @@ export async function deactivate(): Promise<void> {
   running = undefined;
   if (!parts) return;
   await parts.downloads.close();
+  await parts.receiving.close();
   await parts.sharing.stop();
   for (const disposable of parts.subscriptions.splice(0)) {
     try {

@@ -11,6 +11,7 @@ import {
   type Identity,
   type NearbyPeer,
   type PeerConnection,
+  type ReceivePolicy,
   type TrustStore,
   type TrustedPeer,
 } from '../core';
@@ -35,6 +36,9 @@ export class Peers implements vscode.Disposable {
   /** Peers whose connection dropped and did not come back: checked again, less often each time. */
   private readonly rechecks = new Map<string, { timer: NodeJS.Timeout; delayMs: number }>();
   private disposed = false;
+  /** Who decides about files peers send us (receive.ts); handed to the node when it opens. */
+  receivePolicy?: ReceivePolicy;
+  private opened?: PeerShareNode;
 
   constructor(
     /** The identity folder: key, certificate and trusted peers. */
@@ -52,6 +56,11 @@ export class Peers implements vscode.Disposable {
         return enabled ? { interfaces: interfaces.length ? interfaces : undefined, port } : false;
       },
       log: (level, message) => this.log[level === 'debug' ? 'debug' : level](message),
+    }).then((node) => {
+      // Before any connection: without a policy, every offer would be refused.
+      node.setReceivePolicy(this.receivePolicy);
+      this.opened = node;
+      return node;
     });
     this.nodePromise.catch(() => (this.nodePromise = undefined));
     return this.nodePromise;
@@ -67,6 +76,11 @@ export class Peers implements vscode.Disposable {
     const { trust } = await this.load();
     await trust.reload();
     return trust.list().sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id));
+  }
+
+  /** The name this installation gave a trusted peer, once the node is open. */
+  trustedName(id: string): string | undefined {
+    return this.opened?.trust.get(id)?.name || undefined;
   }
 
   state(id: string): PeerState {

@@ -3,6 +3,8 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { DEFAULT_PORT, checkReceivedName } from '../core';
 
+export const DEFAULT_INBOX_FOLDER = 'PeerShare Inbox';
+
 /** The `peershare.*` settings, read fresh each time so changes apply without a reload. */
 export interface Settings {
   port: number;
@@ -16,6 +18,8 @@ export interface Settings {
   discovery: { enabled: boolean; interfaces: string[]; port: number };
   allowNearbyRequests: boolean;
   requestTimeoutSeconds: number;
+  /** Where files trusted peers send land (Save to Inbox, and peers set to inbox): absolute, or below the first workspace folder. */
+  inboxFolder: string;
 }
 
 export function readSettings(): Settings {
@@ -36,6 +40,7 @@ export function readSettings(): Settings {
     },
     allowNearbyRequests: c.get<boolean>('allowNearbyRequests', true),
     requestTimeoutSeconds: Math.max(5, c.get<number>('requestTimeoutSeconds', 60)),
+    inboxFolder: c.get<string>('inboxFolder', DEFAULT_INBOX_FOLDER).trim() || DEFAULT_INBOX_FOLDER,
   };
 }
 
@@ -79,4 +84,16 @@ export function localPlaceFor(remotePath: string, settings: Settings): { base: s
   const base = downloadFolder(settings, root);
   if (!base || !root) return undefined;
   return { base, components: checkReceivedName(rest.length ? rest.join('/') : root) };
+}
+
+/** The first workspace folder on this machine (virtual folders cannot take files). */
+export function firstLocalFolder(): vscode.WorkspaceFolder | undefined {
+  return (vscode.workspace.workspaceFolders ?? []).find((f) => f.uri.scheme === 'file');
+}
+
+/** The inbox: `peershare.inboxFolder` as is when absolute, else below the first workspace folder (undefined without one). */
+export function inboxRoot(settings: Settings): string | undefined {
+  if (path.isAbsolute(settings.inboxFolder)) return settings.inboxFolder;
+  const first = firstLocalFolder();
+  return first && path.join(first.uri.fsPath, settings.inboxFolder);
 }

@@ -10,6 +10,7 @@ import { chromium } from 'playwright-core';
 import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl, LOOPBACK_SETTINGS } from './server.mjs';
 import { runUiTest } from './ui.mjs';
 import { runNearbyUiTest } from './ui-nearby.mjs';
+import { runSendUiTest } from './ui-send.mjs';
 
 const OUT = path.join(ROOT, 'out', 'test', 'vscode');
 // Workbench chatter that says nothing about our tests.
@@ -22,6 +23,7 @@ export async function buildSuites() {
       index: path.join(ROOT, 'test', 'vscode', 'suite', 'index.ts'),
       'extension.test': path.join(ROOT, 'test', 'vscode', 'suite', 'extension.test.ts'),
       'hostile.test': path.join(ROOT, 'test', 'vscode', 'suite', 'hostile.test.ts'),
+      'send.test': path.join(ROOT, 'test', 'vscode', 'suite', 'send.test.ts'),
       'e2e-sharer': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-sharer.ts'),
       'e2e-downloader': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-downloader.ts'),
     },
@@ -114,7 +116,12 @@ async function main() {
   process.stdout.write(`[ui-nearby] exited with ${nearby}\n`);
   if (nearby !== 0) failed++;
 
-  const total = 4;
+  // A peer sends to the editor: the offer, Review's diff and Accept, a snippet, through the UI.
+  const sendUi = only && only !== 'ui-send' ? 0 : await runSendUiTest({ screenshotsDir: shots });
+  process.stdout.write(`[ui-send] exited with ${sendUi}\n`);
+  if (sendUi !== 0) failed++;
+
+  const total = 5;
   process.stdout.write(`editor runs: ${total - failed} passed, ${failed} failed\n`);
   process.exitCode = failed ? 1 : 0;
 }

@@ -1,0 +1,191 @@
+// Sending to the editor, as a person sees it, in the real VS Code workbench in headless Chromium:
+// the editor shares (from the command palette) and copies an invite; a headless peer (the real
+// CLI) pairs with it and runs `peershare send`: the offer notification shows (Review, Save to
+// Inbox, Save As..., Decline); Review opens the diff against the workspace file with Accept /
+// Accept All / Skip beside it; Accept writes the file. Then the peer sends a snippet, and Compare
+// with Mine shows it against the same lines of the workspace file. Then the other way: the editor
+// sends README.md from the Explorer's context menu to the peer. Screenshots for the README.
+// Usage: npm run build && node test/vscode/ui-send.mjs   (screenshots go to out/screenshots/)
+import { existsSync, readFileSync } from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
+import { poll, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+
+const PEER_NAME = 'Ana';
+const APP_TS = ['import { readFile } from "node:fs/promises";', '', 'export async function lines(file: string): Promise<string[]> {', '  const text = await readFile(file, "utf8");', '  return text.split("\\n").slice(0, -1);', '}', ''].join('\n');
+const THEIR_APP_TS = ['import { readFile } from "node:fs/promises";', '', 'export async function lines(file: string): Promise<string[]> {', '  const text = await readFile(file, "utf8");', '  return text.split(/\\r?\\n/).filter((line, i, all) => line !== "" || i < all.length - 1);', '}', ''].join('\n');
+
+async function drive({ page, shot, ws, peer, log }) {
+  const quickInput = page.locator('.quick-input-widget');
+  const quickInputBox = quickInput.locator('.quick-input-box input');
+  const toast = (text) => page.locator('.notifications-toasts .notification-toast', { hasText: text });
+  async function palette(command) {
+    await page.keyboard.press('F1');
+    await quickInputBox.waitFor({ state: 'visible', timeout: 10_000 });
+    await page.keyboard.type(command, { delay: 10 });
+    await quickInput.locator('.monaco-list-row', { hasText: command.replace(/^PeerShare: /, '') }).first().waitFor({ state: 'visible', timeout: 10_000 });
+    await page.keyboard.press('Enter');
+  }
+  /** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
+  async function answer(notification, label) {
+    const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });
+    await button.click();
+    if (await notification.first().waitFor({ state: 'hidden', timeout: 3_000 }).then(() => true, () => false)) return;
+    await button.focus();
+    await page.keyboard.press('Enter');
+    await notification.first().waitFor({ state: 'hidden', timeout: 5_000 });
+  }
+  async function dismissToasts() {
+    for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
+  }
+
+  log('waiting for the workbench');
+  await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
+  await page.locator('.part.activitybar .action-item [aria-label*="PeerShare"]').first().waitFor({ state: 'visible', timeout: 45_000 });
+  await page.waitForTimeout(3000);
+  const chatPanel = page.locator('.part.auxiliarybar');
+  if (await chatPanel.isVisible()) await page.keyboard.press('Control+Alt+B');
+
+  // Share, and copy an invite for the peer (read back from the clipboard, as the peer would paste it).
+  await page.context().grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(page.url()).origin });
+  await palette('PeerShare: Start Sharing');
+  await toast('Sharing this folder').first().waitFor({ state: 'visible', timeout: 20_000 });
+  await palette('PeerShare: Copy Invite');
+  await toast('Invite copied').first().waitFor({ state: 'visible', timeout: 20_000 });
+  const invite = await page.evaluate(() => navigator.clipboard.readText());
+  if (!/invite\?/.test(invite)) throw new Error(`the clipboard holds ${JSON.stringify(invite.slice(0, 80))}, not an invite`);
+  const cliInvite = invite.replace(/^vscode:\/\/peershare\.peershare\/invite/, 'peershare://invite');
+  const paired = startChild([path.join(ROOT, 'dist', 'cli.js'), 'ls', cliInvite, '--home', peer.home, '--no-discovery', '--name', PEER_NAME]);
+  await poll(() => paired.exited(), 20_000, 'peershare ls to pair');
+  if (paired.child.exitCode !== 0) throw new Error(`peershare ls failed: ${paired.output()}`);
+  const target = peer.editorAddress();
+  log(`the peer paired with the editor (${target})`);
+  await dismissToasts();
+
+  // Open the workspace's app.ts, as someone at work would have it.
+  await page.keyboard.press('Control+P');
+  await quickInputBox.waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.type('app.ts', { delay: 10 });
+  await quickInput.locator('.monaco-list-row', { hasText: 'app.ts' }).first().waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.press('Enter');
+  await page.locator('.tabs-container .tab.active', { hasText: 'app.ts' }).waitFor({ state: 'visible', timeout: 10_000 });
+
+  // The peer offers its app.ts, with a note.
+  const sending = startChild([path.join(ROOT, 'dist', 'cli.js'), 'send', target, peer.appTs, '--note', 'Fixed the last line being dropped', '--home', peer.home, '--no-discovery']);
+  const offer = toast(`${PEER_NAME} (`);
+  await offer.first().waitFor({ state: 'visible', timeout: 30_000 });
+  await page.mouse.move(700, 600);
+  await page.waitForTimeout(800);
+  await shot('send-offer.png');
+  log('the offer notification shows');
+  await answer(offer, 'Review');
+
+  const diff = page.locator('.editor-instance .monaco-diff-editor');
+  await diff.waitFor({ state: 'visible', timeout: 30_000 });
+  const review = toast('Accept it?');
+  await review.first().waitFor({ state: 'visible', timeout: 30_000 });
+  if (readFileSync(path.join(ws, 'src', 'app.ts'), 'utf8') !== APP_TS) throw new Error('the workspace file changed before Accept');
+  await page.mouse.move(700, 600);
+  await page.waitForTimeout(1200);
+  await shot('send-review.png');
+  log('Review shows the diff with Accept / Accept All / Skip');
+  await answer(review, 'Accept');
+  await poll(() => readFileSync(path.join(ws, 'src', 'app.ts'), 'utf8') === THEIR_APP_TS, 20_000, 'the accepted file to land in the workspace');
+  await poll(() => sending.exited(), 20_000, 'peershare send to finish');
+  if (sending.child.exitCode !== 0) throw new Error(`peershare send exited with ${sending.child.exitCode}: ${sending.output()}`);
+  log('Accept wrote src/app.ts; the sender was told it arrived');
+  await toast('Took src/app.ts').first().waitFor({ state: 'visible', timeout: 10_000 });
+  await dismissToasts();
+
+  // A snippet: lines 4-5 of the peer's version, compared with the same lines here.
+  writeTree(ws, { 'src/app.ts': APP_TS });
+  const snippet = startChild([path.join(ROOT, 'dist', 'cli.js'), 'send', target, '--text', '--name', 'src/app.ts:4-5', '--note', 'Or just this part?', '--home', peer.home, '--no-discovery'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  snippet.child.stdin.end(THEIR_APP_TS.split('\n').slice(3, 5).join('\n') + '\n');
+  const shown = toast(`sent lines 4-5 of src/app.ts`);
+  await shown.first().waitFor({ state: 'visible', timeout: 30_000 });
+  await page.mouse.move(700, 600);
+  await page.waitForTimeout(800);
+  await shot('send-snippet.png');
+  log('the snippet notification shows');
+  await answer(shown, 'Compare with Mine');
+  await page.locator('.tabs-container .tab.active', { hasText: 'app.ts lines 4-5' }).waitFor({ state: 'visible', timeout: 15_000 });
+  await diff.waitFor({ state: 'visible', timeout: 15_000 });
+  await page.mouse.move(700, 600);
+  await page.waitForTimeout(1200);
+  await shot('send-snippet-compare.png');
+  log('Compare with Mine shows the snippet against lines 4-5 of the workspace file');
+  await dismissToasts();
+
+  // The other way: the peer shares and takes what trusted peers send; the editor connects with its
+  // invite, and sends README.md from the Explorer's context menu, choosing the peer in a quick pick.
+  const receiver = peer.startReceiver();
+  const listening = await receiver.ready;
+  await palette('PeerShare: Connect to Peer');
+  await quickInput.locator('.quick-input-message', { hasText: 'Paste the invite' }).waitFor({ state: 'visible', timeout: 10_000 });
+  await quickInputBox.fill(listening.invite);
+  await page.keyboard.press('Enter');
+  await toast(`Connected to ${PEER_NAME}`).first().waitFor({ state: 'visible', timeout: 20_000 });
+  await dismissToasts();
+  const readme = page.locator('.part.sidebar .monaco-list-row', { has: page.locator('.label-name', { hasText: /^README\.md$/ }) });
+  // (Clicking the Explorer's icon while it shows would hide the side bar.)
+  if (!(await readme.isVisible())) await page.locator('.part.activitybar .action-item [aria-label^="Explorer"]').first().click();
+  await readme.waitFor({ state: 'visible', timeout: 10_000 });
+  const menu = page.locator('.context-view .monaco-menu');
+  const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: /^Send to Peer\.\.\.$/ });
+  await readme.click({ button: 'right' });
+  await item.waitFor({ state: 'visible', timeout: 10_000 });
+  await item.hover();
+  await page.waitForTimeout(300);
+  await shot('send-explorer-menu.png');
+  await item.click();
+  const pick = quickInput.locator('.monaco-list-row', { hasText: PEER_NAME }).first();
+  await pick.waitFor({ state: 'visible', timeout: 10_000 });
+  if (!(await pick.innerText()).includes('connected')) throw new Error(`the quick pick does not say ${PEER_NAME} is connected: ${await pick.innerText()}`);
+  await page.waitForTimeout(300);
+  await shot('send-pick-peer.png');
+  await page.keyboard.press('Enter');
+  await quickInput.locator('.quick-input-title', { hasText: `A note for ${PEER_NAME}` }).waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.type('The README, as promised', { delay: 10 });
+  await page.keyboard.press('Enter');
+  await toast(`${PEER_NAME} received README.md`).first().waitFor({ state: 'visible', timeout: 30_000 });
+  const landed = path.join(peer.inbox, 'README.md');
+  await poll(() => existsSync(landed) && readFileSync(landed, 'utf8') === readFileSync(path.join(ws, 'README.md'), 'utf8'), 10_000, 'README.md to arrive in the peer\'s folder');
+  log('sent README.md from the Explorer; it arrived, identical, and the notification said so');
+}
+
+export function runSendUiTest({ screenshotsDir }) {
+  return runWorkbenchTest({
+    label: 'ui-send',
+    screenshotsDir,
+    forPeople: true,
+    prepare: async ({ tmp, log, track }) => {
+      const workspace = path.join(tmp, 'ws', 'workspace');
+      const port = await freePort();
+      writeTree(workspace, {
+        'src/app.ts': APP_TS,
+        'README.md': '# workspace\n',
+        '.vscode/settings.json': JSON.stringify({ ...LOOPBACK_SETTINGS, 'peershare.port': port, 'peershare.displayName': 'Bruno' }, null, 2),
+      });
+      const peerFolder = path.join(tmp, 'peer', 'project');
+      writeTree(peerFolder, { 'app.ts': THEIR_APP_TS });
+      const home = path.join(tmp, 'peer-home');
+      const inbox = path.join(tmp, 'peer-inbox');
+      const startReceiver = () => track('receiver', startCliPeer([peerFolder, '--home', home, '--host', '127.0.0.1', '--port', '0', '--name', PEER_NAME, '--no-discovery', '--receive-into', inbox, '--receive', 'trusted']));
+      return {
+        workspace,
+        drive: ({ page, shot }) => drive({ page, shot, ws: workspace, log, peer: { home, inbox, startReceiver, appTs: path.join(peerFolder, 'app.ts'), editorAddress: () => `127.0.0.1:${port}` } }),
+      };
+    },
+  });
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  runSendUiTest({ screenshotsDir: path.join(ROOT, 'out', 'screenshots') }).then(
+    (code) => (process.exitCode = code),
+    (err) => {
+      console.error(err);
+      process.exitCode = 1;
+    },
+  );
+}
