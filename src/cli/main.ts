@@ -646,14 +646,43 @@ async function commandLs(globals: Globals, target: string, remotePath: string): 
   return EXIT.OK;
 }
 
-async function commandGet(globals: Globals, target: string, remotePath: string, dest: string, conflict: 'overwrite' | 'keepBoth' | undefined): Promise<number> {
+/**
+ * What `get` and `send` start with: Ctrl+C (or SIGTERM) cancels through `abort`, the clock, the
+ * connection, and a progress bar on a terminal; `end` puts all of that away.
+ */
+async function startTransfer(
+  globals: Globals,
+  target: string,
+): Promise<{ abort: AbortController; started: bigint; conn: PeerConnection; bar?: ProgressBar; end: () => void }> {
   const abort = new AbortController();
   const onSignal = (): void => abort.abort();
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
   const started = process.hrtime.bigint();
-  const { conn } = await connectTarget(globals, target, abort.signal);
+  const stopListening = (): void => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
+  const { conn } = await connectTarget(globals, target, abort.signal).catch((err: unknown) => {
+    stopListening();
+    throw err;
+  });
   const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
+  return {
+    abort,
+    started,
+    conn,
+    bar,
+    end: () => {
+      bar?.done();
+      conn.close();
+      stopListening();
+    },
+  };
+}
+
+async function commandGet(globals: Globals, target: string, remotePath: string, dest: string, conflict: 'overwrite' | 'keepBoth' | undefined): Promise<number> {
+  const { abort, started, conn, bar, end } = await startTransfer(globals, target);
   try {
     // "dir/" names a folder, as in cp and rsync: made if missing, and the download goes inside it.
     if (/[/\\]$/.test(dest)) {
@@ -684,10 +713,7 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
       if (unlistedLeftOut > 0) out(`...and ${unlistedLeftOut} more left out for their names.`);
     }
   } finally {
-    bar?.done();
-    conn.close();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    end();
   }
   return EXIT.OK;
 }
@@ -707,13 +733,7 @@ async function readStdin(max: number): Promise<string> {
 async function commandSend(globals: Globals, target: string, paths: string[], options: { note?: string; snippetName?: string }): Promise<number> {
   if (options.note !== undefined && options.note.length > MAX_NOTE_CHARS) throw new PeerShareError('INVALID_ARGUMENT', `--note may have at most ${MAX_NOTE_CHARS} characters.`);
   const snippetText = options.snippetName === undefined ? undefined : await readStdin(DEFAULT_LIMITS.maxSnippetBytes);
-  const abort = new AbortController();
-  const onSignal = (): void => abort.abort();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  const started = process.hrtime.bigint();
-  const { conn } = await connectTarget(globals, target, abort.signal);
-  const bar = !globals.json && process.stderr.isTTY ? new ProgressBar(process.stderr) : undefined;
+  const { abort, started, conn, bar, end } = await startTransfer(globals, target);
   try {
     const session = conn.sendSession;
     if (!session?.peerTakesOffers) {
@@ -749,10 +769,7 @@ async function commandSend(globals: Globals, target: string, paths: string[], op
     if (failed.length > 0) return failed[0].code === 'CANCELLED' ? EXIT.REFUSED : (EXIT_BY_CODE[failed[0].code ?? 'INTERNAL'] ?? EXIT.FAILURE);
     return EXIT.OK;
   } finally {
-    bar?.done();
-    conn.close();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    end();
   }
 }
 
