@@ -11,7 +11,7 @@ import { describe, it } from 'node:test';
 import { DISGUISING_CHARS, connectToPeer, download, formatInvite, isErrorCode, type DownloadResult, type Identity, type Limits, type PeerConnection } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
 import { encodeDataHeader, encodeMessage } from '../../src/core/frames';
-import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
+import { ConnectionFrameType, encodeConnectionHeader, encodeMessageFrame } from '../../src/core/v2/frames';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { makePeer, tempDir, type TestPeer } from '../helpers';
 import { sendBlocks, sendManifest, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
@@ -100,14 +100,8 @@ function every(reply: ReplierV2, everyMs: number, send: () => unknown): Promise<
   return new Promise(() => undefined);
 }
 
-/** A connection frame header (spec 3.2: type, length, request id). */
-function frameHeader(type: keyof typeof ConnectionFrameType, length: number, id: number): Buffer {
-  const header = Buffer.alloc(9);
-  header.writeUInt8(ConnectionFrameType[type], 0);
-  header.writeUInt32BE(length, 1);
-  header.writeUInt32BE(id, 5);
-  return header;
-}
+/** A connection frame header (spec 3.2) announcing `length` bytes: the connection's own encoder. */
+const frameHeader = (type: keyof typeof ConnectionFrameType, length: number, id: number): Buffer => encodeConnectionHeader(ConnectionFrameType[type], length, id);
 
 /** The ids of a single-file download's requests (the dialer's ids are odd, from 1: spec 5.1): stat, manifest, read. */
 const STAT_ID = 1;

@@ -6,7 +6,7 @@ import type * as tls from 'node:tls';
 import { after, describe, it } from 'node:test';
 import { DISGUISING_CHARS, checkReceivedName, connectToPeer, download, sanitizeForDisplay, type DownloadResult, type Identity, type Limits, type PeerConnection } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
-import { ConnectionFrameType, encodeMessageFrame } from '../../src/core/v2/frames';
+import { ConnectionFrameType, encodeConnectionHeader, encodeMessageFrame } from '../../src/core/v2/frames';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { makePeer, type TestPeer } from '../helpers';
 import { sendBlocks, sendManifest, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
@@ -96,14 +96,8 @@ const STALLED = Buffer.alloc(STALLED_BLOCK + 1000, 9);
 
 const honestFile = fileScenario((req, reply) => sendBlocks(req, reply, CONTENT));
 
-/** A frame header of the connection (spec 3.2: type, length, request id) announcing `length` bytes. */
-function frameHeader(type: keyof typeof ConnectionFrameType, length: number, id: number): Buffer {
-  const header = Buffer.alloc(9);
-  header.writeUInt8(ConnectionFrameType[type], 0);
-  header.writeUInt32BE(length, 1);
-  header.writeUInt32BE(id, 5);
-  return header;
-}
+/** A connection frame header (spec 3.2) announcing `length` bytes: the connection's own encoder. */
+const frameHeader = (type: keyof typeof ConnectionFrameType, length: number, id: number): Buffer => encodeConnectionHeader(ConnectionFrameType[type], length, id);
 
 /**
  * The request ids a download uses (ours, the dialer's, are odd and counted from 1, spec 5.1): its
