@@ -93,6 +93,29 @@ export function startCliPeer(args) {
 }
 
 /**
+ * Runs a command from the command palette, as a person would: F1, type, wait for the row, Enter.
+ * Just after the workbench loads, the palette may open before the extension's commands are listed
+ * (CI once saw "Start Sharing" missing for 10 s on a loaded machine), so a missing row closes the
+ * palette and tries again, up to three times. `before(page)` runs while the row is shown (a screenshot).
+ */
+export async function runCommand(page, command, { before } = {}) {
+  const quickInput = page.locator('.quick-input-widget');
+  const quickInputBox = quickInput.locator('.quick-input-box input');
+  const row = quickInput.locator('.monaco-list-row', { hasText: command.replace(/^PeerShare: /, '') }).first();
+  for (let attempt = 1; ; attempt++) {
+    await page.keyboard.press('F1');
+    await quickInputBox.waitFor({ state: 'visible', timeout: 10_000 });
+    await quickInputBox.fill(`>${command}`);
+    const shown = await row.waitFor({ state: 'visible', timeout: 10_000 }).then(() => true, (err) => (attempt >= 3 ? Promise.reject(err) : false));
+    if (shown) break;
+    await page.keyboard.press('Escape');
+    await quickInputBox.waitFor({ state: 'hidden', timeout: 5_000 }).catch(() => undefined);
+  }
+  if (before) await before(page);
+  await page.keyboard.press('Enter');
+}
+
+/**
  * Runs one UI test: `prepare({ tmp, log, track })` makes its files and processes (`track(name,
  * child)` registers one for cleanup and failure output) and returns `{ workspace, drive }`;
  * `drive({ page, shot })` takes the steps a person takes. Resolves 0 on success, 1 on failure.

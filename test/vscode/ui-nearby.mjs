@@ -8,7 +8,7 @@
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DISCOVERY_TEST_PORT, LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { poll, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+import { poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = "Ben's desktop";
 const ASKER_NAME = 'Cleo (nearby)';
@@ -78,12 +78,7 @@ async function drive({ page, shot, startAsker }) {
   log(`"${PEER_NAME}" listed under Nearby as "${description}", without a Refresh`);
 
   log('starting to share from the command palette');
-  await page.keyboard.press('F1');
-  const quickInput = page.locator('.quick-input-widget');
-  await quickInput.locator('.quick-input-box input').waitFor({ state: 'visible', timeout: 10_000 });
-  await page.keyboard.type('PeerShare: Start Sharing', { delay: 20 });
-  await quickInput.locator('.monaco-list-row', { hasText: 'Start Sharing' }).first().waitFor({ state: 'visible', timeout: 10_000 });
-  await page.keyboard.press('Enter');
+  await runCommand(page, 'PeerShare: Start Sharing');
   const sharingStatus = page.locator('.part.statusbar', { hasText: /Sharing · \d+ peer/ });
   await sharingStatus.waitFor({ state: 'visible', timeout: 20_000 });
   log('sharing (status bar says so)');

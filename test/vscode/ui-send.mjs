@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
-import { poll, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+import { poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 const APP_TS = ['import { readFile } from "node:fs/promises";', '', 'export async function lines(file: string): Promise<string[]> {', '  const text = await readFile(file, "utf8");', '  return text.split("\\n").slice(0, -1);', '}', ''].join('\n');
@@ -20,13 +20,7 @@ async function drive({ page, shot, ws, peer, log }) {
   const quickInput = page.locator('.quick-input-widget');
   const quickInputBox = quickInput.locator('.quick-input-box input');
   const toast = (text) => page.locator('.notifications-toasts .notification-toast', { hasText: text });
-  async function palette(command) {
-    await page.keyboard.press('F1');
-    await quickInputBox.waitFor({ state: 'visible', timeout: 10_000 });
-    await page.keyboard.type(command, { delay: 10 });
-    await quickInput.locator('.monaco-list-row', { hasText: command.replace(/^PeerShare: /, '') }).first().waitFor({ state: 'visible', timeout: 10_000 });
-    await page.keyboard.press('Enter');
-  }
+  const palette = (command) => runCommand(page, command);
   /** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
   async function answer(notification, label) {
     const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { poll, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
+import { poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = "Ana's laptop";
 const FIXTURES = {
@@ -91,14 +91,9 @@ async function drive({ page, shot, ws, source }) {
   await shot('welcome.png');
 
   log('connecting from the command palette');
-  await page.keyboard.press('F1');
   const quickInput = page.locator('.quick-input-widget');
   const quickInputBox = quickInput.locator('.quick-input-box input');
-  await quickInputBox.waitFor({ state: 'visible', timeout: 10_000 });
-  await page.keyboard.type('PeerShare: Connect to Peer', { delay: 20 });
-  await quickInput.locator('.monaco-list-row', { hasText: 'Connect to Peer' }).first().waitFor({ state: 'visible', timeout: 10_000 });
-  await shot('command-palette.png');
-  await page.keyboard.press('Enter');
+  await runCommand(page, 'PeerShare: Connect to Peer', { before: () => shot('command-palette.png') });
   await quickInput.locator('.quick-input-message', { hasText: 'Paste the invite' }).waitFor({ state: 'visible', timeout: 10_000 });
   await quickInputBox.fill(source.invite);
   await shot('invite-input.png');
