@@ -41,8 +41,8 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const activateStart = performance.now();
   const log = vscode.window.createOutputChannel('PeerShare', { log: true });
   const peers = new Peers(path.join(context.globalStorageUri.fsPath, 'identity'), log);
-  const sharing = new Sharing(peers, log);
-  const tree = new PeersTree(peers);
+  const sharing = new Sharing(peers, log, context.globalState);
+  const tree = new PeersTree(peers, sharing);
   const downloads = new Downloads(peers, log);
   // Review stages received files here, outside the workspace, until they are accepted.
   const receiving = new Receiving(peers, log, path.join((context.storageUri ?? context.globalStorageUri).fsPath, 'incoming'), context.workspaceState);
@@ -82,9 +82,10 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
 
   command('peershare.startSharing', async () => {
     await sharing.start();
+    const reach = sharing.internetKey ? ' and over the internet (HyperDHT)' : '';
     void vscode.window
       .showInformationMessage(
-        `Sharing ${vscode.workspace.workspaceFolders?.length === 1 ? 'this folder' : 'these folders'} read-only on port ${sharing.port}. Send an invite to let someone in.`,
+        `Sharing ${vscode.workspace.workspaceFolders?.length === 1 ? 'this folder' : 'these folders'} read-only on port ${sharing.port}${reach}. Send an invite to let someone in.`,
         'Copy Invite',
       )
       .then((choice) => choice && vscode.commands.executeCommand('peershare.copyInvite'));

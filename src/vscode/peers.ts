@@ -12,10 +12,11 @@ import {
   type NearbyPeer,
   type PeerConnection,
   type ReceivePolicy,
+  type StreamRoute,
   type TrustStore,
   type TrustedPeer,
 } from '../core';
-import { readSettings } from './settings';
+import { internetOption, readSettings } from './settings';
 
 export type PeerState = 'unknown' | 'online' | 'offline';
 
@@ -28,6 +29,8 @@ export class Peers implements vscode.Disposable {
   private readonly browsing = new Map<string, Promise<PeerConnection>>();
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly states = new Map<string, PeerState>();
+  /** Each peer's open browsing connection, for the route the view shows (removed when it closes). */
+  private readonly routed = new Map<string, PeerConnection>();
   private readonly changed = new vscode.EventEmitter<void>();
   readonly onDidChange = this.changed.event;
   private discoveryStarting?: Promise<Discovery | undefined>;
@@ -56,6 +59,8 @@ export class Peers implements vscode.Disposable {
         return enabled ? { interfaces: interfaces.length ? interfaces : undefined, port } : false;
       },
       log: (level, message) => this.log[level === 'debug' ? 'debug' : level](message),
+      // Read when internet reach first starts (sharing with it on, or dialing a peer with a DHT key).
+      internet: () => internetOption(readSettings()),
     }).then((node) => {
       // Before any connection: without a policy, every offer would be refused.
       node.setReceivePolicy(this.receivePolicy);
@@ -85,6 +90,12 @@ export class Peers implements vscode.Disposable {
 
   state(id: string): PeerState {
     return this.states.get(id) ?? 'unknown';
+  }
+
+  /** How the open browsing connection to a peer runs (LAN or DHT); undefined when none is open. */
+  route(id: string): StreamRoute | undefined {
+    const conn = this.routed.get(id);
+    return conn && !conn.closed ? conn.route : undefined;
   }
 
   /** Connects with an invite or a trusted peer's address; returns the peer now trusted. */
@@ -284,7 +295,10 @@ export class Peers implements vscode.Disposable {
     const opening = this.openConnection(id);
     this.browsing.set(id, opening);
     opening.then(
-      (conn) => conn.onClose(() => this.browsing.get(id) === opening && this.dropBrowsing(id)),
+      (conn) => {
+        this.noteRoute(id, conn);
+        conn.onClose(() => this.browsing.get(id) === opening && this.dropBrowsing(id));
+      },
       () => this.browsing.get(id) === opening && this.browsing.delete(id),
     );
     return opening;
@@ -295,7 +309,15 @@ export class Peers implements vscode.Disposable {
     const ready = Promise.resolve(conn);
     this.browsing.set(conn.peerId, ready);
     conn.onClose(() => this.browsing.get(conn.peerId) === ready && this.dropBrowsing(conn.peerId));
+    this.noteRoute(conn.peerId, conn);
     this.setState(conn.peerId, 'online');
+  }
+
+  /** Remembers how a browsing connection runs until it closes; the view shows it. */
+  private noteRoute(id: string, conn: PeerConnection): void {
+    this.routed.set(id, conn);
+    conn.onClose(() => this.routed.get(id) === conn && this.routed.delete(id));
+    this.changed.fire();
   }
 
   /** A browsing connection we did not close has closed (closeBrowsing unregisters first). */

@@ -20,6 +20,8 @@ export interface Settings {
   requestTimeoutSeconds: number;
   /** Where files trusted peers send land (Save to Inbox, and peers set to inbox): absolute, or below the first workspace folder. */
   inboxFolder: string;
+  /** Internet reach through HyperDHT; `bootstrap` empty means HyperDHT's public bootstrap nodes. */
+  internet: { enabled: boolean; bootstrap: string[] };
 }
 
 export function readSettings(): Settings {
@@ -41,7 +43,21 @@ export function readSettings(): Settings {
     allowNearbyRequests: c.get<boolean>('allowNearbyRequests', true),
     requestTimeoutSeconds: Math.max(5, c.get<number>('requestTimeoutSeconds', 60)),
     inboxFolder: c.get<string>('inboxFolder', DEFAULT_INBOX_FOLDER).trim() || DEFAULT_INBOX_FOLDER,
+    internet: {
+      enabled: c.get<boolean>('internet.enabled', false) === true,
+      bootstrap: c.get<string[]>('internet.bootstrap', []).filter((b) => typeof b === 'string' && b.trim().length > 0).map((b) => b.trim()),
+    },
   };
+}
+
+/**
+ * Where PeerShareNode meets the DHT, from the settings: false when internet reach is off. The
+ * public network is named ('public') only when the bootstrap list is empty: the core never takes
+ * an empty list for it.
+ */
+export function internetOption(settings: Settings): { bootstrap: string[] | 'public' } | false {
+  if (!settings.internet.enabled) return false;
+  return { bootstrap: settings.internet.bootstrap.length ? settings.internet.bootstrap : 'public' };
 }
 
 /** `files.exclude` patterns that are switched on, for a folder, in .gitignore syntax. */

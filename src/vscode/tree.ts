@@ -1,7 +1,19 @@
 import * as vscode from 'vscode';
-import { fingerprintFromPeerId, isUnreachable, sanitizeForDisplay, shortPeerId, toPeerShareError, verificationCode, type Entry, type NearbyPeer, type TrustedPeer } from '../core';
+import {
+  fingerprintFromPeerId,
+  isUnreachable,
+  sanitizeForDisplay,
+  shortPeerId,
+  toPeerShareError,
+  verificationCode,
+  type Entry,
+  type NearbyPeer,
+  type StreamRoute,
+  type TrustedPeer,
+} from '../core';
 import { formatBytes } from '../core/format';
 import { peerFileUri, type Peers } from './peers';
+import type { Sharing } from './sharing';
 
 export type PeerNode = { kind: 'peer'; peer: TrustedPeer; verificationCode?: string };
 export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };
@@ -16,7 +28,11 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
   readonly onDidChangeTreeData = this.changed.event;
   private readonly subscription: vscode.Disposable;
 
-  constructor(private readonly peers: Peers) {
+  constructor(
+    private readonly peers: Peers,
+    /** How peers reading our share reached it, while they are connected. */
+    private readonly sharing?: Pick<Sharing, 'incomingRoute'>,
+  ) {
     this.subscription = peers.onDidChange(() => this.refresh());
   }
 
@@ -98,10 +114,13 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       const name = sanitizeForDisplay(peer.name || shortPeerId(peer.id));
       const item = new vscode.TreeItem(name, vscode.TreeItemCollapsibleState.Collapsed);
       item.id = `peer:${peer.id}`;
+      // The route of the connection we read them over, else of theirs to our share.
+      const route = this.peers.route(peer.id) ?? this.sharing?.incomingRoute(peer.id);
       // The address lives in the tooltip: in a narrow sidebar it would crowd out the state.
-      item.description = state === 'online' ? 'online' : state === 'offline' ? 'offline' : peer.addresses.length ? undefined : 'not sharing';
+      const status = state === 'online' ? 'online' : state === 'offline' ? 'offline' : peer.addresses.length ? undefined : 'not sharing';
+      item.description = [status, route && ROUTE_LABELS[route]].filter(Boolean).join(' · ') || undefined;
       item.tooltip = new vscode.MarkdownString(
-        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${describeTrust(peer)}\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}`,
+        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${describeTrust(peer)}\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}${describeRoute(peer, route)}`,
       );
       item.iconPath = new vscode.ThemeIcon(state === 'offline' ? 'debug-disconnect' : 'account', state === 'online' ? new vscode.ThemeColor('charts.green') : undefined);
       item.contextValue = `peershare.peer.${state}`;
@@ -133,6 +152,16 @@ export function shortMessage(message: string, max = 48): string {
   if (sentence.length <= max) return sentence;
   const cut = sentence.slice(0, max - 1);
   return `${cut.slice(0, cut.lastIndexOf(' ') > max / 2 ? cut.lastIndexOf(' ') : cut.length)}…`;
+}
+
+/** How a peer is reached, as the view says it. */
+export const ROUTE_LABELS: Record<StreamRoute, string> = { direct: 'LAN', dht: 'internet (HyperDHT)' };
+
+/** The tooltip's line on the route: the open connection's, else the one that worked last time. */
+function describeRoute(peer: TrustedPeer, route: StreamRoute | undefined): string {
+  if (route) return `\n\nConnected: ${route === 'dht' ? 'through the internet (HyperDHT)' : 'directly, on your network (LAN)'}`;
+  if (peer.reachedVia) return `\n\nLast reached: ${peer.reachedVia === 'dht' ? 'through the internet (HyperDHT)' : 'directly, on your network (LAN)'}`;
+  return peer.dht ? '\n\nReachable over the internet (HyperDHT) when internet reach is on' : '';
 }
 
 /** Trust has a direction; the tooltip says which. */
