@@ -26,9 +26,15 @@ const VECTOR_1025 = 'd00278ae47eb27b34faecf67b4fe263f82d5412916c1ffd97c8cb7fb814
 
 interface PackageScript {
   NATIVE_TARGETS: Record<string, string>;
+  DHT_TARGETS: Record<string, string>;
   BUNDLED_NATIVE_FILE: string;
+  BUNDLED_MODULES_DIR: string;
   vsixName(target: string): string;
+  hyperdhtFiles(target: string): string[];
 }
+
+/** HyperDHT's native packages: each must ship its binary for every target that carries internet reach. */
+const DHT_NATIVE = ['sodium-native', 'udx-native'];
 
 /** The VS Code target of this machine, whose binary node_modules already holds (no download in a test). */
 function hostTarget(): string {
@@ -70,6 +76,41 @@ async function blake3In(vsix: string): Promise<{ backend: string; reason?: strin
   return JSON.parse(execFileSync(process.execPath, [probe], { cwd: dir, env, encoding: 'utf8' }));
 }
 
+/**
+ * Unpacks a .vsix outside the repository and asks src/core/transport-dht.ts, bundled beside its
+ * dist/ as the real build bundles it (hyperdht left to run time), whether internet reach works
+ * there; where it does, a DHT node starts on loopback and makes a key pair with the native parts.
+ */
+async function internetIn(vsix: string): Promise<{ available: boolean; reason?: string; resolved?: string; keyBytes?: number }> {
+  const dir = tempDir();
+  execFileSync('unzip', ['-q', vsix, '-d', dir]);
+  const probe = path.join(dir, 'extension', 'dist', 'probe-dht.js');
+  await esbuild.build({
+    stdin: {
+      contents: `const { internetReach, DhtNetwork } = require('./src/core/transport-dht');
+        (async () => {
+          const reach = internetReach();
+          if (!reach.available) return console.log(JSON.stringify(reach));
+          // A bootstrap node that is not there: nothing leaves loopback, and the node still starts.
+          const net = DhtNetwork.create({ bootstrap: ['127.0.0.1:9'], host: '127.0.0.1' });
+          const key = require('hyperdht').keyPair().publicKey;
+          await net.close();
+          console.log(JSON.stringify({ available: true, resolved: require.resolve('hyperdht'), keyBytes: key.length }));
+        })();`,
+      resolveDir: ROOT,
+      loader: 'ts',
+    },
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    external: ['vscode', '@napi-rs/blake-hash', 'hyperdht'],
+    outfile: probe,
+    logLevel: 'silent',
+  });
+  return JSON.parse(execFileSync(process.execPath, [probe], { cwd: dir, encoding: 'utf8' }));
+}
+
 describe('the .vsix files', () => {
   let script: PackageScript;
   const target = hostTarget();
@@ -89,8 +130,9 @@ describe('the .vsix files', () => {
     assert.doesNotMatch(execFileSync('unzip', ['-p', universal, 'extension.vsixmanifest'], { encoding: 'utf8' }), /TargetPlatform/);
   });
 
-  it("a platform's one adds only its native BLAKE3 binary, the binding's own file, and says which platform it is for", () => {
-    assert.deepEqual(listing(native), [...COMMON_FILES, `extension/${script.BUNDLED_NATIVE_FILE}`].sort());
+  it("a platform's one adds only its native BLAKE3 binary, the binding's own file, and HyperDHT's packages, and says which platform it is for", () => {
+    const dht = script.hyperdhtFiles(target).map((file) => `extension/dist/${file}`);
+    assert.deepEqual(listing(native), [...COMMON_FILES, `extension/${script.BUNDLED_NATIVE_FILE}`, ...dht].sort());
     assert.equal(script.BUNDLED_NATIVE_FILE, `dist/${BUNDLED_NATIVE_FILE}`, 'the script puts the binary where src/core/blake3.ts looks');
     assert.match(execFileSync('unzip', ['-p', native, 'extension.vsixmanifest'], { encoding: 'utf8' }), new RegExp(`TargetPlatform="${target}"`));
     const suffix = script.NATIVE_TARGETS[target];
@@ -106,6 +148,37 @@ describe('the .vsix files', () => {
     assert.equal(fromUniversal.backend, 'fallback');
     assert.match(fromUniversal.reason ?? '', /native BLAKE3 binding did not load.*Cannot find module '@napi-rs\/blake-hash'/);
     assert.equal(fromUniversal.digest, VECTOR_1025);
+  });
+
+  it("the linux-x64 one carries hyperdht with sodium-native's and udx-native's linux-x64 binaries, and no other platform's", () => {
+    assert.equal(script.BUNDLED_MODULES_DIR, 'dist/node_modules');
+    const files = script.hyperdhtFiles('linux-x64');
+    assert.ok(files.includes('node_modules/hyperdht/package.json'));
+    const binaries = files.filter((f) => /\.(node|bare)$/.test(f) || f.includes('/prebuilds/'));
+    assert.deepEqual(binaries.sort(), DHT_NATIVE.map((name) => `node_modules/${name}/prebuilds/linux-x64/${name}.node`).sort());
+    for (const file of binaries) assert.ok(readFileSync(path.join(ROOT, file)).subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46])), `${file} is an ELF binary`);
+    // Nothing of the development tree rides along: every file is in a package hyperdht needs.
+    assert.ok(!files.some((f) => /node_modules\/(typescript|esbuild|mocha|@types)\//.test(f)));
+  });
+
+  it("every target with internet reach gets both native binaries for its platform; Alpine (no musl builds) and the universal one get no hyperdht", () => {
+    for (const [vscodeTarget, folder] of Object.entries(script.DHT_TARGETS)) {
+      const binaries = script.hyperdhtFiles(vscodeTarget).filter((f) => f.includes('/prebuilds/'));
+      assert.deepEqual(binaries.sort(), DHT_NATIVE.map((name) => `node_modules/${name}/prebuilds/${folder}/${name}.node`).sort(), vscodeTarget);
+    }
+    for (const without of ['alpine-x64', 'alpine-arm64', 'universal']) assert.deepEqual(script.hyperdhtFiles(without), [], without);
+    assert.ok(!listing(universal).some((f) => f.includes('node_modules')));
+  });
+
+  it("hyperdht loads from the platform's .vsix, away from any node_modules of the repository; without it (universal) internet reach is off and says why", async () => {
+    const fromNative = await internetIn(native);
+    assert.equal(fromNative.available, true, fromNative.reason);
+    assert.match(fromNative.resolved ?? '', /\/extension\/dist\/node_modules\/hyperdht\/index\.js$/);
+    assert.doesNotMatch(fromNative.resolved ?? '', new RegExp(`^${ROOT}`));
+    assert.equal(fromNative.keyBytes, 32);
+    const fromUniversal = await internetIn(universal);
+    assert.equal(fromUniversal.available, false);
+    assert.match(fromUniversal.reason ?? '', /HyperDHT library did not load.*Cannot find module 'hyperdht'/);
   });
 
   it('declares that untrusted and virtual workspaces are not supported, so VS Code never runs it there', () => {
