@@ -65,7 +65,7 @@ function seededRandom(seed) {
 }
 
 /** `files` files of uniformly random size in [512, 8192] bytes, spread evenly over `folders` folders. */
-function writeTree(root, files, folders) {
+export function writeTree(root, files, folders) {
   const random = seededRandom(20261125);
   let bytes = 0;
   let allocated = 0;

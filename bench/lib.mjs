@@ -486,8 +486,8 @@ export function pairClient(invite, home) {
 }
 
 /** Starts `peershare serve` on loopback (on `cpus`, if given), stopped with the scope; resolves once it prints its invite. */
-export async function startPeerShare(scope, { folders, home, logFile, nodeArgs = [], env, cli = CLI, cpus }) {
-  const args = [...nodeArgs, cli, 'serve', ...folders, '--json', '--home', home, '--port', '0', '--host', '127.0.0.1', '--invite-uses', '1000'];
+export async function startPeerShare(scope, { folders, home, logFile, nodeArgs = [], serveArgs = [], env, cli = CLI, cpus }) {
+  const args = [...nodeArgs, cli, 'serve', ...folders, '--json', '--home', home, '--port', '0', '--host', '127.0.0.1', '--invite-uses', '1000', ...serveArgs];
   const child = spawn(...onCpus(cpus, process.execPath, args), { stdio: ['ignore', 'pipe', fs.openSync(logFile, 'a')], env: env ?? process.env });
   scope.defer(() => stopChild(child));
   const info = await new Promise((resolve, reject) => {

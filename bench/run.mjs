@@ -16,6 +16,7 @@ import * as path from 'node:path';
 import { renderChart } from './chart.mjs';
 import { ROOT, closeAllScopes, ensureTools, gitDescribe, log, machineInfo, printGoals, runScenario } from './lib.mjs';
 import * as transfer from './transfer.mjs';
+import * as send from './send.mjs';
 import * as folder from './folder.mjs';
 import * as resume from './resume.mjs';
 import * as concurrent from './concurrent.mjs';
@@ -24,7 +25,7 @@ import * as idle from './idle.mjs';
 import * as memory from './memory.mjs';
 import * as multiplex from './multiplex.mjs';
 
-const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex];
+const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send];
 const DOCS_DIR = path.resolve(process.env.BENCH_DOCS_DIR ?? path.join(ROOT, 'docs'));
 
 function selectedScenarios() {

@@ -609,10 +609,10 @@ export class SendSession {
         const root = share.roots[0].name;
         let size = 0;
         let files = 0;
-        for await (const item of share.walk(root)) {
+        for await (const item of share.walk(root, { sizes: true })) {
           if (item.kind !== 'file') continue;
           files++;
-          size += (await share.stat(item.remotePath)).size;
+          size += item.size ?? 0;
         }
         entries.push({ entry: { name, type: 'dir', size, files }, provider: new ShareProvider({ share, blockCache: cache, limits }), sharePath: root });
         continue;

@@ -150,7 +150,8 @@ export interface OpenedFile {
   stat: Stats;
 }
 
-export type WalkItem = { kind: 'dir'; relPath: string } | { kind: 'file'; relPath: string; remotePath: string };
+/** `size` is there when the walk was asked for sizes (one lstat per batch of names, in parallel). */
+export type WalkItem = { kind: 'dir'; relPath: string } | { kind: 'file'; relPath: string; remotePath: string; size?: number };
 
 // Linux tells us where an open descriptor really points: the race-free check.
 const PROC_FD = process.platform === 'linux' && existsSync('/proc/self/fd') ? '/proc/self/fd' : undefined;
@@ -417,8 +418,11 @@ export class Share {
     }
   }
 
-  /** The files and folders below a folder, depth first in name order, for a folder download. */
-  async *walk(remotePath: string): AsyncGenerator<WalkItem> {
+  /**
+   * The files and folders below a folder, depth first in name order, for a folder download. With
+   * `sizes`, each file comes with its size (an offer totals them before anything is sent).
+   */
+  async *walk(remotePath: string, { sizes = false }: { sizes?: boolean } = {}): AsyncGenerator<WalkItem> {
     const { root, components } = this.resolve(remotePath);
     if (!root) throw new PeerShareError('NOT_A_DIRECTORY', 'Choose one shared folder to download.');
     if (await this.isExcluded(root, components, true)) throw new PeerShareError('EXCLUDED');
@@ -432,8 +436,8 @@ export class Share {
     async function* visit(dirComponents: string[], relPath: string, depth: number): AsyncGenerator<WalkItem> {
       if (depth > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
       const children: Entry[] = [];
-      // Names and types are enough here: each file is opened and measured when it is sent.
-      for await (const batch of self.readDirBatches(root!, dirComponents, false)) {
+      // Names and types are enough for a download: each file is opened and measured when it is sent.
+      for await (const batch of self.readDirBatches(root!, dirComponents, sizes)) {
         children.push(...batch);
         if (children.length > limits.maxListEntries) throw new PeerShareError('TOO_LARGE', 'A folder has too many entries.');
       }
@@ -445,7 +449,7 @@ export class Share {
           yield { kind: 'dir', relPath: childRel };
           yield* visit([...dirComponents, child.name], childRel, depth + 1);
         } else {
-          yield { kind: 'file', relPath: childRel, remotePath: [root!.name, ...dirComponents, child.name].join('/') };
+          yield { kind: 'file', relPath: childRel, remotePath: [root!.name, ...dirComponents, child.name].join('/'), ...(sizes ? { size: child.size } : {}) };
         }
       }
     }
