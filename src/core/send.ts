@@ -567,7 +567,13 @@ export class SendSession {
       options.onAnswer?.(accepted);
       if (!accepted.some(Boolean)) return result(() => 'declined');
       const done = await withSignal(offer.done.promise, options.signal);
-      if (done === 'cancelled') return result((i) => (accepted[i] ? 'failed' : 'declined'), accepted.map((a) => (a ? 'The receiver cancelled.' : undefined)));
+      if (done === 'cancelled') {
+        return result(
+          (i) => (accepted[i] ? 'failed' : 'declined'),
+          accepted.map((a) => (a ? 'The receiver cancelled.' : undefined)),
+          accepted.map((a) => (a ? 'CANCELLED' : undefined)),
+        );
+      }
       return result(
         (i) => done[i].status,
         done.map((d) => d.message),

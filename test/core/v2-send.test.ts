@@ -294,9 +294,10 @@ describe('send/1: cancel, drop and resume', () => {
     await writeRandomFile(path.join(src, 'big.bin'), 96 * MiB);
     const result = await p.conn.sendSession!.offerFiles([path.join(src, 'dir'), path.join(src, 'big.bin')]);
     assert.ok(cancelled);
-    assert.deepEqual(result.entries.map((e) => [e.status, e.message]), [
-      ['failed', 'The receiver cancelled.'],
-      ['failed', 'The receiver cancelled.'],
+    // The receiver's Cancel, in its code (the CLI's `send` exits 4 on it, as for a Decline).
+    assert.deepEqual(result.entries.map((e) => [e.status, e.code, e.message]), [
+      ['failed', 'CANCELLED', 'The receiver cancelled.'],
+      ['failed', 'CANCELLED', 'The receiver cancelled.'],
     ]);
     const received = await policy.nextResult();
     assert.equal(received.cancelled, true);

@@ -6,13 +6,16 @@
 // with Mine shows it against the same lines of the workspace file. Then the other way: the editor
 // sends README.md from the Explorer's context menu to the peer. Screenshots for the README.
 // Usage: npm run build && node test/vscode/ui-send.mjs   (screenshots go to out/screenshots/)
-import { existsSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
 import { poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
+/** Large enough that the transfer is still running when the first bytes are seen and the other end is paused. */
+const BIG_BYTES = 192 * 1024 * 1024;
 const APP_TS = ['import { readFile } from "node:fs/promises";', '', 'export async function lines(file: string): Promise<string[]> {', '  const text = await readFile(file, "utf8");', '  return text.split("\\n").slice(0, -1);', '}', ''].join('\n');
 const THEIR_APP_TS = ['import { readFile } from "node:fs/promises";', '', 'export async function lines(file: string): Promise<string[]> {', '  const text = await readFile(file, "utf8");', '  return text.split(/\\r?\\n/).filter((line, i, all) => line !== "" || i < all.length - 1);', '}', ''].join('\n');
 
@@ -146,6 +149,74 @@ async function drive({ page, shot, ws, peer, log }) {
   const landed = path.join(peer.inbox, 'README.md');
   await poll(() => existsSync(landed) && readFileSync(landed, 'utf8') === readFileSync(path.join(ws, 'README.md'), 'utf8'), 10_000, 'README.md to arrive in the peer\'s folder');
   log('sent README.md from the Explorer; it arrived, identical, and the notification said so');
+  await dismissToasts();
+
+  // Cancel, on each side, while the bytes flow. Once the first bytes are in the receiving side's
+  // partial file, the other end is paused (SIGSTOP), so the transfer is still running when the
+  // person clicks Cancel on the progress notification; then it goes on (SIGCONT) and must keep nothing.
+  const partialsIn = (folder) => (existsSync(folder) ? readdirSync(folder).filter((n) => n.startsWith('.') && n.endsWith('.peershare-part')) : []);
+  const pauseOnceBytesLand = async (folder, child, what) => {
+    await poll(() => partialsIn(folder).length > 0 || (existsSync(path.join(folder, 'big.bin')) && Promise.reject(new Error(`big.bin arrived whole before ${what} could be paused: make it larger`))), 30_000, `the first bytes of big.bin in ${folder}`);
+    child.kill('SIGSTOP');
+  };
+  const clickCancel = async (title) => {
+    const progress = toast(title);
+    await progress.first().waitFor({ state: 'visible', timeout: 10_000 });
+    await answer(progress, 'Cancel');
+  };
+  writeRandomFile(path.join(ws, 'big.bin'), BIG_BYTES);
+  // (a) The editor sends big.bin from the Explorer; Cancel on "Sending big.bin to Ana".
+  const big = page.locator('.part.sidebar .monaco-list-row', { has: page.locator('.label-name', { hasText: /^big\.bin$/ }) });
+  await big.waitFor({ state: 'visible', timeout: 10_000 });
+  await big.click({ button: 'right' });
+  await item.waitFor({ state: 'visible', timeout: 10_000 });
+  await item.click();
+  await pick.waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.press('Enter');
+  await quickInput.locator('.quick-input-title', { hasText: `A note for ${PEER_NAME}` }).waitFor({ state: 'visible', timeout: 10_000 });
+  await page.keyboard.press('Enter');
+  await pauseOnceBytesLand(peer.inbox, receiver.child, 'the receiving peer');
+  try {
+    await clickCancel(`Sending big.bin to ${PEER_NAME}`);
+  } finally {
+    receiver.child.kill('SIGCONT');
+  }
+  await poll(() => !existsSync(path.join(peer.inbox, 'big.bin')) && partialsIn(peer.inbox).length === 0, 20_000, 'the peer to keep nothing of the cancelled big.bin');
+  await page.waitForTimeout(1000); // a late arrival would show now
+  if (existsSync(path.join(peer.inbox, 'big.bin')) || partialsIn(peer.inbox).length) throw new Error(`the peer kept something of big.bin: ${readdirSync(peer.inbox)}`);
+  log('Cancel while sending: the peer kept nothing of big.bin');
+  await dismissToasts();
+
+  // (b) The peer sends big.bin; the editor saves it to the inbox; Cancel on "Receiving".
+  const sendingBig = startChild([path.join(ROOT, 'dist', 'cli.js'), 'send', target, path.join(ws, 'big.bin'), '--home', peer.home, '--no-discovery']);
+  const bigOffer = toast(`${PEER_NAME} (`);
+  await bigOffer.first().waitFor({ state: 'visible', timeout: 30_000 });
+  await answer(bigOffer, 'Save to Inbox');
+  // One subfolder per peer: its name and the start of its ID ("Ana (5DMT)").
+  const inboxRoot = path.join(ws, 'PeerShare Inbox');
+  const editorInbox = path.join(inboxRoot, await poll(() => existsSync(inboxRoot) && readdirSync(inboxRoot).find((n) => n.startsWith(`${PEER_NAME} (`)), 20_000, `the inbox folder for ${PEER_NAME}`));
+  await pauseOnceBytesLand(editorInbox, sendingBig.child, 'the sending peer');
+  try {
+    await clickCancel('Receiving');
+  } finally {
+    sendingBig.child.kill('SIGCONT');
+  }
+  await poll(() => sendingBig.exited(), 20_000, 'peershare send to end after the Cancel');
+  // Exit 4: the receiver's Cancel counts as a refusal, as a Decline does.
+  if (sendingBig.child.exitCode !== 4 || !/cancelled/.test(sendingBig.output())) throw new Error(`peershare send after the receiver's Cancel: exit ${sendingBig.child.exitCode}, ${sendingBig.output()}`);
+  if (existsSync(path.join(editorInbox, 'big.bin')) || partialsIn(editorInbox).length) throw new Error(`the editor kept something of big.bin: ${readdirSync(editorInbox)}`);
+  await toast('was cancelled; nothing of it was kept').first().waitFor({ state: 'visible', timeout: 10_000 });
+  log(`Cancel while receiving: nothing kept in the inbox; the sender was told (exit ${sendingBig.child.exitCode})`);
+}
+
+/** Random bytes (incompressible), written a MiB at a time. */
+function writeRandomFile(file, bytes) {
+  const fd = openSync(file, 'w');
+  try {
+    for (let done = 0; done < bytes; done += 1 << 20) writeSync(fd, randomBytes(Math.min(1 << 20, bytes - done)));
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export function runSendUiTest({ screenshotsDir }) {
