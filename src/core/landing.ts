@@ -161,6 +161,15 @@ export function partialPathFor(target: string, peerId: string, remotePath: strin
   return path.join(path.dirname(target), `.${temporaryStem(path.basename(target))}.${tag}${PARTIAL_SUFFIX}`);
 }
 
+/**
+ * The partial file of a file known by its hash (protocol v2: tied to the content, so the same file
+ * from any peer resumes it, and two versions never share one). v2/partial-file.ts names its
+ * partial files so.
+ */
+export function partialPathForHash(target: string, fileHashHex: string, size: number): string {
+  return partialPathFor(target, '', `blake3:${fileHashHex}`, size, 0);
+}
+
 /** Partial files of older versions of the same target can never be resumed: remove them. */
 export async function removeStalePartials(target: string): Promise<void> {
   const prefix = `.${temporaryStem(path.basename(target))}.`;

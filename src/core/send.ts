@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { BlockCache } from './block-cache';
 import { downloadFile, downloadFolder, type FileSource } from './download';
 import { PeerShareError, toPeerShareError, type ErrorCode } from './errors';
-import { exists, keepBothName, removeStalePartials } from './landing';
+import { exists, keepBothName, partialPathForHash, removeName } from './landing';
 import type { Limits } from './limits';
 import { collisionKey, inspectReceivedName } from './names';
 import { sanitizeForDisplay } from './protocol';
@@ -125,6 +125,8 @@ interface IncomingState {
 
 /** What an offer nobody answered in time says, on either side. */
 const NOT_ANSWERED = 'The receiver did not answer in time.';
+/** Why the rest of an offer is not taken: the sender's trust was revoked while it arrived. */
+const REVOKED = 'This peer is no longer trusted here; nothing more of the offer was taken.';
 
 export class SendService {
   policy?: ReceivePolicy;
@@ -132,6 +134,12 @@ export class SendService {
   private readonly sessions = new Set<SendSession>();
   /** Peers with an offer or snippet before the policy now, across their connections: one at a time each (13.3 row 5). */
   readonly asking = new Set<string>();
+  /**
+   * Partial files being received into by offers, by path, with how many pulls use each: a cancel
+   * removes its entry's partial file only when no other offer (another peer's, say, of the same
+   * file to the same place) is receiving into it.
+   */
+  readonly pulling = new Map<string, number>();
 
   constructor(readonly options: SendServiceOptions) {
     this.policy = options.policy;
@@ -327,6 +335,8 @@ export class SendSession {
         return entries.map(() => undefined);
       })
       .finally(() => this.service.asking.delete(this.peerId));
+    // Revoked while the question was open: nothing is taken from it.
+    if (!this.service.isTrusted(this.peerId)) targets.fill(undefined);
     const accept = targets.map((t) => t !== undefined);
     const results: ReceivedEntryResult[] = entries.map((e) => ({ name: e.name, status: 'declined' }));
     const connection = this.connection!;
@@ -337,6 +347,9 @@ export class SendSession {
       return;
     }
     if (!accept.some(Boolean)) return;
+    // Folders the accepted entries need that do not exist yet: the pulls make them, and they go
+    // again if nothing landed in them (a lie, a cancel), so a failed offer leaves no empty folder.
+    const made = await missingFolders(targets);
     const source = this.outboxOf(connection);
     let bytes = 0;
     const totalBytes = entries.reduce((sum, e, i) => sum + (accept[i] ? e.size : 0), 0);
@@ -345,6 +358,10 @@ export class SendSession {
       if (target === undefined) continue;
       if (state.abort.signal.aborted) {
         results[i] = { name: entry.name, status: 'failed', code: 'CANCELLED', message: 'Cancelled.' };
+        continue;
+      }
+      if (!this.service.isTrusted(this.peerId)) {
+        results[i] = { name: entry.name, status: 'failed', code: 'PEER_UNTRUSTED', message: REVOKED };
         continue;
       }
       const before = bytes;
@@ -369,6 +386,7 @@ export class SendSession {
         results[i] = { name: r.name, status: 'failed', code: 'CANCELLED', message: 'Cancelled.' };
       }
     }
+    for (const folder of made) await fs.rmdir(folder).catch(() => undefined);
     const result: ReceiveResult = { offerId: offer.offer, peer: this.peer, entries: results, bytes, cancelled };
     if (!connection.closed) {
       const done = cancelled
@@ -443,43 +461,60 @@ export class SendSession {
     onBytes: (bytes: number) => void,
   ): Promise<string> {
     const remotePath = `${offerId}/${entry.name}`;
-    const lied = new AbortController();
-    const signal = AbortSignal.any([state.abort.signal, lied.signal]);
+    // Stops this entry: the peer sent more than it offered, or its trust was revoked (a running
+    // `serve` hears of `trust rm` in another terminal through the trust file, checked on progress).
+    const stop = new AbortController();
+    const signal = AbortSignal.any([state.abort.signal, stop.signal]);
+    const progress = (bytes: number): void => {
+      onBytes(bytes);
+      if (bytes > entry.size) stop.abort(new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than it offered.'));
+      else if (!this.service.isTrusted(this.peerId)) stop.abort(new PeerShareError('PEER_UNTRUSTED', REVOKED));
+    };
     let target = wanted;
     if (entry.type === 'file') {
       if (conflict === 'keepBoth' && (await exists(target))) target = await keepBothName(target);
+      const partial = partialPathForHash(target, entry.fileHash, entry.size);
+      const pulling = this.service.pulling;
+      pulling.set(partial, (pulling.get(partial) ?? 0) + 1);
       try {
         const result = await downloadFile(
           source,
           remotePath,
           target,
-          { signal, keepPartial: true, onConflict: conflict === 'keepBoth' ? 'fail' : conflict, expectedFileHash: Buffer.from(entry.fileHash, 'hex'), onProgress: (p) => onBytes(p.bytes) },
+          { signal, keepPartial: true, onConflict: conflict === 'keepBoth' ? 'fail' : conflict, expectedFileHash: Buffer.from(entry.fileHash, 'hex'), onProgress: (p) => progress(p.bytes) },
           { name: entry.name, type: 'file', size: entry.size, mtimeMs: entry.mtimeMs },
         );
         // onConflict 'skip' (the person's choice): the existing file stays, and the sender hears so.
         if (result.files === 0) throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} exists here and was kept.`);
         return result.target;
       } catch (err) {
-        if (state.cancelled) await removeStalePartials(target).catch(() => undefined);
+        if (stop.signal.aborted) throw stop.signal.reason;
         throw err;
+      } finally {
+        const left = (pulling.get(partial) ?? 1) - 1;
+        if (left > 0) pulling.set(partial, left);
+        else pulling.delete(partial);
+        // A cancel takes back this entry's partial file, never one another offer is receiving into
+        // (older versions' partials of the same name are not ours to remove either).
+        if (state.cancelled && left === 0) {
+          try {
+            removeName(partial);
+          } catch {
+            // gone already, or not ours to remove
+          }
+        }
       }
     }
     // A folder always lands in a folder of its own that did not exist, so a cancel can take it all back.
     if (await exists(target)) target = await keepBothName(target);
     try {
-      await downloadFolder(source, remotePath, target, {
-        signal,
-        onProgress: (p) => {
-          onBytes(p.bytes);
-          if (p.bytes > entry.size) lied.abort(new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than it offered.'));
-        },
-      });
-      if (lied.signal.aborted) throw lied.signal.reason;
+      await downloadFolder(source, remotePath, target, { signal, onProgress: (p) => progress(p.bytes) });
+      if (stop.signal.aborted) throw stop.signal.reason;
       return target;
     } catch (err) {
       // Nothing of a folder that did not arrive whole is kept (folders are not resumed).
       await fs.rm(target, { recursive: true, force: true }).catch(() => undefined);
-      if (lied.signal.aborted) throw lied.signal.reason;
+      if (stop.signal.aborted) throw stop.signal.reason;
       throw err;
     }
   }
@@ -654,14 +689,31 @@ async function checkFreeSpace(entries: OfferEntry[], targets: ({ path: string } 
     if (target) needs.set(path.dirname(target.path), (needs.get(path.dirname(target.path)) ?? 0) + entry.size);
   });
   for (const [folder, bytes] of needs) {
-    await fs.mkdir(folder, { recursive: true });
-    const st = await fs.statfs(folder);
+    // Measured on the nearest folder that exists: nothing is created for an offer before it is taken.
+    const st = await fs.statfs(await nearestExisting(folder));
     const free = st.bavail * st.bsize;
     if (bytes > free) {
       return `Not enough free space in ${folder}: the offer needs ${bytes} bytes and ${free} are free. Nothing was received.`;
     }
   }
   return undefined;
+}
+
+/** The folders above the targets that do not exist, deepest first (rmdir in this order removes every one left empty). */
+async function missingFolders(targets: ({ path: string } | undefined)[]): Promise<string[]> {
+  const missing = new Set<string>();
+  for (const target of targets) {
+    if (!target) continue;
+    for (let at = path.dirname(target.path); !missing.has(at) && path.dirname(at) !== at && !(await exists(at)); at = path.dirname(at)) missing.add(at);
+  }
+  return [...missing].sort((a, b) => b.length - a.length);
+}
+
+/** `folder`, or its nearest parent that exists. */
+async function nearestExisting(folder: string): Promise<string> {
+  let at = path.resolve(folder);
+  while (!(await exists(at)) && path.dirname(at) !== at) at = path.dirname(at);
+  return at;
 }
 
 /** `promise`, or TIMEOUT after `ms` (aborting `controller` then, to withdraw a question). */
