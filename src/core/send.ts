@@ -140,6 +140,13 @@ export class SendService {
    * file to the same place) is receiving into it.
    */
   readonly pulling = new Map<string, number>();
+  /**
+   * Offers (and snippets) of each peer being dealt with now, from the offer to its send.done,
+   * across its connections: at most `maxRequestsPerPeer` each, as its requests are. What the
+   * receiver holds for a peer stays bounded even when the peer never answers (a send.answer left
+   * open queues everything behind it).
+   */
+  readonly inProgress = new Map<string, number>();
 
   constructor(readonly options: SendServiceOptions) {
     this.policy = options.policy;
@@ -297,16 +304,23 @@ export class SendSession {
     const { policy, options } = this.service;
     if (!policy || options.settings.get(this.peerId) === 'never') return { declined: true };
     if (this.service.asking.has(this.peerId)) throw new PeerShareError('BUSY', 'An earlier offer of yours is still waiting for an answer.');
+    const inProgress = this.service.inProgress;
+    const held = inProgress.get(this.peerId) ?? 0;
+    if (held >= this.limits.maxRequestsPerPeer) throw new PeerShareError('BUSY', 'Too many of your offers are being received here already; wait for one to finish.');
     if (this.incoming.has(offer.offer)) throw new PeerShareError('INVALID_ARGUMENT', 'That offer id is in use on this connection.');
     const state: IncomingState = { id: offer.offer, abort: new AbortController(), cancelled: false };
     this.incoming.set(offer.offer, state);
     this.service.asking.add(this.peerId);
+    inProgress.set(this.peerId, held + 1);
     const run = offer.snippet ? this.showSnippet(state, offer.snippet, offer.note, policy) : this.receive(state, offer as SendOffer & { entries: OfferEntry[] }, policy);
     run
       .catch((err: unknown) => options.log?.('warn', `Receiving from ${this.peerName || this.peerId}: ${toPeerShareError(err).message}`))
       .finally(() => {
         this.incoming.delete(offer.offer);
         this.service.asking.delete(this.peerId);
+        const left = (inProgress.get(this.peerId) ?? 1) - 1;
+        if (left > 0) inProgress.set(this.peerId, left);
+        else inProgress.delete(this.peerId);
       });
     return {};
   }

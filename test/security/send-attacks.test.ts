@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, promises as fs } from 'node:fs';
+import { lstatSync, promises as fs, readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
-import { parseInvite, type PeerShareNode } from '../../src/core';
+import { parseInvite, resolveLimits, type Limits, type PeerShareNode } from '../../src/core';
 import { blockSizeFor, encodeBlockManifest } from '../../src/core/blocks';
 import { partialPathFor } from '../../src/core/landing';
 import { dialTls } from '../../src/core/transport-tls';
@@ -143,7 +143,7 @@ let offers = 0;
 const nextOfferId = (): string => `attackoffer${String(offers++).padStart(10, '0')}`;
 
 /** A new installation that used `invite` (so the receiver trusts it), with `outbox` as its send/1 handler. */
-async function sender(invite: string, outbox: Outbox = async () => ({})): Promise<Sender> {
+async function sender(invite: string, outbox: Outbox = async () => ({}), options: { limits?: Partial<Limits>; holdAnswers?: boolean } = {}): Promise<Sender> {
   const { identity } = await makePeer();
   const parsed = parseInvite(invite);
   const remote = await dialTls({ identity, address: parsed.addresses[0], timeoutMs: 5000 });
@@ -154,6 +154,8 @@ async function sender(invite: string, outbox: Outbox = async () => ({})): Promis
   const handler: RequestHandler = async (request, reply) => {
     if (request.type === 'send.answer') {
       answers.push(request.accept as boolean[]);
+      // Never answered: the receiver's send.answer stays open.
+      if (options.holdAnswers) return new Promise(() => undefined);
       if (!(request.accept as boolean[]).some(Boolean)) settled.shift()?.();
       return {};
     }
@@ -165,7 +167,7 @@ async function sender(invite: string, outbox: Outbox = async () => ({})): Promis
     asked.push(`${request.type} ${String(request.path)}`);
     return (await outbox(request, reply)) ?? {};
   };
-  const { connection } = await dialV2(remote, { expectedPeerId: parsed.peerId, name: 'attacker', token: parsed.token, serve: { 'send/1': { params: {}, handler } } });
+  const { connection } = await dialV2(remote, { expectedPeerId: parsed.peerId, name: 'attacker', token: parsed.token, serve: { 'send/1': { params: {}, handler } }, limits: options.limits });
   senders.push(connection);
   // A connection that closes ends every wait for a result.
   connection.onClose(() => {
@@ -603,5 +605,32 @@ describe('send attacks: trust and resume at the real CLI', () => {
     assert.ok(fetched.includes(1), 'the damaged block was fetched again');
     assert.ok(!fetched.includes(0), 'a verified block was not');
     assert.deepEqual(await fs.readdir(r.into), ['big.bin']);
+  });
+});
+
+describe('send attacks: exhaustion by a trusted sender (the real CLI)', () => {
+  it('a peer that never ends the receiver’s send.answer and offers as fast as it can: at most maxRequestsPerPeer of its offers are held, the rest BUSY; the receiver’s memory stays flat, and another peer is still served', async () => {
+    const r = await cliReceiver();
+    const rssMiB = (): number => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${r.proc.pid}/status`, 'utf8'))![1]) / 1024;
+    // It lets the receiver open one request to it at a time, and holds that one: everything else queues.
+    const s = await sender(r.invite, async () => new Promise(() => undefined), { limits: { maxRequestsPerPeer: 1 }, holdAnswers: true });
+    const entries = Array.from({ length: 300 }, (_, i) => fileEntry(`${'n'.repeat(100)}${i}`, Buffer.from('x')));
+    const before = rssMiB();
+    const codes = new Map<string, number>();
+    for (let i = 0; i < 1500; i++) {
+      const code = (await codeOf(s.offer({ entries }))) ?? 'taken';
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    }
+    const grew = rssMiB() - before;
+    assert.deepEqual([...codes.keys()].sort(), ['BUSY', 'taken']);
+    assert.ok(codes.get('taken')! <= resolveLimits().maxRequestsPerPeer, `${codes.get('taken')} offers held at once`);
+    assert.ok(grew < 100, `the receiver grew by ${grew.toFixed(0)} MiB`);
+    // Another trusted peer is still served.
+    const content = Buffer.from('still here\n');
+    const other = await sender(r.invite, serving({ 'ok.txt': content }));
+    const finished = other.finished();
+    await other.offer({ entries: [fileEntry('ok.txt', content)] });
+    await finished;
+    assert.equal(await fs.readFile(path.join(r.into, 'ok.txt'), 'utf8'), 'still here\n');
   });
 });
