@@ -522,7 +522,7 @@ export class SendSession {
     // A folder always lands in a folder of its own that did not exist, so a cancel can take it all back.
     if (await exists(target)) target = await keepBothName(target);
     try {
-      await downloadFolder(source, remotePath, target, { signal, onProgress: (p) => progress(p.bytes) });
+      await downloadFolder(filesAtMost(source, entry.files), remotePath, target, { signal, onProgress: (p) => progress(p.bytes) });
       if (stop.signal.aborted) throw stop.signal.reason;
       return target;
     } catch (err) {
@@ -693,6 +693,33 @@ export class SendSession {
     }
     return entries;
   }
+}
+
+/**
+ * The outbox as the source of one folder entry whose stream may bring at most `files` files, as
+ * offered (its size is held to the offer the same way, in pull): a folder offered as "0 files"
+ * cannot fill the disk's inodes with empty ones.
+ */
+function filesAtMost(source: FileSource, files: number): FileSource {
+  const share = source.share;
+  const limited = Object.create(share) as typeof share;
+  limited.tree = async function* (remotePath, options) {
+    const records = share.tree(remotePath, options);
+    let seen = 0;
+    try {
+      for (;;) {
+        const step = await records.next();
+        if (step.done) return step.value;
+        if ((step.value.kind === 'file' || step.value.kind === 'fileRef') && ++seen > files) {
+          throw new PeerShareError('SIZE_MISMATCH', `The peer sent more files than the ${files} it offered in this folder.`);
+        }
+        yield step.value;
+      }
+    } finally {
+      await records.return({ count: seen });
+    }
+  };
+  return { ...source, share: limited } as FileSource;
 }
 
 /** Sums of the accepted entries' sizes per destination folder against its free space (statfs): a sentence when they do not fit. */

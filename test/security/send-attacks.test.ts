@@ -543,6 +543,23 @@ describe('send attacks: a refused, cancelled or silent offer leaves nothing, and
   });
 });
 
+describe('send attacks: a folder that is not what was offered (the real CLI)', () => {
+  it('a folder offered as "0 files, 0 bytes" that streams 3,000 empty files: stopped (SIZE_MISMATCH) once it brings more files than offered, and nothing of it is left', async () => {
+    const r = await cliReceiver();
+    const s = await sender(r.invite, async (request, reply) => {
+      if (request.type !== 'send.tree') return {};
+      for (let i = 0; i < 3000; i++) await treeFile(reply, `empty${i}`, Buffer.alloc(0));
+      return { count: 3000 };
+    });
+    const finished = s.finished();
+    await s.offer({ entries: [{ name: 'nothing', type: 'dir', size: 0, files: 0 }] });
+    await finished;
+    const [result] = s.done[0].results as { status: string; code?: string }[];
+    assert.equal(result.code, 'SIZE_MISMATCH', JSON.stringify(result));
+    assert.deepEqual(await fs.readdir(r.into), []);
+  });
+});
+
 describe('send attacks: trust and resume at the real CLI', () => {
   it('`trust rm` in another process while a trusted peer’s folder is arriving: nothing it sends after the revoke lands', async () => {
     const r = await cliReceiver();
