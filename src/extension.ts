@@ -251,7 +251,7 @@ async function pickPeer(peers: Peers): Promise<PeerNode['peer'] | undefined> {
     return undefined;
   }
   const pick = await vscode.window.showQuickPick(
-    list.map((peer) => ({ label: sanitizeForDisplay(peer.name || shortPeerId(peer.id)), description: peer.addresses[0] ?? 'not sharing', peer })),
+    list.map((peer) => ({ label: sanitizeForDisplay(peer.name || shortPeerId(peer.id)), description: peer.addresses[0] ?? (peer.dht ? 'over the internet (HyperDHT)' : 'not sharing'), peer })),
     { title: 'Choose a peer' },
   );
   return pick?.peer;

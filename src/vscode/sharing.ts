@@ -145,7 +145,7 @@ export class Sharing implements vscode.Disposable {
     this.last = { port: server.port, setting: settings.port };
     if (internetError) {
       // The share runs on the LAN regardless (the node already logged why): say it where it is seen.
-      void vscode.window.showWarningMessage(`Sharing on your network only: internet reach is off. ${internetError.message}`, 'Show Log').then((c) => c && this.log.show());
+      void vscode.window.showWarningMessage(`Sharing on your network only. ${internetError.message}`, 'Show Log').then((c) => c && this.log.show());
     }
     if (defaultPortInUse) {
       const how = settings.discovery.enabled ? 'through your announcements on the network, or a new invite' : 'only with a new invite';

@@ -57,7 +57,7 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     const peerId = node.kind === 'peer' || node.kind === 'nearby' ? node.peer.id : node.peerId;
     const peerName = node.kind === 'peer' || node.kind === 'nearby' ? node.peer.name : node.peerName;
     const remotePath = node.kind === 'entry' ? node.remotePath : '';
-    if (node.kind === 'peer' && (!node.peer.weRead || node.peer.addresses.length === 0)) {
+    if (node.kind === 'peer' && (!node.peer.weRead || !sharesSomewhere(node.peer))) {
       return [{ kind: 'message', text: 'Not sharing with you', tooltip: 'This peer paired with you to download; it shares nothing we know of.' }];
     }
     try {
@@ -117,10 +117,10 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       // The route of the connection we read them over, else of theirs to our share.
       const route = this.peers.route(peer.id) ?? this.sharing?.incomingRoute(peer.id);
       // The address lives in the tooltip: in a narrow sidebar it would crowd out the state.
-      const status = state === 'online' ? 'online' : state === 'offline' ? 'offline' : peer.addresses.length ? undefined : 'not sharing';
+      const status = state === 'online' ? 'online' : state === 'offline' ? 'offline' : sharesSomewhere(peer) ? undefined : 'not sharing';
       item.description = [status, route && ROUTE_LABELS[route]].filter(Boolean).join(' · ') || undefined;
       item.tooltip = new vscode.MarkdownString(
-        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${describeTrust(peer)}\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : 'Not sharing'}${describeRoute(peer, route)}`,
+        `**${name}**\n\nPeer ID: \`${peer.id}\`\n\nVerification code: **${node.verificationCode ?? '?'}** (they see the same for you)\n\n${describeTrust(peer)}\n\n${peer.addresses.length ? `Address: ${peer.addresses.join(', ')}` : peer.dht ? 'No LAN address known' : 'Not sharing'}${describeRoute(peer, route)}`,
       );
       item.iconPath = new vscode.ThemeIcon(state === 'offline' ? 'debug-disconnect' : 'account', state === 'online' ? new vscode.ThemeColor('charts.green') : undefined);
       item.contextValue = `peershare.peer.${state}`;
@@ -154,8 +154,13 @@ export function shortMessage(message: string, max = 48): string {
   return `${cut.slice(0, cut.lastIndexOf(' ') > max / 2 ? cut.lastIndexOf(' ') : cut.length)}…`;
 }
 
-/** How a peer is reached, as the view says it. */
-export const ROUTE_LABELS: Record<StreamRoute, string> = { direct: 'LAN', dht: 'internet (HyperDHT)' };
+/** Whether we know anywhere a peer shares: a LAN address, or its DHT key (internet reach). */
+function sharesSomewhere(peer: TrustedPeer): boolean {
+  return peer.addresses.length > 0 || peer.dht !== undefined;
+}
+
+/** How a peer is reached, as its row says it (short: a sidebar is narrow; the tooltip says more). */
+export const ROUTE_LABELS: Record<StreamRoute, string> = { direct: 'LAN', dht: 'internet' };
 
 /** The tooltip's line on the route: the open connection's, else the one that worked last time. */
 function describeRoute(peer: TrustedPeer, route: StreamRoute | undefined): string {

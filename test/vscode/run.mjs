@@ -11,6 +11,7 @@ import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl, LOOPBACK_SETTINGS
 import { runUiTest } from './ui.mjs';
 import { runNearbyUiTest } from './ui-nearby.mjs';
 import { runSendUiTest } from './ui-send.mjs';
+import { runInternetTest } from './internet.mjs';
 
 const OUT = path.join(ROOT, 'out', 'test', 'vscode');
 // Workbench chatter that says nothing about our tests.
@@ -26,13 +27,15 @@ export async function buildSuites() {
       'send.test': path.join(ROOT, 'test', 'vscode', 'suite', 'send.test.ts'),
       'e2e-sharer': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-sharer.ts'),
       'e2e-downloader': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-downloader.ts'),
+      'internet.test': path.join(ROOT, 'test', 'vscode', 'suite', 'internet.test.ts'),
     },
     bundle: true,
     platform: 'node',
     format: 'cjs',
     target: 'node20',
     outdir: OUT,
-    external: ['vscode', 'mocha'],
+    // hyperdht carries native parts: required at run time, as the extension's own bundle does.
+    external: ['vscode', 'mocha', 'hyperdht'],
     sourcemap: 'inline',
     logLevel: 'warning',
   });
@@ -121,7 +124,12 @@ async function main() {
   process.stdout.write(`[ui-send] exited with ${sendUi}\n`);
   if (sendUi !== 0) failed++;
 
-  const total = 5;
+  // Internet reach from the packed .vsix files (the platform's, the universal one), through a local DHT.
+  const internet = only && only !== 'internet' ? 0 : await runInternetTest({ screenshotsDir: shots, testsPath: path.join(OUT, 'internet.test.js') });
+  process.stdout.write(`[internet] exited with ${internet}\n`);
+  if (internet !== 0) failed++;
+
+  const total = 6;
   process.stdout.write(`editor runs: ${total - failed} passed, ${failed} failed\n`);
   process.exitCode = failed ? 1 : 0;
 }
