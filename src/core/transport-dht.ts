@@ -9,7 +9,7 @@ import { formatAddress, parseAddress } from './invite';
 import { CLOSE_GRACE_MS, type Limits } from './limits';
 import type { Logger } from './server';
 import type { Admission, AuthenticatedStream } from './transport';
-import { TlsStreamAcceptor, dialTlsOver, type TlsListenerStats } from './transport-tls';
+import { TlsStreamAcceptor, dialTlsOver, sourceOf, type TlsListenerStats } from './transport-tls';
 
 /*
  * The internet transport (issue 14): peers find each other on HyperDHT by public key and connect
@@ -37,7 +37,10 @@ interface DhtKeyPair {
 interface HyperDhtNode {
   /** As dht-rpc parsed the bootstrap list it was given. */
   readonly bootstrapNodes: { host: string; port: number }[];
-  createServer(options: { firewall?: (remotePublicKey: Buffer) => boolean }, onConnection: (socket: NoiseStream) => void): HyperDhtServer;
+  createServer(
+    options: { firewall?: (remotePublicKey: Buffer, remotePayload: unknown, clientAddress: { host: string; port: number }) => boolean },
+    onConnection: (socket: NoiseStream) => void,
+  ): HyperDhtServer;
   connect(remotePublicKey: Buffer, options?: Record<string, unknown>): NoiseStream;
   fullyBootstrapped(): Promise<void>;
   toArray(): { host: string; port: number }[];
@@ -255,9 +258,17 @@ export class DhtNetwork {
     if (this.closed) throw new PeerShareError('CANCELLED', 'Internet reach was stopped.');
     const keyPair = this.module.keyPair(options.seed ?? internetKeyPairSeed(options.identity));
     const acceptor = new TlsStreamAcceptor({ ...options, onStream: (stream, admission) => options.onStream({ ...stream, route: 'dht' }, admission) });
-    const server = this.node.createServer({}, (socket) => {
+    const pending = new PendingHandshakes(options.limits.maxUnauthenticatedPerSource);
+    // Refusing here costs us only the Noise message already read: no socket, no stream.
+    const firewall = (_remoteKey: Buffer, _payload: unknown, client: { host: string; port: number }): boolean => {
+      if (pending.tryStart(sourceOf(client?.host))) return false;
+      options.stats.handshakesRateLimited++;
+      return true;
+    };
+    const server = this.node.createServer({ firewall }, (socket) => {
       socket.on('error', (err: Error) => options.log('debug', `DHT stream error: ${err.message}`));
       const remote = remoteOf(socket);
+      pending.settled(sourceOf(remote.host));
       acceptor.accept(asNodeDuplex(socket), remote);
     });
     server.on('error', (err: Error) => options.log('warn', `DHT server: ${err.message}`));
@@ -315,6 +326,58 @@ export class DhtListener {
   close(): Promise<void> {
     this.closing ??= this.stop();
     return this.closing;
+  }
+}
+
+/**
+ * How long HyperDHT holds a handshake whose stream never opens (its HANDSHAKE_INITIAL_TIMEOUT),
+ * with a UDP socket of its own for hole punching the whole time.
+ */
+const DHT_HANDSHAKE_HOLD_MS = 10_000;
+/** Sources remembered at once; past this, those with nothing pending are forgotten. */
+const MAX_PENDING_SOURCES = 4096;
+
+/**
+ * Handshakes HyperDHT is working on for each source before their streams open. Each one holds a
+ * UDP socket (and hole-punching state) on the sharer for up to 10 s, before our TLS and its
+ * budgets ever see a stream, so a stranger who starts handshakes and never completes them would
+ * open sockets without bound. A source may have `perSource` at once (maxUnauthenticatedPerSource,
+ * as many as one peer may hold in the TLS budget); more are refused by HyperDHT's firewall,
+ * before any socket is made. Per source only: a cap in all would let strangers keep a trusted
+ * peer out, and nothing in a DHT handshake says who is trusted.
+ */
+class PendingHandshakes {
+  /** Per source, when each of its handshakes is given up by HyperDHT at the latest, oldest first. */
+  private readonly bySource = new Map<string, number[]>();
+
+  constructor(private readonly perSource: number) {}
+
+  tryStart(source: string, now = performance.now()): boolean {
+    const mine = this.live(source, now);
+    if (mine.length >= this.perSource) return false;
+    if (mine.length === 0) {
+      if (this.bySource.size >= MAX_PENDING_SOURCES) this.forgetIdle(now);
+      this.bySource.set(source, mine);
+    }
+    mine.push(now + DHT_HANDSHAKE_HOLD_MS);
+    return true;
+  }
+
+  /** A stream from `source` opened: one of its handshakes is done (its socket released). */
+  settled(source: string): void {
+    const mine = this.bySource.get(source);
+    mine?.shift();
+    if (mine?.length === 0) this.bySource.delete(source);
+  }
+
+  private live(source: string, now: number): number[] {
+    const mine = this.bySource.get(source) ?? [];
+    while (mine.length > 0 && mine[0] <= now) mine.shift();
+    return mine;
+  }
+
+  private forgetIdle(now: number): void {
+    for (const source of [...this.bySource.keys()]) if (this.live(source, now).length === 0) this.bySource.delete(source);
   }
 }
 
