@@ -45,9 +45,16 @@ export function readSettings(): Settings {
     inboxFolder: c.get<string>('inboxFolder', DEFAULT_INBOX_FOLDER).trim() || DEFAULT_INBOX_FOLDER,
     internet: {
       enabled: c.get<boolean>('internet.enabled', false) === true,
-      bootstrap: c.get<string[]>('internet.bootstrap', []).filter((b) => typeof b === 'string' && b.trim().length > 0).map((b) => b.trim()),
+      bootstrap: arrayOf(c.get<unknown>('internet.bootstrap', []))
+        .filter((b): b is string => typeof b === 'string' && b.trim().length > 0)
+        .map((b) => b.trim()),
     },
   };
+}
+
+/** A setting meant to be a list, as one (a hand-edited settings.json may hold anything). */
+function arrayOf(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : [];
 }
 
 /**

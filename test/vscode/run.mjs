@@ -34,8 +34,7 @@ export async function buildSuites() {
     format: 'cjs',
     target: 'node20',
     outdir: OUT,
-    // hyperdht carries native parts: required at run time, as the extension's own bundle does.
-    external: ['vscode', 'mocha', 'hyperdht'],
+    external: ['vscode', 'mocha'],
     sourcemap: 'inline',
     logLevel: 'warning',
   });
