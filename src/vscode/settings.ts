@@ -45,16 +45,16 @@ export function readSettings(): Settings {
     inboxFolder: c.get<string>('inboxFolder', DEFAULT_INBOX_FOLDER).trim() || DEFAULT_INBOX_FOLDER,
     internet: {
       enabled: c.get<boolean>('internet.enabled', false) === true,
-      bootstrap: arrayOf(c.get<unknown>('internet.bootstrap', []))
-        .filter((b): b is string => typeof b === 'string' && b.trim().length > 0)
-        .map((b) => b.trim()),
+      // Only an empty list means the public network: anything else is passed on as written, and
+      // the core refuses an entry that is not HOST:PORT (a typo never falls back to the public DHT).
+      bootstrap: listOf(c.get<unknown>('internet.bootstrap', [])).map((b) => (typeof b === 'string' ? b.trim() : String(b))),
     },
   };
 }
 
-/** A setting meant to be a list, as one (a hand-edited settings.json may hold anything). */
-function arrayOf(value: unknown): unknown[] {
-  return Array.isArray(value) ? value : [];
+/** A setting meant to be a list, as one: a hand-edited settings.json may hold a single value instead. */
+function listOf(value: unknown): unknown[] {
+  return Array.isArray(value) ? value : value === undefined || value === null ? [] : [value];
 }
 
 /**
