@@ -78,6 +78,11 @@ export interface SendOptions {
   onProgress?: (progress: { bytes: number; totalBytes: number }) => void;
   /** Called once the receiver answered, with what it accepted. */
   onAnswer?: (accepted: boolean[]) => void;
+  /**
+   * Folders (the workspace's, the CLI's current one) an entry's `path` hint is given relative to:
+   * the first that holds it. The receiver's review compares with the same path on its side.
+   */
+  placesFrom?: string[];
 }
 
 type Deferred<T> = { promise: Promise<T>; resolve: (value: T) => void; reject: (err: PeerShareError) => void };
@@ -520,7 +525,7 @@ export class SendSession {
       }
     }
     // A folder always lands in a folder of its own that did not exist, so a cancel can take it all back.
-    if (await exists(target)) target = await keepBothName(target);
+    target = await makeNewFolder(target);
     try {
       await downloadFolder(filesAtMost(source, entry.files), remotePath, target, { signal, onProgress: (p) => progress(p.bytes) });
       if (stop.signal.aborted) throw stop.signal.reason;
@@ -570,7 +575,7 @@ export class SendSession {
     if (!connection || connection.closed) throw this.closedWith ?? new PeerShareError('CONNECTION_CLOSED');
     if (paths.length === 0) throw new PeerShareError('INVALID_ARGUMENT', 'Nothing to send.');
     if (paths.length > connection.limits.maxOfferEntries) throw new PeerShareError('TOO_LARGE', `At most ${connection.limits.maxOfferEntries} files and folders can be sent at once; send their folder instead.`);
-    const entries = await this.prepare(paths);
+    const entries = await this.prepare(paths, options.placesFrom ?? []);
     return this.offer(entries, { entries: entries.map((e) => e.entry) }, options);
   }
 
@@ -639,7 +644,7 @@ export class SendSession {
   }
 
   /** Each path as an entry by its own name, served through a share of its own (a file: its folder, gitignore aside; a folder: itself, every rule). */
-  private async prepare(paths: string[]): Promise<OutboxEntry[]> {
+  private async prepare(paths: string[], placesFrom: string[]): Promise<OutboxEntry[]> {
     const cache = await this.service.options.blockCache();
     const limits = this.service.limits;
     const seen = new Set<string>();
@@ -669,7 +674,7 @@ export class SendSession {
           files++;
           size += item.size ?? 0;
         }
-        entries.push({ entry: { name, type: 'dir', size, files }, provider: new ShareProvider({ share, blockCache: cache, limits }), sharePath: root });
+        entries.push({ entry: { name, type: 'dir', size, files, ...placeHint(full, placesFrom, limits.maxPathBytes) }, provider: new ShareProvider({ share, blockCache: cache, limits }), sharePath: root });
         continue;
       }
       if (!st.isFile()) throw new PeerShareError('NOT_A_FILE', `Cannot send ${sanitizeForDisplay(given)}: only files and folders can be sent.`);
@@ -683,7 +688,7 @@ export class SendSession {
       try {
         const manifest = await cache.hashWithCache(handle);
         entries.push({
-          entry: { name, type: 'file', size: manifest.size, mtimeMs: Math.floor(stat.mtimeMs), fileHash: manifest.fileHash.toString('hex') },
+          entry: { name, type: 'file', size: manifest.size, mtimeMs: Math.floor(stat.mtimeMs), fileHash: manifest.fileHash.toString('hex'), ...placeHint(full, placesFrom, limits.maxPathBytes) },
           provider: new ShareProvider({ share, blockCache: cache, limits }),
           sharePath,
         });
@@ -750,6 +755,25 @@ async function missingFolders(targets: ({ path: string } | undefined)[]): Promis
   return [...missing].sort((a, b) => b.length - a.length);
 }
 
+/**
+ * Creates `wanted`, or the first "wanted (n)" free, exclusively (mkdir without -p fails on any
+ * name that exists): a folder that appears at the name between a look and the mkdir (another
+ * user's, in a drop folder open to all) is never received into. Returns the folder made.
+ */
+async function makeNewFolder(wanted: string): Promise<string> {
+  await fs.mkdir(path.dirname(wanted), { recursive: true });
+  let target = wanted;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await fs.mkdir(target);
+      return target;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw toPeerShareError(err, 'IO_ERROR');
+    }
+    target = await keepBothName(wanted);
+  }
+}
+
 /** `folder`, or its nearest parent that exists. */
 async function nearestExisting(folder: string): Promise<string> {
   let at = path.resolve(folder);
@@ -791,3 +815,21 @@ function withSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pr
   });
 }
 
+/**
+ * An entry's `path` hint: where it is below the first of `placesFrom` that holds it, in the form a
+ * receiver accepts (a plain relative path, safe there too); none when no folder holds it.
+ */
+function placeHint(full: string, placesFrom: string[], maxPathBytes: number): { path?: string } {
+  for (const folder of placesFrom) {
+    const relative = path.relative(path.resolve(folder), full);
+    if (!relative || relative.startsWith('..') || path.isAbsolute(relative)) continue;
+    const hint = relative.split(path.sep).join('/');
+    try {
+      if (inspectReceivedName(hint, maxPathBytes).unsafeHere) return {};
+    } catch {
+      return {};
+    }
+    return { path: hint };
+  }
+  return {};
+}

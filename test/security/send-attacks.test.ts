@@ -395,6 +395,26 @@ describe('send attacks: another local user and the receive folder', { skip: !isR
     assertOnlyChanged(outsideBefore, await snapshot(r.outside), []);
   });
 
+  it('folders another user made in a drop folder open to all (1777) at a folder entry’s name and its next "name (n)": never received into; the folder lands in one this receiver made, which only it may write', async () => {
+    const r = await cliReceiver({ intoMode: 0o1777 });
+    asNobody('cd "$INTO" && mkdir proj "proj (2)" && chmod 777 proj "proj (2)"', { INTO: r.into });
+    const before = await snapshot(r.into);
+    const file = Buffer.from('x\n');
+    const s = await sender(r.invite, async (request, reply) => {
+      if (request.type !== 'send.tree') return {};
+      await treeFile(reply, 'a.txt', file);
+      return { count: 1 };
+    });
+    const finished = s.finished();
+    await s.offer({ entries: [{ name: 'proj', type: 'dir', size: 2, files: 1 }] });
+    await finished;
+    assert.equal((s.done[0].results as { status: string }[])[0].status, 'received');
+    assertOnlyChanged(before, await snapshot(r.into), ['proj (3)*']);
+    const made = await fs.lstat(path.join(r.into, 'proj (3)'));
+    assert.ok(made.isDirectory() && made.uid === 0 && (made.mode & 0o022) === 0, 'ours, and nobody else may write in it');
+    assert.equal(await fs.readFile(path.join(r.into, 'proj (3)', 'a.txt'), 'utf8'), 'x\n');
+  });
+
   it('a folder entry’s own folder swapped for a link to a folder outside while its files stream in (DIR open to all, 0777), then the sender cancels: nothing is written outside, the link is removed as a name, never followed', async () => {
     const r = await cliReceiver({ intoMode: 0o777 });
     await openToOthers(r.outside, 0o777);
