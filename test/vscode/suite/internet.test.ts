@@ -44,9 +44,16 @@ export async function run(): Promise<void> {
   const api = await ext.activate();
   const started: HeadlessPeer[] = [];
   try {
-    await turnOn(api, bootstrap, mode === 'on');
-    await vscode.commands.executeCommand('peershare.startSharing');
+    await config().update('internet.bootstrap', bootstrap, vscode.ConfigurationTarget.Global);
+    if (mode === 'on') await turnOnWhileSharing(api);
+    else {
+      api.sharing.internetPrompt = async () => true;
+      await config().update('internet.enabled', true, vscode.ConfigurationTarget.Global);
+      await vscode.commands.executeCommand('peershare.startSharing');
+    }
     assert.ok(api.sharing.isSharing);
+    // Asked once: later starts do not ask again.
+    api.sharing.internetPrompt = async () => assert.fail('asked a second time');
     if (mode === 'on') await internetOn(api, ext.extensionPath, bootstrap, started);
     else await internetOff(api, bootstrap);
     await vscode.commands.executeCommand('workbench.view.extension.peershare');
@@ -63,25 +70,28 @@ export async function run(): Promise<void> {
 const config = (): vscode.WorkspaceConfiguration => vscode.workspace.getConfiguration('peershare');
 
 /**
- * Turns internet reach on in the user settings, pointed at the runner's DHT: the first time asks
- * (the test answers for the person). With `tryCancel`, Cancel first: the setting goes back off.
+ * Shares on the LAN, then turns internet reach on in the user settings, as a person would while
+ * sharing: the first time asks (the test answers for the person). Cancel turns the setting back
+ * off and the share runs on untouched; Turn On restarts it with the DHT, on the same port.
  */
-async function turnOn(api: PeerShareApi, bootstrap: string[], tryCancel: boolean): Promise<void> {
+async function turnOnWhileSharing(api: PeerShareApi): Promise<void> {
+  const { sharing } = api;
   let asked = 0;
-  await config().update('internet.bootstrap', bootstrap, vscode.ConfigurationTarget.Global);
-  if (tryCancel) {
-    api.sharing.internetPrompt = async () => (asked++, false);
-    await config().update('internet.enabled', true, vscode.ConfigurationTarget.Global);
-    await waitFor(() => asked === 1 && config().get('internet.enabled') === false);
-    console.log('internet: Cancel turned the setting back off');
-  }
-  api.sharing.internetPrompt = async () => (asked++, true);
+  await vscode.commands.executeCommand('peershare.startSharing');
+  const port = sharing.port;
+  assert.equal(sharing.internetKey, undefined, 'off until turned on');
+  sharing.internetPrompt = async () => (asked++, false);
   await config().update('internet.enabled', true, vscode.ConfigurationTarget.Global);
-  await waitFor(() => asked === (tryCancel ? 2 : 1));
-  await new Promise((r) => setTimeout(r, 100));
+  await waitFor(() => asked === 1 && config().get('internet.enabled') === false);
+  assert.ok(sharing.isSharing && sharing.port === port && sharing.internetKey === undefined, 'Cancel left the share as it was');
+  console.log('internet: Cancel turned the setting back off; the share ran on');
+  sharing.internetPrompt = async () => (asked++, true);
+  await config().update('internet.enabled', true, vscode.ConfigurationTarget.Global);
+  await waitFor(() => sharing.internetKey, 30_000);
+  assert.equal(asked, 2);
   assert.equal(config().get('internet.enabled'), true);
-  // Asked once: a later start does not ask again.
-  api.sharing.internetPrompt = async () => assert.fail('asked a second time');
+  assert.equal(sharing.port, port, 'the restart kept the port');
+  console.log('internet: Turn On restarted the share with the DHT');
 }
 
 /** The real CLI, run from this process (Node of the extension host) with this checkout's build. */
