@@ -563,6 +563,46 @@ describe('send attacks: a refused, cancelled or silent offer leaves nothing, and
   });
 });
 
+describe('send attacks: snippets and what reaches the terminal', () => {
+  it('snippets at the real CLI: a path of the wrong form, a bad line range or language, one byte over maxSnippetBytes are refused and the connection stays; a snippet naming .git/config is shown and nothing is written anywhere', async () => {
+    const r = await cliReceiver();
+    const s = await sender(r.invite);
+    const before = await snapshot(r.base);
+    const snippet = (over: Record<string, unknown>): Record<string, unknown> => ({ snippet: { text: 'x\n', path: 'src/app.ts', startLine: 1, endLine: 1, language: 'typescript', ...over } });
+    const refused: [Record<string, unknown>, string][] = [
+      [{ path: '../../etc/passwd' }, 'INVALID_ARGUMENT'],
+      [{ path: '/etc/passwd' }, 'INVALID_ARGUMENT'],
+      [{ path: 'src\\app.ts' }, 'INVALID_ARGUMENT'],
+      [{ path: '' }, 'INVALID_ARGUMENT'],
+      [{ path: 'a/\uff0e\uff0e/b' }, 'INVALID_ARGUMENT'],
+      [{ startLine: 0, endLine: 0 }, 'INVALID_ARGUMENT'],
+      [{ startLine: 9, endLine: 3 }, 'INVALID_ARGUMENT'],
+      [{ language: 'ts; rm -rf ~' }, 'INVALID_ARGUMENT'],
+      [{ text: 'x'.repeat(resolveLimits().maxSnippetBytes + 1) }, 'TOO_LARGE'],
+    ];
+    for (const [over, code] of refused) assert.equal(await codeOf(s.offer(snippet(over))), code, JSON.stringify(over).slice(0, 80));
+    assert.equal(s.connection.closed, false);
+    const shown = r.events.filter((e) => e.event === 'snippet').length;
+    assert.deepEqual(await s.offer(snippet({ path: '.git/config', text: '[core]\n\thooksPath = /tmp/evil\n' })), { type: 'end' });
+    await waitUntil(() => r.events.filter((e) => e.event === 'snippet').length === shown + 1);
+    assert.equal(r.events.filter((e) => e.event === 'snippet').length, 1, 'only the well-formed snippet was shown');
+    assertOnlyChanged(before, await snapshot(r.base), []);
+    // Both a snippet and entries: the shape is wrong, and the connection closes.
+    assert.equal(await codeOf(s.offer({ ...snippet({}), entries: [fileEntry('a', Buffer.from('a'))] })), 'PROTOCOL_ERROR');
+  });
+
+  it('the terminal question for the largest offer (1,000 entries of 255-byte names made of escape sequences, a 200-character note of them) stays short: 20 names shown, each escaped and cut, the rest counted', async () => {
+    const { formatOfferQuestion } = await import('../../src/cli/receive');
+    const entries = Array.from({ length: resolveLimits().maxOfferEntries }, (_, i) => ({ ...fileEntry(`${i}`.padEnd(255, '\u001b'), Buffer.from('x')), unsafeHere: { at: 0, why: 'control, invisible, blank or direction characters' } })) as never[];
+    const question = formatOfferQuestion({ offerId: 'x'.repeat(16), peer: { id: 'AAAA-BBBB-CCCC-DDDD', name: '\u202e'.repeat(500) }, note: '\u001b[2J'.repeat(50), entries, totalBytes: 1000 }, '/tmp/into');
+    const lines = question.split('\n');
+    assert.ok(question.length < 8000, `${question.length} characters`);
+    assert.equal(lines.filter((l) => l.startsWith('  ') && l.includes('not saved')).length, 20);
+    assert.ok(lines.some((l) => l.includes('…and 980 more')));
+    assert.doesNotMatch(question, /[\u0000-\u0009\u000b-\u001f\u202e]/, 'no raw control or direction character');
+  });
+});
+
 describe('send attacks: a folder that is not what was offered (the real CLI)', () => {
   it('a folder offered as "0 files, 0 bytes" that streams 3,000 empty files: stopped (SIZE_MISMATCH) once it brings more files than offered, and nothing of it is left', async () => {
     const r = await cliReceiver();
