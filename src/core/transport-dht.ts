@@ -257,7 +257,12 @@ export class DhtNetwork {
   async listen(options: DhtListenOptions): Promise<DhtListener> {
     if (this.closed) throw new PeerShareError('CANCELLED', 'Internet reach was stopped.');
     const keyPair = this.module.keyPair(options.seed ?? internetKeyPairSeed(options.identity));
-    const acceptor = new TlsStreamAcceptor({ ...options, onStream: (stream, admission) => options.onStream({ ...stream, route: 'dht' }, admission) });
+    /** Set when closing starts: from then on no stream reaches the core, while the key leaves the DHT. */
+    let stopping = false;
+    const acceptor = new TlsStreamAcceptor({
+      ...options,
+      onStream: (stream, admission) => (stopping ? stream.stream.destroy() : options.onStream({ ...stream, route: 'dht' }, admission)),
+    });
     const pending = new PendingHandshakes(options.limits.maxUnauthenticatedPerSource);
     // Refusing here costs us only the Noise message already read: no socket, no stream.
     const firewall = (_remoteKey: Buffer, _payload: unknown, client: { host: string; port: number }): boolean => {
@@ -267,6 +272,7 @@ export class DhtNetwork {
     };
     const server = this.node.createServer({ firewall }, (socket) => {
       socket.on('error', (err: Error) => options.log('debug', `DHT stream error: ${err.message}`));
+      if (stopping) return socket.destroy();
       const remote = remoteOf(socket);
       pending.settled(sourceOf(remote.host));
       acceptor.accept(asNodeDuplex(socket), remote);
@@ -281,9 +287,11 @@ export class DhtNetwork {
     }
     const listener = new DhtListener(keyPair.publicKey.toString('hex'), async () => {
       this.listeners.delete(listener);
-      // No new streams first (and the key leaves the DHT), then whatever is left is cut.
-      await server.close().catch(() => undefined);
+      // Streams are cut at once: leaving the DHT (unannouncing) can take seconds where its nodes
+      // are slow or gone, and a handshake finishing meanwhile must not be served after Stop.
+      stopping = true;
       acceptor.close();
+      await server.close().catch(() => undefined);
     });
     this.listeners.add(listener);
     return listener;

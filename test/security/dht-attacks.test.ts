@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { promises as fs, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { PeerShareNode, TRUST_FILE, formatDhtKey, formatInvite, parseInvite, type ActiveShare, type Limits, type PeerShareError } from '../../src/core';
+import { DhtNetwork, PeerShareNode, TRUST_FILE, formatDhtKey, formatInvite, parseInvite, type ActiveShare, type Limits, type PeerShareError } from '../../src/core';
 import { internetKeyPairSeed } from '../../src/core/transport-dht';
 import { freePort, makePeer, tempDir, writeRandomFile } from '../helpers';
 
@@ -350,6 +351,63 @@ describe('a DHT key alone never makes anyone trusted', () => {
   });
 });
 
+describe('happy eyeballs and the remembered route', () => {
+  it("the trusted peer's remembered LAN address taken by another peer: the DHT proves the right one, and the trust file keeps no stranger's address or key", async () => {
+    const folder = path.join(tempDir(), 'shared');
+    await writeRandomFile(path.join(folder, 'a.txt'), 10);
+    const ann = await installation('Ann', SHARER_HOST);
+    const first = await ann.share({ folders: [folder], host: '127.0.0.1', port: 0, internet: true });
+    const lanAddress = `127.0.0.1:${first.port}`;
+    const invite = parseInvite(first.server.createInvite({ ttlMs: 60_000, uses: 2 }));
+    const bob = await installation('Bob', TRUSTED_HOST);
+    // Paired on the LAN first, then with the whole invite: the trust file has Ann's address and DHT key.
+    (await bob.connect(formatInvite({ ...invite, dht: undefined }))).close();
+    (await bob.connect(formatInvite(invite))).close();
+    assert.deepEqual(bob.trust.get(ann.identity.peerId)!.addresses, [lanAddress]);
+    assert.equal(bob.trust.get(ann.identity.peerId)!.dht, first.internetKey);
+    // Ann restarts elsewhere; Eve, on the same machine, takes Ann's old port and answers there first.
+    await first.stop();
+    const eve = await installation('Eve', '127.0.0.1');
+    const eveShare = await eve.share({ folders: [folder], host: '127.0.0.1', port: first.port, internet: true });
+    assert.equal(eveShare.port, first.port);
+    await ann.share({ folders: [folder], host: '127.0.0.1', port: 0, internet: true });
+    const eveTrust = path.join(eve.identity.home, TRUST_FILE);
+    const eveTrustBefore = await fs.readFile(eveTrust, 'utf8').catch(() => 'none');
+    const conn = await bob.connectToPeer(ann.identity.peerId, { lookNearby: false });
+    try {
+      assert.equal(conn.peerId, ann.identity.peerId);
+      assert.equal(conn.route, 'dht');
+    } finally {
+      conn.close();
+    }
+    const remembered = bob.trust.get(ann.identity.peerId)!;
+    assert.deepEqual(remembered.addresses, [lanAddress], 'nothing learned from the address where Eve answered');
+    assert.equal(remembered.dht, first.internetKey);
+    assert.equal(remembered.reachedVia, 'dht');
+    assert.equal(eveShare.server.connectedPeers().length, 0, 'no hello reached Eve');
+    assert.equal(await fs.readFile(eveTrust, 'utf8').catch(() => 'none'), eveTrustBefore);
+  });
+});
+
+describe('errors from the DHT layer', () => {
+  it('a stranger that completes TLS over the DHT and then sends a huge frame header and garbage is closed, and the sharer serves on', async () => {
+    const { ann, bob, shared, root } = await sharerAndFriend();
+    const strangerNet = DhtNetwork.create({ bootstrap, host: '127.0.0.1' });
+    cleanup.push(() => strangerNet.close());
+    for (let i = 0; i < 5; i++) {
+      const stranger = await makePeer();
+      const stream = await strangerNet.dial(shared.internetKey!, { identity: stranger.identity, timeoutMs: 20_000 });
+      const closed = new Promise<void>((resolve) => stream.stream.once('close', () => resolve()));
+      stream.stream.on('error', () => undefined);
+      stream.stream.resume();
+      stream.stream.write(Buffer.concat([Buffer.alloc(16, 0xff), randomBytes(64 * 1024)]));
+      if (i % 2 === 1) stream.stream.destroy(); // and some hang up at once
+      await closed;
+    }
+    assert.ok((await trustedTry(bob, ann, root)) >= 0);
+  });
+});
+
 describe('Stop Sharing and the DHT', () => {
   it("stop cuts the open DHT connection, takes the key off the DHT, and a later connection fails; the sharer's process goes on", async () => {
     const { ann, bob, shared, root } = await sharerAndFriend();
@@ -373,5 +431,34 @@ describe('Stop Sharing and the DHT', () => {
     const again = await ann.share({ folders: [shared.share.roots[0].realPath], host: '127.0.0.1', port: 0, internet: true });
     assert.equal(again.internetKey, shared.internetKey);
     assert.ok((await trustedTry(bob, ann, root)) >= 0);
+  });
+  it("Stop Sharing where the DHT's nodes are gone: streams are cut at once, not after the seconds it takes to leave the DHT", async () => {
+    // A DHT of its own, whose nodes vanish before the stop: unannouncing waits on them.
+    const lonely = await createTestnet(3, { host: '127.0.0.1' });
+    const lonelyBootstrap = lonely.bootstrap.map((node) => `${node.host}:${node.port}`);
+    const folder = path.join(tempDir(), 'shared');
+    await writeRandomFile(path.join(folder, 'a.txt'), 10);
+    const ann = await PeerShareNode.open({ home: path.join(tempDir(), 'home'), name: () => 'Ann', defaultPort: await freePort(), discovery: () => false, internet: () => ({ bootstrap: lonelyBootstrap, host: SHARER_HOST }) });
+    cleanup.push(() => ann.close());
+    const shared = await ann.share({ folders: [folder], host: '127.0.0.1', port: 0, internet: true });
+    const stranger = new HyperDht({ bootstrap: lonelyBootstrap, host: '127.0.0.1', ephemeral: true });
+    cleanup.push(() => stranger.destroy({ force: true }));
+    const stream = stranger.connect(Buffer.from(shared.internetKey!, 'hex'));
+    stream.on('error', () => undefined);
+    await new Promise<void>((resolve) => stream.once('open', () => resolve()));
+    let cut = false;
+    let stopped = false;
+    let cutBeforeStopped: boolean | undefined;
+    stream.once('close', () => {
+      cut = true;
+      cutBeforeStopped = !stopped;
+    });
+    await lonely.destroy();
+    const started = performance.now();
+    await shared.stop();
+    stopped = true;
+    console.log(`# figure: Stop Sharing with the DHT's nodes gone took ${(performance.now() - started).toFixed(0)} ms`);
+    await until(() => cut, 10_000);
+    assert.equal(cutBeforeStopped, true, "the stranger's stream was cut before leaving the DHT was over");
   });
 });
