@@ -6,7 +6,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
-import { parseInvite, resolveLimits, type Limits, type PeerShareNode } from '../../src/core';
+import { parseInvite, resolveLimits, type Identity, type Limits, type PeerShareNode } from '../../src/core';
 import { blockSizeFor, encodeBlockManifest } from '../../src/core/blocks';
 import { partialPathFor } from '../../src/core/landing';
 import { dialTls } from '../../src/core/transport-tls';
@@ -143,8 +143,8 @@ let offers = 0;
 const nextOfferId = (): string => `attackoffer${String(offers++).padStart(10, '0')}`;
 
 /** A new installation that used `invite` (so the receiver trusts it), with `outbox` as its send/1 handler. */
-async function sender(invite: string, outbox: Outbox = async () => ({}), options: { limits?: Partial<Limits>; holdAnswers?: boolean } = {}): Promise<Sender> {
-  const { identity } = await makePeer();
+async function sender(invite: string, outbox: Outbox = async () => ({}), options: { limits?: Partial<Limits>; holdAnswers?: boolean; identity?: Identity } = {}): Promise<Sender> {
+  const identity = options.identity ?? (await makePeer()).identity;
   const parsed = parseInvite(invite);
   const remote = await dialTls({ identity, address: parsed.addresses[0], timeoutMs: 5000 });
   const answers: boolean[][] = [];
@@ -502,6 +502,29 @@ describe('send attacks: a refused, cancelled or silent offer leaves nothing, and
     policy.decide = async () => 'decline';
   });
 
+  it('one question at a time per peer across its connections: its second connection’s offer, and a snippet, are BUSY while the first waits; the question never sees them; after the answer it is heard again', async () => {
+    let answer!: (d: 'decline') => void;
+    policy.decide = () => new Promise((resolve) => (answer = resolve));
+    const { identity } = await makePeer();
+    const first = await sender(invite, undefined, { identity });
+    const second = await sender(invite, undefined, { identity });
+    const asked = policy.offers.length;
+    const declined = first.finished();
+    assert.deepEqual(await first.offer({ entries: [fileEntry('a.txt', Buffer.from('a'))] }), { type: 'end' });
+    await waitUntil(() => policy.offers.length === asked + 1);
+    assert.equal(await codeOf(second.offer({ entries: [fileEntry('b.txt', Buffer.from('b'))] })), 'BUSY');
+    assert.equal(await codeOf(second.offer({ snippet: { text: 'x', path: 'a.ts', startLine: 1, endLine: 1, language: '' } })), 'BUSY');
+    assert.equal(policy.offers.length, asked + 1);
+    assert.equal(policy.snippets.length, 0);
+    answer('decline');
+    await declined;
+    policy.decide = async () => 'decline';
+    const again = second.finished();
+    assert.deepEqual(await second.offer({ entries: [fileEntry('b.txt', Buffer.from('b'))] }), { type: 'end' });
+    await again;
+    assert.equal(policy.offers.length, asked + 2);
+  });
+
   it('a sender that goes silent after its offer was accepted: the entry ends TIMEOUT (stallTimeoutMs), nothing is under the final name, its next offer is heard', async () => {
     const into = path.join(base, 'silent');
     policy.decide = async (offer) => ({ into, entries: offer.entries.map(() => ({})) });
@@ -650,7 +673,7 @@ describe('send attacks: trust and resume at the real CLI', () => {
     assert.deepEqual(results.map((x) => x.code), ['PEER_UNTRUSTED', 'PEER_UNTRUSTED']);
   });
 
-  it('a partial file kept from one peer’s dropped offer, with a block damaged on this disk, resumed by another peer offering the same file: only verified blocks count, the damaged one is fetched again, the file lands whole', async () => {
+  it('a partial file kept from one peer’s dropped offer survives a liar offering the same file; with a block damaged on this disk, it is resumed by another peer offering that file: only verified blocks count, the damaged one is fetched again, the file lands whole', async () => {
     const r = await cliReceiver();
     const content = randomBytes(3 * MiB);
     const blockSize = blockSizeFor(content.length);
@@ -668,6 +691,17 @@ describe('send attacks: trust and resume at the real CLI', () => {
     await waitUntil(() => x.connection.closed);
     await r.nextReceived();
     const partial = partialOf(path.join(r.into, 'big.bin'), content);
+    // A third peer offers the same file and sends a block that is not its own: it is cut off, and the kept blocks stay.
+    const liar = await sender(r.invite, async (request, reply) => {
+      if (request.type !== 'send.read') return serving({ 'big.bin': content })(request, reply);
+      await reply.data(randomBytes(blockSize));
+      return {};
+    });
+    const lied = liar.finished();
+    await liar.offer({ entries: [fileEntry('big.bin', content)] });
+    await lied;
+    assert.equal(liar.connection.closed, true, 'the liar was cut off');
+    assert.deepEqual(await fs.readdir(r.into), [path.basename(partial)], 'the kept partial file survived the liar');
     const handle = await fs.open(partial, 'r+');
     await handle.write(Buffer.from([content[blockSize + 7] ^ 0xff]), 0, 1, blockSize + 7);
     await handle.close();
