@@ -352,7 +352,9 @@ const MAX_PENDING_SOURCES = 4096;
  * open sockets without bound. A source may have `perSource` at once (maxUnauthenticatedPerSource,
  * as many as one peer may hold in the TLS budget); more are refused by HyperDHT's firewall,
  * before any socket is made. Per source only: a cap in all would let strangers keep a trusted
- * peer out, and nothing in a DHT handshake says who is trusted.
+ * peer out, and nothing in a DHT handshake says who is trusted. The source is the address the
+ * handshake message names (HyperDHT takes a relaying node's word for it), so this binds stock
+ * clients; one written to lie about it is left in docs/security.md (round 5).
  */
 class PendingHandshakes {
   /** Per source, when each of its handshakes is given up by HyperDHT at the latest, oldest first. */
