@@ -69,7 +69,8 @@ export interface ActiveShare {
 
 export class PeerShareNode {
   private discoveryStarting?: Promise<Discovery | undefined>;
-  private internetStarting?: Promise<DhtNetwork>;
+  /** The DHT node, started on first use, and the settings it was started with (other settings: a new node). */
+  private internetStarting?: { settings: string; network: Promise<DhtNetwork> };
   private readonly shares = new Set<ActiveShare>();
   /** Per-peer receive settings (ask / inbox / never), beside the trust file. */
   readonly receiveSettings: ReceiveSettings;
@@ -270,23 +271,32 @@ export class PeerShareNode {
    */
   async internet(): Promise<DhtNetwork | undefined> {
     const settings = this.options.internet?.() ?? false;
-    if (settings === false) return undefined;
-    this.internetStarting ??= Promise.resolve().then(() => DhtNetwork.create(settings));
+    // Turned off, or set to other bootstrap nodes: the node started before goes (the editor
+    // restarts its share on such a change, so nothing listens on it any more).
+    const key = settings === false ? undefined : JSON.stringify(settings);
+    if (this.internetStarting && this.internetStarting.settings !== key) await this.stopInternet();
+    if (settings === false || key === undefined) return undefined;
+    const starting = (this.internetStarting ??= { settings: key, network: Promise.resolve().then(() => DhtNetwork.create(settings)) });
     try {
-      return await this.internetStarting;
+      return await starting.network;
     } catch (err) {
-      this.internetStarting = undefined;
+      if (this.internetStarting === starting) this.internetStarting = undefined;
       throw err;
     }
+  }
+
+  /** Stops the DHT node, if one was started (a share listening on it stops hearing from the DHT). */
+  async stopInternet(): Promise<void> {
+    const internet = this.internetStarting;
+    this.internetStarting = undefined;
+    await (await internet?.network.catch(() => undefined))?.close();
   }
 
   /** Stops every share, discovery and internet reach. */
   async close(): Promise<void> {
     await Promise.all([...this.shares].map((s) => s.stop()));
     await this.stopDiscovery();
-    const internet = this.internetStarting;
-    this.internetStarting = undefined;
-    await (await internet?.catch(() => undefined))?.close();
+    await this.stopInternet();
   }
 
   /** Internet reach for a connection that may use it: when it cannot start, the LAN alone (and the log says why). */

@@ -11,7 +11,7 @@ import { formatBytes } from './format';
 import { sanitizeForDisplay, shownType } from './protocol';
 import type { Share } from './share';
 import type { TrustStore } from './trust';
-import { endWithError, type Admission, type AuthenticatedStream } from './transport';
+import { endWithError, type Admission, type AuthenticatedStream, type StreamRoute } from './transport';
 import { TlsListener, type TlsListenerStats } from './transport-tls';
 import type { Connection, ReplyWriter, RequestHandler } from './v2/connection';
 import { acceptV2, type HelloV2, type Served } from './v2/handshake';
@@ -61,6 +61,8 @@ export interface ConnectedPeer {
   id: string;
   name: string;
   remoteAddress: string;
+  /** How it reached us: a direct connection (the LAN, or any address), or through the DHT. */
+  route: StreamRoute;
 }
 
 /** What the sharer counts; the handshake figures come from its transport (TlsListenerStats). */
@@ -430,7 +432,7 @@ class ServerConnection {
   /** What an admitted peer is served: share/1, its requests logged, its trust checked on each. */
   private admitted(provider: ShareProvider, hello: HelloV2, name: string, paired: boolean): { serve: Served; paired: boolean } {
     const id = this.peerId;
-    this.peer = { id, name, remoteAddress: this.remote.host };
+    this.peer = { id, name, remoteAddress: this.remote.host, route: this.remote.route ?? 'direct' };
     this.paired = paired;
     const handler = provider.handler({ peerId: id, peerFrameBytes: hello.frame, stillAllowed: () => this.allowedOnce || this.server.mayRead(id) });
     const logged: RequestHandler = async (request, reply, signal) => {

@@ -187,7 +187,7 @@ export class Sending {
     const { node } = await this.peers.load();
     const open = node.send.sessionFor(peer.id);
     if (open) return offer(open);
-    if (!peer.addresses.length) {
+    if (!peer.addresses.length && !peer.dht) {
       throw new PeerShareError('CONNECTION_CLOSED', `${shown(peer.name || shortPeerId(peer.id))} is not connected and shares nothing we could reach: ask them to start sharing, or to connect to you while you share.`);
     }
     return this.peers.transfer(peer.id, signal, (conn) => {

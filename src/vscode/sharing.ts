@@ -8,7 +8,6 @@ import {
   type AccessDecision,
   type AccessRequest,
   type ActiveShare,
-  type ConnectedPeer,
   type PeerServer,
   type StreamRoute,
 } from '../core';
@@ -86,9 +85,7 @@ export class Sharing implements vscode.Disposable {
 
   /** How a peer reading our share reached it (LAN or DHT), while it is connected. */
   incomingRoute(peerId: string): StreamRoute | undefined {
-    // `route` on ConnectedPeer comes with the core's server (the stream's route); until then, unknown.
-    const peer = this.server?.connectedPeers().find((p) => p.id === peerId) as (ConnectedPeer & { route?: StreamRoute }) | undefined;
-    return peer?.route;
+    return this.server?.connectedPeers().find((p) => p.id === peerId)?.route;
   }
 
   connectedCount(): number {

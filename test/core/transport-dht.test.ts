@@ -31,6 +31,7 @@ import { freePort, listTree, makePeer, rejectsWithCode, startSharer, tempDir, wr
 
 interface Testnet {
   bootstrap: { host: string; port: number }[];
+  nodes: { address(): { host: string; port: number } }[];
   destroy(): Promise<void>;
 }
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -400,6 +401,29 @@ describe('PeerShareNode with internet reach', () => {
     } finally {
       await ann.close();
       await bob.close();
+    }
+  });
+
+  it('new internet settings stop the DHT node started before and start one with them; turned off, none is left', async () => {
+    let settings: { bootstrap: string[]; host: string } | false = { bootstrap, host: '127.0.0.1' };
+    const node = await PeerShareNode.open({ home: path.join(tempDir(), 'home'), name: () => 'Cy', defaultPort: await freePort(), discovery: () => false, internet: () => settings });
+    try {
+      const first = await node.internet();
+      assert.ok(first, 'a node starts');
+      assert.equal(await node.internet(), first, 'the same settings: the same node');
+      // Another node of the same testnet as the bootstrap node: other settings.
+      const { host, port } = testnet.nodes[testnet.nodes.length - 1].address();
+      settings = { bootstrap: [`${host}:${port}`], host: '127.0.0.1' };
+      const second = await node.internet();
+      assert.ok(second && second !== first, `another node: ${second === first ? 'the same one' : String(second)}`);
+      assert.deepEqual(second.bootstrap, [`${host}:${port}`]);
+      assert.notDeepEqual(second.bootstrap, first.bootstrap);
+      assert.equal((first as unknown as { closed: boolean }).closed, true, 'the old node was stopped');
+      settings = false;
+      assert.equal(await node.internet(), undefined);
+      assert.equal((second as unknown as { closed: boolean }).closed, true, 'turned off: the node was stopped');
+    } finally {
+      await node.close();
     }
   });
 
