@@ -214,8 +214,9 @@ describe('many unauthenticated DHT connections at once', () => {
         `evicted ${shared.server.stats.unauthenticatedEvicted}; process RSS ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssPeak / 2 ** 20).toFixed(0)} MiB (attackers included)`,
     );
     // Each handshake HyperDHT works on holds a UDP socket for hole punching: at most `perSource`
-    // per stranger's address, plus what the trusted peer's own connections hold at both ends.
-    assert.ok(peak - baseline <= perSource * (sources + 2), `the sharer held ${peak - baseline} extra sockets`);
+    // per stranger's address, plus what the trusted peer's connections hold at both ends (both
+    // on 127.0.0.1) and the DHT's own queries. Without the cap: 132 here.
+    assert.ok(peak - baseline <= perSource * sources + 16, `the sharer held ${peak - baseline} extra sockets`);
     assert.ok(shared.server.stats.handshakesRateLimited > 0, 'strangers over their share were refused');
     // Once the strangers are gone, every socket and stream of theirs is let go (HyperDHT keeps a handshake 10 s at most).
     await until(() => udpSocketsOn(SHARER_HOST) <= baseline, 30_000);
