@@ -12,21 +12,11 @@ import * as path from 'node:path';
 import { format } from 'node:util';
 import { chromium } from 'playwright-core';
 import { DHT_TARGETS, UNIVERSAL, packageTarget, packagedFiles } from '../../scripts/package.mjs';
-import { CHROMIUM_ARGS, LOOPBACK_SETTINGS, ROOT, startVsCodeServer } from './server.mjs';
+import { CHROMIUM_ARGS, LOOPBACK_SETTINGS, ROOT, startVsCodeServer, workbenchUrl } from './server.mjs';
 import { poll, withTimeout, writeTree } from './ui-kit.mjs';
 
 const NOISE = /vsda|gallery|telemetry|github|ChatModelSelection|AccountPolicyGate|AgentHost|Creating a socket|Service Worker|builtin extensions cache|connection token|reconnection-grace-time/i;
 const WINDOW_MS = 4 * 60_000;
-
-/**
- * The workbench URL for an extension folder other than this checkout (server.mjs's workbenchUrl
- * always loads the checkout): here, an unpacked .vsix.
- */
-function workbenchUrlFor(server, { folder, testsPath, extensionPath }) {
-  const remote = (p) => `vscode-remote://127.0.0.1:${server.port}${p}`;
-  const payload = [['extensionDevelopmentPath', remote(extensionPath)], ['extensionTestsPath', remote(testsPath)], ['skipWelcome', 'true']];
-  return `${server.url}/?folder=${encodeURIComponent(folder)}&payload=${encodeURIComponent(JSON.stringify(payload))}`;
-}
 
 /** Packs a .vsix from the built dist/ and unpacks it into `dir`; returns its extension folder. */
 function unpacked(target, dir, files) {
@@ -56,7 +46,7 @@ async function runWindow({ name, mode, extensionPath, testsPath, look, tmp }) {
       if (!NOISE.test(text)) log(text);
     });
     await page.exposeFunction('codeAutomationExit', (code) => exit(code));
-    await page.goto(workbenchUrlFor(server, { folder, testsPath, extensionPath }));
+    await page.goto(workbenchUrl(server, { folder, testsPath, extensionPath }));
     const ready = poll(() => existsSync(path.join(exchange, 'ready')), WINDOW_MS, 'the suite to be ready');
     const first = await Promise.race([ready.then(() => 'ready'), exited]);
     if (first !== 'ready') return first;

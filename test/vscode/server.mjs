@@ -152,10 +152,10 @@ function linkExtension(extensionsDir) {
 
 export const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic'];
 
-/** The workbench URL: this extension in development mode (tests; a server for people has it installed), optionally running a test entry. */
-export function workbenchUrl(server, { folder, testsPath }) {
+/** The workbench URL: this extension (or `extensionPath`, an unpacked .vsix) in development mode (tests; a server for people has it installed), optionally running a test entry. */
+export function workbenchUrl(server, { folder, testsPath, extensionPath = ROOT }) {
   const remote = (p) => `vscode-remote://127.0.0.1:${server.port}${p}`;
-  const payload = [...(server.forPeople ? [] : [['extensionDevelopmentPath', remote(ROOT)]]), ['skipWelcome', 'true']];
+  const payload = [...(server.forPeople ? [] : [['extensionDevelopmentPath', remote(extensionPath)]]), ['skipWelcome', 'true']];
   if (testsPath) payload.push(['extensionTestsPath', remote(testsPath)]);
   return `${server.url}/?folder=${encodeURIComponent(folder)}&payload=${encodeURIComponent(JSON.stringify(payload))}`;
 }
