@@ -718,6 +718,14 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
   return EXIT.OK;
 }
 
+/** The nearest folder up from `start` that holds `.git` (the project a receiver's workspace is likely to be), else `start`. */
+async function projectRoot(start: string): Promise<string> {
+  for (let dir = path.resolve(start); ; dir = path.dirname(dir)) {
+    if (await fs.lstat(path.join(dir, '.git')).then(() => true, () => false)) return dir;
+    if (path.dirname(dir) === dir) return path.resolve(start);
+  }
+}
+
 /** Reads standard input whole, refusing more than `max` bytes. */
 async function readStdin(max: number): Promise<string> {
   const chunks: Buffer[] = [];
@@ -748,7 +756,8 @@ async function commandSend(globals: Globals, target: string, paths: string[], op
       if (!globals.json) process.stderr.write(`Offering ${countOf(paths.length, 'item')} to ${peer}; waiting for an answer…\n`);
       result = await session.offerFiles(
         paths.map((p) => path.resolve(p)),
-        { note: options.note, signal: abort.signal, onProgress: bar ? (p) => bar.update({ bytes: p.bytes, totalBytes: p.totalBytes, file: '' }) : undefined },
+        // Where each is in its project goes with it, so the receiver can review it against the same path.
+        { note: options.note, signal: abort.signal, placesFrom: [await projectRoot(process.cwd())], onProgress: bar ? (p) => bar.update({ bytes: p.bytes, totalBytes: p.totalBytes, file: '' }) : undefined },
       );
     }
     bar?.done();

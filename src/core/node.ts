@@ -256,8 +256,11 @@ export class PeerShareNode {
         if (!this.shares.delete(active)) return;
         if (active.announced) discovery?.stopAnnouncing();
         server.internetKey = undefined;
+        // The DHT listener starts closing first: from then on it hands no stream to the server,
+        // so none finishing its handshake meanwhile reaches a server already stopped.
+        const leavingDht = onDht?.close();
         await server.close();
-        await onDht?.close();
+        await leavingDht;
       },
     };
     this.shares.add(active);

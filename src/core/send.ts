@@ -822,7 +822,7 @@ function withSignal<T>(promise: Promise<T>, signal: AbortSignal | undefined): Pr
 function placeHint(full: string, placesFrom: string[], maxPathBytes: number): { path?: string } {
   for (const folder of placesFrom) {
     const relative = path.relative(path.resolve(folder), full);
-    if (!relative || relative.startsWith('..') || path.isAbsolute(relative)) continue;
+    if (!relative || relative === '..' || relative.startsWith(`..${path.sep}`) || path.isAbsolute(relative)) continue;
     const hint = relative.split(path.sep).join('/');
     try {
       if (inspectReceivedName(hint, maxPathBytes).unsafeHere) return {};

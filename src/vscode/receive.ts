@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, promises as fs } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, lstatSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as vscode from 'vscode';
@@ -119,6 +119,8 @@ interface Pending {
   how: 'review' | 'inbox' | 'saveAs';
   into: string;
   who: string;
+  /** Review: where the sender keeps each entry (its `path` hint, by entry name), to compare with the same path here. */
+  places?: Map<string, string[]>;
 }
 
 /** A running receive's notification: progress, and Cancel. */
@@ -130,6 +132,8 @@ interface Running {
 export class Receiving implements ReceivePolicy, vscode.Disposable {
   prompts: ReceivePrompts = notificationPrompts;
   private readonly pending = new Map<string, Pending>();
+  /** The inbox-is-off warning shows once per window (the log has every one). */
+  private inboxWarned = false;
   private readonly running = new Map<string, Running>();
   private readonly snippets = new Map<string, string>();
   private readonly reviewFinished = new vscode.EventEmitter<ReviewOutcome>();
@@ -196,7 +200,8 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     if (choice === 'review') {
       const into = path.join(this.stagingRoot, randomBytes(8).toString('hex'));
       await fs.mkdir(into, { recursive: true, mode: 0o700 });
-      this.pending.set(key, { how: 'review', into, who });
+      const places = new Map(offer.entries.flatMap((e) => (e.path ? [[e.name, e.path.split('/')] as const] : [])));
+      this.pending.set(key, { how: 'review', into, who, places });
       return { into, entries: all };
     }
     if (choice === 'inbox') {
@@ -210,9 +215,23 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     return { into, entries: all };
   }
 
+  /**
+   * The peer's inbox folder; undefined (no inbox: Review and Save As remain) when a link or a file
+   * stands on its way inside the workspace: a cloned repository could hold `PeerShare Inbox` as a
+   * link to `.vscode`, and what peers send would land where it points.
+   */
   inboxFor(peer: { id: string; name: string }): string | undefined {
     const inbox = inboxRoot(readSettings());
-    return inbox && inboxFolderFor(inbox, { id: peer.id, name: this.localName(peer) });
+    const folder = inbox && inboxFolderFor(inbox, { id: peer.id, name: this.localName(peer) });
+    const base = firstLocalFolder()?.uri.fsPath;
+    if (!folder || !base || !isInside(base, folder)) return folder;
+    const blocked = notAFolderOnTheWay(base, path.relative(base, folder).split(path.sep));
+    if (!blocked) return folder;
+    const why = `The inbox is off: ${shown(path.relative(base, blocked), 120)} in the workspace is a link or a file, not a folder. Remove it, or set peershare.inboxFolder.`;
+    this.log.warn(why);
+    if (!this.inboxWarned) void vscode.window.showWarningMessage(why);
+    this.inboxWarned = true;
+    return undefined;
   }
 
   /**
@@ -319,7 +338,11 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
       const files: ReviewFile[] = [];
       for (const landed of targets) {
         for (const staged of await regularFilesUnder(landed)) {
-          const file = await this.workspacePlace(path.relative(pending.into, staged).split(path.sep), staged, pending.who);
+          const [entryName, ...inside] = path.relative(pending.into, staged).split(path.sep);
+          // A path of one name says no more than the name: the name alone is matched then.
+          const place = pending.places?.get(entryName);
+          const placed = place !== undefined && place.length > 1;
+          const file = await this.workspacePlace(placed ? [...place, ...inside] : [entryName, ...inside], staged, pending.who, placed);
           if (file) files.push(file);
           else outcome.failed.push(path.relative(pending.into, staged));
         }
@@ -371,11 +394,12 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
   }
 
   /**
-   * Where a staged file belongs in the workspace: the same path below the first workspace folder.
-   * A single file (entries are sent by name alone) whose name is not at the top of the workspace
-   * but is exactly one file's name anywhere in it is compared with that file.
+   * Where a staged file belongs in the workspace: the same path below the first workspace folder
+   * (the path the sender gave, `placed`, or the entry's name). A single file sent without a path
+   * whose name is not at the top of the workspace but is exactly one file's name anywhere in it is
+   * compared with that file.
    */
-  private async workspacePlace(components: string[], staged: string, peerName: string): Promise<ReviewFile | undefined> {
+  private async workspacePlace(components: string[], staged: string, peerName: string, placed = false): Promise<ReviewFile | undefined> {
     const folder = firstLocalFolder();
     if (!folder) return undefined;
     const base = folder.uri.fsPath;
@@ -385,7 +409,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
       return undefined;
     }
     let place = components;
-    if (components.length === 1 && !(await exists(path.join(base, components[0]))) && !/[*?[\]{}!\\]/.test(components[0])) {
+    if (!placed && components.length === 1 && !(await exists(path.join(base, components[0]))) && !/[*?[\]{}!\\]/.test(components[0])) {
       const found = await vscode.workspace.findFiles(new vscode.RelativePattern(folder, `**/${components[0]}`), '**/{node_modules,.git}/**', 2);
       const candidate = found.length === 1 ? path.relative(base, found[0].fsPath).split(path.sep) : undefined;
       // Only a place the name rules allow (never into .git or .vscode, say).
@@ -573,7 +597,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
   }
 
   private describeOffer(offer: IncomingOffer, who: string): string {
-    const names = offer.entries.slice(0, LISTED_NAMES).map((e) => `${shown(e.name, 40)}${e.type === 'dir' ? '/' : ''}`);
+    const names = offer.entries.slice(0, LISTED_NAMES).map((e) => `${e.path ? shown(e.path, 80) : shown(e.name, 40)}${e.type === 'dir' ? '/' : ''}`);
     const more = offer.entries.length > LISTED_NAMES ? ` and ${offer.entries.length - LISTED_NAMES} more` : '';
     const unsafe = offer.entries.filter((e) => e.unsafeHere).length;
     const warning = unsafe ? ` (${countOf(unsafe, 'name')} not safe here: ${unsafe === 1 ? 'it' : 'they'} would not be saved)` : '';
@@ -628,4 +652,25 @@ async function regularFilesUnder(p: string): Promise<string[]> {
     found.push(...(await regularFilesUnder(path.join(p, entry.name))));
   }
   return found.sort();
+}
+
+function isInside(base: string, target: string): boolean {
+  const inside = path.relative(base, target);
+  return inside !== '' && inside !== '..' && !inside.startsWith(`..${path.sep}`) && !path.isAbsolute(inside);
+}
+
+/** The first of `components` below `base` that exists and is not a real folder (a link, a file); undefined when none. */
+function notAFolderOnTheWay(base: string, components: string[]): string | undefined {
+  let at = base;
+  for (const component of components) {
+    at = path.join(at, component);
+    let st: ReturnType<typeof lstatSync>;
+    try {
+      st = lstatSync(at);
+    } catch {
+      return undefined; // from here on, nothing exists yet: the folders are made when files arrive
+    }
+    if (!st.isDirectory()) return at;
+  }
+  return undefined;
 }

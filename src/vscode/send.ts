@@ -114,6 +114,8 @@ export class Sending {
         const options: SendOptions = {
           ...(note ? { note } : {}),
           signal: abort.signal,
+          // The receiver reviews each file against the same path in its workspace.
+          placesFrom: (vscode.workspace.workspaceFolders ?? []).filter((f) => f.uri.scheme === 'file').map((f) => f.uri.fsPath),
           onAnswer: (accepted) => progress.report({ message: `${name} accepted ${accepted.filter(Boolean).length} of ${accepted.length}` }),
           onProgress: (p) => {
             const now = Date.now();

@@ -42,7 +42,7 @@ export function readSettings(): Settings {
     },
     allowNearbyRequests: c.get<boolean>('allowNearbyRequests', true),
     requestTimeoutSeconds: Math.max(5, c.get<number>('requestTimeoutSeconds', 60)),
-    inboxFolder: c.get<string>('inboxFolder', DEFAULT_INBOX_FOLDER).trim() || DEFAULT_INBOX_FOLDER,
+    inboxFolder: inboxSetting(c),
     internet: {
       enabled: c.get<boolean>('internet.enabled', false) === true,
       // Only an empty list means the public network: anything else is passed on as written, and
@@ -114,9 +114,27 @@ export function firstLocalFolder(): vscode.WorkspaceFolder | undefined {
   return (vscode.workspace.workspaceFolders ?? []).find((f) => f.uri.scheme === 'file');
 }
 
-/** The inbox: `peershare.inboxFolder` as is when absolute, else below the first workspace folder (undefined without one). */
+/**
+ * `peershare.inboxFolder`. A workspace's own settings (a cloned repository's .vscode/settings.json)
+ * may only name a folder inside the workspace: an absolute path set there is ignored (the user's
+ * own setting, or the default, applies), so a repository cannot aim what peers send at ~/.ssh.
+ */
+function inboxSetting(c: vscode.WorkspaceConfiguration): string {
+  const inspected = c.inspect<string>('inboxFolder');
+  const fromWorkspace = inspected?.workspaceFolderValue ?? inspected?.workspaceValue;
+  const value = typeof fromWorkspace === 'string' && path.isAbsolute(fromWorkspace.trim()) ? inspected?.globalValue : c.get<string>('inboxFolder');
+  return (typeof value === 'string' ? value.trim() : '') || DEFAULT_INBOX_FOLDER;
+}
+
+/**
+ * The inbox: `peershare.inboxFolder` as is when absolute, else below the first workspace folder;
+ * undefined without one, or when a relative setting leads out of it (`../..`).
+ */
 export function inboxRoot(settings: Settings): string | undefined {
   if (path.isAbsolute(settings.inboxFolder)) return settings.inboxFolder;
   const first = firstLocalFolder();
-  return first && path.join(first.uri.fsPath, settings.inboxFolder);
+  if (!first) return undefined;
+  const inbox = path.join(first.uri.fsPath, settings.inboxFolder);
+  const inside = path.relative(first.uri.fsPath, inbox);
+  return !inside || inside === '..' || inside.startsWith(`..${path.sep}`) || path.isAbsolute(inside) ? undefined : inbox;
 }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import fc from 'fast-check';
-import { isErrorCode } from '../../src/core/errors';
+import { PeerShareError, isErrorCode } from '../../src/core/errors';
 import { resolveLimits } from '../../src/core/limits';
 import { inspectReceivedName } from '../../src/core/names';
 import type { CapabilityMessage } from '../../src/core/v2/messages';
@@ -116,5 +116,34 @@ describe('send/1 parser, fuzzed', () => {
       const sent = JSON.parse(JSON.stringify({ type: 'send.offer', offer: 'o'.repeat(20), entries })) as CapabilityMessage;
       assert.deepEqual(parseSendRequest(sent, limits), sent);
     });
+  });
+});
+
+describe('send.offer: an entry\'s path hint', () => {
+  const offer = (entry: Record<string, unknown>) =>
+    parseSendRequest({ type: 'send.offer', offer: 'o'.repeat(16), entries: [{ name: 'app.ts', type: 'file', size: 1, mtimeMs: 0, fileHash: 'a'.repeat(64), ...entry }] } as CapabilityMessage, limits);
+  const pathOf = (entry: Record<string, unknown>) => {
+    const parsed = offer(entry);
+    return parsed.type === 'send.offer' ? parsed.entries?.[0].path : 'not an offer';
+  };
+
+  it('a plain relative path ending with the name is kept; none is none', () => {
+    assert.equal(pathOf({ path: 'src/app.ts' }), 'src/app.ts');
+    assert.equal(pathOf({ path: 'app.ts' }), 'app.ts');
+    assert.equal(pathOf({}), undefined);
+  });
+
+  it('a path of the wrong form, or one that does not end with the name, is INVALID_ARGUMENT; not a string breaks the spec', () => {
+    for (const bad of ['../app.ts', '/etc/app.ts', 'src/../app.ts', 'src\\app.ts', 'src/other.ts', 'src/app.ts/', '', `${'d/'.repeat(3000)}app.ts`]) {
+      assert.throws(() => offer({ path: bad }), (err: PeerShareError) => err.code === 'INVALID_ARGUMENT', JSON.stringify(bad.slice(0, 40)));
+    }
+    assert.throws(() => offer({ path: 7 }), (err: PeerShareError) => err.code === 'PROTOCOL_ERROR');
+  });
+
+  it('a path unsafe here (.git, .vscode, a drive letter, a device name) is dropped, never used', () => {
+    assert.equal(pathOf({ path: '.vscode/app.ts' }), undefined);
+    assert.equal(pathOf({ path: 'C:/app.ts' }), undefined);
+    assert.equal(pathOf({ path: 'con/app.ts' }), undefined);
+    assert.equal(pathOf({ path: '.git/hooks/app.ts' }), undefined);
   });
 });

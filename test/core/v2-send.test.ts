@@ -68,6 +68,27 @@ describe('send/1: offers both ways on one connection', () => {
     assert.equal(result.bytes, 20 + 6 + 3 * MiB + 17);
   });
 
+  it('each entry says where the sender keeps it below its project (a hint for the review); outside every project folder, nothing', async () => {
+    const p = await started();
+    const inbox = tempDir('peershare-send-inbox-');
+    const policy = new RecordingPolicy(acceptAllInto(inbox));
+    p.listener.setReceivePolicy(policy);
+    const project = await source({ 'src/app.ts': 'a\n', 'test/fixtures/one.json': '{}', '.vscode/x.ts': 'x' });
+    const elsewhere = await source({ 'loose.txt': 'l' });
+    const result = await p.conn.sendSession!.offerFiles(
+      [path.join(project, 'src', 'app.ts'), path.join(project, 'test', 'fixtures'), path.join(project, '.vscode', 'x.ts'), path.join(elsewhere, 'loose.txt')],
+      { placesFrom: [project] },
+    );
+    assert.deepEqual(result.entries.map((e) => e.status), ['received', 'received', 'received', 'received']);
+    // .vscode/x.ts: a path unsafe on the other side is not given at all (the name still travels).
+    assert.deepEqual(
+      policy.offers[0].entries.map((e) => [e.name, e.path]),
+      [['app.ts', 'src/app.ts'], ['fixtures', 'test/fixtures'], ['x.ts', undefined], ['loose.txt', undefined]],
+    );
+    // Only a hint: what lands in the folder the receiver chose is by name, as before.
+    assert.deepEqual(await everything(inbox), ['app.ts', 'fixtures/', 'fixtures/one.json', 'loose.txt', 'x.ts']);
+  });
+
   it('the listener sends a file to the dialer over the connection the dialer opened', async () => {
     const p = await started();
     const inbox = tempDir('peershare-send-inbox-');

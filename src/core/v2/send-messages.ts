@@ -21,9 +21,14 @@ export const MAX_NOTE_CHARS = 200;
 export const OFFER_ID = /^[A-Za-z0-9_-]{16,64}$/;
 const LANGUAGE = /^[A-Za-z0-9_+#.-]{0,64}$/;
 
+/**
+ * `path`, when given: where the sender keeps the entry, relative to its workspace (or current
+ * folder), ending with `name`. A hint for a review (the same path here), never a place written
+ * to unseen; a hint that would be unsafe here is dropped when parsed.
+ */
 export type OfferEntry =
-  | { name: string; type: 'file'; size: number; mtimeMs: number; fileHash: string }
-  | { name: string; type: 'dir'; size: number; files: number };
+  | { name: string; type: 'file'; size: number; mtimeMs: number; fileHash: string; path?: string }
+  | { name: string; type: 'dir'; size: number; files: number; path?: string };
 
 /** An entry as the receiver's policy sees it: `unsafeHere` says the inbox may not take it under its own name. */
 export type ReceivedEntry = OfferEntry & { unsafeHere?: UnsafeHere };
@@ -132,7 +137,21 @@ export function parseOffer(m: Record<string, unknown>, limits: Pick<Limits, 'max
   return { ...base, entries: parsed };
 }
 
-function parseEntry(value: unknown, limits: Pick<Limits, 'maxTreeFiles'>): ReceivedEntry {
+/** An entry's `path` hint (13.2): a plain relative path ending with the entry's name; dropped if unsafe here. */
+function parseEntryPath(value: unknown, name: string, limits: Pick<Limits, 'maxPathBytes'>): { path?: string } {
+  if (value === undefined) return {};
+  if (typeof value !== 'string') throw breach('An entry\'s "path" must be a string.');
+  let named: { components: string[]; unsafeHere?: UnsafeHere };
+  try {
+    named = inspectReceivedName(value, limits.maxPathBytes);
+  } catch {
+    throw new PeerShareError('INVALID_ARGUMENT', 'An offered entry\'s path must be a plain relative path.');
+  }
+  if (named.components[named.components.length - 1] !== name) throw new PeerShareError('INVALID_ARGUMENT', 'An offered entry\'s path must end with its name.');
+  return named.unsafeHere ? {} : { path: named.components.join('/') };
+}
+
+function parseEntry(value: unknown, limits: Pick<Limits, 'maxTreeFiles' | 'maxPathBytes'>): ReceivedEntry {
   const e = value as Record<string, unknown> | null;
   if (e === null || typeof e !== 'object' || Array.isArray(e)) throw breach('Each entry must be an object.');
   if (typeof e.name !== 'string') throw breach('Each entry needs a string "name".');
@@ -145,7 +164,7 @@ function parseEntry(value: unknown, limits: Pick<Limits, 'maxTreeFiles'>): Recei
     throw new PeerShareError('INVALID_ARGUMENT', `The offer names an entry of the wrong form (${sanitizeForDisplay(e.name.slice(0, 80))}): ${(err as Error).message}`);
   }
   if (named.components.length !== 1) throw new PeerShareError('INVALID_ARGUMENT', 'An offered entry is one name, not a path.');
-  const unsafe = named.unsafeHere ? { unsafeHere: named.unsafeHere } : {};
+  const unsafe = { ...parseEntryPath(e.path, e.name, limits), ...(named.unsafeHere ? { unsafeHere: named.unsafeHere } : {}) };
   if (e.type === 'file') {
     if (!isWireTime(e.mtimeMs) || !isFileHashHex(e.fileHash)) throw breach('A file entry needs "mtimeMs" and a "fileHash" of 64 lowercase hex digits.');
     return { name: e.name, type: 'file', size: e.size, mtimeMs: e.mtimeMs, fileHash: e.fileHash, ...unsafe };

@@ -18,9 +18,9 @@ function workspaceDir(): string {
 }
 
 /** Runs the real CLI; resolves with its exit code and output. */
-function cli(args: string[], stdin?: string): Promise<{ code: number; stdout: string; stderr: string }> {
+function cli(args: string[], stdin?: string, cwd?: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'cli.js'), ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' } });
+    const child = spawn(process.execPath, [path.join(ROOT, 'dist', 'cli.js'), ...args], { cwd, stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' } });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -118,6 +118,53 @@ describe('Sending and receiving in a real VS Code (issue 12)', function () {
     assert.deepEqual(outcome, { accepted: ['src/app.ts'], skipped: [], failed: [] });
     assert.equal(await fs.readFile(local, 'utf8'), 'export const x = 2; // from the peer\n');
     assert.deepEqual(await fs.readdir(receiving.stagingRoot), [], 'the staging folder is gone');
+  });
+
+  it('Review compares with the same path as the sender\'s: its project\'s lib/app.ts with lib/app.ts here, not another app.ts', async () => {
+    const { receiving } = await api();
+    // The sender's project (a git work tree): the CLI names each file by its place in it.
+    const project = tempDir('peershare-vsc-project-');
+    await fs.mkdir(path.join(project, '.git'));
+    await fs.mkdir(path.join(project, 'lib', 'deep'), { recursive: true });
+    await fs.writeFile(path.join(project, 'lib', 'app.ts'), 'export const lib = 2;\n');
+    // Here: two files named app.ts (src/app.ts and lib/app.ts), so the name alone would not do.
+    const mine = path.join(workspaceDir(), 'lib', 'app.ts');
+    await fs.mkdir(path.dirname(mine), { recursive: true });
+    await fs.writeFile(mine, 'export const lib = 1;\n');
+    const other = await fs.readFile(path.join(workspaceDir(), 'src', 'app.ts'), 'utf8');
+    const asked: string[] = [];
+    const compared: (string | undefined)[] = [];
+    receiving.prompts = {
+      ...notificationPrompts,
+      offer: async (_offer, message) => {
+        asked.push(message);
+        return 'review';
+      },
+      review: async () => {
+        const diff = await waitFor(() => {
+          const input = vscode.window.tabGroups.activeTabGroup.activeTab?.input;
+          return input instanceof vscode.TabInputTextDiff ? input : undefined;
+        });
+        compared.push(diff.modified.fsPath);
+        return 'accept';
+      },
+    };
+    const finished = new Promise<ReviewOutcome>((resolve) => {
+      const once = receiving.onDidFinishReview((outcome) => {
+        once.dispose();
+        resolve(outcome);
+      });
+    });
+    // Run from a folder inside the project: the path is still the project's.
+    const run = await cli(['send', target, path.join('..', 'app.ts'), '--home', cliHome, '--no-discovery'], undefined, path.join(project, 'lib', 'deep'));
+    assert.equal(run.code, 0, run.stderr + run.stdout);
+    const outcome = await finished;
+    assert.match(asked[0], / offers lib\/app\.ts \(/);
+    assert.deepEqual(compared, [mine]);
+    assert.deepEqual(outcome, { accepted: ['lib/app.ts'], skipped: [], failed: [] });
+    assert.equal(await fs.readFile(mine, 'utf8'), 'export const lib = 2;\n');
+    assert.equal(await fs.readFile(path.join(workspaceDir(), 'src', 'app.ts'), 'utf8'), other, 'the other app.ts is untouched');
+    await fs.rm(path.join(workspaceDir(), 'lib'), { recursive: true, force: true });
   });
 
   it('Review -> Skip leaves the workspace as it was', async () => {
@@ -289,6 +336,47 @@ describe('Sending and receiving in a real VS Code (issue 12)', function () {
       await fs.rm(inbox, { recursive: true, force: true });
       await fs.rm(path.join(workspaceDir(), '.gitignore'), { force: true });
     }
+  });
+
+  it('the inbox is off while a link stands in its place in the workspace (a cloned repository could hold one), or the workspace settings aim it elsewhere', async () => {
+    const { receiving, peers } = await api();
+    const peer = (await peers.list()).find((p) => p.id === cliId)!;
+    assert.equal(await vscode.commands.executeCommand('peershare.setReceiveSetting', { kind: 'peer', peer }, 'inbox'), 'inbox');
+    const pointedAt = tempDir('peershare-vsc-link-target-');
+    const inbox = path.join(workspaceDir(), 'PeerShare Inbox');
+    const offered: string[][] = [];
+    receiving.prompts = {
+      ...notificationPrompts,
+      offer: async (_offer, _message, choices) => {
+        offered.push([...choices]);
+        return 'decline';
+      },
+    };
+    const config = vscode.workspace.getConfiguration('peershare');
+    try {
+      await fs.symlink(pointedAt, inbox);
+      // Set to inbox, but the inbox is a link: declined, nothing where the link points.
+      const run = await send(path.join(src, 'notes.txt'));
+      assert.equal(run.code, 4, run.stderr + run.stdout);
+      assert.deepEqual(await fs.readdir(pointedAt), []);
+      assert.equal(receiving.inboxFor({ id: cliId, name: 'Cli Sender' }), undefined);
+      // Asked (set back to ask): the prompt offers no inbox while the link is there.
+      await vscode.commands.executeCommand('peershare.setReceiveSetting', { kind: 'peer', peer }, 'ask');
+      assert.equal((await send(path.join(src, 'notes.txt'))).code, 4);
+      assert.deepEqual(offered, [['review', 'saveAs', 'decline']]);
+      await fs.rm(inbox);
+      assert.ok(receiving.inboxFor({ id: cliId, name: 'Cli Sender' }), 'the link gone, the inbox is back');
+      // The workspace's own settings may not aim the inbox outside it, absolute or by "..".
+      for (const aimed of [pointedAt, '../../elsewhere']) {
+        await config.update('inboxFolder', aimed, vscode.ConfigurationTarget.Workspace);
+        assert.equal(receiving.inboxFor({ id: cliId, name: 'Cli Sender' })?.startsWith(workspaceDir()), aimed === pointedAt ? true : undefined, aimed);
+      }
+    } finally {
+      await config.update('inboxFolder', undefined, vscode.ConfigurationTarget.Workspace);
+      await vscode.commands.executeCommand('peershare.setReceiveSetting', { kind: 'peer', peer }, 'ask');
+      await fs.rm(inbox, { recursive: true, force: true });
+    }
+    assert.deepEqual(await fs.readdir(pointedAt), []);
   });
 
   it('a snippet -> Compare with Mine: a diff against the same lines of my file; no file is written', async () => {
