@@ -37,6 +37,8 @@ type WatchLimits = Pick<Limits, 'watchBatchIntervalMs' | 'maxWatchChanges'>;
 
 /** Raw events are gathered this long before the names are looked at again (a save is several events). */
 const SETTLE_MS = 20;
+/** The Share reads a .gitignore again after this long (its cache, share.ts): a changed one is looked at again then. */
+const GITIGNORE_REREAD_MS = 2_100;
 
 /**
  * The watched folders of one Share, each with one watcher and the listing last reported, shared
@@ -107,6 +109,7 @@ class WatchedFolder {
   private readonly dirty = new Set<string>();
   private relist = false;
   private timer?: NodeJS.Timeout;
+  private gitignoreTimer?: NodeJS.Timeout;
   private running?: Promise<void>;
   private failed?: PeerShareError;
 
@@ -159,6 +162,13 @@ class WatchedFolder {
     // Some platforms do not say which name: the whole folder is looked at again.
     if (typeof name === 'string' && name !== '' && !name.includes('/') && !name.includes(path.sep)) this.dirty.add(name);
     else this.relist = true;
+    // A changed .gitignore changes what is listed: the whole folder, now and once the share reads it again.
+    if (name === '.gitignore') {
+      this.relist = true;
+      clearTimeout(this.gitignoreTimer);
+      this.gitignoreTimer = setTimeout(() => this.onEvent(null), GITIGNORE_REREAD_MS);
+      this.gitignoreTimer.unref();
+    }
     this.schedule();
   }
 
@@ -257,6 +267,7 @@ class WatchedFolder {
 
   private release(): void {
     clearTimeout(this.timer);
+    clearTimeout(this.gitignoreTimer);
     this.timer = undefined;
     this.watcher?.close();
     this.watcher = undefined;

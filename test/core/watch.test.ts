@@ -3,9 +3,12 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import type { Limits, PeerConnection } from '../../src/core';
+import { TrustStore, type Limits, type PeerConnection } from '../../src/core';
 import type { FolderChange, WatchBatch } from '../../src/core/watch';
-import { connectWithInvite, rejectsWithCode, startSharer, tempDir, type Sharer } from '../helpers';
+import fc from 'fast-check';
+import { parseWatchReply, parseWatchRequest } from '../../src/core/v2/watch-messages';
+import { fuzzer, refusedWith } from '../security/fuzz-kit';
+import { connectWithInvite, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 
 /**
  * share.watch (docs/protocol-v2.md 14) end to end: a real sharer on loopback over TLS, real files,
@@ -51,7 +54,7 @@ after(async () => {
 /** A sharer of one folder `proj`, and a paired client; `prepare` runs before the share starts. */
 async function setUp(
   options: { sharer?: Partial<Limits>; client?: Partial<Limits>; prepare?: (proj: string) => Promise<void>; privateNames?: string[] } = {},
-): Promise<{ proj: string; sharer: Sharer; conn: PeerConnection; watchers: () => Promise<number> }> {
+): Promise<{ proj: string; sharer: Sharer; conn: PeerConnection; client: TestPeer; watchers: () => Promise<number> }> {
   const proj = path.join(tempDir(), 'proj');
   await fs.mkdir(proj);
   await options.prepare?.(proj);
@@ -59,10 +62,10 @@ async function setUp(
     limits: options.sharer,
     ...(options.privateNames ? { share: { privatePaths: options.privateNames.map((name) => path.join(proj, name)) } } : {}),
   });
-  const { conn } = await connectWithInvite(sharer.invite, undefined, options.client);
+  const { conn, client } = await connectWithInvite(sharer.invite, undefined, options.client);
   opened.push({ sharer, conn });
   const watchers = async (): Promise<number> => (await sharer.server.shareProvider()).watches.hub.watcherCount('proj');
-  return { proj, sharer, conn, watchers };
+  return { proj, sharer, conn, client, watchers };
 }
 
 describe('share.watch: a live tree', () => {
@@ -80,7 +83,8 @@ describe('share.watch: a live tree', () => {
     await fs.appendFile(path.join(proj, 'a.txt'), ', world');
     await fs.utimes(path.join(proj, 'a.txt'), new Date(), new Date(before + 60_000));
     await until('a.txt changed to 12 bytes', () => heard.last('a.txt')?.type === 'changed' && heard.last('a.txt')?.entry?.size === 12);
-    await until('a.txt changed time', () => heard.last('a.txt')?.entry?.mtimeMs === before + 60_000);
+    // Within a millisecond: utimes goes through seconds as a float.
+    await until('a.txt changed time', () => Math.abs((heard.last('a.txt')?.entry?.mtimeMs ?? 0) - (before + 60_000)) <= 1);
 
     await fs.mkdir(path.join(proj, 'sub'));
     await until('sub added as a folder', () => heard.last('sub')?.entry?.type === 'dir');
@@ -165,6 +169,24 @@ describe('share.watch: a live tree', () => {
     await until('visible.txt removed', () => heard.last('visible.txt')?.type === 'removed');
     watch.stop();
     await watch.ended;
+  });
+
+  it('a .gitignore written while watched removes the names it now excludes, and a revoke ends the watch (PEER_UNTRUSTED) before the next batch', async () => {
+    const { proj, sharer, conn, client } = await setUp();
+    const heard = new Heard();
+    const watch = await conn.share.watch('proj', { onChanges: heard.onChanges });
+    await fs.writeFile(path.join(proj, 'build.log'), 'x');
+    await until('build.log added', () => heard.last('build.log')?.type === 'added');
+    await fs.writeFile(path.join(proj, '.gitignore'), '*.log\n');
+    await until('build.log removed once ignored', () => heard.last('build.log')?.type === 'removed');
+    assert.equal(heard.last('.gitignore')?.type, 'added');
+
+    // `trust rm` in another process: the sharer is not told, and finds out at its next batch.
+    const elsewhere = await TrustStore.open(sharer.home);
+    assert.equal(await elsewhere.remove(client.identity.peerId), true);
+    await fs.writeFile(path.join(proj, 'after-revoke.txt'), 'x');
+    await rejectsWithCode(watch.ended, 'PEER_UNTRUSTED');
+    assert.equal(heard.last('after-revoke.txt'), undefined, 'a change reached a revoked peer');
   });
 
   it('cancel stops the watch and releases the folder watcher; the last of two watches releases it', async () => {
@@ -257,5 +279,49 @@ describe('share.watch: a live tree', () => {
     const end = Date.now() + DEADLINE_MS;
     while ((await watchers()) !== 0 && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 25));
     assert.equal(await watchers(), 0);
+  });
+});
+
+describe('share.watch messages: any input is parsed or refused with a code', () => {
+  const { check } = fuzzer(300);
+  const anyName = fc.oneof(fc.constantFrom('', '.', '..', 'a/b', 'ok.txt', '\u001b[31m', 'x'.repeat(1025)), fc.string({ maxLength: 20 }), fc.integer());
+  const anyEntry = fc.oneof(
+    fc.record({ type: fc.constantFrom('file', 'dir', 'link'), size: fc.oneof(fc.nat(), fc.integer(), fc.double()), mtimeMs: fc.oneof(fc.integer(), fc.double(), fc.constant(9e15)) }, { requiredKeys: [] }),
+    fc.anything(),
+  );
+  const anyChange = fc.oneof(fc.record({ path: anyName, type: fc.constantFrom('added', 'removed', 'changed', 'moved'), entry: anyEntry }, { requiredKeys: [] }), fc.anything());
+  const anyReply = fc.oneof(
+    fc.record({ type: fc.constantFrom('watching', 'resync', 'changes', 'entries'), changes: fc.oneof(fc.array(anyChange, { maxLength: 5 }), fc.anything()) }, { requiredKeys: ['type'] }),
+    fc.record({ type: fc.string({ maxLength: 12 }) }),
+  );
+
+  it('a reply from a hostile sharer: PROTOCOL_ERROR, BAD_NAME or TOO_LARGE, never another failure; what passes is well-formed', async () => {
+    await check(anyReply, (reply) => {
+      let parsed;
+      try {
+        parsed = parseWatchReply(reply as { type: string });
+      } catch (err) {
+        refusedWith(err, ['PROTOCOL_ERROR', 'BAD_NAME', 'TOO_LARGE']);
+        return;
+      }
+      if (parsed.kind !== 'changes') return;
+      const names = new Set<string>();
+      for (const change of parsed.changes) {
+        assert.ok(change.path !== '' && !change.path.includes('/') && change.path !== '.' && change.path !== '..' && !names.has(change.path));
+        names.add(change.path);
+        assert.equal(change.entry === undefined, change.type === 'removed');
+        if (change.entry) assert.ok(['file', 'dir'].includes(change.entry.type) && Number.isSafeInteger(change.entry.size) && change.entry.size >= 0);
+      }
+    });
+  });
+
+  it('a request: a string path or PROTOCOL_ERROR', async () => {
+    await check(fc.record({ path: fc.anything() }), (request) => {
+      try {
+        assert.equal(typeof parseWatchRequest({ type: 'share.watch', ...request }).path, 'string');
+      } catch (err) {
+        refusedWith(err, ['PROTOCOL_ERROR']);
+      }
+    });
   });
 });
