@@ -270,6 +270,17 @@ describe('share.watch: a live tree', () => {
     await watch.ended;
   });
 
+  it('the share\'s stop ends the watch and releases the watcher', async () => {
+    const { sharer, conn, watchers } = await setUp();
+    const watch = await conn.share.watch('proj', { onChanges: () => undefined });
+    assert.equal(await watchers(), 1);
+    await sharer.server.close();
+    await assert.rejects(watch.ended);
+    const end = Date.now() + DEADLINE_MS;
+    while ((await watchers()) !== 0 && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 25));
+    assert.equal(await watchers(), 0);
+  });
+
   it('ends with NOT_FOUND when the watched folder is removed', async () => {
     const { proj, conn, watchers } = await setUp();
     await fs.mkdir(path.join(proj, 'gone'));
