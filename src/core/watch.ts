@@ -146,11 +146,15 @@ class WatchedFolder {
   private async start(): Promise<void> {
     try {
       const stat = await fs.lstat(this.realPath);
+      // Every watch left while this ran: no watcher is made that nothing would close.
+      if (this.failed) throw this.failed;
       this.identity = { dev: stat.dev, ino: stat.ino };
       // Started before the listing, so a change made while it runs is looked at afterwards.
       this.watcher = watchFolder(this.realPath, { persistent: false }, (_event, name) => this.onEvent(name));
       this.watcher.on('error', (err) => void this.check(err));
       this.known = await this.listing();
+      // Released meanwhile (release() closed the watcher): the watch that waited is told.
+      if (this.failed) throw this.failed;
     } catch (err) {
       const coded = watcherError(err);
       this.fail(coded);
