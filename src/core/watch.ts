@@ -180,7 +180,8 @@ class WatchedFolder {
     if (this.timer || this.running || this.failed) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
-      this.running = this.look().finally(() => {
+      // A failure of our own ends the folder's watches (INTERNAL), never an unhandled rejection.
+      this.running = this.look().catch((err: unknown) => this.fail(toPeerShareError(err, 'INTERNAL'))).finally(() => {
         this.running = undefined;
         if (this.dirty.size > 0 || this.relist) this.schedule();
       });
