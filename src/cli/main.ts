@@ -35,6 +35,7 @@ import { ProgressBar } from './progress';
 import { parseSnippetName, terminalReceivePolicy, type ReceiveMode } from './receive';
 import { TerminalLines } from './terminal-lines';
 import { countOf, formatBytes } from '../core/format';
+import type { WatchBatch } from '../core/watch';
 
 /** Exit codes, documented in README.md: scripts can tell these apart. */
 export const EXIT = {
@@ -82,6 +83,7 @@ const USAGE = `Usage: peershare <command> [options]
 Commands:
   serve [dir...]                      Share folders (default: the current one) and print an invite
   ls <invite|peer> [path]             List a peer's shared folders, or a folder in them
+  ls <invite|peer> <path> --watch     List a folder, then print its changes as they happen (Ctrl+C stops)
   get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
   send <peer> <path>...               Offer files and folders to a peer; they travel only if it accepts
   send <peer> --text --name F:LINE    Send the text on standard input as a snippet of F from LINE (nothing is written there)
@@ -110,6 +112,7 @@ Options:
   ls, get: a trusted peer not at its last address is looked for at its host's port 47474, then
           among the peers announcing themselves nearby (its certificate decides);
           --no-discovery  Do not listen for announcements
+  ls:     --watch           Keep running: + added, ~ changed, - removed (with --json: one JSON line each)
   get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
           --keep-both       Save next to existing files as "name (2).ext"
   send:   --note TEXT       A note shown with the offer (at most 200 characters)
@@ -155,6 +158,7 @@ const OPTIONS = {
   'no-default-excludes': { type: 'boolean', default: false },
   overwrite: { type: 'boolean', default: false },
   'keep-both': { type: 'boolean', default: false },
+  watch: { type: 'boolean', default: false },
   announce: { type: 'boolean', default: false },
   requests: { type: 'string' },
   interface: { type: 'string', multiple: true },
@@ -228,6 +232,10 @@ async function main(argv: string[]): Promise<number> {
       return commandTrust(globals, args);
     case 'ls':
       if (args.length < 1 || args.length > 2) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare ls <invite|peer> [path]');
+      if (values.watch) {
+        if (args.length < 2) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare ls <invite|peer> <path> --watch (a folder inside a shared one)');
+        return commandLsWatch(globals, args[0], args[1]);
+      }
       return commandLs(globals, args[0], args[1] ?? '');
     case 'get': {
       if (args.length < 2 || args.length > 3) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare get <invite|peer> <remote-path> [dest]');
@@ -627,21 +635,91 @@ function internetOption(on: boolean, bootstrap: string | undefined): Globals['in
 async function commandLs(globals: Globals, target: string, remotePath: string): Promise<number> {
   const { conn } = await connectTarget(globals, target);
   try {
-    const entries = await conn.list(remotePath).catch((err: unknown) => {
-      throw naming(err, remotePath);
-    });
-    entries.sort((a, b) => (a.type === b.type ? (a.name < b.name ? -1 : 1) : a.type === 'dir' ? -1 : 1));
-    if (globals.json) {
-      printJson({ peer: { id: conn.peerId, name: conn.peerName }, path: remotePath, entries });
-    } else {
-      for (const e of entries) {
-        const when = new Date(e.mtimeMs).toISOString().slice(0, 16).replace('T', ' ');
-        const size = e.type === 'dir' ? '-' : formatBytes(e.size);
-        out(`${e.type === 'dir' ? 'd' : '-'} ${size.padStart(10)}  ${when}  ${sanitizeForDisplay(e.name)}${e.type === 'dir' ? '/' : ''}`);
-      }
-    }
+    await printListing(globals, conn, remotePath);
   } finally {
     conn.close();
+  }
+  return EXIT.OK;
+}
+
+/** `ls`'s output: one JSON object, or a line per entry (folders first), names escaped. */
+async function printListing(globals: Globals, conn: PeerConnection, remotePath: string, jsonExtra: Record<string, unknown> = {}): Promise<void> {
+  const entries = await conn.list(remotePath).catch((err: unknown) => {
+    throw naming(err, remotePath);
+  });
+  entries.sort((a, b) => (a.type === b.type ? (a.name < b.name ? -1 : 1) : a.type === 'dir' ? -1 : 1));
+  if (globals.json) {
+    printJson({ peer: { id: conn.peerId, name: conn.peerName }, path: remotePath, ...jsonExtra, entries });
+  } else {
+    for (const e of entries) out(`${e.type === 'dir' ? 'd' : '-'} ${entryLine(e.name, e)}`);
+  }
+}
+
+function entryLine(name: string, e: { type: 'file' | 'dir'; size: number; mtimeMs: number }): string {
+  const when = new Date(e.mtimeMs).toISOString().slice(0, 16).replace('T', ' ');
+  const size = e.type === 'dir' ? '-' : formatBytes(e.size);
+  return `${size.padStart(10)}  ${when}  ${sanitizeForDisplay(name)}${e.type === 'dir' ? '/' : ''}`;
+}
+
+/**
+ * `ls <peer> <path> --watch` (docs/protocol-v2.md 14): the watch is armed first, then the folder
+ * listed, so no change falls between; then each change as it arrives (`+` added, `~` changed, `-`
+ * removed; with --json, each change as one JSON line, `{resync, entries}` after a flood), until
+ * Ctrl+C. Names are escaped for the terminal; in JSON they are the peer's names as JSON strings.
+ */
+async function commandLsWatch(globals: Globals, target: string, remotePath: string): Promise<number> {
+  const abort = new AbortController();
+  const onSignal = (): void => abort.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    const { conn } = await connectTarget(globals, target, abort.signal);
+    try {
+      // Batches are printed in order, after the first listing; a resync lists again before the next.
+      let listed!: () => void;
+      let printing = new Promise<void>((resolve) => (listed = resolve));
+      let failure: unknown;
+      const print = async (batch: WatchBatch): Promise<void> => {
+        if (batch.kind === 'resync') {
+          if (!globals.json) out('(many changes at once: the folder as it is now)');
+          await printListing(globals, conn, remotePath, { resync: true });
+          return;
+        }
+        for (const change of batch.changes) {
+          if (globals.json) printJson(change);
+          else if (change.type === 'removed') out(`- ${sanitizeForDisplay(change.path)}`);
+          else out(`${change.type === 'added' ? '+' : '~'} ${entryLine(change.path, change.entry!)}`);
+        }
+      };
+      const onChanges = (batch: WatchBatch): void => {
+        printing = printing
+          .then(() => print(batch))
+          .catch((err: unknown) => {
+            // A listing after a resync failed: that is the error to report, and the watch stops.
+            failure ??= err;
+            conn.close();
+          });
+      };
+      const watch = await conn.share.watch(remotePath, { onChanges, signal: abort.signal }).catch((err: unknown) => {
+        throw naming(err, remotePath);
+      });
+      await printListing(globals, conn, remotePath);
+      listed();
+      if (!globals.json && process.stderr.isTTY) process.stderr.write('Watching for changes; Ctrl+C stops.\n');
+      await watch.ended.catch((err: unknown) => {
+        throw failure ?? err;
+      });
+      await printing;
+      if (failure) throw failure;
+    } finally {
+      conn.close();
+    }
+  } catch (err) {
+    if (abort.signal.aborted) return EXIT.OK;
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   }
   return EXIT.OK;
 }

@@ -63,6 +63,12 @@ export interface Limits {
   maxManifestBytes: number;
   /** v2: block ranges one `share.read` may name; a fragmented resume splits into several reads. */
   maxReadRanges: number;
+  /** v2 share.watch: watches a peer may have open on one connection; more are BUSY (docs/protocol-v2.md 14.2). */
+  maxWatchesPerConnection: number;
+  /** v2 share.watch: changes of one watch are gathered this long before a batch goes (at most one batch per interval). */
+  watchBatchIntervalMs: number;
+  /** v2 share.watch: pending changes of one watch; past it they become one `resync` (list again). */
+  maxWatchChanges: number;
   /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
   requestWindowBytes: number;
   /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
@@ -143,6 +149,10 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFileBlocks: 131_072,
   maxManifestBytes: 28 + 32 * 131_072,
   maxReadRanges: 1024,
+  // Half the default `requests` (8): watches never crowd out transfers (docs/protocol-v2.md 14.2).
+  maxWatchesPerConnection: 4,
+  watchBatchIntervalMs: 250,
+  maxWatchChanges: 1000,
   // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
   requestWindowBytes: 4 * 1024 * 1024,
   interleaveSliceBytes: 256 * 1024,

@@ -125,6 +125,8 @@ class OutgoingRequest {
   deadlineAt = 0;
   /** When we sent CANCEL: the END must follow within stallTimeoutMs. */
   cancelledAt = 0;
+  /** A watch (docs/protocol-v2.md 14.3): quiet is its normal state, so no stall or overall deadline. */
+  longLived = false;
 
   constructor(
     readonly message: CapabilityMessage,
@@ -351,9 +353,10 @@ export class Connection {
    * Opens a request. It waits for room when the peer's `requests` are all open; `signal` cancels
    * it (locally CANCELLED; the peer sees a CANCEL). A request past its deadlines (stallTimeoutMs
    * without progress; requestTimeoutMs plus its bytes at minTransferBytesPerSecond) is cancelled
-   * and fails with TIMEOUT; the connection stays.
+   * and fails with TIMEOUT; the connection stays. `longLived` (a watch, spec 14.3) has neither
+   * deadline: quiet is its normal state; its credit and a CANCEL's END are still enforced.
    */
-  request(message: CapabilityMessage, options: { signal?: AbortSignal } = {}): Answer {
+  request(message: CapabilityMessage, options: { signal?: AbortSignal; longLived?: boolean } = {}): Answer {
     let settle!: OutgoingRequest['settle'];
     const result = new Promise<EndOkMessage>((resolve, reject) => (settle = { resolve, reject }));
     const refuse = (failure: PeerShareError): Answer => {
@@ -367,6 +370,7 @@ export class Connection {
       return refuse(new PeerShareError('INVALID_ARGUMENT', `${this.peerLabel} does not serve "${capability}" on this connection.`));
     }
     const request = new OutgoingRequest(message, this.local.window, settle);
+    request.longLived = options.longLived === true;
     const answer = new Answer(request, result, (r) => this.consumed(r), () => this.cancel(request, new PeerShareError('CANCELLED')));
     const signal = options.signal;
     if (signal) {
@@ -596,8 +600,8 @@ export class Connection {
       request.id = this.nextId;
       this.nextId += 2;
       const now = performance.now();
-      request.stallAt = now + this.limits.stallTimeoutMs;
-      request.deadlineAt = now + this.limits.requestTimeoutMs;
+      request.stallAt = request.longLived ? Infinity : now + this.limits.stallTimeoutMs;
+      request.deadlineAt = request.longLived ? Infinity : now + this.limits.requestTimeoutMs;
       // Open before it is sent: a stream that delivers synchronously (an in-memory pair) can bring
       // the answer's first frame back inside send().
       this.outgoing.set(request.id, request);
@@ -746,7 +750,7 @@ export class Connection {
     if (request.state !== 'open') return;
     request.parts.push({ part, bytes });
     // Progress: the stall clock restarts, the overall deadline grows with the bytes.
-    request.stallAt = performance.now() + this.limits.stallTimeoutMs;
+    if (!request.longLived) request.stallAt = performance.now() + this.limits.stallTimeoutMs;
     request.deadlineAt += (bytes / this.limits.minTransferBytesPerSecond) * 1000;
     request.wake?.();
   }

@@ -6,6 +6,8 @@ import { parseEntry, sanitizeForDisplay, shownType, type Entry } from '../protoc
 import type { Answer, Connection } from './connection';
 import type { WireMessage } from './frames';
 import { END_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, isOneOf, type EndErrorCode, type EndOkMessage } from './messages';
+import type { WatchBatch } from '../watch';
+import { WATCH_REQUEST, parseWatchReply, type WatchReply } from './watch-messages';
 import {
   MAX_INLINE_FILE_BYTES,
   MAX_LIST_BATCH_ENTRIES,
@@ -450,6 +452,34 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
   }
 }
 
+/** share.watch (spec 14.3) — Arming: REPLY `watching` → Watching; Watching: REPLY `changes` / `resync` → Watching; END → Done. */
+class WatchMachine implements AnswerMachine<WatchReply, void> {
+  state: 'arming' | 'watching' | 'done' = 'arming';
+
+  reply(message: WireMessage): WatchReply {
+    const parsed = parseWatchReply(message);
+    if ((this.state === 'arming') !== (parsed.kind === 'watching')) {
+      throw breach(this.state === 'arming' ? 'A watch must start with "watching".' : 'The peer said "watching" twice.');
+    }
+    this.state = 'watching';
+    return parsed;
+  }
+
+  data(): never {
+    throw unexpected('data', this.state);
+  }
+
+  end(): void {
+    this.state = 'done';
+  }
+}
+
+/** A watch of a peer's folder, armed: `ended` settles when it stops (stop(), the signal: resolves; the peer's error or the connection's end: rejects). */
+export interface RemoteFolderWatch {
+  readonly ended: Promise<void>;
+  stop(): void;
+}
+
 // ---- the calls
 
 export class ShareClient {
@@ -527,8 +557,47 @@ export class ShareClient {
     throw new PeerShareError('HASH_MISMATCH', 'The peer sent a block that does not match its BLAKE3 hash in the file\'s block list; nothing of it was kept.');
   }
 
-  private run<Item, Result>(message: { type: `share.${string}`; [member: string]: unknown }, machine: AnswerMachine<Item, Result>, options: RequestOptions): AsyncGenerator<Item, Result, undefined> {
+  /**
+   * Watches a folder of the peer's share (spec 14): resolves once the sharer's watcher runs, so a
+   * listing made after it misses no change; then `onChanges` hears each batch (apply `added` and
+   * `changed` as "put this entry", `removed` as "drop this name": they are idempotent) or `resync`
+   * (list the folder again). Names are raw: escape them (sanitizeForDisplay) to show them. At most
+   * maxWatchesPerConnection at once per connection, or the peer answers BUSY.
+   */
+  async watch(path: string, options: RequestOptions & { onChanges: (batch: WatchBatch) => void }): Promise<RemoteFolderWatch> {
+    const stopper = new AbortController();
+    const signal = options.signal ? AbortSignal.any([options.signal, stopper.signal]) : stopper.signal;
+    const run = this.run({ type: WATCH_REQUEST, path }, new WatchMachine(), { signal, longLived: true });
+    const armed = await run.next();
+    if (armed.done) throw breach('The watch ended before the sharer said it was watching.');
+    const ended = (async (): Promise<void> => {
+      for (;;) {
+        const step = await run.next();
+        if (step.done) return;
+        if (step.value.kind === 'watching') continue;
+        try {
+          options.onChanges(step.value);
+        } catch (err) {
+          // The caller's bug: the watch stops (CANCEL), and the error is the caller's, not the peer's.
+          await run.return(undefined);
+          throw err;
+        }
+      }
+    })().catch((err: unknown) => {
+      // Our own stop (or the caller's signal) ends it as asked.
+      if (signal.aborted && toPeerShareError(err).code === 'CANCELLED') return;
+      throw err;
+    });
+    ended.catch(() => undefined);
+    return { ended, stop: () => stopper.abort() };
+  }
+
+  private run<Item, Result>(
+    message: { type: `share.${string}`; [member: string]: unknown },
+    machine: AnswerMachine<Item, Result>,
+    options: RequestOptions & { longLived?: boolean },
+  ): AsyncGenerator<Item, Result, undefined> {
     const named = this.capability === 'share' ? message : { ...message, type: `${this.capability}.${message.type.slice('share.'.length)}` as const };
-    return runAnswer(this.connection, this.connection.request(named, { signal: options.signal }), machine);
+    return runAnswer(this.connection, this.connection.request(named, { signal: options.signal, longLived: options.longLived }), machine);
   }
 }

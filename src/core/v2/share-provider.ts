@@ -12,6 +12,8 @@ import type { Served } from './handshake';
 import { MAX_FRAME_CEILING_BYTES } from './frames';
 import { endErrorFor, type CapabilityMessage } from './messages';
 import { MAX_INLINE_FILE_BYTES, MAX_LIST_BATCH_ENTRIES, SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
+import { WATCH_REQUEST } from './watch-messages';
+import { WatchProvider } from './watch-provider';
 
 /**
  * The provider of capability `share/1` (docs/protocol-v2.md 6): serves one Share, read-only, to
@@ -78,6 +80,7 @@ export class ShareProvider {
    * hashed at disk speed without receiving a byte (found by the v2 attack suite).
    */
   private readonly rehashedByPeer = new Map<string, Set<string>>();
+  private watchProvider?: WatchProvider;
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
@@ -110,7 +113,19 @@ export class ShareProvider {
     return (request, reply, signal) => this.answer(context, request, reply, signal);
   }
 
+  /** The live tree (share.watch, spec 14): its watched folders and their watchers, made on first use. */
+  get watches(): WatchProvider {
+    this.watchProvider ??= new WatchProvider(this.share, this.limits);
+    return this.watchProvider;
+  }
+
   private async answer(session: SessionContext, message: CapabilityMessage, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    if (message.type === WATCH_REQUEST) {
+      // Long-lived: bounded by maxWatchesPerConnection, not by the request slots (spec 14.2).
+      session.checkAllowed(false);
+      this.stats.requests++;
+      return this.watches.answer(session, message, reply, signal);
+    }
     const request = parseShareRequest(message, this.limits);
     session.checkAllowed(false);
     if (!this.takeSlot(session.peerId)) {
@@ -356,6 +371,8 @@ type TreeFile = { kind: 'inline'; data: Buffer; mtimeMs: number } | { kind: 'ref
 class SessionContext {
   readonly peerId: string;
   readonly peerFrameBytes: number;
+  /** share.watch requests open on this connection (spec 14.2). */
+  watches = 0;
   private readonly stillAllowed: () => boolean;
   private checkedAt = 0;
 

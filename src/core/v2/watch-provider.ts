@@ -1,0 +1,82 @@
+import { PeerShareError } from '../errors';
+import type { Limits } from '../limits';
+import type { Share } from '../share';
+import { WatchHub, type FolderChange } from '../watch';
+import type { ReplyWriter } from './connection';
+import { MAX_FRAME_CEILING_BYTES } from './frames';
+import type { CapabilityMessage } from './messages';
+import { MAX_WATCH_BATCH_CHANGES, parseWatchRequest } from './watch-messages';
+
+/**
+ * The responder's side of `share.watch` (docs/protocol-v2.md 14): `REPLY watching` once the
+ * folder's watcher runs, then each coalesced batch as `REPLY changes` (cut to fit the peer's frame)
+ * or one `REPLY resync`, until the requester's CANCEL. Each REPLY waits for credit, meanwhile the
+ * watch's pending changes stay bounded (watch.ts). Part of share/1's provider: the same paths,
+ * excludes and trust check per request.
+ */
+
+/** What the provider knows of one connection (share-provider.ts's SessionContext). */
+export interface WatchSession {
+  readonly peerFrameBytes: number;
+  /** Watches open on this connection. */
+  watches: number;
+  /** PEER_UNTRUSTED once the peer may no longer read us (at most every TRUST_RECHECK_MS during a watch). */
+  checkAllowed(duringTransfer: boolean): void;
+}
+
+/** What a REPLY's frame holds beside its changes: `{"type":"changes","changes":[` and `]}`. */
+const CHANGES_ENVELOPE_BYTES = 64;
+
+export class WatchProvider {
+  readonly hub: WatchHub;
+
+  constructor(
+    share: Share,
+    private readonly limits: Limits,
+  ) {
+    this.hub = new WatchHub(share, limits);
+  }
+
+  async answer(session: WatchSession, message: CapabilityMessage, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const { path } = parseWatchRequest(message);
+    // Counted before the folder is looked at: a flood of watches costs no disk.
+    if (session.watches >= this.limits.maxWatchesPerConnection) {
+      throw new PeerShareError('BUSY', `At most ${this.limits.maxWatchesPerConnection} folders may be watched at once on one connection.`);
+    }
+    session.watches++;
+    try {
+      const watch = await this.hub.watch(path);
+      try {
+        await reply.message({ type: 'watching' });
+        for (;;) {
+          const batch = await watch.next(signal);
+          session.checkAllowed(true);
+          if (batch.kind === 'resync') await reply.message({ type: 'resync' });
+          else for (const changes of batchesOf(batch.changes, session.peerFrameBytes)) await reply.message({ type: 'changes', changes });
+        }
+      } finally {
+        watch.close();
+      }
+    } finally {
+      session.watches--;
+    }
+  }
+}
+
+/** Changes in REPLYs of at most MAX_WATCH_BATCH_CHANGES that fit the peer's frame. */
+function* batchesOf(changes: FolderChange[], peerFrameBytes: number): Generator<FolderChange[]> {
+  const most = Math.min(peerFrameBytes, MAX_FRAME_CEILING_BYTES) - CHANGES_ENVELOPE_BYTES;
+  let batch: FolderChange[] = [];
+  let bytes = 0;
+  for (const change of changes) {
+    const size = Buffer.byteLength(JSON.stringify(change), 'utf8') + 1;
+    if (batch.length > 0 && (batch.length >= MAX_WATCH_BATCH_CHANGES || bytes + size > most)) {
+      yield batch;
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(change);
+    bytes += size;
+  }
+  if (batch.length > 0) yield batch;
+}
