@@ -51,6 +51,8 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const view = vscode.window.createTreeView('peershare.peers', { treeDataProvider: tree, showCollapseAll: true });
   context.subscriptions.push(log, peers, sharing, tree, view, downloads, receiving);
   context.subscriptions.push(sharing.onDidChange(() => tree.refresh()));
+  // A folder closed in the view is no longer watched for changes.
+  context.subscriptions.push(view.onDidCollapseElement((e) => tree.collapsed(e.element)));
   // Look for nearby peers only while someone looks at the view (or while sharing).
   context.subscriptions.push(
     view.onDidChangeVisibility((e) => {

@@ -5,7 +5,7 @@ import type { BlockCache } from './block-cache';
 import { downloadFile, downloadFolder, type FileSource } from './download';
 import { PeerShareError, toPeerShareError, type ErrorCode } from './errors';
 import { exists, keepBothName, partialPathForHash, removeName } from './landing';
-import type { Limits } from './limits';
+import { TRUST_RECHECK_MS, type Limits } from './limits';
 import { collisionKey, inspectReceivedName } from './names';
 import { sanitizeForDisplay } from './protocol';
 import type { IncomingOffer, ReceivePolicy, ReceiveResult, ReceiveSettings, ReceivedEntryResult } from './send-policy';
@@ -484,10 +484,15 @@ export class SendSession {
     // `serve` hears of `trust rm` in another terminal through the trust file, checked on progress).
     const stop = new AbortController();
     const signal = AbortSignal.any([state.abort.signal, stop.signal]);
+    // The trust file is looked at (a stat) at most every TRUST_RECHECK_MS, not once per file of a folder.
+    let trustCheckedAt = 0;
     const progress = (bytes: number): void => {
       onBytes(bytes);
-      if (bytes > entry.size) stop.abort(new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than it offered.'));
-      else if (!this.service.isTrusted(this.peerId)) stop.abort(new PeerShareError('PEER_UNTRUSTED', REVOKED));
+      if (bytes > entry.size) return void stop.abort(new PeerShareError('SIZE_MISMATCH', 'The peer sent more bytes than it offered.'));
+      const now = performance.now();
+      if (now - trustCheckedAt < TRUST_RECHECK_MS) return;
+      trustCheckedAt = now;
+      if (!this.service.isTrusted(this.peerId)) stop.abort(new PeerShareError('PEER_UNTRUSTED', REVOKED));
     };
     let target = wanted;
     if (entry.type === 'file') {

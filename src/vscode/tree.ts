@@ -12,6 +12,7 @@ import {
   type TrustedPeer,
 } from '../core';
 import { formatBytes } from '../core/format';
+import type { RemoteFolderWatch } from '../core/v2/share-client';
 import { peerFileUri, type Peers } from './peers';
 import type { Sharing } from './sharing';
 
@@ -27,6 +28,12 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
   private readonly changed = new vscode.EventEmitter<Node | undefined>();
   readonly onDidChangeTreeData = this.changed.event;
   private readonly subscription: vscode.Disposable;
+  /**
+   * Live folders (share.watch): each open folder of a peer redraws itself when the sharer says it
+   * changed. Keyed by peer and path; in the order they were opened, so the oldest goes first when
+   * a peer's limit of watches is reached.
+   */
+  private readonly watches = new Map<string, { peerId: string; watch: RemoteFolderWatch }>();
 
   constructor(
     private readonly peers: Peers,
@@ -61,6 +68,8 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       return [{ kind: 'message', text: 'Not sharing with you', tooltip: 'This peer paired with you to download; it shares nothing we know of.' }];
     }
     try {
+      // Armed before the listing, so a change between the two is not missed.
+      if (node.kind === 'entry' && node.entry.type === 'dir') await this.watchFolder(node);
       const entries = await this.peers.browse(peerId, (conn) => conn.list(remotePath));
       entries.sort((a, b) => (a.type === b.type ? a.name.localeCompare(b.name) : a.type === 'dir' ? -1 : 1));
       if (entries.length === 0) return [{ kind: 'message', text: 'Empty folder' }];
@@ -140,10 +149,50 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     return item;
   }
 
+  /** A folder closed in the view: it stops being watched. */
+  collapsed(node: Node): void {
+    if (node.kind === 'entry') this.stopWatch(watchKey(node.peerId, node.remotePath));
+  }
+
+  private stopWatch(key: string): void {
+    this.watches.get(key)?.watch.stop();
+    this.watches.delete(key);
+  }
+
+  /**
+   * Watches an open folder of a peer once (a second getChildren, after a change, reuses it), at
+   * most maxWatchesPerConnection per peer (the oldest stops). A peer that cannot watch (an older
+   * PeerShare, BUSY) is listed as before, without live updates.
+   */
+  private async watchFolder(node: EntryNode): Promise<void> {
+    const key = watchKey(node.peerId, node.remotePath);
+    if (this.watches.has(key)) return;
+    try {
+      const watch = await this.peers.browse(node.peerId, async (conn) => {
+        const mine = [...this.watches.entries()].filter(([, w]) => w.peerId === node.peerId).map(([k]) => k);
+        for (const oldest of mine.slice(0, Math.max(0, mine.length - conn.limits.maxWatchesPerConnection + 1))) this.stopWatch(oldest);
+        return conn.share.watch(node.remotePath, { onChanges: () => this.refresh(node) });
+      });
+      this.watches.set(key, { peerId: node.peerId, watch });
+      // Ended (the connection closed, the folder went): forget it; the view lists again when the peer comes back.
+      void watch.ended.catch(() => undefined).finally(() => {
+        if (this.watches.get(key)?.watch === watch) this.watches.delete(key);
+      });
+    } catch {
+      // Listed without live updates.
+    }
+  }
+
   dispose(): void {
+    for (const { watch } of this.watches.values()) watch.stop();
+    this.watches.clear();
     this.subscription.dispose();
     this.changed.dispose();
   }
+}
+
+function watchKey(peerId: string, remotePath: string): string {
+  return `${peerId}\n${remotePath}`;
 }
 
 /** The first sentence of a message, cut at a word to fit a sidebar row. */

@@ -111,6 +111,37 @@ describe('PeerShare in a real VS Code', function () {
     assert.equal(helloItem.contextValue, 'peershare.file');
   });
 
+  it('an open folder of a peer redraws itself when the peer\'s files change (added, changed, removed), without a Refresh', async () => {
+    const { tree } = await api();
+    const [root] = await childrenOf(await findPeerNode(peer.peerId));
+    const users = await findEntry(await findEntry(root, 'data'), 'users');
+    const redrawn: unknown[] = [];
+    const listening = tree.onDidChangeTreeData((node) => redrawn.push(node));
+    const namesIn = async () => (await childrenOf(users)).map((n) => (n.kind === 'entry' ? `${n.entry.name} ${n.entry.size}` : n.kind));
+    try {
+      assert.deepEqual(await namesIn(), ['1.json 9', '2.json 9']);
+      const folder = path.join(peer.folder, 'data', 'users');
+      await fs.writeFile(path.join(folder, '3.json'), '{"id":3}\n');
+      await fs.writeFile(path.join(folder, '1.json'), '{"id":1,"x":true}\n');
+      await fs.rm(path.join(folder, '2.json'));
+      // The view is told to redraw that folder (the very node it showed), and its listing is the new one.
+      await waitFor(() => redrawn.includes(users), 15_000);
+      await waitFor(async () => JSON.stringify(await namesIn()) === JSON.stringify(['1.json 18', '3.json 9']) || undefined, 15_000);
+      // Closed in the view: no longer watched, so a later change redraws nothing.
+      tree.collapsed(users);
+      redrawn.length = 0;
+      await fs.writeFile(path.join(folder, '4.json'), '{}');
+      await new Promise((r) => setTimeout(r, 1500));
+      assert.ok(!redrawn.includes(users), 'a closed folder is not watched');
+    } finally {
+      listening.dispose();
+      await fs.rm(path.join(peer.folder, 'data', 'users', '3.json'), { force: true });
+      await fs.rm(path.join(peer.folder, 'data', 'users', '4.json'), { force: true });
+      await fs.writeFile(path.join(peer.folder, 'data', 'users', '1.json'), '{"id":1}\n');
+      await fs.writeFile(path.join(peer.folder, 'data', 'users', '2.json'), '{"id":2}\n');
+    }
+  });
+
   it('downloads a file and a folder into the workspace, byte for byte', async () => {
     const peerNode = await findPeerNode(peer.peerId);
     const [root] = await childrenOf(peerNode);
