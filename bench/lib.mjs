@@ -146,6 +146,8 @@ const PACKAGES = {
   'ssh-keygen': [['openssh-client']],
   rsync: [['rsync']],
   taskset: [['util-linux']], // the two-machine variant pins each end to a core of its own
+  ip: [['iproute2']], // the internet scenario's namespaces and NATs
+  nft: [['nftables']],
 };
 
 /** Installs missing tools with apt-get (needs root); `tools` are keys of PACKAGES. */

@@ -17,6 +17,7 @@ import { renderChart } from './chart.mjs';
 import { ROOT, closeAllScopes, ensureTools, gitDescribe, log, machineInfo, printGoals, runScenario } from './lib.mjs';
 import * as transfer from './transfer.mjs';
 import * as send from './send.mjs';
+import * as internet from './internet.mjs';
 import * as folder from './folder.mjs';
 import * as resume from './resume.mjs';
 import * as concurrent from './concurrent.mjs';
@@ -25,7 +26,7 @@ import * as idle from './idle.mjs';
 import * as memory from './memory.mjs';
 import * as multiplex from './multiplex.mjs';
 
-const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send];
+const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send, internet];
 const DOCS_DIR = path.resolve(process.env.BENCH_DOCS_DIR ?? path.join(ROOT, 'docs'));
 
 function selectedScenarios() {

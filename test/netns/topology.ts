@@ -22,6 +22,9 @@ export interface Topology {
   readonly pub: string;
   readonly home1: string;
   readonly home2: string;
+  /** The NAT routers' namespaces (home1's, home2's). */
+  readonly router1: string;
+  readonly router2: string;
   /** The DHT bootstrap nodes' addresses, in the public namespace. */
   readonly dhtNodes: string[];
   remove(): void;
@@ -97,7 +100,7 @@ table ip filter {
       addr(home, 'up0', `10.${n}.0.2/24`);
       inNs(home, 'ip', 'route', 'add', 'default', 'via', `10.${n}.0.1`);
     }
-    return { pub: names.pub, home1: names.home1, home2: names.home2, dhtNodes: dhtNodes.map((h) => `${h}:49737`), remove };
+    return { pub: names.pub, home1: names.home1, home2: names.home2, router1: names.r1, router2: names.r2, dhtNodes: dhtNodes.map((h) => `${h}:49737`), remove };
   } catch (err) {
     remove();
     throw new Error(`Could not build the namespaced network: ${(err as { stderr?: Buffer }).stderr?.toString().trim() || String(err)}`);
