@@ -33,11 +33,15 @@ export interface FolderChange {
 /** One batch of a watch: changes, or `resync` (too many: list the folder again). */
 export type WatchBatch = { kind: 'changes'; changes: FolderChange[] } | { kind: 'resync' };
 
-type WatchLimits = Pick<Limits, 'watchBatchIntervalMs' | 'maxWatchChanges'>;
+type WatchLimits = Pick<Limits, 'watchBatchIntervalMs' | 'maxWatchChanges' | 'maxListEntries'>;
 
 /** Raw events are gathered this long before the names are looked at again (a save is several events). */
 const SETTLE_MS = 20;
-/** The Share reads a .gitignore again after this long (its cache, share.ts): a changed one is looked at again then. */
+/**
+ * The Share reads a .gitignore again after this long (its cache, share.ts): after the folder's
+ * .gitignore changes, its names are looked at only then, so a file the new rules exclude is never
+ * named by the old ones (a script that adds `credentials.txt` to .gitignore, then writes it).
+ */
 const GITIGNORE_REREAD_MS = 2_100;
 
 /**
@@ -109,7 +113,8 @@ class WatchedFolder {
   private readonly dirty = new Set<string>();
   private relist = false;
   private timer?: NodeJS.Timeout;
-  private gitignoreTimer?: NodeJS.Timeout;
+  /** When the folder's .gitignore last changed (performance.now()). */
+  private gitignoreChangedAt = -Infinity;
   private running?: Promise<void>;
   private failed?: PeerShareError;
 
@@ -163,21 +168,31 @@ class WatchedFolder {
   }
 
   private onEvent(name: string | Buffer | null): void {
-    // Some platforms do not say which name: the whole folder is looked at again.
-    if (typeof name === 'string' && name !== '' && !name.includes('/') && !name.includes(path.sep)) this.dirty.add(name);
-    else this.relist = true;
-    // A changed .gitignore changes what is listed: the whole folder, now and once the share reads it again.
+    // Some platforms do not say which name: the whole folder is looked at again. Past
+    // maxWatchChanges names it is anyway, so a storm of new names costs no more memory than that.
+    if (this.relist) {
+      // Already a whole look: no name need be kept.
+    } else if (typeof name === 'string' && name !== '' && !name.includes('/') && !name.includes(path.sep) && this.dirty.size < this.limits.maxWatchChanges) {
+      this.dirty.add(name);
+    } else {
+      this.relist = true;
+      this.dirty.clear();
+    }
+    // A changed .gitignore changes what is listed: the whole folder, once the share reads it again.
     if (name === '.gitignore') {
       this.relist = true;
-      clearTimeout(this.gitignoreTimer);
-      this.gitignoreTimer = setTimeout(() => this.onEvent(null), GITIGNORE_REREAD_MS);
-      this.gitignoreTimer.unref();
+      this.dirty.clear();
+      this.gitignoreChangedAt = performance.now();
+      // A look already waiting would use the old rules: it waits for the new ones instead.
+      clearTimeout(this.timer);
+      this.timer = undefined;
     }
     this.schedule();
   }
 
   private schedule(): void {
     if (this.timer || this.running || this.failed) return;
+    const gitignoreWait = this.gitignoreChangedAt + GITIGNORE_REREAD_MS - performance.now();
     this.timer = setTimeout(() => {
       this.timer = undefined;
       // A failure of our own ends the folder's watches (INTERNAL), never an unhandled rejection.
@@ -185,13 +200,15 @@ class WatchedFolder {
         this.running = undefined;
         if (this.dirty.size > 0 || this.relist) this.schedule();
       });
-    }, SETTLE_MS);
+    }, Math.max(SETTLE_MS, gitignoreWait));
     this.timer.unref();
   }
 
   /** Looks at the names the system reported (or the whole folder) and tells each watch what changed. */
   private async look(): Promise<void> {
     if (this.failed || !(await this.stillThere())) return;
+    // Changes of a .gitignore made while a look waited for the new rules: they wait too.
+    if (performance.now() < this.gitignoreChangedAt + GITIGNORE_REREAD_MS) return;
     const names = [...this.dirty];
     this.dirty.clear();
     const whole = this.relist || names.length > this.limits.maxWatchChanges;
@@ -217,12 +234,18 @@ class WatchedFolder {
           if (entry) this.known.set(name, entry);
           else this.known.delete(name);
         }
+        // Held for every watch as a listing is: no larger than a listing may be (spec 14.2, TOO_LARGE).
+        if (this.known.size > this.limits.maxListEntries) {
+          throw new PeerShareError('TOO_LARGE', `The folder has more than ${this.limits.maxListEntries} entries.`);
+        }
       }
     } catch (err) {
       await this.check(err);
       return;
     }
-    if (changes.length === 0) return;
+    // Looked at through the folder's path: if a folder above it became a link meanwhile, what was
+    // seen may be outside the share, and is never told.
+    if (changes.length === 0 || !(await this.stillThere())) return;
     for (const watch of this.watches) watch.push(changes, whole && changes.length > this.limits.maxWatchChanges);
   }
 
@@ -246,10 +269,15 @@ class WatchedFolder {
     return { type: isDir ? 'dir' : 'file', size: isDir ? 0 : stat.size, mtimeMs: Math.floor(stat.mtimeMs) };
   }
 
-  /** The watched folder is still the one watched (not removed, renamed, or replaced); otherwise every watch ends NOT_FOUND. */
+  /**
+   * The watched folder is still the one watched, at its place in the share (not removed, renamed,
+   * replaced, or reached through a link: a folder above it moved out of the share and a link to it
+   * put in its place still leads to the same folder); otherwise every watch ends NOT_FOUND.
+   */
   private async stillThere(): Promise<boolean> {
     const stat = await fs.lstat(this.realPath).catch(() => undefined);
-    if (stat?.isDirectory() && stat.dev === this.identity?.dev && stat.ino === this.identity?.ino) return true;
+    const real = stat ? await fs.realpath(this.realPath).catch(() => undefined) : undefined;
+    if (stat?.isDirectory() && stat.dev === this.identity?.dev && stat.ino === this.identity?.ino && real === this.realPath) return true;
     this.fail(new PeerShareError('NOT_FOUND', 'The folder was removed or renamed on the sharer.'));
     return false;
   }
@@ -272,7 +300,6 @@ class WatchedFolder {
 
   private release(): void {
     clearTimeout(this.timer);
-    clearTimeout(this.gitignoreTimer);
     this.timer = undefined;
     this.watcher?.close();
     this.watcher = undefined;
