@@ -412,7 +412,7 @@ describe('share.watch answered by a hostile sharer (the requester is the victim)
     ['an empty name', [{ path: '', type: 'removed' }], 'BAD_NAME'],
     ['one name twice', [good, { ...good, type: 'removed', entry: undefined }], 'BAD_NAME'],
     ['a name of 1,025 characters', [{ path: 'x'.repeat(1025), type: 'added', entry: ENTRY }], 'TOO_LARGE'],
-    ['1,001 changes in one batch', Array.from({ length: 1001 }, (_, i) => ({ path: `n${i}`, type: 'removed' })), 'PROTOCOL_ERROR'],
+    ['1,001 changes', Array.from({ length: 1001 }, (_, i) => ({ path: `n${i}`, type: 'removed' })), 'PROTOCOL_ERROR'],
     ['a "moved" change', [{ path: 'a', type: 'moved' }], 'PROTOCOL_ERROR'],
     ['a removed change with an entry', [{ path: 'a', type: 'removed', entry: ENTRY }], 'PROTOCOL_ERROR'],
   ] as const) {
