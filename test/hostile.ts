@@ -249,3 +249,12 @@ export async function sendBlocks(req: Record<string, unknown>, reply: ReplierV2,
   }
   return {};
 }
+
+/** A file entry of a send/1 offer (docs/protocol-v2.md 13.2), honest about `content`: what a hostile sender starts from. */
+export const fileEntry = (name: string, content: Buffer, mtimeMs = 1000): Record<string, unknown> => ({
+  name,
+  type: 'file',
+  size: content.length,
+  mtimeMs,
+  fileHash: manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex'),
+});

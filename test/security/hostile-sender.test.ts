@@ -15,6 +15,7 @@ import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { RecordingPolicy, acceptAllInto, everything, openNode, waitUntil } from '../core/send-helpers';
 import { makePeer, tempDir } from '../helpers';
 import { BAD_NAMES, COLLISIONS, MALFORMED_NAMES } from './hostile-name-lists';
+import { fileEntry } from '../hostile';
 
 /**
  * A hostile sender (docs/protocol-v2.md 13.6) against a real receiving node over TLS 1.3 on
@@ -79,13 +80,6 @@ async function hostile(outbox: Outbox = async () => ({})): Promise<Hostile> {
   };
 }
 
-const fileEntry = (name: string, content: Buffer, mtimeMs = 1000): Record<string, unknown> => ({
-  name,
-  type: 'file',
-  size: content.length,
-  mtimeMs,
-  fileHash: manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex'),
-});
 
 /** An outbox that serves `content` honestly (manifest and blocks) for every file it is asked about. */
 function serving(content: Buffer, mtimeMs = 1000, blocks: Buffer = content): Outbox {

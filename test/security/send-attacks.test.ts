@@ -2,7 +2,6 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { lstatSync, promises as fs, readFileSync } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
@@ -17,6 +16,8 @@ import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { RecordingPolicy, everything, openNode, waitUntil } from '../core/send-helpers';
 import { makePeer, tempDir } from '../helpers';
 import { assertOnlyChanged, snapshot } from './world';
+import { asNobody, openToOthers } from './local-user';
+import { fileEntry } from '../hostile';
 
 /**
  * send/1 attacked from outside (issue 12, security round 4), over real TLS on loopback, with the
@@ -34,7 +35,6 @@ const CLI = path.join(ROOT, 'dist', 'cli.js');
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const isRoot = process.getuid?.() === 0;
-const NOBODY = 65534;
 
 // ---- the receiver: the real CLI
 
@@ -184,13 +184,6 @@ async function sender(invite: string, outbox: Outbox = async () => ({}), options
   };
 }
 
-const fileEntry = (name: string, content: Buffer, mtimeMs = 1000): Record<string, unknown> => ({
-  name,
-  type: 'file',
-  size: content.length,
-  mtimeMs,
-  fileHash: manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex'),
-});
 
 /** An honest outbox: `contents[name]` for each file entry (by the last component of the path asked). */
 function serving(contents: Record<string, Buffer>, before?: (request: CapabilityMessage) => Promise<void>): Outbox {
@@ -237,22 +230,6 @@ function gate(): { wait: () => Promise<void>; open: () => void } {
 }
 
 // ---- another local user
-
-/** Runs a shell script as uid/gid 65534; its exit status must be 0. */
-function asNobody(script: string, env: Record<string, string>): void {
-  const run = spawnSync('sh', ['-c', script], { uid: NOBODY, gid: NOBODY, env: { PATH: process.env.PATH ?? '/usr/bin:/bin', ...env }, encoding: 'utf8' });
-  assert.equal(run.status, 0, `as uid ${NOBODY}: ${run.stderr}`);
-}
-
-/** Makes `dir` (mode `mode`) reachable by other local users: its parents up to the temporary folder get o+x. */
-async function openToOthers(dir: string, mode: number): Promise<void> {
-  await fs.mkdir(dir, { recursive: true });
-  for (let at = path.dirname(dir); at.startsWith(os.tmpdir() + path.sep); at = path.dirname(at)) {
-    const st = await fs.stat(at);
-    if ((st.mode & 0o001) === 0) await fs.chmod(at, (st.mode & 0o7777) | 0o011);
-  }
-  await fs.chmod(dir, mode);
-}
 
 /** The name a partial file of this content takes beside `target` (partial-file.ts: tied to the file hash). */
 function partialOf(target: string, content: Buffer): string {
