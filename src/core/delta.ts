@@ -1,17 +1,18 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsc, fsync, futimesSync, promises as fs, write } from 'node:fs';
+import { closeSync, constants as fsc, fsync, futimesSync, promises as fs, write, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { blake3 } from './blake3';
 import { hashFileBlocks } from './blocks';
-import { chunkFile, type Chunk, type ChunkList } from './cdc';
+import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
+import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
 import { commit, openTemporary, removeName, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
 import { PinnedFolders } from './pinned-folders';
-import { sanitizeForDisplay } from './protocol';
+import { SMALL_FILE_BYTES } from './limits';
+import { sanitizeForDisplay, type Entry } from './protocol';
 
 /**
  * Updating a local copy of a peer's file or folder by moving only what changed (issue 13,
@@ -53,6 +54,12 @@ const fsyncFd = promisify(fsync);
 const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 /** Reports of entries left alone kept in a folder's result (all are counted). */
 const MAX_REPORTED = 1000;
+/** Folders a folder sync lists ahead of the one it works on. */
+const LISTS_AHEAD = 4;
+/** Local ranges copied with one read and one write, at most (plus one chunk). */
+const COPY_BYTES = 4 * 1024 * 1024;
+/** Files up to this size are not flushed before they take their name (as a folder download's inline files). */
+const FLUSHED_FROM_BYTES = SMALL_FILE_BYTES;
 
 /**
  * Updates `target` to the peer's version of `remotePath`, reusing the chunks of `localFile` (a
@@ -73,10 +80,11 @@ export async function deltaFile(conn: FileSource, remotePath: string, localFile:
 
 async function deltaOnce(conn: FileSource, remotePath: string, localFile: string | undefined, target: string, options: DeltaOptions): Promise<DeltaFileResult> {
   const { signal } = options;
-  const remote = await conn.share.chunks(remotePath, { signal });
   const local = localFile === undefined ? undefined : await openLocal(localFile);
   try {
-    const localChunks = local ? (await chunkFile(local, conn.limits)).chunks : [];
+    // The sharer's list and the local cut at once: the local copy is read while the list travels.
+    const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal }), local ? chunkFile(local, conn.limits) : undefined]);
+    const localChunks = localCut?.chunks ?? [];
     if (local && localFile === target && (await isSameVersion(local, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
       if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
@@ -91,20 +99,21 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     const file = openTemporary(partial);
     let landed = false;
     try {
-      let bytesReused = 0;
       const missing: number[] = [];
-      const buffer = Buffer.allocUnsafe(remote.chunks.reduce((most, c) => Math.max(most, c.length), 0));
+      const copies: Copy[] = [];
       for (let index = 0; index < remote.chunks.length; index++) {
         const wanted = remote.chunks[index];
         const have = byHash.get(wanted.hash.toString('hex'));
-        // A local chunk is used only if its bytes still hash to what is wanted (the copy may have changed since it was cut).
-        if (have && local && have.length === wanted.length && (await readLocal(local, buffer, have)) && blake3(buffer.subarray(0, have.length)).equals(wanted.hash)) {
-          await writeAll(file, buffer.subarray(0, have.length), wanted.offset);
-          bytesReused += have.length;
-        } else {
+        if (!have || have.length !== wanted.length) {
           missing.push(index);
+          continue;
         }
+        // Chunks next to each other in both files are copied as one range.
+        const last = copies[copies.length - 1];
+        if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
+        else copies.push({ from: have.offset, to: wanted.offset, length: have.length });
       }
+      const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
       let bytesReceived = 0;
       if (missing.length > 0) {
         for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
@@ -123,7 +132,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         await assembled.close();
       }
       futimesSync(file.fd, ...timesOf(remote.mtimeMs));
-      await fsyncFd(file.fd);
+      if (remote.size > FLUSHED_FROM_BYTES) await fsyncFd(file.fd);
       closeSync(file.fd);
       file.fd = -1;
       await commit(partial, target, options.overwrite === true, file);
@@ -174,14 +183,35 @@ async function isSameVersion(local: FileHandle, localChunks: Chunk[], remote: Ch
   return manifest.fileHash.equals(remote.fileHash);
 }
 
-/** Reads a local chunk into `buffer`; false if the file is shorter now. */
-async function readLocal(handle: FileHandle, buffer: Buffer, chunk: Chunk): Promise<boolean> {
-  for (let done = 0; done < chunk.length; ) {
-    const { bytesRead } = await handle.read(buffer, done, chunk.length - done, chunk.offset + done);
-    if (bytesRead === 0) return false;
-    done += bytesRead;
+/** A range of the local copy that holds chunks of the sharer's version, and where it goes. */
+interface Copy {
+  from: number;
+  to: number;
+  length: number;
+}
+
+/**
+ * Copies `copies` from the local copy into the temporary file; returns the bytes copied. The local
+ * copy must still be the version that was cut (`version`), checked after the last read: a copy
+ * edited meanwhile would make a file the sharer's hash refuses, and that is no fault of the peer's
+ * (FILE_CHANGED: deltaFile starts over once). The chunks' bytes are not hashed again here: the
+ * whole file is verified before it lands.
+ */
+async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[], file: TemporaryFile): Promise<number> {
+  const buffer = Buffer.allocUnsafe(Math.min(COPY_BYTES + CDC_MAX_BYTES, copies.reduce((most, c) => Math.max(most, c.length), 0)));
+  let copied = 0;
+  for (const copy of copies) {
+    for (let done = 0; done < copy.length; ) {
+      const length = Math.min(buffer.length, copy.length - done);
+      const { bytesRead } = await local.read(buffer, 0, length, copy.from + done);
+      if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
+      await writeAll(file, buffer.subarray(0, bytesRead), copy.to + done);
+      done += bytesRead;
+    }
+    copied += copy.length;
   }
-  return true;
+  if (!sameVersion(version, await local.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
+  return copied;
 }
 
 async function writeAll(file: TemporaryFile, data: Buffer, position: number): Promise<void> {
@@ -192,7 +222,7 @@ async function writeAll(file: TemporaryFile, data: Buffer, position: number): Pr
 
 /**
  * Makes `target` a mirror of the peer's folder `remotePath`: walks it with share.list, folder by
- * folder; a file whose size or modification time differs from the local one is updated with
+ * folder (breadth first, listing a few ahead); a file whose size or modification time differs from the local one is updated with
  * deltaFile (its local copy's chunks reused), one whose size and time are the same costs nothing
  * (as rsync's default check; the time is set to the sharer's on every update). Never deletes.
  * Folders are made without following a link (PinnedFolders); a name of the wrong form stops the
@@ -211,12 +241,20 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
   const base = remotePath.replace(/\/+$/, '');
   let seen = 0;
   try {
-    const pending: string[][] = [[]];
-    while (pending.length > 0) {
-      const components = pending.pop()!;
+    // Folders in the order they are walked (breadth first), each listed up to LISTS_AHEAD ahead of
+    // the one being worked on, so the walk does not wait a round trip per folder; at most that many
+    // listings are held besides the current one.
+    const queue: { components: string[]; entries?: Promise<Entry[]> }[] = [{ components: [] }];
+    const listOf = (components: string[]): Promise<Entry[]> => {
+      const listing = conn.share.list([base, ...components].join('/'), { signal: options.signal });
+      listing.catch(() => undefined);
+      return listing;
+    };
+    while (queue.length > 0) {
+      for (const ahead of queue.slice(0, LISTS_AHEAD)) ahead.entries ??= listOf(ahead.components);
+      const { components, entries: listing } = queue.shift()!;
       if (components.length > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
-      const remoteFolder = [base, ...components].join('/');
-      const entries = await conn.share.list(remoteFolder, { signal: options.signal });
+      const entries = await listing!;
       for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
         if (++seen > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders.`);
         const relPath = [...components, entry.name].join('/');
@@ -232,7 +270,7 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
             leaveAlone(relPath, toPeerShareError(err, 'IO_ERROR').message);
             continue;
           }
-          pending.push([...components, entry.name]);
+          queue.push({ components: [...components, entry.name] });
           continue;
         }
         result.filesChecked++;
