@@ -77,8 +77,11 @@ export function chunkBytes(data: Uint8Array): Chunk[] {
   return chunks;
 }
 
-/** Bytes read at once while chunking a file: whole chunks are cut from it, the rest carried over. */
-const READ_BYTES = 4 * 1024 * 1024;
+/**
+ * Bytes read at once while chunking a file: whole chunks are cut from it, the rest carried over.
+ * 1 MiB (as blocks.ts hashes): a sharer may chunk a file for each of maxConcurrentRequests at once.
+ */
+const READ_BYTES = 1024 * 1024;
 
 /**
  * Chunks a file in one streaming pass (one buffer of READ_BYTES + CDC_MAX_BYTES). Takes an open
@@ -168,10 +171,13 @@ export function decodeChunks(bytes: Buffer, size: number): Chunk[] {
   return chunks;
 }
 
+/** What one chunk of a list held in memory costs, about: its object, its hash's Buffer and the hash. */
+export const CHUNK_MEMORY_BYTES = 160;
+
 /**
  * The sharer's chunk lists, in memory, by file version (device, inode, size, mtime and ctime to
  * the nanosecond, as the block cache), least recently used evicted past `chunkCacheBytes` (each
- * list counted at its wire size). The racy rule of block-cache.ts holds: a list is kept only when
+ * chunk counted at CHUNK_MEMORY_BYTES). The racy rule of block-cache.ts holds: a list is kept only when
  * the file's last change is RACY_TIMESTAMP_MS older than the moment its chunking started.
  * *Why in memory: a list is recomputed at disk speed, is asked for by a peer that updates, and
  * the block cache's disk format is not widened for it yet.*
@@ -199,7 +205,7 @@ export class ChunkListCache {
   put(version: BigIntStats, list: Chunk[], startedMs: number, racyMs = RACY_TIMESTAMP_MS): void {
     const lastChangeMs = Number((version.mtimeNs > version.ctimeNs ? version.mtimeNs : version.ctimeNs) / 1_000_000n);
     if (startedMs - lastChangeMs < racyMs) return;
-    const bytes = list.length * CHUNK_RECORD_BYTES + 64;
+    const bytes = list.length * CHUNK_MEMORY_BYTES;
     if (bytes > this.maxBytes) return;
     const key = ChunkListCache.keyOf(version);
     const old = this.entries.get(key);

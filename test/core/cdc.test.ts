@@ -5,6 +5,7 @@ import { describe, it } from 'node:test';
 import {
   CDC_MAX_BYTES,
   CDC_MIN_BYTES,
+  CHUNK_MEMORY_BYTES,
   CHUNK_RECORD_BYTES,
   ChunkListCache,
   GEAR,
@@ -130,7 +131,7 @@ describe('content-defined chunks (FastCDC, docs/protocol-v2.md 15.1)', () => {
   it('caches chunk lists by version, not when the file changed just before, and evicts the least recently used', () => {
     const version = (ino: bigint, changedMs: number) => ({ dev: 1n, ino, size: 10n, mtimeNs: BigInt(changedMs) * 1_000_000n, ctimeNs: BigInt(changedMs) * 1_000_000n }) as never;
     const list = chunkBytes(pseudoRandom(100, 1));
-    const cache = new ChunkListCache(3 * (CHUNK_RECORD_BYTES + 64));
+    const cache = new ChunkListCache(3 * CHUNK_MEMORY_BYTES * list.length);
     cache.put(version(1n, 0), list, 1000); // changed 1 s before: racy, not kept
     assert.equal(cache.get(version(1n, 0)), undefined);
     cache.put(version(1n, 0), list, 10_000);
