@@ -182,6 +182,87 @@ describe('deltaFile against a sharer that lies: caught, and the local file is le
   });
 });
 
+describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.3)', () => {
+  let sharer: Sharer;
+  let proj: string;
+  const content = randomBytes(2 * 1024 * 1024);
+
+  before(async () => {
+    proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(proj);
+    await fs.writeFile(path.join(proj, 'f.bin'), content);
+    sharer = await startSharer([proj], { limits: { maxFileChunks: 1000 } });
+  });
+  after(() => sharer.server.close());
+
+  it('the sharer refuses a version it does not have (FILE_CHANGED) and a chunk past the end (INVALID_ARGUMENT)', async () => {
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      const list = await conn.share.chunks('proj/f.bin');
+      assert.equal(list.chunks.reduce((sum, c) => sum + c.length, 0), content.length);
+      const drain = async (run: AsyncGenerator<unknown>) => {
+        for await (const _ of run) void _;
+      };
+      await rejectsWithCode(drain(conn.share.readChunks('proj/f.bin', { ...list, fileHash: Buffer.alloc(32, 1) }, [0])), 'FILE_CHANGED');
+      const longer = { ...list, chunks: [...list.chunks, { offset: content.length, length: 1, hash: Buffer.alloc(32) }] };
+      await rejectsWithCode(drain(conn.share.readChunks('proj/f.bin', longer, [list.chunks.length])), 'INVALID_ARGUMENT');
+      // The connection is still good for the real thing.
+      let bytes = 0;
+      for await (const chunk of conn.share.readChunks('proj/f.bin', list, [0, 1])) bytes += chunk.data.length;
+      assert.equal(bytes, list.chunks[0].length + list.chunks[1].length);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('a list longer than the requester\'s maxFileChunks is refused before it is held (TOO_LARGE); the connection stays', async () => {
+    const { conn } = await connectWithInvite(sharer.invite, undefined, { maxFileChunks: 3 });
+    try {
+      await rejectsWithCode(conn.share.chunks('proj/f.bin'), 'TOO_LARGE');
+      assert.equal((await conn.stat('proj/f.bin')).size, content.length);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('a file of more chunks than the sharer\'s maxFileChunks: TOO_LARGE from the sharer', async () => {
+    const small = await startSharer([proj], { limits: { maxFileChunks: 3 } });
+    const { conn } = await connectWithInvite(small.invite);
+    try {
+      await rejectsWithCode(conn.share.chunks('proj/f.bin'), 'TOO_LARGE');
+    } finally {
+      conn.close();
+      await small.server.close();
+    }
+  });
+
+  it('a sharer whose chunk count cannot make the file, or that sends more records than it announced: PROTOCOL_ERROR', async () => {
+    const hostile = (await makePeer()).identity;
+    const client = await makePeer();
+    for (const scenario of [
+      (async (_req, reply) => {
+        await reply.message({ type: 'chunks', size: 10 * 1024 * 1024, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 2 });
+        return {};
+      }) as ScenarioV2,
+      (async (_req, reply) => {
+        const chunks = chunkBytes(Buffer.from('tiny'));
+        await reply.message({ type: 'chunks', size: 4, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 1 });
+        await reply.data(Buffer.concat([encodeChunks(chunks), encodeChunks(chunks)]));
+        return {};
+      }) as ScenarioV2,
+    ]) {
+      const server = await startHostileSharerV2(hostile, scenario);
+      const conn = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim' });
+      try {
+        await rejectsWithCode(conn.share.chunks('ws/f.bin'), 'PROTOCOL_ERROR');
+      } finally {
+        conn.close();
+        await server.close();
+      }
+    }
+  });
+});
+
 describe('deltaFolder: a folder of 1,000 files, 10 changed, moves only those', () => {
   let sharer: Sharer;
   let conn: PeerConnection;
