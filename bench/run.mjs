@@ -25,8 +25,9 @@ import * as list from './list.mjs';
 import * as idle from './idle.mjs';
 import * as memory from './memory.mjs';
 import * as multiplex from './multiplex.mjs';
+import * as delta from './delta.mjs';
 
-const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send, internet];
+const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send, internet, delta];
 const DOCS_DIR = path.resolve(process.env.BENCH_DOCS_DIR ?? path.join(ROOT, 'docs'));
 
 function selectedScenarios() {

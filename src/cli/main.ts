@@ -12,6 +12,7 @@ import {
   TrustStore,
   ReceiveSettings,
   download,
+  resolveTarget,
   loadOrCreateIdentity,
   Discovery,
   verificationCode,
@@ -36,6 +37,7 @@ import { parseSnippetName, terminalReceivePolicy, type ReceiveMode } from './rec
 import { TerminalLines } from './terminal-lines';
 import { countOf, formatBytes } from '../core/format';
 import type { WatchBatch } from '../core/watch';
+import { deltaFile, deltaFolder } from '../core/delta';
 
 /** Exit codes, documented in README.md: scripts can tell these apart. */
 export const EXIT = {
@@ -85,6 +87,7 @@ Commands:
   ls <invite|peer> [path]             List a peer's shared folders, or a folder in them
   ls <invite|peer> <path> --watch     List a folder, then print its changes as they happen (Ctrl+C stops)
   get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
+  sync <invite|peer> <remote> <dest>  Make dest a mirror of a peer's file or folder, moving only changed chunks
   send <peer> <path>...               Offer files and folders to a peer; they travel only if it accepts
   send <peer> --text --name F:LINE    Send the text on standard input as a snippet of F from LINE (nothing is written there)
   id                                  Show this installation's peer ID
@@ -115,10 +118,17 @@ Options:
   ls:     --watch           Keep running: + added, ~ changed, - removed (with --json: one JSON line each)
   get:    --overwrite       Replace existing files (default: never; a folder's existing files are skipped)
           --keep-both       Save next to existing files as "name (2).ext"
+  sync:   dest is the mirror itself (a folder's files go straight into it; a file goes into dest
+          if it is a folder, else becomes dest). A file whose size or time differs from the peer's
+          is replaced by the peer's version, built from the chunks already in dest plus the changed
+          ones, once verified whole with BLAKE3: local edits to such a file are replaced (dest is a
+          mirror). Files only in dest are kept (nothing is deleted); a link or anything but a file
+          in a file's place is left alone and reported. --json: files checked and changed, bytes
+          received and bytes reused from local copies
   send:   --note TEXT       A note shown with the offer (at most 200 characters)
           --text --name F:LINE[-END]  With --text, --name names the snippet, not you
           Exit codes: 0 all accepted and received, 4 declined or refused, others as for get
-  serve, ls, get:  --internet  Internet reach through HyperDHT: serve listens there too (its invite
+  serve, ls, get, sync:  --internet  Internet reach through HyperDHT: serve listens there too (its invite
           carries a DHT key), ls and get also try a peer's DHT key. The DHT learns this machine's IP
           address and, while serving, its DHT key.
           --dht-bootstrap HOST:PORT[,HOST:PORT]  A private DHT's bootstrap nodes (default:
@@ -248,6 +258,9 @@ async function main(argv: string[]): Promise<number> {
       v8.setFlagsFromString('--semi-space-growth-factor=1');
       return commandGet(globals, args[0], args[1], args[2] ?? '.', conflict);
     }
+    case 'sync':
+      if (args.length !== 3) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare sync <invite|peer> <remote-path> <dest>');
+      return commandSync(globals, args[0], args[1], args[2]);
     default: {
       const guess = closest(command, COMMANDS);
       throw new PeerShareError('INVALID_ARGUMENT', `Unknown command "${sanitizeForDisplay(command).slice(0, 40)}".${guess ? ` Did you mean "${guess}"?` : ''} Run peershare --help.`);
@@ -255,7 +268,7 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const COMMANDS = ['serve', 'ls', 'get', 'send', 'id', 'nearby', 'trust'];
+const COMMANDS = ['serve', 'ls', 'get', 'sync', 'send', 'id', 'nearby', 'trust'];
 
 /** The candidate at most two edits away from `word`, if exactly one is closest: for "did you mean". */
 function closest(word: string, candidates: readonly string[]): string | undefined {
@@ -789,6 +802,45 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
       for (const l of result.leftOut) out(`Left out ${sanitizeForDisplay(l.path)}: its name is not safe here (${l.why}).`);
       const unlistedLeftOut = result.leftOutCount - result.leftOut.length;
       if (unlistedLeftOut > 0) out(`...and ${unlistedLeftOut} more left out for their names.`);
+    }
+  } finally {
+    end();
+  }
+  return EXIT.OK;
+}
+
+/**
+ * `sync`: dest becomes a mirror of the peer's file or folder (issue 13), moving only the chunks
+ * that changed (core/delta.ts). Files whose size and time match cost nothing; nothing is deleted.
+ */
+async function commandSync(globals: Globals, target: string, remotePath: string, dest: string): Promise<number> {
+  const { abort, started, conn, end } = await startTransfer(globals, target);
+  try {
+    const entry = await conn.stat(remotePath, { signal: abort.signal }).catch((err: unknown) => {
+      throw naming(err, remotePath);
+    });
+    let result: { type: 'file' | 'dir'; target: string; filesChecked: number; filesChanged: number; bytesReceived: number; bytesReused: number; leftAlone: { path: string; why: string }[]; leftAloneCount: number };
+    if (entry.type === 'dir') {
+      const mirror = path.resolve(dest);
+      result = { type: 'dir', target: mirror, ...(await deltaFolder(conn, remotePath, mirror, { signal: abort.signal })) };
+    } else {
+      // "dir/" names a folder, as for get: made if missing, and the file goes inside it.
+      if (/[/\\]$/.test(dest)) await fs.mkdir(dest, { recursive: true });
+      const named = await resolveTarget(remotePath, dest);
+      const exists = await fs.lstat(named).then(() => true, () => false);
+      const updated = await deltaFile(conn, remotePath, exists ? named : undefined, named, { overwrite: true, signal: abort.signal });
+      result = { type: 'file', target: named, filesChecked: 1, filesChanged: updated.changed ? 1 : 0, bytesReceived: updated.bytesReceived, bytesReused: updated.bytesReused, leftAlone: [], leftAloneCount: 0 };
+    }
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    if (globals.json) {
+      printJson({ ...result, seconds });
+    } else {
+      out(
+        `Synced ${countOf(result.filesChecked, 'file')} into ${result.target}: ${result.filesChanged} changed, ${formatBytes(result.bytesReceived)} received, ${formatBytes(result.bytesReused)} reused from local copies, in ${seconds.toFixed(2)} s, verified with BLAKE3.`,
+      );
+      for (const l of result.leftAlone) out(`Left alone ${sanitizeForDisplay(l.path)}: ${sanitizeForDisplay(l.why)}`);
+      const unlisted = result.leftAloneCount - result.leftAlone.length;
+      if (unlisted > 0) out(`...and ${unlisted} more left alone.`);
     }
   } finally {
     end();

@@ -63,6 +63,10 @@ export interface Limits {
   maxManifestBytes: number;
   /** v2: block ranges one `share.read` may name; a fragmented resume splits into several reads. */
   maxReadRanges: number;
+  /** Content-defined chunks of one file (share.chunks, docs/protocol-v2.md 15): a chunk list is held whole, 36 bytes a chunk (4.5 MiB at the default). */
+  maxFileChunks: number;
+  /** Memory the sharer keeps chunk lists in (cdc.ts ChunkListCache), least recently used evicted. */
+  chunkCacheBytes: number;
   /** v2 share.watch: watches a peer may have open on one connection; more are BUSY (docs/protocol-v2.md 14.2). */
   maxWatchesPerConnection: number;
   /** v2 share.watch: changes of one watch are gathered this long before a batch goes (at most one batch per interval). */
@@ -149,6 +153,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxFileBlocks: 131_072,
   maxManifestBytes: 28 + 32 * 131_072,
   maxReadRanges: 1024,
+  // At least 2 GiB at the smallest chunks (16 KiB), 8 GiB at the average (64 KiB).
+  maxFileChunks: 131_072,
+  chunkCacheBytes: 64 * 1024 * 1024,
   // Half the default `requests` (8): watches never crowd out transfers (docs/protocol-v2.md 14.2).
   maxWatchesPerConnection: 4,
   watchBatchIntervalMs: 250,

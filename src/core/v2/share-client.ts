@@ -1,3 +1,5 @@
+import { blake3 } from '../blake3';
+import { CDC_MAX_BYTES, CHUNK_RECORD_BYTES, decodeChunks, type Chunk, type ChunkList } from '../cdc';
 import { blockRange, decodeBlockManifest, forgetVerified, isValidBlockSize, type BlockManifest, verifyBlock } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { MAX_FREE_BLOCK_BUFFER_BYTES, type Limits } from '../limits';
@@ -452,6 +454,116 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
   }
 }
 
+/**
+ * share.chunks (spec 15.2) — Header: REPLY `chunks` → List; List: DATA until `count` records are
+ * in; END with the list in → Done. `count` is bounded by maxFileChunks before the list's buffer
+ * exists, and must be able to cover `size` (each chunk at most CDC_MAX_BYTES).
+ */
+class ChunksMachine implements AnswerMachine<never, ChunkList & { mtimeMs: number }> {
+  state: 'header' | 'list' | 'checked' = 'header';
+  private header?: { size: number; mtimeMs: number; fileHash: Buffer };
+  private list = Buffer.alloc(0);
+  private filled = 0;
+  private chunks: Chunk[] = [];
+
+  constructor(private readonly limits: Limits) {}
+
+  reply(message: WireMessage): undefined {
+    if (this.state !== 'header') throw unexpected(`the message ${messageName(message)}`, this.state);
+    const { size, mtimeMs, fileHash, count } = message;
+    if (message.type !== 'chunks' || !isSafeUint(size) || !isWireTime(mtimeMs) || !isFileHashHex(fileHash) || !isSafeUint(count)) {
+      throw breach(`Expected chunks {size, mtimeMs, fileHash, count}, got ${messageName(message)} with fields out of bounds.`);
+    }
+    if (count > this.limits.maxFileChunks) {
+      throw new PeerShareError('TOO_LARGE', `The peer described a file of ${count} chunks; at most ${this.limits.maxFileChunks} are accepted.`);
+    }
+    if (count * CDC_MAX_BYTES < size || count > size) throw breach(`${count} chunks cannot make a file of ${size} bytes.`);
+    this.header = { size, mtimeMs, fileHash: Buffer.from(fileHash, 'hex') };
+    this.list = Buffer.allocUnsafe(count * CHUNK_RECORD_BYTES);
+    this.state = 'list';
+    if (count === 0) this.check();
+    return undefined;
+  }
+
+  data(chunk: Buffer): never[] {
+    if (this.state !== 'list') throw unexpected('data', this.state);
+    if (this.filled + chunk.length > this.list.length) throw breach('The peer sent more chunk records than it announced.');
+    chunk.copy(this.list, this.filled);
+    this.filled += chunk.length;
+    if (this.filled === this.list.length) this.check();
+    return [];
+  }
+
+  private check(): void {
+    this.chunks = decodeChunks(this.list, this.header!.size);
+    this.state = 'checked';
+  }
+
+  end(): ChunkList & { mtimeMs: number } {
+    if (this.state !== 'checked') throw breach('The peer ended the chunk list before all of it arrived.');
+    const { size, mtimeMs, fileHash } = this.header!;
+    return { size, mtimeMs, fileHash, chunks: this.chunks };
+  }
+}
+
+/** A chunk of a file, verified against its hash in the chunk list (spec 15.3). */
+export interface VerifiedChunk {
+  index: number;
+  data: Buffer;
+}
+
+/**
+ * share.readChunks — Chunk(i): DATA → Chunk(i), verified when complete, then Chunk(next); END
+ * with every chunk in → Done. As BlockMachine: one byte stream cut at the chunk lengths of the
+ * list, so bytes beyond a chunk land in the next (and fail its hash).
+ */
+class ChunkReadMachine implements AnswerMachine<VerifiedChunk, void> {
+  state: 'chunk' | 'done';
+  private at = 0;
+  private chunk?: Buffer;
+  private filled = 0;
+
+  constructor(
+    private readonly list: ChunkList,
+    private readonly indices: number[],
+  ) {
+    this.state = indices.length > 0 ? 'chunk' : 'done';
+  }
+
+  reply(message: WireMessage): never {
+    throw unexpected(`the message ${messageName(message)}`, this.state);
+  }
+
+  data(bytes: Buffer): VerifiedChunk[] {
+    const complete: VerifiedChunk[] = [];
+    for (let offset = 0; offset < bytes.length; ) {
+      if (this.state !== 'chunk') throw breach('The peer sent more bytes than the chunks asked for.');
+      const wanted = this.list.chunks[this.indices[this.at]];
+      // At most one chunk (≤ 256 KiB) is held before it is verified.
+      this.chunk ??= Buffer.allocUnsafe(wanted.length);
+      const take = Math.min(this.chunk.length - this.filled, bytes.length - offset);
+      bytes.copy(this.chunk, this.filled, offset, offset + take);
+      this.filled += take;
+      offset += take;
+      if (this.filled < this.chunk.length) continue;
+      if (!blake3(this.chunk).equals(wanted.hash)) {
+        throw new PeerShareError('HASH_MISMATCH', `Chunk ${this.indices[this.at] + 1} of the file does not match its BLAKE3 hash; it was discarded.`);
+      }
+      complete.push({ index: this.indices[this.at], data: this.chunk });
+      this.chunk = undefined;
+      this.filled = 0;
+      if (++this.at === this.indices.length) this.state = 'done';
+    }
+    return complete;
+  }
+
+  end(): void {
+    if (this.state !== 'done') {
+      throw new PeerShareError('SIZE_MISMATCH', `The peer ended the read after ${this.at} of ${this.indices.length} chunks; the rest was not sent.`);
+    }
+  }
+}
+
 /** share.watch (spec 14.3) — Arming: REPLY `watching` → Watching; Watching: REPLY `changes` / `resync` → Watching; END → Done. */
 class WatchMachine implements AnswerMachine<WatchReply, void> {
   state: 'arming' | 'watching' | 'done' = 'arming';
@@ -535,6 +647,27 @@ export class ShareClient {
       const wanted: number[] = [];
       for (const [first, end] of blocks) for (let index = first; index < end; index++) wanted.push(index);
       yield* this.run({ type: 'share.read', path, fileHash, blocks }, new BlockMachine(manifest, wanted, this.blockBuffers), options);
+    }
+  }
+
+  /** A file's content-defined chunks and its fileHash (spec 15.2), bounded by maxFileChunks. */
+  chunks(path: string, options: RequestOptions = {}): Promise<ChunkList & { mtimeMs: number }> {
+    return resultOf(this.run({ type: 'share.chunks', path }, new ChunksMachine(this.limits), options));
+  }
+
+  /**
+   * The chunks `indices` of the file `list` describes (spec 15.3), each verified against its hash
+   * before it is yielded, in ascending order; several reads past maxReadRanges. A chunk that fails
+   * ends the iteration with HASH_MISMATCH (the read is cancelled).
+   */
+  async *readChunks(path: string, list: ChunkList, indices: Iterable<number>, options: RequestOptions = {}): AsyncGenerator<VerifiedChunk, void, undefined> {
+    const ranges = rangesOf(indices, list.chunks.length);
+    const fileHash = list.fileHash.toString('hex');
+    for (let start = 0; start < ranges.length; start += this.limits.maxReadRanges) {
+      const chunks: BlockRanges = ranges.slice(start, start + this.limits.maxReadRanges);
+      const wanted: number[] = [];
+      for (const [first, end] of chunks) for (let index = first; index < end; index++) wanted.push(index);
+      yield* this.run({ type: 'share.readChunks', path, fileHash, chunks }, new ChunkReadMachine(list, wanted), options);
     }
   }
 

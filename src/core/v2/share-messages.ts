@@ -37,7 +37,9 @@ export type ShareRequest =
   | { type: 'share.list'; path: string }
   | { type: 'share.tree'; path: string }
   | { type: 'share.manifest'; path: string; expect?: { size: number; mtimeMs: number }; rehash?: true }
-  | { type: 'share.read'; path: string; fileHash: string; blocks: BlockRanges };
+  | { type: 'share.read'; path: string; fileHash: string; blocks: BlockRanges }
+  | { type: 'share.chunks'; path: string }
+  | { type: 'share.readChunks'; path: string; fileHash: string; chunks: BlockRanges };
 
 const HEX_HASH = /^[0-9a-f]{64}$/;
 
@@ -87,27 +89,38 @@ export function parseShareRequest(m: CapabilityMessage, limits: Pick<Limits, 'ma
     }
     case 'share.read': {
       if (!isFileHashHex(m.fileHash)) throw protocolError('"fileHash" must be 64 lowercase hex digits.');
-      const blocks = m.blocks;
-      if (!Array.isArray(blocks) || blocks.length === 0) throw protocolError('"blocks" must be a list of block ranges.');
-      // Checked before a single pair is looked at.
-      if (blocks.length > limits.maxReadRanges) {
-        throw new PeerShareError('TOO_LARGE', `At most ${limits.maxReadRanges} block ranges are read at once; split the read.`);
-      }
-      let previousEnd = -1;
-      for (const pair of blocks as unknown[]) {
-        if (!Array.isArray(pair) || pair.length !== 2 || !isSafeUint(pair[0]) || !isSafeUint(pair[1])) {
-          throw protocolError('Each block range must be [first, end].');
-        }
-        const [first, end] = pair as [number, number];
-        if (first >= end) throw protocolError('A block range must have first < end.');
-        if (first <= previousEnd) throw protocolError('Block ranges must be sorted and apart (no overlap, no touching).');
-        previousEnd = end;
-      }
-      return { type: 'share.read', path, fileHash: m.fileHash, blocks: blocks as BlockRanges };
+      return { type: 'share.read', path, fileHash: m.fileHash, blocks: parseRanges(m.blocks, 'blocks', limits) };
+    }
+    case 'share.chunks':
+      return { type: 'share.chunks', path };
+    case 'share.readChunks': {
+      // Spec 15.3: share.read's ranges, of chunk indices.
+      if (!isFileHashHex(m.fileHash)) throw protocolError('"fileHash" must be 64 lowercase hex digits.');
+      return { type: 'share.readChunks', path, fileHash: m.fileHash, chunks: parseRanges(m.chunks, 'chunks', limits) };
     }
     default:
       throw protocolError(`"${shownType(m.type)}" is not a request of share/1.`);
   }
+}
+
+/** Half-open index ranges (share.read's blocks, share.readChunks' chunks): 1..maxReadRanges pairs, sorted, apart. */
+function parseRanges(value: unknown, field: string, limits: Pick<Limits, 'maxReadRanges'>): BlockRanges {
+  if (!Array.isArray(value) || value.length === 0) throw protocolError(`"${field}" must be a list of ranges.`);
+  // Checked before a single pair is looked at.
+  if (value.length > limits.maxReadRanges) {
+    throw new PeerShareError('TOO_LARGE', `At most ${limits.maxReadRanges} ranges are read at once; split the read.`);
+  }
+  let previousEnd = -1;
+  for (const pair of value as unknown[]) {
+    if (!Array.isArray(pair) || pair.length !== 2 || !isSafeUint(pair[0]) || !isSafeUint(pair[1])) {
+      throw protocolError('Each range must be [first, end].');
+    }
+    const [first, end] = pair as [number, number];
+    if (first >= end) throw protocolError('A range must have first < end.');
+    if (first <= previousEnd) throw protocolError('Ranges must be sorted and apart (no overlap, no touching).');
+    previousEnd = end;
+  }
+  return value as BlockRanges;
 }
 
 /** The block list of bytes held in memory, with `blockSize` (an inline file of a folder stream). */

@@ -1,6 +1,7 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
+import { ChunkListCache, chunkFile, encodeChunks, type Chunk as CdcChunk } from '../cdc';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion } from '../hash-cache';
@@ -81,11 +82,14 @@ export class ShareProvider {
    */
   private readonly rehashedByPeer = new Map<string, Set<string>>();
   private watchProvider?: WatchProvider;
+  /** Content-defined chunk lists by file version (share.chunks, spec 15). */
+  private readonly chunkLists: ChunkListCache;
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
     this.cache = options.blockCache;
     this.limits = resolveLimits(options.limits);
+    this.chunkLists = new ChunkListCache(this.limits.chunkCacheBytes);
   }
 
   /** What `share/1` advertises (spec 6): the roots. */
@@ -152,6 +156,10 @@ export class ShareProvider {
         return this.read(session, request, reply, signal);
       case 'share.tree':
         return this.tree(session, request.path, reply, signal);
+      case 'share.chunks':
+        return this.chunks(request.path, reply);
+      case 'share.readChunks':
+        return this.readChunks(session, request, reply, signal);
     }
   }
 
@@ -251,36 +259,95 @@ export class ShareProvider {
       const count = manifest.blockHashes.length;
       const past = request.blocks.find(([, end]) => end > count);
       if (past) throw new PeerShareError('INVALID_ARGUMENT', `The file has ${count} blocks; block ${past[1] - 1} was asked for.`);
-      const chunks = chunksOf(manifest, request.blocks);
-      const pool = new ChunkPool();
-      // Chunks handed to the connection and not yet taken by the stream: a few, so the stream
-      // always has the next one while this loop waits for a read.
-      const queued: { chunk: Buffer; written: Promise<void> }[] = [];
-      let next = chunks.next();
-      let reading = next.done ? undefined : readChunk(handle, pool, next.value);
-      try {
-        while (reading) {
-          const chunk = await reading;
-          reading = undefined;
-          // Checked with no read in flight, so nothing is left pending when it throws.
-          if (!sameVersion(version, fstatSync(handle.fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
-          throwIfAborted(signal);
-          session.checkAllowed(true);
-          next = chunks.next();
-          if (!next.done) reading = readChunk(handle, pool, next.value);
-          const written = reply.data(chunk);
-          written.catch(() => undefined);
-          queued.push({ chunk, written });
-          if (queued.length >= CHUNKS_QUEUED) await this.taken(queued.shift()!, pool);
-        }
-        while (queued.length > 0) await this.taken(queued.shift()!, pool);
-      } finally {
-        // Never leave a read pending on a file about to be closed.
-        await reading?.catch(() => undefined);
-      }
+      await this.sendPieces(session, handle, version, chunksOf(manifest, request.blocks), reply, signal);
       return {};
     } finally {
       await handle.close();
+    }
+  }
+
+  /**
+   * REPLY `chunks` {size, mtimeMs, fileHash, count}, DATA the chunk records, END (spec 15.2): the
+   * content-defined chunks of the version of the file that is open, from the chunk cache or cut
+   * now; `fileHash` is that version's block-list hash (the block cache's), so the requester can
+   * verify what it assembles end to end.
+   */
+  private async chunks(remotePath: string, reply: ReplyWriter): Promise<Record<string, unknown>> {
+    const { handle, stat } = await this.share.openFile(remotePath);
+    try {
+      const version = await handle.stat({ bigint: true });
+      const { manifest, chunks } = await this.chunksOf(handle, version);
+      await reply.message({ type: 'chunks', size: manifest.size, mtimeMs: Math.floor(stat.mtimeMs), fileHash: manifest.fileHash.toString('hex'), count: chunks.length });
+      if (chunks.length > 0) await reply.data(encodeChunks(chunks));
+      return {};
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /** The block list and chunk list of the open file's `version`; FILE_CHANGED if either is not that version's. */
+  private async chunksOf(handle: FileHandle, version: BigIntStats): Promise<{ manifest: BlockManifest; chunks: CdcChunk[] }> {
+    const manifest = await this.manifestOf(handle, version);
+    let chunks = this.chunkLists.get(version);
+    if (!chunks) {
+      const startedMs = Date.now();
+      const cut = await chunkFile(handle, this.limits);
+      if (!sameVersion(version, cut.version)) throw new PeerShareError('FILE_CHANGED');
+      chunks = cut.chunks;
+      this.chunkLists.put(version, chunks, startedMs);
+    }
+    return { manifest, chunks };
+  }
+
+  /** DATA: the chunks asked for (spec 15.3), as share.read sends blocks; the version is the one whose block list hashes to `fileHash`. */
+  private async readChunks(session: SessionContext, request: ShareRequest & { type: 'share.readChunks' }, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
+    const { handle } = await this.share.openFile(request.path);
+    try {
+      const version = await handle.stat({ bigint: true });
+      const { manifest, chunks } = await this.chunksOf(handle, version);
+      if (manifest.fileHash.toString('hex') !== request.fileHash) {
+        throw new PeerShareError('FILE_CHANGED', 'The file is not the version asked for: it changed since its chunks were sent.');
+      }
+      const past = request.chunks.find(([, end]) => end > chunks.length);
+      if (past) throw new PeerShareError('INVALID_ARGUMENT', `The file has ${chunks.length} chunks; chunk ${past[1] - 1} was asked for.`);
+      await this.sendPieces(session, handle, version, piecesOfChunks(chunks, request.chunks), reply, signal);
+      return {};
+    } finally {
+      await handle.close();
+    }
+  }
+
+  /**
+   * DATA: `pieces` of the open file, in order, each at most TRANSFER_CHUNK_BYTES. The next piece is
+   * read while CHUNKS_QUEUED wait to be written; after every read the open file's version is
+   * compared with `version` (spec 7.2 "sharer side"), so bytes of another version are never sent.
+   */
+  private async sendPieces(session: SessionContext, handle: FileHandle, version: BigIntStats, chunks: Iterator<Chunk>, reply: ReplyWriter, signal: AbortSignal): Promise<void> {
+    const pool = new ChunkPool();
+    // Chunks handed to the connection and not yet taken by the stream: a few, so the stream
+    // always has the next one while this loop waits for a read.
+    const queued: { chunk: Buffer; written: Promise<void> }[] = [];
+    let next = chunks.next();
+    let reading = next.done ? undefined : readChunk(handle, pool, next.value);
+    try {
+      while (reading) {
+        const chunk = await reading;
+        reading = undefined;
+        // Checked with no read in flight, so nothing is left pending when it throws.
+        if (!sameVersion(version, fstatSync(handle.fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+        throwIfAborted(signal);
+        session.checkAllowed(true);
+        next = chunks.next();
+        if (!next.done) reading = readChunk(handle, pool, next.value);
+        const written = reply.data(chunk);
+        written.catch(() => undefined);
+        queued.push({ chunk, written });
+        if (queued.length >= CHUNKS_QUEUED) await this.taken(queued.shift()!, pool);
+      }
+      while (queued.length > 0) await this.taken(queued.shift()!, pool);
+    } finally {
+      // Never leave a read pending on a file about to be closed.
+      await reading?.catch(() => undefined);
     }
   }
 
@@ -417,6 +484,13 @@ function* chunksOf(manifest: BlockManifest, ranges: BlockRanges): Generator<Chun
         yield { offset: offset + done, length: Math.min(TRANSFER_CHUNK_BYTES, length - done) };
       }
     }
+  }
+}
+
+/** The byte ranges to send for chunk index `ranges` (spec 15.3): each chunk (≤ 256 KiB) in one piece. */
+function* piecesOfChunks(chunks: readonly CdcChunk[], ranges: BlockRanges): Generator<Chunk> {
+  for (const [first, end] of ranges) {
+    for (let index = first; index < end; index++) yield { offset: chunks[index].offset, length: chunks[index].length };
   }
 }
 

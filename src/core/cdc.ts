@@ -1,0 +1,222 @@
+import { promises as fsp, type BigIntStats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
+import { PeerShareError } from './errors';
+import { sameVersion } from './hash-cache';
+import { RACY_TIMESTAMP_MS, type Limits } from './limits';
+
+/**
+ * Content-defined chunks (FastCDC, Xia et al., USENIX ATC 2016), the parameters of
+ * docs/protocol-v2.md 15.1. A boundary depends only on the bytes just before it, so an insertion
+ * moves the boundaries of at most a chunk or two around it and every other chunk keeps its bytes
+ * and its hash: an update that fetches the chunks it does not hold costs about the change, where
+ * fixed blocks (blocks.ts) would re-send everything after an insertion.
+ *
+ * Fixed by the protocol (both sides must cut alike for chunks to match; a sharer cutting otherwise
+ * is only slower, never wrong: every chunk is verified by its hash, and the file by its fileHash).
+ */
+export const CDC_MIN_BYTES = 16 * 1024;
+export const CDC_AVG_BYTES = 64 * 1024;
+export const CDC_MAX_BYTES = 256 * 1024;
+/** Normalized chunking, level 2: harder to cut before the average (18 bits), easier after (14 bits). */
+const MASK_SMALL = 0xffffc000 | 0;
+const MASK_LARGE = 0xfffc0000 | 0;
+
+/** gear[i] = the first 4 bytes (little-endian) of BLAKE3("PeerShare/cdc v1 gear" ‖ byte i). */
+export const GEAR: Uint32Array = (() => {
+  const table = new Uint32Array(256);
+  const seed = Buffer.from('PeerShare/cdc v1 gear', 'ascii');
+  for (let i = 0; i < 256; i++) table[i] = blake3(Buffer.concat([seed, Buffer.of(i)])).readUInt32LE(0);
+  return table;
+})();
+
+/** One chunk of a file: where it lies and the BLAKE3 of its bytes. */
+export interface Chunk {
+  offset: number;
+  length: number;
+  hash: Buffer;
+}
+
+/** A file's chunks, for the version whose block-list hash (blocks.ts) is `fileHash`. */
+export interface ChunkList {
+  size: number;
+  fileHash: Buffer;
+  chunks: Chunk[];
+}
+
+/**
+ * The length of the chunk starting at `start` in `data[start, end)`. `end - start` must be at
+ * least CDC_MAX_BYTES unless the data ends at `end` (the file's last bytes). Pure.
+ */
+export function cutLength(data: Uint8Array, start: number, end: number): number {
+  const available = end - start;
+  if (available <= CDC_MIN_BYTES) return available;
+  const limit = start + Math.min(available, CDC_MAX_BYTES);
+  const normal = start + Math.min(available, CDC_AVG_BYTES);
+  let hash = 0;
+  let i = start + CDC_MIN_BYTES;
+  for (; i < normal; i++) {
+    hash = ((hash << 1) + GEAR[data[i]]) | 0;
+    if ((hash & MASK_SMALL) === 0) return i - start + 1;
+  }
+  for (; i < limit; i++) {
+    hash = ((hash << 1) + GEAR[data[i]]) | 0;
+    if ((hash & MASK_LARGE) === 0) return i - start + 1;
+  }
+  return limit - start;
+}
+
+/** The chunks of bytes held in memory. Pure. */
+export function chunkBytes(data: Uint8Array): Chunk[] {
+  const chunks: Chunk[] = [];
+  for (let offset = 0; offset < data.length; ) {
+    const length = cutLength(data, offset, data.length);
+    chunks.push({ offset, length, hash: blake3(data.subarray(offset, offset + length)) });
+    offset += length;
+  }
+  return chunks;
+}
+
+/**
+ * Bytes read at once while chunking a file: whole chunks are cut from it, the rest carried over.
+ * 1 MiB (as blocks.ts hashes): a sharer may chunk a file for each of maxConcurrentRequests at once.
+ */
+const READ_BYTES = 1024 * 1024;
+
+/**
+ * Chunks a file in one streaming pass (one buffer of READ_BYTES + CDC_MAX_BYTES). Takes an open
+ * file (the caller opened it with its own checks) or a path. More than `maxFileChunks` chunks:
+ * TOO_LARGE. A file that changes while it is read: FILE_CHANGED (its chunks would describe no
+ * version of it).
+ */
+export async function chunkFile(file: FileHandle | string, limits: Pick<Limits, 'maxFileChunks'>): Promise<{ chunks: Chunk[]; version: BigIntStats }> {
+  const handle = typeof file === 'string' ? await fsp.open(file, 'r') : file;
+  try {
+    const version = await handle.stat({ bigint: true });
+    if (!version.isFile()) throw new PeerShareError('NOT_A_FILE');
+    const size = Number(version.size);
+    const buffer = Buffer.allocUnsafe(Math.min(size, READ_BYTES + CDC_MAX_BYTES));
+    const chunks: Chunk[] = [];
+    let held = 0; // bytes in buffer, from file offset `base`
+    let base = 0;
+    let position = 0; // next file offset to read
+    while (base < size) {
+      const room = Math.min(buffer.length - held, size - position);
+      if (room > 0) {
+        await readInto(handle, buffer, held, room, position);
+        held += room;
+        position += room;
+      }
+      const atEnd = position === size;
+      let start = 0;
+      while (start < held && (atEnd || held - start >= CDC_MAX_BYTES)) {
+        const length = cutLength(buffer, start, held);
+        chunks.push({ offset: base + start, length, hash: blake3(buffer.subarray(start, start + length)) });
+        if (chunks.length > limits.maxFileChunks) {
+          throw new PeerShareError('TOO_LARGE', `The file has more than ${limits.maxFileChunks} chunks; it is too large to update in chunks.`);
+        }
+        start += length;
+      }
+      buffer.copy(buffer, 0, start, held);
+      held -= start;
+      base += start;
+    }
+    if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+    return { chunks, version };
+  } finally {
+    if (typeof file === 'string') await handle.close();
+  }
+}
+
+/** Reads exactly `length` bytes at file `position` into `buffer` at `at`; FILE_CHANGED if the file ends first. */
+async function readInto(handle: FileHandle, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
+  for (let done = 0; done < length; ) {
+    const { bytesRead } = await handle.read(buffer, at + done, length - done, position + done);
+    if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');
+    done += bytesRead;
+  }
+}
+
+/** Bytes of one chunk on the wire (spec 15.2): its length (u32 LE), then its BLAKE3 hash. */
+export const CHUNK_RECORD_BYTES = 4 + BLAKE3_DIGEST_BYTES;
+
+/** The chunk records of spec 15.2 (offsets are implied: each chunk starts where the one before ended). */
+export function encodeChunks(chunks: readonly Chunk[]): Buffer {
+  const bytes = Buffer.allocUnsafe(chunks.length * CHUNK_RECORD_BYTES);
+  chunks.forEach((chunk, i) => {
+    bytes.writeUInt32LE(chunk.length, i * CHUNK_RECORD_BYTES);
+    chunk.hash.copy(bytes, i * CHUNK_RECORD_BYTES + 4);
+  });
+  return bytes;
+}
+
+/**
+ * Reads chunk records a peer sent, for a file of `size` bytes: every length from 1 to
+ * CDC_MAX_BYTES, and together exactly `size`; else PROTOCOL_ERROR.
+ */
+export function decodeChunks(bytes: Buffer, size: number): Chunk[] {
+  if (bytes.length % CHUNK_RECORD_BYTES !== 0) throw new PeerShareError('PROTOCOL_ERROR', 'The chunk list is not a whole number of records.');
+  const own = Buffer.from(bytes);
+  const chunks: Chunk[] = [];
+  let offset = 0;
+  for (let at = 0; at < own.length; at += CHUNK_RECORD_BYTES) {
+    const length = own.readUInt32LE(at);
+    if (length < 1 || length > CDC_MAX_BYTES || offset + length > size) {
+      throw new PeerShareError('PROTOCOL_ERROR', 'The chunk list has a chunk of an impossible length.');
+    }
+    chunks.push({ offset, length, hash: own.subarray(at + 4, at + CHUNK_RECORD_BYTES) });
+    offset += length;
+  }
+  if (offset !== size) throw new PeerShareError('PROTOCOL_ERROR', `The chunk list covers ${offset} bytes of a file of ${size}.`);
+  return chunks;
+}
+
+/** What one chunk of a list held in memory costs, about: its object, its hash's Buffer and the hash. */
+export const CHUNK_MEMORY_BYTES = 160;
+
+/**
+ * The sharer's chunk lists, in memory, by file version (device, inode, size, mtime and ctime to
+ * the nanosecond, as the block cache), least recently used evicted past `chunkCacheBytes` (each
+ * chunk counted at CHUNK_MEMORY_BYTES). The racy rule of block-cache.ts holds: a list is kept only when
+ * the file's last change is RACY_TIMESTAMP_MS older than the moment its chunking started.
+ * *Why in memory: a list is recomputed at disk speed, is asked for by a peer that updates, and
+ * the block cache's disk format is not widened for it yet.*
+ */
+export class ChunkListCache {
+  private readonly entries = new Map<string, { list: Chunk[]; bytes: number }>();
+  private bytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  static keyOf(version: BigIntStats): string {
+    return `${version.dev}:${version.ino}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
+  }
+
+  get(version: BigIntStats): Chunk[] | undefined {
+    const key = ChunkListCache.keyOf(version);
+    const entry = this.entries.get(key);
+    if (!entry) return undefined;
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    return entry.list;
+  }
+
+  /** Keeps `list` unless the file changed within RACY_TIMESTAMP_MS before `startedMs`. */
+  put(version: BigIntStats, list: Chunk[], startedMs: number, racyMs = RACY_TIMESTAMP_MS): void {
+    const lastChangeMs = Number((version.mtimeNs > version.ctimeNs ? version.mtimeNs : version.ctimeNs) / 1_000_000n);
+    if (startedMs - lastChangeMs < racyMs) return;
+    const bytes = list.length * CHUNK_MEMORY_BYTES;
+    if (bytes > this.maxBytes) return;
+    const key = ChunkListCache.keyOf(version);
+    const old = this.entries.get(key);
+    if (old) this.bytes -= old.bytes;
+    this.entries.delete(key);
+    this.entries.set(key, { list, bytes });
+    this.bytes += bytes;
+    for (const [oldest, entry] of this.entries) {
+      if (this.bytes <= this.maxBytes) break;
+      this.entries.delete(oldest);
+      this.bytes -= entry.bytes;
+    }
+  }
+}

@@ -1,0 +1,301 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants as fsc, fsync, futimesSync, promises as fs, write, type BigIntStats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+import { promisify } from 'node:util';
+import { hashFileBlocks } from './blocks';
+import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
+import { sameVersion } from './hash-cache';
+import type { FileSource } from './download';
+import { PeerShareError, toPeerShareError } from './errors';
+import { commit, openTemporary, removeName, type TemporaryFile } from './landing';
+import { inspectReceivedName } from './names';
+import { PinnedFolders } from './pinned-folders';
+import { SMALL_FILE_BYTES } from './limits';
+import { sanitizeForDisplay, type Entry } from './protocol';
+
+/**
+ * Updating a local copy of a peer's file or folder by moving only what changed (issue 13,
+ * docs/protocol-v2.md 15): the local copy is cut into content-defined chunks (cdc.ts), the
+ * sharer's chunk list is asked for, every chunk the local copy holds (by hash, at any offset) is
+ * copied from it, only the others are fetched, each verified on arrival; the result is assembled
+ * in a temporary file beside the target, verified whole against the sharer's fileHash, and only
+ * then takes the target's name, atomically. A local copy is never changed in place, and nothing
+ * unverified ever has the final name.
+ */
+
+export interface DeltaOptions {
+  signal?: AbortSignal;
+  /** Replace `target` when it exists (sync's rule); otherwise an existing target is DEST_EXISTS. Default false. */
+  overwrite?: boolean;
+}
+
+export interface DeltaFileResult {
+  /** False when the local copy was already the sharer's version: nothing was fetched or written. */
+  changed: boolean;
+  /** Bytes of file data received from the peer. */
+  bytesReceived: number;
+  /** Bytes taken from the local copy instead of the network. */
+  bytesReused: number;
+}
+
+export interface DeltaFolderResult {
+  filesChecked: number;
+  filesChanged: number;
+  bytesReceived: number;
+  bytesReused: number;
+  /** Entries left alone, with why (a name unsafe here, a link or other non-file in the way), at most MAX_REPORTED. */
+  leftAlone: { path: string; why: string }[];
+  leftAloneCount: number;
+}
+
+const writeAt = promisify(write);
+const fsyncFd = promisify(fsync);
+const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
+/** Reports of entries left alone kept in a folder's result (all are counted). */
+const MAX_REPORTED = 1000;
+/** Folders a folder sync lists ahead of the one it works on. */
+const LISTS_AHEAD = 4;
+/** Local ranges copied with one read and one write, at most (plus one chunk). */
+const COPY_BYTES = 4 * 1024 * 1024;
+/** Files up to this size are not flushed before they take their name (as a folder download's inline files). */
+const FLUSHED_FROM_BYTES = SMALL_FILE_BYTES;
+
+/**
+ * Updates `target` to the peer's version of `remotePath`, reusing the chunks of `localFile` (a
+ * previous copy, usually `target` itself; absent: everything is fetched). The local copy is only
+ * read; `target` is replaced only with `overwrite` and only by a file verified whole.
+ */
+export async function deltaFile(conn: FileSource, remotePath: string, localFile: string | undefined, target: string, options: DeltaOptions = {}): Promise<DeltaFileResult> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await deltaOnce(conn, remotePath, localFile, target, options);
+    } catch (err) {
+      // The file changed on the sharer between its chunk list and the read: once more, with the new version.
+      if (attempt === 0 && err instanceof PeerShareError && err.code === 'FILE_CHANGED') continue;
+      throw err;
+    }
+  }
+}
+
+async function deltaOnce(conn: FileSource, remotePath: string, localFile: string | undefined, target: string, options: DeltaOptions): Promise<DeltaFileResult> {
+  const { signal } = options;
+  const local = localFile === undefined ? undefined : await openLocal(localFile);
+  try {
+    // The sharer's list and the local cut at once: the local copy is read while the list travels.
+    const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal }), local ? chunkFile(local, conn.limits) : undefined]);
+    const localChunks = localCut?.chunks ?? [];
+    if (local && localFile === target && (await isSameVersion(local, localChunks, remote))) {
+      // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
+      if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
+      return { changed: false, bytesReceived: 0, bytesReused: 0 };
+    }
+    if (!options.overwrite && (await fs.lstat(target).then(() => true, () => false))) {
+      throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
+    }
+    const byHash = new Map<string, Chunk>();
+    for (const chunk of localChunks) byHash.set(chunk.hash.toString('hex'), chunk);
+    const partial = path.join(path.dirname(target), `.${path.basename(target).slice(0, 180)}.${randomBytes(6).toString('hex')}.peershare-sync`);
+    const file = openTemporary(partial);
+    let landed = false;
+    try {
+      const missing: number[] = [];
+      const copies: Copy[] = [];
+      for (let index = 0; index < remote.chunks.length; index++) {
+        const wanted = remote.chunks[index];
+        const have = byHash.get(wanted.hash.toString('hex'));
+        if (!have || have.length !== wanted.length) {
+          missing.push(index);
+          continue;
+        }
+        // Chunks next to each other in both files are copied as one range.
+        const last = copies[copies.length - 1];
+        if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
+        else copies.push({ from: have.offset, to: wanted.offset, length: have.length });
+      }
+      const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
+      let bytesReceived = 0;
+      if (missing.length > 0) {
+        for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
+          await writeAll(file, chunk.data, remote.chunks[chunk.index].offset);
+          bytesReceived += chunk.data.length;
+        }
+      }
+      // End to end: the assembled file must be the version the sharer named (its block-list hash).
+      const assembled = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW);
+      try {
+        const manifest = await hashFileBlocks(assembled, conn.limits);
+        if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
+          throw new PeerShareError('HASH_MISMATCH', `The updated ${sanitizeForDisplay(path.basename(remotePath)).slice(0, 120)} does not match the file hash the peer gave; nothing was replaced.`);
+        }
+      } finally {
+        await assembled.close();
+      }
+      futimesSync(file.fd, ...timesOf(remote.mtimeMs));
+      if (remote.size > FLUSHED_FROM_BYTES) await fsyncFd(file.fd);
+      closeSync(file.fd);
+      file.fd = -1;
+      await commit(partial, target, options.overwrite === true, file);
+      landed = true;
+      return { changed: true, bytesReceived, bytesReused };
+    } finally {
+      if (file.fd >= 0) closeSync(file.fd);
+      if (!landed) removeName(partial);
+    }
+  } finally {
+    await local?.close();
+  }
+}
+
+/**
+ * A sharer's whole-millisecond time as utimes takes it: the middle of that millisecond, since
+ * seconds are a double and `t / 1000` may land a few nanoseconds before `t`, which reads back as
+ * the millisecond before (and the next sync would see a changed file).
+ */
+function timesOf(mtimeMs: number): [number, number] {
+  const seconds = (mtimeMs + 0.5) / 1000;
+  return [seconds, seconds];
+}
+
+/** The local copy, opened without following a link; only a regular file is a copy to reuse. */
+async function openLocal(file: string): Promise<FileHandle | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await fs.open(file, fsc.O_RDONLY | NO_FOLLOW | (fsc.O_NONBLOCK ?? 0));
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return undefined;
+    if (code === 'ELOOP') throw new PeerShareError('BAD_NAME', `${path.basename(file)} is a symbolic link; it was left alone.`);
+    throw toPeerShareError(err, 'IO_ERROR');
+  }
+  if (!(await handle.stat()).isFile()) {
+    await handle.close();
+    throw new PeerShareError('NOT_A_FILE', `${path.basename(file)} is not a regular file; it was left alone.`);
+  }
+  return handle;
+}
+
+/** The local copy is the sharer's version when its chunks are the sharer's, in order, and its block-list hash is the fileHash. */
+async function isSameVersion(local: FileHandle, localChunks: Chunk[], remote: ChunkList): Promise<boolean> {
+  if (localChunks.length !== remote.chunks.length) return false;
+  if (!localChunks.every((chunk, i) => chunk.length === remote.chunks[i].length && chunk.hash.equals(remote.chunks[i].hash))) return false;
+  const manifest = await hashFileBlocks(local, { maxFileBlocks: Number.MAX_SAFE_INTEGER, maxManifestBytes: Number.MAX_SAFE_INTEGER });
+  return manifest.fileHash.equals(remote.fileHash);
+}
+
+/** A range of the local copy that holds chunks of the sharer's version, and where it goes. */
+interface Copy {
+  from: number;
+  to: number;
+  length: number;
+}
+
+/**
+ * Copies `copies` from the local copy into the temporary file; returns the bytes copied. The local
+ * copy must still be the version that was cut (`version`), checked after the last read: a copy
+ * edited meanwhile would make a file the sharer's hash refuses, and that is no fault of the peer's
+ * (FILE_CHANGED: deltaFile starts over once). The chunks' bytes are not hashed again here: the
+ * whole file is verified before it lands.
+ */
+async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[], file: TemporaryFile): Promise<number> {
+  const buffer = Buffer.allocUnsafe(Math.min(COPY_BYTES + CDC_MAX_BYTES, copies.reduce((most, c) => Math.max(most, c.length), 0)));
+  let copied = 0;
+  for (const copy of copies) {
+    for (let done = 0; done < copy.length; ) {
+      const length = Math.min(buffer.length, copy.length - done);
+      const { bytesRead } = await local.read(buffer, 0, length, copy.from + done);
+      if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
+      await writeAll(file, buffer.subarray(0, bytesRead), copy.to + done);
+      done += bytesRead;
+    }
+    copied += copy.length;
+  }
+  if (!sameVersion(version, await local.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
+  return copied;
+}
+
+async function writeAll(file: TemporaryFile, data: Buffer, position: number): Promise<void> {
+  for (let done = 0; done < data.length; ) {
+    done += (await writeAt(file.fd, data, done, data.length - done, position + done)).bytesWritten;
+  }
+}
+
+/**
+ * Makes `target` a mirror of the peer's folder `remotePath`: walks it with share.list, folder by
+ * folder (breadth first, listing a few ahead); a file whose size or modification time differs from the local one is updated with
+ * deltaFile (its local copy's chunks reused), one whose size and time are the same costs nothing
+ * (as rsync's default check; the time is set to the sharer's on every update). Never deletes.
+ * Folders are made without following a link (PinnedFolders); a name of the wrong form stops the
+ * sync (BAD_NAME), a well-formed name unsafe here, or a link or other non-file where a file
+ * should be updated, is left alone and reported.
+ */
+export async function deltaFolder(conn: FileSource, remotePath: string, target: string, options: DeltaOptions = {}): Promise<DeltaFolderResult> {
+  const limits = conn.limits;
+  const result: DeltaFolderResult = { filesChecked: 0, filesChanged: 0, bytesReceived: 0, bytesReused: 0, leftAlone: [], leftAloneCount: 0 };
+  const leaveAlone = (relPath: string, why: string): void => {
+    result.leftAloneCount++;
+    if (result.leftAlone.length < MAX_REPORTED) result.leftAlone.push({ path: relPath, why });
+  };
+  await fs.mkdir(target, { recursive: true });
+  const folders = await PinnedFolders.open(target, { rootMayBeLink: true });
+  const base = remotePath.replace(/\/+$/, '');
+  let seen = 0;
+  try {
+    // Folders in the order they are walked (breadth first), each listed up to LISTS_AHEAD ahead of
+    // the one being worked on, so the walk does not wait a round trip per folder; at most that many
+    // listings are held besides the current one.
+    const queue: { components: string[]; entries?: Promise<Entry[]> }[] = [{ components: [] }];
+    const listOf = (components: string[]): Promise<Entry[]> => {
+      const listing = conn.share.list([base, ...components].join('/'), { signal: options.signal });
+      listing.catch(() => undefined);
+      return listing;
+    };
+    while (queue.length > 0) {
+      for (const ahead of queue.slice(0, LISTS_AHEAD)) ahead.entries ??= listOf(ahead.components);
+      const { components, entries: listing } = queue.shift()!;
+      if (components.length > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
+      const entries = await listing!;
+      for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+        if (++seen > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders.`);
+        const relPath = [...components, entry.name].join('/');
+        const { unsafeHere } = inspectReceivedName(relPath, limits.maxPathBytes);
+        if (unsafeHere) {
+          leaveAlone(relPath, `its name is not safe here (${unsafeHere.why})`);
+          continue;
+        }
+        if (entry.type === 'dir') {
+          try {
+            await folders.makeFolders([...components, entry.name]);
+          } catch (err) {
+            leaveAlone(relPath, toPeerShareError(err, 'IO_ERROR').message);
+            continue;
+          }
+          queue.push({ components: [...components, entry.name] });
+          continue;
+        }
+        result.filesChecked++;
+        const local = await folders.pathIn(components, entry.name);
+        const st = await fs.lstat(local).catch(() => undefined);
+        if (st && !st.isFile()) {
+          leaveAlone(relPath, 'something other than a file is in its place');
+          continue;
+        }
+        if (st && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) continue;
+        try {
+          const updated = await deltaFile(conn, `${remotePath.replace(/\/+$/, '')}/${relPath}`, st ? local : undefined, local, { ...options, overwrite: true });
+          if (updated.changed) result.filesChanged++;
+          result.bytesReceived += updated.bytesReceived;
+          result.bytesReused += updated.bytesReused;
+        } catch (err) {
+          const coded = toPeerShareError(err, 'IO_ERROR');
+          // The peer's file went away or is not served now: reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
+          if (coded.code !== 'NOT_FOUND' && coded.code !== 'EXCLUDED' && coded.code !== 'PERMISSION_DENIED' && coded.code !== 'NOT_A_FILE' && coded.code !== 'BAD_NAME') throw coded;
+          leaveAlone(relPath, coded.message);
+        }
+      }
+    }
+  } finally {
+    await folders.close();
+  }
+  return result;
+}

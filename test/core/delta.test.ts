@@ -1,0 +1,338 @@
+import assert from 'node:assert/strict';
+import { createCipheriv } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { connectToPeer, type Identity, type PeerConnection } from '../../src/core';
+import { blockSizeFor } from '../../src/core/blocks';
+import { CDC_AVG_BYTES, chunkBytes, encodeChunks } from '../../src/core/cdc';
+import { deltaFile, deltaFolder } from '../../src/core/delta';
+import { manifestOfBytes } from '../../src/core/v2/share-messages';
+import { connectWithInvite, listTree, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
+
+/**
+ * Updates that move only what changed (docs/protocol-v2.md 15) end to end: a real sharer on
+ * loopback over TLS, real files, the bytes counted on both sides (what the requester received and
+ * what the sharer sent).
+ */
+
+const SIZE = 6 * 1024 * 1024;
+
+/**
+ * Bytes that look random but are the same on every run (AES-128-CTR of zeros, keyed by `seed`):
+ * where chunk boundaries fall depends on the content, so the costs asserted below must not vary.
+ */
+let seeds = 0;
+function randomBytes(size: number, seed = ++seeds): Buffer {
+  const key = Buffer.alloc(16);
+  key.writeUInt32LE(seed);
+  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
+}
+/** What an update may cost beyond the change itself: the chunks around it (spec 15.1). */
+const SLACK = 3 * CDC_AVG_BYTES;
+
+type Edit = (data: Buffer) => Buffer;
+const EDITS: [string, Edit, number][] = [];
+for (const [where, at] of [['start', 0], ['middle', SIZE / 2], ['end', SIZE - 100]] as const) {
+  // Fixed seeds: the edits are the same bytes whichever tests run.
+  EDITS.push([`100 bytes inserted at the ${where}`, (d) => Buffer.concat([d.subarray(0, at), randomBytes(100, 1000 + at), d.subarray(at)]), 100]);
+  EDITS.push([`100 bytes deleted at the ${where}`, (d) => Buffer.concat([d.subarray(0, at), d.subarray(at + 100)]), 0]);
+  EDITS.push([`4 KiB changed at the ${where}`, (d) => Buffer.concat([d.subarray(0, at), randomBytes(4096, 2000 + at), d.subarray(at + 4096)]).subarray(0, d.length), 4096]);
+}
+
+describe('deltaFile: an update fetches about the change, verified whole (real TLS, real files)', () => {
+  let sharer: Sharer;
+  let conn: PeerConnection;
+  let proj: string;
+  const original = randomBytes(SIZE, 1);
+
+  before(async () => {
+    proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(proj);
+    sharer = await startSharer([proj]);
+    ({ conn } = await connectWithInvite(sharer.invite));
+  });
+  after(async () => {
+    conn.close();
+    await sharer.server.close();
+  });
+
+  /** The sharer's file becomes `theirs`; the requester holds `ours`; one update; what it cost on both sides. */
+  async function update(name: string, theirs: Buffer, ours: Buffer | undefined) {
+    await fs.writeFile(path.join(proj, name), theirs);
+    const local = path.join(tempDir(), name);
+    if (ours) await fs.writeFile(local, ours);
+    const sentBefore = sharer.server.stats.fileBytesSent;
+    const result = await deltaFile(conn, `proj/${name}`, ours ? local : undefined, local, { overwrite: true });
+    return { result, local, sent: sharer.server.stats.fileBytesSent - sentBefore };
+  }
+
+  for (const [what, edit, changed] of EDITS) {
+    it(`${what}: the file is the sharer's, and fewer than ${SLACK / 1024} KiB + the change are sent`, async () => {
+      const theirs = edit(original);
+      const { result, local, sent } = await update('big.bin', theirs, original);
+      assert.ok((await fs.readFile(local)).equals(theirs), 'the local copy is now the sharer\'s file');
+      assert.equal(result.changed, true);
+      assert.ok(result.bytesReceived < SLACK + changed, `received ${result.bytesReceived}`);
+      assert.equal(sent, result.bytesReceived, 'the sharer sent what the requester counted');
+      assert.equal(result.bytesReceived + result.bytesReused, theirs.length);
+    });
+  }
+
+  it('an identical file costs no data and is not rewritten', async () => {
+    await fs.writeFile(path.join(proj, 'same.bin'), original);
+    const local = path.join(tempDir(), 'same.bin');
+    await fs.writeFile(local, original);
+    const inode = (await fs.stat(local)).ino;
+    const sentBefore = sharer.server.stats.fileBytesSent;
+    const result = await deltaFile(conn, 'proj/same.bin', local, local, { overwrite: true });
+    assert.deepEqual(result, { changed: false, bytesReceived: 0, bytesReused: 0 });
+    assert.equal(sharer.server.stats.fileBytesSent, sentBefore);
+    assert.equal((await fs.stat(local)).ino, inode, 'the same file, not a new one');
+  });
+
+  it('with no local copy, fetches the whole file; an empty file works too', async () => {
+    const { result, local } = await update('new.bin', original.subarray(0, 300_000), undefined);
+    assert.equal(result.bytesReceived, 300_000);
+    assert.ok((await fs.readFile(local)).equals(original.subarray(0, 300_000)));
+    const empty = await update('empty.bin', Buffer.alloc(0), Buffer.from('old'));
+    assert.equal((await fs.readFile(empty.local)).length, 0);
+  });
+
+  it('refuses to replace an existing target unless told (DEST_EXISTS), and leaves it as it was', async () => {
+    await fs.writeFile(path.join(proj, 'keep.bin'), original);
+    const dir = tempDir();
+    const target = path.join(dir, 'keep.bin');
+    await fs.writeFile(target, 'mine');
+    await rejectsWithCode(deltaFile(conn, 'proj/keep.bin', undefined, target), 'DEST_EXISTS');
+    assert.equal(await fs.readFile(target, 'utf8'), 'mine');
+    assert.deepEqual(await listTree(dir), ['keep.bin']);
+  });
+
+  it('never follows a link at the local copy: BAD_NAME, the link and what it points to untouched', async () => {
+    await fs.writeFile(path.join(proj, 'linked.bin'), original.subarray(0, 1000));
+    const dir = tempDir();
+    await fs.writeFile(path.join(dir, 'elsewhere'), 'outside');
+    await fs.symlink(path.join(dir, 'elsewhere'), path.join(dir, 'linked.bin'));
+    await rejectsWithCode(deltaFile(conn, 'proj/linked.bin', path.join(dir, 'linked.bin'), path.join(dir, 'linked.bin'), { overwrite: true }), 'BAD_NAME');
+    assert.equal(await fs.readFile(path.join(dir, 'elsewhere'), 'utf8'), 'outside');
+    assert.deepEqual(await listTree(dir), ['elsewhere', 'linked.bin']);
+  });
+});
+
+describe('deltaFile against a sharer that lies: caught, and the local file is left as it was', () => {
+  let hostileIdentity: Identity;
+  let client: TestPeer;
+  const ours = randomBytes(1024 * 1024);
+  const theirs = Buffer.concat([randomBytes(100), ours]);
+
+  before(async () => {
+    hostileIdentity = (await makePeer()).identity;
+    client = await makePeer();
+  });
+
+  async function chunksAnswer(reply: ReplierV2, content: Buffer, fileHashOf: Buffer = content): Promise<Record<string, unknown>> {
+    const chunks = chunkBytes(content);
+    const fileHash = manifestOfBytes(fileHashOf, blockSizeFor(fileHashOf.length)).fileHash.toString('hex');
+    await reply.message({ type: 'chunks', size: content.length, mtimeMs: 1000, fileHash, count: chunks.length });
+    await reply.data(encodeChunks(chunks));
+    return {};
+  }
+
+  async function expectCaught(scenario: ScenarioV2): Promise<void> {
+    const server = await startHostileSharerV2(hostileIdentity, scenario);
+    const conn = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 1000 } });
+    const dir = tempDir();
+    const local = path.join(dir, 'f.bin');
+    await fs.writeFile(local, ours);
+    const inode = (await fs.stat(local)).ino;
+    try {
+      await rejectsWithCode(deltaFile(conn, 'ws/f.bin', local, local, { overwrite: true }), 'HASH_MISMATCH');
+    } finally {
+      conn.close();
+      await server.close();
+    }
+    assert.ok((await fs.readFile(local)).equals(ours), 'the local copy is as it was');
+    assert.equal((await fs.stat(local)).ino, inode);
+    assert.deepEqual(await listTree(dir), ['f.bin'], 'no temporary file is left');
+  }
+
+  it('the scenario itself works when the sharer is honest', async () => {
+    const server = await startHostileSharerV2(hostileIdentity, (req, reply) => {
+      if (req.type === 'share.chunks') return chunksAnswer(reply, theirs);
+      if (req.type === 'share.readChunks') return reply.data(theirs.subarray(0, chunkBytes(theirs)[0].length)).then(() => ({}));
+      return undefined;
+    });
+    const conn = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim' });
+    const local = path.join(tempDir(), 'f.bin');
+    await fs.writeFile(local, ours);
+    try {
+      const result = await deltaFile(conn, 'ws/f.bin', local, local, { overwrite: true });
+      assert.ok((await fs.readFile(local)).equals(theirs));
+      assert.ok(result.bytesReceived < SLACK + 100);
+    } finally {
+      conn.close();
+      await server.close();
+    }
+  });
+
+  it('other bytes than a chunk\'s hash: HASH_MISMATCH', () =>
+    expectCaught((req, reply) => {
+      if (req.type === 'share.chunks') return chunksAnswer(reply, theirs);
+      if (req.type === 'share.readChunks') return reply.data(randomBytes(chunkBytes(theirs)[0].length)).then(() => ({}));
+      return undefined;
+    }));
+
+  it('a chunk list that is consistent with itself but not with the fileHash it names: HASH_MISMATCH at the end', () => {
+    const fake = Buffer.concat([Buffer.from('a lie '.repeat(20)), ours]);
+    return expectCaught((req, reply) => {
+      if (req.type === 'share.chunks') return chunksAnswer(reply, fake, theirs);
+      if (req.type === 'share.readChunks') return reply.data(fake.subarray(0, chunkBytes(fake)[0].length)).then(() => ({}));
+      return undefined;
+    });
+  });
+});
+
+describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.3)', () => {
+  let sharer: Sharer;
+  let proj: string;
+  const content = randomBytes(2 * 1024 * 1024);
+
+  before(async () => {
+    proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(proj);
+    await fs.writeFile(path.join(proj, 'f.bin'), content);
+    sharer = await startSharer([proj], { limits: { maxFileChunks: 1000 } });
+  });
+  after(() => sharer.server.close());
+
+  it('the sharer refuses a version it does not have (FILE_CHANGED) and a chunk past the end (INVALID_ARGUMENT)', async () => {
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      const list = await conn.share.chunks('proj/f.bin');
+      assert.equal(list.chunks.reduce((sum, c) => sum + c.length, 0), content.length);
+      const drain = async (run: AsyncGenerator<unknown>) => {
+        for await (const _ of run) void _;
+      };
+      await rejectsWithCode(drain(conn.share.readChunks('proj/f.bin', { ...list, fileHash: Buffer.alloc(32, 1) }, [0])), 'FILE_CHANGED');
+      const longer = { ...list, chunks: [...list.chunks, { offset: content.length, length: 1, hash: Buffer.alloc(32) }] };
+      await rejectsWithCode(drain(conn.share.readChunks('proj/f.bin', longer, [list.chunks.length])), 'INVALID_ARGUMENT');
+      // The connection is still good for the real thing.
+      let bytes = 0;
+      for await (const chunk of conn.share.readChunks('proj/f.bin', list, [0, 1])) bytes += chunk.data.length;
+      assert.equal(bytes, list.chunks[0].length + list.chunks[1].length);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('a list longer than the requester\'s maxFileChunks is refused before it is held (TOO_LARGE); the connection stays', async () => {
+    const { conn } = await connectWithInvite(sharer.invite, undefined, { maxFileChunks: 3 });
+    try {
+      await rejectsWithCode(conn.share.chunks('proj/f.bin'), 'TOO_LARGE');
+      assert.equal((await conn.stat('proj/f.bin')).size, content.length);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('a file of more chunks than the sharer\'s maxFileChunks: TOO_LARGE from the sharer', async () => {
+    const small = await startSharer([proj], { limits: { maxFileChunks: 3 } });
+    const { conn } = await connectWithInvite(small.invite);
+    try {
+      await rejectsWithCode(conn.share.chunks('proj/f.bin'), 'TOO_LARGE');
+    } finally {
+      conn.close();
+      await small.server.close();
+    }
+  });
+
+  it('a sharer whose chunk count cannot make the file, or that sends more records than it announced: PROTOCOL_ERROR', async () => {
+    const hostile = (await makePeer()).identity;
+    const client = await makePeer();
+    for (const scenario of [
+      (async (_req, reply) => {
+        await reply.message({ type: 'chunks', size: 10 * 1024 * 1024, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 2 });
+        return {};
+      }) as ScenarioV2,
+      (async (_req, reply) => {
+        const chunks = chunkBytes(Buffer.from('tiny'));
+        await reply.message({ type: 'chunks', size: 4, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 1 });
+        await reply.data(Buffer.concat([encodeChunks(chunks), encodeChunks(chunks)]));
+        return {};
+      }) as ScenarioV2,
+    ]) {
+      const server = await startHostileSharerV2(hostile, scenario);
+      const conn = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim' });
+      try {
+        await rejectsWithCode(conn.share.chunks('ws/f.bin'), 'PROTOCOL_ERROR');
+      } finally {
+        conn.close();
+        await server.close();
+      }
+    }
+  });
+});
+
+describe('deltaFolder: a folder of 1,000 files, 10 changed, moves only those', () => {
+  let sharer: Sharer;
+  let conn: PeerConnection;
+  let proj: string;
+
+  before(async () => {
+    proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(path.join(proj, 'sub'), { recursive: true });
+    for (let i = 0; i < 1000; i++) await fs.writeFile(path.join(proj, i % 2 ? 'sub' : '', `f${i}.txt`), randomBytes(2000 + i));
+    sharer = await startSharer([proj]);
+    ({ conn } = await connectWithInvite(sharer.invite));
+  });
+  after(async () => {
+    conn.close();
+    await sharer.server.close();
+  });
+
+  it('mirrors the folder, then updates only the changed files, and a second run moves nothing', async () => {
+    const mirror = path.join(tempDir(), 'mirror');
+    const first = await deltaFolder(conn, 'proj', mirror);
+    assert.equal(first.filesChecked, 1000);
+    assert.equal(first.filesChanged, 1000);
+    assert.deepEqual(await listTree(mirror), await listTree(proj));
+
+    let changedBytes = 0;
+    for (let i = 0; i < 1000; i += 100) {
+      const content = randomBytes(3000);
+      changedBytes += content.length;
+      await fs.writeFile(path.join(proj, i % 2 ? 'sub' : '', `f${i}.txt`), content);
+    }
+    const sentBefore = sharer.server.stats.fileBytesSent;
+    const second = await deltaFolder(conn, 'proj', mirror);
+    assert.equal(second.filesChecked, 1000);
+    assert.equal(second.filesChanged, 10);
+    assert.equal(second.bytesReceived, changedBytes);
+    assert.equal(sharer.server.stats.fileBytesSent - sentBefore, changedBytes, 'the sharer sent those files only');
+    for (let i = 0; i < 1000; i += 37) {
+      const rel = path.join(i % 2 ? 'sub' : '', `f${i}.txt`);
+      assert.ok((await fs.readFile(path.join(mirror, rel))).equals(await fs.readFile(path.join(proj, rel))), rel);
+    }
+
+    const third = await deltaFolder(conn, 'proj', mirror);
+    assert.equal(third.filesChanged, 0);
+    assert.equal(third.bytesReceived, 0);
+    assert.equal(sharer.server.stats.fileBytesSent - sentBefore, changedBytes);
+  });
+
+  it('leaves a link in a file\'s place alone (not followed, reported), never deletes', async () => {
+    const base = tempDir();
+    const mirror = path.join(base, 'mirror');
+    await fs.mkdir(mirror);
+    await fs.writeFile(path.join(base, 'outside'), 'untouched');
+    await fs.symlink(path.join(base, 'outside'), path.join(mirror, 'f0.txt'));
+    await fs.writeFile(path.join(mirror, 'mine.txt'), 'not on the sharer');
+    const result = await deltaFolder(conn, 'proj', mirror);
+    assert.deepEqual(result.leftAlone.map((l) => l.path), ['f0.txt']);
+    assert.equal(await fs.readFile(path.join(base, 'outside'), 'utf8'), 'untouched');
+    assert.equal((await fs.lstat(path.join(mirror, 'f0.txt'))).isSymbolicLink(), true);
+    assert.equal(await fs.readFile(path.join(mirror, 'mine.txt'), 'utf8'), 'not on the sharer');
+  });
+});
