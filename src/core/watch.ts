@@ -60,13 +60,15 @@ export class WatchHub {
    * Starts watching `remotePath` (a folder inside a root) for one requester. Refused with the
    * path's own coded error (NOT_FOUND, EXCLUDED, OUTSIDE_SHARE, NOT_A_DIRECTORY, TOO_LARGE), or
    * BUSY when the system gives no more watchers. Once it resolves, every later change is reported.
+   * `signal` (the requester's CANCEL) ends it while the folder is still being read.
    */
-  async watch(remotePath: string): Promise<FolderWatch> {
+  async watch(remotePath: string, signal?: AbortSignal): Promise<FolderWatch> {
     const { root, components } = this.share.resolve(remotePath);
     if (!root) throw new PeerShareError('INVALID_ARGUMENT', 'Watch a shared folder, not the list of them.');
     // The share's own checks (path rules, excludes, symbolic links, kind), as a listing makes them.
     const entry = await this.share.stat(remotePath);
     if (entry.type !== 'dir') throw new PeerShareError('NOT_A_DIRECTORY', 'Only a folder can be watched.');
+    if (signal?.aborted) throw abortReason(signal);
     const key = [root.name, ...components].join('/');
     let folder = this.folders.get(key);
     if (!folder) {
@@ -77,11 +79,18 @@ export class WatchHub {
       folder = starting;
     }
     const watch = new FolderWatch(folder, this.limits);
+    // Cancelled while the folder is being read: the watch leaves at once, and a folder no other
+    // watch waits for stops being read (a requester cancelling and asking again costs no listing each).
+    const leave = (): void => watch.close();
+    signal?.addEventListener('abort', leave, { once: true });
     try {
       await folder.add(watch);
+      if (signal?.aborted) throw abortReason(signal);
     } catch (err) {
       watch.close();
-      throw err;
+      throw signal?.aborted ? abortReason(signal) : err;
+    } finally {
+      signal?.removeEventListener('abort', leave);
     }
     return watch;
   }
@@ -252,7 +261,11 @@ class WatchedFolder {
   /** The folder as `share.list` shows it: the share's rules, at most maxListEntries entries. */
   private async listing(): Promise<Map<string, EntryState>> {
     const entries = new Map<string, EntryState>();
-    for await (const batch of this.share.list(this.remotePath)) for (const { name, ...state } of batch) entries.set(name, state);
+    for await (const batch of this.share.list(this.remotePath)) {
+      // Released meanwhile (its last watch left): the rest is not read.
+      if (this.failed) throw this.failed;
+      for (const { name, ...state } of batch) entries.set(name, state);
+    }
     return entries;
   }
 

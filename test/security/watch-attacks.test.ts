@@ -3,7 +3,7 @@ import { execFile, execFileSync, spawnSync } from 'node:child_process';
 import { promises as fs, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { DISGUISING_CHARS, connectToPeer, formatInvite, type Limits, type PeerConnection } from '../../src/core';
+import { DISGUISING_CHARS, TrustStore, connectToPeer, formatInvite, type Limits, type PeerConnection } from '../../src/core';
 import type { WatchHub, FolderChange, WatchBatch } from '../../src/core/watch';
 import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type ScenarioV2 } from '../hostile';
@@ -48,6 +48,20 @@ function inotifyWatches(): number {
 
 function openDescriptors(): number {
   return readdirSync('/proc/self/fd').length;
+}
+
+/** What the descriptors are, by kind: for a failure's message. */
+function describeDescriptors(): string {
+  const kinds = new Map<string, number>();
+  for (const fd of readdirSync('/proc/self/fd')) {
+    try {
+      const kind = readlinkSync(`/proc/self/fd/${fd}`).replace(/\d+/g, 'N');
+      kinds.set(kind, (kinds.get(kind) ?? 0) + 1);
+    } catch {
+      // Closed meanwhile.
+    }
+  }
+  return JSON.stringify(Object.fromEntries(kinds));
 }
 
 /** Every batch a watch heard, and how it ended. */
@@ -186,12 +200,50 @@ describe('share.watch attacked by a trusted peer: the sharer’s watchers', () =
     }
     assert.deepEqual([...codes.keys()].filter((code) => code !== 'CANCELLED'), [], 'only our own cancel ends them');
     await until('no watcher left', async () => (await hub()).watcherCount() === 0 && inotifyWatches() === baseWatches);
-    assert.ok(openDescriptors() <= baseFds + 4, `${openDescriptors() - baseFds} descriptors more after 2,500 watches`);
+    await until('the descriptors back', () => openDescriptors() <= baseFds + 4).catch(() => assert.fail(`${openDescriptors() - baseFds} descriptors more after 2,500 watches: ${describeDescriptors()}`));
     // The connection serves a watch as before.
     const heard = new Heard();
     const watch = await conn.share.watch('proj/a', { onChanges: heard.onChanges });
     await fs.writeFile(path.join(proj, 'a', 'after.txt'), 'x');
     await until('a change after the loop', () => heard.last('after.txt')?.type === 'added');
+    watch.stop();
+    await watch.ended;
+  });
+
+  it('at the limit, a watch stopped and another opened at once (what the Peers view does at its 5th open folder) is never BUSY: the room is free when the END says so', async () => {
+    const { proj, conn, hub } = await setUp();
+    for (let i = 0; i < 8; i++) await fs.mkdir(path.join(proj, `d${i}`));
+    const open = [];
+    for (let i = 0; i < 4; i++) open.push(await conn.share.watch(`proj/d${i}`, { onChanges: () => undefined }));
+    for (let i = 0; i < 200; i++) {
+      // Stopped without waiting for its END: the CANCEL and the next REQUEST leave in one write.
+      open.shift()!.stop();
+      open.push(await conn.share.watch(`proj/d${(i + 4) % 8}`, { onChanges: () => undefined }));
+    }
+    for (const watch of open) watch.stop();
+    await Promise.all(open.map((watch) => watch.ended));
+    await until('no watcher left', async () => (await hub()).watcherCount() === 0);
+  });
+
+  it('a requester that asks to watch a folder of 20,000 entries and cancels before it is armed, 100 times over: each abandoned read of the folder stops, and the room is free for the next (found by this suite: BUSY while abandoned reads went on)', async () => {
+    const { proj, conn, hub } = await setUp();
+    await fs.mkdir(path.join(proj, 'big'));
+    for (let i = 0; i < 20_000; i++) writeFileSync(path.join(proj, 'big', `entry-${i}`), '');
+    const baseWatches = inotifyWatches();
+    const codes = new Set<string>();
+    for (let i = 0; i < 100; i++) {
+      const stop = new AbortController();
+      const started = conn.share.watch('proj/big', { onChanges: () => undefined, signal: stop.signal });
+      setTimeout(() => stop.abort(), 5);
+      await started.then((watch) => watch.stop()).catch((err: { code?: string }) => codes.add(String(err.code)));
+    }
+    assert.deepEqual([...codes].filter((code) => code !== 'CANCELLED'), []);
+    await until('no watcher left', async () => (await hub()).watcherCount() === 0 && inotifyWatches() === baseWatches);
+    // A watch after them is armed and hears.
+    const heard = new Heard();
+    const watch = await conn.share.watch('proj/big', { onChanges: heard.onChanges });
+    await fs.writeFile(path.join(proj, 'big', 'after.txt'), 'x');
+    await until('a change after them', () => heard.last('after.txt')?.type === 'added');
     watch.stop();
     await watch.ended;
   });
@@ -249,6 +301,23 @@ describe('share.watch attacked by a trusted peer: the sharer’s watchers', () =
     await until('its watcher released', async () => (await hub()).watcherCount() === 0 && inotifyWatches() === baseWatches);
     // The connection stays, and serves.
     assert.ok((await conn.list('proj')).length >= 300);
+  });
+});
+
+describe('share.watch after the sharer revokes the watching peer', () => {
+  it('a revoked peer’s watch of a folder where nothing changes ends PEER_UNTRUSTED by itself, releasing the folder’s watcher, so it no longer holds its connection open (found by this suite)', async () => {
+    const { sharer, conn, peer, hub } = await setUp();
+    const baseWatches = inotifyWatches();
+    const heard = new Heard();
+    heard.follow((await conn.share.watch('proj', { onChanges: heard.onChanges })).ended);
+    await until('the watcher runs', async () => (await hub()).watcherCount() === 1);
+    // `trust rm` in another process: the sharer is not told, and the folder stays quiet.
+    const elsewhere = await TrustStore.open(sharer.home);
+    assert.equal(await elsewhere.remove(peer.identity.peerId), true);
+    await until('the watch ends', () => heard.ended !== undefined);
+    assert.equal(heard.ended, 'PEER_UNTRUSTED');
+    assert.equal(heard.batches.length, 0);
+    await until('its watcher released', async () => (await hub()).watcherCount() === 0 && inotifyWatches() === baseWatches);
   });
 });
 

@@ -26,6 +26,12 @@ export interface WatchSession {
 
 /** What a REPLY's frame holds beside its changes: `{"type":"changes","changes":[` and `]}`. */
 const CHANGES_ENVELOPE_BYTES = 64;
+/**
+ * A quiet watch asks this often whether its peer may still read us: checked only before a batch,
+ * a revoked peer's watch of a folder that does not change held its connection open (past
+ * idleTimeoutMs) and the folder's watcher for as long as it liked (found by watch-attacks).
+ */
+const QUIET_TRUST_RECHECK_MS = 1000;
 
 export class WatchProvider {
   readonly hub: WatchHub;
@@ -44,21 +50,42 @@ export class WatchProvider {
       throw new PeerShareError('BUSY', `At most ${this.limits.maxWatchesPerConnection} folders may be watched at once on one connection.`);
     }
     session.watches++;
+    // The requester's CANCEL frees its room at once: the END it is sent at once says the watch is
+    // over, and the one it opens next (the Peers view stops its oldest and opens another, in one
+    // write) must not find the room still taken while this handler unwinds.
+    let counted = true;
+    const leave = (): void => {
+      if (counted) session.watches--;
+      counted = false;
+    };
+    signal.addEventListener('abort', leave, { once: true });
     try {
-      const watch = await this.hub.watch(path);
+      const watch = await this.hub.watch(path, signal);
+      const untrusted = new AbortController();
+      const recheck = setInterval(() => {
+        try {
+          session.checkAllowed(false);
+        } catch (err) {
+          untrusted.abort(err);
+        }
+      }, QUIET_TRUST_RECHECK_MS);
+      recheck.unref();
       try {
         await reply.message({ type: 'watching' });
+        const ended = AbortSignal.any([signal, untrusted.signal]);
         for (;;) {
-          const batch = await watch.next(signal);
+          const batch = await watch.next(ended);
           session.checkAllowed(true);
           if (batch.kind === 'resync') await reply.message({ type: 'resync' });
           else for (const changes of batchesOf(batch.changes, session.peerFrameBytes)) await reply.message({ type: 'changes', changes });
         }
       } finally {
+        clearInterval(recheck);
         watch.close();
       }
     } finally {
-      session.watches--;
+      signal.removeEventListener('abort', leave);
+      leave();
     }
   }
 }
