@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createCipheriv, randomBytes } from 'node:crypto';
 import { mkdtempSync, promises as fs } from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
@@ -142,4 +142,14 @@ export async function trustFile(peer: TestPeer): Promise<string> {
 export async function rememberedAddresses(peer: TestPeer, id: string): Promise<string[]> {
   const parsed = JSON.parse(await trustFile(peer)) as { peers: { id: string; addresses: string[] }[] };
   return parsed.peers.find((p) => p.id === id)!.addresses;
+}
+
+/**
+ * Bytes that look random but are the same on every run (AES-128-CTR of zeros, keyed by `seed`):
+ * where content-defined chunk boundaries fall depends on the content, so costs asserted on them must not vary.
+ */
+export function seededBytes(size: number, seed: number): Buffer {
+  const key = Buffer.alloc(16);
+  key.writeUInt32LE(seed);
+  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
 }

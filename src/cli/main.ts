@@ -12,6 +12,8 @@ import {
   TrustStore,
   ReceiveSettings,
   download,
+  deltaFile,
+  deltaFolder,
   resolveTarget,
   loadOrCreateIdentity,
   Discovery,
@@ -37,7 +39,6 @@ import { parseSnippetName, terminalReceivePolicy, type ReceiveMode } from './rec
 import { TerminalLines } from './terminal-lines';
 import { countOf, formatBytes } from '../core/format';
 import type { WatchBatch } from '../core/watch';
-import { deltaFile, deltaFolder } from '../core/delta';
 
 /** Exit codes, documented in README.md: scripts can tell these apart. */
 export const EXIT = {

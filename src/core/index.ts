@@ -26,3 +26,5 @@ export * from './send-policy';
 export { SEND_CAPABILITY, MAX_NOTE_CHARS, type OfferEntry, type ReceivedEntry, type Snippet } from './v2/send-messages';
 export * from './dht-key';
 export { DhtNetwork, DhtListener, internetReach, parseBootstrap, type DhtBootstrap, type DhtNetworkOptions, type InternetReach } from './transport-dht';
+export * from './cdc';
+export * from './delta';

@@ -1,21 +1,14 @@
 import assert from 'node:assert/strict';
 import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createCipheriv } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { CDC_MAX_BYTES } from '../../src/core/cdc';
-import { freePort, listTree, tempDir } from '../helpers';
+import { freePort, listTree, seededBytes, tempDir } from '../helpers';
 
 const ROOT = path.join(__dirname, '..', '..');
 
-/** Random-looking bytes that are the same on every run (AES-128-CTR of zeros): chunk boundaries, and so the costs asserted, do not vary. */
-function seededBytes(size: number, seed: number): Buffer {
-  const key = Buffer.alloc(16);
-  key.writeUInt32LE(seed);
-  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
-}
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { createCipheriv } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -8,7 +7,7 @@ import { blockSizeFor } from '../../src/core/blocks';
 import { CDC_AVG_BYTES, chunkBytes, encodeChunks } from '../../src/core/cdc';
 import { deltaFile, deltaFolder } from '../../src/core/delta';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
-import { connectWithInvite, listTree, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, listTree, makePeer, rejectsWithCode, seededBytes, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 
 /**
@@ -19,16 +18,9 @@ import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostil
 
 const SIZE = 6 * 1024 * 1024;
 
-/**
- * Bytes that look random but are the same on every run (AES-128-CTR of zeros, keyed by `seed`):
- * where chunk boundaries fall depends on the content, so the costs asserted below must not vary.
- */
+/** Fixed bytes (seededBytes): where chunk boundaries fall depends on the content, so the costs asserted below must not vary. */
 let seeds = 0;
-function randomBytes(size: number, seed = ++seeds): Buffer {
-  const key = Buffer.alloc(16);
-  key.writeUInt32LE(seed);
-  return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
-}
+const randomBytes = (size: number, seed = ++seeds): Buffer => seededBytes(size, seed);
 /** What an update may cost beyond the change itself: the chunks around it (spec 15.1). */
 const SLACK = 3 * CDC_AVG_BYTES;
 
