@@ -341,6 +341,24 @@ describe('share.watch attacked by a local user writing in the shared folder', ()
     await until('its watcher released', async () => (await hub()).watcherCount() === 0);
   });
 
+  it('the watched folder itself renamed away and replaced by a link to a folder outside the share: the watch ends NOT_FOUND, naming neither what is written outside nor in the folder at its new place', async () => {
+    const { proj, conn, hub } = await setUp();
+    const outside = path.join(path.dirname(proj), 'outside');
+    await fs.mkdir(outside);
+    await fs.mkdir(path.join(proj, 'w'));
+    const heard = new Heard();
+    heard.follow((await conn.share.watch('proj/w', { onChanges: heard.onChanges })).ended);
+    await fs.rename(path.join(proj, 'w'), path.join(proj, 'w-old'));
+    await fs.symlink(outside, path.join(proj, 'w'));
+    await fs.writeFile(path.join(outside, 'outside-secret.txt'), 'secret');
+    // The kernel watch follows the old folder's inode: a change there is what it hears.
+    await fs.writeFile(path.join(proj, 'w-old', 'moved.txt'), 'x');
+    await until('the watch ends', () => heard.ended !== undefined);
+    assert.equal(heard.ended, 'NOT_FOUND');
+    assert.deepEqual([...heard.names], []);
+    await until('its watcher released', async () => (await hub()).watcherCount() === 0);
+  });
+
   it('a watched folder that grows past maxListEntries a few files at a time ends TOO_LARGE, as its listing is refused, instead of being held ever larger (found by this suite)', async () => {
     const { proj, conn, hub } = await setUp({ sharer: { maxListEntries: 100 } });
     const heard = new Heard();
