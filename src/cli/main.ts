@@ -681,6 +681,9 @@ function entryLine(name: string, e: { type: 'file' | 'dir'; size: number; mtimeM
  * removed; with --json, each change as one JSON line, `{resync, entries}` after a flood), until
  * Ctrl+C. Names are escaped for the terminal; in JSON they are the peer's names as JSON strings.
  */
+/** `ls --watch`: batches of changes held for printing at most; more become one resync (found by the live tree's attack: a hostile sharer took the CLI to 680 MB). */
+const MAX_WAITING_WATCH_BATCHES = 4;
+
 async function commandLsWatch(globals: Globals, target: string, remotePath: string): Promise<number> {
   const abort = new AbortController();
   const onSignal = (): void => abort.abort();
@@ -704,10 +707,27 @@ async function commandLsWatch(globals: Globals, target: string, remotePath: stri
           else if (change.type === 'removed') out(`- ${sanitizeForDisplay(change.path)}`);
           else out(`${change.type === 'added' ? '+' : '~'} ${entryLine(change.path, change.entry!)}`);
         }
+        // A slow reader of our output (a pipe) holds the next batch back, not our memory.
+        if (process.stdout.writableNeedDrain) await new Promise((resolve) => process.stdout.once('drain', resolve));
       };
-      const onChanges = (batch: WatchBatch): void => {
+      // At most a few batches wait to be printed; past that (a sharer sending faster than the
+      // terminal takes it), they become one resync, which lists the folder as it is when printed.
+      let waiting = 0;
+      let resyncWaiting = false;
+      const onChanges = (arrived: WatchBatch): void => {
+        let batch = arrived;
+        if (batch.kind === 'resync' || waiting >= MAX_WAITING_WATCH_BATCHES) {
+          if (resyncWaiting) return; // the resync waiting to be printed covers this too
+          resyncWaiting = true;
+          batch = { kind: 'resync' };
+        }
+        waiting++;
         printing = printing
-          .then(() => print(batch))
+          .then(() => {
+            waiting--;
+            if (batch.kind === 'resync') resyncWaiting = false;
+            return print(batch);
+          })
           .catch((err: unknown) => {
             // A listing after a resync failed: that is the error to report, and the watch stops.
             failure ??= err;

@@ -319,8 +319,13 @@ export class Share {
   }
 
   /** A private file (the identity key, say) reached through a hard link from inside the share: excluded as the file itself is. */
-  private isPrivateFile(stat: BigIntStats): boolean {
+  private isPrivateFile(stat: BigIntStats | Stats): boolean {
     return this.privateFiles.has(`${stat.dev}:${stat.ino}`);
+  }
+
+  /** A file that is one of the private files (the identity key) under another name, by a hard link: never shown, not even its name. */
+  isPrivateHardLink(stat: Stats): boolean {
+    return stat.isFile() && stat.nlink > 1 && this.isPrivateFile(stat);
   }
 
   /** Opens a regular file inside the share for reading, or throws a coded error. */
@@ -481,6 +486,8 @@ export class Share {
             if (!withStats) return { name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 } satisfies Entry;
             const st = await fs.lstat(path.join(dirPath, name)).catch(() => undefined);
             if (!st || !(st.isFile() || st.isDirectory())) return undefined;
+            // A hard link to the identity key is the key: not even its name and size are shown.
+            if (this.isPrivateHardLink(st)) return undefined;
             return entryOf(name, st);
           }),
         );

@@ -275,7 +275,7 @@ class WatchedFolder {
     if (name.includes('\uFFFD') || name === '.' || name === '..') return undefined;
     const stat = await fs.lstat(path.join(this.realPath, name)).catch(() => undefined);
     // Only regular files and folders are ever shown: no symbolic links, devices, FIFOs or sockets.
-    if (!stat || !(stat.isFile() || stat.isDirectory())) return undefined;
+    if (!stat || !(stat.isFile() || stat.isDirectory()) || this.share.isPrivateHardLink(stat)) return undefined;
     const isDir = stat.isDirectory();
     const excluded = await this.share.isExcluded(this.root, [...this.components, name], isDir).catch(() => true);
     if (excluded) return undefined;

@@ -456,6 +456,8 @@ describe('v2 attacks: the share under the reader', () => {
     await fs.writeFile(path.join(sharer.ws, 'notes.txt'), 'shared');
     // The same file under an innocent name: exclusion by path alone served it.
     await fs.link(path.join(sharer.home, 'key.pem'), path.join(sharer.ws, 'innocent.txt'));
+    // Not even listed with the key's size and time (found by the live tree's attack).
+    assert.deepEqual((await conn.list('ws')).map((e) => e.name), ['notes.txt']);
     await rejectsWithCode(conn.share.manifest('ws/innocent.txt'), 'EXCLUDED');
     const dest = tempDir('peershare-v2atk-dest-');
     await rejectsWithCode(downloadFile(conn, 'ws/innocent.txt', path.join(dest, 'innocent.txt')), 'EXCLUDED');

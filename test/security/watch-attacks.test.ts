@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawnSync } from 'node:child_process';
+import { execFile, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { promises as fs, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -449,7 +449,7 @@ describe('share.watch attacked by a local user writing in the shared folder', ()
     await fs.writeFile(ws('sentinel.txt'), 'x');
     await until('sentinel.txt added', () => heard.last('sentinel.txt')?.type === 'added');
     await sleep(600);
-    for (const secret of ['.env.local', 'id_ed25519', '.aws', '.env.draft', '.env.prod', 'innocent-link.txt', 'pipe.txt', 'home', 'key.pem', 'new-key.pem']) {
+    for (const secret of ['.env.local', 'id_ed25519', '.aws', '.env.draft', '.env.prod', 'innocent-link.txt', 'pipe.txt', 'home', 'key.pem', 'new-key.pem', 'innocent.txt']) {
       assert.equal(heard.names.has(secret), false, `${secret} was named`);
     }
     assert.equal(heard.last('draft.txt')?.type, 'removed', 'renamed to an excluded name: removed');
@@ -540,6 +540,62 @@ describe('share.watch answered by a hostile sharer (the requester is the victim)
       });
     });
   }
+
+  it('a watch the sharer never arms fails TIMEOUT after the stall deadline; it does not wait for ever (found by this suite)', async () => {
+    const victim = await makePeer();
+    const hostile = (await makePeer()).identity;
+    const server = await startHostileSharerV2(hostile, async (req) => {
+      if (req.type === 'share.watch') await new Promise(() => undefined); // never "watching"
+      return {};
+    });
+    try {
+      const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim', limits: { stallTimeoutMs: 1000 } });
+      connections.push(conn);
+      const started = Date.now();
+      await rejectsWithCode(conn.share.watch('ws', { onChanges: () => assert.fail('a batch reached the caller') }), 'TIMEOUT');
+      assert.ok(Date.now() - started < 10_000);
+    } finally {
+      await server.close();
+    }
+  });
+
+  it('ls --watch against a sharer that floods resyncs and batches keeps its memory bounded (found by this suite: 680 MB in 10 s)', async () => {
+    const built = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });
+    assert.equal(built.status, 0, 'the CLI builds');
+    let sent = 0;
+    const scenario: ScenarioV2 = async (req, reply) => {
+      if (req.type === 'share.list') {
+        await reply.message({ type: 'entries', entries: [{ name: 'a.txt', ...ENTRY }] });
+        return { count: 1 };
+      }
+      if (req.type !== 'share.watch') return {};
+      await reply.message({ type: 'watching' });
+      while (!reply.signal.aborted) {
+        await reply.message(sent % 2 ? { type: 'resync' } : { type: 'changes', changes: Array.from({ length: 1000 }, (_, i) => ({ path: `n${sent}-${i}`, type: 'added', entry: ENTRY })) });
+        sent++;
+      }
+      return {};
+    };
+    const hostile = (await makePeer()).identity;
+    const server = await startHostileSharerV2(hostile, scenario);
+    const invite = formatInvite({ peerId: hostile.peerId, addresses: [server.address], token: 'x'.repeat(32) });
+    const cli = spawn(process.execPath, [CLI, 'ls', invite, 'ws', '--watch', '--home', tempDir()], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let printed = 0;
+    cli.stdout!.on('data', (d: Buffer) => (printed += d.length));
+    try {
+      let peakKiB = 0;
+      for (let i = 0; i < 12; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        const rss = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${cli.pid}/status`, 'utf8'))?.[1] ?? 0);
+        peakKiB = Math.max(peakKiB, rss);
+      }
+      assert.ok(sent > 50 && printed > 0, `the flood ran (${sent} sent, ${printed} bytes printed)`);
+      assert.ok(peakKiB < 250 * 1024, `the CLI peaked at ${Math.round(peakKiB / 1024)} MiB under the flood`);
+    } finally {
+      cli.kill('SIGKILL');
+      await server.close();
+    }
+  });
 
   it('ls --watch prints a sharer’s names with escapes, bidi overrides, newlines and carriage returns escaped, one line each; --json carries them as they are, as JSON strings', async () => {
     const built = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });

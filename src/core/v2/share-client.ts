@@ -701,7 +701,18 @@ export class ShareClient {
     const stopper = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, stopper.signal]) : stopper.signal;
     const run = this.run({ type: WATCH_REQUEST, path }, new WatchMachine(), { signal, longLived: true });
-    const armed = await run.next();
+    // Long-lived once armed; until the sharer says it watches, the stall deadline holds (a sharer
+    // that never arms must not hold the Peers view's folder, or `ls --watch`, for ever).
+    const notArmed = new PeerShareError('TIMEOUT', 'The peer did not start watching the folder in time.');
+    const arming = setTimeout(() => stopper.abort(notArmed), this.limits.stallTimeoutMs);
+    let armed: IteratorResult<unknown>;
+    try {
+      armed = await run.next();
+    } catch (err) {
+      throw stopper.signal.reason === notArmed ? notArmed : err;
+    } finally {
+      clearTimeout(arming);
+    }
     if (armed.done) throw breach('The watch ended before the sharer said it was watching.');
     const ended = (async (): Promise<void> => {
       for (;;) {
