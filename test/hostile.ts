@@ -258,3 +258,13 @@ export const fileEntry = (name: string, content: Buffer, mtimeMs = 1000): Record
   mtimeMs,
   fileHash: manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex'),
 });
+
+/** The code a promise is refused with (undefined when it resolves): for asserting what a peer's request got. */
+export const codeOf = async (promise: Promise<unknown>): Promise<string | undefined> => {
+  try {
+    await promise;
+    return undefined;
+  } catch (err) {
+    return (err as { code?: string }).code;
+  }
+};

@@ -15,7 +15,7 @@ import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { RecordingPolicy, acceptAllInto, everything, openNode, waitUntil } from '../core/send-helpers';
 import { makePeer, tempDir } from '../helpers';
 import { BAD_NAMES, COLLISIONS, MALFORMED_NAMES } from './hostile-name-lists';
-import { fileEntry } from '../hostile';
+import { codeOf, fileEntry } from '../hostile';
 
 /**
  * A hostile sender (docs/protocol-v2.md 13.6) against a real receiving node over TLS 1.3 on
@@ -99,14 +99,6 @@ function serving(content: Buffer, mtimeMs = 1000, blocks: Buffer = content): Out
   };
 }
 
-const codeOf = async (promise: Promise<unknown>): Promise<string | undefined> => {
-  try {
-    await promise;
-    return undefined;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-};
 
 before(async () => {
   receiver = await openNode('receiver');

@@ -17,7 +17,7 @@ import { RecordingPolicy, everything, openNode, waitUntil } from '../core/send-h
 import { makePeer, tempDir } from '../helpers';
 import { assertOnlyChanged, snapshot } from './world';
 import { asNobody, openToOthers } from './local-user';
-import { fileEntry } from '../hostile';
+import { codeOf, fileEntry } from '../hostile';
 
 /**
  * send/1 attacked from outside (issue 12, security round 4), over real TLS on loopback, with the
@@ -213,14 +213,6 @@ async function treeFile(reply: ReplyWriter, rel: string, content: Buffer): Promi
   await reply.data(content);
 }
 
-const codeOf = async (promise: Promise<unknown>): Promise<string | undefined> => {
-  try {
-    await promise;
-    return undefined;
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-};
 
 /** A gate a hostile outbox waits at until the test opens it. */
 function gate(): { wait: () => Promise<void>; open: () => void } {
