@@ -2,7 +2,7 @@ import { promises as fsp, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
 import { PeerShareError } from './errors';
-import { sameVersion } from './hash-cache';
+import { sameVersion, versionKey } from './hash-cache';
 import { RACY_TIMESTAMP_MS, type Limits } from './limits';
 
 /**
@@ -188,12 +188,9 @@ export class ChunkListCache {
 
   constructor(private readonly maxBytes: number) {}
 
-  static keyOf(version: BigIntStats): string {
-    return `${version.dev}:${version.ino}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
-  }
 
   get(version: BigIntStats): Chunk[] | undefined {
-    const key = ChunkListCache.keyOf(version);
+    const key = versionKey(version);
     const entry = this.entries.get(key);
     if (!entry) return undefined;
     this.entries.delete(key);
@@ -207,7 +204,7 @@ export class ChunkListCache {
     if (startedMs - lastChangeMs < racyMs) return;
     const bytes = list.length * CHUNK_MEMORY_BYTES;
     if (bytes > this.maxBytes) return;
-    const key = ChunkListCache.keyOf(version);
+    const key = versionKey(version);
     const old = this.entries.get(key);
     if (old) this.bytes -= old.bytes;
     this.entries.delete(key);

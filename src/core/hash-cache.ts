@@ -7,13 +7,10 @@ import type { BigIntStats } from 'node:fs';
  * (block-cache.ts, v2/share-provider.ts).
  */
 export function sameVersion(a: BigIntStats, b: BigIntStats): boolean {
-  return keyOf(a) === keyOf(b) && versionOf(a) === versionOf(b);
+  return versionKey(a) === versionKey(b);
 }
 
-function keyOf(stat: BigIntStats): string {
-  return `${stat.dev}:${stat.ino}`;
-}
-
-function versionOf(stat: BigIntStats): string {
-  return `${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}`;
+/** One version of one file as a key (device, inode, size, mtime, ctime): for the caches and the rehash rule. */
+export function versionKey(stat: Pick<BigIntStats, 'dev' | 'ino' | 'size' | 'mtimeNs' | 'ctimeNs'>): string {
+  return `${stat.dev}:${stat.ino}:${stat.size}:${stat.mtimeNs}:${stat.ctimeNs}`;
 }

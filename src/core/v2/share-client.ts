@@ -222,6 +222,27 @@ class ListMachine implements AnswerMachine<never, Entry[]> {
   }
 }
 
+/** A list of a length announced in a header (a block list, chunk records), filled from DATA; never past its length. */
+class AnnouncedList {
+  readonly bytes: Buffer;
+  private filled = 0;
+
+  constructor(length: number) {
+    this.bytes = Buffer.allocUnsafe(length);
+  }
+
+  get complete(): boolean {
+    return this.filled === this.bytes.length;
+  }
+
+  /** Takes one DATA chunk; `what` names the list in the breach when the peer sends more than announced. */
+  add(chunk: Buffer, what: string): void {
+    if (this.filled + chunk.length > this.bytes.length) throw breach(`The peer sent more ${what} than it announced.`);
+    chunk.copy(this.bytes, this.filled);
+    this.filled += chunk.length;
+  }
+}
+
 /**
  * share.manifest — Header: REPLY `manifest` → List; List: DATA until the whole block list is in,
  * then it is checked; END with the list in → Done. The header's size and block size are bounded
@@ -230,8 +251,7 @@ class ListMachine implements AnswerMachine<never, Entry[]> {
 class ManifestMachine implements AnswerMachine<never, ManifestAnswer> {
   state: 'header' | 'list' | 'checked' = 'header';
   private header?: { size: number; mtimeMs: number; blockSize: number; fileHash: string };
-  private list = Buffer.alloc(0);
-  private filled = 0;
+  private list = new AnnouncedList(0);
   private manifest?: BlockManifest;
 
   constructor(
@@ -247,24 +267,22 @@ class ManifestMachine implements AnswerMachine<never, ManifestAnswer> {
     }
     const count = checkBlockListBounds(size, blockSize, this.limits);
     this.header = { size, mtimeMs, blockSize, fileHash };
-    this.list = Buffer.allocUnsafe(blockListBytes(count));
+    this.list = new AnnouncedList(blockListBytes(count));
     this.state = 'list';
     return undefined;
   }
 
   data(chunk: Buffer): never[] {
     if (this.state !== 'list') throw unexpected('data', this.state);
-    if (this.filled + chunk.length > this.list.length) throw breach('The peer sent more block list than its manifest announced.');
-    chunk.copy(this.list, this.filled);
-    this.filled += chunk.length;
-    if (this.filled === this.list.length) this.check();
+    this.list.add(chunk, 'block list');
+    if (this.list.complete) this.check();
     return [];
   }
 
   /** The list must repeat the header's size and block size and hash to its fileHash (spec 6.3). */
   private check(): void {
     const header = this.header!;
-    const manifest = decodeBlockManifest(this.list, this.limits);
+    const manifest = decodeBlockManifest(this.list.bytes, this.limits);
     if (manifest.size !== header.size || manifest.blockSize !== header.blockSize) throw breach('The block list does not describe the file its manifest announced.');
     if (manifest.fileHash.toString('hex') !== header.fileHash) throw breach('The block list does not hash to the fileHash its manifest announced.');
     this.manifest = manifest;
@@ -462,8 +480,7 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
 class ChunksMachine implements AnswerMachine<never, ChunkList & { mtimeMs: number }> {
   state: 'header' | 'list' | 'checked' = 'header';
   private header?: { size: number; mtimeMs: number; fileHash: Buffer };
-  private list = Buffer.alloc(0);
-  private filled = 0;
+  private list = new AnnouncedList(0);
   private chunks: Chunk[] = [];
 
   constructor(private readonly limits: Limits) {}
@@ -479,7 +496,7 @@ class ChunksMachine implements AnswerMachine<never, ChunkList & { mtimeMs: numbe
     }
     if (count * CDC_MAX_BYTES < size || count > size) throw breach(`${count} chunks cannot make a file of ${size} bytes.`);
     this.header = { size, mtimeMs, fileHash: Buffer.from(fileHash, 'hex') };
-    this.list = Buffer.allocUnsafe(count * CHUNK_RECORD_BYTES);
+    this.list = new AnnouncedList(count * CHUNK_RECORD_BYTES);
     this.state = 'list';
     if (count === 0) this.check();
     return undefined;
@@ -487,15 +504,13 @@ class ChunksMachine implements AnswerMachine<never, ChunkList & { mtimeMs: numbe
 
   data(chunk: Buffer): never[] {
     if (this.state !== 'list') throw unexpected('data', this.state);
-    if (this.filled + chunk.length > this.list.length) throw breach('The peer sent more chunk records than it announced.');
-    chunk.copy(this.list, this.filled);
-    this.filled += chunk.length;
-    if (this.filled === this.list.length) this.check();
+    this.list.add(chunk, 'chunk records');
+    if (this.list.complete) this.check();
     return [];
   }
 
   private check(): void {
-    this.chunks = decodeChunks(this.list, this.header!.size);
+    this.chunks = decodeChunks(this.list.bytes, this.header!.size);
     this.state = 'checked';
   }
 

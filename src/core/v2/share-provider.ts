@@ -4,7 +4,7 @@ import type { BlockCache } from '../block-cache';
 import { ChunkListCache, chunkFile, encodeChunks, type Chunk as CdcChunk } from '../cdc';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
-import { sameVersion } from '../hash-cache';
+import { sameVersion, versionKey } from '../hash-cache';
 import { SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
 import type { Entry } from '../protocol';
 import type { Share, WalkItem } from '../share';
@@ -463,7 +463,7 @@ class SessionContext {
 
   /** `rehash` is honoured once per file version per peer (spec 6.2): hashing 1 GiB must not be a free request. */
   mayRehash(version: BigIntStats): boolean {
-    const key = `${version.dev}:${version.ino}:${version.size}:${version.mtimeNs}:${version.ctimeNs}`;
+    const key = versionKey(version);
     if (this.rehashed.has(key) || this.rehashed.size >= MAX_REHASHES_PER_PEER) return false;
     this.rehashed.add(key);
     return true;
