@@ -10,7 +10,7 @@ import {
   keepBothName,
   openOwnPartial,
   openTemporary,
-  partialPathFor,
+  partialPathForHash,
   removeName,
   removeStalePartials,
   type ConflictChoice,
@@ -375,8 +375,9 @@ function openPreviousPartial(shownTarget: string, fsTarget: string, manifest: Bl
  * cleanup knows it), tagged by the file hash, which names content, size and block size. Not by
  * the peer: any source of the same file resumes it (7.3).
  */
+/** The partial file of this version beside `target`: named from the file hash alone (landing.ts), as send/1's cancel finds it. */
 function partialNameFor(target: string, manifest: BlockManifest): string {
-  return partialPathFor(target, '', `blake3:${manifest.fileHash.toString('hex')}`, manifest.size, 0);
+  return partialPathForHash(target, manifest.fileHash.toString('hex'), manifest.size);
 }
 
 async function readFully(fd: number, buffer: Buffer, position: number): Promise<void> {
