@@ -28,6 +28,18 @@ export interface DeltaOptions {
   signal?: AbortSignal;
   /** Replace `target` when it exists (sync's rule); otherwise an existing target is DEST_EXISTS. Default false. */
   overwrite?: boolean;
+  /** deltaFolder: each file checked, with the sharer's version it now holds (for the origin record, origins.ts). */
+  onFileSynced?: (relPath: string, synced: SyncedFile) => void;
+}
+
+/** A file a sync checked: the sharer's version the local copy now is, and whether the sync made it. */
+export interface SyncedFile {
+  size: number;
+  mtimeMs: number;
+  /** The block-list hash, when the file was updated (a file found the same by size and time was not read). */
+  fileHash?: string;
+  /** The local file did not exist before. */
+  created: boolean;
 }
 
 export interface DeltaFileResult {
@@ -37,6 +49,8 @@ export interface DeltaFileResult {
   bytesReceived: number;
   /** Bytes taken from the local copy instead of the network. */
   bytesReused: number;
+  /** The sharer's version the target now is. */
+  version: { size: number; mtimeMs: number; fileHash: string };
 }
 
 export interface DeltaFolderResult {
@@ -88,7 +102,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     if (local && localFile === target && (await isSameVersion(local, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
       if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
-      return { changed: false, bytesReceived: 0, bytesReused: 0 };
+      return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
     }
     if (!options.overwrite && (await fs.lstat(target).then(() => true, () => false))) {
       throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
@@ -137,7 +151,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       file.fd = -1;
       await commit(partial, target, options.overwrite === true, file);
       landed = true;
-      return { changed: true, bytesReceived, bytesReused };
+      return { changed: true, bytesReceived, bytesReused, version: versionOf(remote) };
     } finally {
       if (file.fd >= 0) closeSync(file.fd);
       if (!landed) removeName(partial);
@@ -145,6 +159,10 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
   } finally {
     await local?.close();
   }
+}
+
+function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['version'] {
+  return { size: remote.size, mtimeMs: remote.mtimeMs, fileHash: remote.fileHash.toString('hex') };
 }
 
 /**
@@ -280,9 +298,13 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
           leaveAlone(relPath, 'something other than a file is in its place');
           continue;
         }
-        if (st && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) continue;
+        if (st && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) {
+          options.onFileSynced?.(relPath, { size: entry.size, mtimeMs: entry.mtimeMs, created: false });
+          continue;
+        }
         try {
           const updated = await deltaFile(conn, `${remotePath.replace(/\/+$/, '')}/${relPath}`, st ? local : undefined, local, { ...options, overwrite: true });
+          options.onFileSynced?.(relPath, { ...updated.version, created: !st });
           if (updated.changed) result.filesChanged++;
           result.bytesReceived += updated.bytesReceived;
           result.bytesReused += updated.bytesReused;

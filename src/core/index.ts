@@ -28,3 +28,4 @@ export * from './dht-key';
 export { DhtNetwork, DhtListener, internetReach, parseBootstrap, type DhtBootstrap, type DhtNetworkOptions, type InternetReach } from './transport-dht';
 export * from './cdc';
 export * from './delta';
+export * from './origins';

@@ -79,7 +79,8 @@ describe('deltaFile: an update fetches about the change, verified whole (real TL
     const inode = (await fs.stat(local)).ino;
     const sentBefore = sharer.server.stats.fileBytesSent;
     const result = await deltaFile(conn, 'proj/same.bin', local, local, { overwrite: true });
-    assert.deepEqual(result, { changed: false, bytesReceived: 0, bytesReused: 0 });
+    const st = await fs.stat(path.join(proj, 'same.bin'));
+    assert.deepEqual(result, { changed: false, bytesReceived: 0, bytesReused: 0, version: { size: original.length, mtimeMs: Math.floor(st.mtimeMs), fileHash: manifestOfBytes(original, blockSizeFor(original.length)).fileHash.toString('hex') } });
     assert.equal(sharer.server.stats.fileBytesSent, sentBefore);
     assert.equal((await fs.stat(local)).ino, inode, 'the same file, not a new one');
   });

@@ -1,0 +1,244 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { toPeerShareError } from './errors';
+
+/**
+ * What came from where (issue 13): for each file or folder taken from a peer (downloaded,
+ * received, synced or followed), the peer, its path there, and for each file the version that
+ * landed. Update from Peer, Follow, `sync --delete` and the Peers view's "changed" marks read it.
+ *
+ * A FILE'S VERSION is the sharer's size and modification time, which the landed file is given
+ * (downloads and updates set the sharer's time), plus its block-list hash where known. So:
+ * - the local copy was EDITED since it landed when its own size or time differ from the record;
+ * - the peer's copy CHANGED since when the size or time a listing shows differ from the record;
+ * both without reading a byte, as rsync's quick check.
+ *
+ * It lives outside the workspace (the CLI: under its home; the editor: its storage), one JSON file
+ * written whole to a temporary file and renamed (0600), so a crash leaves the old or the new one.
+ * NOTHING IN IT IS TRUSTED: a broken file, or an entry of the wrong shape, is an empty record; the
+ * record only ever makes Follow and `--delete` do less (a file with no record is never deleted,
+ * and one whose record is missing counts as edited).
+ */
+
+export interface LandedVersion {
+  size: number;
+  /** The sharer's modification time, whole milliseconds: also the landed file's. */
+  mtimeMs: number;
+  /** The sharer's block-list hash (hex), when the landing knew it. */
+  fileHash?: string;
+  /** True when taking it from the peer created the local file (Follow and `--delete` may remove only those). */
+  created?: boolean;
+}
+
+export interface Origin {
+  peerId: string;
+  /** The peer's path of what was taken (a file or a folder). */
+  remotePath: string;
+  /** Where it landed, absolute. */
+  localPath: string;
+  type: 'file' | 'dir';
+  /** Files by their path below `localPath` ('/'-separated; '' for a file origin itself). */
+  files: Map<string, LandedVersion>;
+}
+
+/** The local copy against its record: the same version, edited since, or gone. */
+export type LocalState = 'same' | 'edited' | 'missing';
+
+/** Origins kept, and files recorded in all; past them the oldest origins are forgotten. */
+export const MAX_ORIGINS = 10_000;
+export const MAX_ORIGIN_FILES = 500_000;
+/** Writes are gathered this long, so a folder of 10,000 files is not 10,000 writes. */
+const SAVE_DELAY_MS = 500;
+const FORMAT_VERSION = 1;
+
+export class OriginStore {
+  /** In the order last recorded (a Map keeps insertion order): the first is forgotten first. */
+  private readonly origins = new Map<string, Origin>();
+  private fileCount = 0;
+  private saveTimer: NodeJS.Timeout | undefined;
+  private saving: Promise<void> = Promise.resolve();
+
+  private constructor(private readonly file: string) {}
+
+  /** Opens the record kept in `file` (created on the first save). */
+  static async open(file: string): Promise<OriginStore> {
+    const store = new OriginStore(file);
+    const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+    if (text !== undefined) store.load(text);
+    return store;
+  }
+
+  /** Starts (or restarts, when the peer or its path differ) the record of what lands at `localPath`. */
+  begin(peerId: string, remotePath: string, localPath: string, type: 'file' | 'dir'): Origin {
+    const key = path.resolve(localPath);
+    const old = this.origins.get(key);
+    if (old && old.peerId === peerId && old.remotePath === remotePath && old.type === type) {
+      this.origins.delete(key);
+      this.origins.set(key, old);
+      return old;
+    }
+    if (old) this.drop(key);
+    const origin: Origin = { peerId, remotePath, localPath: key, type, files: new Map() };
+    this.origins.set(key, origin);
+    this.bound();
+    this.changed();
+    return origin;
+  }
+
+  /** Records the version of `rel` that just landed (keeps `created` once true). */
+  setFile(origin: Origin, rel: string, version: LandedVersion): void {
+    const old = origin.files.get(rel);
+    if (!old) this.fileCount++;
+    origin.files.set(rel, { ...version, created: version.created || old?.created || undefined });
+    this.bound();
+    this.changed();
+  }
+
+  forgetFile(origin: Origin, rel: string): void {
+    if (origin.files.delete(rel)) {
+      this.fileCount--;
+      this.changed();
+    }
+  }
+
+  /** Forgets what landed at `localPath` (and everything recorded below it). */
+  forget(localPath: string): void {
+    const key = path.resolve(localPath);
+    for (const root of [...this.origins.keys()]) if (root === key || isInside(root, key)) this.drop(root);
+    this.changed();
+  }
+
+  /** The origin a local file or folder belongs to (the innermost one holding it), and its path below it. */
+  lookup(localPath: string): { origin: Origin; rel: string } | undefined {
+    const key = path.resolve(localPath);
+    let best: Origin | undefined;
+    for (const origin of this.origins.values()) {
+      if ((origin.localPath === key || isInside(key, origin.localPath)) && (!best || origin.localPath.length > best.localPath.length)) best = origin;
+    }
+    if (!best) return undefined;
+    return { origin: best, rel: path.relative(best.localPath, key).split(path.sep).join('/') };
+  }
+
+  /** Where a peer's file or folder was taken to: every origin holding it, with its path below each. */
+  byRemote(peerId: string, remotePath: string): { origin: Origin; rel: string }[] {
+    const found: { origin: Origin; rel: string }[] = [];
+    for (const origin of this.origins.values()) {
+      if (origin.peerId !== peerId) continue;
+      if (origin.remotePath === remotePath) found.push({ origin, rel: '' });
+      else if (origin.type === 'dir' && remotePath.startsWith(`${origin.remotePath.replace(/\/+$/, '')}/`)) found.push({ origin, rel: remotePath.slice(origin.remotePath.replace(/\/+$/, '').length + 1) });
+    }
+    return found;
+  }
+
+  /** Every origin recorded, most recent last. */
+  list(): Origin[] {
+    return [...this.origins.values()];
+  }
+
+  /** The local file of `rel` in `origin`. */
+  static localFile(origin: Origin, rel: string): string {
+    return rel === '' ? origin.localPath : path.join(origin.localPath, ...rel.split('/'));
+  }
+
+  /** Whether the local copy of `rel` is still the version recorded (size and time, as it landed); no record counts as edited. */
+  async localState(origin: Origin, rel: string): Promise<LocalState> {
+    const st = await fs.lstat(OriginStore.localFile(origin, rel)).catch(() => undefined);
+    if (!st) return 'missing';
+    const version = origin.files.get(rel);
+    return version && st.isFile() && sameAs(version, st.size, st.mtimeMs) ? 'same' : 'edited';
+  }
+
+  /** Writes the record now (and waits for any write under way). */
+  async flush(): Promise<void> {
+    if (this.saveTimer) {
+      clearTimeout(this.saveTimer);
+      this.saveTimer = undefined;
+      this.saving = this.saving.then(() => this.write());
+    }
+    await this.saving;
+  }
+
+  private changed(): void {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = undefined;
+      this.saving = this.saving.then(() => this.write());
+    }, SAVE_DELAY_MS);
+    this.saveTimer.unref();
+  }
+
+  /** Never fails what it records: a record that cannot be written is only a shortcut lost (logged by whoever flushes). */
+  private async write(): Promise<void> {
+    const origins = [...this.origins.values()].map((o) => ({
+      peerId: o.peerId,
+      remotePath: o.remotePath,
+      localPath: o.localPath,
+      type: o.type,
+      files: Object.fromEntries([...o.files].map(([rel, v]) => [rel, [v.size, v.mtimeMs, v.fileHash ?? '', v.created ? 1 : 0]])),
+    }));
+    const temporary = `${this.file}.${randomBytes(6).toString('hex')}.tmp`;
+    try {
+      await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      await fs.writeFile(temporary, JSON.stringify({ version: FORMAT_VERSION, origins }), { mode: 0o600, flag: 'wx' });
+      await fs.rename(temporary, this.file);
+    } catch (err) {
+      await fs.rm(temporary, { force: true }).catch(() => undefined);
+      throw toPeerShareError(err, 'IO_ERROR');
+    }
+  }
+
+  private load(text: string): void {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const origins = (parsed as { version?: unknown; origins?: unknown })?.origins;
+    if ((parsed as { version?: unknown }).version !== FORMAT_VERSION || !Array.isArray(origins)) return;
+    for (const raw of origins.slice(-MAX_ORIGINS)) {
+      const o = raw as Record<string, unknown>;
+      if (typeof o?.peerId !== 'string' || typeof o.remotePath !== 'string' || typeof o.localPath !== 'string' || !path.isAbsolute(o.localPath)) continue;
+      if ((o.type !== 'file' && o.type !== 'dir') || typeof o.files !== 'object' || o.files === null) continue;
+      const origin: Origin = { peerId: o.peerId, remotePath: o.remotePath, localPath: path.resolve(o.localPath), type: o.type, files: new Map() };
+      for (const [rel, v] of Object.entries(o.files as Record<string, unknown>)) {
+        if (!Array.isArray(v) || !isWellFormedRel(rel)) continue;
+        const [size, mtimeMs, fileHash, created] = v as unknown[];
+        if (!Number.isSafeInteger(size) || (size as number) < 0 || !Number.isSafeInteger(mtimeMs)) continue;
+        origin.files.set(rel, { size: size as number, mtimeMs: mtimeMs as number, fileHash: typeof fileHash === 'string' && /^[0-9a-f]{64}$/.test(fileHash) ? fileHash : undefined, created: created === 1 || undefined });
+      }
+      this.origins.set(origin.localPath, origin);
+      this.fileCount += origin.files.size;
+    }
+    this.bound();
+  }
+
+  private drop(key: string): void {
+    const origin = this.origins.get(key);
+    if (!origin) return;
+    this.fileCount -= origin.files.size;
+    this.origins.delete(key);
+  }
+
+  /** Forgets the oldest origins past the bounds (never the newest one: it is being recorded). */
+  private bound(): void {
+    while (this.origins.size > 1 && (this.origins.size > MAX_ORIGINS || this.fileCount > MAX_ORIGIN_FILES)) {
+      this.drop(this.origins.keys().next().value as string);
+    }
+  }
+}
+
+/** A local file's size and time are those of a recorded version (times compared in whole milliseconds, as a listing gives them). */
+export function sameAs(version: Pick<LandedVersion, 'size' | 'mtimeMs'>, size: number, mtimeMs: number): boolean {
+  return version.size === size && version.mtimeMs === Math.floor(mtimeMs);
+}
+
+function isInside(child: string, parent: string): boolean {
+  return child.startsWith(parent.endsWith(path.sep) ? parent : parent + path.sep);
+}
+
+/** '' or '/'-separated components, none empty, '.' or '..': a record cannot name a file outside its origin. */
+function isWellFormedRel(rel: string): boolean {
+  return rel === '' || rel.split('/').every((c) => c !== '' && c !== '.' && c !== '..' && !c.includes('\\') && !c.includes('\0'));
+}
