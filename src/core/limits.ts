@@ -73,6 +73,8 @@ export interface Limits {
   watchBatchIntervalMs: number;
   /** v2 share.watch: pending changes of one watch; past it they become one `resync` (list again). */
   maxWatchChanges: number;
+  /** v2 share.watch of a subtree (`tree`, docs/protocol-v2.md 14.5): folders one such watch may cover, each with a system watcher while watched; more are TOO_LARGE. */
+  maxTreeWatchFolders: number;
   /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
   requestWindowBytes: number;
   /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
@@ -160,6 +162,7 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   maxWatchesPerConnection: 4,
   watchBatchIntervalMs: 250,
   maxWatchChanges: 1000,
+  maxTreeWatchFolders: 4096,
   // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
   requestWindowBytes: 4 * 1024 * 1024,
   interleaveSliceBytes: 256 * 1024,

@@ -33,7 +33,15 @@ export interface FolderChange {
 /** One batch of a watch: changes, or `resync` (too many: list the folder again). */
 export type WatchBatch = { kind: 'changes'; changes: FolderChange[] } | { kind: 'resync' };
 
-type WatchLimits = Pick<Limits, 'watchBatchIntervalMs' | 'maxWatchChanges' | 'maxListEntries'>;
+type WatchLimits = Pick<Limits, 'watchBatchIntervalMs' | 'maxWatchChanges' | 'maxListEntries' | 'maxTreeWatchFolders' | 'maxTreeDepth'>;
+
+/** What hears a watched folder's changes: a requester's watch of that folder, or one folder of a tree watch. */
+interface WatchSink {
+  /** What changed since the folder's last look; `flood` when it had to list everything and found too much. */
+  push(changes: FolderChange[], flood: boolean): void;
+  /** The folder's watch ended (removed, replaced, failed). */
+  fail(err: PeerShareError): void;
+}
 
 /** Raw events are gathered this long before the names are looked at again (a save is several events). */
 const SETTLE_MS = 20;
@@ -63,6 +71,38 @@ export class WatchHub {
    * `signal` (the requester's CANCEL) ends it while the folder is still being read.
    */
   async watch(remotePath: string, signal?: AbortSignal): Promise<FolderWatch> {
+    let folder: WatchedFolder | undefined;
+    const watch = new FolderWatch(this.limits, () => folder?.remove(watch));
+    try {
+      folder = await this.join(remotePath, watch, signal);
+    } catch (err) {
+      watch.close();
+      throw err;
+    }
+    return watch;
+  }
+
+  /**
+   * Starts watching the whole subtree of `remotePath` (spec 14.5): a watcher on each folder in it,
+   * at most `maxTreeWatchFolders`, changes named by their path below `remotePath`. Refused as
+   * watch() is, or TOO_LARGE when the tree has more folders, or is deeper, than allowed.
+   */
+  async watchTree(remotePath: string, signal?: AbortSignal): Promise<FolderWatch> {
+    const tree = new TreeWatch(this, remotePath.replace(/\/+$/, ''), this.limits);
+    try {
+      await tree.arm(signal);
+    } catch (err) {
+      tree.out.close();
+      throw err;
+    }
+    return tree.out;
+  }
+
+  /**
+   * @internal Adds `sink` to the watchers of the folder `remotePath`, starting them if it is the
+   * first; resolves once the folder's watcher runs and its listing is known.
+   */
+  async join(remotePath: string, sink: WatchSink, signal?: AbortSignal): Promise<WatchedFolder> {
     const { root, components } = this.share.resolve(remotePath);
     if (!root) throw new PeerShareError('INVALID_ARGUMENT', 'Watch a shared folder, not the list of them.');
     // The share's own checks (path rules, excludes, symbolic links, kind), as a listing makes them.
@@ -78,21 +118,21 @@ export class WatchHub {
       this.folders.set(key, starting);
       folder = starting;
     }
-    const watch = new FolderWatch(folder, this.limits);
-    // Cancelled while the folder is being read: the watch leaves at once, and a folder no other
+    // Cancelled while the folder is being read: the sink leaves at once, and a folder no other
     // watch waits for stops being read (a requester cancelling and asking again costs no listing each).
-    const leave = (): void => watch.close();
+    const joined = folder;
+    const leave = (): void => joined.remove(sink);
     signal?.addEventListener('abort', leave, { once: true });
     try {
-      await folder.add(watch);
+      await folder.add(sink);
       if (signal?.aborted) throw abortReason(signal);
     } catch (err) {
-      watch.close();
+      folder.remove(sink);
       throw signal?.aborted ? abortReason(signal) : err;
     } finally {
       signal?.removeEventListener('abort', leave);
     }
-    return watch;
+    return folder;
   }
 
   /** System watchers held for the folders of `root` (by name), or of every root: what tests and logs check. */
@@ -114,7 +154,7 @@ class WatchedFolder {
   private readonly components: string[];
   private readonly remotePath: string;
   private readonly realPath: string;
-  private readonly watches = new Set<FolderWatch>();
+  private readonly watches = new Set<WatchSink>();
   private watcher?: FSWatcher;
   private starting?: Promise<void>;
   private identity?: { dev: number; ino: number };
@@ -145,16 +185,21 @@ class WatchedFolder {
   }
 
   /** Adds a watch; the first one starts the watcher, then lists the folder (events meanwhile are looked at after). */
-  async add(watch: FolderWatch): Promise<void> {
+  async add(sink: WatchSink): Promise<void> {
     if (this.failed) throw this.failed;
-    this.watches.add(watch);
+    this.watches.add(sink);
     this.starting ??= this.start();
     await this.starting;
   }
 
-  remove(watch: FolderWatch): void {
-    if (!this.watches.delete(watch) || this.watches.size > 0) return;
+  remove(sink: WatchSink): void {
+    if (!this.watches.delete(sink) || this.watches.size > 0) return;
     this.release();
+  }
+
+  /** The entries as last reported (the listing once add() resolved). */
+  entries(): [string, EntryState][] {
+    return [...this.known];
   }
 
   private async start(): Promise<void> {
@@ -326,7 +371,7 @@ class WatchedFolder {
  * One requester's watch of a folder: changes gathered since its last batch (the latest state of a
  * name wins), at most maxWatchChanges of them, past which they are dropped for one `resync`.
  */
-export class FolderWatch {
+export class FolderWatch implements WatchSink {
   private readonly pending = new Map<string, FolderChange>();
   private resync = false;
   private firstPendingAt = 0;
@@ -336,11 +381,11 @@ export class FolderWatch {
   private wake?: () => void;
 
   constructor(
-    private readonly folder: WatchedFolder,
     private readonly limits: WatchLimits,
+    private readonly onClose: () => void,
   ) {}
 
-  /** @internal From the folder: what changed since its last look; `flood` when it had to list everything and found too much. */
+  /** @internal What changed since the last look; `flood` when it had to list everything and found too much. */
   push(changes: FolderChange[], flood: boolean): void {
     if (this.closed) return;
     if (!this.resync) {
@@ -404,7 +449,153 @@ export class FolderWatch {
     if (this.closed) return;
     this.closed = true;
     this.pending.clear();
-    this.folder.remove(this);
+    this.onClose();
+  }
+}
+
+/**
+ * A requester's watch of a whole subtree (spec 14.5): one sink in each folder below the watched one
+ * (sharing that folder's watcher with any other watch of it), each change named by its path below
+ * the watched folder, all gathered into one FolderWatch (`out`) with its coalescing and bounds. A
+ * folder that appears is joined and what it already holds is told as added (its watcher runs before
+ * its listing, so nothing falls between); a folder that goes is left, with everything below it.
+ */
+class TreeWatch {
+  readonly out: FolderWatch;
+  /** The folders joined, by their path below the top ('' is the top itself). */
+  private readonly members = new Map<string, TreeMember>();
+  private closed = false;
+
+  constructor(
+    private readonly hub: WatchHub,
+    private readonly top: string,
+    private readonly limits: WatchLimits,
+  ) {
+    this.out = new FolderWatch(limits, () => this.close());
+  }
+
+  /** Joins every folder of the tree, breadth first; the top's own error (or the tree's size) refuses the watch. */
+  async arm(signal?: AbortSignal): Promise<void> {
+    await this.enterAll('', false, signal);
+  }
+
+  /** @internal From the folder `rel`: its changes, named below the top; folders that came or went are joined or left. */
+  fromFolder(member: TreeMember, changes: FolderChange[], flood: boolean): void {
+    // A folder left while it was being joined may still speak once: not heard.
+    if (this.closed || this.members.get(member.rel) !== member) return;
+    const rel = member.rel;
+    const named = rel === '' ? changes : changes.map((c) => ({ ...c, path: `${rel}/${c.path}` }));
+    this.out.push(named, flood);
+    for (const change of named) {
+      if (change.entry?.type !== 'dir') this.leave(change.path);
+      else if (!this.members.has(change.path)) this.enterLater(change.path);
+    }
+  }
+
+  /** @internal The folder `rel` stopped being watched (removed, replaced, failed). */
+  folderFailed(member: TreeMember, err: PeerShareError): void {
+    if (this.closed || this.members.get(member.rel) !== member) return;
+    const rel = member.rel;
+    if (rel === '') {
+      this.out.fail(err);
+      return;
+    }
+    this.leave(rel);
+    // Removed: its parent says so. Replaced by another folder of the same name: joined again, and,
+    // as what the old one held is not told as removed, the requester is asked to look again.
+    this.enterLater(rel, () => this.out.push([], true));
+  }
+
+  private enterLater(rel: string, onEntered?: () => void): void {
+    void this.enterAll(rel, true).then(
+      (entered) => {
+        if (entered) onEntered?.();
+      },
+      (err: unknown) => this.out.fail(toPeerShareError(err, 'INTERNAL')),
+    );
+  }
+
+  /** Joins `rel` and every folder below it; `announce`: tells what they hold as added. False when `rel` was not joined (gone, or already). */
+  private async enterAll(rel: string, announce: boolean, signal?: AbortSignal): Promise<boolean> {
+    const queue = [rel];
+    let first = true;
+    while (queue.length > 0) {
+      const at = queue.shift()!;
+      const folder = await this.enter(at, signal);
+      if (!folder) {
+        if (first) return false;
+        continue;
+      }
+      first = false;
+      const entries = folder.entries();
+      if (announce && entries.length > 0) {
+        this.out.push(entries.map(([name, entry]) => ({ path: at === '' ? name : `${at}/${name}`, type: 'added' as const, entry })), false);
+      }
+      for (const [name, entry] of entries) if (entry.type === 'dir') queue.push(at === '' ? name : `${at}/${name}`);
+    }
+    return true;
+  }
+
+  private async enter(rel: string, signal?: AbortSignal): Promise<WatchedFolder | undefined> {
+    if (this.closed || this.members.has(rel)) return undefined;
+    if (this.members.size >= this.limits.maxTreeWatchFolders) {
+      throw new PeerShareError('TOO_LARGE', `The folder holds more than ${this.limits.maxTreeWatchFolders} folders; watch a smaller one.`);
+    }
+    if (rel !== '' && rel.split('/').length > this.limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${this.limits.maxTreeDepth} levels.`);
+    const member = new TreeMember(this, rel);
+    this.members.set(rel, member);
+    let folder: WatchedFolder;
+    try {
+      folder = await this.hub.join(rel === '' ? this.top : `${this.top}/${rel}`, member, signal);
+    } catch (err) {
+      if (this.members.get(rel) === member) this.members.delete(rel);
+      const code = toPeerShareError(err).code;
+      // A folder below the top that went (or became excluded or a file) before it was joined: its parent tells.
+      if (rel !== '' && (code === 'NOT_FOUND' || code === 'NOT_A_DIRECTORY' || code === 'EXCLUDED' || code === 'OUTSIDE_SHARE')) return undefined;
+      throw err;
+    }
+    member.folder = folder;
+    // Left (the tree closed, the folder went) while it was being joined: nothing may stay joined.
+    if (this.closed || this.members.get(rel) !== member) {
+      folder.remove(member);
+      return undefined;
+    }
+    return folder;
+  }
+
+  /** Leaves `rel` and every folder below it. */
+  private leave(rel: string): void {
+    for (const [at, member] of this.members) {
+      if (at === rel || at.startsWith(`${rel}/`)) {
+        this.members.delete(at);
+        member.folder?.remove(member);
+      }
+    }
+  }
+
+  private close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const member of this.members.values()) member.folder?.remove(member);
+    this.members.clear();
+  }
+}
+
+/** One folder of a tree watch. */
+class TreeMember implements WatchSink {
+  folder?: WatchedFolder;
+
+  constructor(
+    private readonly tree: TreeWatch,
+    readonly rel: string,
+  ) {}
+
+  push(changes: FolderChange[], flood: boolean): void {
+    this.tree.fromFolder(this, changes, flood);
+  }
+
+  fail(err: PeerShareError): void {
+    this.tree.folderFailed(this, err);
   }
 }
 

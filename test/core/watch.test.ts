@@ -310,9 +310,84 @@ describe('share.watch: a live tree', () => {
   });
 });
 
+describe('share.watch of a subtree (tree: true): what Follow and sync --watch hear', () => {
+  it('names changes by their path below the folder, at any depth, and joins folders made while it watches', async () => {
+    const { proj, conn, watchers } = await setUp({ prepare: async (p) => void (await fs.mkdir(path.join(p, 'a', 'b'), { recursive: true })) });
+    const heard = new Heard();
+    const watch = await conn.share.watch('proj', { onChanges: heard.onChanges, tree: true });
+    assert.equal(await watchers(), 3, 'one watcher per folder of the tree');
+    await fs.writeFile(path.join(proj, 'a', 'b', 'deep.txt'), 'deep');
+    await until('a/b/deep.txt added', () => heard.last('a/b/deep.txt')?.type === 'added');
+    assert.equal(heard.last('a/b/deep.txt')?.entry?.size, 4);
+
+    // A folder made with a file already in it (before its watcher could run): the file is told as added.
+    await fs.mkdir(path.join(proj, 'new', 'inner'), { recursive: true });
+    await fs.writeFile(path.join(proj, 'new', 'inner', 'x.txt'), 'x');
+    await until('new/inner/x.txt added', () => heard.last('new/inner/x.txt')?.type === 'added');
+    await untilAsync('the new folders watched', async () => (await watchers()) === 5);
+    await fs.writeFile(path.join(proj, 'new', 'inner', 'y.txt'), 'yy');
+    await until('new/inner/y.txt added', () => heard.last('new/inner/y.txt')?.type === 'added');
+
+    // A folder removed: its name goes, and its watchers with it.
+    await fs.rm(path.join(proj, 'new'), { recursive: true });
+    await until('new removed', () => heard.last('new')?.type === 'removed');
+    await untilAsync('the removed folders are no longer watched', async () => (await watchers()) === 3);
+    watch.stop();
+    await watch.ended;
+    await untilAsync('every watcher released', async () => (await watchers()) === 0);
+  });
+
+  it('never names an excluded file or anything below an excluded folder', async () => {
+    const { proj, conn, watchers } = await setUp({ prepare: async (p) => {
+      await fs.mkdir(path.join(p, '.git', 'objects'), { recursive: true });
+      await fs.mkdir(path.join(p, 'src'));
+      await fs.writeFile(path.join(p, '.gitignore'), 'build/\n');
+    } });
+    const heard = new Heard();
+    const watch = await conn.share.watch('proj', { onChanges: heard.onChanges, tree: true });
+    await fs.mkdir(path.join(proj, 'build'));
+    await fs.writeFile(path.join(proj, 'build', 'out.js'), 'x');
+    await fs.writeFile(path.join(proj, '.git', 'objects', 'ab12'), 'x');
+    await fs.writeFile(path.join(proj, 'src', '.env'), 'SECRET=1');
+    await fs.writeFile(path.join(proj, 'src', 'ok.ts'), 'ok');
+    await until('src/ok.ts added', () => heard.last('src/ok.ts')?.type === 'added');
+    await quiet(heard);
+    const named = heard.changes.map((c) => c.path);
+    assert.deepEqual(named.filter((n) => /build|\.git|\.env/.test(n)), [], `named: ${named.join(', ')}`);
+    assert.equal(await watchers(), 2, 'no watcher in an excluded folder: proj and src only');
+    watch.stop();
+    await watch.ended;
+  });
+
+  it('refuses a tree of more folders than maxTreeWatchFolders (TOO_LARGE), and one growing past it ends so', async () => {
+    const { proj, conn, watchers } = await setUp({
+      sharer: { maxTreeWatchFolders: 3 },
+      prepare: async (p) => {
+        for (const name of ['a', 'b', 'c']) await fs.mkdir(path.join(p, name));
+      },
+    });
+    await rejectsWithCode(conn.share.watch('proj', { onChanges: () => undefined, tree: true }), 'TOO_LARGE');
+    await untilAsync('nothing stays watched', async () => (await watchers()) === 0);
+    await fs.rm(path.join(proj, 'c'), { recursive: true });
+    const watch = await conn.share.watch('proj', { onChanges: () => undefined, tree: true });
+    await fs.mkdir(path.join(proj, 'd'));
+    await rejectsWithCode(watch.ended, 'TOO_LARGE');
+    await untilAsync('nothing stays watched', async () => (await watchers()) === 0);
+  });
+});
+
+/** Until an async check holds. */
+async function untilAsync(what: string, check: () => Promise<boolean>): Promise<void> {
+  const end = Date.now() + DEADLINE_MS;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
 describe('share.watch messages: any input is parsed or refused with a code', () => {
   const { check } = fuzzer(300);
-  const anyName = fc.oneof(fc.constantFrom('', '.', '..', 'a/b', 'ok.txt', '\u001b[31m', 'x'.repeat(1025)), fc.string({ maxLength: 20 }), fc.integer());
+  const anyName = fc.oneof(fc.constantFrom('', '.', '..', 'a/b', 'a//b', '/a', 'a/../b', 'a/./b', 'ok.txt', '\u001b[31m', 'x'.repeat(1025), 'a/'.repeat(3000)), fc.string({ maxLength: 20 }), fc.integer());
   const anyEntry = fc.oneof(
     fc.record({ type: fc.constantFrom('file', 'dir', 'link'), size: fc.oneof(fc.nat(), fc.integer(), fc.double()), mtimeMs: fc.oneof(fc.integer(), fc.double(), fc.constant(9e15)) }, { requiredKeys: [] }),
     fc.anything(),
@@ -324,10 +399,10 @@ describe('share.watch messages: any input is parsed or refused with a code', () 
   );
 
   it('a reply from a hostile sharer: PROTOCOL_ERROR, BAD_NAME or TOO_LARGE, never another failure; what passes is well-formed', async () => {
-    await check(anyReply, (reply) => {
+    await check(fc.tuple(anyReply, fc.boolean()), ([reply, tree]) => {
       let parsed;
       try {
-        parsed = parseWatchReply(reply as { type: string });
+        parsed = parseWatchReply(reply as { type: string }, tree);
       } catch (err) {
         refusedWith(err, ['PROTOCOL_ERROR', 'BAD_NAME', 'TOO_LARGE']);
         return;
@@ -335,7 +410,9 @@ describe('share.watch messages: any input is parsed or refused with a code', () 
       if (parsed.kind !== 'changes') return;
       const names = new Set<string>();
       for (const change of parsed.changes) {
-        assert.ok(change.path !== '' && !change.path.includes('/') && change.path !== '.' && change.path !== '..' && !names.has(change.path));
+        const components = change.path.split('/');
+        assert.ok(tree || components.length === 1, 'one name unless the watch is of a tree');
+        assert.ok(components.every((c) => c !== '' && c !== '.' && c !== '..') && !names.has(change.path));
         names.add(change.path);
         assert.equal(change.entry === undefined, change.type === 'removed');
         if (change.entry) assert.ok(['file', 'dir'].includes(change.entry.type) && Number.isSafeInteger(change.entry.size) && change.entry.size >= 0);

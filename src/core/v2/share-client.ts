@@ -583,8 +583,10 @@ class ChunkReadMachine implements AnswerMachine<VerifiedChunk, void> {
 class WatchMachine implements AnswerMachine<WatchReply, void> {
   state: 'arming' | 'watching' | 'done' = 'arming';
 
+  constructor(private readonly tree: boolean) {}
+
   reply(message: WireMessage): WatchReply {
-    const parsed = parseWatchReply(message);
+    const parsed = parseWatchReply(message, this.tree);
     if ((this.state === 'arming') !== (parsed.kind === 'watching')) {
       throw breach(this.state === 'arming' ? 'A watch must start with "watching".' : 'The peer said "watching" twice.');
     }
@@ -710,12 +712,14 @@ export class ShareClient {
    * listing made after it misses no change; then `onChanges` hears each batch (apply `added` and
    * `changed` as "put this entry", `removed` as "drop this name": they are idempotent) or `resync`
    * (list the folder again). Names are raw: escape them (sanitizeForDisplay) to show them. At most
-   * maxWatchesPerConnection at once per connection, or the peer answers BUSY.
+   * maxWatchesPerConnection at once per connection, or the peer answers BUSY. `tree`: the whole
+   * subtree (spec 14.5): a change's path is then the path below `path` ('/'-separated).
    */
-  async watch(path: string, options: RequestOptions & { onChanges: (batch: WatchBatch) => void }): Promise<RemoteFolderWatch> {
+  async watch(path: string, options: RequestOptions & { onChanges: (batch: WatchBatch) => void; tree?: boolean }): Promise<RemoteFolderWatch> {
     const stopper = new AbortController();
     const signal = options.signal ? AbortSignal.any([options.signal, stopper.signal]) : stopper.signal;
-    const run = this.run({ type: WATCH_REQUEST, path }, new WatchMachine(), { signal, longLived: true });
+    const tree = options.tree === true;
+    const run = this.run({ type: WATCH_REQUEST, path, ...(tree ? { tree } : {}) }, new WatchMachine(tree), { signal, longLived: true });
     // Long-lived once armed; until the sharer says it watches, the stall deadline holds (a sharer
     // that never arms must not hold the Peers view's folder, or `ls --watch`, for ever).
     const notArmed = new PeerShareError('TIMEOUT', 'The peer did not start watching the folder in time.');

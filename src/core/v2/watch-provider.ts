@@ -44,7 +44,7 @@ export class WatchProvider {
   }
 
   async answer(session: WatchSession, message: CapabilityMessage, reply: ReplyWriter, signal: AbortSignal): Promise<Record<string, unknown>> {
-    const { path } = parseWatchRequest(message);
+    const { path, tree } = parseWatchRequest(message);
     // Counted before the folder is looked at: a flood of watches costs no disk.
     if (session.watches >= this.limits.maxWatchesPerConnection) {
       throw new PeerShareError('BUSY', `At most ${this.limits.maxWatchesPerConnection} folders may be watched at once on one connection.`);
@@ -60,7 +60,7 @@ export class WatchProvider {
     };
     signal.addEventListener('abort', leave, { once: true });
     try {
-      const watch = await this.hub.watch(path, signal);
+      const watch = tree ? await this.hub.watchTree(path, signal) : await this.hub.watch(path, signal);
       const untrusted = new AbortController();
       const recheck = setInterval(() => {
         try {
