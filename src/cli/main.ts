@@ -12,8 +12,11 @@ import {
   TrustStore,
   ReceiveSettings,
   download,
-  deltaFile,
-  deltaFolder,
+  follow,
+  syncFile,
+  syncFolder,
+  OriginStore,
+  originFileFor,
   resolveTarget,
   loadOrCreateIdentity,
   Discovery,
@@ -33,6 +36,7 @@ import {
   type Identity,
   type PeerConnection,
   type ErrorCode,
+  type FollowReport,
 } from '../core';
 import { ProgressBar } from './progress';
 import { parseSnippetName, terminalReceivePolicy, type ReceiveMode } from './receive';
@@ -89,6 +93,7 @@ Commands:
   ls <invite|peer> <path> --watch     List a folder, then print its changes as they happen (Ctrl+C stops)
   get <invite|peer> <remote> [dest]   Download a file or folder (dest: a folder or a new name; default .)
   sync <invite|peer> <remote> <dest>  Make dest a mirror of a peer's file or folder, moving only changed chunks
+  sync ... --watch [--delete]         Keep dest in step: apply each change as it happens (Ctrl+C stops)
   send <peer> <path>...               Offer files and folders to a peer; they travel only if it accepts
   send <peer> --text --name F:LINE    Send the text on standard input as a snippet of F from LINE (nothing is written there)
   id                                  Show this installation's peer ID
@@ -123,9 +128,12 @@ Options:
           if it is a folder, else becomes dest). A file whose size or time differs from the peer's
           is replaced by the peer's version, built from the chunks already in dest plus the changed
           ones, once verified whole with BLAKE3: local edits to such a file are replaced (dest is a
-          mirror). Files only in dest are kept (nothing is deleted); a link or anything but a file
-          in a file's place is left alone and reported. --json: files checked and changed, bytes
-          received and bytes reused from local copies
+          mirror). Files only in dest are kept; a link or anything but a file in a file's place is
+          left alone and reported. --json: files checked, changed and deleted, bytes received and
+          bytes reused from local copies (with --watch: one JSON line per sync or batch of changes)
+          --watch   Keep running: the peer's changes are applied as they happen, until Ctrl+C
+          --delete  Remove files the peer removed, only if a sync created them and they were not
+                    edited here since (what came from where is kept under the home's origins/)
   send:   --note TEXT       A note shown with the offer (at most 200 characters)
           --text --name F:LINE[-END]  With --text, --name names the snippet, not you
           Exit codes: 0 all accepted and received, 4 declined or refused, others as for get
@@ -170,6 +178,7 @@ const OPTIONS = {
   overwrite: { type: 'boolean', default: false },
   'keep-both': { type: 'boolean', default: false },
   watch: { type: 'boolean', default: false },
+  delete: { type: 'boolean', default: false },
   announce: { type: 'boolean', default: false },
   requests: { type: 'string' },
   interface: { type: 'string', multiple: true },
@@ -260,8 +269,8 @@ async function main(argv: string[]): Promise<number> {
       return commandGet(globals, args[0], args[1], args[2] ?? '.', conflict);
     }
     case 'sync':
-      if (args.length !== 3) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare sync <invite|peer> <remote-path> <dest>');
-      return commandSync(globals, args[0], args[1], args[2]);
+      if (args.length !== 3) throw new PeerShareError('INVALID_ARGUMENT', 'Usage: peershare sync <invite|peer> <remote-path> <dest> [--watch] [--delete]');
+      return commandSync(globals, args[0], args[1], args[2], { watch: values.watch, deleteRemoved: values.delete });
     default: {
       const guess = closest(command, COMMANDS);
       throw new PeerShareError('INVALID_ARGUMENT', `Unknown command "${sanitizeForDisplay(command).slice(0, 40)}".${guess ? ` Did you mean "${guess}"?` : ''} Run peershare --help.`);
@@ -765,7 +774,7 @@ async function commandLsWatch(globals: Globals, target: string, remotePath: stri
 async function startTransfer(
   globals: Globals,
   target: string,
-): Promise<{ abort: AbortController; started: bigint; conn: PeerConnection; bar?: ProgressBar; end: () => void }> {
+): Promise<{ abort: AbortController; started: bigint; conn: PeerConnection; identity: Identity; bar?: ProgressBar; end: () => void }> {
   const abort = new AbortController();
   const onSignal = (): void => abort.abort();
   process.once('SIGINT', onSignal);
@@ -775,7 +784,7 @@ async function startTransfer(
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   };
-  const { conn } = await connectTarget(globals, target, abort.signal).catch((err: unknown) => {
+  const { conn, identity } = await connectTarget(globals, target, abort.signal).catch((err: unknown) => {
     stopListening();
     throw err;
   });
@@ -784,6 +793,7 @@ async function startTransfer(
     abort,
     started,
     conn,
+    identity,
     bar,
     end: () => {
       bar?.done();
@@ -832,41 +842,59 @@ async function commandGet(globals: Globals, target: string, remotePath: string, 
 
 /**
  * `sync`: dest becomes a mirror of the peer's file or folder (issue 13), moving only the chunks
- * that changed (core/delta.ts). Files whose size and time match cost nothing; nothing is deleted.
+ * that changed (core/delta.ts). Files whose size and time match cost nothing. With --delete, a
+ * file the sharer removed is removed here if a sync created it and it was not edited since
+ * (core/follow.ts's rule, from the record under the home's origins/). With --watch, the folder is
+ * followed: each change is applied as it arrives, until Ctrl+C.
  */
-async function commandSync(globals: Globals, target: string, remotePath: string, dest: string): Promise<number> {
-  const { abort, started, conn, end } = await startTransfer(globals, target);
+async function commandSync(globals: Globals, target: string, remotePath: string, dest: string, options: { watch: boolean; deleteRemoved: boolean }): Promise<number> {
+  const { abort, started, conn, identity, end } = await startTransfer(globals, target);
+  let origins: OriginStore | undefined;
   try {
     const entry = await conn.stat(remotePath, { signal: abort.signal }).catch((err: unknown) => {
       throw naming(err, remotePath);
     });
-    let result: { type: 'file' | 'dir'; target: string; filesChecked: number; filesChanged: number; bytesReceived: number; bytesReused: number; leftAlone: { path: string; why: string }[]; leftAloneCount: number };
-    if (entry.type === 'dir') {
-      const mirror = path.resolve(dest);
-      result = { type: 'dir', target: mirror, ...(await deltaFolder(conn, remotePath, mirror, { signal: abort.signal })) };
-    } else {
+    let named = path.resolve(dest);
+    if (entry.type === 'file') {
       // "dir/" names a folder, as for get: made if missing, and the file goes inside it.
       if (/[/\\]$/.test(dest)) await fs.mkdir(dest, { recursive: true });
-      const named = await resolveTarget(remotePath, dest);
-      const exists = await fs.lstat(named).then(() => true, () => false);
-      const updated = await deltaFile(conn, remotePath, exists ? named : undefined, named, { overwrite: true, signal: abort.signal });
-      result = { type: 'file', target: named, filesChecked: 1, filesChanged: updated.changed ? 1 : 0, bytesReceived: updated.bytesReceived, bytesReused: updated.bytesReused, leftAlone: [], leftAloneCount: 0 };
+      named = await resolveTarget(remotePath, dest);
     }
-    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-    if (globals.json) {
-      printJson({ ...result, seconds });
-    } else {
-      out(
-        `Synced ${countOf(result.filesChecked, 'file')} into ${result.target}: ${result.filesChanged} changed, ${formatBytes(result.bytesReceived)} received, ${formatBytes(result.bytesReused)} reused from local copies, in ${seconds.toFixed(2)} s, verified with BLAKE3.`,
-      );
-      for (const l of result.leftAlone) out(`Left alone ${sanitizeForDisplay(l.path)}: ${sanitizeForDisplay(l.why)}`);
-      const unlisted = result.leftAloneCount - result.leftAlone.length;
-      if (unlisted > 0) out(`...and ${unlisted} more left alone.`);
+    origins = await OriginStore.open(originFileFor(identity.home, named));
+    const sync = { origins, deleteRemoved: options.deleteRemoved, signal: abort.signal };
+    if (!options.watch) {
+      const report = entry.type === 'dir' ? await syncFolder(conn, remotePath, named, sync) : await syncFile(conn, remotePath, named, sync);
+      printSyncReport(globals, { ...report, kind: 'initial', seconds: Number(process.hrtime.bigint() - started) / 1e9 }, entry.type, named);
+      return EXIT.OK;
     }
+    const following = await follow(conn, remotePath, named, { ...sync, onSynced: (report) => printSyncReport(globals, report, entry.type, named) }).catch((err: unknown) => {
+      throw naming(err, remotePath);
+    });
+    if (!globals.json && process.stderr.isTTY) process.stderr.write('Following changes; Ctrl+C stops.\n');
+    await following.ended;
+  } catch (err) {
+    if (options.watch && abort.signal.aborted) return EXIT.OK;
+    throw err;
   } finally {
+    await origins?.flush().catch((err: unknown) => process.stderr.write(`Could not save what came from where: ${toPeerShareError(err).message}\n`));
     end();
   }
   return EXIT.OK;
+}
+
+/** One sync's result: a sentence (and what was left alone), or with --json one line of JSON. */
+function printSyncReport(globals: Globals, report: FollowReport, type: 'file' | 'dir', named: string): void {
+  if (globals.json) {
+    printJson({ type, target: named, ...report });
+    return;
+  }
+  const deleted = report.filesDeleted > 0 ? `, ${report.filesDeleted} deleted` : '';
+  const moved = `${formatBytes(report.bytesReceived)} received, ${formatBytes(report.bytesReused)} reused from local copies, in ${report.seconds.toFixed(2)} s`;
+  if (report.kind === 'changes') out(`Applied ${countOf(report.filesChecked, 'changed file')}: ${report.filesChanged} updated${deleted}, ${moved}.`);
+  else out(`${report.kind === 'resync' ? 'Synced again' : 'Synced'} ${countOf(report.filesChecked, 'file')} into ${named}: ${report.filesChanged} changed${deleted}, ${moved}, verified with BLAKE3.`);
+  for (const l of report.leftAlone) out(`Left alone ${sanitizeForDisplay(l.path)}: ${sanitizeForDisplay(l.why)}`);
+  const unlisted = report.leftAloneCount - report.leftAlone.length;
+  if (unlisted > 0) out(`...and ${unlisted} more left alone.`);
 }
 
 /** The nearest folder up from `start` that holds `.git` (the project a receiver's workspace is likely to be), else `start`. */

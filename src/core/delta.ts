@@ -30,6 +30,8 @@ export interface DeltaOptions {
   overwrite?: boolean;
   /** deltaFolder: each file checked, with the sharer's version it now holds (for the origin record, origins.ts). */
   onFileSynced?: (relPath: string, synced: SyncedFile) => void;
+  /** deltaFolder: asked before a local file that differs from the sharer's is replaced; true leaves it alone (edited here: Follow keeps it). */
+  keepLocal?: (relPath: string) => Promise<boolean>;
 }
 
 /** A file a sync checked: the sharer's version the local copy now is, and whether the sync made it. */
@@ -300,6 +302,10 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
         }
         if (st && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) {
           options.onFileSynced?.(relPath, { size: entry.size, mtimeMs: entry.mtimeMs, created: false });
+          continue;
+        }
+        if (st && options.keepLocal && (await options.keepLocal(relPath))) {
+          leaveAlone(relPath, 'it was edited here since it was taken from the peer; yours was kept');
           continue;
         }
         try {

@@ -29,3 +29,4 @@ export { DhtNetwork, DhtListener, internetReach, parseBootstrap, type DhtBootstr
 export * from './cdc';
 export * from './delta';
 export * from './origins';
+export * from './follow';

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { blake3 } from './blake3';
 import { toPeerShareError } from './errors';
 
 /**
@@ -51,6 +52,11 @@ export const MAX_ORIGIN_FILES = 500_000;
 /** Writes are gathered this long, so a folder of 10,000 files is not 10,000 writes. */
 const SAVE_DELAY_MS = 500;
 const FORMAT_VERSION = 1;
+
+/** The CLI's record for one sync destination: `<home>/origins/<hash of its absolute path>.json`, so syncs into different places never write the same file. */
+export function originFileFor(home: string, localPath: string): string {
+  return path.join(home, 'origins', `${blake3(Buffer.from(path.resolve(localPath), 'utf8')).toString('hex').slice(0, 32)}.json`);
+}
 
 export class OriginStore {
   /** In the order last recorded (a Map keeps insertion order): the first is forgotten first. */

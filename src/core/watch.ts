@@ -390,7 +390,7 @@ export class FolderWatch implements WatchSink {
     if (this.closed) return;
     if (!this.resync) {
       if (this.pending.size === 0) this.firstPendingAt = performance.now();
-      for (const change of changes) merge(this.pending, change);
+      for (const change of changes) mergeChange(this.pending, change);
       if (flood || this.pending.size > this.limits.maxWatchChanges) {
         this.pending.clear();
         this.resync = true;
@@ -603,7 +603,7 @@ class TreeMember implements WatchSink {
  * Adds a change to what a watch has pending, so the requester sees the net effect: added then
  * removed is nothing; removed then added is changed; added then changed stays added.
  */
-function merge(pending: Map<string, FolderChange>, change: FolderChange): void {
+export function mergeChange(pending: Map<string, FolderChange>, change: FolderChange): void {
   const before = pending.get(change.path);
   if (!before) {
     pending.set(change.path, change);

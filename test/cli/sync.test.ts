@@ -11,6 +11,14 @@ const ROOT = path.join(__dirname, '..', '..');
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 
+async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 20_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
     execFile(process.execPath, [CLI, ...args], { timeout: 60_000 }, (err, stdout, stderr) => {
@@ -102,6 +110,69 @@ describe('peershare sync', () => {
     assert.equal(first.filesChanged, 1);
     const again = JSON.parse((await cli(['sync', peerId, 'proj/src/a.ts', `${dest}/`, '--json', '--home', clientHome])).stdout);
     assert.deepEqual([again.filesChanged, again.bytesReceived], [0, 0]);
+  });
+
+  it('--delete removes only what a sync created and nobody edited since; the rest is kept and reported', async () => {
+    const theirs = path.join(proj, 'gone');
+    await fs.mkdir(path.join(theirs, 'deep'), { recursive: true });
+    for (const name of ['made.txt', 'edited.txt', 'deep/inner.txt']) await fs.writeFile(path.join(theirs, name), `${name} from the sharer\n`);
+    await fs.writeFile(path.join(theirs, 'was-here.txt'), 'the same bytes\n');
+    const mirror = path.join(tempDir(), 'mirror');
+    await fs.mkdir(mirror);
+    // A file of the user's, there before any sync, under a name the sharer also has.
+    await fs.writeFile(path.join(mirror, 'was-here.txt'), 'mine, before the sync\n');
+    const first = JSON.parse((await cli(['sync', peerId, 'proj/gone', mirror, '--json', '--home', clientHome])).stdout);
+    assert.equal(first.filesChecked, 4);
+
+    await fs.appendFile(path.join(mirror, 'edited.txt'), 'an edit here\n');
+    await fs.writeFile(path.join(mirror, 'only-mine.txt'), 'never the sharer\'s\n');
+    for (const name of ['made.txt', 'edited.txt', 'deep', 'was-here.txt']) await fs.rm(path.join(theirs, name), { recursive: true });
+
+    // Without --delete nothing goes.
+    const kept = JSON.parse((await cli(['sync', peerId, 'proj/gone', mirror, '--json', '--home', clientHome])).stdout);
+    assert.equal(kept.filesDeleted, 0);
+    assert.deepEqual(await listTree(mirror), ['deep/', 'deep/inner.txt', 'edited.txt', 'made.txt', 'only-mine.txt', 'was-here.txt']);
+
+    const run = await cli(['sync', peerId, 'proj/gone', mirror, '--delete', '--json', '--home', clientHome]);
+    assert.equal(run.code, 0, run.stderr);
+    const result = JSON.parse(run.stdout);
+    assert.equal(result.filesDeleted, 2, JSON.stringify(result));
+    assert.deepEqual(await listTree(mirror), ['deep/', 'edited.txt', 'only-mine.txt', 'was-here.txt']);
+    assert.match(await fs.readFile(path.join(mirror, 'edited.txt'), 'utf8'), /an edit here/);
+    assert.deepEqual(result.leftAlone.map((l: { path: string }) => l.path).sort(), ['edited.txt', 'was-here.txt']);
+  });
+
+  it('--watch applies an add, a change and a delete as they happen (one JSON line each), until Ctrl+C', async () => {
+    const theirs = path.join(proj, 'live');
+    await fs.mkdir(theirs);
+    await fs.writeFile(path.join(theirs, 'first.txt'), 'one\n');
+    const mirror = path.join(tempDir(), 'mirror');
+    const following = spawn(process.execPath, [CLI, 'sync', peerId, 'proj/live', mirror, '--watch', '--delete', '--json', '--home', clientHome], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lines: Record<string, unknown>[] = [];
+    readline.createInterface({ input: following.stdout! }).on('line', (line) => lines.push(JSON.parse(line)));
+    let stderr = '';
+    following.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    try {
+      await until('the first sync', () => lines.some((l) => l.kind === 'initial'));
+      assert.equal(await fs.readFile(path.join(mirror, 'first.txt'), 'utf8'), 'one\n');
+
+      await fs.mkdir(path.join(theirs, 'sub'));
+      await fs.writeFile(path.join(theirs, 'sub', 'added.txt'), 'added\n');
+      await until('sub/added.txt in the mirror', async () => (await fs.readFile(path.join(mirror, 'sub', 'added.txt'), 'utf8').catch(() => '')) === 'added\n');
+      await fs.writeFile(path.join(theirs, 'first.txt'), 'one, changed\n');
+      await until('first.txt changed in the mirror', async () => (await fs.readFile(path.join(mirror, 'first.txt'), 'utf8')) === 'one, changed\n');
+      await fs.rm(path.join(theirs, 'sub'), { recursive: true });
+      await until('sub removed from the mirror', async () => !(await fs.lstat(path.join(mirror, 'sub')).then(() => true, () => false)));
+      assert.deepEqual(await listTree(mirror), ['first.txt']);
+      await until('the delete reported', () => lines.some((l) => l.kind === 'changes' && l.filesDeleted === 1));
+      const batches = lines.filter((l) => l.kind === 'changes');
+      assert.ok(batches.length >= 3, JSON.stringify(lines));
+      for (const b of batches) assert.deepEqual(Object.keys(b).filter((k) => ['filesChecked', 'filesChanged', 'filesDeleted', 'bytesReceived', 'bytesReused'].includes(k)).length, 5);
+    } finally {
+      following.kill('SIGINT');
+    }
+    const code = await new Promise((resolve) => following.once('exit', resolve));
+    assert.equal(code, 0, stderr);
   });
 
   it('says how to use it, and refuses a wrong number of arguments', async () => {

@@ -1,0 +1,309 @@
+import { promises as fs } from 'node:fs';
+import * as path from 'node:path';
+import { deltaFile, deltaFolder } from './delta';
+import type { FileSource } from './download';
+import { PeerShareError, toPeerShareError } from './errors';
+import { inspectReceivedName } from './names';
+import type { Origin, OriginStore } from './origins';
+import { PinnedFolders } from './pinned-folders';
+import { mergeChange, type FolderChange, type WatchBatch } from './watch';
+
+/**
+ * Keeping a local copy of a peer's folder (or file) in step (issue 13: `peershare sync`, with
+ * `--watch` and `--delete`, and the editor's Follow Folder). One sync walks the whole folder and
+ * updates what differs (delta.ts: only changed chunks move); a follow watches the whole tree
+ * (share.watch with `tree`, docs/protocol-v2.md 14.5), armed before the first sync so no change
+ * falls between, and applies each batch of changes as it arrives.
+ *
+ * What came from where is kept in an OriginStore (origins.ts): each file's landed version, and
+ * whether the sync created it. THE DELETE RULE: a file the sharer removed is removed here only if
+ * this sync (or follow) created it and it was not edited here since (its size and time are still
+ * the ones it landed with); anything else stays, and is reported. `keepLocalEdits` (the editor's
+ * Follow) also leaves a file edited here alone when the sharer's changes; without it (the CLI's
+ * sync, a mirror, as rsync) the sharer's version replaces it.
+ */
+
+export interface SyncOptions {
+  origins: OriginStore;
+  /** Remove what the sharer removed, by the delete rule above. */
+  deleteRemoved?: boolean;
+  /** Leave files edited here alone instead of taking the sharer's version. */
+  keepLocalEdits?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface SyncReport {
+  filesChecked: number;
+  filesChanged: number;
+  filesDeleted: number;
+  /** Bytes of file data received from the peer. */
+  bytesReceived: number;
+  /** Bytes taken from local copies instead of the network. */
+  bytesReused: number;
+  /** What was left alone, and why (at most MAX_REPORTED; all are counted). */
+  leftAlone: { path: string; why: string }[];
+  leftAloneCount: number;
+}
+
+export interface FollowReport extends SyncReport {
+  /** The first sync, a batch of changes, or a whole sync after a flood (resync). */
+  kind: 'initial' | 'changes' | 'resync';
+  seconds: number;
+}
+
+export interface FollowOptions extends SyncOptions {
+  /** After the first sync and after each batch applied. */
+  onSynced?: (report: FollowReport) => void;
+}
+
+export interface Following {
+  /** Settles when the follow stops: resolves after stop() (or the signal), rejects with the coded error that stopped it (the connection lost, a lying peer). */
+  readonly ended: Promise<void>;
+  stop(): void;
+}
+
+const MAX_REPORTED = 1000;
+/** Changes held while a batch is applied; past it they become one whole sync. */
+const MAX_PENDING_CHANGES = 10_000;
+/** What the peer may not serve now, or a name unsafe here: the file is left alone and the rest goes on. Anything else stops the sync. */
+const LEFT_ALONE_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED']);
+
+/** Makes `dest` a copy of the peer's folder `remotePath` once: deltaFolder, each file recorded, then the delete rule. */
+export async function syncFolder(conn: FileSource, remotePath: string, dest: string, options: SyncOptions): Promise<SyncReport> {
+  const origin = options.origins.begin(conn.peerId, remotePath, dest, 'dir');
+  const seen = new Set<string>();
+  const result = await deltaFolder(conn, remotePath, dest, {
+    signal: options.signal,
+    onFileSynced: (rel, synced) => {
+      seen.add(rel);
+      options.origins.setFile(origin, rel, { size: synced.size, mtimeMs: synced.mtimeMs, fileHash: synced.fileHash ?? origin.files.get(rel)?.fileHash, created: synced.created });
+    },
+    keepLocal: options.keepLocalEdits ? async (rel) => (await options.origins.localState(origin, rel)) === 'edited' : undefined,
+  });
+  const report: SyncReport = { ...result, filesDeleted: 0 };
+  for (const left of result.leftAlone) seen.add(left.path);
+  if (options.deleteRemoved) {
+    const gone = [...origin.files.keys()].filter((rel) => !seen.has(rel));
+    await withFolders(dest, async (folders) => {
+      for (const rel of gone) await removeIfOurs(options.origins, origin, rel, folders, report);
+    });
+  }
+  return report;
+}
+
+/** Makes `target` the peer's file `remotePath` once, recorded. */
+export async function syncFile(conn: FileSource, remotePath: string, target: string, options: SyncOptions): Promise<SyncReport> {
+  const origin = options.origins.begin(conn.peerId, remotePath, target, 'file');
+  const report = emptyReport();
+  report.filesChecked = 1;
+  const st = await fs.lstat(target).catch(() => undefined);
+  if (st && options.keepLocalEdits && (await options.origins.localState(origin, '')) === 'edited') {
+    leaveAlone(report, path.basename(target), 'it was edited here since it was taken from the peer; yours was kept');
+    return report;
+  }
+  const updated = await deltaFile(conn, remotePath, st ? target : undefined, target, { overwrite: true, signal: options.signal });
+  options.origins.setFile(origin, '', { ...updated.version, created: !st });
+  if (updated.changed) report.filesChanged = 1;
+  report.bytesReceived = updated.bytesReceived;
+  report.bytesReused = updated.bytesReused;
+  return report;
+}
+
+/**
+ * Follows the peer's `remotePath` into `dest`: watches it (the whole tree for a folder; the folder
+ * holding it for a file), syncs once, then applies each batch of changes, one batch at a time
+ * (changes arriving meanwhile are merged, the latest state of a path winning). Resolves once the
+ * first sync is done.
+ */
+export async function follow(conn: FileSource, remotePath: string, dest: string, options: FollowOptions): Promise<Following> {
+  const stopper = new AbortController();
+  const signal = options.signal ? AbortSignal.any([options.signal, stopper.signal]) : stopper.signal;
+  const own = { ...options, signal };
+  const isFolder = (await conn.share.stat(remotePath, { signal })).type === 'dir';
+  const base = remotePath.replace(/\/+$/, '');
+  const fileName = base.slice(base.lastIndexOf('/') + 1);
+
+  const pending = new Map<string, FolderChange>();
+  let resync = false;
+  let wake: (() => void) | undefined;
+  const onChanges = (batch: WatchBatch): void => {
+    if (batch.kind === 'resync' || pending.size >= MAX_PENDING_CHANGES) {
+      resync = true;
+      pending.clear();
+    } else {
+      for (const change of batch.changes) if (isFolder || change.path === fileName) mergeChange(pending, isFolder ? change : { ...change, path: '' });
+    }
+    wake?.();
+  };
+  // Armed before the first sync: a change made while it runs is applied after it.
+  const watch = await conn.share.watch(isFolder ? base : base.slice(0, Math.max(0, base.lastIndexOf('/'))), { onChanges, tree: isFolder, signal });
+  const syncAll = (): Promise<SyncReport> => (isFolder ? syncFolder(conn, remotePath, dest, own) : syncFile(conn, remotePath, dest, own));
+  const timed = async (kind: FollowReport['kind'], run: () => Promise<SyncReport>): Promise<void> => {
+    const started = performance.now();
+    const report = await run();
+    options.onSynced?.({ ...report, kind, seconds: (performance.now() - started) / 1000 });
+  };
+  try {
+    await timed('initial', syncAll);
+  } catch (err) {
+    watch.stop();
+    throw err;
+  }
+
+  signal.addEventListener('abort', () => wake?.(), { once: true });
+  const applying = (async (): Promise<void> => {
+    while (!signal.aborted) {
+      if (!resync && pending.size === 0) {
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+        continue;
+      }
+      if (resync) {
+        resync = false;
+        pending.clear();
+        await timed('resync', syncAll);
+        continue;
+      }
+      const changes = [...pending.values()];
+      pending.clear();
+      await timed('changes', () => (isFolder ? applyChanges(conn, remotePath, dest, changes, own) : applyFileChange(conn, remotePath, dest, changes[0], own)));
+    }
+  })();
+  // Either ends the follow: the watch's end (the peer's error, the connection, the share stopping) or a failure to apply.
+  const watchEnded = watch.ended.then(() => {
+    if (!signal.aborted) throw new PeerShareError('CONNECTION_CLOSED', 'The peer stopped watching the folder.');
+  });
+  const ended = Promise.race([watchEnded, applying]).finally(async () => {
+    stopper.abort(new PeerShareError('CANCELLED'));
+    watch.stop();
+    // Whatever was being applied has removed its temporary file before the follow says it ended.
+    await applying.catch(() => undefined);
+  });
+  ended.catch(() => undefined);
+  return {
+    ended: ended.catch((err: unknown) => {
+      if (stopper.signal.aborted && toPeerShareError(err).code === 'CANCELLED') return;
+      throw toPeerShareError(err, 'INTERNAL');
+    }),
+    stop: () => stopper.abort(new PeerShareError('CANCELLED')),
+  };
+}
+
+/** Applies a batch of a folder's changes (paths below `remotePath`), in the order they first arrived. */
+async function applyChanges(conn: FileSource, remotePath: string, dest: string, changes: FolderChange[], options: SyncOptions): Promise<SyncReport> {
+  const origin = options.origins.begin(conn.peerId, remotePath, dest, 'dir');
+  const report = emptyReport();
+  const base = remotePath.replace(/\/+$/, '');
+  await withFolders(dest, async (folders) => {
+    for (const change of changes) {
+      // A name of the wrong form is the peer's breach (it stops the follow); one unsafe here is left alone.
+      const { components, unsafeHere } = inspectReceivedName(change.path, conn.limits.maxPathBytes);
+      if (unsafeHere) {
+        leaveAlone(report, change.path, `its name is not safe here (${unsafeHere.why})`);
+        continue;
+      }
+      try {
+        if (change.type === 'removed') {
+          if (options.deleteRemoved) await removeTree(options.origins, origin, change.path, folders, report);
+        } else if (change.entry?.type === 'dir') {
+          await folders.makeFolders(components);
+        } else {
+          report.filesChecked++;
+          await folders.makeFolders(components.slice(0, -1));
+          const local = await folders.pathIn(components.slice(0, -1), components[components.length - 1]);
+          await updateOne(conn, `${base}/${change.path}`, local, origin, change.path, options, report);
+        }
+      } catch (err) {
+        const coded = toPeerShareError(err, 'IO_ERROR');
+        if (!LEFT_ALONE_CODES.has(coded.code) && coded.code !== 'IO_ERROR') throw coded;
+        leaveAlone(report, change.path, coded.message);
+      }
+    }
+  });
+  return report;
+}
+
+/** The one file followed changed, or went. */
+async function applyFileChange(conn: FileSource, remotePath: string, target: string, change: FolderChange, options: SyncOptions): Promise<SyncReport> {
+  if (change.type !== 'removed') return syncFile(conn, remotePath, target, options);
+  const origin = options.origins.begin(conn.peerId, remotePath, target, 'file');
+  const report = emptyReport();
+  if (options.deleteRemoved) await withFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)));
+  return report;
+}
+
+/** Updates one file of a folder to the sharer's version, unless it already is, is not a file, or (keepLocalEdits) was edited here. */
+async function updateOne(conn: FileSource, remoteFile: string, local: string, origin: Origin, rel: string, options: SyncOptions, report: SyncReport): Promise<void> {
+  const st = await fs.lstat(local).catch(() => undefined);
+  if (st && !st.isFile()) {
+    leaveAlone(report, rel, 'something other than a file is in its place');
+    return;
+  }
+  if (st && options.keepLocalEdits && (await options.origins.localState(origin, rel)) === 'edited') {
+    leaveAlone(report, rel, 'it was edited here since it was taken from the peer; yours was kept');
+    return;
+  }
+  const updated = await deltaFile(conn, remoteFile, st ? local : undefined, local, { overwrite: true, signal: options.signal });
+  options.origins.setFile(origin, rel, { ...updated.version, created: !st });
+  if (updated.changed) report.filesChanged++;
+  report.bytesReceived += updated.bytesReceived;
+  report.bytesReused += updated.bytesReused;
+}
+
+/** The sharer removed `rel` (a file, or a folder with everything below it): remove what the delete rule allows, then the folders left empty. */
+async function removeTree(origins: OriginStore, origin: Origin, rel: string, folders: PinnedFolders, report: SyncReport): Promise<void> {
+  const below = [...origin.files.keys()].filter((f) => f === rel || f.startsWith(`${rel}/`));
+  for (const file of below) await removeIfOurs(origins, origin, file, folders, report);
+  // Deepest first; a folder that still holds anything (a file kept, one of the user's) stays.
+  const made = new Set(below.filter((f) => f !== rel).flatMap((f) => f.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))));
+  made.add(rel);
+  for (const folder of [...made].filter((f) => f === rel || f.startsWith(`${rel}/`)).sort((a, b) => b.length - a.length)) {
+    const parts = folder.split('/');
+    const at = await folders.pathIn(parts.slice(0, -1), parts[parts.length - 1]).catch(() => undefined);
+    if (at) await fs.rmdir(at).catch(() => undefined);
+  }
+}
+
+/** Removes `rel` if the sync created it and it is as it landed; else keeps it (reported when the user would wonder). Its record goes either way. */
+async function removeIfOurs(origins: OriginStore, origin: Origin, rel: string, folders: PinnedFolders, report: SyncReport, fileName?: string): Promise<void> {
+  const version = origin.files.get(rel);
+  if (!version) return;
+  const state = await origins.localState(origin, rel);
+  origins.forgetFile(origin, rel);
+  if (state === 'missing') return;
+  if (!version.created) {
+    leaveAlone(report, rel || fileName!, 'the peer removed it, but it was here before the sync; kept');
+    return;
+  }
+  if (state === 'edited') {
+    leaveAlone(report, rel || fileName!, 'the peer removed it, but it was edited here; kept');
+    return;
+  }
+  const parts = rel === '' ? [fileName!] : rel.split('/');
+  try {
+    await fs.unlink(await folders.pathIn(parts.slice(0, -1), parts[parts.length - 1]));
+    report.filesDeleted++;
+  } catch (err) {
+    leaveAlone(report, rel || fileName!, `it could not be removed (${toPeerShareError(err, 'IO_ERROR').message})`);
+  }
+}
+
+/** Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is not written through its old handle). */
+async function withFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>): Promise<T> {
+  await fs.mkdir(root, { recursive: true });
+  const folders = await PinnedFolders.open(root, { rootMayBeLink: true });
+  try {
+    return await work(folders);
+  } finally {
+    await folders.close();
+  }
+}
+
+function emptyReport(): SyncReport {
+  return { filesChecked: 0, filesChanged: 0, filesDeleted: 0, bytesReceived: 0, bytesReused: 0, leftAlone: [], leftAloneCount: 0 };
+}
+
+function leaveAlone(report: SyncReport, rel: string, why: string): void {
+  report.leftAloneCount++;
+  if (report.leftAlone.length < MAX_REPORTED) report.leftAlone.push({ path: rel, why });
+}
