@@ -60,6 +60,20 @@ export interface DownloadOptions {
   keepPartial?: boolean;
   /** A single file's hash as it was offered (send/1): a block list with another hash is HASH_MISMATCH. */
   expectedFileHash?: Buffer;
+  /**
+   * Each file that took its name, with the sharer's version it now is (for the record of what came
+   * from where, origins.ts): its path below the download's target ('' for a single file, whose
+   * place is the result's target), and whether the download created it (false when it replaced one).
+   */
+  onFileLanded?: (relPath: string, landed: LandedFile) => void;
+}
+
+/** A file a download wrote: the sharer's size and time (the file's own), its block-list hash when fetched as blocks. */
+export interface LandedFile {
+  size: number;
+  mtimeMs: number;
+  fileHash?: string;
+  created: boolean;
 }
 
 export interface DownloadResult {
@@ -164,6 +178,7 @@ export async function downloadFile(
     try {
       if (options.signal?.aborted) throw new PeerShareError('CANCELLED');
       const received = await receiveBlocks(conn, remotePath, target, entry, { conflict: overwrite ? 'overwrite' : 'fail', resume: options.keepPartial !== false }, options, path.basename(target));
+      if (received.landed) options.onFileLanded?.('', { ...received.version, created: !overwrite });
       return { ...emptyResult(target, 'file', []), files: 1, bytes: received.bytes, resumedBytes: received.resumedBytes };
     } catch (err) {
       // The file changed between our stat and the manifest: start over once with the new version.
@@ -200,7 +215,7 @@ async function receiveBlocks(
   land: { conflict: ConflictChoice; resume: boolean },
   options: DownloadOptions,
   shownFile: string,
-): Promise<{ bytes: number; resumedBytes: number; landed: boolean }> {
+): Promise<{ bytes: number; resumedBytes: number; landed: boolean; version: { size: number; mtimeMs: number; fileHash: string } }> {
   const signal = options.signal;
   let answer = await conn.share.manifest(remotePath, { expect: { size: entry.size, mtimeMs: entry.mtimeMs }, expectedFileHash: options.expectedFileHash, signal });
   // The sharer answers FILE_CHANGED for another version (spec 6.2); a manifest of another one is a lie.
@@ -246,7 +261,7 @@ async function receiveBlocks(
       await Promise.all(writes);
       if (failed !== undefined) throw failed;
       const landed = await file.land({ conflict: land.conflict, mtimeMs });
-      return { bytes, resumedBytes, landed: !landed.skipped };
+      return { bytes, resumedBytes, landed: !landed.skipped, version: { size: manifest.size, mtimeMs, fileHash: manifest.fileHash.toString('hex') } };
     } catch (err) {
       const coded = toPeerShareError(err, 'IO_ERROR');
       if (coded.code === 'HASH_MISMATCH' && !rechecked) {
@@ -394,8 +409,11 @@ export async function downloadFolder(
     try {
       // A file in a folder is never resumed: whatever is at its temporary name goes.
       const received = await receiveBlocks(conn, `${remotePath}/${rel}`, place.fileTarget, { size, mtimeMs }, { conflict, resume: false }, progressOf(rel), rel);
-      if (received.landed) result.files++;
-      else result.skippedExisting.push(place.shownAs);
+      if (received.landed) {
+        result.files++;
+        // A "keep both" copy landed under another name: not the sharer's path, so not reported.
+        if (conflict !== 'keepBoth') options.onFileLanded?.(rel, { ...received.version, created: conflict !== 'overwrite' });
+      } else result.skippedExisting.push(place.shownAs);
     } catch (err) {
       // The sharer could not send it (changed, gone, unreadable): reported as v1's skipped record.
       if (err instanceof PeerSentError && err.code !== 'BUSY') return skippedByPeer(rel, err.code, err.message);
@@ -442,7 +460,7 @@ export async function downloadFolder(
           const fresh = folderState.get(nameDigest(place.components.slice(0, -1).join('/'))) === true;
           const partial = partialPathFor(place.fileTarget, conn.peerId, `${remotePath}/${record.path}`, record.size, record.mtimeMs);
           const mtimeMs = isPlausibleTime(record.mtimeMs) ? record.mtimeMs : Date.now();
-          await writer.add({ target: place.fileTarget, shownAs: place.shownAs, partial, data: record.data, mtimeMs, fresh });
+          await writer.add({ target: place.fileTarget, shownAs: place.shownAs, partial, data: record.data, mtimeMs, fresh, rel: record.path });
           break;
         }
         case 'fileRef': {
@@ -533,6 +551,8 @@ interface VerifiedFile {
   mtimeMs: number;
   /** In a folder this download created, where nothing can be clobbered. */
   fresh: boolean;
+  /** Its path below the download's target, for onFileLanded. */
+  rel: string;
 }
 
 /**
@@ -580,7 +600,7 @@ class SmallFileWriter {
     }
     if (landed) {
       checkLanded(file.target, written);
-      this.written++;
+      this.landed(file, true);
       return;
     }
     const choice = await this.decide(file.shownAs).catch((err) => {
@@ -596,13 +616,20 @@ class SmallFileWriter {
     return this.commitOrAsk(file, written, target, choice === 'overwrite');
   }
 
+  private landed(file: VerifiedFile, created: boolean): void {
+    this.written++;
+    this.options.onFileLanded?.(file.rel, { size: file.data.length, mtimeMs: file.mtimeMs, created });
+  }
+
   /** Commits the temporary file; a name taken meanwhile (a "keep both" copy, say) is asked about again. */
   private async commitOrAsk(file: VerifiedFile, written: TemporaryFile, target: string, overwrite: boolean): Promise<void> {
     try {
       for (let attempt = 0; ; attempt++) {
         try {
           await commit(file.partial, target, overwrite, written);
-          this.written++;
+          // A "keep both" copy lands under another name: it is a file of its own, not the sharer's path.
+          if (target === file.target) this.landed(file, !overwrite);
+          else this.written++;
           return;
         } catch (err) {
           if (attempt > 2 || !(err instanceof PeerShareError) || err.code !== 'DEST_EXISTS') throw err;
