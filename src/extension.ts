@@ -5,12 +5,16 @@ import { sanitizeForDisplay, shortPeerId, toPeerShareError } from './core';
 import { commandRegistrar } from './vscode/commands';
 import { Downloads, peerDiffTitle } from './vscode/downloads';
 import { PeerFileSystem } from './vscode/fileSystem';
+import { Follows } from './vscode/follow';
+import { ChangedMarks } from './vscode/marks';
+import { Origins } from './vscode/origins';
 import { Peers, baseName, peerFileUri } from './vscode/peers';
 import { Receiving } from './vscode/receive';
 import { Sending } from './vscode/send';
 import { localPathFor, readSettings } from './vscode/settings';
 import { Sharing } from './vscode/sharing';
 import { PeersTree, type EntryNode, type Node, type PeerNode } from './vscode/tree';
+import { Updates } from './vscode/updates';
 
 const moduleEvaluatedAt = performance.now();
 
@@ -26,12 +30,16 @@ export interface PeerShareApi {
   downloads: Downloads;
   receiving: Receiving;
   sending: Sending;
+  origins: Origins;
+  marks: ChangedMarks;
+  updates: Updates;
+  follows: Follows;
   /** The extension's own deactivate(), so the editor tests can check what it leaves behind. */
   deactivate: () => Promise<void>;
 }
 
 /** What deactivate() must wind down; set by activate(). */
-let running: { subscriptions: vscode.Disposable[]; downloads: Downloads; sharing: Sharing; receiving: Receiving } | undefined;
+let running: { subscriptions: vscode.Disposable[]; downloads: Downloads; sharing: Sharing; receiving: Receiving; updates: Updates; follows: Follows; origins: Origins } | undefined;
 
 /**
  * Wiring only: the parts live in src/vscode/, the peer itself in src/core/. Nothing listens on
@@ -43,14 +51,22 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const peers = new Peers(path.join(context.globalStorageUri.fsPath, 'identity'), log);
   const sharing = new Sharing(peers, log, context.globalState);
   const tree = new PeersTree(peers, sharing);
-  const downloads = new Downloads(peers, log);
+  const storage = (context.storageUri ?? context.globalStorageUri).fsPath;
+  // What came from where: in the extension's storage, never in the workspace.
+  const origins = new Origins(path.join(storage, 'origins.json'), log);
+  const downloads = new Downloads(peers, log, origins);
   // Review stages received files here, outside the workspace, until they are accepted.
-  const receiving = new Receiving(peers, log, path.join((context.storageUri ?? context.globalStorageUri).fsPath, 'incoming'), context.workspaceState);
+  const receiving = new Receiving(peers, log, path.join(storage, 'incoming'), context.workspaceState, origins);
+  const updates = new Updates(peers, origins, log);
+  const follows = new Follows(peers, origins, log, context.workspaceState);
+  const marks = new ChangedMarks();
+  tree.showLocalCopies({ origins, marks, isFollowed: (peerId, remotePath) => follows.isFollowed(peerId, remotePath) });
   peers.receivePolicy = receiving;
   const sending = new Sending(peers, log);
   const view = vscode.window.createTreeView('peershare.peers', { treeDataProvider: tree, showCollapseAll: true });
-  context.subscriptions.push(log, peers, sharing, tree, view, downloads, receiving);
-  context.subscriptions.push(sharing.onDidChange(() => tree.refresh()));
+  context.subscriptions.push(log, peers, sharing, tree, view, downloads, receiving, updates, follows, marks, origins);
+  context.subscriptions.push(sharing.onDidChange(() => tree.refresh()), follows.onDidChange(() => tree.refresh()));
+  context.subscriptions.push(vscode.window.registerFileDecorationProvider(marks));
   // A folder closed in the view is no longer watched for changes.
   context.subscriptions.push(view.onDidCollapseElement((e) => tree.collapsed(e.element)));
   // Look for nearby peers only while someone looks at the view (or while sharing).
@@ -66,6 +82,9 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const command = commandRegistrar(context, log);
   receiving.register(command);
   sending.register(command);
+  updates.register(command);
+  follows.register(command);
+  follows.resume();
 
   /**
    * A row's node, checked. VS Code passes the node of the row a command was run on; but when the
@@ -219,8 +238,8 @@ export function activate(context: vscode.ExtensionContext): PeerShareApi {
   const activationMs = activateEnd - loadStart;
   const activationParts = { loadMs: moduleEvaluatedAt - loadStart, activateMs: activateEnd - activateStart };
   log.info(`Activated in ${activationMs.toFixed(1)} ms (bundle ${activationParts.loadMs.toFixed(1)} ms, activate ${activationParts.activateMs.toFixed(1)} ms)`);
-  running = { subscriptions: context.subscriptions, downloads, sharing, receiving };
-  return { activationMs, activationParts, peers, sharing, tree, downloads, receiving, sending, deactivate };
+  running = { subscriptions: context.subscriptions, downloads, sharing, receiving, updates, follows, origins };
+  return { activationMs, activationParts, peers, sharing, tree, downloads, receiving, sending, origins, marks, updates, follows, deactivate };
 }
 
 /**
@@ -235,6 +254,9 @@ export async function deactivate(): Promise<void> {
   if (!parts) return;
   await parts.downloads.close();
   await parts.receiving.close();
+  parts.updates.dispose();
+  await parts.follows.close();
+  await parts.origins.flush();
   await parts.sharing.stop();
   for (const disposable of parts.subscriptions.splice(0)) {
     try {

@@ -3,6 +3,7 @@ import * as vscode from 'vscode';
 import { DEFAULT_LIMITS, download, makeFoldersWithin, resolveTarget, sanitizeForDisplay, toPeerShareError, type ConflictChoice, type DownloadResult } from '../core';
 import { describeDownload, formatBytes } from '../core/format';
 import { baseName, peerFileUri, type Peers } from './peers';
+import type { Origins } from './origins';
 import { localPlaceFor, readSettings } from './settings';
 import type { EntryNode } from './tree';
 
@@ -22,6 +23,8 @@ export class Downloads implements vscode.Disposable {
   constructor(
     private readonly peers: Peers,
     private readonly log: vscode.LogOutputChannel,
+    /** Where each download is recorded (what came from where), for Update from Peer and the marks. */
+    private readonly origins?: Origins,
   ) {}
 
   /** Downloads a peer's file or folder into `destFolder` (default: the download location). */
@@ -70,9 +73,11 @@ export class Downloads implements vscode.Disposable {
           try {
             return await this.peers.transfer(node.peerId, abort.signal, async (conn) => {
               const target = await resolveTarget(node.remotePath, dest);
-              const result = await download(conn, node.remotePath, dest, {
+              const recorder = this.origins?.recorder(node.peerId, node.remotePath, node.entry.type);
+              const downloading = download(conn, node.remotePath, dest, {
                 signal: abort.signal,
                 keepPartial: false,
+                onFileLanded: recorder?.onFileLanded,
                 onConflict: async (existing) => {
                   if (applyToAll) return applyToAll;
                   const rel = path.relative(target, existing);
@@ -102,6 +107,12 @@ export class Downloads implements vscode.Disposable {
                   });
                 },
               });
+              // What landed before a folder download stopped is recorded too (a cancelled single file never lands).
+              const result = await downloading.catch(async (err: unknown) => {
+                if (node.entry.type === 'dir') await recorder?.landedAt(target);
+                throw err;
+              });
+              await recorder?.landedAt(result.target);
               this.report(result, name, from);
               return result;
             });

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, lstatSync, promises as fs } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, futimesSync, lstatSync, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import * as vscode from 'vscode';
@@ -22,6 +22,7 @@ import { countOf, formatBytes } from '../core/format';
 import { commit, exists, openTemporary, removeName } from '../core/landing';
 import type { CommandRegistrar } from './commands';
 import { peerDiffTitle } from './downloads';
+import type { Origins } from './origins';
 import type { Peers } from './peers';
 import { firstLocalFolder, inboxRoot, readSettings } from './settings';
 import type { PeerNode } from './tree';
@@ -119,7 +120,7 @@ interface Pending {
   how: 'review' | 'inbox' | 'saveAs';
   into: string;
   who: string;
-  /** Review: where the sender keeps each entry (its `path` hint, by entry name), to compare with the same path here. */
+  /** Where the sender keeps each entry (its `path` hint, by entry name): Review compares with the same path here; every file received is recorded with it. */
   places?: Map<string, string[]>;
 }
 
@@ -150,6 +151,8 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     readonly stagingRoot: string,
     /** Remembers, per workspace, that the .gitignore question was asked. */
     private readonly memento: vscode.Memento,
+    /** Where files received are recorded (what came from where). */
+    private readonly origins?: Origins,
   ) {
     this.disposables.push(
       vscode.workspace.registerTextDocumentContentProvider(SNIPPET_SCHEME, { provideTextDocumentContent: (uri) => this.snippets.get(uri.toString()) ?? '' }),
@@ -197,21 +200,21 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     }
     const all = offer.entries.map(() => ({}));
     const key = this.key(offer.peer.id, offer.offerId);
+    const places = new Map(offer.entries.flatMap((e) => (e.path ? [[e.name, e.path.split('/')] as const] : [])));
     if (choice === 'review') {
       const into = path.join(this.stagingRoot, randomBytes(8).toString('hex'));
       await fs.mkdir(into, { recursive: true, mode: 0o700 });
-      const places = new Map(offer.entries.flatMap((e) => (e.path ? [[e.name, e.path.split('/')] as const] : [])));
       this.pending.set(key, { how: 'review', into, who, places });
       return { into, entries: all };
     }
     if (choice === 'inbox') {
       const into = this.inboxFor(offer.peer)!;
-      this.pending.set(key, { how: 'inbox', into, who });
+      this.pending.set(key, { how: 'inbox', into, who, places });
       return { into, entries: all };
     }
     const into = await this.prompts.saveAsFolder(`Save what ${who} sends in…`);
     if (!into || signal.aborted) return 'decline';
-    this.pending.set(key, { how: 'saveAs', into, who });
+    this.pending.set(key, { how: 'saveAs', into, who, places });
     return { into, entries: all };
   }
 
@@ -305,12 +308,14 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     }
     if (pending?.how === 'review') {
       // One review at a time: two offers' questions never interleave.
-      const review = this.reviewing.then(() => this.review(received.map((e) => e.target!), pending));
+      const review = this.reviewing.then(() => this.review(received.map((e) => e.target!), pending, result.peer.id));
       this.reviewing = review.catch(() => undefined);
       await review;
       return;
     }
     if (received.length === 0) return;
+    // Recorded by the path the sender gave (else the name): an Update from Peer finds it only if the sender shares it there.
+    for (const e of received) await this.origins?.recordReceived(result.peer.id, pending?.places?.get(e.name)?.join('/') ?? e.name, e.target!);
     const into = pending?.into ?? this.inboxFor(result.peer);
     if (!pending && into) void this.offerGitignore(into);
     if (pending?.how === 'inbox') void this.offerGitignore(pending.into);
@@ -332,7 +337,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
    * before Accept. Closing the question stops the review (the rest is skipped). The staging
    * folder is removed at the end, whatever happened.
    */
-  private async review(targets: string[], pending: Pending): Promise<ReviewOutcome> {
+  private async review(targets: string[], pending: Pending, peerId: string): Promise<ReviewOutcome> {
     const outcome: ReviewOutcome = { accepted: [], skipped: [], failed: [] };
     try {
       const files: ReviewFile[] = [];
@@ -368,8 +373,11 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
           continue;
         }
         try {
-          if (await this.land(file)) outcome.accepted.push(rel);
-          else outcome.skipped.push(rel);
+          if (await this.land(file)) {
+            outcome.accepted.push(rel);
+            // Recorded as the path Download would take it from (the same-named folder of the peer's share: pair programming is on one project).
+            await this.origins?.recordReceived(peerId, `${path.basename(file.base)}/${rel}`, file.target);
+          } else outcome.skipped.push(rel);
         } catch (err) {
           const coded = toPeerShareError(err, 'IO_ERROR');
           outcome.failed.push(rel);
@@ -453,6 +461,8 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     if (st && !st.isFile()) throw new Error(`${rel} is not a regular file here; it was left alone.`);
     if (st && !file.replaces && !(await this.prompts.replace(`${rel} appeared in the workspace during the review. Replace it with ${file.peerName}’s version?`))) return false;
     const temporary = path.join(path.dirname(file.target), `.${path.basename(file.target).slice(0, 200)}.${randomBytes(8).toString('hex')}.peershare-part`);
+    // The sender's time (the staged file has it), so the record of what came from where matches the sender's listing.
+    const sendersTime = Math.floor((await fs.stat(file.staged)).mtimeMs);
     const landing = openTemporary(temporary);
     try {
       await pipeline(createReadStream(file.staged), createWriteStream('', { fd: landing.fd, autoClose: false }));
@@ -461,6 +471,8 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
       removeName(temporary);
       throw err;
     }
+    // The middle of the millisecond: seconds as a double may read back as the millisecond before.
+    futimesSync(landing.fd, (sendersTime + 0.5) / 1000, (sendersTime + 0.5) / 1000);
     closeSync(landing.fd);
     try {
       await commit(temporary, file.target, st !== undefined, landing);

@@ -13,8 +13,18 @@ import {
 } from '../core';
 import { formatBytes } from '../core/format';
 import type { RemoteFolderWatch } from '../core/v2/share-client';
+import type { ChangedMarks } from './marks';
+import type { Origins } from './origins';
 import { peerFileUri, type Peers } from './peers';
 import type { Sharing } from './sharing';
+
+/** What the Peers view shows of local copies (issue 13): changed marks, and which rows can be updated or are followed. */
+export interface LocalCopies {
+  origins: Origins;
+  marks: ChangedMarks;
+  /** Whether a peer's folder is being followed (Follow Folder). */
+  isFollowed(peerId: string, remotePath: string): boolean;
+}
 
 export type PeerNode = { kind: 'peer'; peer: TrustedPeer; verificationCode?: string };
 export type EntryNode = { kind: 'entry'; peerId: string; peerName: string; remotePath: string; entry: Entry; isRoot: boolean };
@@ -35,12 +45,26 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
    */
   private readonly watches = new Map<string, { peerId: string; watch: RemoteFolderWatch }>();
 
+  private localCopies?: LocalCopies;
+  private copiesSubscription?: vscode.Disposable;
+  private copiesTimer?: NodeJS.Timeout;
+
   constructor(
     private readonly peers: Peers,
     /** How peers reading our share reached it, while they are connected. */
     private readonly sharing?: Pick<Sharing, 'incomingRoute'>,
   ) {
     this.subscription = peers.onDidChange(() => this.refresh());
+  }
+
+  /** Shows local copies' marks; the view redraws (once for a burst) when the record of what came from where changes. */
+  showLocalCopies(copies: LocalCopies): void {
+    this.localCopies = copies;
+    this.copiesSubscription?.dispose();
+    this.copiesSubscription = copies.origins.onDidChange(() => {
+      clearTimeout(this.copiesTimer);
+      this.copiesTimer = setTimeout(() => this.refresh(), 300);
+    });
   }
 
   refresh(node?: Node): void {
@@ -73,7 +97,7 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
       const entries = await this.peers.browse(peerId, (conn) => conn.list(remotePath));
       entries.sort((a, b) => (a.type === b.type ? a.name.localeCompare(b.name) : a.type === 'dir' ? -1 : 1));
       if (entries.length === 0) return [{ kind: 'message', text: 'Empty folder' }];
-      return entries.map((entry) => ({
+      const children: EntryNode[] = entries.map((entry) => ({
         kind: 'entry',
         peerId,
         peerName,
@@ -81,6 +105,9 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
         entry,
         isRoot: remotePath === '',
       }));
+      // Each listing (a live change included) sets the marks of the files it shows.
+      if (this.localCopies) for (const child of children) this.localCopies.marks.set(peerFileUri(peerId, child.remotePath), this.localCopies.origins.changedOnPeer(peerId, child.remotePath, child.entry));
+      return children;
     } catch (err) {
       const coded = toPeerShareError(err);
       // A tree row is one short line; the whole message is in the tooltip.
@@ -142,9 +169,22 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     // The resourceUri gives files and folders the icon theme's icons.
     item.resourceUri = peerFileUri(node.peerId, node.remotePath);
     item.iconPath = isDir ? vscode.ThemeIcon.Folder : vscode.ThemeIcon.File;
-    item.description = isDir ? (node.isRoot ? 'shared folder' : undefined) : formatBytes(entry.size);
-    item.tooltip = `${sanitizeForDisplay(node.remotePath)}${isDir ? '' : `\n${formatBytes(entry.size)}`}\nModified ${new Date(entry.mtimeMs).toLocaleString()}`;
-    item.contextValue = isDir ? (node.isRoot ? 'peershare.folder.root' : 'peershare.folder') : 'peershare.file';
+    const copies = this.localCopies;
+    const taken = copies?.origins.isTaken(node.peerId, node.remotePath) ?? false;
+    const changed = copies?.origins.changedOnPeer(node.peerId, node.remotePath, entry) ?? false;
+    const followed = isDir && (copies?.isFollowed(node.peerId, node.remotePath) ?? false);
+    const status = followed ? 'followed' : changed ? 'changed since you downloaded it' : undefined;
+    item.description = [isDir ? (node.isRoot ? 'shared folder' : undefined) : formatBytes(entry.size), status].filter(Boolean).join(' · ') || undefined;
+    const why = followed
+      ? '\n\nFollowed: changes here are applied to your copy as they happen.'
+      : changed
+        ? '\n\nChanged on the peer since you downloaded it: Update from Peer takes the new version (only what changed moves).'
+        : taken
+          ? '\n\nYou have a copy of this (downloaded or received).'
+          : '';
+    item.tooltip = `${sanitizeForDisplay(node.remotePath)}${isDir ? '' : `\n${formatBytes(entry.size)}`}\nModified ${new Date(entry.mtimeMs).toLocaleString()}${why}`;
+    // Suffixes the menus key on: .taken (Update from Peer), .changed, .followed (Stop Following).
+    item.contextValue = `${isDir ? (node.isRoot ? 'peershare.folder.root' : 'peershare.folder') : 'peershare.file'}${taken ? '.taken' : ''}${changed ? '.changed' : ''}${followed ? '.followed' : ''}`;
     if (!isDir) item.command = { command: 'peershare.openPreview', title: 'Open Preview', arguments: [node] };
     return item;
   }
@@ -184,6 +224,8 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
   }
 
   dispose(): void {
+    clearTimeout(this.copiesTimer);
+    this.copiesSubscription?.dispose();
     for (const { watch } of this.watches.values()) watch.stop();
     this.watches.clear();
     this.subscription.dispose();

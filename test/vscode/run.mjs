@@ -25,6 +25,7 @@ export async function buildSuites() {
       'extension.test': path.join(ROOT, 'test', 'vscode', 'suite', 'extension.test.ts'),
       'hostile.test': path.join(ROOT, 'test', 'vscode', 'suite', 'hostile.test.ts'),
       'send.test': path.join(ROOT, 'test', 'vscode', 'suite', 'send.test.ts'),
+      'update.test': path.join(ROOT, 'test', 'vscode', 'suite', 'update.test.ts'),
       'e2e-sharer': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-sharer.ts'),
       'e2e-downloader': path.join(ROOT, 'test', 'vscode', 'suite', 'e2e-downloader.ts'),
       'internet.test': path.join(ROOT, 'test', 'vscode', 'suite', 'internet.test.ts'),

@@ -6,6 +6,7 @@ export function run(): Promise<void> {
   const mocha = new Mocha({ ui: 'bdd', timeout: 60_000, color: false, reporter: 'spec' });
   mocha.addFile(path.join(__dirname, 'extension.test.js'));
   mocha.addFile(path.join(__dirname, 'send.test.js'));
+  mocha.addFile(path.join(__dirname, 'update.test.js'));
   // Last: it ends with the extension's own deactivate().
   mocha.addFile(path.join(__dirname, 'hostile.test.js'));
   return new Promise((resolve, reject) => {
