@@ -151,7 +151,7 @@ export class Follows implements vscode.Disposable {
       return;
     }
     type Item = vscode.QuickPickItem & { follow?: Running };
-    const items: Item[] = follows.map((f) => ({ label: `$(debug-stop) Stop following ${this.describe(f)}`, description: STATE_LABELS[f.state], detail: f.localPath, follow: f }));
+    const items: Item[] = follows.map((f) => ({ label: `$(debug-stop) Stop following ${this.describe(f)}`, description: `(${STATE_LABELS[f.state]})`, detail: `into ${f.localPath}`, follow: f }));
     if (follows.length > 1) items.push({ label: '$(close-all) Stop All' });
     const pick = await vscode.window.showQuickPick(items, { title: 'PeerShare: Following', placeHolder: 'Stop following a folder (your copy stays as it is)' });
     if (!pick) return;

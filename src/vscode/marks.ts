@@ -1,5 +1,8 @@
 import * as vscode from 'vscode';
 
+/** What the mark means, in its tooltip and the row's. */
+export const CHANGED_ON_PEER = 'Changed on the peer since you downloaded it: Update from Peer takes the new version (only what changed moves).';
+
 /**
  * The Peers view's mark on a peer's file that changed since a local copy was taken from it (issue
  * 13): a badge and a colour on its row, carried up to the folders holding it (a decoration that
@@ -26,7 +29,7 @@ export class ChangedMarks implements vscode.FileDecorationProvider, vscode.Dispo
 
   provideFileDecoration(uri: vscode.Uri): vscode.FileDecoration | undefined {
     if (uri.scheme !== 'peershare' || !this.changed.has(uri.toString())) return undefined;
-    const mark = new vscode.FileDecoration('↓', 'Changed on the peer since you downloaded it: Update from Peer takes the new version (only what changed moves).', new vscode.ThemeColor('gitDecoration.modifiedResourceForeground'));
+    const mark = new vscode.FileDecoration('↓', CHANGED_ON_PEER, new vscode.ThemeColor('gitDecoration.modifiedResourceForeground'));
     mark.propagate = true;
     return mark;
   }

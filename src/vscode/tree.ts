@@ -13,7 +13,7 @@ import {
 } from '../core';
 import { formatBytes } from '../core/format';
 import type { RemoteFolderWatch } from '../core/v2/share-client';
-import type { ChangedMarks } from './marks';
+import { CHANGED_ON_PEER, type ChangedMarks } from './marks';
 import type { Origins } from './origins';
 import { peerFileUri, type Peers } from './peers';
 import type { Sharing } from './sharing';
@@ -43,7 +43,7 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
    * changed. Keyed by peer and path; in the order they were opened, so the oldest goes first when
    * a peer's limit of watches is reached.
    */
-  private readonly watches = new Map<string, { peerId: string; watch: RemoteFolderWatch }>();
+  private readonly watches = new Map<string, { peerId: string; watch: RemoteFolderWatch; node: EntryNode }>();
 
   private localCopies?: LocalCopies;
   private copiesSubscription?: vscode.Disposable;
@@ -173,12 +173,13 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
     const taken = copies?.origins.isTaken(node.peerId, node.remotePath) ?? false;
     const changed = copies?.origins.changedOnPeer(node.peerId, node.remotePath, entry) ?? false;
     const followed = isDir && (copies?.isFollowed(node.peerId, node.remotePath) ?? false);
-    const status = followed ? 'followed' : changed ? 'changed since you downloaded it' : undefined;
+    // Short: a sidebar is narrow (the tooltip and the badge say more).
+    const status = followed ? 'followed' : changed ? 'changed on peer' : undefined;
     item.description = [isDir ? (node.isRoot ? 'shared folder' : undefined) : formatBytes(entry.size), status].filter(Boolean).join(' · ') || undefined;
     const why = followed
       ? '\n\nFollowed: changes here are applied to your copy as they happen.'
       : changed
-        ? '\n\nChanged on the peer since you downloaded it: Update from Peer takes the new version (only what changed moves).'
+        ? `\n\n${CHANGED_ON_PEER}`
         : taken
           ? '\n\nYou have a copy of this (downloaded or received).'
           : '';
@@ -206,14 +207,20 @@ export class PeersTree implements vscode.TreeDataProvider<Node>, vscode.Disposab
    */
   private async watchFolder(node: EntryNode): Promise<void> {
     const key = watchKey(node.peerId, node.remotePath);
-    if (this.watches.has(key)) return;
+    const existing = this.watches.get(key);
+    if (existing) {
+      // The view asks with a new node after a full refresh; a change redraws the node it shows now
+      // (VS Code ignores a redraw of a node it no longer holds).
+      existing.node = node;
+      return;
+    }
     try {
       const watch = await this.peers.browse(node.peerId, async (conn) => {
         const mine = [...this.watches.entries()].filter(([, w]) => w.peerId === node.peerId).map(([k]) => k);
         for (const oldest of mine.slice(0, Math.max(0, mine.length - conn.limits.maxWatchesPerConnection + 1))) this.stopWatch(oldest);
-        return conn.share.watch(node.remotePath, { onChanges: () => this.refresh(node) });
+        return conn.share.watch(node.remotePath, { onChanges: () => this.refresh(this.watches.get(key)?.node ?? node) });
       });
-      this.watches.set(key, { peerId: node.peerId, watch });
+      this.watches.set(key, { peerId: node.peerId, watch, node });
       // Ended (the connection closed, the folder went): forget it; the view lists again when the peer comes back.
       void watch.ended.catch(() => undefined).finally(() => {
         if (this.watches.get(key)?.watch === watch) this.watches.delete(key);

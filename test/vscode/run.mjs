@@ -11,6 +11,7 @@ import { CHROMIUM_ARGS, ROOT, startVsCodeServer, workbenchUrl, LOOPBACK_SETTINGS
 import { runUiTest } from './ui.mjs';
 import { runNearbyUiTest } from './ui-nearby.mjs';
 import { runSendUiTest } from './ui-send.mjs';
+import { runUpdateUiTest } from './ui-update.mjs';
 import { runInternetTest } from './internet.mjs';
 
 const OUT = path.join(ROOT, 'out', 'test', 'vscode');
@@ -124,12 +125,17 @@ async function main() {
   process.stdout.write(`[ui-send] exited with ${sendUi}\n`);
   if (sendUi !== 0) failed++;
 
+  // Staying in step with a peer: the changed mark, Update from Peer's local-edit question, Follow Folder, through the UI.
+  const updateUi = only && only !== 'ui-update' ? 0 : await runUpdateUiTest({ screenshotsDir: shots });
+  process.stdout.write(`[ui-update] exited with ${updateUi}\n`);
+  if (updateUi !== 0) failed++;
+
   // Internet reach from the packed .vsix files (the platform's, the universal one), through a local DHT.
   const internet = only && only !== 'internet' ? 0 : await runInternetTest({ screenshotsDir: shots, testsPath: path.join(OUT, 'internet.test.js') });
   process.stdout.write(`[internet] exited with ${internet}\n`);
   if (internet !== 0) failed++;
 
-  const total = 6;
+  const total = 7;
   process.stdout.write(`editor runs: ${total - failed} passed, ${failed} failed\n`);
   process.exitCode = failed ? 1 : 0;
 }
