@@ -56,13 +56,16 @@ export class Origins implements vscode.Disposable {
    * Records a file that arrived some other way than a download (a file a peer sent, accepted into
    * the workspace or the inbox): its version is the landed file's own size and time.
    */
-  async recordReceived(peerId: string, remotePath: string, localPath: string): Promise<void> {
+  async recordReceived(peerId: string, remotePath: string, localPath: string, sendersTime?: number): Promise<void> {
     const st = await fs.lstat(localPath).catch(() => undefined);
     if (!st) return;
     const store = await this.store;
     if (st.isFile()) {
       const origin = store.begin(peerId, remotePath, localPath, 'file');
-      store.setFile(origin, '', { size: st.size, mtimeMs: Math.floor(st.mtimeMs), created: true });
+      // The sender's time as it offered it, when the landed file has it (to within the rounding settleTime mends).
+      const landed = { size: st.size, mtimeMs: sendersTime !== undefined && Math.abs(st.mtimeMs - sendersTime) < 1 ? sendersTime : Math.floor(st.mtimeMs), created: true };
+      await settleTime(localPath, landed);
+      store.setFile(origin, '', landed);
     } else if (st.isDirectory()) {
       const origin = store.begin(peerId, remotePath, localPath, 'dir');
       for (const rel of await filesBelow(localPath)) {

@@ -51,6 +51,8 @@ export interface ReviewFile {
   /** Whether `target` existed when the review began (the diff is against it). */
   replaces: boolean;
   peerName: string;
+  /** The sender's modification time, as it offered the file (a file sent on its own). */
+  sendersTime?: number;
 }
 
 /** The person's side of each question; replaceable in tests, which cannot click a notification. */
@@ -122,6 +124,8 @@ interface Pending {
   who: string;
   /** Where the sender keeps each entry (its `path` hint, by entry name): Review compares with the same path here; every file received is recorded with it. */
   places?: Map<string, string[]>;
+  /** The sender's modification time of each file entry, by entry name (what it offered). */
+  times?: Map<string, number>;
 }
 
 /** A running receive's notification: progress, and Cancel. */
@@ -201,20 +205,21 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     const all = offer.entries.map(() => ({}));
     const key = this.key(offer.peer.id, offer.offerId);
     const places = new Map(offer.entries.flatMap((e) => (e.path ? [[e.name, e.path.split('/')] as const] : [])));
+    const times = new Map(offer.entries.flatMap((e) => (e.type === 'file' ? [[e.name, e.mtimeMs] as const] : [])));
     if (choice === 'review') {
       const into = path.join(this.stagingRoot, randomBytes(8).toString('hex'));
       await fs.mkdir(into, { recursive: true, mode: 0o700 });
-      this.pending.set(key, { how: 'review', into, who, places });
+      this.pending.set(key, { how: 'review', into, who, places, times });
       return { into, entries: all };
     }
     if (choice === 'inbox') {
       const into = this.inboxFor(offer.peer)!;
-      this.pending.set(key, { how: 'inbox', into, who, places });
+      this.pending.set(key, { how: 'inbox', into, who, places, times });
       return { into, entries: all };
     }
     const into = await this.prompts.saveAsFolder(`Save what ${who} sends in…`);
     if (!into || signal.aborted) return 'decline';
-    this.pending.set(key, { how: 'saveAs', into, who, places });
+    this.pending.set(key, { how: 'saveAs', into, who, places, times });
     return { into, entries: all };
   }
 
@@ -315,7 +320,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     }
     if (received.length === 0) return;
     // Recorded by the path the sender gave (else the name): an Update from Peer finds it only if the sender shares it there.
-    for (const e of received) await this.origins?.recordReceived(result.peer.id, pending?.places?.get(e.name)?.join('/') ?? e.name, e.target!);
+    for (const e of received) await this.origins?.recordReceived(result.peer.id, pending?.places?.get(e.name)?.join('/') ?? e.name, e.target!, pending?.times?.get(e.name));
     const into = pending?.into ?? this.inboxFor(result.peer);
     if (!pending && into) void this.offerGitignore(into);
     if (pending?.how === 'inbox') void this.offerGitignore(pending.into);
@@ -348,6 +353,7 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
           const place = pending.places?.get(entryName);
           const placed = place !== undefined && place.length > 1;
           const file = await this.workspacePlace(placed ? [...place, ...inside] : [entryName, ...inside], staged, pending.who, placed);
+          if (file && inside.length === 0) file.sendersTime = pending.times?.get(entryName);
           if (file) files.push(file);
           else outcome.failed.push(path.relative(pending.into, staged));
         }
@@ -461,8 +467,9 @@ export class Receiving implements ReceivePolicy, vscode.Disposable {
     if (st && !st.isFile()) throw new Error(`${rel} is not a regular file here; it was left alone.`);
     if (st && !file.replaces && !(await this.prompts.replace(`${rel} appeared in the workspace during the review. Replace it with ${file.peerName}’s version?`))) return false;
     const temporary = path.join(path.dirname(file.target), `.${path.basename(file.target).slice(0, 200)}.${randomBytes(8).toString('hex')}.peershare-part`);
-    // The sender's time (the staged file has it), so the record of what came from where matches the sender's listing.
-    const sendersTime = Math.floor((await fs.stat(file.staged)).mtimeMs);
+    // The sender's time (the staged file has it, to within a rounding), so the record of what came from where matches the sender's listing.
+    const stagedTime = (await fs.stat(file.staged)).mtimeMs;
+    const sendersTime = file.sendersTime !== undefined && Math.abs(stagedTime - file.sendersTime) < 1 ? file.sendersTime : Math.floor(stagedTime);
     const landing = openTemporary(temporary);
     try {
       await pipeline(createReadStream(file.staged), createWriteStream('', { fd: landing.fd, autoClose: false }));

@@ -118,6 +118,13 @@ describe('Sending and receiving in a real VS Code (issue 12)', function () {
     assert.deepEqual(outcome, { accepted: ['src/app.ts'], skipped: [], failed: [] });
     assert.equal(await fs.readFile(local, 'utf8'), 'export const x = 2; // from the peer\n');
     assert.deepEqual(await fs.readdir(receiving.stagingRoot), [], 'the staging folder is gone');
+    // Remembered as from the sender, at the path Download would take it from; the file as it landed (the sender's time).
+    const { origins } = await api();
+    const found = await origins.lookup(local);
+    assert.equal(found?.origin.peerId, cliId);
+    assert.equal(found?.origin.remotePath, `${path.basename(workspaceDir())}/src/app.ts`);
+    assert.equal(await (await origins.store).localState(found!.origin, found!.rel), 'same');
+    assert.equal(found!.origin.files.get('')?.mtimeMs, Math.floor((await fs.stat(path.join(src, 'app.ts'))).mtimeMs), 'the sender\'s time');
   });
 
   it('Review compares with the same path as the sender\'s: its project\'s lib/app.ts with lib/app.ts here, not another app.ts', async () => {
@@ -329,6 +336,8 @@ describe('Sending and receiving in a real VS Code (issue 12)', function () {
       const landed = path.join(inboxFolderFor(inbox, { id: cliId, name: 'Cli Sender' }), 'notes.txt');
       assert.equal(await fs.readFile(landed, 'utf8'), 'notes from the peer\n');
       assert.match(path.basename(path.dirname(landed)), /^Cli Sender \([A-Z0-9]{4}\)$/);
+      const found = await waitFor(async () => (await api()).origins.lookup(landed));
+      assert.equal(found.origin.peerId, cliId, 'what a peer sent into the inbox is remembered as from it');
       await waitFor(async () => (await fs.readFile(path.join(workspaceDir(), '.gitignore'), 'utf8').catch(() => '')).includes('/PeerShare Inbox/'));
       assert.equal(gitignoreAsked.length, 1);
     } finally {

@@ -42,6 +42,10 @@ describe('Stay in step with a peer (issue 13)', function () {
       'followed/a.txt': 'a, first\n',
       'followed/b.txt': 'b, to be removed\n',
       'followed/keep.txt': 'keep, as it came\n',
+      'tree/v.txt': 'v, as it came\n',
+      'tree/x.txt': 'x, as it came\n',
+      'tree/y.txt': 'y, as it came\n',
+      'tree/z.txt': 'z, as it came\n',
     });
     await vscode.commands.executeCommand('peershare.connect', peer.invite);
     const peerNode = await waitFor(async () => (await childrenOf(undefined)).find((n): n is PeerNode => n.kind === 'peer' && n.peer.id === peer.peerId));
@@ -142,6 +146,57 @@ describe('Stay in step with a peer (issue 13)', function () {
     const [again] = (await vscode.commands.executeCommand<UpdateOutcome[]>('peershare.updateFromPeer', vscode.Uri.file(localBig())))!;
     assert.equal(choices.length, 0);
     assert.equal(again.filesChanged + again.bytesReceived, 0);
+  });
+
+  it('Update from Peer on a folder asks about each file edited here whose peer copy changed too, and updates the rest', async () => {
+    const { updates } = await api();
+    await vscode.commands.executeCommand('peershare.download', await findEntry(root, 'tree'));
+    const local = path.join(workspaceDir(), 'tree');
+    const sharer = path.join(peer.folder, 'tree');
+    assert.equal(await fs.readFile(path.join(local, 'z.txt'), 'utf8'), 'z, as it came\n');
+    // Here: v (only here), x and y edited. There: x, y and z changed, w added.
+    for (const name of ['v', 'x', 'y']) await fs.writeFile(path.join(local, `${name}.txt`), `${name}, mine\n`);
+    for (const name of ['x', 'y', 'z', 'w']) await fs.writeFile(path.join(sharer, `${name}.txt`), `${name}, theirs and longer\n`);
+    const asked: string[] = [];
+    updates.localEditPrompt = async (file, isFolder) => {
+      assert.equal(isFolder, true, 'a folder\'s question offers the "for All" answers');
+      asked.push(path.basename(file));
+      return path.basename(file) === 'x.txt' ? 'mine' : 'theirs';
+    };
+    const [outcome] = (await vscode.commands.executeCommand<UpdateOutcome[]>('peershare.updateFromPeer', vscode.Uri.file(local)))!;
+    assert.deepEqual(asked, ['x.txt', 'y.txt'], 'asked about the files edited here and changed there, one by one; not about v (only changed here) or z (not edited here)');
+    const read = (name: string) => fs.readFile(path.join(local, name), 'utf8');
+    assert.equal(await read('v.txt'), 'v, mine\n', 'changed only here: kept without a question');
+    assert.equal(await read('x.txt'), 'x, mine\n', 'Keep Mine');
+    assert.equal(await read('y.txt'), 'y, theirs and longer\n', 'Take Theirs');
+    assert.equal(await read('z.txt'), 'z, theirs and longer\n', 'not edited here: updated');
+    assert.equal(await read('w.txt'), 'w, theirs and longer\n', 'new there: added');
+    assert.deepEqual([...outcome.kept].sort(), ['v.txt', 'x.txt']);
+    assert.equal(outcome.filesChanged, 3);
+  });
+
+  it('Update from Peer from the command palette acts on the active editor\'s file; unsaved changes count as edits', async () => {
+    const { updates } = await api();
+    const file = path.join(workspaceDir(), 'tree', 'z.txt');
+    const editor = await vscode.window.showTextDocument(vscode.Uri.file(file));
+    const asked: string[] = [];
+    updates.localEditPrompt = async (f) => {
+      asked.push(path.basename(f));
+      return 'mine';
+    };
+    const [same] = (await vscode.commands.executeCommand<UpdateOutcome[]>('peershare.updateFromPeer'))!;
+    assert.equal(same.localPath, file);
+    assert.equal(same.filesChanged + same.kept.length, 0, 'already the peer\'s version');
+    await fs.writeFile(path.join(peer.folder, 'tree', 'z.txt'), 'z, changed again there\n');
+    await editor.edit((edit) => edit.insert(new vscode.Position(0, 0), 'unsaved: '));
+    try {
+      const [kept] = (await vscode.commands.executeCommand<UpdateOutcome[]>('peershare.updateFromPeer'))!;
+      assert.deepEqual(asked, ['z.txt'], 'asked: the open document has unsaved changes');
+      assert.deepEqual(kept.kept, ['z.txt']);
+      assert.equal(await fs.readFile(file, 'utf8'), 'z, theirs and longer\n', 'the file on disk was not touched');
+    } finally {
+      await vscode.commands.executeCommand('workbench.action.revertAndCloseActiveEditor');
+    }
   });
 
   it('Follow Folder applies an add, a change and a delete, and never deletes a file edited here', async () => {
