@@ -13,6 +13,8 @@ import { inspectReceivedName } from './names';
 import { PinnedFolders } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
 import { sanitizeForDisplay, type Entry } from './protocol';
+import type { EntryState } from './watch';
+import { WorkQueue } from './work-queue';
 
 /**
  * Updating a local copy of a peer's file or folder by moving only what changed (issue 13,
@@ -55,7 +57,10 @@ export interface DeltaFileResult {
   version: { size: number; mtimeMs: number; fileHash: string };
 }
 
-export interface DeltaFolderResult {
+export type DeltaFolderResult = SyncTally;
+
+/** What a sync of several files counts. */
+export interface SyncTally {
   filesChecked: number;
   filesChanged: number;
   bytesReceived: number;
@@ -70,6 +75,10 @@ const fsyncFd = promisify(fsync);
 const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 /** Reports of entries left alone kept in a folder's result (all are counted). */
 const MAX_REPORTED = 1000;
+/** Files a folder sync updates at once: each waits on two round trips, so several in flight hide them (within the peer's `requests`, which a watch shares). */
+export const FILES_AT_ONCE = 6;
+/** What the peer may not serve now, or changed twice as it was read: the file is reported and the rest of the sync goes on. */
+const LEFT_ALONE_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED']);
 /** Folders a folder sync lists ahead of the one it works on. */
 const LISTS_AHEAD = 4;
 /** Local ranges copied with one read and one write, at most (plus one chunk). */
@@ -252,11 +261,8 @@ async function writeAll(file: TemporaryFile, data: Buffer, position: number): Pr
 export async function deltaFolder(conn: FileSource, remotePath: string, target: string, options: DeltaOptions = {}): Promise<DeltaFolderResult> {
   const limits = conn.limits;
   const result: DeltaFolderResult = { filesChecked: 0, filesChanged: 0, bytesReceived: 0, bytesReused: 0, leftAlone: [], leftAloneCount: 0 };
-  const leaveAlone = (relPath: string, why: string): void => {
-    result.leftAloneCount++;
-    if (result.leftAlone.length < MAX_REPORTED) result.leftAlone.push({ path: relPath, why });
-  };
   await fs.mkdir(target, { recursive: true });
+  const work = new WorkQueue(FILES_AT_ONCE);
   const folders = await PinnedFolders.open(target, { rootMayBeLink: true });
   const base = remotePath.replace(/\/+$/, '');
   let seen = 0;
@@ -280,50 +286,68 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
         const relPath = [...components, entry.name].join('/');
         const { unsafeHere } = inspectReceivedName(relPath, limits.maxPathBytes);
         if (unsafeHere) {
-          leaveAlone(relPath, `its name is not safe here (${unsafeHere.why})`);
+          leaveAlone(result, relPath, `its name is not safe here (${unsafeHere.why})`);
           continue;
         }
         if (entry.type === 'dir') {
           try {
             await folders.makeFolders([...components, entry.name]);
           } catch (err) {
-            leaveAlone(relPath, toPeerShareError(err, 'IO_ERROR').message);
+            leaveAlone(result, relPath, toPeerShareError(err, 'IO_ERROR').message);
             continue;
           }
           queue.push({ components: [...components, entry.name] });
           continue;
         }
-        result.filesChecked++;
-        const local = await folders.pathIn(components, entry.name);
-        const st = await fs.lstat(local).catch(() => undefined);
-        if (st && !st.isFile()) {
-          leaveAlone(relPath, 'something other than a file is in its place');
-          continue;
-        }
-        if (st && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) {
-          options.onFileSynced?.(relPath, { size: entry.size, mtimeMs: entry.mtimeMs, created: false });
-          continue;
-        }
-        if (st && options.keepLocal && (await options.keepLocal(relPath))) {
-          leaveAlone(relPath, 'it was edited here since it was taken from the peer; yours was kept');
-          continue;
-        }
-        try {
-          const updated = await deltaFile(conn, `${remotePath.replace(/\/+$/, '')}/${relPath}`, st ? local : undefined, local, { ...options, overwrite: true });
-          options.onFileSynced?.(relPath, { ...updated.version, created: !st });
-          if (updated.changed) result.filesChanged++;
-          result.bytesReceived += updated.bytesReceived;
-          result.bytesReused += updated.bytesReused;
-        } catch (err) {
-          const coded = toPeerShareError(err, 'IO_ERROR');
-          // The peer's file went away or is not served now: reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
-          if (coded.code !== 'NOT_FOUND' && coded.code !== 'EXCLUDED' && coded.code !== 'PERMISSION_DENIED' && coded.code !== 'NOT_A_FILE' && coded.code !== 'BAD_NAME') throw coded;
-          leaveAlone(relPath, coded.message);
-        }
+        await work.add(() => folders.use(components, entry.name, (local) => syncFileIn(conn, `${base}/${relPath}`, local, relPath, entry, options, result)));
       }
     }
+    await work.drain();
   } finally {
+    // Nothing may still be writing through the folders when they close.
+    await work.drain().catch(() => undefined);
     await folders.close();
   }
   return result;
+}
+
+/**
+ * One file of a folder sync, `local` (a path through the pinned folder) against the sharer's
+ * `entry`: left alone when something other than a file is in its place, or (keepLocal) edited
+ * here; nothing done when size and time match; else updated with deltaFile. What the peer may not
+ * serve now (gone, excluded, changing as it is read) is reported and the rest goes on; anything
+ * else (a lie, a closed connection, a local failure) is thrown and stops the sync.
+ */
+export async function syncFileIn(conn: FileSource, remoteFile: string, local: string, relPath: string, entry: EntryState, options: DeltaOptions, tally: SyncTally): Promise<void> {
+  tally.filesChecked++;
+  const st = await fs.lstat(local).catch(() => undefined);
+  if (st && !st.isFile()) {
+    leaveAlone(tally, relPath, 'something other than a file is in its place');
+    return;
+  }
+  if (st && entry.type === 'file' && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) {
+    options.onFileSynced?.(relPath, { size: entry.size, mtimeMs: entry.mtimeMs, created: false });
+    return;
+  }
+  if (st && options.keepLocal && (await options.keepLocal(relPath))) {
+    leaveAlone(tally, relPath, 'it was edited here since it was taken from the peer; yours was kept');
+    return;
+  }
+  try {
+    const updated = await deltaFile(conn, remoteFile, st ? local : undefined, local, { ...options, overwrite: true });
+    options.onFileSynced?.(relPath, { ...updated.version, created: !st });
+    if (updated.changed) tally.filesChanged++;
+    tally.bytesReceived += updated.bytesReceived;
+    tally.bytesReused += updated.bytesReused;
+  } catch (err) {
+    const coded = toPeerShareError(err, 'IO_ERROR');
+    if (!LEFT_ALONE_CODES.has(coded.code)) throw coded;
+    leaveAlone(tally, relPath, coded.message);
+  }
+}
+
+/** Reports `relPath` as left alone: counted always, listed up to MAX_REPORTED. */
+export function leaveAlone(tally: SyncTally, relPath: string, why: string): void {
+  tally.leftAloneCount++;
+  if (tally.leftAlone.length < MAX_REPORTED) tally.leftAlone.push({ path: relPath, why });
 }
