@@ -169,12 +169,17 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
     await applying.catch(() => undefined);
   });
   ended.catch(() => undefined);
+  let stopped = false;
   return {
     ended: ended.catch((err: unknown) => {
-      if (stopper.signal.aborted && toPeerShareError(err).code === 'CANCELLED') return;
+      // Stopped as asked (stop() or the caller's signal): whatever the stop interrupted is no failure.
+      if (stopped || options.signal?.aborted) return;
       throw toPeerShareError(err, 'INTERNAL');
     }),
-    stop: () => stopper.abort(new PeerShareError('CANCELLED')),
+    stop: () => {
+      stopped = true;
+      stopper.abort(new PeerShareError('CANCELLED'));
+    },
   };
 }
 
