@@ -8,7 +8,7 @@ import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
-import { commit, openTemporary, removeName, type TemporaryFile } from './landing';
+import { commit, openTemporary, partialPathFor, removeName, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
 import { PinnedFolders } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
@@ -54,6 +54,8 @@ const fsyncFd = promisify(fsync);
 const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 /** Reports of entries left alone kept in a folder's result (all are counted). */
 const MAX_REPORTED = 1000;
+/** A subfolder's listing refused with one of these (the sharer's folder changed since its parent was listed): left alone. */
+const FOLDER_GONE_CODES = new Set(['NOT_FOUND', 'NOT_A_DIRECTORY', 'EXCLUDED', 'PERMISSION_DENIED']);
 /** Folders a folder sync lists ahead of the one it works on. */
 const LISTS_AHEAD = 4;
 /** Local ranges copied with one read and one write, at most (plus one chunk). */
@@ -95,7 +97,9 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     }
     const byHash = new Map<string, Chunk>();
     for (const chunk of localChunks) byHash.set(chunk.hash.toString('hex'), chunk);
-    const partial = path.join(path.dirname(target), `.${path.basename(target).slice(0, 180)}.${randomBytes(6).toString('hex')}.peershare-sync`);
+    // Named as a download's temporary file (landing.ts: it fits wherever the target's name fits,
+    // however many bytes its characters take), tagged by a random value: never resumed, never shared.
+    const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, remote.size, 0);
     const file = openTemporary(partial);
     let landed = false;
     try {
@@ -254,7 +258,16 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
       for (const ahead of queue.slice(0, LISTS_AHEAD)) ahead.entries ??= listOf(ahead.components);
       const { components, entries: listing } = queue.shift()!;
       if (components.length > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
-      const entries = await listing!;
+      let entries: Entry[];
+      try {
+        entries = await listing!;
+      } catch (err) {
+        const coded = toPeerShareError(err, 'IO_ERROR');
+        // A folder that went away or became a file on the sharer after its parent was listed: as for a file, reported, the rest goes on.
+        if (components.length === 0 || !FOLDER_GONE_CODES.has(coded.code)) throw coded;
+        leaveAlone(components.join('/'), coded.message);
+        continue;
+      }
       for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
         if (++seen > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders.`);
         const relPath = [...components, entry.name].join('/');

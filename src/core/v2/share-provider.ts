@@ -84,6 +84,8 @@ export class ShareProvider {
   private watchProvider?: WatchProvider;
   /** Content-defined chunk lists by file version (share.chunks, spec 15). */
   private readonly chunkLists: ChunkListCache;
+  /** Chunk lists being cut now, by file version: requests for the same version share one cut. */
+  private readonly chunkCuts = new Map<string, Promise<CdcChunk[]>>();
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
@@ -288,15 +290,38 @@ export class ShareProvider {
   /** The block list and chunk list of the open file's `version`; FILE_CHANGED if either is not that version's. */
   private async chunksOf(handle: FileHandle, version: BigIntStats): Promise<{ manifest: BlockManifest; chunks: CdcChunk[] }> {
     const manifest = await this.manifestOf(handle, version);
-    let chunks = this.chunkLists.get(version);
-    if (!chunks) {
-      const startedMs = Date.now();
+    if (this.chunkLists.isTooLarge(version)) throw new PeerShareError('TOO_LARGE', `The file has more than ${this.limits.maxFileChunks} chunks; it is too large to update in chunks.`);
+    const chunks = this.chunkLists.get(version) ?? (await this.cutOnce(handle, version));
+    return { manifest, chunks };
+  }
+
+  /**
+   * Cuts the open file's `version` into chunks, once for all the requests that ask for it at the
+   * same time: *why: each would otherwise read the whole file and hold its own list (8 requests
+   * of one peer, 8 times the disk reads and the memory; found by the chunk attack suite).* The
+   * first request's file stays open until the cut ends: that request awaits it too.
+   */
+  private cutOnce(handle: FileHandle, version: BigIntStats): Promise<CdcChunk[]> {
+    const key = versionKey(version);
+    let cutting = this.chunkCuts.get(key);
+    if (!cutting) {
+      cutting = this.cut(handle, version).finally(() => this.chunkCuts.delete(key));
+      this.chunkCuts.set(key, cutting);
+    }
+    return cutting;
+  }
+
+  private async cut(handle: FileHandle, version: BigIntStats): Promise<CdcChunk[]> {
+    const startedMs = Date.now();
+    try {
       const cut = await chunkFile(handle, this.limits);
       if (!sameVersion(version, cut.version)) throw new PeerShareError('FILE_CHANGED');
-      chunks = cut.chunks;
-      this.chunkLists.put(version, chunks, startedMs);
+      this.chunkLists.put(version, cut.chunks, startedMs);
+      return cut.chunks;
+    } catch (err) {
+      if (err instanceof PeerShareError && err.code === 'TOO_LARGE') this.chunkLists.putTooLarge(version, startedMs);
+      throw err;
     }
-    return { manifest, chunks };
   }
 
   /** DATA: the chunks asked for (spec 15.3), as share.read sends blocks; the version is the one whose block list hashes to `fileHash`. */
