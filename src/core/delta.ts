@@ -126,7 +126,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         }
       }
       // End to end: the assembled file must be the version the sharer named (its block-list hash).
-      const assembled = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW);
+      const assembled = await openOwn(partial, file, target);
       try {
         const manifest = await hashFileBlocks(assembled, conn.limits);
         if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
@@ -159,6 +159,25 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
 function timesOf(mtimeMs: number): [number, number] {
   const seconds = (mtimeMs + 0.5) / 1000;
   return [seconds, seconds];
+}
+
+/**
+ * The temporary file reopened by its name to be read, only if it is still the file we created: a
+ * link is not followed, a FIFO does not block the open, and anything else now at the name (someone
+ * who may write in the folder moved ours away) is IO_ERROR. *Why: verifying whatever had the name
+ * hung on a FIFO for ever, and a file put there in time took the target's name, so the target was
+ * lost (found by the chunk attack suite).*
+ */
+async function openOwn(partial: string, file: TemporaryFile, target: string): Promise<FileHandle> {
+  const replaced = (): PeerShareError =>
+    new PeerShareError('IO_ERROR', `The temporary file for ${sanitizeForDisplay(path.basename(target)).slice(0, 120)} was replaced before it was verified; nothing was kept.`);
+  const handle = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW | (fsc.O_NONBLOCK ?? 0)).catch(() => {
+    throw replaced();
+  });
+  const st = await handle.stat();
+  if (st.isFile() && st.dev === file.dev && st.ino === file.ino) return handle;
+  await handle.close();
+  throw replaced();
 }
 
 /** The local copy, opened without following a link; only a regular file is a copy to reuse. */

@@ -423,6 +423,32 @@ describe('another local user writes into dest during a sync', () => {
     await rejectsWithCode(deltaFile(conn, 'proj/f.bin', path.join(mirror, 'f.bin'), path.join(mirror, 'f.bin'), { overwrite: true }), 'NOT_A_FILE');
   });
 
+  for (const planted of ['a FIFO', 'a file of its own'] as const) {
+    it(`the temporary file swapped for ${planted} before it is verified: refused at once (no hang), the target untouched`, async () => {
+      const dest = tempDir('peershare-chunkatk-');
+      const target = path.join(dest, 'f.bin');
+      await fs.writeFile(target, 'old');
+      const content = seededBytes(100_000, 80);
+      const { conn: hostileConn } = await hostile(async (req, reply) => {
+        if (req.type === 'share.chunks') return sendChunkList(reply, content);
+        if (req.type !== 'share.readChunks') return undefined;
+        // The local user acts now, while the bytes are still coming: the temporary file is moved away and something else takes its name.
+        const temporary = readdirSync(dest).find((name) => name.startsWith('.f.bin.'))!;
+        await fs.rename(path.join(dest, temporary), path.join(dest, 'moved-away'));
+        if (planted === 'a FIFO') spawnSync('mkfifo', [path.join(dest, temporary)]);
+        else await fs.writeFile(path.join(dest, temporary), content);
+        return sendChunks(req, reply, content);
+      });
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<string>((resolve) => (timer = setTimeout(() => resolve('still waiting after 20 s'), 20_000)));
+      const code = await Promise.race([codeOf(deltaFile(hostileConn, 'ws/f.bin', target, target, { overwrite: true })), deadline]);
+      clearTimeout(timer);
+      assert.equal(code, 'IO_ERROR');
+      assert.equal(await fs.readFile(target, 'utf8'), 'old', 'the target is as it was');
+      assert.deepEqual(await listTree(dest), ['f.bin', 'moved-away'], 'what was planted at the temporary name is gone, and nothing else was made');
+    });
+  }
+
   it('a folder swapped for a symlink to outside in the middle of a sync: nothing is written outside', async () => {
     const base = tempDir('peershare-chunkatk-');
     const mirror = path.join(base, 'mirror');
