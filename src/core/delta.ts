@@ -87,7 +87,10 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
     const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal }), local ? chunkFile(local, conn.limits) : undefined]);
     const localChunks = localCut?.chunks ?? [];
-    if (local && localFile === target && (await isSameVersion(local, localChunks, remote))) {
+    // Only a copy with one name is touched in place: through a hard link the time would be set on
+    // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
+    // from its own chunks, and takes the name alone.
+    if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
       if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
       return { changed: false, bytesReceived: 0, bytesReused: 0 };

@@ -412,6 +412,23 @@ describe('another local user writes into dest during a sync', () => {
     assert.ok((await fs.readFile(path.join(base, 'single.bin'))).equals(theirs));
   });
 
+  it('a hard link in dest to a file outside that already holds the sharer\'s bytes: the file outside keeps its time too', async () => {
+    const base = tempDir('peershare-chunkatk-');
+    const mirror = path.join(base, 'mirror');
+    await fs.mkdir(path.join(mirror, 'sub'), { recursive: true });
+    await fs.writeFile(path.join(base, 'outside.bin'), theirs);
+    await fs.utimes(path.join(base, 'outside.bin'), 1_000_000, 1_000_000);
+    await fs.link(path.join(base, 'outside.bin'), path.join(mirror, 'f.bin'));
+    const before = await fs.stat(path.join(base, 'outside.bin'), { bigint: true });
+    const result = await deltaFolder(conn, 'proj', mirror);
+    assert.equal(result.bytesReceived, theirs.length, 'sub/g.bin only: f.bin is made from the local copy');
+    const after = await fs.stat(path.join(base, 'outside.bin'), { bigint: true });
+    assert.deepEqual([after.ino, after.size, after.mtimeNs], [before.ino, before.size, before.mtimeNs], 'the file outside is as it was');
+    assert.ok((await fs.readFile(path.join(mirror, 'f.bin'))).equals(theirs));
+    assert.equal(Math.floor((await fs.stat(path.join(mirror, 'f.bin'))).mtimeMs), Math.floor((await fs.stat(path.join(proj, 'f.bin'))).mtimeMs), 'the copy in dest has the sharer\'s time');
+    assert.equal((await fs.stat(path.join(mirror, 'f.bin'))).nlink, 1);
+  });
+
   it('a FIFO where a file would land is left alone, and the sync does not block on it', async () => {
     const mirror = path.join(tempDir('peershare-chunkatk-'), 'mirror');
     await fs.mkdir(mirror);
