@@ -182,6 +182,62 @@ describe('a trusted peer asks the sharer for chunks to reach what it must not, o
     assert.ok(held < bound * 1.25, `the cache of ${bound / 2 ** 20} MiB holds ${(held / 2 ** 20).toFixed(1)} MiB`);
   });
 
+  it('a file truncated and rewritten in the middle of a readChunks ends FILE_CHANGED; no byte of another version is yielded', async () => {
+    const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
+    await fs.mkdir(proj);
+    const content = seededBytes(32 * 1024 * 1024, 81);
+    await fs.writeFile(path.join(proj, 'f.bin'), content);
+    const { conn } = await sharerOf([proj]);
+    const list = await conn.share.chunks('proj/f.bin');
+    let yielded = 0;
+    const code = await codeOf(
+      (async () => {
+        for await (const chunk of conn.share.readChunks('proj/f.bin', list, list.chunks.map((_, i) => i))) {
+          const wanted = list.chunks[chunk.index];
+          assert.ok(chunk.data.equals(content.subarray(wanted.offset, wanted.offset + wanted.length)), 'only bytes of the version listed');
+          if (yielded++ === 0) await fs.writeFile(path.join(proj, 'f.bin'), seededBytes(1024 * 1024, 82));
+        }
+      })(),
+    );
+    assert.equal(code, 'FILE_CHANGED');
+    assert.ok(yielded < list.chunks.length, `${yielded} of ${list.chunks.length} chunks`);
+  });
+
+  it('refused, cancelled and changed chunk requests leave the sharer holding no descriptor', async () => {
+    const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
+    await fs.mkdir(proj);
+    for (let i = 0; i < 8; i++) await fs.writeFile(path.join(proj, `f${i}.bin`), seededBytes(8 * 1024 * 1024, 90 + i));
+    await fs.writeFile(path.join(proj, 'huge.bin'), seededBytes(24 * 1024 * 1024, 99));
+    const { sharer, conn } = await sharerOf([proj], { maxFileChunks: 200 });
+    const baseline = readdirSync('/proc/self/fd').length;
+    const lists = await Promise.all(Array.from({ length: 8 }, (_, i) => conn.share.chunks(`proj/f${i}.bin`)));
+    for (let round = 0; round < 5; round++) {
+      await rejectsWithCode(conn.share.chunks('proj/huge.bin'), 'TOO_LARGE');
+      await Promise.all(
+        lists.map(async (list, i) => {
+          const stop = new AbortController();
+          let seen = 0;
+          // Cancelled after the first chunk; half of them asked for another version; one for a chunk past the end.
+          const fileHash = i % 2 ? Buffer.alloc(32, 1) : list.fileHash;
+          const indices = i === 7 ? [list.chunks.length + 5] : list.chunks.map((_, n) => n);
+          const code = await codeOf(
+            (async () => {
+              for await (const chunk of conn.share.readChunks(`proj/f${i}.bin`, { ...list, fileHash, chunks: i === 7 ? [...list.chunks, ...Array.from({ length: 6 }, () => list.chunks[0])] : list.chunks }, indices, { signal: stop.signal })) {
+                if (chunk && ++seen === 1) stop.abort();
+              }
+            })(),
+          );
+          assert.ok(code !== undefined && code !== 'PROTOCOL_ERROR', `f${i}: ${code}`);
+        }),
+      );
+    }
+    const end = Date.now() + 20_000;
+    while (readdirSync('/proc/self/fd').length > baseline && Date.now() < end) await sleep(50);
+    assert.ok(readdirSync('/proc/self/fd').length <= baseline, `descriptors: ${baseline} before, ${readdirSync('/proc/self/fd').length} after`);
+    assert.equal((await conn.share.stat('proj/f0.bin')).type, 'file', 'the connection still serves');
+    assert.ok(sharer.server.stats.fileBytesSent < 8 * 5 * 8 * 1024 * 1024, 'cancelled reads stopped early');
+  });
+
   it('a file rewritten between its chunk list and the read: deltaFile starts over once and lands the new version, verified', async () => {
     const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
     await fs.mkdir(proj);
