@@ -123,10 +123,14 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
       let bytesReceived = 0;
       if (missing.length > 0) {
+        // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
+        // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
+        const run = new WriteRun(file);
         for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
-          await writeAll(file, chunk.data, remote.chunks[chunk.index].offset);
+          await run.add(chunk.data, remote.chunks[chunk.index].offset);
           bytesReceived += chunk.data.length;
         }
+        await run.flush();
       }
       // End to end: the assembled file must be the version the sharer named (its block-list hash).
       const assembled = await openOwn(partial, file, target);
@@ -238,6 +242,30 @@ async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[]
   }
   if (!sameVersion(version, await local.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
   return copied;
+}
+
+/** Pieces for the temporary file gathered while they are adjacent, written as one. */
+class WriteRun {
+  private pieces: Buffer[] = [];
+  private at = 0;
+  private bytes = 0;
+
+  constructor(private readonly file: TemporaryFile) {}
+
+  async add(data: Buffer, position: number): Promise<void> {
+    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= COPY_BYTES)) await this.flush();
+    if (this.bytes === 0) this.at = position;
+    this.pieces.push(data);
+    this.bytes += data.length;
+  }
+
+  async flush(): Promise<void> {
+    if (this.bytes === 0) return;
+    const data = this.pieces.length === 1 ? this.pieces[0] : Buffer.concat(this.pieces, this.bytes);
+    this.pieces = [];
+    this.bytes = 0;
+    await writeAll(this.file, data, this.at);
+  }
 }
 
 async function writeAll(file: TemporaryFile, data: Buffer, position: number): Promise<void> {
