@@ -10,7 +10,14 @@ import { blake3 } from '../../src/core/blake3';
 import { blockSizeFor } from '../../src/core/blocks';
 import { CDC_MAX_BYTES, CHUNK_MEMORY_BYTES, ChunkListCache, chunkBytes, chunkFile, encodeChunks, type Chunk } from '../../src/core/cdc';
 import { deltaFile, deltaFolder } from '../../src/core/delta';
+import { BlockCache } from '../../src/core/block-cache';
+import { resolveLimits } from '../../src/core/limits';
+import { Share } from '../../src/core/share';
+import { Connection } from '../../src/core/v2/connection';
+import { ShareClient } from '../../src/core/v2/share-client';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
+import { ShareProvider } from '../../src/core/v2/share-provider';
+import { duplexPair } from '../core/v2-duplex-pair';
 import { codeOf, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { connectWithInvite, listTree, makePeer, rejectsWithCode, seededBytes, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 import { assertOnlyChanged, buildWorld, snapshot } from './world';
@@ -241,6 +248,50 @@ describe('a trusted peer asks the sharer for chunks to reach what it must not, o
     assert.ok(readdirSync('/proc/self/fd').length <= baseline, `descriptors: ${baseline} before, ${readdirSync('/proc/self/fd').length} after`);
     assert.equal((await conn.share.stat('proj/f0.bin')).type, 'file', 'the connection still serves');
     assert.ok(sharer.server.stats.fileBytesSent < 8 * 5 * 8 * 1024 * 1024, 'cancelled reads stopped early');
+  });
+
+  it('a peer revoked while its chunk list was being cut gets PEER_UNTRUSTED, not the list', async () => {
+    const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
+    await fs.mkdir(proj);
+    await fs.writeFile(path.join(proj, 'f.bin'), seededBytes(4 * 1024 * 1024, 83));
+    const home = tempDir('peershare-chunkatk-');
+    const share = await Share.create({ folders: [proj], privatePaths: [home] }, resolveLimits());
+    const provider = new ShareProvider({ share, blockCache: await BlockCache.open(home, resolveLimits()) });
+    // Trusted when the request arrives; revoked by the time the cut is done (every later check).
+    let checks = 0;
+    const [a, b] = duplexPair();
+    const requester = new Connection(a, { peerId: 'sharer', address: 'memory:sharer', side: 'dialer', peerCapabilities: ['share/1'] });
+    const responder = new Connection(b, { peerId: 'reader', address: 'memory:reader', side: 'acceptor', handlers: { 'share/1': provider.handler({ peerId: 'reader', peerFrameBytes: requester.local.frame, stillAllowed: () => checks++ === 0 }) } });
+    cleanups.push(() => {
+      requester.close();
+      responder.close();
+    });
+    await rejectsWithCode(new ShareClient(requester).chunks('proj/f.bin'), 'PEER_UNTRUSTED');
+  });
+
+  it('a file that changes at every read on the sharer (a log being written) is left alone; the rest of the folder is synced', async () => {
+    const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
+    await fs.mkdir(proj);
+    await fs.writeFile(path.join(proj, 'a.txt'), 'a');
+    await fs.writeFile(path.join(proj, 'log.txt'), seededBytes(300_000, 84));
+    await fs.writeFile(path.join(proj, 'z.txt'), 'z');
+    const { conn } = await sharerOf([proj]);
+    let writes = 0;
+    // The sharer's own program appends to log.txt between every list and read.
+    const share = new Proxy(conn.share, {
+      get(targetShare, prop, receiver) {
+        if (prop !== 'readChunks') return Reflect.get(targetShare, prop, receiver);
+        return async function* (...args: Parameters<typeof conn.share.readChunks>) {
+          if (args[0] === 'proj/log.txt') await fs.appendFile(path.join(proj, 'log.txt'), `line ${++writes}\n`);
+          yield* targetShare.readChunks(...args);
+        };
+      },
+    });
+    const mirror = path.join(tempDir('peershare-chunkatk-'), 'mirror');
+    const result = await deltaFolder({ share, limits: conn.limits } as never, 'proj', mirror);
+    assert.deepEqual(result.leftAlone.map((l) => l.path), ['log.txt']);
+    assert.equal(writes, 2, 'tried twice');
+    assert.deepEqual(await listTree(mirror), ['a.txt', 'z.txt']);
   });
 
   it('a file rewritten between its chunk list and the read: deltaFile starts over once and lands the new version, verified', async () => {

@@ -159,7 +159,7 @@ export class ShareProvider {
       case 'share.tree':
         return this.tree(session, request.path, reply, signal);
       case 'share.chunks':
-        return this.chunks(request.path, reply);
+        return this.chunks(session, request.path, reply);
       case 'share.readChunks':
         return this.readChunks(session, request, reply, signal);
     }
@@ -274,11 +274,13 @@ export class ShareProvider {
    * now; `fileHash` is that version's block-list hash (the block cache's), so the requester can
    * verify what it assembles end to end.
    */
-  private async chunks(remotePath: string, reply: ReplyWriter): Promise<Record<string, unknown>> {
+  private async chunks(session: SessionContext, remotePath: string, reply: ReplyWriter): Promise<Record<string, unknown>> {
     const { handle, stat } = await this.share.openFile(remotePath);
     try {
       const version = await handle.stat({ bigint: true });
       const { manifest, chunks } = await this.chunksOf(handle, version);
+      // Cutting a large file takes a while: a peer revoked meanwhile gets no list (found by the chunk attack suite).
+      session.checkAllowed(false);
       await reply.message({ type: 'chunks', size: manifest.size, mtimeMs: Math.floor(stat.mtimeMs), fileHash: manifest.fileHash.toString('hex'), count: chunks.length });
       if (chunks.length > 0) await reply.data(encodeChunks(chunks));
       return {};
