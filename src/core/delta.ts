@@ -55,7 +55,7 @@ const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 /** Reports of entries left alone kept in a folder's result (all are counted). */
 const MAX_REPORTED = 1000;
 /** A file's update failed with one of these: left alone and reported, the sync goes on. */
-const FILE_LEFT_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED']);
+const FILE_LEFT_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED', 'TOO_LARGE']);
 /** A subfolder's listing refused with one of these (the sharer's folder changed since its parent was listed): left alone. */
 const FOLDER_GONE_CODES = new Set(['NOT_FOUND', 'NOT_A_DIRECTORY', 'EXCLUDED', 'PERMISSION_DENIED']);
 /** Folders a folder sync lists ahead of the one it works on. */
@@ -353,8 +353,9 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
           result.bytesReused += updated.bytesReused;
         } catch (err) {
           const coded = toPeerShareError(err, 'IO_ERROR');
-          // The peer's file went away, is not served now, or kept changing while it was read (a log being
-          // written; deltaFile tried twice): reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
+          // The peer's file went away, is not served now, is too large to update in chunks (either
+          // side's maxFileChunks), or kept changing while it was read (a log being written; deltaFile
+          // tried twice): reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
           if (!FILE_LEFT_CODES.has(coded.code)) throw coded;
           leaveAlone(relPath, coded.message);
         }

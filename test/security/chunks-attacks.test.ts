@@ -269,6 +269,24 @@ describe('a trusted peer asks the sharer for chunks to reach what it must not, o
     await rejectsWithCode(new ShareClient(requester).chunks('proj/f.bin'), 'PEER_UNTRUSTED');
   });
 
+  it('a file too large to update in chunks (the sharer\'s or the requester\'s maxFileChunks) is left alone; the rest of the folder is synced', async () => {
+    const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
+    await fs.mkdir(proj);
+    await fs.writeFile(path.join(proj, 'a.txt'), 'a');
+    await fs.writeFile(path.join(proj, 'big.bin'), seededBytes(4 * 1024 * 1024, 85));
+    await fs.writeFile(path.join(proj, 'z.txt'), 'z');
+    for (const side of ['sharer', 'requester'] as const) {
+      const sharer = await startSharer([proj], { limits: side === 'sharer' ? { maxFileChunks: 8 } : {} });
+      cleanups.push(() => sharer.server.close());
+      const { conn } = await connectWithInvite(sharer.invite, undefined, side === 'requester' ? { maxFileChunks: 8 } : {});
+      cleanups.push(() => conn.close());
+      const mirror = path.join(tempDir('peershare-chunkatk-'), 'mirror');
+      const result = await deltaFolder(conn, 'proj', mirror);
+      assert.deepEqual(result.leftAlone.map((l) => l.path), ['big.bin'], side);
+      assert.deepEqual(await listTree(mirror), ['a.txt', 'z.txt'], side);
+    }
+  });
+
   it('a file that changes at every read on the sharer (a log being written) is left alone; the rest of the folder is synced', async () => {
     const proj = path.join(tempDir('peershare-chunkatk-'), 'proj');
     await fs.mkdir(proj);
