@@ -128,7 +128,8 @@ export async function chunkFile(file: FileHandle | string, limits: Pick<Limits, 
   }
 }
 
-function tooManyChunks(maxFileChunks: number): PeerShareError {
+/** TOO_LARGE for a file of more than `maxFileChunks` chunks. */
+export function tooManyChunks(maxFileChunks: number): PeerShareError {
   return new PeerShareError('TOO_LARGE', `The file has more than ${maxFileChunks} chunks; it is too large to update in chunks.`);
 }
 

@@ -1,7 +1,7 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
-import { ChunkListCache, chunkFile, encodeChunks, type Chunk as CdcChunk } from '../cdc';
+import { ChunkListCache, chunkFile, encodeChunks, tooManyChunks, type Chunk as CdcChunk } from '../cdc';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion, versionKey } from '../hash-cache';
@@ -292,7 +292,7 @@ export class ShareProvider {
   /** The block list and chunk list of the open file's `version`; FILE_CHANGED if either is not that version's. */
   private async chunksOf(handle: FileHandle, version: BigIntStats): Promise<{ manifest: BlockManifest; chunks: CdcChunk[] }> {
     const manifest = await this.manifestOf(handle, version);
-    if (this.chunkLists.isTooLarge(version)) throw new PeerShareError('TOO_LARGE', `The file has more than ${this.limits.maxFileChunks} chunks; it is too large to update in chunks.`);
+    if (this.chunkLists.isTooLarge(version)) throw tooManyChunks(this.limits.maxFileChunks);
     const chunks = this.chunkLists.get(version) ?? (await this.cutOnce(handle, version));
     return { manifest, chunks };
   }
