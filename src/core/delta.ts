@@ -8,7 +8,7 @@ import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
-import { commit, openTemporary, removeName, type TemporaryFile } from './landing';
+import { commit, openTemporary, partialPathFor, removeName, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
 import { PinnedFolders } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
@@ -77,8 +77,10 @@ const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 const MAX_REPORTED = 1000;
 /** Files a folder sync updates at once: each waits on two round trips, so several in flight hide them (within the peer's `requests`, which a watch shares). */
 export const FILES_AT_ONCE = 6;
-/** What the peer may not serve now, or changed twice as it was read: the file is reported and the rest of the sync goes on. */
-const LEFT_ALONE_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED']);
+/** A file's update failed with one of these: left alone and reported, the sync goes on. */
+const FILE_LEFT_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED', 'TOO_LARGE']);
+/** A subfolder's listing refused with one of these (the sharer's folder changed since its parent was listed): left alone. */
+const FOLDER_GONE_CODES = new Set(['NOT_FOUND', 'NOT_A_DIRECTORY', 'EXCLUDED', 'PERMISSION_DENIED']);
 /** Folders a folder sync lists ahead of the one it works on. */
 const LISTS_AHEAD = 4;
 /** Local ranges copied with one read and one write, at most (plus one chunk). */
@@ -110,7 +112,10 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
     const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal }), local ? chunkFile(local, conn.limits) : undefined]);
     const localChunks = localCut?.chunks ?? [];
-    if (local && localFile === target && (await isSameVersion(local, localChunks, remote))) {
+    // Only a copy with one name is touched in place: through a hard link the time would be set on
+    // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
+    // from its own chunks, and takes the name alone.
+    if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
       if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
       return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
@@ -120,7 +125,9 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     }
     const byHash = new Map<string, Chunk>();
     for (const chunk of localChunks) byHash.set(chunk.hash.toString('hex'), chunk);
-    const partial = path.join(path.dirname(target), `.${path.basename(target).slice(0, 180)}.${randomBytes(6).toString('hex')}.peershare-sync`);
+    // Named as a download's temporary file (landing.ts: it fits wherever the target's name fits,
+    // however many bytes its characters take), tagged by a random value: never resumed, never shared.
+    const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, remote.size, 0);
     const file = openTemporary(partial);
     let landed = false;
     try {
@@ -141,13 +148,17 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
       let bytesReceived = 0;
       if (missing.length > 0) {
+        // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
+        // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
+        const run = new WriteRun(file);
         for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
-          await writeAll(file, chunk.data, remote.chunks[chunk.index].offset);
+          await run.add(chunk.data, remote.chunks[chunk.index].offset);
           bytesReceived += chunk.data.length;
         }
+        await run.flush();
       }
       // End to end: the assembled file must be the version the sharer named (its block-list hash).
-      const assembled = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW);
+      const assembled = await openOwn(partial, file, target);
       try {
         const manifest = await hashFileBlocks(assembled, conn.limits);
         if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
@@ -184,6 +195,25 @@ function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['ve
 function timesOf(mtimeMs: number): [number, number] {
   const seconds = (mtimeMs + 0.5) / 1000;
   return [seconds, seconds];
+}
+
+/**
+ * The temporary file reopened by its name to be read, only if it is still the file we created: a
+ * link is not followed, a FIFO does not block the open, and anything else now at the name (someone
+ * who may write in the folder moved ours away) is IO_ERROR. *Why: verifying whatever had the name
+ * hung on a FIFO for ever, and a file put there in time took the target's name, so the target was
+ * lost (found by the chunk attack suite).*
+ */
+async function openOwn(partial: string, file: TemporaryFile, target: string): Promise<FileHandle> {
+  const replaced = (): PeerShareError =>
+    new PeerShareError('IO_ERROR', `The temporary file for ${sanitizeForDisplay(path.basename(target)).slice(0, 120)} was replaced before it was verified; nothing was kept.`);
+  const handle = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW | (fsc.O_NONBLOCK ?? 0)).catch(() => {
+    throw replaced();
+  });
+  const st = await handle.stat();
+  if (st.isFile() && st.dev === file.dev && st.ino === file.ino) return handle;
+  await handle.close();
+  throw replaced();
 }
 
 /** The local copy, opened without following a link; only a regular file is a copy to reuse. */
@@ -243,6 +273,30 @@ async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[]
   return copied;
 }
 
+/** Pieces for the temporary file gathered while they are adjacent, written as one. */
+class WriteRun {
+  private pieces: Buffer[] = [];
+  private at = 0;
+  private bytes = 0;
+
+  constructor(private readonly file: TemporaryFile) {}
+
+  async add(data: Buffer, position: number): Promise<void> {
+    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= COPY_BYTES)) await this.flush();
+    if (this.bytes === 0) this.at = position;
+    this.pieces.push(data);
+    this.bytes += data.length;
+  }
+
+  async flush(): Promise<void> {
+    if (this.bytes === 0) return;
+    const data = this.pieces.length === 1 ? this.pieces[0] : Buffer.concat(this.pieces, this.bytes);
+    this.pieces = [];
+    this.bytes = 0;
+    await writeAll(this.file, data, this.at);
+  }
+}
+
 async function writeAll(file: TemporaryFile, data: Buffer, position: number): Promise<void> {
   for (let done = 0; done < data.length; ) {
     done += (await writeAt(file.fd, data, done, data.length - done, position + done)).bytesWritten;
@@ -280,7 +334,16 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
       for (const ahead of queue.slice(0, LISTS_AHEAD)) ahead.entries ??= listOf(ahead.components);
       const { components, entries: listing } = queue.shift()!;
       if (components.length > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
-      const entries = await listing!;
+      let entries: Entry[];
+      try {
+        entries = await listing!;
+      } catch (err) {
+        const coded = toPeerShareError(err, 'IO_ERROR');
+        // A folder that went away or became a file on the sharer after its parent was listed: as for a file, reported, the rest goes on.
+        if (components.length === 0 || !FOLDER_GONE_CODES.has(coded.code)) throw coded;
+        leaveAlone(result, components.join('/'), coded.message);
+        continue;
+      }
       for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
         if (++seen > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders.`);
         const relPath = [...components, entry.name].join('/');
@@ -315,7 +378,7 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
  * One file of a folder sync, `local` (a path through the pinned folder) against the sharer's
  * `entry`: left alone when something other than a file is in its place, or (keepLocal) edited
  * here; nothing done when size and time match; else updated with deltaFile. What the peer may not
- * serve now (gone, excluded, changing as it is read) is reported and the rest goes on; anything
+ * serve now (gone, excluded, too large, changing as it is read) is reported and the rest goes on; anything
  * else (a lie, a closed connection, a local failure) is thrown and stops the sync.
  */
 export async function syncFileIn(conn: FileSource, remoteFile: string, local: string, relPath: string, entry: EntryState, options: DeltaOptions, tally: SyncTally): Promise<void> {
@@ -341,7 +404,10 @@ export async function syncFileIn(conn: FileSource, remoteFile: string, local: st
     tally.bytesReused += updated.bytesReused;
   } catch (err) {
     const coded = toPeerShareError(err, 'IO_ERROR');
-    if (!LEFT_ALONE_CODES.has(coded.code)) throw coded;
+    // The peer's file went away, is not served now, is too large to update in chunks (either
+    // side's maxFileChunks), or kept changing while it was read (a log being written; deltaFile
+    // tried twice): reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
+    if (!FILE_LEFT_CODES.has(coded.code)) throw coded;
     leaveAlone(tally, relPath, coded.message);
   }
 }
