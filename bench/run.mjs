@@ -26,8 +26,9 @@ import * as idle from './idle.mjs';
 import * as memory from './memory.mjs';
 import * as multiplex from './multiplex.mjs';
 import * as delta from './delta.mjs';
+import * as watch from './watch.mjs';
 
-const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send, internet, delta];
+const SCENARIOS = [transfer, folder, resume, concurrent, list, idle, memory, multiplex, send, internet, delta, watch];
 const DOCS_DIR = path.resolve(process.env.BENCH_DOCS_DIR ?? path.join(ROOT, 'docs'));
 
 function selectedScenarios() {

@@ -8,11 +8,13 @@ import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
-import { commit, openTemporary, removeName, type TemporaryFile } from './landing';
+import { commit, openTemporary, partialPathFor, removeName, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
 import { PinnedFolders } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
 import { sanitizeForDisplay, type Entry } from './protocol';
+import type { EntryState } from './watch';
+import { WorkQueue } from './work-queue';
 
 /**
  * Updating a local copy of a peer's file or folder by moving only what changed (issue 13,
@@ -55,7 +57,10 @@ export interface DeltaFileResult {
   version: { size: number; mtimeMs: number; fileHash: string };
 }
 
-export interface DeltaFolderResult {
+export type DeltaFolderResult = SyncTally;
+
+/** What a sync of several files counts. */
+export interface SyncTally {
   filesChecked: number;
   filesChanged: number;
   bytesReceived: number;
@@ -70,6 +75,12 @@ const fsyncFd = promisify(fsync);
 const NO_FOLLOW = fsc.O_NOFOLLOW ?? 0;
 /** Reports of entries left alone kept in a folder's result (all are counted). */
 const MAX_REPORTED = 1000;
+/** Files a folder sync updates at once: each waits on two round trips, so several in flight hide them (within the peer's `requests`, which a watch shares). */
+export const FILES_AT_ONCE = 6;
+/** A file's update failed with one of these: left alone and reported, the sync goes on. */
+const FILE_LEFT_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED', 'TOO_LARGE']);
+/** A subfolder's listing refused with one of these (the sharer's folder changed since its parent was listed): left alone. */
+const FOLDER_GONE_CODES = new Set(['NOT_FOUND', 'NOT_A_DIRECTORY', 'EXCLUDED', 'PERMISSION_DENIED']);
 /** Folders a folder sync lists ahead of the one it works on. */
 const LISTS_AHEAD = 4;
 /** Local ranges copied with one read and one write, at most (plus one chunk). */
@@ -101,7 +112,10 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
     const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal }), local ? chunkFile(local, conn.limits) : undefined]);
     const localChunks = localCut?.chunks ?? [];
-    if (local && localFile === target && (await isSameVersion(local, localChunks, remote))) {
+    // Only a copy with one name is touched in place: through a hard link the time would be set on
+    // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
+    // from its own chunks, and takes the name alone.
+    if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
       if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
       return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
@@ -111,7 +125,9 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     }
     const byHash = new Map<string, Chunk>();
     for (const chunk of localChunks) byHash.set(chunk.hash.toString('hex'), chunk);
-    const partial = path.join(path.dirname(target), `.${path.basename(target).slice(0, 180)}.${randomBytes(6).toString('hex')}.peershare-sync`);
+    // Named as a download's temporary file (landing.ts: it fits wherever the target's name fits,
+    // however many bytes its characters take), tagged by a random value: never resumed, never shared.
+    const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, remote.size, 0);
     const file = openTemporary(partial);
     let landed = false;
     try {
@@ -132,13 +148,17 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
       let bytesReceived = 0;
       if (missing.length > 0) {
+        // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
+        // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
+        const run = new WriteRun(file);
         for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
-          await writeAll(file, chunk.data, remote.chunks[chunk.index].offset);
+          await run.add(chunk.data, remote.chunks[chunk.index].offset);
           bytesReceived += chunk.data.length;
         }
+        await run.flush();
       }
       // End to end: the assembled file must be the version the sharer named (its block-list hash).
-      const assembled = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW);
+      const assembled = await openOwn(partial, file, target);
       try {
         const manifest = await hashFileBlocks(assembled, conn.limits);
         if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
@@ -175,6 +195,25 @@ function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['ve
 function timesOf(mtimeMs: number): [number, number] {
   const seconds = (mtimeMs + 0.5) / 1000;
   return [seconds, seconds];
+}
+
+/**
+ * The temporary file reopened by its name to be read, only if it is still the file we created: a
+ * link is not followed, a FIFO does not block the open, and anything else now at the name (someone
+ * who may write in the folder moved ours away) is IO_ERROR. *Why: verifying whatever had the name
+ * hung on a FIFO for ever, and a file put there in time took the target's name, so the target was
+ * lost (found by the chunk attack suite).*
+ */
+async function openOwn(partial: string, file: TemporaryFile, target: string): Promise<FileHandle> {
+  const replaced = (): PeerShareError =>
+    new PeerShareError('IO_ERROR', `The temporary file for ${sanitizeForDisplay(path.basename(target)).slice(0, 120)} was replaced before it was verified; nothing was kept.`);
+  const handle = await fs.open(partial, fsc.O_RDONLY | NO_FOLLOW | (fsc.O_NONBLOCK ?? 0)).catch(() => {
+    throw replaced();
+  });
+  const st = await handle.stat();
+  if (st.isFile() && st.dev === file.dev && st.ino === file.ino) return handle;
+  await handle.close();
+  throw replaced();
 }
 
 /** The local copy, opened without following a link; only a regular file is a copy to reuse. */
@@ -234,6 +273,30 @@ async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[]
   return copied;
 }
 
+/** Pieces for the temporary file gathered while they are adjacent, written as one. */
+class WriteRun {
+  private pieces: Buffer[] = [];
+  private at = 0;
+  private bytes = 0;
+
+  constructor(private readonly file: TemporaryFile) {}
+
+  async add(data: Buffer, position: number): Promise<void> {
+    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= COPY_BYTES)) await this.flush();
+    if (this.bytes === 0) this.at = position;
+    this.pieces.push(data);
+    this.bytes += data.length;
+  }
+
+  async flush(): Promise<void> {
+    if (this.bytes === 0) return;
+    const data = this.pieces.length === 1 ? this.pieces[0] : Buffer.concat(this.pieces, this.bytes);
+    this.pieces = [];
+    this.bytes = 0;
+    await writeAll(this.file, data, this.at);
+  }
+}
+
 async function writeAll(file: TemporaryFile, data: Buffer, position: number): Promise<void> {
   for (let done = 0; done < data.length; ) {
     done += (await writeAt(file.fd, data, done, data.length - done, position + done)).bytesWritten;
@@ -252,11 +315,8 @@ async function writeAll(file: TemporaryFile, data: Buffer, position: number): Pr
 export async function deltaFolder(conn: FileSource, remotePath: string, target: string, options: DeltaOptions = {}): Promise<DeltaFolderResult> {
   const limits = conn.limits;
   const result: DeltaFolderResult = { filesChecked: 0, filesChanged: 0, bytesReceived: 0, bytesReused: 0, leftAlone: [], leftAloneCount: 0 };
-  const leaveAlone = (relPath: string, why: string): void => {
-    result.leftAloneCount++;
-    if (result.leftAlone.length < MAX_REPORTED) result.leftAlone.push({ path: relPath, why });
-  };
   await fs.mkdir(target, { recursive: true });
+  const work = new WorkQueue(FILES_AT_ONCE);
   const folders = await PinnedFolders.open(target, { rootMayBeLink: true });
   const base = remotePath.replace(/\/+$/, '');
   let seen = 0;
@@ -274,56 +334,86 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
       for (const ahead of queue.slice(0, LISTS_AHEAD)) ahead.entries ??= listOf(ahead.components);
       const { components, entries: listing } = queue.shift()!;
       if (components.length > limits.maxTreeDepth) throw new PeerShareError('TOO_LARGE', `The folder is nested deeper than ${limits.maxTreeDepth} levels.`);
-      const entries = await listing!;
+      let entries: Entry[];
+      try {
+        entries = await listing!;
+      } catch (err) {
+        const coded = toPeerShareError(err, 'IO_ERROR');
+        // A folder that went away or became a file on the sharer after its parent was listed: as for a file, reported, the rest goes on.
+        if (components.length === 0 || !FOLDER_GONE_CODES.has(coded.code)) throw coded;
+        leaveAlone(result, components.join('/'), coded.message);
+        continue;
+      }
       for (const entry of entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
         if (++seen > limits.maxTreeFiles) throw new PeerShareError('TOO_LARGE', `The folder has more than ${limits.maxTreeFiles} files and folders.`);
         const relPath = [...components, entry.name].join('/');
         const { unsafeHere } = inspectReceivedName(relPath, limits.maxPathBytes);
         if (unsafeHere) {
-          leaveAlone(relPath, `its name is not safe here (${unsafeHere.why})`);
+          leaveAlone(result, relPath, `its name is not safe here (${unsafeHere.why})`);
           continue;
         }
         if (entry.type === 'dir') {
           try {
             await folders.makeFolders([...components, entry.name]);
           } catch (err) {
-            leaveAlone(relPath, toPeerShareError(err, 'IO_ERROR').message);
+            leaveAlone(result, relPath, toPeerShareError(err, 'IO_ERROR').message);
             continue;
           }
           queue.push({ components: [...components, entry.name] });
           continue;
         }
-        result.filesChecked++;
-        const local = await folders.pathIn(components, entry.name);
-        const st = await fs.lstat(local).catch(() => undefined);
-        if (st && !st.isFile()) {
-          leaveAlone(relPath, 'something other than a file is in its place');
-          continue;
-        }
-        if (st && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) {
-          options.onFileSynced?.(relPath, { size: entry.size, mtimeMs: entry.mtimeMs, created: false });
-          continue;
-        }
-        if (st && options.keepLocal && (await options.keepLocal(relPath))) {
-          leaveAlone(relPath, 'it was edited here since it was taken from the peer; yours was kept');
-          continue;
-        }
-        try {
-          const updated = await deltaFile(conn, `${remotePath.replace(/\/+$/, '')}/${relPath}`, st ? local : undefined, local, { ...options, overwrite: true });
-          options.onFileSynced?.(relPath, { ...updated.version, created: !st });
-          if (updated.changed) result.filesChanged++;
-          result.bytesReceived += updated.bytesReceived;
-          result.bytesReused += updated.bytesReused;
-        } catch (err) {
-          const coded = toPeerShareError(err, 'IO_ERROR');
-          // The peer's file went away or is not served now: reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
-          if (coded.code !== 'NOT_FOUND' && coded.code !== 'EXCLUDED' && coded.code !== 'PERMISSION_DENIED' && coded.code !== 'NOT_A_FILE' && coded.code !== 'BAD_NAME') throw coded;
-          leaveAlone(relPath, coded.message);
-        }
+        await work.add(() => folders.use(components, entry.name, (local) => syncFileIn(conn, `${base}/${relPath}`, local, relPath, entry, options, result)));
       }
     }
+    await work.drain();
   } finally {
+    // Nothing may still be writing through the folders when they close.
+    await work.drain().catch(() => undefined);
     await folders.close();
   }
   return result;
+}
+
+/**
+ * One file of a folder sync, `local` (a path through the pinned folder) against the sharer's
+ * `entry`: left alone when something other than a file is in its place, or (keepLocal) edited
+ * here; nothing done when size and time match; else updated with deltaFile. What the peer may not
+ * serve now (gone, excluded, too large, changing as it is read) is reported and the rest goes on; anything
+ * else (a lie, a closed connection, a local failure) is thrown and stops the sync.
+ */
+export async function syncFileIn(conn: FileSource, remoteFile: string, local: string, relPath: string, entry: EntryState, options: DeltaOptions, tally: SyncTally): Promise<void> {
+  tally.filesChecked++;
+  const st = await fs.lstat(local).catch(() => undefined);
+  if (st && !st.isFile()) {
+    leaveAlone(tally, relPath, 'something other than a file is in its place');
+    return;
+  }
+  if (st && entry.type === 'file' && st.size === entry.size && Math.floor(st.mtimeMs) === entry.mtimeMs) {
+    options.onFileSynced?.(relPath, { size: entry.size, mtimeMs: entry.mtimeMs, created: false });
+    return;
+  }
+  if (st && options.keepLocal && (await options.keepLocal(relPath))) {
+    leaveAlone(tally, relPath, 'it was edited here since it was taken from the peer; yours was kept');
+    return;
+  }
+  try {
+    const updated = await deltaFile(conn, remoteFile, st ? local : undefined, local, { ...options, overwrite: true });
+    options.onFileSynced?.(relPath, { ...updated.version, created: !st });
+    if (updated.changed) tally.filesChanged++;
+    tally.bytesReceived += updated.bytesReceived;
+    tally.bytesReused += updated.bytesReused;
+  } catch (err) {
+    const coded = toPeerShareError(err, 'IO_ERROR');
+    // The peer's file went away, is not served now, is too large to update in chunks (either
+    // side's maxFileChunks), or kept changing while it was read (a log being written; deltaFile
+    // tried twice): reported, the rest goes on. Anything else (a lie, a closed connection) stops the sync.
+    if (!FILE_LEFT_CODES.has(coded.code)) throw coded;
+    leaveAlone(tally, relPath, coded.message);
+  }
+}
+
+/** Reports `relPath` as left alone: counted always, listed up to MAX_REPORTED. */
+export function leaveAlone(tally: SyncTally, relPath: string, why: string): void {
+  tally.leftAloneCount++;
+  if (tally.leftAlone.length < MAX_REPORTED) tally.leftAlone.push({ path: relPath, why });
 }

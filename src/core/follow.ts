@@ -1,12 +1,13 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { deltaFile, deltaFolder } from './delta';
+import { FILES_AT_ONCE, deltaFile, deltaFolder, leaveAlone, syncFileIn, type DeltaOptions, type SyncTally } from './delta';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
 import { inspectReceivedName } from './names';
 import type { Origin, OriginStore } from './origins';
 import { PinnedFolders } from './pinned-folders';
 import { mergeChange, type FolderChange, type WatchBatch } from './watch';
+import { WorkQueue } from './work-queue';
 
 /**
  * Keeping a local copy of a peer's folder (or file) in step (issue 13: `peershare sync`, with
@@ -32,17 +33,8 @@ export interface SyncOptions {
   signal?: AbortSignal;
 }
 
-export interface SyncReport {
-  filesChecked: number;
-  filesChanged: number;
+export interface SyncReport extends SyncTally {
   filesDeleted: number;
-  /** Bytes of file data received from the peer. */
-  bytesReceived: number;
-  /** Bytes taken from local copies instead of the network. */
-  bytesReused: number;
-  /** What was left alone, and why (at most MAX_REPORTED; all are counted). */
-  leftAlone: { path: string; why: string }[];
-  leftAloneCount: number;
 }
 
 export interface FollowReport extends SyncReport {
@@ -62,23 +54,20 @@ export interface Following {
   stop(): void;
 }
 
-const MAX_REPORTED = 1000;
 /** Changes held while a batch is applied; past it they become one whole sync. */
 const MAX_PENDING_CHANGES = 10_000;
-/** What the peer may not serve now, or a name unsafe here: the file is left alone and the rest goes on. Anything else stops the sync. */
-const LEFT_ALONE_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', 'NOT_A_FILE', 'BAD_NAME', 'FILE_CHANGED']);
 
 /** Makes `dest` a copy of the peer's folder `remotePath` once: deltaFolder, each file recorded, then the delete rule. */
 export async function syncFolder(conn: FileSource, remotePath: string, dest: string, options: SyncOptions): Promise<SyncReport> {
   const origin = options.origins.begin(conn.peerId, remotePath, dest, 'dir');
   const seen = new Set<string>();
+  const perFile = deltaOptions(options, origin);
   const result = await deltaFolder(conn, remotePath, dest, {
-    signal: options.signal,
+    ...perFile,
     onFileSynced: (rel, synced) => {
       seen.add(rel);
-      options.origins.setFile(origin, rel, { size: synced.size, mtimeMs: synced.mtimeMs, fileHash: synced.fileHash ?? origin.files.get(rel)?.fileHash, created: synced.created });
+      perFile.onFileSynced!(rel, synced);
     },
-    keepLocal: options.keepLocalEdits ? async (rel) => (await options.origins.localState(origin, rel)) === 'edited' : undefined,
   });
   const report: SyncReport = { ...result, filesDeleted: 0 };
   for (const left of result.leftAlone) seen.add(left.path);
@@ -180,44 +169,57 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
     await applying.catch(() => undefined);
   });
   ended.catch(() => undefined);
+  let stopped = false;
   return {
     ended: ended.catch((err: unknown) => {
-      if (stopper.signal.aborted && toPeerShareError(err).code === 'CANCELLED') return;
+      // Stopped as asked (stop() or the caller's signal): whatever the stop interrupted is no failure.
+      if (stopped || options.signal?.aborted) return;
       throw toPeerShareError(err, 'INTERNAL');
     }),
-    stop: () => stopper.abort(new PeerShareError('CANCELLED')),
+    stop: () => {
+      stopped = true;
+      stopper.abort(new PeerShareError('CANCELLED'));
+    },
   };
 }
 
-/** Applies a batch of a folder's changes (paths below `remotePath`), in the order they first arrived. */
+/** Applies a batch of a folder's changes (paths below `remotePath`), in the order they first arrived; files several at once. */
 async function applyChanges(conn: FileSource, remotePath: string, dest: string, changes: FolderChange[], options: SyncOptions): Promise<SyncReport> {
   const origin = options.origins.begin(conn.peerId, remotePath, dest, 'dir');
   const report = emptyReport();
   const base = remotePath.replace(/\/+$/, '');
+  const perFile = deltaOptions(options, origin);
   await withFolders(dest, async (folders) => {
-    for (const change of changes) {
-      // A name of the wrong form is the peer's breach (it stops the follow); one unsafe here is left alone.
-      const { components, unsafeHere } = inspectReceivedName(change.path, conn.limits.maxPathBytes);
-      if (unsafeHere) {
-        leaveAlone(report, change.path, `its name is not safe here (${unsafeHere.why})`);
-        continue;
-      }
-      try {
-        if (change.type === 'removed') {
-          if (options.deleteRemoved) await removeTree(options.origins, origin, change.path, folders, report);
-        } else if (change.entry?.type === 'dir') {
-          await folders.makeFolders(components);
-        } else {
-          report.filesChecked++;
-          await folders.makeFolders(components.slice(0, -1));
-          const local = await folders.pathIn(components.slice(0, -1), components[components.length - 1]);
-          await updateOne(conn, `${base}/${change.path}`, local, origin, change.path, options, report);
+    const work = new WorkQueue(FILES_AT_ONCE);
+    try {
+      for (const change of changes) {
+        // A name of the wrong form is the peer's breach (it stops the follow); one unsafe here is left alone.
+        const { components, unsafeHere } = inspectReceivedName(change.path, conn.limits.maxPathBytes);
+        if (unsafeHere) {
+          leaveAlone(report, change.path, `its name is not safe here (${unsafeHere.why})`);
+          continue;
         }
-      } catch (err) {
-        const coded = toPeerShareError(err, 'IO_ERROR');
-        if (!LEFT_ALONE_CODES.has(coded.code) && coded.code !== 'IO_ERROR') throw coded;
-        leaveAlone(report, change.path, coded.message);
+        const name = components[components.length - 1];
+        try {
+          if (change.type === 'removed' || change.entry?.type === 'dir') {
+            // Files still being written finish first: one may be inside a folder that is about to go.
+            await work.drain();
+            if (change.type !== 'removed') await folders.makeFolders(components);
+            else if (options.deleteRemoved) await removeTree(options.origins, origin, change.path, folders, report);
+            continue;
+          }
+          await folders.makeFolders(components.slice(0, -1));
+        } catch (err) {
+          const coded = toPeerShareError(err, 'IO_ERROR');
+          if (coded.code !== 'BAD_NAME' && coded.code !== 'IO_ERROR') throw coded;
+          leaveAlone(report, change.path, coded.message);
+          continue;
+        }
+        await work.add(() => folders.use(components.slice(0, -1), name, (local) => syncFileIn(conn, `${base}/${change.path}`, local, change.path, change.entry!, perFile, report)));
       }
+      await work.drain();
+    } finally {
+      await work.drain().catch(() => undefined);
     }
   });
   return report;
@@ -232,22 +234,15 @@ async function applyFileChange(conn: FileSource, remotePath: string, target: str
   return report;
 }
 
-/** Updates one file of a folder to the sharer's version, unless it already is, is not a file, or (keepLocalEdits) was edited here. */
-async function updateOne(conn: FileSource, remoteFile: string, local: string, origin: Origin, rel: string, options: SyncOptions, report: SyncReport): Promise<void> {
-  const st = await fs.lstat(local).catch(() => undefined);
-  if (st && !st.isFile()) {
-    leaveAlone(report, rel, 'something other than a file is in its place');
-    return;
-  }
-  if (st && options.keepLocalEdits && (await options.origins.localState(origin, rel)) === 'edited') {
-    leaveAlone(report, rel, 'it was edited here since it was taken from the peer; yours was kept');
-    return;
-  }
-  const updated = await deltaFile(conn, remoteFile, st ? local : undefined, local, { overwrite: true, signal: options.signal });
-  options.origins.setFile(origin, rel, { ...updated.version, created: !st });
-  if (updated.changed) report.filesChanged++;
-  report.bytesReceived += updated.bytesReceived;
-  report.bytesReused += updated.bytesReused;
+/** A folder sync's options for files of `origin`: each file's version recorded; with keepLocalEdits, files edited here kept. */
+function deltaOptions(options: SyncOptions, origin: Origin): DeltaOptions {
+  return {
+    signal: options.signal,
+    onFileSynced: (rel, synced) => {
+      options.origins.setFile(origin, rel, { size: synced.size, mtimeMs: synced.mtimeMs, fileHash: synced.fileHash ?? origin.files.get(rel)?.fileHash, created: synced.created });
+    },
+    keepLocal: options.keepLocalEdits ? async (rel) => (await options.origins.localState(origin, rel)) === 'edited' : undefined,
+  };
 }
 
 /** The sharer removed `rel` (a file, or a folder with everything below it): remove what the delete rule allows, then the folders left empty. */
@@ -303,7 +298,3 @@ function emptyReport(): SyncReport {
   return { filesChecked: 0, filesChanged: 0, filesDeleted: 0, bytesReceived: 0, bytesReused: 0, leftAlone: [], leftAloneCount: 0 };
 }
 
-function leaveAlone(report: SyncReport, rel: string, why: string): void {
-  report.leftAloneCount++;
-  if (report.leftAlone.length < MAX_REPORTED) report.leftAlone.push({ path: rel, why });
-}

@@ -22,6 +22,8 @@ const FOLDER_FLAGS = fsc.O_RDONLY | (fsc.O_DIRECTORY ?? 0) | (fsc.O_NOFOLLOW ?? 
 export class PinnedFolders {
   /** Open folders by their components below the root joined with '/'; '' is the root. */
   private readonly handles = new Map<string, fs.FileHandle>();
+  /** Folders a `use` is working in, by key, with how many: never closed meanwhile. */
+  private readonly inUse = new Map<string, number>();
 
   private constructor(readonly root: string) {}
 
@@ -42,10 +44,46 @@ export class PinnedFolders {
   }
 
   /**
+   * Runs `work` with a path for `name` inside the folder `components`, which stays open (and so the
+   * path valid) until `work` ends, whatever other calls open meanwhile: for work on several files
+   * at once, where pathIn's path could name a descriptor another call closed and reused.
+   */
+  async use<T>(components: string[], name: string, work: (file: string) => Promise<T>): Promise<T> {
+    const release = this.hold(components);
+    try {
+      return await work(path.join(await this.folderPath(components), name));
+    } finally {
+      release();
+    }
+  }
+
+  /** Keeps the folder `components` and every folder above it open until the release (while a folder is being opened, a path through its parent's descriptor is in use too). */
+  private hold(components: string[]): () => void {
+    const keys = components.map((_, i) => components.slice(0, i + 1).join('/'));
+    for (const key of keys) this.inUse.set(key, (this.inUse.get(key) ?? 0) + 1);
+    return () => {
+      for (const key of keys) {
+        const left = this.inUse.get(key)! - 1;
+        if (left === 0) this.inUse.delete(key);
+        else this.inUse.set(key, left);
+      }
+    };
+  }
+
+  /**
    * Creates whichever folders of `components` are missing, checking each one; returns, for each,
    * whether this call created it.
    */
   async makeFolders(components: string[]): Promise<boolean[]> {
+    const release = this.hold(components);
+    try {
+      return await this.makeEach(components);
+    } finally {
+      release();
+    }
+  }
+
+  private async makeEach(components: string[]): Promise<boolean[]> {
     const created: boolean[] = [];
     for (let i = 0; i < components.length; i++) {
       const parent = await this.folderPath(components.slice(0, i));
@@ -86,7 +124,11 @@ export class PinnedFolders {
       this.handles.set(key, handle);
     } else {
       const parent = await this.folderPath(components.slice(0, -1));
-      handle = await openFolder(path.join(parent, components[components.length - 1]));
+      const opened = await openFolder(path.join(parent, components[components.length - 1]));
+      // Another call (work on several files at once) opened it meanwhile: one handle per folder.
+      const raced = this.handles.get(key);
+      if (raced) void opened.close().catch(() => undefined);
+      handle = raced ?? opened;
       this.handles.set(key, handle);
       this.closeLeastRecent(key);
     }
@@ -97,7 +139,7 @@ export class PinnedFolders {
     for (const [key, handle] of this.handles) {
       if (this.handles.size <= DEFAULT_LIMITS.maxOpenFolders) return;
       // The root and the folders above the one in use stay open.
-      if (key === '' || keep === key || keep.startsWith(`${key}/`)) continue;
+      if (key === '' || keep === key || keep.startsWith(`${key}/`) || this.inUse.has(key)) continue;
       this.handles.delete(key);
       void handle.close().catch(() => undefined);
     }

@@ -1,7 +1,7 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
-import { ChunkListCache, chunkFile, encodeChunks, type Chunk as CdcChunk } from '../cdc';
+import { ChunkListCache, chunkFile, encodeChunks, tooManyChunks, type Chunk as CdcChunk } from '../cdc';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion, versionKey } from '../hash-cache';
@@ -84,6 +84,8 @@ export class ShareProvider {
   private watchProvider?: WatchProvider;
   /** Content-defined chunk lists by file version (share.chunks, spec 15). */
   private readonly chunkLists: ChunkListCache;
+  /** Chunk lists being cut now, by file version: requests for the same version share one cut. */
+  private readonly chunkCuts = new Map<string, Promise<CdcChunk[]>>();
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
@@ -157,7 +159,7 @@ export class ShareProvider {
       case 'share.tree':
         return this.tree(session, request.path, reply, signal);
       case 'share.chunks':
-        return this.chunks(request.path, reply);
+        return this.chunks(session, request.path, reply);
       case 'share.readChunks':
         return this.readChunks(session, request, reply, signal);
     }
@@ -272,11 +274,13 @@ export class ShareProvider {
    * now; `fileHash` is that version's block-list hash (the block cache's), so the requester can
    * verify what it assembles end to end.
    */
-  private async chunks(remotePath: string, reply: ReplyWriter): Promise<Record<string, unknown>> {
+  private async chunks(session: SessionContext, remotePath: string, reply: ReplyWriter): Promise<Record<string, unknown>> {
     const { handle, stat } = await this.share.openFile(remotePath);
     try {
       const version = await handle.stat({ bigint: true });
       const { manifest, chunks } = await this.chunksOf(handle, version);
+      // Cutting a large file takes a while: a peer revoked meanwhile gets no list (found by the chunk attack suite).
+      session.checkAllowed(false);
       await reply.message({ type: 'chunks', size: manifest.size, mtimeMs: Math.floor(stat.mtimeMs), fileHash: manifest.fileHash.toString('hex'), count: chunks.length });
       if (chunks.length > 0) await reply.data(encodeChunks(chunks));
       return {};
@@ -288,15 +292,38 @@ export class ShareProvider {
   /** The block list and chunk list of the open file's `version`; FILE_CHANGED if either is not that version's. */
   private async chunksOf(handle: FileHandle, version: BigIntStats): Promise<{ manifest: BlockManifest; chunks: CdcChunk[] }> {
     const manifest = await this.manifestOf(handle, version);
-    let chunks = this.chunkLists.get(version);
-    if (!chunks) {
-      const startedMs = Date.now();
+    if (this.chunkLists.isTooLarge(version)) throw tooManyChunks(this.limits.maxFileChunks);
+    const chunks = this.chunkLists.get(version) ?? (await this.cutOnce(handle, version));
+    return { manifest, chunks };
+  }
+
+  /**
+   * Cuts the open file's `version` into chunks, once for all the requests that ask for it at the
+   * same time: *why: each would otherwise read the whole file and hold its own list (8 requests
+   * of one peer, 8 times the disk reads and the memory; found by the chunk attack suite).* The
+   * first request's file stays open until the cut ends: that request awaits it too.
+   */
+  private cutOnce(handle: FileHandle, version: BigIntStats): Promise<CdcChunk[]> {
+    const key = versionKey(version);
+    let cutting = this.chunkCuts.get(key);
+    if (!cutting) {
+      cutting = this.cut(handle, version).finally(() => this.chunkCuts.delete(key));
+      this.chunkCuts.set(key, cutting);
+    }
+    return cutting;
+  }
+
+  private async cut(handle: FileHandle, version: BigIntStats): Promise<CdcChunk[]> {
+    const startedMs = Date.now();
+    try {
       const cut = await chunkFile(handle, this.limits);
       if (!sameVersion(version, cut.version)) throw new PeerShareError('FILE_CHANGED');
-      chunks = cut.chunks;
-      this.chunkLists.put(version, chunks, startedMs);
+      this.chunkLists.put(version, cut.chunks, startedMs);
+      return cut.chunks;
+    } catch (err) {
+      if (err instanceof PeerShareError && err.code === 'TOO_LARGE') this.chunkLists.putTooLarge(version, startedMs);
+      throw err;
     }
-    return { manifest, chunks };
   }
 
   /** DATA: the chunks asked for (spec 15.3), as share.read sends blocks; the version is the one whose block list hashes to `fileHash`. */
