@@ -163,7 +163,7 @@ export class Updates implements vscode.Disposable {
     const peerChanged = !version || !sameAs(version, entry.size, entry.mtimeMs);
     if (state === 'same' && !peerChanged) return outcome;
     if (state === 'edited') {
-      const keep = !peerChanged || (await this.keepMine(localPath, false, conn.peerId, remotePath, from)) !== 'theirs';
+      const keep = !peerChanged || (await this.oneAtATime(() => this.localEditPrompt(localPath, false, peerFileUri(conn.peerId, remotePath), from))) !== 'theirs';
       if (keep) {
         outcome.kept.push(path.basename(localPath));
         return outcome;
@@ -200,10 +200,14 @@ export class Updates implements vscode.Disposable {
         const peerChanged = !version || !sameAs(version, entry.size, entry.mtimeMs);
         let keep = !peerChanged;
         if (peerChanged) {
-          let choice: LocalEditChoice = applyToAll ?? (await this.keepMine(OriginStore.localFile(origin, fileRel), true, conn.peerId, `${remotePath.replace(/\/+$/, '')}/${relPath}`, from));
-          if (choice === 'mineAll') applyToAll = choice = 'mine';
-          if (choice === 'theirsAll') applyToAll = choice = 'theirs';
-          keep = choice === 'mine';
+          // Files are synced several at once: the questions come one at a time, and an "all" answer settles the ones waiting too.
+          const choice = await this.oneAtATime(async () => {
+            if (applyToAll) return applyToAll;
+            const answer = await this.localEditPrompt(OriginStore.localFile(origin, fileRel), true, peerFileUri(conn.peerId, `${remotePath.replace(/\/+$/, '')}/${relPath}`), from);
+            if (answer === 'mineAll' || answer === 'theirsAll') applyToAll = answer === 'mineAll' ? 'mine' : 'theirs';
+            return answer === 'mineAll' ? 'mine' : answer === 'theirsAll' ? 'theirs' : answer;
+          });
+          keep = choice !== 'theirs';
         }
         if (keep) outcome.kept.push(relPath);
         return keep;
@@ -226,10 +230,10 @@ export class Updates implements vscode.Disposable {
     return vscode.workspace.textDocuments.some((d) => d.isDirty && d.uri.scheme === 'file' && d.uri.fsPath === file) ? 'edited' : 'same';
   }
 
-  /** Asks about a file edited here whose peer copy changed too (one question at a time). */
+  /** Questions about files edited here, one at a time (updates and a folder's files run at once). */
   private asking: Promise<unknown> = Promise.resolve();
-  private keepMine(localFile: string, isFolder: boolean, peerId: string, remotePath: string, from: string): Promise<LocalEditChoice> {
-    const answer = this.asking.then(() => this.localEditPrompt(localFile, isFolder, peerFileUri(peerId, remotePath), from));
+  private oneAtATime<T>(ask: () => Promise<T>): Promise<T> {
+    const answer = this.asking.then(ask);
     this.asking = answer.catch(() => undefined);
     return answer;
   }
