@@ -254,7 +254,7 @@ export async function deactivate(): Promise<void> {
   if (!parts) return;
   await parts.downloads.close();
   await parts.receiving.close();
-  parts.updates.dispose();
+  await parts.updates.close();
   await parts.follows.close();
   await parts.origins.flush();
   await parts.sharing.stop();

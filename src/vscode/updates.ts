@@ -49,6 +49,8 @@ const MAX_LOGGED = 50;
 export class Updates implements vscode.Disposable {
   localEditPrompt: LocalEditPrompt = askLocalEdit;
   private readonly active = new Set<AbortController>();
+  /** Every update from its start to its last cleanup (deltaFile removes its temporary file). */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   constructor(
     private readonly peers: Peers,
@@ -106,7 +108,14 @@ export class Updates implements vscode.Disposable {
   }
 
   /** Updates the local copy `rel` of `origin` from its peer, with progress and Cancel; undefined when cancelled or failed (said). */
-  async update(origin: Origin, rel: string): Promise<UpdateOutcome | undefined> {
+  update(origin: Origin, rel: string): Promise<UpdateOutcome | undefined> {
+    const running = this.run(origin, rel);
+    this.inFlight.add(running);
+    void running.finally(() => this.inFlight.delete(running));
+    return running;
+  }
+
+  private async run(origin: Origin, rel: string): Promise<UpdateOutcome | undefined> {
     const localPath = OriginStore.localFile(origin, rel);
     const remotePath = rel ? `${origin.remotePath.replace(/\/+$/, '')}/${rel}` : origin.remotePath;
     const name = sanitizeForDisplay(path.basename(localPath));
@@ -257,9 +266,14 @@ export class Updates implements vscode.Disposable {
     return name.length > 60 ? `${name.slice(0, 59)}…` : name;
   }
 
-  /** Cancels running updates (deactivation): nothing partial is kept (deltaFile removes its temporary file). */
-  dispose(): void {
+  /** For deactivation: running updates are cancelled; resolves once each has removed its temporary file. */
+  async close(): Promise<void> {
     for (const abort of this.active) abort.abort();
+    await Promise.allSettled([...this.inFlight]);
+  }
+
+  dispose(): void {
+    void this.close();
   }
 }
 

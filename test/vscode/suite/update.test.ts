@@ -4,6 +4,7 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import type { FollowReport } from '../../../src/core';
+import { Follows } from '../../../src/vscode/follow';
 import { peerFileUri } from '../../../src/vscode/peers';
 import type { EntryNode, Node, PeerNode } from '../../../src/vscode/tree';
 import type { LocalEditChoice, UpdateOutcome } from '../../../src/vscode/updates';
@@ -236,5 +237,36 @@ describe('Stay in step with a peer (issue 13)', function () {
     await fs.writeFile(path.join(peer.folder, 'followed', 'd.txt'), 'after stop\n');
     await new Promise((r) => setTimeout(r, 1500));
     assert.equal(await fs.lstat(path.join(local, 'd.txt')).then(() => true, () => false), false);
+  });
+
+  it('a follow is remembered for the workspace and resumes after a window reload', async () => {
+    const { follows, peers, origins } = await api();
+    const local = path.join(workspaceDir(), 'followed');
+    // What a window remembered of its follows (Follow Folder writes it once the first sync is done).
+    const saved = new Map<string, unknown>();
+    const memento = {
+      keys: () => [...saved.keys()],
+      get: <T>(key: string, fallback?: T) => (saved.has(key) ? (saved.get(key) as T) : fallback),
+      update: async (key: string, value: unknown) => void saved.set(key, value),
+    } as vscode.Memento;
+    const log = vscode.window.createOutputChannel('PeerShare test follows', { log: true });
+    await memento.update('peershare.follows', [{ peerId: peer.peerId, remotePath: 'stay/followed', localPath: local }]);
+    // The next window: a new Follows on the same record resumes it, and catches up with what changed meanwhile.
+    await fs.writeFile(path.join(peer.folder, 'followed', 'e.txt'), 'while the window was away\n');
+    const next = new Follows(peers, origins, log, memento);
+    try {
+      assert.equal(follows.isFollowed(peer.peerId, 'stay/followed'), false);
+      next.resume();
+      await waitFor(() => next.list().find((f) => f.state === 'following'), 20_000);
+      assert.equal(await fs.readFile(path.join(local, 'e.txt'), 'utf8'), 'while the window was away\n');
+      await fs.writeFile(path.join(peer.folder, 'followed', 'f.txt'), 'after the reload\n');
+      await waitFor(async () => (await fs.readFile(path.join(local, 'f.txt'), 'utf8').catch(() => '')) === 'after the reload\n' || undefined, 20_000);
+      // Stopped: forgotten for the next window too.
+      await next.stop(peer.peerId, 'stay/followed');
+      assert.deepEqual(memento.get('peershare.follows'), []);
+    } finally {
+      next.dispose();
+      log.dispose();
+    }
   });
 });
