@@ -119,8 +119,10 @@ export class Follows implements vscode.Disposable {
     }
     const localPath = await this.placeFor(remotePath);
     if (!localPath) return undefined;
-    if ([...this.running.values()].some((r) => r.localPath === localPath)) {
-      void vscode.window.showErrorMessage(`${sanitizeForDisplay(localPath)} already follows another folder; stop that one first.`);
+    // Two follows writing the same files would undo each other: no copy inside another.
+    const overlapping = [...this.running.values()].find((r) => isWithin(r.localPath, localPath) || isWithin(localPath, r.localPath));
+    if (overlapping) {
+      void vscode.window.showErrorMessage(`${sanitizeForDisplay(localPath)} overlaps ${sanitizeForDisplay(overlapping.localPath)}, where ${this.describe(overlapping)} is followed; stop that one first.`);
       return undefined;
     }
     const started = await this.begin({ peerId, remotePath, localPath }, false);
@@ -315,6 +317,12 @@ const STATE_LABELS: Record<Followed['state'], string> = { syncing: 'syncing', fo
 
 function key(peerId: string, remotePath: string): string {
   return `${peerId}\n${remotePath}`;
+}
+
+/** Whether `inner` is `outer` or below it (decided on path components, not prefixes). */
+function isWithin(inner: string, outer: string): boolean {
+  const relative = path.relative(outer, inner);
+  return relative === '' || (relative !== '..' && !relative.startsWith(`..${path.sep}`) && !path.isAbsolute(relative));
 }
 
 function isRemembered(value: unknown): value is Remembered {
