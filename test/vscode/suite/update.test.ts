@@ -200,6 +200,24 @@ describe('Stay in step with a peer (issue 13)', function () {
     }
   });
 
+  it('a folder\'s "Take Theirs for All" answers the files still to ask about', async () => {
+    const { updates } = await api();
+    const local = path.join(workspaceDir(), 'tree');
+    const sharer = path.join(peer.folder, 'tree');
+    // x is still edited here (kept above); y is edited here now; both change there again.
+    await fs.writeFile(path.join(local, 'y.txt'), 'y, mine again\n');
+    for (const name of ['x', 'y']) await fs.writeFile(path.join(sharer, `${name}.txt`), `${name}, theirs once more\n`);
+    const asked: string[] = [];
+    updates.localEditPrompt = async (file) => {
+      asked.push(path.basename(file));
+      return 'theirsAll';
+    };
+    await vscode.commands.executeCommand('peershare.updateFromPeer', vscode.Uri.file(local));
+    assert.equal(asked.length, 1, `asked once, not about each (${asked})`);
+    for (const name of ['x', 'y']) assert.equal(await fs.readFile(path.join(local, `${name}.txt`), 'utf8'), `${name}, theirs once more\n`);
+    assert.equal(await fs.readFile(path.join(local, 'z.txt'), 'utf8'), 'z, changed again there\n', 'not edited here: updated');
+  });
+
   it('Follow Folder applies an add, a change and a delete, and never deletes a file edited here', async () => {
     const { follows } = await api();
     const reports: FollowReport[] = [];
