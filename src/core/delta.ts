@@ -8,7 +8,7 @@ import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
-import { commit, openTemporary, partialPathFor, removeName, type TemporaryFile } from './landing';
+import { commit, openTemporary, partialPathFor, removeName, timesOf, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
 import { PinnedFolders } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
@@ -185,16 +185,6 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
 
 function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['version'] {
   return { size: remote.size, mtimeMs: remote.mtimeMs, fileHash: remote.fileHash.toString('hex') };
-}
-
-/**
- * A sharer's whole-millisecond time as utimes takes it: the middle of that millisecond, since
- * seconds are a double and `t / 1000` may land a few nanoseconds before `t`, which reads back as
- * the millisecond before (and the next sync would see a changed file).
- */
-function timesOf(mtimeMs: number): [number, number] {
-  const seconds = (mtimeMs + 0.5) / 1000;
-  return [seconds, seconds];
 }
 
 /**

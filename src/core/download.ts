@@ -13,6 +13,7 @@ import {
   openTemporary,
   partialPathFor,
   removeName,
+  timesOf,
   type ConflictChoice,
   type TemporaryFile,
 } from './landing';
@@ -656,8 +657,7 @@ function writeTemporarySync(partial: string, data: Buffer, mtimeMs: number): Tem
   const file = openTemporary(partial);
   try {
     for (let written = 0; written < data.length; ) written += writeSync(file.fd, data, written, data.length - written);
-    const seconds = mtimeMs / 1000;
-    futimesSync(file.fd, seconds, seconds);
+    futimesSync(file.fd, ...timesOf(mtimeMs));
   } catch (err) {
     removeName(partial);
     throw toPeerShareError(err, 'IO_ERROR');

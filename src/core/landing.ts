@@ -203,3 +203,14 @@ export async function keepBothName(target: string): Promise<string> {
 export function isPlausibleTime(value: unknown): value is number {
   return typeof value === 'number' && Number.isFinite(value) && Math.abs(value) <= 8.64e15;
 }
+
+/**
+ * A sharer's whole-millisecond time as utimes takes it, for every file that lands: the middle of
+ * that millisecond, since seconds are a double and `t / 1000` may land a few nanoseconds before
+ * `t`, which reads back as the millisecond before (the file would then look edited against its
+ * origin record, and changed to the next sync's size-and-time check).
+ */
+export function timesOf(mtimeMs: number): [number, number] {
+  const seconds = (mtimeMs + 0.5) / 1000;
+  return [seconds, seconds];
+}

@@ -43,10 +43,7 @@ export class Origins implements vscode.Disposable {
         if (landed.size === 0) return;
         const store = await this.store;
         const origin = store.begin(peerId, remotePath, localPath, type);
-        for (const [rel, file] of landed) {
-          await settleTime(OriginStore.localFile(origin, rel), file);
-          store.setFile(origin, rel, file);
-        }
+        for (const [rel, file] of landed) store.setFile(origin, rel, file);
         this.updated();
       },
     };
@@ -139,8 +136,8 @@ export class Origins implements vscode.Disposable {
 }
 
 /**
- * A landed file's time, made exactly the sharer's whole millisecond when the landing set it a
- * fraction short (a time in seconds as a double can read back as the millisecond before), so its
+ * A received file's time, made exactly the sender's whole millisecond when the way it reached the
+ * workspace (a copy out of the staging folder) left it a fraction short (a time in seconds as a double can read back as the millisecond before), so its
  * record says "as it landed" and not "edited". Only a file still of the landed size, within that
  * millisecond, is touched.
  */

@@ -67,3 +67,21 @@ describe('download reports each file it landed', () => {
     assert.deepEqual(skipped, [], 'a skipped file did not land');
   });
 });
+
+describe('a landed file keeps the sharer\'s whole millisecond', () => {
+  it('every time set by timesOf reads back as the same millisecond (t / 1000 read back as t - 1 for some)', async () => {
+    const { timesOf } = await import('../../src/core/landing');
+    const file = path.join(tempDir(), 'f');
+    await fs.writeFile(file, 'x');
+    let naiveShort = 0;
+    for (let i = 0; i < 400; i++) {
+      const t = 1_700_000_000_000 + i * 7919 + (i % 13);
+      await fs.utimes(file, t / 1000, t / 1000);
+      if (Math.floor((await fs.stat(file)).mtimeMs) !== t) naiveShort++;
+      await fs.utimes(file, ...timesOf(t));
+      assert.equal(Math.floor((await fs.stat(file)).mtimeMs), t);
+    }
+    // The reason for timesOf: the plain division reads back a millisecond early for some times.
+    assert.ok(naiveShort > 0, 'the naive conversion was never short: the test would not catch it');
+  });
+});

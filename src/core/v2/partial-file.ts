@@ -13,6 +13,7 @@ import {
   partialPathForHash,
   removeName,
   removeStalePartials,
+  timesOf,
   type ConflictChoice,
   type TemporaryFile,
 } from '../landing';
@@ -259,7 +260,7 @@ export class PartialFile {
       if (fstatSync(this.file.fd).size !== this.manifest.size) {
         throw new PeerShareError('SIZE_MISMATCH', `The partial file of ${path.basename(this.target)} changed size on this disk; it was not saved.`);
       }
-      if (isPlausibleTime(options.mtimeMs)) futimesSync(this.file.fd, options.mtimeMs / 1000, options.mtimeMs / 1000);
+      if (isPlausibleTime(options.mtimeMs)) futimesSync(this.file.fd, ...timesOf(options.mtimeMs));
       await fsyncFd(this.file.fd);
       this.closeDescriptor();
       const landedAs = await this.commitAsked(options);
