@@ -200,6 +200,13 @@ async function applyChanges(conn: FileSource, remotePath: string, dest: string, 
           continue;
         }
         const name = components[components.length - 1];
+        // As deep as a whole sync would go (deltaFolder's maxTreeDepth), no deeper: a sharer's path
+        // of 2,000 names would otherwise be made here, with a descriptor held for each folder on the way.
+        const folderDepth = change.entry?.type === 'dir' ? components.length : components.length - 1;
+        if (folderDepth > conn.limits.maxTreeDepth) {
+          leaveAlone(report, change.path, `it is nested deeper than ${conn.limits.maxTreeDepth} levels`);
+          continue;
+        }
         try {
           if (change.type === 'removed' || change.entry?.type === 'dir') {
             // Files still being written finish first: one may be inside a folder that is about to go.
@@ -249,9 +256,10 @@ function deltaOptions(options: SyncOptions, origin: Origin): DeltaOptions {
 async function removeTree(origins: OriginStore, origin: Origin, rel: string, folders: PinnedFolders, report: SyncReport): Promise<void> {
   const below = [...origin.files.keys()].filter((f) => f === rel || f.startsWith(`${rel}/`));
   for (const file of below) await removeIfOurs(origins, origin, file, folders, report);
+  // Only folders that held a file of the record: a folder of the user's own that no sync wrote
+  // into stays, even empty (a sharer's `removed` for any name must not clear the user's folders).
   // Deepest first; a folder that still holds anything (a file kept, one of the user's) stays.
   const made = new Set(below.filter((f) => f !== rel).flatMap((f) => f.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))));
-  made.add(rel);
   for (const folder of [...made].filter((f) => f === rel || f.startsWith(`${rel}/`)).sort((a, b) => b.length - a.length)) {
     const parts = folder.split('/');
     const at = await folders.pathIn(parts.slice(0, -1), parts[parts.length - 1]).catch(() => undefined);
