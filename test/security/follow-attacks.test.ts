@@ -365,3 +365,113 @@ describe('following a hostile sharer (the follower is the victim)', () => {
     for (const p of ['sub/new.txt', 'sub/a.txt', 'sub/made', 'sub/secret.txt']) assert.ok(kept.includes(p), `${p} reported: ${kept.join(', ')}`);
   });
 });
+
+describe('the origin record attacked by another local user (sync --delete trusts only a record of its own)', () => {
+  const OTHER_UID = 65534;
+
+  /** A real sharer of `proj` (holding only keep.txt), the follower's home, and a destination holding the user's own files. */
+  async function setUp(): Promise<{ conn: PeerConnection; home: string; dest: string; recordFile: string; record: (files: Record<string, [number, number, string, number]>) => string }> {
+    const proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(proj, { recursive: true });
+    await fs.writeFile(path.join(proj, 'keep.txt'), 'from the sharer\n');
+    const sharer = await startSharer([proj]);
+    sharers.push(sharer);
+    const { conn } = await connectWithInvite(sharer.invite);
+    connections.push(conn);
+    const home = tempDir('peershare-home-');
+    const dest = path.join(tempDir(), 'dest');
+    await fs.mkdir(path.join(dest, '.git'), { recursive: true });
+    await fs.writeFile(path.join(dest, 'thesis.tex'), 'the user’s own work\n');
+    await fs.writeFile(path.join(dest, '.git', 'config'), '[core]\n');
+    const recordFile = originFileFor(home, dest);
+    const record = (files: Record<string, [number, number, string, number]>): string =>
+      JSON.stringify({ version: 1, origins: [{ peerId: conn.peerId, remotePath: 'proj', localPath: path.resolve(dest), type: 'dir', files }] });
+    return { conn, home, dest, recordFile, record };
+  }
+
+  /** What a record must claim for `file` to look like a file the sync created and nobody edited since. */
+  async function createdClaim(file: string): Promise<[number, number, string, number]> {
+    const st = await fs.stat(file);
+    return [st.size, Math.floor(st.mtimeMs), '', 1];
+  }
+
+  for (const [what, plant] of [
+    [
+      'a record file of another user in an origins folder others may write to',
+      async (file: string, text: string) => {
+        await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+        await fs.chmod(path.dirname(file), 0o777);
+        await fs.writeFile(file, text, { mode: 0o644 });
+        await fs.chown(file, OTHER_UID, OTHER_UID);
+      },
+    ],
+    [
+      'a record file of ours that others may write to',
+      async (file: string, text: string) => {
+        await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+        await fs.writeFile(file, text);
+        await fs.chmod(file, 0o666);
+      },
+    ],
+    [
+      'an origins folder that belongs to another user',
+      async (file: string, text: string) => {
+        await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+        await fs.writeFile(file, text, { mode: 0o600 });
+        await fs.chown(path.dirname(file), OTHER_UID, OTHER_UID);
+      },
+    ],
+    [
+      'a record that is a link to a file elsewhere (another user’s, claiming the same)',
+      async (file: string, text: string) => {
+        const elsewhere = path.join(tempDir(), 'planted.json');
+        await fs.writeFile(elsewhere, text, { mode: 0o600 });
+        await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+        await fs.symlink(elsewhere, file);
+      },
+    ],
+  ] as const) {
+    it(`${what}, claiming "created" for the user’s own files (.git/config among them): sync --delete deletes none of them`, async () => {
+      const { conn, dest, recordFile, record } = await setUp();
+      await plant(recordFile, record({ 'thesis.tex': await createdClaim(path.join(dest, 'thesis.tex')), '.git/config': await createdClaim(path.join(dest, '.git', 'config')) }));
+      const origins = await OriginStore.open(recordFile);
+      const report = await syncFolder(conn, 'proj', dest, { origins, deleteRemoved: true });
+      await origins.flush().catch(() => undefined);
+      assert.equal(report.filesDeleted, 0);
+      assert.equal(await read(path.join(dest, 'thesis.tex')), 'the user’s own work\n');
+      assert.equal(await read(path.join(dest, '.git', 'config')), '[core]\n');
+      assert.deepEqual(await listTree(dest), ['.git/', '.git/config', 'keep.txt', 'thesis.tex']);
+    });
+  }
+
+  it('the record is written private (0600, in a 0700 folder), whole, by rename: a link planted at its name is replaced, never followed; no temporary file is left; a broken record deletes nothing', async () => {
+    const { conn, dest, recordFile } = await setUp();
+    const target = path.join(tempDir(), 'target-of-link.txt');
+    await fs.writeFile(target, 'not the record\n');
+    await fs.mkdir(path.dirname(recordFile), { recursive: true, mode: 0o700 });
+    await fs.symlink(target, recordFile);
+    const origins = await OriginStore.open(recordFile);
+    await syncFolder(conn, 'proj', dest, { origins, deleteRemoved: true });
+    await origins.flush();
+    assert.equal(await read(target), 'not the record\n', 'the link’s target is untouched');
+    const st = await fs.lstat(recordFile);
+    assert.ok(st.isFile() && (st.mode & 0o777) === 0o600, `the record is a 0600 file (mode ${(st.mode & 0o777).toString(8)})`);
+    assert.equal((await fs.stat(path.dirname(recordFile))).mode & 0o777, 0o700);
+    assert.deepEqual(await fs.readdir(path.dirname(recordFile)), [path.basename(recordFile)], 'no temporary file left');
+    assert.equal(JSON.parse(await fs.readFile(recordFile, 'utf8')).origins[0].files['keep.txt'][3], 1);
+
+    // Broken records: nothing read, nothing deleted.
+    for (const broken of ['{', '{"version":1,"origins":[{"peerId":1}]}', `{"version":1,"origins":[{"peerId":"${conn.peerId}","remotePath":"proj","localPath":"${path.resolve(dest)}","type":"dir","files":{"../outside.txt":[1,1,"",1],"thesis.tex":["x",1,"",1]}}]}`]) {
+      await fs.writeFile(recordFile, broken, { mode: 0o600 });
+      const again = await OriginStore.open(recordFile);
+      const report = await syncFolder(conn, 'proj', dest, { origins: again, deleteRemoved: true });
+      assert.equal(report.filesDeleted, 0);
+      assert.equal(await read(path.join(dest, 'thesis.tex')), 'the user’s own work\n');
+    }
+    // A record of ours naming a place no sync writes (.git): that entry is not believed.
+    await fs.writeFile(recordFile, JSON.stringify({ version: 1, origins: [{ peerId: conn.peerId, remotePath: 'proj', localPath: path.resolve(dest), type: 'dir', files: { '.git/config': await createdClaim(path.join(dest, '.git', 'config')) } }] }), { mode: 0o600 });
+    const report = await syncFolder(conn, 'proj', dest, { origins: await OriginStore.open(recordFile), deleteRemoved: true });
+    assert.equal(report.filesDeleted, 0);
+    assert.equal(await read(path.join(dest, '.git', 'config')), '[core]\n');
+  });
+});
