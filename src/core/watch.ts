@@ -486,10 +486,11 @@ class TreeWatch {
     const rel = member.rel;
     const named = rel === '' ? changes : changes.map((c) => ({ ...c, path: `${rel}/${c.path}` }));
     this.out.push(named, flood);
-    for (const change of named) {
-      if (change.entry?.type !== 'dir') this.leave(change.path);
-      else if (!this.members.has(change.path)) this.enterLater(change.path);
-    }
+    // Folders that went (or became files) are left in one pass over the members: a build writing
+    // 30,000 files in a tree of 4,000 folders was 120 million comparisons, one pass per file, and
+    // held the sharer's event loop (found by follow-attacks).
+    this.leave(new Set(named.filter((c) => c.entry?.type !== 'dir').map((c) => c.path)));
+    for (const change of named) if (change.entry?.type === 'dir' && !this.members.has(change.path)) this.enterLater(change.path);
   }
 
   /** @internal The folder `rel` stopped being watched (removed, replaced, failed). */
@@ -500,7 +501,7 @@ class TreeWatch {
       this.out.fail(err);
       return;
     }
-    this.leave(rel);
+    this.leave(new Set([rel]));
     // Removed: its parent says so. Replaced by another folder of the same name: joined again, and,
     // as what the old one held is not told as removed, the requester is asked to look again.
     this.enterLater(rel, () => this.out.push([], true));
@@ -563,10 +564,14 @@ class TreeWatch {
     return folder;
   }
 
-  /** Leaves `rel` and every folder below it. */
-  private leave(rel: string): void {
+  /** Leaves each folder of `gone` and every folder below them. */
+  private leave(gone: Set<string>): void {
+    if (gone.size === 0) return;
     for (const [at, member] of this.members) {
-      if (at === rel || at.startsWith(`${rel}/`)) {
+      // `at` or a folder above it went: its own path, then each shorter one.
+      let inside = gone.has(at);
+      for (let cut = at.lastIndexOf('/'); !inside && cut > 0; cut = at.lastIndexOf('/', cut - 1)) inside = gone.has(at.slice(0, cut));
+      if (inside) {
         this.members.delete(at);
         member.folder?.remove(member);
       }

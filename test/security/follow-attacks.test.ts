@@ -475,3 +475,146 @@ describe('the origin record attacked by another local user (sync --delete trusts
     assert.equal(await read(path.join(dest, '.git', 'config')), '[core]\n');
   });
 });
+
+describe('tree watches attacked by a trusted peer and by a local user of the sharer (the sharer runs here: its inotify watches are this process’s)', () => {
+  async function sharerOf(proj: string, share?: Parameters<typeof startSharer>[1]): Promise<Sharer> {
+    const sharer = await startSharer([proj], share);
+    sharers.push(sharer);
+    return sharer;
+  }
+
+  async function peerOf(sharer: Sharer): Promise<{ conn: PeerConnection; client: TestPeer }> {
+    const joined = await connectWithInvite(sharer.invite);
+    connections.push(joined.conn);
+    return joined;
+  }
+
+  it('16 connections × 4 tree watches (of the whole tree, and of its subtrees) of 300 folders hold one kernel watch per folder, whoever asks; a change is heard by all; closing them releases every watch and descriptor', async () => {
+    const proj = path.join(tempDir(), 'proj');
+    for (let i = 0; i < 299; i++) await fs.mkdir(path.join(proj, `d${i % 10}`, `e${i}`), { recursive: true });
+    const sharer = await sharerOf(proj);
+    const baseWatches = inotifyWatches();
+    const baseFds = openDescriptors();
+    const first = await peerOf(sharer);
+    const conns = [first.conn];
+    for (let i = 1; i < 16; i++) {
+      const conn = await connectToPeer({ identity: first.client.identity, trust: first.client.trust, addresses: [sharer.address], expectedPeerId: sharer.identity.peerId, name: 'client' });
+      connections.push(conn);
+      conns.push(conn);
+    }
+    let heard = 0;
+    const watches = [];
+    for (const [c, conn] of conns.entries()) {
+      for (let w = 0; w < 4; w++) {
+        const top = w === 0 ? 'proj' : `proj/d${(c + w) % 10}`;
+        watches.push(await conn.share.watch(top, { tree: true, onChanges: (b) => void (b.kind === 'changes' && b.changes.some((ch) => ch.path.endsWith('ping.txt')) && heard++) }));
+      }
+    }
+    const folders = 1 + 10 + 299;
+    assert.equal(inotifyWatches() - baseWatches, folders, 'one kernel watch per folder of the tree');
+    const fdsWatching = openDescriptors() - baseFds;
+    await fs.writeFile(path.join(proj, 'd3', 'e3', 'ping.txt'), 'x');
+    // Every watch of the whole tree (16) and every watch of d3 (those of connections whose subtrees include d3).
+    const ofD3 = conns.flatMap((_, c) => [1, 2, 3].filter((w) => (c + w) % 10 === 3)).length;
+    await until('every tree watch over d3 hears the change', () => heard === 16 + ofD3);
+    for (const conn of conns) conn.close();
+    await until('every kernel watch released', () => inotifyWatches() === baseWatches);
+    await until('the descriptors back', () => openDescriptors() <= baseFds + 4);
+    process.stdout.write(`# figures: ${watches.length} tree watches of ${folders} folders: ${folders} inotify watches, ${fdsWatching} more descriptors (16 sockets)\n`);
+  });
+
+  it('folders made and removed 300 times in a loop under a tree watch (nested three deep, some renamed away): the watch keeps no kernel watch for a folder that went, and releases all when stopped', async () => {
+    const proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(path.join(proj, 'stay'), { recursive: true });
+    const sharer = await sharerOf(proj);
+    const { conn } = await peerOf(sharer);
+    const baseWatches = inotifyWatches();
+    let batches = 0;
+    const watch = await conn.share.watch('proj', { tree: true, onChanges: () => void batches++ });
+    assert.equal(inotifyWatches() - baseWatches, 2);
+    let peak = 0;
+    for (let i = 0; i < 300; i++) {
+      const top = path.join(proj, `loop${i % 7}`);
+      await fs.mkdir(path.join(top, 'b', 'c'), { recursive: true });
+      await fs.writeFile(path.join(top, 'b', 'c', 'f.txt'), `${i}`);
+      if (i % 3 === 0) await sleep(30);
+      peak = Math.max(peak, inotifyWatches() - baseWatches);
+      if (i % 5 === 0) await fs.rename(top, path.join(path.dirname(proj), `away${i}`));
+      else await fs.rm(top, { recursive: true });
+    }
+    await until('only the top and "stay" watched again', () => inotifyWatches() - baseWatches === 2);
+    // Still alive and still following: a folder made now is heard.
+    const before = batches;
+    await fs.mkdir(path.join(proj, 'after'));
+    await until('the watch still hears', () => batches > before);
+    watch.stop();
+    await watch.ended;
+    await until('every kernel watch released', () => inotifyWatches() === baseWatches);
+    process.stdout.write(`# figures: loop of 300 made/removed folders under a tree watch: at most ${peak} inotify watches at once, ${batches} batches\n`);
+  });
+
+  for (const [what, targetOf] of [
+    ['a folder outside the share', (base: string) => path.join(base, 'outside')],
+    ['the sharer’s identity folder (its key)', (_base: string, sharer: Sharer) => sharer.home],
+  ] as const) {
+    it(`a followed folder replaced by a link to ${what} while followed: the sharer never joins it (no kernel watch on it), nothing of it is told or copied, and what is written there after is never followed`, async () => {
+      const base = tempDir();
+      const proj = path.join(base, 'proj');
+      await fs.mkdir(path.join(proj, 'sub'), { recursive: true });
+      await fs.writeFile(path.join(proj, 'sub', 'a.txt'), 'a\n');
+      await fs.mkdir(path.join(base, 'outside'));
+      await fs.writeFile(path.join(base, 'outside', 'secret.txt'), 'SECRET outside\n');
+      const sharer = await sharerOf(proj);
+      const { conn } = await peerOf(sharer);
+      const target = targetOf(base, sharer);
+      const mirror = path.join(tempDir(), 'mirror');
+      const origins = await OriginStore.open(path.join(tempDir(), 'origins', 'o.json'));
+      const baseWatches = inotifyWatches();
+      const { reports, onSynced } = reportsOf();
+      const following = await follow(conn, 'proj', mirror, { origins, deleteRemoved: true, onSynced });
+      assert.deepEqual(await listTree(mirror), ['sub/', 'sub/a.txt']);
+      await fs.rename(path.join(proj, 'sub'), path.join(base, 'sub-away'));
+      await fs.symlink(target, path.join(proj, 'sub'));
+      await until('sub/a.txt deleted in the mirror', async () => !(await exists(path.join(mirror, 'sub', 'a.txt'))));
+      await fs.writeFile(path.join(target, 'written-after.txt'), 'SECRET written after\n');
+      await fs.writeFile(path.join(proj, 'marker.txt'), 'm\n');
+      await until('marker.txt followed', () => exists(path.join(mirror, 'marker.txt')));
+      assert.ok(inotifyWatches() - baseWatches <= 1, `only the top is watched (${inotifyWatches() - baseWatches} kernel watches)`);
+      for (const file of await listTree(mirror)) {
+        if (!file.endsWith('/')) assert.ok(!(await read(path.join(mirror, file))).includes('SECRET') && !(await read(path.join(mirror, file))).includes('PRIVATE KEY'), `${file} holds nothing of the link's target`);
+      }
+      assert.ok(!reports.some((r) => r.leftAlone.some((l) => /written-after|key|secret/.test(l.path))));
+      following.stop();
+      await following.ended;
+      await until('every kernel watch released', () => inotifyWatches() === baseWatches);
+    });
+  }
+
+  it('a followed folder renamed out of the share and back: while out nothing written in it is followed or watched; back in, what it holds is followed again, and later changes in it too', async () => {
+    const base = tempDir();
+    const proj = path.join(base, 'proj');
+    await fs.mkdir(path.join(proj, 'sub', 'inner'), { recursive: true });
+    await fs.writeFile(path.join(proj, 'sub', 'inner', 'a.txt'), 'a\n');
+    const sharer = await sharerOf(proj);
+    const { conn } = await peerOf(sharer);
+    const mirror = path.join(tempDir(), 'mirror');
+    const origins = await OriginStore.open(path.join(tempDir(), 'origins', 'o.json'));
+    const baseWatches = inotifyWatches();
+    const following = await follow(conn, 'proj', mirror, { origins, deleteRemoved: true });
+    assert.equal(inotifyWatches() - baseWatches, 3);
+    await fs.rename(path.join(proj, 'sub'), path.join(base, 'away'));
+    await until('sub left: deleted in the mirror, its kernel watches released', async () => !(await exists(path.join(mirror, 'sub', 'inner', 'a.txt'))) && inotifyWatches() - baseWatches === 1);
+    await fs.writeFile(path.join(base, 'away', 'inner', 'while-out.txt'), 'written outside the share\n');
+    await fs.writeFile(path.join(proj, 'marker.txt'), 'm\n');
+    await until('marker.txt followed', () => exists(path.join(mirror, 'marker.txt')));
+    assert.ok(!(await exists(path.join(mirror, 'sub', 'inner', 'while-out.txt'))));
+    await fs.rename(path.join(base, 'away'), path.join(proj, 'sub'));
+    await until('back in: what it holds is followed', async () => (await read(path.join(mirror, 'sub', 'inner', 'while-out.txt'))) === 'written outside the share\n');
+    await fs.writeFile(path.join(proj, 'sub', 'inner', 'later.txt'), 'later\n');
+    await until('a later change in it followed', async () => (await read(path.join(mirror, 'sub', 'inner', 'later.txt'))) === 'later\n');
+    assert.equal(inotifyWatches() - baseWatches, 3);
+    following.stop();
+    await following.ended;
+    await until('every kernel watch released', () => inotifyWatches() === baseWatches);
+  });
+});
