@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
-import { connectToPeer, type PeerConnection } from '../../src/core';
+import { connectToPeer, formatInvite, type PeerConnection } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
 import { chunkBytes, encodeChunks } from '../../src/core/cdc';
 import { follow, syncFolder, type FollowReport } from '../../src/core/follow';
@@ -616,5 +616,95 @@ describe('tree watches attacked by a trusted peer and by a local user of the sha
     following.stop();
     await following.ended;
     await until('every kernel watch released', () => inotifyWatches() === baseWatches);
+  });
+});
+
+describe('peershare sync --watch --delete against a hostile sharer (the CLI is the victim)', () => {
+  let built = false;
+  function build(): void {
+    if (built) return;
+    const result = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });
+    assert.equal(result.status, 0, 'the CLI builds');
+    built = true;
+  }
+
+  /** Runs `sync <hostile> ws <dest> --watch --delete --json`; resolves with its output once it exits (or is killed). */
+  async function syncAgainst(folder: FakeFolder, watcher: Watcher, during: (pid: number, out: () => string, exited: Promise<number | null>) => Promise<void>): Promise<{ code: number | null; stdout: string; stderr: string; dest: string }> {
+    build();
+    const hostile = (await makePeer()).identity;
+    const server = await startHostileSharerV2(hostile, fakeSharer(folder, watcher));
+    hostiles.push(server);
+    const invite = formatInvite({ peerId: hostile.peerId, addresses: [server.address], token: 'x'.repeat(32) });
+    const dest = path.join(tempDir(), 'dest');
+    const cli = spawn(process.execPath, [CLI, 'sync', invite, 'ws', dest, '--watch', '--delete', '--json', '--home', tempDir('peershare-home-')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    cli.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    cli.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => cli.once('exit', (code) => resolve(code)));
+    try {
+      await during(cli.pid!, () => stdout, exited);
+    } finally {
+      if (cli.exitCode === null) cli.kill('SIGKILL');
+    }
+    return { code: await exited, stdout, stderr, dest };
+  }
+
+  it('an endless stream of batches (up to 10,000 paths of 3,800 characters pending at once) and resyncs: the follower’s memory stays bounded, it keeps applying, and the destination holds only what the sharer has', async () => {
+    let sent = 0;
+    const long = (i: number): string => `${'l'.repeat(200)}/`.repeat(19) + `n${i}`;
+    const folder = fakeFolder({ 'a.txt': 'a\n' });
+    const result = await syncAgainst(
+      folder,
+      async (send, _folder, signal) => {
+        while (!signal.aborted) {
+          // 15 long paths fill a 64 KiB frame.
+          await send(sent % 200 === 199 ? { type: 'resync' } : { type: 'changes', changes: Array.from({ length: 15 }, (_, i) => ({ path: long(sent * 15 + i), type: 'removed' })) });
+          sent++;
+        }
+      },
+      async (pid, out) => {
+        await until('the first sync', () => out().includes('"kind":"initial"'));
+        let peakMiB = 0;
+        for (let i = 0; i < 16; i++) {
+          await sleep(500);
+          peakMiB = Math.max(peakMiB, rssMiB(pid));
+        }
+        const applied = out().split('\n').filter((l) => l.includes('"kind"')).length;
+        process.stdout.write(`# figures: sync --watch under a flood: ${sent} batches of 15 paths of 3,800 characters sent in 8 s, ${applied} applied, peak RSS ${peakMiB.toFixed(0)} MiB, ${openDescriptors(pid)} descriptors\n`);
+        assert.ok(sent > 100 && applied > 2, `the flood ran (${sent} sent, ${applied} applied)`);
+        assert.ok(peakMiB < 250, `the follower peaked at ${peakMiB.toFixed(0)} MiB`);
+      },
+    );
+    assert.deepEqual(await listTree(result.dest), ['a.txt']);
+  });
+
+  it('names with escapes, bidi overrides and newlines are reported escaped, one line each; then a breach ("..") ends it with a coded message and the integrity exit code, nothing outside dest touched', async () => {
+    const synced = deferred();
+    const folder = fakeFolder({ 'a.txt': 'a\n' });
+    const evil = 'x\u001b[31mred\u202egnp.exe\nFAKE: line\r';
+    const result = await syncAgainst(
+      folder,
+      async (send) => {
+        await synced.promise;
+        await send({ type: 'changes', changes: [{ path: evil, type: 'added', entry: { type: 'file', size: 2, mtimeMs: MTIME_MS } }] });
+        await sleep(500);
+        await send({ type: 'changes', changes: [{ path: '..', type: 'removed' }] });
+      },
+      async (_pid, out, exited) => {
+        await until('the first sync', () => out().includes('"kind":"initial"'));
+        synced.resolve();
+        await Promise.race([exited, sleep(DEADLINE_MS)]);
+      },
+    );
+    const lines = result.stdout.trim().split('\n');
+    const parsed = lines.map((l) => JSON.parse(l) as FollowReport & { error?: { code: string; message: string } });
+    const left = parsed.filter((r) => r.kind !== undefined).flatMap((r) => r.leftAlone);
+    assert.deepEqual(left.map((l) => l.path), [evil], 'JSON carries the name as it is, as a JSON string');
+    assert.equal(result.code, 5, `exit code (stderr: ${result.stderr})`);
+    assert.equal(parsed[parsed.length - 1].error?.code, 'BAD_NAME');
+    assert.match(result.stderr, /\[BAD_NAME\]/);
+    assert.ok(result.stderr.length < 2000 && !/[\u001b\u202e]/.test(result.stderr), 'stderr is short and escaped');
+    assert.deepEqual(await listTree(result.dest), ['a.txt']);
   });
 });
