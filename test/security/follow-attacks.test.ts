@@ -330,6 +330,46 @@ describe('following a hostile sharer (the follower is the victim)', () => {
     assert.deepEqual(await outside(base, dest), before);
   });
 
+  it('a local user swaps files the follow made for a symbolic link and a hard link to the victim’s files outside (same size and time): updates and removals replace or drop the name in dest, never write or delete the files outside', async () => {
+    const { base, dest, outsideDir, origins } = await victimFolders();
+    const synced = deferred();
+    const planted = deferred();
+    const folder = fakeFolder({ 'sym.txt': 'the victim’s own file\n', 'hard.txt': 'the victim’s own file\n', 'sym2.txt': 'the victim’s own file\n', 'hard2.txt': 'the victim’s own file\n' });
+    const { conn } = await hostileFollowed(folder, async (send) => {
+      await synced.promise;
+      await planted.promise;
+      await send({ type: 'changes', changes: [fileChange(folder, 'sym.txt', 'the sharer’s new, longer text\n', 'changed'), fileChange(folder, 'hard.txt', 'the sharer’s new, longer text\n', 'changed'), { path: 'sym2.txt', type: 'removed' }, { path: 'hard2.txt', type: 'removed' }] });
+      await send({ type: 'changes', changes: [fileChange(folder, 'done.txt', 'done\n')] });
+    });
+    const { reports, onSynced } = reportsOf();
+    const following = await follow(conn, 'ws', dest, { origins, deleteRemoved: true, onSynced });
+    const victim = path.join(outsideDir, 'secret.txt');
+    const landed = await fs.stat(path.join(dest, 'sym.txt'));
+    await fs.utimes(victim, landed.atime, landed.mtime);
+    for (const name of ['sym.txt', 'sym2.txt', 'hard.txt', 'hard2.txt']) await fs.rm(path.join(dest, name));
+    await fs.symlink(victim, path.join(dest, 'sym.txt'));
+    await fs.symlink(victim, path.join(dest, 'sym2.txt'));
+    await fs.link(victim, path.join(dest, 'hard.txt'));
+    await fs.link(victim, path.join(dest, 'hard2.txt'));
+    const before = await outside(base, dest);
+    synced.resolve();
+    planted.resolve();
+    await until('the last batch applied', () => exists(path.join(dest, 'done.txt')));
+    following.stop();
+    await following.ended;
+    const after = await outside(base, dest);
+    // The hard links' names left dest: only the victim's link count moved (its ctime); its bytes, size and time did not.
+    const strip = (snap: Snapshot): Snapshot => ({ ...snap, 'outside/secret.txt': snap['outside/secret.txt'].split(' ').filter((_, i) => i !== 4).join(' ') });
+    assert.deepEqual(strip(after), strip(before));
+    assert.equal(await read(victim), 'the victim’s own file\n');
+    assert.equal((await fs.lstat(path.join(dest, 'sym.txt'))).isSymbolicLink(), true, 'a link where a file would be updated is left alone');
+    assert.equal((await fs.lstat(path.join(dest, 'sym2.txt'))).isSymbolicLink(), true, 'a link is not a file the follow made: kept');
+    assert.equal(await read(path.join(dest, 'hard.txt')), 'the sharer’s new, longer text\n', 'the name in dest is made anew');
+    assert.ok((await fs.stat(path.join(dest, 'hard.txt'))).ino !== (await fs.stat(victim)).ino);
+    const kept = reports.flatMap((r) => r.leftAlone.map((l) => l.path));
+    assert.ok(kept.includes('sym.txt') && kept.includes('sym2.txt'), kept.join(', '));
+  });
+
   it('a link a local user planted in the destination (to a folder outside it): changes through it, added, changed and removed, never write, change or delete anything outside, and are reported', async () => {
     const { base, dest, outsideDir, origins } = await victimFolders();
     const synced = deferred();
@@ -589,6 +629,23 @@ describe('tree watches attacked by a trusted peer and by a local user of the sha
       await until('every kernel watch released', () => inotifyWatches() === baseWatches);
     });
   }
+
+  it('a tree deeper than maxTreeDepth is refused TOO_LARGE with no kernel watch left; one that a local user deepens past it while watched ends TOO_LARGE and releases every watch', async () => {
+    const proj = path.join(tempDir(), 'proj');
+    const chain = (n: number): string => path.join(proj, ...Array.from({ length: n }, (_, i) => `l${i}`));
+    await fs.mkdir(chain(8), { recursive: true });
+    await fs.mkdir(path.join(proj, 'deep', ...Array.from({ length: 70 }, () => 'd')), { recursive: true });
+    const sharer = await sharerOf(proj, { limits: { maxTreeDepth: 10 } });
+    const { conn } = await peerOf(sharer);
+    const baseWatches = inotifyWatches();
+    await assert.rejects(conn.share.watch('proj/deep', { tree: true, onChanges: () => undefined }), (err: { code?: string }) => err.code === 'TOO_LARGE');
+    await until('no kernel watch left by the refused watch', () => inotifyWatches() === baseWatches);
+    const watch = await conn.share.watch('proj/l0', { tree: true, onChanges: () => undefined });
+    assert.equal(inotifyWatches() - baseWatches, 8);
+    await fs.mkdir(chain(14), { recursive: true });
+    await assert.rejects(watch.ended, (err: { code?: string }) => err.code === 'TOO_LARGE');
+    await until('every kernel watch released', () => inotifyWatches() === baseWatches);
+  });
 
   it('a followed folder renamed out of the share and back: while out nothing written in it is followed or watched; back in, what it holds is followed again, and later changes in it too', async () => {
     const base = tempDir();
