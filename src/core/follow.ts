@@ -71,7 +71,13 @@ export async function syncFolder(conn: FileSource, remotePath: string, dest: str
   });
   const report: SyncReport = { ...result, filesDeleted: 0 };
   for (const left of result.leftAlone) seen.add(left.path);
-  if (options.deleteRemoved) {
+  if (options.deleteRemoved && result.leftAloneCount > result.leftAlone.length) {
+    // The report names only the first of the files left alone (files the sharer still has but
+    // could not serve now, among them): which files the sharer removed is not known, so none goes.
+    // Said first, so the list (which is full) still shows it.
+    report.leftAlone.unshift({ path: '.', why: `nothing was deleted: more than ${result.leftAlone.length} files were left alone, so which ones the peer removed is not known` });
+    report.leftAloneCount++;
+  } else if (options.deleteRemoved) {
     const gone = [...origin.files.keys()].filter((rel) => !seen.has(rel));
     await withFolders(dest, async (folders) => {
       for (const rel of gone) await removeIfOurs(options.origins, origin, rel, folders, report);

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { connectToPeer, formatInvite, type PeerConnection } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
+import { PeerShareError } from '../../src/core/errors';
 import { chunkBytes, encodeChunks } from '../../src/core/cdc';
 import { follow, syncFolder, type FollowReport } from '../../src/core/follow';
 import { OriginStore, originFileFor } from '../../src/core/origins';
@@ -83,6 +84,8 @@ interface FakeFolder {
   /** Files by their path below `ws`, and folders (paths below `ws`). */
   files: Map<string, Buffer>;
   dirs: Set<string>;
+  /** Every file is being written on the sharer: its chunks are refused FILE_CHANGED (what an honest sharer says then). */
+  writing?: boolean;
 }
 
 type Watcher = (send: (reply: Record<string, unknown>) => Promise<void>, folder: FakeFolder, signal: AbortSignal) => Promise<void>;
@@ -126,10 +129,11 @@ function fakeSharer(folder: FakeFolder, watcher: Watcher): ScenarioV2 {
         const prefix = rel === '' ? '' : `${rel}/`;
         const children = [...folder.dirs, ...folder.files.keys()].filter((p) => p.startsWith(prefix) && p !== rel && !p.slice(prefix.length).includes('/'));
         const entries = children.map((p) => entryOf(folder, p)!);
-        if (entries.length > 0) await reply.message({ type: 'entries', entries });
+        for (let i = 0; i < entries.length; i += 500) await reply.message({ type: 'entries', entries: entries.slice(i, i + 500) });
         return { count: entries.length };
       }
       case 'share.chunks': {
+        if (folder.writing) throw new PeerShareError('FILE_CHANGED', 'The file changed while it was read.');
         const content = folder.files.get(rel)!;
         const chunks = chunkBytes(content);
         const fileHash = manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex');
@@ -368,6 +372,23 @@ describe('following a hostile sharer (the follower is the victim)', () => {
     assert.ok((await fs.stat(path.join(dest, 'hard.txt'))).ino !== (await fs.stat(victim)).ino);
     const kept = reports.flatMap((r) => r.leftAlone.map((l) => l.path));
     assert.ok(kept.includes('sym.txt') && kept.includes('sym2.txt'), kept.join(', '));
+  });
+
+  it('sync --delete when more files are left alone than the report lists (1,100 the sharer still lists but cannot serve now, being written): none of them is deleted, and the report says why', async () => {
+    const { dest, origins } = await victimFolders();
+    const names = Array.from({ length: 1100 }, (_, i) => `f${String(i).padStart(4, '0')}.txt`);
+    const folder = fakeFolder(Object.fromEntries(names.map((n) => [n, `${n}\n`])));
+    const { conn } = await hostileFollowed(folder, async () => undefined);
+    const first = await syncFolder(conn, 'ws', dest, { origins, deleteRemoved: true });
+    assert.equal(first.filesChanged, 1100);
+    // Every file changes on the sharer and is being written as it is asked for: still listed, not served now.
+    for (const n of names) folder.files.set(n, Buffer.from(`${n}, longer now\n`));
+    folder.writing = true;
+    const second = await syncFolder(conn, 'ws', dest, { origins, deleteRemoved: true });
+    assert.equal(second.leftAloneCount, 1100 + 1, 'each file, and the deletion not made');
+    assert.equal(second.filesDeleted, 0);
+    assert.equal((await fs.readdir(dest)).length, 1100, 'every file the sharer still has is still here');
+    assert.ok(second.leftAlone.some((l) => /nothing was deleted/.test(l.why)), 'the report says why nothing was deleted');
   });
 
   it('a link a local user planted in the destination (to a folder outside it): changes through it, added, changed and removed, never write, change or delete anything outside, and are reported', async () => {
