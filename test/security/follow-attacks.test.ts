@@ -717,6 +717,35 @@ describe('tree watches attacked by a trusted peer and by a local user of the sha
     await until('every kernel watch released', () => inotifyWatches() === baseWatches);
   });
 
+  it('a subfolder excluded by its parent’s .gitignore, then a secret written in it at once (a script): the tree watch never names it and a follow never copies it, though the subfolder’s own watcher runs', async () => {
+    const proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(path.join(proj, 'config'), { recursive: true });
+    await fs.writeFile(path.join(proj, '.gitignore'), 'node_modules/\n');
+    await fs.writeFile(path.join(proj, 'config', 'app.json'), '{}\n');
+    const sharer = await sharerOf(proj);
+    const { conn } = await peerOf(sharer);
+    const named = new Set<string>();
+    const watch = await conn.share.watch('proj', { tree: true, onChanges: (b) => b.kind === 'changes' && b.changes.forEach((c) => named.add(c.path)) });
+    const mirror = path.join(tempDir(), 'mirror');
+    const origins = await OriginStore.open(path.join(tempDir(), 'origins', 'o.json'));
+    const following = await follow(conn, 'proj', mirror, { origins, deleteRemoved: true });
+    // Looks in both folders now have the share read the .gitignore: its rules are cached for 2 s.
+    await fs.writeFile(path.join(proj, 'config', 'visible.txt'), 'x');
+    await until('config/visible.txt followed', () => exists(path.join(mirror, 'config', 'visible.txt')));
+    await fs.appendFile(path.join(proj, '.gitignore'), 'config/\n');
+    await fs.writeFile(path.join(proj, 'config', 'credentials.txt'), 'password=hunter2');
+    await sleep(100);
+    await fs.writeFile(path.join(proj, 'config', 'more-credentials.txt'), 'password=hunter3');
+    await sleep(3000);
+    await fs.writeFile(path.join(proj, 'sentinel.txt'), 'x');
+    await until('sentinel.txt followed', () => exists(path.join(mirror, 'sentinel.txt')));
+    assert.ok(!named.has('config/credentials.txt') && !named.has('config/more-credentials.txt'), `named: ${[...named].join(', ')}`);
+    assert.ok(!(await exists(path.join(mirror, 'config', 'credentials.txt'))) && !(await exists(path.join(mirror, 'config', 'more-credentials.txt'))));
+    watch.stop();
+    following.stop();
+    await following.ended;
+  });
+
   it('a followed folder renamed out of the share and back: while out nothing written in it is followed or watched; back in, what it holds is followed again, and later changes in it too', async () => {
     const base = tempDir();
     const proj = path.join(base, 'proj');
