@@ -5,7 +5,7 @@ import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
 import { inspectReceivedName } from './names';
 import type { Origin, OriginStore } from './origins';
-import { PinnedFolders } from './pinned-folders';
+import { PinnedFolders, type FolderIdentity } from './pinned-folders';
 import { mergeChange, type FolderChange, type WatchBatch } from './watch';
 import { WorkQueue } from './work-queue';
 
@@ -138,8 +138,14 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
     const report = await run();
     options.onSynced?.({ ...report, kind, seconds: (performance.now() - started) / 1000 });
   };
+  // The folder written into, as it is once the first sync made it: each later batch writes only
+  // there, through that folder, so a user who can write beside it and swaps it for a link to
+  // another folder (the victim's) gets nothing written or deleted there.
+  const destFolder = isFolder ? dest : path.dirname(dest);
+  let destIdentity: FolderIdentity;
   try {
     await timed('initial', syncAll);
+    destIdentity = await PinnedFolders.identify(destFolder);
   } catch (err) {
     watch.stop();
     throw err;
@@ -153,6 +159,8 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
         wake = undefined;
         continue;
       }
+      // Checked before each batch; the batch itself then works through the folder it opened and checked.
+      await withFolders(destFolder, async () => undefined, destIdentity);
       if (resync) {
         resync = false;
         pending.clear();
@@ -161,7 +169,7 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
       }
       const changes = [...pending.values()];
       pending.clear();
-      await timed('changes', () => (isFolder ? applyChanges(conn, remotePath, dest, changes, own) : applyFileChange(conn, remotePath, dest, changes[0], own)));
+      await timed('changes', () => (isFolder ? applyChanges(conn, remotePath, dest, changes, own, destIdentity) : applyFileChange(conn, remotePath, dest, changes[0], own, destIdentity)));
     }
   })();
   // Either ends the follow: the watch's end (the peer's error, the connection, the share stopping) or a failure to apply.
@@ -190,7 +198,7 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
 }
 
 /** Applies a batch of a folder's changes (paths below `remotePath`), in the order they first arrived; files several at once. */
-async function applyChanges(conn: FileSource, remotePath: string, dest: string, changes: FolderChange[], options: SyncOptions): Promise<SyncReport> {
+async function applyChanges(conn: FileSource, remotePath: string, dest: string, changes: FolderChange[], options: SyncOptions, destIdentity: FolderIdentity): Promise<SyncReport> {
   const origin = options.origins.begin(conn.peerId, remotePath, dest, 'dir');
   const report = emptyReport();
   const base = remotePath.replace(/\/+$/, '');
@@ -252,16 +260,16 @@ async function applyChanges(conn: FileSource, remotePath: string, dest: string, 
     } finally {
       await work.drain().catch(() => undefined);
     }
-  });
+  }, destIdentity);
   return report;
 }
 
 /** The one file followed changed, or went. */
-async function applyFileChange(conn: FileSource, remotePath: string, target: string, change: FolderChange, options: SyncOptions): Promise<SyncReport> {
+async function applyFileChange(conn: FileSource, remotePath: string, target: string, change: FolderChange, options: SyncOptions, destIdentity: FolderIdentity): Promise<SyncReport> {
   if (change.type !== 'removed') return syncFile(conn, remotePath, target, options);
   const origin = options.origins.begin(conn.peerId, remotePath, target, 'file');
   const report = emptyReport();
-  if (options.deleteRemoved) await withFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)));
+  if (options.deleteRemoved) await withFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)), destIdentity);
   return report;
 }
 
@@ -333,10 +341,13 @@ async function removeIfOurs(origins: OriginStore, origin: Origin, rel: string, f
   }
 }
 
-/** Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is not written through its old handle). */
-async function withFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>): Promise<T> {
-  await fs.mkdir(root, { recursive: true });
-  const folders = await PinnedFolders.open(root, { rootMayBeLink: true });
+/**
+ * Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is
+ * not written through its old handle); with `expect`, only if `root` is still that folder.
+ */
+async function withFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>, expect?: FolderIdentity): Promise<T> {
+  if (!expect) await fs.mkdir(root, { recursive: true });
+  const folders = await PinnedFolders.open(root, { rootMayBeLink: true, expect });
   try {
     return await work(folders);
   } finally {

@@ -418,6 +418,43 @@ describe('following a hostile sharer (the follower is the victim)', () => {
     assert.ok(second.leftAlone.some((l) => /nothing was deleted/.test(l.why)), 'the report says why nothing was deleted');
   });
 
+  for (const single of [false, true]) {
+    it(`the destination ${single ? 'folder of a followed file' : 'folder itself'} swapped for a link to the victim’s folder while followed (by a user who can write beside it): no change is applied there, none of the victim’s files is written or deleted, and the follow ends with a coded error`, async () => {
+      const { base, outsideDir, origins } = await victimFolders();
+      const parent = path.join(base, 'shared');
+      const dest = path.join(parent, 'dest');
+      const synced = deferred();
+      const swapped = deferred();
+      const folder = fakeFolder({ 'a.txt': 'a from the sharer\n', 'b.txt': 'the victim’s own file\n' });
+      const { conn } = await hostileFollowed(folder, async (send) => {
+        await synced.promise;
+        await swapped.promise;
+        await send({ type: 'changes', changes: single ? [{ path: 'b.txt', type: 'removed' }] : [fileChange(folder, 'a.txt', 'the sharer’s new, longer text\n', 'changed'), { path: 'b.txt', type: 'removed' }, fileChange(folder, 'c.txt', 'planted\n')] });
+      });
+      if (single) await fs.mkdir(dest, { recursive: true });
+      const { changes, onSynced } = reportsOf();
+      const following = await follow(conn, single ? 'ws/b.txt' : 'ws', single ? path.join(dest, 'b.txt') : dest, { origins, deleteRemoved: true, onSynced });
+      let ended: { code?: string; message?: string } | undefined;
+      following.ended.then(() => (ended = { code: 'none' }), (err: { code?: string; message?: string }) => (ended = err));
+      // The victim's folder: a file of its own where the sharer's a.txt would go, and one with the size and time of the b.txt that landed.
+      const landed = await fs.stat(path.join(dest, 'b.txt'));
+      await fs.writeFile(path.join(outsideDir, 'a.txt'), 'the victim’s a.txt\n');
+      await fs.copyFile(path.join(dest, 'b.txt'), path.join(outsideDir, 'b.txt'));
+      await fs.utimes(path.join(outsideDir, 'b.txt'), landed.atime, landed.mtime);
+      await fs.rename(dest, path.join(parent, 'moved-away'));
+      await fs.symlink(outsideDir, dest);
+      const before = await snapshot(outsideDir);
+      synced.resolve();
+      swapped.resolve();
+      await until('the batch applied, or the follow ended', () => changes().length > 0 || ended !== undefined);
+      assert.deepEqual(await snapshot(outsideDir), before, 'nothing in the victim’s folder was created, changed or removed');
+      following.stop();
+      await until('the follow ended', () => ended !== undefined);
+      assert.equal(ended?.code, 'IO_ERROR', ended?.message);
+      assert.match(ended?.message ?? '', /replaced/);
+    });
+  }
+
   it('a link a local user planted in the destination (to a folder outside it): changes through it, added, changed and removed, never write, change or delete anything outside, and are reported', async () => {
     const { base, dest, outsideDir, origins } = await victimFolders();
     const synced = deferred();
