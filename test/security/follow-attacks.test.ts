@@ -547,6 +547,15 @@ describe('the origin record attacked by another local user (sync --delete trusts
       },
     ],
     [
+      'an origins folder that is a link to a folder elsewhere',
+      async (file: string, text: string) => {
+        const elsewhere = tempDir();
+        await fs.writeFile(path.join(elsewhere, path.basename(file)), text, { mode: 0o600 });
+        await fs.mkdir(path.dirname(path.dirname(file)), { recursive: true, mode: 0o700 });
+        await fs.symlink(elsewhere, path.dirname(file));
+      },
+    ],
+    [
       'a record that is a link to a file elsewhere (another user’s, claiming the same)',
       async (file: string, text: string) => {
         const elsewhere = path.join(tempDir(), 'planted.json');
@@ -870,6 +879,37 @@ describe('peershare sync --watch --delete against a hostile sharer (the CLI is t
       },
     );
     assert.deepEqual(await listTree(result.dest), ['a.txt']);
+  });
+
+  it('without --json, a name with escapes, a bidi override and a newline is printed escaped, on one line', async () => {
+    build();
+    const synced = deferred();
+    const folder = fakeFolder({ 'a.txt': 'a\n' });
+    const hostile = (await makePeer()).identity;
+    const server = await startHostileSharerV2(
+      hostile,
+      fakeSharer(folder, async (send) => {
+        await synced.promise;
+        await send({ type: 'changes', changes: [{ path: 'x\u001b[31mred\u202egnp.exe\nFAKE: line\r', type: 'added', entry: { type: 'file', size: 2, mtimeMs: MTIME_MS } }] });
+      }),
+    );
+    hostiles.push(server);
+    const invite = formatInvite({ peerId: hostile.peerId, addresses: [server.address], token: 'x'.repeat(32) });
+    const cli = spawn(process.execPath, [CLI, 'sync', invite, 'ws', path.join(tempDir(), 'dest'), '--watch', '--delete', '--home', tempDir('peershare-home-')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    cli.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    try {
+      await until('the first sync', () => stdout.includes('Synced'));
+      synced.resolve();
+      await until('the name reported', () => stdout.includes('Left alone'));
+      await sleep(200);
+    } finally {
+      cli.kill('SIGKILL');
+    }
+    const line = stdout.split('\n').find((l) => l.startsWith('Left alone'))!;
+    assert.ok(!/[\u001b\u202e\r]/.test(stdout), `printed raw: ${JSON.stringify(stdout)}`);
+    assert.ok(!stdout.split('\n').some((l) => l.startsWith('FAKE')), 'the name’s newline did not start a line of its own');
+    assert.match(line, /not safe here/);
   });
 
   it('names with escapes, bidi overrides and newlines are reported escaped, one line each; then a breach ("..") ends it with a coded message and the integrity exit code, nothing outside dest touched', async () => {
