@@ -4,14 +4,14 @@ import { promises as fs, readdirSync, readFileSync, readlinkSync } from 'node:fs
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { after, describe, it } from 'node:test';
-import { connectToPeer, formatInvite, type PeerConnection } from '../../src/core';
+import { connectToPeer, formatInvite, parseInvite, type PeerConnection } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
 import { PeerShareError } from '../../src/core/errors';
 import { chunkBytes, encodeChunks } from '../../src/core/cdc';
 import { follow, syncFolder, type FollowReport } from '../../src/core/follow';
 import { OriginStore, originFileFor } from '../../src/core/origins';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
-import { connectWithInvite, listTree, makePeer, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, freePort, listTree, makePeer, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type HostileServer, type ScenarioV2 } from '../hostile';
 import { snapshot, type Snapshot } from './world';
 
@@ -677,6 +677,44 @@ describe('tree watches attacked by a trusted peer and by a local user of the sha
     await until('every kernel watch released', () => inotifyWatches() === baseWatches);
     await until('the descriptors back', () => openDescriptors() <= baseFds + 4);
     process.stdout.write(`# figures: ${watches.length} tree watches of ${folders} folders: ${folders} inotify watches, ${fdsWatching} more descriptors (16 sockets)\n`);
+  });
+
+  it('the CLI sharer (`peershare serve`) under one peer’s 64 tree watches of a 2,000-folder tree, armed at once: one inotify watch per folder, memory and descriptors bounded, all released when the peer goes', async () => {
+    const built = spawnSync(process.execPath, [path.join(ROOT, 'esbuild.js')], { cwd: ROOT, stdio: 'inherit' });
+    assert.equal(built.status, 0, 'the CLI builds');
+    const proj = path.join(tempDir(), 'proj');
+    for (let i = 0; i < 2000; i++) await fs.mkdir(path.join(proj, `d${i % 40}`, `e${i}`), { recursive: true });
+    const serve = spawn(process.execPath, [CLI, 'serve', proj, '--json', '--home', tempDir('peershare-home-'), '--invite-uses', '3'], { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, PEERSHARE_DEFAULT_PORT: String(await freePort()) } });
+    try {
+      const invite = await new Promise<string>((resolve, reject) => {
+        let text = '';
+        serve.stdout!.on('data', (d: Buffer) => {
+          text += d.toString();
+          const line = text.split('\n')[0];
+          if (text.includes('\n')) resolve((JSON.parse(line) as { invite: string }).invite);
+        });
+        serve.once('exit', (code) => reject(new Error(`serve exited with ${code}`)));
+      });
+      const pid = serve.pid!;
+      const before = { rss: rssMiB(pid), fds: openDescriptors(pid), watches: inotifyWatches(pid) };
+      const first = await connectWithInvite(invite);
+      const parsed = parseInvite(invite);
+      const conns = [first.conn];
+      for (let i = 1; i < 16; i++) conns.push(await connectToPeer({ identity: first.client.identity, trust: first.client.trust, addresses: parsed.addresses, expectedPeerId: parsed.peerId, name: 'client' }));
+      connections.push(...conns);
+      const started = Date.now();
+      await Promise.all(conns.flatMap((conn) => Array.from({ length: 4 }, () => conn.share.watch('proj', { tree: true, onChanges: () => undefined }))));
+      const armedS = (Date.now() - started) / 1000;
+      const during = { rss: rssMiB(pid), fds: openDescriptors(pid), watches: inotifyWatches(pid) };
+      assert.equal(during.watches - before.watches, 2041, 'one inotify watch per folder of the tree, whoever asks');
+      assert.ok(during.rss - before.rss < 200, `the sharer grew ${(during.rss - before.rss).toFixed(0)} MiB`);
+      for (const conn of conns) conn.close();
+      await until('every inotify watch released', () => inotifyWatches(pid) === before.watches);
+      await until('the descriptors back', () => openDescriptors(pid) <= before.fds + 4);
+      process.stdout.write(`# figures: serve under 64 tree watches of 2,041 folders (armed at once in ${armedS.toFixed(1)} s): RSS ${before.rss.toFixed(0)} → ${during.rss.toFixed(0)} → ${rssMiB(pid).toFixed(0)} MiB, descriptors ${before.fds} → ${during.fds} → ${openDescriptors(pid)}, inotify watches ${before.watches} → ${during.watches} → ${inotifyWatches(pid)}\n`);
+    } finally {
+      serve.kill('SIGTERM');
+    }
   });
 
   it('folders made and removed 300 times in a loop under a tree watch (nested three deep, some renamed away): the watch keeps no kernel watch for a folder that went, and releases all when stopped', async () => {
