@@ -5,7 +5,7 @@ import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
 import { inspectReceivedName } from './names';
 import type { Origin, OriginStore } from './origins';
-import { PinnedFolders } from './pinned-folders';
+import { PinnedFolders, type FolderIdentity } from './pinned-folders';
 import { mergeChange, type FolderChange, type WatchBatch } from './watch';
 import { WorkQueue } from './work-queue';
 
@@ -71,7 +71,13 @@ export async function syncFolder(conn: FileSource, remotePath: string, dest: str
   });
   const report: SyncReport = { ...result, filesDeleted: 0 };
   for (const left of result.leftAlone) seen.add(left.path);
-  if (options.deleteRemoved) {
+  if (options.deleteRemoved && result.leftAloneCount > result.leftAlone.length) {
+    // The report names only the first of the files left alone (files the sharer still has but
+    // could not serve now, among them): which files the sharer removed is not known, so none goes.
+    // Said first, so the list (which is full) still shows it.
+    report.leftAlone.unshift({ path: '.', why: `nothing was deleted: more than ${result.leftAlone.length} files were left alone, so which ones the peer removed is not known` });
+    report.leftAloneCount++;
+  } else if (options.deleteRemoved) {
     const gone = [...origin.files.keys()].filter((rel) => !seen.has(rel));
     await withFolders(dest, async (folders) => {
       for (const rel of gone) await removeIfOurs(options.origins, origin, rel, folders, report);
@@ -132,8 +138,14 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
     const report = await run();
     options.onSynced?.({ ...report, kind, seconds: (performance.now() - started) / 1000 });
   };
+  // The folder written into, as it is once the first sync made it: each later batch writes only
+  // there, through that folder, so a user who can write beside it and swaps it for a link to
+  // another folder (the victim's) gets nothing written or deleted there.
+  const destFolder = isFolder ? dest : path.dirname(dest);
+  let destIdentity: FolderIdentity;
   try {
     await timed('initial', syncAll);
+    destIdentity = await PinnedFolders.identify(destFolder);
   } catch (err) {
     watch.stop();
     throw err;
@@ -147,6 +159,10 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
         wake = undefined;
         continue;
       }
+      // Checked before each batch; a batch of changes then works through the folder it opened and
+      // checked (a resync, and a followed file's update, open it again by path: deltaFolder and
+      // deltaFile do not take the folder yet).
+      await withFolders(destFolder, async () => undefined, destIdentity);
       if (resync) {
         resync = false;
         pending.clear();
@@ -155,7 +171,7 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
       }
       const changes = [...pending.values()];
       pending.clear();
-      await timed('changes', () => (isFolder ? applyChanges(conn, remotePath, dest, changes, own) : applyFileChange(conn, remotePath, dest, changes[0], own)));
+      await timed('changes', () => (isFolder ? applyChanges(conn, remotePath, dest, changes, own, destIdentity) : applyFileChange(conn, remotePath, dest, changes[0], own, destIdentity)));
     }
   })();
   // Either ends the follow: the watch's end (the peer's error, the connection, the share stopping) or a failure to apply.
@@ -184,11 +200,24 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
 }
 
 /** Applies a batch of a folder's changes (paths below `remotePath`), in the order they first arrived; files several at once. */
-async function applyChanges(conn: FileSource, remotePath: string, dest: string, changes: FolderChange[], options: SyncOptions): Promise<SyncReport> {
+async function applyChanges(conn: FileSource, remotePath: string, dest: string, changes: FolderChange[], options: SyncOptions, destIdentity: FolderIdentity): Promise<SyncReport> {
   const origin = options.origins.begin(conn.peerId, remotePath, dest, 'dir');
   const report = emptyReport();
   const base = remotePath.replace(/\/+$/, '');
-  const perFile = deltaOptions(options, origin);
+  // The record's files below each path this batch removes, found in one pass over the record when
+  // the first removal comes (a pass per removal held the event loop 25 s for 9,000 removals against
+  // a record of 50,000 files: found by follow-attacks), plus those that land after that pass.
+  const removed = new Set(changes.filter((c) => c.type === 'removed').map((c) => c.path));
+  let recordedBelow: Map<string, string[]> | undefined;
+  const landedSince: string[] = [];
+  const recorded = deltaOptions(options, origin);
+  const perFile: DeltaOptions = {
+    ...recorded,
+    onFileSynced: (rel, synced) => {
+      recorded.onFileSynced!(rel, synced);
+      if (recordedBelow) landedSince.push(rel);
+    },
+  };
   await withFolders(dest, async (folders) => {
     const work = new WorkQueue(FILES_AT_ONCE);
     try {
@@ -200,12 +229,23 @@ async function applyChanges(conn: FileSource, remotePath: string, dest: string, 
           continue;
         }
         const name = components[components.length - 1];
+        // As deep as a whole sync would go (deltaFolder's maxTreeDepth), no deeper: a sharer's path
+        // of 2,000 names would otherwise be made here, with a descriptor held for each folder on the way.
+        const folderDepth = change.entry?.type === 'dir' ? components.length : components.length - 1;
+        if (folderDepth > conn.limits.maxTreeDepth) {
+          leaveAlone(report, change.path, `it is nested deeper than ${conn.limits.maxTreeDepth} levels`);
+          continue;
+        }
         try {
           if (change.type === 'removed' || change.entry?.type === 'dir') {
             // Files still being written finish first: one may be inside a folder that is about to go.
             await work.drain();
             if (change.type !== 'removed') await folders.makeFolders(components);
-            else if (options.deleteRemoved) await removeTree(options.origins, origin, change.path, folders, report);
+            else if (options.deleteRemoved) {
+              recordedBelow ??= filesBelow(origin.files.keys(), removed);
+              const below = [...(recordedBelow.get(change.path) ?? []), ...landedSince.filter((f) => isAtOrBelow(f, change.path))];
+              await removeTree(options.origins, origin, change.path, below, folders, report);
+            }
             continue;
           }
           await folders.makeFolders(components.slice(0, -1));
@@ -221,16 +261,16 @@ async function applyChanges(conn: FileSource, remotePath: string, dest: string, 
     } finally {
       await work.drain().catch(() => undefined);
     }
-  });
+  }, destIdentity);
   return report;
 }
 
 /** The one file followed changed, or went. */
-async function applyFileChange(conn: FileSource, remotePath: string, target: string, change: FolderChange, options: SyncOptions): Promise<SyncReport> {
+async function applyFileChange(conn: FileSource, remotePath: string, target: string, change: FolderChange, options: SyncOptions, destIdentity: FolderIdentity): Promise<SyncReport> {
   if (change.type !== 'removed') return syncFile(conn, remotePath, target, options);
   const origin = options.origins.begin(conn.peerId, remotePath, target, 'file');
   const report = emptyReport();
-  if (options.deleteRemoved) await withFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)));
+  if (options.deleteRemoved) await withFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)), destIdentity);
   return report;
 }
 
@@ -245,14 +285,33 @@ function deltaOptions(options: SyncOptions, origin: Origin): DeltaOptions {
   };
 }
 
-/** The sharer removed `rel` (a file, or a folder with everything below it): remove what the delete rule allows, then the folders left empty. */
-async function removeTree(origins: OriginStore, origin: Origin, rel: string, folders: PinnedFolders, report: SyncReport): Promise<void> {
-  const below = [...origin.files.keys()].filter((f) => f === rel || f.startsWith(`${rel}/`));
+/** For each of `roots`, the files of `files` at or below it: one pass, each file's own path and the folders above it looked up. */
+function filesBelow(files: Iterable<string>, roots: Set<string>): Map<string, string[]> {
+  const found = new Map<string, string[]>();
+  const add = (root: string, file: string): void => {
+    const list = found.get(root);
+    if (list) list.push(file);
+    else found.set(root, [file]);
+  };
+  for (const file of files) {
+    if (roots.has(file)) add(file, file);
+    for (let cut = file.lastIndexOf('/'); cut > 0; cut = file.lastIndexOf('/', cut - 1)) if (roots.has(file.slice(0, cut))) add(file.slice(0, cut), file);
+  }
+  return found;
+}
+
+function isAtOrBelow(file: string, rel: string): boolean {
+  return file === rel || file.startsWith(`${rel}/`);
+}
+
+/** The sharer removed `rel` (a file, or a folder with everything below it; `below`: the record's files at or below it): remove what the delete rule allows, then the folders left empty. */
+async function removeTree(origins: OriginStore, origin: Origin, rel: string, below: string[], folders: PinnedFolders, report: SyncReport): Promise<void> {
   for (const file of below) await removeIfOurs(origins, origin, file, folders, report);
+  // Only folders that held a file of the record: a folder of the user's own that no sync wrote
+  // into stays, even empty (a sharer's `removed` for any name must not clear the user's folders).
   // Deepest first; a folder that still holds anything (a file kept, one of the user's) stays.
   const made = new Set(below.filter((f) => f !== rel).flatMap((f) => f.split('/').slice(0, -1).map((_, i, parts) => parts.slice(0, i + 1).join('/'))));
-  made.add(rel);
-  for (const folder of [...made].filter((f) => f === rel || f.startsWith(`${rel}/`)).sort((a, b) => b.length - a.length)) {
+  for (const folder of [...made].filter((f) => isAtOrBelow(f, rel)).sort((a, b) => b.length - a.length)) {
     const parts = folder.split('/');
     const at = await folders.pathIn(parts.slice(0, -1), parts[parts.length - 1]).catch(() => undefined);
     if (at) await fs.rmdir(at).catch(() => undefined);
@@ -283,10 +342,13 @@ async function removeIfOurs(origins: OriginStore, origin: Origin, rel: string, f
   }
 }
 
-/** Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is not written through its old handle). */
-async function withFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>): Promise<T> {
-  await fs.mkdir(root, { recursive: true });
-  const folders = await PinnedFolders.open(root, { rootMayBeLink: true });
+/**
+ * Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is
+ * not written through its old handle); with `expect`, only if `root` is still that folder.
+ */
+async function withFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>, expect?: FolderIdentity): Promise<T> {
+  if (!expect) await fs.mkdir(root, { recursive: true });
+  const folders = await PinnedFolders.open(root, { rootMayBeLink: true, expect });
   try {
     return await work(folders);
   } finally {

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { constants as fsc, promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { blake3 } from './blake3';
-import { toPeerShareError } from './errors';
+import { PeerShareError, toPeerShareError } from './errors';
+import { inspectReceivedName } from './names';
 
 /**
  * What came from where (issue 13): for each file or folder taken from a peer (downloaded,
@@ -51,6 +52,13 @@ export const MAX_ORIGINS = 10_000;
 export const MAX_ORIGIN_FILES = 500_000;
 /** Writes are gathered this long, so a folder of 10,000 files is not 10,000 writes. */
 const SAVE_DELAY_MS = 500;
+/**
+ * And at least this many times as long as the last write took: the record is written whole, so a
+ * record of 100,000 files (10 MB, 250 ms of CPU) rewritten every 500 ms while a sharer's files kept
+ * changing took half a core (found by follow-attacks). A record lost in a crash is only a shortcut
+ * lost: files it did not name are never deleted.
+ */
+const SAVE_COST_FACTOR = 20;
 const FORMAT_VERSION = 1;
 
 /** The CLI's record for one sync destination: `<home>/origins/<hash of its absolute path>.json`, so syncs into different places never write the same file. */
@@ -64,13 +72,15 @@ export class OriginStore {
   private fileCount = 0;
   private saveTimer: NodeJS.Timeout | undefined;
   private saving: Promise<void> = Promise.resolve();
+  /** How long the last write took (ms). */
+  private lastWriteMs = 0;
 
   private constructor(private readonly file: string) {}
 
   /** Opens the record kept in `file` (created on the first save). */
   static async open(file: string): Promise<OriginStore> {
     const store = new OriginStore(file);
-    const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+    const text = await readOwnRecord(file);
     if (text !== undefined) store.load(text);
     return store;
   }
@@ -170,12 +180,21 @@ export class OriginStore {
     this.saveTimer = setTimeout(() => {
       this.saveTimer = undefined;
       this.saving = this.saving.then(() => this.write());
-    }, SAVE_DELAY_MS);
+    }, Math.max(SAVE_DELAY_MS, this.lastWriteMs * SAVE_COST_FACTOR));
     this.saveTimer.unref();
   }
 
   /** Never fails what it records: a record that cannot be written is only a shortcut lost (logged by whoever flushes). */
   private async write(): Promise<void> {
+    const started = performance.now();
+    try {
+      await this.writeNow();
+    } finally {
+      this.lastWriteMs = performance.now() - started;
+    }
+  }
+
+  private async writeNow(): Promise<void> {
     const origins = [...this.origins.values()].map((o) => ({
       peerId: o.peerId,
       remotePath: o.remotePath,
@@ -186,6 +205,8 @@ export class OriginStore {
     const temporary = `${this.file}.${randomBytes(6).toString('hex')}.tmp`;
     try {
       await fs.mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
+      const unsafe = await whyNotPrivate(path.dirname(this.file), true);
+      if (unsafe) throw new PeerShareError('UNSAFE_HOME', `What came from where is not saved: ${unsafe}.`);
       await fs.writeFile(temporary, JSON.stringify({ version: FORMAT_VERSION, origins }), { mode: 0o600, flag: 'wx' });
       await fs.rename(temporary, this.file);
     } catch (err) {
@@ -210,6 +231,7 @@ export class OriginStore {
       const origin: Origin = { peerId: o.peerId, remotePath: o.remotePath, localPath: path.resolve(o.localPath), type: o.type, files: new Map() };
       for (const [rel, v] of Object.entries(o.files as Record<string, unknown>)) {
         if (!Array.isArray(v) || !isWellFormedRel(rel)) continue;
+        if (!isSyncableRel(rel)) continue;
         const [size, mtimeMs, fileHash, created] = v as unknown[];
         if (!Number.isSafeInteger(size) || (size as number) < 0 || !Number.isSafeInteger(mtimeMs)) continue;
         origin.files.set(rel, { size: size as number, mtimeMs: mtimeMs as number, fileHash: typeof fileHash === 'string' && /^[0-9a-f]{64}$/.test(fileHash) ? fileHash : undefined, created: created === 1 || undefined });
@@ -247,4 +269,51 @@ function isInside(child: string, parent: string): boolean {
 /** '' or '/'-separated components, none empty, '.' or '..': a record cannot name a file outside its origin. */
 function isWellFormedRel(rel: string): boolean {
   return rel === '' || rel.split('/').every((c) => c !== '' && c !== '.' && c !== '..' && !c.includes('\\') && !c.includes('\0'));
+}
+
+/** A path a sync could have written: well formed, and safe here (never in .git or .vscode, no name Windows reserves). */
+function isSyncableRel(rel: string): boolean {
+  if (rel === '') return true;
+  try {
+    return inspectReceivedName(rel).unsafeHere === undefined;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The record's text, only if it is ours alone: a regular file (opened without following a link or
+ * waiting on a FIFO) that belongs to us (or root) and that no one else may write, in a folder of the
+ * same kind. Whoever else could write it could claim that a sync created any of the user's files,
+ * and `--delete` would remove them; such a record is not read (and so deletes nothing).
+ */
+async function readOwnRecord(file: string): Promise<string | undefined> {
+  if (process.platform === 'win32' || typeof process.getuid !== 'function') return fs.readFile(file, 'utf8').catch(() => undefined);
+  if (await whyNotPrivate(path.dirname(file), true)) return undefined;
+  let handle: fs.FileHandle;
+  try {
+    handle = await fs.open(file, fsc.O_RDONLY | (fsc.O_NOFOLLOW ?? 0) | (fsc.O_NONBLOCK ?? 0));
+  } catch {
+    return undefined;
+  }
+  try {
+    if (await whyNotPrivate(handle, false)) return undefined;
+    return await handle.readFile('utf8');
+  } catch {
+    return undefined;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Why `what` (a folder, looked at without following a link; or an open file) is not ours alone, if it is not. */
+async function whyNotPrivate(what: string | fs.FileHandle, folder: boolean): Promise<string | undefined> {
+  if (process.platform === 'win32' || typeof process.getuid !== 'function') return undefined;
+  const name = typeof what === 'string' ? what : 'the record';
+  const st = typeof what === 'string' ? await fs.lstat(what).catch(() => undefined) : await what.stat();
+  if (!st) return `${name} is missing`;
+  if (folder ? !st.isDirectory() : !st.isFile()) return `${name} is ${st.isSymbolicLink() ? 'a symbolic link' : folder ? 'not a folder' : 'not a regular file'}`;
+  if (st.uid !== process.getuid() && st.uid !== 0) return `${name} belongs to another user (uid ${st.uid})`;
+  if ((st.mode & 0o022) !== 0) return `others can write to ${name} (mode ${(st.mode & 0o777).toString(8)})`;
+  return undefined;
 }

@@ -31,11 +31,28 @@ export class PinnedFolders {
    * Opens `root`, which must be a real folder: a symlink in its place is refused with BAD_NAME,
    * unless `rootMayBeLink` (a folder the user chose, which may well be a link they made).
    */
-  static async open(root: string, options: { rootMayBeLink?: boolean } = {}): Promise<PinnedFolders> {
+  static async open(root: string, options: { rootMayBeLink?: boolean; expect?: FolderIdentity } = {}): Promise<PinnedFolders> {
     const folders = new PinnedFolders(root);
-    if (PROC_FD) folders.handles.set('', await openFolder(root, options.rootMayBeLink));
-    else if (!options.rootMayBeLink) await refuseNonFolder(root);
+    if (PROC_FD) {
+      const handle = await openFolder(root, options.rootMayBeLink);
+      folders.handles.set('', handle);
+      if (options.expect && !sameFolder(await handle.stat(), options.expect)) {
+        await folders.close();
+        throw replaced(root);
+      }
+    } else {
+      if (!options.rootMayBeLink) await refuseNonFolder(root);
+      if (options.expect && !sameFolder(await fs.stat(root), options.expect)) throw replaced(root);
+    }
     return folders;
+  }
+
+  /** The folder `root` is now (through a link, if it is one): what `open`'s `expect` compares with, to work on the same folder later. */
+  static async identify(root: string): Promise<FolderIdentity> {
+    const st = await fs.stat(root).catch((err) => {
+      throw toPeerShareError(err, 'IO_ERROR');
+    });
+    return { dev: st.dev, ino: st.ino };
   }
 
   /** A path for `name` inside the folder `components` below the root (which must exist). */
@@ -144,6 +161,20 @@ export class PinnedFolders {
       void handle.close().catch(() => undefined);
     }
   }
+}
+
+/** A folder as the file system knows it, whatever its path. */
+export interface FolderIdentity {
+  dev: number;
+  ino: number;
+}
+
+function sameFolder(st: { dev: number; ino: number; isDirectory(): boolean }, expect: FolderIdentity): boolean {
+  return st.isDirectory() && st.dev === expect.dev && st.ino === expect.ino;
+}
+
+function replaced(root: string): PeerShareError {
+  return new PeerShareError('IO_ERROR', `${root} was replaced (moved away, or a link put in its place) since PeerShare began writing there; nothing more was written there.`);
 }
 
 async function openFolder(folder: string, mayBeLink = false): Promise<fs.FileHandle> {
