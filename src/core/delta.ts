@@ -10,7 +10,7 @@ import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
 import { commit, openTemporary, partialPathFor, removeName, timesOf, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
-import { PinnedFolders } from './pinned-folders';
+import { PinnedFolders, type FolderIdentity } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
 import { sanitizeForDisplay, type Entry } from './protocol';
 import type { EntryState } from './watch';
@@ -32,6 +32,8 @@ export interface DeltaOptions {
   overwrite?: boolean;
   /** deltaFolder: each file checked, with the sharer's version it now holds (for the origin record, origins.ts). */
   onFileSynced?: (relPath: string, synced: SyncedFile) => void;
+  /** deltaFolder: work only if `target` is still this folder (a follow's destination, identified after its first sync): a folder swapped for a link elsewhere gets nothing. */
+  expectRoot?: FolderIdentity;
   /** deltaFolder: asked before a local file that differs from the sharer's is replaced; true leaves it alone (edited here: Follow keeps it). */
   keepLocal?: (relPath: string) => Promise<boolean>;
 }
@@ -305,9 +307,10 @@ async function writeAll(file: TemporaryFile, data: Buffer, position: number): Pr
 export async function deltaFolder(conn: FileSource, remotePath: string, target: string, options: DeltaOptions = {}): Promise<DeltaFolderResult> {
   const limits = conn.limits;
   const result: DeltaFolderResult = { filesChecked: 0, filesChanged: 0, bytesReceived: 0, bytesReused: 0, leftAlone: [], leftAloneCount: 0 };
-  await fs.mkdir(target, { recursive: true });
+  // A folder that must still be the one identified earlier (a follow's) is not made again.
+  if (!options.expectRoot) await fs.mkdir(target, { recursive: true });
   const work = new WorkQueue(FILES_AT_ONCE);
-  const folders = await PinnedFolders.open(target, { rootMayBeLink: true });
+  const folders = await PinnedFolders.open(target, { rootMayBeLink: true, expect: options.expectRoot });
   const base = remotePath.replace(/\/+$/, '');
   let seen = 0;
   try {

@@ -31,6 +31,8 @@ export interface SyncOptions {
   /** Leave files edited here alone instead of taking the sharer's version. */
   keepLocalEdits?: boolean;
   signal?: AbortSignal;
+  /** Work only if the destination folder (a file's: the folder holding it) is still this one (a follow's, after its first sync). */
+  expectRoot?: FolderIdentity;
 }
 
 export interface SyncReport extends SyncTally {
@@ -64,6 +66,7 @@ export async function syncFolder(conn: FileSource, remotePath: string, dest: str
   const perFile = deltaOptions(options, origin);
   const result = await deltaFolder(conn, remotePath, dest, {
     ...perFile,
+    expectRoot: options.expectRoot,
     onFileSynced: (rel, synced) => {
       seen.add(rel);
       perFile.onFileSynced!(rel, synced);
@@ -81,7 +84,7 @@ export async function syncFolder(conn: FileSource, remotePath: string, dest: str
     const gone = [...origin.files.keys()].filter((rel) => !seen.has(rel));
     await withFolders(dest, async (folders) => {
       for (const rel of gone) await removeIfOurs(options.origins, origin, rel, folders, report);
-    });
+    }, options.expectRoot);
   }
   return report;
 }
@@ -96,7 +99,12 @@ export async function syncFile(conn: FileSource, remotePath: string, target: str
     leaveAlone(report, path.basename(target), 'it was edited here since it was taken from the peer; yours was kept');
     return report;
   }
-  const updated = await deltaFile(conn, remotePath, st ? target : undefined, target, { overwrite: true, signal: options.signal });
+  // Through the folder holding it, opened once (and, for a follow, checked to be the one it was).
+  const updated = await withFolders(
+    path.dirname(target),
+    (folders) => folders.use([], path.basename(target), (local) => deltaFile(conn, remotePath, st ? local : undefined, local, { overwrite: true, signal: options.signal })),
+    options.expectRoot,
+  );
   options.origins.setFile(origin, '', { ...updated.version, created: !st });
   if (updated.changed) report.filesChanged = 1;
   report.bytesReceived = updated.bytesReceived;
@@ -146,6 +154,7 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
   try {
     await timed('initial', syncAll);
     destIdentity = await PinnedFolders.identify(destFolder);
+    own.expectRoot = destIdentity;
   } catch (err) {
     watch.stop();
     throw err;
@@ -159,9 +168,8 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
         wake = undefined;
         continue;
       }
-      // Checked before each batch; a batch of changes then works through the folder it opened and
-      // checked (a resync, and a followed file's update, open it again by path: deltaFolder and
-      // deltaFile do not take the folder yet).
+      // Checked before each batch (a replaced destination ends the follow even when the batch has
+      // nothing to write); each batch then works through the folder it opened and checked.
       await withFolders(destFolder, async () => undefined, destIdentity);
       if (resync) {
         resync = false;
