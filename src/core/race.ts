@@ -27,3 +27,16 @@ export function firstToSucceed<T>(attempts: Promise<T>[], discard: (late: T) => 
     });
   });
 }
+
+/** Waits `ms`, or less if `signal` aborts first (then resolves at once: the caller looks at the signal). */
+export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

@@ -2,6 +2,7 @@ import { watch as watchFolder, promises as fs, type FSWatcher } from 'node:fs';
 import * as path from 'node:path';
 import { PeerShareError, toPeerShareError } from './errors';
 import type { Limits } from './limits';
+import { sleep } from './race';
 import type { Entry } from './protocol';
 import type { Share, ShareRoot } from './share';
 
@@ -678,16 +679,4 @@ function watcherError(err: unknown): PeerShareError {
 
 function abortReason(signal: AbortSignal): PeerShareError {
   return signal.reason instanceof PeerShareError ? signal.reason : new PeerShareError('CANCELLED');
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

@@ -2,6 +2,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { follow, makeFoldersWithin, sanitizeForDisplay, shortPeerId, toPeerShareError, PeerShareError, type FollowReport } from '../core';
 import { formatBytes } from '../core/format';
+import { sleep } from '../core/race';
 import type { CommandRegistrar } from './commands';
 import type { Origins } from './origins';
 import { baseName, type Peers } from './peers';
@@ -328,16 +329,4 @@ function isWithin(inner: string, outer: string): boolean {
 function isRemembered(value: unknown): value is Remembered {
   const r = value as Remembered;
   return typeof r?.peerId === 'string' && typeof r.remotePath === 'string' && typeof r.localPath === 'string' && path.isAbsolute(r.localPath);
-}
-
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(done, ms);
-    function done(): void {
-      clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    }
-    signal.addEventListener('abort', done, { once: true });
-  });
 }

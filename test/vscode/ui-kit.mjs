@@ -116,6 +116,46 @@ export async function runCommand(page, command, { before } = {}) {
 }
 
 /**
+ * Right-clicks `target` and takes one item of its menu, as a person would; a menu that did not
+ * open is opened again (up to three times). `before()` runs while the item is highlighted (a
+ * screenshot of the menu).
+ */
+export async function contextMenu(page, target, label, { before } = {}) {
+  const menu = page.locator('.context-view .monaco-menu');
+  const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: new RegExp(`^${label}$`) });
+  for (let attempt = 1; ; attempt++) {
+    await page.mouse.move(700, 600); // no hover tooltip in the way
+    await target.click({ button: 'right' });
+    try {
+      await item.waitFor({ state: 'visible', timeout: 5_000 });
+      await item.hover({ timeout: 5_000 });
+      break;
+    } catch (err) {
+      if (attempt === 3) throw err;
+      await page.keyboard.press('Escape');
+    }
+  }
+  await page.waitForTimeout(300);
+  if (before) await before();
+  await item.click();
+  // A click that lands while the menu is still settling only highlights the item; then Enter
+  // takes it. (Not both: an item run twice gets its row's handle only, the second time.)
+  const closed = await menu.waitFor({ state: 'hidden', timeout: 2_000 }).then(() => true, () => false);
+  if (!closed) await page.keyboard.press('Enter');
+  await menu.waitFor({ state: 'hidden', timeout: 5_000 });
+}
+
+/** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
+export async function answer(page, notification, label) {
+  const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });
+  await button.click();
+  if (await notification.first().waitFor({ state: 'hidden', timeout: 3_000 }).then(() => true, () => false)) return;
+  await button.focus();
+  await page.keyboard.press('Enter');
+  await notification.first().waitFor({ state: 'hidden', timeout: 5_000 });
+}
+
+/**
  * Runs one UI test: `prepare({ tmp, log, track })` makes its files and processes (`track(name,
  * child)` registers one for cleanup and failure output) and returns `{ workspace, drive }`;
  * `drive({ page, shot })` takes the steps a person takes. Resolves 0 on success, 1 on failure.

@@ -11,7 +11,7 @@ import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync }
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
-import { poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+import { answer, poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 /** Large enough that the transfer is still running when the first bytes are seen and the other end is paused. */
@@ -24,15 +24,6 @@ async function drive({ page, shot, ws, peer, log }) {
   const quickInputBox = quickInput.locator('.quick-input-box input');
   const toast = (text) => page.locator('.notifications-toasts .notification-toast', { hasText: text });
   const palette = (command) => runCommand(page, command);
-  /** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
-  async function answer(notification, label) {
-    const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });
-    await button.click();
-    if (await notification.first().waitFor({ state: 'hidden', timeout: 3_000 }).then(() => true, () => false)) return;
-    await button.focus();
-    await page.keyboard.press('Enter');
-    await notification.first().waitFor({ state: 'hidden', timeout: 5_000 });
-  }
   async function dismissToasts() {
     for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
   }
@@ -76,7 +67,7 @@ async function drive({ page, shot, ws, peer, log }) {
   await page.waitForTimeout(800);
   await shot('send-offer.png');
   log('the offer notification shows');
-  await answer(offer, 'Review');
+  await answer(page, offer, 'Review');
 
   const diff = page.locator('.editor-instance .monaco-diff-editor');
   await diff.waitFor({ state: 'visible', timeout: 30_000 });
@@ -87,7 +78,7 @@ async function drive({ page, shot, ws, peer, log }) {
   await page.waitForTimeout(1200);
   await shot('send-review.png');
   log('Review shows the diff with Accept / Accept All / Skip');
-  await answer(review, 'Accept');
+  await answer(page, review, 'Accept');
   await poll(() => readFileSync(path.join(ws, 'src', 'app.ts'), 'utf8') === THEIR_APP_TS, 20_000, 'the accepted file to land in the workspace');
   await poll(() => sending.exited(), 20_000, 'peershare send to finish');
   if (sending.child.exitCode !== 0) throw new Error(`peershare send exited with ${sending.child.exitCode}: ${sending.output()}`);
@@ -105,7 +96,7 @@ async function drive({ page, shot, ws, peer, log }) {
   await page.waitForTimeout(800);
   await shot('send-snippet.png');
   log('the snippet notification shows');
-  await answer(shown, 'Compare with Mine');
+  await answer(page, shown, 'Compare with Mine');
   await page.locator('.tabs-container .tab.active', { hasText: 'app.ts lines 4-5' }).waitFor({ state: 'visible', timeout: 15_000 });
   await diff.waitFor({ state: 'visible', timeout: 15_000 });
   await page.mouse.move(700, 600);
@@ -162,7 +153,7 @@ async function drive({ page, shot, ws, peer, log }) {
   const clickCancel = async (title) => {
     const progress = toast(title);
     await progress.first().waitFor({ state: 'visible', timeout: 10_000 });
-    await answer(progress, 'Cancel');
+    await answer(page, progress, 'Cancel');
   };
   writeRandomFile(path.join(ws, 'big.bin'), BIG_BYTES);
   // (a) The editor sends big.bin from the Explorer; Cancel on "Sending big.bin to Ana".
@@ -191,7 +182,7 @@ async function drive({ page, shot, ws, peer, log }) {
   const sendingBig = startChild([path.join(ROOT, 'dist', 'cli.js'), 'send', target, path.join(ws, 'big.bin'), '--home', peer.home, '--no-discovery']);
   const bigOffer = toast(`${PEER_NAME} (`);
   await bigOffer.first().waitFor({ state: 'visible', timeout: 30_000 });
-  await answer(bigOffer, 'Save to Inbox');
+  await answer(page, bigOffer, 'Save to Inbox');
   // One subfolder per peer: its name and the start of its ID ("Ana (5DMT)").
   const inboxRoot = path.join(ws, 'PeerShare Inbox');
   const editorInbox = path.join(inboxRoot, await poll(() => existsSync(inboxRoot) && readdirSync(inboxRoot).find((n) => n.startsWith(`${PEER_NAME} (`)), 20_000, `the inbox folder for ${PEER_NAME}`));

@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
+import { answer, contextMenu, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 const APP_TS = ['export function greet(name: string): string {', '  return `Hello, ${name}`;', '}', '', 'export const version = 1;', ''].join('\n');
@@ -27,38 +27,6 @@ async function drive({ page, shot, ws, source, log }) {
   const quickInputBox = quickInput.locator('.quick-input-box input');
   async function dismissToasts() {
     for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
-  }
-  /** Right-click a row and take one item of its menu; a menu that did not open is opened again. */
-  async function contextMenu(target, label, { before } = {}) {
-    const menu = page.locator('.context-view .monaco-menu');
-    const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: new RegExp(`^${label}$`) });
-    for (let attempt = 1; ; attempt++) {
-      await page.mouse.move(700, 600);
-      await target.click({ button: 'right' });
-      try {
-        await item.waitFor({ state: 'visible', timeout: 5_000 });
-        await item.hover({ timeout: 5_000 });
-        break;
-      } catch (err) {
-        if (attempt === 3) throw err;
-        await page.keyboard.press('Escape');
-      }
-    }
-    await page.waitForTimeout(300);
-    if (before) await before();
-    await item.click();
-    const closed = await menu.waitFor({ state: 'hidden', timeout: 2_000 }).then(() => true, () => false);
-    if (!closed) await page.keyboard.press('Enter');
-    await menu.waitFor({ state: 'hidden', timeout: 5_000 });
-  }
-  /** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
-  async function answer(notification, label) {
-    const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });
-    await button.click();
-    if (await notification.first().waitFor({ state: 'hidden', timeout: 3_000 }).then(() => true, () => false)) return;
-    await button.focus();
-    await page.keyboard.press('Enter');
-    await notification.first().waitFor({ state: 'hidden', timeout: 5_000 });
   }
   /** The "edited here, changed there too" dialog: its buttons, the safe one focused. */
   async function seeLocalEditDialog() {
@@ -97,7 +65,7 @@ async function drive({ page, shot, ws, source, log }) {
   }
   const appRow = row('app.ts');
   await appRow.waitFor({ state: 'visible', timeout: 15_000 });
-  await contextMenu(appRow, 'Download');
+  await contextMenu(page, appRow, 'Download');
   await toast(`Downloaded app.ts from ${PEER_NAME}`).first().waitFor({ state: 'visible', timeout: 30_000 });
   await poll(() => existsSync(localApp) && readFileSync(localApp, 'utf8') === APP_TS, 10_000, 'src/app.ts to land in the workspace');
   log('downloaded src/app.ts');
@@ -122,7 +90,7 @@ async function drive({ page, shot, ws, source, log }) {
 
   // The person edits their copy too, then Update from Peer on the row: asked before anything is touched.
   writeFileSync(localApp, MY_APP_TS);
-  await contextMenu(appRow, 'Update from Peer');
+  await contextMenu(page, appRow, 'Update from Peer');
   const buttons = await seeLocalEditDialog();
   await page.waitForTimeout(300);
   await shot('update-local-edit.png');
@@ -137,7 +105,7 @@ async function drive({ page, shot, ws, source, log }) {
   await page.waitForTimeout(1200);
   await shot('update-compare.png');
   log('Compare opened the diff, with the question beside it');
-  await answer(askedAgain, 'Keep Mine');
+  await answer(page, askedAgain, 'Keep Mine');
   await toast('Kept your app.ts').first().waitFor({ state: 'visible', timeout: 15_000 });
   if (readFileSync(localApp, 'utf8') !== MY_APP_TS) throw new Error('Keep Mine changed the local file');
   log('Keep Mine left the local file as it was');
@@ -151,7 +119,7 @@ async function drive({ page, shot, ws, source, log }) {
   await explorerSrc.waitFor({ state: 'visible', timeout: 10_000 });
   if ((await explorerSrc.getAttribute('aria-expanded')) !== 'true') await explorerSrc.click();
   await appRow.waitFor({ state: 'visible', timeout: 10_000 });
-  await contextMenu(appRow, 'Update from Peer', { before: () => shot('update-explorer-menu.png') });
+  await contextMenu(page, appRow, 'Update from Peer', { before: () => shot('update-explorer-menu.png') });
   await seeLocalEditDialog();
   await dialog.locator('.dialog-buttons .monaco-button', { hasText: 'Take Theirs' }).click();
   await toast(`Updated app.ts from ${PEER_NAME}:`).first().waitFor({ state: 'visible', timeout: 20_000 });
@@ -164,7 +132,7 @@ async function drive({ page, shot, ws, source, log }) {
   await activity.click();
   const docsRow = row('docs');
   await docsRow.waitFor({ state: 'visible', timeout: 15_000 });
-  await contextMenu(docsRow, 'Follow Folder');
+  await contextMenu(page, docsRow, 'Follow Folder');
   const status = page.locator('.part.statusbar .statusbar-item', { hasText: 'Following 1' });
   await status.waitFor({ state: 'visible', timeout: 20_000 });
   await poll(() => existsSync(path.join(ws, 'docs', 'guide.md')), 10_000, 'docs/guide.md to be copied');

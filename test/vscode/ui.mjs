@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
+import { contextMenu, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = "Ana's laptop";
 const FIXTURES = {
@@ -35,30 +35,6 @@ async function drive({ page, shot, ws, source }) {
     const count = await toast.count();
     if (count !== 1) throw new Error(`${count} toasts say "${text}"`);
     return 'a toast';
-  }
-  /** Right-click a row and take one item of its menu, once; a menu that did not open is opened again. */
-  async function contextMenu(target, label) {
-    const menu = page.locator('.context-view .monaco-menu');
-    const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: new RegExp(`^${label}$`) });
-    for (let attempt = 1; ; attempt++) {
-      await page.mouse.move(700, 600); // no hover tooltip in the way
-      await target.click({ button: 'right' });
-      try {
-        await item.waitFor({ state: 'visible', timeout: 5_000 });
-        await item.hover({ timeout: 5_000 });
-        break;
-      } catch (err) {
-        if (attempt === 3) throw err;
-        await page.keyboard.press('Escape');
-      }
-    }
-    await page.waitForTimeout(200);
-    await item.click();
-    // A click that lands while the menu is still settling only highlights the item; then Enter
-    // takes it. (Not both: an item run twice gets its row's handle only, the second time.)
-    const closed = await menu.waitFor({ state: 'hidden', timeout: 2_000 }).then(() => true, () => false);
-    if (!closed) await page.keyboard.press('Enter');
-    await menu.waitFor({ state: 'hidden', timeout: 5_000 });
   }
   /** Toasts hide after a while, or at once with their close button; a person moves on either way. */
   async function dismissToasts() {
@@ -144,7 +120,7 @@ async function drive({ page, shot, ws, source }) {
 
   // Compare with Local looks where Download put it (one mapping from a peer's path to ours).
   await closeNotificationCenter();
-  await contextMenu(readmeRow, 'Compare with Local');
+  await contextMenu(page, readmeRow, 'Compare with Local');
   const diff = page.locator('.editor-instance .monaco-diff-editor');
   await diff.waitFor({ state: 'visible', timeout: 15_000 });
   const diffTab = page.locator('.tabs-container .tab.active', { hasText: `README.md (${PEER_NAME}) ↔ (yours)` });
@@ -155,7 +131,7 @@ async function drive({ page, shot, ws, source }) {
 
   // Download again: the file exists. The modal's safe answer is focused (Enter never overwrites),
   // a single file gets Keep Both, Overwrite, Compare and the dialog's own Cancel, no duplicate Skip.
-  await contextMenu(readmeRow, 'Download');
+  await contextMenu(page, readmeRow, 'Download');
   const dialog = page.locator('.monaco-dialog-box');
   await dialog.waitFor({ state: 'visible', timeout: 15_000 });
   // (The web workbench lays buttons out right to left, the primary one last: compare as a set.)
@@ -183,7 +159,7 @@ async function drive({ page, shot, ws, source }) {
   log('Keep Both saved README (2).md and said so');
   // The dialog's Cancel leaves the file alone, and the notification says that, not "Downloaded".
   await dismissToasts();
-  await contextMenu(readmeRow, 'Download');
+  await contextMenu(page, readmeRow, 'Download');
   await dialog.waitFor({ state: 'visible', timeout: 15_000 });
   await page.keyboard.press('Escape');
   await seeNotification('Left README.md alone: it already exists.', 15_000);
