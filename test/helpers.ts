@@ -153,3 +153,15 @@ export function seededBytes(size: number, seed: number): Buffer {
   key.writeUInt32LE(seed);
   return createCipheriv('aes-128-ctr', key, Buffer.alloc(16)).update(Buffer.alloc(size));
 }
+
+/**
+ * Polls `check` every 25 ms until it holds; throws "Timed out waiting for <what>" after
+ * `deadlineMs`. For expectations on a shared 2-core machine: generous, never a timing assert.
+ */
+export async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 30_000): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}

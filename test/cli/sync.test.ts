@@ -5,19 +5,11 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { CDC_MAX_BYTES } from '../../src/core/cdc';
-import { freePort, listTree, seededBytes, tempDir } from '../helpers';
+import { freePort, listTree, seededBytes, tempDir, until } from '../helpers';
 
 const ROOT = path.join(__dirname, '..', '..');
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
-
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = 20_000): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {

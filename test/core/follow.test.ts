@@ -5,23 +5,13 @@ import { after, describe, it } from 'node:test';
 import type { Limits, PeerConnection } from '../../src/core';
 import { follow, syncFolder, type FollowReport } from '../../src/core/follow';
 import { OriginStore } from '../../src/core/origins';
-import { connectWithInvite, listTree, startSharer, tempDir, type Sharer } from '../helpers';
+import { connectWithInvite, listTree, startSharer, tempDir, until, type Sharer } from '../helpers';
 
 /**
  * Following a peer's folder (core/follow.ts) end to end: a real sharer on loopback over TLS, real
  * files on both sides, the origin record on disk. Nothing asserts timing: each expectation is
  * polled with a generous deadline.
  */
-
-const DEADLINE_MS = 20_000;
-
-async function until(what: string, check: () => boolean | Promise<boolean>): Promise<void> {
-  const end = Date.now() + DEADLINE_MS;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 const read = (file: string): Promise<string> => fs.readFile(file, 'utf8').catch(() => '(missing)');
 const exists = (file: string): Promise<boolean> => fs.lstat(file).then(() => true, () => false);

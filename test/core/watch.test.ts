@@ -8,7 +8,7 @@ import type { FolderChange, WatchBatch } from '../../src/core/watch';
 import fc from 'fast-check';
 import { parseWatchReply, parseWatchRequest } from '../../src/core/v2/watch-messages';
 import { fuzzer, refusedWith } from '../security/fuzz-kit';
-import { connectWithInvite, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, rejectsWithCode, startSharer, tempDir, until, type Sharer, type TestPeer } from '../helpers';
 
 /**
  * share.watch (docs/protocol-v2.md 14) end to end: a real sharer on loopback over TLS, real files,
@@ -16,14 +16,6 @@ import { connectWithInvite, rejectsWithCode, startSharer, tempDir, type Sharer, 
  */
 
 const DEADLINE_MS = 20_000;
-
-async function until(what: string, check: () => boolean, deadlineMs = DEADLINE_MS): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 /** Until no batch has arrived for a second. */
 async function quiet(heard: Heard): Promise<void> {
@@ -324,17 +316,17 @@ describe('share.watch of a subtree (tree: true): what Follow and sync --watch he
     await fs.mkdir(path.join(proj, 'new', 'inner'), { recursive: true });
     await fs.writeFile(path.join(proj, 'new', 'inner', 'x.txt'), 'x');
     await until('new/inner/x.txt added', () => heard.last('new/inner/x.txt')?.type === 'added');
-    await untilAsync('the new folders watched', async () => (await watchers()) === 5);
+    await until('the new folders watched', async () => (await watchers()) === 5);
     await fs.writeFile(path.join(proj, 'new', 'inner', 'y.txt'), 'yy');
     await until('new/inner/y.txt added', () => heard.last('new/inner/y.txt')?.type === 'added');
 
     // A folder removed: its name goes, and its watchers with it.
     await fs.rm(path.join(proj, 'new'), { recursive: true });
     await until('new removed', () => heard.last('new')?.type === 'removed');
-    await untilAsync('the removed folders are no longer watched', async () => (await watchers()) === 3);
+    await until('the removed folders are no longer watched', async () => (await watchers()) === 3);
     watch.stop();
     await watch.ended;
-    await untilAsync('every watcher released', async () => (await watchers()) === 0);
+    await until('every watcher released', async () => (await watchers()) === 0);
   });
 
   it('never names an excluded file or anything below an excluded folder', async () => {
@@ -367,23 +359,14 @@ describe('share.watch of a subtree (tree: true): what Follow and sync --watch he
       },
     });
     await rejectsWithCode(conn.share.watch('proj', { onChanges: () => undefined, tree: true }), 'TOO_LARGE');
-    await untilAsync('nothing stays watched', async () => (await watchers()) === 0);
+    await until('nothing stays watched', async () => (await watchers()) === 0);
     await fs.rm(path.join(proj, 'c'), { recursive: true });
     const watch = await conn.share.watch('proj', { onChanges: () => undefined, tree: true });
     await fs.mkdir(path.join(proj, 'd'));
     await rejectsWithCode(watch.ended, 'TOO_LARGE');
-    await untilAsync('nothing stays watched', async () => (await watchers()) === 0);
+    await until('nothing stays watched', async () => (await watchers()) === 0);
   });
 });
-
-/** Until an async check holds. */
-async function untilAsync(what: string, check: () => Promise<boolean>): Promise<void> {
-  const end = Date.now() + DEADLINE_MS;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 describe('share.watch messages: any input is parsed or refused with a code', () => {
   const { check } = fuzzer(300);

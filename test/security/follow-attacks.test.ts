@@ -11,7 +11,7 @@ import { chunkBytes, encodeChunks } from '../../src/core/cdc';
 import { follow, syncFolder, type FollowReport } from '../../src/core/follow';
 import { OriginStore, originFileFor } from '../../src/core/origins';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
-import { connectWithInvite, freePort, listTree, makePeer, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, freePort, listTree, makePeer, startSharer, tempDir, until, type Sharer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type HostileServer, type ScenarioV2 } from '../hostile';
 import { snapshot, type Snapshot } from './world';
 
@@ -32,14 +32,6 @@ const CLI = path.join(ROOT, 'dist', 'cli.js');
 const DEADLINE_MS = 30_000;
 const MTIME_MS = 1_000_000;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = DEADLINE_MS): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 const exists = (file: string): Promise<boolean> => fs.lstat(file).then(() => true, () => false);
 const read = (file: string): Promise<string> => fs.readFile(file, 'utf8').catch(() => '(missing)');

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { DISGUISING_CHARS, TrustStore, connectToPeer, formatInvite, type Limits, type PeerConnection } from '../../src/core';
 import type { WatchHub, FolderChange, WatchBatch } from '../../src/core/watch';
-import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { connectWithInvite, makePeer, rejectsWithCode, startSharer, tempDir, until, type Sharer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type ScenarioV2 } from '../hostile';
 import { buildWorld } from './world';
 
@@ -21,16 +21,7 @@ import { buildWorld } from './world';
 
 const ROOT = path.join(__dirname, '..', '..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
-const DEADLINE_MS = 30_000;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-async function until(what: string, check: () => boolean | Promise<boolean>, deadlineMs = DEADLINE_MS): Promise<void> {
-  const end = Date.now() + deadlineMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`Timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
 
 /** The kernel watches this process holds (`inotify wd:` lines of its inotify descriptors): the sharer's folder watchers. */
 function inotifyWatches(): number {
