@@ -152,8 +152,22 @@ async function drive({ page, shot, ws, peer, log }) {
   };
   const clickCancel = async (title) => {
     const progress = toast(title);
-    await progress.first().waitFor({ state: 'visible', timeout: 10_000 });
-    await answer(page, progress, 'Cancel');
+    if (await progress.first().waitFor({ state: 'visible', timeout: 10_000 }).then(() => true, () => false)) {
+      await answer(page, progress, 'Cancel');
+      return;
+    }
+    // Not (or no longer) a toast: a person finds it under the bell, in the notification center.
+    // (CI once saw the "Receiving" progress there rather than as a toast.)
+    const bell = page.locator('.part.statusbar [id="status.notifications"]');
+    await bell.click();
+    const listed = page.locator('.notifications-center .notification-list-item', { hasText: title });
+    await listed.first().waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
+      throw new Error(`no notification "${title}", as a toast or in the center (center: ${JSON.stringify(await page.locator('.notifications-center').innerText().catch(() => ''))})`);
+    });
+    await answer(page, listed, 'Cancel');
+    // Closed again, so what follows shows as toasts.
+    await bell.click();
+    await page.locator('.notifications-center.visible').waitFor({ state: 'hidden', timeout: 5_000 });
   };
   writeRandomFile(path.join(ws, 'big.bin'), BIG_BYTES);
   // (a) The editor sends big.bin from the Explorer; Cancel on "Sending big.bin to Ana".
