@@ -112,7 +112,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
   const local = localFile === undefined ? undefined : await openLocal(localFile);
   try {
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
-    const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal }), local ? chunkFile(local, conn.limits) : undefined]);
+    const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal, inline: true }), local ? chunkFile(local, conn.limits) : undefined]);
     const localChunks = localCut?.chunks ?? [];
     // Only a copy with one name is touched in place: through a hard link the time would be set on
     // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
@@ -120,7 +120,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
       if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
-      return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
+      return { changed: false, bytesReceived: remote.data?.length ?? 0, bytesReused: 0, version: versionOf(remote) };
     }
     if (!options.overwrite && (await fs.lstat(target).then(() => true, () => false))) {
       throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
@@ -148,14 +148,17 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         else copies.push({ from: have.offset, to: wanted.offset, length: have.length });
       }
       const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
-      let bytesReceived = 0;
+      // Bytes that came inline count whether they were needed or not.
+      let bytesReceived = remote.data?.length ?? 0;
       if (missing.length > 0) {
         // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
         // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
         const run = new WriteRun(file);
-        for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
+        // A file of one chunk came with its list (inline, each chunk verified): no second request.
+        const chunks = remote.data ? inlineChunks(remote.data, remote.chunks, missing) : conn.share.readChunks(remotePath, remote, missing, { signal });
+        for await (const chunk of chunks) {
           await run.add(chunk.data, remote.chunks[chunk.index].offset);
-          bytesReceived += chunk.data.length;
+          if (!remote.data) bytesReceived += chunk.data.length;
         }
         await run.flush();
       }
@@ -409,4 +412,9 @@ export async function syncFileIn(conn: FileSource, remoteFile: string, local: st
 export function leaveAlone(tally: SyncTally, relPath: string, why: string): void {
   tally.leftAloneCount++;
   if (tally.leftAlone.length < MAX_REPORTED) tally.leftAlone.push({ path: relPath, why });
+}
+
+/** The chunks `indices` of a file that came inline with its list (already verified against it). */
+function* inlineChunks(data: Buffer, chunks: readonly Chunk[], indices: readonly number[]): Generator<{ index: number; data: Buffer }> {
+  for (const index of indices) yield { index, data: data.subarray(chunks[index].offset, chunks[index].offset + chunks[index].length) };
 }

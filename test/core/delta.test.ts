@@ -6,7 +6,7 @@ import { connectToPeer, type Identity, type PeerConnection } from '../../src/cor
 import { blockSizeFor } from '../../src/core/blocks';
 import { CDC_AVG_BYTES, chunkBytes, encodeChunks } from '../../src/core/cdc';
 import { deltaFile, deltaFolder } from '../../src/core/delta';
-import { manifestOfBytes } from '../../src/core/v2/share-messages';
+import { MAX_INLINE_CHUNKS_FILE_BYTES, manifestOfBytes } from '../../src/core/v2/share-messages';
 import { connectWithInvite, listTree, makePeer, rejectsWithCode, seededBytes, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 
@@ -177,6 +177,26 @@ describe('deltaFile against a sharer that lies: caught, and the local file is le
       return undefined;
     }));
 
+  it('a small file sent inline whose bytes are not its chunk\'s: HASH_MISMATCH', () => {
+    const small = randomBytes(4096);
+    return expectCaught(async (req, reply) => {
+      if (req.type !== 'share.chunks' || !req.inline) return undefined;
+      await reply.message({ type: 'chunks', size: small.length, mtimeMs: 1000, fileHash: manifestOfBytes(small, blockSizeFor(small.length)).fileHash.toString('hex'), count: 1, inline: true });
+      await reply.data(Buffer.concat([encodeChunks(chunkBytes(small)), randomBytes(small.length)]));
+      return {};
+    });
+  });
+
+  it('a small file sent inline, true to its list but not to the fileHash it names: HASH_MISMATCH at the end', () => {
+    const small = randomBytes(4096);
+    return expectCaught(async (req, reply) => {
+      if (req.type !== 'share.chunks' || !req.inline) return undefined;
+      await reply.message({ type: 'chunks', size: small.length, mtimeMs: 1000, fileHash: 'b'.repeat(64), count: 1, inline: true });
+      await reply.data(Buffer.concat([encodeChunks(chunkBytes(small)), small]));
+      return {};
+    });
+  });
+
   it('a chunk list that is consistent with itself but not with the fileHash it names: HASH_MISMATCH at the end', () => {
     const fake = Buffer.concat([Buffer.from('a lie '.repeat(20)), ours]);
     return expectCaught((req, reply) => {
@@ -220,6 +240,36 @@ describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.
     }
   });
 
+  it('a file of one chunk comes inline with its list when asked, so an update is one request; a larger file never does', async () => {
+    const small = randomBytes(MAX_INLINE_CHUNKS_FILE_BYTES);
+    await fs.writeFile(path.join(proj, 'small.bin'), small);
+    await fs.writeFile(path.join(proj, 'just-over.bin'), randomBytes(MAX_INLINE_CHUNKS_FILE_BYTES + 1));
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      const inline = await conn.share.chunks('proj/small.bin', { inline: true });
+      assert.ok(inline.data?.equals(small), 'the bytes came with the list');
+      assert.equal(inline.chunks.length, 1);
+      assert.equal(inline.fileHash.toString('hex'), manifestOfBytes(small, blockSizeFor(small.length)).fileHash.toString('hex'), "the fileHash is the block list's, as without inline");
+      assert.equal((await conn.share.chunks('proj/small.bin')).data, undefined, 'not asked: not sent');
+      assert.equal((await conn.share.chunks('proj/just-over.bin', { inline: true })).data, undefined, 'over MAX_INLINE_CHUNKS_FILE_BYTES: the list only');
+      assert.equal((await conn.share.chunks('proj/f.bin', { inline: true })).data, undefined);
+
+      // An update of a small file: one request, and the file is the sharer's.
+      const local = path.join(tempDir(), 'small.bin');
+      await fs.writeFile(local, randomBytes(100));
+      const requests = sharer.server.stats.requests;
+      const result = await deltaFile(conn, 'proj/small.bin', local, local, { overwrite: true });
+      assert.equal(sharer.server.stats.requests - requests, 1, 'share.chunks only: no share.readChunks');
+      assert.ok((await fs.readFile(local)).equals(small));
+      assert.deepEqual([result.changed, result.bytesReceived, result.bytesReused], [true, small.length, 0]);
+      // The same again: nothing is written, and the bytes that came anyway are counted.
+      const again = await deltaFile(conn, 'proj/small.bin', local, local, { overwrite: true });
+      assert.deepEqual([again.changed, again.bytesReceived], [false, small.length]);
+    } finally {
+      conn.close();
+    }
+  });
+
   it('a list longer than the requester\'s maxFileChunks is refused before it is held (TOO_LARGE); the connection stays', async () => {
     const { conn } = await connectWithInvite(sharer.invite, undefined, { maxFileChunks: 3 });
     try {
@@ -255,11 +305,45 @@ describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.
         await reply.data(Buffer.concat([encodeChunks(chunks), encodeChunks(chunks)]));
         return {};
       }) as ScenarioV2,
+      // Bytes inline that nobody asked for (chunks() below does not ask).
+      (async (_req, reply) => {
+        const chunks = chunkBytes(Buffer.from('tiny'));
+        await reply.message({ type: 'chunks', size: 4, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 1, inline: true });
+        await reply.data(Buffer.concat([encodeChunks(chunks), Buffer.from('tiny')]));
+        return {};
+      }) as ScenarioV2,
     ]) {
       const server = await startHostileSharerV2(hostile, scenario);
       const conn = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim' });
       try {
         await rejectsWithCode(conn.share.chunks('ws/f.bin'), 'PROTOCOL_ERROR');
+      } finally {
+        conn.close();
+        await server.close();
+      }
+    }
+    // Asked for, but larger than a one-chunk file, more bytes than the size, or `inline` not true.
+    const big = randomBytes(MAX_INLINE_CHUNKS_FILE_BYTES + 1);
+    for (const scenario of [
+      (async (_req, reply) => {
+        await reply.message({ type: 'chunks', size: big.length, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: chunkBytes(big).length, inline: true });
+        await reply.data(Buffer.concat([encodeChunks(chunkBytes(big)), big]));
+        return {};
+      }) as ScenarioV2,
+      (async (_req, reply) => {
+        await reply.message({ type: 'chunks', size: 4, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 1, inline: true });
+        await reply.data(Buffer.concat([encodeChunks(chunkBytes(Buffer.from('tiny'))), Buffer.from('tiny!')]));
+        return {};
+      }) as ScenarioV2,
+      (async (_req, reply) => {
+        await reply.message({ type: 'chunks', size: 4, mtimeMs: 1000, fileHash: 'a'.repeat(64), count: 1, inline: 1 });
+        return {};
+      }) as ScenarioV2,
+    ]) {
+      const server = await startHostileSharerV2(hostile, scenario);
+      const conn = await connectToPeer({ identity: client.identity, trust: client.trust, addresses: [server.address], expectedPeerId: hostile.peerId, name: 'victim' });
+      try {
+        await rejectsWithCode(conn.share.chunks('ws/f.bin', { inline: true }), 'PROTOCOL_ERROR');
       } finally {
         conn.close();
         await server.close();

@@ -156,6 +156,34 @@ export async function answer(page, notification, label) {
 }
 
 /**
+ * Finds a notification as a person would: as a toast, or else under the bell in the notification
+ * center (VS Code now and then files one there without a toast; CI saw it twice). Returns the
+ * notification and `close()`, which shuts the center again if it was opened, so that later
+ * notifications show as toasts.
+ */
+export async function findNotification(page, text, { timeout = 10_000 } = {}) {
+  const asToast = page.locator('.notifications-toasts .notification-toast', { hasText: text });
+  if (await asToast.first().waitFor({ state: 'visible', timeout }).then(() => true, () => false)) return { notification: asToast, inCenter: false, close: async () => undefined };
+  const bell = page.locator('.part.statusbar [id="status.notifications"]');
+  const center = page.locator('.notifications-center.visible');
+  if (!(await center.isVisible())) await bell.click();
+  const listed = page.locator('.notifications-center .notification-list-item', { hasText: text });
+  await listed.first().waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
+    throw new Error(`no notification "${text}", as a toast or in the center (center: ${JSON.stringify(await page.locator('.notifications-center').innerText().catch(() => ''))})`);
+  });
+  const close = async () => {
+    if (await center.isVisible()) await bell.click();
+    await center.waitFor({ state: 'hidden', timeout: 5_000 });
+  };
+  return { notification: listed, inCenter: true, close };
+}
+
+/** Closes every toast on screen. */
+export async function dismissToasts(page) {
+  for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
+}
+
+/**
  * Runs one UI test: `prepare({ tmp, log, track })` makes its files and processes (`track(name,
  * child)` registers one for cleanup and failure output) and returns `{ workspace, drive }`;
  * `drive({ page, shot })` takes the steps a person takes. Resolves 0 on success, 1 on failure.

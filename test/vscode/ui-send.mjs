@@ -11,7 +11,7 @@ import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync }
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
-import { answer, poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+import { answer, dismissToasts as dismissToastsOn, findNotification, poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 /** Large enough that the transfer is still running when the first bytes are seen and the other end is paused. */
@@ -24,9 +24,7 @@ async function drive({ page, shot, ws, peer, log }) {
   const quickInputBox = quickInput.locator('.quick-input-box input');
   const toast = (text) => page.locator('.notifications-toasts .notification-toast', { hasText: text });
   const palette = (command) => runCommand(page, command);
-  async function dismissToasts() {
-    for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
-  }
+  const dismissToasts = () => dismissToastsOn(page);
 
   log('waiting for the workbench');
   await page.locator('.monaco-workbench').waitFor({ state: 'visible', timeout: 60_000 });
@@ -151,23 +149,10 @@ async function drive({ page, shot, ws, peer, log }) {
     child.kill('SIGSTOP');
   };
   const clickCancel = async (title) => {
-    const progress = toast(title);
-    if (await progress.first().waitFor({ state: 'visible', timeout: 10_000 }).then(() => true, () => false)) {
-      await answer(page, progress, 'Cancel');
-      return;
-    }
-    // Not (or no longer) a toast: a person finds it under the bell, in the notification center.
-    // (CI once saw the "Receiving" progress there rather than as a toast.)
-    const bell = page.locator('.part.statusbar [id="status.notifications"]');
-    await bell.click();
-    const listed = page.locator('.notifications-center .notification-list-item', { hasText: title });
-    await listed.first().waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
-      throw new Error(`no notification "${title}", as a toast or in the center (center: ${JSON.stringify(await page.locator('.notifications-center').innerText().catch(() => ''))})`);
-    });
-    await answer(page, listed, 'Cancel');
-    // Closed again, so what follows shows as toasts.
-    await bell.click();
-    await page.locator('.notifications-center.visible').waitFor({ state: 'hidden', timeout: 5_000 });
+    const { notification, inCenter, close } = await findNotification(page, title);
+    if (inCenter) log(`"${title}" was found under the bell, not as a toast`);
+    await answer(page, notification, 'Cancel');
+    await close();
   };
   writeRandomFile(path.join(ws, 'big.bin'), BIG_BYTES);
   // (a) The editor sends big.bin from the Explorer; Cancel on "Sending big.bin to Ana".

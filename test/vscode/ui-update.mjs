@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { answer, contextMenu, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
+import { answer, contextMenu, dismissToasts as dismissToastsOn, findNotification, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 const APP_TS = ['export function greet(name: string): string {', '  return `Hello, ${name}`;', '}', '', 'export const version = 1;', ''].join('\n');
@@ -25,9 +25,7 @@ async function drive({ page, shot, ws, source, log }) {
   const dialog = page.locator('.monaco-dialog-box');
   const quickInput = page.locator('.quick-input-widget');
   const quickInputBox = quickInput.locator('.quick-input-box input');
-  async function dismissToasts() {
-    for (const close of await page.locator('.notifications-toasts .notification-toast .codicon-notifications-clear').all()) await close.click({ timeout: 2_000 }).catch(() => undefined);
-  }
+  const dismissToasts = () => dismissToastsOn(page);
   /** The "edited here, changed there too" dialog: its buttons, the safe one focused. */
   async function seeLocalEditDialog() {
     await dialog.waitFor({ state: 'visible', timeout: 20_000 });
@@ -99,13 +97,13 @@ async function drive({ page, shot, ws, source, log }) {
   await dialog.waitFor({ state: 'hidden', timeout: 10_000 });
   await page.locator('.editor-instance .monaco-diff-editor').waitFor({ state: 'visible', timeout: 15_000 });
   await page.locator('.tabs-container .tab.active', { hasText: `app.ts (${PEER_NAME}) ↔ (yours)` }).waitFor({ state: 'visible', timeout: 10_000 });
-  const askedAgain = toast('was edited here since it came from');
-  await askedAgain.first().waitFor({ state: 'visible', timeout: 10_000 });
+  const askedAgain = await findNotification(page, 'was edited here since it came from');
   await page.mouse.move(700, 600);
   await page.waitForTimeout(1200);
   await shot('update-compare.png');
-  log('Compare opened the diff, with the question beside it');
-  await answer(page, askedAgain, 'Keep Mine');
+  log(`Compare opened the diff, with the question beside it${askedAgain.inCenter ? ' (under the bell, not as a toast)' : ''}`);
+  await answer(page, askedAgain.notification, 'Keep Mine');
+  await askedAgain.close();
   await toast('Kept your app.ts').first().waitFor({ state: 'visible', timeout: 15_000 });
   if (readFileSync(localApp, 'utf8') !== MY_APP_TS) throw new Error('Keep Mine changed the local file');
   log('Keep Mine left the local file as it was');

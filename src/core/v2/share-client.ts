@@ -11,6 +11,7 @@ import { END_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, isOneOf, type EndErrorCode, ty
 import type { WatchBatch } from '../watch';
 import { WATCH_REQUEST, parseWatchReply, type WatchReply } from './watch-messages';
 import {
+  MAX_INLINE_CHUNKS_FILE_BYTES,
   MAX_INLINE_FILE_BYTES,
   MAX_LIST_BATCH_ENTRIES,
   blockListBytes,
@@ -21,6 +22,7 @@ import {
   manifestOfBytes,
   rangesOf,
   type BlockRanges,
+  type ShareRequest,
 } from './share-messages';
 
 /**
@@ -233,6 +235,10 @@ class AnnouncedList {
 
   get complete(): boolean {
     return this.filled === this.bytes.length;
+  }
+
+  get filledBytes(): number {
+    return this.filled;
   }
 
   /** Takes one DATA chunk; `what` names the list in the breach when the peer sends more than announced. */
@@ -474,52 +480,86 @@ class TreeMachine implements AnswerMachine<TreeRecord, { count: number }> {
 
 /**
  * share.chunks (spec 15.2) — Header: REPLY `chunks` → List; List: DATA until `count` records are
- * in; END with the list in → Done. `count` is bounded by maxFileChunks before the list's buffer
- * exists, and must be able to cover `size` (each chunk at most CDC_MAX_BYTES).
+ * in → Checked, or with `inline` → Bytes until `size` bytes are in, each chunk then verified against
+ * its hash → Checked; END once Checked → Done. `count` is bounded by maxFileChunks before the list's
+ * buffer exists, and must be able to cover `size` (each chunk at most CDC_MAX_BYTES); an inline
+ * answer nobody asked for, or of more than MAX_INLINE_CHUNKS_FILE_BYTES, is a breach.
  */
-class ChunksMachine implements AnswerMachine<never, ChunkList & { mtimeMs: number }> {
-  state: 'header' | 'list' | 'checked' = 'header';
-  private header?: { size: number; mtimeMs: number; fileHash: Buffer };
+class ChunksMachine implements AnswerMachine<never, ChunksAnswer> {
+  state: 'header' | 'list' | 'bytes' | 'checked' = 'header';
+  private header?: { size: number; mtimeMs: number; fileHash: Buffer; inline: boolean };
   private list = new AnnouncedList(0);
+  private bytes = new AnnouncedList(0);
   private chunks: Chunk[] = [];
 
-  constructor(private readonly limits: Limits) {}
+  constructor(
+    private readonly limits: Limits,
+    private readonly askedInline: boolean,
+  ) {}
 
   reply(message: WireMessage): undefined {
     if (this.state !== 'header') throw unexpected(`the message ${messageName(message)}`, this.state);
-    const { size, mtimeMs, fileHash, count } = message;
-    if (message.type !== 'chunks' || !isSafeUint(size) || !isWireTime(mtimeMs) || !isFileHashHex(fileHash) || !isSafeUint(count)) {
+    const { size, mtimeMs, fileHash, count, inline } = message;
+    if (message.type !== 'chunks' || !isSafeUint(size) || !isWireTime(mtimeMs) || !isFileHashHex(fileHash) || !isSafeUint(count) || (inline !== undefined && inline !== true)) {
       throw breach(`Expected chunks {size, mtimeMs, fileHash, count}, got ${messageName(message)} with fields out of bounds.`);
     }
+    if (inline === true && (!this.askedInline || size > MAX_INLINE_CHUNKS_FILE_BYTES)) throw breach(`The peer sent ${size} bytes inline that were not asked for.`);
     if (count > this.limits.maxFileChunks) {
       throw new PeerShareError('TOO_LARGE', `The peer described a file of ${count} chunks; at most ${this.limits.maxFileChunks} are accepted.`);
     }
     if (count * CDC_MAX_BYTES < size || count > size) throw breach(`${count} chunks cannot make a file of ${size} bytes.`);
-    this.header = { size, mtimeMs, fileHash: Buffer.from(fileHash, 'hex') };
+    this.header = { size, mtimeMs, fileHash: Buffer.from(fileHash, 'hex'), inline: inline === true };
     this.list = new AnnouncedList(count * CHUNK_RECORD_BYTES);
     this.state = 'list';
-    if (count === 0) this.check();
+    if (count === 0) this.listIn();
     return undefined;
   }
 
-  data(chunk: Buffer): never[] {
-    if (this.state !== 'list') throw unexpected('data', this.state);
-    this.list.add(chunk, 'chunk records');
-    if (this.list.complete) this.check();
+  data(slice: Buffer): never[] {
+    if (this.state === 'list') {
+      // The list and the bytes after it may share a DATA frame.
+      const take = Math.min(slice.length, this.list.bytes.length - this.list.filledBytes);
+      this.list.add(slice.subarray(0, take), 'chunk records');
+      if (this.list.complete) this.listIn();
+      slice = slice.subarray(take);
+      if (slice.length === 0) return [];
+    }
+    if (this.state !== 'bytes') throw unexpected('data', this.state);
+    this.bytes.add(slice, 'file bytes');
+    if (this.bytes.complete) this.bytesIn();
     return [];
   }
 
-  private check(): void {
+  private listIn(): void {
     this.chunks = decodeChunks(this.list.bytes, this.header!.size);
+    if (!this.header!.inline) {
+      this.state = 'checked';
+      return;
+    }
+    this.bytes = new AnnouncedList(this.header!.size);
+    this.state = 'bytes';
+    if (this.header!.size === 0) this.bytesIn();
+  }
+
+  private bytesIn(): void {
+    const data = this.bytes.bytes;
+    for (const chunk of this.chunks) {
+      if (!blake3(data.subarray(chunk.offset, chunk.offset + chunk.length)).equals(chunk.hash)) {
+        throw new PeerShareError('HASH_MISMATCH', 'A file the peer sent with its chunk list does not match the list; it was discarded.');
+      }
+    }
     this.state = 'checked';
   }
 
-  end(): ChunkList & { mtimeMs: number } {
+  end(): ChunksAnswer {
     if (this.state !== 'checked') throw breach('The peer ended the chunk list before all of it arrived.');
-    const { size, mtimeMs, fileHash } = this.header!;
-    return { size, mtimeMs, fileHash, chunks: this.chunks };
+    const { size, mtimeMs, fileHash, inline } = this.header!;
+    return { size, mtimeMs, fileHash, chunks: this.chunks, ...(inline ? { data: this.bytes.bytes } : {}) };
   }
 }
+
+/** A chunk list (spec 15.2) and, when the file was sent inline, its bytes, every chunk verified. */
+export type ChunksAnswer = ChunkList & { mtimeMs: number; data?: Buffer };
 
 /** A chunk of a file, verified against its hash in the chunk list (spec 15.3). */
 export interface VerifiedChunk {
@@ -668,8 +708,9 @@ export class ShareClient {
   }
 
   /** A file's content-defined chunks and its fileHash (spec 15.2), bounded by maxFileChunks. */
-  chunks(path: string, options: RequestOptions = {}): Promise<ChunkList & { mtimeMs: number }> {
-    return resultOf(this.run({ type: 'share.chunks', path }, new ChunksMachine(this.limits), options));
+  chunks(path: string, options: RequestOptions & { inline?: boolean } = {}): Promise<ChunksAnswer> {
+    const request: ShareRequest = options.inline ? { type: 'share.chunks', path, inline: true } : { type: 'share.chunks', path };
+    return resultOf(this.run(request, new ChunksMachine(this.limits, options.inline === true), options));
   }
 
   /**

@@ -1,5 +1,6 @@
 import { BLAKE3_DIGEST_BYTES, blake3 } from '../blake3';
 import { MANIFEST_HEADER_BYTES, blockCount, manifestFromBlockHashes, type BlockManifest } from '../blocks';
+import { CDC_MIN_BYTES } from '../cdc';
 import { PeerShareError } from '../errors';
 import type { Limits } from '../limits';
 import { shownType } from '../protocol';
@@ -24,6 +25,12 @@ export const MAX_LIST_BATCH_ENTRIES = 1000;
  * requester holds it whole until it is verified. Larger files go as `fileRef`, in blocks.
  */
 export const MAX_INLINE_FILE_BYTES = 256 * 1024;
+/**
+ * share.chunks with `inline` (spec 15.2): a file of at most this many bytes comes with its bytes.
+ * CDC_MIN_BYTES: such a file is one chunk, so an update needs all of it or none (no bytes a delta
+ * could have spared), and a second round trip for it only costs time.
+ */
+export const MAX_INLINE_CHUNKS_FILE_BYTES = CDC_MIN_BYTES;
 
 /** `share/1`'s advertised roots (spec 6): at most this many, each a name of at most MAX_SHARE_ROOT_CHARS. */
 export const MAX_SHARE_ROOTS = 256;
@@ -38,7 +45,7 @@ export type ShareRequest =
   | { type: 'share.tree'; path: string }
   | { type: 'share.manifest'; path: string; expect?: { size: number; mtimeMs: number }; rehash?: true }
   | { type: 'share.read'; path: string; fileHash: string; blocks: BlockRanges }
-  | { type: 'share.chunks'; path: string }
+  | { type: 'share.chunks'; path: string; inline?: true }
   | { type: 'share.readChunks'; path: string; fileHash: string; chunks: BlockRanges };
 
 const HEX_HASH = /^[0-9a-f]{64}$/;
@@ -91,8 +98,11 @@ export function parseShareRequest(m: CapabilityMessage, limits: Pick<Limits, 'ma
       if (!isFileHashHex(m.fileHash)) throw protocolError('"fileHash" must be 64 lowercase hex digits.');
       return { type: 'share.read', path, fileHash: m.fileHash, blocks: parseRanges(m.blocks, 'blocks', limits) };
     }
-    case 'share.chunks':
-      return { type: 'share.chunks', path };
+    case 'share.chunks': {
+      // Spec 15.2: `inline` asks for a one-chunk file's bytes in the same answer.
+      if (m.inline !== undefined && m.inline !== true) throw protocolError('"inline" may only be true.');
+      return m.inline === true ? { type: 'share.chunks', path, inline: true } : { type: 'share.chunks', path };
+    }
     case 'share.readChunks': {
       // Spec 15.3: share.read's ranges, of chunk indices.
       if (!isFileHashHex(m.fileHash)) throw protocolError('"fileHash" must be 64 lowercase hex digits.');

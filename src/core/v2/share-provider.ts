@@ -1,7 +1,7 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
-import { ChunkListCache, chunkFile, encodeChunks, tooManyChunks, type Chunk as CdcChunk } from '../cdc';
+import { ChunkListCache, chunkBytes, chunkFile, encodeChunks, tooManyChunks, type Chunk as CdcChunk } from '../cdc';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion, versionKey } from '../hash-cache';
@@ -12,7 +12,7 @@ import type { ReplyWriter, RequestHandler } from './connection';
 import type { Served } from './handshake';
 import { MAX_FRAME_CEILING_BYTES } from './frames';
 import { endErrorFor, type CapabilityMessage } from './messages';
-import { MAX_INLINE_FILE_BYTES, MAX_LIST_BATCH_ENTRIES, SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
+import { MAX_INLINE_CHUNKS_FILE_BYTES, MAX_INLINE_FILE_BYTES, MAX_LIST_BATCH_ENTRIES, SHARE_CAPABILITY, manifestOfBytes, parseShareRequest, type BlockRanges, type ShareRequest } from './share-messages';
 import { WATCH_REQUEST } from './watch-messages';
 import { WatchProvider } from './watch-provider';
 
@@ -159,7 +159,7 @@ export class ShareProvider {
       case 'share.tree':
         return this.tree(session, request.path, reply, signal);
       case 'share.chunks':
-        return this.chunks(session, request.path, reply);
+        return this.chunks(session, request, reply);
       case 'share.readChunks':
         return this.readChunks(session, request, reply, signal);
     }
@@ -274,10 +274,14 @@ export class ShareProvider {
    * now; `fileHash` is that version's block-list hash (the block cache's), so the requester can
    * verify what it assembles end to end.
    */
-  private async chunks(session: SessionContext, remotePath: string, reply: ReplyWriter): Promise<Record<string, unknown>> {
-    const { handle, stat } = await this.share.openFile(remotePath);
+  private async chunks(session: SessionContext, request: ShareRequest & { type: 'share.chunks' }, reply: ReplyWriter): Promise<Record<string, unknown>> {
+    const { handle, stat } = await this.share.openFile(request.path);
     try {
       const version = await handle.stat({ bigint: true });
+      if (request.inline && version.size <= BigInt(MAX_INLINE_CHUNKS_FILE_BYTES)) {
+        await this.chunksInline(session, handle, version, reply);
+        return {};
+      }
       const { manifest, chunks } = await this.chunksOf(handle, version);
       // Cutting a large file takes a while: a peer revoked meanwhile gets no list (found by the chunk attack suite).
       session.checkAllowed(false);
@@ -295,6 +299,27 @@ export class ShareProvider {
     if (this.chunkLists.isTooLarge(version)) throw tooManyChunks(this.limits.maxFileChunks);
     const chunks = this.chunkLists.get(version) ?? (await this.cutOnce(handle, version));
     return { manifest, chunks };
+  }
+
+  /**
+   * share.chunks with `inline` of a file of one chunk: the list, then the bytes, from one read.
+   * *Why: a burst of small changes cost each file two requests, and the sharer opened, hashed and
+   * read it twice; these files are never cached (just written: the racy rule).* The block list
+   * comes from the same bytes (one block), so `fileHash` is the block cache's for that version.
+   */
+  private async chunksInline(session: SessionContext, handle: FileHandle, version: BigIntStats, reply: ReplyWriter): Promise<void> {
+    const data = Buffer.allocUnsafe(Number(version.size));
+    await readFully(handle, data, data.length, 0);
+    // ctime too: a write that puts the old mtime back still changes it.
+    if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+    const manifest = manifestOfBytes(data, blockSizeFor(data.length));
+    const chunks = chunkBytes(data);
+    session.checkAllowed(false);
+    const mtimeMs = Math.floor(Number(version.mtimeNs / 1_000_000n));
+    await reply.message({ type: 'chunks', size: data.length, mtimeMs, fileHash: manifest.fileHash.toString('hex'), count: chunks.length, inline: true });
+    if (chunks.length > 0) await reply.data(encodeChunks(chunks));
+    if (data.length > 0) await reply.data(data);
+    this.stats.fileBytesSent += data.length;
   }
 
   /**
