@@ -3,7 +3,7 @@ import { closeSync, constants as fsc, fsync, futimesSync, promises as fs, write,
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { hashFileBlocks } from './blocks';
+import { blockSizeFor, hashFileBlocks, readFully } from './blocks';
 import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
@@ -12,6 +12,8 @@ import { commit, openTemporary, partialPathFor, removeName, timesOf, type Tempor
 import { inspectReceivedName } from './names';
 import { PinnedFolders, type FolderIdentity } from './pinned-folders';
 import { SMALL_FILE_BYTES } from './limits';
+import type { ChunksAnswer } from './v2/share-client';
+import { MAX_INLINE_CHUNKS_FILE_BYTES, manifestOfBytes } from './v2/share-messages';
 import { sanitizeForDisplay, type Entry } from './protocol';
 import type { EntryState } from './watch';
 import { WorkQueue } from './work-queue';
@@ -112,15 +114,19 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
   const local = localFile === undefined ? undefined : await openLocal(localFile);
   try {
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
-    const [remote, localCut] = await Promise.all([conn.share.chunks(remotePath, { signal, inline: true }), local ? chunkFile(local, conn.limits) : undefined]);
+    // A small local copy is cut only if the file did not come inline (it rarely is worth it then).
+    const smallLocal = local !== undefined && local.size <= MAX_INLINE_CHUNKS_FILE_BYTES;
+    const [remote, cutAtOnce] = await Promise.all([conn.share.chunks(remotePath, { signal, inline: true }), local && !smallLocal ? chunkFile(local.handle, conn.limits) : undefined]);
+    if (remote.data) return await landInline(remote as ChunksAnswer & { data: Buffer }, local, localFile === target, remotePath, target, options);
+    const localCut = cutAtOnce ?? (local ? await chunkFile(local.handle, conn.limits) : undefined);
     const localChunks = localCut?.chunks ?? [];
     // Only a copy with one name is touched in place: through a hard link the time would be set on
     // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
     // from its own chunks, and takes the name alone.
-    if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local, localChunks, remote))) {
+    if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local.handle, localChunks, remote))) {
       // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
-      if (options.overwrite) await local.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
-      return { changed: false, bytesReceived: remote.data?.length ?? 0, bytesReused: 0, version: versionOf(remote) };
+      if (options.overwrite) await local.handle.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
+      return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
     }
     if (!options.overwrite && (await fs.lstat(target).then(() => true, () => false))) {
       throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
@@ -147,18 +153,15 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
         else copies.push({ from: have.offset, to: wanted.offset, length: have.length });
       }
-      const bytesReused = local && localCut ? await copyLocal(local, localCut.version, copies, file) : 0;
-      // Bytes that came inline count whether they were needed or not.
-      let bytesReceived = remote.data?.length ?? 0;
+      const bytesReused = local && localCut ? await copyLocal(local.handle, localCut.version, copies, file) : 0;
+      let bytesReceived = 0;
       if (missing.length > 0) {
         // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
         // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
         const run = new WriteRun(file);
-        // A file of one chunk came with its list (inline, each chunk verified): no second request.
-        const chunks = remote.data ? inlineChunks(remote.data, remote.chunks, missing) : conn.share.readChunks(remotePath, remote, missing, { signal });
-        for await (const chunk of chunks) {
+        for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
           await run.add(chunk.data, remote.chunks[chunk.index].offset);
-          if (!remote.data) bytesReceived += chunk.data.length;
+          bytesReceived += chunk.data.length;
         }
         await run.flush();
       }
@@ -184,7 +187,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       if (!landed) removeName(partial);
     }
   } finally {
-    await local?.close();
+    await local?.handle.close();
   }
 }
 
@@ -211,8 +214,60 @@ async function openOwn(partial: string, file: TemporaryFile, target: string): Pr
   throw replaced();
 }
 
+/**
+ * A file that came inline (one chunk, its bytes verified against the list): checked against the
+ * sharer's fileHash in memory, compared with a small local copy, and written whole into a
+ * temporary file that takes the target's name. *Why: for a file of a few KiB, cutting the local
+ * copy, reopening the temporary file and hashing it from disk were most of an update's calls.*
+ */
+async function landInline(remote: ChunksAnswer & { data: Buffer }, local: LocalCopy | undefined, inPlace: boolean, remotePath: string, target: string, options: DeltaOptions): Promise<DeltaFileResult> {
+  const { data } = remote;
+  if (!manifestOfBytes(data, blockSizeFor(data.length)).fileHash.equals(remote.fileHash)) {
+    throw new PeerShareError('HASH_MISMATCH', `The updated ${sanitizeForDisplay(path.basename(remotePath)).slice(0, 120)} does not match the file hash the peer gave; nothing was replaced.`);
+  }
+  const unchanged = { changed: false, bytesReceived: data.length, bytesReused: 0, version: versionOf(remote) };
+  // Only a copy with one name is touched in place (see deltaOnce).
+  if (local && inPlace && local.size === data.length && local.nlink === 1 && (await holds(local.handle, data))) {
+    if (options.overwrite) await local.handle.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
+    return unchanged;
+  }
+  if (!options.overwrite && (await fs.lstat(target).then(() => true, () => false))) {
+    throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
+  }
+  const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, data.length, 0);
+  const file = openTemporary(partial);
+  let landed = false;
+  try {
+    await writeAll(file, data, 0);
+    futimesSync(file.fd, ...timesOf(remote.mtimeMs));
+    closeSync(file.fd);
+    file.fd = -1;
+    await commit(partial, target, options.overwrite === true, file);
+    landed = true;
+    return { ...unchanged, changed: true };
+  } finally {
+    if (file.fd >= 0) closeSync(file.fd);
+    if (!landed) removeName(partial);
+  }
+}
+
+/** The open file holds exactly `data` (its size was compared), and still does after the read. */
+async function holds(handle: FileHandle, data: Buffer): Promise<boolean> {
+  const before = await handle.stat({ bigint: true });
+  const bytes = Buffer.allocUnsafe(data.length);
+  await readFully(handle, bytes, bytes.length, 0);
+  return bytes.equals(data) && sameVersion(before, await handle.stat({ bigint: true }));
+}
+
+/** A local copy to reuse, open, with its size and number of names when opened. */
+interface LocalCopy {
+  handle: FileHandle;
+  size: number;
+  nlink: number;
+}
+
 /** The local copy, opened without following a link; only a regular file is a copy to reuse. */
-async function openLocal(file: string): Promise<FileHandle | undefined> {
+async function openLocal(file: string): Promise<LocalCopy | undefined> {
   let handle: FileHandle;
   try {
     handle = await fs.open(file, fsc.O_RDONLY | NO_FOLLOW | (fsc.O_NONBLOCK ?? 0));
@@ -222,11 +277,12 @@ async function openLocal(file: string): Promise<FileHandle | undefined> {
     if (code === 'ELOOP') throw new PeerShareError('BAD_NAME', `${path.basename(file)} is a symbolic link; it was left alone.`);
     throw toPeerShareError(err, 'IO_ERROR');
   }
-  if (!(await handle.stat()).isFile()) {
+  const st = await handle.stat();
+  if (!st.isFile()) {
     await handle.close();
     throw new PeerShareError('NOT_A_FILE', `${path.basename(file)} is not a regular file; it was left alone.`);
   }
-  return handle;
+  return { handle, size: st.size, nlink: st.nlink };
 }
 
 /** The local copy is the sharer's version when its chunks are the sharer's, in order, and its block-list hash is the fileHash. */
@@ -412,9 +468,4 @@ export async function syncFileIn(conn: FileSource, remoteFile: string, local: st
 export function leaveAlone(tally: SyncTally, relPath: string, why: string): void {
   tally.leftAloneCount++;
   if (tally.leftAlone.length < MAX_REPORTED) tally.leftAlone.push({ path: relPath, why });
-}
-
-/** The chunks `indices` of a file that came inline with its list (already verified against it). */
-function* inlineChunks(data: Buffer, chunks: readonly Chunk[], indices: readonly number[]): Generator<{ index: number; data: Buffer }> {
-  for (const index of indices) yield { index, data: data.subarray(chunks[index].offset, chunks[index].offset + chunks[index].length) };
 }

@@ -263,8 +263,10 @@ describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.
       assert.ok((await fs.readFile(local)).equals(small));
       assert.deepEqual([result.changed, result.bytesReceived, result.bytesReused], [true, small.length, 0]);
       // The same again: nothing is written, and the bytes that came anyway are counted.
+      const inode = (await fs.stat(local)).ino;
       const again = await deltaFile(conn, 'proj/small.bin', local, local, { overwrite: true });
       assert.deepEqual([again.changed, again.bytesReceived], [false, small.length]);
+      assert.equal((await fs.stat(local)).ino, inode, 'not rewritten');
     } finally {
       conn.close();
     }

@@ -689,10 +689,14 @@ describe('tree watches attacked by a trusted peer and by a local user of the sha
       });
       const pid = serve.pid!;
       const before = { rss: rssMiB(pid), fds: openDescriptors(pid), watches: inotifyWatches(pid) };
-      const first = await connectWithInvite(invite);
+      // Arming 64 trees of 2,041 folders takes the sharer 26 s on 2 cores (each tree watch walks
+      // its tree; shared inotify watches are left open in issue 13): past the 30 s stall limit on
+      // a busier box. What is measured here is the bounds, so the requester waits longer.
+      const patient = { stallTimeoutMs: 120_000 };
+      const first = await connectWithInvite(invite, undefined, patient);
       const parsed = parseInvite(invite);
       const conns = [first.conn];
-      for (let i = 1; i < 16; i++) conns.push(await connectToPeer({ identity: first.client.identity, trust: first.client.trust, addresses: parsed.addresses, expectedPeerId: parsed.peerId, name: 'client' }));
+      for (let i = 1; i < 16; i++) conns.push(await connectToPeer({ identity: first.client.identity, trust: first.client.trust, addresses: parsed.addresses, expectedPeerId: parsed.peerId, name: 'client', limits: patient }));
       connections.push(...conns);
       const started = Date.now();
       await Promise.all(conns.flatMap((conn) => Array.from({ length: 4 }, () => conn.share.watch('proj', { tree: true, onChanges: () => undefined }))));
