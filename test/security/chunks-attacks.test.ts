@@ -113,6 +113,8 @@ describe('a trusted peer asks the sharer for chunks to reach what it must not, o
     const codes: Record<string, [string | undefined, string | undefined]> = {};
     for (const target of targets) {
       const listed = await codeOf(conn.share.chunks(target));
+      // Inline (a small file read whole with synchronous calls, Share.readSmallFile): the same answer, and no byte.
+      assert.equal(await codeOf(conn.share.chunks(target, { inline: true })), listed, `${target}: share.chunks inline answers as without`);
       let read: string | undefined;
       try {
         for await (const chunk of conn.share.readChunks(target, someList, [0])) assert.ok(!chunk.data.includes(world.secret), `${target}: a secret was sent`);

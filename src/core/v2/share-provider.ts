@@ -275,11 +275,21 @@ export class ShareProvider {
    * verify what it assembles end to end.
    */
   private async chunks(session: SessionContext, request: ShareRequest & { type: 'share.chunks' }, reply: ReplyWriter): Promise<Record<string, unknown>> {
+    const small = request.inline ? await this.share.readSmallFile(request.path, MAX_INLINE_CHUNKS_FILE_BYTES) : undefined;
+    if (small) {
+      await this.chunksInline(session, small.data, small.version, reply);
+      return {};
+    }
     const { handle, stat } = await this.share.openFile(request.path);
     try {
       const version = await handle.stat({ bigint: true });
       if (request.inline && version.size <= BigInt(MAX_INLINE_CHUNKS_FILE_BYTES)) {
-        await this.chunksInline(session, handle, version, reply);
+        // Where readSmallFile cannot (no /proc/self/fd), or the file shrank since it looked.
+        const data = Buffer.allocUnsafe(Number(version.size));
+        await readFully(handle, data, data.length, 0);
+        // ctime too: a write that puts the old mtime back still changes it.
+        if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+        await this.chunksInline(session, data, version, reply);
         return {};
       }
       const { manifest, chunks } = await this.chunksOf(handle, version);
@@ -302,16 +312,12 @@ export class ShareProvider {
   }
 
   /**
-   * share.chunks with `inline` of a file of one chunk: the list, then the bytes, from one read.
+   * share.chunks with `inline` of a file of one chunk (`data`, read whole as `version`): the list, then the bytes.
    * *Why: a burst of small changes cost each file two requests, and the sharer opened, hashed and
    * read it twice; these files are never cached (just written: the racy rule).* The block list
    * comes from the same bytes (one block), so `fileHash` is the block cache's for that version.
    */
-  private async chunksInline(session: SessionContext, handle: FileHandle, version: BigIntStats, reply: ReplyWriter): Promise<void> {
-    const data = Buffer.allocUnsafe(Number(version.size));
-    await readFully(handle, data, data.length, 0);
-    // ctime too: a write that puts the old mtime back still changes it.
-    if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+  private async chunksInline(session: SessionContext, data: Buffer, version: BigIntStats, reply: ReplyWriter): Promise<void> {
     const manifest = manifestOfBytes(data, blockSizeFor(data.length));
     const chunks = chunkBytes(data);
     session.checkAllowed(false);
