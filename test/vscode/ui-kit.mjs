@@ -166,6 +166,13 @@ export async function findNotification(page, text, { timeout = 10_000 } = {}) {
   if (await asToast.first().waitFor({ state: 'visible', timeout }).then(() => true, () => false)) return { notification: asToast, inCenter: false, close: async () => undefined };
   const bell = page.locator('.part.statusbar [id="status.notifications"]');
   const center = page.locator('.notifications-center.visible');
+  // What had the focus: VS Code holds back a toast while the focus is where toasts show.
+  const focused = await page.evaluate(() => {
+    const e = document.activeElement;
+    const r = e?.getBoundingClientRect();
+    return e ? `${e.tagName}.${String(e.className).slice(0, 60)} at ${Math.round(r.left)},${Math.round(r.top)} of ${innerWidth}x${innerHeight}` : 'nothing';
+  });
+  process.stdout.write(`[ui-kit] "${text}" is not a toast; the focus was on ${focused}\n`);
   if (!(await center.isVisible())) await bell.click();
   const listed = page.locator('.notifications-center .notification-list-item', { hasText: text });
   await listed.first().waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
