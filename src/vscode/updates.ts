@@ -294,7 +294,12 @@ async function askLocalEdit(localFile: string, isFolder: boolean, peerFile: vsco
   let choice = await vscode.window.showWarningMessage(question, { modal: true, detail }, ...buttons);
   while (choice === 'Compare') {
     const exists = await fs.lstat(localFile).then((st) => st.isFile(), () => false);
-    if (exists) await vscode.commands.executeCommand('vscode.diff', peerFile, vscode.Uri.file(localFile), peerDiffTitle(name, peerName));
+    if (exists) {
+      await vscode.commands.executeCommand('vscode.diff', peerFile, vscode.Uri.file(localFile), peerDiffTitle(name, peerName));
+      // The focus in the diff, not left on the progress notification: VS Code holds back a new
+      // toast while the focus is in the corner where toasts show, and the question went unseen.
+      await vscode.commands.executeCommand('workbench.action.focusActiveEditorGroup');
+    }
     choice = await vscode.window.showWarningMessage(`${question} ${detail}`, ...buttons);
   }
   switch (choice) {
