@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsc, fsync, futimesSync, promises as fs, write, type BigIntStats } from 'node:fs';
+import { closeSync, constants as fsc, fchmodSync, fsync, futimesSync, promises as fs, write, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -176,6 +176,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         await assembled.close();
       }
       futimesSync(file.fd, ...timesOf(remote.mtimeMs));
+      keepMode(file, local, localFile === target);
       if (remote.size > FLUSHED_FROM_BYTES) await fsyncFd(file.fd);
       closeSync(file.fd);
       file.fd = -1;
@@ -240,6 +241,7 @@ async function landInline(remote: ChunksAnswer & { data: Buffer }, local: LocalC
   try {
     await writeAll(file, data, 0);
     futimesSync(file.fd, ...timesOf(remote.mtimeMs));
+    keepMode(file, local, inPlace);
     closeSync(file.fd);
     file.fd = -1;
     await commit(partial, target, options.overwrite === true, file);
@@ -249,6 +251,15 @@ async function landInline(remote: ChunksAnswer & { data: Buffer }, local: LocalC
     if (file.fd >= 0) closeSync(file.fd);
     if (!landed) removeName(partial);
   }
+}
+
+/**
+ * The replacement takes the permission bits of the copy it replaces: *why: it was made with the
+ * default mode, so a 0600 file came back readable by others (noted by attack round 9).* Never the
+ * set-id bits (masked off by LocalCopy.mode).
+ */
+function keepMode(file: TemporaryFile, local: LocalCopy | undefined, inPlace: boolean): void {
+  if (local && inPlace) fchmodSync(file.fd, local.mode);
 }
 
 /** The open file holds exactly `data` (its size was compared), and still does after the read. */
@@ -264,6 +275,8 @@ interface LocalCopy {
   handle: FileHandle;
   size: number;
   nlink: number;
+  /** Its permission bits: an updated file keeps them (a private file stays private). */
+  mode: number;
 }
 
 /** The local copy, opened without following a link; only a regular file is a copy to reuse. */
@@ -282,7 +295,7 @@ async function openLocal(file: string): Promise<LocalCopy | undefined> {
     await handle.close();
     throw new PeerShareError('NOT_A_FILE', `${path.basename(file)} is not a regular file; it was left alone.`);
   }
-  return { handle, size: st.size, nlink: st.nlink };
+  return { handle, size: st.size, nlink: st.nlink, mode: st.mode & 0o777 };
 }
 
 /** The local copy is the sharer's version when its chunks are the sharer's, in order, and its block-list hash is the fileHash. */

@@ -2,7 +2,8 @@ import { closeSync, constants as fsc, existsSync, fstatSync, lstatSync, openSync
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
-import { sameVersion } from './hash-cache';
+import { msUntilSettled, sameVersion } from './hash-cache';
+import { sleep } from './race';
 import { INVISIBLE_CHARS, type Entry } from './protocol';
 import { foldName, isShortNameShape } from './names';
 import type { Limits } from './limits';
@@ -370,12 +371,9 @@ export class Share {
       if (!stat.isFile()) throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
       if (stat.nlink > 1n && this.isPrivateFile(stat)) throw new PeerShareError('EXCLUDED');
       if (stat.size > BigInt(maxBytes)) return undefined;
-      const size = Number(stat.size);
-      const data = Buffer.allocUnsafe(size);
-      const bytesRead = size > 0 ? readSync(fd, data, 0, size, 0) : 0;
-      // ctime too (hash-cache.ts): a write that puts the old mtime back still changes it.
-      if (bytesRead !== size || !sameVersion(stat, fstatSync(fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
-      return { data, mtimeMs: Number(stat.mtimeNs / 1_000_000n) };
+      // Changed within a clock tick: the streaming path waits for it to settle.
+      if (msUntilSettled(stat) > 0) return undefined;
+      return { data: readOneVersionSync(fd, stat), mtimeMs: Number(stat.mtimeNs / 1_000_000n) };
     } catch (err) {
       throw toPeerShareError(err, 'IO_ERROR');
     } finally {
@@ -410,11 +408,9 @@ export class Share {
       if (!version.isFile()) throw new PeerShareError('NOT_A_FILE', version.isDirectory() ? 'That is a folder, not a file.' : 'Only regular files are shared.');
       if (version.nlink > 1n && this.isPrivateFile(version)) throw new PeerShareError('EXCLUDED');
       if (version.size > BigInt(maxBytes)) return undefined;
-      const data = Buffer.allocUnsafe(Number(version.size));
-      const bytesRead = data.length > 0 ? readSync(fd, data, 0, data.length, 0) : 0;
-      // ctime too (hash-cache.ts): a write that puts the old mtime back still changes it.
-      if (bytesRead !== data.length || !sameVersion(version, fstatSync(fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
-      return { data, version };
+      // Still being written: the caller takes the path that reads the list and the chunks apart.
+      const settled = await settledVersion(version, () => fstatSync(fd, { bigint: true }));
+      return settled && { data: readOneVersionSync(fd, settled), version: settled };
     } catch (err) {
       throw toPeerShareError(err, 'IO_ERROR');
     } finally {
@@ -627,6 +623,40 @@ export async function openBeneath(procFd: string, base: string, components: stri
     await folder.close();
   }
 }
+
+/**
+ * The open small file's bytes, whole, as the one `version` it was: FILE_CHANGED if the version
+ * differs after the read (ctime too: a write that puts the old mtime back still changes it). The
+ * caller has let a just-changed file settle first (settledVersion).
+ */
+export function readOneVersionSync(fd: number, version: BigIntStats): Buffer {
+  const data = Buffer.allocUnsafe(Number(version.size));
+  for (let done = 0; done < data.length; ) {
+    const n = readSync(fd, data, done, data.length - done, done);
+    if (n === 0) throw new PeerShareError('FILE_CHANGED');
+    done += n;
+  }
+  if (!sameVersion(version, fstatSync(fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+  return data;
+}
+
+/**
+ * `version` once its last change is a clock tick old (TIMESTAMP_TICK_MS), waiting if it is newer;
+ * undefined if it changed meanwhile (a file being written). *Why: a same-size rewrite within one
+ * tick of the kernel's coarse clock leaves the times alike, so a read that met it, half of each
+ * version, passed the check of the times after it, with a fileHash made from those bytes that
+ * checked out (found by attack round 9, inline-attacks.test.ts). Once the last change is a tick
+ * old, any write during the read changes the ctime.*
+ */
+export async function settledVersion(version: BigIntStats, statNow: () => BigIntStats | Promise<BigIntStats>): Promise<BigIntStats | undefined> {
+  const wait = msUntilSettled(version);
+  if (wait === 0) return version;
+  await sleep(wait, NEVER_ABORTED);
+  const now = await statNow();
+  return sameVersion(version, now) ? now : undefined;
+}
+
+const NEVER_ABORTED = new AbortController().signal;
 
 /** openBeneath with synchronous calls (Share.readSmallFile); returns the descriptor. */
 function openBeneathSync(procFd: string, base: string, components: string[], flags: number): number {

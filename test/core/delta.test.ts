@@ -272,6 +272,23 @@ describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.
     }
   });
 
+  it('an updated file keeps the permission bits of the copy it replaces (a private file stays private), inline or not', async () => {
+    await fs.writeFile(path.join(proj, 'small-private.bin'), randomBytes(3000));
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      for (const [name, mode] of [['small-private.bin', 0o600], ['f.bin', 0o640]] as const) {
+        const local = path.join(tempDir(), name);
+        await fs.writeFile(local, randomBytes(5000));
+        await fs.chmod(local, mode);
+        const result = await deltaFile(conn, `proj/${name}`, local, local, { overwrite: true });
+        assert.equal(result.changed, true);
+        assert.equal((await fs.stat(local)).mode & 0o777, mode, `${name} keeps ${mode.toString(8)}`);
+      }
+    } finally {
+      conn.close();
+    }
+  });
+
   it('a list longer than the requester\'s maxFileChunks is refused before it is held (TOO_LARGE); the connection stays', async () => {
     const { conn } = await connectWithInvite(sharer.invite, undefined, { maxFileChunks: 3 });
     try {

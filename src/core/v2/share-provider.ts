@@ -7,7 +7,7 @@ import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion, versionKey } from '../hash-cache';
 import { SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
 import type { Entry } from '../protocol';
-import type { Share, WalkItem } from '../share';
+import { settledVersion, type Share, type WalkItem } from '../share';
 import type { ReplyWriter, RequestHandler } from './connection';
 import type { Served } from './handshake';
 import { MAX_FRAME_CEILING_BYTES } from './frames';
@@ -280,18 +280,11 @@ export class ShareProvider {
       await this.chunksInline(session, small.data, small.version, reply);
       return {};
     }
+    // Where readSmallFile cannot (no /proc/self/fd) or the file is larger: the list alone, and the
+    // requester reads the chunks (whose version the racy rule checks again).
     const { handle, stat } = await this.share.openFile(request.path);
     try {
       const version = await handle.stat({ bigint: true });
-      if (request.inline && version.size <= BigInt(MAX_INLINE_CHUNKS_FILE_BYTES)) {
-        // Where readSmallFile cannot (no /proc/self/fd), or the file shrank since it looked.
-        const data = Buffer.allocUnsafe(Number(version.size));
-        await readFully(handle, data, data.length, 0);
-        // ctime too: a write that puts the old mtime back still changes it.
-        if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
-        await this.chunksInline(session, data, version, reply);
-        return {};
-      }
       const { manifest, chunks } = await this.chunksOf(handle, version);
       // Cutting a large file takes a while: a peer revoked meanwhile gets no list (found by the chunk attack suite).
       session.checkAllowed(false);
@@ -478,7 +471,10 @@ export class ShareProvider {
     try {
       const mtimeMs = Math.floor(stat.mtimeMs);
       if (stat.size > inlineMost) return { kind: 'ref', size: stat.size, mtimeMs };
-      const before = await handle.stat({ bigint: true });
+      // A file changed within a clock tick is read once it settles (settledVersion: a torn read
+      // passes the times); one still being written is read as it is, as before.
+      const first = await handle.stat({ bigint: true });
+      const before = (await settledVersion(first, () => handle.stat({ bigint: true }))) ?? (await handle.stat({ bigint: true }));
       const data = Buffer.allocUnsafe(Number(before.size));
       await readFully(handle, data, data.length, 0);
       // ctime too: a write that puts the old mtime back (utimes) still changes it.
