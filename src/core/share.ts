@@ -144,6 +144,25 @@ export interface ShareOptions {
 export interface ShareRoot {
   name: string;
   realPath: string;
+  /**
+   * On a local file system (statfs, LOCAL_FILE_SYSTEMS): only then are small files read with
+   * synchronous calls, which would hold the event loop (the extension host) on a stalled network
+   * or FUSE mount. (A network mount inside a local root is not told apart.)
+   */
+  local: boolean;
+}
+
+/**
+ * statfs types of local disk and memory file systems (linux/magic.h): ext2/3/4, XFS, Btrfs, tmpfs,
+ * ramfs, overlayfs, F2FS, ZFS, bcachefs. Anything else (NFS, SMB, FUSE, ...) is taken as remote.
+ */
+const LOCAL_FILE_SYSTEMS = new Set([0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x858458f6, 0x794c7630, 0xf2f52010, 0x2fc12fc1, 0xca451a4e]);
+
+/** @internal exported for its tests */
+export async function isLocalFileSystem(folder: string): Promise<boolean> {
+  if (process.platform !== 'linux') return false;
+  const { type } = await fs.statfs(folder).catch(() => ({ type: -1 }));
+  return LOCAL_FILE_SYSTEMS.has(Number(type));
 }
 
 export interface OpenedFile {
@@ -197,7 +216,7 @@ export class Share {
       let name = base;
       for (let n = 2; used.has(name.toLowerCase()); n++) name = `${base}-${n}`;
       used.add(name.toLowerCase());
-      roots.push({ name, realPath });
+      roots.push({ name, realPath, local: await isLocalFileSystem(realPath) });
     }
     const privatePaths: string[] = [];
     for (const p of options.privatePaths ?? []) privatePaths.push(await fs.realpath(p).catch(() => path.resolve(p)));
@@ -351,13 +370,15 @@ export class Share {
    * few KiB one thread-pool round trip per call costs more than the calls themselves, and the
    * event loop is held for microseconds. The walk opened each folder on the way through a verified
    * descriptor and applied the share's rules to every name, so only the open with O_NOFOLLOW and
-   * the /proc/self/fd check after it remain. Returns undefined for a file over `maxBytes`, or where
-   * /proc/self/fd is missing: those take the streaming path with every check.
+   * the /proc/self/fd check after it remain. Returns undefined for a file over `maxBytes`, where
+   * /proc/self/fd is missing or the root is not on a local file system: those take the streaming
+   * path with every check.
    */
   readWalkedFileSync(item: WalkItem & { kind: 'file' }, maxBytes: number): { data: Buffer; mtimeMs: number } | undefined {
     if (!PROC_FD) return undefined;
     const { root, components } = this.resolve(item.remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
+    if (!root.local) return undefined;
     const expected = path.join(root.realPath, ...components);
     let fd: number;
     try {
@@ -387,12 +408,14 @@ export class Share {
    * calls once the rules have passed: *why: for a file of a few KiB (share.chunks inline, a burst
    * of small changes) the thread-pool round trips of a dozen calls cost more than the calls.*
    * Returns the bytes and the version they are (compared before and after the read); undefined for
-   * a file over `maxBytes`, or where /proc/self/fd is missing: those take openFile.
+   * a file over `maxBytes`, where /proc/self/fd is missing or the root is not on a local file
+   * system: those take openFile.
    */
   async readSmallFile(remotePath: string, maxBytes: number): Promise<{ data: Buffer; version: BigIntStats } | undefined> {
     if (!PROC_FD) return undefined;
     const { root, components } = this.resolve(remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
+    if (!root.local) return undefined;
     if (await this.isExcluded(root, components, false)) throw new PeerShareError('EXCLUDED');
     const expected = path.join(root.realPath, ...components);
     let fd: number;

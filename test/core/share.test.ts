@@ -4,7 +4,8 @@ import * as nodeFs from 'node:fs';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { downloadFolder, type PeerConnection } from '../../src/core';
+import { downloadFolder, resolveLimits, type PeerConnection } from '../../src/core';
+import { Share, isLocalFileSystem } from '../../src/core/share';
 import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, type Sharer } from '../helpers';
 
 /**
@@ -459,5 +460,33 @@ describe('share: opening one folder at a time (openBeneath)', { skip: process.pl
     await assert.rejects(openBeneath('/proc/self/fd', base, ['link'], flags), { code: 'ELOOP' });
     // Where plain open() follows the link on the way and reads the file outside.
     assert.equal(await fs.readFile(path.join(base, 'link', 'b', 'f'), 'utf8'), 'outside');
+  });
+});
+
+describe('small files are read with synchronous calls only on a local file system (a stalled network mount would hold the event loop)', () => {
+  it('a root is local by its statfs type; /proc is not one of them', async () => {
+    assert.equal(await isLocalFileSystem('/proc'), false);
+    const dir = tempDir();
+    const type = Number((await fs.statfs(dir)).type);
+    // ext4, tmpfs or overlayfs where the tests run: then the temporary folder counts as local.
+    if ([0xef53, 0x01021994, 0x794c7630].includes(type)) assert.equal(await isLocalFileSystem(dir), true);
+  });
+
+  it('a root not on a local file system: readSmallFile and readWalkedFileSync step aside (undefined), and openFile serves the file', async () => {
+    const proj = path.join(tempDir(), 'proj');
+    await fs.mkdir(proj);
+    await fs.writeFile(path.join(proj, 'a.txt'), 'hello\n');
+    const old = new Date(Date.now() - 60_000);
+    await fs.utimes(path.join(proj, 'a.txt'), old, old);
+    const share = await Share.create({ folders: [proj] }, resolveLimits());
+    await new Promise((resolve) => setTimeout(resolve, 60)); // past the clock-tick margin of the file's ctime
+    const local = await share.readSmallFile('proj/a.txt', 1024);
+    if (share.roots[0].local) assert.equal(local?.data.toString(), 'hello\n');
+    share.roots[0].local = false;
+    assert.equal(await share.readSmallFile('proj/a.txt', 1024), undefined);
+    assert.equal(share.readWalkedFileSync({ kind: 'file', remotePath: 'proj/a.txt', relPath: 'a.txt' } as never, 1024), undefined);
+    const { handle } = await share.openFile('proj/a.txt');
+    assert.equal((await handle.readFile()).toString(), 'hello\n');
+    await handle.close();
   });
 });
