@@ -95,14 +95,17 @@ export async function syncFile(conn: FileSource, remotePath: string, target: str
   const report = emptyReport();
   report.filesChecked = 1;
   const st = await fs.lstat(target).catch(() => undefined);
-  if (st && options.keepLocalEdits && (await options.origins.localState(origin, '')) === 'edited') {
+  const state = st ? await options.origins.localState(origin, '') : 'missing';
+  if (options.keepLocalEdits && state === 'edited') {
     leaveAlone(report, path.basename(target), 'it was edited here since it was taken from the peer; yours was kept');
     return report;
   }
+  // As it was when it came (a sync run again): probably unchanged there too, so no bytes inline.
+  const inline = state !== 'same';
   // Through the folder holding it, opened once (and, for a follow, checked to be the one it was).
   const updated = await withFolders(
     path.dirname(target),
-    (folders) => folders.use([], path.basename(target), (local) => deltaFile(conn, remotePath, st ? local : undefined, local, { overwrite: true, signal: options.signal })),
+    (folders) => folders.use([], path.basename(target), (local) => deltaFile(conn, remotePath, st ? local : undefined, local, { overwrite: true, signal: options.signal, inline })),
     options.expectRoot,
   );
   options.origins.setFile(origin, '', { ...updated.version, created: !st });
