@@ -2,10 +2,10 @@ import assert from 'node:assert/strict';
 import { execFile, spawnSync } from 'node:child_process';
 import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { PeerShareError, connectToPeer, formatInvite, type Identity, type Limits, type PeerConnection } from '../../src/core';
+import { PeerShareError, formatInvite, type PeerConnection } from '../../src/core';
 import { blake3 } from '../../src/core/blake3';
 import { blockSizeFor } from '../../src/core/blocks';
 import { CDC_MAX_BYTES, CHUNK_MEMORY_BYTES, ChunkListCache, chunkBytes, chunkFile, encodeChunks, type Chunk } from '../../src/core/cdc';
@@ -18,9 +18,10 @@ import { ShareClient } from '../../src/core/v2/share-client';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { ShareProvider } from '../../src/core/v2/share-provider';
 import { duplexPair } from '../core/v2-duplex-pair';
-import { codeOf, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
-import { connectWithInvite, listTree, makePeer, rejectsWithCode, seededBytes, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { codeOf, startHostileSharerV2, type ReplierV2 } from '../hostile';
+import { connectWithInvite, listTree, rejectsWithCode, seededBytes, startSharer, tempDir } from '../helpers';
 import { assertOnlyChanged, buildWorld, snapshot } from './world';
+import { attackKit } from './attack-kit';
 
 /**
  * Updates that move only what changed (share.chunks, share.readChunks, deltaFile / deltaFolder,
@@ -73,33 +74,8 @@ async function sendChunks(req: Record<string, unknown>, reply: ReplierV2, conten
 
 const entry = (name: string, type: 'file' | 'dir', size = 0): Record<string, unknown> => ({ name, type, size, mtimeMs: 1000 });
 
-let victim: TestPeer;
-let hostileIdentity: Identity;
-const cleanups: (() => Promise<void> | void)[] = [];
-before(async () => {
-  victim = await makePeer();
-  hostileIdentity = (await makePeer()).identity;
-});
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-});
-
-/** A hostile sharer running `scenario`, and the victim's connection to it. */
-async function hostile(scenario: ScenarioV2, limits: Partial<Limits> = {}): Promise<{ conn: PeerConnection; address: string }> {
-  const server = await startHostileSharerV2(hostileIdentity, scenario);
-  cleanups.push(() => server.close());
-  const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 2000, ...limits } });
-  cleanups.push(() => conn.close());
-  return { conn, address: server.address };
-}
-
-async function sharerOf(folders: string[], limits: Partial<Limits> = {}, privatePaths?: string[]): Promise<{ sharer: Sharer; conn: PeerConnection }> {
-  const sharer = await startSharer(folders, { limits, ...(privatePaths ? { share: { privatePaths } } : {}) });
-  cleanups.push(() => sharer.server.close());
-  const { conn } = await connectWithInvite(sharer.invite);
-  cleanups.push(() => conn.close());
-  return { sharer, conn };
-}
+const kit = attackKit();
+const { cleanups, hostile, sharerOf } = kit;
 
 describe('a trusted peer asks the sharer for chunks to reach what it must not, or to exhaust it', () => {
   it('private, excluded, linked and special files are refused by share.chunks and share.readChunks, and no byte of a secret leaves', async () => {
@@ -637,7 +613,7 @@ describe('peershare sync (the CLI) against a hostile sharer: exit code and what 
   });
 
   function sync(address: string, remote: string, dest: string): Promise<{ code: number; stdout: string; stderr: string }> {
-    const invite = formatInvite({ peerId: hostileIdentity.peerId, addresses: [address], token: 'x'.repeat(32) });
+    const invite = formatInvite({ peerId: kit.hostileIdentity.peerId, addresses: [address], token: 'x'.repeat(32) });
     return new Promise((resolve) => {
       execFile(process.execPath, [CLI, 'sync', invite, remote, dest, '--home', tempDir('peershare-chunkatk-')], { timeout: 60_000 }, (err, stdout, stderr) =>
         resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stdout, stderr }),
@@ -654,7 +630,7 @@ describe('peershare sync (the CLI) against a hostile sharer: exit code and what 
 
   it('a refusal carrying escapes, bidi overrides and 5,000 characters is printed escaped and bounded, with a coded exit', async () => {
     const ok = Buffer.from('fine\n');
-    const server = await startHostileSharerV2(hostileIdentity, async (req, reply) => {
+    const server = await startHostileSharerV2(kit.hostileIdentity, async (req, reply) => {
       if (req.type === 'share.stat') return { entry: req.path === 'ws' ? entry('ws', 'dir') : entry('f.bin', 'file', ok.length) };
       if (req.type === 'share.list') {
         await reply.message({ type: 'entries', entries: [entry('a.txt', 'file', ok.length), entry('ok.txt', 'file', ok.length)] });

@@ -2,16 +2,16 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { connectToPeer, type Identity, type Limits, type PeerConnection } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
 import { chunkBytes, encodeChunks, type Chunk } from '../../src/core/cdc';
 import { deltaFile, deltaFolder } from '../../src/core/delta';
 import { MAX_INLINE_CHUNKS_FILE_BYTES, manifestOfBytes, parseShareRequest } from '../../src/core/v2/share-messages';
-import { codeOf, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
-import { connectWithInvite, listTree, makePeer, seededBytes, startSharer, tempDir, type Sharer, type TestPeer } from '../helpers';
+import { codeOf, type ReplierV2 } from '../hostile';
+import { connectWithInvite, listTree, seededBytes, tempDir } from '../helpers';
 import { assertOnlyChanged, buildWorld, snapshot } from './world';
+import { attackKit } from './attack-kit';
 
 /**
  * share.chunks `inline` (docs/protocol-v2.md 15.2 "Inline: a file of one chunk in one answer")
@@ -24,32 +24,8 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 const fileHashOf = (content: Buffer): string => manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex');
 const leftovers = async (dir: string): Promise<string[]> => (await listTree(dir)).filter((p) => /peershare-(part|sync)/.test(p));
 
-let victim: TestPeer;
-let hostileIdentity: Identity;
-const cleanups: (() => Promise<void> | void)[] = [];
-before(async () => {
-  victim = await makePeer();
-  hostileIdentity = (await makePeer()).identity;
-});
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-});
-
-async function hostile(scenario: ScenarioV2, limits: Partial<Limits> = {}): Promise<PeerConnection> {
-  const server = await startHostileSharerV2(hostileIdentity, scenario);
-  cleanups.push(() => server.close());
-  const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 2000, ...limits } });
-  cleanups.push(() => conn.close());
-  return conn;
-}
-
-async function sharerOf(folders: string[], limits: Partial<Limits> = {}, privatePaths?: string[]): Promise<{ sharer: Sharer; conn: PeerConnection }> {
-  const sharer = await startSharer(folders, { limits, ...(privatePaths ? { share: { privatePaths } } : {}) });
-  cleanups.push(() => sharer.server.close());
-  const { conn } = await connectWithInvite(sharer.invite);
-  cleanups.push(() => conn.close());
-  return { sharer, conn };
-}
+const kit = attackKit();
+const { cleanups, hostile, sharerOf } = kit;
 
 /** An inline answer: header, then the list, then the bytes, each as `shape` says. */
 async function sendInline(
@@ -376,7 +352,7 @@ describe('a hostile sharer answers inline; the requester is the victim', () => {
       'two chunks with a gap': [(r) => sendInline(r, content, { chunks: [chunkBytes(content.subarray(0, 5))[0], { ...chunkBytes(content.subarray(6))[0], offset: 6 }] }), ['PROTOCOL_ERROR', 'HASH_MISMATCH']],
     };
     for (const [name, [answer, codes]] of Object.entries(cases)) {
-      const conn = await hostile(async (req, reply) => (req.type === 'share.chunks' ? answer(reply) : undefined));
+      const { conn } = await hostile(async (req, reply) => (req.type === 'share.chunks' ? answer(reply) : undefined));
       const dest = tempDir('peershare-inlineatk-');
       const target = path.join(dest, 'f.txt');
       await fs.writeFile(target, old);
@@ -387,7 +363,7 @@ describe('a hostile sharer answers inline; the requester is the victim', () => {
       assert.deepEqual(await leftovers(dest), [], `${name}: no temporary file`);
     }
     // Not asked for: the plain request gets an inline answer.
-    const conn = await hostile(async (req, reply) => (req.type === 'share.chunks' ? sendInline(reply, content) : undefined));
+    const { conn } = await hostile(async (req, reply) => (req.type === 'share.chunks' ? sendInline(reply, content) : undefined));
     assert.equal(await codeOf(conn.share.chunks('ws/f.txt')), 'PROTOCOL_ERROR', 'inline when not asked');
   });
 
@@ -401,7 +377,7 @@ describe('a hostile sharer answers inline; the requester is the victim', () => {
       'mtimeMs 1.5': [(r) => sendInline(r, content, { mtimeMs: 1.5 }), content],
     };
     for (const [name, [answer, expected]] of Object.entries(cases)) {
-      const conn = await hostile(async (req, reply) => (req.type === 'share.chunks' ? answer(reply) : undefined));
+      const { conn } = await hostile(async (req, reply) => (req.type === 'share.chunks' ? answer(reply) : undefined));
       const dest = tempDir('peershare-inlineatk-');
       const target = path.join(dest, 'f.txt');
       await fs.writeFile(target, old);
@@ -415,7 +391,7 @@ describe('a hostile sharer answers inline; the requester is the victim', () => {
   it('a local copy that is a hard link or a symlink to a file outside dest: the file outside is never written or touched', async () => {
     for (const same of [true, false]) {
       for (const kind of ['hard', 'sym'] as const) {
-        const conn = await hostile(async (req, reply) => (req.type === 'share.chunks' ? sendInline(reply, content, { mtimeMs: 5000 }) : undefined));
+        const { conn } = await hostile(async (req, reply) => (req.type === 'share.chunks' ? sendInline(reply, content, { mtimeMs: 5000 }) : undefined));
         const base = tempDir('peershare-inlineatk-');
         const dest = path.join(base, 'dest');
         await fs.mkdir(dest);
@@ -446,7 +422,7 @@ describe('a hostile sharer answers inline; the requester is the victim', () => {
       const asked = new Promise<void>((resolve) => (release = resolve));
       let go!: () => void;
       const proceed = new Promise<void>((resolve) => (go = resolve));
-      const conn = await hostile(async (req, reply) => {
+      const { conn } = await hostile(async (req, reply) => {
         if (req.type !== 'share.chunks') return undefined;
         release();
         await proceed;
@@ -480,7 +456,7 @@ describe('a hostile sharer answers inline; the requester is the victim', () => {
 
   it('deltaFolder against lying inline answers: every file is left alone or failed, old copies untouched, no temporary file left', async () => {
     const names = ['lie.txt', 'short.txt', 'big.txt', 'ok.txt'];
-    const conn = await hostile(async (req, reply) => {
+    const { conn } = await hostile(async (req, reply) => {
       if (req.type === 'share.list') {
         await reply.message({ type: 'entries', entries: names.map((name) => ({ name, type: 'file', size: content.length, mtimeMs: 1000 })) });
         return { count: names.length };
