@@ -145,6 +145,19 @@ export async function contextMenu(page, target, label, { before } = {}) {
   await menu.waitFor({ state: 'hidden', timeout: 5_000 });
 }
 
+/**
+ * Opens a tree row (Peers view, Explorer) unless it is open. The mouse first leaves the tree, as a
+ * person's hand would: a row's hover, shown under the row clicked before, covered the next row and
+ * took the click (CI saw it).
+ */
+export async function expandRow(page, row, timeout = 15_000) {
+  await row.waitFor({ state: 'visible', timeout });
+  if ((await row.getAttribute('aria-expanded')) === 'true') return;
+  await page.mouse.move(700, 600);
+  await page.locator('.context-view', { has: page.locator('p') }).first().waitFor({ state: 'hidden', timeout: 5_000 }).catch(() => undefined);
+  await row.click();
+}
+
 /** Clicks a notification's button; a click that lands while the toast settles only focuses it, and then Enter takes it. */
 export async function answer(page, notification, label) {
   const button = notification.first().locator('.monaco-button', { hasText: new RegExp(`^${label}$`) });

@@ -8,7 +8,7 @@
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DISCOVERY_TEST_PORT, LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+import { expandRow, poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = "Ben's desktop";
 const ASKER_NAME = 'Cleo (nearby)';
@@ -63,8 +63,7 @@ async function drive({ page, shot, startAsker }) {
   // Nearby: Ben's desktop, announced by the CLI, shown as not trusted.
   // A person waits for Ben to show up, without pressing Refresh: the view must update by itself.
   const nearbyRow = row('Nearby');
-  await nearbyRow.waitFor({ state: 'visible', timeout: 10_000 });
-  if ((await nearbyRow.getAttribute('aria-expanded')) !== 'true') await nearbyRow.click();
+  await expandRow(page, nearbyRow, 10_000);
   const benRow = row(PEER_NAME);
   await benRow.waitFor({ state: 'visible', timeout: 30_000 });
   const description = (await benRow.locator('.label-description').innerText().catch(() => '')).trim();

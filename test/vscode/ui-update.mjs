@@ -11,7 +11,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { answer, contextMenu, dismissToasts as dismissToastsOn, findNotification, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
+import { answer, contextMenu, dismissToasts as dismissToastsOn, expandRow, findNotification, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 const APP_TS = ['export function greet(name: string): string {', '  return `Hello, ${name}`;', '}', '', 'export const version = 1;', ''].join('\n');
@@ -56,11 +56,7 @@ async function drive({ page, shot, ws, source, log }) {
   await dismissToasts();
   const viewTitle = sidebar.locator('.composite.title', { hasText: 'PeerShare' });
   if (!(await viewTitle.isVisible())) await activity.click();
-  for (const name of [PEER_NAME, 'project', 'src']) {
-    const r = row(name);
-    await r.waitFor({ state: 'visible', timeout: 15_000 });
-    if ((await r.getAttribute('aria-expanded')) !== 'true') await r.click();
-  }
+  for (const name of [PEER_NAME, 'project', 'src']) await expandRow(page, row(name));
   const appRow = row('app.ts');
   await appRow.waitFor({ state: 'visible', timeout: 15_000 });
   await contextMenu(page, appRow, 'Download');
@@ -113,9 +109,7 @@ async function drive({ page, shot, ws, source, log }) {
 
   // From the Explorer this time: Update from Peer on src/app.ts, Take Theirs.
   await page.locator('.part.activitybar .action-item [aria-label^="Explorer"]').first().click();
-  const explorerSrc = row('src');
-  await explorerSrc.waitFor({ state: 'visible', timeout: 10_000 });
-  if ((await explorerSrc.getAttribute('aria-expanded')) !== 'true') await explorerSrc.click();
+  await expandRow(page, row('src'), 10_000);
   await appRow.waitFor({ state: 'visible', timeout: 10_000 });
   await contextMenu(page, appRow, 'Update from Peer', { before: () => shot('update-explorer-menu.png') });
   await seeLocalEditDialog();

@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT } from './server.mjs';
-import { contextMenu, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
+import { contextMenu, expandRow, poll, runCommand, runWorkbenchTest, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = "Ana's laptop";
 const FIXTURES = {
@@ -80,11 +80,8 @@ async function drive({ page, shot, ws, source }) {
   // The view may have been closed by the palette; make sure it is the visible one.
   if (!(await viewTitle.isVisible())) await activity.click();
   const peerRow = row(PEER_NAME);
-  await peerRow.waitFor({ state: 'visible', timeout: 15_000 });
-  if ((await peerRow.getAttribute('aria-expanded')) !== 'true') await peerRow.click();
-  const fixturesRow = row('fixtures');
-  await fixturesRow.waitFor({ state: 'visible', timeout: 15_000 });
-  if ((await fixturesRow.getAttribute('aria-expanded')) !== 'true') await fixturesRow.click();
+  await expandRow(page, peerRow);
+  await expandRow(page, row('fixtures'));
   const readmeRow = row('README.md');
   await readmeRow.waitFor({ state: 'visible', timeout: 15_000 });
   for (const name of ['users', 'build.log']) await row(name).waitFor({ state: 'visible', timeout: 5_000 });
