@@ -47,8 +47,9 @@ export interface DeltaOptions {
   statLocalSync?: boolean;
   /**
    * Ask for a file of one chunk inline (spec 15.2: its bytes with its list, one request). Default
-   * true; false when the local copy is probably the sharer's version already (a sync run again),
-   * so an unchanged file costs its list, not its bytes.
+   * true; false when the file is known to be larger (a sharer asked inline for a larger file opens
+   * it twice) or the local copy is probably the sharer's version already (a sync run again, so an
+   * unchanged file costs its list, not its bytes).
    */
   inline?: boolean;
 }
@@ -476,7 +477,8 @@ export async function syncFileIn(conn: FileSource, remoteFile: string, local: st
     return;
   }
   try {
-    const updated = await deltaFile(conn, remoteFile, st ? local : undefined, local, { ...options, overwrite: true });
+    // Inline only for a file listed as small: a larger one would cost the sharer a second open.
+    const updated = await deltaFile(conn, remoteFile, st ? local : undefined, local, { ...options, overwrite: true, inline: entry.size <= MAX_INLINE_CHUNKS_FILE_BYTES });
     options.onFileSynced?.(relPath, { ...updated.version, created: !st });
     if (updated.changed) tally.filesChanged++;
     tally.bytesReceived += updated.bytesReceived;

@@ -1,12 +1,6 @@
 import type { BigIntStats } from 'node:fs';
 
 /**
- * One version of one file: its identity (device, inode) and size, mtime and ctime to the
- * nanosecond. Any write, truncate, rename over, or chmod changes the ctime, which nothing but the
- * kernel can set, so a changed file never passes for the version a block list was made for
- * (block-cache.ts, v2/share-provider.ts).
- */
-/**
  * A margin over one tick of the kernel's clock for mtime and ctime (a few ms; 10 ms at HZ=100):
  * two writes within one tick leave the same times, so a read is known to be of one version by its
  * times only if the last change was at least this long before the read started.
@@ -22,6 +16,12 @@ export function msUntilSettled(version: Pick<BigIntStats, 'ctimeNs'>, nowMs = Da
   return Math.min(TIMESTAMP_TICK_MS, Math.max(0, Number(version.ctimeNs / 1_000_000n) + TIMESTAMP_TICK_MS - nowMs));
 }
 
+/**
+ * One version of one file: its identity (device, inode) and size, mtime and ctime to the
+ * nanosecond. Any write, truncate, rename over, or chmod changes the ctime, which nothing but the
+ * kernel can set, so a changed file never passes for the version a block list was made for
+ * (block-cache.ts, v2/share-provider.ts).
+ */
 export function sameVersion(a: BigIntStats, b: BigIntStats): boolean {
   return versionKey(a) === versionKey(b);
 }

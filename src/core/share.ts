@@ -387,13 +387,9 @@ export class Share {
       throw openError(err, false);
     }
     try {
-      const stat = fstatSync(fd, { bigint: true });
-      if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
-      if (!stat.isFile()) throw new PeerShareError('NOT_A_FILE', 'Only regular files are shared.');
-      if (stat.nlink > 1n && this.isPrivateFile(stat)) throw new PeerShareError('EXCLUDED');
-      if (stat.size > BigInt(maxBytes)) return undefined;
-      // Changed within a clock tick: the streaming path waits for it to settle.
-      if (msUntilSettled(stat) > 0) return undefined;
+      const stat = this.smallFileOpened(fd, expected, maxBytes);
+      // Over maxBytes, or changed within a clock tick: the streaming path (which waits for it to settle).
+      if (!stat || msUntilSettled(stat) > 0) return undefined;
       return { data: readOneVersionSync(fd, stat), mtimeMs: Number(stat.mtimeNs / 1_000_000n) };
     } catch (err) {
       throw toPeerShareError(err, 'IO_ERROR');
@@ -426,11 +422,8 @@ export class Share {
       throw err instanceof PeerShareError ? err : openError(err, false);
     }
     try {
-      const version = fstatSync(fd, { bigint: true });
-      if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
-      if (!version.isFile()) throw new PeerShareError('NOT_A_FILE', version.isDirectory() ? 'That is a folder, not a file.' : 'Only regular files are shared.');
-      if (version.nlink > 1n && this.isPrivateFile(version)) throw new PeerShareError('EXCLUDED');
-      if (version.size > BigInt(maxBytes)) return undefined;
+      const version = this.smallFileOpened(fd, expected, maxBytes);
+      if (!version) return undefined;
       // Still being written: the caller takes the path that reads the list and the chunks apart.
       const settled = await settledVersion(version, () => fstatSync(fd, { bigint: true }));
       return settled && { data: readOneVersionSync(fd, settled), version: settled };
@@ -439,6 +432,19 @@ export class Share {
     } finally {
       closeSync(fd);
     }
+  }
+
+  /**
+   * The checks after a synchronous open of `expected` (readWalkedFileSync, readSmallFile): the
+   * descriptor is that very path (no link on the way), a regular file, not a private file by a
+   * hard link; its version, or undefined when it is over `maxBytes`.
+   */
+  private smallFileOpened(fd: number, expected: string, maxBytes: number): BigIntStats | undefined {
+    const version = fstatSync(fd, { bigint: true });
+    if (readlinkSync(`${PROC_FD}/${fd}`) !== expected) throw new PeerShareError('OUTSIDE_SHARE', 'Symbolic links are not followed.');
+    if (!version.isFile()) throw new PeerShareError('NOT_A_FILE', version.isDirectory() ? 'That is a folder, not a file.' : 'Only regular files are shared.');
+    if (version.nlink > 1n && this.isPrivateFile(version)) throw new PeerShareError('EXCLUDED');
+    return version.size > BigInt(maxBytes) ? undefined : version;
   }
 
   async stat(remotePath: string): Promise<Entry> {
@@ -652,7 +658,7 @@ export async function openBeneath(procFd: string, base: string, components: stri
  * differs after the read (ctime too: a write that puts the old mtime back still changes it). The
  * caller has let a just-changed file settle first (settledVersion).
  */
-export function readOneVersionSync(fd: number, version: BigIntStats): Buffer {
+function readOneVersionSync(fd: number, version: BigIntStats): Buffer {
   const data = Buffer.allocUnsafe(Number(version.size));
   for (let done = 0; done < data.length; ) {
     const n = readSync(fd, data, done, data.length - done, done);

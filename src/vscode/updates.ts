@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { OriginStore, deltaFile, deltaFolder, sameAs, sanitizeForDisplay, shortPeerId, toPeerShareError, PeerShareError, type Entry, type Origin, type PeerConnection } from '../core';
 import { countOf, formatBytes } from '../core/format';
+import { MAX_INLINE_CHUNKS_FILE_BYTES } from '../core/v2/share-messages';
 import type { CommandRegistrar } from './commands';
 import { peerDiffTitle } from './downloads';
 import type { Origins } from './origins';
@@ -178,7 +179,7 @@ export class Updates implements vscode.Disposable {
         return outcome;
       }
     }
-    const updated = await deltaFile(conn, remotePath, state === 'missing' ? undefined : localPath, localPath, { overwrite: true, signal });
+    const updated = await deltaFile(conn, remotePath, state === 'missing' ? undefined : localPath, localPath, { overwrite: true, signal, inline: entry.size <= MAX_INLINE_CHUNKS_FILE_BYTES });
     store.setFile(origin, rel, { ...updated.version, created: state === 'missing' });
     if (updated.changed) outcome.filesChanged = 1;
     outcome.bytesReceived = updated.bytesReceived;
