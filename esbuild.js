@@ -7,7 +7,7 @@ const watch = process.argv.includes('--watch');
 
 async function main() {
   // Stale source maps from a development build must not ship beside minified code.
-  if (production) {
+  if (production && fs.existsSync('dist')) {
     for (const name of fs.readdirSync('dist', { withFileTypes: true }).filter((e) => e.name.endsWith('.map'))) fs.rmSync(`dist/${name.name}`);
   }
   const common = {
