@@ -1,6 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
-import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
+import { CLOSE_GRACE_MS, FREE_RECEIVE_RINGS, resolveLimits, type Limits } from '../limits';
+import { ReceiveRing } from './receive-ring';
 import { TokenBucket } from '../token-bucket';
 import { isPeerId, shortPeerId } from '../peer-id';
 import { sanitizeForDisplay, shownType } from '../protocol';
@@ -117,7 +118,12 @@ class OutgoingRequest {
   unreported = 0;
   /** Bytes of the last part handed to the consumer: consumed once it asks for the next. */
   handedOut = 0;
-  readonly parts: { part: AnswerPart; bytes: number }[] = [];
+  /** Of those, the bytes that sit in `ring` (freed then too). */
+  handedOutRing = 0;
+  readonly parts: { part: AnswerPart; bytes: number; ringBytes: number }[] = [];
+  /** Where DATA waits for the consumer (ReceiveRing), taken on the first that must wait. */
+  ring?: ReceiveRing;
+  /** Set while the consumer awaits the next part. */
   wake?: () => void;
   failure?: PeerShareError;
   end?: EndOkMessage;
@@ -140,7 +146,8 @@ class OutgoingRequest {
 /**
  * What `request()` returns: iterate it for the REPLY messages and DATA slices in order (asking for
  * the next part is what tells the peer the last one was consumed and grants it credit), and await
- * `result` for the END. Breaking out of the iteration cancels the request.
+ * `result` for the END. Breaking out of the iteration cancels the request. A DATA slice is valid
+ * only until the next part is asked for (its room in the ring is written again): copy what you keep.
  */
 export class Answer implements AsyncIterable<AnswerPart> {
   /** The END `{type:"end", …}`; rejects with the peer's error, TIMEOUT, CANCELLED or the connection's end. */
@@ -152,6 +159,7 @@ export class Answer implements AsyncIterable<AnswerPart> {
     result: Promise<EndOkMessage>,
     private readonly onNext: (request: OutgoingRequest) => void,
     private readonly onCancel: () => void,
+    private readonly onIterationEnd: (request: OutgoingRequest) => void = () => undefined,
   ) {
     this.result = result;
     // Nobody need await `result` (an iteration sees the same failure): never an unhandled rejection.
@@ -176,6 +184,7 @@ export class Answer implements AsyncIterable<AnswerPart> {
         const next = request.parts.shift();
         if (next) {
           request.handedOut = next.bytes;
+          request.handedOutRing = next.ringBytes;
           yield next.part;
           continue;
         }
@@ -185,9 +194,11 @@ export class Answer implements AsyncIterable<AnswerPart> {
           return;
         }
         await new Promise<void>((resolve) => (request.wake = resolve));
+        request.wake = undefined;
       }
     } finally {
       if (!finished && request.state === 'open') this.onCancel();
+      this.onIterationEnd(request);
     }
   }
 }
@@ -252,6 +263,8 @@ export class Connection {
   // Requests we opened, by id; and those waiting for room under the peer's `requests`.
   private readonly outgoing = new Map<number, OutgoingRequest>();
   private readonly waiting: OutgoingRequest[] = [];
+  // Rings of ended requests, for the next ones (a few: each is a window, 4 MiB by default).
+  private readonly freeRings: ReceiveRing[] = [];
   private nextId: number;
   // Requests of the peer: the highest id it opened, and those we still answer.
   private highestPeerId = 0;
@@ -371,7 +384,13 @@ export class Connection {
     }
     const request = new OutgoingRequest(message, this.local.window, settle);
     request.longLived = options.longLived === true;
-    const answer = new Answer(request, result, (r) => this.consumed(r), () => this.cancel(request, new PeerShareError('CANCELLED')));
+    const answer = new Answer(
+      request,
+      result,
+      (r) => this.consumed(r),
+      () => this.cancel(request, new PeerShareError('CANCELLED')),
+      (r) => this.giveBackRing(r),
+    );
     const signal = options.signal;
     if (signal) {
       if (signal.aborted) {
@@ -617,10 +636,27 @@ export class Connection {
     this.armIdle();
   }
 
+  private takeRing(capacity: number): ReceiveRing {
+    const at = this.freeRings.findIndex((ring) => ring.capacity === capacity);
+    return at < 0 ? new ReceiveRing(capacity) : this.freeRings.splice(at, 1)[0];
+  }
+
+  /** Once its consumer has stopped iterating, nothing reads a request's ring again. */
+  private giveBackRing(request: OutgoingRequest): void {
+    const ring = request.ring;
+    if (!ring) return;
+    request.ring = undefined;
+    request.parts.length = 0;
+    ring.clear();
+    if (this.freeRings.length < FREE_RECEIVE_RINGS) this.freeRings.push(ring);
+  }
+
   /** The consumer asks for the next part: what it had is consumed, and credit goes back at window/2. */
   private consumed(request: OutgoingRequest): void {
     request.unreported += request.handedOut;
     request.handedOut = 0;
+    if (request.handedOutRing > 0) request.ring!.release(request.handedOutRing);
+    request.handedOutRing = 0;
     if (request.state !== 'open' || request.unreported < request.window / 2 || this.closedWith) return;
     const increment = request.unreported;
     request.unreported = 0;
@@ -639,6 +675,8 @@ export class Connection {
     request.state = 'cancelled';
     request.cancelledAt = performance.now();
     request.parts.length = 0;
+    request.ring?.clear();
+    request.handedOutRing = 0;
     this.fail(request, reason);
     if (!this.closedWith) this.send({ kind: 'CANCEL', id: request.id });
     this.armSweep();
@@ -742,13 +780,21 @@ export class Connection {
 
   private onData(id: number, chunk: Buffer): void {
     const request = this.outgoing.get(id);
-    if (request) this.deliver(request, { kind: 'data', chunk }, chunk.length);
+    if (!request || request.state !== 'open') return;
+    // A consumer that waits with nothing queued takes the stream's buffer within this tick, so
+    // that buffer dies young; bytes that must wait are copied to the request's ring (receive-ring.ts).
+    if (request.wake && request.parts.length === 0) return this.deliver(request, { kind: 'data', chunk }, chunk.length);
+    request.ring ??= this.takeRing(request.window);
+    // The credit check keeps unconsumed bytes within the window, the ring's capacity.
+    const slices = request.ring.put(chunk) ?? [];
+    if (slices.length === 0) return this.deliver(request, { kind: 'data', chunk: Buffer.from(chunk) }, chunk.length);
+    for (const slice of slices) this.deliver(request, { kind: 'data', chunk: slice }, slice.length, slice.length);
   }
 
   /** A part for the consumer; a cancelled request's are dropped (their credit was still checked). */
-  private deliver(request: OutgoingRequest, part: AnswerPart, bytes: number): void {
+  private deliver(request: OutgoingRequest, part: AnswerPart, bytes: number, ringBytes = 0): void {
     if (request.state !== 'open') return;
-    request.parts.push({ part, bytes });
+    request.parts.push({ part, bytes, ringBytes });
     // Progress: the stall clock restarts, the overall deadline grows with the bytes.
     if (!request.longLived) request.stallAt = performance.now() + this.limits.stallTimeoutMs;
     request.deadlineAt += (bytes / this.limits.minTransferBytesPerSecond) * 1000;
