@@ -19,6 +19,9 @@ import { sanitizeForDisplay, type Entry } from './protocol';
 import type { EntryState } from './watch';
 import { WorkQueue } from './work-queue';
 
+/** Below this an update is not worth a statfs: a full disk then fails the write itself (ENOSPC), as cleanly. */
+const ROOM_CHECKED_FROM_BYTES = 1024 * 1024;
+
 /**
  * Updating a local copy of a peer's file or folder by moving only what changed (issue 13,
  * docs/protocol-v2.md 15): the local copy is cut into content-defined chunks (cdc.ts), the
@@ -150,6 +153,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // Named as a download's temporary file (landing.ts: it fits wherever the target's name fits,
     // however many bytes its characters take), tagged by a random value: never resumed, never shared.
     const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, remote.size, 0);
+    await requireRoom(path.dirname(target), remote.size, remotePath);
     const file = openTemporary(partial);
     let landed = false;
     try {
@@ -204,6 +208,19 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
   } finally {
     await local?.handle.close();
   }
+}
+
+/**
+ * The whole new version must fit beside the old one before a byte is written. Its bytes may come
+ * from our own disk, not the network: a sharer may name a file made of one chunk we hold, repeated
+ * (docs/security.md round 7), and without this check fill the disk at no cost of its own.
+ */
+async function requireRoom(folder: string, bytes: number, remotePath: string): Promise<void> {
+  if (bytes < ROOM_CHECKED_FROM_BYTES) return;
+  const st = await fs.statfs(folder).catch(() => undefined);
+  if (!st || bytes <= st.bavail * st.bsize) return;
+  const name = sanitizeForDisplay(path.basename(remotePath)).slice(0, 120);
+  throw new PeerShareError('IO_ERROR', `Not enough free space to update ${name}: it needs ${bytes} bytes and ${st.bavail * st.bsize} are free. Nothing was changed.`);
 }
 
 function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['version'] {

@@ -5,7 +5,7 @@ import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
 import { inspectReceivedName } from './names';
 import type { Origin, OriginStore } from './origins';
-import { PinnedFolders, type FolderIdentity } from './pinned-folders';
+import { PinnedFolders, withPinnedFolders, type FolderIdentity } from './pinned-folders';
 import { mergeChange, type FolderChange, type WatchBatch } from './watch';
 import { WorkQueue } from './work-queue';
 
@@ -82,7 +82,7 @@ export async function syncFolder(conn: FileSource, remotePath: string, dest: str
     report.leftAloneCount++;
   } else if (options.deleteRemoved) {
     const gone = [...origin.files.keys()].filter((rel) => !seen.has(rel));
-    await withFolders(dest, async (folders) => {
+    await withPinnedFolders(dest, async (folders) => {
       for (const rel of gone) await removeIfOurs(options.origins, origin, rel, folders, report);
     }, options.expectRoot);
   }
@@ -103,7 +103,7 @@ export async function syncFile(conn: FileSource, remotePath: string, target: str
   // As it was when it came (a sync run again): probably unchanged there too, so no bytes inline.
   const inline = state !== 'same';
   // Through the folder holding it, opened once (and, for a follow, checked to be the one it was).
-  const updated = await withFolders(
+  const updated = await withPinnedFolders(
     path.dirname(target),
     (folders) => folders.use([], path.basename(target), (local) => deltaFile(conn, remotePath, st ? local : undefined, local, { overwrite: true, signal: options.signal, inline })),
     options.expectRoot,
@@ -173,7 +173,7 @@ export async function follow(conn: FileSource, remotePath: string, dest: string,
       }
       // Checked before each batch (a replaced destination ends the follow even when the batch has
       // nothing to write); each batch then works through the folder it opened and checked.
-      await withFolders(destFolder, async () => undefined, destIdentity);
+      await withPinnedFolders(destFolder, async () => undefined, destIdentity);
       if (resync) {
         resync = false;
         pending.clear();
@@ -229,7 +229,7 @@ async function applyChanges(conn: FileSource, remotePath: string, dest: string, 
       if (recordedBelow) landedSince.push(rel);
     },
   };
-  await withFolders(dest, async (folders) => {
+  await withPinnedFolders(dest, async (folders) => {
     const work = new WorkQueue(FILES_AT_ONCE);
     try {
       for (const change of changes) {
@@ -281,7 +281,7 @@ async function applyFileChange(conn: FileSource, remotePath: string, target: str
   if (change.type !== 'removed') return syncFile(conn, remotePath, target, options);
   const origin = options.origins.begin(conn.peerId, remotePath, target, 'file');
   const report = emptyReport();
-  if (options.deleteRemoved) await withFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)), destIdentity);
+  if (options.deleteRemoved) await withPinnedFolders(path.dirname(target), (folders) => removeIfOurs(options.origins, origin, '', folders, report, path.basename(target)), destIdentity);
   return report;
 }
 
@@ -350,20 +350,6 @@ async function removeIfOurs(origins: OriginStore, origin: Origin, rel: string, f
     report.filesDeleted++;
   } catch (err) {
     leaveAlone(report, rel || fileName!, `it could not be removed (${toPeerShareError(err, 'IO_ERROR').message})`);
-  }
-}
-
-/**
- * Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is
- * not written through its old handle); with `expect`, only if `root` is still that folder.
- */
-async function withFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>, expect?: FolderIdentity): Promise<T> {
-  if (!expect) await fs.mkdir(root, { recursive: true });
-  const folders = await PinnedFolders.open(root, { rootMayBeLink: true, expect });
-  try {
-    return await work(folders);
-  } finally {
-    await folders.close();
   }
 }
 

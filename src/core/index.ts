@@ -30,3 +30,4 @@ export * from './cdc';
 export * from './delta';
 export * from './origins';
 export * from './follow';
+export { withPinnedFolders } from './pinned-folders';

@@ -19,6 +19,20 @@ const FOLDER_FLAGS = fsc.O_RDONLY | (fsc.O_DIRECTORY ?? 0) | (fsc.O_NOFOLLOW ?? 
  * A path from `pathIn` is used at once and not kept across another call: it may name a descriptor
  * that is closed later. (A download handles one file at a time, so this holds.)
  */
+/**
+ * Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is
+ * not written through its old handle); with `expect`, only if `root` is still that folder.
+ */
+export async function withPinnedFolders<T>(root: string, work: (folders: PinnedFolders) => Promise<T>, expect?: FolderIdentity): Promise<T> {
+  if (!expect) await fs.mkdir(root, { recursive: true });
+  const folders = await PinnedFolders.open(root, { rootMayBeLink: true, expect });
+  try {
+    return await work(folders);
+  } finally {
+    await folders.close();
+  }
+}
+
 export class PinnedFolders {
   /** Open folders by their components below the root joined with '/'; '' is the root. */
   private readonly handles = new Map<string, fs.FileHandle>();

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
-import { OriginStore, deltaFile, deltaFolder, sameAs, sanitizeForDisplay, shortPeerId, toPeerShareError, PeerShareError, type Entry, type Origin, type PeerConnection } from '../core';
+import { OriginStore, deltaFile, deltaFolder, withPinnedFolders, sameAs, sanitizeForDisplay, shortPeerId, toPeerShareError, PeerShareError, type Entry, type Origin, type PeerConnection } from '../core';
 import { countOf, formatBytes } from '../core/format';
 import { MAX_INLINE_CHUNKS_FILE_BYTES } from '../core/v2/share-messages';
 import type { CommandRegistrar } from './commands';
@@ -179,7 +179,12 @@ export class Updates implements vscode.Disposable {
         return outcome;
       }
     }
-    const updated = await deltaFile(conn, remotePath, state === 'missing' ? undefined : localPath, localPath, { overwrite: true, signal, inline: entry.size <= MAX_INLINE_CHUNKS_FILE_BYTES });
+    // Through the folder holding it, opened once: a folder swapped for a link meanwhile is not followed.
+    const updated = await withPinnedFolders(path.dirname(localPath), (folders) =>
+      folders.use([], path.basename(localPath), (local) =>
+        deltaFile(conn, remotePath, state === 'missing' ? undefined : local, local, { overwrite: true, signal, inline: entry.size <= MAX_INLINE_CHUNKS_FILE_BYTES }),
+      ),
+    );
     store.setFile(origin, rel, { ...updated.version, created: state === 'missing' });
     if (updated.changed) outcome.filesChanged = 1;
     outcome.bytesReceived = updated.bytesReceived;

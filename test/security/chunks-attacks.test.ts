@@ -425,6 +425,32 @@ describe('a hostile sharer answers peershare sync (the requester is the victim)'
     }
   });
 
+  it('the same list into a small disk: refused before a byte is written, saying what is needed (the disk is not filled from our own copy)', async (t) => {
+    // An 8 MiB tmpfs stands in for a nearly full disk (needs root, as in CI, or passwordless sudo).
+    const mount = tempDir('peershare-chunkfull-');
+    const command = process.getuid?.() === 0 ? ['mount'] : ['sudo', '-n', 'mount'];
+    const mounted = spawnSync(command[0], [...command.slice(1), '-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', mount]);
+    assert.equal(mounted.status, 0, `This test mounts an 8 MiB tmpfs, which needs root or passwordless sudo: ${mounted.stderr}`);
+    t.after(() => {
+      const umount = process.getuid?.() === 0 ? ['umount'] : ['sudo', '-n', 'umount'];
+      spawnSync(umount[0], [...umount.slice(1), '-l', mount]);
+    });
+    const zeros = Buffer.alloc(CDC_MAX_BYTES);
+    const theirs = Buffer.alloc(160 * CDC_MAX_BYTES); // 40 MiB, every chunk the one we hold
+    const list = chunkBytes(theirs);
+    const { conn } = await hostile((req, reply) => (req.type === 'share.chunks' ? sendChunkList(reply, theirs, list) : undefined));
+    const target = path.join(mount, 'f.bin');
+    await fs.writeFile(target, zeros);
+    const err = await deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }).then(
+      () => assert.fail('the update should not fit'),
+      (e: unknown) => e as PeerShareError,
+    );
+    assert.equal(err.code, 'IO_ERROR');
+    assert.match(err.message, /Not enough free space to update f\.bin: it needs 41943040 bytes/);
+    assert.ok((await fs.readFile(target)).equals(zeros), 'the local copy is as it was');
+    assert.deepEqual(await listTree(mount), ['f.bin'], 'no temporary file');
+  });
+
   it('a sharer that never answers, or stops in the middle of a chunk list, fails TIMEOUT; nothing is written', async () => {
     for (const stall of ['silent', 'half a list'] as const) {
       const content = seededBytes(1024 * 1024, 77);
