@@ -203,9 +203,6 @@ export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 /** Received block buffers a connection keeps for reuse (share-client.ts BlockBuffers): what circulates while a file's writes are in flight (download.ts), with room to spare. */
 export const MAX_FREE_BLOCK_BUFFER_BYTES = 16 * 1024 * 1024;
 
-/** Receive rings a connection keeps for its next requests (v2/receive-ring.ts): each is a request window. */
-export const FREE_RECEIVE_RINGS = 2;
-
 /**
  * Files up to this size are hashed whole in memory each time they are asked for, not cached
  * (block-cache.ts): reading one is cheaper than opening and checking an entry. The same size as

@@ -51,7 +51,7 @@ async function readAll(answer: ReturnType<Connection['request']>): Promise<{ byt
   const replies: WireMessage[] = [];
   for await (const part of answer) {
     if (part.kind === 'data') bytes += part.chunk.length;
-    else replies.push(part.message);
+    else if (part.kind === 'reply') replies.push(part.message);
   }
   return { bytes, replies };
 }

@@ -394,8 +394,10 @@ describe('a hostile sharer answers peershare sync (the requester is the victim)'
     assert.ok((await fs.readFile(path.join(dest, 'f.bin'))).equals(content));
     // Peak ~160 MB as measured (both sides are this process); the bound is what maxFileChunks allows, not what the sharer likes.
     assert.ok(grew < 384 * 1024 * 1024, `RSS grew by ${(grew / 2 ** 20).toFixed(0)} MiB`);
-    // One write per chunk used to be 131,072 system calls (and 8 s).
-    assert.ok(writes < 5000, `${writes} write system calls`);
+    // One write per chunk used to be 131,072 system calls (and 8 s); batched, the file takes about 30.
+    // The count is the whole process's, and the sharer here shares it: on a loaded machine its
+    // socket writes of the 4.7 MB chunk list come in small pieces as the reader drains (5,496 once).
+    assert.ok(writes < 20_000, `${writes} write system calls`);
     console.log(`# ${count} one-byte chunks: ${seconds.toFixed(1)} s, RSS +${(grew / 2 ** 20).toFixed(0)} MiB, ${writes} write calls`);
   });
 

@@ -1,7 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
-import { CLOSE_GRACE_MS, FREE_RECEIVE_RINGS, resolveLimits, type Limits } from '../limits';
-import { ReceiveRing } from './receive-ring';
+import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
 import { TokenBucket } from '../token-bucket';
 import { isPeerId, shortPeerId } from '../peer-id';
 import { sanitizeForDisplay, shownType } from '../protocol';
@@ -71,7 +70,22 @@ export interface ConnectionOptions {
 }
 
 /** One part of an answer, in order: a REPLY message or a slice of DATA. */
-export type AnswerPart = { kind: 'reply'; message: ReplyMessage } | { kind: 'data'; chunk: Buffer };
+export type AnswerPart<Item = never> = { kind: 'reply'; message: ReplyMessage } | { kind: 'data'; chunk: Buffer } | { kind: 'read'; items: Item[] };
+
+/**
+ * Reads an answer's REPLY messages and DATA as they arrive (share-client.ts runs its answer
+ * machines so); the consumer then iterates what it made (`read` parts). Why at arrival: a stream
+ * hands over every read in a fresh buffer, and one kept queued while the consumer is busy (a 4 MiB
+ * block being written) outlives two scavenges, is promoted, and is freed only by a full collection:
+ * on a 4 GiB download that was 40–60 MiB of dead read buffers in the receiver's peak
+ * (docs/benchmarks.md, "Memory"). Read at once, each dies young, and what waits is the reader's
+ * own output (verified blocks in reused buffers). A throw fails the request: the consumer meets it
+ * after the parts read before it, and nothing more of that answer is read.
+ */
+export interface AnswerReader<Item> {
+  reply(message: ReplyMessage): Item[];
+  data(chunk: Buffer): Item[];
+}
 
 /** How a handler answers: REPLY messages and DATA, in order, each resolved once written to the stream. */
 export interface ReplyWriter {
@@ -118,14 +132,12 @@ class OutgoingRequest {
   unreported = 0;
   /** Bytes of the last part handed to the consumer: consumed once it asks for the next. */
   handedOut = 0;
-  /** Of those, the bytes that sit in `ring` (freed then too). */
-  handedOutRing = 0;
-  readonly parts: { part: AnswerPart; bytes: number; ringBytes: number }[] = [];
-  /** Where DATA waits for the consumer (ReceiveRing), taken on the first that must wait. */
-  ring?: ReceiveRing;
-  /** Set while the consumer awaits the next part. */
+  readonly parts: { part: AnswerPart<unknown>; bytes: number }[] = [];
   wake?: () => void;
   failure?: PeerShareError;
+  /** Reads the answer as it arrives (AnswerReader); its failure, met by the consumer after the parts before it. */
+  reader?: AnswerReader<unknown>;
+  readFailure?: unknown;
   end?: EndOkMessage;
   stallAt = 0;
   deadlineAt = 0;
@@ -146,10 +158,9 @@ class OutgoingRequest {
 /**
  * What `request()` returns: iterate it for the REPLY messages and DATA slices in order (asking for
  * the next part is what tells the peer the last one was consumed and grants it credit), and await
- * `result` for the END. Breaking out of the iteration cancels the request. A DATA slice is valid
- * only until the next part is asked for (its room in the ring is written again): copy what you keep.
+ * `result` for the END. Breaking out of the iteration cancels the request.
  */
-export class Answer implements AsyncIterable<AnswerPart> {
+export class Answer<Item = never> implements AsyncIterable<AnswerPart<Item>> {
   /** The END `{type:"end", …}`; rejects with the peer's error, TIMEOUT, CANCELLED or the connection's end. */
   readonly result: Promise<EndOkMessage>;
 
@@ -159,7 +170,6 @@ export class Answer implements AsyncIterable<AnswerPart> {
     result: Promise<EndOkMessage>,
     private readonly onNext: (request: OutgoingRequest) => void,
     private readonly onCancel: () => void,
-    private readonly onIterationEnd: (request: OutgoingRequest) => void = () => undefined,
   ) {
     this.result = result;
     // Nobody need await `result` (an iteration sees the same failure): never an unhandled rejection.
@@ -174,7 +184,7 @@ export class Answer implements AsyncIterable<AnswerPart> {
     this.onCancel();
   }
 
-  async *[Symbol.asyncIterator](): AsyncGenerator<AnswerPart, void, undefined> {
+  async *[Symbol.asyncIterator](): AsyncGenerator<AnswerPart<Item>, void, undefined> {
     const request = this.request;
     if (!(request instanceof OutgoingRequest)) throw request.failure;
     let finished = false;
@@ -184,21 +194,19 @@ export class Answer implements AsyncIterable<AnswerPart> {
         const next = request.parts.shift();
         if (next) {
           request.handedOut = next.bytes;
-          request.handedOutRing = next.ringBytes;
-          yield next.part;
+          yield next.part as AnswerPart<Item>;
           continue;
         }
+        if (request.readFailure !== undefined) throw request.readFailure;
         if (request.failure) throw request.failure;
         if (request.state === 'done') {
           finished = true;
           return;
         }
         await new Promise<void>((resolve) => (request.wake = resolve));
-        request.wake = undefined;
       }
     } finally {
       if (!finished && request.state === 'open') this.onCancel();
-      this.onIterationEnd(request);
     }
   }
 }
@@ -263,8 +271,6 @@ export class Connection {
   // Requests we opened, by id; and those waiting for room under the peer's `requests`.
   private readonly outgoing = new Map<number, OutgoingRequest>();
   private readonly waiting: OutgoingRequest[] = [];
-  // Rings of ended requests, for the next ones (a few: each is a window, 4 MiB by default).
-  private readonly freeRings: ReceiveRing[] = [];
   private nextId: number;
   // Requests of the peer: the highest id it opened, and those we still answer.
   private highestPeerId = 0;
@@ -369,10 +375,10 @@ export class Connection {
    * and fails with TIMEOUT; the connection stays. `longLived` (a watch, spec 14.3) has neither
    * deadline: quiet is its normal state; its credit and a CANCEL's END are still enforced.
    */
-  request(message: CapabilityMessage, options: { signal?: AbortSignal; longLived?: boolean } = {}): Answer {
+  request<Item = never>(message: CapabilityMessage, options: { signal?: AbortSignal; longLived?: boolean; reader?: AnswerReader<Item> } = {}): Answer<Item> {
     let settle!: OutgoingRequest['settle'];
     const result = new Promise<EndOkMessage>((resolve, reject) => (settle = { resolve, reject }));
-    const refuse = (failure: PeerShareError): Answer => {
+    const refuse = (failure: PeerShareError): Answer<Item> => {
       settle.reject(failure);
       return new Answer({ failure }, result, () => undefined, () => undefined);
     };
@@ -384,13 +390,8 @@ export class Connection {
     }
     const request = new OutgoingRequest(message, this.local.window, settle);
     request.longLived = options.longLived === true;
-    const answer = new Answer(
-      request,
-      result,
-      (r) => this.consumed(r),
-      () => this.cancel(request, new PeerShareError('CANCELLED')),
-      (r) => this.giveBackRing(r),
-    );
+    request.reader = options.reader;
+    const answer = new Answer<Item>(request, result, (r) => this.consumed(r), () => this.cancel(request, new PeerShareError('CANCELLED')));
     const signal = options.signal;
     if (signal) {
       if (signal.aborted) {
@@ -636,27 +637,10 @@ export class Connection {
     this.armIdle();
   }
 
-  private takeRing(capacity: number): ReceiveRing {
-    const at = this.freeRings.findIndex((ring) => ring.capacity === capacity);
-    return at < 0 ? new ReceiveRing(capacity) : this.freeRings.splice(at, 1)[0];
-  }
-
-  /** Once its consumer has stopped iterating, nothing reads a request's ring again. */
-  private giveBackRing(request: OutgoingRequest): void {
-    const ring = request.ring;
-    if (!ring) return;
-    request.ring = undefined;
-    request.parts.length = 0;
-    ring.clear();
-    if (this.freeRings.length < FREE_RECEIVE_RINGS) this.freeRings.push(ring);
-  }
-
   /** The consumer asks for the next part: what it had is consumed, and credit goes back at window/2. */
   private consumed(request: OutgoingRequest): void {
     request.unreported += request.handedOut;
     request.handedOut = 0;
-    if (request.handedOutRing > 0) request.ring!.release(request.handedOutRing);
-    request.handedOutRing = 0;
     if (request.state !== 'open' || request.unreported < request.window / 2 || this.closedWith) return;
     const increment = request.unreported;
     request.unreported = 0;
@@ -675,8 +659,6 @@ export class Connection {
     request.state = 'cancelled';
     request.cancelledAt = performance.now();
     request.parts.length = 0;
-    request.ring?.clear();
-    request.handedOutRing = 0;
     this.fail(request, reason);
     if (!this.closedWith) this.send({ kind: 'CANCEL', id: request.id });
     this.armSweep();
@@ -767,6 +749,7 @@ export class Connection {
         return this.startAnswer(id, message);
       case 'REPLY': {
         const request = this.outgoing.get(id)!;
+        if (request.reader) return this.read(request, (reader) => reader.reply(message), bytes);
         return this.deliver(request, { kind: 'reply', message }, bytes);
       }
       case 'END':
@@ -780,21 +763,29 @@ export class Connection {
 
   private onData(id: number, chunk: Buffer): void {
     const request = this.outgoing.get(id);
-    if (!request || request.state !== 'open') return;
-    // A consumer that waits with nothing queued takes the stream's buffer within this tick, so
-    // that buffer dies young; bytes that must wait are copied to the request's ring (receive-ring.ts).
-    if (request.wake && request.parts.length === 0) return this.deliver(request, { kind: 'data', chunk }, chunk.length);
-    request.ring ??= this.takeRing(request.window);
-    // The credit check keeps unconsumed bytes within the window, the ring's capacity.
-    const slices = request.ring.put(chunk) ?? [];
-    if (slices.length === 0) return this.deliver(request, { kind: 'data', chunk: Buffer.from(chunk) }, chunk.length);
-    for (const slice of slices) this.deliver(request, { kind: 'data', chunk: slice }, slice.length, slice.length);
+    if (!request) return;
+    if (request.reader) this.read(request, (reader) => reader.data(chunk), chunk.length);
+    else this.deliver(request, { kind: 'data', chunk }, chunk.length);
+  }
+
+  /** A part read at arrival (AnswerReader); after the reader failed, the rest only counts against credit. */
+  private read(request: OutgoingRequest, reading: (reader: AnswerReader<unknown>) => unknown[], bytes: number): void {
+    if (request.state !== 'open' || request.readFailure !== undefined) return;
+    let items: unknown[];
+    try {
+      items = reading(request.reader!);
+    } catch (err) {
+      request.readFailure = err;
+      request.wake?.();
+      return;
+    }
+    this.deliver(request, { kind: 'read', items }, bytes);
   }
 
   /** A part for the consumer; a cancelled request's are dropped (their credit was still checked). */
-  private deliver(request: OutgoingRequest, part: AnswerPart, bytes: number, ringBytes = 0): void {
+  private deliver(request: OutgoingRequest, part: AnswerPart<unknown>, bytes: number): void {
     if (request.state !== 'open') return;
-    request.parts.push({ part, bytes, ringBytes });
+    request.parts.push({ part, bytes });
     // Progress: the stall clock restarts, the overall deadline grows with the bytes.
     if (!request.longLived) request.stallAt = performance.now() + this.limits.stallTimeoutMs;
     request.deadlineAt += (bytes / this.limits.minTransferBytesPerSecond) * 1000;

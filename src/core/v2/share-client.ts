@@ -5,7 +5,7 @@ import { PeerShareError, toPeerShareError } from '../errors';
 import { MAX_FREE_BLOCK_BUFFER_BYTES, type Limits } from '../limits';
 import { inspectReceivedName, nameDigest, type UnsafeHere } from '../names';
 import { parseEntry, sanitizeForDisplay, shownType, type Entry } from '../protocol';
-import type { Answer, Connection } from './connection';
+import type { Answer, AnswerReader, Connection } from './connection';
 import type { WireMessage } from './frames';
 import { END_ERROR_CODES, MAX_PEER_MESSAGE_CHARS, isOneOf, type EndErrorCode, type EndOkMessage } from './messages';
 import type { WatchBatch } from '../watch';
@@ -112,15 +112,12 @@ interface AnswerMachine<Item, Result> {
  * record); the machine's result is the generator's return value. A PROTOCOL_ERROR closes the
  * connection (spec 6.5); any throw leaves the iteration, which cancels the request.
  */
-async function* runAnswer<Item, Result>(connection: Connection, answer: Answer, machine: AnswerMachine<Item, Result>): AsyncGenerator<Item, Result, undefined> {
+async function* runAnswer<Item, Result>(connection: Connection, answer: Answer<Item>, machine: AnswerMachine<Item, Result>): AsyncGenerator<Item, Result, undefined> {
   try {
     for await (const part of answer) {
-      if (part.kind === 'reply') {
-        const item = machine.reply(part.message);
-        if (item !== undefined) yield item;
-      } else {
-        for (const item of machine.data(part.chunk)) yield item;
-      }
+      // The machine read each REPLY and DATA as it arrived (machineReader): here is what it made.
+      if (part.kind !== 'read') throw new PeerShareError('INTERNAL', `An answer read by its machine delivered a ${part.kind} part.`);
+      for (const item of part.items) yield item;
     }
     return machine.end(await answer.result);
   } catch (err) {
@@ -130,6 +127,17 @@ async function* runAnswer<Item, Result>(connection: Connection, answer: Answer, 
     if (coded.code === 'PROTOCOL_ERROR') connection.close(coded);
     throw coded;
   }
+}
+
+/** A machine as the connection's AnswerReader: it reads each part as it arrives (see AnswerReader for why). */
+function machineReader<Item>(machine: AnswerMachine<Item, unknown>): AnswerReader<Item> {
+  return {
+    reply: (message) => {
+      const item = machine.reply(message);
+      return item === undefined ? [] : [item];
+    },
+    data: (chunk) => machine.data(chunk),
+  };
 }
 
 /** Drains a reader that yields nothing until its end. */
@@ -802,6 +810,7 @@ export class ShareClient {
     options: RequestOptions & { longLived?: boolean },
   ): AsyncGenerator<Item, Result, undefined> {
     const named = this.capability === 'share' ? message : { ...message, type: `${this.capability}.${message.type.slice('share.'.length)}` as const };
-    return runAnswer(this.connection, this.connection.request(named, { signal: options.signal, longLived: options.longLived }), machine);
+    const answer = this.connection.request(named, { signal: options.signal, longLived: options.longLived, reader: machineReader(machine) });
+    return runAnswer(this.connection, answer, machine);
   }
 }
