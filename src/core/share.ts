@@ -7,6 +7,7 @@ import { sleep } from './race';
 import { INVISIBLE_CHARS, type Entry } from './protocol';
 import { foldName, isShortNameShape } from './names';
 import type { Limits } from './limits';
+import { MountTable } from './mounts';
 
 /**
  * What a peer may read: the shared roots, read-only, minus what is usually secret. Every path
@@ -147,7 +148,7 @@ export interface ShareRoot {
   /**
    * On a local file system (statfs, LOCAL_FILE_SYSTEMS): only then are small files read with
    * synchronous calls, which would hold the event loop (the extension host) on a stalled network
-   * or FUSE mount. (A network mount inside a local root is not told apart.)
+   * or FUSE mount; and not below another mount inside the root (MountTable).
    */
   local: boolean;
 }
@@ -182,6 +183,7 @@ const MAX_GITIGNORE_BYTES = 1024 * 1024;
 export class Share {
   readonly roots: ShareRoot[];
   private readonly rules: Ignore;
+  private readonly mounts = new MountTable();
   private readonly gitignoreCache = new Map<string, { loadedAt: number; rules: Ignore | null }>();
 
   private constructor(
@@ -220,7 +222,9 @@ export class Share {
     }
     const privatePaths: string[] = [];
     for (const p of options.privatePaths ?? []) privatePaths.push(await fs.realpath(p).catch(() => path.resolve(p)));
-    return new Share(roots, options, privatePaths, await filesIn(privatePaths), limits);
+    const share = new Share(roots, options, privatePaths, await filesIn(privatePaths), limits);
+    await share.mounts.refresh();
+    return share;
   }
 
   /**
@@ -378,7 +382,7 @@ export class Share {
     if (!PROC_FD) return undefined;
     const { root, components } = this.resolve(item.remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
-    if (!root.local) return undefined;
+    if (!root.local || this.mounts.crossesKnown(root.realPath, components)) return undefined;
     const expected = path.join(root.realPath, ...components);
     let fd: number;
     try {
@@ -411,7 +415,7 @@ export class Share {
     if (!PROC_FD) return undefined;
     const { root, components } = this.resolve(remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
-    if (!root.local) return undefined;
+    if (!root.local || (await this.mounts.crosses(root.realPath, components))) return undefined;
     if (await this.isExcluded(root, components, false)) throw new PeerShareError('EXCLUDED');
     const expected = path.join(root.realPath, ...components);
     let fd: number;

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { downloadFolder, resolveLimits, type PeerConnection } from '../../src/core';
 import { Share, isLocalFileSystem } from '../../src/core/share';
+import { parseMountPoints } from '../../src/core/mounts';
 import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, type Sharer } from '../helpers';
 
 /**
@@ -488,5 +489,41 @@ describe('small files are read with synchronous calls only on a local file syste
     const { handle } = await share.openFile('proj/a.txt');
     assert.equal((await handle.readFile()).toString(), 'hello\n');
     await handle.close();
+  });
+  it('below a mount inside a local root (a network share mounted in the workspace, say), small files take the asynchronous path too', async (t) => {
+    const proj = path.join(tempDir(), 'proj');
+    const mounted = path.join(proj, 'mnt');
+    await fs.mkdir(mounted, { recursive: true });
+    // A tmpfs stands in for the network file system: what is tested is "another mount below the root" (needs root, as in CI, or passwordless sudo).
+    const asRoot = (args: string[]): void => {
+      execFileSync(process.getuid?.() === 0 ? args[0] : 'sudo', process.getuid?.() === 0 ? args.slice(1) : ['-n', ...args], { stdio: 'pipe' });
+    };
+    asRoot(['mount', '-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mounted]);
+    t.after(() => asRoot(['umount', '-l', mounted]));
+    const old = new Date(Date.now() - 60_000);
+    for (const file of [path.join(proj, 'a.txt'), path.join(mounted, 'b.txt')]) {
+      await fs.writeFile(file, 'hello\n');
+      await fs.utimes(file, old, old);
+    }
+    const share = await Share.create({ folders: [proj] }, resolveLimits());
+    if (!share.roots[0].local) return t.skip('the temporary folder is not on a local file system here');
+    await new Promise((resolve) => setTimeout(resolve, 60)); // past the clock-tick margin of the files' ctime
+    assert.equal((await share.readSmallFile('proj/a.txt', 1024))?.data.toString(), 'hello\n', 'beside the mount: the synchronous path');
+    assert.equal(await share.readSmallFile('proj/mnt/b.txt', 1024), undefined, 'below it: not');
+    assert.equal(share.readWalkedFileSync({ kind: 'file', remotePath: 'proj/mnt/b.txt', relPath: 'mnt/b.txt' } as never, 1024), undefined);
+    assert.ok(share.readWalkedFileSync({ kind: 'file', remotePath: 'proj/a.txt', relPath: 'a.txt' } as never, 1024));
+    const { handle } = await share.openFile('proj/mnt/b.txt');
+    assert.equal((await handle.readFile()).toString(), 'hello\n', 'and it is still served');
+    await handle.close();
+  });
+
+  it("mount points are read from mountinfo's fifth field, the kernel's octal escapes undone", () => {
+    const text = [
+      '22 27 0:21 / /proc rw,relatime - proc proc rw',
+      '90 27 0:50 / /home/ann/work/my\\040share rw - cifs //nas/x rw',
+      '91 90 0:51 / /home/ann/work/tab\\011and\\134slash rw - nfs4 nas:/y rw',
+      '',
+    ].join('\n');
+    assert.deepEqual(parseMountPoints(text), ['/proc', '/home/ann/work/my share', '/home/ann/work/tab\tand\\slash']);
   });
 });
