@@ -204,6 +204,13 @@ export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 export const MAX_FREE_BLOCK_BUFFER_BYTES = 16 * 1024 * 1024;
 
 /**
+ * Parts of one answer waiting for a consumer that reads frames as they are (no AnswerReader, whose
+ * parts are merged): about 200 bytes each, so 3 MiB at most. Well above what an honest peer's
+ * frames of a window make (its DATA frames are slices of up to 256 KiB).
+ */
+export const MAX_QUEUED_ANSWER_PARTS = 16_384;
+
+/**
  * Files up to this size are hashed whole in memory each time they are asked for, not cached
  * (block-cache.ts): reading one is cheaper than opening and checking an entry. The same size as
  * the protocol's inline files (v2/share-messages.ts MAX_INLINE_FILE_BYTES), which are read whole.

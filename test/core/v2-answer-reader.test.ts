@@ -3,6 +3,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { PeerShareError } from '../../src/core/errors';
+import { MAX_QUEUED_ANSWER_PARTS } from '../../src/core/limits';
 import { Connection, type AnswerReader, type ReplyWriter } from '../../src/core/v2/connection';
 import { duplexPair } from './v2-duplex-pair';
 
@@ -88,6 +89,35 @@ describe('an answer read as it arrives', () => {
     await parts.return?.(undefined);
     await assert.rejects(answer.result, { code: 'CANCELLED' });
     dialer.close();
+  });
+
+  it('parts read while the consumer is busy join one waiting part; an answer without a reader is held to MAX_QUEUED_ANSWER_PARTS pieces', async () => {
+    const pieces = MAX_QUEUED_ANSWER_PARTS + 100;
+    const tinyPieces = async (_req: unknown, reply: ReplyWriter): Promise<void> => {
+      // Written without waiting, so each is a frame of its own; the last tells when all are out.
+      for (let i = 0; i < pieces; i++) reply.data(Buffer.of(i & 0xff)).catch(() => undefined);
+      await reply.data(Buffer.of(0)).catch(() => undefined);
+    };
+    {
+      const { dialer, acceptor } = connectionPair();
+      acceptor.handle('test/1', tinyPieces);
+      const { reader, state } = hashingReader();
+      const answer = dialer.request({ type: 'test.get' }, { reader });
+      await answer.result; // nobody iterates until the whole answer is in
+      const parts: number[] = [];
+      for await (const part of answer) if (part.kind === 'read') parts.push(part.items.length);
+      assert.equal(state.read, pieces + 1);
+      assert.deepEqual(parts, [pieces + 1], 'every piece read, in one part');
+      dialer.close();
+    }
+    {
+      const { dialer, acceptor } = connectionPair();
+      acceptor.handle('test/1', tinyPieces);
+      const closed = new Promise<PeerShareError | undefined>((resolve) => dialer.onClose(resolve));
+      const answer = dialer.request({ type: 'test.get' });
+      await assert.rejects(answer.result, { code: 'PROTOCOL_ERROR' });
+      assert.match(String((await closed)?.message), /more than 16384 pieces/);
+    }
   });
 
   it("a reader's failure comes after the items read before it, cancels the request, and leaves the connection open", async () => {

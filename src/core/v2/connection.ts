@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
-import { CLOSE_GRACE_MS, resolveLimits, type Limits } from '../limits';
+import { CLOSE_GRACE_MS, MAX_QUEUED_ANSWER_PARTS, resolveLimits, type Limits } from '../limits';
 import { TokenBucket } from '../token-bucket';
 import { isPeerId, shortPeerId } from '../peer-id';
 import { sanitizeForDisplay, shownType } from '../protocol';
@@ -785,7 +785,20 @@ export class Connection {
   /** A part for the consumer; a cancelled request's are dropped (their credit was still checked). */
   private deliver(request: OutgoingRequest, part: AnswerPart<unknown>, bytes: number): void {
     if (request.state !== 'open') return;
-    request.parts.push({ part, bytes });
+    const last = request.parts[request.parts.length - 1];
+    if (part.kind === 'read' && last?.part.kind === 'read') {
+      // Credit bounds bytes, not frames: one part per frame let a peer sending one-byte DATA make
+      // the waiting parts cost a hundred times the window (found by reader-attacks). What a reader
+      // made while the consumer is busy joins the part that waits; it is one part, consumed at once.
+      for (const item of part.items) last.part.items.push(item);
+      last.bytes += bytes;
+    } else {
+      // An answer no reader reads (its parts are the frames themselves) is held to a count.
+      if (request.parts.length >= MAX_QUEUED_ANSWER_PARTS) {
+        throw protocolError(`${this.peerLabel} sent request ${request.id}'s answer in more than ${MAX_QUEUED_ANSWER_PARTS} pieces before it was read.`);
+      }
+      request.parts.push({ part, bytes });
+    }
     // Progress: the stall clock restarts, the overall deadline grows with the bytes.
     if (!request.longLived) request.stallAt = performance.now() + this.limits.stallTimeoutMs;
     request.deadlineAt += (bytes / this.limits.minTransferBytesPerSecond) * 1000;
