@@ -75,6 +75,8 @@ export interface Limits {
   maxWatchChanges: number;
   /** v2 share.watch of a subtree (`tree`, docs/protocol-v2.md 14.5): folders one such watch may cover, each with a system watcher while watched; more are TOO_LARGE. */
   maxTreeWatchFolders: number;
+  /** v2 share.watch of a subtree: such watches one peer may have open across all its connections (a follow holds one); more are BUSY. */
+  maxTreeWatchesPerPeer: number;
   /** v2: credit every request we open starts with (advertised as `window`); bounds what one answer may hold here. */
   requestWindowBytes: number;
   /** v2: largest DATA frame we send for one answer while another answer is open, so a small answer is not stuck behind a transfer. */
@@ -163,6 +165,9 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze({
   watchBatchIntervalMs: 250,
   maxWatchChanges: 1000,
   maxTreeWatchFolders: 4096,
+  // Arming a tree watch costs the sharer a look at every folder in it (64 of 2,041 folders each took
+  // 26 s, found by watch-attacks): one peer may make it do that a few times, not 16 × 4.
+  maxTreeWatchesPerPeer: 8,
   // 4 frames of 1 MiB in flight per request; 4 transfers at once hold 16 MiB (docs/protocol-v2.md 9).
   requestWindowBytes: 4 * 1024 * 1024,
   interleaveSliceBytes: 256 * 1024,

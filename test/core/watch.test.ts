@@ -368,6 +368,40 @@ describe('share.watch of a subtree (tree: true): what Follow and sync --watch he
   });
 });
 
+describe('share.watch of a subtree: a budget per peer', () => {
+  it('one peer may hold maxTreeWatchesPerPeer tree watches across its connections; the next is BUSY, a plain watch and another peer still get in, and a stopped one frees its room', async () => {
+    const { sharer, conn, client } = await setUp({
+      sharer: { maxTreeWatchesPerPeer: 2 },
+      prepare: async (p) => {
+        for (const name of ['a', 'b']) await fs.mkdir(path.join(p, name));
+      },
+    });
+    const second = (await connectWithInvite(sharer.invite, client)).conn;
+    opened.push({ sharer, conn: second });
+    const quiet = { onChanges: () => undefined, tree: true };
+    const first = await conn.share.watch('proj', quiet);
+    await second.share.watch('proj/a', quiet);
+    const refused = await conn.share.watch('proj/b', quiet).then(
+      () => assert.fail('a third tree watch of one peer should be refused'),
+      (err: { code: string; message: string }) => err,
+    );
+    assert.equal(refused.code, 'BUSY');
+    assert.match(refused.message, /At most 2 folders may be watched with everything in them/);
+    await (await conn.share.watch('proj/b', { onChanges: () => undefined })).stop?.();
+    const other = (await connectWithInvite(sharer.invite)).conn;
+    opened.push({ sharer, conn: other });
+    await other.share.watch('proj/b', quiet);
+    first.stop();
+    await first.ended;
+    await until('the stopped watch frees its room', async () =>
+      conn.share.watch('proj/b', quiet).then(
+        () => true,
+        () => false,
+      ),
+    );
+  });
+});
+
 describe('share.watch messages: any input is parsed or refused with a code', () => {
   const { check } = fuzzer(300);
   const anyName = fc.oneof(fc.constantFrom('', '.', '..', 'a/b', 'a//b', '/a', 'a/../b', 'a/./b', 'ok.txt', '\u001b[31m', 'x'.repeat(1025), 'a/'.repeat(3000)), fc.string({ maxLength: 20 }), fc.integer());

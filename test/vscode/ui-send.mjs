@@ -11,7 +11,7 @@ import { closeSync, existsSync, openSync, readdirSync, readFileSync, writeSync }
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { LOOPBACK_SETTINGS, ROOT, freePort } from './server.mjs';
-import { answer, dismissToasts as dismissToastsOn, findNotification, poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
+import { answer, contextMenu, dismissToasts as dismissToastsOn, findNotification, poll, runCommand, runWorkbenchTest, startChild, startCliPeer, writeTree } from './ui-kit.mjs';
 
 const PEER_NAME = 'Ana';
 /** Large enough that the transfer is still running when the first bytes are seen and the other end is paused. */
@@ -117,14 +117,8 @@ async function drive({ page, shot, ws, peer, log }) {
   // (Clicking the Explorer's icon while it shows would hide the side bar.)
   if (!(await readme.isVisible())) await page.locator('.part.activitybar .action-item [aria-label^="Explorer"]').first().click();
   await readme.waitFor({ state: 'visible', timeout: 10_000 });
-  const menu = page.locator('.context-view .monaco-menu');
-  const item = menu.locator('.action-item:not(.disabled) .action-label', { hasText: /^Send to Peer\.\.\.$/ });
-  await readme.click({ button: 'right' });
-  await item.waitFor({ state: 'visible', timeout: 10_000 });
-  await item.hover();
-  await page.waitForTimeout(300);
-  await shot('send-explorer-menu.png');
-  await item.click();
+  // contextMenu: a click while the menu still settles only highlights the item (CI saw it); it then takes it with Enter.
+  await contextMenu(page, readme, 'Send to Peer\\.\\.\\.', { before: () => shot('send-explorer-menu.png') });
   const pick = quickInput.locator('.monaco-list-row', { hasText: PEER_NAME }).first();
   await pick.waitFor({ state: 'visible', timeout: 10_000 });
   if (!(await pick.innerText()).includes('connected')) throw new Error(`the quick pick does not say ${PEER_NAME} is connected: ${await pick.innerText()}`);
@@ -158,9 +152,7 @@ async function drive({ page, shot, ws, peer, log }) {
   // (a) The editor sends big.bin from the Explorer; Cancel on "Sending big.bin to Ana".
   const big = page.locator('.part.sidebar .monaco-list-row', { has: page.locator('.label-name', { hasText: /^big\.bin$/ }) });
   await big.waitFor({ state: 'visible', timeout: 10_000 });
-  await big.click({ button: 'right' });
-  await item.waitFor({ state: 'visible', timeout: 10_000 });
-  await item.click();
+  await contextMenu(page, big, 'Send to Peer\\.\\.\\.');
   await pick.waitFor({ state: 'visible', timeout: 10_000 });
   await page.keyboard.press('Enter');
   await quickInput.locator('.quick-input-title', { hasText: `A note for ${PEER_NAME}` }).waitFor({ state: 'visible', timeout: 10_000 });

@@ -17,6 +17,8 @@ import { MAX_WATCH_BATCH_CHANGES, parseWatchRequest } from './watch-messages';
 
 /** What the provider knows of one connection (share-provider.ts's SessionContext). */
 export interface WatchSession {
+  /** The peer's proved ID: its tree watches count against maxTreeWatchesPerPeer across its connections. */
+  readonly peerId: string;
   readonly peerFrameBytes: number;
   /** Watches open on this connection. */
   watches: number;
@@ -35,6 +37,8 @@ const QUIET_TRUST_RECHECK_MS = 1000;
 
 export class WatchProvider {
   readonly hub: WatchHub;
+  /** Tree watches open per peer, across its connections. */
+  private readonly treeWatches = new Map<string, number>();
 
   constructor(
     share: Share,
@@ -49,14 +53,24 @@ export class WatchProvider {
     if (session.watches >= this.limits.maxWatchesPerConnection) {
       throw new PeerShareError('BUSY', `At most ${this.limits.maxWatchesPerConnection} folders may be watched at once on one connection.`);
     }
+    const peerTrees = this.treeWatches.get(session.peerId) ?? 0;
+    if (tree && peerTrees >= this.limits.maxTreeWatchesPerPeer) {
+      throw new PeerShareError('BUSY', `At most ${this.limits.maxTreeWatchesPerPeer} folders may be watched with everything in them (followed) at once by one peer.`);
+    }
     session.watches++;
+    if (tree) this.treeWatches.set(session.peerId, peerTrees + 1);
     // The requester's CANCEL frees its room at once: the END it is sent at once says the watch is
     // over, and the one it opens next (the Peers view stops its oldest and opens another, in one
     // write) must not find the room still taken while this handler unwinds.
     let counted = true;
     const leave = (): void => {
-      if (counted) session.watches--;
+      if (!counted) return;
       counted = false;
+      session.watches--;
+      if (!tree) return;
+      const left = (this.treeWatches.get(session.peerId) ?? 1) - 1;
+      if (left > 0) this.treeWatches.set(session.peerId, left);
+      else this.treeWatches.delete(session.peerId);
     };
     signal.addEventListener('abort', leave, { once: true });
     try {
