@@ -71,21 +71,27 @@ async function within<T>(promise: Promise<T>, ms: number, what: string): Promise
   }
 }
 
+/** A sharer that sends every block asked for as fast as credit lets it; `pushed()`: the bytes its writes got out. */
+async function honestBlockSharer(content: Buffer, truth: BlockManifest): Promise<{ conn: PeerConnection; pushed: () => number }> {
+  let sent = 0;
+  const { conn } = await hostile(async (req, reply) => {
+    if (req.type === 'share.manifest') return sendManifest(reply, content, truth);
+    for (const [first, end] of req.blocks as [number, number][]) {
+      for (let i = first; i < end; i++) {
+        await reply.data(blockOf(content, i));
+        sent += blockOf(content, i).length;
+      }
+    }
+    return {};
+  });
+  return { conn, pushed: () => sent };
+}
+
 describe('reader attacks: credit and memory while the victim consumer is slow', () => {
   it('a sharer flooding 128 KiB blocks at a paused consumer gets at most one window of credit, and the victim holds about that much (not the file)', async (t) => {
     const content = seededBytes(48 * MiB, 1);
     const truth = manifestOfBytes(content, BLOCK);
-    let sent = 0;
-    const { conn } = await hostile(async (req, reply) => {
-      if (req.type === 'share.manifest') return sendManifest(reply, content, truth);
-      for (const [first, end] of req.blocks as [number, number][]) {
-        for (let i = first; i < end; i++) {
-          await reply.data(blockOf(content, i));
-          sent += blockOf(content, i).length;
-        }
-      }
-      return {};
-    });
+    const { conn, pushed: sent } = await honestBlockSharer(content, truth);
     const { manifest } = await conn.share.manifest('ws/f.bin');
     gc();
     const before = process.memoryUsage().arrayBuffers;
@@ -96,7 +102,7 @@ describe('reader attacks: credit and memory while the victim consumer is slow', 
     await sleep(1500);
     gc();
     const held = process.memoryUsage().arrayBuffers - before;
-    const pushed = sent;
+    const pushed = sent();
     t.diagnostic(`pushed ${pushed} bytes, victim external memory +${(held / MiB).toFixed(1)} MiB`);
     assert.ok(pushed >= WINDOW / 2, `the sharer could push ${pushed} bytes: the flood did not happen, the test proves nothing`);
     assert.ok(pushed <= WINDOW, `the sharer pushed ${pushed} bytes while the consumer took one block: credit was granted for bytes not consumed`);
@@ -114,17 +120,7 @@ describe('reader attacks: credit and memory while the victim consumer is slow', 
   it('eight concurrent reads on one connection (maxRequestsPerPeer), all paused: the sharer gets at most eight windows, the victim holds about that much', async (t) => {
     const content = seededBytes(12 * MiB, 2);
     const truth = manifestOfBytes(content, BLOCK);
-    let sent = 0;
-    const { conn } = await hostile(async (req, reply) => {
-      if (req.type === 'share.manifest') return sendManifest(reply, content, truth);
-      for (const [first, end] of req.blocks as [number, number][]) {
-        for (let i = first; i < end; i++) {
-          await reply.data(blockOf(content, i));
-          sent += blockOf(content, i).length;
-        }
-      }
-      return {};
-    });
+    const { conn, pushed: sent } = await honestBlockSharer(content, truth);
     const { manifest } = await conn.share.manifest('ws/f.bin');
     gc();
     const before = process.memoryUsage().arrayBuffers;
@@ -133,7 +129,7 @@ describe('reader attacks: credit and memory while the victim consumer is slow', 
     await sleep(2000);
     gc();
     const held = process.memoryUsage().arrayBuffers - before;
-    const pushed = sent;
+    const pushed = sent();
     t.diagnostic(`pushed ${pushed} bytes, victim external memory +${(held / MiB).toFixed(1)} MiB`);
     assert.ok(pushed >= 8 * (WINDOW / 2), `the sharer pushed only ${pushed} bytes: no flood`);
     assert.ok(pushed <= 8 * WINDOW, `the sharer pushed ${pushed} bytes to eight paused consumers, over eight windows`);
