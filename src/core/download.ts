@@ -265,27 +265,20 @@ async function receiveBlocks(
       return { bytes, resumedBytes, landed: !landed.skipped, version: { size: manifest.size, mtimeMs, fileHash: manifest.fileHash.toString('hex') } };
     } catch (err) {
       const coded = toPeerShareError(err, 'IO_ERROR');
-      // Data we cannot trust is never kept; an interrupted but honest transfer is kept for resume.
-      const keep = (failure: PeerShareError): boolean => land.resume && (failure.code === 'CONNECTION_CLOSED' || failure.code === 'TIMEOUT' || failure.code === 'CANCELLED');
       if (coded.code === 'HASH_MISMATCH' && !rechecked) {
         // Spec 7.2: one bad block from an otherwise good peer; the sharer's file may have changed.
+        // The partial file is kept either way: it holds only blocks verified against the list, so
+        // a peer proven to lie by the recheck leaves nothing of its own in it, and what another
+        // peer sent before stays for a resume (send-attacks: *a partial file … survives a liar*).
         rechecked = true;
-        let fresh: Awaited<ReturnType<typeof conn.share.recheckAfterBadBlock>>;
-        try {
-          fresh = await conn.share.recheckAfterBadBlock(remotePath, manifest, { signal });
-        } catch (err) {
-          // Its own fresh list contradicts what it sent (the peer lies), or the question failed.
-          const again = toPeerShareError(err, 'IO_ERROR');
-          await file.abandon({ keep: keep(again) });
-          throw again;
-        }
-        // Another version: its blocks that did not change are taken from this partial file.
         await file.abandon({ keep: true });
-        answer = fresh;
+        answer = await conn.share.recheckAfterBadBlock(remotePath, manifest, { signal });
         previous = manifest;
         continue;
       }
-      await file.abandon({ keep: keep(coded) });
+      // Data we cannot trust is never kept; an interrupted but honest transfer is kept for resume.
+      const resumable = coded.code === 'CONNECTION_CLOSED' || coded.code === 'TIMEOUT' || coded.code === 'CANCELLED';
+      await file.abandon({ keep: resumable && land.resume });
       throw coded;
     }
   }

@@ -388,6 +388,9 @@ export class SendSession {
         bytes = before + entryBytes;
         policy.onProgress?.({ offerId: offer.offer, bytes, totalBytes, entry: entry.name });
       };
+      // Said before the first byte: a sender that stalls at once still leaves the person a
+      // progress (and its Cancel) to look at, not nothing (the UI test's paused sender found it).
+      onBytes(0);
       try {
         const landed = await this.pull(source, offer.offer, entry, target.path, target.conflict, state, onBytes);
         results[i] = { name: entry.name, status: 'received', target: landed };

@@ -186,15 +186,20 @@ export async function findNotification(page, text, { timeout = 10_000 } = {}) {
     return e ? `${e.tagName}.${String(e.className).slice(0, 60)} at ${Math.round(r.left)},${Math.round(r.top)} of ${innerWidth}x${innerHeight}` : 'nothing';
   });
   process.stdout.write(`[ui-kit] "${text}" is not a toast; the focus was on ${focused}\n`);
-  if (!(await center.isVisible())) await bell.click();
   const listed = page.locator('.notifications-center .notification-list-item', { hasText: text });
-  await listed.first().waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
-    throw new Error(`no notification "${text}", as a toast or in the center (center: ${JSON.stringify(await page.locator('.notifications-center').innerText().catch(() => ''))})`);
-  });
   const close = async () => {
     if (await center.isVisible()) await bell.click();
     await center.waitFor({ state: 'hidden', timeout: 5_000 });
   };
+  // The open center did not always list a notification that came while it was open (a progress
+  // notification, on a fresh clone; a screenshot a moment later showed it): look again, a few times.
+  for (let attempt = 1; ; attempt++) {
+    if (!(await center.isVisible())) await bell.click();
+    if (await listed.first().waitFor({ state: 'visible', timeout: 3_000 }).then(() => true, () => false)) break;
+    if (attempt === 4) throw new Error(`no notification "${text}", as a toast or in the center (center: ${JSON.stringify(await page.locator('.notifications-center').innerText().catch(() => ''))})`);
+    await close();
+    if (await asToast.first().waitFor({ state: 'visible', timeout: 1_000 }).then(() => true, () => false)) return { notification: asToast, inCenter: false, close: async () => undefined };
+  }
   return { notification: listed, inCenter: true, close };
 }
 
