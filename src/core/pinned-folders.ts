@@ -9,17 +9,6 @@ const FOLDER_FLAGS = fsc.O_RDONLY | (fsc.O_DIRECTORY ?? 0) | (fsc.O_NOFOLLOW ?? 
 /** Folders held open at once; the least recently used beyond this are closed (and reopened if needed). */
 
 /**
- * The folders a download writes into, each opened once without following a symlink and then held
- * open. Every later file operation goes through the open folder (`/proc/self/fd/N/<name>` on
- * Linux), so a folder swapped for a symlink after it was checked, or any folder above it, cannot
- * send a write outside the download: the write lands in the folder that was checked, wherever it
- * has moved. Where there is no /proc, each operation re-checks every folder on the way for
- * symlinks instead: a window of microseconds rather than none.
- *
- * A path from `pathIn` is used at once and not kept across another call: it may name a descriptor
- * that is closed later. (A download handles one file at a time, so this holds.)
- */
-/**
  * Runs `work` with the folders of `root` opened afresh (a folder removed and made again since is
  * not written through its old handle); with `expect`, only if `root` is still that folder.
  */
@@ -33,6 +22,17 @@ export async function withPinnedFolders<T>(root: string, work: (folders: PinnedF
   }
 }
 
+/**
+ * The folders a download writes into, each opened once without following a symlink and then held
+ * open. Every later file operation goes through the open folder (`/proc/self/fd/N/<name>` on
+ * Linux), so a folder swapped for a symlink after it was checked, or any folder above it, cannot
+ * send a write outside the download: the write lands in the folder that was checked, wherever it
+ * has moved. Where there is no /proc, each operation re-checks every folder on the way for
+ * symlinks instead: a window of microseconds rather than none.
+ *
+ * A path from `pathIn` is used at once and not kept across another call: it may name a descriptor
+ * that is closed later. (A download handles one file at a time, so this holds.)
+ */
 export class PinnedFolders {
   /** Open folders by their components below the root joined with '/'; '' is the root. */
   private readonly handles = new Map<string, fs.FileHandle>();
