@@ -47,6 +47,9 @@ export interface ChunkList {
 /**
  * The length of the chunk starting at `start` in `data[start, end)`. `end - start` must be at
  * least CDC_MAX_BYTES unless the data ends at `end` (the file's last bytes). Pure.
+ * *Why one exit (`break found`, then `i - start`): with a return in each loop, the exit taken
+ * rarely (a chunk cut at the maximum, the file's end) deoptimized the loop each time it was
+ * first met, and V8 then kept this function unoptimized: cutting ran at 2 s per GiB, not 0.8.*
  */
 export function cutLength(data: Uint8Array, start: number, end: number): number {
   const available = end - start;
@@ -55,15 +58,17 @@ export function cutLength(data: Uint8Array, start: number, end: number): number 
   const normal = start + Math.min(available, CDC_AVG_BYTES);
   let hash = 0;
   let i = start + CDC_MIN_BYTES;
-  for (; i < normal; i++) {
-    hash = ((hash << 1) + GEAR[data[i]]) | 0;
-    if ((hash & MASK_SMALL) === 0) return i - start + 1;
+  found: {
+    while (i < normal) {
+      hash = ((hash << 1) + GEAR[data[i++]]) | 0;
+      if ((hash & MASK_SMALL) === 0) break found;
+    }
+    while (i < limit) {
+      hash = ((hash << 1) + GEAR[data[i++]]) | 0;
+      if ((hash & MASK_LARGE) === 0) break found;
+    }
   }
-  for (; i < limit; i++) {
-    hash = ((hash << 1) + GEAR[data[i]]) | 0;
-    if ((hash & MASK_LARGE) === 0) return i - start + 1;
-  }
-  return limit - start;
+  return i - start;
 }
 
 /** The chunks of bytes held in memory. Pure. */
