@@ -89,46 +89,68 @@ export function chunkBytes(data: Uint8Array): Chunk[] {
 const READ_BYTES = 1024 * 1024;
 
 /**
- * Chunks a file in one streaming pass (one buffer of READ_BYTES + CDC_MAX_BYTES). Takes an open
- * file (the caller opened it with its own checks) or a path. More than `maxFileChunks` chunks:
- * TOO_LARGE. A file that changes while it is read: FILE_CHANGED (its chunks would describe no
- * version of it).
+ * Chunks a file in one streaming pass, reading ahead: while one buffer is cut, the next
+ * READ_BYTES are read into the other (two buffers of CDC_MAX_BYTES + READ_BYTES; the bytes not
+ * yet cut are carried to the front of the next). *Why: reading and cutting in turn left the
+ * thread pool idle while the event loop cut, and the loop idle while it read (a third of a 1 GiB
+ * update's first step).* Takes an open file (the caller opened it with its own checks) or a path.
+ * More than `maxFileChunks` chunks: TOO_LARGE. A file that changes while it is read: FILE_CHANGED
+ * (its chunks would describe no version of it).
  */
 export async function chunkFile(file: FileHandle | string, limits: Pick<Limits, 'maxFileChunks'>): Promise<{ chunks: Chunk[]; version: BigIntStats }> {
   const handle = typeof file === 'string' ? await fsp.open(file, 'r') : file;
+  let pending: Promise<number> | undefined;
   try {
     const version = await handle.stat({ bigint: true });
     if (!version.isFile()) throw new PeerShareError('NOT_A_FILE');
     const size = Number(version.size);
     // Decided by the size alone when it can be: no chunking of a file that cannot fit.
     if (size > limits.maxFileChunks * CDC_MAX_BYTES) throw tooManyChunks(limits.maxFileChunks);
-    const buffer = Buffer.allocUnsafe(Math.min(size, READ_BYTES + CDC_MAX_BYTES));
     const chunks: Chunk[] = [];
-    let held = 0; // bytes in buffer, from file offset `base`
-    let base = 0;
-    let position = 0; // next file offset to read
-    while (base < size) {
-      const room = Math.min(buffer.length - held, size - position);
-      if (room > 0) {
-        await readInto(handle, buffer, held, room, position);
-        held += room;
-        position += room;
+    if (size > 0) {
+      // Each buffer: room for the carried bytes (at most CDC_MAX_BYTES), then one read.
+      const readBytes = Math.min(size, READ_BYTES);
+      const buffers = [Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes), Buffer.allocUnsafe(size > readBytes ? CDC_MAX_BYTES + readBytes : 0)];
+      let position = 0; // next file offset to read
+      const readAhead = (into: Buffer): Promise<number> => {
+        const length = Math.min(readBytes, size - position);
+        const from = position;
+        position += length;
+        return readInto(handle, into, CDC_MAX_BYTES, length, from).then(() => length);
+      };
+      let current = 0;
+      let carried = 0; // bytes carried in front of buffers[current]'s read, from file offset `base`
+      let base = 0;
+      let next = readAhead(buffers[current]);
+      pending = next;
+      for (;;) {
+        const got = await next;
+        pending = undefined;
+        const atEnd = position === size;
+        if (!atEnd) pending = next = readAhead(buffers[1 - current]);
+        const buffer = buffers[current];
+        const first = CDC_MAX_BYTES - carried;
+        const end = CDC_MAX_BYTES + got;
+        let start = first;
+        while (start < end && (atEnd || end - start >= CDC_MAX_BYTES)) {
+          const length = cutLength(buffer, start, end);
+          chunks.push({ offset: base + start - first, length, hash: blake3(buffer.subarray(start, start + length)) });
+          if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
+          start += length;
+        }
+        if (atEnd) break;
+        // The other buffer's read fills it from CDC_MAX_BYTES on; the uncut bytes go just before.
+        buffer.copy(buffers[1 - current], CDC_MAX_BYTES - (end - start), start, end);
+        base += start - first;
+        carried = end - start;
+        current = 1 - current;
       }
-      const atEnd = position === size;
-      let start = 0;
-      while (start < held && (atEnd || held - start >= CDC_MAX_BYTES)) {
-        const length = cutLength(buffer, start, held);
-        chunks.push({ offset: base + start, length, hash: blake3(buffer.subarray(start, start + length)) });
-        if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
-        start += length;
-      }
-      buffer.copy(buffer, 0, start, held);
-      held -= start;
-      base += start;
     }
     if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
     return { chunks, version };
   } finally {
+    // A read still in flight (a throw while cutting) must end before the file is closed.
+    await pending?.catch(() => undefined);
     if (typeof file === 'string') await handle.close();
   }
 }

@@ -8,7 +8,7 @@ import { CDC_MAX_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
-import { commit, openTemporary, partialPathFor, removeName, timesOf, type TemporaryFile } from './landing';
+import { commit, FlushBehind, openTemporary, partialPathFor, removeName, timesOf, type TemporaryFile } from './landing';
 import { inspectReceivedName } from './names';
 import { isLocalFileSystem } from './share';
 import { PinnedFolders, type FolderIdentity } from './pinned-folders';
@@ -155,6 +155,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, remote.size, 0);
     await requireRoom(path.dirname(target), remote.size, remotePath);
     const file = openTemporary(partial);
+    const flush = new FlushBehind(file.fd);
     let landed = false;
     try {
       const missing: number[] = [];
@@ -171,37 +172,31 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
         else copies.push({ from: have.offset, to: wanted.offset, length: have.length });
       }
-      const bytesReused = local && localCut ? await copyLocal(local.handle, localCut.version, copies, file) : 0;
+      const bytesReused = local && localCut ? await copyLocal(local.handle, localCut.version, copies, file, flush) : 0;
       let bytesReceived = 0;
       if (missing.length > 0) {
         // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
         // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
-        const run = new WriteRun(file);
+        const run = new WriteRun(file, flush);
         for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
           await run.add(chunk.data, remote.chunks[chunk.index].offset);
           bytesReceived += chunk.data.length;
         }
         await run.flush();
       }
-      // End to end: the assembled file must be the version the sharer named (its block-list hash).
-      const assembled = await openOwn(partial, file, target);
-      try {
-        const manifest = await hashFileBlocks(assembled, conn.limits);
-        if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
-          throw new PeerShareError('HASH_MISMATCH', `The updated ${sanitizeForDisplay(path.basename(remotePath)).slice(0, 120)} does not match the file hash the peer gave; nothing was replaced.`);
-        }
-      } finally {
-        await assembled.close();
-      }
       futimesSync(file.fd, ...timesOf(remote.mtimeMs));
       keepMode(file, local, localFile === target);
-      if (remote.size > FLUSHED_FROM_BYTES) await fsyncFd(file.fd);
+      // End to end: the assembled file must be the version the sharer named (its block-list hash).
+      // Flushed while it is checked: the flush waits on the disk, the check reads what is cached.
+      await flush.settled();
+      await Promise.all([verifyAssembled(partial, file, target, remote, remotePath, conn.limits), remote.size > FLUSHED_FROM_BYTES ? fsyncFd(file.fd) : undefined]);
       closeSync(file.fd);
       file.fd = -1;
       await commit(partial, target, options.overwrite === true, file);
       landed = true;
       return { changed: true, bytesReceived, bytesReused, version: versionOf(remote) };
     } finally {
+      await flush.settled();
       if (file.fd >= 0) closeSync(file.fd);
       if (!landed) removeName(partial);
     }
@@ -225,6 +220,19 @@ async function requireRoom(folder: string, bytes: number, remotePath: string): P
 
 function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['version'] {
   return { size: remote.size, mtimeMs: remote.mtimeMs, fileHash: remote.fileHash.toString('hex') };
+}
+
+/** The assembled temporary file (still ours: openOwn) is the sharer's version, by its block-list hash; else HASH_MISMATCH. */
+async function verifyAssembled(partial: string, file: TemporaryFile, target: string, remote: ChunkList, remotePath: string, limits: FileSource['limits']): Promise<void> {
+  const assembled = await openOwn(partial, file, target);
+  try {
+    const manifest = await hashFileBlocks(assembled, limits);
+    if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
+      throw new PeerShareError('HASH_MISMATCH', `The updated ${sanitizeForDisplay(path.basename(remotePath)).slice(0, 120)} does not match the file hash the peer gave; nothing was replaced.`);
+    }
+  } finally {
+    await assembled.close();
+  }
 }
 
 /**
@@ -351,18 +359,31 @@ interface Copy {
  * (FILE_CHANGED: deltaFile starts over once). The chunks' bytes are not hashed again here: the
  * whole file is verified before it lands.
  */
-async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[], file: TemporaryFile): Promise<number> {
-  const buffer = Buffer.allocUnsafe(Math.min(COPY_BYTES + CDC_MAX_BYTES, copies.reduce((most, c) => Math.max(most, c.length), 0)));
+async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[], file: TemporaryFile, flush: FlushBehind): Promise<number> {
+  const bufferBytes = Math.min(COPY_BYTES + CDC_MAX_BYTES, copies.reduce((most, c) => Math.max(most, c.length), 0));
+  // Two buffers: the next piece is read while the one before is written.
+  const buffers = [Buffer.allocUnsafe(bufferBytes), Buffer.allocUnsafe(bufferBytes)];
+  let writing: Promise<void> | undefined;
+  let turn = 0;
   let copied = 0;
-  for (const copy of copies) {
-    for (let done = 0; done < copy.length; ) {
-      const length = Math.min(buffer.length, copy.length - done);
-      const { bytesRead } = await local.read(buffer, 0, length, copy.from + done);
-      if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
-      await writeAll(file, buffer.subarray(0, bytesRead), copy.to + done);
-      done += bytesRead;
+  try {
+    for (const copy of copies) {
+      for (let done = 0; done < copy.length; ) {
+        const buffer = buffers[turn];
+        turn = 1 - turn;
+        const length = Math.min(bufferBytes, copy.length - done);
+        const { bytesRead } = await local.read(buffer, 0, length, copy.from + done);
+        if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
+        await writing;
+        writing = writeAll(file, buffer.subarray(0, bytesRead), copy.to + done).then(() => void flush.wrote(bytesRead));
+        done += bytesRead;
+      }
+      copied += copy.length;
     }
-    copied += copy.length;
+    await writing;
+  } finally {
+    // A write still in flight (a read failed) must end before the file is closed.
+    await writing?.catch(() => undefined);
   }
   if (!sameVersion(version, await local.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
   return copied;
@@ -374,7 +395,10 @@ class WriteRun {
   private at = 0;
   private bytes = 0;
 
-  constructor(private readonly file: TemporaryFile) {}
+  constructor(
+    private readonly file: TemporaryFile,
+    private readonly flushBehind: FlushBehind,
+  ) {}
 
   async add(data: Buffer, position: number): Promise<void> {
     if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= COPY_BYTES)) await this.flush();
@@ -389,6 +413,7 @@ class WriteRun {
     this.pieces = [];
     this.bytes = 0;
     await writeAll(this.file, data, this.at);
+    this.flushBehind.wrote(data.length);
   }
 }
 

@@ -222,6 +222,12 @@ export const MAX_QUEUED_ANSWER_PARTS = 16_384;
  */
 export const SMALL_FILE_BYTES = 256 * 1024;
 
+/**
+ * A large file being written is flushed to disk behind its writes, once per this many bytes
+ * (landing.ts FlushBehind), so the fsync before it takes its name has only the last stretch left.
+ */
+export const FLUSH_BEHIND_BYTES = 64 * 1024 * 1024;
+
 /** Files a folder download reads ahead of the socket on the sharer's side. */
 export const SMALL_FILE_PIPELINE = 16;
 

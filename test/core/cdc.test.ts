@@ -97,8 +97,12 @@ describe('content-defined chunks (FastCDC, docs/protocol-v2.md 15.1)', () => {
 
   it('cuts a file streamed through its read buffer exactly as the same bytes in memory', async () => {
     const dir = tempDir();
-    for (const size of [0, 1, CDC_MIN_BYTES, CDC_MIN_BYTES + 1, CDC_MAX_BYTES + 7, 9 * 1024 * 1024 + 123]) {
-      const data = pseudoRandom(size, size + 1);
+    // Around the 1 MiB read (one read, one more byte, two reads), many reads, and bytes of no
+    // content (every chunk cut at the maximum, so the bytes carried between reads are the most).
+    const cases = [0, 1, CDC_MIN_BYTES, CDC_MIN_BYTES + 1, CDC_MAX_BYTES + 7, 1 << 20, (1 << 20) + 1, 2 << 20, 9 * 1024 * 1024 + 123].map((size) => pseudoRandom(size, size + 1));
+    cases.push(Buffer.alloc(3 * 1024 * 1024 + 5));
+    for (const data of cases) {
+      const size = data.length;
       const file = path.join(dir, `f${size}`);
       await fs.writeFile(file, data);
       const { chunks } = await chunkFile(file, { maxFileChunks: 1_000_000 });

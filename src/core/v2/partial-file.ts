@@ -6,6 +6,7 @@ import { blockCount, blockRange, verifyBlockOnce, type BlockManifest } from '../
 import {
   chooseConflict,
   commit,
+  FlushBehind,
   isPlausibleTime,
   keepBothName,
   openOwnPartial,
@@ -105,6 +106,7 @@ export class PartialFile {
   private readonly writes = new Set<Promise<void>>();
   private finished = false;
   private descriptorOpen = true;
+  private readonly flushBehind: FlushBehind;
 
   private constructor(
     /** The target as given, resolved: what results and questions name. */
@@ -118,6 +120,7 @@ export class PartialFile {
     private readonly file: TemporaryFile,
   ) {
     this.state = new Uint8Array(manifest.blockHashes.length);
+    this.flushBehind = new FlushBehind(file.fd);
   }
 
   /**
@@ -226,14 +229,21 @@ export class PartialFile {
         this.state[index] = PRESENT;
         this.presentBlocks++;
         this.writtenBytes += data.length;
+        // Tracked as a write: the descriptor stays open under it too.
+        const flushing = this.flushBehind.wrote(data.length);
+        if (flushing) this.track(flushing);
       },
       (err: unknown) => {
         this.state[index] = MISSING;
         throw toPeerShareError(err, 'IO_ERROR');
       },
     );
-    // Tracked so the descriptor is never closed (and its number reused) under a write in flight.
-    const tracked = writing.finally(() => this.writes.delete(tracked));
+    return this.track(writing);
+  }
+
+  /** Tracked so the descriptor is never closed (and its number reused) under a write in flight. */
+  private track(operation: Promise<void>): Promise<void> {
+    const tracked = operation.finally(() => this.writes.delete(tracked));
     tracked.catch(() => undefined);
     this.writes.add(tracked);
     return tracked;
