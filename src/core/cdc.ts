@@ -95,9 +95,14 @@ const READ_BYTES = 1024 * 1024;
  * thread pool idle while the event loop cut, and the loop idle while it read (a third of a 1 GiB
  * update's first step).* Takes an open file (the caller opened it with its own checks) or a path.
  * More than `maxFileChunks` chunks: TOO_LARGE. A file that changes while it is read: FILE_CHANGED
- * (its chunks would describe no version of it).
+ * (its chunks would describe no version of it). `onChunks`, if given, is called with the chunks
+ * cut so far after each read (the same array, growing), so a caller may use them before the end.
  */
-export async function chunkFile(file: FileHandle | string, limits: Pick<Limits, 'maxFileChunks'>): Promise<{ chunks: Chunk[]; version: BigIntStats }> {
+export async function chunkFile(
+  file: FileHandle | string,
+  limits: Pick<Limits, 'maxFileChunks'>,
+  onChunks?: (chunks: readonly Chunk[]) => void,
+): Promise<{ chunks: Chunk[]; version: BigIntStats }> {
   const handle = typeof file === 'string' ? await fsp.open(file, 'r') : file;
   let pending: Promise<number> | undefined;
   try {
@@ -138,6 +143,7 @@ export async function chunkFile(file: FileHandle | string, limits: Pick<Limits, 
           if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
           start += length;
         }
+        onChunks?.(chunks);
         if (atEnd) break;
         // The other buffer's read fills it from CDC_MAX_BYTES on; the uncut bytes go just before.
         buffer.copy(buffers[1 - current], CDC_MAX_BYTES - (end - start), start, end);

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants as fsc, fchmodSync, fsync, futimesSync, lstatSync, promises as fs, write, type BigIntStats, type Stats } from 'node:fs';
+import { closeSync, constants as fsc, fchmodSync, fsync, futimesSync, lstatSync, promises as fs, write, type Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -129,27 +129,67 @@ export async function deltaFile(conn: FileSource, remotePath: string, localFile:
 async function deltaOnce(conn: FileSource, remotePath: string, localFile: string | undefined, target: string, options: DeltaOptions): Promise<DeltaFileResult> {
   const { signal } = options;
   const local = localFile === undefined ? undefined : await openLocal(localFile);
+  let cutting: Promise<LocalCut> | undefined;
   try {
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
     // A small local copy is cut only if the file did not come inline (it rarely is worth it then).
+    let cutSoFar: readonly Chunk[] = [];
+    let onChunks: ((chunks: readonly Chunk[]) => void) | undefined;
+    const cut = (copy: LocalCopy): Promise<LocalCut> => {
+      const running = chunkFile(copy.handle, conn.limits, (chunks) => {
+        cutSoFar = chunks;
+        onChunks?.(chunks);
+      });
+      running.catch(() => undefined); // met below, or awaited before the copy is closed
+      return running;
+    };
     const smallLocal = local !== undefined && local.size <= MAX_INLINE_CHUNKS_FILE_BYTES;
-    const [remote, cutAtOnce] = await Promise.all([conn.share.chunks(remotePath, { signal, inline: options.inline !== false }), local && !smallLocal ? chunkFile(local.handle, conn.limits) : undefined]);
-    if (remote.data) return await landInline(remote as ChunksAnswer & { data: Buffer }, local, localFile === target, remotePath, target, options);
-    const localCut = cutAtOnce ?? (local ? await chunkFile(local.handle, conn.limits) : undefined);
-    const localChunks = localCut?.chunks ?? [];
-    // Only a copy with one name is touched in place: through a hard link the time would be set on
-    // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
-    // from its own chunks, and takes the name alone.
-    if (local && localFile === target && localCut?.version.nlink === 1n && (await isSameVersion(local.handle, localChunks, remote))) {
-      // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
-      if (options.overwrite) await local.handle.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
-      return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
+    cutting = local && !smallLocal ? cut(local) : undefined;
+    const remote = await conn.share.chunks(remotePath, { signal, inline: options.inline !== false });
+    if (remote.data) {
+      await cutting;
+      return await landInline(remote as ChunksAnswer & { data: Buffer }, local, localFile === target, remotePath, target, options);
+    }
+    cutting ??= local ? cut(local) : undefined;
+
+    // The local chunks are matched as they are cut, and copied while the cut goes on once the
+    // local copy is known to differ from the sharer's version (another size, or a chunk that is
+    // not the sharer's at the same place): *why: cutting then copying in turn kept one core busy
+    // at a time; together, the copy's reads and writes run beside the cut.* A copy that may be the
+    // same version in place is cut whole first: then nothing is written at all.
+    const plan = new CopyPlan(remote);
+    let compared = 0;
+    let differs = !(local && localFile === target && local.nlink === 1 && local.size === remote.size);
+    let foundDifference: () => void = () => undefined;
+    const differenceFound = new Promise<void>((resolve) => (foundDifference = resolve));
+    onChunks = (chunks) => {
+      plan.add(chunks);
+      for (; !differs && compared < chunks.length; compared++) {
+        const theirs = remote.chunks[compared];
+        if (!theirs || theirs.length !== chunks[compared].length || !theirs.hash.equals(chunks[compared].hash)) differs = true;
+      }
+      if (differs) foundDifference();
+    };
+    onChunks(cutSoFar);
+    void cutting?.then(
+      () => plan.end(),
+      () => plan.end(),
+    );
+    if (cutting && !differs) await Promise.race([cutting, differenceFound]);
+    if (!differs && local && cutting) {
+      // Only a copy with one name is touched in place: through a hard link the time would be set on
+      // a file outside dest too (found by the chunk attack suite); one with more is made anew below,
+      // from its own chunks, and takes the name alone.
+      const localCut = await cutting;
+      if (localCut.version.nlink === 1n && (await isSameVersion(local.handle, localCut.chunks, remote))) {
+        // Same bytes, another time (touched): take the sharer's, so the next sync's size-and-time check passes.
+        if (options.overwrite) await local.handle.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
+        return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
+      }
     }
     if (!options.overwrite && (await fs.lstat(target).then(() => true, () => false))) {
       throw new PeerShareError('DEST_EXISTS', `${path.basename(target)} already exists; it was left alone.`);
     }
-    const byHash = new Map<string, Chunk>();
-    for (const chunk of localChunks) byHash.set(chunk.hash.toString('hex'), chunk);
     // Named as a download's temporary file (landing.ts: it fits wherever the target's name fits,
     // however many bytes its characters take), tagged by a random value: never resumed, never shared.
     const partial = partialPathFor(target, '', `sync:${randomBytes(8).toString('hex')}`, remote.size, 0);
@@ -158,22 +198,17 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     const flush = new FlushBehind(file.fd);
     let landed = false;
     try {
-      const missing: number[] = [];
-      const copies: Copy[] = [];
-      for (let index = 0; index < remote.chunks.length; index++) {
-        const wanted = remote.chunks[index];
-        const have = byHash.get(wanted.hash.toString('hex'));
-        if (!have || have.length !== wanted.length) {
-          missing.push(index);
-          continue;
-        }
-        // Chunks next to each other in both files are copied as one range.
-        const last = copies[copies.length - 1];
-        if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
-        else copies.push({ from: have.offset, to: wanted.offset, length: have.length });
+      let bytesReused = 0;
+      if (local && cutting) {
+        bytesReused = await copyLocal(local.handle, local.size, plan.copies(), file, flush);
+        // The local copy must still be the version that was cut, checked after the last read: a
+        // copy edited meanwhile would make a file the sharer's hash refuses, and that is no fault
+        // of the peer's (FILE_CHANGED: deltaFile starts over once).
+        const { version } = await cutting;
+        if (!sameVersion(version, await local.handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
       }
-      const bytesReused = local && localCut ? await copyLocal(local.handle, localCut.version, copies, file, flush) : 0;
       let bytesReceived = 0;
+      const missing = plan.missing();
       if (missing.length > 0) {
         // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
         // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
@@ -201,7 +236,92 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       if (!landed) removeName(partial);
     }
   } finally {
+    // A cut still reading (the list or a write failed) ends before its file is closed.
+    await cutting?.catch(() => undefined);
     await local?.handle.close();
+  }
+}
+
+type LocalCut = Awaited<ReturnType<typeof chunkFile>>;
+
+/**
+ * Which of the sharer's chunks the local copy holds, learnt as the local copy is cut: each local
+ * chunk whose hash (and length) the sharer's list names gives a copy to each place it is named,
+ * the first time; chunks next to each other in both files are copied as one range (up to
+ * COPY_BYTES). What no local chunk gave is `missing()`, once the cut has ended.
+ */
+class CopyPlan {
+  /** The sharer's chunk indexes not yet given, by hash. */
+  private readonly wanted = new Map<string, number[]>();
+  private readonly given: Uint8Array;
+  private readonly queue: Copy[] = [];
+  private added = 0;
+  private ended = false;
+  private wake: (() => void) | undefined;
+
+  constructor(private readonly remote: ChunkList) {
+    this.given = new Uint8Array(remote.chunks.length);
+    remote.chunks.forEach((chunk, index) => {
+      const key = chunk.hash.toString('hex');
+      const indexes = this.wanted.get(key);
+      if (indexes) indexes.push(index);
+      else this.wanted.set(key, [index]);
+    });
+  }
+
+  /** The local chunks cut so far (the same array, growing): the new ones are matched. */
+  add(chunks: readonly Chunk[]): void {
+    for (; this.added < chunks.length; this.added++) {
+      const have = chunks[this.added];
+      const key = have.hash.toString('hex');
+      const indexes = this.wanted.get(key);
+      if (!indexes) continue;
+      this.wanted.delete(key);
+      for (const index of indexes) {
+        const wanted = this.remote.chunks[index];
+        if (wanted.length !== have.length) continue;
+        this.given[index] = 1;
+        const last = this.queue[this.queue.length - 1];
+        if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
+        else this.queue.push({ from: have.offset, to: wanted.offset, length: have.length });
+      }
+    }
+    this.wakeUp();
+  }
+
+  /** The cut has ended (or failed): every copy there will be is planned. */
+  end(): void {
+    this.ended = true;
+    this.wakeUp();
+  }
+
+  /** The copies as they are planned; the last one only once it can grow no more. Ends with the cut. */
+  async *copies(): AsyncGenerator<Copy> {
+    for (;;) {
+      const last = this.queue[this.queue.length - 1];
+      const ready = this.ended || (last && last.length >= COPY_BYTES) ? this.queue.length : this.queue.length - 1;
+      if (ready > 0) {
+        yield* this.queue.splice(0, ready);
+        continue;
+      }
+      if (this.ended) return;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  /** The sharer's chunks no local chunk gave, in order. */
+  missing(): number[] {
+    const missing: number[] = [];
+    this.given.forEach((given, index) => {
+      if (!given) missing.push(index);
+    });
+    return missing;
+  }
+
+  private wakeUp(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
   }
 }
 
@@ -353,21 +473,19 @@ interface Copy {
 }
 
 /**
- * Copies `copies` from the local copy into the temporary file; returns the bytes copied. The local
- * copy must still be the version that was cut (`version`), checked after the last read: a copy
- * edited meanwhile would make a file the sharer's hash refuses, and that is no fault of the peer's
- * (FILE_CHANGED: deltaFile starts over once). The chunks' bytes are not hashed again here: the
- * whole file is verified before it lands.
+ * Copies `copies` (as they come) from the local copy of `localSize` bytes into the temporary file;
+ * returns the bytes copied. The chunks' bytes are not hashed again here: the whole file is
+ * verified before it lands. The caller checks the local copy did not change meanwhile.
  */
-async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[], file: TemporaryFile, flush: FlushBehind): Promise<number> {
-  const bufferBytes = Math.min(COPY_BYTES + CDC_MAX_BYTES, copies.reduce((most, c) => Math.max(most, c.length), 0));
+async function copyLocal(local: FileHandle, localSize: number, copies: AsyncIterable<Copy>, file: TemporaryFile, flush: FlushBehind): Promise<number> {
+  const bufferBytes = Math.min(COPY_BYTES + CDC_MAX_BYTES, localSize);
   // Two buffers: the next piece is read while the one before is written.
   const buffers = [Buffer.allocUnsafe(bufferBytes), Buffer.allocUnsafe(bufferBytes)];
   let writing: Promise<void> | undefined;
   let turn = 0;
   let copied = 0;
   try {
-    for (const copy of copies) {
+    for await (const copy of copies) {
       for (let done = 0; done < copy.length; ) {
         const buffer = buffers[turn];
         turn = 1 - turn;
@@ -385,7 +503,6 @@ async function copyLocal(local: FileHandle, version: BigIntStats, copies: Copy[]
     // A write still in flight (a read failed) must end before the file is closed.
     await writing?.catch(() => undefined);
   }
-  if (!sameVersion(version, await local.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
   return copied;
 }
 
