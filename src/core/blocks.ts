@@ -168,6 +168,7 @@ export function verifyBlockOnce(index: number, data: Uint8Array, manifest: Block
  */
 export async function hashFileBlocks(file: FileHandle | string, limits: Pick<Limits, 'maxFileBlocks' | 'maxManifestBytes'>): Promise<BlockManifest> {
   const handle = typeof file === 'string' ? await fsp.open(file, 'r') : file;
+  let reading: Promise<number> | undefined;
   try {
     const before = await handle.stat({ bigint: true });
     if (!before.isFile()) throw new PeerShareError('NOT_A_FILE');
@@ -178,19 +179,35 @@ export async function hashFileBlocks(file: FileHandle | string, limits: Pick<Lim
       throw new PeerShareError('TOO_LARGE', `This file is too large to send: it would have ${count} blocks, and at most ${limits.maxFileBlocks} are allowed.`);
     }
     const blocksPerRead = Math.max(1, Math.floor(TRANSFER_CHUNK_BYTES / blockSize));
-    const buffer = Buffer.allocUnsafe(Math.min(blocksPerRead * blockSize, size));
+    const readBytes = Math.min(blocksPerRead * blockSize, size);
+    // Two buffers: the next read runs while the bytes of the last are hashed. *Why: reading and
+    // hashing in turn left the thread pool idle while the event loop hashed, and the loop idle
+    // while it read.*
+    const buffers = [Buffer.allocUnsafe(readBytes), Buffer.allocUnsafe(size > readBytes ? readBytes : 0)];
     const blockHashes: Buffer[] = [];
-    for (let position = 0; position < size; ) {
-      const length = Math.min(buffer.length, size - position);
-      await readFully(handle, buffer, length, position);
+    let position = 0;
+    const readNext = (into: Buffer): Promise<number> => {
+      const length = Math.min(readBytes, size - position);
+      const at = position;
+      position += length;
+      return readFully(handle, into, length, at).then(() => length);
+    };
+    let turn = 0;
+    reading = size > 0 ? readNext(buffers[turn]) : undefined;
+    while (reading) {
+      const length = await reading;
+      const buffer = buffers[turn];
+      turn = 1 - turn;
+      reading = position < size ? readNext(buffers[turn]) : undefined;
       for (let start = 0; start < length; start += blockSize) {
         blockHashes.push(blake3(buffer.subarray(start, Math.min(start + blockSize, length))));
       }
-      position += length;
     }
     if (!sameVersion(before, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
     return manifestFromBlockHashes(size, blockSize, blockHashes);
   } finally {
+    // A read still in flight (the file was found changed) ends before the file is closed.
+    await reading?.catch(() => undefined);
     if (typeof file === 'string') await handle.close();
   }
 }

@@ -65,7 +65,8 @@ describe('blocks: block size', () => {
 
 describe('blocks: hashing a file', () => {
   const B = MIN_BLOCK_BYTES;
-  for (const size of [0, 1, B - 1, B, B + 1, 9 * B + 5]) {
+  // Up to three reads of 1 MiB (8 blocks each): the two read buffers each used more than once.
+  for (const size of [0, 1, B - 1, B, B + 1, 9 * B + 5, 16 * B, 20 * B + 5]) {
     it(`${size} bytes: the block hashes and the file hash as defined`, async () => {
       const content = randomBytes(size);
       const manifest = await hashFileBlocks(await fileOf(content), limits);
