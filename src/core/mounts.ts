@@ -31,6 +31,17 @@ export class MountTable {
     return this.points.some((point) => point.startsWith(below) && (target === point || target.startsWith(point + path.sep)));
   }
 
+  /**
+   * Whether a mount point is directly inside the folder `root`/`components` (an lstat of that
+   * entry would ask the mounted file system), from the table as last read; true until it is read.
+   */
+  holdsMountKnown(root: string, components: string[]): boolean {
+    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) void this.refresh();
+    if (!this.points) return true;
+    const folder = path.join(root, ...components);
+    return this.points.some((point) => path.dirname(point) === folder);
+  }
+
   /** Reads the table (one read at a time; an unreadable table counts every path as crossing). */
   refresh(): Promise<void> {
     this.reading ??= fs

@@ -545,20 +545,24 @@ export class Share {
       const dir = await fs.opendir(PROC_FD ? `${PROC_FD}/${opened.handle.fd}` : dirPath, { bufferSize: 256 });
       let pending: { name: string; isDir: boolean }[] = [];
       const excluded = await this.childExclusion(root, components);
+      // On a local file system, with no other mount on the way or in this folder, the entries are
+      // looked at with a synchronous lstat. *Why: 10,000 thread-pool round trips took the sharer
+      // 0.2 s of a sync that changed 100 files; a stalled network mount must not hold the event
+      // loop, hence the mount checks.*
+      const statSync = withStats && root.local && !this.mounts.crossesKnown(root.realPath, components) && !this.mounts.holdsMountKnown(root.realPath, components);
+      const entryFor = (name: string, st: Stats | undefined): Entry | undefined => {
+        if (!st || !(st.isFile() || st.isDirectory())) return undefined;
+        // A hard link to the identity key is the key: not even its name and size are shown.
+        if (this.isPrivateHardLink(st)) return undefined;
+        return entryOf(name, st);
+      };
       const flush = async (): Promise<Entry[]> => {
-        const batch = pending;
+        const batch = pending.filter(({ name, isDir }) => !excluded(name, isDir));
         pending = [];
-        const entries = await Promise.all(
-          batch.map(async ({ name, isDir }) => {
-            if (excluded(name, isDir)) return undefined;
-            if (!withStats) return { name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 } satisfies Entry;
-            const st = await fs.lstat(path.join(dirPath, name)).catch(() => undefined);
-            if (!st || !(st.isFile() || st.isDirectory())) return undefined;
-            // A hard link to the identity key is the key: not even its name and size are shown.
-            if (this.isPrivateHardLink(st)) return undefined;
-            return entryOf(name, st);
-          }),
-        );
+        if (!withStats) return batch.map(({ name, isDir }) => ({ name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 }));
+        const entries = statSync
+          ? batch.map(({ name }) => entryFor(name, lstatQuietly(path.join(dirPath, name))))
+          : await Promise.all(batch.map(async ({ name }) => entryFor(name, await fs.lstat(path.join(dirPath, name)).catch(() => undefined))));
         return entries.filter((e): e is Entry => e !== undefined);
       };
       for await (const dirent of dir) {
@@ -583,6 +587,15 @@ export class Share {
 const INVISIBLE_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
 function canonicalComponent(component: string): string {
   return foldName(component).replace(INVISIBLE_ALL, '').replace(/[. ]+$/, '') || component;
+}
+
+/** lstat, undefined for a name that is gone or cannot be looked at. */
+function lstatQuietly(file: string): Stats | undefined {
+  try {
+    return lstatSync(file, { throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
 }
 
 function entryOf(name: string, st: Stats): Entry {

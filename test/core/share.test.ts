@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { downloadFolder, resolveLimits, type PeerConnection } from '../../src/core';
 import { Share, isLocalFileSystem } from '../../src/core/share';
-import { parseMountPoints } from '../../src/core/mounts';
+import { MountTable, parseMountPoints } from '../../src/core/mounts';
 import { connectWithInvite, listTree, rejectsWithCode, startSharer, tempDir, type Sharer } from '../helpers';
 
 /**
@@ -515,6 +515,19 @@ describe('small files are read with synchronous calls only on a local file syste
     const { handle } = await share.openFile('proj/mnt/b.txt');
     assert.equal((await handle.readFile()).toString(), 'hello\n', 'and it is still served');
     await handle.close();
+    // A listing looks at its entries synchronously only where no mount is in the folder itself.
+    const mounts = new MountTable();
+    await mounts.refresh();
+    assert.equal(mounts.holdsMountKnown(proj, []), true, 'proj holds the mount');
+    assert.equal(mounts.holdsMountKnown(proj, ['mnt']), false, 'the mount holds none');
+    assert.equal(mounts.crossesKnown(proj, ['mnt']), true, 'but is one');
+    const listed = async (remote: string): Promise<string[]> => {
+      const names: string[] = [];
+      for await (const batch of share.list(remote)) names.push(...batch.map((e) => `${e.name}:${e.type}:${e.size}`));
+      return names.sort();
+    };
+    assert.deepEqual(await listed('proj'), ['a.txt:file:6', 'mnt:dir:0']);
+    assert.deepEqual(await listed('proj/mnt'), ['b.txt:file:6']);
   });
 
   it("mount points are read from mountinfo's fifth field, the kernel's octal escapes undone", () => {
