@@ -561,7 +561,7 @@ export class Share {
         pending = [];
         if (!withStats) return batch.map(({ name, isDir }) => ({ name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 }));
         const entries = statSync
-          ? batch.map(({ name }) => entryFor(name, lstatQuietly(path.join(dirPath, name))))
+          ? batch.map(({ name }) => entryFor(name, lstatOrUndefined(path.join(dirPath, name))))
           : await Promise.all(batch.map(async ({ name }) => entryFor(name, await fs.lstat(path.join(dirPath, name)).catch(() => undefined))));
         return entries.filter((e): e is Entry => e !== undefined);
       };
@@ -587,15 +587,6 @@ export class Share {
 const INVISIBLE_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
 function canonicalComponent(component: string): string {
   return foldName(component).replace(INVISIBLE_ALL, '').replace(/[. ]+$/, '') || component;
-}
-
-/** lstat, undefined for a name that is gone or cannot be looked at. */
-function lstatQuietly(file: string): Stats | undefined {
-  try {
-    return lstatSync(file, { throwIfNoEntry: false });
-  } catch {
-    return undefined;
-  }
 }
 
 function entryOf(name: string, st: Stats): Entry {
