@@ -2,11 +2,11 @@ import { closeSync, constants as fsc, existsSync, fstatSync, lstatSync, openSync
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
-import { msUntilSettled, sameVersion } from './hash-cache';
+import { msUntilSettled, sameVersion, versionKey } from './hash-cache';
 import { sleep } from './race';
 import { INVISIBLE_CHARS, type Entry } from './protocol';
 import { foldName, isShortNameShape } from './names';
-import type { Limits } from './limits';
+import { RACY_TIMESTAMP_MS, type Limits } from './limits';
 import { MountTable } from './mounts';
 
 /**
@@ -176,7 +176,6 @@ export type WalkItem = { kind: 'dir'; relPath: string } | { kind: 'file'; relPat
 
 // Linux tells us where an open descriptor really points: the race-free check.
 const PROC_FD = process.platform === 'linux' && existsSync('/proc/self/fd') ? '/proc/self/fd' : undefined;
-const GITIGNORE_TTL_MS = 2000;
 /** A larger .gitignore is not read (its rules are not applied). */
 const MAX_GITIGNORE_BYTES = 1024 * 1024;
 
@@ -184,7 +183,12 @@ export class Share {
   readonly roots: ShareRoot[];
   private readonly rules: Ignore;
   private readonly mounts = new MountTable();
-  private readonly gitignoreCache = new Map<string, { loadedAt: number; rules: Ignore | null }>();
+  /**
+   * Each .gitignore's rules with the version of the file they were read from ('absent' when there
+   * is none), and whether that version can be trusted to change its times when the file changes
+   * (it was older than RACY_TIMESTAMP_MS when read).
+   */
+  private readonly gitignoreCache = new Map<string, { version: string; trusted: boolean; rules: Ignore | null }>();
 
   private constructor(
     roots: ShareRoot[],
@@ -317,29 +321,54 @@ export class Share {
     };
   }
 
+  /**
+   * The rules of the .gitignore in root/dirComponents, read again whenever the file is not the
+   * version they were read from. *Why not a time to live: for the 2 s it lasted, a file a person
+   * had just added to .gitignore was still listed and served.* The look is a synchronous lstat
+   * where the folder is on a local file system with no other mount on the way (microseconds), an
+   * asynchronous one elsewhere.
+   */
   private async gitignoreRules(root: ShareRoot, dirComponents: string[]): Promise<Ignore | null> {
     const file = path.join(root.realPath, ...dirComponents, '.gitignore');
     const cached = this.gitignoreCache.get(file);
-    const now = Date.now();
-    if (cached && now - cached.loadedAt < GITIGNORE_TTL_MS) return cached.rules;
+    if (cached?.trusted && cached.version === (await this.gitignoreVersion(root, dirComponents, file))) return cached.rules;
+    const readAt = Date.now();
     let rules: Ignore | null = null;
+    let version = 'absent';
+    let trusted = true;
     try {
       // Opened as any shared file is (never through a link, never waiting on a FIFO) and checked
       // after the open: a .gitignore swapped for a FIFO between a look and an open would hold one
       // of libuv's four threads for ever, and four of them every file operation of the process.
       const handle = await fs.open(file, openFlags(false));
       try {
-        const st = await handle.stat();
+        const st = await handle.stat({ bigint: true });
+        version = versionKey(st);
+        const lastChangeMs = Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000n);
+        trusted = readAt - lastChangeMs >= RACY_TIMESTAMP_MS;
         if (st.isFile() && st.size <= MAX_GITIGNORE_BYTES) rules = ignore({ ignorecase: true }).add(await handle.readFile('utf8'));
       } finally {
         await handle.close();
       }
-    } catch {
+    } catch (err) {
+      // None there: remembered as absent; anything else unreadable: no rules, and looked at again.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') trusted = false;
       rules = null;
     }
     if (this.gitignoreCache.size > 10_000) this.gitignoreCache.clear();
-    this.gitignoreCache.set(file, { loadedAt: now, rules });
+    this.gitignoreCache.set(file, { version, trusted, rules });
     return rules;
+  }
+
+  /** The .gitignore's version as gitignoreRules keeps it ('absent', or 'other' when it cannot be looked at). */
+  private async gitignoreVersion(root: ShareRoot, dirComponents: string[], file: string): Promise<string> {
+    const local = root.local && !this.mounts.crossesKnown(root.realPath, dirComponents);
+    try {
+      const st = local ? lstatSync(file, { bigint: true, throwIfNoEntry: false }) : await fs.lstat(file, { bigint: true });
+      return st ? versionKey(st) : 'absent';
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'absent' : 'other';
+    }
   }
 
   /** A private file (the identity key, say) reached through a hard link from inside the share: excluded as the file itself is. */

@@ -47,11 +47,13 @@ interface WatchSink {
 /** Raw events are gathered this long before the names are looked at again (a save is several events). */
 const SETTLE_MS = 20;
 /**
- * The Share reads a .gitignore again after this long (its cache, share.ts): after the folder's
- * .gitignore changes, its names are looked at only then, so a file the new rules exclude is never
- * named by the old ones (a script that adds `credentials.txt` to .gitignore, then writes it).
+ * After a .gitignore changes, the folders it rules are looked at again only once it has been quiet
+ * this long. The Share reads a .gitignore again as soon as it is another version (share.ts), so a
+ * file the new rules exclude is never named by the old ones (a script that adds `credentials.txt`
+ * to .gitignore, then writes it); the wait keeps a look from using one caught half saved (a save
+ * empties the file, then writes it). *It was 2.1 s while the Share kept rules for 2 s.*
  */
-const GITIGNORE_REREAD_MS = 2_100;
+const GITIGNORE_QUIET_MS = 100;
 
 /**
  * The watched folders of one Share, each with one watcher and the listing last reported, shared
@@ -145,7 +147,7 @@ export class WatchHub {
 
   /**
    * The .gitignore of the folder `key` changed: its rules apply to every folder below it too, so
-   * each watched one looks again only once the share reads the new rules (a subfolder newly
+   * each watched one looks again once the new rules are in place (a subfolder newly
    * excluded, then a secret written in it at once, was named by a tree watch; found by follow-attacks).
    */
   private rulesChangedBelow(key: string): void {
@@ -260,7 +262,7 @@ class WatchedFolder {
     this.schedule();
   }
 
-  /** The rules of this folder (a .gitignore here or above) changed: the whole folder is looked at again, once the share reads them. */
+  /** The rules of this folder (a .gitignore here or above) changed: the whole folder is looked at again, once the .gitignore is quiet. */
   rulesChanged(): void {
     this.relist = true;
     this.dirty.clear();
@@ -273,7 +275,7 @@ class WatchedFolder {
 
   private schedule(): void {
     if (this.timer || this.running || this.failed) return;
-    const gitignoreWait = this.gitignoreChangedAt + GITIGNORE_REREAD_MS - performance.now();
+    const gitignoreWait = this.gitignoreChangedAt + GITIGNORE_QUIET_MS - performance.now();
     this.timer = setTimeout(() => {
       this.timer = undefined;
       // A failure of our own ends the folder's watches (INTERNAL), never an unhandled rejection.
@@ -288,8 +290,8 @@ class WatchedFolder {
   /** Looks at the names the system reported (or the whole folder) and tells each watch what changed. */
   private async look(): Promise<void> {
     if (this.failed || !(await this.stillThere())) return;
-    // Changes of a .gitignore made while a look waited for the new rules: they wait too.
-    if (performance.now() < this.gitignoreChangedAt + GITIGNORE_REREAD_MS) return;
+    // A .gitignore changed again while this look waited: it waits for that one to be quiet too.
+    if (performance.now() < this.gitignoreChangedAt + GITIGNORE_QUIET_MS) return;
     const names = [...this.dirty];
     this.dirty.clear();
     const whole = this.relist || names.length > this.limits.maxWatchChanges;

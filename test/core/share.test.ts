@@ -201,6 +201,34 @@ describe('share options', () => {
     }
   });
 
+  it('a name added to a .gitignore is hidden at once, and shown again once taken out (no time to live)', async () => {
+    const ws = path.join(tempDir(), 'proj');
+    await fs.mkdir(path.join(ws, 'sub'), { recursive: true });
+    for (const name of ['notes.txt', 'secret.txt', 'sub/deep.txt']) await fs.writeFile(path.join(ws, name), name);
+    await fs.writeFile(path.join(ws, '.gitignore'), '*.log\n');
+    const sharer = await startSharer([ws]);
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      assert.deepEqual((await conn.list('proj')).map((e) => e.name).sort(), ['.gitignore', 'notes.txt', 'secret.txt', 'sub']);
+      assert.equal((await conn.stat('proj/sub/deep.txt')).size, 'sub/deep.txt'.length);
+      // Rewritten within the same second, the same size: its times and the rules read must still follow.
+      await fs.writeFile(path.join(ws, '.gitignore'), 'secret.txt\n');
+      assert.deepEqual((await conn.list('proj')).map((e) => e.name).sort(), ['.gitignore', 'notes.txt', 'sub']);
+      await rejectsWithCode(conn.stat('proj/secret.txt'), 'EXCLUDED');
+      // A .gitignore made in a subfolder counts as soon as it is there.
+      await fs.writeFile(path.join(ws, 'sub', '.gitignore'), 'deep.txt\n');
+      await rejectsWithCode(conn.stat('proj/sub/deep.txt'), 'EXCLUDED');
+      assert.deepEqual((await conn.list('proj/sub')).map((e) => e.name), ['.gitignore']);
+      await fs.rm(path.join(ws, 'sub', '.gitignore'));
+      await fs.writeFile(path.join(ws, '.gitignore'), '*.log\n');
+      assert.deepEqual((await conn.list('proj')).map((e) => e.name).sort(), ['.gitignore', 'notes.txt', 'secret.txt', 'sub']);
+      assert.equal((await conn.stat('proj/sub/deep.txt')).size, 'sub/deep.txt'.length);
+    } finally {
+      conn.close();
+      await sharer.server.close();
+    }
+  });
+
   it('never serves the identity folder, even inside a share', async () => {
     const ws = path.join(tempDir(), 'proj');
     await fs.mkdir(path.join(ws, 'myhome'), { recursive: true });
