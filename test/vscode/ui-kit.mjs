@@ -117,7 +117,7 @@ export async function runCommand(page, command, { before } = {}) {
 
 /**
  * Right-clicks `target` and takes one item of its menu, as a person would; a menu that did not
- * open is opened again (up to three times). `before()` runs while the item is highlighted (a
+ * open, or closed before its item could be clicked, is opened again (up to three times). `before()` runs while the item is highlighted (a
  * screenshot of the menu).
  */
 export async function contextMenu(page, target, label, { before } = {}) {
@@ -129,15 +129,17 @@ export async function contextMenu(page, target, label, { before } = {}) {
     try {
       await item.waitFor({ state: 'visible', timeout: 5_000 });
       await item.hover({ timeout: 5_000 });
+      await page.waitForTimeout(300);
+      if (before) await before();
+      // A menu that closes under the pointer (the workbench redrew on a busy machine) is opened
+      // again, as a person would; its item was not run.
+      await item.click({ timeout: 5_000 });
       break;
     } catch (err) {
       if (attempt === 3) throw err;
       await page.keyboard.press('Escape');
     }
   }
-  await page.waitForTimeout(300);
-  if (before) await before();
-  await item.click();
   // A click that lands while the menu is still settling only highlights the item; then Enter
   // takes it. (Not both: an item run twice gets its row's handle only, the second time.)
   const closed = await menu.waitFor({ state: 'hidden', timeout: 2_000 }).then(() => true, () => false);
