@@ -33,10 +33,11 @@ export class MountTable {
 
   /**
    * Whether a mount point is directly inside the folder `root`/`components` (an lstat of that
-   * entry would ask the mounted file system), from the table as last read; true until it is read.
+   * entry would ask the mounted file system), from a table at most MOUNTS_REFRESH_MS old; true
+   * when the table cannot be read.
    */
-  holdsMountKnown(root: string, components: string[]): boolean {
-    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) void this.refresh();
+  async holdsMount(root: string, components: string[]): Promise<boolean> {
+    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) await this.refresh();
     if (!this.points) return true;
     const folder = path.join(root, ...components);
     return this.points.some((point) => path.dirname(point) === folder);

@@ -362,7 +362,7 @@ export class Share {
 
   /** The .gitignore's version as gitignoreRules keeps it ('absent', or 'other' when it cannot be looked at). */
   private async gitignoreVersion(root: ShareRoot, dirComponents: string[], file: string): Promise<string> {
-    const local = root.local && !this.mounts.crossesKnown(root.realPath, dirComponents);
+    const local = root.local && !(await this.mounts.crosses(root.realPath, dirComponents));
     try {
       const st = local ? lstatSync(file, { bigint: true, throwIfNoEntry: false }) : await fs.lstat(file, { bigint: true });
       return st ? versionKey(st) : 'absent';
@@ -577,8 +577,9 @@ export class Share {
       // On a local file system, with no other mount on the way or in this folder, the entries are
       // looked at with a synchronous lstat. *Why: 10,000 thread-pool round trips took the sharer
       // 0.2 s of a sync that changed 100 files; a stalled network mount must not hold the event
-      // loop, hence the mount checks.*
-      const statSync = withStats && root.local && !this.mounts.crossesKnown(root.realPath, components) && !this.mounts.holdsMountKnown(root.realPath, components);
+      // loop, hence the mount checks, with a table read again when it is over 2 s old (not the
+      // table as last read: after an idle while, that predated a mount made since; round 11).*
+      const statSync = withStats && root.local && !(await this.mounts.crosses(root.realPath, components)) && !(await this.mounts.holdsMount(root.realPath, components));
       const entryFor = (name: string, st: Stats | undefined): Entry | undefined => {
         if (!st || !(st.isFile() || st.isDirectory())) return undefined;
         // A hard link to the identity key is the key: not even its name and size are shown.

@@ -546,8 +546,8 @@ describe('small files are read with synchronous calls only on a local file syste
     // A listing looks at its entries synchronously only where no mount is in the folder itself.
     const mounts = new MountTable();
     await mounts.refresh();
-    assert.equal(mounts.holdsMountKnown(proj, []), true, 'proj holds the mount');
-    assert.equal(mounts.holdsMountKnown(proj, ['mnt']), false, 'the mount holds none');
+    assert.equal(await mounts.holdsMount(proj, []), true, 'proj holds the mount');
+    assert.equal(await mounts.holdsMount(proj, ['mnt']), false, 'the mount holds none');
     assert.equal(mounts.crossesKnown(proj, ['mnt']), true, 'but is one');
     const listed = async (remote: string): Promise<string[]> => {
       const names: string[] = [];

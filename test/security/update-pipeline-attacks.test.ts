@@ -256,7 +256,7 @@ function reordered(content: Buffer): { bytes: Buffer; chunks: Chunk[] } {
 
 describe('a hostile sharer lies to the update pipeline (the requester is the victim)', () => {
   it('one local chunk named at 32,768 places (one-byte chunks): copied from the local copy in a bounded number of system calls', async () => {
-    // FINDING (low): copyLocal makes one read and one write per copy; round 7 batched the fetched
+    // Found by round 11 (low, fixed): copyLocal makes one read and one write per copy; round 7 batched the fetched
     // chunks (WriteRun: 32 writes for 131,072 one-byte chunks), the copied ones were not. A 4.7 MB
     // list of 131,072 one-byte chunks of a 1-byte local copy cost 281,038 write and 280,925 read
     // system calls and 7.5 s for a 128 KiB file.
@@ -489,7 +489,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
   });
 
   it('the target swapped for a folder during the update: a coded error, the folder and its files kept, no temporary file', async () => {
-    // FINDING (low): the rename's EISDIR comes out of deltaFile as a bare Node error (no PeerShareError code).
+    // Found by round 11 (low, fixed): the rename's EISDIR comes out of deltaFile as a bare Node error (no PeerShareError code).
     const theirs = helpers.seededBytes(2 * MiB, 1208);
     const { dest, target } = await localCopy(helpers.seededBytes(MiB, 1209));
     const conn = await hostile(async (req, reply) => {
@@ -507,7 +507,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
   });
 
   it('the disk filled by a local process while chunks arrive: a coded IO_ERROR, the local copy as it was, no temporary file', async () => {
-    // FINDING (low): the write's ENOSPC comes out of deltaFile as a bare Node error (no PeerShareError code).
+    // Found by round 11 (low, fixed): the write's ENOSPC comes out of deltaFile as a bare Node error (no PeerShareError code).
     const disk = smallDisk('12m');
     const theirs = helpers.seededBytes(6 * MiB, 1210);
     const ours = Buffer.concat([theirs.subarray(0, 3 * MiB), helpers.seededBytes(MiB, 1211)]);
@@ -528,7 +528,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
   });
 
   it('peershare sync onto a full disk, the local copy read slowly: exits with a coded message, no crash, no temporary file left', async () => {
-    // FINDING (medium): copyLocal starts the next read while the last write is in flight and only
+    // Found by round 11 (medium, fixed): copyLocal starts the next read while the last write is in flight and only
     // then awaits the write; a write that fails meanwhile (ENOSPC, EIO, EDQUOT) is an unhandled
     // rejection. The CLI has no handler: Node ends it with the raw error and a stack
     // ("triggerUncaughtException ... ENOSPC: no space left on device, write"), no finally runs, and
@@ -571,7 +571,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
   });
 
   it('the temporary file swapped just before it is verified: its descriptor is not closed under the final fsync still queued on it', async () => {
-    // FINDING (low): verifyAssembled and the final fsync run together (Promise.all); when the
+    // Found by round 11 (low, fixed): verifyAssembled and the final fsync run together (Promise.all); when the
     // verification fails first (here: IO_ERROR, the temporary file was replaced), the finally
     // closes the descriptor while the fsync is still queued in the thread pool (busy threads are
     // simulated by delaying the wrapped fsync 300 ms): it then runs on a closed (EBADF) or reused
@@ -603,7 +603,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
   });
 
   it('a local copy too large to cut (a sparse 40 GiB file) does not make a 2 MiB update impossible: it is fetched whole and lands', async () => {
-    // FINDING (low): the local copy's cut fails TOO_LARGE (more than maxFileChunks × 256 KiB) and
+    // Found by round 11 (low, fixed): the local copy's cut fails TOO_LARGE (more than maxFileChunks × 256 KiB) and
     // that ends the update ("The file has more than 131072 chunks; it is too large to update in
     // chunks."), though the sharer's file is small; in a folder sync it is left alone with that
     // misleading reason, every time. A local copy that cannot be cut is only not reusable.
@@ -624,7 +624,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
 
 describe('a stalled mount placed inside a shared folder (the sharer is the victim: its event loop)', () => {
   it('a mount made after the mount table was last read (2.5 s idle, then the mount, then a listing): the listing does not hold the event loop', async () => {
-    // FINDING (low-medium): readDirBatches decides on the synchronous lstat with crossesKnown /
+    // Found by round 11 (low-medium, fixed): readDirBatches decides on the synchronous lstat with crossesKnown /
     // holdsMountKnown, which use the table as last read and only start a refresh when it is stale.
     // The table is read when something asks, not every 2 s: the first listing after any idle time
     // uses a table from before the mount, whatever its age. A stalled FUSE (or NFS) mount made
