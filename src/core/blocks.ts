@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
+import { BLAKE3_DIGEST_BYTES, blake3, createBlake3, type Blake3Hasher } from './blake3';
 import { PeerShareError } from './errors';
 import { sameVersion } from './hash-cache';
 import { TRANSFER_CHUNK_BYTES, type Limits } from './limits';
@@ -209,6 +209,71 @@ export async function hashFileBlocks(file: FileHandle | string, limits: Pick<Lim
     // A read still in flight (the file was found changed) ends before the file is closed.
     await reading?.catch(() => undefined);
     if (typeof file === 'string') await handle.close();
+  }
+}
+
+/**
+ * The block hashes of a file being written, taken from the bytes as they are handed to the disk
+ * where they come in order within a block; a block written out of order, twice, or not at all is
+ * read back at the end. *Why: an update verified its result by reading the whole new file back
+ * (0.3-0.4 s per GiB on the benchmark machine) when almost every byte had just passed through
+ * memory in order; now only the few blocks around what was fetched are read back.*
+ */
+export class WrittenBlockHashes {
+  private readonly hashes: (Buffer | undefined)[];
+  private readonly hashers: (Blake3Hasher | undefined)[];
+  /** Bytes of each block hashed so far, in order; -1 once it was written out of order. */
+  private readonly hashed: Float64Array;
+
+  constructor(
+    readonly size: number,
+    readonly blockSize: number,
+  ) {
+    const count = blockCount(size, blockSize);
+    this.hashes = new Array<Buffer | undefined>(count).fill(undefined);
+    this.hashers = new Array<Blake3Hasher | undefined>(count).fill(undefined);
+    this.hashed = new Float64Array(count);
+  }
+
+  /** `data` is being written at `position`; it must not change until the write is done. */
+  wrote(data: Uint8Array, position: number): void {
+    for (let from = 0; from < data.length; ) {
+      const at = position + from;
+      const index = Math.floor(at / this.blockSize);
+      if (index >= this.hashes.length) return; // past the end: the size check finds it
+      const start = index * this.blockSize;
+      const end = Math.min(start + this.blockSize, this.size);
+      const take = Math.min(data.length - from, end - at);
+      if (this.hashed[index] === at - start && this.hashes[index] === undefined) {
+        const hasher = (this.hashers[index] ??= createBlake3());
+        hasher.update(data.subarray(from, from + take));
+        this.hashed[index] += take;
+        if (start + this.hashed[index] === end) {
+          this.hashes[index] = hasher.digest();
+          this.hashers[index] = undefined;
+        }
+      } else {
+        this.hashed[index] = -1;
+        this.hashes[index] = undefined;
+        this.hashers[index] = undefined;
+      }
+      from += take;
+    }
+  }
+
+  /** The file's hash: each block not hashed as it was written is read with `read` (into `buffer` from 0) first. */
+  async fileHash(read: (buffer: Buffer, length: number, position: number) => Promise<void>): Promise<Buffer> {
+    let buffer: Buffer | undefined;
+    for (let index = 0; index < this.hashes.length; index++) {
+      if (this.hashes[index]) continue;
+      const start = index * this.blockSize;
+      const length = Math.min(this.blockSize, this.size - start);
+      buffer ??= Buffer.allocUnsafe(Math.min(this.blockSize, this.size));
+      await read(buffer, length, start);
+      this.hashes[index] = blake3(buffer.subarray(0, length));
+      this.hashers[index] = undefined;
+    }
+    return manifestFromBlockHashes(this.size, this.blockSize, this.hashes as Buffer[]).fileHash;
   }
 }
 

@@ -3,7 +3,7 @@ import { closeSync, constants as fsc, fchmodSync, fsync, futimesSync, lstatSync,
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
-import { blockSizeFor, hashFileBlocks, readFully } from './blocks';
+import { blockSizeFor, hashFileBlocks, readFully, WrittenBlockHashes } from './blocks';
 import { CDC_MAX_BYTES, CDC_MIN_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
@@ -204,11 +204,12 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     await requireRoom(path.dirname(target), remote.size, remotePath);
     const file = openTemporary(partial);
     const flush = new FlushBehind(file.fd);
+    const assembly = new Assembly(file, flush, new WrittenBlockHashes(remote.size, blockSizeFor(remote.size)));
     let landed = false;
     try {
       let bytesReused = 0;
       if (local && cutting) {
-        bytesReused = await copyLocal(local.handle, local.size, plan.copies(), file, flush);
+        bytesReused = await copyLocal(local.handle, local.size, plan.copies(), assembly);
         // The local copy must still be the version that was cut, checked after the last read: a
         // copy edited meanwhile would make a file the sharer's hash refuses, and that is no fault
         // of the peer's (FILE_CHANGED: deltaFile starts over once).
@@ -220,7 +221,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       if (missing.length > 0) {
         // Chunks that follow each other in the file are written together (up to COPY_BYTES): a
         // list of tiny chunks (a sharer may cut as it likes) costs a write per run, not per chunk.
-        const run = new WriteRun(file, flush);
+        const run = new WriteRun(assembly);
         for await (const chunk of conn.share.readChunks(remotePath, remote, missing, { signal })) {
           await run.add(chunk.data, remote.chunks[chunk.index].offset);
           bytesReceived += chunk.data.length;
@@ -230,11 +231,12 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       futimesSync(file.fd, ...timesOf(remote.mtimeMs));
       keepMode(file, local, localFile === target);
       // End to end: the assembled file must be the version the sharer named (its block-list hash).
-      // Flushed while it is checked: the flush waits on the disk, the check reads what is cached.
+      // Flushed while it is checked: the flush waits on the disk; the check reads back only the
+      // blocks not hashed as they were written (WrittenBlockHashes), from what is cached.
       await flush.settled();
       // Both are waited for, even when one fails first: the descriptor is closed below, and an
       // fsync still queued would run on it closed, or on a file that took its number (round 11).
-      const [verified, flushed] = await Promise.allSettled([verifyAssembled(partial, file, target, remote, remotePath, conn.limits), remote.size > FLUSHED_FROM_BYTES ? fsyncFd(file.fd) : undefined]);
+      const [verified, flushed] = await Promise.allSettled([verifyAssembled(partial, assembly, target, remote, remotePath), remote.size > FLUSHED_FROM_BYTES ? fsyncFd(file.fd) : undefined]);
       if (verified.status === 'rejected') throw verified.reason;
       if (flushed.status === 'rejected') throw flushed.reason;
       closeSync(file.fd);
@@ -358,16 +360,37 @@ function versionOf(remote: ChunkList & { mtimeMs: number }): DeltaFileResult['ve
   return { size: remote.size, mtimeMs: remote.mtimeMs, fileHash: remote.fileHash.toString('hex') };
 }
 
-/** The assembled temporary file (still ours: openOwn) is the sharer's version, by its block-list hash; else HASH_MISMATCH. */
-async function verifyAssembled(partial: string, file: TemporaryFile, target: string, remote: ChunkList, remotePath: string, limits: FileSource['limits']): Promise<void> {
-  const assembled = await openOwn(partial, file, target);
+/**
+ * The assembled temporary file (still ours: openOwn) is the sharer's version: its size, and its
+ * block-list hash from the bytes as they were written (the blocks not written in order are read
+ * back from it); else HASH_MISMATCH.
+ */
+async function verifyAssembled(partial: string, assembly: Assembly, target: string, remote: ChunkList, remotePath: string): Promise<void> {
+  const assembled = await openOwn(partial, assembly.file, target);
   try {
-    const manifest = await hashFileBlocks(assembled, limits);
-    if (manifest.size !== remote.size || !manifest.fileHash.equals(remote.fileHash)) {
+    const { size } = await assembled.stat();
+    const fileHash = size === remote.size ? await assembly.written.fileHash((buffer, length, position) => readFully(assembled, buffer, length, position)) : undefined;
+    if (!fileHash?.equals(remote.fileHash)) {
       throw new PeerShareError('HASH_MISMATCH', `The updated ${sanitizeForDisplay(path.basename(remotePath)).slice(0, 120)} does not match the file hash the peer gave; nothing was replaced.`);
     }
   } finally {
     await assembled.close();
+  }
+}
+
+/** The temporary file an update assembles: every write goes through here, to be flushed behind and hashed as it goes. */
+class Assembly {
+  constructor(
+    readonly file: TemporaryFile,
+    private readonly flush: FlushBehind,
+    readonly written: WrittenBlockHashes,
+  ) {}
+
+  /** Writes all of `data` at `position`; `data` must not change until this resolves. */
+  async write(data: Buffer, position: number): Promise<void> {
+    this.written.wrote(data, position);
+    await writeAll(this.file, data, position);
+    this.flush.wrote(data.length);
   }
 }
 
@@ -493,7 +516,7 @@ interface Copy {
  * returns the bytes copied. The chunks' bytes are not hashed again here: the whole file is
  * verified before it lands. The caller checks the local copy did not change meanwhile.
  */
-async function copyLocal(local: FileHandle, localSize: number, copies: AsyncIterable<Copy>, file: TemporaryFile, flush: FlushBehind): Promise<number> {
+async function copyLocal(local: FileHandle, localSize: number, copies: AsyncIterable<Copy>, assembly: Assembly): Promise<number> {
   const bufferBytes = Math.min(COPY_BYTES + CDC_MAX_BYTES, localSize);
   // Two buffers: the next piece is read while the one before is written.
   const buffers = [Buffer.allocUnsafe(bufferBytes), Buffer.allocUnsafe(bufferBytes)];
@@ -504,7 +527,7 @@ async function copyLocal(local: FileHandle, localSize: number, copies: AsyncIter
   // sharer may name it at thousands of places (one-byte chunks): it is read once, and the places
   // next to each other written together. *Why: a read and a write each cost 281,000 system calls
   // and 7.5 s for a file of 128 KiB (round 11).*
-  const small = new WriteRun(file, flush);
+  const small = new WriteRun(assembly);
   let held: { from: number; bytes: Buffer } | undefined;
   const readSmall = async (copy: Copy): Promise<Buffer> => {
     if (!held || copy.from < held.from || copy.from + copy.length > held.from + held.bytes.length) {
@@ -530,7 +553,7 @@ async function copyLocal(local: FileHandle, localSize: number, copies: AsyncIter
         const { bytesRead } = await local.read(buffer, 0, length, copy.from + done);
         if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
         await writing;
-        writing = writeAll(file, buffer.subarray(0, bytesRead), copy.to + done).then(() => void flush.wrote(bytesRead));
+        writing = assembly.write(buffer.subarray(0, bytesRead), copy.to + done);
         // Met at the next turn or below; a write that fails while the next read runs (a full
         // disk) must not be an unhandled rejection meanwhile: it ended the CLI (round 11).
         writing.catch(() => undefined);
@@ -552,10 +575,7 @@ class WriteRun {
   private at = 0;
   private bytes = 0;
 
-  constructor(
-    private readonly file: TemporaryFile,
-    private readonly flushBehind: FlushBehind,
-  ) {}
+  constructor(private readonly assembly: Assembly) {}
 
   async add(data: Buffer, position: number): Promise<void> {
     if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= COPY_BYTES)) await this.flush();
@@ -569,8 +589,7 @@ class WriteRun {
     const data = this.pieces.length === 1 ? this.pieces[0] : Buffer.concat(this.pieces, this.bytes);
     this.pieces = [];
     this.bytes = 0;
-    await writeAll(this.file, data, this.at);
-    this.flushBehind.wrote(data.length);
+    await this.assembly.write(data, this.at);
   }
 }
 

@@ -12,6 +12,7 @@ import {
   decodeBlockManifest,
   encodeBlockManifest,
   hashFileBlocks,
+  WrittenBlockHashes,
   loadBlake3,
   resolveLimits,
   verifyBlock,
@@ -242,5 +243,51 @@ describe('blocks: a block list from a peer', () => {
     for (const [name, mutate] of variants) {
       assert.throws(() => decodeBlockManifest(mutate(Buffer.from(bytes)), limits), coded('PROTOCOL_ERROR'), name);
     }
+  });
+});
+
+describe('blocks: the hashes of a file as it is written (WrittenBlockHashes)', () => {
+  const B = MIN_BLOCK_BYTES;
+  const content = randomBytes(5 * B + 777);
+  const expected = expectedManifest(content, B).fileHash;
+  /** Hashes `content` written in `pieces` ([from, to) each), reading back from `content` what it must; returns the file hash and the blocks read back. */
+  async function hashOf(pieces: [number, number][]): Promise<{ fileHash: string; readBack: number[] }> {
+    const written = new WrittenBlockHashes(content.length, B);
+    for (const [from, to] of pieces) written.wrote(content.subarray(from, to), from);
+    const readBack: number[] = [];
+    const fileHash = await written.fileHash(async (buffer, length, position) => {
+      readBack.push(position / B);
+      content.copy(buffer, 0, position, position + length);
+    });
+    return { fileHash: fileHash.toString('hex'), readBack };
+  }
+
+  it('in order, in pieces that straddle blocks: nothing is read back', async () => {
+    const cuts = [0, 1000, B, B + 1, 3 * B - 5, 3 * B + 9000, content.length];
+    const pieces = cuts.slice(1).map((to, i): [number, number] => [cuts[i], to]);
+    assert.deepEqual(await hashOf(pieces), { fileHash: expected, readBack: [] });
+  });
+
+  it('out of order within a block, a block written twice, or one never written: that block alone is read back', async () => {
+    const outOfOrder = await hashOf([[0, 2 * B], [2 * B + 100, 3 * B], [2 * B, 2 * B + 100], [3 * B, content.length]]);
+    assert.deepEqual(outOfOrder, { fileHash: expected, readBack: [2] });
+    const twice = await hashOf([[0, content.length], [B + 10, B + 20]]);
+    assert.deepEqual(twice, { fileHash: expected, readBack: [1] });
+    const hole = await hashOf([[0, 4 * B], [5 * B, content.length]]);
+    assert.deepEqual(hole, { fileHash: expected, readBack: [4] });
+  });
+
+  it('bytes that are not the file (a block written wrong, then nothing else): the hash is not the file\'s', async () => {
+    const written = new WrittenBlockHashes(content.length, B);
+    const wrong = Buffer.from(content);
+    wrong[B + 5] ^= 1;
+    written.wrote(wrong, 0);
+    const fileHash = await written.fileHash(async () => assert.fail('every block was hashed as written'));
+    assert.notEqual(fileHash.toString('hex'), expected);
+  });
+
+  it('an empty file', async () => {
+    const written = new WrittenBlockHashes(0, B);
+    assert.equal((await written.fileHash(async () => assert.fail('nothing to read'))).toString('hex'), expectedManifest(Buffer.alloc(0), B).fileHash);
   });
 });
