@@ -31,6 +31,9 @@ async function main() {
   const loadStart = 'globalThis.__peershareLoadStart ??= performance.now();';
   const contexts = await Promise.all([
     esbuild.context({ ...common, entryPoints: { extension: 'src/extension.ts' }, banner: { js: loadStart } }),
+    // The helper thread that cuts half of a large file into chunks (src/core/cdc-helper.ts starts
+    // it from dist/, for the extension and the CLI alike).
+    esbuild.context({ ...common, entryPoints: { 'cdc-worker': 'src/core/cdc-worker.ts' } }),
     esbuild.context({
       ...common,
       entryPoints: { cli: 'src/cli/main.ts' },

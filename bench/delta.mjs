@@ -16,6 +16,8 @@
 // Each run starts from a fresh copy of the old version (made untimed, then `sync`); tools
 // alternate; one untimed warm-up each (the sharer's block and chunk lists are then cached, as on a
 // sharer that serves a file more than once; rsync has no cache and hashes both sides every time).
+// Then the file again, PeerShare only, with the sharer's copy touched before each run (as just
+// changed: nothing cached on the sharer), against the same rsync median: a figure, not a goal.
 // Shared cores only (no pinned variant).
 //
 // Environment: BENCH_DELTA_MIB (1024), BENCH_DELTA_FILES (10000), BENCH_FOLDERS (100), BENCH_RUNS (5),
@@ -168,6 +170,19 @@ export async function run(ctx) {
     };
     ctx.log('-- the large file');
     const file = await alternate(ctx, fileTools, { runs, between: () => undefined, describe: (r) => `${r.seconds.toFixed(3)} s, ${r.bytesReceived} B of file data` });
+    // The same update just after the sharer's file changed, as in real use: a new modification
+    // time is a new version, so the sharer has no chunk list or block hashes for it and cuts and
+    // hashes the file first (and a version changed within the last 3 s is never cached, so each of
+    // these runs is cold). Compared with the rsync runs above: rsync caches nothing either way.
+    ctx.log('-- the large file, the sharer\'s copy just changed before each run (nothing cached on the sharer)');
+    const coldResults = [];
+    for (let i = 0; i < runs; i++) {
+      const now = new Date();
+      fs.utimesSync(path.join(data, 'big.bin'), now, now);
+      const result = await fileTools.peershare.run();
+      ctx.log(`cold run ${i + 1}/${runs} peershare ${result.seconds.toFixed(3)} s, ${result.bytesReceived} B of file data`);
+      coldResults.push(result);
+    }
 
     // 2. The folder.
     const treeDest = (tool) => path.join(scratch, `tree-${tool}`);
@@ -205,10 +220,12 @@ export async function run(ctx) {
 
     const summarise = (results, extra) => summariseRuns(results, { bytesReceived: results.map((r) => r.bytesReceived), ...extra });
     const filePeer = summarise(file.results.peershare, { command: 'node dist/cli.js sync <invite> data/big.bin <old copy> --json' });
+    const filePeerCold = summarise(coldResults, { command: 'touch data/big.bin on the sharer, then node dist/cli.js sync <invite> data/big.bin <old copy> --json' });
     const fileRsync = summarise(file.results.rsync, { command: 'rsync -a --no-whole-file --stats -e "ssh ..." <user>@127.0.0.1:<data>/big.bin <old copy>' });
     const treePeer = summarise(tree.results.peershare, { command: 'node dist/cli.js sync <invite> data/tree <old copy> --json' });
     const treeRsync = summarise(tree.results.rsync, { command: 'rsync -a --no-whole-file --stats -e "ssh ..." <user>@127.0.0.1:<data>/tree/ <old copy>/' });
     const fileRatio = round(filePeer.medianSeconds / fileRsync.medianSeconds, 2);
+    const fileColdRatio = round(filePeerCold.medianSeconds / fileRsync.medianSeconds, 2);
     const treeRatio = round(treePeer.medianSeconds / treeRsync.medianSeconds, 2);
     const receivedFraction = Math.max(...filePeer.bytesReceived) / fileBytes;
 
@@ -216,6 +233,7 @@ export async function run(ctx) {
     printTable([
       ['', 'median', 'runs (s)', 'file data received', 'client peak RSS'],
       ['peershare sync, file', `${filePeer.medianSeconds.toFixed(2)} s`, filePeer.seconds.join(' '), `${Math.max(...filePeer.bytesReceived)} B`, toMiB(filePeer.clientMaxRssBytes ?? 0)],
+      ['peershare sync, file, sharer cold', `${filePeerCold.medianSeconds.toFixed(2)} s`, filePeerCold.seconds.join(' '), `${Math.max(...filePeerCold.bytesReceived)} B`, toMiB(filePeerCold.clientMaxRssBytes ?? 0)],
       ['rsync, file', `${fileRsync.medianSeconds.toFixed(2)} s`, fileRsync.seconds.join(' '), `${Math.max(...fileRsync.bytesReceived)} B literal`, toMiB(fileRsync.clientMaxRssBytes ?? 0)],
       ['peershare sync, folder', `${treePeer.medianSeconds.toFixed(2)} s`, treePeer.seconds.join(' '), `${Math.max(...treePeer.bytesReceived)} B`, toMiB(treePeer.clientMaxRssBytes ?? 0)],
       ['rsync, folder', `${treeRsync.medianSeconds.toFixed(2)} s`, treeRsync.seconds.join(' '), `${Math.max(...treeRsync.bytesReceived)} B literal`, toMiB(treeRsync.clientMaxRssBytes ?? 0)],
@@ -229,7 +247,7 @@ export async function run(ctx) {
         changedFiles,
         runs,
         ssh: sshd.negotiated,
-        file: { peershare: filePeer, rsync: fileRsync, ratio: fileRatio, receivedFraction: round(receivedFraction, 5) },
+        file: { peershare: filePeer, rsync: fileRsync, ratio: fileRatio, receivedFraction: round(receivedFraction, 5), peershareSharerCold: filePeerCold, ratioSharerCold: fileColdRatio },
         folder: { peershare: treePeer, rsync: treeRsync, ratio: treeRatio },
       },
       goals: [
@@ -239,11 +257,12 @@ export async function run(ctx) {
       ],
       figures: [
         { label: 'PeerShare sync, file', text: `${filePeer.medianSeconds.toFixed(2)} s, ${Math.max(...filePeer.bytesReceived)} B received (${round(receivedFraction * 100, 3)} %); PeerShare/rsync ${fileRatio}` },
+        { label: 'PeerShare sync, file, the sharer\'s copy just changed (nothing cached)', text: `${filePeerCold.medianSeconds.toFixed(2)} s; PeerShare/rsync ${fileColdRatio}` },
         { label: 'rsync (delta), file', text: `${fileRsync.medianSeconds.toFixed(2)} s, ${Math.max(...fileRsync.bytesReceived)} B literal data` },
         { label: 'PeerShare sync, folder', text: `${treePeer.medianSeconds.toFixed(2)} s, ${changedFiles} files updated; PeerShare/rsync ${treeRatio}` },
         { label: 'rsync -a, folder', text: `${treeRsync.medianSeconds.toFixed(2)} s` },
       ],
-      raw: { file: { warmupSeconds: file.warmupSeconds, ...file.results }, folder: { warmupSeconds: tree.warmupSeconds, ...tree.results } },
+      raw: { file: { warmupSeconds: file.warmupSeconds, ...file.results, peershareSharerCold: coldResults }, folder: { warmupSeconds: tree.warmupSeconds, ...tree.results } },
     };
   } finally {
     await closeScope(scope);

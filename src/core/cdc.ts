@@ -1,9 +1,10 @@
-import { promises as fsp, type BigIntStats } from 'node:fs';
+import { promises as fsp, readSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
 import { PeerShareError } from './errors';
 import { sameVersion, versionKey } from './hash-cache';
-import { RACY_TIMESTAMP_MS, type Limits } from './limits';
+import { PARALLEL_CUT_FROM_BYTES, RACY_TIMESTAMP_MS, type Limits } from './limits';
+import { startCutHelper, type CutHelper } from './cdc-helper';
 
 /**
  * Content-defined chunks (FastCDC, Xia et al., USENIX ATC 2016), the parameters of
@@ -93,18 +94,24 @@ const READ_BYTES = 1024 * 1024;
  * READ_BYTES are read into the other (two buffers of CDC_MAX_BYTES + READ_BYTES; the bytes not
  * yet cut are carried to the front of the next). *Why: reading and cutting in turn left the
  * thread pool idle while the event loop cut, and the loop idle while it read (a third of a 1 GiB
- * update's first step).* Takes an open file (the caller opened it with its own checks) or a path.
- * More than `maxFileChunks` chunks: TOO_LARGE. A file that changes while it is read: FILE_CHANGED
- * (its chunks would describe no version of it). `onChunks`, if given, is called with the chunks
- * cut so far after each read (the same array, growing), so a caller may use them before the end.
+ * update's first step).* A file of PARALLEL_CUT_FROM_BYTES or more is cut from both ends of the
+ * machine at once where it has a second core: a helper thread cuts the second half while this one
+ * cuts the first, and the two lists are joined where their cut points meet, so the result is
+ * exactly the one-pass cut (cdc-helper.ts).
+ *
+ * Takes an open file (the caller opened it with its own checks) or a path. More than
+ * `maxFileChunks` chunks: TOO_LARGE. A file that changes while it is read: FILE_CHANGED (its
+ * chunks would describe no version of it). `onChunks`, if given, is called with the chunks cut so
+ * far after each read (the same array, growing), so a caller may use them before the end.
  */
 export async function chunkFile(
   file: FileHandle | string,
   limits: Pick<Limits, 'maxFileChunks'>,
   onChunks?: (chunks: readonly Chunk[]) => void,
-): Promise<{ chunks: Chunk[]; version: BigIntStats }> {
+  parallelFromBytes = PARALLEL_CUT_FROM_BYTES,
+): Promise<{ chunks: Chunk[]; version: BigIntStats; /** Whether a helper thread cut part of it. */ helped: boolean }> {
   const handle = typeof file === 'string' ? await fsp.open(file, 'r') : file;
-  let pending: Promise<number> | undefined;
+  let helper: CutHelper | undefined;
   try {
     const version = await handle.stat({ bigint: true });
     if (!version.isFile()) throw new PeerShareError('NOT_A_FILE');
@@ -112,53 +119,159 @@ export async function chunkFile(
     // Decided by the size alone when it can be: no chunking of a file that cannot fit.
     if (size > limits.maxFileChunks * CDC_MAX_BYTES) throw tooManyChunks(limits.maxFileChunks);
     const chunks: Chunk[] = [];
-    if (size > 0) {
-      // Each buffer: room for the carried bytes (at most CDC_MAX_BYTES), then one read.
-      const readBytes = Math.min(size, READ_BYTES);
-      const buffers = [Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes), Buffer.allocUnsafe(size > readBytes ? CDC_MAX_BYTES + readBytes : 0)];
-      let position = 0; // next file offset to read
-      const readAhead = (into: Buffer): Promise<number> => {
-        const length = Math.min(readBytes, size - position);
-        const from = position;
-        position += length;
-        return readInto(handle, into, CDC_MAX_BYTES, length, from).then(() => length);
-      };
-      let current = 0;
-      let carried = 0; // bytes carried in front of buffers[current]'s read, from file offset `base`
-      let base = 0;
-      let next = readAhead(buffers[current]);
-      pending = next;
-      for (;;) {
-        const got = await next;
-        pending = undefined;
-        const atEnd = position === size;
-        if (!atEnd) pending = next = readAhead(buffers[1 - current]);
-        const buffer = buffers[current];
-        const first = CDC_MAX_BYTES - carried;
-        const end = CDC_MAX_BYTES + got;
-        let start = first;
-        while (start < end && (atEnd || end - start >= CDC_MAX_BYTES)) {
-          const length = cutLength(buffer, start, end);
-          chunks.push({ offset: base + start - first, length, hash: blake3(buffer.subarray(start, start + length)) });
-          if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
-          start += length;
-        }
+    const middle = Math.floor(size / 2);
+    helper = size >= parallelFromBytes ? startCutHelper(handle.fd, size, middle, limits.maxFileChunks) : undefined;
+    let helped = false;
+    if (!helper) {
+      await cutFrom(handle, size, 0, chunks, limits, onChunks);
+    } else {
+      // This half, then on past the middle until a cut point is one the helper also found.
+      let end = await cutFrom(handle, size, 0, chunks, limits, onChunks, (at) => at >= middle);
+      const records = await helper.records;
+      const theirs = records && chunksOfRecords(records, middle);
+      const starts = new Map(theirs?.map((chunk, i) => [chunk.offset, i]));
+      if (end < size && !starts.has(end)) end = await cutFrom(handle, size, end, chunks, limits, onChunks, (at) => starts.has(at));
+      const from = starts.get(end);
+      if (theirs && from !== undefined) {
+        helped = true;
+        for (let i = from; i < theirs.length; i++) chunks.push(theirs[i]);
+        if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
         onChunks?.(chunks);
-        if (atEnd) break;
-        // The other buffer's read fills it from CDC_MAX_BYTES on; the uncut bytes go just before.
-        buffer.copy(buffers[1 - current], CDC_MAX_BYTES - (end - start), start, end);
-        base += start - first;
-        carried = end - start;
-        current = 1 - current;
       }
     }
     if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
-    return { chunks, version };
+    return { chunks, version, helped };
   } finally {
-    // A read still in flight (a throw while cutting) must end before the file is closed.
-    await pending?.catch(() => undefined);
+    // The helper reads through the same descriptor: it has stopped before the file is closed.
+    await helper?.stop();
     if (typeof file === 'string') await handle.close();
   }
+}
+
+/**
+ * Cuts `handle` from `from` (a chunk's start) into `chunks`, reading ahead, until the end of the
+ * file or until `stop` is true of a chunk's end; returns where the last chunk ended.
+ */
+async function cutFrom(
+  handle: FileHandle,
+  size: number,
+  from: number,
+  chunks: Chunk[],
+  limits: Pick<Limits, 'maxFileChunks'>,
+  onChunks: ((chunks: readonly Chunk[]) => void) | undefined,
+  stop: (at: number) => boolean = () => false,
+): Promise<number> {
+  if (from >= size) return from;
+  let pending: Promise<number> | undefined;
+  try {
+    // Each buffer: room for the carried bytes (at most CDC_MAX_BYTES), then one read.
+    const readBytes = Math.min(size - from, READ_BYTES);
+    const buffers = [Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes), Buffer.allocUnsafe(size - from > readBytes ? CDC_MAX_BYTES + readBytes : 0)];
+    let position = from; // next file offset to read
+    const readAhead = (into: Buffer): Promise<number> => {
+      const length = Math.min(readBytes, size - position);
+      const at = position;
+      position += length;
+      return readInto(handle, into, CDC_MAX_BYTES, length, at).then(() => length);
+    };
+    let current = 0;
+    let carried = 0; // bytes carried in front of buffers[current]'s read, from file offset `base`
+    let base = from;
+    let next = readAhead(buffers[current]);
+    pending = next;
+    for (;;) {
+      const got = await next;
+      pending = undefined;
+      const atEnd = position === size;
+      if (!atEnd) pending = next = readAhead(buffers[1 - current]);
+      const buffer = buffers[current];
+      const first = CDC_MAX_BYTES - carried;
+      const end = CDC_MAX_BYTES + got;
+      let start = first;
+      while (start < end && (atEnd || end - start >= CDC_MAX_BYTES)) {
+        const length = cutLength(buffer, start, end);
+        const offset = base + start - first;
+        chunks.push({ offset, length, hash: blake3(buffer.subarray(start, start + length)) });
+        if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
+        start += length;
+        if (stop(offset + length)) {
+          onChunks?.(chunks);
+          return offset + length;
+        }
+      }
+      onChunks?.(chunks);
+      if (atEnd) return size;
+      // The other buffer's read fills it from CDC_MAX_BYTES on; the uncut bytes go just before.
+      buffer.copy(buffers[1 - current], CDC_MAX_BYTES - (end - start), start, end);
+      base += start - first;
+      carried = end - start;
+      current = 1 - current;
+    }
+  } finally {
+    // A read still in flight (a throw while cutting, or a stop) must end before the file is closed.
+    await pending?.catch(() => undefined);
+  }
+}
+
+/**
+ * The chunk records (spec 15.2: each chunk's length, then its hash) of the file open as `fd` from
+ * `from` (a chunk's start) to its end, `size`, cut with synchronous reads: what a helper thread
+ * runs (cdc-helper.ts). More than `maxChunks`: TOO_LARGE; the file shorter than `size`: FILE_CHANGED.
+ */
+export function cutRecordsSync(fd: number, size: number, from: number, maxChunks: number): Uint8Array {
+  const records: Buffer[] = [];
+  let count = 0;
+  const buffer = Buffer.allocUnsafe(Math.min(size - from, READ_BYTES) + CDC_MAX_BYTES);
+  let held = 0; // bytes in buffer, from file offset `base`
+  let base = from;
+  let position = from;
+  while (base < size) {
+    const room = Math.min(buffer.length - held, size - position);
+    for (let done = 0; done < room; ) {
+      const read = readSync(fd, buffer, held + done, room - done, position + done);
+      if (read === 0) throw new PeerShareError('FILE_CHANGED');
+      done += read;
+    }
+    held += room;
+    position += room;
+    const atEnd = position === size;
+    let start = 0;
+    const batch = Buffer.allocUnsafe(Math.ceil(held / CDC_MIN_BYTES + 1) * CHUNK_RECORD_BYTES);
+    let used = 0;
+    while (start < held && (atEnd || held - start >= CDC_MAX_BYTES)) {
+      const length = cutLength(buffer, start, held);
+      if (++count > maxChunks) throw tooManyChunks(maxChunks);
+      batch.writeUInt32LE(length, used);
+      blake3(buffer.subarray(start, start + length)).copy(batch, used + 4);
+      used += CHUNK_RECORD_BYTES;
+      start += length;
+    }
+    records.push(batch.subarray(0, used));
+    buffer.copy(buffer, 0, start, held);
+    held -= start;
+    base += start;
+  }
+  // An ArrayBuffer of its own, to be handed to another thread without copying.
+  const out = new Uint8Array(count * CHUNK_RECORD_BYTES);
+  let at = 0;
+  for (const part of records) {
+    out.set(part, at);
+    at += part.length;
+  }
+  return out;
+}
+
+/** The chunks of records cut from `from` (cutRecordsSync's), each hash a view of the records. */
+export function chunksOfRecords(records: Uint8Array, from: number): Chunk[] {
+  const bytes = Buffer.from(records.buffer, records.byteOffset, records.byteLength);
+  const chunks: Chunk[] = [];
+  let offset = from;
+  for (let at = 0; at + CHUNK_RECORD_BYTES <= bytes.length; at += CHUNK_RECORD_BYTES) {
+    const length = bytes.readUInt32LE(at);
+    chunks.push({ offset, length, hash: bytes.subarray(at + 4, at + CHUNK_RECORD_BYTES) });
+    offset += length;
+  }
+  return chunks;
 }
 
 /** TOO_LARGE for a file of more than `maxFileChunks` chunks. */

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
+import { availableParallelism } from 'node:os';
 import { describe, it } from 'node:test';
+import { startCutHelper } from '../../src/core/cdc-helper';
 import {
   CDC_MAX_BYTES,
   CDC_MIN_BYTES,
@@ -107,6 +109,27 @@ describe('content-defined chunks (FastCDC, docs/protocol-v2.md 15.1)', () => {
       await fs.writeFile(file, data);
       const { chunks } = await chunkFile(file, { maxFileChunks: 1_000_000 });
       assert.deepEqual(chunks.map((c) => [c.offset, c.length, c.hash.toString('hex')]), chunkBytes(data).map((c) => [c.offset, c.length, c.hash.toString('hex')]), `size ${size}`);
+    }
+  });
+
+  it('cuts a large file with a helper thread from the middle, exactly as in one pass (and a helper that cannot read changes nothing)', async () => {
+    const dir = tempDir();
+    const cases = [pseudoRandom(5 * 1024 * 1024 + 321, 77), pseudoRandom(2 * 1024 * 1024, 78), Buffer.alloc(4 * 1024 * 1024 + 9)];
+    for (const [i, data] of cases.entries()) {
+      const file = path.join(dir, `p${i}`);
+      await fs.writeFile(file, data);
+      const seen: number[] = [];
+      const { chunks, helped } = await chunkFile(file, { maxFileChunks: 1_000_000 }, (so) => seen.push(so.length), 1024 * 1024);
+      // Bytes with no cut point (zeros: every chunk the maximum, placed by where it starts) never
+      // meet the helper's cuts: this thread cuts them all, as in one pass.
+      if (availableParallelism() > 1) assert.equal(helped, i < 2, `case ${i}: whether the helper thread's half was used`);
+      assert.deepEqual(chunks.map((c) => [c.offset, c.length, c.hash.toString('hex')]), chunkBytes(data).map((c) => [c.offset, c.length, c.hash.toString('hex')]), `case ${i}`);
+      assert.equal(seen[seen.length - 1], chunks.length, 'the last progress call has every chunk');
+    }
+    const helper = startCutHelper(-1, 10 * 1024 * 1024, 5 * 1024 * 1024, 1000);
+    if (helper) {
+      assert.equal(await helper.records, undefined, 'a helper that cannot read gives nothing, and does not throw');
+      await helper.stop();
     }
   });
 

@@ -14,6 +14,7 @@ const COMMON_FILES = [
   'extension.vsixmanifest',
   'extension/LICENSE.txt',
   'extension/changelog.md',
+  'extension/dist/cdc-worker.js',
   'extension/dist/cli.js',
   'extension/dist/extension.js',
   'extension/media/peershare.svg',

@@ -4,8 +4,10 @@ import { promises as fs } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { Worker } from 'node:worker_threads';
 import * as vscode from 'vscode';
 import { PeerShareNode, formatInvite, parseInvite } from '../../../src/core';
+import { chunkBytes, chunksOfRecords } from '../../../src/core/cdc';
 import type { PeerShareApi } from '../../../src/extension';
 import { ROUTE_LABELS } from '../../../src/vscode/tree';
 import { ROOT, startHeadlessPeer, tempDir, waitFor, type HeadlessPeer } from './helpers';
@@ -42,6 +44,7 @@ export async function run(): Promise<void> {
   const testnet = await createTestnet(3, { host: '127.0.0.1' });
   const bootstrap = testnet.bootstrap.map((node) => `${node.host}:${node.port}`);
   const api = await ext.activate();
+  await chunkHelperRuns(ext.extensionPath);
   const started: HeadlessPeer[] = [];
   try {
     await config().update('internet.bootstrap', bootstrap, vscode.ConfigurationTarget.Global);
@@ -108,6 +111,38 @@ function internetOnly(invite: string): string {
   const parsed = parseInvite(invite);
   assert.ok(parsed.dht, `the invite carries dht=: ${invite}`);
   return formatInvite({ ...parsed, addresses: [] });
+}
+
+/**
+ * The helper thread that cuts half of a large file into chunks (src/core/cdc-helper.ts) runs from
+ * the .vsix's dist/ in this extension host, with whichever BLAKE3 loads there, and cuts as the
+ * one-pass cut does.
+ */
+async function chunkHelperRuns(extensionPath: string): Promise<void> {
+  const file = path.join(tempDir(), 'cut-me.bin');
+  const data = Buffer.alloc(3 * 1024 * 1024 + 17);
+  for (let i = 0, x = 7; i < data.length; i++) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    data[i] = x >>> 24;
+  }
+  await fs.writeFile(file, data);
+  const handle = await fs.open(file, 'r');
+  const worker = new Worker(path.join(extensionPath, 'dist', 'cdc-worker.js'));
+  try {
+    const from = 1024 * 1024;
+    const records = await new Promise<Uint8Array>((resolve, reject) => {
+      worker.once('message', (message: { records?: Uint8Array }) => (message.records ? resolve(message.records) : reject(new Error('the helper thread could not cut'))));
+      worker.once('error', reject);
+      worker.postMessage({ fd: handle.fd, size: data.length, from, maxChunks: 1000 });
+    });
+    const theirs = chunksOfRecords(records, from).map((c) => `${c.offset}:${c.length}:${c.hash.toString('hex')}`);
+    const ours = chunkBytes(data.subarray(from)).map((c) => `${c.offset + from}:${c.length}:${c.hash.toString('hex')}`);
+    assert.deepEqual(theirs, ours);
+    console.log(`internet: the chunk helper thread ran from the .vsix in the extension host (${theirs.length} chunks, as one pass cuts them)`);
+  } finally {
+    await worker.terminate();
+    await handle.close();
+  }
 }
 
 async function internetOn(api: PeerShareApi, extensionPath: string, bootstrap: string[], started: HeadlessPeer[]): Promise<void> {
