@@ -228,6 +228,13 @@ export const SMALL_FILE_BYTES = 256 * 1024;
  */
 export const FLUSH_BEHIND_BYTES = 64 * 1024 * 1024;
 
+/**
+ * A file at least this large is cut into content-defined chunks by two threads at once where the
+ * machine has a second core (cdc.ts chunkFile): below it, starting the helper thread costs about
+ * what it saves.
+ */
+export const PARALLEL_CUT_FROM_BYTES = 128 * 1024 * 1024;
+
 /** Files a folder download reads ahead of the socket on the sharer's side. */
 export const SMALL_FILE_PIPELINE = 16;
 
