@@ -298,10 +298,15 @@ export class ShareProvider {
 
   /** The block list and chunk list of the open file's `version`; FILE_CHANGED if either is not that version's. */
   private async chunksOf(handle: FileHandle, version: BigIntStats): Promise<{ manifest: BlockManifest; chunks: CdcChunk[] }> {
-    const manifest = await this.manifestOf(handle, version);
     if (this.chunkLists.isTooLarge(version)) throw tooManyChunks(this.limits.maxFileChunks);
-    const chunks = this.chunkLists.get(version) ?? (await this.cutOnce(handle, version));
-    return { manifest, chunks };
+    // A version not seen before (the file just changed) is hashed and cut at once, the two reads
+    // side by side (a large file's cut has a thread of its own): *why: one after the other, they
+    // were most of an update's time after a change (1 GiB: 0.4 s, then 0.7 s).* Both are waited
+    // for, even when one fails: each reads through `handle`, which the caller then closes.
+    const [manifest, chunks] = await Promise.allSettled([this.manifestOf(handle, version), this.chunkLists.get(version) ?? this.cutOnce(handle, version)]);
+    if (manifest.status === 'rejected') throw manifest.reason;
+    if (chunks.status === 'rejected') throw chunks.reason;
+    return { manifest: manifest.value, chunks: chunks.value };
   }
 
   /**
