@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { MAX_CUT_HELPERS } from './limits';
 
 /**
  * A helper thread that cuts the second part of a large file into chunks while chunkFile (cdc.ts)
@@ -16,18 +17,23 @@ export interface CutHelper {
   stop(): Promise<void>;
 }
 
+/** Helper threads of this process still running (MAX_CUT_HELPERS). */
+let running = 0;
+
 /** The bundle's worker (esbuild.js writes it beside cli.js and extension.js). */
 const WORKER_FILE = 'cdc-worker.js';
 
 /** Starts a helper on the file open as `fd` (`size` bytes) from `from`, or undefined where there is no second core or no worker. */
 export function startCutHelper(fd: number, size: number, from: number, maxChunks: number): CutHelper | undefined {
-  if (availableParallelism() < 2) return undefined;
+  if (running >= Math.min(MAX_CUT_HELPERS, availableParallelism() - 1)) return undefined;
   let worker: Worker;
   try {
     worker = newCutWorker();
   } catch {
     return undefined;
   }
+  running++;
+  worker.once('exit', () => running--);
   const records = new Promise<Uint8Array | undefined>((resolve) => {
     worker.once('message', (message: { records?: unknown }) => resolve(message.records instanceof Uint8Array ? message.records : undefined));
     worker.once('error', () => resolve(undefined));

@@ -235,6 +235,13 @@ export const FLUSH_BEHIND_BYTES = 64 * 1024 * 1024;
  */
 export const PARALLEL_CUT_FROM_BYTES = 128 * 1024 * 1024;
 
+/**
+ * Helper threads cutting files at once in this process, at most (and never more than the cores
+ * but one): each holds a few MiB and a thread, and a peer asking for the chunks of many large
+ * files at once must not make as many threads. Past it, a file is cut in one pass.
+ */
+export const MAX_CUT_HELPERS = 2;
+
 /** Files a folder download reads ahead of the socket on the sharer's side. */
 export const SMALL_FILE_PIPELINE = 16;
 

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { availableParallelism } from 'node:os';
 import { describe, it } from 'node:test';
 import { startCutHelper } from '../../src/core/cdc-helper';
+import { MAX_CUT_HELPERS } from '../../src/core/limits';
 import {
   CDC_MAX_BYTES,
   CDC_MIN_BYTES,
@@ -131,6 +132,23 @@ describe('content-defined chunks (FastCDC, docs/protocol-v2.md 15.1)', () => {
       assert.equal(await helper.records, undefined, 'a helper that cannot read gives nothing, and does not throw');
       await helper.stop();
     }
+  });
+
+  it('many large files cut at once use at most MAX_CUT_HELPERS helper threads (never more than the cores but one); the rest are cut in one pass, exactly', async () => {
+    const dir = tempDir();
+    const files = await Promise.all(
+      [0, 1, 2, 3, 4, 5].map(async (i) => {
+        const data = pseudoRandom(3 * 1024 * 1024, 100 + i);
+        const file = path.join(dir, `m${i}`);
+        await fs.writeFile(file, data);
+        return { file, data };
+      }),
+    );
+    const cuts = await Promise.all(files.map(({ file }) => chunkFile(file, { maxFileChunks: 1_000_000 }, undefined, 1024 * 1024)));
+    const helped = cuts.filter((c) => c.helped).length;
+    assert.ok(helped <= Math.min(MAX_CUT_HELPERS, availableParallelism() - 1), `${helped} helper threads at once`);
+    if (availableParallelism() > 1) assert.ok(helped >= 1, 'one was used');
+    cuts.forEach((cut, i) => assert.deepEqual(cut.chunks.map((c) => c.hash.toString('hex')), chunkBytes(files[i].data).map((c) => c.hash.toString('hex'))));
   });
 
   it('refuses a file of more chunks than maxFileChunks: TOO_LARGE', async () => {
