@@ -240,7 +240,8 @@ export class WrittenBlockHashes {
     for (let from = 0; from < data.length; ) {
       const at = position + from;
       const index = Math.floor(at / this.blockSize);
-      if (index >= this.hashes.length) return; // past the end: the size check finds it
+      // At or past the end (only a bug of ours could write there): the size check finds it.
+      if (at >= this.size || index >= this.hashes.length) return;
       const start = index * this.blockSize;
       const end = Math.min(start + this.blockSize, this.size);
       const take = Math.min(data.length - from, end - at);

@@ -228,17 +228,14 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         }
         await run.flush();
       }
+      // End to end: the assembled file must be the version the sharer named (its block-list hash),
+      // taken from the bytes as they were written; the blocks not written in order are read back
+      // (WrittenBlockHashes). Checked before its mode is the local copy's, which may let others write.
+      await flush.settled();
+      await verifyAssembled(partial, assembly, target, remote, remotePath);
       futimesSync(file.fd, ...timesOf(remote.mtimeMs));
       keepMode(file, local, localFile === target);
-      // End to end: the assembled file must be the version the sharer named (its block-list hash).
-      // Flushed while it is checked: the flush waits on the disk; the check reads back only the
-      // blocks not hashed as they were written (WrittenBlockHashes), from what is cached.
-      await flush.settled();
-      // Both are waited for, even when one fails first: the descriptor is closed below, and an
-      // fsync still queued would run on it closed, or on a file that took its number (round 11).
-      const [verified, flushed] = await Promise.allSettled([verifyAssembled(partial, assembly, target, remote, remotePath), remote.size > FLUSHED_FROM_BYTES ? fsyncFd(file.fd) : undefined]);
-      if (verified.status === 'rejected') throw verified.reason;
-      if (flushed.status === 'rejected') throw flushed.reason;
+      if (remote.size > FLUSHED_FROM_BYTES) await fsyncFd(file.fd);
       closeSync(file.fd);
       file.fd = -1;
       await commit(partial, target, options.overwrite === true, file);
