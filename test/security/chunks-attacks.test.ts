@@ -22,6 +22,7 @@ import { codeOf, startHostileSharerV2, type ReplierV2 } from '../hostile';
 import { connectWithInvite, listTree, rejectsWithCode, seededBytes, startSharer, tempDir } from '../helpers';
 import { assertOnlyChanged, buildWorld, snapshot } from './world';
 import { attackKit } from './attack-kit';
+import { fileHashOf, sendChunkList, sendChunks } from './chunk-answers';
 
 /**
  * Updates that move only what changed (share.chunks, share.readChunks, deltaFile / deltaFolder,
@@ -53,23 +54,6 @@ function writeCalls(): number {
 /** Temporary files a sync left anywhere below `dir`. */
 async function leftovers(dir: string): Promise<string[]> {
   return (await listTree(dir)).filter((p) => /\.peershare-(part|sync)$/.test(p));
-}
-
-const fileHashOf = (content: Buffer): string => manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex');
-
-/** An honest share.chunks answer for `content`, or for `chunks` that may lie, named by the fileHash of `named`. */
-async function sendChunkList(reply: ReplierV2, content: Buffer, chunks: Chunk[] = chunkBytes(content), named: Buffer = content): Promise<Record<string, unknown>> {
-  await reply.message({ type: 'chunks', size: content.length, mtimeMs: 1000, fileHash: fileHashOf(named), count: chunks.length });
-  if (chunks.length > 0) await reply.data(encodeChunks(chunks));
-  return {};
-}
-
-/** The chunks a share.readChunks asks for, of `content` cut as `chunks`, one DATA call each. */
-async function sendChunks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer, chunks: Chunk[] = chunkBytes(content)): Promise<Record<string, unknown>> {
-  for (const [first, end] of req.chunks as [number, number][]) {
-    for (let i = first; i < end; i++) await reply.data(content.subarray(chunks[i].offset, chunks[i].offset + chunks[i].length));
-  }
-  return {};
 }
 
 const entry = (name: string, type: 'file' | 'dir', size = 0): Record<string, unknown> => ({ name, type, size, mtimeMs: 1000 });

@@ -84,10 +84,14 @@ let core: typeof import('../../src/core');
 let cdc: typeof import('../../src/core/cdc');
 let delta: typeof import('../../src/core/delta');
 let blake3: typeof import('../../src/core/blake3').blake3;
-let blockSizeFor: typeof import('../../src/core/blocks').blockSizeFor;
-let manifestOfBytes: typeof import('../../src/core/v2/share-messages').manifestOfBytes;
 let helpers: typeof import('../helpers');
 let hostileKit: typeof import('../hostile');
+type ChunkAnswers = typeof import('./chunk-answers');
+let fileHashOf: ChunkAnswers['fileHashOf'];
+let sendChunkList: ChunkAnswers['sendChunkList'];
+let sendChunks: ChunkAnswers['sendChunks'];
+let outcomeOf: ChunkAnswers['outcomeOf'];
+let assertCoded: ChunkAnswers['assertCoded'];
 
 const cleanups: (() => Promise<void> | void)[] = [];
 let victim: import('../helpers').TestPeer;
@@ -102,10 +106,9 @@ before(async () => {
   cdc = await import('../../src/core/cdc');
   delta = await import('../../src/core/delta');
   ({ blake3 } = await import('../../src/core/blake3'));
-  ({ blockSizeFor } = await import('../../src/core/blocks'));
-  ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
+  ({ fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
   victim = await helpers.makePeer();
   hostileIdentity = (await helpers.makePeer()).identity;
   process.on('unhandledRejection', onUnhandled);
@@ -139,43 +142,15 @@ async function sharerOf(folders: string[]): Promise<{ sharer: import('../helpers
   return { sharer, conn };
 }
 
-const fileHashOf = (content: Buffer): string => manifestOfBytes(content, blockSizeFor(content.length)).fileHash.toString('hex');
 
-/** A share.chunks answer: `chunks` (default: the honest cut of `content`), named by the fileHash of `named`. */
-async function sendChunkList(reply: ReplierV2, content: Buffer, chunks: Chunk[] = cdc.chunkBytes(content), named: Buffer = content): Promise<Record<string, unknown>> {
-  await reply.message({ type: 'chunks', size: content.length, mtimeMs: 1000, fileHash: fileHashOf(named), count: chunks.length });
-  if (chunks.length > 0) await reply.data(cdc.encodeChunks(chunks));
-  return {};
-}
 
-/** The chunks a share.readChunks asks for, of `content` cut as `chunks`; `skip` says which to leave out. */
-async function sendChunks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer, chunks: Chunk[] = cdc.chunkBytes(content), skip: (i: number) => boolean = () => false): Promise<Record<string, unknown>> {
-  for (const [first, end] of req.chunks as [number, number][]) {
-    for (let i = first; i < end; i++) if (!skip(i)) await reply.data(content.subarray(chunks[i].offset, chunks[i].offset + chunks[i].length));
-  }
-  return {};
-}
 
 /** Temporary files anywhere below `dir`. */
 async function leftovers(dir: string): Promise<string[]> {
   return (await helpers.listTree(dir)).filter((p) => /\.peershare-(part|sync)$/.test(p));
 }
 
-/** The outcome of `promise`: its value, or the error it failed with (which must be a coded PeerShareError with a readable message). */
-async function outcomeOf<T>(promise: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; code: string; message: string; error: unknown }> {
-  try {
-    return { ok: true, value: await promise };
-  } catch (error) {
-    return { ok: false, code: (error as { code?: string }).code ?? 'none', message: (error as Error).message, error };
-  }
-}
 
-/** Throws unless `error` is a PeerShareError with a code and a sentence a person can read. */
-function assertCoded(error: unknown, what: string): void {
-  assert.ok(error instanceof core.PeerShareError, `${what}: not a PeerShareError: ${String(error)} (code ${(error as { code?: string }).code})`);
-  assert.ok(core.isErrorCode(error.code), `${what}: code ${error.code}`);
-  assert.ok(error.message.length > 0 && error.message.length < 500 && !/[\u0000-\u001f]/.test(error.message), `${what}: message ${JSON.stringify(error.message)}`);
-}
 
 /** The longest the event loop went without running a timer while `work` ran, in ms. */
 async function longestStall<T>(work: () => Promise<T>): Promise<{ result: Awaited<T> | undefined; error?: unknown; stallMs: number }> {

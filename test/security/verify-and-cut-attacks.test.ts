@@ -131,6 +131,12 @@ let blake3: typeof import('../../src/core/blake3').blake3;
 let manifestOfBytes: typeof import('../../src/core/v2/share-messages').manifestOfBytes;
 let helpers: typeof import('../helpers');
 let hostileKit: typeof import('../hostile');
+type ChunkAnswers = typeof import('./chunk-answers');
+let fileHashOf: ChunkAnswers['fileHashOf'];
+let sendChunkList: ChunkAnswers['sendChunkList'];
+let sendChunks: ChunkAnswers['sendChunks'];
+let outcomeOf: ChunkAnswers['outcomeOf'];
+let assertCoded: ChunkAnswers['assertCoded'];
 
 const cleanups: (() => Promise<void> | void)[] = [];
 let victim: import('../helpers').TestPeer;
@@ -149,6 +155,7 @@ before(async () => {
   ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
+  ({ fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
   await installHandleSpy();
   victim = await helpers.makePeer();
   hostileIdentity = (await helpers.makePeer()).identity;
@@ -177,20 +184,8 @@ async function hostile(scenario: ScenarioV2, limits: Partial<import('../../src/c
   return conn;
 }
 
-const fileHashOf = (content: Buffer): string => manifestOfBytes(content, blocks.blockSizeFor(content.length)).fileHash.toString('hex');
 
-async function sendChunkList(reply: ReplierV2, content: Buffer, chunks: Chunk[] = cdc.chunkBytes(content), named: Buffer = content): Promise<Record<string, unknown>> {
-  await reply.message({ type: 'chunks', size: content.length, mtimeMs: 1000, fileHash: fileHashOf(named), count: chunks.length });
-  if (chunks.length > 0) await reply.data(cdc.encodeChunks(chunks));
-  return {};
-}
 
-async function sendChunks(req: Record<string, unknown>, reply: ReplierV2, content: Buffer, chunks: Chunk[] = cdc.chunkBytes(content)): Promise<Record<string, unknown>> {
-  for (const [first, end] of req.chunks as [number, number][]) {
-    for (let i = first; i < end; i++) await reply.data(content.subarray(chunks[i].offset, chunks[i].offset + chunks[i].length));
-  }
-  return {};
-}
 
 /** A list cutting `content` at the given lengths (repeated until the end). */
 function cutAt(content: Buffer, lengths: number[]): Chunk[] {
@@ -210,19 +205,7 @@ async function localCopy(ours: Buffer): Promise<{ dest: string; target: string }
   return { dest, target };
 }
 
-async function outcomeOf<T>(promise: Promise<T>): Promise<{ ok: true; value: T } | { ok: false; code: string; message: string; error: unknown }> {
-  try {
-    return { ok: true, value: await promise };
-  } catch (error) {
-    return { ok: false, code: (error as { code?: string }).code ?? 'none', message: (error as Error).message, error };
-  }
-}
 
-function assertCoded(error: unknown, what: string): void {
-  assert.ok(error instanceof core.PeerShareError, `${what}: not a PeerShareError: ${String(error)} (code ${(error as { code?: string }).code})`);
-  assert.ok(core.isErrorCode(error.code), `${what}: code ${error.code}`);
-  assert.ok(error.message.length > 0 && error.message.length < 500, `${what}: message ${JSON.stringify(error.message)}`);
-}
 
 /**
  * The file-system oracle after an update of `target` (old bytes `ours`) to the sharer's `theirs`:
