@@ -211,8 +211,11 @@ describe('a trusted peer asks a real sharer for inline files', () => {
         const v = versions[1 + (i % (versions.length - 1))];
         await fh.write(v, 0, v.length, 0);
         await fh.close();
-        // Now and then the file stays a while: only a file that has settled comes inline.
-        await sleep(i % 10 === 9 ? 80 : 0);
+        // Now and then the file stays a while: only a file that has settled comes inline. Every
+        // 7th write, so the pauses fall on each version in turn (every 10th fell always on the
+        // 16 KiB + 1 one, never inline: the test passed only on a machine slow enough to pause
+        // the writer by itself).
+        await sleep(i % 7 === 6 ? 80 : 0);
       }
     })();
     const seen = { inline: 0, listed: 0, changed: 0 };
