@@ -4,7 +4,7 @@ import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
 import { MANIFEST_HEADER_BYTES, blockSizeFor, decodeBlockManifest, encodeBlockManifest, hashFileBlocks, type BlockManifest } from './blocks';
-import { sameVersion } from './hash-cache';
+import { lastChangeNs, sameVersion } from './hash-cache';
 import { checkGuardedFile, checkHomeIsPrivate } from './identity';
 import { RACY_TIMESTAMP_MS, SMALL_FILE_BYTES, STALE_CACHE_TEMP_MS, type Limits } from './limits';
 
@@ -277,8 +277,7 @@ export class BlockCache {
   }
 
   private isRacy(version: FileVersion, hashedAtMs: bigint): boolean {
-    const lastChangeNs = version.mtimeNs > version.ctimeNs ? version.mtimeNs : version.ctimeNs;
-    return hashedAtMs * 1_000_000n - lastChangeNs < this.racyNs;
+    return hashedAtMs * 1_000_000n - lastChangeNs(version) < this.racyNs;
   }
 
   /** Why an entry file must not be read, or undefined when it may. */

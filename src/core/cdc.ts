@@ -2,7 +2,7 @@ import { promises as fsp, readSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { BLAKE3_DIGEST_BYTES, blake3 } from './blake3';
 import { PeerShareError } from './errors';
-import { sameVersion, versionKey } from './hash-cache';
+import { lastChangeNs, sameVersion, versionKey } from './hash-cache';
 import { PARALLEL_CUT_FROM_BYTES, RACY_TIMESTAMP_MS, type Limits } from './limits';
 import { startCutHelper, type CutHelper } from './cdc-helper';
 
@@ -379,8 +379,7 @@ export class ChunkListCache {
   }
 
   private keep(version: BigIntStats, list: Chunk[] | 'tooLarge', startedMs: number, racyMs: number): void {
-    const lastChangeMs = Number((version.mtimeNs > version.ctimeNs ? version.mtimeNs : version.ctimeNs) / 1_000_000n);
-    if (startedMs - lastChangeMs < racyMs) return;
+    if (startedMs - Number(lastChangeNs(version) / 1_000_000n) < racyMs) return;
     const bytes = (list === 'tooLarge' ? 1 : list.length) * CHUNK_MEMORY_BYTES;
     if (bytes > this.maxBytes) return;
     const key = versionKey(version);

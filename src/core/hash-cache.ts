@@ -17,6 +17,14 @@ export function msUntilSettled(version: Pick<BigIntStats, 'ctimeNs'>, nowMs = Da
 }
 
 /**
+ * When `version` last changed, in ns: the later of its mtime and ctime (the racy rule of the
+ * caches, RACY_TIMESTAMP_MS, is counted from it).
+ */
+export function lastChangeNs(version: Pick<BigIntStats, 'mtimeNs' | 'ctimeNs'>): bigint {
+  return version.mtimeNs > version.ctimeNs ? version.mtimeNs : version.ctimeNs;
+}
+
+/**
  * One version of one file: its identity (device, inode) and size, mtime and ctime to the
  * nanosecond. Any write, truncate, rename over, or chmod changes the ctime, which nothing but the
  * kernel can set, so a changed file never passes for the version a block list was made for

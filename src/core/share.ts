@@ -2,7 +2,7 @@ import { closeSync, constants as fsc, existsSync, fstatSync, lstatSync, openSync
 import * as path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { PeerShareError, toPeerShareError } from './errors';
-import { msUntilSettled, sameVersion, versionKey } from './hash-cache';
+import { lastChangeNs, msUntilSettled, sameVersion, versionKey } from './hash-cache';
 import { sleep } from './race';
 import { INVISIBLE_CHARS, type Entry } from './protocol';
 import { foldName, isShortNameShape } from './names';
@@ -344,8 +344,7 @@ export class Share {
       try {
         const st = await handle.stat({ bigint: true });
         version = versionKey(st);
-        const lastChangeMs = Number((st.mtimeNs > st.ctimeNs ? st.mtimeNs : st.ctimeNs) / 1_000_000n);
-        trusted = readAt - lastChangeMs >= RACY_TIMESTAMP_MS;
+        trusted = readAt - Number(lastChangeNs(st) / 1_000_000n) >= RACY_TIMESTAMP_MS;
         if (st.isFile() && st.size <= MAX_GITIGNORE_BYTES) rules = ignore({ ignorecase: true }).add(await handle.readFile('utf8'));
       } finally {
         await handle.close();
