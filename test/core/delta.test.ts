@@ -432,3 +432,48 @@ describe('deltaFolder: a folder of 1,000 files, 10 changed, moves only those', (
     assert.equal(await fs.readFile(path.join(mirror, 'mine.txt'), 'utf8'), 'not on the sharer');
   });
 });
+
+describe('deltaFolder with the caller\'s signal', () => {
+  it('prints no listener-leak warning, however many requests wait on the signal at once', async () => {
+    // Many folders, every file new, a signal given (as the CLI and the editor give one): each of
+    // FILES_AT_ONCE updates and of the LISTS_AHEAD listings puts a listener on it; past Node's 10
+    // that printed "MaxListenersExceededWarning: Possible EventTarget memory leak" in the user's
+    // terminal during `peershare sync`.
+    const proj = path.join(tempDir(), 'proj');
+    for (let d = 0; d < 12; d++) {
+      await fs.mkdir(path.join(proj, `d${d}`), { recursive: true });
+      for (let f = 0; f < 12; f++) await fs.writeFile(path.join(proj, `d${d}`, `f${f}.txt`), randomBytes(1000 + f));
+    }
+    const sharer = await startSharer([proj]);
+    const { conn } = await connectWithInvite(sharer.invite);
+    // How many abort listeners sit on the caller's signal at once (a warning needs 11, which the
+    // timing of this machine decides; the count does not).
+    const { signal } = new AbortController();
+    let listening = 0;
+    let mostAtOnce = 0;
+    const add = signal.addEventListener.bind(signal);
+    const remove = signal.removeEventListener.bind(signal);
+    signal.addEventListener = ((type: string, ...rest: [EventListener, AddEventListenerOptions?]) => {
+      if (type === 'abort') mostAtOnce = Math.max(mostAtOnce, ++listening);
+      add(type, ...rest);
+    }) as typeof signal.addEventListener;
+    signal.removeEventListener = ((type: string, ...rest: [EventListener, EventListenerOptions?]) => {
+      if (type === 'abort') listening--;
+      remove(type, ...rest);
+    }) as typeof signal.removeEventListener;
+    const warnings: Error[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w);
+    process.on('warning', onWarning);
+    try {
+      const result = await deltaFolder(conn, 'proj', path.join(tempDir(), 'mirror'), { signal });
+      assert.equal(result.filesChanged, 144);
+      await new Promise((resolve) => setImmediate(resolve)); // a warning is emitted on the next tick
+    } finally {
+      process.off('warning', onWarning);
+      conn.close();
+      await sharer.server.close();
+    }
+    assert.deepEqual(warnings.map((w) => `${w.name}: ${w.message}`), []);
+    assert.ok(mostAtOnce <= 2, `${mostAtOnce} listeners on the caller's signal at once`);
+  });
+});
