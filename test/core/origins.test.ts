@@ -67,6 +67,19 @@ describe('origin record', () => {
     assert.deepEqual([...store.list()[0].files], [['ok', { size: 3, mtimeMs: 7, fileHash: undefined, created: true }]]);
   });
 
+  it('keeps only paths a sync could have written: unsafe folders or names anywhere, or too long, are dropped', async () => {
+    const dir = await tempDir();
+    const file = path.join(dir, 'origins.json');
+    const long = 'd'.repeat(200);
+    const deep = Array.from({ length: 20 }, () => long).join('/'); // 4,019 bytes
+    const kept = ['a/b/ok.txt', 'a/b/also.txt', 'top.txt', `${deep}/${'n'.repeat(76)}`];
+    const dropped = ['.git/config', 'a/.git/config', 'a/b/.vscode', 'a/CON/x.txt', 'a/b/nul', 'a/b/x\u200B.txt', 'a/b:c/x', `${deep}/${'n'.repeat(77)}`];
+    const files = Object.fromEntries([...kept, ...dropped].map((rel) => [rel, [1, 1, '', 1]]));
+    await fs.writeFile(file, JSON.stringify({ version: 1, origins: [{ peerId: 'p', remotePath: 'r', localPath: dir, type: 'dir', files }] }));
+    const store = await OriginStore.open(file);
+    assert.deepEqual([...store.list()[0].files.keys()].sort(), [...kept].sort());
+  });
+
   it('a new peer or path at the same place starts a new record; the oldest are forgotten past the bound', async () => {
     const dir = await tempDir();
     const store = await OriginStore.open(path.join(dir, 'origins.json'));
