@@ -108,8 +108,11 @@ export class OriginStore {
   /** Records the version of `rel` that just landed (keeps `created` once true). */
   setFile(origin: Origin, rel: string, version: LandedVersion): void {
     const old = origin.files.get(rel);
+    const created = version.created || old?.created || undefined;
+    // A sync reports every file it checked: one found as recorded changes nothing, and costs no write.
+    if (old && old.size === version.size && old.mtimeMs === version.mtimeMs && old.fileHash === version.fileHash && old.created === created) return;
     if (!old) this.fileCount++;
-    origin.files.set(rel, { ...version, created: version.created || old?.created || undefined });
+    origin.files.set(rel, { size: version.size, mtimeMs: version.mtimeMs, fileHash: version.fileHash, created });
     this.bound();
     this.changed();
   }
@@ -203,7 +206,7 @@ export class OriginStore {
       remotePath: o.remotePath,
       localPath: o.localPath,
       type: o.type,
-      files: Object.fromEntries([...o.files].map(([rel, v]) => [rel, [v.size, v.mtimeMs, v.fileHash ?? '', v.created ? 1 : 0]])),
+      files: recordedFiles(o.files),
     }));
     const temporary = `${this.file}.${randomBytes(6).toString('hex')}.tmp`;
     try {
@@ -233,12 +236,17 @@ export class OriginStore {
       if ((o.type !== 'file' && o.type !== 'dir') || typeof o.files !== 'object' || o.files === null) continue;
       const origin: Origin = { peerId: o.peerId, remotePath: o.remotePath, localPath: path.resolve(o.localPath), type: o.type, files: new Map() };
       const syncable = new SyncableRels();
-      for (const [rel, v] of Object.entries(o.files as Record<string, unknown>)) {
-        if (!Array.isArray(v) || !isWellFormedRel(rel)) continue;
-        if (!syncable.has(rel)) continue;
-        const [size, mtimeMs, fileHash, created] = v as unknown[];
+      // Indexed, not destructured: this runs once per process, in V8's interpreter, where each
+      // iterator costs (a sixth of a sync of 10,000 files went here).
+      const files = o.files as Record<string, unknown>;
+      for (const rel of Object.keys(files)) {
+        const v = files[rel];
+        if (!Array.isArray(v) || !isWellFormedRel(rel) || !syncable.has(rel)) continue;
+        const size: unknown = v[0];
+        const mtimeMs: unknown = v[1];
+        const fileHash: unknown = v[2];
         if (!Number.isSafeInteger(size) || (size as number) < 0 || !Number.isSafeInteger(mtimeMs)) continue;
-        origin.files.set(rel, { size: size as number, mtimeMs: mtimeMs as number, fileHash: typeof fileHash === 'string' && /^[0-9a-f]{64}$/.test(fileHash) ? fileHash : undefined, created: created === 1 || undefined });
+        origin.files.set(rel, { size: size as number, mtimeMs: mtimeMs as number, fileHash: typeof fileHash === 'string' && fileHash.length === 64 && /^[0-9a-f]{64}$/.test(fileHash) ? fileHash : undefined, created: v[3] === 1 || undefined });
       }
       this.origins.set(origin.localPath, origin);
       this.fileCount += origin.files.size;
@@ -259,6 +267,13 @@ export class OriginStore {
       this.drop(this.origins.keys().next().value as string);
     }
   }
+}
+
+/** An origin's files as the record keeps them: `rel: [size, mtimeMs, fileHash or '', created 1 or 0]`. */
+function recordedFiles(files: Map<string, LandedVersion>): Record<string, [number, number, string, number]> {
+  const recorded: Record<string, [number, number, string, number]> = {};
+  for (const [rel, v] of files) recorded[rel] = [v.size, v.mtimeMs, v.fileHash ?? '', v.created ? 1 : 0];
+  return recorded;
 }
 
 /** A local file's size and time are those of a recorded version (times compared in whole milliseconds, as a listing gives them). */
