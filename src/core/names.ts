@@ -108,8 +108,13 @@ export function isShortNameShape(component: string): boolean {
  * Folding more than a file system does only refuses more, which is the safe side.
  */
 export function foldName(text: string): string {
+  // Printable ASCII is its own NFKC form and folds by lowering alone (names.test checks every
+  // character): most names are, and a sync looks at every name it is sent.
+  if (PRINTABLE_ASCII.test(text)) return text.toLowerCase();
   return text.normalize('NFKC').toLowerCase().toUpperCase().toLowerCase().normalize('NFKC');
 }
+
+const PRINTABLE_ASCII = /^[\x20-\x7e]*$/;
 
 /**
  * Key under which two received paths that one file system would merge are the same: folded as

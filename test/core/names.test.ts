@@ -192,6 +192,18 @@ describe('collisionKey (names one file system would merge)', () => {
     assert.equal(collisionKey('.g\u200cit'), collisionKey('.git'));
   });
 
+  it('foldName lowers printable ASCII alone, exactly as the full fold does (every character, and the letters in names)', () => {
+    const fullFold = (t: string): string => t.normalize('NFKC').toLowerCase().toUpperCase().toLowerCase().normalize('NFKC');
+    const printable = Array.from({ length: 0x7f - 0x20 }, (_, i) => String.fromCharCode(0x20 + i));
+    for (const c of printable) assert.equal(foldName(c), fullFold(c), JSON.stringify(c));
+    const all = printable.join('');
+    assert.equal(foldName(all), fullFold(all));
+    for (const name of ['.GIT', '.VSCode', 'Makefile', 'CON.txt', 'PROGRA~1', 'dir-000/file-00001.bin']) assert.equal(foldName(name), fullFold(name));
+    // Past printable ASCII the full fold runs: a control character, a Turkish dotless i, a full-width letter.
+    assert.equal(foldName('.G\u0131T\u0007'), fullFold('.G\u0131T\u0007'));
+    assert.equal(foldName('\u212Aelvin'), 'kelvin');
+  });
+
   it('foldName is the fold the .git check and collisionKey share', () => {
     assert.equal(foldName('.G\u0131T'), '.git');
     assert.equal(foldName('\uff36\uff33\uff23\uff4f\uff44\uff45'), 'vscode');
