@@ -678,16 +678,26 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
       // its open descriptor, and only those that differ become work: an unchanged file costs an
       // lstat, not a task (10,000 tasks were most of a sync that changed 100 files).
       const differing = await folders.use(components, '', async (folder) => {
-        const found: { entry: Entry; relPath: string; st: Stats | undefined }[] = [];
+        const found: { entry: Entry; relPath: string }[] = [];
         for (const file of files) {
-          const st = lstatOrNothingSync(`${folder}/${file.entry.name}`);
           result.filesChecked++;
-          if (firstLook(st, file.relPath, file.entry, options, result) === 'update') found.push({ ...file, st });
+          // Only a file that looks the same is settled here; the rest are looked at again as work.
+          const st = lstatOrNothingSync(`${folder}/${file.entry.name}`);
+          if (st?.isFile() && firstLook(st, file.relPath, file.entry, options, result) === 'done') continue;
+          found.push(file);
         }
         return found;
       });
-      for (const { entry, relPath, st } of differing) {
-        await work.add(() => folders.use(components, entry.name, (local) => updateFileIn(conn, `${base}/${relPath}`, local, st, relPath, entry, options, result)));
+      for (const { entry, relPath } of differing) {
+        // Looked at again when its turn comes: a file made or changed here since the pass (the
+        // user typing while the sync runs) must meet keepLocal, and not count as created by the
+        // sync (round 13).
+        await work.add(() =>
+          folders.use(components, entry.name, async (local) => {
+            const st = lstatOrNothingSync(local);
+            if (firstLook(st, relPath, entry, options, result) === 'update') await updateFileIn(conn, `${base}/${relPath}`, local, st, relPath, entry, options, result);
+          }),
+        );
       }
     }
     await work.drain();

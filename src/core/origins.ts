@@ -271,7 +271,8 @@ export class OriginStore {
 
 /** An origin's files as the record keeps them: `rel: [size, mtimeMs, fileHash or '', created 1 or 0]`. */
 function recordedFiles(files: Map<string, LandedVersion>): Record<string, [number, number, string, number]> {
-  const recorded: Record<string, [number, number, string, number]> = {};
+  // No prototype: a file named __proto__ is a key like any other (round 13).
+  const recorded: Record<string, [number, number, string, number]> = Object.create(null);
   for (const [rel, v] of files) recorded[rel] = [v.size, v.mtimeMs, v.fileHash ?? '', v.created ? 1 : 0];
   return recorded;
 }
