@@ -12,35 +12,61 @@ const MOUNTS_REFRESH_MS = 2000;
  * server does not answer.* Until the table has been read once, every path counts as crossing.
  */
 export class MountTable {
-  private points?: string[];
+  private mounts?: Mount[];
   private readAt = -Infinity;
   private reading?: Promise<void>;
+  /** Each root's own mount (the topmost one at or above it) when first looked at: another one since means a mount over or above the root. */
+  private readonly rootMounts = new Map<string, string>();
 
-  /** Whether `root`/`components` is at or below a mount point strictly inside `root`, from a table at most MOUNTS_REFRESH_MS old. */
-  async crosses(root: string, components: string[]): Promise<boolean> {
-    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) await this.refresh();
+  /**
+   * Whether `root`/`components` is at or below a mount point strictly inside `root`, or the root
+   * itself is under another mount than when first looked at (one made over it or above it since),
+   * from a table at most `maxAgeMs` old (MOUNTS_REFRESH_MS by default; 0 before work that goes
+   * synchronous on the answer: round 13 mounted a stalled file system within the 2 s).
+   */
+  async crosses(root: string, components: string[], maxAgeMs = MOUNTS_REFRESH_MS): Promise<boolean> {
+    if (performance.now() - this.readAt > maxAgeMs) await this.refresh();
     return this.crossesKnown(root, components);
   }
 
   /** The same from the table as last read, for a synchronous caller; an old table is read again for the next call. */
   crossesKnown(root: string, components: string[]): boolean {
     if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) void this.refresh();
-    if (!this.points) return true;
+    if (!this.mounts) return true;
+    if (this.rootMountChanged(root)) return true;
     const below = root.endsWith(path.sep) ? root : root + path.sep;
     const target = path.join(root, ...components);
-    return this.points.some((point) => point.startsWith(below) && (target === point || target.startsWith(point + path.sep)));
+    return this.mounts.some(({ point }) => point.startsWith(below) && (target === point || target.startsWith(point + path.sep)));
   }
 
   /**
    * Whether a mount point is directly inside the folder `root`/`components` (an lstat of that
-   * entry would ask the mounted file system), from a table at most MOUNTS_REFRESH_MS old; true
-   * when the table cannot be read.
+   * entry would ask the mounted file system), from a table at most `maxAgeMs` old; true when the
+   * table cannot be read.
    */
-  async holdsMount(root: string, components: string[]): Promise<boolean> {
-    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) await this.refresh();
-    if (!this.points) return true;
+  async holdsMount(root: string, components: string[], maxAgeMs = MOUNTS_REFRESH_MS): Promise<boolean> {
+    if (performance.now() - this.readAt > maxAgeMs) await this.refresh();
+    if (!this.mounts) return true;
     const folder = path.join(root, ...components);
-    return this.points.some((point) => path.dirname(point) === folder);
+    return this.mounts.some(({ point }) => path.dirname(point) === folder);
+  }
+
+  /** Whether the topmost mount at or above `root` is another one than when `root` was first looked at (then remembered). */
+  private rootMountChanged(root: string): boolean {
+    let own: Mount | undefined;
+    for (const mount of this.mounts!) {
+      const { point } = mount;
+      const holds = point === root || point === path.sep || root.startsWith(point.endsWith(path.sep) ? point : point + path.sep);
+      // Later lines are mounted on top of earlier ones at the same point.
+      if (holds && (!own || point.length >= own.point.length)) own = mount;
+    }
+    const key = own ? `${own.id} ${own.point}` : '';
+    const first = this.rootMounts.get(root);
+    if (first === undefined) {
+      this.rootMounts.set(root, key);
+      return false;
+    }
+    return first !== key;
   }
 
   /** Reads the table (one read at a time; an unreadable table counts every path as crossing). */
@@ -49,10 +75,10 @@ export class MountTable {
       .readFile('/proc/self/mountinfo', 'utf8')
       .then(
         (text) => {
-          this.points = parseMountPoints(text);
+          this.mounts = parseMounts(text);
         },
         () => {
-          this.points = undefined;
+          this.mounts = undefined;
         },
       )
       .finally(() => {
@@ -63,12 +89,23 @@ export class MountTable {
   }
 }
 
+interface Mount {
+  /** The mount's id (mountinfo's first field): a mount made again at the same point has another. */
+  id: string;
+  point: string;
+}
+
 /** The mount points of /proc/self/mountinfo (its fifth field, with the kernel's octal escapes undone). @internal exported for its tests */
 export function parseMountPoints(mountinfo: string): string[] {
-  const points: string[] = [];
+  return parseMounts(mountinfo).map((m) => m.point);
+}
+
+function parseMounts(mountinfo: string): Mount[] {
+  const mounts: Mount[] = [];
   for (const line of mountinfo.split('\n')) {
-    const field = line.split(' ')[4];
-    if (field) points.push(field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))));
+    const fields = line.split(' ');
+    const field = fields[4];
+    if (field) mounts.push({ id: fields[0], point: field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8))) });
   }
-  return points;
+  return mounts;
 }
