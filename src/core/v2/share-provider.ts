@@ -443,6 +443,10 @@ export class ShareProvider {
           record = await this.treeFile(item, inlineMost);
         } catch (err) {
           const { code, message } = endErrorFor(toPeerShareError(err, 'INTERNAL'));
+          // An excluded file is never named to a peer, as a listing never shows it: the walk
+          // does not look at each file (a hard link to the identity key, say), the open does
+          // (round 13: its name went out as skipped, EXCLUDED).
+          if (code === 'EXCLUDED') continue;
           await send(reply.message({ type: 'skipped', path: item.relPath, code, message }));
           continue;
         }
