@@ -339,11 +339,16 @@ export class Share {
     let rules: Ignore | null = null;
     let version = 'absent';
     let trusted = true;
+    // Through its folder, opened without following a link at any component: a folder swapped for
+    // a link to one with no .gitignore while the rules were read made them absent, and the file
+    // they exclude was then listed and opened (round 13). A folder that cannot be opened so
+    // refuses the request (NOT_FOUND, OUTSIDE_SHARE), never reads as "no rules".
+    const folder = PROC_FD ? await openFolderBeneath(PROC_FD, root, dirComponents) : undefined;
     try {
       // Opened as any shared file is (never through a link, never waiting on a FIFO) and checked
       // after the open: a .gitignore swapped for a FIFO between a look and an open would hold one
       // of libuv's four threads for ever, and four of them every file operation of the process.
-      const handle = await fs.open(file, openFlags(false));
+      const handle = await fs.open(folder ? `${PROC_FD}/${folder.fd}/.gitignore` : file, openFlags(false));
       try {
         const st = await handle.stat({ bigint: true });
         version = versionKey(st);
@@ -356,6 +361,8 @@ export class Share {
       // None there: remembered as absent; anything else unreadable: no rules, and looked at again.
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') trusted = false;
       rules = null;
+    } finally {
+      await folder?.close();
     }
     if (this.gitignoreCache.size > 10_000) this.gitignoreCache.clear();
     this.gitignoreCache.set(file, { version, trusted, rules });
@@ -626,11 +633,11 @@ export class Share {
    * entries. A batch at a time, so a huge folder does not hold the event loop in one piece.
    */
   private async *readDirBatchesSync(procFd: string, root: ShareRoot, components: string[], withStats: boolean): AsyncGenerator<Entry[]> {
-    const excluded = await this.childExclusion(root, components);
     const fd = openVerifiedFolderSync(procFd, root, components);
     const folder = `${procFd}/${fd}`;
     let dir: Dir | undefined;
     try {
+      const excluded = await this.childExclusion(root, components);
       // Reading through the verified descriptor means the listing is of the folder we checked.
       dir = opendirSync(folder, { bufferSize: 256 });
       for (let more = true, first = true; more; first = false) {
@@ -721,6 +728,17 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
   } catch (err) {
     await handle.close();
     throw toPeerShareError(err, 'IO_ERROR');
+  }
+}
+
+/** root/dirComponents opened as a folder, never through a link at any component (gitignoreRules); a coded error when it cannot be. */
+async function openFolderBeneath(procFd: string, root: ShareRoot, dirComponents: string[]): Promise<fs.FileHandle> {
+  try {
+    return dirComponents.length > 0 ? await openBeneath(procFd, root.realPath, dirComponents, openFlags(true)) : await fs.open(root.realPath, openFlags(true));
+  } catch (err) {
+    // The code the listing of that folder would give: a link or a FIFO on the way, or gone.
+    await refuseSymlinkComponents(root, dirComponents);
+    throw err instanceof PeerShareError ? err : openError(err, false);
   }
 }
 
