@@ -733,6 +733,8 @@ async function openVerified(root: ShareRoot, components: string[], wantDir: bool
 
 /** root/dirComponents opened as a folder, never through a link at any component (gitignoreRules); a coded error when it cannot be. */
 async function openFolderBeneath(procFd: string, root: ShareRoot, dirComponents: string[]): Promise<fs.FileHandle> {
+  // Known links, FIFOs and devices refused before anything is opened, as openVerified does.
+  await refuseSymlinkComponents(root, dirComponents);
   try {
     return dirComponents.length > 0 ? await openBeneath(procFd, root.realPath, dirComponents, openFlags(true)) : await fs.open(root.realPath, openFlags(true));
   } catch (err) {

@@ -73,9 +73,10 @@ describe('what a peer can read from a share', () => {
     await sharer.server.close();
   });
 
-  /** Paths the server opened that lead outside the share (resolved through any symlink). */
+  /** Paths the server opened that lead outside the share (resolved through any symlink); the mount table (read before a listing goes synchronous) is no user's data. */
   function outsideTouches(): string[] {
     return touched.filter((p) => {
+      if (p === '/proc/self/mountinfo') return false;
       let real: string;
       try {
         real = nodeFs.realpathSync(p);
