@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { promises as fs, chmodSync, linkSync, mkdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { promises as fs, chmodSync, linkSync, mkdirSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +14,8 @@ import { OriginStore } from '../../src/core/origins';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import { connectWithInvite, listTree, makePeer, startSharer, tempDir, until, type TestPeer } from '../helpers';
 import { startHostileSharerV2, type ScenarioV2 } from '../hostile';
+import { longestStall } from './event-loop';
+import { mounted, stalledMount } from './stalled-mount';
 import { snapshot } from './world';
 
 /**
@@ -34,7 +36,8 @@ import { snapshot } from './world';
  * PeerShareError codes, unhandled rejections, the event loop's longest stall, and the synchronous
  * path against the asynchronous one (the same share with its root marked non-local).
  *
- * Tests marked FINDING fail on the code as it is; each says why and what would fix it.
+ * Tests marked FOUND failed on the code as it was attacked (eight findings, all since fixed;
+ * docs/security.md, round 13): each says why, and the fix it suggested.
  */
 
 const MTIME_MS = 1_000_000;
@@ -56,26 +59,39 @@ after(async () => {
 
 // ---- helpers ---------------------------------------------------------------------------------
 
-/** The longest the event loop went without running a timer while `work` ran, in ms. */
-async function longestStall<T>(work: () => Promise<T>): Promise<{ result?: Awaited<T>; error?: unknown; stallMs: number }> {
-  let last = performance.now();
-  let worst = 0;
-  const timer = setInterval(() => {
-    const now = performance.now();
-    worst = Math.max(worst, now - last);
-    last = now;
-  }, 5);
-  try {
-    const result = await work();
-    return { result, stallMs: Math.max(worst, performance.now() - last) };
-  } catch (error) {
-    return { error, stallMs: Math.max(worst, performance.now() - last) };
-  } finally {
-    clearInterval(timer);
-  }
-}
+/** The event loop's longest stall, timed every 5 ms. */
+const longestStall5 = <T>(work: () => Promise<T>): ReturnType<typeof longestStall<T>> => longestStall(work, 5);
 
 const codeOf = (err: unknown): string | undefined => (err as { code?: string } | undefined)?.code;
+
+/**
+ * Lists proj/sub (2,500 empty files) and, after the first batch, swaps it for a symlink to a folder
+ * of 7-byte files of the same names; the sizes every batch gave. `local` picks the synchronous path.
+ */
+async function listSwappedBetweenBatches(local: boolean): Promise<{ share: Share; sizes: Set<number>; batches: number }> {
+  const base = tempDir('peershare-r13-');
+  const proj = path.join(base, 'proj');
+  const secret = path.join(base, 'secret');
+  mkdirSync(path.join(proj, 'sub'), { recursive: true });
+  mkdirSync(secret);
+  for (let i = 0; i < 2500; i++) {
+    const name = `f${String(i).padStart(5, '0')}`;
+    writeFileSync(path.join(proj, 'sub', name), '');
+    writeFileSync(path.join(secret, name), 'SECRET!');
+  }
+  const { share } = await localShare([proj]);
+  setLocal(share, local);
+  const sizes = new Set<number>();
+  let batches = 0;
+  for await (const batch of share.list('proj/sub')) {
+    if (batches++ === 0) {
+      renameSync(path.join(proj, 'sub'), path.join(base, 'moved'));
+      symlinkSync(secret, path.join(proj, 'sub'));
+    }
+    for (const e of batch) sizes.add(e.size);
+  }
+  return { share, sizes, batches };
+}
 
 /** A share of `folders` made here (no server), with `home` as its private folder holding key.pem. */
 async function localShare(folders: string[], limits: Partial<Limits> = {}): Promise<{ share: Share; home: string; key: string }> {
@@ -109,20 +125,7 @@ async function sharerOf(folders: string[]): Promise<{ sharer: Awaited<ReturnType
   return { sharer, conn };
 }
 
-/**
- * A FUSE file system that never answers, mounted at `point` (round 11's): every look at it blocks
- * until the holder (our own child) ends after `holdMs`.
- */
-function stalledMount(point: string, holdMs: number): ChildProcess {
-  const holder = spawn('bash', ['-c', `exec 3<>/dev/fuse; mount -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 stalled "$1" || exit 1; exec sleep ${holdMs / 1000}`, 'bash', point], { stdio: 'ignore' });
-  cleanups.push(() => {
-    if (holder.exitCode === null) holder.kill();
-    spawnSync('umount', ['-l', point]);
-  });
-  return holder;
-}
 
-const mounted = (point: string): boolean => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').some((line) => line.split(' ')[4] === point);
 
 // ---- a hostile sharer serving an in-memory folder `ws` ---------------------------------------
 
@@ -271,34 +274,14 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
   });
 
   it('the listed folder swapped for a symlink to outside between batches (synchronous path): every batch is of the folder that was checked, no size or time from outside', async () => {
-    const base = tempDir('peershare-r13-');
-    const proj = path.join(base, 'proj');
-    const secret = path.join(base, 'secret');
-    mkdirSync(path.join(proj, 'sub'), { recursive: true });
-    mkdirSync(secret);
-    for (let i = 0; i < 2500; i++) {
-      const name = `f${String(i).padStart(5, '0')}`;
-      writeFileSync(path.join(proj, 'sub', name), '');
-      writeFileSync(path.join(secret, name), 'SECRET!');
-    }
-    const { share } = await localShare([proj]);
-    setLocal(share, true);
-    const sizes = new Set<number>();
-    let batches = 0;
-    for await (const batch of share.list('proj/sub')) {
-      if (batches++ === 0) {
-        renameSync(path.join(proj, 'sub'), path.join(base, 'moved'));
-        symlinkSync(secret, path.join(proj, 'sub'));
-      }
-      for (const e of batch) sizes.add(e.size);
-    }
+    const { share, sizes, batches } = await listSwappedBetweenBatches(true);
     assert.ok(batches >= 3, 'several batches');
     assert.deepEqual([...sizes], [0], 'every size is of the folder opened (0 bytes), never of the secret files (7 bytes)');
     await assert.rejects(listAll(share, 'proj/sub'), (err) => codeOf(err) === 'OUTSIDE_SHARE', 'the next listing refuses the symlink');
   });
 
   it('the same swap on the asynchronous path (a root on a network file system): no size or time from outside either', async () => {
-    // FINDING (low, pre-existing in the asynchronous path; the new synchronous path does not have it):
+    // FOUND, since fixed (low, pre-existing in the asynchronous path; the new synchronous path does not have it):
     // readDirBatches' asynchronous path reads the names through the verified descriptor but then
     // lstat's each entry by its *path* (path.join(dirPath, name)), which goes through whatever is
     // at dirPath now. A local user who swaps the listed folder for a symlink between batches makes
@@ -307,27 +290,7 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
     // outside the share, on roots the share takes as non-local (NFS, SMB, FUSE) or with a mount in
     // them. Fix: lstat through the descriptor as the synchronous path does
     // (`${PROC_FD}/${opened.handle.fd}/${name}`), or fstatat via the opened folder.
-    const base = tempDir('peershare-r13-');
-    const proj = path.join(base, 'proj');
-    const secret = path.join(base, 'secret');
-    mkdirSync(path.join(proj, 'sub'), { recursive: true });
-    mkdirSync(secret);
-    for (let i = 0; i < 2500; i++) {
-      const name = `f${String(i).padStart(5, '0')}`;
-      writeFileSync(path.join(proj, 'sub', name), '');
-      writeFileSync(path.join(secret, name), 'SECRET!');
-    }
-    const { share } = await localShare([proj]);
-    setLocal(share, false);
-    const sizes = new Set<number>();
-    let batches = 0;
-    for await (const batch of share.list('proj/sub')) {
-      if (batches++ === 0) {
-        renameSync(path.join(proj, 'sub'), path.join(base, 'moved'));
-        symlinkSync(secret, path.join(proj, 'sub'));
-      }
-      for (const e of batch) sizes.add(e.size);
-    }
+    const { sizes } = await listSwappedBetweenBatches(false);
     assert.deepEqual([...sizes], [0], 'a size of 7 is the size of a file outside the share, read through the symlink swapped in');
   });
 
@@ -350,7 +313,7 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
     writeFileSync(path.join(proj, 'd', 'e'), 'a file where a folder was');
     const outcomes: Record<string, string | undefined> = {};
     for (const p of ['proj/a', 'proj/a/b', 'proj/c', 'proj/d/e', 'proj/d/e/f']) {
-      const { result, error } = await longestStall(() => listAll(share, p));
+      const { result, error } = await longestStall5(() => listAll(share, p));
       assert.equal(result, undefined, `${p} was listed: ${JSON.stringify(result)}`);
       outcomes[p] = codeOf(error);
     }
@@ -427,7 +390,7 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
   });
 
   it('a folder swapped for a symlink to a folder without .gitignore in a loop: a name its .gitignore excludes is never listed, never opened', async () => {
-    // FINDING (medium; pre-existing, both paths; widened by readDirBatchesSync, which reads the
+    // FOUND, since fixed (medium; pre-existing, both paths; widened by readDirBatchesSync, which reads the
     // rules before it opens the folder): gitignoreRules reads root/…/folder/.gitignore by *path*
     // (fs.open(file, O_NOFOLLOW) only refuses a link at the last component), and the listing or
     // openFile then opens the folder through the verified descriptor. A local user who can rename
@@ -480,7 +443,7 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
   });
 
   it('a hard link to the identity key in a downloaded folder (share.tree, walk): not even its name is shown, as share.list does not show it', async () => {
-    // FINDING (low; both paths: walk passes withStats=false, which skips isPrivateHardLink): share.list
+    // FOUND, since fixed (low; both paths: walk passes withStats=false, which skips isPrivateHardLink): share.list
     // leaves a hard link to the identity key out entirely ("not even its name and size are shown"),
     // but walk lists its name, and the folder stream (share.tree) then reports it to the peer as
     // `skipped <path> EXCLUDED`: the peer learns the name (and that it is a private file). Fix: in
@@ -500,7 +463,7 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
   });
 
   it('40,000 hard links to the identity key in one folder: the listing does not hold the sharer\'s event loop in one piece', async () => {
-    // FINDING (medium: any local user who can write in a shared folder stalls the sharer, i.e. the
+    // FOUND, since fixed (medium: any local user who can write in a shared folder stalls the sharer, i.e. the
     // VS Code extension host, for as long as they like): readDirBatchesSync fills a batch with the
     // entries it *keeps*; what it skips (hard links to private files, each after an lstat;
     // excluded names; symlinks, FIFOs, sockets, devices, non-UTF-8 names) does not count, so a
@@ -520,15 +483,15 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
     const key = path.join(sharer.home, 'key.pem');
     for (let i = 0; i < 40_000; i++) linkSync(key, path.join(proj, 'keys', `k${i}`));
     writeFileSync(path.join(proj, 'keys', 'real.txt'), 'x');
-    const { result, stallMs } = await longestStall(() => conn.share.list('proj/keys'));
+    const { result, stallMs } = await longestStall5(() => conn.share.list('proj/keys'));
     assert.deepEqual(result?.map((e) => e.name), ['real.txt']);
     setLocal(sharer.share, false);
-    const asyncStall = (await longestStall(() => conn.share.list('proj/keys'))).stallMs;
+    const asyncStall = (await longestStall5(() => conn.share.list('proj/keys'))).stallMs;
     assert.ok(stallMs < 250, `the sharer's event loop was held ${stallMs.toFixed(0)} ms in one piece by a folder of 40,000 hard links to its key (the asynchronous path: ${asyncStall.toFixed(0)} ms)`);
   });
 
   it('40,000 names a .gitignore excludes, in one folder: the listing does not hold the sharer\'s event loop in one piece', async () => {
-    // FINDING (medium, same cause as above): excluded names never fill a batch, so the whole folder
+    // FOUND, since fixed (medium, same cause as above): excluded names never fill a batch, so the whole folder
     // is read and matched against the rules in one synchronous run. Measured: 50,000 `*.log` files
     // held the event loop 454 ms (asynchronous path: 17 ms). Fix as above.
     const base = tempDir('peershare-r13-');
@@ -538,10 +501,10 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
     for (let i = 0; i < 40_000; i++) writeFileSync(path.join(proj, 'logs', `f${i}.log`), '');
     writeFileSync(path.join(proj, 'logs', 'real.txt'), 'x');
     const { sharer, conn } = await sharerOf([proj]);
-    const { result, stallMs } = await longestStall(() => conn.share.list('proj/logs'));
+    const { result, stallMs } = await longestStall5(() => conn.share.list('proj/logs'));
     assert.deepEqual(result?.map((e) => e.name), ['real.txt']);
     setLocal(sharer.share, false);
-    const asyncStall = (await longestStall(() => conn.share.list('proj/logs'))).stallMs;
+    const asyncStall = (await longestStall5(() => conn.share.list('proj/logs'))).stallMs;
     assert.ok(stallMs < 200, `the sharer's event loop was held ${stallMs.toFixed(0)} ms in one piece by 40,000 excluded names (the asynchronous path: ${asyncStall.toFixed(0)} ms)`);
   });
 });
@@ -552,7 +515,7 @@ describe('a hostile local user on the sharer\'s machine against the synchronous 
 
 describe('a stalled mount placed after the mount table was read', () => {
   it('a stalled FUSE mount over the shared root itself: the listing does not hold the event loop', async () => {
-    // FINDING (medium): MountTable.crosses only counts mount points strictly *below* the root
+    // FOUND, since fixed (medium): MountTable.crosses only counts mount points strictly *below* the root
     // (point.startsWith(root + '/')) and holdsMount only those directly in the listed folder, so a
     // mount made at the root itself (or above it) after Share.create is never seen: root.local
     // was decided once, at Share.create, from the file system then at that path. The listing then
@@ -569,15 +532,15 @@ describe('a stalled mount placed after the mount table was read', () => {
     const { share } = await localShare([proj]);
     assert.deepEqual((await listAll(share, 'proj/sub')).map((e) => e.name), ['a.txt']);
     await sleep(2100); // the table is older than its 2 s: the next listing reads it again, with the mount in it
-    const holder = stalledMount(proj, 2500);
+    const holder = stalledMount(proj, 2500, (c) => cleanups.push(c));
     await until('the stalled mount is in place', () => mounted(proj), 5000);
-    const { error, stallMs } = await longestStall(() => listAll(share, 'proj/sub'));
+    const { error, stallMs } = await longestStall5(() => listAll(share, 'proj/sub'));
     holder.kill();
     assert.ok(stallMs < 1000, `the event loop was held ${stallMs.toFixed(0)} ms by a synchronous open below a stalled mount over the shared root (${codeOf(error) ?? 'listed'})`);
   });
 
   it('a stalled FUSE mount made inside the shared folder within 2 s of a listing: the next listing does not hold the event loop', async () => {
-    // FINDING (low-medium; round 11's fix left this window, and the synchronous path now also opens
+    // FOUND, since fixed (low-medium; round 11's fix left this window, and the synchronous path now also opens
     // and reads the folder): the table is read again only when it is over 2 s old, so a mount
     // made within 2 s of the last listing is not in it. A listing of the folder holding the mount
     // point then lstat's it synchronously and stalls until the mount answers (here 2.5 s). A
@@ -592,9 +555,9 @@ describe('a stalled mount placed after the mount table was read', () => {
     for (let i = 0; i < 3; i++) writeFileSync(path.join(proj, 'sub', `f${i}.txt`), 'x');
     const { share } = await localShare([proj]);
     assert.equal((await listAll(share, 'proj/sub')).length, 4, 'listed once: the table is fresh');
-    const holder = stalledMount(point, 2500);
+    const holder = stalledMount(point, 2500, (c) => cleanups.push(c));
     await until('the stalled mount is in place', () => mounted(point), 1500);
-    const { result, stallMs } = await longestStall(() => listAll(share, 'proj/sub'));
+    const { result, stallMs } = await longestStall5(() => listAll(share, 'proj/sub'));
     holder.kill();
     assert.ok(stallMs < 1000, `the event loop was held ${stallMs.toFixed(0)} ms by a synchronous lstat of a mount made since the table was read (listed ${JSON.stringify(result?.map((e) => e.name))})`);
   });
@@ -622,7 +585,7 @@ describe('a hostile sharer\'s listings to `peershare sync` (deltaFolder)', () =>
       const { conn } = await hostileSharer(folder);
       const { base, dest } = await victimFolders();
       const before = await snapshot(base);
-      const { error } = await longestStall(() => deltaFolder(conn, 'ws', dest));
+      const { error } = await longestStall5(() => deltaFolder(conn, 'ws', dest));
       assert.equal(codeOf(error), 'BAD_NAME', `${JSON.stringify(entries.map((e) => e.name))}: ${String(error)}`);
       const after = await snapshot(base);
       assert.deepEqual(Object.keys(after).filter((p) => !(p in before)), ['dest/sub'], 'only the listed folder was made');
@@ -650,7 +613,7 @@ describe('a hostile sharer\'s listings to `peershare sync` (deltaFolder)', () =>
       const folder = fakeFolder({ [`${folderName}/${name}`]: 'x' });
       const { conn } = await hostileSharer(folder, { maxPathBytes: 300 });
       const { dest } = await victimFolders();
-      const { error } = await longestStall(() => deltaFolder(conn, 'ws', dest));
+      const { error } = await longestStall5(() => deltaFolder(conn, 'ws', dest));
       if (expected === 'written') {
         assert.equal(error, undefined, String(error));
         assert.deepEqual(await listTree(dest), [`${folderName}/`, `${folderName}/${name}`]);
@@ -719,7 +682,7 @@ describe('a hostile sharer\'s listings to `peershare sync` (deltaFolder)', () =>
   });
 
   it('a file created here after the quick check (the sync saw none) is not overwritten without asking keepLocal, nor recorded as created by the sync', async () => {
-    // FINDING (medium; regression of 0b9f8fa): deltaFolder now lstat's a whole folder's files in one
+    // FOUND, since fixed (medium; regression of 0b9f8fa): deltaFolder now lstat's a whole folder's files in one
     // pass and hands each differing file's lstat to updateFileIn, which runs only when the work
     // queue reaches it (after FILES_AT_ONCE others, i.e. after their transfers). A file that did
     // not exist at the quick check but was created by the user (or an editor) before its update
@@ -756,7 +719,7 @@ describe('a hostile sharer\'s listings to `peershare sync` (deltaFolder)', () =>
 
 describe('the origin record', () => {
   it('a synced file named __proto__ is kept in the record across a restart', async () => {
-    // FINDING (low; regression of 1a0e4c8): recordedFiles builds the record with
+    // FOUND, since fixed (low; regression of 1a0e4c8): recordedFiles builds the record with
     // `recorded[rel] = [...]` on a plain object; for rel '__proto__' that assignment sets the
     // object's prototype instead of a property, so JSON.stringify leaves the file out of the saved
     // record (Object.fromEntries, used before, defined it as an own property). After a restart

@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
+import { longestStall } from './event-loop';
+import { mounted, stalledMount } from './stalled-mount';
 
 /**
  * Round 11: the update pipeline as changed on 2026-12-02 (docs/protocol-v2.md 15.4): the local copy
@@ -150,27 +152,6 @@ async function leftovers(dir: string): Promise<string[]> {
   return (await helpers.listTree(dir)).filter((p) => /\.peershare-(part|sync)$/.test(p));
 }
 
-
-
-/** The longest the event loop went without running a timer while `work` ran, in ms. */
-async function longestStall<T>(work: () => Promise<T>): Promise<{ result: Awaited<T> | undefined; error?: unknown; stallMs: number }> {
-  let last = performance.now();
-  let worst = 0;
-  const timer = setInterval(() => {
-    const now = performance.now();
-    worst = Math.max(worst, now - last);
-    last = now;
-  }, 10);
-  try {
-    const result = await work();
-    return { result, stallMs: Math.max(worst, performance.now() - last) };
-  } catch (error) {
-    return { result: undefined, error, stallMs: Math.max(worst, performance.now() - last) };
-  } finally {
-    clearInterval(timer);
-  }
-}
-
 /** Write and read system calls this process has made (/proc/self/io). */
 function syscalls(): { reads: number; writes: number } {
   const io = readFileSync('/proc/self/io', 'utf8');
@@ -186,19 +167,6 @@ function smallDisk(size: string): string {
   return mount;
 }
 
-/**
- * A FUSE file system that never answers, mounted at `point` (which must exist): every look at it
- * blocks, as a network mount whose server went away does, until the process holding /dev/fuse
- * ends after `holdMs` (the kernel then fails the calls ENOTCONN). The holder is our own child.
- */
-function stalledMount(point: string, holdMs: number): ChildProcess {
-  const holder = spawn('bash', ['-c', `exec 3<>/dev/fuse; mount -t fuse -o fd=3,rootmode=40000,user_id=0,group_id=0 stalled "$1" || exit 1; exec sleep ${holdMs / 1000}`, 'bash', point], { stdio: 'ignore' });
-  cleanups.push(() => {
-    if (holder.exitCode === null) holder.kill();
-    spawnSync('umount', ['-l', point]);
-  });
-  return holder;
-}
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -613,7 +581,7 @@ describe('a stalled mount placed inside a shared folder (the sharer is the victi
     const { conn } = await sharerOf([proj]);
     assert.equal((await conn.share.list('proj/sub')).length, 4);
     await sleep(2500); // the table is older than its 2 s now; nothing has asked for it
-    const holder = stalledMount(point, 3000);
+    const holder = stalledMount(point, 3000, (c) => cleanups.push(c));
     await helpers.until('the stalled mount is in place', () => readFileSync('/proc/self/mountinfo', 'utf8').includes(point), 5000);
     const { result, stallMs } = await longestStall(() => conn.share.list('proj/sub'));
     holder.kill();
@@ -627,7 +595,7 @@ describe('a stalled mount placed inside a shared folder (the sharer is the victi
     const point = path.join(proj, 'sub', 'mnt');
     await fs.mkdir(point, { recursive: true });
     for (let i = 0; i < 3; i++) await fs.writeFile(path.join(proj, 'sub', `f${i}.txt`), 'x');
-    const holder = stalledMount(point, 3000);
+    const holder = stalledMount(point, 3000, (c) => cleanups.push(c));
     await helpers.until('the stalled mount is in place', () => readFileSync('/proc/self/mountinfo', 'utf8').includes(point), 5000);
     const { conn } = await sharerOf([proj]); // reads the table, with the mount in it
     const { result, stallMs } = await longestStall(() => conn.share.list('proj/sub'));
