@@ -615,7 +615,8 @@ export async function deltaFolder(conn: FileSource, remotePath: string, target: 
   const folders = await PinnedFolders.open(target, { rootMayBeLink: true, expect: options.expectRoot });
   // Up to FILES_AT_ONCE updates and LISTS_AHEAD listings wait on the caller's signal at once,
   // each request with its own listener: past Node's 10 that printed a leak warning. A signal of the
-  // sync's own carries them (one listener on the caller's).
+  // sync's own carries them (one listener on the caller's), with room for the few more an update
+  // may add besides its requests.
   const signal = options.signal ? AbortSignal.any([options.signal]) : undefined;
   if (signal) setMaxListeners(4 * (FILES_AT_ONCE + LISTS_AHEAD + 1), signal);
   options = { ...options, signal, statLocalSync: await isLocalFileSystem(target) };

@@ -21,11 +21,11 @@ export class MountTable {
   /**
    * Whether `root`/`components` is at or below a mount point strictly inside `root`, or the root
    * itself is under another mount than when first looked at (one made over it or above it since),
-   * from a table at most `maxAgeMs` old (MOUNTS_REFRESH_MS by default; 0 before work that goes
-   * synchronous on the answer: round 13 mounted a stalled file system within the 2 s).
+   * from a table at most MOUNTS_REFRESH_MS old (work about to go synchronous on the answer reads
+   * it again first, `refresh`: round 13 mounted a stalled file system within the 2 s).
    */
-  async crosses(root: string, components: string[], maxAgeMs = MOUNTS_REFRESH_MS): Promise<boolean> {
-    if (performance.now() - this.readAt > maxAgeMs) await this.refresh();
+  async crosses(root: string, components: string[]): Promise<boolean> {
+    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) await this.refresh();
     return this.crossesKnown(root, components);
   }
 
@@ -41,11 +41,11 @@ export class MountTable {
 
   /**
    * Whether a mount point is directly inside the folder `root`/`components` (an lstat of that
-   * entry would ask the mounted file system), from a table at most `maxAgeMs` old; true when the
-   * table cannot be read.
+   * entry would ask the mounted file system), from a table at most MOUNTS_REFRESH_MS old; true
+   * when the table cannot be read.
    */
-  async holdsMount(root: string, components: string[], maxAgeMs = MOUNTS_REFRESH_MS): Promise<boolean> {
-    if (performance.now() - this.readAt > maxAgeMs) await this.refresh();
+  async holdsMount(root: string, components: string[]): Promise<boolean> {
+    if (performance.now() - this.readAt > MOUNTS_REFRESH_MS) await this.refresh();
     if (!this.mounts) return true;
     const folder = path.join(root, ...components);
     return this.mounts.some(({ point }) => path.dirname(point) === folder);
@@ -56,7 +56,7 @@ export class MountTable {
     let own: Mount | undefined;
     for (const mount of this.mounts!) {
       const { point } = mount;
-      const holds = point === root || point === path.sep || root.startsWith(point.endsWith(path.sep) ? point : point + path.sep);
+      const holds = point === root || root.startsWith(point.endsWith(path.sep) ? point : point + path.sep);
       // Later lines are mounted on top of earlier ones at the same point.
       if (holds && (!own || point.length >= own.point.length)) own = mount;
     }

@@ -453,7 +453,9 @@ export class Share {
     if (!PROC_FD) return undefined;
     const { root, components } = this.resolve(remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
-    if (!root.local || (await this.mounts.crosses(root.realPath, components, 0))) return undefined;
+    if (!root.local) return undefined;
+    await this.mounts.refresh(); // read again before going synchronous (round 13)
+    if (this.mounts.crossesKnown(root.realPath, components)) return undefined;
     if (await this.isExcluded(root, components, false)) throw new PeerShareError('EXCLUDED');
     const expected = path.join(root.realPath, ...components);
     let fd: number;
@@ -583,7 +585,8 @@ export class Share {
     // mount must not hold the event loop, hence the mount checks, with the table read again for
     // each listing (round 11 found a table read before an idle while, round 13 one read within
     // the last 2 s, missing a mount made since; one small read of /proc).*
-    const sync = root.local && !(await this.mounts.crosses(root.realPath, components, 0)) && !(await this.mounts.holdsMount(root.realPath, components, 0));
+    if (root.local) await this.mounts.refresh();
+    const sync = root.local && !this.mounts.crossesKnown(root.realPath, components) && !(await this.mounts.holdsMount(root.realPath, components));
     if (sync && PROC_FD) {
       yield* this.readDirBatchesSync(PROC_FD, root, components, withStats);
       return;
@@ -599,25 +602,17 @@ export class Share {
       let pending: { name: string; isDir: boolean }[] = [];
       const excluded = await this.childExclusion(root, components);
       const statSync = withStats && sync;
-      const entryFor = (name: string, st: Stats | undefined): Entry | undefined => {
-        if (!st || !(st.isFile() || st.isDirectory())) return undefined;
-        // A hard link to the identity key is the key: not even its name and size are shown.
-        if (this.isPrivateHardLink(st)) return undefined;
-        return entryOf(name, st);
-      };
       const flush = async (): Promise<Entry[]> => {
         const batch = pending.filter(({ name, isDir }) => !excluded(name, isDir));
         pending = [];
-        if (!withStats) return batch.map(({ name, isDir }) => ({ name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 }));
+        if (!withStats) return batch.map(({ name, isDir }) => unmeasuredEntry(name, isDir));
         const entries = statSync
-          ? batch.map(({ name }) => entryFor(name, lstatOrUndefined(path.join(entriesDir, name))))
-          : await Promise.all(batch.map(async ({ name }) => entryFor(name, await fs.lstat(path.join(entriesDir, name)).catch(() => undefined))));
+          ? batch.map(({ name }) => this.shownEntry(name, lstatOrUndefined(path.join(entriesDir, name))))
+          : await Promise.all(batch.map(async ({ name }) => this.shownEntry(name, await fs.lstat(path.join(entriesDir, name)).catch(() => undefined))));
         return entries.filter((e): e is Entry => e !== undefined);
       };
       for await (const dirent of dir) {
-        // Only regular files and folders are ever shown: no symlinks, devices, FIFOs or sockets.
-        if (!dirent.isFile() && !dirent.isDirectory()) continue;
-        if (dirent.name.includes('\uFFFD')) continue; // not valid UTF-8: cannot be named on the wire
+        if (!mayShow(dirent)) continue;
         pending.push({ name: dirent.name, isDir: dirent.isDirectory() });
         if (pending.length >= this.limits.listBatchEntries) yield await flush();
       }
@@ -625,6 +620,12 @@ export class Share {
     } finally {
       await opened.handle.close();
     }
+  }
+
+  /** What a listing shows of an entry looked at (`st`): a regular file or a folder, never a hard link to a private file (the identity key: not even its name and size). */
+  private shownEntry(name: string, st: Stats | undefined): Entry | undefined {
+    if (!st || !(st.isFile() || st.isDirectory()) || this.isPrivateHardLink(st)) return undefined;
+    return entryOf(name, st);
   }
 
   /**
@@ -652,17 +653,9 @@ export class Share {
             more = false;
             break;
           }
-          // Only regular files and folders are ever shown: no symlinks, devices, FIFOs or sockets.
-          if (!dirent.isFile() && !dirent.isDirectory()) continue;
-          if (dirent.name.includes('\uFFFD')) continue; // not valid UTF-8: cannot be named on the wire
-          if (excluded(dirent.name, dirent.isDirectory())) continue;
-          if (!withStats) {
-            batch.push({ name: dirent.name, type: dirent.isDirectory() ? 'dir' : 'file', size: 0, mtimeMs: 0 });
-            continue;
-          }
-          const st = lstatOrUndefined(`${folder}/${dirent.name}`);
-          // A hard link to the identity key is the key: not even its name and size are shown.
-          if (st && (st.isFile() || st.isDirectory()) && !this.isPrivateHardLink(st)) batch.push(entryOf(dirent.name, st));
+          if (!mayShow(dirent) || excluded(dirent.name, dirent.isDirectory())) continue;
+          const entry = withStats ? this.shownEntry(dirent.name, lstatOrUndefined(`${folder}/${dirent.name}`)) : unmeasuredEntry(dirent.name, dirent.isDirectory());
+          if (entry) batch.push(entry);
         }
         if (batch.length > 0) yield batch;
       }
@@ -683,6 +676,16 @@ export class Share {
 const INVISIBLE_ALL = new RegExp(INVISIBLE_CHARS.source, 'gu');
 function canonicalComponent(component: string): string {
   return foldName(component).replace(INVISIBLE_ALL, '').replace(/[. ]+$/, '') || component;
+}
+
+/** Only regular files and folders are ever shown (no links, devices, FIFOs or sockets), and only names that are valid UTF-8 (others cannot be named on the wire). */
+function mayShow(dirent: { name: string; isFile(): boolean; isDirectory(): boolean }): boolean {
+  return (dirent.isFile() || dirent.isDirectory()) && !dirent.name.includes('\uFFFD');
+}
+
+/** An entry a folder download's walk lists without looking at it: each file is measured when it is sent. */
+function unmeasuredEntry(name: string, isDir: boolean): Entry {
+  return { name, type: isDir ? 'dir' : 'file', size: 0, mtimeMs: 0 };
 }
 
 function entryOf(name: string, st: Stats): Entry {
@@ -738,8 +741,6 @@ async function openFolderBeneath(procFd: string, root: ShareRoot, dirComponents:
   try {
     return dirComponents.length > 0 ? await openBeneath(procFd, root.realPath, dirComponents, openFlags(true)) : await fs.open(root.realPath, openFlags(true));
   } catch (err) {
-    // The code the listing of that folder would give: a link or a FIFO on the way, or gone.
-    await refuseSymlinkComponents(root, dirComponents);
     throw err instanceof PeerShareError ? err : openError(err, false);
   }
 }
