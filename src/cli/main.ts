@@ -38,6 +38,7 @@ import {
   type ErrorCode,
   type FollowReport,
 } from '../core';
+import { keepMallocHeap } from './malloc-heap';
 import { ProgressBar } from './progress';
 import { parseSnippetName, terminalReceivePolicy, type ReceiveMode } from './receive';
 import { TerminalLines } from './terminal-lines';
@@ -196,6 +197,7 @@ const OPTIONS = {
 } as const;
 
 async function main(argv: string[]): Promise<number> {
+  keepMallocHeap();
   const { values, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
