@@ -227,7 +227,7 @@ export class Share {
     const privatePaths: string[] = [];
     for (const p of options.privatePaths ?? []) privatePaths.push(await fs.realpath(p).catch(() => path.resolve(p)));
     const share = new Share(roots, options, privatePaths, await filesIn(privatePaths), limits);
-    await share.mounts.refresh();
+    share.mounts.refresh();
     // Each root's own mount as it is now: one made over or above it later sends its work the
     // asynchronous way (round 13).
     for (const root of roots) share.mounts.crossesKnown(root.realPath, []);
@@ -371,7 +371,7 @@ export class Share {
 
   /** The .gitignore's version as gitignoreRules keeps it ('absent', or 'other' when it cannot be looked at). */
   private async gitignoreVersion(root: ShareRoot, dirComponents: string[], file: string): Promise<string> {
-    const local = root.local && !(await this.mounts.crosses(root.realPath, dirComponents));
+    const local = root.local && !this.mounts.crosses(root.realPath, dirComponents);
     try {
       const st = local ? lstatSync(file, { bigint: true, throwIfNoEntry: false }) : await fs.lstat(file, { bigint: true });
       return st ? versionKey(st) : 'absent';
@@ -420,7 +420,7 @@ export class Share {
     if (!PROC_FD) return undefined;
     const { root, components } = this.resolve(item.remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
-    if (!root.local || this.mounts.crossesKnown(root.realPath, components)) return undefined;
+    if (!root.local || this.mounts.crosses(root.realPath, components)) return undefined;
     const expected = path.join(root.realPath, ...components);
     let fd: number;
     try {
@@ -454,7 +454,7 @@ export class Share {
     const { root, components } = this.resolve(remotePath);
     if (!root || components.length === 0) throw new PeerShareError('NOT_A_FILE');
     if (!root.local) return undefined;
-    await this.mounts.refresh(); // read again before going synchronous (round 13)
+    this.mounts.refresh(); // read again before going synchronous (round 13)
     if (this.mounts.crossesKnown(root.realPath, components)) return undefined;
     if (await this.isExcluded(root, components, false)) throw new PeerShareError('EXCLUDED');
     const expected = path.join(root.realPath, ...components);
@@ -585,8 +585,8 @@ export class Share {
     // mount must not hold the event loop, hence the mount checks, with the table read again for
     // each listing (round 11 found a table read before an idle while, round 13 one read within
     // the last 2 s, missing a mount made since; one small read of /proc).*
-    if (root.local) await this.mounts.refresh();
-    const sync = root.local && !this.mounts.crossesKnown(root.realPath, components) && !(await this.mounts.holdsMount(root.realPath, components));
+    if (root.local) this.mounts.refresh();
+    const sync = root.local && !this.mounts.crossesKnown(root.realPath, components) && !this.mounts.holdsMount(root.realPath, components);
     if (sync && PROC_FD) {
       yield* this.readDirBatchesSync(PROC_FD, root, components, withStats);
       return;
