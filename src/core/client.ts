@@ -193,8 +193,6 @@ async function finishConnect(remote: AuthenticatedStream, options: ConnectOption
  */
 export class PeerConnection {
   welcome!: WelcomeMessage;
-  /** Bytes received on this connection after decryption, framing included. */
-  bytesReceived = 0;
   /** The peer ID its transport proved. */
   readonly peerId: string;
   /** Where the peer is (`host:port`), for display. */
@@ -217,11 +215,13 @@ export class PeerConnection {
     this.peerId = remote.peerId;
     this.address = remote.address;
     this.route = remote.route ?? 'direct';
-    remote.stream.on('data', (chunk: Buffer) => {
-      this.bytesReceived += chunk.length;
-    });
     remote.stream.on('error', (err) => this.close(toPeerShareError(err, 'CONNECTION_CLOSED')));
     remote.stream.on('close', () => this.close(new PeerShareError('CONNECTION_CLOSED')));
+  }
+
+  /** Bytes of frames received on this connection after the handshake (decrypted, framing included). */
+  get bytesReceived(): number {
+    return this.connection?.stats.bytesReceived ?? 0;
   }
 
   get peerName(): string {

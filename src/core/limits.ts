@@ -208,6 +208,9 @@ export const TRANSFER_CHUNK_BYTES = 1024 * 1024;
 /** Received block buffers a connection keeps for reuse (share-client.ts BlockBuffers): what circulates while a file's writes are in flight (download.ts), with room to spare. */
 export const MAX_FREE_BLOCK_BUFFER_BYTES = 16 * 1024 * 1024;
 
+/** The one buffer a socket reads into (reused-read-buffer.ts): a TLS read brings one record, at most 16 KiB; a plain socket up to 64 KiB. */
+export const REUSED_READ_BUFFER_BYTES = 64 * 1024;
+
 /**
  * Parts of one answer waiting for a consumer that reads frames as they are (no AnswerReader, whose
  * parts are merged): about 200 bytes each, so 3 MiB at most. Well above what an honest peer's

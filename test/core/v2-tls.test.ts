@@ -21,7 +21,25 @@ let port: number;
 const accepted: Connection[] = [];
 const refusals: PeerShareError[] = [];
 
+/** The byte at `offset` of a lend.get answer: changes with the position, so a slice overwritten by a later read shows. */
+const patternByte = (offset: number): number => (offset * 7 + Math.floor(offset / 65_536)) & 0xff;
+
 const serve = (who: string): Served => ({
+  'lend/1': {
+    params: {},
+    handler: async (req, reply) => {
+      // A REPLY longer than one TLS record (16 KiB), so its frame arrives over several reads.
+      const text = Array.from({ length: Number(req.replyChars ?? 0) }, (_, i) => String.fromCharCode(97 + ((i * 13) % 26))).join('');
+      await reply.message({ type: 'text', text });
+      const bytes = Number(req.bytes ?? 0);
+      for (let sent = 0; sent < bytes; sent += MiB) {
+        const chunk = Buffer.allocUnsafe(Math.min(MiB, bytes - sent));
+        for (let i = 0; i < chunk.length; i++) chunk[i] = patternByte(sent + i);
+        await reply.data(chunk);
+      }
+      return { from: who };
+    },
+  },
   'test/1': {
     params: {},
     handler: async (req, reply) => {
@@ -75,6 +93,39 @@ describe('v2 over TLS 1.3 on loopback', () => {
     const mine = accepted.find((c) => c.peerId === reader.identity.peerId)!;
     assert.ok(mine, 'the acceptor knows the dialer by its certificate');
     assert.equal((await mine.request({ type: 'test.get' }).result).from, 'dialer');
+    connection.close();
+  });
+
+  it('both ends read into one reused buffer, and what either keeps past a read is its own copy', async () => {
+    const stream = await dialTls({ identity: reader.identity, address: `127.0.0.1:${port}` });
+    const { connection } = await dialV2(stream, { expectedPeerId: sharer.identity.peerId, name: 'reader', serve: serve('dialer') });
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(connection.stats.readsIntoReusedBuffer, true, "the dialer's socket reads into one buffer (Node's fields were found)");
+    const mine = [...accepted].reverse().find((c) => c.peerId === reader.identity.peerId)!;
+    assert.equal(mine.stats.readsIntoReusedBuffer, true, "the acceptor's socket, which a server accepted, too");
+
+    // Parts wait while later reads reuse the buffer: the REPLY spans reads, the DATA parts queue.
+    const replyChars = 200_000;
+    const bytes = 4 * MiB;
+    const answer = connection.request({ type: 'lend.get', bytes, replyChars });
+    const parts: { kind: string; message?: Record<string, unknown>; chunk?: Buffer }[] = [];
+    for await (const part of answer) {
+      if (parts.length === 1) await new Promise((resolve) => setTimeout(resolve, 200));
+      parts.push(part);
+    }
+    assert.equal((await answer.result).from, 'acceptor');
+    const text = parts[0].message?.text as string;
+    assert.equal(text.length, replyChars);
+    for (let i = 0; i < text.length; i += 997) assert.equal(text.charCodeAt(i), 97 + ((i * 13) % 26), `character ${i} of the REPLY`);
+    let offset = 0;
+    for (const part of parts.slice(1)) {
+      const chunk = part.chunk!;
+      for (let i = 0; i < chunk.length; i++) {
+        if (chunk[i] !== patternByte(offset + i)) assert.fail(`byte ${offset + i} of the answer is ${chunk[i]}, not ${patternByte(offset + i)}: a kept slice was overwritten`);
+      }
+      offset += chunk.length;
+    }
+    assert.equal(offset, bytes);
     connection.close();
   });
 

@@ -2,6 +2,7 @@ import type { Duplex } from 'node:stream';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { CLOSE_GRACE_MS, MAX_QUEUED_ANSWER_PARTS, resolveLimits, type Limits } from '../limits';
 import { TokenBucket } from '../token-bucket';
+import { readIntoReusedBuffer } from '../reused-read-buffer';
 import { isPeerId, shortPeerId } from '../peer-id';
 import { sanitizeForDisplay, shownType } from '../protocol';
 import {
@@ -84,6 +85,7 @@ export type AnswerPart<Item = never> = { kind: 'reply'; message: ReplyMessage } 
  */
 export interface AnswerReader<Item> {
   reply(message: ReplyMessage): Item[];
+  /** `chunk` is valid only during the call (the stream may lend it, reused-read-buffer.ts): copy what you keep. */
   data(chunk: Buffer): Item[];
 }
 
@@ -118,6 +120,10 @@ export interface ConnectionStats {
   incoming: number;
   framesSent: number;
   bytesSent: number;
+  /** Bytes of frames received (decrypted, framing included), the handshake's not counted. */
+  bytesReceived: number;
+  /** The stream reads into one reused buffer (reused-read-buffer.ts), not a new Buffer per read. */
+  readsIntoReusedBuffer: boolean;
 }
 
 type RequestState = 'open' | 'cancelled' | 'done';
@@ -290,7 +296,11 @@ export class Connection {
   private lastSweep = performance.now();
   private idleTimer?: NodeJS.Timeout;
   private closedWith?: { reason: PeerShareError | undefined };
-  private readonly counters = { framesSent: 0, bytesSent: 0 };
+  private readonly counters = { framesSent: 0, bytesSent: 0, bytesReceived: 0 };
+  /** The chunk being parsed is lent (see receive()). */
+  private lent = false;
+  /** Reads arrive in one buffer reused for each (the chunk given to receive() is only lent). */
+  private readsIntoReusedBuffer = false;
 
   constructor(
     private readonly stream: Duplex,
@@ -332,7 +342,6 @@ export class Connection {
     // every request (across an await, pass them as `handlers`); the bytes read past the handshake
     // frame come first, then the stream's, in order.
     stream.pause();
-    stream.on('data', (chunk: Buffer) => this.receive(chunk));
     stream.on('drain', () => this.onDrain());
     stream.on('error', (err) => this.shutDown(toPeerShareError(err, 'CONNECTION_CLOSED'), false));
     stream.on('end', () => this.shutDown(new PeerShareError('CONNECTION_CLOSED', `${this.peerLabel} hung up.`), false));
@@ -340,6 +349,11 @@ export class Connection {
     const initial = options.initialBytes;
     queueMicrotask(() => {
       if (initial && initial.length > 0) this.receive(initial);
+      // What the stream already holds, then every read into one reused buffer where the stream
+      // allows it (reused-read-buffer.ts says why); elsewhere 'data' events, as they come.
+      for (let held: Buffer | null; (held = stream.read() as Buffer | null) !== null; ) this.receive(held);
+      this.readsIntoReusedBuffer = readIntoReusedBuffer(stream, (chunk) => this.receive(chunk, true));
+      if (!this.readsIntoReusedBuffer) stream.on('data', (chunk: Buffer) => this.receive(chunk));
       if (!this.closedWith) stream.resume();
     });
     this.armIdle();
@@ -350,7 +364,7 @@ export class Connection {
   }
 
   get stats(): ConnectionStats {
-    return { outgoing: this.outgoing.size, waiting: this.waiting.length, incoming: this.incoming.size, ...this.counters };
+    return { outgoing: this.outgoing.size, waiting: this.waiting.length, incoming: this.incoming.size, ...this.counters, readsIntoReusedBuffer: this.readsIntoReusedBuffer };
   }
 
   /** Serves a capability (`share/1`) to this peer: its requests `share.*` go to `handler`. */
@@ -680,8 +694,11 @@ export class Connection {
 
   // ---- receiving
 
-  private receive(chunk: Buffer): void {
+  /** `lent`: the chunk's bytes are overwritten by the next read, so whatever is kept of it is a copy. */
+  private receive(chunk: Buffer, lent = false): void {
     if (this.closedWith) return;
+    this.counters.bytesReceived += chunk.length;
+    this.lent = lent;
     try {
       this.parser.push(chunk);
     } catch (err) {
@@ -764,8 +781,9 @@ export class Connection {
   private onData(id: number, chunk: Buffer): void {
     const request = this.outgoing.get(id);
     if (!request) return;
+    // A reader copies what it keeps during the call (AnswerReader); a part waits, so it must own its bytes.
     if (request.reader) this.read(request, (reader) => reader.data(chunk), chunk.length);
-    else this.deliver(request, { kind: 'data', chunk }, chunk.length);
+    else this.deliver(request, { kind: 'data', chunk: this.lent ? Buffer.from(chunk) : chunk }, chunk.length);
   }
 
   /** A part read at arrival (AnswerReader); after the reader failed, the rest only counts against credit. */

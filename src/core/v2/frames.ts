@@ -64,7 +64,7 @@ export interface ConnectionFrameHandlers {
   onHeader(header: FrameHeader): void;
   /** REQUEST, REPLY, END, EVENT and CLOSE: the whole JSON object, checked to have a string type. */
   onMessage(type: 'REQUEST' | 'REPLY' | 'END' | 'EVENT' | 'CLOSE', id: number, message: WireMessage, bytes: number): void;
-  /** DATA in the slices the stream delivered, never gathered (no copy, no frame-sized buffer). */
+  /** DATA in the slices the stream delivered, never gathered (no copy, no frame-sized buffer); valid only during the call. */
   onData(id: number, chunk: Buffer): void;
   onWindow(id: number, increment: number): void;
   onCancel(id: number): void;
@@ -163,7 +163,8 @@ export class ConnectionFrameParser {
         if (this.remaining === 0) this.state = 'header';
         continue;
       }
-      this.parts.push(piece);
+      // A piece kept past this call is a copy: a stream may lend its chunk only for the call (reused-read-buffer.ts).
+      this.parts.push(this.remaining === 0 ? piece : Buffer.from(piece));
       if (this.remaining === 0) this.finishPayload();
     }
   }

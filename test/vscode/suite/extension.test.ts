@@ -6,6 +6,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import * as vscode from 'vscode';
 import { Discovery, PeerServer, Share, TrustStore, connectToPeer, download, loadOrCreateIdentity, parseInvite, resolveLimits, type AccessDecision } from '../../../src/core';
+import { TlsListener, dialTls } from '../../../src/core/transport-tls';
+import type { Connection } from '../../../src/core/v2/connection';
+import { acceptV2, dialV2 } from '../../../src/core/v2/handshake';
 import type { EntryNode, NearbyNode, Node, PeerNode } from '../../../src/vscode/tree';
 import { ROOT, api, startHeadlessPeer, tempDir, waitFor, type HeadlessPeer } from './helpers';
 
@@ -71,6 +74,34 @@ describe('PeerShare in a real VS Code', function () {
     // VS Code adds focus/toggle commands for every view (peershare.peers.*): not ours to declare.
     const ours = [...registered].filter((c) => c.startsWith('peershare.') && !c.startsWith('peershare.peers.'));
     assert.deepEqual(ours.filter((c) => !declared.includes(c)), [], 'registered but not declared');
+  });
+
+  it("this extension host's Node lets both ends of a TLS connection read into one reused buffer", async () => {
+    // reused-read-buffer.ts finds Node's own fields by name; a Node without them falls back to a
+    // Buffer per read, slower but correct. This says which one the editor's Node is.
+    const [dialer, acceptor] = await Promise.all([loadOrCreateIdentity(tempDir()), loadOrCreateIdentity(tempDir())]);
+    const accepted: Connection[] = [];
+    const listener = new TlsListener({
+      identity: acceptor,
+      limits: resolveLimits(),
+      stats: { connectionsAccepted: 0, handshakesRateLimited: 0, unauthenticatedEvicted: 0, oversizedHandshakes: 0 },
+      log: () => undefined,
+      onStream: (stream, admission) => {
+        void acceptV2(stream, { name: 'acceptor', ownPeerId: acceptor.peerId, admit: async () => (admission.leave(), { serve: {}, paired: false }) }).then(({ connection }) => accepted.push(connection));
+      },
+    });
+    const port = await listener.listen(0, '127.0.0.1');
+    try {
+      const stream = await dialTls({ identity: dialer, address: `127.0.0.1:${port}` });
+      const { connection } = await dialV2(stream, { expectedPeerId: acceptor.peerId, name: 'dialer', serve: {} });
+      const other = await waitFor(async () => accepted[0]);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(connection.stats.readsIntoReusedBuffer, true, `the dialer (Node ${process.versions.node})`);
+      assert.equal(other.stats.readsIntoReusedBuffer, true, `the acceptor (Node ${process.versions.node})`);
+      connection.close();
+    } finally {
+      await listener.close(() => accepted.forEach((c) => c.close()));
+    }
   });
 
   it('starts sharing; a headless peer pairs with the invite and downloads a workspace file', async () => {
