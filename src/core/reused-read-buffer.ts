@@ -10,7 +10,7 @@ import { REUSED_READ_BUFFER_BYTES } from './limits';
  * in batches. In a process that lives long (`peershare serve`, the extension host) the young
  * generation grows, the freed buffers pile up between collections, and that pile starts
  * mark-compacts: the serve receiving 1 GiB ran 2-11 of them and 24 collections "for external
- * memory pressure", and used about 0.15 s more CPU than the CLI receiving the same bytes. Read into
+ * memory pressure", and used 0.3-0.8 CPU-s more per GiB than the CLI receiving the same bytes. Read into
  * one buffer, a socket allocates nothing per read (measured on plain TLS: 0.6-1.1 CPU-s per GiB
  * against 1.0-1.7, and no page faults).
  *
