@@ -103,12 +103,14 @@ const READ_BYTES = 1024 * 1024;
  * `maxFileChunks` chunks: TOO_LARGE. A file that changes while it is read: FILE_CHANGED (its
  * chunks would describe no version of it). `onChunks`, if given, is called with the chunks cut so
  * far after each read (the same array, growing), so a caller may use them before the end.
+ * `signal` stops the cut at its next read (CANCELLED), the helper with it.
  */
 export async function chunkFile(
   file: FileHandle | string,
   limits: Pick<Limits, 'maxFileChunks'>,
   onChunks?: (chunks: readonly Chunk[]) => void,
   parallelFromBytes = PARALLEL_CUT_FROM_BYTES,
+  signal?: AbortSignal,
 ): Promise<{ chunks: Chunk[]; version: BigIntStats; /** Whether a helper thread cut part of it. */ helped: boolean }> {
   const handle = typeof file === 'string' ? await fsp.open(file, 'r') : file;
   let helper: CutHelper | undefined;
@@ -123,14 +125,15 @@ export async function chunkFile(
     helper = size >= parallelFromBytes ? startCutHelper(handle.fd, size, middle, limits.maxFileChunks) : undefined;
     let helped = false;
     if (!helper) {
-      await cutFrom(handle, size, 0, chunks, limits, onChunks);
+      await cutFrom(handle, size, 0, chunks, limits, onChunks, undefined, signal);
     } else {
       // This half, then on past the middle until a cut point is one the helper also found.
-      let end = await cutFrom(handle, size, 0, chunks, limits, onChunks, (at) => at >= middle);
+      let end = await cutFrom(handle, size, 0, chunks, limits, onChunks, (at) => at >= middle, signal);
       const records = await helper.records;
+      throwIfStopped(signal);
       const theirs = records && chunksOfRecords(records, middle);
       const starts = new Map(theirs?.map((chunk, i) => [chunk.offset, i]));
-      if (end < size && !starts.has(end)) end = await cutFrom(handle, size, end, chunks, limits, onChunks, (at) => starts.has(at));
+      if (end < size && !starts.has(end)) end = await cutFrom(handle, size, end, chunks, limits, onChunks, (at) => starts.has(at), signal);
       const from = starts.get(end);
       if (theirs && from !== undefined) {
         helped = true;
@@ -160,6 +163,7 @@ async function cutFrom(
   limits: Pick<Limits, 'maxFileChunks'>,
   onChunks: ((chunks: readonly Chunk[]) => void) | undefined,
   stop: (at: number) => boolean = () => false,
+  signal?: AbortSignal,
 ): Promise<number> {
   if (from >= size) return from;
   let pending: Promise<number> | undefined;
@@ -182,6 +186,7 @@ async function cutFrom(
     for (;;) {
       const got = await next;
       pending = undefined;
+      throwIfStopped(signal);
       const atEnd = position === size;
       if (!atEnd) pending = next = readAhead(buffers[1 - current]);
       const buffer = buffers[current];
@@ -274,13 +279,18 @@ export function chunksOfRecords(records: Uint8Array, from: number): Chunk[] {
   return chunks;
 }
 
+/** A cut its caller no longer needs ends at its next read: CANCELLED. */
+function throwIfStopped(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new PeerShareError('CANCELLED', 'The cut was stopped.');
+}
+
 /** TOO_LARGE for a file of more than `maxFileChunks` chunks. */
 export function tooManyChunks(maxFileChunks: number): PeerShareError {
   return new PeerShareError('TOO_LARGE', `The file has more than ${maxFileChunks} chunks; it is too large to update in chunks.`);
 }
 
 /** Reads exactly `length` bytes at file `position` into `buffer` at `at`; FILE_CHANGED if the file ends first. */
-async function readInto(handle: FileHandle, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
+export async function readInto(handle: FileHandle, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
   for (let done = 0; done < length; ) {
     const { bytesRead } = await handle.read(buffer, at + done, length - done, position + done);
     if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');

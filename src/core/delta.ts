@@ -3,9 +3,11 @@ import { setMaxListeners } from 'node:events';
 import { closeSync, constants as fsc, fchmodSync, fsync, futimesSync, lstatSync, promises as fs, write, type BigIntStats, type Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { blockSizeFor, hashFileBlocks, readFully, WrittenBlockHashes } from './blocks';
 import { CDC_MAX_BYTES, CDC_MIN_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
+import { guidedCut } from './guided-cut';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -105,6 +107,12 @@ const FILE_LEFT_CODES = new Set(['NOT_FOUND', 'EXCLUDED', 'PERMISSION_DENIED', '
 const FOLDER_GONE_CODES = new Set(['NOT_FOUND', 'NOT_A_DIRECTORY', 'EXCLUDED', 'PERMISSION_DENIED']);
 /** Folders a folder sync lists ahead of the one it works on. */
 const LISTS_AHEAD = 4;
+/**
+ * How long an update waits for the sharer's chunk list before it cuts the local copy without it:
+ * a list the sharer holds comes in a few ms on a LAN (1 GiB's list is 590 KiB); one it must cut
+ * first takes about as long as the local cut, which then runs meanwhile.
+ */
+export const GUIDE_WAIT_MS = 150;
 /** Local ranges copied with one read and one write, at most (plus one chunk). */
 const COPY_BYTES = 4 * 1024 * 1024;
 /** Files up to this size are not flushed before they take their name (as a folder download's inline files). */
@@ -135,14 +143,19 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
   let cutting: Promise<LocalCut> | undefined;
   try {
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
-    // A small local copy is cut only if the file did not come inline (it rarely is worth it then).
+    // A list that comes within GUIDE_WAIT_MS (the sharer had it) stops that cut and guides a new
+    // one (guided-cut.ts): only the changed parts of the copy are cut, the rest is hashed where the
+    // list says its chunks are. A list that takes longer (the sharer cuts its own copy first) finds
+    // the local cut well under way. A small local copy is cut only if the file did not come inline
+    // (it rarely is worth it then).
     let cutSoFar: readonly Chunk[] = [];
     let onChunks: ((chunks: readonly Chunk[]) => void) | undefined;
-    const cut = (copy: LocalCopy): Promise<LocalCut> => {
-      const running = chunkFile(copy.handle, conn.limits, (chunks) => {
+    const cut = (copy: LocalCopy, guide?: ChunkList, stopped?: AbortSignal): Promise<LocalCut> => {
+      const report = (chunks: readonly Chunk[]): void => {
         cutSoFar = chunks;
         onChunks?.(chunks);
-      }).catch(async (err: unknown): Promise<LocalCut> => {
+      };
+      const running = (guide ? guidedCut(copy.handle, guide, conn.limits, report) : chunkFile(copy.handle, conn.limits, report, undefined, stopped)).catch(async (err: unknown): Promise<LocalCut> => {
         // A local copy of more chunks than maxFileChunks (a sparse file of 40 GiB in the way of a
         // 2 MiB one, say) is no reason not to update: nothing more of it is reused (what was cut
         // before the count ran over may be), the rest is fetched.
@@ -153,8 +166,24 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       return running;
     };
     const smallLocal = local !== undefined && local.size <= MAX_INLINE_CHUNKS_FILE_BYTES;
-    cutting = local && !smallLocal ? cut(local) : undefined;
-    const remote = await conn.share.chunks(remotePath, { signal, inline: options.inline !== false });
+    const listing = conn.share.chunks(remotePath, { signal, inline: options.inline !== false });
+    let remote: ChunksAnswer | undefined;
+    if (local && !smallLocal) {
+      const unguided = new AbortController();
+      cutting = cut(local, undefined, unguided.signal);
+      let cutEnded = false;
+      void cutting.then(() => (cutEnded = true), () => undefined);
+      listing.catch(() => undefined); // met below
+      remote = await Promise.race([listing, delay(GUIDE_WAIT_MS, undefined, { ref: false })]);
+      if (remote && !cutEnded) {
+        // In time: that cut stops (it is not needed at all for a file that came inline).
+        unguided.abort();
+        await cutting.catch(() => undefined);
+        cutSoFar = [];
+        cutting = remote.data ? undefined : cut(local, remote);
+      }
+    }
+    remote ??= await listing;
     if (remote.data) {
       await cutting;
       return await landInline(remote as ChunksAnswer & { data: Buffer }, local, localFile === target, remotePath, target, options);

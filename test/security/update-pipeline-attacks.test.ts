@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
@@ -342,8 +343,11 @@ describe('a local user or process acts on the receiver\'s machine during an upda
     let lists = 0;
     const conn = await hostile(async (req, reply) => {
       if (req.type === 'share.chunks') {
-        // The list is asked for while the cut runs: the local process truncates the copy now.
+        // The list is asked for while the cut runs: the local process truncates the copy now. The
+        // list comes late (as from a sharer that cuts its own copy first), so the copy is cut
+        // without it meanwhile (the guided cut has its own test in guided-cut.test.ts).
         if (++lists === 1) await fs.truncate(target, 5 * MiB);
+        await delay(2 * delta.GUIDE_WAIT_MS);
         return sendChunkList(reply, theirs);
       }
       if (req.type === 'share.readChunks') return sendChunks(req, reply, theirs);
@@ -365,6 +369,7 @@ describe('a local user or process acts on the receiver\'s machine during an upda
     let lists = 0;
     const conn = await hostile(async (req, reply) => {
       if (req.type === 'share.chunks') {
+        await delay(2 * delta.GUIDE_WAIT_MS); // late: the copy is cut without it meanwhile, as above
         await sendChunkList(reply, theirs);
         if (++lists === 1) {
           const file = await fs.open(target, 'r+');

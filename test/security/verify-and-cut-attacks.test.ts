@@ -3,6 +3,7 @@ import { closeSync, openSync, promises as fs, readdirSync, readlinkSync, writeSy
 import type { FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
@@ -239,9 +240,12 @@ async function temporaryIn(dest: string): Promise<string> {
 }
 
 /** A sharer that answers honestly with `theirs`, and before sending the chunks asked for runs `meanwhile` (the local process). */
-async function honestSharerWith(theirs: Buffer, meanwhile: () => Promise<void> | void, chunks: Chunk[] = cdc.chunkBytes(theirs)): Promise<PeerConnection> {
+async function honestSharerWith(theirs: Buffer, meanwhile: () => Promise<void> | void, chunks: Chunk[] = cdc.chunkBytes(theirs), listDelayMs = 0): Promise<PeerConnection> {
   return hostile(async (req, reply) => {
-    if (req.type === 'share.chunks') return sendChunkList(reply, theirs, chunks);
+    if (req.type === 'share.chunks') {
+      if (listDelayMs > 0) await delay(listDelayMs);
+      return sendChunkList(reply, theirs, chunks);
+    }
     if (req.type === 'share.readChunks') {
       await meanwhile();
       return sendChunks(req, reply, theirs, chunks);
@@ -676,7 +680,8 @@ describe('the two-thread cut of a large file (chunkFile with a lowered threshold
     ftruncateSync(fd, size);
     closeSync(fd);
     const before = helpersSeen.length;
-    const conn = await honestSharerWith(theirs, () => undefined, chunks);
+    // The list comes late (a sharer cutting its own copy first): the copy is cut without it meanwhile, by two threads.
+    const conn = await honestSharerWith(theirs, () => undefined, chunks, 2 * delta.GUIDE_WAIT_MS);
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
     assert.ok(o.ok, `the update fails: ${!o.ok && o.code} ${!o.ok && o.message}`);
     assert.equal(o.value.bytesReceived, cdc.CDC_MAX_BYTES);
