@@ -141,7 +141,15 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
   const { signal } = options;
   const local = localFile === undefined ? undefined : await openLocal(localFile);
   let cutting: Promise<LocalCut> | undefined;
+  // The local cut stops when the caller cancels, and when the update ends without needing it (the
+  // list refused, a file that came inline): *why: a cut of a large copy went on to its end each
+  // time, 1 GiB read for a list refused in 20 ms, and a cancel was seen only once the cut and the
+  // copy of every local chunk into the temporary file were done (round 15).*
+  const stopCut = new AbortController();
+  const stop = (): void => stopCut.abort();
+  signal?.addEventListener('abort', stop);
   try {
+    if (signal?.aborted) stop();
     // The sharer's list and the local cut at once: the local copy is read while the list travels.
     // A list that comes within GUIDE_WAIT_MS (the sharer had it) stops that cut and guides a new
     // one (guided-cut.ts): only the changed parts of the copy are cut, the rest is hashed where the
@@ -150,12 +158,12 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // (it rarely is worth it then).
     let cutSoFar: readonly Chunk[] = [];
     let onChunks: ((chunks: readonly Chunk[]) => void) | undefined;
-    const cut = (copy: LocalCopy, guide?: ChunkList, stopped?: AbortSignal): Promise<LocalCut> => {
+    const cut = (copy: LocalCopy, guide?: ChunkList, stopped: AbortSignal = stopCut.signal): Promise<LocalCut> => {
       const report = (chunks: readonly Chunk[]): void => {
         cutSoFar = chunks;
         onChunks?.(chunks);
       };
-      const running = (guide ? guidedCut(copy.handle, guide, conn.limits, report) : chunkFile(copy.handle, conn.limits, report, undefined, stopped)).catch(async (err: unknown): Promise<LocalCut> => {
+      const running = (guide ? guidedCut(copy.handle, guide, conn.limits, report, stopped) : chunkFile(copy.handle, conn.limits, report, undefined, stopped)).catch(async (err: unknown): Promise<LocalCut> => {
         // A local copy of more chunks than maxFileChunks (a sparse file of 40 GiB in the way of a
         // 2 MiB one, say) is no reason not to update: nothing more of it is reused (what was cut
         // before the count ran over may be), the rest is fetched.
@@ -170,7 +178,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     let remote: ChunksAnswer | undefined;
     if (local && !smallLocal) {
       const unguided = new AbortController();
-      cutting = cut(local, undefined, unguided.signal);
+      cutting = cut(local, undefined, AbortSignal.any([unguided.signal, stopCut.signal]));
       let cutEnded = false;
       void cutting.then(() => (cutEnded = true), () => undefined);
       listing.catch(() => undefined); // met below
@@ -185,7 +193,9 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     }
     remote ??= await listing;
     if (remote.data) {
-      await cutting;
+      // The local copy is not needed at all (the list may have come late, the cut still running).
+      stop();
+      await cutting?.catch(() => undefined);
       return await landInline(remote as ChunksAnswer & { data: Buffer }, local, localFile === target, remotePath, target, options);
     }
     cutting ??= local ? cut(local) : undefined;
@@ -277,8 +287,10 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       if (!landed) removeName(partial);
     }
   } finally {
-    // A cut still reading (the list or a write failed) ends before its file is closed.
+    // A cut still reading (the list or a write failed) is stopped, and ends before its file is closed.
+    stop();
     await cutting?.catch(() => undefined);
+    signal?.removeEventListener('abort', stop);
     await local?.handle.close();
   }
 }
