@@ -1,11 +1,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, promises as fs, readFileSync, readlinkSync, renameSync, symlinkSync, writeSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
+import { closeSync, ftruncateSync, openSync, promises as fs, readFileSync, renameSync, symlinkSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { Worker } from 'node:worker_threads';
 import { after, before, describe, it } from 'node:test';
 import { connectToPeer, PeerShareError, type Identity, type Limits, type PeerConnection } from '../../src/core';
 import { blake3 } from '../../src/core/blake3';
@@ -16,6 +14,7 @@ import { MAX_CUT_HELPERS, PARALLEL_CUT_FROM_BYTES } from '../../src/core/limits'
 import * as helpers from '../helpers';
 import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { assertCoded, fileHashOf, outcomeOf, sendChunks } from './chunk-answers';
+import { closedUnderReader, helpersRunning, helpersSeen, installHandleSpy, readHook } from './cut-spies';
 import { longestStall } from './event-loop';
 
 /**
@@ -36,69 +35,12 @@ import { longestStall } from './event-loop';
  * Oracles: the file system (the target is the sharer's version exactly or the old file untouched,
  * nothing else in dest, nothing outside touched), coded PeerShareErrors, the hashedBytes and
  * cutBytes guidedCut returns, the bytes this process read and wrote (/proc/self/io), the event
- * loop's longest stall, and spies installed when this file loads:
+ * loop's longest stall, and the spies of cut-spies.ts:
  *   - Worker.prototype.postMessage with a cut task: the helper threads started, and whether each has exited;
  *   - FileHandle.prototype.read / close: a handle closed under a read still in flight or a helper
  *     still reading its descriptor; and, for the local copy only, a hook that runs before a read
  *     (to act at a known point of a cut, or to make the copy's disk slow).
  */
-
-// ---- spies ------------------------------------------------------------------------------------
-
-const helpersSeen: { fd: number; exited: boolean }[] = [];
-const helpersRunning = (): number => helpersSeen.filter((h) => !h.exited).length;
-const realPostMessage = Worker.prototype.postMessage;
-Worker.prototype.postMessage = function (this: Worker, message: unknown, transfer?: never) {
-  const task = message as { fd?: unknown; maxChunks?: unknown };
-  if (task && typeof task.fd === 'number' && typeof task.maxChunks === 'number') {
-    const seen = { fd: task.fd, exited: false };
-    helpersSeen.push(seen);
-    this.once('exit', () => (seen.exited = true));
-  }
-  return realPostMessage.call(this, message, transfer);
-};
-
-/** Runs before each read of the file at `path` (through a FileHandle): awaited when it returns a promise. */
-const readHook: { path?: string; before?: (position: number, length: number) => Promise<void> | void } = {};
-const closedUnderReader: string[] = [];
-const readsInFlight = new Map<number, number>();
-async function installHandleSpy(): Promise<void> {
-  const probe = await fs.open(__filename, 'r');
-  const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown>; close: () => Promise<void> };
-  await probe.close();
-  const realRead = proto.read;
-  const realClose = proto.close;
-  proto.read = function (this: FileHandle, ...args: unknown[]) {
-    const fd = this.fd;
-    readsInFlight.set(fd, (readsInFlight.get(fd) ?? 0) + 1);
-    const done = (): void => {
-      const left = (readsInFlight.get(fd) ?? 1) - 1;
-      if (left > 0) readsInFlight.set(fd, left);
-      else readsInFlight.delete(fd);
-    };
-    let hooked: Promise<void> | void = undefined;
-    if (readHook.path && readHook.before && typeof args[3] === 'number' && linkOf(fd) === readHook.path) hooked = readHook.before(args[3], args[2] as number);
-    const reading = hooked ? hooked.then(() => realRead.apply(this, args)) : realRead.apply(this, args);
-    reading.then(done, done);
-    return reading;
-  };
-  proto.close = function (this: FileHandle) {
-    const fd = this.fd;
-    if (fd >= 0) {
-      if (readsInFlight.has(fd)) closedUnderReader.push(`fd ${fd} closed with ${readsInFlight.get(fd)} read(s) in flight`);
-      if (helpersSeen.some((h) => h.fd === fd && !h.exited)) closedUnderReader.push(`fd ${fd} closed while a cut helper still read it`);
-    }
-    return realClose.call(this);
-  };
-}
-
-function linkOf(fd: number): string | undefined {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`);
-  } catch {
-    return undefined;
-  }
-}
 
 // ---- the suite's peers ------------------------------------------------------------------------
 

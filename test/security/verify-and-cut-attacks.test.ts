@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { closeSync, openSync, promises as fs, readdirSync, readlinkSync, writeSync, ftruncateSync } from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -9,6 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
+import { closedUnderReader, helpersMostAtOnce, helpersRunning, helpersSeen, installHandleSpy } from './cut-spies';
 
 /**
  * Round 12: the update's end-to-end check taken from the bytes as they are written
@@ -70,56 +70,6 @@ function spiedWrite(fd: number, buffer: Uint8Array, offset: number, length: numb
 (spiedWrite as unknown as Record<symbol, unknown>)[promisify.custom] = (fd: number, buffer: Uint8Array, offset: number, length: number, position: number | null) =>
   new Promise((resolve, reject) => spiedWrite(fd, buffer, offset, length, position, (err, bytesWritten, buf) => (err ? reject(err) : resolve({ bytesWritten, buffer: buf }))));
 (fsModule as { write: unknown }).write = spiedWrite;
-
-/** Cut helpers started in this process: the descriptor each reads through, and whether it has exited. */
-const helpersSeen: { fd: number; exited: boolean }[] = [];
-let helpersMostAtOnce = 0;
-const helpersRunning = (): number => helpersSeen.filter((h) => !h.exited).length;
-const realPostMessage = workerThreads.Worker.prototype.postMessage;
-workerThreads.Worker.prototype.postMessage = function (this: import('node:worker_threads').Worker, message: unknown, transfer?: never) {
-  const task = message as { fd?: unknown; maxChunks?: unknown };
-  if (task && typeof task.fd === 'number' && typeof task.maxChunks === 'number') {
-    const seen = { fd: task.fd, exited: false };
-    helpersSeen.push(seen);
-    this.once('exit', () => (seen.exited = true));
-    helpersMostAtOnce = Math.max(helpersMostAtOnce, helpersRunning());
-  }
-  return realPostMessage.call(this, message, transfer);
-};
-
-/** Handles closed while something still read through their descriptor. */
-const closedUnderReader: string[] = [];
-const readsInFlight = new Map<number, number>();
-let handleSpyInstalled = false;
-async function installHandleSpy(): Promise<void> {
-  if (handleSpyInstalled) return;
-  handleSpyInstalled = true;
-  const probe = await fs.open(__filename, 'r');
-  const proto = Object.getPrototypeOf(probe) as { read: (...args: unknown[]) => Promise<unknown>; close: () => Promise<void> };
-  await probe.close();
-  const realRead = proto.read;
-  const realClose = proto.close;
-  proto.read = function (this: FileHandle, ...args: unknown[]) {
-    const fd = this.fd;
-    readsInFlight.set(fd, (readsInFlight.get(fd) ?? 0) + 1);
-    const done = (): void => {
-      const left = (readsInFlight.get(fd) ?? 1) - 1;
-      if (left > 0) readsInFlight.set(fd, left);
-      else readsInFlight.delete(fd);
-    };
-    const reading = realRead.apply(this, args);
-    reading.then(done, done);
-    return reading;
-  };
-  proto.close = function (this: FileHandle) {
-    const fd = this.fd;
-    if (fd >= 0) {
-      if (readsInFlight.has(fd)) closedUnderReader.push(`fd ${fd} closed with ${readsInFlight.get(fd)} read(s) in flight`);
-      if (helpersSeen.some((h) => h.fd === fd && !h.exited)) closedUnderReader.push(`fd ${fd} closed while a cut helper still read it`);
-    }
-    return realClose.call(this);
-  };
-}
 
 // ---- modules of src/ and test helpers, loaded after the spies --------------------------------
 
@@ -660,11 +610,11 @@ describe('the two-thread cut of a large file (chunkFile with a lowered threshold
     const bound = Math.max(0, Math.min(limitsModule.MAX_CUT_HELPERS, availableParallelism() - 1));
     const contents = Array.from({ length: 12 }, (_, i) => helpers.seededBytes(3 * MiB + i * 1001, 1540 + i));
     const files = await Promise.all(contents.map((c, i) => fileOf(c, `f${i}.bin`)));
-    helpersMostAtOnce = 0;
+    helpersMostAtOnce.count = 0;
     const cuts = await Promise.all(files.map((f) => cdc.chunkFile(f, { maxFileChunks: 1_000_000 }, undefined, LOW)));
     cuts.forEach((cut, i) => assert.ok(sameChunks(cut.chunks, cdc.chunkBytes(contents[i])), `file ${i}`));
-    assert.ok(helpersMostAtOnce <= bound, `${helpersMostAtOnce} helpers at once, bound ${bound}`);
-    if (bound > 0) assert.ok(helpersMostAtOnce >= 1, 'the spy saw the helpers');
+    assert.ok(helpersMostAtOnce.count <= bound, `${helpersMostAtOnce.count} helpers at once, bound ${bound}`);
+    if (bound > 0) assert.ok(helpersMostAtOnce.count >= 1, 'the spy saw the helpers');
     assert.equal(helpersRunning(), 0);
   });
 
@@ -741,7 +691,7 @@ describe('the sharer hashes and cuts side by side (share-provider chunksOf): a p
     const { conn } = await helpers.connectWithInvite(sharer.invite);
     cleanups.push(() => conn.close());
     const bound = Math.max(0, Math.min(limitsModule.MAX_CUT_HELPERS, availableParallelism() - 1));
-    helpersMostAtOnce = 0;
+    helpersMostAtOnce.count = 0;
     const rssBefore = process.memoryUsage().rss;
     let rssPeak = rssBefore;
     const sampler = setInterval(() => (rssPeak = Math.max(rssPeak, process.memoryUsage().rss)), 20);
@@ -758,7 +708,7 @@ describe('the sharer hashes and cuts side by side (share-provider chunksOf): a p
       assert.equal(answer.chunks.length, Math.ceil(size / cdc.CDC_MAX_BYTES), `file ${i}`);
       assert.ok(answer.chunks.every((c, k) => c.length === (k < answer.chunks.length - 1 ? cdc.CDC_MAX_BYTES : size - k * cdc.CDC_MAX_BYTES)));
     }
-    assert.ok(helpersMostAtOnce <= bound, `${helpersMostAtOnce} helpers at once, bound ${bound}`);
+    assert.ok(helpersMostAtOnce.count <= bound, `${helpersMostAtOnce.count} helpers at once, bound ${bound}`);
     assert.ok(rssPeak - rssBefore < 400 * MiB, `RSS grew ${((rssPeak - rssBefore) / MiB).toFixed(0)} MiB`);
     assert.deepEqual(closedUnderReader, []);
     assert.equal(helpersRunning(), 0);
