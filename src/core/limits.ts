@@ -258,6 +258,14 @@ export const TRUST_RECHECK_MS = 50;
 
 /** A file changed less than this before its hashing started is not cached (block-cache.ts, the racy rule). */
 export const RACY_TIMESTAMP_MS = 3000;
+/**
+ * How long a sharer keeps the block and chunk lists of a version too recent to cache (the racy
+ * rule) for the share.readChunks that follows its share.chunks, and how many it keeps: a requester
+ * asks for the chunks it lacks once its own copy is cut (about a second per GiB), so a large file
+ * just changed is not hashed and cut a second time (share-provider.ts recentLists).
+ */
+export const RECENT_LIST_MS = 30_000;
+export const RECENT_LISTS = 2;
 
 /** A block-cache temporary file this old was left by a writer that died; the cache's scan removes it. */
 export const STALE_CACHE_TEMP_MS = 10 * 60_000;

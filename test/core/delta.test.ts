@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { connectToPeer, type Identity, type PeerConnection } from '../../src/core';
@@ -235,6 +235,46 @@ describe('share.chunks and share.readChunks keep to their bounds (spec 15.2, 15.
       let bytes = 0;
       for await (const chunk of conn.share.readChunks('proj/f.bin', list, [0, 1])) bytes += chunk.data.length;
       assert.equal(bytes, list.chunks[0].length + list.chunks[1].length);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('a file just changed (too recent to cache) is hashed and cut once for its share.chunks and the share.readChunks after it, not twice', async () => {
+    const fresh = randomBytes(12 * 1024 * 1024);
+    await fs.writeFile(path.join(proj, 'fresh.bin'), fresh);
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      const list = await conn.share.chunks('proj/fresh.bin');
+      // The sharer is in this process: what it reads shows in this process's read count (sockets too).
+      const before = readCharacters();
+      let bytes = 0;
+      for await (const chunk of conn.share.readChunks('proj/fresh.bin', list, [0])) bytes += chunk.data.length;
+      const read = readCharacters() - before;
+      assert.equal(bytes, list.chunks[0].length);
+      assert.ok(read < 4 * 1024 * 1024, `the sharer read ${read} bytes for one chunk of a 12 MiB file (hashing and cutting it again: 24 MiB)`);
+    } finally {
+      conn.close();
+    }
+  });
+
+  it('a chunk sent from the lists kept for a version just changed is hashed as it is read: bytes the list does not name are FILE_CHANGED, never sent', async () => {
+    const fresh = randomBytes(3 * 1024 * 1024);
+    await fs.writeFile(path.join(proj, 'kept.bin'), fresh);
+    const { conn } = await connectWithInvite(sharer.invite);
+    try {
+      const list = await conn.share.chunks('proj/kept.bin');
+      // As if the file had changed within its timestamps' granularity (same size, mtime and ctime):
+      // the kept list names another hash for chunk 1 than the bytes on disk have.
+      const provider = (await sharer.server.shareProvider()) as unknown as { recentLists: Map<string, { chunks: { hash: Buffer }[] }> };
+      assert.equal(provider.recentLists.size >= 1, true, 'the lists of the version just changed were kept');
+      for (const recent of provider.recentLists.values()) recent.chunks[1] = { ...recent.chunks[1], hash: Buffer.alloc(32, 9) };
+      let received = 0;
+      const reading = (async () => {
+        for await (const chunk of conn.share.readChunks('proj/kept.bin', list, [0, 1, 2])) received += chunk.data.length;
+      })();
+      await rejectsWithCode(reading, 'FILE_CHANGED');
+      assert.equal(received, list.chunks[0].length, 'only the chunk before it was sent');
     } finally {
       conn.close();
     }
@@ -477,3 +517,8 @@ describe('deltaFolder with the caller\'s signal', () => {
     assert.ok(mostAtOnce <= 2, `${mostAtOnce} listeners on the caller's signal at once`);
   });
 });
+
+/** Bytes this process has read with read calls so far (files and sockets: /proc/self/io rchar). */
+function readCharacters(): number {
+  return Number(/rchar: (\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))?.[1]);
+}

@@ -1,11 +1,12 @@
 import { fstatSync, type BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import type { BlockCache } from '../block-cache';
-import { ChunkListCache, chunkBytes, chunkFile, encodeChunks, tooManyChunks, type Chunk as CdcChunk } from '../cdc';
+import { CHUNK_MEMORY_BYTES, ChunkListCache, chunkBytes, chunkFile, encodeChunks, tooManyChunks, type Chunk as CdcChunk } from '../cdc';
+import { blake3 } from '../blake3';
 import { blockCount, blockRange, blockSizeFor, encodeBlockManifest, readFully, type BlockManifest } from '../blocks';
 import { PeerShareError, toPeerShareError } from '../errors';
 import { sameVersion, versionKey } from '../hash-cache';
-import { SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
+import { RECENT_LIST_MS, RECENT_LISTS, SMALL_FILE_PIPELINE, TRANSFER_CHUNK_BYTES, TRUST_RECHECK_MS, resolveLimits, type Limits } from '../limits';
 import type { Entry } from '../protocol';
 import { settledVersion, type Share, type WalkItem } from '../share';
 import type { ReplyWriter, RequestHandler } from './connection';
@@ -86,6 +87,16 @@ export class ShareProvider {
   private readonly chunkLists: ChunkListCache;
   /** Chunk lists being cut now, by file version: requests for the same version share one cut. */
   private readonly chunkCuts = new Map<string, Promise<CdcChunk[]>>();
+  /**
+   * The block and chunk lists of versions too recent to cache (changed within RACY_TIMESTAMP_MS:
+   * the racy rule), kept RECENT_LIST_MS for the share.readChunks that follows their share.chunks:
+   * *why: both were computed again for it, so a 1 GiB file just changed was hashed and cut twice
+   * per update (the sharer's 3.7 CPU-s).* A chunk sent from one of these is hashed as it is read
+   * and compared with the list: a file changed within its timestamps' granularity is then
+   * FILE_CHANGED, never bytes the list does not name. At most RECENT_LISTS, each within half of
+   * chunkCacheBytes.
+   */
+  private readonly recentLists = new Map<string, { manifest: BlockManifest; chunks: CdcChunk[]; untilMs: number }>();
 
   constructor(options: ShareProviderOptions) {
     this.share = options.share;
@@ -306,7 +317,30 @@ export class ShareProvider {
     const [manifest, chunks] = await Promise.allSettled([this.manifestOf(handle, version), this.chunkLists.get(version) ?? this.cutOnce(handle, version)]);
     if (manifest.status === 'rejected') throw manifest.reason;
     if (chunks.status === 'rejected') throw chunks.reason;
+    if (!this.chunkLists.get(version)) this.keepRecent(version, manifest.value, chunks.value);
     return { manifest: manifest.value, chunks: chunks.value };
+  }
+
+  /** Keeps a version's lists that the racy rule kept out of the caches (recentLists). */
+  private keepRecent(version: BigIntStats, manifest: BlockManifest, chunks: CdcChunk[]): void {
+    if (chunks.length * CHUNK_MEMORY_BYTES > this.limits.chunkCacheBytes / 2) return;
+    const key = versionKey(version);
+    this.recentLists.delete(key);
+    this.recentLists.set(key, { manifest, chunks, untilMs: Date.now() + RECENT_LIST_MS });
+    for (const oldest of this.recentLists.keys()) {
+      if (this.recentLists.size <= RECENT_LISTS) break;
+      this.recentLists.delete(oldest);
+    }
+  }
+
+  /** The lists kept for this version by keepRecent, if still fresh. */
+  private recentOf(version: BigIntStats): { manifest: BlockManifest; chunks: CdcChunk[] } | undefined {
+    const key = versionKey(version);
+    const recent = this.recentLists.get(key);
+    if (!recent) return undefined;
+    if (Date.now() <= recent.untilMs) return recent;
+    this.recentLists.delete(key);
+    return undefined;
   }
 
   /**
@@ -360,13 +394,14 @@ export class ShareProvider {
     const { handle } = await this.share.openFile(request.path);
     try {
       const version = await handle.stat({ bigint: true });
-      const { manifest, chunks } = await this.chunksOf(handle, version);
+      const recent = this.recentOf(version);
+      const { manifest, chunks } = recent ?? (await this.chunksOf(handle, version));
       if (manifest.fileHash.toString('hex') !== request.fileHash) {
         throw new PeerShareError('FILE_CHANGED', 'The file is not the version asked for: it changed since its chunks were sent.');
       }
       const past = request.chunks.find(([, end]) => end > chunks.length);
       if (past) throw new PeerShareError('INVALID_ARGUMENT', `The file has ${chunks.length} chunks; chunk ${past[1] - 1} was asked for.`);
-      await this.sendPieces(session, handle, version, piecesOfChunks(chunks, request.chunks), reply, signal);
+      await this.sendPieces(session, handle, version, piecesOfChunks(chunks, request.chunks, recent !== undefined), reply, signal);
       return {};
     } finally {
       await handle.close();
@@ -388,9 +423,14 @@ export class ShareProvider {
     try {
       while (reading) {
         const chunk = await reading;
+        const piece = next.value as Chunk;
         reading = undefined;
         // Checked with no read in flight, so nothing is left pending when it throws.
         if (!sameVersion(version, fstatSync(handle.fd, { bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+        if (piece.hash && !blake3(chunk).equals(piece.hash)) {
+          pool.give(chunk);
+          throw new PeerShareError('FILE_CHANGED', 'The file changed since its chunks were listed.');
+        }
         throwIfAborted(signal);
         session.checkAllowed(true);
         next = chunks.next();
@@ -536,6 +576,8 @@ class SessionContext {
 interface Chunk {
   offset: number;
   length: number;
+  /** When given, the bytes read must hash to it, else FILE_CHANGED (a chunk sent from recentLists). */
+  hash?: Buffer;
 }
 
 /** The byte ranges to send for `ranges`, block by block, each block cut at TRANSFER_CHUNK_BYTES. */
@@ -551,9 +593,12 @@ function* chunksOf(manifest: BlockManifest, ranges: BlockRanges): Generator<Chun
 }
 
 /** The byte ranges to send for chunk index `ranges` (spec 15.3): each chunk (≤ 256 KiB) in one piece. */
-function* piecesOfChunks(chunks: readonly CdcChunk[], ranges: BlockRanges): Generator<Chunk> {
+function* piecesOfChunks(chunks: readonly CdcChunk[], ranges: BlockRanges, withHashes: boolean): Generator<Chunk> {
   for (const [first, end] of ranges) {
-    for (let index = first; index < end; index++) yield { offset: chunks[index].offset, length: chunks[index].length };
+    for (let index = first; index < end; index++) {
+      const { offset, length, hash } = chunks[index];
+      yield withHashes ? { offset, length, hash } : { offset, length };
+    }
   }
 }
 
