@@ -65,7 +65,11 @@ export interface Limits {
   maxReadRanges: number;
   /** Content-defined chunks of one file (share.chunks, docs/protocol-v2.md 15): a chunk list is held whole, 36 bytes a chunk (4.5 MiB at the default). */
   maxFileChunks: number;
-  /** Memory the sharer keeps chunk lists in (cdc.ts ChunkListCache), least recently used evicted. */
+  /**
+   * Memory the sharer keeps chunk lists in (cdc.ts ChunkListCache), least recently used evicted;
+   * as much again at most for the lists of versions just changed, kept for a short while
+   * (share-provider.ts recentLists, RECENT_LISTS).
+   */
   chunkCacheBytes: number;
   /** v2 share.watch: watches a peer may have open on one connection; more are BUSY (docs/protocol-v2.md 14.2). */
   maxWatchesPerConnection: number;

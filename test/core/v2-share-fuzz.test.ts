@@ -125,7 +125,9 @@ describe('fuzzing: share/1 requests against the provider', () => {
       if (err && err.code !== 'PROTOCOL_ERROR') assert.ok(!responder.closed, `closed on ${err.code}`);
       seen.add(err ? (err.code === 'PROTOCOL_ERROR' ? 'closed' : 'refused') : 'answered');
       requester.close();
-    });
+      // One case of each outcome runs first, whatever the seed: *why: an answered request is a
+      // few in a hundred random ones, and a run of 150 without one failed CI about once in 100.*
+    }, undefined, [{ type: 'share.stat', path: 'ws/a.txt' }, { type: 'share.stat', path: 'nope/x' }, { type: 'share.delete', path: 'ws/a.txt' }]);
     // The cases reached every outcome, so the property tested more than the parser's refusals.
     assert.deepEqual([...seen].sort(), ['answered', 'closed', 'refused']);
   });

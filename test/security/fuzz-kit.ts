@@ -9,7 +9,8 @@ import { PeerShareError } from '../../src/core/errors';
  */
 export function fuzzer(defaultRuns: number): {
   runs: number;
-  check<T>(arbitrary: fc.Arbitrary<T>, predicate: (value: T) => void | Promise<void>, runs?: number): Promise<void>;
+  /** `examples` run first, then random cases (fast-check's `examples`). */
+  check<T>(arbitrary: fc.Arbitrary<T>, predicate: (value: T) => void | Promise<void>, runs?: number, examples?: T[]): Promise<void>;
   cases(): number;
 } {
   const runs = Number(process.env.FUZZ_RUNS ?? defaultRuns);
@@ -19,11 +20,11 @@ export function fuzzer(defaultRuns: number): {
   return {
     runs,
     cases: () => total,
-    async check(arbitrary, predicate, numRuns = runs) {
+    async check(arbitrary, predicate, numRuns = runs, examples = []) {
       const property = fc.asyncProperty(arbitrary, async (value) => {
         await predicate(value);
       });
-      const details = await fc.check(property, { numRuns, interruptAfterTimeLimit: seconds * 1000, markInterruptAsFailure: false, seed });
+      const details = await fc.check(property, { numRuns, interruptAfterTimeLimit: seconds * 1000, markInterruptAsFailure: false, seed, examples: examples.map((example) => [example] as [typeof example]) });
       total += details.numRuns;
       if (details.failed) {
         throw new Error(`Counterexample ${fc.stringify(details.counterexample)} (seed ${details.seed}, path ${details.counterexamplePath}): ${String(details.errorInstance)}`);

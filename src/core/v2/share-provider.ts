@@ -325,8 +325,11 @@ export class ShareProvider {
   private keepRecent(version: BigIntStats, manifest: BlockManifest, chunks: CdcChunk[]): void {
     if (chunks.length * CHUNK_MEMORY_BYTES > this.limits.chunkCacheBytes / 2) return;
     const key = versionKey(version);
+    const now = Date.now();
+    // Expired ones go now, not only when looked up (round 16: they stayed past their 30 s).
+    for (const [other, recent] of this.recentLists) if (now > recent.untilMs) this.recentLists.delete(other);
     this.recentLists.delete(key);
-    this.recentLists.set(key, { manifest, chunks, untilMs: Date.now() + RECENT_LIST_MS });
+    this.recentLists.set(key, { manifest, chunks, untilMs: now + RECENT_LIST_MS });
     for (const oldest of this.recentLists.keys()) {
       if (this.recentLists.size <= RECENT_LISTS) break;
       this.recentLists.delete(oldest);
