@@ -103,7 +103,7 @@ const READ_BYTES = 1024 * 1024;
  * `maxFileChunks` chunks: TOO_LARGE. A file that changes while it is read: FILE_CHANGED (its
  * chunks would describe no version of it). `onChunks`, if given, is called with the chunks cut so
  * far after each read (the same array, growing), so a caller may use them before the end.
- * `signal` stops the cut at its next read (CANCELLED), the helper with it.
+ * `signal` stops the cut at its next chunk (CANCELLED), the helper with it.
  */
 export async function chunkFile(
   file: FileHandle | string,
@@ -166,55 +166,93 @@ async function cutFrom(
   signal?: AbortSignal,
 ): Promise<number> {
   if (from >= size) return from;
-  let pending: Promise<number> | undefined;
+  const reader = new ForwardReader(handle, size, from);
   try {
-    // Each buffer: room for the carried bytes (at most CDC_MAX_BYTES), then one read.
-    const readBytes = Math.min(size - from, READ_BYTES);
-    const buffers = [Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes), Buffer.allocUnsafe(size - from > readBytes ? CDC_MAX_BYTES + readBytes : 0)];
-    let position = from; // next file offset to read
-    const readAhead = (into: Buffer): Promise<number> => {
-      const length = Math.min(readBytes, size - position);
-      const at = position;
-      position += length;
-      return readInto(handle, into, CDC_MAX_BYTES, length, at).then(() => length);
-    };
-    let current = 0;
-    let carried = 0; // bytes carried in front of buffers[current]'s read, from file offset `base`
-    let base = from;
-    let next = readAhead(buffers[current]);
-    pending = next;
-    for (;;) {
-      const got = await next;
-      pending = undefined;
+    let position = from;
+    let reported = from;
+    while (position < size) {
       throwIfStopped(signal);
-      const atEnd = position === size;
-      if (!atEnd) pending = next = readAhead(buffers[1 - current]);
-      const buffer = buffers[current];
-      const first = CDC_MAX_BYTES - carried;
-      const end = CDC_MAX_BYTES + got;
-      let start = first;
-      while (start < end && (atEnd || end - start >= CDC_MAX_BYTES)) {
-        const length = cutLength(buffer, start, end);
-        const offset = base + start - first;
-        chunks.push({ offset, length, hash: blake3(buffer.subarray(start, start + length)) });
-        if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
-        start += length;
-        if (stop(offset + length)) {
-          onChunks?.(chunks);
-          return offset + length;
-        }
+      const available = Math.min(CDC_MAX_BYTES, size - position);
+      const { buffer, at } = await reader.view(position, available);
+      const length = cutLength(buffer, at, at + available);
+      chunks.push({ offset: position, length, hash: blake3(buffer.subarray(at, at + length)) });
+      if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
+      position += length;
+      if (stop(position)) break;
+      if (position - reported >= READ_BYTES) {
+        reported = position;
+        onChunks?.(chunks);
       }
-      onChunks?.(chunks);
-      if (atEnd) return size;
-      // The other buffer's read fills it from CDC_MAX_BYTES on; the uncut bytes go just before.
-      buffer.copy(buffers[1 - current], CDC_MAX_BYTES - (end - start), start, end);
-      base += start - first;
-      carried = end - start;
-      current = 1 - current;
     }
+    onChunks?.(chunks);
+    return position;
   } finally {
     // A read still in flight (a throw while cutting, or a stop) must end before the file is closed.
-    await pending?.catch(() => undefined);
+    await reader.close();
+  }
+}
+
+/**
+ * Reads a file front to back, from `from`, for views of at most CDC_MAX_BYTES that only move
+ * forward: each of two buffers holds the bytes carried from the one before (at most CDC_MAX_BYTES)
+ * then one read of READ_BYTES, and the next read is in flight while a view of the current one is
+ * used. A file that fits in one read takes one buffer.
+ */
+export class ForwardReader {
+  private readonly buffers: Buffer[];
+  private current = 0;
+  /** The file's bytes [start, end) are in buffers[current] from `offset`. */
+  private start: number;
+  private end: number;
+  private offset = CDC_MAX_BYTES;
+  private readPosition: number;
+  private inFlight: Promise<number> | undefined;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly size: number,
+    from = 0,
+  ) {
+    this.start = this.end = this.readPosition = from;
+    const readBytes = Math.min(READ_BYTES, size - from);
+    // The first read goes into buffers[1]; buffers[0] is only read into if there is a second.
+    this.buffers = [Buffer.allocUnsafe(size - from > readBytes ? CDC_MAX_BYTES + readBytes : 0), Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes)];
+    this.readAhead();
+  }
+
+  /** The bytes [position, position + length): valid until the next call. `position` never goes back. */
+  async view(position: number, length: number): Promise<{ buffer: Buffer; at: number }> {
+    while (position + length > this.end) {
+      if (position < this.start || position > this.end || !this.inFlight) throw new Error('ForwardReader: a view out of order');
+      // The bytes still wanted go just before where the read in flight puts its bytes.
+      const carried = this.end - position;
+      const other = this.buffers[1 - this.current];
+      if (carried > 0) this.buffers[this.current].copy(other, CDC_MAX_BYTES - carried, this.offset + (position - this.start), this.offset + (this.end - this.start));
+      const got = await this.inFlight;
+      this.inFlight = undefined;
+      this.current = 1 - this.current;
+      this.start = position;
+      this.end += got;
+      this.offset = CDC_MAX_BYTES - carried;
+      this.readAhead();
+    }
+    return { buffer: this.buffers[this.current], at: this.offset + (position - this.start) };
+  }
+
+  /** Resolves once no read is in flight (the file may then be closed). */
+  async close(): Promise<void> {
+    await this.inFlight?.catch(() => undefined);
+  }
+
+  /** Starts the next read into the buffer not in use, unless the file is all read. */
+  private readAhead(): void {
+    if (this.readPosition >= this.size) return;
+    const into = this.buffers[1 - this.current];
+    const length = Math.min(into.length - CDC_MAX_BYTES, this.size - this.readPosition);
+    const at = this.readPosition;
+    this.readPosition += length;
+    this.inFlight = readInto(this.handle, into, CDC_MAX_BYTES, length, at).then(() => length);
+    this.inFlight.catch(() => undefined); // met by the next view, or by close
   }
 }
 
@@ -279,8 +317,8 @@ export function chunksOfRecords(records: Uint8Array, from: number): Chunk[] {
   return chunks;
 }
 
-/** A cut its caller no longer needs ends at its next read: CANCELLED. */
-function throwIfStopped(signal: AbortSignal | undefined): void {
+/** A cut its caller no longer needs ends at its next chunk: CANCELLED. */
+export function throwIfStopped(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new PeerShareError('CANCELLED', 'The cut was stopped.');
 }
 
@@ -290,7 +328,7 @@ export function tooManyChunks(maxFileChunks: number): PeerShareError {
 }
 
 /** Reads exactly `length` bytes at file `position` into `buffer` at `at`; FILE_CHANGED if the file ends first. */
-export async function readInto(handle: FileHandle, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
+async function readInto(handle: FileHandle, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
   for (let done = 0; done < length; ) {
     const { bytesRead } = await handle.read(buffer, at + done, length - done, position + done);
     if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');

@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { blake3 } from './blake3';
 import { PeerShareError } from './errors';
 import { sameVersion } from './hash-cache';
-import { CDC_MAX_BYTES, cutLength, readInto, tooManyChunks, type Chunk, type ChunkList } from './cdc';
+import { CDC_MAX_BYTES, ForwardReader, cutLength, throwIfStopped, tooManyChunks, type Chunk, type ChunkList } from './cdc';
 import type { Limits } from './limits';
 
 /**
@@ -57,7 +57,7 @@ export async function guidedCut(
     let failedTries = 0; // bytes hashed where the list's chunk was not
     let sinceTurn = 0; // chunks since the event loop last had a turn
     while (position < size) {
-      if (signal?.aborted) throw new PeerShareError('CANCELLED', 'The cut was stopped.');
+      throwIfStopped(signal);
       let chunk: Chunk | undefined;
       if (guided) {
         const expected = guide.chunks[next];
@@ -98,7 +98,7 @@ export async function guidedCut(
         reported = position;
         onChunks(chunks);
       }
-      // The event loop gets a turn only when a read must be waited for, once per READ_BYTES: a
+      // The event loop gets a turn only when a read must be waited for, once per 1 MiB read: a
       // list of tiny chunks the copy holds (130,000 of one byte) was found within one read and
       // held the loop for the whole run (0.4-0.9 s; round 15). A turn every TURN_CHUNKS chunks.
       if (++sinceTurn === TURN_CHUNKS) {
@@ -135,64 +135,3 @@ function firstAtLeast(sorted: number[], value: number): number {
 const REPORT_BYTES = 4 * 1024 * 1024;
 /** Chunks found between two turns of the event loop, at most (a few ms of one-byte chunks; 64 MiB of the average chunk). */
 const TURN_CHUNKS = 1024;
-/** Bytes read at once, the next read always in flight while the last is hashed. */
-const READ_BYTES = 1024 * 1024;
-
-/**
- * Reads a file front to back for views of at most CDC_MAX_BYTES that only move forward: each of
- * two buffers holds the bytes carried from the one before (at most CDC_MAX_BYTES) then one read,
- * and the next read is in flight while a view of the current one is used.
- */
-class ForwardReader {
-  private readonly buffers: Buffer[];
-  private current = 0;
-  /** The file's bytes [start, end) are in buffers[current] from `offset`. */
-  private start = 0;
-  private end = 0;
-  private offset = CDC_MAX_BYTES;
-  private readPosition = 0;
-  private inFlight: Promise<number> | undefined;
-
-  constructor(
-    private readonly handle: FileHandle,
-    private readonly size: number,
-  ) {
-    const readBytes = Math.min(READ_BYTES, size);
-    this.buffers = [Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes), Buffer.allocUnsafe(CDC_MAX_BYTES + readBytes)];
-    this.readAhead();
-  }
-
-  /** The bytes [position, position + length): valid until the next call. `position` never goes back. */
-  async view(position: number, length: number): Promise<{ buffer: Buffer; at: number }> {
-    while (position + length > this.end) {
-      if (position < this.start || position > this.end || !this.inFlight) throw new Error('ForwardReader: a view out of order');
-      // The bytes still wanted go just before where the read in flight puts its bytes.
-      const carried = this.end - position;
-      const other = this.buffers[1 - this.current];
-      this.buffers[this.current].copy(other, CDC_MAX_BYTES - carried, this.offset + (position - this.start), this.offset + (this.end - this.start));
-      const got = await this.inFlight;
-      this.inFlight = undefined;
-      this.current = 1 - this.current;
-      this.start = position;
-      this.end += got;
-      this.offset = CDC_MAX_BYTES - carried;
-      this.readAhead();
-    }
-    return { buffer: this.buffers[this.current], at: this.offset + (position - this.start) };
-  }
-
-  async close(): Promise<void> {
-    await this.inFlight?.catch(() => undefined);
-  }
-
-  /** Starts the next read into the buffer not in use, unless the file is all read. */
-  private readAhead(): void {
-    if (this.readPosition >= this.size) return;
-    const into = this.buffers[1 - this.current];
-    const length = Math.min(into.length - CDC_MAX_BYTES, this.size - this.readPosition);
-    const at = this.readPosition;
-    this.readPosition += length;
-    this.inFlight = readInto(this.handle, into, CDC_MAX_BYTES, length, at).then(() => length);
-    this.inFlight.catch(() => undefined); // met by the next view, or by close
-  }
-}
