@@ -38,6 +38,15 @@ export interface Chunk {
   hash: Buffer;
 }
 
+/**
+ * What a cut reads a file through: a FileHandle, or in a helper thread the caller's descriptor
+ * read synchronously (cdc-worker.ts), so no read is ever in flight when the thread is stopped.
+ */
+export interface ReadableFile {
+  read(buffer: Buffer, offset: number, length: number, position: number): Promise<{ bytesRead: number }>;
+  stat(options: { bigint: true }): Promise<BigIntStats>;
+}
+
 /** A file's chunks, for the version whose block-list hash (blocks.ts) is `fileHash`. */
 export interface ChunkList {
   size: number;
@@ -209,7 +218,7 @@ export class ForwardReader {
   private inFlight: Promise<number> | undefined;
 
   constructor(
-    private readonly handle: FileHandle,
+    private readonly handle: ReadableFile,
     private readonly size: number,
     from = 0,
   ) {
@@ -328,7 +337,7 @@ export function tooManyChunks(maxFileChunks: number): PeerShareError {
 }
 
 /** Reads exactly `length` bytes at file `position` into `buffer` at `at`; FILE_CHANGED if the file ends first. */
-async function readInto(handle: FileHandle, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
+async function readInto(handle: ReadableFile, buffer: Buffer, at: number, length: number, position: number): Promise<void> {
   for (let done = 0; done < length; ) {
     const { bytesRead } = await handle.read(buffer, at + done, length - done, position + done);
     if (bytesRead === 0) throw new PeerShareError('FILE_CHANGED');

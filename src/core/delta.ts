@@ -7,7 +7,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { blockSizeFor, hashFileBlocks, readFully, WrittenBlockHashes } from './blocks';
 import { CDC_MAX_BYTES, CDC_MIN_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
-import { guidedCut } from './guided-cut';
+import { guidedCutAside } from './guided-cut';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -163,7 +163,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         cutSoFar = chunks;
         onChunks?.(chunks);
       };
-      const running = (guide ? guidedCut(copy.handle, guide, conn.limits, report, stopped) : chunkFile(copy.handle, conn.limits, report, undefined, stopped)).catch(async (err: unknown): Promise<LocalCut> => {
+      const running = (guide ? guidedCutAside(copy.handle, guide, conn.limits, report, stopped) : chunkFile(copy.handle, conn.limits, report, undefined, stopped)).catch(async (err: unknown): Promise<LocalCut> => {
         // A local copy of more chunks than maxFileChunks (a sparse file of 40 GiB in the way of a
         // 2 MiB one, say) is no reason not to update: nothing more of it is reused (what was cut
         // before the count ran over may be), the rest is fetched.
@@ -427,8 +427,10 @@ class Assembly {
 
   /** Writes all of `data` at `position`; `data` must not change until this resolves. */
   async write(data: Buffer, position: number): Promise<void> {
+    // The write is on its way (a thread of the pool) while this thread hashes the same bytes.
+    const writing = writeAll(this.file, data, position);
     this.written.wrote(data, position);
-    await writeAll(this.file, data, position);
+    await writing;
     this.flush.wrote(data.length);
   }
 }

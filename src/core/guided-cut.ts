@@ -3,8 +3,9 @@ import type { FileHandle } from 'node:fs/promises';
 import { blake3 } from './blake3';
 import { PeerShareError } from './errors';
 import { sameVersion } from './hash-cache';
-import { CDC_MAX_BYTES, ForwardReader, cutLength, throwIfStopped, tooManyChunks, type Chunk, type ChunkList } from './cdc';
-import type { Limits } from './limits';
+import { CDC_MAX_BYTES, ForwardReader, chunksOfRecords, cutLength, throwIfStopped, tooManyChunks, type Chunk, type ChunkList, type ReadableFile } from './cdc';
+import { startGuidedCutHelper } from './cdc-helper';
+import { PARALLEL_CUT_FROM_BYTES, type Limits } from './limits';
 
 /**
  * Cuts a local copy into chunks with the sharer's chunk list as a guide (issue 13): where the
@@ -26,7 +27,7 @@ import type { Limits } from './limits';
  * changed while it was read: FILE_CHANGED; `signal` aborted: CANCELLED, at the next chunk.
  */
 export async function guidedCut(
-  handle: FileHandle,
+  handle: ReadableFile,
   guide: ChunkList,
   limits: Pick<Limits, 'maxFileChunks'>,
   onChunks?: (chunks: readonly Chunk[]) => void,
@@ -113,6 +114,51 @@ export async function guidedCut(
   }
   if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
   return { chunks, version, hashedBytes, cutBytes };
+}
+
+/**
+ * guidedCut in a helper thread (cdc-helper.ts), for a copy of `asideFromBytes` or more
+ * where the machine has a second core: the same chunks, reported to `onChunks` as they come.
+ * *Why: an update copies the local chunks into the new file as the cut finds them; with both in
+ * one thread, the cut's hashing and the copy's (the new file's block hashes) took turns, and a
+ * 1 GiB update kept one core busy where it had two.* Without a helper, or if the thread fails, the
+ * cut runs here (from the start: its chunks are the same, so what was reported stays true).
+ */
+export async function guidedCutAside(
+  handle: FileHandle,
+  guide: ChunkList,
+  limits: Pick<Limits, 'maxFileChunks'>,
+  onChunks?: (chunks: readonly Chunk[]) => void,
+  signal?: AbortSignal,
+  asideFromBytes = PARALLEL_CUT_FROM_BYTES,
+): ReturnType<typeof guidedCut> {
+  const version = await handle.stat({ bigint: true });
+  const chunks: Chunk[] = [];
+  const helper =
+    version.isFile() && version.size >= asideFromBytes && !signal?.aborted
+      ? startGuidedCutHelper(handle.fd, guide, limits.maxFileChunks, (records, from) => {
+          for (const chunk of chunksOfRecords(records, from)) chunks.push(chunk);
+          onChunks?.(chunks);
+        })
+      : undefined;
+  if (!helper) return guidedCut(handle, guide, limits, onChunks, signal);
+  let onAbort: (() => void) | undefined;
+  const stopped = new Promise<'stopped'>((resolve) => signal?.addEventListener('abort', (onAbort = () => resolve('stopped'))));
+  try {
+    const outcome = await Promise.race([helper.outcome, stopped]);
+    throwIfStopped(signal);
+    if (outcome instanceof PeerShareError) throw outcome;
+    if (outcome === undefined || outcome === 'stopped') {
+      await helper.stop();
+      return await guidedCut(handle, guide, limits, onChunks, signal);
+    }
+    if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
+    return { chunks, version, ...outcome };
+  } finally {
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+    // The thread reads through the same descriptor: it has stopped before the caller may close it.
+    await helper.stop();
+  }
 }
 
 function keyOf(hash: Buffer, length: number): string {

@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { blake3 } from '../../src/core/blake3';
 import { CDC_MAX_BYTES, chunkBytes, type Chunk, type ChunkList } from '../../src/core/cdc';
-import { guidedCut } from '../../src/core/guided-cut';
+import { guidedCut, guidedCutAside } from '../../src/core/guided-cut';
+import { helpersRunning, helpersSeen } from '../security/cut-spies';
 import { rejectsWithCode, seededBytes as pseudoRandom, tempDir } from '../helpers';
 
 const MiB = 1024 * 1024;
@@ -147,6 +148,81 @@ describe('a local copy cut with the sharer\'s chunk list as a guide (guided-cut.
     const handle = await fs.open(await fileOf(old), 'r');
     try {
       await rejectsWithCode(guidedCut(handle, listOf(old), { maxFileChunks: 10 }), 'TOO_LARGE');
+    } finally {
+      await handle.close();
+    }
+  });
+});
+
+describe('the guided cut in a helper thread (guidedCutAside), as an update of a large copy runs it', () => {
+  const old = pseudoRandom(12 * MiB, 4111);
+  const theirs = Buffer.concat([pseudoRandom(100, 4112), old.subarray(0, 5 * MiB), pseudoRandom(4096, 4113), old.subarray(5 * MiB + 4096)]);
+
+  it('finds the same chunks as the cut in this thread, reported as they come, and its thread has ended when it returns', async () => {
+    const file = await fileOf(old);
+    const inThread = await guidedWithCost(old, listOf(theirs));
+    const handle = await fs.open(file, 'r');
+    const before = helpersSeen.length;
+    const reports: number[] = [];
+    try {
+      const aside = await guidedCutAside(handle, listOf(theirs), LIMITS, (chunks) => reports.push(chunks.length), undefined, 0);
+      assert.equal(helpersSeen.length, before + 1, 'one helper thread cut it');
+      assert.equal(helpersRunning(), 0);
+      assert.deepEqual(hashesOf(aside.chunks), hashesOf(inThread.chunks));
+      assert.equal(aside.hashedBytes, inThread.hashedBytes);
+      assert.equal(aside.cutBytes, inThread.cutBytes);
+      assert.ok(reports.length >= 2, `reported ${reports.length} times`);
+      assert.ok(reports.every((n, i) => i === 0 || n >= reports[i - 1]));
+      assert.equal(reports[reports.length - 1], aside.chunks.length);
+      assertTiles(aside.chunks, old);
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('cancelled: CANCELLED, and the thread has stopped reading the descriptor before it returns', async () => {
+    const handle = await fs.open(await fileOf(old), 'r');
+    const stop = new AbortController();
+    try {
+      await rejectsWithCode(guidedCutAside(handle, listOf(theirs), LIMITS, () => stop.abort(), stop.signal, 0), 'CANCELLED');
+      assert.equal(helpersRunning(), 0);
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('the copy truncated while the thread reads it: FILE_CHANGED from the thread', async () => {
+    const file = await fileOf(old);
+    const handle = await fs.open(file, 'r');
+    try {
+      let truncated = false;
+      await rejectsWithCode(
+        guidedCutAside(
+          handle,
+          listOf(theirs),
+          LIMITS,
+          () => {
+            if (truncated) return;
+            truncated = true;
+            void fs.truncate(file, 5 * MiB);
+          },
+          undefined,
+          0,
+        ),
+        'FILE_CHANGED',
+      );
+      assert.equal(helpersRunning(), 0);
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('a copy of more chunks than maxFileChunks: TOO_LARGE from the thread', async () => {
+    const handle = await fs.open(await fileOf(old), 'r');
+    const before = helpersSeen.length;
+    try {
+      await rejectsWithCode(guidedCutAside(handle, listOf(theirs), { maxFileChunks: 10 }, undefined, undefined, 0), 'TOO_LARGE');
+      assert.equal(helpersSeen.length, before + 1);
     } finally {
       await handle.close();
     }
