@@ -10,6 +10,11 @@
 // disk between them. Each client is paired beforehand (a cheap `peershare ls`), so only the
 // transfers are timed. Also records the sharer's peak RSS (VmHWM).
 //
+// The disk's own share, in the same run: `dd conv=fdatasync` copies the file (from the page
+// cache) once, and to every client's folder at once, flushed to disk as a download is. What 8
+// clients write (8 GiB) is more than this machine's disk takes at its burst rate, and one client's
+// gigabyte is not: the two dd figures show where that ceiling is.
+//
 // Environment: BENCH_SIZE_MIB (default 1024), BENCH_CONCURRENT_RUNS (default 3: a run moves
 // 9 x the file), BENCH_CLIENTS (8), BENCH_TMP, BENCH_KEEP_TMP.
 
@@ -26,6 +31,7 @@ import {
   pairClient,
   peershareGet,
   printTable,
+  timedCommand,
   processCpuSeconds,
   requireFreeSpace,
   round,
@@ -38,7 +44,7 @@ import {
 
 export const name = 'concurrent';
 export const title = '8 clients downloading the 1 GiB file at once';
-export const tools = ['/usr/bin/time'];
+export const tools = ['/usr/bin/time', 'dd'];
 
 export async function run(ctx) {
   const sizeMiB = intEnv('BENCH_SIZE_MIB', 1024, 1);
@@ -67,7 +73,20 @@ export async function run(ctx) {
     if (r.result.bytes !== sizeBytes || fs.statSync(path.join(dests[i], fileName)).size !== sizeBytes) throw new Error(`client ${i + 1}: wrong size ${r.stdout}`);
     return { seconds: round(r.seconds), maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds };
   };
+  const source = path.join(dataDir, fileName);
+  const ddOne = async (i) => {
+    fs.mkdirSync(dests[i], { recursive: true });
+    await timedCommand('dd', [`if=${source}`, `of=${path.join(dests[i], fileName)}`, 'bs=4M', 'conv=fdatasync', 'status=none'], scratch);
+  };
+  const timedTogether = async (count, fn) => {
+    const started = process.hrtime.bigint();
+    await Promise.all(Array.from({ length: count }, (_, i) => fn(i)));
+    const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+    return { seconds: round(seconds), mibPerSecond: round((count * sizeMiB) / seconds, 1) };
+  };
   const configurations = {
+    diskSingle: () => timedTogether(1, ddOne),
+    diskTogether: () => timedTogether(clients, ddOne),
     single: async () => {
       const r = await getOne(0);
       return { ...r, mibPerSecond: round(sizeMiB / r.seconds, 1) };
@@ -91,7 +110,7 @@ export async function run(ctx) {
   await configurations.single();
   clearAndSync(...dests);
 
-  const results = { single: [], together: [] };
+  const results = { diskSingle: [], diskTogether: [], single: [], together: [] };
   for (let i = 1; i <= runs; i++) {
     for (const [config, fn] of Object.entries(configurations)) {
       const r = await withNoiseGauge(() => processCpuSeconds(server.pid), fn);
@@ -105,12 +124,25 @@ export async function run(ctx) {
   const single = round(median(results.single.map((r) => r.mibPerSecond)), 1);
   const together = round(median(results.together.map((r) => r.mibPerSecond)), 1);
   const ratio = round(together / single, 2);
+  const diskSingle = round(median(results.diskSingle.map((r) => r.mibPerSecond)), 1);
+  const diskTogether = round(median(results.diskTogether.map((r) => r.mibPerSecond)), 1);
+  // CPU of every client and the sharer per GiB moved, and cores kept busy: a configuration that
+  // keeps both cores busy is bound by this CPU, not by the disk (the dd figures).
+  const gib = sizeMiB / 1024;
+  const cpuOf = (r, copies) => ({ perGiB: round(((r.cpuSeconds ?? 0) + (r.serverCpuSeconds ?? 0)) / (copies * gib), 2), coresBusy: round(((r.cpuSeconds ?? 0) + (r.serverCpuSeconds ?? 0)) / r.seconds, 2) });
+  const cpu = {
+    single: { perGiB: median(results.single.map((r) => cpuOf(r, 1).perGiB)), coresBusy: median(results.single.map((r) => cpuOf(r, 1).coresBusy)) },
+    together: { perGiB: median(results.together.map((r) => cpuOf(r, clients).perGiB)), coresBusy: median(results.together.map((r) => cpuOf(r, clients).coresBusy)) },
+  };
   printTable([
     ['', 'median MiB/s', 'runs (MiB/s)', 'wall (s)'],
     ['1 client', single, results.single.map((r) => r.mibPerSecond).join(' '), results.single.map((r) => r.seconds).join(' ')],
     [`${clients} clients, aggregate`, together, results.together.map((r) => r.mibPerSecond).join(' '), results.together.map((r) => r.seconds).join(' ')],
+    ['dd to disk, 1 copy', diskSingle, results.diskSingle.map((r) => r.mibPerSecond).join(' '), results.diskSingle.map((r) => r.seconds).join(' ')],
+    [`dd to disk, ${clients} copies at once`, diskTogether, results.diskTogether.map((r) => r.mibPerSecond).join(' '), results.diskTogether.map((r) => r.seconds).join(' ')],
   ]);
   console.log(`sharer peak RSS ${mib(serverVmHwm)}`);
+  console.log(`CPU (clients and sharer) per GiB: 1 client ${cpu.single.perGiB} s, ${cpu.single.coresBusy} cores busy; ${clients} at once ${cpu.together.perGiB} s, ${cpu.together.coresBusy} cores busy`);
   return {
     measured: `${sizeMiB} MiB file, 1 client vs ${clients} at once; medians of ${runs} alternating runs`,
     summary: {
@@ -120,12 +152,19 @@ export async function run(ctx) {
       singleMiBps: single,
       aggregateMiBps: together,
       ratio,
+      diskSingleMiBps: diskSingle,
+      diskAggregateMiBps: diskTogether,
+      aggregateOfDisk: round(together / diskTogether, 2),
+      cpuSecondsPerGiB: { single: cpu.single.perGiB, together: cpu.together.perGiB },
+      coresBusy: { single: cpu.single.coresBusy, together: cpu.together.coresBusy },
       serverPeakRssBytes: serverVmHwm,
     },
     goals: [goal({ label: `concurrent: ${clients} clients' aggregate / 1 client throughput`, measured: ratio, op: '>=', target: 1 })],
     figures: [
       { label: '1 client', text: `${single} MiB/s` },
       { label: `${clients} clients at once`, text: `${together} MiB/s aggregate (${ratio}x); sharer peak RSS ${mib(serverVmHwm)}` },
+      { label: 'CPU per GiB moved (clients and sharer)', text: `1 client ${cpu.single.perGiB} s (${cpu.single.coresBusy} cores busy); ${clients} at once ${cpu.together.perGiB} s (${cpu.together.coresBusy} cores busy)` },
+      { label: 'the disk alone (dd, flushed)', text: `1 copy ${diskSingle} MiB/s, ${clients} at once ${diskTogether} MiB/s: the ${clients} clients reach ${round(together / diskTogether, 2)}x of it` },
     ],
     raw: results,
   };
