@@ -37,66 +37,17 @@ export async function guidedCut(
   if (!version.isFile()) throw new PeerShareError('NOT_A_FILE');
   const size = Number(version.size);
   if (size > limits.maxFileChunks * CDC_MAX_BYTES) throw tooManyChunks(limits.maxFileChunks);
-  // The list's chunks by hash and length, each with its places in ascending order, for finding
-  // where the guide goes on after a chunk the cut found.
-  const named = new Map<string, number[]>();
-  guide.chunks.forEach((chunk, index) => {
-    const key = keyOf(chunk.hash, chunk.length);
-    const indexes = named.get(key);
-    if (indexes) indexes.push(index);
-    else named.set(key, [index]);
-  });
-  const reader = new ForwardReader(handle, size);
+  const walk = new GuidedWalk(guide, new ForwardReader(handle, size), size, 0, 0);
   const chunks: Chunk[] = [];
-  let hashedBytes = 0;
-  let cutBytes = 0;
   try {
-    let position = 0;
-    let next = 0; // the list's chunk expected at `position`, while `guided`
-    let guided = guide.chunks.length > 0;
     let reported = 0;
-    let failedTries = 0; // bytes hashed where the list's chunk was not
     let sinceTurn = 0; // chunks since the event loop last had a turn
-    while (position < size) {
+    while (walk.position < size) {
       throwIfStopped(signal);
-      let chunk: Chunk | undefined;
-      if (guided) {
-        const expected = guide.chunks[next];
-        if (position + expected.length <= size) {
-          const { buffer, at } = await reader.view(position, expected.length);
-          const hash = blake3(buffer.subarray(at, at + expected.length));
-          hashedBytes += expected.length;
-          if (hash.equals(expected.hash)) {
-            chunk = { offset: position, length: expected.length, hash };
-            if (++next === guide.chunks.length) guided = false;
-          }
-        }
-        if (!chunk) {
-          guided = false;
-          failedTries += expected.length;
-        }
-      }
-      if (!chunk) {
-        const { buffer, at } = await reader.view(position, Math.min(CDC_MAX_BYTES, size - position));
-        const length = cutLength(buffer, at, at + Math.min(CDC_MAX_BYTES, size - position));
-        const hash = blake3(buffer.subarray(at, at + length));
-        hashedBytes += length;
-        cutBytes += length;
-        chunk = { offset: position, length, hash };
-        // A chunk the list names: the guide goes on after it (after its first place at or past
-        // the chunk that failed, where the list names it more than once), unless failed tries
-        // have hashed as much as the copy holds (a list made to fail at every chunk).
-        const places = named.get(keyOf(hash, length));
-        if (places && failedTries < size) {
-          next = (places[firstAtLeast(places, next)] ?? places[0]) + 1;
-          guided = next < guide.chunks.length;
-        }
-      }
-      chunks.push(chunk);
+      chunks.push((await walk.step()).chunk);
       if (chunks.length > limits.maxFileChunks) throw tooManyChunks(limits.maxFileChunks);
-      position += chunk.length;
-      if (onChunks && position - reported >= REPORT_BYTES) {
-        reported = position;
+      if (onChunks && walk.position - reported >= REPORT_BYTES) {
+        reported = walk.position;
         onChunks(chunks);
       }
       // The event loop gets a turn only when a read must be waited for, once per 1 MiB read: a
@@ -104,16 +55,106 @@ export async function guidedCut(
       // held the loop for the whole run (0.4-0.9 s; round 15). A turn every TURN_CHUNKS chunks.
       if (++sinceTurn === TURN_CHUNKS) {
         sinceTurn = 0;
-        await new Promise<void>((resolve) => setImmediate(resolve));
+        await turn();
       }
     }
     onChunks?.(chunks);
   } finally {
     // A read still in flight (a throw here) must end before the caller closes the file.
-    await reader.close();
+    await walk.reader.close();
   }
+  const { hashedBytes, cutBytes } = walk;
   if (!sameVersion(version, await handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED');
   return { chunks, version, hashedBytes, cutBytes };
+}
+
+/**
+ * The guided cut's walk through a copy (guidedCut, and block-copy.ts where a block's prediction
+ * failed): from `position` in the copy, with the list's chunk `next` expected there, each step
+ * finds one chunk of the copy, either the one the list expects (its hash matched where it should
+ * be) or one cut by FastCDC, and says which of the list's chunks it is, if any.
+ */
+export class GuidedWalk {
+  /** The list's chunks by hash and length, each with its places in ascending order. */
+  private readonly named = new Map<string, number[]>();
+  /** The copy's offset of the next chunk. */
+  position: number;
+  /** The list's chunk expected at `position`, while `guided`. */
+  next: number;
+  guided: boolean;
+  /** Bytes hashed where the list's chunk was not. */
+  private failedTries = 0;
+  hashedBytes = 0;
+  cutBytes = 0;
+
+  constructor(
+    private readonly guide: ChunkList,
+    public reader: ForwardReader,
+    private readonly size: number,
+    position: number,
+    next: number,
+  ) {
+    guide.chunks.forEach((chunk, index) => {
+      const key = keyOf(chunk.hash, chunk.length);
+      const indexes = this.named.get(key);
+      if (indexes) indexes.push(index);
+      else this.named.set(key, [index]);
+    });
+    this.position = position;
+    this.next = next;
+    this.guided = next < guide.chunks.length;
+  }
+
+  /** Goes on from another place: `position` in the copy (read by `reader` from there), the list's chunk `next` expected there. */
+  moveTo(reader: ForwardReader, position: number, next: number): void {
+    this.reader = reader;
+    this.position = position;
+    this.next = next;
+    this.guided = next < this.guide.chunks.length;
+  }
+
+  /** The copy's next chunk from `position` (which must be short of the copy's size), and the index in the list it was taken for. */
+  async step(): Promise<{ chunk: Chunk; index?: number }> {
+    const { position, size, guide } = this;
+    if (this.guided) {
+      const index = this.next;
+      const expected = guide.chunks[index];
+      if (position + expected.length <= size) {
+        const { buffer, at } = await this.reader.view(position, expected.length);
+        const hash = blake3(buffer.subarray(at, at + expected.length));
+        this.hashedBytes += expected.length;
+        if (hash.equals(expected.hash)) {
+          if (++this.next === guide.chunks.length) this.guided = false;
+          this.position += expected.length;
+          return { chunk: { offset: position, length: expected.length, hash }, index };
+        }
+      }
+      this.guided = false;
+      this.failedTries += expected.length;
+    }
+    const { buffer, at } = await this.reader.view(position, Math.min(CDC_MAX_BYTES, size - position));
+    const length = cutLength(buffer, at, at + Math.min(CDC_MAX_BYTES, size - position));
+    const hash = blake3(buffer.subarray(at, at + length));
+    this.hashedBytes += length;
+    this.cutBytes += length;
+    this.position += length;
+    // A chunk the list names: the guide goes on after it (after its first place at or past the
+    // chunk that failed, where the list names it more than once), unless failed tries have hashed
+    // as much as the copy holds (a list made to fail at every chunk).
+    const places = this.named.get(keyOf(hash, length));
+    let index: number | undefined;
+    if (places && this.failedTries < size) {
+      index = places[firstAtLeast(places, this.next)] ?? places[0];
+      this.next = index + 1;
+      this.guided = this.next < guide.chunks.length;
+    }
+    return { chunk: { offset: position, length, hash }, index };
+  }
+}
+
+/** A turn of the event loop. */
+export function turn(): Promise<void> {
+  return new Promise<void>((resolve) => setImmediate(resolve));
 }
 
 /**
