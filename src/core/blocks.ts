@@ -262,6 +262,23 @@ export class WrittenBlockHashes {
     }
   }
 
+  /**
+   * Block `index` is being written whole, from bytes whose hash is `hash` (hashed by the caller
+   * from the very buffer being written). Taken as that block's hash only if nothing of the block
+   * was written before; else it is read back at the end.
+   */
+  wroteBlock(index: number, hash: Buffer): void {
+    if (index >= this.hashes.length) return;
+    if (this.hashed[index] === 0 && this.hashers[index] === undefined && this.hashes[index] === undefined) {
+      this.hashes[index] = hash;
+      this.hashed[index] = Math.min(this.blockSize, this.size - index * this.blockSize);
+    } else {
+      this.hashed[index] = -1;
+      this.hashes[index] = undefined;
+      this.hashers[index] = undefined;
+    }
+  }
+
   /** The file's hash: each block not hashed as it was written is read with `read` (into `buffer` from 0) first. */
   async fileHash(read: (buffer: Buffer, length: number, position: number) => Promise<void>): Promise<Buffer> {
     let buffer: Buffer | undefined;

@@ -5,9 +5,10 @@ import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { blockSizeFor, hashFileBlocks, readFully, WrittenBlockHashes } from './blocks';
+import { blockCount, blockSizeFor, hashFileBlocks, readFully, WrittenBlockHashes, type BlockManifest } from './blocks';
 import { CDC_MAX_BYTES, CDC_MIN_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { guidedCutAside } from './guided-cut';
+import { predictedCopy } from './block-copy';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -113,6 +114,10 @@ const LISTS_AHEAD = 4;
  * first takes about as long as the local cut, which then runs meanwhile.
  */
 export const GUIDE_WAIT_MS = 150;
+/** A local copy at least this large is predicted block by block when the sharer's block list comes in time (block-copy.ts). */
+const PREDICTED_FROM_BYTES = 16 * 1024 * 1024;
+/** Blocks whose prediction may fail before the predicted copy gives up, at least (else a sixteenth of the blocks). */
+const MIN_FAILED_BLOCKS = 16;
 /** Local ranges copied with one read and one write, at most (plus one chunk). */
 const COPY_BYTES = 4 * 1024 * 1024;
 /** Files up to this size are not flushed before they take their name (as a folder download's inline files). */
@@ -157,6 +162,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // the local cut well under way. A small local copy is cut only if the file did not come inline
     // (it rarely is worth it then).
     let cutSoFar: readonly Chunk[] = [];
+    let blockList: BlockManifest | undefined;
     let onChunks: ((chunks: readonly Chunk[]) => void) | undefined;
     const cut = (copy: LocalCopy, guide?: ChunkList, stopped: AbortSignal = stopCut.signal): Promise<LocalCut> => {
       const report = (chunks: readonly Chunk[]): void => {
@@ -178,17 +184,28 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     let remote: ChunksAnswer | undefined;
     if (local && !smallLocal) {
       const unguided = new AbortController();
-      cutting = cut(local, undefined, AbortSignal.any([unguided.signal, stopCut.signal]));
       let cutEnded = false;
-      void cutting.then(() => (cutEnded = true), () => undefined);
+      const cutUnguided = (): Promise<LocalCut> => {
+        const running = cut(local, undefined, AbortSignal.any([unguided.signal, stopCut.signal]));
+        void running.then(() => (cutEnded = true), () => undefined);
+        return running;
+      };
+      // A copy large enough to be predicted waits a moment for the list before it is cut without
+      // one: the list and the block list usually come within it, and then it is not cut at all.
+      const waitFirst = local.size >= PREDICTED_FROM_BYTES;
+      if (!waitFirst) cutting = cutUnguided();
       listing.catch(() => undefined); // met below
       remote = await Promise.race([listing, delay(GUIDE_WAIT_MS, undefined, { ref: false })]);
       if (remote && !cutEnded) {
-        // In time: that cut stops (it is not needed at all for a file that came inline).
+        // In time: that cut stops (it is not needed at all for a file that came inline). With the
+        // sharer's block list as well, the copy is predicted block by block and not cut at all.
         unguided.abort();
-        await cutting.catch(() => undefined);
+        await cutting?.catch(() => undefined);
         cutSoFar = [];
-        cutting = remote.data ? undefined : cut(local, remote);
+        blockList = remote.data ? undefined : await blockListInTime(conn, remotePath, remote, local, localFile === target, signal);
+        cutting = remote.data || blockList ? undefined : cut(local, remote);
+      } else if (!remote && waitFirst) {
+        cutting = cutUnguided();
       }
     }
     remote ??= await listing;
@@ -198,7 +215,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       await cutting?.catch(() => undefined);
       return await landInline(remote as ChunksAnswer & { data: Buffer }, local, localFile === target, remotePath, target, options);
     }
-    cutting ??= local ? cut(local) : undefined;
+    if (!blockList) cutting ??= local ? cut(local) : undefined;
 
     // The local chunks are matched as they are cut, and copied while the cut goes on once the
     // local copy is known to differ from the sharer's version (another size, or a chunk that is
@@ -248,7 +265,24 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     let landed = false;
     try {
       let bytesReused = 0;
-      if (local && cutting) {
+      if (local && blockList) {
+        const version = await local.handle.stat({ bigint: true });
+        const copy = await predictedCopy(local.handle, local.size, remote, blockList, assembly, { maxFailedBlocks: Math.max(MIN_FAILED_BLOCKS, blockList.blockHashes.length / 16), signal: stopCut.signal });
+        bytesReused = copy.bytesReused;
+        plan.give(copy.given);
+        if (copy.gaveUp) {
+          // Too many blocks were not where the list put them (a copy rearranged): the copy is cut
+          // for what is still missing, as without the block list.
+          cutting = cut(local, remote);
+          void cutting.then(
+            () => plan.end(),
+            () => plan.end(),
+          );
+          bytesReused += await copyLocal(local.handle, local.size, plan.copies(), assembly);
+          await cutting;
+        }
+        if (!sameVersion(version, await local.handle.stat({ bigint: true }))) throw new PeerShareError('FILE_CHANGED', 'The local copy changed while it was being updated.');
+      } else if (local && cutting) {
         bytesReused = await copyLocal(local.handle, local.size, plan.copies(), assembly);
         // The local copy must still be the version that was cut, checked after the last read: a
         // copy edited meanwhile would make a file the sharer's hash refuses, and that is no fault
@@ -326,6 +360,13 @@ class CopyPlan {
     });
   }
 
+  /** The sharer's chunks flagged in `given` are in the new file already: no copy is planned for them. */
+  give(given: Uint8Array): void {
+    given.forEach((flag, index) => {
+      if (flag) this.given[index] = 1;
+    });
+  }
+
   /** The local chunks cut so far (the same array, growing): the new ones are matched. */
   add(chunks: readonly Chunk[]): void {
     for (; this.added < chunks.length; this.added++) {
@@ -336,7 +377,7 @@ class CopyPlan {
       this.wanted.delete(key);
       for (const index of indexes) {
         const wanted = this.remote.chunks[index];
-        if (wanted.length !== have.length) continue;
+        if (wanted.length !== have.length || this.given[index]) continue;
         this.given[index] = 1;
         const last = this.queue[this.queue.length - 1];
         if (last && last.from + last.length === have.offset && last.to + last.length === wanted.offset && last.length < COPY_BYTES) last.length += have.length;
@@ -379,6 +420,37 @@ class CopyPlan {
     const wake = this.wake;
     this.wake = undefined;
     wake?.();
+  }
+}
+
+/**
+ * The sharer's block list for the version `remote` names, if it is worth asking for and comes
+ * within GUIDE_WAIT_MS (the sharer holds it with the chunk list): for a local copy of
+ * PREDICTED_FROM_BYTES or more that is not possibly this very version in place (that one is cut
+ * whole first, so nothing is written if it is). Anything else (late, refused, another version, a
+ * block size this side would not use) is undefined: the update goes on with the guided cut.
+ */
+async function blockListInTime(conn: FileSource, remotePath: string, remote: ChunksAnswer, local: LocalCopy, inPlace: boolean, signal: AbortSignal | undefined): Promise<BlockManifest | undefined> {
+  if (local.size < PREDICTED_FROM_BYTES || remote.size === 0) return undefined;
+  if (inPlace && local.nlink === 1 && local.size === remote.size) return undefined;
+  const asking = new AbortController();
+  const stopAsking = (): void => asking.abort();
+  signal?.addEventListener('abort', stopAsking);
+  try {
+    const answer = conn.share.manifest(remotePath, { expect: { size: remote.size, mtimeMs: remote.mtimeMs }, expectedFileHash: remote.fileHash, signal: asking.signal });
+    answer.catch(() => undefined);
+    const got = await Promise.race([answer, delay(GUIDE_WAIT_MS, undefined, { ref: false })]);
+    if (!got) {
+      asking.abort();
+      return undefined;
+    }
+    const { manifest } = got;
+    const blockSize = blockSizeFor(remote.size);
+    return manifest.blockSize === blockSize && manifest.blockHashes.length === blockCount(remote.size, blockSize) ? manifest : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    signal?.removeEventListener('abort', stopAsking);
   }
 }
 
@@ -430,6 +502,14 @@ class Assembly {
     // The write is on its way (a thread of the pool) while this thread hashes the same bytes.
     const writing = writeAll(this.file, data, position);
     this.written.wrote(data, position);
+    await writing;
+    this.flush.wrote(data.length);
+  }
+
+  /** Writes block `index` whole from `data`, whose hash the caller took from this very buffer (block-copy.ts). */
+  async writeBlock(data: Buffer, position: number, index: number, hash: Buffer): Promise<void> {
+    const writing = writeAll(this.file, data, position);
+    this.written.wroteBlock(index, hash);
     await writing;
     this.flush.wrote(data.length);
   }

@@ -113,20 +113,24 @@ export class GuidedWalk {
     this.guided = next < this.guide.chunks.length;
   }
 
-  /** The copy's next chunk from `position` (which must be short of the copy's size), and the index in the list it was taken for. */
-  async step(): Promise<{ chunk: Chunk; index?: number }> {
+  /**
+   * The copy's next chunk from `position` (which must be short of the copy's size), the index in
+   * the list it was taken for, and its bytes (valid until the next step).
+   */
+  async step(): Promise<{ chunk: Chunk; index?: number; bytes: Buffer }> {
     const { position, size, guide } = this;
     if (this.guided) {
       const index = this.next;
       const expected = guide.chunks[index];
       if (position + expected.length <= size) {
         const { buffer, at } = await this.reader.view(position, expected.length);
-        const hash = blake3(buffer.subarray(at, at + expected.length));
+        const bytes = buffer.subarray(at, at + expected.length);
+        const hash = blake3(bytes);
         this.hashedBytes += expected.length;
         if (hash.equals(expected.hash)) {
           if (++this.next === guide.chunks.length) this.guided = false;
           this.position += expected.length;
-          return { chunk: { offset: position, length: expected.length, hash }, index };
+          return { chunk: { offset: position, length: expected.length, hash }, index, bytes };
         }
       }
       this.guided = false;
@@ -134,7 +138,8 @@ export class GuidedWalk {
     }
     const { buffer, at } = await this.reader.view(position, Math.min(CDC_MAX_BYTES, size - position));
     const length = cutLength(buffer, at, at + Math.min(CDC_MAX_BYTES, size - position));
-    const hash = blake3(buffer.subarray(at, at + length));
+    const bytes = buffer.subarray(at, at + length);
+    const hash = blake3(bytes);
     this.hashedBytes += length;
     this.cutBytes += length;
     this.position += length;
@@ -148,7 +153,7 @@ export class GuidedWalk {
       this.next = index + 1;
       this.guided = this.next < guide.chunks.length;
     }
-    return { chunk: { offset: position, length, hash }, index };
+    return { chunk: { offset: position, length, hash }, index, bytes };
   }
 }
 

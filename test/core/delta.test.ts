@@ -72,6 +72,39 @@ describe('deltaFile: an update fetches about the change, verified whole (real TL
     });
   }
 
+  it('a copy of 16 MiB or more is predicted block by block from the sharer\'s block list: the file is the sharer\'s, and only about the change is sent', async () => {
+    const MiB = 1024 * 1024;
+    const ours = randomBytes(24 * MiB, 77);
+    const changed = Buffer.from(ours);
+    randomBytes(4096, 78).copy(changed, 17 * MiB + 5);
+    const cases: [string, Buffer, number][] = [
+      ['100 bytes inserted at the start', Buffer.concat([randomBytes(100, 79), ours]), 100],
+      ['64 KiB deleted in the middle', Buffer.concat([ours.subarray(0, 9 * MiB), ours.subarray(9 * MiB + 64 * 1024)]), 0],
+      ['4 KiB changed', changed, 4096],
+    ];
+    const share = conn.share as unknown as { manifest: (...args: unknown[]) => Promise<unknown> };
+    const manifest = share.manifest;
+    let asked = 0;
+    share.manifest = (...args: unknown[]) => {
+      asked++;
+      return manifest.apply(conn.share, args);
+    };
+    try {
+      for (const [what, theirs, change] of cases) {
+        const { result, local, sent } = await update('large.bin', theirs, ours);
+        assert.ok((await fs.readFile(local)).equals(theirs), `${what}: the local copy is now the sharer's file`);
+        assert.ok(result.bytesReceived < SLACK + change, `${what}: received ${result.bytesReceived}`);
+        assert.equal(sent, result.bytesReceived, `${what}: the sharer sent what the requester counted`);
+        assert.equal(result.bytesReceived + result.bytesReused, theirs.length, what);
+      }
+      // Not for the copy of the same size in place: it may be the sharer's version, so it is cut
+      // whole first (nothing is written if it is), as before.
+      assert.equal(asked, 2, 'the block list asked for once per update that may use it');
+    } finally {
+      share.manifest = manifest;
+    }
+  });
+
   it('an identical file costs no data and is not rewritten', async () => {
     await fs.writeFile(path.join(proj, 'same.bin'), original);
     const local = path.join(tempDir(), 'same.bin');
