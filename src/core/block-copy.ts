@@ -47,8 +47,8 @@ const TURN_CHUNKS = 1024;
  * chunk hashed where it should be, FastCDC where it is not, until the list's chunks are found in
  * order again past the block's end); the chunks found are written one by one, hashed as written,
  * and the shift is what the walk found. Chunks not found are the caller's to fetch. More than
- * `maxFailedBlocks` failed blocks (a copy rearranged, a list that does not fit its blocks): the
- * copy stops here (`gaveUp`), after at most that many blocks hashed twice.
+ * `maxFailedBlocks` failed blocks (a copy rearranged, a list that does not fit its blocks), or
+ * walks through more than `maxChunks` chunks in all: the copy stops here (`gaveUp`).
  *
  * The local copy changed while it is read: a block read short is FILE_CHANGED (readFully); bytes
  * changed within it fail its hash and are worked out, or fetched. `signal`: CANCELLED between blocks.
@@ -59,7 +59,7 @@ export async function predictedCopy(
   remote: ChunkList,
   manifest: BlockManifest,
   writer: BlockWriter,
-  options: { maxFailedBlocks: number; signal?: AbortSignal },
+  options: { maxFailedBlocks: number; maxChunks: number; signal?: AbortSignal },
 ): Promise<PredictedCopy> {
   const { chunks } = remote;
   const blockSize = manifest.blockSize;
@@ -73,6 +73,7 @@ export async function predictedCopy(
   // Where the copy holds the list's chunks in order, the copy's offset of a byte of the new file is its offset + shift.
   let shift: number | undefined = 0;
   let first = 0; // the first chunk that reaches into the block in hand
+  let walked = 0; // chunks the walks have found or cut, all blocks together
 
   /** The block's bytes read where the prediction puts them, or undefined where it puts them past the copy. */
   const readPredicted = (index: number): { index: number; from: number; slot: Promise<Slot>; read: Promise<void> } | undefined => {
@@ -150,6 +151,7 @@ export async function predictedCopy(
       const hashedBefore = walk.hashedBytes;
       try {
         shift = await workOut(walk, end);
+        if (result.gaveUp) break;
       } finally {
         result.hashedBytes += walk.hashedBytes - hashedBefore;
         await reader.close();
@@ -180,6 +182,12 @@ export async function predictedCopy(
       throwIfStopped(options.signal);
       if (walk.guided && chunks[walk.next].offset >= end) return walk.position - chunks[walk.next].offset;
       if (!walk.guided && walk.next >= chunks.length) return undefined; // the list is done: nothing further is in order
+      // A walk through a huge stretch the list does not name (a sparse 40 GiB copy): as a cut
+      // stops past maxFileChunks, the prediction gives up, and the caller's cut says TOO_LARGE.
+      if (++walked > options.maxChunks) {
+        result.gaveUp = true;
+        return undefined;
+      }
       const { chunk, index, bytes } = await walk.step();
       if (index !== undefined && !given[index]) {
         // Copied out of the walk's buffer, which its next step reuses.

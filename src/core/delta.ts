@@ -267,7 +267,11 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       let bytesReused = 0;
       if (local && blockList) {
         const version = await local.handle.stat({ bigint: true });
-        const copy = await predictedCopy(local.handle, local.size, remote, blockList, assembly, { maxFailedBlocks: Math.max(MIN_FAILED_BLOCKS, blockList.blockHashes.length / 16), signal: stopCut.signal });
+        const copy = await predictedCopy(local.handle, local.size, remote, blockList, assembly, {
+          maxFailedBlocks: Math.max(MIN_FAILED_BLOCKS, blockList.blockHashes.length / 16),
+          maxChunks: conn.limits.maxFileChunks,
+          signal: stopCut.signal,
+        });
         bytesReused = copy.bytesReused;
         plan.give(copy.given);
         if (copy.gaveUp) {
@@ -431,7 +435,8 @@ class CopyPlan {
  * block size this side would not use) is undefined: the update goes on with the guided cut.
  */
 async function blockListInTime(conn: FileSource, remotePath: string, remote: ChunksAnswer, local: LocalCopy, inPlace: boolean, signal: AbortSignal | undefined): Promise<BlockManifest | undefined> {
-  if (local.size < PREDICTED_FROM_BYTES || remote.size === 0) return undefined;
+  // Not a copy too large to cut (its cut would be TOO_LARGE at once, and it is fetched whole).
+  if (local.size < PREDICTED_FROM_BYTES || local.size > conn.limits.maxFileChunks * CDC_MAX_BYTES || remote.size === 0) return undefined;
   if (inPlace && local.nlink === 1 && local.size === remote.size) return undefined;
   const asking = new AbortController();
   const stopAsking = (): void => asking.abort();

@@ -51,7 +51,7 @@ async function copyOf(ours: Buffer, theirs: Buffer, manifest: BlockManifest = ma
   const handle = await fs.open(file, 'r');
   const writer = checkingWriter(theirs);
   try {
-    const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifest, writer, { maxFailedBlocks: options.maxFailedBlocks ?? 64 });
+    const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifest, writer, { maxFailedBlocks: options.maxFailedBlocks ?? 64, maxChunks: 1_000_000 });
     assert.equal(writer.inFlight(), 0, 'a write still under way when the copy returned');
     return { copy, writer, list: listOf(theirs) };
   } finally {
@@ -134,6 +134,20 @@ describe('the copy predicted block by block and checked by the sharer\'s block h
     assert.ok(copy.hashedBytes <= blockSizeFor(theirs.length) + CDC_MAX_BYTES + ours.length, `${copy.hashedBytes} bytes hashed`);
   });
 
+  it('a walk through a long stretch the list does not name stops after maxChunks chunks: the copy gives up, having hashed about that many', async () => {
+    const theirs = seededBytes(20 * MiB, 5113);
+    const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
+    await fs.writeFile(file, ours);
+    const handle = await fs.open(file, 'r');
+    try {
+      const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifestOfBytes(theirs, blockSizeFor(theirs.length)), checkingWriter(theirs), { maxFailedBlocks: 64, maxChunks: 20 });
+      assert.ok(copy.gaveUp);
+      assert.ok(copy.hashedBytes <= blockSizeFor(theirs.length) + 21 * CDC_MAX_BYTES, `${copy.hashedBytes} bytes hashed`);
+    } finally {
+      await handle.close();
+    }
+  });
+
   it('a block list that fits no block of the list (a sharer that lies): only bytes checked by their chunk hash are written, and the work is bounded', async () => {
     const theirs = Buffer.concat([seededBytes(100, 5111), ours]);
     const honest = manifestOfBytes(theirs, blockSizeFor(theirs.length));
@@ -172,7 +186,7 @@ describe('the copy predicted block by block and checked by the sharer\'s block h
       },
     };
     try {
-      await rejectsWithCode(predictedCopy(handle, ours.length, listOf(theirs), manifestOfBytes(theirs, blockSizeFor(theirs.length)), truncating, { maxFailedBlocks: 64 }), 'FILE_CHANGED');
+      await rejectsWithCode(predictedCopy(handle, ours.length, listOf(theirs), manifestOfBytes(theirs, blockSizeFor(theirs.length)), truncating, { maxFailedBlocks: 64, maxChunks: 1_000_000 }), 'FILE_CHANGED');
       assert.equal(writer.inFlight(), 0);
     } finally {
       await handle.close();
@@ -193,7 +207,7 @@ describe('the copy predicted block by block and checked by the sharer\'s block h
       },
     };
     try {
-      await rejectsWithCode(predictedCopy(handle, ours.length, listOf(ours), manifestOfBytes(ours, blockSizeFor(ours.length)), stopping, { maxFailedBlocks: 64, signal: stop.signal }), 'CANCELLED');
+      await rejectsWithCode(predictedCopy(handle, ours.length, listOf(ours), manifestOfBytes(ours, blockSizeFor(ours.length)), stopping, { maxFailedBlocks: 64, maxChunks: 1_000_000, signal: stop.signal }), 'CANCELLED');
       assert.equal(writer.inFlight(), 0);
       assert.ok(writer.writes < 40, `${writer.writes} blocks written after a cancel at 2 MiB (blocks of 128 KiB)`);
     } finally {

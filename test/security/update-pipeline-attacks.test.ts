@@ -337,8 +337,10 @@ describe('a hostile sharer lies to the update pipeline (the requester is the vic
 
 describe('a local user or process acts on the receiver\'s machine during an update', () => {
   it('the local copy truncated while it is being cut: started over once, and the sharer\'s version lands verified', async () => {
-    const theirs = helpers.seededBytes(24 * MiB, 1201);
-    const ours = Buffer.concat([theirs.subarray(0, 20 * MiB), helpers.seededBytes(2 * MiB, 1202)]);
+    // A copy under 16 MiB: one that large is not cut until the list has had GUIDE_WAIT_MS to come
+    // (delta.ts PREDICTED_FROM_BYTES); a smaller one is cut at once, as here.
+    const theirs = helpers.seededBytes(14 * MiB, 1201);
+    const ours = Buffer.concat([theirs.subarray(0, 12 * MiB), helpers.seededBytes(2 * MiB, 1202)]);
     const { dest, target } = await localCopy(ours);
     let lists = 0;
     const conn = await hostile(async (req, reply) => {
