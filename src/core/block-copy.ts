@@ -25,6 +25,8 @@ export interface PredictedCopy {
   gaveUp: boolean;
 }
 
+/** workOut: the walks have hashed as much as the copy holds; the copy gives up. */
+const TOO_COSTLY = Symbol('too costly');
 /** Blocks read ahead of the one being hashed, at most. */
 const BLOCKS_AHEAD = 3;
 /** Block buffers: those read ahead, the one being hashed, and those being written. */
@@ -47,8 +49,9 @@ const TURN_CHUNKS = 1024;
  * chunk hashed where it should be, FastCDC where it is not, until the list's chunks are found in
  * order again past the block's end); the chunks found are written one by one, hashed as written,
  * and the shift is what the walk found. Chunks not found are the caller's to fetch. More than
- * `maxFailedBlocks` failed blocks (a copy rearranged, a list that does not fit its blocks), or
- * walks through more than `maxChunks` chunks in all: the copy stops here (`gaveUp`).
+ * `maxFailedBlocks` failed blocks (a copy rearranged, a list that does not fit its blocks), or walks
+ * that have hashed as many bytes as the copy holds or gone through more than `maxChunks` chunks:
+ * the copy stops here (`gaveUp`).
  *
  * The local copy changed while it is read: a block read short is FILE_CHANGED (readFully); bytes
  * changed within it fail its hash and are worked out, or fetched. `signal`: CANCELLED between blocks.
@@ -149,13 +152,18 @@ export async function predictedCopy(
       if (walk) walk.moveTo(reader, from, first);
       else walk = new GuidedWalk(remote, reader, localSize, from, first);
       const hashedBefore = walk.hashedBytes;
+      let found: number | undefined | typeof TOO_COSTLY;
       try {
-        shift = await workOut(walk, end);
-        if (result.gaveUp) break;
+        found = await workOut(walk, end);
       } finally {
         result.hashedBytes += walk.hashedBytes - hashedBefore;
         await reader.close();
       }
+      if (found === TOO_COSTLY) {
+        result.gaveUp = true;
+        break;
+      }
+      shift = found;
     }
     await ring.settled();
     // What the new file holds of the copy: each chunk given (a chunk not given is fetched whole,
@@ -176,18 +184,22 @@ export async function predictedCopy(
    * past the new file's offset `end` (returns the shift there), or the copy ends (undefined).
    * Each chunk found for a place not yet given is written there.
    */
-  async function workOut(walk: GuidedWalk, end: number): Promise<number | undefined> {
+  async function workOut(walk: GuidedWalk, end: number): Promise<number | undefined | typeof TOO_COSTLY> {
     let sinceTurn = 0;
     while (walk.position < localSize) {
       throwIfStopped(options.signal);
+      // The walks together hash at most as much as the copy holds. *Why: each walk starts again
+      // from its failed block's place in the copy, and cuts until a chunk the list names: where
+      // only the copy's tail was the sharer's (its first 40 MiB rewritten), each of the
+      // max(16, blocks / 16) failed blocks cut the copy up to that tail again: a file of 49 MiB
+      // was hashed and read 19 times over, 1.4 s (a 1 GiB file: up to 64 times; round 17).* Past
+      // that, the guided cut (one pass, bounded the same way) finds what is left.
+      if (walk.hashedBytes > localSize) return TOO_COSTLY;
       if (walk.guided && chunks[walk.next].offset >= end) return walk.position - chunks[walk.next].offset;
       if (!walk.guided && walk.next >= chunks.length) return undefined; // the list is done: nothing further is in order
       // A walk through a huge stretch the list does not name (a sparse 40 GiB copy): as a cut
       // stops past maxFileChunks, the prediction gives up, and the caller's cut says TOO_LARGE.
-      if (++walked > options.maxChunks) {
-        result.gaveUp = true;
-        return undefined;
-      }
+      if (++walked > options.maxChunks) return TOO_COSTLY;
       const { chunk, index, bytes } = await walk.step();
       if (index !== undefined && !given[index]) {
         // Copied out of the walk's buffer, which its next step reuses.
