@@ -108,6 +108,7 @@ export async function predictedCopy(
   try {
     for (let index = 0; index < blocks; index++) {
       throwIfStopped(options.signal);
+      ring.throwIfFailed();
       const start = index * blockSize;
       const end = Math.min(start + blockSize, remote.size);
       while (first < chunks.length && chunks[first].offset + chunks[first].length <= start) first++;
@@ -226,18 +227,30 @@ interface Slot {
 class BufferRing {
   private readonly slots: Slot[];
   private turn = 0;
+  /** The first write from a buffer that failed, once its buffer was taken again. */
+  private failure: { error: unknown } | undefined;
 
   constructor(count: number, bytes: number) {
     this.slots = Array.from({ length: count }, () => ({ buffer: Buffer.allocUnsafe(bytes) }));
   }
 
-  /** The next buffer in turn, once the write from it (if any) is done. */
+  /**
+   * The next buffer in turn, once the write from it (if any) is done. A write that failed is kept
+   * (throwIfFailed, settled). *Why: it was dropped here, so a block whose write failed (a full
+   * disk) eight blocks back was taken as written, with the sharer's hash: the update landed with
+   * a hole where the block should be (round 17).*
+   */
   async take(): Promise<Slot> {
     const slot = this.slots[this.turn];
     this.turn = (this.turn + 1) % this.slots.length;
-    await slot.busy?.catch(() => undefined);
+    await slot.busy?.catch((error: unknown) => void (this.failure ??= { error }));
     slot.busy = undefined;
     return slot;
+  }
+
+  /** Throws the first write that failed, if one did. */
+  throwIfFailed(): void {
+    if (this.failure) throw this.failure.error;
   }
 
   release(slot: Slot): void {
@@ -253,5 +266,6 @@ class BufferRing {
   /** Every write from the buffers has ended; the first failure is thrown. */
   async settled(): Promise<void> {
     await Promise.all(this.slots.map((slot) => slot.busy));
+    this.throwIfFailed();
   }
 }

@@ -315,3 +315,39 @@ describe('chunk and block lists against the cost of the predicted copy (hashedBy
     assert.ok(read <= 6 * theirs.length, `${(read / MiB).toFixed(0)} MiB read by the process`);
   });
 });
+
+// ---- 2. the disk failing a write --------------------------------------------------------------
+
+describe('a write of a verified block that fails (a full disk, an I/O error)', () => {
+  it('predictedCopy: a write from a block buffer that fails is thrown, not lost when the buffer is taken again', async () => {
+    const ours = helpers.seededBytes(20 * MiB, 1710);
+    const theirs = Buffer.concat([helpers.seededBytes(100, 1711), ours]);
+    const { o, inFlight } = await predictedOn(ours, theirs, {
+      writeBlock: async (index) => {
+        await delay(1);
+        if (index === 5) throw new core.PeerShareError('IO_ERROR', 'The disk is full.');
+      },
+    });
+    assert.equal(inFlight, 0, 'a write still under way when the copy returned');
+    // Before round 17 the failure was swallowed when block 5's buffer was taken again (8 blocks on):
+    // the copy returned as if block 5 was written, and its hash was taken as written.
+    assert.ok(!o.ok, 'the copy returned though a block was not written');
+    assert.equal(o.code, 'IO_ERROR');
+  });
+
+  it('deltaFile: a block whose write fails with ENOSPC in the middle of the file never lands as a hole; the old file stays, coded, no temporary file', async () => {
+    const ours = helpers.seededBytes(20 * MiB, 1712);
+    const theirs = Buffer.concat([helpers.seededBytes(100, 1713), ours]);
+    const blockSize = blocks.blockSizeFor(theirs.length);
+    writeSpy.failAt = 5 * blockSize + 10;
+    const { o, dest, target } = await update(ours, theirs);
+    const failed = writeSpy.failAt === undefined;
+    writeSpy.failAt = undefined;
+    assert.ok(failed, 'no write covered the place');
+    // Before round 17: the update landed, and the target held 128 KiB of zeros at block 5.
+    assert.ok(!o.ok, 'the update landed though a block of it was never written');
+    assert.equal(o.code, 'IO_ERROR');
+    assert.match(o.message, /disk is full/);
+    await assertOracle(o, dest, target, ours, theirs, 'a write failed');
+  });
+});
