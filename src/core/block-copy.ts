@@ -183,9 +183,19 @@ export async function predictedCopy(
   /**
    * Walks the copy from the walk's place until the list's chunks are found in order again at or
    * past the new file's offset `end` (returns the shift there), or the copy ends (undefined).
-   * Each chunk found for a place not yet given is written there.
+   * Each chunk found for a place not yet given is written there; chunks found for places next to
+   * each other are written together (ChunkRun). *Why: each was written alone, one system call and
+   * one turn of the thread pool per chunk: a list of 100,000 one-byte chunks the copy holds, in a
+   * block whose prediction failed, took 200,000 write calls and 5.9 s for a 21 MiB update (round 17).*
    */
   async function workOut(walk: GuidedWalk, end: number): Promise<number | undefined | typeof TOO_COSTLY> {
+    const run = new ChunkRun(writer);
+    const found = await walkOn(walk, end, run);
+    await run.flush();
+    return found;
+  }
+
+  async function walkOn(walk: GuidedWalk, end: number, run: ChunkRun): Promise<number | undefined | typeof TOO_COSTLY> {
     let sinceTurn = 0;
     while (walk.position < localSize) {
       throwIfStopped(options.signal);
@@ -204,7 +214,7 @@ export async function predictedCopy(
       const { chunk, index, bytes } = await walk.step();
       if (index !== undefined && !given[index]) {
         // Copied out of the walk's buffer, which its next step reuses.
-        await writer.write(Buffer.from(bytes), chunks[index].offset);
+        await run.add(bytes, chunks[index].offset);
         given[index] = 1;
         covered[index] = chunk.length;
       }
@@ -214,6 +224,33 @@ export async function predictedCopy(
       }
     }
     return undefined;
+  }
+}
+
+/** Bytes of chunks next to each other written with one write, at most. */
+const RUN_BYTES = 1024 * 1024;
+
+/** The chunks a walk found, gathered while each is next to the one before, and written as one. */
+class ChunkRun {
+  private readonly buffer: Buffer = Buffer.allocUnsafe(RUN_BYTES);
+  private at = 0;
+  private bytes = 0;
+
+  constructor(private readonly writer: BlockWriter) {}
+
+  /** `data` goes at `position` of the new file (copied: the caller's buffer may change). */
+  async add(data: Buffer, position: number): Promise<void> {
+    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes + data.length > RUN_BYTES)) await this.flush();
+    if (this.bytes === 0) this.at = position;
+    data.copy(this.buffer, this.bytes);
+    this.bytes += data.length;
+  }
+
+  async flush(): Promise<void> {
+    if (this.bytes === 0) return;
+    const bytes = this.bytes;
+    this.bytes = 0;
+    await this.writer.write(this.buffer.subarray(0, bytes), this.at);
   }
 }
 
