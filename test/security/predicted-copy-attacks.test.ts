@@ -812,7 +812,11 @@ describe('the event loop and the system calls while the copy is predicted (longe
   it('a 64 MiB update predicted block by block (a few changes): the event loop is never held long', async (t) => {
     const ours = helpers.seededBytes(64 * MiB, 1750);
     const theirs = Buffer.concat([ours.subarray(0, 20 * MiB), helpers.seededBytes(300, 1751), ours.subarray(20 * MiB, 50 * MiB), ours.subarray(50 * MiB + 64 * KiB), helpers.seededBytes(MiB, 1752)]);
-    const { result, stallMs } = await longestStall(() => update(ours, theirs));
+    // The sharer's lists made first: the sharer runs in this process, and its cut of 65 MiB would
+    // hold the loop itself.
+    const list = cdc.chunkBytes(theirs);
+    const manifest = manifestOfBytes(theirs, blocks.blockSizeFor(theirs.length));
+    const { result, stallMs } = await longestStall(() => update(ours, theirs, { list, manifest: (reply) => sendRawBlockList(reply, theirs.length, manifest.blockSize, manifest.blockHashes) }));
     const { o, dest, target, predicted } = result!;
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
     assert.ok(predicted, 'the copy was not predicted');
@@ -847,7 +851,8 @@ describe('the event loop and the system calls while the copy is predicted (longe
     assert.ok(unit.o.ok, `predictedCopy failed: ${!unit.o.ok && unit.o.message}`);
     t.diagnostic(`predictedCopy: ${unit.o.value.blocksWorkedOut} blocks worked out, ${unit.tookMs.toFixed(0)} ms`);
     const callsBefore = writes();
-    const { result, stallMs } = await longestStall(() => update(ours, theirs, { list }));
+    const manifest = manifestOfBytes(theirs, blockSize);
+    const { result, stallMs } = await longestStall(() => update(ours, theirs, { list, manifest: (reply) => sendRawBlockList(reply, theirs.length, blockSize, manifest.blockHashes) }));
     const calls = writes().calls - callsBefore.calls;
     const { o, dest, target, predicted, tookMs } = result!;
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
