@@ -216,7 +216,10 @@ interface Sharer {
  * called before each). What came back, with the requests the sharer saw.
  */
 async function update(ours: Buffer, theirs: Buffer, sharer: Sharer = {}, options: { signal?: AbortSignal; onRead?: (position: number, length: number, target: string) => Promise<void> | void; limits?: Partial<import('../../src/core').Limits> } = {}) {
+  // The sharer's honest answers made first: it runs in this process, and hashing or cutting tens
+  // of MiB as it answers made its lists late (past GUIDE_WAIT_MS) on a loaded machine.
   const list = sharer.list ?? cdc.chunkBytes(theirs);
+  const honest = manifestOfBytes(theirs, blocks.blockSizeFor(theirs.length));
   const { dest, target, real } = await localCopy(ours);
   const seen: string[] = [];
   let copyRead = 0;
@@ -231,8 +234,8 @@ async function update(ours: Buffer, theirs: Buffer, sharer: Sharer = {}, options
   };
   const conn = await hostile(async (req, reply) => {
     seen.push(req.type as string);
-    if (req.type === 'share.chunks') return sharer.chunks ? sharer.chunks(reply) : sendList(reply, theirs.length, fileHashOf(theirs), list);
-    if (req.type === 'share.manifest') return sharer.manifest ? sharer.manifest(reply) : sendBlockList(reply, theirs);
+    if (req.type === 'share.chunks') return sharer.chunks ? sharer.chunks(reply) : sendList(reply, theirs.length, honest.fileHash.toString('hex'), list);
+    if (req.type === 'share.manifest') return sharer.manifest ? sharer.manifest(reply) : sendRawBlockList(reply, theirs.length, honest.blockSize, honest.blockHashes);
     if (req.type === 'share.readChunks') {
       await sharer.onReadChunks?.();
       return sendChunks(req, reply, theirs, list);
@@ -262,8 +265,10 @@ async function predictedOn(ours: Buffer, theirs: Buffer, options: { list?: Chunk
   const handle = await fs.open(file, 'r');
   const target = Buffer.alloc(theirs.length);
   let inFlight = 0;
+  let writes = 0;
   const writer = {
     async write(data: Buffer, position: number): Promise<void> {
+      writes++;
       inFlight++;
       await new Promise((resolve) => setImmediate(resolve));
       data.copy(target, position);
@@ -283,7 +288,7 @@ async function predictedOn(ours: Buffer, theirs: Buffer, options: { list?: Chunk
   const began = performance.now();
   try {
     const o = await outcomeOf<PredictedCopy>(blockCopy.predictedCopy(handle, ours.length, list, manifest, writer, { maxFailedBlocks }));
-    return { o, target, list, inFlight, tookMs: performance.now() - began };
+    return { o, target, list, inFlight, writes, tookMs: performance.now() - began };
   } finally {
     await handle.close();
   }
@@ -425,12 +430,14 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
   let theirs: Buffer;
   let blockSize: number;
   let honest: BlockManifest;
+  let theirList: Chunk[];
   before(() => {
     ours = helpers.seededBytes(24 * MiB, 1720);
     // The sharer's version: 100 bytes inserted at 9 MiB and 1 MiB appended.
     theirs = Buffer.concat([ours.subarray(0, 9 * MiB), helpers.seededBytes(100, 1721), ours.subarray(9 * MiB), helpers.seededBytes(MiB, 1722)]);
     blockSize = blocks.blockSizeFor(theirs.length);
     honest = manifestOfBytes(theirs, blockSize);
+    theirList = cdc.chunkBytes(theirs);
   });
 
   it('an honest block list: the copy is predicted (not cut), exactly the sharer\'s version lands, only what changed is fetched', async (t) => {
@@ -447,7 +454,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     const lying = honest.blockHashes.map((hash, i) => (i % 2 === 0 ? hash : blake3(Buffer.from(`lie ${i}`))));
     const lie = blocks.manifestFromBlockHashes(theirs.length, blockSize, lying);
     const { o, dest, target, predicted } = await update(ours, theirs, {
-      chunks: (reply) => sendList(reply, theirs.length, lie.fileHash.toString('hex'), cdc.chunkBytes(theirs)),
+      chunks: (reply) => sendList(reply, theirs.length, lie.fileHash.toString('hex'), theirList),
       manifest: (reply) => sendRawBlockList(reply, theirs.length, blockSize, lying),
     });
     assert.ok(predicted, 'the copy was not predicted');
@@ -497,7 +504,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     const shorter = manifestOfBytes(theirs.subarray(0, theirs.length - 1), blockSize);
     for (const [what, lie] of [['twice the block size', twice], ['one byte shorter', shorter]] as const) {
       const { o, dest, target, predicted } = await update(ours, theirs, {
-        chunks: (reply) => sendList(reply, theirs.length, lie.fileHash.toString('hex'), cdc.chunkBytes(theirs)),
+        chunks: (reply) => sendList(reply, theirs.length, lie.fileHash.toString('hex'), theirList),
         manifest: (reply) => sendRawBlockList(reply, lie.size, lie.blockSize, lie.blockHashes),
       });
       assert.ok(!o.ok, `${what}, named by the chunk list: landed`);
@@ -511,11 +518,11 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     const cases: [string, Sharer['manifest'], boolean | undefined][] = [
       ['in 40 ms', async (reply) => {
         await delay(40);
-        return sendBlockList(reply, theirs);
+        return sendRawBlockList(reply, theirs.length, blockSize, honest.blockHashes);
       }, undefined],
       ['in 250 ms (late)', async (reply) => {
         await delay(250);
-        return sendBlockList(reply, theirs);
+        return sendRawBlockList(reply, theirs.length, blockSize, honest.blockHashes);
       }, false],
       ['header in time, the list late', async (reply) => {
         await reply.message({ type: 'manifest', size: theirs.length, mtimeMs: 1000, blockSize, fileHash: honest.fileHash.toString('hex') });
@@ -657,10 +664,11 @@ describe('blocks verified as written against chunk writes and fetches into the s
       assert.ok(o.value.bytesReceived <= 2 * cdc.CDC_MAX_BYTES + 12_345, `${what}: ${o.value.bytesReceived} bytes fetched`);
       // The last block's hash a lie, the chunk list named by that list's hash.
       const manifest = manifestOfBytes(theirs, blockSize);
+      const theirList = cdc.chunkBytes(theirs);
       const lying = [...manifest.blockHashes.slice(0, -1), blake3(Buffer.from('the last block'))];
       const lie = blocks.manifestFromBlockHashes(theirs.length, blockSize, lying);
       const lied = await update(ours, theirs, {
-        chunks: (reply) => sendList(reply, theirs.length, lie.fileHash.toString('hex'), cdc.chunkBytes(theirs)),
+        chunks: (reply) => sendList(reply, theirs.length, lie.fileHash.toString('hex'), theirList),
         manifest: (reply) => sendRawBlockList(reply, theirs.length, blockSize, lying),
       });
       assert.ok(!lied.o.ok, `${what}, the last block a lie: landed`);
@@ -676,11 +684,15 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
   let ours: Buffer;
   let theirs: Buffer;
   let blockSize: number;
+  let theirList: Chunk[];
+  let theirHash: string;
   before(() => {
     ours = helpers.seededBytes(24 * MiB, 1740);
     // 100 bytes inserted at 12 MiB (block 96 fails and is worked out) and 1 MiB appended.
     theirs = Buffer.concat([ours.subarray(0, 12 * MiB + 777), helpers.seededBytes(100, 1741), ours.subarray(12 * MiB + 777), helpers.seededBytes(MiB, 1742)]);
     blockSize = blocks.blockSizeFor(theirs.length);
+    theirList = cdc.chunkBytes(theirs);
+    theirHash = fileHashOf(theirs);
   });
 
   /** When the update first reads the copy one block at 8 MiB (the predicted copy), or 1 MiB at once past 12 MiB (the walk of block 96). */
@@ -713,7 +725,7 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
         const { o, dest, target } = await update(ours, theirs, {
           chunks: (reply) => {
             lists++;
-            return sendList(reply, theirs.length, fileHashOf(theirs), cdc.chunkBytes(theirs));
+            return sendList(reply, theirs.length, theirHash, theirList);
           },
         }, { onRead: hook.onRead });
         assert.ok(hook.acted(), `${what}: the update did not read the copy there`);
@@ -849,7 +861,9 @@ describe('the event loop and the system calls while the copy is predicted (longe
     ];
     const unit = await predictedOn(ours, theirs, { list: { size: theirs.length, fileHash: Buffer.alloc(32), chunks: list } });
     assert.ok(unit.o.ok, `predictedCopy failed: ${!unit.o.ok && unit.o.message}`);
-    t.diagnostic(`predictedCopy: ${unit.o.value.blocksWorkedOut} blocks worked out, ${unit.tookMs.toFixed(0)} ms`);
+    t.diagnostic(`predictedCopy: ${unit.o.value.blocksWorkedOut} blocks worked out, ${unit.writes} chunk writes, ${unit.tookMs.toFixed(0)} ms`);
+    // Before round 17 each chunk the walk found was written alone: 100,000 writes.
+    assert.ok(unit.writes < 1000, `${unit.writes} chunk writes`);
     const callsBefore = writes();
     const manifest = manifestOfBytes(theirs, blockSize);
     const { result, stallMs } = await longestStall(() => update(ours, theirs, { list, manifest: (reply) => sendRawBlockList(reply, theirs.length, blockSize, manifest.blockHashes) }));
@@ -860,7 +874,9 @@ describe('the event loop and the system calls while the copy is predicted (longe
     t.diagnostic(`update: predicted ${predicted}, ${calls} write calls, ${o.value.bytesReceived} bytes fetched, ${tookMs.toFixed(0)} ms, event loop held ${stallMs.toFixed(0)} ms at most`);
     assert.ok(stallMs < 300, `event loop held ${stallMs.toFixed(0)} ms`);
     // Before round 17 each chunk the walk found was written alone: 201,000 write calls, 5.9 s.
-    assert.ok(calls < 20_000, `${calls} write calls`);
+    // (On a loaded machine the 3.6 MB list may come late: then the guided cut runs, finds none of
+    // the one-byte chunks, and they are fetched, each in a DATA call of the sharer in this process.)
+    if (predicted) assert.ok(calls < 20_000, `${calls} write calls`);
     assert.ok(tookMs < 20_000, `${tookMs.toFixed(0)} ms`);
   });
 });
