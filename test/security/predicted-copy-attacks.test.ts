@@ -287,7 +287,7 @@ async function predictedOn(ours: Buffer, theirs: Buffer, options: { list?: Chunk
   const maxFailedBlocks = options.maxFailedBlocks ?? Math.max(16, manifest.blockHashes.length / 16);
   const began = performance.now();
   try {
-    const o = await outcomeOf<PredictedCopy>(blockCopy.predictedCopy(handle, ours.length, list, manifest, writer, { maxFailedBlocks }));
+    const o = await outcomeOf<PredictedCopy>(blockCopy.predictedCopy(handle, ours.length, list, manifest, writer, { maxFailedBlocks, maxChunks: 1_000_000 }));
     return { o, target, list, inFlight, writes, tookMs: performance.now() - began };
   } finally {
     await handle.close();
