@@ -27,10 +27,11 @@ export interface PredictedCopy {
 
 /** workOut: the walks have hashed as much as the copy holds; the copy gives up. */
 const TOO_COSTLY = Symbol('too costly');
-/** Blocks read ahead of the one being hashed, at most. */
-const BLOCKS_AHEAD = 3;
-/** Block buffers: those read ahead, the one being hashed, and those being written. */
-const BLOCK_BUFFERS = 8;
+/** Block buffers (those read ahead, the one being hashed, those being written): at most this many bytes, and 3 to 8 of them. */
+const BLOCK_BUFFER_BYTES = 32 * 1024 * 1024;
+/** Block buffers at most (small blocks), and at least (16 MiB blocks: 48 MiB). */
+const MOST_BUFFERS = 8;
+const LEAST_BUFFERS = 3;
 /** Chunks found between two turns of the event loop, at most (as guided-cut.ts). */
 const TURN_CHUNKS = 1024;
 
@@ -71,7 +72,11 @@ export async function predictedCopy(
   // Bytes of each chunk the new file holds, verified (a chunk may span blocks).
   const covered = new Float64Array(chunks.length);
   const result: PredictedCopy = { given, bytesReused: 0, blocksWorkedOut: 0, hashedBytes: 0, gaveUp: false };
-  const ring = new BufferRing(BLOCK_BUFFERS, Math.min(blockSize, remote.size));
+  // *Why a budget: 8 buffers of 16 MiB blocks (files of 16 GiB or more) held 128 MiB per update,
+  // and a folder sync runs several (round 17).*
+  const buffers = Math.min(MOST_BUFFERS, Math.max(LEAST_BUFFERS, Math.floor(BLOCK_BUFFER_BYTES / blockSize)));
+  const blocksAhead = Math.min(3, buffers - 2);
+  const ring = new BufferRing(buffers, Math.min(blockSize, remote.size));
   let walk: GuidedWalk | undefined;
   // Where the copy holds the list's chunks in order, the copy's offset of a byte of the new file is its offset + shift.
   let shift: number | undefined = 0;
@@ -98,7 +103,7 @@ export async function predictedCopy(
     for (const read of dropped) await ring.dropRead(read);
   };
   const readAhead = (after: number): void => {
-    for (let index = (ahead[ahead.length - 1]?.index ?? after) + 1; ahead.length < BLOCKS_AHEAD && index < blocks; index++) {
+    for (let index = (ahead[ahead.length - 1]?.index ?? after) + 1; ahead.length < blocksAhead && index < blocks; index++) {
       const read = readPredicted(index);
       if (!read) return;
       ahead.push(read);

@@ -310,6 +310,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       // taken from the bytes as they were written; the blocks not written in order are read back
       // (WrittenBlockHashes). Checked before its mode is the local copy's, which may let others write.
       await flush.settled();
+      flush.throwIfFailed();
       await verifyAssembled(partial, assembly, target, remote, remotePath);
       futimesSync(file.fd, ...timesOf(remote.mtimeMs));
       keepMode(file, local, localFile === target);

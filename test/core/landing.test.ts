@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
+import { PeerShareError } from '../../src/core';
 import { FlushBehind } from '../../src/core/landing';
 import { tempDir } from '../helpers';
 
@@ -28,13 +29,17 @@ describe('FlushBehind: a large file is flushed behind its writes', () => {
     }
   });
 
-  it('ignores a flush that fails: the final fsync is what reports the disk', async () => {
+  it('keeps a flush that fails: settled() still resolves (cleanup awaits it), and throwIfFailed() throws it, coded', async () => {
+    // Linux reports a writeback error to one fsync of the file: the final fsync after a failed
+    // background flush may succeed, so the failure must not be dropped (round 17).
     const fd = openSync(path.join(tempDir(), 'g'), 'w');
     closeSync(fd);
     const flush = new FlushBehind(fd, 1);
+    flush.throwIfFailed(); // nothing failed yet
     const failing = flush.wrote(10);
     assert.ok(failing);
     await failing;
     await flush.settled();
+    assert.throws(() => flush.throwIfFailed(), (err: unknown) => err instanceof PeerShareError && err.code === 'IO_ERROR');
   });
 });

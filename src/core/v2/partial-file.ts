@@ -270,6 +270,8 @@ export class PartialFile {
       if (fstatSync(this.file.fd).size !== this.manifest.size) {
         throw new PeerShareError('SIZE_MISMATCH', `The partial file of ${path.basename(this.target)} changed size on this disk; it was not saved.`);
       }
+      // A background flush that failed: what it was to flush may not be on the disk (landing.ts FlushBehind).
+      this.flushBehind.throwIfFailed();
       if (isPlausibleTime(options.mtimeMs)) futimesSync(this.file.fd, ...timesOf(options.mtimeMs));
       await fsyncFd(this.file.fd);
       this.closeDescriptor();
