@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, ftruncateSync, openSync, promises as fs, readFileSync, renameSync, symlinkSync, writeSync } from 'node:fs';
+import { closeSync, openSync, promises as fs, readFileSync, symlinkSync, writeSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -15,6 +15,7 @@ import * as helpers from '../helpers';
 import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { assertCoded, fileHashOf, outcomeOf, sendBlockList, sendChunks } from './chunk-answers';
 import { closedUnderReader, helpersRunning, helpersSeen, installHandleSpy, readHook } from './cut-spies';
+import { rewrite, swapIn, truncateTo } from './local-acts';
 import { longestStall } from './event-loop';
 
 /**
@@ -490,8 +491,8 @@ describe('the local copy acted on, or the update cancelled, while the guided cut
     const theirs = Buffer.concat([ours.subarray(0, 12 * MiB), helpers.seededBytes(300 * KiB, 1541), ours.subarray(12 * MiB)]);
     const acts: [string, (target: string) => void][] = [
       ['truncated', (target) => truncateTo(target, 10 * MiB)],
-      ['rewritten in place', (target) => rewrite(target, 2 * MiB)],
-      ['grown', (target) => rewrite(target, ours.length)],
+      ['rewritten in place', (target) => rewrite(target, 2 * MiB, helpers.seededBytes(64 * KiB, 1545))],
+      ['grown', (target) => rewrite(target, ours.length, helpers.seededBytes(64 * KiB, 1545))],
     ];
     for (const blockList of [false, true]) {
       for (const [act_, act] of acts) {
@@ -554,27 +555,3 @@ describe('the local copy acted on, or the update cancelled, while the guided cut
   });
 });
 
-function truncateTo(target: string, size: number): void {
-  const fd = openSync(target, 'r+');
-  try {
-    ftruncateSync(fd, size);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function rewrite(target: string, at: number): void {
-  const fd = openSync(target, 'r+');
-  try {
-    writeSync(fd, helpers.seededBytes(64 * KiB, 1545), 0, 64 * KiB, at);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Puts what `make` makes at a new name beside `target`, then renames it over `target`. */
-function swapIn(target: string, make: (tmp: string) => void): void {
-  const tmp = `${target}.swap`;
-  make(tmp);
-  renameSync(tmp, target);
-}

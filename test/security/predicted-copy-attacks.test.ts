@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, promises as fs, readFileSync, readlinkSync, writeSync, ftruncateSync } from 'node:fs';
+import { promises as fs, readFileSync, readlinkSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
@@ -9,6 +9,7 @@ import type { Chunk, ChunkList } from '../../src/core/cdc';
 import type { BlockManifest } from '../../src/core/blocks';
 import type { PredictedCopy } from '../../src/core/block-copy';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
+import { rewrite, swapIn, truncateTo } from './local-acts';
 
 /**
  * Round 17: the copy predicted block by block (src/core/block-copy.ts `predictedCopy`, and its use
@@ -713,9 +714,9 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
   it('the copy truncated, rewritten where already read or not yet, or grown, as a block is predicted or a failed block walked: started over once (FILE_CHANGED), and exactly the sharer\'s version lands', async () => {
     const acts: [string, (target: string) => void][] = [
       ['truncated', (target) => truncateTo(target, 10 * MiB)],
-      ['rewritten where already read', (target) => rewrite(target, 2 * MiB)],
-      ['rewritten where not yet read', (target) => rewrite(target, 20 * MiB)],
-      ['grown', (target) => rewrite(target, ours.length)],
+      ['rewritten where already read', (target) => rewrite(target, 2 * MiB, helpers.seededBytes(64 * KiB, 1745))],
+      ['rewritten where not yet read', (target) => rewrite(target, 20 * MiB, helpers.seededBytes(64 * KiB, 1745))],
+      ['grown', (target) => rewrite(target, ours.length, helpers.seededBytes(64 * KiB, 1745))],
     ];
     for (const when of ['block', 'walk'] as const) {
       for (const [what_, act] of acts) {
@@ -790,30 +791,6 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
   });
 });
 
-function truncateTo(target: string, size: number): void {
-  const fd = openSync(target, 'r+');
-  try {
-    ftruncateSync(fd, size);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-function rewrite(target: string, at: number): void {
-  const fd = openSync(target, 'r+');
-  try {
-    writeSync(fd, helpers.seededBytes(64 * KiB, 1745), 0, 64 * KiB, at);
-  } finally {
-    closeSync(fd);
-  }
-}
-
-/** Puts what `make` makes at a new name beside `target`, then renames it over `target`. */
-function swapIn(target: string, make: (tmp: string) => void): void {
-  const tmp = `${target}.swap`;
-  make(tmp);
-  fsModule.renameSync(tmp, target);
-}
 
 // ---- 6. the event loop, and tiny chunks in a failed block --------------------------------------
 
