@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { PeerShareError, isErrorCode } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
+import { blake3 } from '../../src/core/blake3';
 import { chunkBytes, encodeChunks, type Chunk } from '../../src/core/cdc';
 import { encodeBlockManifest } from '../../src/core/blocks';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
@@ -41,6 +42,17 @@ export async function sendChunks(req: Record<string, unknown>, reply: ReplierV2,
     for (let i = first; i < end; i++) if (!skip(i)) await reply.data(content.subarray(chunks[i].offset, chunks[i].offset + chunks[i].length));
   }
   return {};
+}
+
+/** A list cutting `content` at the given lengths (repeated until the end). */
+export function cutAt(content: Buffer, lengths: number[]): Chunk[] {
+  const chunks: Chunk[] = [];
+  for (let offset = 0, i = 0; offset < content.length; i++) {
+    const length = Math.min(lengths[i % lengths.length], content.length - offset);
+    chunks.push({ offset, length, hash: blake3(content.subarray(offset, offset + length)) });
+    offset += length;
+  }
+  return chunks;
 }
 
 /** The outcome of `promise`: its value, or the error it failed with. */

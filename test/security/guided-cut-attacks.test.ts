@@ -13,7 +13,7 @@ import { guidedCut } from '../../src/core/guided-cut';
 import { MAX_CUT_HELPERS, PARALLEL_CUT_FROM_BYTES } from '../../src/core/limits';
 import * as helpers from '../helpers';
 import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
-import { assertCoded, fileHashOf, outcomeOf, sendBlockList, sendChunks } from './chunk-answers';
+import { assertCoded, cutAt, fileHashOf, outcomeOf, sendBlockList, sendChunks } from './chunk-answers';
 import { closedUnderReader, helpersRunning, helpersSeen, installHandleSpy, readHook } from './cut-spies';
 import { rewrite, swapIn, truncateTo } from './local-acts';
 import { longestStall } from './event-loop';
@@ -92,17 +92,6 @@ async function sendList(reply: ReplierV2, size: number, fileHash: string, chunks
   await reply.message({ type: 'chunks', size, mtimeMs: 1000, fileHash, count: chunks.length });
   if (chunks.length > 0) await reply.data(encodeChunks(chunks));
   return {};
-}
-
-/** A list cutting `content` at the given lengths (repeated until the end). */
-function cutAt(content: Buffer, lengths: number[]): Chunk[] {
-  const chunks: Chunk[] = [];
-  for (let offset = 0, i = 0; offset < content.length; i++) {
-    const length = Math.min(lengths[i % lengths.length], content.length - offset);
-    chunks.push({ offset, length, hash: blake3(content.subarray(offset, offset + length)) });
-    offset += length;
-  }
-  return chunks;
 }
 
 /** `chunks` laid end to end from offset 0 (a list whose places the test chose). */

@@ -100,6 +100,7 @@ let spies: typeof import('./cut-spies');
 let longestStall: typeof import('./event-loop').longestStall;
 type ChunkAnswers = typeof import('./chunk-answers');
 let fileHashOf: ChunkAnswers['fileHashOf'];
+let cutAt: ChunkAnswers['cutAt'];
 let sendChunks: ChunkAnswers['sendChunks'];
 let sendBlockList: ChunkAnswers['sendBlockList'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
@@ -124,7 +125,7 @@ before(async () => {
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
   ({ longestStall } = await import('./event-loop'));
-  ({ fileHashOf, sendChunks, sendBlockList, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  ({ fileHashOf, cutAt, sendChunks, sendBlockList, outcomeOf, assertCoded } = await import('./chunk-answers'));
   victim = await helpers.makePeer();
   hostileIdentity = (await helpers.makePeer()).identity;
   process.on('unhandledRejection', onUnhandled);
@@ -167,17 +168,6 @@ async function sendRawBlockList(reply: ReplierV2, size: number, blockSize: numbe
   await reply.message({ type: 'manifest', size, mtimeMs: 1000, blockSize, fileHash: manifest.fileHash.toString('hex') });
   await reply.data(blocks.encodeBlockManifest(manifest));
   return {};
-}
-
-/** A list cutting `content` at the given lengths (repeated until the end). */
-function cutAt(content: Buffer, lengths: number[]): Chunk[] {
-  const chunks: Chunk[] = [];
-  for (let offset = 0, i = 0; offset < content.length; i++) {
-    const length = Math.min(lengths[i % lengths.length], content.length - offset);
-    chunks.push({ offset, length, hash: blake3(content.subarray(offset, offset + length)) });
-    offset += length;
-  }
-  return chunks;
 }
 
 /** The local copy `f.bin` in a new dest holding `bytes`. */
