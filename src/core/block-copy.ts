@@ -23,6 +23,8 @@ export interface PredictedCopy {
   hashedBytes: number;
   /** Too many predictions failed: the rest was not looked for, and the caller cuts the copy for what is still missing. */
   gaveUp: boolean;
+  /** With `holdUntilDifferent`: every block was the sharer's where it stands, and nothing was written. */
+  sameVersion: boolean;
 }
 
 /** workOut: the walks have hashed as much as the copy holds; the copy gives up. */
@@ -63,7 +65,17 @@ export async function predictedCopy(
   remote: ChunkList,
   manifest: BlockManifest,
   writer: BlockWriter,
-  options: { maxFailedBlocks: number; maxChunks: number; signal?: AbortSignal },
+  options: {
+    maxFailedBlocks: number;
+    maxChunks: number;
+    /**
+     * The copy may be the sharer's version in place (same size): blocks found the sharer's where
+     * they stand are not written until one is not, then written (read again) before going on; if
+     * none differs, nothing is written at all (`sameVersion`).
+     */
+    holdUntilDifferent?: boolean;
+    signal?: AbortSignal;
+  },
 ): Promise<PredictedCopy> {
   const { chunks } = remote;
   const blockSize = manifest.blockSize;
@@ -71,7 +83,10 @@ export async function predictedCopy(
   const given = new Uint8Array(chunks.length);
   // Bytes of each chunk the new file holds, verified (a chunk may span blocks).
   const covered = new Float64Array(chunks.length);
-  const result: PredictedCopy = { given, bytesReused: 0, blocksWorkedOut: 0, hashedBytes: 0, gaveUp: false };
+  const result: PredictedCopy = { given, bytesReused: 0, blocksWorkedOut: 0, hashedBytes: 0, gaveUp: false, sameVersion: false };
+  // Blocks 0 to held - 1 were found the sharer's in place and not written yet (holdUntilDifferent).
+  let holding = options.holdUntilDifferent === true;
+  let held = 0;
   // *Why a budget: 8 buffers of 16 MiB blocks (files of 16 GiB or more) held 128 MiB per update,
   // and a folder sync runs several (round 17).*
   const buffers = Math.min(MOST_BUFFERS, Math.max(LEAST_BUFFERS, Math.floor(BLOCK_BUFFER_BYTES / blockSize)));
@@ -131,8 +146,13 @@ export async function predictedCopy(
         const hash = blake3(bytes);
         result.hashedBytes += bytes.length;
         if (hash.equals(manifest.blockHashes[index])) {
-          slot.busy = writer.writeBlock(bytes, start, index, hash);
-          slot.busy.catch(() => undefined); // met when the slot is taken again, or at the end
+          if (holding) {
+            ring.release(slot);
+            held = index + 1;
+          } else {
+            slot.busy = writer.writeBlock(bytes, start, index, hash);
+            slot.busy.catch(() => undefined); // met when the slot is taken again, or at the end
+          }
           for (let i = first; i < chunks.length && chunks[i].offset < end; i++) {
             if (given[i]) continue;
             const chunk = chunks[i];
@@ -144,6 +164,7 @@ export async function predictedCopy(
         ring.release(slot);
         await dropAhead();
       }
+      if (holding) await writeHeld();
       // The prediction failed (or fell outside the copy): the block is worked out chunk by chunk.
       if (++result.blocksWorkedOut > options.maxFailedBlocks) {
         result.gaveUp = true;
@@ -171,6 +192,11 @@ export async function predictedCopy(
       }
       shift = found;
     }
+    if (holding) {
+      // Every block is the sharer's where it stands, and none was written.
+      result.sameVersion = held === blocks && localSize === remote.size;
+      if (!result.sameVersion) await writeHeld();
+    }
     await ring.settled();
     // What the new file holds of the copy: each chunk given (a chunk not given is fetched whole,
     // over whatever of it a verified block wrote).
@@ -184,6 +210,26 @@ export async function predictedCopy(
     await ring.settled().catch(() => undefined);
   }
   return result;
+
+  /**
+   * The blocks held (found the sharer's in place, not written) are written now, read again from the
+   * copy: hashed as they are written, like any write (a copy changed since is FILE_CHANGED by the
+   * caller's version check, or HASH_MISMATCH at the end, never landed).
+   */
+  async function writeHeld(): Promise<void> {
+    holding = false;
+    await dropAhead();
+    for (let index = 0; index < held; index++) {
+      throwIfStopped(options.signal);
+      ring.throwIfFailed();
+      const start = index * blockSize;
+      const length = Math.min(blockSize, remote.size - start);
+      const slot = await ring.take();
+      await readFully(handle, slot.buffer, length, start);
+      slot.busy = writer.write(slot.buffer.subarray(0, length), start);
+      slot.busy.catch(() => undefined); // met when the slot is taken again, or at the end
+    }
+  }
 
   /**
    * Walks the copy from the walk's place until the list's chunks are found in order again at or

@@ -202,7 +202,11 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         unguided.abort();
         await cutting?.catch(() => undefined);
         cutSoFar = [];
-        blockList = remote.data ? undefined : await blockListInTime(conn, remotePath, remote, local, localFile === target, signal);
+        // A copy that may be this very version (the target itself, one name, the same size) is
+        // checked block by block before anything is written, and only where it may be touched.
+        const mayBeSame = localFile === target && local.nlink === 1 && local.size === remote.size;
+        const worthIt = !remote.data && (!mayBeSame || options.overwrite === true);
+        blockList = worthIt ? await blockListInTime(conn, remotePath, remote, local, signal) : undefined;
         cutting = remote.data || blockList ? undefined : cut(local, remote);
       } else if (!remote && waitFirst) {
         cutting = cutUnguided();
@@ -270,8 +274,15 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         const copy = await predictedCopy(local.handle, local.size, remote, blockList, assembly, {
           maxFailedBlocks: Math.max(MIN_FAILED_BLOCKS, blockList.blockHashes.length / 16),
           maxChunks: conn.limits.maxFileChunks,
+          holdUntilDifferent: !differs,
           signal: stopCut.signal,
         });
+        if (copy.sameVersion && sameVersion(version, await local.handle.stat({ bigint: true }))) {
+          // Same bytes, another time (touched): nothing was written; the sharer's time is taken (as
+          // below for a copy found the same by its cut), and the temporary file goes.
+          await local.handle.utimes(...timesOf(remote.mtimeMs)).catch(() => undefined);
+          return { changed: false, bytesReceived: 0, bytesReused: 0, version: versionOf(remote) };
+        }
         bytesReused = copy.bytesReused;
         plan.give(copy.given);
         if (copy.gaveUp) {
@@ -431,14 +442,12 @@ class CopyPlan {
 /**
  * The sharer's block list for the version `remote` names, if it is worth asking for and comes
  * within GUIDE_WAIT_MS (the sharer holds it with the chunk list): for a local copy of
- * PREDICTED_FROM_BYTES or more that is not possibly this very version in place (that one is cut
- * whole first, so nothing is written if it is). Anything else (late, refused, another version, a
- * block size this side would not use) is undefined: the update goes on with the guided cut.
+ * PREDICTED_FROM_BYTES or more, and not too large to cut. Anything else (late, refused, another
+ * version, a block size this side would not use) is undefined: the update goes on with the guided cut.
  */
-async function blockListInTime(conn: FileSource, remotePath: string, remote: ChunksAnswer, local: LocalCopy, inPlace: boolean, signal: AbortSignal | undefined): Promise<BlockManifest | undefined> {
+async function blockListInTime(conn: FileSource, remotePath: string, remote: ChunksAnswer, local: LocalCopy, signal: AbortSignal | undefined): Promise<BlockManifest | undefined> {
   // Not a copy too large to cut (its cut would be TOO_LARGE at once, and it is fetched whole).
   if (local.size < PREDICTED_FROM_BYTES || local.size > conn.limits.maxFileChunks * CDC_MAX_BYTES || remote.size === 0) return undefined;
-  if (inPlace && local.nlink === 1 && local.size === remote.size) return undefined;
   const asking = new AbortController();
   const stopAsking = (): void => asking.abort();
   signal?.addEventListener('abort', stopAsking);

@@ -124,6 +124,68 @@ describe('the copy predicted block by block and checked by the sharer\'s block h
     assertGiven(copy, list, writer.target, ours);
   });
 
+  it('holdUntilDifferent, the copy the sharer\'s version in place: sameVersion, nothing written', async () => {
+    const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
+    await fs.writeFile(file, ours);
+    const handle = await fs.open(file, 'r');
+    const writer = checkingWriter(ours);
+    try {
+      const copy = await predictedCopy(handle, ours.length, listOf(ours), manifestOfBytes(ours, blockSizeFor(ours.length)), writer, { maxFailedBlocks: 64, maxChunks: 1_000_000, holdUntilDifferent: true });
+      assert.equal(copy.sameVersion, true);
+      assert.equal(writer.writes, 0);
+      assert.equal(copy.hashedBytes, ours.length, 'each byte hashed once');
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('holdUntilDifferent, 4 KiB changed at 60 %: the blocks before it are written once it is found, and the whole file is the sharer\'s', async () => {
+    const theirs = Buffer.from(ours);
+    seededBytes(4 * KiB, 5114).copy(theirs, Math.floor(ours.length * 0.6));
+    const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
+    await fs.writeFile(file, ours);
+    const handle = await fs.open(file, 'r');
+    const writer = checkingWriter(theirs);
+    try {
+      const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifestOfBytes(theirs, blockSizeFor(theirs.length)), writer, { maxFailedBlocks: 64, maxChunks: 1_000_000, holdUntilDifferent: true });
+      assert.equal(copy.sameVersion, false);
+      assert.equal(writer.inFlight(), 0);
+      const list = listOf(theirs);
+      assertGiven(copy, list, writer.target, theirs);
+      // All but the chunks around the change are in the file, the blocks before it included.
+      assert.ok(copy.bytesReused > theirs.length - 512 * KiB, `reused ${copy.bytesReused}`);
+    } finally {
+      await handle.close();
+    }
+  });
+
+  it('holdUntilDifferent, the copy truncated while the blocks held are written: FILE_CHANGED, nothing still under way', async () => {
+    const theirs = Buffer.from(ours);
+    seededBytes(4 * KiB, 5115).copy(theirs, Math.floor(ours.length * 0.6));
+    const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
+    await fs.writeFile(file, ours);
+    const handle = await fs.open(file, 'r');
+    const writer = checkingWriter(theirs);
+    let truncated = false;
+    const truncating: BlockWriter = {
+      write: async (data, position) => {
+        if (!truncated) {
+          truncated = true;
+          await fs.truncate(file, MiB);
+        }
+        await writer.write(data, position);
+      },
+      writeBlock: (data, position, index, hash) => writer.writeBlock(data, position, index, hash),
+    };
+    try {
+      await rejectsWithCode(predictedCopy(handle, ours.length, listOf(theirs), manifestOfBytes(theirs, blockSizeFor(theirs.length)), truncating, { maxFailedBlocks: 64, maxChunks: 1_000_000, holdUntilDifferent: true }), 'FILE_CHANGED');
+      assert.ok(truncated, 'the blocks held were never written');
+      assert.equal(writer.inFlight(), 0);
+    } finally {
+      await handle.close();
+    }
+  });
+
   it('a copy that holds nothing of the sharer\'s version: nothing written, the copy walked once to its end, the rest not looked at', async () => {
     const theirs = seededBytes(20 * MiB, 5110);
     const { copy, writer } = await copyOf(ours, theirs, undefined, { maxFailedBlocks: 16 });

@@ -97,9 +97,22 @@ describe('deltaFile: an update fetches about the change, verified whole (real TL
         assert.equal(sent, result.bytesReceived, `${what}: the sharer sent what the requester counted`);
         assert.equal(result.bytesReceived + result.bytesReused, theirs.length, what);
       }
-      // Not for the copy of the same size in place: it may be the sharer's version, so it is cut
-      // whole first (nothing is written if it is), as before.
-      assert.equal(asked, 2, 'the block list asked for once per update that may use it');
+      // The copy of the same size in place too: it is checked block by block before anything is written.
+      assert.equal(asked, cases.length, 'the block list asked for once per update');
+      // The sharer's version itself, only touched: nothing sent, nothing written, the same file.
+      const before = await update('large.bin', ours, ours);
+      const inode = (await fs.stat(before.local)).ino;
+      const touched = new Date(Date.now() - 60_000);
+      await fs.utimes(path.join(proj, 'large.bin'), touched, touched);
+      const sentBefore = sharer.server.stats.fileBytesSent;
+      const again = await deltaFile(conn, 'proj/large.bin', before.local, before.local, { overwrite: true });
+      assert.equal(again.changed, false);
+      assert.equal(again.bytesReceived, 0);
+      assert.equal(sharer.server.stats.fileBytesSent, sentBefore);
+      assert.equal((await fs.stat(before.local)).ino, inode, 'not rewritten');
+      assert.equal(Math.floor((await fs.stat(before.local)).mtimeMs), again.version.mtimeMs, 'the sharer\'s time taken');
+      assert.deepEqual(await fs.readdir(path.dirname(before.local)), ['large.bin'], 'no temporary file left');
+      assert.equal(asked, cases.length + 2);
     } finally {
       share.manifest = manifest;
     }
