@@ -180,6 +180,8 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       return running;
     };
     const smallLocal = local !== undefined && local.size <= MAX_INLINE_CHUNKS_FILE_BYTES;
+    // A copy that may be this very version: the target itself, with one name, of the same size.
+    const mayBeSame = (theirs: ChunkList): boolean => local !== undefined && localFile === target && local.nlink === 1 && local.size === theirs.size;
     const listing = conn.share.chunks(remotePath, { signal, inline: options.inline !== false });
     let remote: ChunksAnswer | undefined;
     if (local && !smallLocal) {
@@ -202,10 +204,9 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
         unguided.abort();
         await cutting?.catch(() => undefined);
         cutSoFar = [];
-        // A copy that may be this very version (the target itself, one name, the same size) is
-        // checked block by block before anything is written, and only where it may be touched.
-        const mayBeSame = localFile === target && local.nlink === 1 && local.size === remote.size;
-        const worthIt = !remote.data && (!mayBeSame || options.overwrite === true);
+        // A copy that may be this very version is checked block by block before anything is
+        // written, and only where it may be touched.
+        const worthIt = !remote.data && (!mayBeSame(remote) || options.overwrite === true);
         blockList = worthIt ? await blockListInTime(conn, remotePath, remote, local, signal) : undefined;
         cutting = remote.data || blockList ? undefined : cut(local, remote);
       } else if (!remote && waitFirst) {
@@ -228,7 +229,7 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
     // same version in place is cut whole first: then nothing is written at all.
     const plan = new CopyPlan(remote);
     let compared = 0;
-    let differs = !(local && localFile === target && local.nlink === 1 && local.size === remote.size);
+    let differs = !mayBeSame(remote);
     let foundDifference: () => void = () => undefined;
     const differenceFound = new Promise<void>((resolve) => (foundDifference = resolve));
     onChunks = (chunks) => {

@@ -189,12 +189,13 @@ export async function guidedCutAside(
       : undefined;
   if (!helper) return guidedCut(handle, guide, limits, onChunks, signal);
   let onAbort: (() => void) | undefined;
-  const stopped = new Promise<'stopped'>((resolve) => signal?.addEventListener('abort', (onAbort = () => resolve('stopped'))));
+  const stopped = new Promise<undefined>((resolve) => signal?.addEventListener('abort', (onAbort = () => resolve(undefined))));
   try {
     const outcome = await Promise.race([helper.outcome, stopped]);
     throwIfStopped(signal);
     if (outcome instanceof PeerShareError) throw outcome;
-    if (outcome === undefined || outcome === 'stopped') {
+    // The thread failed: the cut runs here.
+    if (outcome === undefined) {
       await helper.stop();
       return await guidedCut(handle, guide, limits, onChunks, signal);
     }

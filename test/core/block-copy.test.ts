@@ -45,13 +45,13 @@ function checkingWriter(theirs: Buffer): BlockWriter & { target: Buffer; inFligh
   return writer;
 }
 
-async function copyOf(ours: Buffer, theirs: Buffer, manifest: BlockManifest = manifestOfBytes(theirs, blockSizeFor(theirs.length)), options: { maxFailedBlocks?: number } = {}) {
+async function copyOf(ours: Buffer, theirs: Buffer, manifest: BlockManifest = manifestOfBytes(theirs, blockSizeFor(theirs.length)), options: { maxFailedBlocks?: number; holdUntilDifferent?: boolean } = {}) {
   const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
   await fs.writeFile(file, ours);
   const handle = await fs.open(file, 'r');
   const writer = checkingWriter(theirs);
   try {
-    const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifest, writer, { maxFailedBlocks: options.maxFailedBlocks ?? 64, maxChunks: 1_000_000 });
+    const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifest, writer, { maxFailedBlocks: options.maxFailedBlocks ?? 64, maxChunks: 1_000_000, holdUntilDifferent: options.holdUntilDifferent });
     assert.equal(writer.inFlight(), 0, 'a write still under way when the copy returned');
     return { copy, writer, list: listOf(theirs) };
   } finally {
@@ -125,38 +125,20 @@ describe('the copy predicted block by block and checked by the sharer\'s block h
   });
 
   it('holdUntilDifferent, the copy the sharer\'s version in place: sameVersion, nothing written', async () => {
-    const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
-    await fs.writeFile(file, ours);
-    const handle = await fs.open(file, 'r');
-    const writer = checkingWriter(ours);
-    try {
-      const copy = await predictedCopy(handle, ours.length, listOf(ours), manifestOfBytes(ours, blockSizeFor(ours.length)), writer, { maxFailedBlocks: 64, maxChunks: 1_000_000, holdUntilDifferent: true });
-      assert.equal(copy.sameVersion, true);
-      assert.equal(writer.writes, 0);
-      assert.equal(copy.hashedBytes, ours.length, 'each byte hashed once');
-    } finally {
-      await handle.close();
-    }
+    const { copy, writer } = await copyOf(ours, ours, undefined, { holdUntilDifferent: true });
+    assert.equal(copy.sameVersion, true);
+    assert.equal(writer.writes, 0);
+    assert.equal(copy.hashedBytes, ours.length, 'each byte hashed once');
   });
 
   it('holdUntilDifferent, 4 KiB changed at 60 %: the blocks before it are written once it is found, and the whole file is the sharer\'s', async () => {
     const theirs = Buffer.from(ours);
     seededBytes(4 * KiB, 5114).copy(theirs, Math.floor(ours.length * 0.6));
-    const file = path.join(tempDir('peershare-block-copy-'), 'local.bin');
-    await fs.writeFile(file, ours);
-    const handle = await fs.open(file, 'r');
-    const writer = checkingWriter(theirs);
-    try {
-      const copy = await predictedCopy(handle, ours.length, listOf(theirs), manifestOfBytes(theirs, blockSizeFor(theirs.length)), writer, { maxFailedBlocks: 64, maxChunks: 1_000_000, holdUntilDifferent: true });
-      assert.equal(copy.sameVersion, false);
-      assert.equal(writer.inFlight(), 0);
-      const list = listOf(theirs);
-      assertGiven(copy, list, writer.target, theirs);
-      // All but the chunks around the change are in the file, the blocks before it included.
-      assert.ok(copy.bytesReused > theirs.length - 512 * KiB, `reused ${copy.bytesReused}`);
-    } finally {
-      await handle.close();
-    }
+    const { copy, writer, list } = await copyOf(ours, theirs, undefined, { holdUntilDifferent: true });
+    assert.equal(copy.sameVersion, false);
+    assertGiven(copy, list, writer.target, theirs);
+    // All but the chunks around the change are in the file, the blocks before it included.
+    assert.ok(copy.bytesReused > theirs.length - 512 * KiB, `reused ${copy.bytesReused}`);
   });
 
   it('holdUntilDifferent, the copy truncated while the blocks held are written: FILE_CHANGED, nothing still under way', async () => {

@@ -3,7 +3,6 @@ import { PeerShareError, isErrorCode } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
 import { blake3 } from '../../src/core/blake3';
 import { chunkBytes, encodeChunks, type Chunk } from '../../src/core/cdc';
-import { encodeBlockManifest } from '../../src/core/blocks';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import type { ReplierV2 } from '../hostile';
 
@@ -20,19 +19,6 @@ export const fileHashOf = (content: Buffer): string => manifestOfBytes(content, 
 export async function sendChunkList(reply: ReplierV2, content: Buffer, chunks: Chunk[] = chunkBytes(content), named: Buffer = content): Promise<Record<string, unknown>> {
   await reply.message({ type: 'chunks', size: content.length, mtimeMs: 1000, fileHash: fileHashOf(named), count: chunks.length });
   if (chunks.length > 0) await reply.data(encodeChunks(chunks));
-  return {};
-}
-
-/**
- * A share.manifest answer: the block list of `content` (or `blockHashes` in its place, a list
- * that lies), as the list of sendChunkList names it (mtimeMs 1000). An update asks for it once the
- * chunk list came in time, to predict the copy block by block (block-copy.ts).
- */
-export async function sendBlockList(reply: ReplierV2, content: Buffer, blockHashes?: Buffer[]): Promise<Record<string, unknown>> {
-  const honest = manifestOfBytes(content, blockSizeFor(content.length));
-  const manifest = blockHashes ? { ...honest, blockHashes } : honest;
-  await reply.message({ type: 'manifest', size: content.length, mtimeMs: 1000, blockSize: manifest.blockSize, fileHash: honest.fileHash.toString('hex') });
-  await reply.data(encodeBlockManifest(manifest));
   return {};
 }
 

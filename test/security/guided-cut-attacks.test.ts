@@ -12,8 +12,8 @@ import * as delta from '../../src/core/delta';
 import { guidedCut } from '../../src/core/guided-cut';
 import { MAX_CUT_HELPERS, PARALLEL_CUT_FROM_BYTES } from '../../src/core/limits';
 import * as helpers from '../helpers';
-import { startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
-import { assertCoded, cutAt, fileHashOf, outcomeOf, sendBlockList, sendChunks } from './chunk-answers';
+import { sendManifest, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
+import { assertCoded, cutAt, fileHashOf, outcomeOf, sendChunks } from './chunk-answers';
 import { closedUnderReader, helpersRunning, helpersSeen, installHandleSpy, readHook } from './cut-spies';
 import { rewrite, swapIn, truncateTo } from './local-acts';
 import { longestStall } from './event-loop';
@@ -464,7 +464,7 @@ describe('the local copy acted on, or the update cancelled, while the guided cut
       }
       if (req.type === 'share.readChunks') return sendChunks(req, reply, theirs, list);
       if (req.type === 'share.manifest') {
-        if (options.blockList) return sendBlockList(reply, theirs);
+        if (options.blockList) return sendManifest(reply, theirs);
         throw new PeerShareError('TOO_LARGE', 'No block list for this one.');
       }
       return undefined;

@@ -102,7 +102,6 @@ type ChunkAnswers = typeof import('./chunk-answers');
 let fileHashOf: ChunkAnswers['fileHashOf'];
 let cutAt: ChunkAnswers['cutAt'];
 let sendChunks: ChunkAnswers['sendChunks'];
-let sendBlockList: ChunkAnswers['sendBlockList'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
 
@@ -125,7 +124,7 @@ before(async () => {
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
   ({ longestStall } = await import('./event-loop'));
-  ({ fileHashOf, cutAt, sendChunks, sendBlockList, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  ({ fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
   victim = await helpers.makePeer();
   hostileIdentity = (await helpers.makePeer()).identity;
   process.on('unhandledRejection', onUnhandled);
@@ -761,7 +760,7 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
         sharer.manifest = async (reply) => {
           cancel.abort();
           await delay(50);
-          return sendBlockList(reply, theirs);
+          return hostileKit.sendManifest(reply, theirs);
         };
       }
       if (moment === 'fetch') sharer.onReadChunks = () => cancel.abort();

@@ -86,6 +86,7 @@ type ChunkAnswers = typeof import('./chunk-answers');
 let fileHashOf: ChunkAnswers['fileHashOf'];
 let sendChunkList: ChunkAnswers['sendChunkList'];
 let sendChunks: ChunkAnswers['sendChunks'];
+let cutAt: ChunkAnswers['cutAt'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
 
@@ -106,7 +107,7 @@ before(async () => {
   ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
-  ({ fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  ({ fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded } = await import('./chunk-answers'));
   await installHandleSpy();
   victim = await helpers.makePeer();
   hostileIdentity = (await helpers.makePeer()).identity;
@@ -138,16 +139,6 @@ async function hostile(scenario: ScenarioV2, limits: Partial<import('../../src/c
 
 
 
-/** A list cutting `content` at the given lengths (repeated until the end). */
-function cutAt(content: Buffer, lengths: number[]): Chunk[] {
-  const chunks: Chunk[] = [];
-  for (let offset = 0, i = 0; offset < content.length; i++) {
-    const length = Math.min(lengths[i % lengths.length], content.length - offset);
-    chunks.push({ offset, length, hash: blake3(content.subarray(offset, offset + length)) });
-    offset += length;
-  }
-  return chunks;
-}
 
 async function localCopy(ours: Buffer): Promise<{ dest: string; target: string }> {
   const dest = helpers.tempDir('peershare-r12-');
