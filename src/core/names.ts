@@ -70,16 +70,41 @@ export function inspectReceivedName(name: unknown, maxPathBytes = 4096): { compo
   const components = text.split('/');
   let unsafeHere: UnsafeHere | undefined;
   components.forEach((part, at) => {
-    if (part === '' || part === '.' || part === '..') bad('empty, "." or ".." component');
-    if (Buffer.byteLength(part, 'utf8') > MAX_COMPONENT_BYTES) bad('component too long');
-    const folded = foldName(part);
-    // Full-width dots and slashes become real ones wherever a tool applies NFKC or a Windows best-fit code page.
-    if (folded === '.' || folded === '..' || /[/\\]/.test(folded)) bad('a dot, slash or backslash in another spelling');
-    const why = unsafeComponent(part, folded);
+    if (isPlainComponent(part)) return;
+    const why = inspectComponent(part, bad);
     if (why && !unsafeHere) unsafeHere = { at, why };
   });
   return { components, unsafeHere };
 }
+
+/**
+ * Every check of one component, for inspectReceivedName: throws through `bad` when it breaks the
+ * form of a name, returns why it may not be written here, if it may not. Exported for the test that
+ * holds isPlainComponent to it.
+ */
+export function inspectComponent(part: string, bad: (why: string) => never): string | undefined {
+  if (part === '' || part === '.' || part === '..') bad('empty, "." or ".." component');
+  if (Buffer.byteLength(part, 'utf8') > MAX_COMPONENT_BYTES) bad('component too long');
+  const folded = foldName(part);
+  // Full-width dots and slashes become real ones wherever a tool applies NFKC or a Windows best-fit code page.
+  if (folded === '.' || folded === '..' || /[/\\]/.test(folded)) bad('a dot, slash or backslash in another spelling');
+  return unsafeComponent(part, folded);
+}
+
+/**
+ * ASCII letters, digits, `_` and `-`, with dots inside but not at either end, at most
+ * MAX_COMPONENT_BYTES: what most names are. Every check of inspectComponent passes for such a name
+ * except the reserved device names (`con.txt`), which are looked at here: no dot in front (so not
+ * `.git` or `.vscode`), none behind, no `~` (so not a short name), nothing invisible, nothing
+ * Windows forbids, and ASCII is its own fold. *Why: a sync looks at every name twice (the listing
+ * and the record of what came from where), and the full checks cost 5-10 µs a name until V8 has
+ * optimised them: a sixteenth of a sync of 10,000 files that changed 100.*
+ */
+export function isPlainComponent(part: string): boolean {
+  return part.length <= MAX_COMPONENT_BYTES && PLAIN_COMPONENT.test(part) && !WINDOWS_RESERVED.test(part.toLowerCase());
+}
+
+const PLAIN_COMPONENT = /^[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?$/;
 
 /** Why a well-formed component may not be written here, if it may not. */
 function unsafeComponent(part: string, folded: string): string | undefined {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { DISGUISING_CHARS, INVISIBLE_CHARS, checkReceivedName, collisionKey, foldName, isShortNameShape, sanitizeForDisplay } from '../../src/core';
+import { MAX_COMPONENT_BYTES, inspectComponent, inspectReceivedName, isPlainComponent } from '../../src/core/names';
 
 /** Shows a name with its invisible characters spelled out, for test titles. */
 const shown = (name: string): string => JSON.stringify(name.replace(/[^\x21-\x7e]/gu, (c) => `<U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')}>`)).slice(0, 60);
@@ -140,6 +141,39 @@ describe('checkReceivedName (names a peer sends us)', () => {
   it('isShortNameShape tells the 8.3 shape from names that only contain a tilde', () => {
     for (const name of ['GIT~1', 'vscode~1', 'PROGRA~12', 'A~1.TXT', 'GI7F3A~1.jsn', 'ｇｉｔ～１']) assert.ok(isShortNameShape(name), name);
     for (const name of ['file~.txt', 'a~b', '~', 'longname~1', 'GIT~1.json', 'GIT~x', '~1', '.git~1']) assert.ok(!isShortNameShape(name), name);
+  });
+
+  it('a plain name (the shortcut) is only ever one every full check passes: all names of up to 3 characters from an alphabet of every printable ASCII character at the ends', () => {
+    const refused = (why: string): never => {
+      throw new Error(why);
+    };
+    const fullyPasses = (part: string): boolean => {
+      try {
+        return inspectComponent(part, refused) === undefined;
+      } catch {
+        return false;
+      }
+    };
+    const printable = Array.from({ length: 95 }, (_, i) => String.fromCharCode(0x20 + i));
+    const names: string[] = [...printable];
+    for (const a of printable) for (const b of printable) names.push(a + b);
+    for (const a of printable) for (const b of ['a', '.', '-', '~', ' ', '1']) for (const c of printable) names.push(a + b + c);
+    // Device names Windows reserves, in any case, with and without an extension; and their neighbours.
+    for (const stem of ['con', 'CON', 'Prn', 'aUx', 'NUL', 'com1', 'COM9', 'lpt0', 'LpT5', 'con1', 'comx', 'lpt10', 'nul-', 'aux_x', 'cons', 'xcon']) {
+      for (const tail of ['', '.txt', '.tar.gz', '.', '.a.', '-1', '_']) names.push(stem + tail);
+    }
+    names.push('a'.repeat(MAX_COMPONENT_BYTES), 'a'.repeat(MAX_COMPONENT_BYTES + 1), `${'a'.repeat(MAX_COMPONENT_BYTES - 4)}.bin`, 'GIT~1', 'git', 'vscode', 'a.git', 'file-00001.bin');
+    let plain = 0;
+    for (const name of names) {
+      if (!isPlainComponent(name)) continue;
+      plain++;
+      assert.ok(fullyPasses(name), `${shown(name)} is taken as plain but a full check refuses it`);
+    }
+    // The shortcut is taken for most names (the sample has thousands of plain ones), and not for the refused ones.
+    assert.ok(plain > 3000, `${plain} plain names`);
+    for (const name of ['con', 'CON.txt', 'com1', 'Lpt9.tar.gz', 'nul', 'a'.repeat(MAX_COMPONENT_BYTES + 1), '.git', 'a.', 'GIT~1']) assert.equal(isPlainComponent(name), false, name);
+    for (const name of ['con', 'CON.txt', 'com1', 'Lpt9.tar.gz']) assert.ok(inspectReceivedName(`dir/${name}`).unsafeHere, name);
+    assert.throws(() => inspectReceivedName(`dir/${'a'.repeat(MAX_COMPONENT_BYTES + 1)}`), { code: 'BAD_NAME' });
   });
 
   it('refuses non-strings', () => {
