@@ -1,15 +1,15 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { promises as fs, readFileSync, readlinkSync } from 'node:fs';
+import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { after, before, describe, it } from 'node:test';
 import type { Chunk, ChunkList } from '../../src/core/cdc';
 import type { BlockManifest } from '../../src/core/blocks';
 import type { PredictedCopy } from '../../src/core/block-copy';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { rewrite, swapIn, truncateTo } from './local-acts';
+import { writeSpy } from './write-spy';
 
 /**
  * Round 17: the copy predicted block by block (src/core/block-copy.ts `predictedCopy`, and its use
@@ -39,51 +39,10 @@ import { rewrite, swapIn, truncateTo } from './local-acts';
  *     a hook before each read of the local copy (to act at a known point, or count its bytes).
  */
 
-// ---- spies, installed before any module of src/ loads ---------------------------------------
+// ---- spies, installed before any module of src/ loads (the write spy: write-spy.ts, imported above) ----
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const fsModule: typeof import('node:fs') = require('node:fs');
-
-/** What the write spy does to writes into an update's temporary file. */
-const writeSpy = {
-  /** The next write that covers this offset of the temporary file fails with ENOSPC (once). */
-  failAt: undefined as number | undefined,
-  failed: 0,
-  /** Set once an update has returned: any write into a temporary file after that is recorded. */
-  returned: false,
-  afterReturn: [] as string[],
-  /** Called with each write into a temporary file (its place and bytes). */
-  onWrite: undefined as ((position: number, data: Uint8Array) => void) | undefined,
-};
-const isTemporary = (fd: number): boolean => {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`).includes('.peershare-part');
-  } catch {
-    return false;
-  }
-};
-const realWrite = fsModule.write;
-type WriteCallback = (err: NodeJS.ErrnoException | null, written?: number, buffer?: Uint8Array) => void;
-function spiedWrite(fd: number, buffer: Uint8Array, offset: number, length: number, position: number | null, callback: WriteCallback): void {
-  if (typeof buffer === 'string' || typeof callback !== 'function' || !isTemporary(fd)) {
-    // eslint-disable-next-line prefer-rest-params
-    return (realWrite as (...args: unknown[]) => void)(...arguments);
-  }
-  if (writeSpy.returned) writeSpy.afterReturn.push(`${length} bytes at ${position}`);
-  if (position !== null) writeSpy.onWrite?.(position, buffer.subarray(offset, offset + length));
-  const failAt = writeSpy.failAt;
-  if (failAt !== undefined && position !== null && position <= failAt && failAt < position + length) {
-    writeSpy.failAt = undefined;
-    writeSpy.failed++;
-    // As a full disk answers, from the thread pool: later.
-    setTimeout(() => callback(Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC', errno: -28, syscall: 'write' })), 2);
-    return;
-  }
-  realWrite(fd, buffer, offset, length, position, callback as never);
-}
-(spiedWrite as unknown as Record<symbol, unknown>)[promisify.custom] = (fd: number, buffer: Uint8Array, offset: number, length: number, position: number | null) =>
-  new Promise((resolve, reject) => spiedWrite(fd, buffer, offset, length, position, (err, bytesWritten, buf) => (err ? reject(err) : resolve({ bytesWritten, buffer: buf }))));
-(fsModule as { write: unknown }).write = spiedWrite;
 
 // ---- modules of src/ and test helpers, loaded after the spies --------------------------------
 
