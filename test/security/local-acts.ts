@@ -32,3 +32,15 @@ export function swapIn(target: string, make: (tmp: string) => void): void {
   make(tmp);
   fs.renameSync(tmp, target);
 }
+
+/** Writes `bytes` into `target` at `at`, in place, then sets its times back to what they were (its ctime still moves). */
+export function rewriteKeepingTimes(target: string, at: number, bytes: Buffer): void {
+  const before = fs.statSync(target, { bigint: true });
+  rewrite(target, at, bytes);
+  fs.utimesSync(target, Number(before.atimeNs) / 1e9, Number(before.mtimeNs) / 1e9);
+}
+
+/** Appends `bytes` to `target`. */
+export function append(target: string, bytes: Buffer): void {
+  fs.appendFileSync(target, bytes);
+}
