@@ -444,7 +444,7 @@ class CopyPlan {
  * The sharer's block list for the version `remote` names, if it is worth asking for and comes
  * within GUIDE_WAIT_MS (the sharer holds it with the chunk list): for a local copy of
  * PREDICTED_FROM_BYTES or more, and not too large to cut. Anything else (late, refused, another
- * version, a block size this side would not use) is undefined: the update goes on with the guided cut.
+ * version, another size, a block size this side would not use) is undefined: the update goes on with the guided cut.
  */
 async function blockListInTime(conn: FileSource, remotePath: string, remote: ChunksAnswer, local: LocalCopy, signal: AbortSignal | undefined): Promise<BlockManifest | undefined> {
   // Not a copy too large to cut (its cut would be TOO_LARGE at once, and it is fetched whole).
@@ -462,7 +462,11 @@ async function blockListInTime(conn: FileSource, remotePath: string, remote: Chu
     }
     const { manifest } = got;
     const blockSize = blockSizeFor(remote.size);
-    return manifest.blockSize === blockSize && manifest.blockHashes.length === blockCount(remote.size, blockSize) ? manifest : undefined;
+    // The size too, not only the count of blocks: *why: a list of another size with as many blocks
+    // (a byte shorter, the copy's own hashes), the chunk list named by its hash, made a copy of the
+    // same size in place pass block by block (holdUntilDifferent): reported unchanged and recorded
+    // as a version whose fileHash no file of its size has (round 18).*
+    return manifest.size === remote.size && manifest.blockSize === blockSize && manifest.blockHashes.length === blockCount(remote.size, blockSize) ? manifest : undefined;
   } catch {
     return undefined;
   } finally {
