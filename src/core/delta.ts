@@ -272,10 +272,16 @@ async function deltaOnce(conn: FileSource, remotePath: string, localFile: string
       let bytesReused = 0;
       if (local && blockList) {
         const version = await local.handle.stat({ bigint: true });
+        // Held in place only while the copy, as checked (this version), is of the sharer's size and
+        // has one name: mayBeSame looked when it was opened, before the lists came. *Why: a copy
+        // appended to meanwhile was found the sharer's in its first bytes and reported unchanged,
+        // the sharer's size and fileHash taken as its own, and one given a second name (a hard link
+        // outside dest) had the sharer's time set through it (round 18).* Else every block is written.
+        const hold = !differs && version.nlink === 1n && version.size === BigInt(remote.size);
         const copy = await predictedCopy(local.handle, local.size, remote, blockList, assembly, {
           maxFailedBlocks: Math.max(MIN_FAILED_BLOCKS, blockList.blockHashes.length / 16),
           maxChunks: conn.limits.maxFileChunks,
-          holdUntilDifferent: !differs,
+          holdUntilDifferent: hold,
           signal: stopCut.signal,
         });
         if (copy.sameVersion && sameVersion(version, await local.handle.stat({ bigint: true }))) {
