@@ -223,10 +223,13 @@ describe('a block list that fits the local copy of the same size, and a chunk li
   let ours: Buffer;
   let blockSize: number;
   let ownHashes: Buffer[];
+  let ourList: Chunk[];
   before(() => {
     ours = helpers.seededBytes(20 * MiB + 100, 1801);
     blockSize = blocks.blockSizeFor(ours.length);
     ownHashes = manifestOfBytes(ours, blockSize).blockHashes;
+    // Made before the updates: a list made as the sharer answers may come late, and is then not used.
+    ourList = cdc.chunkBytes(ours);
   });
 
   it('the copy\'s own block hashes under another size with as many blocks (one byte shorter, one longer), the chunk list named by that list\'s hash: never taken as that version; HASH_MISMATCH, the old file and its time', async () => {
@@ -235,9 +238,10 @@ describe('a block list that fits the local copy of the same size, and a chunk li
       assert.equal(blocks.blockCount(size, blockSize), ownHashes.length);
       const lie = blocks.manifestFromBlockHashes(size, blockSize, ownHashes);
       const u = await update(ours, ours, {
-        chunks: (reply) => sendList(reply, ours.length, lie.fileHash.toString('hex'), cdc.chunkBytes(ours)),
+        chunks: (reply) => sendList(reply, ours.length, lie.fileHash.toString('hex'), ourList),
         manifest: (reply) => sendRawBlockList(reply, size, blockSize, ownHashes),
       });
+      assert.ok(u.seen.includes('share.manifest'), `${what}: the block list was not asked for`);
       // Before round 18: every block was the copy's, so the copy was taken as the version the
       // chunk list named (sameVersion): "nothing changed", the sharer's time set on it, and a
       // fileHash that no file of this size has reported (and recorded by a sync) as the copy's.
@@ -248,13 +252,14 @@ describe('a block list that fits the local copy of the same size, and a chunk li
   });
 
   it('the copy\'s own block list (and fileHash), the chunk list naming other chunks (a chunk changed, one split in two): the copy is that version; nothing written, the sharer\'s time only', async () => {
-    const honestList = cdc.chunkBytes(ours);
+    const honestList = ourList;
     const changed = honestList.map((c, i) => (i === 5 ? { ...c, hash: blake3(Buffer.from('not the copy\'s')) } : c));
     const c = honestList[3];
     const half = Math.floor(c.length / 2);
     const split = [...honestList.slice(0, 3), { offset: c.offset, length: half, hash: blake3(ours.subarray(c.offset, c.offset + half)) }, { offset: c.offset + half, length: c.length - half, hash: blake3(ours.subarray(c.offset + half, c.offset + c.length)) }, ...honestList.slice(4)];
+    const ourHash = fileHashOf(ours);
     for (const [what, chunks] of [['a chunk changed', changed], ['a chunk split in two', split]] as const) {
-      const u = await update(ours, ours, { chunks: (reply) => sendList(reply, ours.length, fileHashOf(ours), chunks) });
+      const u = await update(ours, ours, { chunks: (reply) => sendList(reply, ours.length, ourHash, chunks) });
       assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
       assert.ok(u.held, `${what}: the copy was not checked block by block`);
       assert.equal(u.o.value.changed, false, `${what}: the copy was rewritten`);
@@ -265,9 +270,10 @@ describe('a block list that fits the local copy of the same size, and a chunk li
   it('the copy\'s own block hashes, the chunk list naming another fileHash (the fileHash alone differs): the block list is not used, the copy is not that version; HASH_MISMATCH, the old file and its time', async () => {
     const other = fileHashOf(flipped(ours, 7 * MiB));
     const u = await update(ours, ours, {
-      chunks: (reply) => sendList(reply, ours.length, other, cdc.chunkBytes(ours)),
+      chunks: (reply) => sendList(reply, ours.length, other, ourList),
       manifest: (reply) => sendRawBlockList(reply, ours.length, blockSize, ownHashes),
     });
+    assert.ok(u.seen.includes('share.manifest'), 'the block list was not asked for');
     assert.ok(!u.held, 'the copy was checked against a block list of another version');
     assert.ok(!u.o.ok, 'the copy was taken as a version its bytes are not');
     assert.equal(u.o.code, 'HASH_MISMATCH', u.o.message);
@@ -319,15 +325,19 @@ describe('a block list that fits the local copy of the same size, and a chunk li
 describe('the local copy acted on while it is checked in place, or while its held blocks are written', () => {
   let ours: Buffer;
   let blockSize: number;
+  let ourList: Chunk[];
+  let ourManifest: import('../../src/core/blocks').BlockManifest;
   before(() => {
     ours = helpers.seededBytes(20 * MiB, 1810);
     blockSize = blocks.blockSizeFor(ours.length);
+    ourList = cdc.chunkBytes(ours);
+    ourManifest = manifestOfBytes(ours, blockSize);
   });
 
   it('the copy appended to while its chunk list or block list is on the way (after it was opened): never reported as the sharer\'s version; exactly the sharer\'s version lands', async () => {
     const moments: [string, (act: () => void) => Sharer][] = [
-      ['the chunk list', (act) => ({ chunks: (reply, attempt) => (attempt === 0 && act(), sendList(reply, ours.length, fileHashOf(ours), cdc.chunkBytes(ours))) })],
-      ['the block list', (act) => ({ manifest: (reply, attempt) => (attempt === 0 && act(), hostileKit.sendManifest(reply, ours)) })],
+      ['the chunk list', (act) => ({ chunks: (reply, attempt) => (attempt === 0 && act(), sendList(reply, ours.length, ourManifest.fileHash.toString('hex'), ourList)) })],
+      ['the block list', (act) => ({ manifest: (reply, attempt) => (attempt === 0 && act(), hostileKit.sendManifest(reply, ours, ourManifest)) })],
     ];
     for (const [moment, sharerFor] of moments) {
       const what = `appended to while ${moment} comes`;
@@ -337,6 +347,7 @@ describe('the local copy acted on while it is checked in place, or while its hel
         acted = true;
       }));
       assert.ok(acted, `${what}: not acted`);
+      assert.ok(u.seen.includes('share.manifest'), `${what}: the block list was not asked for`);
       // Before round 18: the copy's first 20 MiB were the sharer's, and its size was taken when it
       // was opened: "nothing changed", the sharer's time set on a file 64 KiB longer, and the
       // sharer's size and fileHash reported (and recorded by a sync) as its own.
@@ -348,7 +359,7 @@ describe('the local copy acted on while it is checked in place, or while its hel
   it('a second name (a hard link outside dest) given to the copy while the block list comes, or while its blocks are held: the copy is not touched in place, the other name keeps its time and bytes', async () => {
     const outsideDir = helpers.tempDir('peershare-r18-outside-');
     const moments: [string, (link: () => void) => [Sharer, Acts]][] = [
-      ['while the block list comes', (link) => [{ manifest: (reply, attempt) => (attempt === 0 && link(), hostileKit.sendManifest(reply, ours)) }, {}]],
+      ['while the block list comes', (link) => [{ manifest: (reply, attempt) => (attempt === 0 && link(), hostileKit.sendManifest(reply, ours, ourManifest)) }, {}]],
       ['while its blocks are held', (link) => [{}, { onRead: (position, length, _t, nth) => void (position === 10 * blockSize && length === blockSize && nth === 1 && link()) }]],
     ];
     for (const [moment, setup] of moments) {
@@ -489,10 +500,11 @@ describe('a held block\'s write failing, the update cancelled while blocks are h
     const newer = flipped(theirs, 90 * blockSize + 3);
     const newerList = cdc.chunkBytes(newer);
     const theirList = cdc.chunkBytes(theirs);
+    const [theirManifest, newerManifest] = [theirs, newer].map((bytes) => manifestOfBytes(bytes, blockSize));
     // The first chunk list names `theirs`; its chunks are refused FILE_CHANGED; the second names `newer`.
     const u = await update(ours, theirs, {
-      chunks: (reply, attempt) => (attempt === 0 ? sendList(reply, theirs.length, fileHashOf(theirs), theirList) : sendList(reply, newer.length, fileHashOf(newer), newerList)),
-      manifest: (reply, attempt) => hostileKit.sendManifest(reply, attempt === 0 ? theirs : newer),
+      chunks: (reply, attempt) => (attempt === 0 ? sendList(reply, theirs.length, theirManifest.fileHash.toString('hex'), theirList) : sendList(reply, newer.length, newerManifest.fileHash.toString('hex'), newerList)),
+      manifest: (reply, attempt) => attempt === 0 ? hostileKit.sendManifest(reply, theirs, theirManifest) : hostileKit.sendManifest(reply, newer, newerManifest),
       readChunks: async (req, reply, attempt) => {
         if (attempt === 0) throw new core.PeerShareError('FILE_CHANGED', 'The file changed while it was read.');
         return sendChunks(req, reply, newer, newerList);
@@ -503,7 +515,8 @@ describe('a held block\'s write failing, the update cancelled while blocks are h
     await assertOracle(u, ours, newer, 'changed as its chunks are read');
     // The block list of another version than the chunk list's (the file changed between them): not
     // used; the copy, cut whole, is found the chunk list's version.
-    const v = await update(ours, ours, { manifest: (reply) => hostileKit.sendManifest(reply, theirs) });
+    const v = await update(ours, ours, { manifest: (reply) => hostileKit.sendManifest(reply, theirs, theirManifest) });
+    assert.ok(v.seen.includes('share.manifest'), 'the block list was not asked for');
     assert.ok(v.o.ok, `a block list of another version: ${!v.o.ok && `${v.o.code} ${v.o.message}`}`);
     assert.ok(!v.held, 'the copy was checked against another version\'s block list');
     assert.equal(v.o.value.changed, false);
