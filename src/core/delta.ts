@@ -607,9 +607,15 @@ function keepMode(file: TemporaryFile, local: LocalCopy | undefined, inPlace: bo
   if (local && inPlace) fchmodSync(file.fd, local.mode);
 }
 
-/** The open file holds exactly `data` (its size was compared), and still does after the read. */
+/**
+ * The open file, with one name, holds exactly `data`, and still does after the read. The names and
+ * the size are those of this version: *why: the number of names taken when the copy was opened
+ * let one hard-linked while the answer came be found the sharer's and its time set through both
+ * names (round 18).*
+ */
 async function holds(handle: FileHandle, data: Buffer): Promise<boolean> {
   const before = await handle.stat({ bigint: true });
+  if (before.nlink !== 1n || before.size !== BigInt(data.length)) return false;
   const bytes = Buffer.allocUnsafe(data.length);
   await readFully(handle, bytes, bytes.length, 0);
   return bytes.equals(data) && sameVersion(before, await handle.stat({ bigint: true }));

@@ -385,6 +385,58 @@ describe('the local copy acted on while it is checked in place, or while its hel
     }
   });
 
+  it('a small copy (its update sent inline) given a second name while the answer comes: not taken as the sharer\'s version in place; the other name keeps its time and bytes', async () => {
+    const small = helpers.seededBytes(4 * KiB, 1812);
+    const outside = path.join(helpers.tempDir('peershare-r18-outside-'), 'other-small.bin');
+    let linked = false;
+    const inline = async (reply: ReplierV2, attempt: number): Promise<Record<string, unknown>> => {
+      if (attempt === 0) {
+        linkSync(current.target, outside);
+        linked = true;
+      }
+      const list = cdc.chunkBytes(small);
+      await reply.message({ type: 'chunks', size: small.length, mtimeMs: hostileKit.HOSTILE_MTIME_MS, fileHash: fileHashOf(small), count: list.length, inline: true });
+      await reply.data(cdc.encodeChunks(list));
+      await reply.data(small);
+      return {};
+    };
+    const u = await update(small, small, { chunks: inline });
+    const what = 'a hard link made while the inline answer comes';
+    assert.ok(linked, `${what}: not acted`);
+    assert.deepEqual(u.seen, ['share.chunks'], `${what}: the file came inline`);
+    assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
+    await assertOracle(u, undefined, small, what);
+    const other = await fs.stat(outside);
+    // Before: the copy's number of names was taken when it was opened, so one linked meanwhile was
+    // found to hold the sharer's bytes and given the sharer's time through both names.
+    assert.equal(other.mtimeMs, OLD_MTIME_S * 1000, `${what}: the time of the file outside dest was set`);
+    assert.ok((await fs.readFile(outside)).equals(small), `${what}: the file outside dest was written`);
+    assert.notEqual(other.ino, (await fs.stat(u.target)).ino, `${what}: the copy was kept in place with two names`);
+  });
+
+  it('a copy under 16 MiB (cut whole, then hashed again) given a second name while it is hashed again: not taken as the sharer\'s version in place; the other name keeps its time and bytes', async () => {
+    const mid = helpers.seededBytes(4 * MiB, 1813);
+    const outside = path.join(helpers.tempDir('peershare-r18-outside-'), 'other-mid.bin');
+    let linked = false;
+    // The cut reads the copy once; the second read of its start is the hash of the whole copy.
+    const u = await update(mid, mid, {}, {
+      onRead: (position, _length, target, nth) => {
+        if (position === 0 && nth === 2 && !linked) {
+          linkSync(target, outside);
+          linked = true;
+        }
+      },
+    });
+    const what = 'a hard link made while the copy is hashed again';
+    assert.ok(linked, `${what}: not acted`);
+    assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
+    await assertOracle(u, undefined, mid, what);
+    const other = await fs.stat(outside);
+    assert.equal(other.mtimeMs, OLD_MTIME_S * 1000, `${what}: the time of the file outside dest was set`);
+    assert.ok((await fs.readFile(outside)).equals(mid), `${what}: the file outside dest was written`);
+    assert.notEqual(other.ino, (await fs.stat(u.target)).ino, `${what}: the copy was kept in place with two names`);
+  });
+
   it('the copy rewritten with its time set back, truncated, or renamed over, while its blocks are held or just before the last is read: never taken as the sharer\'s version; started over (FILE_CHANGED), exactly the sharer\'s version lands', async () => {
     const blocksCount = blocks.blockCount(ours.length, blockSize);
     const acts: [string, (target: string) => void][] = [
