@@ -98,7 +98,7 @@ export function inspectComponent(part: string, bad: (why: string) => never): str
  * `.git` or `.vscode`), none behind, no `~` (so not a short name), nothing invisible, nothing
  * Windows forbids, and ASCII is its own fold. *Why: a sync looks at every name twice (the listing
  * and the record of what came from where), and the full checks cost 5-10 µs a name until V8 has
- * optimised them: a sixteenth of a sync of 10,000 files that changed 100.*
+ * optimised them, 1 µs after: 20-40 ms of a sync of 10,000 files; this test, 0.05 µs.*
  */
 export function isPlainComponent(part: string): boolean {
   return part.length <= MAX_COMPONENT_BYTES && PLAIN_COMPONENT.test(part) && !WINDOWS_RESERVED.test(part.toLowerCase());
