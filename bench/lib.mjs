@@ -455,18 +455,22 @@ export function timedCommand(cmd, args, scratch, { cpus, ...options } = {}) {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       let maxRssBytes;
       let cpuSeconds;
+      let userSeconds;
+      let systemSeconds;
       if (TIME_BIN && fs.existsSync(timeFile)) {
         // On failure /usr/bin/time adds a "Command exited with non-zero status" line first.
         const fields = fs.readFileSync(timeFile, 'utf8').trim().split('\n').pop().split(' ').map(Number);
         fs.rmSync(timeFile, { force: true });
         maxRssBytes = fields[0] * 1024;
         cpuSeconds = round(fields[1] + fields[2], 2);
+        userSeconds = fields[1];
+        systemSeconds = fields[2];
       }
       if (code !== 0) {
         reject(new Error(`${path.basename(cmd)} exited with ${code ?? signal}: ${stderr.trim()}\n${stdout.trim()}`));
         return;
       }
-      resolve({ seconds, stdout, stderr, maxRssBytes, cpuSeconds });
+      resolve({ seconds, stdout, stderr, maxRssBytes, cpuSeconds, userSeconds, systemSeconds });
     });
   });
 }
