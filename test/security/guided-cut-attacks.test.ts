@@ -4,8 +4,8 @@ import { closeSync, openSync, promises as fs, readFileSync, symlinkSync, writeSy
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { after, before, describe, it } from 'node:test';
-import { connectToPeer, PeerShareError, type Identity, type Limits, type PeerConnection } from '../../src/core';
+import { describe, it } from 'node:test';
+import { connectToPeer, PeerShareError, type Limits, type PeerConnection } from '../../src/core';
 import { blake3 } from '../../src/core/blake3';
 import { CDC_MAX_BYTES, chunkBytes, encodeChunks, type Chunk, type ChunkList } from '../../src/core/cdc';
 import * as delta from '../../src/core/delta';
@@ -14,7 +14,8 @@ import { MAX_CUT_HELPERS, PARALLEL_CUT_FROM_BYTES } from '../../src/core/limits'
 import * as helpers from '../helpers';
 import { sendManifest, startHostileSharerV2, type ReplierV2, type ScenarioV2 } from '../hostile';
 import { assertCoded, cutAt, fileHashOf, outcomeOf, sendChunks } from './chunk-answers';
-import { closedUnderReader, helpersRunning, helpersSeen, installHandleSpy, readHook } from './cut-spies';
+import { closedUnderReader, helpersRunning, helpersSeen, readHook } from './cut-spies';
+import { attackFrame } from './attack-frame';
 import { rewrite, swapIn, truncateTo } from './local-acts';
 import { longestStall } from './event-loop';
 
@@ -45,26 +46,8 @@ import { longestStall } from './event-loop';
 
 // ---- the suite's peers ------------------------------------------------------------------------
 
-const cleanups: (() => Promise<void> | void)[] = [];
-let victim: helpers.TestPeer;
-let hostileIdentity: Identity;
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
-
-before(async () => {
-  await installHandleSpy();
-  victim = await helpers.makePeer();
-  hostileIdentity = (await helpers.makePeer()).identity;
-  process.on('unhandledRejection', onUnhandled);
-});
-
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled.map(String), [], 'no unhandled rejection while the attacks ran');
-  assert.deepEqual(closedUnderReader, [], 'no handle closed under a read or a cut helper');
-  assert.equal(helpersRunning(), 0, 'no cut helper left running');
-});
+const frame = attackFrame({ handleSpy: true, cutHelpers: true });
+const { cleanups } = frame;
 
 // ---- helpers ----------------------------------------------------------------------------------
 
@@ -80,9 +63,9 @@ const io = (): { read: number; written: number } => {
 };
 
 async function hostile(scenario: ScenarioV2, limits: Partial<Limits> = {}): Promise<PeerConnection> {
-  const server = await startHostileSharerV2(hostileIdentity, scenario);
+  const server = await startHostileSharerV2(frame.hostileIdentity, scenario);
   cleanups.push(() => server.close());
-  const conn = await connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000, ...limits } });
+  const conn = await connectToPeer({ identity: frame.victim.identity, trust: frame.victim.trust, addresses: [server.address], expectedPeerId: frame.hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000, ...limits } });
   cleanups.push(() => conn.close());
   return conn;
 }

@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { linkSync, promises as fs, statSync, utimesSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2 } from '../hostile';
 import { append, rewriteKeepingTimes, swapIn, truncateTo } from './local-acts';
 import { writeSpy } from './write-spy';
+import { attackFrame } from './attack-frame';
 
 /**
  * Round 18: a copy of the same size held in place (src/core/block-copy.ts `predictedCopy` with
@@ -45,15 +46,11 @@ let sendChunks: ChunkAnswers['sendChunks'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
 
-const cleanups: (() => Promise<void> | void)[] = [];
-let victim: import('../helpers').TestPeer;
-let hostileIdentity: import('../../src/core').Identity;
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+const frame = attackFrame({ handleSpy: true });
+const { cleanups } = frame;
 
 before(async () => {
   spies = await import('./cut-spies');
-  await spies.installHandleSpy();
   core = await import('../../src/core');
   cdc = await import('../../src/core/cdc');
   delta = await import('../../src/core/delta');
@@ -63,16 +60,6 @@ before(async () => {
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
   ({ fileHashOf, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
-  victim = await helpers.makePeer();
-  hostileIdentity = (await helpers.makePeer()).identity;
-  process.on('unhandledRejection', onUnhandled);
-});
-
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled.map(String), [], 'no unhandled rejection while the attacks ran');
-  assert.deepEqual(spies.closedUnderReader, [], 'no handle closed under a read');
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -150,7 +137,7 @@ async function update(ours: Buffer, theirs: Buffer, sharer: Sharer = {}, acts: A
     writes.push({ position, length: data.length });
     acts.onWrite?.(position, data.length, target);
   };
-  const server = await hostileKit.startHostileSharerV2(hostileIdentity, async (req, reply) => {
+  const server = await hostileKit.startHostileSharerV2(frame.hostileIdentity, async (req, reply) => {
     seen.push(req.type as string);
     if (req.type === 'share.chunks') {
       const attempt = chunkLists++;
@@ -164,7 +151,7 @@ async function update(ours: Buffer, theirs: Buffer, sharer: Sharer = {}, acts: A
     return undefined;
   });
   cleanups.push(() => server.close());
-  const conn = await core.connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000 } });
+  const conn = await core.connectToPeer({ identity: frame.victim.identity, trust: frame.victim.trust, addresses: [server.address], expectedPeerId: frame.hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000 } });
   cleanups.push(() => conn.close());
   writeSpy.returned = false;
   writeSpy.afterReturn = [];
@@ -208,6 +195,20 @@ async function assertOracle(u: Updated, ours: Buffer | undefined, theirs: Buffer
       assert.equal(st.mtimeMs, OLD_MTIME_S * 1000, `${what}: the update failed (${o.code}), yet the old file's time was changed`);
     }
   }
+}
+
+/**
+ * The update with a second name given to the copy meanwhile (`outside`): it succeeded with exactly
+ * the sharer's version (`theirs`, which the copy held too), made anew under the target's name; the
+ * file outside kept its bytes and its old time.
+ */
+async function assertSecondNameUntouched(u: Updated, outside: string, theirs: Buffer, what: string): Promise<void> {
+  assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
+  await assertOracle(u, undefined, theirs, what);
+  const other = await fs.stat(outside);
+  assert.equal(other.mtimeMs, OLD_MTIME_S * 1000, `${what}: the time of the file outside dest was set`);
+  assert.ok((await fs.readFile(outside)).equals(theirs), `${what}: the file outside dest was written`);
+  assert.notEqual(other.ino, (await fs.stat(u.target)).ino, `${what}: the copy was kept in place with two names`);
 }
 
 /** `bytes` with the byte at `at` flipped. */
@@ -373,15 +374,10 @@ describe('the local copy acted on while it is checked in place, or while its hel
       });
       const u = await update(ours, ours, sharer, acts);
       assert.ok(linked, `${what}: not acted`);
-      assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
-      await assertOracle(u, undefined, ours, what);
-      const other = await fs.stat(outside);
       // Before round 18 (while the block list comes): the copy, with two names now, was taken as
       // the sharer's version and its time set through the other name too (the copy cut whole is
       // checked for one name: round 7).
-      assert.equal(other.mtimeMs, OLD_MTIME_S * 1000, `${what}: the time of the file outside dest was set`);
-      assert.ok((await fs.readFile(outside)).equals(ours), `${what}: the file outside dest was written`);
-      assert.notEqual(other.ino, (await fs.stat(u.target)).ino, `${what}: the copy was kept in place with two names`);
+      await assertSecondNameUntouched(u, outside, ours, what);
     }
   });
 
@@ -404,14 +400,9 @@ describe('the local copy acted on while it is checked in place, or while its hel
     const what = 'a hard link made while the inline answer comes';
     assert.ok(linked, `${what}: not acted`);
     assert.deepEqual(u.seen, ['share.chunks'], `${what}: the file came inline`);
-    assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
-    await assertOracle(u, undefined, small, what);
-    const other = await fs.stat(outside);
     // Before: the copy's number of names was taken when it was opened, so one linked meanwhile was
     // found to hold the sharer's bytes and given the sharer's time through both names.
-    assert.equal(other.mtimeMs, OLD_MTIME_S * 1000, `${what}: the time of the file outside dest was set`);
-    assert.ok((await fs.readFile(outside)).equals(small), `${what}: the file outside dest was written`);
-    assert.notEqual(other.ino, (await fs.stat(u.target)).ino, `${what}: the copy was kept in place with two names`);
+    await assertSecondNameUntouched(u, outside, small, what);
   });
 
   it('a copy under 16 MiB (cut whole, then hashed again) given a second name while it is hashed again: not taken as the sharer\'s version in place; the other name keeps its time and bytes', async () => {
@@ -429,12 +420,7 @@ describe('the local copy acted on while it is checked in place, or while its hel
     });
     const what = 'a hard link made while the copy is hashed again';
     assert.ok(linked, `${what}: not acted`);
-    assert.ok(u.o.ok, `${what}: ${!u.o.ok && `${u.o.code} ${u.o.message}`}`);
-    await assertOracle(u, undefined, mid, what);
-    const other = await fs.stat(outside);
-    assert.equal(other.mtimeMs, OLD_MTIME_S * 1000, `${what}: the time of the file outside dest was set`);
-    assert.ok((await fs.readFile(outside)).equals(mid), `${what}: the file outside dest was written`);
-    assert.notEqual(other.ino, (await fs.stat(u.target)).ino, `${what}: the copy was kept in place with two names`);
+    await assertSecondNameUntouched(u, outside, mid, what);
   });
 
   it('the copy rewritten with its time set back, truncated, or renamed over, while its blocks are held or just before the last is read: never taken as the sharer\'s version; started over (FILE_CHANGED), exactly the sharer\'s version lands', async () => {

@@ -3,13 +3,14 @@ import { execFileSync } from 'node:child_process';
 import { promises as fs, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import type { Chunk, ChunkList } from '../../src/core/cdc';
 import type { BlockManifest } from '../../src/core/blocks';
 import type { PredictedCopy } from '../../src/core/block-copy';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { rewrite, swapIn, truncateTo } from './local-acts';
 import { writeSpy } from './write-spy';
+import { attackFrame } from './attack-frame';
 
 /**
  * Round 17: the copy predicted block by block (src/core/block-copy.ts `predictedCopy`, and its use
@@ -64,15 +65,11 @@ let sendChunks: ChunkAnswers['sendChunks'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
 
-const cleanups: (() => Promise<void> | void)[] = [];
-let victim: import('../helpers').TestPeer;
-let hostileIdentity: import('../../src/core').Identity;
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+const frame = attackFrame({ handleSpy: true });
+const { cleanups } = frame;
 
 before(async () => {
   spies = await import('./cut-spies');
-  await spies.installHandleSpy();
   core = await import('../../src/core');
   cdc = await import('../../src/core/cdc');
   delta = await import('../../src/core/delta');
@@ -84,17 +81,6 @@ before(async () => {
   hostileKit = await import('../hostile');
   ({ longestStall } = await import('./event-loop'));
   ({ fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
-  victim = await helpers.makePeer();
-  hostileIdentity = (await helpers.makePeer()).identity;
-  process.on('unhandledRejection', onUnhandled);
-});
-
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled.map(String), [], 'no unhandled rejection while the attacks ran');
-  assert.deepEqual(spies.closedUnderReader, [], 'no handle closed under a read or a cut helper');
-  assert.equal(spies.helpersRunning(), 0, 'no cut helper left running');
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -106,9 +92,9 @@ const MiB = 1024 * KiB;
 const processRead = (): number => Number(/rchar: (\d+)/.exec(readFileSync('/proc/self/io', 'utf8'))![1]);
 
 async function hostile(scenario: ScenarioV2, limits: Partial<import('../../src/core').Limits> = {}): Promise<import('../../src/core').PeerConnection> {
-  const server = await hostileKit.startHostileSharerV2(hostileIdentity, scenario);
+  const server = await hostileKit.startHostileSharerV2(frame.hostileIdentity, scenario);
   cleanups.push(() => server.close());
-  const conn = await core.connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000, ...limits } });
+  const conn = await core.connectToPeer({ identity: frame.victim.identity, trust: frame.victim.trust, addresses: [server.address], expectedPeerId: frame.hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000, ...limits } });
   cleanups.push(() => conn.close());
   return conn;
 }
@@ -738,7 +724,6 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
     }
   });
 });
-
 
 // ---- 6. the event loop, and tiny chunks in a failed block --------------------------------------
 

@@ -3,12 +3,13 @@ import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs, readFileSync, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { longestStall } from './event-loop';
 import { mounted, stalledMount } from './stalled-mount';
+import { attackFrame } from './attack-frame';
 
 /**
  * Round 11: the update pipeline as changed on 2026-12-02 (docs/protocol-v2.md 15.4): the local copy
@@ -96,13 +97,8 @@ let sendChunks: ChunkAnswers['sendChunks'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
 
-const cleanups: (() => Promise<void> | void)[] = [];
-let victim: import('../helpers').TestPeer;
-let hostileIdentity: import('../../src/core').Identity;
-
-/** Unhandled rejections seen while this file ran: none may occur. */
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+const frame = attackFrame();
+const { cleanups } = frame;
 
 before(async () => {
   core = await import('../../src/core');
@@ -112,15 +108,6 @@ before(async () => {
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
   ({ fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
-  victim = await helpers.makePeer();
-  hostileIdentity = (await helpers.makePeer()).identity;
-  process.on('unhandledRejection', onUnhandled);
-});
-
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled.map(String), [], 'no unhandled rejection while the attacks ran');
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -129,9 +116,9 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
 
 /** A hostile sharer running `scenario`, and the victim's connection to it. */
 async function hostile(scenario: ScenarioV2, limits: Partial<import('../../src/core').Limits> = {}): Promise<PeerConnection> {
-  const server = await hostileKit.startHostileSharerV2(hostileIdentity, scenario);
+  const server = await hostileKit.startHostileSharerV2(frame.hostileIdentity, scenario);
   cleanups.push(() => server.close());
-  const conn = await core.connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 2000, ...limits } });
+  const conn = await core.connectToPeer({ identity: frame.victim.identity, trust: frame.victim.trust, addresses: [server.address], expectedPeerId: frame.hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 2000, ...limits } });
   cleanups.push(() => conn.close());
   return conn;
 }
@@ -497,14 +484,14 @@ describe('a local user or process acts on the receiver\'s machine during an upda
     const { bytes: theirs, chunks: list } = reordered(ours);
     await fs.writeFile(path.join(disk, 'f.bin'), ours);
     spawnSync('dd', ['if=/dev/zero', `of=${path.join(disk, 'filler')}`, 'bs=64K', 'count=1000'], { stdio: 'ignore' });
-    const server = await hostileKit.startHostileSharerV2(hostileIdentity, async (req, reply) => {
+    const server = await hostileKit.startHostileSharerV2(frame.hostileIdentity, async (req, reply) => {
       if (req.type === 'share.stat') return { entry: { name: 'f.bin', type: 'file', size: theirs.length, mtimeMs: 1000 } };
       if (req.type === 'share.chunks') return sendChunkList(reply, theirs, list);
       if (req.type === 'share.readChunks') return sendChunks(req, reply, theirs, list);
       return undefined;
     });
     cleanups.push(() => server.close());
-    const invite = core.formatInvite({ peerId: hostileIdentity.peerId, addresses: [server.address], token: 'x'.repeat(32) });
+    const invite = core.formatInvite({ peerId: frame.hostileIdentity.peerId, addresses: [server.address], token: 'x'.repeat(32) });
     const run = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
       const child = spawn(process.execPath, ['--require', preload, CLI, 'sync', invite, 'ws/f.bin', path.join(disk, 'f.bin'), '--home', helpers.tempDir('peershare-r11-home-')]);
       let stdout = '';

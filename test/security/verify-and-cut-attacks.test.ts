@@ -4,11 +4,12 @@ import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
-import { after, before, describe, it } from 'node:test';
+import { before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
-import { closedUnderReader, helpersMostAtOnce, helpersRunning, helpersSeen, installHandleSpy } from './cut-spies';
+import { closedUnderReader, helpersMostAtOnce, helpersRunning, helpersSeen } from './cut-spies';
+import { attackFrame } from './attack-frame';
 
 /**
  * Round 12: the update's end-to-end check taken from the bytes as they are written
@@ -90,12 +91,8 @@ let cutAt: ChunkAnswers['cutAt'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
 
-const cleanups: (() => Promise<void> | void)[] = [];
-let victim: import('../helpers').TestPeer;
-let hostileIdentity: import('../../src/core').Identity;
-
-const unhandled: unknown[] = [];
-const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
+const frame = attackFrame({ handleSpy: true, cutHelpers: true });
+const { cleanups } = frame;
 
 before(async () => {
   core = await import('../../src/core');
@@ -108,18 +105,6 @@ before(async () => {
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
   ({ fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded } = await import('./chunk-answers'));
-  await installHandleSpy();
-  victim = await helpers.makePeer();
-  hostileIdentity = (await helpers.makePeer()).identity;
-  process.on('unhandledRejection', onUnhandled);
-});
-
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup();
-  process.off('unhandledRejection', onUnhandled);
-  assert.deepEqual(unhandled.map(String), [], 'no unhandled rejection while the attacks ran');
-  assert.deepEqual(closedUnderReader, [], 'no handle closed under a read or a cut helper');
-  assert.equal(helpersRunning(), 0, 'no cut helper left running');
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -129,9 +114,9 @@ const MiB = 1024 * KiB;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function hostile(scenario: ScenarioV2, limits: Partial<import('../../src/core').Limits> = {}): Promise<PeerConnection> {
-  const server = await hostileKit.startHostileSharerV2(hostileIdentity, scenario);
+  const server = await hostileKit.startHostileSharerV2(frame.hostileIdentity, scenario);
   cleanups.push(() => server.close());
-  const conn = await core.connectToPeer({ identity: victim.identity, trust: victim.trust, addresses: [server.address], expectedPeerId: hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000, ...limits } });
+  const conn = await core.connectToPeer({ identity: frame.victim.identity, trust: frame.victim.trust, addresses: [server.address], expectedPeerId: frame.hostileIdentity.peerId, name: 'victim', limits: { stallTimeoutMs: 5000, ...limits } });
   cleanups.push(() => conn.close());
   return conn;
 }
