@@ -1,8 +1,9 @@
 import type { FileHandle } from 'node:fs/promises';
+import { setImmediate as turn } from 'node:timers/promises';
 import { blake3 } from './blake3';
 import { readFully, type BlockManifest } from './blocks';
 import { ForwardReader, throwIfStopped, type ChunkList } from './cdc';
-import { GuidedWalk, turn } from './guided-cut';
+import { GuidedWalk } from './guided-cut';
 
 /** Where the predicted copy writes the new file (delta.ts Assembly). */
 export interface BlockWriter {
@@ -235,18 +236,18 @@ export async function predictedCopy(
    * Walks the copy from the walk's place until the list's chunks are found in order again at or
    * past the new file's offset `end` (returns the shift there), or the copy ends (undefined).
    * Each chunk found for a place not yet given is written there; chunks found for places next to
-   * each other are written together (ChunkRun). *Why: each was written alone, one system call and
+   * each other are written together (WriteRun). *Why: each was written alone, one system call and
    * one turn of the thread pool per chunk: a list of 100,000 one-byte chunks the copy holds, in a
    * block whose prediction failed, took 200,000 write calls and 5.9 s for a 21 MiB update (round 17).*
    */
   async function workOut(walk: GuidedWalk, end: number): Promise<number | undefined | typeof TOO_COSTLY> {
-    const run = new ChunkRun(writer);
+    const run = new WriteRun(writer, true);
     const found = await walkOn(walk, end, run);
     await run.flush();
     return found;
   }
 
-  async function walkOn(walk: GuidedWalk, end: number, run: ChunkRun): Promise<number | undefined | typeof TOO_COSTLY> {
+  async function walkOn(walk: GuidedWalk, end: number, run: WriteRun): Promise<number | undefined | typeof TOO_COSTLY> {
     let sinceTurn = 0;
     while (walk.position < localSize) {
       throwIfStopped(options.signal);
@@ -264,7 +265,7 @@ export async function predictedCopy(
       if (++walked > options.maxChunks) return TOO_COSTLY;
       const { chunk, index, bytes } = await walk.step();
       if (index !== undefined && !given[index]) {
-        // Copied out of the walk's buffer, which its next step reuses.
+        // The run copies it out of the walk's buffer, which the walk's next step reuses.
         await run.add(bytes, chunks[index].offset);
         given[index] = 1;
         covered[index] = chunk.length;
@@ -278,30 +279,37 @@ export async function predictedCopy(
   }
 }
 
-/** Bytes of chunks next to each other written with one write, at most. */
-const RUN_BYTES = 1024 * 1024;
+/** Bytes gathered by a WriteRun before it writes them, at most (plus one piece). */
+const RUN_BYTES = 4 * 1024 * 1024;
 
-/** The chunks a walk found, gathered while each is next to the one before, and written as one. */
-class ChunkRun {
-  private readonly buffer: Buffer = Buffer.allocUnsafe(RUN_BYTES);
+/**
+ * Pieces for the new file gathered while each is next to the one before, and written as one (the
+ * chunks a walk found, a small local copy's places, the chunks fetched). `copying`: each piece is
+ * copied as it is added, for a caller whose buffer changes once `add` returns (a walk's next step).
+ */
+export class WriteRun {
+  private pieces: Buffer[] = [];
   private at = 0;
   private bytes = 0;
 
-  constructor(private readonly writer: BlockWriter) {}
+  constructor(
+    private readonly writer: Pick<BlockWriter, 'write'>,
+    private readonly copying = false,
+  ) {}
 
-  /** `data` goes at `position` of the new file (copied: the caller's buffer may change). */
   async add(data: Buffer, position: number): Promise<void> {
-    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes + data.length > RUN_BYTES)) await this.flush();
+    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= RUN_BYTES)) await this.flush();
     if (this.bytes === 0) this.at = position;
-    data.copy(this.buffer, this.bytes);
+    this.pieces.push(this.copying ? Buffer.from(data) : data);
     this.bytes += data.length;
   }
 
   async flush(): Promise<void> {
     if (this.bytes === 0) return;
-    const bytes = this.bytes;
+    const data = this.pieces.length === 1 ? this.pieces[0] : Buffer.concat(this.pieces, this.bytes);
+    this.pieces = [];
     this.bytes = 0;
-    await this.writer.write(this.buffer.subarray(0, bytes), this.at);
+    await this.writer.write(data, this.at);
   }
 }
 

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import { blockCount, blockSizeFor, hashFileBlocks, readFully, WrittenBlockHashes, type BlockManifest } from './blocks';
 import { CDC_MAX_BYTES, CDC_MIN_BYTES, chunkFile, type Chunk, type ChunkList } from './cdc';
 import { guidedCutAside } from './guided-cut';
-import { predictedCopy } from './block-copy';
+import { predictedCopy, WriteRun } from './block-copy';
 import { sameVersion } from './hash-cache';
 import type { FileSource } from './download';
 import { PeerShareError, toPeerShareError } from './errors';
@@ -455,15 +455,14 @@ class CopyPlan {
 async function blockListInTime(conn: FileSource, remotePath: string, remote: ChunksAnswer, local: LocalCopy, signal: AbortSignal | undefined): Promise<BlockManifest | undefined> {
   // Not a copy too large to cut (its cut would be TOO_LARGE at once, and it is fetched whole).
   if (local.size < PREDICTED_FROM_BYTES || local.size > conn.limits.maxFileChunks * CDC_MAX_BYTES || remote.size === 0) return undefined;
-  const asking = new AbortController();
-  const stopAsking = (): void => asking.abort();
-  signal?.addEventListener('abort', stopAsking);
+  // Stopped when it comes too late, as when the caller cancels.
+  const late = new AbortController();
   try {
-    const answer = conn.share.manifest(remotePath, { expect: { size: remote.size, mtimeMs: remote.mtimeMs }, expectedFileHash: remote.fileHash, signal: asking.signal });
+    const answer = conn.share.manifest(remotePath, { expect: { size: remote.size, mtimeMs: remote.mtimeMs }, expectedFileHash: remote.fileHash, signal: signal ? AbortSignal.any([signal, late.signal]) : late.signal });
     answer.catch(() => undefined);
     const got = await Promise.race([answer, delay(GUIDE_WAIT_MS, undefined, { ref: false })]);
     if (!got) {
-      asking.abort();
+      late.abort();
       return undefined;
     }
     const { manifest } = got;
@@ -475,8 +474,6 @@ async function blockListInTime(conn: FileSource, remotePath: string, remote: Chu
     return manifest.size === remote.size && manifest.blockSize === blockSize && manifest.blockHashes.length === blockCount(remote.size, blockSize) ? manifest : undefined;
   } catch {
     return undefined;
-  } finally {
-    signal?.removeEventListener('abort', stopAsking);
   }
 }
 
@@ -720,30 +717,6 @@ async function copyLocal(local: FileHandle, localSize: number, copies: AsyncIter
     await writing?.catch(() => undefined);
   }
   return copied;
-}
-
-/** Pieces for the temporary file gathered while they are adjacent, written as one. */
-class WriteRun {
-  private pieces: Buffer[] = [];
-  private at = 0;
-  private bytes = 0;
-
-  constructor(private readonly assembly: Assembly) {}
-
-  async add(data: Buffer, position: number): Promise<void> {
-    if (this.bytes > 0 && (this.at + this.bytes !== position || this.bytes >= COPY_BYTES)) await this.flush();
-    if (this.bytes === 0) this.at = position;
-    this.pieces.push(data);
-    this.bytes += data.length;
-  }
-
-  async flush(): Promise<void> {
-    if (this.bytes === 0) return;
-    const data = this.pieces.length === 1 ? this.pieces[0] : Buffer.concat(this.pieces, this.bytes);
-    this.pieces = [];
-    this.bytes = 0;
-    await this.assembly.write(data, this.at);
-  }
 }
 
 async function writeAll(file: TemporaryFile, data: Buffer, position: number): Promise<void> {

@@ -1,5 +1,6 @@
 import type { BigIntStats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { setImmediate as turn } from 'node:timers/promises';
 import { blake3 } from './blake3';
 import { PeerShareError } from './errors';
 import { sameVersion } from './hash-cache';
@@ -155,11 +156,6 @@ export class GuidedWalk {
     }
     return { chunk: { offset: position, length, hash }, index, bytes };
   }
-}
-
-/** A turn of the event loop. */
-export function turn(): Promise<void> {
-  return new Promise<void>((resolve) => setImmediate(resolve));
 }
 
 /**
