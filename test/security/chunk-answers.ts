@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { promises as fs } from 'node:fs';
 import { PeerShareError, isErrorCode } from '../../src/core';
 import { blockSizeFor } from '../../src/core/blocks';
 import { blake3 } from '../../src/core/blake3';
 import { chunkBytes, encodeChunks, type Chunk } from '../../src/core/cdc';
 import { manifestOfBytes } from '../../src/core/v2/share-messages';
 import type { ReplierV2 } from '../hostile';
+import { listTree } from '../helpers';
 
 /**
  * What the update attack rounds (7, 11, 12) share: a hostile sharer's answers to share.chunks and
@@ -55,4 +57,23 @@ export function assertCoded(error: unknown, what: string): void {
   assert.ok(error instanceof PeerShareError, `${what}: not a PeerShareError: ${String(error)} (code ${(error as { code?: string }).code})`);
   assert.ok(isErrorCode(error.code), `${what}: code ${error.code}`);
   assert.ok(error.message.length > 0 && error.message.length < 500 && !/[\u0000-\u001f]/.test(error.message), `${what}: message ${JSON.stringify(error.message)}`);
+}
+
+/** After an update of `target` (old bytes `ours`) to `theirs`: the target is exactly one of the two, and dest holds nothing else. */
+export async function assertOneVersion(o: Awaited<ReturnType<typeof outcomeOf>>, dest: string, target: string, ours: Buffer | undefined, theirs: Buffer, what: string): Promise<void> {
+  assert.deepEqual(await listTree(dest), ['f.bin'], `${what}: no temporary file, nothing else in dest`);
+  const now = await fs.readFile(target);
+  if (o.ok) {
+    assert.ok(now.equals(theirs), `${what}: the update reported success, so the target must be exactly the sharer's version (${now.length} bytes; first difference at ${firstDifference(now, theirs)})`);
+  } else {
+    assertCoded(o.error, what);
+    if (ours) assert.ok(now.equals(ours), `${what}: the update failed (${o.code}), so the target must be the old file`);
+  }
+}
+
+/** The first offset where `a` and `b` differ (-1: none). */
+function firstDifference(a: Buffer, b: Buffer): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return a.length === b.length ? -1 : n;
 }

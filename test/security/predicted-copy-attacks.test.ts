@@ -64,6 +64,7 @@ let cutAt: ChunkAnswers['cutAt'];
 let sendChunks: ChunkAnswers['sendChunks'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
+let assertOneVersion: ChunkAnswers['assertOneVersion'];
 
 const frame = attackFrame({ handleSpy: true });
 const { cleanups } = frame;
@@ -80,7 +81,7 @@ before(async () => {
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
   ({ longestStall } = await import('./event-loop'));
-  ({ fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  ({ fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded, assertOneVersion } = await import('./chunk-answers'));
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -120,18 +121,6 @@ async function localCopy(bytes: Buffer): Promise<{ dest: string; target: string;
   const target = path.join(dest, 'f.bin');
   await fs.writeFile(target, bytes);
   return { dest, target, real: await fs.realpath(target) };
-}
-
-/** After an update of `target` (old bytes `ours`) to `theirs`: the target is exactly one of the two, and dest holds nothing else. */
-async function assertOracle(o: Awaited<ReturnType<ChunkAnswers['outcomeOf']>>, dest: string, target: string, ours: Buffer | undefined, theirs: Buffer, what: string): Promise<void> {
-  assert.deepEqual(await helpers.listTree(dest), ['f.bin'], `${what}: no temporary file, nothing else in dest`);
-  const now = await fs.readFile(target);
-  if (o.ok) {
-    assert.ok(now.equals(theirs), `${what}: the update reported success, so the target must be exactly the sharer's version`);
-  } else {
-    assertCoded(o.error, what);
-    if (ours) assert.ok(now.equals(ours), `${what}: the update failed (${o.code}), so the target must be the old file`);
-  }
 }
 
 interface Sharer {
@@ -260,7 +249,7 @@ describe('chunk and block lists against the cost of the predicted copy (hashedBy
     const theirs = tailKept(ours, 40 * MiB, 1705);
     const { o, dest, target, copyRead, processRead: read, tookMs, seen } = await update(ours, theirs);
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
-    await assertOracle(o, dest, target, ours, theirs, 'tail kept');
+    await assertOneVersion(o, dest, target, ours, theirs, 'tail kept');
     assert.ok(seen.includes('share.manifest'), 'the block list was asked for');
     assert.ok(o.value.bytesReused >= 7 * MiB, `only ${o.value.bytesReused} bytes reused`);
     t.diagnostic(`local copy read ${(copyRead / MiB).toFixed(0)} MiB, process read ${(read / MiB).toFixed(0)} MiB, ${tookMs.toFixed(0)} ms`);
@@ -283,7 +272,7 @@ describe('chunk and block lists against the cost of the predicted copy (hashedBy
     const { o, dest, target, copyRead, predicted, tookMs } = await update(ours, theirs);
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
     assert.ok(predicted, 'the copy was not predicted');
-    await assertOracle(o, dest, target, ours, theirs, '31 changes');
+    await assertOneVersion(o, dest, target, ours, theirs, '31 changes');
     t.diagnostic(`update: local copy read ${(copyRead / MiB).toFixed(0)} MiB, ${o.value.bytesReceived} bytes fetched, ${tookMs.toFixed(0)} ms`);
     // Each walk reads ahead 1-2 MiB and the blocks read ahead of a failed one are read again.
     assert.ok(copyRead <= 2.5 * ours.length, `the local copy read ${(copyRead / MiB).toFixed(0)} MiB`);
@@ -300,7 +289,7 @@ describe('chunk and block lists against the cost of the predicted copy (hashedBy
     assert.ok(unit.o.value.hashedBytes <= 2.2 * theirs.length, `${(unit.o.value.hashedBytes / MiB).toFixed(0)} MiB hashed`);
     const { o, dest, target, copyRead, tookMs } = await update(ours, theirs);
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
-    await assertOracle(o, dest, target, ours, theirs, 'backwards');
+    await assertOneVersion(o, dest, target, ours, theirs, 'backwards');
     t.diagnostic(`update: local copy read ${(copyRead / MiB).toFixed(0)} MiB, ${(o.value.bytesReceived / MiB).toFixed(1)} MiB fetched, ${tookMs.toFixed(0)} ms`);
     assert.ok(copyRead <= 5 * ours.length, `the local copy read ${(copyRead / MiB).toFixed(0)} MiB`);
     assert.ok(o.value.bytesReceived <= 2 * MiB, `${o.value.bytesReceived} bytes fetched: the guided cut should find the copy's chunks`);
@@ -318,7 +307,7 @@ describe('chunk and block lists against the cost of the predicted copy (hashedBy
     assert.ok(unit.o.value.hashedBytes <= 2.2 * Math.max(ours.length, theirs.length), `${(unit.o.value.hashedBytes / MiB).toFixed(0)} MiB hashed`);
     const { o, dest, target, tookMs } = await update(ours, theirs, { list });
     t.diagnostic(`update: ${o.ok ? `${(o.value.bytesReceived / MiB).toFixed(1)} MiB fetched` : o.code}, ${tookMs.toFixed(0)} ms`);
-    await assertOracle(o, dest, target, ours, theirs, 'one chunk at 1,500 places');
+    await assertOneVersion(o, dest, target, ours, theirs, 'one chunk at 1,500 places');
   });
 });
 
@@ -354,7 +343,7 @@ describe('a write of a verified block that fails (a full disk, an I/O error)', (
     assert.ok(!o.ok, 'the update landed though a block of it was never written');
     assert.equal(o.code, 'IO_ERROR');
     assert.match(o.message, /disk is full/);
-    await assertOracle(o, dest, target, ours, theirs, 'a write failed');
+    await assertOneVersion(o, dest, target, ours, theirs, 'a write failed');
   });
 });
 
@@ -379,7 +368,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     const { o, dest, target, predicted, copyRead, tookMs } = await update(ours, theirs);
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
     assert.ok(predicted, 'the copy was not predicted');
-    await assertOracle(o, dest, target, ours, theirs, 'honest');
+    await assertOneVersion(o, dest, target, ours, theirs, 'honest');
     t.diagnostic(`local copy read ${(copyRead / MiB).toFixed(1)} MiB, ${o.value.bytesReceived} bytes fetched, ${tookMs.toFixed(0)} ms`);
     assert.ok(copyRead <= 1.3 * ours.length, `the local copy read ${(copyRead / MiB).toFixed(0)} MiB`);
     assert.ok(o.value.bytesReceived <= MiB + 2 * cdc.CDC_MAX_BYTES, `${o.value.bytesReceived} bytes fetched`);
@@ -395,7 +384,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     assert.ok(predicted, 'the copy was not predicted');
     assert.ok(!o.ok, 'a file the block list does not describe landed');
     assert.equal(o.code, 'HASH_MISMATCH');
-    await assertOracle(o, dest, target, ours, theirs, 'lying block hashes');
+    await assertOneVersion(o, dest, target, ours, theirs, 'lying block hashes');
   });
 
   it('a block hash that is the copy\'s own bytes where the chunk list says they changed, under a consistent fileHash: what lands is exactly the file that hash names, never a mix it does not name', async (t) => {
@@ -414,7 +403,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     assert.ok(predicted, 'the copy was not predicted');
     assert.ok(o.ok, `${!o.ok && `${o.code} ${o.message}`}`);
     t.diagnostic(`${o.value.bytesReceived} bytes fetched`);
-    await assertOracle(o, dest, target, ours, declared, 'the copy\'s own block');
+    await assertOneVersion(o, dest, target, ours, declared, 'the copy\'s own block');
   });
 
   it('a block list of another version (its hash not the chunk list\'s), another block size, another size with as many blocks, or too few blocks: not used; exactly the sharer\'s version lands, or a coded error and the old file', async () => {
@@ -431,7 +420,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
       const { o, dest, target, predicted } = await update(ours, theirs, { manifest });
       assert.ok(o.ok, `${what}: ${!o.ok && `${o.code} ${o.message}`}`);
       assert.ok(!predicted, `${what}: the copy was predicted from it`);
-      await assertOracle(o, dest, target, ours, theirs, what);
+      await assertOneVersion(o, dest, target, ours, theirs, what);
     }
     // The chunk list named by such a list's own hash (a sharer consistent in its lie): nothing the
     // update makes can match it (the end check uses blockSizeFor(size)); HASH_MISMATCH, the old file.
@@ -445,7 +434,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
       assert.ok(!o.ok, `${what}, named by the chunk list: landed`);
       assert.equal(o.code, 'HASH_MISMATCH', `${what}: ${o.message}`);
       if (what === 'twice the block size') assert.ok(!predicted, `${what}: the copy was predicted from it`);
-      await assertOracle(o, dest, target, ours, theirs, `${what}, named by the chunk list`);
+      await assertOneVersion(o, dest, target, ours, theirs, `${what}, named by the chunk list`);
     }
   });
 
@@ -475,7 +464,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
       t.diagnostic(`${what}: ${o.ok ? 'landed' : o.code}, predicted: ${predicted}, ${tookMs.toFixed(0)} ms`);
       assert.ok(o.ok, `${what}: ${!o.ok && `${o.code} ${o.message}`}`);
       if (predictedExpected !== undefined) assert.equal(predicted, predictedExpected, `${what}: predicted`);
-      await assertOracle(o, dest, target, ours, theirs, what);
+      await assertOneVersion(o, dest, target, ours, theirs, what);
       assert.ok(tookMs < 10_000, `${what}: ${tookMs.toFixed(0)} ms`);
       // The connection is still good for another update (a late answer to the abandoned request is dropped).
       await delay(300);
@@ -511,7 +500,7 @@ describe('a hostile block list (share.manifest) against the update (deltaFile; t
     for (const [what, manifest] of cases) {
       const { o, dest, target, tookMs } = await update(ours, theirs, { manifest });
       t.diagnostic(`${what}: ${o.ok ? 'landed' : `${o.code} ${o.message}`}, ${tookMs.toFixed(0)} ms`);
-      await assertOracle(o, dest, target, ours, theirs, what);
+      await assertOneVersion(o, dest, target, ours, theirs, what);
       assert.ok(tookMs < 10_000, `${what}: ${tookMs.toFixed(0)} ms`);
     }
   });
@@ -531,7 +520,7 @@ describe('blocks verified as written against chunk writes and fetches into the s
     assert.ok(predicted, 'the copy was not predicted');
     assert.ok(!o.ok, 'a file with the copy\'s old bytes in block 30 landed');
     assert.equal(o.code, 'HASH_MISMATCH', o.message);
-    await assertOracle(o, dest, target, ours, theirs, 'lying chunks in a failed block');
+    await assertOneVersion(o, dest, target, ours, theirs, 'lying chunks in a failed block');
   });
 
   for (const where of ['before', 'after'] as const) {
@@ -571,7 +560,7 @@ describe('blocks verified as written against chunk writes and fetches into the s
         // predicted and verified after, overwritten by its true bytes).
         assert.ok(lieWritten, 'the walk did not take up the lie');
       }
-      await assertOracle(o, dest, target, ours, theirs, `a lie ${where}`);
+      await assertOneVersion(o, dest, target, ours, theirs, `a lie ${where}`);
     });
   }
 
@@ -595,7 +584,7 @@ describe('blocks verified as written against chunk writes and fetches into the s
       t.diagnostic(`${what}: ${o.ok ? `landed, ${o.value.bytesReceived} bytes fetched` : o.code}, predicted: ${predicted}`);
       assert.ok(o.ok, `${what}: ${!o.ok && `${o.code} ${o.message}`}`);
       assert.ok(predicted, `${what}: the copy was not predicted`);
-      await assertOracle(o, dest, target, ours, theirs, what);
+      await assertOneVersion(o, dest, target, ours, theirs, what);
       assert.ok(o.value.bytesReceived <= 2 * cdc.CDC_MAX_BYTES + 12_345, `${what}: ${o.value.bytesReceived} bytes fetched`);
       // The last block's hash a lie, the chunk list named by that list's hash.
       const manifest = manifestOfBytes(theirs, blockSize);
@@ -608,7 +597,7 @@ describe('blocks verified as written against chunk writes and fetches into the s
       });
       assert.ok(!lied.o.ok, `${what}, the last block a lie: landed`);
       assert.equal(lied.o.code, 'HASH_MISMATCH', `${what}, the last block a lie`);
-      await assertOracle(lied.o, lied.dest, lied.target, ours, theirs, `${what}, the last block a lie`);
+      await assertOneVersion(lied.o, lied.dest, lied.target, ours, theirs, `${what}, the last block a lie`);
     }
   });
 });
@@ -666,7 +655,7 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
         assert.ok(hook.acted(), `${what}: the update did not read the copy there`);
         assert.ok(o.ok, `${what}: ${!o.ok && `${o.code} ${o.message}`}`);
         assert.equal(lists, 2, `${what}: FILE_CHANGED, then once more`);
-        await assertOracle(o, dest, target, undefined, theirs, what);
+        await assertOneVersion(o, dest, target, undefined, theirs, what);
       }
     }
   });
@@ -717,7 +706,7 @@ describe('the local copy acted on, or the update cancelled, while the copy is pr
       assert.ok(cancel.signal.aborted, `${moment}: not cancelled`);
       assert.ok(!o.ok, `${moment}: a cancelled update landed`);
       assert.equal(o.code, 'CANCELLED', `${moment}: ${o.message}`);
-      await assertOracle(o, dest, target, ours, theirs, `cancelled at ${moment}`);
+      await assertOneVersion(o, dest, target, ours, theirs, `cancelled at ${moment}`);
       assert.deepEqual(writeSpy.afterReturn, [], `${moment}: written after deltaFile returned`);
       assert.equal(readsAfter, 0, `${moment}: ${spies.closedUnderReader.join('; ')}`);
       assert.deepEqual(spies.closedUnderReader, [], `${moment}: a handle closed under a read`);
@@ -742,7 +731,7 @@ describe('the event loop and the system calls while the copy is predicted (longe
     const { o, dest, target, predicted } = result!;
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
     assert.ok(predicted, 'the copy was not predicted');
-    await assertOracle(o, dest, target, ours, theirs, '64 MiB');
+    await assertOneVersion(o, dest, target, ours, theirs, '64 MiB');
     t.diagnostic(`event loop held ${stallMs.toFixed(0)} ms at most`);
     assert.ok(stallMs < 200, `event loop held ${stallMs.toFixed(0)} ms`);
   });
@@ -780,7 +769,7 @@ describe('the event loop and the system calls while the copy is predicted (longe
     const calls = writes().calls - callsBefore.calls;
     const { o, dest, target, predicted, tookMs } = result!;
     assert.ok(o.ok, `the update failed: ${!o.ok && `${o.code} ${o.message}`}`);
-    await assertOracle(o, dest, target, ours, theirs, 'one-byte chunks');
+    await assertOneVersion(o, dest, target, ours, theirs, 'one-byte chunks');
     t.diagnostic(`update: predicted ${predicted}, ${calls} write calls, ${o.value.bytesReceived} bytes fetched, ${tookMs.toFixed(0)} ms, event loop held ${stallMs.toFixed(0)} ms at most`);
     assert.ok(stallMs < 300, `event loop held ${stallMs.toFixed(0)} ms`);
     // Before round 17 each chunk the walk found was written alone: 201,000 write calls, 5.9 s.

@@ -1,15 +1,15 @@
 import assert from 'node:assert/strict';
-import { closeSync, openSync, promises as fs, readdirSync, readlinkSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, openSync, promises as fs, readdirSync, writeSync, ftruncateSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import * as path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
-import { promisify } from 'node:util';
 import { before, describe, it } from 'node:test';
 import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { closedUnderReader, helpersMostAtOnce, helpersRunning, helpersSeen } from './cut-spies';
 import { attackFrame } from './attack-frame';
+import { writeSpy } from './write-spy';
 
 /**
  * Round 12: the update's end-to-end check taken from the bytes as they are written
@@ -27,50 +27,18 @@ import { attackFrame } from './attack-frame';
  * unverified under the final name, no temporary file left after a failure), coded PeerShareErrors,
  * no unhandled rejection, the one-pass cut (chunkBytes) as the reference for the two-thread one,
  * and three spies installed before src/ loads:
- *   - fs.write on a temporary file: can make writes short and late, and records any buffer whose
- *     bytes changed between the write being asked for (when they were hashed) and it running;
+ *   - fs.write on a temporary file (write-spy.ts): can make writes short and late, and records any
+ *     buffer whose bytes changed between the write being asked for (when they were hashed) and it running;
  *   - the cut helpers (Worker.prototype.postMessage with a cut task): how many run at once, and
  *     whether each has exited when chunkFile settles;
  *   - FileHandle.prototype.read / close: a handle closed while a read of ours or a cut helper on
  *     its descriptor still runs.
  */
 
-// ---- spies, installed before any module of src/ loads ---------------------------------------
+// ---- spies: write-spy.ts and cut-spies.ts install theirs when they load, before src/ does ------
 
-// eslint-disable-next-line @typescript-eslint/no-require-imports
-const fsModule: typeof import('node:fs') = require('node:fs');
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const workerThreads: typeof import('node:worker_threads') = require('node:worker_threads');
-
-/** What the write spy does to writes into an update's temporary file. */
-const writeSpy = { maxBytes: Infinity, delayMs: 0, calls: 0, changedWhileQueued: [] as string[] };
-const isTemporary = (fd: number): boolean => {
-  try {
-    return readlinkSync(`/proc/self/fd/${fd}`).includes('.peershare-part');
-  } catch {
-    return false;
-  }
-};
-const realWrite = fsModule.write;
-type WriteCallback = (err: NodeJS.ErrnoException | null, written?: number, buffer?: Uint8Array) => void;
-function spiedWrite(fd: number, buffer: Uint8Array, offset: number, length: number, position: number | null, callback: WriteCallback): void {
-  if (typeof buffer === 'string' || typeof callback !== 'function' || !isTemporary(fd)) {
-    // eslint-disable-next-line prefer-rest-params
-    return (realWrite as (...args: unknown[]) => void)(...arguments);
-  }
-  writeSpy.calls++;
-  const cappedLength = Math.min(length, writeSpy.maxBytes);
-  const asked = Buffer.from(buffer.subarray(offset, offset + cappedLength));
-  const run = (): void => {
-    if (!asked.equals(buffer.subarray(offset, offset + cappedLength))) writeSpy.changedWhileQueued.push(`${cappedLength} bytes at ${position} changed before the write ran`);
-    realWrite(fd, buffer, offset, cappedLength, position, callback as never);
-  };
-  if (writeSpy.delayMs > 0) setTimeout(run, writeSpy.delayMs);
-  else run();
-}
-(spiedWrite as unknown as Record<symbol, unknown>)[promisify.custom] = (fd: number, buffer: Uint8Array, offset: number, length: number, position: number | null) =>
-  new Promise((resolve, reject) => spiedWrite(fd, buffer, offset, length, position, (err, bytesWritten, buf) => (err ? reject(err) : resolve({ bytesWritten, buffer: buf }))));
-(fsModule as { write: unknown }).write = spiedWrite;
 
 // ---- modules of src/ and test helpers, loaded after the spies --------------------------------
 
@@ -90,6 +58,7 @@ let sendChunks: ChunkAnswers['sendChunks'];
 let cutAt: ChunkAnswers['cutAt'];
 let outcomeOf: ChunkAnswers['outcomeOf'];
 let assertCoded: ChunkAnswers['assertCoded'];
+let assertOneVersion: ChunkAnswers['assertOneVersion'];
 
 const frame = attackFrame({ handleSpy: true, cutHelpers: true });
 const { cleanups } = frame;
@@ -104,7 +73,7 @@ before(async () => {
   ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
   helpers = await import('../helpers');
   hostileKit = await import('../hostile');
-  ({ fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  ({ fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded, assertOneVersion } = await import('./chunk-answers'));
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -130,29 +99,6 @@ async function localCopy(ours: Buffer): Promise<{ dest: string; target: string }
   const target = path.join(dest, 'f.bin');
   await fs.writeFile(target, ours);
   return { dest, target };
-}
-
-
-
-/**
- * The file-system oracle after an update of `target` (old bytes `ours`) to the sharer's `theirs`:
- * the target is exactly one of the two, nothing else in dest; a failure is coded and left it old.
- */
-async function assertOracle(o: Awaited<ReturnType<typeof outcomeOf>>, dest: string, target: string, ours: Buffer, theirs: Buffer, what: string): Promise<void> {
-  const now = await fs.readFile(target);
-  assert.deepEqual(await helpers.listTree(dest), ['f.bin'], `${what}: no temporary file, nothing else in dest`);
-  if (o.ok) {
-    assert.ok(now.equals(theirs), `${what}: the update reported success, so the target must be exactly the sharer's version (${now.length} bytes; first difference at ${firstDifference(now, theirs)})`);
-  } else {
-    assertCoded(o.error, what);
-    assert.ok(now.equals(ours), `${what}: the update failed (${o.code}), so the target must be the old file`);
-  }
-}
-
-function firstDifference(a: Buffer, b: Buffer): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
-  return a.length === b.length ? -1 : n;
 }
 
 /** The update's temporary file in `dest` (waits for it to appear). */
@@ -194,7 +140,7 @@ describe('a hostile sharer against the check taken from the bytes as they are wr
     const conn = await honestSharerWith(theirs, () => undefined, chunks);
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
     assert.ok(o.ok, `the update fails: ${!o.ok && o.code} ${!o.ok && o.message}`);
-    await assertOracle(o, dest, target, ours, theirs, 'odd chunks');
+    await assertOneVersion(o, dest, target, ours, theirs, 'odd chunks');
   });
 
   it('a list consistent with its chunks but one byte off the fileHash\'s file (in a block hashed in order in memory): HASH_MISMATCH, the target old', async () => {
@@ -213,7 +159,7 @@ describe('a hostile sharer against the check taken from the bytes as they are wr
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
     assert.ok(!o.ok);
     assert.equal(o.code, 'HASH_MISMATCH');
-    await assertOracle(o, dest, target, ours, theirs, 'one byte off');
+    await assertOneVersion(o, dest, target, ours, theirs, 'one byte off');
   });
 
   it('one local chunk named at many places, some overlapping block edges, some twice in a row: each place written once, exactly the sharer\'s version', async () => {
@@ -237,7 +183,7 @@ describe('a hostile sharer against the check taken from the bytes as they are wr
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
     assert.ok(o.ok, `the update fails: ${!o.ok && o.code}`);
     if (holdsPiece) assert.ok(o.value.bytesReused >= 7 * piece.length, `copied ${o.value.bytesReused}`);
-    await assertOracle(o, dest, target, ours, theirs, 'one chunk at many places');
+    await assertOneVersion(o, dest, target, ours, theirs, 'one chunk at many places');
   });
 
   it('lengths that do not sum to the size, and a zero-length chunk: PROTOCOL_ERROR, nothing written', async () => {
@@ -259,7 +205,7 @@ describe('a hostile sharer against the check taken from the bytes as they are wr
       const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
       assert.ok(!o.ok, lie);
       assert.equal(o.code, 'PROTOCOL_ERROR', lie);
-      await assertOracle(o, dest, target, ours, theirs, lie);
+      await assertOneVersion(o, dest, target, ours, theirs, lie);
     }
   });
 
@@ -305,7 +251,7 @@ describe('a hostile sharer against the check taken from the bytes as they are wr
     assert.ok(o.ok, `the update fails: ${!o.ok && o.code}`);
     assert.ok(o.value.bytesReused >= 40 * tail.length + 4 * MiB, `copied ${o.value.bytesReused}: the small-copy and the two-buffer paths both ran`);
     assert.ok(o.value.bytesReceived > 0, 'and something was fetched');
-    await assertOracle(o, dest, target, ours, theirs, 'short and late writes');
+    await assertOneVersion(o, dest, target, ours, theirs, 'short and late writes');
   });
 });
 
@@ -351,7 +297,7 @@ describe('a local process writes into the update\'s temporary file between our w
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
     assert.ok(!o.ok);
     assert.equal(o.code, 'HASH_MISMATCH');
-    await assertOracle(o, dest, target, ours, t, 'extended');
+    await assertOneVersion(o, dest, target, ours, t, 'extended');
   });
 
   it('bytes overwritten in a block written out of order (read back at the end): HASH_MISMATCH, the target old', async () => {
@@ -370,7 +316,7 @@ describe('a local process writes into the update\'s temporary file between our w
       closeSync(fd);
     });
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
-    await assertOracle(o, dest, target, ours, t, 'written into a block read back');
+    await assertOneVersion(o, dest, target, ours, t, 'written into a block read back');
   });
 
   it('the temporary file swapped for a file of the sharer\'s exact bytes before the check: IO_ERROR (not our inode), the target old', async () => {
@@ -385,7 +331,7 @@ describe('a local process writes into the update\'s temporary file between our w
     const o = await outcomeOf(delta.deltaFile(conn, 'ws/f.bin', target, target, { overwrite: true }));
     assert.ok(!o.ok);
     assert.equal(o.code, 'IO_ERROR');
-    await assertOracle(o, dest, target, ours, t, 'swapped');
+    await assertOneVersion(o, dest, target, ours, t, 'swapped');
   });
 });
 
