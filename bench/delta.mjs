@@ -147,6 +147,18 @@ export async function run(ctx) {
       fs.utimesSync(fileDest(tool), 0, 0); // another time than the sharer's: both tools must look at it
     };
     const expectedSize = fileBytes + INSERTED_BYTES;
+    /** rsync (delta mode) of the large file into a fresh copy of the old version, with `extra` options. */
+    const rsyncFileTool = (tool, extra) => ({
+      serverCpu: () => sshd.cpuSeconds(),
+      async run() {
+        freshFile(tool);
+        runCommand('sync', []);
+        const r = await rsync(path.join(data, 'big.bin'), fileDest(tool), extra);
+        if (fs.statSync(fileDest(tool)).size !== expectedSize) throw new Error(`rsync ${extra.join(' ')}: wrong size`);
+        await sshd.settle();
+        return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds, bytesReceived: rsyncStats(r.stdout).literalBytes };
+      },
+    });
     const fileTools = {
       peershare: {
         serverCpu: () => processCpuSeconds(server.pid),
@@ -159,28 +171,9 @@ export async function run(ctx) {
           return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds, bytesReceived: result.bytesReceived, bytesReused: result.bytesReused };
         },
       },
-      rsync: {
-        serverCpu: () => sshd.cpuSeconds(),
-        async run() {
-          freshFile('rsync');
-          runCommand('sync', []);
-          const r = await rsync(path.join(data, 'big.bin'), fileDest('rsync'));
-          if (fs.statSync(fileDest('rsync')).size !== expectedSize) throw new Error('rsync: wrong size');
-          await sshd.settle();
-          return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds, bytesReceived: rsyncStats(r.stdout).literalBytes };
-        },
-      },
-      rsyncFsync: {
-        serverCpu: () => sshd.cpuSeconds(),
-        async run() {
-          freshFile('rsyncFsync');
-          runCommand('sync', []);
-          const r = await rsync(path.join(data, 'big.bin'), fileDest('rsyncFsync'), ['--fsync']);
-          if (fs.statSync(fileDest('rsyncFsync')).size !== expectedSize) throw new Error('rsync --fsync: wrong size');
-          await sshd.settle();
-          return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds, bytesReceived: rsyncStats(r.stdout).literalBytes };
-        },
-      },
+      rsync: rsyncFileTool('rsync', []),
+      // Flushed to disk before it takes its name, as PeerShare's new file is (a figure, not a goal).
+      rsyncFsync: rsyncFileTool('rsyncFsync', ['--fsync']),
     };
     ctx.log('-- the large file');
     const file = await alternate(ctx, fileTools, { runs, between: () => undefined, describe: (r) => `${r.seconds.toFixed(3)} s, ${r.bytesReceived} B of file data` });
