@@ -21,19 +21,29 @@
 // rsync also runs with --fsync in the same rotation (a figure, not a goal): PeerShare flushes the
 // new file to disk before it takes the name, rsync by default does not, and on this VM that flush
 // of 1 GiB is a large part of the time.
+// The folder again in a long-lived process, as the editor's extension host runs Update from Peer
+// and Follow Folder (bench/probes/sync-peer.mjs: the core's syncFolder, the function the CLI's
+// `sync` calls, on one connection opened once, with its record of what came from where kept
+// between syncs), in the same rotation: a figure, not a goal. Its time runs from the sync's call
+// to the record saved; it has no process to start and no connection to open, where rsync's
+// includes its own start and ssh's.
 // Shared cores only (no pinned variant).
 //
 // Environment: BENCH_DELTA_MIB (1024), BENCH_DELTA_FILES (10000), BENCH_FOLDERS (100), BENCH_RUNS (5),
 // BENCH_TMP, BENCH_KEEP_TMP.
 
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { createInterface } from 'node:readline';
 import { writeTree } from './folder.mjs';
 import {
   CLI,
   MiB,
+  ROOT,
   alternate,
+  bundleProbe,
   closeScope,
   goal,
   intEnv,
@@ -49,6 +59,7 @@ import {
   runStandalone,
   startPeerShare,
   startSshd,
+  stopChild,
   summariseRuns,
   timedCommand,
   toMiB,
@@ -63,6 +74,30 @@ const GOAL_RATIO_TO_RSYNC = 0.8;
 const GOAL_RECEIVED_FRACTION = 0.01;
 const INSERTED_BYTES = 100;
 const CHANGED_REGION_BYTES = 4096;
+const SYNC_PROBE = path.join(ROOT, 'bench', 'probes', 'sync-peer.mjs');
+
+/**
+ * The long-lived syncing process (bench/probes/sync-peer.mjs), started once with a connection to
+ * the sharer at `address`: sync(dest) syncs the peer's `remotePath` into dest and resolves with the
+ * probe's line {seconds, filesChecked, filesChanged, bytesReceived, cpuSeconds}.
+ */
+async function startSyncProbe(scope, scratch, { home, address, remotePath }) {
+  const bundle = path.join(scratch, 'sync-peer.cjs');
+  await bundleProbe(SYNC_PROBE, bundle);
+  const env = { ...process.env, NODE_PATH: path.join(ROOT, 'node_modules') };
+  const child = spawn(process.execPath, [bundle, JSON.stringify({ home, address, remotePath })], { stdio: ['pipe', 'pipe', 'inherit'], env });
+  scope.defer(() => stopChild(child));
+  const lines = createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+  return {
+    pid: child.pid,
+    async sync(dest) {
+      child.stdin.write(`${JSON.stringify({ dest })}\n`);
+      const line = await lines.next();
+      if (line.done) throw new Error(`the sync probe ended (exit ${child.exitCode})`);
+      return JSON.parse(line.value);
+    },
+  };
+}
 
 /** The sharer's new version of `oldFile`: INSERTED_BYTES at the start, then the old bytes with three regions changed. */
 function writeNewVersion(oldFile, newFile) {
@@ -209,6 +244,16 @@ export async function run(ctx) {
           return { seconds: r.seconds, maxRssBytes: r.maxRssBytes, cpuSeconds: r.cpuSeconds, bytesReceived: result.bytesReceived, filesChanged: result.filesChanged };
         },
       },
+      peershareWarm: {
+        serverCpu: () => processCpuSeconds(server.pid),
+        async run() {
+          freshTree('peershareWarm');
+          runCommand('sync', []);
+          const result = await warm.sync(treeDest('peershareWarm'));
+          if (result.filesChanged !== changedFiles || result.filesChecked !== made.files) throw new Error(`sync probe: ${JSON.stringify(result)}`);
+          return { seconds: result.seconds, cpuSeconds: round(result.cpuSeconds, 2), bytesReceived: result.bytesReceived, filesChanged: result.filesChanged };
+        },
+      },
       rsync: {
         serverCpu: () => sshd.cpuSeconds(),
         async run() {
@@ -222,6 +267,9 @@ export async function run(ctx) {
         },
       },
     };
+    const warmHome = path.join(scratch, 'home-warm');
+    pairClient(server.invite, warmHome);
+    const warm = await startSyncProbe(scope, scratch, { home: warmHome, address: `127.0.0.1:${server.info.port}`, remotePath: 'data/tree' });
     ctx.log('-- the folder');
     const tree = await alternate(ctx, treeTools, { runs, between: () => undefined, describe: (r) => `${r.seconds.toFixed(3)} s, ${r.filesChanged} files, ${r.bytesReceived} B` });
 
@@ -233,6 +281,8 @@ export async function run(ctx) {
     const fileRatioFsync = round(filePeer.medianSeconds / fileRsyncFsync.medianSeconds, 2);
     const treePeer = summarise(tree.results.peershare, { command: 'node dist/cli.js sync <invite> data/tree <old copy> --json' });
     const treeRsync = summarise(tree.results.rsync, { command: 'rsync -a --no-whole-file --stats -e "ssh ..." <user>@127.0.0.1:<data>/tree/ <old copy>/' });
+    const treeWarm = summarise(tree.results.peershareWarm, { command: 'bench/probes/sync-peer.mjs: syncFolder(data/tree, <old copy>) on an open connection, in a long-lived process' });
+    const treeWarmRatio = round(treeWarm.medianSeconds / treeRsync.medianSeconds, 2);
     const fileRatio = round(filePeer.medianSeconds / fileRsync.medianSeconds, 2);
     const fileColdRatio = round(filePeerCold.medianSeconds / fileRsync.medianSeconds, 2);
     const treeRatio = round(treePeer.medianSeconds / treeRsync.medianSeconds, 2);
@@ -246,6 +296,7 @@ export async function run(ctx) {
       ['rsync, file', `${fileRsync.medianSeconds.toFixed(2)} s`, fileRsync.seconds.join(' '), `${Math.max(...fileRsync.bytesReceived)} B literal`, toMiB(fileRsync.clientMaxRssBytes ?? 0)],
       ['rsync --fsync, file', `${fileRsyncFsync.medianSeconds.toFixed(2)} s`, fileRsyncFsync.seconds.join(' '), `${Math.max(...fileRsyncFsync.bytesReceived)} B literal`, toMiB(fileRsyncFsync.clientMaxRssBytes ?? 0)],
       ['peershare sync, folder', `${treePeer.medianSeconds.toFixed(2)} s`, treePeer.seconds.join(' '), `${Math.max(...treePeer.bytesReceived)} B`, toMiB(treePeer.clientMaxRssBytes ?? 0)],
+      ['peershare sync, folder, long-lived process', `${treeWarm.medianSeconds.toFixed(2)} s`, treeWarm.seconds.join(' '), `${Math.max(...treeWarm.bytesReceived)} B`, '-'],
       ['rsync, folder', `${treeRsync.medianSeconds.toFixed(2)} s`, treeRsync.seconds.join(' '), `${Math.max(...treeRsync.bytesReceived)} B literal`, toMiB(treeRsync.clientMaxRssBytes ?? 0)],
     ]);
 
@@ -258,7 +309,7 @@ export async function run(ctx) {
         runs,
         ssh: sshd.negotiated,
         file: { peershare: filePeer, rsync: fileRsync, ratio: fileRatio, receivedFraction: round(receivedFraction, 5), peershareSharerCold: filePeerCold, ratioSharerCold: fileColdRatio, rsyncFsync: fileRsyncFsync, ratioToRsyncFsync: fileRatioFsync },
-        folder: { peershare: treePeer, rsync: treeRsync, ratio: treeRatio },
+        folder: { peershare: treePeer, rsync: treeRsync, ratio: treeRatio, peershareLongLived: treeWarm, ratioLongLived: treeWarmRatio },
       },
       goals: [
         goal({ label: 'delta: file data received / file size, 1 GiB file updated', measured: round(receivedFraction * 100, 3), op: '<=', target: GOAL_RECEIVED_FRACTION * 100, unit: '%' }),
@@ -271,6 +322,7 @@ export async function run(ctx) {
         { label: 'rsync (delta), file', text: `${fileRsync.medianSeconds.toFixed(2)} s, ${Math.max(...fileRsync.bytesReceived)} B literal data` },
         { label: 'rsync --fsync (delta), file: flushed to disk as PeerShare flushes', text: `${fileRsyncFsync.medianSeconds.toFixed(2)} s; PeerShare/rsync --fsync ${fileRatioFsync}` },
         { label: 'PeerShare sync, folder', text: `${treePeer.medianSeconds.toFixed(2)} s, ${changedFiles} files updated; PeerShare/rsync ${treeRatio}` },
+        { label: 'PeerShare sync, folder, in a long-lived process (as the editor runs it; no start, connection open)', text: `${treeWarm.medianSeconds.toFixed(2)} s, CPU ${treeWarm.medianCpuSeconds} s; PeerShare/rsync ${treeWarmRatio}` },
         { label: 'rsync -a, folder', text: `${treeRsync.medianSeconds.toFixed(2)} s` },
       ],
       raw: { file: { warmupSeconds: file.warmupSeconds, ...file.results, peershareSharerCold: coldResults }, folder: { warmupSeconds: tree.warmupSeconds, ...tree.results } },

@@ -8,6 +8,7 @@
 
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -492,6 +493,27 @@ export function pairClient(invite, home) {
 }
 
 /** Starts `peershare serve` on loopback (on `cpus`, if given), stopped with the scope; resolves once it prints its invite. */
+/**
+ * A probe (bench/probes/*.mjs) and the core it imports as one CommonJS file at `outFile`, compiled
+ * as the CLI's bundle is. Run it with NODE_PATH at this checkout's node_modules: the native BLAKE3
+ * binding it keeps external is found there, as the CLI's bundle finds it.
+ */
+export async function bundleProbe(probeFile, outFile) {
+  const esbuild = createRequire(path.join(ROOT, 'package.json'))('esbuild');
+  await esbuild.build({
+    entryPoints: [probeFile],
+    outfile: outFile,
+    bundle: true,
+    format: 'cjs',
+    platform: 'node',
+    target: 'node20',
+    external: ['vscode', '@napi-rs/blake-hash'],
+    minify: true,
+    logLevel: 'warning',
+  });
+  esbuild.stop(); // its service process would otherwise outlive the build, among the benchmark's children
+}
+
 export async function startPeerShare(scope, { folders, home, logFile, nodeArgs = [], serveArgs = [], env, cli = CLI, cpus }) {
   const args = [...nodeArgs, cli, 'serve', ...folders, '--json', '--home', home, '--port', '0', '--host', '127.0.0.1', '--invite-uses', '1000', ...serveArgs];
   const child = spawn(...onCpus(cpus, process.execPath, args), { stdio: ['ignore', 'pipe', fs.openSync(logFile, 'a')], env: env ?? process.env });

@@ -18,13 +18,13 @@
 // Environment: BENCH_MULTIPLEX_FILES (default 4), BENCH_MULTIPLEX_MIB (256), BENCH_RUNS (5),
 // BENCH_TMP, BENCH_KEEP_TMP.
 
-import { createRequire } from 'node:module';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   MiB,
   ROOT,
   alternate,
+  bundleProbe,
   clearAndSync,
   goal,
   intEnv,
@@ -51,23 +51,6 @@ export const tools = ['/usr/bin/time'];
 const GOAL_RATIO = 0.95;
 const PROBE = path.join(ROOT, 'bench', 'probes', 'multiplex-peer.mjs');
 
-/** The probe and the core it imports as one CommonJS file, compiled as the CLI's bundle is. */
-async function bundleProbe(outFile) {
-  const esbuild = createRequire(path.join(ROOT, 'package.json'))('esbuild');
-  await esbuild.build({
-    entryPoints: [PROBE],
-    outfile: outFile,
-    bundle: true,
-    format: 'cjs',
-    platform: 'node',
-    target: 'node20',
-    external: ['vscode', '@napi-rs/blake-hash'],
-    minify: true,
-    logLevel: 'warning',
-  });
-  esbuild.stop(); // its service process would otherwise outlive the build, among the benchmark's children
-}
-
 export async function run(ctx) {
   const fileCount = intEnv('BENCH_MULTIPLEX_FILES', 4, 2);
   const sizeMiB = intEnv('BENCH_MULTIPLEX_MIB', 256, 1);
@@ -85,7 +68,7 @@ export async function run(ctx) {
   ctx.log(`writing ${fileCount} files of ${sizeMiB} MiB of random data`);
   for (const f of files) writeRandomFile(path.join(dataDir, f.name), sizeBytes);
   const bundle = path.join(scratch, 'multiplex-peer.cjs');
-  await bundleProbe(bundle);
+  await bundleProbe(PROBE, bundle);
   const requesterHome = path.join(scratch, 'home-requester');
 
   // 2. The sharer, then the requester on one connection and on one connection per file, in turn.
