@@ -21,8 +21,8 @@
 // rsync also runs with --fsync in the same rotation (a figure, not a goal): PeerShare flushes the
 // new file to disk before it takes the name, rsync by default does not, and on this VM that flush
 // of 1 GiB is a large part of the time.
-// The folder again in a long-lived process, as the editor's extension host runs Update from Peer
-// and Follow Folder (bench/probes/sync-peer.mjs: the core's syncFolder, the function the CLI's
+// The folder again in a long-lived process, as the editor's extension host runs Follow Folder and
+// Update from Peer (bench/probes/sync-peer.mjs: the core's syncFolder, the function the CLI's
 // `sync` calls, on one connection opened once, with its record of what came from where kept
 // between syncs), in the same rotation: a figure, not a goal. Its time runs from the sync's call
 // to the record saved; it has no process to start and no connection to open, where rsync's

@@ -1,8 +1,9 @@
 // Child of bench/delta.mjs: `peershare sync` of a folder as a long-lived process runs it (the
-// editor's extension host, where Update from Peer and Follow Folder run): one process, one
+// editor's extension host, where Follow Folder and Update from Peer run): one process, one
 // connection and one record of what came from where, kept across syncs. The other end is the real
 // `peershare serve`; this is the core's own code (PeerShareNode.connect, then follow.ts's
-// syncFolder, the function the CLI's `sync` calls), bundled with esbuild as the CLI is.
+// syncFolder, which the CLI's `sync` and the editor's Follow Folder call; Update from Peer calls
+// the deltaFolder beneath it), bundled with esbuild as the CLI is.
 //
 //   <bundle> '<json>'   {home, address, remotePath}: connects, then reads one JSON line per sync
 //                       from stdin, {dest}, syncs the peer's remotePath into dest, saves the record,
