@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
 import { PeerShareError } from '../../src/core';
-import { FlushBehind } from '../../src/core/landing';
+import { FlushBehind, partialPathFor } from '../../src/core/landing';
 import { tempDir } from '../helpers';
 
 describe('FlushBehind: a large file is flushed behind its writes', () => {
@@ -41,5 +42,27 @@ describe('FlushBehind: a large file is flushed behind its writes', () => {
     await failing;
     await flush.settled();
     assert.throws(() => flush.throwIfFailed(), (err: unknown) => err instanceof PeerShareError && err.code === 'IO_ERROR');
+  });
+});
+
+describe('partialPathFor: a temporary name ties a partial file to one version', () => {
+  // The name must not depend on whether this Node has crypto.hash (landing.ts takes it when there):
+  // a partial file left by one Node is resumed by another.
+  const tagOf = (text: string): string => createHash('sha256').update(text).digest('hex').slice(0, 16);
+
+  it('is the SHA-256 tag of peer, remote path, size and time, beside the target', () => {
+    const target = path.join('/dl', 'notes.txt');
+    const name = partialPathFor(target, 'PEER', 'data/notes.txt', 1234, 1700000000000);
+    assert.equal(name, path.join('/dl', `.notes.txt.${tagOf('PEER\ndata/notes.txt\n1234\n1700000000000')}.peershare-part`));
+    assert.notEqual(partialPathFor(target, 'PEER', 'data/notes.txt', 1234, 1700000000001), name, 'another version, another name');
+  });
+
+  it('shortens a long name to its first bytes and a digest of the whole', () => {
+    const long = `${'é'.repeat(120)}.txt`;
+    const name = path.basename(partialPathFor(path.join('/dl', long), '', 'blake3:ab', 1, 0));
+    const stemDigest = createHash('sha256').update(long).digest('hex').slice(0, 8);
+    assert.ok(name.startsWith(`.${'é'.repeat(10)}`), name);
+    assert.ok(name.includes(`~${stemDigest}.`), name);
+    assert.ok(Buffer.byteLength(name, 'utf8') <= 255, 'fits where the final name fits');
   });
 });
