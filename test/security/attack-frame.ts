@@ -11,7 +11,7 @@ import type { TestPeer } from '../helpers';
  *
  * Call it at the top of a suite, before the suite's own `before`: hooks run in the order they are
  * registered, so the handle spy is in place before the suite loads the modules of src/ it attacks.
- * This module imports nothing of src/ itself (types only): the suites that spy on node:fs load
+ * This module imports nothing of src/ at load (types only): the suites that spy on node:fs load
  * src/ after their spies.
  */
 export interface AttackFrame {
@@ -43,3 +43,23 @@ export function attackFrame(checks: { handleSpy?: boolean; cutHelpers?: boolean 
   });
   return frame;
 }
+
+/**
+ * The modules of src/ and of the tests that the update attack suites share, loaded when called: a
+ * suite calls it in its `before`, once its spies on node:fs are in place (see above).
+ */
+export async function loadAttackModules() {
+  return {
+    core: await import('../../src/core'),
+    cdc: await import('../../src/core/cdc'),
+    delta: await import('../../src/core/delta'),
+    blocks: await import('../../src/core/blocks'),
+    blake3: (await import('../../src/core/blake3')).blake3,
+    manifestOfBytes: (await import('../../src/core/v2/share-messages')).manifestOfBytes,
+    helpers: await import('../helpers'),
+    hostileKit: await import('../hostile'),
+    answers: await import('./chunk-answers'),
+  };
+}
+
+export type AttackModules = Awaited<ReturnType<typeof loadAttackModules>>;

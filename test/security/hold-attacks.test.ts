@@ -7,7 +7,7 @@ import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2 } from '../hostile';
 import { append, rewriteKeepingTimes, swapIn, truncateTo } from './local-acts';
 import { writeSpy } from './write-spy';
-import { attackFrame } from './attack-frame';
+import { attackFrame, loadAttackModules, type AttackModules } from './attack-frame';
 
 /**
  * Round 18: a copy of the same size held in place (src/core/block-copy.ts `predictedCopy` with
@@ -31,35 +31,18 @@ import { attackFrame } from './attack-frame';
  * before each read of the local copy (cut-spies.ts).
  */
 
-let core: typeof import('../../src/core');
-let cdc: typeof import('../../src/core/cdc');
-let delta: typeof import('../../src/core/delta');
-let blocks: typeof import('../../src/core/blocks');
-let blake3: typeof import('../../src/core/blake3').blake3;
-let manifestOfBytes: typeof import('../../src/core/v2/share-messages').manifestOfBytes;
-let helpers: typeof import('../helpers');
-let hostileKit: typeof import('../hostile');
+let { core, cdc, delta, blocks, blake3, manifestOfBytes, helpers, hostileKit } = {} as AttackModules;
+let { fileHashOf, sendChunks, outcomeOf, assertCoded } = {} as AttackModules['answers'];
 let spies: typeof import('./cut-spies');
-type ChunkAnswers = typeof import('./chunk-answers');
-let fileHashOf: ChunkAnswers['fileHashOf'];
-let sendChunks: ChunkAnswers['sendChunks'];
-let outcomeOf: ChunkAnswers['outcomeOf'];
-let assertCoded: ChunkAnswers['assertCoded'];
 
 const frame = attackFrame({ handleSpy: true });
 const { cleanups } = frame;
 
 before(async () => {
   spies = await import('./cut-spies');
-  core = await import('../../src/core');
-  cdc = await import('../../src/core/cdc');
-  delta = await import('../../src/core/delta');
-  blocks = await import('../../src/core/blocks');
-  ({ blake3 } = await import('../../src/core/blake3'));
-  ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
-  helpers = await import('../helpers');
-  hostileKit = await import('../hostile');
-  ({ fileHashOf, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  let answers: AttackModules['answers'];
+  ({ core, cdc, delta, blocks, blake3, manifestOfBytes, helpers, hostileKit, answers } = await loadAttackModules());
+  ({ fileHashOf, sendChunks, outcomeOf, assertCoded } = answers);
 });
 
 // ---- helpers ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import type { PredictedCopy } from '../../src/core/block-copy';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { rewrite, swapIn, truncateTo } from './local-acts';
 import { writeSpy } from './write-spy';
-import { attackFrame } from './attack-frame';
+import { attackFrame, loadAttackModules, type AttackModules } from './attack-frame';
 
 /**
  * Round 17: the copy predicted block by block (src/core/block-copy.ts `predictedCopy`, and its use
@@ -47,41 +47,22 @@ const fsModule: typeof import('node:fs') = require('node:fs');
 
 // ---- modules of src/ and test helpers, loaded after the spies --------------------------------
 
-let core: typeof import('../../src/core');
-let cdc: typeof import('../../src/core/cdc');
-let delta: typeof import('../../src/core/delta');
-let blocks: typeof import('../../src/core/blocks');
+let { core, cdc, delta, blocks, blake3, manifestOfBytes, helpers, hostileKit } = {} as AttackModules;
+let { fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded, assertOneVersion } = {} as AttackModules['answers'];
 let blockCopy: typeof import('../../src/core/block-copy');
-let blake3: typeof import('../../src/core/blake3').blake3;
-let manifestOfBytes: typeof import('../../src/core/v2/share-messages').manifestOfBytes;
-let helpers: typeof import('../helpers');
-let hostileKit: typeof import('../hostile');
 let spies: typeof import('./cut-spies');
 let longestStall: typeof import('./event-loop').longestStall;
-type ChunkAnswers = typeof import('./chunk-answers');
-let fileHashOf: ChunkAnswers['fileHashOf'];
-let cutAt: ChunkAnswers['cutAt'];
-let sendChunks: ChunkAnswers['sendChunks'];
-let outcomeOf: ChunkAnswers['outcomeOf'];
-let assertCoded: ChunkAnswers['assertCoded'];
-let assertOneVersion: ChunkAnswers['assertOneVersion'];
 
 const frame = attackFrame({ handleSpy: true });
 const { cleanups } = frame;
 
 before(async () => {
   spies = await import('./cut-spies');
-  core = await import('../../src/core');
-  cdc = await import('../../src/core/cdc');
-  delta = await import('../../src/core/delta');
-  blocks = await import('../../src/core/blocks');
+  let answers: AttackModules['answers'];
+  ({ core, cdc, delta, blocks, blake3, manifestOfBytes, helpers, hostileKit, answers } = await loadAttackModules());
+  ({ fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded, assertOneVersion } = answers);
   blockCopy = await import('../../src/core/block-copy');
-  ({ blake3 } = await import('../../src/core/blake3'));
-  ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
-  helpers = await import('../helpers');
-  hostileKit = await import('../hostile');
   ({ longestStall } = await import('./event-loop'));
-  ({ fileHashOf, cutAt, sendChunks, outcomeOf, assertCoded, assertOneVersion } = await import('./chunk-answers'));
 });
 
 // ---- helpers ---------------------------------------------------------------------------------

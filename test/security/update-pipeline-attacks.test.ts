@@ -9,7 +9,7 @@ import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { longestStall } from './event-loop';
 import { mounted, stalledMount } from './stalled-mount';
-import { attackFrame } from './attack-frame';
+import { attackFrame, loadAttackModules, type AttackModules } from './attack-frame';
 
 /**
  * Round 11: the update pipeline as changed on 2026-12-02 (docs/protocol-v2.md 15.4): the local copy
@@ -84,30 +84,16 @@ const realCloseSync = fsModule.closeSync;
 
 // ---- modules of src/ and test helpers, loaded after the spy ----------------------------------
 
-let core: typeof import('../../src/core');
-let cdc: typeof import('../../src/core/cdc');
-let delta: typeof import('../../src/core/delta');
-let blake3: typeof import('../../src/core/blake3').blake3;
-let helpers: typeof import('../helpers');
-let hostileKit: typeof import('../hostile');
-type ChunkAnswers = typeof import('./chunk-answers');
-let fileHashOf: ChunkAnswers['fileHashOf'];
-let sendChunkList: ChunkAnswers['sendChunkList'];
-let sendChunks: ChunkAnswers['sendChunks'];
-let outcomeOf: ChunkAnswers['outcomeOf'];
-let assertCoded: ChunkAnswers['assertCoded'];
+let { core, cdc, delta, blake3, helpers, hostileKit } = {} as AttackModules;
+let { fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = {} as AttackModules['answers'];
 
 const frame = attackFrame();
 const { cleanups } = frame;
 
 before(async () => {
-  core = await import('../../src/core');
-  cdc = await import('../../src/core/cdc');
-  delta = await import('../../src/core/delta');
-  ({ blake3 } = await import('../../src/core/blake3'));
-  helpers = await import('../helpers');
-  hostileKit = await import('../hostile');
-  ({ fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = await import('./chunk-answers'));
+  let answers: AttackModules['answers'];
+  ({ core, cdc, delta, blake3, helpers, hostileKit, answers } = await loadAttackModules());
+  ({ fileHashOf, sendChunkList, sendChunks, outcomeOf, assertCoded } = answers);
 });
 
 // ---- helpers ---------------------------------------------------------------------------------

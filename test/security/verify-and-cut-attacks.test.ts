@@ -8,7 +8,7 @@ import type { PeerConnection } from '../../src/core';
 import type { Chunk } from '../../src/core/cdc';
 import type { ReplierV2, ScenarioV2 } from '../hostile';
 import { closedUnderReader, helpersMostAtOnce, helpersRunning, helpersSeen } from './cut-spies';
-import { attackFrame } from './attack-frame';
+import { attackFrame, loadAttackModules, type AttackModules } from './attack-frame';
 import { writeSpy } from './write-spy';
 
 /**
@@ -42,38 +42,18 @@ const workerThreads: typeof import('node:worker_threads') = require('node:worker
 
 // ---- modules of src/ and test helpers, loaded after the spies --------------------------------
 
-let core: typeof import('../../src/core');
-let cdc: typeof import('../../src/core/cdc');
-let delta: typeof import('../../src/core/delta');
-let blocks: typeof import('../../src/core/blocks');
+let { core, cdc, delta, blocks, blake3, manifestOfBytes, helpers, hostileKit } = {} as AttackModules;
+let { fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded, assertOneVersion } = {} as AttackModules['answers'];
 let limitsModule: typeof import('../../src/core/limits');
-let blake3: typeof import('../../src/core/blake3').blake3;
-let manifestOfBytes: typeof import('../../src/core/v2/share-messages').manifestOfBytes;
-let helpers: typeof import('../helpers');
-let hostileKit: typeof import('../hostile');
-type ChunkAnswers = typeof import('./chunk-answers');
-let fileHashOf: ChunkAnswers['fileHashOf'];
-let sendChunkList: ChunkAnswers['sendChunkList'];
-let sendChunks: ChunkAnswers['sendChunks'];
-let cutAt: ChunkAnswers['cutAt'];
-let outcomeOf: ChunkAnswers['outcomeOf'];
-let assertCoded: ChunkAnswers['assertCoded'];
-let assertOneVersion: ChunkAnswers['assertOneVersion'];
 
 const frame = attackFrame({ handleSpy: true, cutHelpers: true });
 const { cleanups } = frame;
 
 before(async () => {
-  core = await import('../../src/core');
-  cdc = await import('../../src/core/cdc');
-  delta = await import('../../src/core/delta');
-  blocks = await import('../../src/core/blocks');
+  let answers: AttackModules['answers'];
+  ({ core, cdc, delta, blocks, blake3, manifestOfBytes, helpers, hostileKit, answers } = await loadAttackModules());
+  ({ fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded, assertOneVersion } = answers);
   limitsModule = await import('../../src/core/limits');
-  ({ blake3 } = await import('../../src/core/blake3'));
-  ({ manifestOfBytes } = await import('../../src/core/v2/share-messages'));
-  helpers = await import('../helpers');
-  hostileKit = await import('../hostile');
-  ({ fileHashOf, sendChunkList, sendChunks, cutAt, outcomeOf, assertCoded, assertOneVersion } = await import('./chunk-answers'));
 });
 
 // ---- helpers ---------------------------------------------------------------------------------
